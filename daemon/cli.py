@@ -1,0 +1,246 @@
+"""hotmesh command line: run | status | process | demo."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from daemon import __version__
+from daemon.config import Settings, load_settings
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "samples" / "spot"
+
+
+def _parse_sets(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot:
+            raise SystemExit(f"--set expects SECTION.KEY=VALUE, got {item!r}")
+        out.setdefault(section.strip(), {})[name.strip()] = value.strip()
+    return out
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    cli: dict[str, dict[str, Any]] = _parse_sets(getattr(args, "set", None) or [])
+    if getattr(args, "settle_seconds", None) is not None:
+        cli.setdefault("intake", {})["settle_seconds"] = args.settle_seconds
+    if getattr(args, "device", None):
+        cli.setdefault("jobs", {})["device"] = args.device
+    config = args.config or os.environ.get("HOTMESH_CONFIG")
+    try:
+        return load_settings(Path(config) if config else None, cli=cli)
+    except ValueError as e:
+        raise SystemExit(f"hotmesh: {e}") from None
+
+
+def _dir(value: str | None, env: str, what: str) -> Path:
+    v = value or os.environ.get(env)
+    if not v:
+        raise SystemExit(f"hotmesh: {what} is required (--{what} or {env})")
+    return Path(v).expanduser().resolve()
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="TOML config file (also HOTMESH_CONFIG)")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help="override one setting, e.g. --set geometry.voxel_resolution=128 (repeatable)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where jobs run (jobs.device)")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # one line per rescan is noise
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from daemon.service import AlreadyRunning, Daemon
+    from daemon.worker import Paths
+
+    _setup_logging(args.verbose)
+    inbox = _dir(args.inbox, "HOTMESH_INBOX", "inbox")
+    outbox = _dir(args.outbox, "HOTMESH_OUTBOX", "outbox")
+    state = Path(args.state or os.environ.get("HOTMESH_STATE") or outbox.parent / "hotmesh-state").resolve()
+    daemon = Daemon(Paths(inbox, outbox, state), _settings(args), gpus=args.gpus or os.environ.get("HOTMESH_GPUS", "auto"))
+    signal.signal(signal.SIGTERM, daemon.request_stop)
+    signal.signal(signal.SIGINT, daemon.request_stop)
+    try:
+        daemon.run()
+    except AlreadyRunning as e:
+        print(f"hotmesh: {e}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def _state_from(args: argparse.Namespace) -> Path:
+    if args.state or os.environ.get("HOTMESH_STATE"):
+        return Path(args.state or os.environ["HOTMESH_STATE"]).resolve()
+    outbox = args.outbox or os.environ.get("HOTMESH_OUTBOX")
+    if outbox:
+        return Path(outbox).resolve().parent / "hotmesh-state"
+    raise SystemExit("hotmesh: --state (or --outbox, or HOTMESH_STATE) is required")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from daemon.ledger import Ledger
+
+    path = _state_from(args) / "ledger.db"
+    if not path.exists():
+        raise SystemExit(f"hotmesh: no ledger at {path}")
+    ledger = Ledger(path)
+    jobs = ledger.jobs()
+    if args.json:
+        print(json.dumps([j.to_dict() | {"events": ledger.events(j.id)} if args.events else j.to_dict() for j in jobs],
+                         indent=1))
+        return 0
+    print(f"{'JOB':28} {'STATE':10} {'STAGE':10} {'PROG':>6} {'TRY':>3}  ERROR / OUTPUT")
+    for j in jobs:
+        extra = (j.error or "").splitlines()[0][:70] if j.error else j.outputs.get("report", "")
+        print(f"{j.id[:28]:28} {j.state.value:10} {(j.stage or '-')[:10]:10} {j.progress:5.1f}% {j.attempts:3d}  {extra}")
+    counts = ledger.counts()
+    print("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "no jobs")
+    return 0
+
+
+def cmd_process(args: argparse.Namespace) -> int:
+    """One job without the daemon: same ledger, same stages, same outbox layout."""
+    from daemon.intake import fingerprint, snapshot
+    from daemon.ledger import Ledger
+    from daemon.states import JobState
+    from daemon.worker import Paths, execute, pick_device
+
+    _setup_logging(args.verbose)
+    folder = Path(args.folder).resolve()
+    if not folder.is_dir():
+        raise SystemExit(f"hotmesh: {folder} is not a folder")
+    out = Path(args.out).resolve()
+    state = Path(args.state).resolve() if args.state else Path(tempfile.mkdtemp(prefix="hotmesh-state-"))
+    settings = _settings(args)
+    paths = Paths(inbox=folder.parent, outbox=out, state=state)
+    ledger = Ledger(paths.ledger)
+    job, created = ledger.create_job(folder.name, fingerprint(snapshot(folder)))
+    if not created and job.state != JobState.QUEUED:
+        ledger.requeue(job.id, "hotmesh process: run again")
+    claimed = ledger.claim_next(worker=f"process:{os.getpid()}")
+    if claimed is None:
+        raise SystemExit("hotmesh: could not claim the job")
+    state_name = execute(ledger, paths, claimed, settings, pick_device(settings.jobs.device))
+    final = ledger.get(claimed.id)
+    report = out / claimed.id / "report.html"
+    print(json.dumps({"job": claimed.id, "state": state_name, "error": final.error if final else None,
+                      "report": str(report) if report.exists() else None}, indent=1))
+    return 0 if state_name == "done" else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Start a real daemon on temporary folders, drop the bundled sample into its inbox, wait, print the report."""
+    if not (SAMPLE / "transforms.json").exists():
+        raise SystemExit(f"hotmesh: bundled sample missing at {SAMPLE}")
+    root = Path(args.dir).resolve() if args.dir else Path(tempfile.mkdtemp(prefix="hotmesh-demo-"))
+    inbox, outbox, state = root / "inbox", root / "outbox", root / "state"
+    for d in (inbox, outbox, state):
+        d.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "daemon.cli", "run", "--inbox", str(inbox), "--outbox", str(outbox),
+           "--state", str(state), "--settle-seconds", "1"]
+    for s in args.set or []:
+        cmd += ["--set", s]
+    if args.device:
+        cmd += ["--device", args.device]
+    print(f"demo folder: {root}\nstarting: {' '.join(cmd)}", flush=True)
+    daemon = subprocess.Popen(cmd, cwd=str(REPO))
+    try:
+        # drop the sample the way users do: copy next to the inbox, then move it in with one rename
+        staging = root / "staging" / "spot"
+        shutil.copytree(SAMPLE, staging, dirs_exist_ok=True)
+        staging.rename(inbox / "spot")
+        print("dropped samples/spot into the inbox; waiting for the job…", flush=True)
+        status = outbox / "_status" / "spot.json"
+        deadline = time.monotonic() + args.timeout
+        last = ""
+        while time.monotonic() < deadline:
+            if daemon.poll() is not None:
+                raise SystemExit(f"hotmesh: the daemon exited early with code {daemon.returncode}")
+            try:
+                st = json.loads(status.read_text())
+            except (OSError, ValueError):
+                st = {}
+            line = f"{st.get('state', 'waiting')} {st.get('stage') or ''} {st.get('progress', 0):.0f}%"
+            if line != last:
+                print("  " + line, flush=True)
+                last = line
+            if st.get("state") in ("done", "failed", "cancelled"):
+                report = outbox / "spot" / "report.html"
+                if st["state"] != "done":
+                    print(f"job {st['state']}: {st.get('error')}")
+                print(f"report: {report}")
+                return 0 if st["state"] == "done" else 1
+            time.sleep(1)
+        print("hotmesh: demo timed out", file=sys.stderr)
+        return 1
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hotmesh", description="Hot-folder daemon: photos of an object in, a "
+                                "validated 3D mesh and an HTML quality report out.")
+    p.add_argument("--version", action="version", version=f"hotmesh {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run the daemon in the foreground (SIGTERM/SIGINT stop it cleanly)")
+    r.add_argument("--inbox", help="folder users drop job folders into (HOTMESH_INBOX)")
+    r.add_argument("--outbox", help="folder results are published to (HOTMESH_OUTBOX)")
+    r.add_argument("--state", help="ledger, checkpoints and logs (HOTMESH_STATE; default: <outbox>/../hotmesh-state)")
+    r.add_argument("--gpus", help="'auto' (default), 'cpu', or GPU ids like 0,1: one worker per entry (HOTMESH_GPUS)")
+    r.add_argument("--settle-seconds", type=float, help="quiet time before a folder becomes a job (intake.settle_seconds)")
+    r.add_argument("-v", "--verbose", action="store_true")
+    _add_common(r)
+    r.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("status", help="list jobs from the ledger")
+    s.add_argument("--state", help="state folder (HOTMESH_STATE)")
+    s.add_argument("--outbox", help="outbox, to find the default state folder next to it")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.add_argument("--events", action="store_true", help="with --json: include each job's event history")
+    s.set_defaults(func=cmd_status)
+
+    pr = sub.add_parser("process", help="process one folder without the daemon")
+    pr.add_argument("folder")
+    pr.add_argument("--out", required=True, help="outbox to publish into (result in OUT/<job>/)")
+    pr.add_argument("--state", help="state folder (default: a new temporary one)")
+    pr.add_argument("-v", "--verbose", action="store_true")
+    _add_common(pr)
+    pr.set_defaults(func=cmd_process)
+
+    d = sub.add_parser("demo", help="run a real daemon on the bundled sample and print the report path")
+    d.add_argument("--dir", help="where to create inbox/outbox/state (default: a new temporary folder)")
+    d.add_argument("--timeout", type=float, default=600, help="seconds to wait for the job")
+    d.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="setting passed to the daemon")
+    d.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    d.set_defaults(func=cmd_demo, config=None)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""Settings: one dataclass per component, loaded from defaults < TOML file < HOTMESH_* env < CLI.
+
+A TOML file uses one table per section::
+
+    [intake]
+    settle_seconds = 5
+    [geometry]
+    voxel_resolution = 192
+
+Environment variables are ``HOTMESH_<SECTION>_<KEY>`` (``HOTMESH_GEOMETRY_VOXEL_RESOLUTION=192``);
+``HOTMESH_INBOX`` / ``HOTMESH_OUTBOX`` / ``HOTMESH_STATE`` / ``HOTMESH_CONFIG`` set the folders.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+
+@dataclass(frozen=True)
+class IntakeConfig:
+    settle_seconds: float = 5.0  # a folder must be unchanged this long before it becomes a job
+    rescan_seconds: float = 10.0  # periodic rescan: catches events lost on network/bind mounts
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_file_mb: float = 64.0
+    max_job_mb: float = 4096.0
+    max_images: int = 1000
+    max_megapixels: float = 60.0
+    min_images: int = 8
+
+
+@dataclass(frozen=True)
+class JobsConfig:
+    max_attempts: int = 3  # a job interrupted (crash, kill -9, OOM) this often is failed
+    cancel_poll_seconds: float = 1.0
+    shutdown_grace_seconds: float = 60.0
+    device: str = "auto"  # auto | cpu | cuda
+
+
+@dataclass(frozen=True)
+class ImagesConfig:
+    max_side: int = 1024  # working resolution: images are downscaled to this longest side
+    holdout_every: int = 10  # every Nth view is held out from fitting, for the report's quality numbers
+
+
+@dataclass(frozen=True)
+class GeometryConfig:
+    voxel_resolution: int = 192  # cells along the longest side of the object's box
+    outlier_views: int = -1  # views allowed to disagree with a voxel (bad masks); -1: 3% of views, at most 2
+    smoothing_iterations: int = 10  # Taubin smoothing after marching cubes
+    max_faces: int = 200_000
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    render_size: int = 384
+    gt_samples: int = 200_000
+    fscore_tau: float = 0.01  # F-score threshold, fraction of the GT bounding-box diagonal
+
+
+@dataclass(frozen=True)
+class Settings:
+    intake: IntakeConfig = field(default_factory=IntakeConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    jobs: JobsConfig = field(default_factory=JobsConfig)
+    images: ImagesConfig = field(default_factory=ImagesConfig)
+    geometry: GeometryConfig = field(default_factory=GeometryConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    def section_hash(self, sections: tuple[str, ...]) -> str:
+        """Stable hash of the named sections: a stage's checkpoint is valid only for this hash."""
+        d = self.to_dict()
+        blob = json.dumps({s: d[s] for s in sorted(sections)}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+_SECTION_TYPES = {
+    "intake": IntakeConfig, "limits": LimitsConfig, "jobs": JobsConfig,
+    "images": ImagesConfig, "geometry": GeometryConfig, "report": ReportConfig,
+}
+
+
+def _coerce(value: Any, target: Any, where: str) -> Any:
+    kind = type(target)
+    try:
+        if kind is bool:
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"config {where}: expected {kind.__name__}, got {value!r}") from None
+
+
+def build_settings(overrides: Mapping[str, Mapping[str, Any]]) -> Settings:
+    """Settings from ``{section: {key: value}}``; unknown sections or keys raise ``ValueError``."""
+    parts: dict[str, Any] = {}
+    for section, cls in _SECTION_TYPES.items():
+        default = cls()
+        values = dict(overrides.get(section, {}))
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"config [{section}]: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
+        coerced = {k: _coerce(v, getattr(default, k), f"{section}.{k}") for k, v in values.items()}
+        parts[section] = dataclasses.replace(default, **coerced)
+    unknown_sections = set(overrides) - set(_SECTION_TYPES)
+    if unknown_sections:
+        raise ValueError(f"config: unknown section(s) {sorted(unknown_sections)}; known: {sorted(_SECTION_TYPES)}")
+    return Settings(**parts)
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for name, value in environ.items():
+        if not name.startswith("HOTMESH_"):
+            continue
+        rest = name[len("HOTMESH_"):].lower()
+        for section in _SECTION_TYPES:
+            if rest.startswith(section + "_"):
+                out.setdefault(section, {})[rest[len(section) + 1:]] = value
+    return out
+
+
+def merge(*layers: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    merged: dict[str, dict[str, Any]] = {}
+    for layer in layers:
+        for section, values in layer.items():
+            if not isinstance(values, Mapping):
+                raise ValueError(f"config: [{section}] must be a table, got {values!r}")
+            merged.setdefault(section, {}).update(values)
+    return merged
+
+
+def load_settings(config_file: Path | None, environ: Mapping[str, str] | None = None,
+                  cli: Mapping[str, Mapping[str, Any]] | None = None) -> Settings:
+    environ = os.environ if environ is None else environ
+    file_layer: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            file_layer = tomllib.loads(Path(config_file).read_text())
+        except FileNotFoundError:
+            raise ValueError(f"config file not found: {config_file}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"config file {config_file} is not valid TOML: {e}") from None
+    return build_settings(merge(file_layer, env_overrides(environ), cli or {}))
+
+
+def settings_from_json(blob: str) -> Settings:
+    return build_settings(json.loads(blob))

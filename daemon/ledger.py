@@ -1,0 +1,260 @@
+"""The SQLite job ledger (sqlite-utils, WAL): the single source of truth for jobs.
+
+Every state change is written inside an ``BEGIN IMMEDIATE`` transaction, so the daemon and its worker
+processes can write concurrently and a kill -9 at any point leaves a consistent row behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import sqlite_utils
+
+from daemon.states import JobState
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    folder: str
+    fingerprint: str
+    state: JobState
+    stage: str | None
+    progress: float
+    timings: dict[str, dict[str, Any]]
+    attempts: int
+    error: str | None
+    outputs: dict[str, Any]
+    worker: str | None
+    created: float
+    started: float | None
+    finished: float | None
+    updated: float
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row | dict[str, Any]) -> "Job":
+        r = dict(row)
+        return cls(
+            id=r["id"], folder=r["folder"], fingerprint=r["fingerprint"] or "",
+            state=JobState(r["state"]), stage=r["stage"], progress=float(r["progress"] or 0.0),
+            timings=json.loads(r["timings"] or "{}"), attempts=int(r["attempts"] or 0),
+            error=r["error"], outputs=json.loads(r["outputs"] or "{}"), worker=r["worker"],
+            created=r["created"], started=r["started"], finished=r["finished"], updated=r["updated"],
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["state"] = self.state.value
+        return d
+
+
+def slugify(name: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")
+    return slug[:80] or "job"
+
+
+class Ledger:
+    """Job table plus an append-only events table. One instance per process (not thread-safe)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA busy_timeout=30000")
+        self.conn = conn
+        self.db = sqlite_utils.Database(conn)
+        self.db.enable_wal()
+        conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
+        self._ensure_schema()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextlib.contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """An immediate (write-locking) transaction: the unit of every state change."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        else:
+            self.conn.execute("COMMIT")
+
+    def _ensure_schema(self) -> None:
+        with self.tx():
+            if "jobs" not in self.db.table_names():
+                self.db["jobs"].create({
+                    "id": str, "folder": str, "fingerprint": str, "state": str, "stage": str,
+                    "progress": float, "timings": str, "attempts": int, "error": str, "outputs": str,
+                    "worker": str, "created": float, "started": float, "finished": float, "updated": float,
+                }, pk="id", not_null={"folder", "state"}, defaults={"attempts": 0, "progress": 0.0})
+                self.db["jobs"].create_index(["folder"], unique=True)
+                self.db["jobs"].create_index(["state", "created"])
+            if "events" not in self.db.table_names():
+                self.db["events"].create({
+                    "id": int, "job_id": str, "ts": float, "kind": str, "message": str, "data": str,
+                }, pk="id")
+                self.db["events"].create_index(["job_id", "id"])
+            self.conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    # -- writes -------------------------------------------------------------------------------------
+
+    def _event(self, job_id: str | None, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
+        self.conn.execute(
+            "INSERT INTO events (job_id, ts, kind, message, data) VALUES (?, ?, ?, ?, ?)",
+            (job_id, time.time(), kind, message, json.dumps(data or {})),
+        )
+
+    def event(self, job_id: str | None, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
+        with self.tx():
+            self._event(job_id, kind, message, data)
+
+    def create_job(self, folder: str, fingerprint: str, state: JobState = JobState.QUEUED,
+                   error: str | None = None) -> tuple[Job, bool]:
+        """Insert a job for ``folder`` unless one exists. Returns (job, created)."""
+        now = time.time()
+        with self.tx() as c:
+            row = c.execute("SELECT * FROM jobs WHERE folder = ?", (folder,)).fetchone()
+            if row is not None:
+                return Job.from_row(row), False
+            base = slugify(folder)
+            job_id, n = base, 1
+            while c.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone():
+                n += 1
+                job_id = f"{base}-{n}"
+            finished = now if state.terminal else None
+            c.execute(
+                "INSERT INTO jobs (id, folder, fingerprint, state, stage, progress, timings, attempts, error,"
+                " outputs, worker, created, started, finished, updated)"
+                " VALUES (?, ?, ?, ?, NULL, 0, '{}', 0, ?, '{}', NULL, ?, NULL, ?, ?)",
+                (job_id, folder, fingerprint, state.value, error, now, finished, now),
+            )
+            self._event(job_id, "created", f"job created from inbox folder {folder!r} ({state.value})",
+                        {"fingerprint": fingerprint})
+            return Job.from_row(c.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()), True
+
+    def claim_next(self, worker: str) -> Job | None:
+        """Atomically move the oldest queued job to running; None when the queue is empty."""
+        now = time.time()
+        with self.tx() as c:
+            row = c.execute(
+                "SELECT id FROM jobs WHERE state = ? ORDER BY created, id LIMIT 1", (JobState.QUEUED.value,)
+            ).fetchone()
+            if row is None:
+                return None
+            c.execute(
+                "UPDATE jobs SET state = ?, worker = ?, attempts = attempts + 1, started = COALESCE(started, ?),"
+                " updated = ?, error = NULL WHERE id = ? AND state = ?",
+                (JobState.RUNNING.value, worker, now, now, row["id"], JobState.QUEUED.value),
+            )
+            job = Job.from_row(c.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone())
+            self._event(job.id, "claimed", f"attempt {job.attempts} started on {worker}", {"worker": worker})
+            return job
+
+    def set_progress(self, job_id: str, stage: str, progress: float) -> None:
+        with self.tx() as c:
+            c.execute("UPDATE jobs SET stage = ?, progress = ?, updated = ? WHERE id = ?",
+                      (stage, round(float(progress), 2), time.time(), job_id))
+
+    def record_timing(self, job_id: str, stage: str, timing: dict[str, Any]) -> None:
+        with self.tx() as c:
+            row = c.execute("SELECT timings FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            timings = json.loads(row["timings"] or "{}") if row else {}
+            timings[stage] = timing
+            c.execute("UPDATE jobs SET timings = ?, updated = ? WHERE id = ?",
+                      (json.dumps(timings), time.time(), job_id))
+            self._event(job_id, "stage", f"stage {stage} {'skipped (checkpoint)' if timing.get('skipped') else 'done'}"
+                        f" in {timing.get('seconds', 0):.2f}s", timing)
+
+    def finish(self, job_id: str, state: JobState, error: str | None = None,
+               outputs: dict[str, Any] | None = None, progress: float | None = None) -> None:
+        if not state.terminal:
+            raise ValueError(f"finish() needs a terminal state, got {state}")
+        now = time.time()
+        with self.tx() as c:
+            c.execute(
+                "UPDATE jobs SET state = ?, error = ?, outputs = COALESCE(?, outputs), finished = ?, updated = ?,"
+                " progress = COALESCE(?, progress) WHERE id = ?",
+                (state.value, error, json.dumps(outputs) if outputs is not None else None, now, now,
+                 progress, job_id),
+            )
+            self._event(job_id, state.value, error or f"job {state.value}")
+
+    def requeue(self, job_id: str, reason: str) -> None:
+        with self.tx() as c:
+            c.execute("UPDATE jobs SET state = ?, worker = NULL, updated = ? WHERE id = ?",
+                      (JobState.QUEUED.value, time.time(), job_id))
+            self._event(job_id, "requeued", reason)
+
+    def cancel_if_queued(self, job_id: str, reason: str) -> bool:
+        now = time.time()
+        with self.tx() as c:
+            cur = c.execute("UPDATE jobs SET state = ?, error = ?, finished = ?, updated = ? WHERE id = ? AND state = ?",
+                            (JobState.CANCELLED.value, reason, now, now, job_id, JobState.QUEUED.value))
+            if cur.rowcount:
+                self._event(job_id, "cancelled", reason)
+            return bool(cur.rowcount)
+
+    def recover_orphans(self, max_attempts: int) -> list[tuple[str, str]]:
+        """Jobs left ``running`` by a dead daemon: requeue (resume from checkpoint) or fail.
+
+        Called once at start-up while holding the daemon lock, so every running row is an orphan.
+        """
+        actions: list[tuple[str, str]] = []
+        now = time.time()
+        with self.tx() as c:
+            rows = c.execute("SELECT id, attempts, stage FROM jobs WHERE state = ?", (JobState.RUNNING.value,)).fetchall()
+            for r in rows:
+                if r["attempts"] >= max_attempts:
+                    msg = (f"interrupted {r['attempts']} times (last in stage {r['stage']!r}); giving up after "
+                           f"jobs.max_attempts={max_attempts}. Check the job log for what killed it (out of memory?).")
+                    c.execute("UPDATE jobs SET state = ?, error = ?, finished = ?, updated = ? WHERE id = ?",
+                              (JobState.FAILED.value, msg, now, now, r["id"]))
+                    self._event(r["id"], "failed", msg)
+                    actions.append((r["id"], "failed"))
+                else:
+                    c.execute("UPDATE jobs SET state = ?, worker = NULL, updated = ? WHERE id = ?",
+                              (JobState.QUEUED.value, now, r["id"]))
+                    self._event(r["id"], "requeued",
+                                f"daemon restarted while the job ran (stage {r['stage']!r}); resuming from the last checkpoint")
+                    actions.append((r["id"], "requeued"))
+        return actions
+
+    # -- reads --------------------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> Job | None:
+        row = self.conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return Job.from_row(row) if row else None
+
+    def by_folder(self, folder: str) -> Job | None:
+        row = self.conn.execute("SELECT * FROM jobs WHERE folder = ?", (folder,)).fetchone()
+        return Job.from_row(row) if row else None
+
+    def jobs(self, state: JobState | None = None) -> list[Job]:
+        if state is None:
+            rows = self.conn.execute("SELECT * FROM jobs ORDER BY created, id").fetchall()
+        else:
+            rows = self.conn.execute("SELECT * FROM jobs WHERE state = ? ORDER BY created, id", (state.value,)).fetchall()
+        return [Job.from_row(r) for r in rows]
+
+    def known_folders(self) -> set[str]:
+        return {r[0] for r in self.conn.execute("SELECT folder FROM jobs").fetchall()}
+
+    def events(self, job_id: str) -> list[dict[str, Any]]:
+        rows = self.conn.execute("SELECT * FROM events WHERE job_id = ? ORDER BY id", (job_id,)).fetchall()
+        return [dict(r) | {"data": json.loads(r["data"] or "{}")} for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        rows = self.conn.execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state").fetchall()
+        return {r["state"]: r["n"] for r in rows}

@@ -1,0 +1,77 @@
+"""What a stage gets to work with, and the exceptions that end a job."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from daemon.config import Settings
+
+CANCEL_MARKER = "CANCEL"
+READY_MARKER = "READY"
+
+
+class JobError(Exception):
+    """A failure the user can act on; its message goes verbatim into the report and ledger."""
+
+
+class InputError(JobError):
+    """The job folder's content cannot be processed (bad or missing files)."""
+
+
+class Cancelled(Exception):
+    """The user dropped a CANCEL file into the job folder."""
+
+
+class Interrupted(Exception):
+    """The daemon is shutting down: stop at the next check, keep the checkpoints, resume later."""
+
+
+class JobLogAdapter(logging.LoggerAdapter):
+    def process(self, msg, kwargs):  # type: ignore[override]
+        return f"[job {self.extra['job_id']}] {msg}", kwargs
+
+
+@dataclass
+class JobContext:
+    """Per-job state shared by the stages. Stages read inputs only through their typed loaders."""
+
+    job_id: str
+    input_dir: Path
+    work_dir: Path
+    settings: Settings
+    device: str  # "cpu" or "cuda"
+    log: logging.LoggerAdapter
+    stop_reason: Callable[[], str | None] = lambda: None  # daemon shutdown flag
+    on_progress: Callable[[str, float], None] = lambda stage, pct: None
+    stage: str = ""
+    _stage_lo: float = 0.0
+    _stage_hi: float = 0.0
+    _last_report: float = field(default=0.0, repr=False)
+
+    @property
+    def cancel_path(self) -> Path:
+        return self.input_dir / CANCEL_MARKER
+
+    def check(self) -> None:
+        """Raise if the job must stop now. Cheap (one stat); call it inside every long loop."""
+        if self.cancel_path.exists():
+            raise Cancelled(f"cancelled by a {CANCEL_MARKER} file during stage {self.stage!r}")
+        reason = self.stop_reason()
+        if reason:
+            raise Interrupted(reason)
+
+    def begin_stage(self, name: str, lo: float, hi: float) -> None:
+        self.stage, self._stage_lo, self._stage_hi = name, lo, hi
+        self.on_progress(name, lo)
+
+    def progress(self, fraction: float) -> None:
+        """Progress inside the current stage (0..1); also checks for cancel. Throttled to 2 Hz writes."""
+        self.check()
+        now = time.monotonic()
+        if now - self._last_report >= 0.5 or fraction >= 1.0:
+            self._last_report = now
+            f = min(max(fraction, 0.0), 1.0)
+            self.on_progress(self.stage, self._stage_lo + f * (self._stage_hi - self._stage_lo))

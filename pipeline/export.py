@@ -1,0 +1,67 @@
+"""Mesh files for users: PLY and OBJ(+MTL) in the input's world frame, GLB turned to glTF's +Y up."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import trimesh
+
+
+def rotation_to_y_up(up: np.ndarray) -> np.ndarray:
+    """(3,) world up -> (3, 3) rotation taking it to +Y (Rodrigues; 180 degrees about X for -Y)."""
+    u = np.asarray(up, dtype=np.float64)
+    u = u / np.linalg.norm(u)
+    y = np.array([0.0, 1.0, 0.0])
+    v = np.cross(u, y)
+    c = float(u @ y)
+    if np.linalg.norm(v) < 1e-9:
+        return np.eye(3) if c > 0 else np.diag([1.0, -1.0, -1.0])
+    vx = np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
+    return np.eye(3) + vx + vx @ vx * (1.0 / (1.0 + c))
+
+
+def estimate_up(camera_ups: np.ndarray, snap_degrees: float = 25.0) -> np.ndarray:
+    """World up from the cameras' up vectors (N, 3): people hold cameras upright. Snapped to the nearest
+    world axis when within ``snap_degrees``, so synthetic +Z-up scenes get an exact rotation."""
+    u = camera_ups.mean(axis=0)
+    if np.linalg.norm(u) < 1e-6:
+        return np.array([0.0, 0.0, 1.0])
+    u /= np.linalg.norm(u)
+    axes = np.vstack([np.eye(3), -np.eye(3)])
+    best = axes[np.argmax(axes @ u)]
+    if np.degrees(np.arccos(np.clip(best @ u, -1, 1))) <= snap_degrees:
+        return best
+    return u
+
+
+def colored_mesh(mesh: trimesh.Trimesh, colors: np.ndarray) -> trimesh.Trimesh:
+    """Copy of ``mesh`` with per-vertex colours (V, 3) float in [0, 1]."""
+    rgba = np.concatenate([np.clip(colors, 0, 1) * 255, np.full((len(colors), 1), 255)], axis=1).astype(np.uint8)
+    return trimesh.Trimesh(vertices=mesh.vertices.copy(), faces=mesh.faces.copy(), vertex_colors=rgba, process=False)
+
+
+def write_obj(mesh: trimesh.Trimesh, colors: np.ndarray, path: Path) -> None:
+    """OBJ with per-vertex colours (the common 'v x y z r g b' extension) and a plain white material."""
+    mtl = path.with_suffix(".mtl")
+    mtl.write_text("# hotmesh\nnewmtl hotmesh\nKa 0 0 0\nKd 1 1 1\nKs 0 0 0\nd 1\nillum 1\n")
+    v = np.hstack([mesh.vertices, np.clip(colors, 0, 1)])
+    with open(path, "w") as fh:
+        fh.write(f"# hotmesh\nmtllib {mtl.name}\no mesh\n")
+        np.savetxt(fh, v, fmt="v %.6f %.6f %.6f %.4f %.4f %.4f")
+        np.savetxt(fh, mesh.vertex_normals, fmt="vn %.5f %.5f %.5f")
+        fh.write("usemtl hotmesh\ns 1\n")
+        f = mesh.faces + 1
+        np.savetxt(fh, np.repeat(f, 2, axis=1), fmt="f %d//%d %d//%d %d//%d")
+
+
+def export_all(mesh: trimesh.Trimesh, colors: np.ndarray, up: np.ndarray, out_dir: Path) -> dict[str, str]:
+    """Write mesh.ply, mesh.obj + mesh.mtl (world frame) and mesh.glb (+Y up). Returns {kind: file name}."""
+    cm = colored_mesh(mesh, colors)
+    cm.export(out_dir / "mesh.ply")
+    write_obj(mesh, colors, out_dir / "mesh.obj")
+    glb = cm.copy()
+    T = np.eye(4)
+    T[:3, :3] = rotation_to_y_up(up)
+    glb.apply_transform(T)
+    glb.export(out_dir / "mesh.glb")
+    return {"ply": "mesh.ply", "obj": "mesh.obj", "mtl": "mesh.mtl", "glb": "mesh.glb"}

@@ -1,0 +1,120 @@
+"""Image validation (by content, not extension) and loading with EXIF orientation applied."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from daemon.config import LimitsConfig
+
+# Magic bytes of the formats we accept; the extension is never trusted.
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff"}
+
+
+def sniff_format(head: bytes) -> str | None:
+    """Image format from the first bytes of a file, or None. ``head``: at least 12 bytes."""
+    for magic, fmt in _MAGIC:
+        if head.startswith(magic):
+            return fmt
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    path: Path
+    format: str
+    width: int  # after EXIF orientation
+    height: int
+    has_alpha: bool
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Rejected:
+    file: str
+    reason: str
+
+
+def inside(path: Path, root: Path) -> bool:
+    """True when ``path`` resolves (following symlinks) to somewhere under ``root``."""
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except (ValueError, OSError):
+        return False
+
+
+def validate_image(path: Path, root: Path, limits: LimitsConfig) -> ImageInfo | Rejected:
+    """Check one file fully: inside the job folder, size, magic bytes, megapixels, complete decode."""
+    rel = os.path.relpath(path, root)
+    if path.is_symlink() and not inside(path, root):
+        return Rejected(rel, "is a symbolic link pointing outside the job folder; copy the file in instead")
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        return Rejected(rel, f"cannot be read ({e.strerror})")
+    if size > limits.max_file_mb * 1e6:
+        return Rejected(rel, f"is {size / 1e6:.1f} MB, over the {limits.max_file_mb:g} MB per-file limit (limits.max_file_mb)")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except OSError as e:
+        return Rejected(rel, f"cannot be read ({e.strerror or e})")
+    fmt = sniff_format(head)
+    if fmt is None:
+        return Rejected(rel, "is not a JPEG, PNG, WebP or TIFF image (checked by content, not by name)")
+    max_px = int(limits.max_megapixels * 1e6)
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if w * h > max_px:
+                return Rejected(rel, f"is {w}x{h} = {w * h / 1e6:.1f} MP, over the {limits.max_megapixels:g} MP limit (limits.max_megapixels)")
+            im.load()  # full decode: truncated or corrupt files fail here, not later in a stage
+            orientation = im.getexif().get(0x0112, 1)
+            has_alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
+    except Image.DecompressionBombError:
+        return Rejected(rel, f"is larger than the decompression-bomb guard allows ({limits.max_megapixels:g} MP)")
+    except (OSError, SyntaxError, ValueError) as e:
+        return Rejected(rel, f"is a damaged {fmt} file that cannot be decoded ({e})")
+    if orientation in (5, 6, 7, 8):  # EXIF rotations by 90 degrees swap width and height
+        w, h = h, w
+    return ImageInfo(path=path, format=fmt, width=w, height=h, has_alpha=has_alpha, bytes=size)
+
+
+def load_rgba(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """Decode with EXIF orientation applied. Returns rgb (H, W, 3) uint8 and alpha (H, W) uint8 or None."""
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)
+        has_alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
+        if has_alpha:
+            arr = np.asarray(im.convert("RGBA"))
+            return np.ascontiguousarray(arr[..., :3]), np.ascontiguousarray(arr[..., 3])
+        return np.asarray(im.convert("RGB")), None
+
+
+def load_gray(path: Path) -> np.ndarray:
+    """A mask file as (H, W) uint8; an alpha channel wins over luminance when present."""
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)
+        if im.mode in ("RGBA", "LA"):
+            return np.asarray(im.getchannel("A"))
+        return np.asarray(im.convert("L"))
+
+
+def resize(arr: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
+    """Resize (H, W[, C]) uint8 to ``size`` = (width, height) with Pillow (Lanczos, or nearest)."""
+    if arr.shape[1] == size[0] and arr.shape[0] == size[1]:
+        return arr
+    im = Image.fromarray(arr)
+    return np.asarray(im.resize(size, Image.Resampling.NEAREST if nearest else Image.Resampling.LANCZOS))

@@ -1,0 +1,62 @@
+"""Field -> clean, closed triangle mesh: marching cubes, largest component, Taubin smoothing, decimation."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import trimesh
+from skimage import measure
+
+from pipeline.context import JobError
+
+
+@dataclass(frozen=True)
+class MeshingSettings:
+    smoothing_iterations: int = 10
+    max_faces: int = 200_000
+
+
+def marching_cubes(field: np.ndarray, origin: np.ndarray, voxel: float) -> trimesh.Trimesh:
+    """field: (X, Y, Z) float32, negative inside -> mesh in world units with outward normals."""
+    if field.ndim != 3:
+        raise ValueError(f"field must be 3-D, got shape {field.shape}")
+    if not (field < 0).any():
+        raise JobError("the visual hull is empty: no voxel is inside every silhouette")
+    verts, faces, _normals, _ = measure.marching_cubes(-field, level=0.0, spacing=(voxel, voxel, voxel))
+    mesh = trimesh.Trimesh(vertices=verts + origin, faces=faces, process=True)
+    if mesh.volume < 0:
+        mesh.invert()
+    return mesh
+
+
+def largest_component(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
+    parts = mesh.split(only_watertight=False)
+    if len(parts) <= 1:
+        return mesh
+    return max(parts, key=lambda m: len(m.faces))
+
+
+def decimate(mesh: trimesh.Trimesh, max_faces: int) -> trimesh.Trimesh:
+    """Quadric decimation (fast-simplification) down to ``max_faces``; keeps the input if that breaks it."""
+    if len(mesh.faces) <= max_faces:
+        return mesh
+    import fast_simplification
+
+    reduction = 1.0 - max_faces / len(mesh.faces)
+    v, f = fast_simplification.simplify(np.asarray(mesh.vertices, dtype=np.float32),
+                                        np.asarray(mesh.faces, dtype=np.int32), target_reduction=reduction)
+    out = trimesh.Trimesh(vertices=v.astype(np.float64), faces=f, process=True)
+    out = largest_component(out)
+    if not out.is_watertight:
+        trimesh.repair.fill_holes(out)
+    return out if out.is_watertight else mesh
+
+
+def clean_mesh(raw: trimesh.Trimesh, settings: MeshingSettings) -> trimesh.Trimesh:
+    mesh = largest_component(raw)
+    if settings.smoothing_iterations > 0:
+        # Taubin (lambda/mu) smoothing removes voxel stair-steps without shrinking the object
+        trimesh.smoothing.filter_taubin(mesh, lamb=0.5, nu=0.53, iterations=settings.smoothing_iterations)
+    mesh = decimate(mesh, settings.max_faces)
+    mesh.fix_normals()
+    return mesh

@@ -1,0 +1,144 @@
+"""Stage 6: export the mesh files, measure their quality, write stats.json and report.html."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import trimesh
+
+from daemon import __version__
+from pipeline.cameras import camera_centers, camera_forward, camera_up
+from pipeline.context import JobContext
+from pipeline.evaluate import gt_scores, held_out_scores, mesh_stats
+from pipeline.export import estimate_up, export_all
+from pipeline.render import look_at, render, shade
+from pipeline.report_html import camera_plot, data_uri, render_report
+from pipeline.stages.base import Stage, read_summary, stage_dir
+from pipeline.stages.geometry import load_colors, load_mesh
+from pipeline.stages.ingest import Manifest
+from pipeline.stages.views import Views, load_masks
+
+TIMINGS_FILE = "timings.json"
+
+
+def read_timings(ctx: JobContext) -> list[dict[str, Any]]:
+    try:
+        return json.loads((ctx.work_dir / TIMINGS_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+
+
+def input_summary(manifest: Manifest) -> dict[str, Any]:
+    return {"pose_kind": manifest.pose_kind, "pose_path": manifest.pose_path, "images": len(manifest.frames),
+            "rejected": [{"file": r.file, "reason": r.reason} for r in manifest.rejected],
+            "missing": list(manifest.missing), "warnings": list(manifest.warnings),
+            "total_bytes": manifest.total_bytes, "gt_mesh": manifest.gt_mesh}
+
+
+def on_white(views: Views, i: int) -> np.ndarray:
+    """Input photo i for display, (H, W, 3) uint8; a transparent background is shown white."""
+    a = views.alpha[i]
+    if a is None:
+        return views.rgb[i]
+    w = a.astype(np.float32)[..., None] / 255.0
+    return (views.rgb[i] * w + 255 * (1 - w)).astype(np.uint8)
+
+
+def orbit_renders(mesh: trimesh.Trimesh, colors: np.ndarray, views: Views, up: np.ndarray, size: int) -> list[dict[str, Any]]:
+    """Four views around the object at the cameras' median distance and elevation, each beside the input
+    photo whose viewing direction is closest."""
+    centers = camera_centers(views.w2c)
+    target = mesh.bounds.mean(axis=0)
+    rel = centers - target
+    dist = float(np.median(np.linalg.norm(rel, axis=1)))
+    elev = float(np.median(np.arcsin(np.clip((rel @ up) / np.linalg.norm(rel, axis=1), -1, 1))))
+    a = np.array([1.0, 0, 0]) if abs(up[0]) < 0.9 else np.array([0, 1.0, 0])
+    e1 = np.cross(up, a)
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(up, e1)
+    az0 = float(np.arctan2(rel[0] @ e2, rel[0] @ e1))
+    fx_rel = float(np.median(views.K[:, 0, 0] / np.array([im.shape[1] for im in views.rgb])))
+    K = np.array([[fx_rel * size, 0, size / 2], [0, fx_rel * size, size / 2], [0, 0, 1.0]])
+    dirs_in = rel / np.linalg.norm(rel, axis=1, keepdims=True)
+    out = []
+    for k, label in enumerate(("front", "right", "back", "left")):
+        az = az0 + k * np.pi / 2
+        d = np.cos(elev) * (np.cos(az) * e1 + np.sin(az) * e2) + np.sin(elev) * up
+        w2c = look_at(target + dist * d, target, up)
+        r = render(mesh, K, w2c, size, size, colors)
+        col = np.where(r.mask[..., None], r.rgb, 1.0)
+        nearest = int(np.argmax(dirs_in @ d))
+        angle = float(np.degrees(np.arccos(np.clip(dirs_in[nearest] @ d, -1, 1))))
+        out.append({"label": label, "render": data_uri((col * 255).astype(np.uint8)),
+                    "shaded": data_uri(shade(r, d + 0.5 * up)), "photo": data_uri(on_white(views, nearest)),
+                    "photo_name": views.names[nearest], "angle": angle})
+    return out
+
+
+class ReportStage(Stage):
+    name = "report"
+    weight = 15
+    sections = ("report",)
+
+    def run(self, ctx: JobContext, out_dir: Path) -> dict[str, Any]:
+        t0 = time.monotonic()
+        manifest = Manifest.load(stage_dir(ctx, "ingest"))
+        views = Views.load(ctx)
+        masks = load_masks(ctx)
+        mesh = load_mesh(ctx)
+        colors = load_colors(ctx)
+        up = estimate_up(camera_up(views.w2c))
+        files = export_all(mesh, colors, up, out_dir)
+        ctx.progress(0.1)
+        # every number below is read from the files just written, so the report matches what users get
+        written = trimesh.load(out_dir / files["ply"], process=False, force="mesh")
+        stats: dict[str, Any] = {"input": input_summary(manifest), "cameras": read_summary(stage_dir(ctx, "cameras")),
+                                 "geometry": read_summary(stage_dir(ctx, "geometry")),
+                                 "texture": read_summary(stage_dir(ctx, "texture")),
+                                 "mesh": mesh_stats(written), "up": [float(x) for x in up]}
+        held = [i for i in np.nonzero(views.holdout)[0] if masks[i] is not None]
+        heldout = held_out_scores(written, colors, [views.names[i] for i in held], [views.rgb[i] for i in held],
+                                  [masks[i] for i in held], views.K[held], views.w2c[held],
+                                  check=lambda f: ctx.progress(0.1 + 0.4 * f))
+        quality: dict[str, Any] = {"heldout": heldout.to_dict(), "gt": None}
+        if manifest.gt_mesh:
+            gt = trimesh.load(ctx.input_dir / manifest.gt_mesh, force="mesh")
+            quality["gt"] = gt_scores(written, gt, ctx.settings.report.gt_samples, ctx.settings.report.fscore_tau)
+            quality["gt"]["file"] = manifest.gt_mesh
+        stats["quality"] = quality
+        ctx.progress(0.6)
+        renders = orbit_renders(written, colors, views, up, ctx.settings.report.render_size)
+        ctx.progress(0.85)
+        gallery = [{"name": views.names[i], "photo": data_uri(views.rgb[i] * masks[i][..., None]),
+                    "render": data_uri(r), "iou": s.mask_iou, "psnr": s.psnr}
+                   for i, r, s in list(zip(held, heldout.renders, heldout.views))[:6]]
+        sub = np.asarray(written.vertices)[:: max(1, len(written.vertices) // 400)]
+        cam_views = camera_plot(camera_centers(views.w2c), camera_forward(views.w2c), views.holdout, up, sub)
+        timings = read_timings(ctx) + [{"stage": self.name, "seconds": time.monotonic() - t0, "skipped": False,
+                                        "peak_rss_mb": None, "peak_vram_mb": None}]
+        stats["timings"] = timings
+        stats["files"] = {f: (out_dir / f).stat().st_size for f in sorted(files.values())}
+        context = report_context(ctx, "done", None, None, stats, renders=renders, heldout=gallery, cam_views=cam_views)
+        stats["job"] = context["job"]
+        stats["config"] = ctx.settings.to_dict()
+        (out_dir / "stats.json").write_text(json.dumps(stats, indent=1))
+        render_report(context, out_dir / "report.html")
+        return {"faces": stats["mesh"]["faces"], "heldout_iou": heldout.mean_iou, "heldout_psnr": heldout.mean_psnr,
+                "fscore": quality["gt"]["fscore"] if quality["gt"] else None}
+
+
+def report_context(ctx: JobContext, state: str, error: str | None, failed_stage: str | None,
+                   stats: dict[str, Any], renders: list | None = None, heldout: list | None = None,
+                   cam_views: list | None = None) -> dict[str, Any]:
+    for key in ("quality", "mesh", "input", "cameras", "geometry", "texture", "files", "up"):
+        stats.setdefault(key, None)
+    return {
+        "job": {"id": ctx.job_id, "folder": ctx.input_dir.name, "state": state, "error": error, "stage": failed_stage,
+                "version": __version__, "device": ctx.device,
+                "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime())},
+        "stats": stats, "renders": renders or [], "heldout": heldout or [], "cam_views": cam_views or [],
+        "timings": stats.get("timings") or read_timings(ctx), "config": ctx.settings.to_dict(),
+    }

@@ -1,0 +1,188 @@
+"""Shared fixtures: the real data sets, and a real daemon started as a subprocess on temp folders."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = Path(os.environ.get("HOTMESH_TEST_DATA", REPO.parent / "shared" / "data")).resolve()
+SAMPLE = REPO / "samples" / "spot"
+
+
+def data(name: str) -> Path:
+    p = DATA / name
+    if not p.exists():
+        pytest.fail(f"test data {p} is missing: the suite expects ../shared/data beside the checkout "
+                    f"(or HOTMESH_TEST_DATA)")
+    return p
+
+
+def gpu_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if gpu_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run on the device)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.25) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def drop(src: Path, inbox: Path, name: str | None = None, ignore: Callable | None = None) -> Path:
+    """Copy ``src`` next to the inbox, then move it in with one rename, as a careful user does."""
+    name = name or src.name
+    staging = inbox.parent / "staging" / name
+    if staging.exists():
+        shutil.rmtree(staging)
+    shutil.copytree(src, staging, ignore=ignore, symlinks=True)
+    dst = inbox / name
+    staging.rename(dst)
+    return dst
+
+
+def tiny_job(dst: Path, views: int = 10, size: int = 64) -> Path:
+    """A small but real posed, masked job: the first ``views`` views of the bundled sample at ``size``^2."""
+    meta = json.loads((SAMPLE / "transforms.json").read_text())
+    (dst / "images").mkdir(parents=True)
+    frames = meta["frames"][:: max(1, len(meta["frames"]) // views)][:views]
+    for fr in frames:
+        im = Image.open(SAMPLE / fr["file_path"]).resize((size, size), Image.Resampling.LANCZOS)
+        im.save(dst / fr["file_path"])
+    (dst / "transforms.json").write_text(json.dumps({"camera_angle_x": meta["camera_angle_x"], "frames": frames}))
+    return dst
+
+
+TINY_SETTINGS = ["limits.min_images=4", "geometry.voxel_resolution=32", "report.render_size=64",
+                 "report.gt_samples=5000", "images.holdout_every=0"]
+
+
+@dataclass
+class DaemonProc:
+    root: Path
+    args: list[str] = field(default_factory=list)
+    proc: subprocess.Popen | None = None
+    log_path: Path | None = None
+
+    @property
+    def inbox(self) -> Path:
+        return self.root / "inbox"
+
+    @property
+    def outbox(self) -> Path:
+        return self.root / "outbox"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    def start(self) -> "DaemonProc":
+        for d in (self.inbox, self.outbox, self.state):
+            d.mkdir(parents=True, exist_ok=True)
+        n = len(list(self.root.glob("daemon-*.log")))
+        self.log_path = self.root / f"daemon-{n}.log"
+        cmd = [sys.executable, "-m", "daemon.cli", "run", "--inbox", str(self.inbox), "--outbox", str(self.outbox),
+               "--state", str(self.state), "--settle-seconds", "0.5", "--gpus", "cpu",
+               "--set", "intake.rescan_seconds=1", "--set", "jobs.cancel_poll_seconds=0.2", *self.args]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(cmd, cwd=str(REPO), stdout=open(self.log_path, "w"), stderr=subprocess.STDOUT, env=env)
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path and self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def jobs(self) -> dict[str, dict[str, Any]]:
+        from daemon.ledger import Ledger
+
+        if not (self.state / "ledger.db").exists():
+            return {}
+        ledger = Ledger(self.state / "ledger.db")
+        try:
+            return {j.id: j.to_dict() for j in ledger.jobs()}
+        finally:
+            ledger.close()
+
+    def events(self, job_id: str) -> list[dict[str, Any]]:
+        from daemon.ledger import Ledger
+
+        ledger = Ledger(self.state / "ledger.db")
+        try:
+            return ledger.events(job_id)
+        finally:
+            ledger.close()
+
+    def wait_state(self, job_id: str, states: tuple[str, ...] = ("done", "failed", "cancelled"),
+                   timeout: float = 300) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            if not self.alive():
+                raise AssertionError(f"daemon died:\n{self.log()[-3000:]}")
+            job = self.jobs().get(job_id)
+            return job if job and job["state"] in states else None
+
+        return wait_for(check, timeout, f"job {job_id} to reach {states}")
+
+
+@pytest.fixture
+def daemon_factory(tmp_path: Path):
+    started: list[DaemonProc] = []
+
+    def make(*args: str, root: Path | None = None) -> DaemonProc:
+        d = DaemonProc(root or tmp_path, list(args))
+        started.append(d)
+        return d
+
+    yield make
+    for d in started:
+        d.stop(signal.SIGKILL if d.alive() else signal.SIGTERM, timeout=10)
+
+
+def set_args(*settings: str) -> list[str]:
+    out: list[str] = []
+    for s in settings:
+        out += ["--set", s]
+    return out
+
+
+def load_rgba(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGBA"))

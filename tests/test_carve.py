@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+
+from pipeline.carve import CarveSettings, carve, mask_sdf
+from pipeline.meshing import MeshingSettings, clean_mesh, marching_cubes
+from pipeline.render import look_at, render
+
+
+def test_mask_sdf_sign_and_distance() -> None:
+    m = np.zeros((21, 21), bool)
+    m[5:16, 5:16] = True
+    d = mask_sdf(m)
+    assert d[10, 10] < 0 and d[0, 0] > 0
+    assert d[10, 0] == pytest.approx(5.0)  # 5 pixels from the square's left edge
+    with pytest.raises(ValueError):
+        mask_sdf(np.zeros((2, 2, 2)))
+
+
+def _sphere_views(n: int, radius: float, size: int = 96, scale: float = 1.0):
+    import trimesh
+
+    sphere = trimesh.creation.icosphere(subdivisions=5, radius=radius * scale)
+    rng = np.random.default_rng(0)
+    K = np.array([[size * 1.2, 0, size / 2], [0, size * 1.2, size / 2], [0, 0, 1.0]])
+    Ks, w2cs, masks = [], [], []
+    for _ in range(n):
+        d = rng.normal(size=3)
+        d /= np.linalg.norm(d)
+        w2c = look_at(d * 4 * scale, np.zeros(3), np.array([0, 0, 1.0]))
+        Ks.append(K)
+        w2cs.append(w2c)
+        masks.append(render(sphere, K, w2c, size, size).mask)
+    return np.array(Ks), np.array(w2cs), masks
+
+
+@pytest.mark.parametrize("scale", [0.001, 1.0, 1000.0])  # mm, m, km: results must not depend on units
+def test_sphere_hull_is_accurate_at_any_scale(scale: float) -> None:
+    Ks, w2cs, masks = _sphere_views(24, 1.0, scale=scale)
+    res = carve(Ks, w2cs, masks, CarveSettings(resolution=48, outlier_views=0))
+    mesh = clean_mesh(marching_cubes(res.field, res.origin, res.voxel), MeshingSettings(smoothing_iterations=5))
+    r = np.linalg.norm(mesh.vertices, axis=1) / scale
+    assert mesh.is_watertight
+    # a visual hull is never smaller than the object and, with 24 views, not much larger
+    assert r.min() > 0.97 and np.median(r) < 1.06
+
+
+def test_one_bad_mask_is_tolerated() -> None:
+    from pipeline.context import InputError
+
+    Ks, w2cs, masks = _sphere_views(20, 1.0)
+    masks[3] = np.zeros_like(masks[3])  # one view's mask lost the object entirely
+    with pytest.raises(InputError, match="no common region"):
+        carve(Ks, w2cs, masks, CarveSettings(resolution=40, outlier_views=0))
+    tolerant = carve(Ks, w2cs, masks, CarveSettings(resolution=40, outlier_views=1))
+    mesh = marching_cubes(tolerant.field, tolerant.origin, tolerant.voxel)
+    assert 0.95 < np.median(np.linalg.norm(mesh.vertices, axis=1)) < 1.1

@@ -1,0 +1,222 @@
+"""End-to-end: a real daemon subprocess, real data dropped into its inbox, real outputs checked."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trimesh
+
+from tests.conftest import SAMPLE, TINY_SETTINGS, data, drop, set_args, tiny_job, wait_for
+
+MESH_FILES = {"mesh.ply", "mesh.obj", "mesh.mtl", "mesh.glb"}
+
+
+def _report_number(html: str, element_id: str) -> str:
+    m = re.search(rf'id="{element_id}">([^<]*)<', html)
+    assert m, f"#{element_id} not in report"
+    return m.group(1).strip()
+
+
+@pytest.mark.slow
+def test_spot_render_matches_ground_truth_and_report_matches_files(daemon_factory, tmp_path: Path) -> None:
+    d = daemon_factory(*set_args("geometry.voxel_resolution=160")).start()
+    drop(data("spot_render"), d.inbox)
+    job = d.wait_state("spot_render", timeout=400)
+    assert job["state"] == "done", job["error"]
+    out = d.outbox / "spot_render"
+    assert MESH_FILES | {"report.html", "stats.json", "job.log"} <= {p.name for p in out.iterdir()}
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["quality"]["gt"]["fscore"] >= 0.6, stats["quality"]["gt"]
+    # independent check of the published mesh against the GT, not trusting stats.json
+    from pipeline.metrics import geometry_scores
+
+    mesh = trimesh.load(out / "mesh.ply", process=False)
+    gt = trimesh.load(data("spot_render") / "gt.ply")
+    assert geometry_scores(mesh, gt, samples=100_000, tau_rel=0.01).fscore >= 0.6
+    assert mesh.is_watertight
+    # the mesh stays in the cameras' frame (overlaps the GT), the GLB is +Y up (spot_render is +Z up)
+    glb = trimesh.load(out / "mesh.glb", force="mesh")
+    assert np.allclose(glb.extents, mesh.extents[[0, 2, 1]], rtol=1e-4)
+    # every number in the report is the file's
+    html = (out / "report.html").read_text()
+    assert int(_report_number(html, "mesh-vertices")) == len(mesh.vertices) == stats["mesh"]["vertices"]
+    assert int(_report_number(html, "mesh-faces")) == len(mesh.faces) == stats["mesh"]["faces"]
+    assert _report_number(html, "mesh-watertight") == "yes"
+    assert float(_report_number(html, "gt-fscore")) == pytest.approx(stats["quality"]["gt"]["fscore"], abs=1e-4)
+    assert float(_report_number(html, "heldout-iou")) == pytest.approx(stats["quality"]["heldout"]["mask_iou_mean"], abs=1e-4)
+    assert int(_report_number(html, "input-images")) == 60
+    assert stats["files"]["mesh.glb"] == (out / "mesh.glb").stat().st_size
+    # offline: no external resources referenced
+    assert not re.search(r'(src|href)="(https?:)?//', html)
+    # per-stage timings in the ledger and the status JSON
+    assert set(job["timings"]) >= {"ingest", "cameras", "masks", "geometry", "texture", "report", "publish"}
+    status = json.loads((d.outbox / "_status" / "spot_render.json").read_text())
+    assert status["state"] == "done" and status["progress"] == 100.0
+
+
+@pytest.mark.slow
+def test_lego_heldout_mask_iou(daemon_factory) -> None:
+    d = daemon_factory(*set_args("images.max_side=400", "geometry.voxel_resolution=160")).start()
+    drop(data("lego"), d.inbox)
+    job = d.wait_state("lego", timeout=500)
+    assert job["state"] == "done", job["error"]
+    stats = json.loads((d.outbox / "lego" / "stats.json").read_text())
+    held = stats["quality"]["heldout"]
+    assert held["views"] == 10
+    assert held["mask_iou_mean"] >= 0.9, held
+
+
+def test_fox_fails_naming_missing_files_and_masks(daemon_factory) -> None:
+    d = daemon_factory().start()
+    drop(data("fox"), d.inbox)
+    job = d.wait_state("fox", timeout=120)
+    assert job["state"] == "failed"
+    err = job["error"]
+    assert "no masks" in err and "masks/" in err
+    assert "17 of 67 frames listed in transforms.json are missing" in err
+    assert "images/0005.jpg" in err  # one of the 17 missing files, by name
+    out = d.outbox / "fox"
+    assert not (MESH_FILES & {p.name for p in out.iterdir()})
+    html = (out / "report.html").read_text()
+    assert "no masks" in html and "images/0005.jpg" in html
+
+
+def test_bad_inputs_fail_clearly_and_daemon_survives(daemon_factory, tmp_path: Path) -> None:
+    d = daemon_factory(*set_args(*TINY_SETTINGS)).start()
+    src = tmp_path / "src"
+    cases: dict[str, str] = {}
+
+    def make(name: str) -> Path:
+        return tiny_job(src / name, views=8)
+
+    p = make("corrupt")  # 5 of 8 images damaged: 3 usable, below limits.min_images=4
+    for f in sorted((p / "images").iterdir())[:5]:
+        f.write_bytes(f.read_bytes()[:200])
+    cases["corrupt"] = "damaged PNG file"
+    p = make("notimage")
+    for f in sorted((p / "images").iterdir())[:5]:
+        f.write_text("this is not a picture")
+    cases["notimage"] = "is not a JPEG, PNG, WebP or TIFF image"
+    p = make("escape")
+    target = sorted((p / "images").iterdir())[0]
+    target.unlink()
+    target.symlink_to("/etc/hostname")
+    cases["escape"] = "symbolic links point outside the job folder"
+    p = make("badjson")
+    (p / "transforms.json").write_text('{"frames": [')
+    cases["badjson"] = "transforms.json is not valid JSON"
+    p = make("noposes")
+    (p / "transforms.json").unlink()
+    cases["noposes"] = "no camera poses found"
+    p = src / "noimages"
+    p.mkdir(parents=True)
+    (p / "notes.txt").write_text("oops")
+    cases["noimages"] = "no camera poses found"
+    good = make("good")
+    for name in cases:
+        drop(src / name, d.inbox)
+    drop(good, d.inbox)
+    for name, needle in cases.items():
+        job = d.wait_state(name, timeout=120)
+        assert job["state"] == "failed", (name, job)
+        assert needle in job["error"], (name, job["error"])
+        report = (d.outbox / name / "report.html").read_text()
+        assert "Failed" in report
+        assert not (MESH_FILES & {x.name for x in (d.outbox / name).iterdir()})
+    assert d.wait_state("good", timeout=120)["state"] == "done"
+    assert d.alive()
+
+
+def test_cancel_running_queued_and_copying(daemon_factory, tmp_path: Path) -> None:
+    # slow enough (fine grid) that the cancel lands mid-geometry
+    d = daemon_factory(*set_args("geometry.voxel_resolution=320")).start()
+    drop(SAMPLE, d.inbox, name="a-running")
+    drop(SAMPLE, d.inbox, name="b-queued")
+    wait_for(lambda: d.jobs().get("a-running", {}).get("stage") == "geometry", 120, "job to reach geometry")
+    assert d.jobs()["b-queued"]["state"] == "queued"
+    (d.inbox / "b-queued" / "CANCEL").write_text("")
+    (d.inbox / "a-running" / "CANCEL").write_text("")
+    running = d.wait_state("a-running", timeout=60)
+    queued = d.wait_state("b-queued", timeout=60)
+    assert running["state"] == "cancelled" and running["stage"] == "geometry"
+    assert queued["state"] == "cancelled" and queued["attempts"] == 0  # never started
+    for name in ("a-running", "b-queued"):
+        files = {p.name for p in (d.outbox / name).iterdir()}
+        assert "report.html" in files and not (MESH_FILES & files)
+    assert not (d.state / "jobs" / "a-running" / "stages").exists()  # scratch removed
+    # a folder still being copied (never settles) with a CANCEL in it
+    copying = d.inbox / "copying"
+    copying.mkdir()
+    (copying / "CANCEL").write_text("")
+    assert d.wait_state("copying", timeout=30)["state"] == "cancelled"
+    assert not any(p.name.startswith(".") for p in d.outbox.iterdir())  # no half-published folders
+
+
+def test_kill9_mid_stage_then_resume(daemon_factory, tmp_path: Path) -> None:
+    args = set_args("geometry.voxel_resolution=256")
+    d = daemon_factory(*args).start()
+    drop(SAMPLE, d.inbox, name="spot")
+    wait_for(lambda: d.jobs().get("spot", {}).get("stage") == "geometry", 120, "job to reach geometry")
+    d.proc.send_signal(signal.SIGKILL)
+    d.proc.wait()
+    row = d.jobs()["spot"]
+    assert row["state"] == "running" and row["stage"] == "geometry" and row["attempts"] == 1
+    # the worker died with its daemon (no orphan finishes the job behind our back)
+    assert not (d.outbox / "spot").exists()
+    d2 = daemon_factory(*args, root=d.root).start()
+    job = d2.wait_state("spot", timeout=400)
+    assert job["state"] == "done", job["error"]
+    assert job["attempts"] == 2
+    # resumed, not restarted: the stages before the kill came from checkpoints
+    for stage in ("ingest", "cameras", "masks"):
+        assert job["timings"][stage]["skipped"] is True, job["timings"]
+    assert job["timings"]["geometry"]["skipped"] is False
+    kinds = [e["kind"] for e in d2.events("spot")]
+    assert kinds.count("requeued") == 1 and kinds.count("done") == 1
+    assert trimesh.load(d.outbox / "spot" / "mesh.ply").is_watertight
+
+
+def test_sigterm_checkpoints_and_next_start_resumes(daemon_factory) -> None:
+    args = set_args("geometry.voxel_resolution=256")
+    d = daemon_factory(*args).start()
+    drop(SAMPLE, d.inbox, name="spot")
+    wait_for(lambda: d.jobs().get("spot", {}).get("stage") == "geometry", 120, "job to reach geometry")
+    assert d.stop(signal.SIGTERM, timeout=60) == 0
+    row = d.jobs()["spot"]
+    assert row["state"] == "queued" and row["attempts"] == 0  # a clean stop is not a failed attempt
+    assert not (d.outbox / "spot").exists()
+    d2 = daemon_factory(*args, root=d.root).start()
+    job = d2.wait_state("spot", timeout=400)
+    assert job["state"] == "done" and job["timings"]["masks"]["skipped"] is True
+
+
+def test_burst_of_50_folders_each_processed_once(daemon_factory, tmp_path: Path) -> None:
+    d = daemon_factory(*set_args(*TINY_SETTINGS)).start()
+    proto = tiny_job(tmp_path / "proto", views=8, size=48)
+    staging = tmp_path / "burst"
+    staging.mkdir()
+    for i in range(50):
+        shutil.copytree(proto, staging / f"job{i:02d}")
+    for i in range(50):  # dropped in a burst
+        (staging / f"job{i:02d}").rename(d.inbox / f"job{i:02d}")
+    wait_for(lambda: len(d.jobs()) == 50 and all(j["state"] == "done" for j in d.jobs().values()), 600,
+             "50 jobs done")
+    jobs = d.jobs()
+    assert sorted(jobs) == [f"job{i:02d}" for i in range(50)]
+    for job_id in jobs:
+        kinds = [e["kind"] for e in d.events(job_id)]
+        assert kinds.count("created") == 1 and kinds.count("claimed") == 1 and kinds.count("done") == 1, kinds
+        assert (d.outbox / job_id / "mesh.glb").exists()
+    # a restart does not turn any folder into a second job
+    d.stop()
+    d2 = daemon_factory(*set_args(*TINY_SETTINGS), root=d.root).start()
+    wait_for(lambda: "daemon started" in d2.log() or True, 5, "restart")
+    import time
+
+    time.sleep(3)
+    assert len(d2.jobs()) == 50 and all(j["attempts"] == 1 for j in d2.jobs().values())

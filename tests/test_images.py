@@ -1,0 +1,79 @@
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from daemon.config import LimitsConfig
+from pipeline.images import ImageInfo, Rejected, load_rgba, sniff_format, validate_image
+
+
+def _png(path: Path, w: int = 40, h: int = 30, mode: str = "RGB") -> Path:
+    Image.new(mode, (w, h), (10, 20, 30) if mode == "RGB" else (10, 20, 30, 128)).save(path, format="PNG")
+    return path
+
+
+def test_sniff_formats(tmp_path: Path) -> None:
+    for fmt, name in (("PNG", "a.png"), ("JPEG", "a.jpg"), ("WEBP", "a.webp"), ("TIFF", "a.tif")):
+        Image.new("RGB", (8, 8)).save(tmp_path / name, format=fmt)
+        assert sniff_format((tmp_path / name).read_bytes()[:16]) == fmt
+    assert sniff_format(b"GIF89a..........") is None
+
+
+def test_content_not_extension(tmp_path: Path) -> None:
+    real = tmp_path / "photo.txt"
+    Image.new("RGB", (8, 8)).save(real, format="JPEG")
+    assert isinstance(validate_image(real, tmp_path, LimitsConfig()), ImageInfo)
+    fake = tmp_path / "fake.png"
+    fake.write_text("hello")
+    r = validate_image(fake, tmp_path, LimitsConfig())
+    assert isinstance(r, Rejected) and "not a JPEG, PNG, WebP or TIFF" in r.reason
+
+
+def test_truncated_file_fails_full_decode(tmp_path: Path) -> None:
+    p = tmp_path / "t.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(p, quality=95)
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) // 2])
+    r = validate_image(p, tmp_path, LimitsConfig())
+    assert isinstance(r, Rejected) and "damaged JPEG" in r.reason
+
+
+def test_limits(tmp_path: Path) -> None:
+    p = _png(tmp_path / "big.png", 2000, 1500)
+    r = validate_image(p, tmp_path, LimitsConfig(max_megapixels=1.0))
+    assert isinstance(r, Rejected) and "3.0 MP, over the 1 MP limit" in r.reason
+    r = validate_image(p, tmp_path, LimitsConfig(max_file_mb=0.000001))
+    assert isinstance(r, Rejected) and "per-file limit" in r.reason
+
+
+def test_symlink_outside_rejected_inside_allowed(tmp_path: Path) -> None:
+    job = tmp_path / "job"
+    job.mkdir()
+    outside = _png(tmp_path / "secret.png")
+    os.symlink(outside, job / "link.png")
+    r = validate_image(job / "link.png", job, LimitsConfig())
+    assert isinstance(r, Rejected) and "outside the job folder" in r.reason
+    _png(job / "real.png")
+    os.symlink(job / "real.png", job / "inner.png")
+    assert isinstance(validate_image(job / "inner.png", job, LimitsConfig()), ImageInfo)
+
+
+def test_exif_orientation_applied(tmp_path: Path) -> None:
+    im = Image.new("RGB", (60, 20), (255, 0, 0))
+    exif = im.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    p = tmp_path / "rot.jpg"
+    im.save(p, exif=exif)
+    info = validate_image(p, tmp_path, LimitsConfig())
+    assert isinstance(info, ImageInfo) and (info.width, info.height) == (20, 60)
+    rgb, alpha = load_rgba(p)
+    assert rgb.shape == (60, 20, 3) and alpha is None
+
+
+def test_alpha_detected(tmp_path: Path) -> None:
+    p = _png(tmp_path / "a.png", mode="RGBA")
+    info = validate_image(p, tmp_path, LimitsConfig())
+    assert isinstance(info, ImageInfo) and info.has_alpha
+    rgb, alpha = load_rgba(p)
+    assert alpha is not None and int(alpha[0, 0]) == 128

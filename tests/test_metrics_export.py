@@ -1,0 +1,74 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trimesh
+
+from pipeline.export import estimate_up, export_all, rotation_to_y_up
+from pipeline.metrics import geometry_scores, mask_iou, psnr
+from pipeline.publish import publish, remove_stale_partials
+
+
+def test_iou_and_psnr_against_reference() -> None:
+    a = np.zeros((4, 4), bool)
+    b = np.zeros((4, 4), bool)
+    a[:2] = True
+    b[1:3] = True
+    assert mask_iou(a, b) == pytest.approx(4 / 12)
+    x = np.zeros((2, 2, 3))
+    y = np.full((2, 2, 3), 0.1)
+    assert psnr(x, y) == pytest.approx(20.0)
+    region = np.array([[True, False], [False, False]])
+    y[1, 1] = 1.0
+    assert psnr(x, y, region) == pytest.approx(20.0)
+
+
+def test_fscore_self_and_shifted() -> None:
+    sphere = trimesh.creation.icosphere(subdivisions=4)
+    same = geometry_scores(sphere, sphere, samples=50_000, tau_rel=0.01)
+    assert same.fscore > 0.99 and same.chamfer_l1_rel < 0.003
+    shifted = sphere.copy()
+    shifted.apply_translation([0.1, 0, 0])  # 0.1 / diagonal 3.46 = 2.9% of the diagonal
+    far = geometry_scores(shifted, sphere, samples=50_000, tau_rel=0.01)
+    assert far.fscore < 0.5 and far.chamfer_l1 > 0.02
+
+
+def test_up_estimate_snaps_and_rotation() -> None:
+    ups = np.array([[0.05, 0.02, 1.0], [-0.05, 0.1, 0.98]])
+    assert np.allclose(estimate_up(ups), [0, 0, 1])
+    assert np.allclose(rotation_to_y_up(np.array([0, 0, 1.0])) @ [0, 0, 1.0], [0, 1, 0])
+
+
+def test_exports_round_trip(tmp_path: Path) -> None:
+    mesh = trimesh.creation.box(extents=(1, 2, 3))
+    mesh.apply_translation([5, 0, 0])
+    colors = np.tile([0.2, 0.4, 0.6], (len(mesh.vertices), 1))
+    export_all(mesh, colors, np.array([0, 0, 1.0]), tmp_path)
+    ply = trimesh.load(tmp_path / "mesh.ply", process=False)
+    obj = trimesh.load(tmp_path / "mesh.obj", process=False)
+    glb = trimesh.load(tmp_path / "mesh.glb", force="mesh", process=False)
+    assert len(ply.faces) == len(obj.faces) == len(glb.faces) == 12
+    assert np.allclose(ply.bounds, mesh.bounds) and np.allclose(obj.bounds, mesh.bounds, atol=1e-5)
+    # GLB is +Y up: the box's 3-unit z extent became the y extent
+    assert np.allclose(glb.extents, [1, 3, 2], atol=1e-5)
+    assert np.allclose(ply.visual.vertex_colors[0, :3], [51, 102, 153], atol=1)
+    assert "mtllib mesh.mtl" in (tmp_path / "mesh.obj").read_text()
+
+
+def test_publish_is_all_or_nothing(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("1")
+    out = tmp_path / "out"
+    final = publish({"a.txt": src / "a.txt"}, out, "job")
+    assert (final / "a.txt").read_text() == "1"
+    (src / "a.txt").write_text("2")
+    with pytest.raises(FileNotFoundError):
+        publish({"a.txt": src / "a.txt", "b.txt": src / "missing"}, out, "job")
+    assert (out / "job" / "a.txt").read_text() == "1"  # the old result is untouched
+    assert [p.name for p in out.iterdir()] == ["job"]  # no partial folder left behind
+    (out / ".job.publishing-dead").mkdir()
+    assert remove_stale_partials(out) == [".job.publishing-dead"]
+    publish({"a.txt": src / "a.txt"}, out, "job")
+    assert (out / "job" / "a.txt").read_text() == "2"
