@@ -60,6 +60,24 @@ class GeometryConfig:
 
 
 @dataclass(frozen=True)
+class RefineConfig:
+    enabled: str = "auto"  # auto: on a GPU only (the CPU preview is coarser than the hull it starts from)
+    levels: int = 2  # coarse-to-fine levels; the mesh is subdivided and the image size doubled per level
+    image_size: int = 512  # long image side at the finest level
+    iterations: int = 250  # per level
+    start_faces: int = 30_000
+    max_faces: int = 250_000
+    smoothness: float = 19.0  # largesteps lambda
+    step: float = 3e-2  # shape learning rate in normalised units (object in the unit sphere)
+    photometric_weight: float = 1.0
+    silhouette_weight: float = 1.0
+    # CPU preview (pytorch3d rasteriser): much smaller, used when enabled = "on" and there is no GPU
+    cpu_image_size: int = 128
+    cpu_iterations: int = 40
+    cpu_faces: int = 6_000
+
+
+@dataclass(frozen=True)
 class ReportConfig:
     render_size: int = 384
     gt_samples: int = 200_000
@@ -73,6 +91,7 @@ class Settings:
     jobs: JobsConfig = field(default_factory=JobsConfig)
     images: ImagesConfig = field(default_factory=ImagesConfig)
     geometry: GeometryConfig = field(default_factory=GeometryConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -87,7 +106,7 @@ class Settings:
 
 _SECTION_TYPES = {
     "intake": IntakeConfig, "limits": LimitsConfig, "jobs": JobsConfig,
-    "images": ImagesConfig, "geometry": GeometryConfig, "report": ReportConfig,
+    "images": ImagesConfig, "geometry": GeometryConfig, "refine": RefineConfig, "report": ReportConfig,
 }
 
 

@@ -20,7 +20,7 @@ def write_failure_report(out_dir: Path, job_id: str, folder: str, state: str, er
     job = {"id": job_id, "folder": folder, "state": state, "error": error, "stage": stage, "version": __version__,
            "device": device, "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime())}
     stats: dict[str, Any] = {"job": job, "input": input_summary, "timings": timings, "config": config}
-    for key in ("quality", "mesh", "cameras", "geometry", "texture", "files", "up"):
+    for key in ("quality", "mesh", "cameras", "geometry", "refine", "texture", "files", "up"):
         stats.setdefault(key, None)
     (out_dir / "stats.json").write_text(json.dumps(stats, indent=1))
     render_report({"job": job, "stats": stats, "renders": [], "heldout": [], "cam_views": [], "timings": timings,

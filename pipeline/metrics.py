@@ -47,18 +47,28 @@ def sample_points(mesh: trimesh.Trimesh, n: int, seed: int = 0) -> np.ndarray:
     return np.asarray(pts)
 
 
-def geometry_scores(pred: trimesh.Trimesh, gt: trimesh.Trimesh, samples: int = 200_000,
-                    tau_rel: float = 0.01) -> GeometryScores:
-    """Chamfer-L1 and F-score@tau (tau relative to the GT bounding-box diagonal) from surface samples."""
+def geometry_scores_multi(pred: trimesh.Trimesh, gt: trimesh.Trimesh, samples: int,
+                          taus_rel: tuple[float, ...]) -> list[GeometryScores]:
+    """Chamfer-L1 and F-score at several thresholds (fractions of the GT bounding-box diagonal), from one
+    set of ``samples`` area-uniform points per mesh and one nearest-neighbour query each way."""
     diag = float(np.linalg.norm(gt.bounds[1] - gt.bounds[0]))
     p = sample_points(pred, samples, seed=1)
     g = sample_points(gt, samples, seed=2)
     d_pg, _ = cKDTree(g).query(p, workers=-1)
     d_gp, _ = cKDTree(p).query(g, workers=-1)
-    tau = tau_rel * diag
-    precision = float((d_pg < tau).mean())
-    recall = float((d_gp < tau).mean())
-    f = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
     cd = 0.5 * (float(d_pg.mean()) + float(d_gp.mean()))
-    return GeometryScores(chamfer_l1=cd, chamfer_l1_rel=cd / diag, fscore=f, precision=precision,
-                          recall=recall, tau=tau, tau_rel=tau_rel, samples=samples)
+    out = []
+    for tau_rel in taus_rel:
+        tau = tau_rel * diag
+        precision = float((d_pg < tau).mean())
+        recall = float((d_gp < tau).mean())
+        f = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+        out.append(GeometryScores(chamfer_l1=cd, chamfer_l1_rel=cd / diag, fscore=f, precision=precision,
+                                  recall=recall, tau=tau, tau_rel=tau_rel, samples=samples))
+    return out
+
+
+def geometry_scores(pred: trimesh.Trimesh, gt: trimesh.Trimesh, samples: int = 200_000,
+                    tau_rel: float = 0.01) -> GeometryScores:
+    """Chamfer-L1 and F-score@tau (tau relative to the GT bounding-box diagonal) from surface samples."""
+    return geometry_scores_multi(pred, gt, samples, (tau_rel,))[0]

@@ -15,12 +15,13 @@ from pipeline.context import Cancelled, Interrupted, JobContext, JobError
 from pipeline.failure import write_failure_report
 from pipeline.publish import publish
 from pipeline.stages.base import Stage, chain_hash, checkpoint_valid, commit_checkpoint, stage_dir
-from pipeline.stages.geometry import GeometryStage, TextureStage
+from pipeline.stages.geometry import GeometryStage, RefineStage, TextureStage
 from pipeline.stages.ingest import IngestStage, Manifest
 from pipeline.stages.report import TIMINGS_FILE, ReportStage, input_summary, read_timings
 from pipeline.stages.views import CamerasStage, MasksStage
 
-STAGES: tuple[Stage, ...] = (IngestStage(), CamerasStage(), MasksStage(), GeometryStage(), TextureStage(), ReportStage())
+STAGES: tuple[Stage, ...] = (IngestStage(), CamerasStage(), MasksStage(), GeometryStage(), RefineStage(), TextureStage(),
+                            ReportStage())
 PUBLISH = "publish"
 PUBLISH_WEIGHT = 5.0
 STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES) + (PUBLISH,)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -59,6 +60,26 @@ def albedo_at(mesh: trimesh.Trimesh, tri: np.ndarray, locs: np.ndarray) -> np.nd
     return np.full((len(tri), 3), 0.7, dtype=np.float32)
 
 
+_JOB: tuple = ()
+
+
+def _render_view(item: tuple[int, np.ndarray]) -> None:
+    i, w2c = item
+    mesh, K, S, light, out = _JOB
+    origin, dirs = pixel_rays(K, w2c, S, S)
+    locs, ray_idx, tri_idx = mesh.ray.intersects_location(np.broadcast_to(origin, dirs.shape), dirs, multiple_hits=False)
+    rgba = np.zeros((S * S, 4), dtype=np.float32)
+    if len(ray_idx):
+        alb = albedo_at(mesh, tri_idx, locs)
+        bary = trimesh.triangles.points_to_barycentric(mesh.triangles[tri_idx], locs)
+        n = np.einsum("rk,rkc->rc", bary, mesh.vertex_normals[mesh.faces[tri_idx]])
+        n /= np.linalg.norm(n, axis=1, keepdims=True) + 1e-12
+        shade = 0.35 + 0.65 * np.clip(np.abs(n @ light), 0, 1)
+        rgba[ray_idx, :3] = np.clip(alb * shade[:, None], 0, 1)
+        rgba[ray_idx, 3] = 1.0
+    Image.fromarray((rgba.reshape(S, S, 4) * 255).astype(np.uint8)).save(out / "images" / f"r_{i:03d}.png", optimize=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("mesh", type=Path)
@@ -68,6 +89,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--fov", type=float, default=0.6911, help="camera_angle_x in radians")
     ap.add_argument("--zup", action="store_true", help="rotate a +Y-up (glTF) mesh to +Z up first, as NeRF scenes are")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--scale", type=float, default=1.0, help="multiply the mesh's units (tests scale invariance)")
     args = ap.parse_args()
 
@@ -88,28 +110,22 @@ def main() -> None:
     K = np.array([[f, 0, S / 2], [0, f, S / 2], [0, 0, 1.0]])
     light = np.array([0.3, -0.5, 0.8])
     light /= np.linalg.norm(light)
-    frames = []
+    poses = []
     for i in range(args.views):
         while True:
             d = rng.normal(size=3)
             d /= np.linalg.norm(d)
             if d[2] > -0.6:
                 break
-        w2c = look_at(center + dist * d, center, up)
-        origin, dirs = pixel_rays(K, w2c, S, S)
-        locs, ray_idx, tri_idx = mesh.ray.intersects_location(np.broadcast_to(origin, dirs.shape), dirs, multiple_hits=False)
-        rgba = np.zeros((S * S, 4), dtype=np.float32)
-        if len(ray_idx):
-            alb = albedo_at(mesh, tri_idx, locs)
-            bary = trimesh.triangles.points_to_barycentric(mesh.triangles[tri_idx], locs)
-            n = np.einsum("rk,rkc->rc", bary, mesh.vertex_normals[mesh.faces[tri_idx]])
-            n /= np.linalg.norm(n, axis=1, keepdims=True) + 1e-12
-            shade = 0.35 + 0.65 * np.clip(np.abs(n @ light), 0, 1)
-            rgba[ray_idx, :3] = np.clip(alb * shade[:, None], 0, 1)
-            rgba[ray_idx, 3] = 1.0
-        Image.fromarray((rgba.reshape(S, S, 4) * 255).astype(np.uint8)).save(out / "images" / f"r_{i:03d}.png", optimize=True)
-        c2w = np.linalg.inv(w2c) @ _CV_TO_GL
-        frames.append({"file_path": f"images/r_{i:03d}.png", "transform_matrix": c2w.tolist()})
+        poses.append(look_at(center + dist * d, center, up))
+    global _JOB
+    _JOB = (mesh, K, S, light, out)
+    import multiprocessing as mp
+
+    with mp.get_context("fork").Pool(args.workers) as pool:
+        pool.map(_render_view, list(enumerate(poses)))
+    frames = [{"file_path": f"images/r_{i:03d}.png", "transform_matrix": (np.linalg.inv(w2c) @ _CV_TO_GL).tolist()}
+              for i, w2c in enumerate(poses)]
     (out / "transforms.json").write_text(json.dumps({"camera_angle_x": args.fov, "frames": frames}, indent=1))
     gt = trimesh.Trimesh(vertices=mesh.vertices, faces=mesh.faces, process=False)
     gt.export(out / "gt.ply")

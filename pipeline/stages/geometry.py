@@ -10,8 +10,11 @@ import trimesh
 
 from pipeline.carve import CarveSettings, carve
 from pipeline.colors import vertex_colors
-from pipeline.context import JobContext
-from pipeline.meshing import MeshingSettings, clean_mesh, marching_cubes
+from daemon.config import RefineConfig
+from pipeline.context import JobContext, JobError
+from pipeline.raster import make_rasterizer
+from pipeline.refine import RefineSettings, refine
+from pipeline.meshing import MeshingSettings, clean_mesh, decimate, largest_component, marching_cubes
 from pipeline.stages.base import Stage, stage_dir
 from pipeline.stages.views import Views, load_masks
 
@@ -54,6 +57,67 @@ def load_mesh(ctx: JobContext, stage: str = "geometry") -> trimesh.Trimesh:
     return trimesh.load(stage_dir(ctx, stage) / "mesh.ply", process=False, force="mesh")
 
 
+def refine_settings(cfg: RefineConfig, device: str, on_gpu: bool) -> RefineSettings:
+    if on_gpu:
+        sizes = [max(64, cfg.image_size // 2 ** (cfg.levels - 1 - i)) for i in range(cfg.levels)]
+        return RefineSettings(levels=tuple((sz, cfg.iterations) for sz in sizes), max_faces=cfg.max_faces,
+                              start_faces=cfg.start_faces, lam=cfg.smoothness, lr=cfg.step,
+                              w_photo=cfg.photometric_weight, w_silhouette=cfg.silhouette_weight)
+    return RefineSettings(levels=((cfg.cpu_image_size, cfg.cpu_iterations),), max_faces=cfg.cpu_faces,
+                          start_faces=cfg.cpu_faces, lam=cfg.smoothness, lr=cfg.step,
+                          w_photo=cfg.photometric_weight, w_silhouette=cfg.silhouette_weight)
+
+
+class RefineStage(Stage):
+    """Differentiable-rendering refinement of the hull (see pipeline.refine); a pass-through when disabled."""
+
+    name = "refine"
+    weight = 25
+    sections = ("images", "geometry", "refine")
+
+    def run(self, ctx: JobContext, out_dir: Path) -> dict[str, Any]:
+        cfg = ctx.settings.refine
+        mesh = load_mesh(ctx, "geometry")
+        on_gpu = ctx.device == "cuda"
+        if cfg.enabled not in ("auto", "on", "off"):
+            raise JobError(f"refine.enabled must be auto, on or off, not {cfg.enabled!r}")
+        reason = None
+        if cfg.enabled == "off":
+            reason = "disabled (refine.enabled = off)"
+        elif cfg.enabled == "auto" and not on_gpu:
+            reason = "skipped: no GPU (set refine.enabled = on for a coarse CPU preview)"
+        rasterizer = None
+        if reason is None:
+            rasterizer, backend = make_rasterizer(ctx.device, ctx.work_dir.parent.parent / "torch_extensions")
+            if rasterizer is None:
+                reason = f"skipped: {backend}"
+        if reason is not None or rasterizer is None:
+            ctx.log.info("refinement %s", reason)
+            mesh.export(out_dir / "mesh.ply")
+            return {"method": f"none — {reason}", "faces": int(len(mesh.faces))}
+        views = Views.load(ctx)
+        masks = load_masks(ctx)
+        idx = [i for i in views.train if masks[i] is not None]
+        on_gpu = rasterizer.name == "nvdiffrast"
+        settings = refine_settings(cfg, ctx.device, on_gpu)
+        start = decimate(mesh, settings.start_faces)
+        ctx.log.info("refining %d faces with %s over %d views, levels %s", len(start.faces), backend, len(idx),
+                     settings.levels)
+        result = refine(np.asarray(start.vertices), np.asarray(start.faces), [views.rgb[i] for i in idx],
+                        [masks[i] for i in idx], views.K[idx], views.w2c[idx], rasterizer, settings,
+                        "cuda" if on_gpu else "cpu", check=ctx.progress)
+        out = trimesh.Trimesh(result.vertices, result.faces, process=True)
+        out = largest_component(out)
+        if not out.is_watertight:
+            trimesh.repair.fill_holes(out)
+        out.fix_normals()
+        out.export(out_dir / "mesh.ply")
+        return {"method": f"differentiable rendering ({backend}, largesteps)", "faces": int(len(out.faces)),
+                "watertight": bool(out.is_watertight), "losses": [round(x, 5) for x in result.losses],
+                "levels": [list(lv) for lv in settings.levels], "views_per_step": result.views_per_step,
+                "seconds_per_level": [round(x, 2) for x in result.seconds_per_level]}
+
+
 class TextureStage(Stage):
     name = "texture"
     weight = 15
@@ -62,7 +126,7 @@ class TextureStage(Stage):
     def run(self, ctx: JobContext, out_dir: Path) -> dict[str, Any]:
         views = Views.load(ctx)
         masks = load_masks(ctx)
-        mesh = load_mesh(ctx)
+        mesh = load_mesh(ctx, "refine")
         idx = [i for i in views.train if masks[i] is not None]
         colors, seen = vertex_colors(mesh, [views.rgb[i] for i in idx], [masks[i] for i in idx],
                                      views.K[idx], views.w2c[idx], check=ctx.progress)

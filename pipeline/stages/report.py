@@ -88,7 +88,7 @@ class ReportStage(Stage):
         manifest = Manifest.load(stage_dir(ctx, "ingest"))
         views = Views.load(ctx)
         masks = load_masks(ctx)
-        mesh = load_mesh(ctx)
+        mesh = load_mesh(ctx, "refine")
         colors = load_colors(ctx)
         up = estimate_up(camera_up(views.w2c))
         files = export_all(mesh, colors, up, out_dir)
@@ -97,6 +97,7 @@ class ReportStage(Stage):
         written = trimesh.load(out_dir / files["ply"], process=False, force="mesh")
         stats: dict[str, Any] = {"input": input_summary(manifest), "cameras": read_summary(stage_dir(ctx, "cameras")),
                                  "geometry": read_summary(stage_dir(ctx, "geometry")),
+                                 "refine": read_summary(stage_dir(ctx, "refine")),
                                  "texture": read_summary(stage_dir(ctx, "texture")),
                                  "mesh": mesh_stats(written), "up": [float(x) for x in up]}
         held = [i for i in np.nonzero(views.holdout)[0] if masks[i] is not None]
@@ -133,7 +134,7 @@ class ReportStage(Stage):
 def report_context(ctx: JobContext, state: str, error: str | None, failed_stage: str | None,
                    stats: dict[str, Any], renders: list | None = None, heldout: list | None = None,
                    cam_views: list | None = None) -> dict[str, Any]:
-    for key in ("quality", "mesh", "input", "cameras", "geometry", "texture", "files", "up"):
+    for key in ("quality", "mesh", "input", "cameras", "geometry", "refine", "texture", "files", "up"):
         stats.setdefault(key, None)
     return {
         "job": {"id": ctx.job_id, "folder": ctx.input_dir.name, "state": state, "error": error, "stage": failed_stage,

@@ -1,0 +1,181 @@
+"""Mesh refinement by differentiable rendering: move the visual hull's vertices so that renders match the
+masks (silhouette loss) and the photos (photometric loss with optimised per-vertex colour).
+
+Shape updates go through the Laplacian preconditioning of "Large Steps in Inverse Rendering of Geometry"
+(Nicolet et al. 2021, PyPI ``largesteps``): the optimiser works on u = (I + lambda L) v, so each step is a
+smooth deformation and the mesh does not tangle. Coarse-to-fine: image resolution and mesh resolution
+(midpoint subdivision) grow level by level. Everything runs in a normalised frame (object in the unit
+sphere), so step sizes and lambda do not depend on the input's units.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import trimesh
+
+from pipeline.raster import Cameras, Rasterizer
+
+
+@dataclass(frozen=True)
+class RefineSettings:
+    levels: tuple[tuple[int, int], ...] = ((256, 250), (512, 250))  # (image long side, iterations) per level
+    max_faces: int = 250_000  # subdivide between levels while staying under this
+    start_faces: int = 30_000  # the hull is decimated to this before the first level
+    lam: float = 19.0  # largesteps smoothness
+    lr: float = 3e-2  # shape step (largesteps paper value for lambda = 19), normalised units
+    color_lr: float = 3e-2
+    w_silhouette: float = 1.0
+    w_photo: float = 1.0
+    views_per_step: int = 0  # 0: as many as fit in free memory (all views if they fit)
+
+
+@dataclass(frozen=True)
+class RefineResult:
+    vertices: np.ndarray  # (V, 3) float64, world units
+    faces: np.ndarray  # (F, 3) int64
+    colors: np.ndarray  # (V, 3) float32 in [0, 1]
+    losses: tuple[float, ...]  # final loss per level
+    views_per_step: int
+    seconds_per_level: tuple[float, ...]
+
+
+def normalisation(vertices: np.ndarray) -> tuple[np.ndarray, float]:
+    """Centre and scale that map the mesh into the unit sphere: x_n = (x - c) * s."""
+    c = (vertices.max(0) + vertices.min(0)) / 2
+    r = float(np.linalg.norm(vertices - c, axis=1).max())
+    return c, 1.0 / max(r, 1e-12)
+
+
+def normalise_cameras(w2c: np.ndarray, c: np.ndarray, s: float) -> np.ndarray:
+    """World-to-camera (N, 4, 4) for points x_n = (x - c) * s: same rotation, translation rescaled."""
+    out = w2c.copy()
+    out[:, :3, 3] = (w2c[:, :3, 3] + np.einsum("nij,j->ni", w2c[:, :3, :3], c)) * s
+    return out
+
+
+def parameterization_matrix(verts: torch.Tensor, faces: torch.Tensor, lam: float) -> torch.Tensor:
+    """Sparse (V, V) M = I + lam * L with the uniform (combinatorial) Laplacian L, as largesteps'
+    ``compute_matrix`` builds it, but on the tensors' own device (largesteps hard-codes CUDA there).
+    verts: (V, 3); faces: (F, 3) int64."""
+    V = verts.shape[0]
+    ii = faces[:, [1, 2, 0]].flatten()
+    jj = faces[:, [2, 0, 1]].flatten()
+    adj = torch.stack([torch.cat([ii, jj]), torch.cat([jj, ii])], dim=0).unique(dim=1)
+    ones = torch.ones(adj.shape[1], device=verts.device, dtype=torch.float32)
+    diag = torch.arange(V, device=verts.device)
+    idx = torch.cat([adj, torch.stack([adj[0], adj[0]]), torch.stack([diag, diag])], dim=1)
+    vals = torch.cat([-lam * ones, lam * ones, torch.ones(V, device=verts.device)])
+    return torch.sparse_coo_tensor(idx, vals, (V, V)).coalesce()
+
+
+def views_that_fit(n_views: int, size: tuple[int, int], device: torch.device, bytes_per_pixel: int = 400) -> int:
+    """Views per step from free GPU memory (measured, not assumed). ~400 B/pixel covers rasteriser buffers,
+    interpolated attributes, antialiasing and their gradients with margin."""
+    if device.type != "cuda":
+        return min(n_views, 4)
+    free, _total = torch.cuda.mem_get_info(device)
+    per_view = size[0] * size[1] * bytes_per_pixel
+    fit = int(0.6 * free // per_view)
+    if fit < 1:
+        raise MemoryError(f"one {size[1]}x{size[0]} view needs ~{per_view / 2**20:.0f} MiB for refinement but only "
+                          f"{free / 2**20:.0f} MiB of GPU memory is free: lower refine image size")
+    return max(1, min(n_views, fit))
+
+
+def _resize_stack(imgs: list[np.ndarray], size: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """List of (H, W[, C]) arrays -> (N, h, w, C) float tensor in [0, 1], area-averaged."""
+    out = []
+    for im in imgs:
+        t = torch.from_numpy(np.ascontiguousarray(im)).float()
+        if t.ndim == 2:
+            t = t[..., None]
+        t = t.permute(2, 0, 1)[None]
+        t = F.interpolate(t, size=size, mode="area")[0].permute(1, 2, 0)
+        out.append(t)
+    return torch.stack(out).to(device)
+
+
+def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], masks: list[np.ndarray],
+           Ks: np.ndarray, w2cs: np.ndarray, rasterizer: Rasterizer, settings: RefineSettings, device: str,
+           check: Callable[[float], None] = lambda f: None) -> RefineResult:
+    """Refine a closed mesh against posed views.
+
+    vertices (V, 3) world units; faces (F, 3); images: N (H, W, 3) uint8; masks: N (H, W) bool;
+    Ks (N, 3, 3) pixels of those images; w2cs (N, 4, 4) OpenCV.
+    """
+    import time
+
+    from largesteps.optimize import AdamUniform
+    from largesteps.parameterize import from_differential, to_differential
+
+    if len(images) != len(masks) or len(images) != len(Ks) or len(Ks) != len(w2cs):
+        raise ValueError("refine: images, masks, Ks and w2cs must have the same length")
+    if faces.ndim != 2 or faces.shape[1] != 3:
+        raise ValueError(f"refine: faces must be (F, 3), got {faces.shape}")
+    dev = torch.device(device)
+    c, s = normalisation(vertices)
+    v = (vertices - c) * s
+    f = np.asarray(faces)
+    w2c_n = torch.from_numpy(normalise_cameras(np.asarray(w2cs), c, s)).float().to(dev)
+    H0, W0 = images[0].shape[:2]
+    colors = torch.full((len(v), 3), 0.5, device=dev)
+    losses, secs = [], []
+    total_iters = sum(it for _, it in settings.levels)
+    done_iters = 0
+    vpstep = 0
+    for li, (side, iters) in enumerate(settings.levels):
+        t0 = time.monotonic()
+        if li > 0 and len(f) * 4 <= settings.max_faces:
+            v, f, attrs = trimesh.remesh.subdivide(v, f, vertex_attributes={"color": colors.detach().cpu().numpy()})
+            colors = torch.from_numpy(np.asarray(attrs["color"])).float().to(dev)
+        scale = side / max(H0, W0)
+        size = (max(8, round(H0 * scale)), max(8, round(W0 * scale)))
+        K = torch.from_numpy(np.asarray(Ks)).float().to(dev).clone()
+        K[:, 0] *= size[1] / W0
+        K[:, 1] *= size[0] / H0
+        tgt_rgb = _resize_stack(images, size, dev) / 255.0
+        tgt_mask = _resize_stack([m.astype(np.float32) for m in masks], size, dev)[..., 0]
+        tgt_rgb = tgt_rgb * tgt_mask[..., None]
+        vt = torch.from_numpy(v).float().to(dev)
+        ft = torch.from_numpy(f.astype(np.int64)).to(dev)
+        M = parameterization_matrix(vt, ft, settings.lam)
+        u = to_differential(M, vt).clone().requires_grad_(True)
+        colors = colors.clone().requires_grad_(True)
+        opt = AdamUniform([u], settings.lr)
+        copt = torch.optim.Adam([colors], settings.color_lr)
+        faces32 = ft.int().contiguous()
+        n = len(images)
+        vpstep = settings.views_per_step or views_that_fit(n, size, dev)
+        gen = torch.Generator().manual_seed(li)
+        loss_val = float("nan")
+        for it in range(iters):
+            idx = torch.randperm(n, generator=gen)[:vpstep].to(dev)
+            verts = from_differential(M, u, "Cholesky")
+            rgb, alpha = rasterizer.render(verts, faces32, colors.clamp(0, 1),
+                                           Cameras(K=K[idx], w2c=w2c_n[idx], size=size))
+            l_sil = (alpha - tgt_mask[idx]).abs().mean()
+            l_rgb = (rgb - tgt_rgb[idx]).abs().mean()
+            loss = settings.w_silhouette * l_sil + settings.w_photo * l_rgb
+            opt.zero_grad()
+            copt.zero_grad()
+            loss.backward()
+            opt.step()
+            copt.step()
+            loss_val = float(loss.detach())
+            if not math.isfinite(loss_val):
+                raise FloatingPointError("refinement diverged (loss is not finite)")
+            done_iters += 1
+            if it % 10 == 0:
+                check(done_iters / total_iters)
+        with torch.no_grad():
+            v = from_differential(M, u, "Cholesky").detach().cpu().numpy().astype(np.float64)
+        colors = colors.detach().clamp(0, 1)
+        losses.append(loss_val)
+        secs.append(time.monotonic() - t0)
+    return RefineResult(vertices=v / s + c, faces=f.astype(np.int64), colors=colors.cpu().numpy().astype(np.float32),
+                        losses=tuple(losses), views_per_step=vpstep, seconds_per_level=tuple(secs))

@@ -1,0 +1,69 @@
+"""GPU-only checks (skipped on CPU machines; run on the device, output kept under bench/results/)."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from tests.conftest import SAMPLE, data
+
+pytestmark = pytest.mark.gpu
+
+
+def test_nvdiffrast_coverage_matches_ray_casting() -> None:
+    from pipeline.cameras import intrinsics_for_image, read_transforms
+    from pipeline.raster import Cameras, NvdiffrastRasterizer
+    from pipeline.render import render
+
+    src = read_transforms(SAMPLE / "transforms.json")
+    gt = trimesh.load(SAMPLE / "gt.ply")
+    r = NvdiffrastRasterizer()
+    frames = src.frames[:4]
+    K = np.stack([intrinsics_for_image(f, 256, 256) for f in frames])
+    w2c = np.stack([f.w2c for f in frames])
+    rgb, alpha = r.render(torch.tensor(gt.vertices, dtype=torch.float32, device="cuda"),
+                          torch.tensor(gt.faces, dtype=torch.int32, device="cuda"),
+                          torch.full((len(gt.vertices), 3), 0.5, device="cuda"),
+                          Cameras(K=torch.tensor(K, dtype=torch.float32, device="cuda"),
+                                  w2c=torch.tensor(w2c, dtype=torch.float32, device="cuda"), size=(256, 256)))
+    for a, k, w in zip(alpha.cpu().numpy(), K, w2c):
+        ref = render(gt, k, w, 256, 256).mask
+        hard = a > 0.5
+        assert (hard & ref).sum() / (hard | ref).sum() > 0.98
+
+
+def test_views_that_fit_refuses_impossible_sizes_early() -> None:
+    from pipeline.refine import views_that_fit
+
+    assert views_that_fit(60, (512, 512), torch.device("cuda")) >= 1
+    with pytest.raises(MemoryError, match="GPU memory is free"):
+        views_that_fit(60, (200_000, 200_000), torch.device("cuda"))
+
+
+def test_gpu_job_refines_spot_render(tmp_path: Path) -> None:
+    """The whole job on the GPU: refinement runs through nvdiffrast and keeps or improves the hull's F-score."""
+    from daemon.config import build_settings
+    from daemon.intake import fingerprint, snapshot
+    from daemon.ledger import Ledger
+    from daemon.worker import Paths, execute
+
+    folder = data("spot_render")
+    rows = {}
+    for mode in ("off", "auto"):
+        paths = Paths(inbox=folder.parent, outbox=tmp_path / mode / "out", state=tmp_path / mode / "state")
+        ledger = Ledger(paths.ledger)
+        ledger.create_job(folder.name, fingerprint(snapshot(folder)))
+        job = ledger.claim_next("gpu-test")
+        settings = build_settings({"refine": {"enabled": mode}, "report": {"gt_samples": 300_000, "fscore_tau": 0.005}})
+        assert execute(ledger, paths, job, settings, "cuda") == "done", ledger.get(job.id).error
+        rows[mode] = json.loads((paths.outbox / job.id / "stats.json").read_text())
+    refined = rows["auto"]
+    assert "nvdiffrast" in refined["refine"]["method"]
+    assert refined["mesh"]["watertight"]
+    assert refined["quality"]["gt"]["fscore"] >= rows["off"]["quality"]["gt"]["fscore"] - 0.01
+    out = Path(__file__).resolve().parent.parent / "bench" / "results"
+    print(json.dumps({m: {"fscore@0.5%": r["quality"]["gt"]["fscore"], "heldout_iou": r["quality"]["heldout"]["mask_iou_mean"],
+                          "heldout_psnr": r["quality"]["heldout"]["psnr_mean"], "refine": r["refine"],
+                          "timings": r["timings"]} for m, r in rows.items()}, indent=1))
