@@ -6,7 +6,7 @@ set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TORCH_EXTENSIONS_DIR=/tmp/torch_ext HOTMESH_TEST_DATA=$PWD/.carry/data
-pip install -q --no-deps --no-index .carry/wheels/*.whl 2>&1 | tail -2
+python -m pip install -q --no-deps --no-index .carry/wheels/*.whl 2>&1 | grep -v WARNING | tail -2
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt"
 python -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))" | tee -a "$OUT/gpu.txt"
 t0=$(date +%s)

@@ -1,0 +1,93 @@
+# syntax=docker/dockerfile:1
+#
+# hotmesh daemon image: watches /data/inbox, publishes meshes + reports to /data/outbox,
+# keeps its SQLite ledger, checkpoints, logs and the nvdiffrast build cache in /data/state.
+#
+#   docker compose up -d --build          # see docker-compose.yml (GPU, volumes, healthcheck)
+#   docker build -t hotmesh . && docker run --gpus all --shm-size 8g --stop-timeout 90 \
+#       -v "$PWD/inbox:/data/inbox" -v "$PWD/outbox:/data/outbox" -v hotmesh-state:/data/state hotmesh
+#
+# NOTE: written without a Docker engine at hand (none on the machine it was written on), so this
+# file has been checked by reading only; it has never been built or run.
+
+# CUDA 13.0 *devel*: the prebuilt pytorch3d wheel (easypytorch3d 0.7.9.post1) targets cu130, and
+# diffrp-nvdiffrast compiles its CUDA plugin at first use, which needs nvcc at run time, not just
+# at build time. Ubuntu 24.04 ships Python 3.12 (project needs >=3.11).
+ARG CUDA_IMAGE=nvidia/cuda:13.0.0-devel-ubuntu24.04
+FROM ${CUDA_IMAGE}
+
+# torch must be a cu130 build in [2.11, 2.13) for easypytorch3d to load.
+ARG TORCH_VERSION=2.12.1
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu130
+# Match this to the host user that owns ./inbox and ./outbox if you bind-mount them.
+ARG HOTMESH_UID=10001
+ARG HOTMESH_GID=10001
+
+ENV DEBIAN_FRONTEND=noninteractive
+
+# python3-dev + build-essential + ninja-build: torch.utils.cpp_extension (nvdiffrast JIT) needs
+# Python.h, a host C++ compiler and ninja. git: some source installs need it. tini: PID 1 that
+# forwards SIGTERM to the daemon and reaps its worker child processes.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends \
+        python3 python3-venv python3-dev \
+        build-essential ninja-build git \
+        tini ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+
+ENV VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+RUN python3 -m venv /opt/venv \
+ && pip install --no-cache-dir --upgrade pip
+
+# torch first, from the cu130 index (PyPI's default torch would be a different CUDA build).
+RUN pip install --no-cache-dir "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
+
+# Dependencies in their own layer: copy only pyproject.toml plus empty package folders and do the
+# editable install, so editing source does not re-download everything. The editable install
+# points at /opt/hotmesh, so the real source copied below is what gets imported.
+WORKDIR /opt/hotmesh
+COPY pyproject.toml ./
+RUN mkdir -p daemon pipeline \
+ && touch daemon/__init__.py pipeline/__init__.py \
+ && pip install --no-cache-dir -e '.[gpu]'
+
+# The whole source tree stays in the image: pipeline/report_html.py reads templates/ from the
+# checkout next to the packages, so a plain (non-editable) wheel install would miss it.
+COPY . /opt/hotmesh
+
+# Ubuntu 24.04 images ship a user "ubuntu" (uid/gid 1000); drop it so HOTMESH_UID=1000 also works.
+RUN (userdel --remove ubuntu 2>/dev/null || true) \
+ && groupadd --gid "${HOTMESH_GID}" hotmesh \
+ && useradd --uid "${HOTMESH_UID}" --gid "${HOTMESH_GID}" --no-create-home --home-dir /data \
+        --shell /usr/sbin/nologin hotmesh \
+ && mkdir -p /data/inbox /data/outbox /data/state/torch_extensions \
+ && chown -R hotmesh:hotmesh /data
+
+# Folders via env (not CLI flags) so compose/`docker run -e` can override them consistently and
+# the healthcheck can read HOTMESH_STATE. TORCH_EXTENSIONS_DIR on the state volume: nvdiffrast is
+# compiled once and reused across container restarts (the worker only sets it if unset).
+ENV HOTMESH_INBOX=/data/inbox \
+    HOTMESH_OUTBOX=/data/outbox \
+    HOTMESH_STATE=/data/state \
+    HOTMESH_GPUS=auto \
+    TORCH_EXTENSIONS_DIR=/data/state/torch_extensions
+
+USER hotmesh
+WORKDIR /data
+VOLUME ["/data/state"]
+
+# Healthy = the ledger opens read-only and its jobs table answers, and the pid in daemon.lock is
+# alive. Any exception (missing file, empty lock, dead pid) exits 1 = unhealthy.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import os,sqlite3; s=os.environ.get('HOTMESH_STATE','/data/state'); c=sqlite3.connect('file:'+s+'/ledger.db?mode=ro', uri=True); c.execute('SELECT COUNT(*) FROM jobs').fetchone(); os.kill(int(open(s+'/daemon.lock').read().strip()), 0)"]
+
+# SIGTERM makes the daemon finish at the next checkpoint (up to jobs.shutdown_grace_seconds=60),
+# so give it a longer stop timeout (compose: stop_grace_period: 90s; docker run: --stop-timeout 90).
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/bin/tini", "--"]
+CMD ["hotmesh", "run"]
