@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon import __version__
-from pipeline.report_html import render_report
+from pipeline.report_html import complete_stats, render_report
 
 
 def write_failure_report(out_dir: Path, job_id: str, folder: str, state: str, error: str, stage: str | None,
@@ -20,8 +20,7 @@ def write_failure_report(out_dir: Path, job_id: str, folder: str, state: str, er
     job = {"id": job_id, "folder": folder, "state": state, "error": error, "stage": stage, "version": __version__,
            "device": device, "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime())}
     stats: dict[str, Any] = {"job": job, "input": input_summary, "timings": timings, "config": config}
-    for key in ("quality", "mesh", "cameras", "geometry", "refine", "texture", "files", "up"):
-        stats.setdefault(key, None)
+    complete_stats(stats)
     (out_dir / "stats.json").write_text(json.dumps(stats, indent=1))
     render_report({"job": job, "stats": stats, "renders": [], "heldout": [], "cam_views": [], "timings": timings,
                    "config": config}, out_dir / "report.html")

@@ -37,16 +37,30 @@ def largest_component(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
 
 
 def decimate(mesh: trimesh.Trimesh, max_faces: int) -> trimesh.Trimesh:
-    """Quadric decimation (fast-simplification) down to ``max_faces``; keeps the input if that breaks it."""
+    """Quadric decimation down to ``max_faces`` that keeps a closed mesh closed.
+
+    pymeshlab's edge collapse with ``preservetopology`` is used first: on a genus-1 hull fast-simplification
+    left 3 non-manifold edges and 3 stray components (measured), pymeshlab none. fast-simplification is the
+    fallback where pymeshlab is not installed; the input is returned if neither keeps it watertight.
+    """
     if len(mesh.faces) <= max_faces:
         return mesh
-    import fast_simplification
+    try:
+        import pymeshlab
 
-    reduction = 1.0 - max_faces / len(mesh.faces)
-    v, f = fast_simplification.simplify(np.asarray(mesh.vertices, dtype=np.float32),
-                                        np.asarray(mesh.faces, dtype=np.int32), target_reduction=reduction)
-    out = trimesh.Trimesh(vertices=v.astype(np.float64), faces=f, process=True)
-    out = largest_component(out)
+        ms = pymeshlab.MeshSet()
+        ms.add_mesh(pymeshlab.Mesh(np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces, dtype=np.int32)))
+        ms.meshing_decimation_quadric_edge_collapse(targetfacenum=int(max_faces), preservetopology=True,
+                                                    preservenormal=True, optimalplacement=True, planarquadric=True)
+        m = ms.current_mesh()
+        v, f = m.vertex_matrix(), m.face_matrix()
+    except ImportError:
+        import fast_simplification
+
+        reduction = 1.0 - max_faces / len(mesh.faces)
+        v, f = fast_simplification.simplify(np.asarray(mesh.vertices, dtype=np.float32),
+                                            np.asarray(mesh.faces, dtype=np.int32), target_reduction=reduction)
+    out = largest_component(trimesh.Trimesh(vertices=np.asarray(v, dtype=np.float64), faces=f, process=True))
     if not out.is_watertight:
         trimesh.repair.fill_holes(out)
     return out if out.is_watertight else mesh

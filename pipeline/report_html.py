@@ -70,6 +70,16 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+STATS_SECTIONS = ("quality", "mesh", "input", "cameras", "geometry", "refine", "texture", "files", "up")
+
+
+def complete_stats(stats: dict[str, Any]) -> dict[str, Any]:
+    """Every section the template reads, None where a job ended before producing it."""
+    for key in STATS_SECTIONS:
+        stats.setdefault(key, None)
+    return stats
+
+
 def render_report(context: dict[str, Any], path: Path) -> None:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
                              autoescape=jinja2.select_autoescape(["html", "j2"], default=True),

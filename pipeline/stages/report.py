@@ -15,7 +15,7 @@ from pipeline.context import JobContext
 from pipeline.evaluate import gt_scores, held_out_scores, mesh_stats
 from pipeline.export import estimate_up, export_all
 from pipeline.render import look_at, render, shade
-from pipeline.report_html import camera_plot, data_uri, render_report
+from pipeline.report_html import camera_plot, complete_stats, data_uri, render_report
 from pipeline.stages.base import Stage, read_summary, stage_dir
 from pipeline.stages.geometry import load_colors, load_mesh
 from pipeline.stages.ingest import Manifest
@@ -134,8 +134,7 @@ class ReportStage(Stage):
 def report_context(ctx: JobContext, state: str, error: str | None, failed_stage: str | None,
                    stats: dict[str, Any], renders: list | None = None, heldout: list | None = None,
                    cam_views: list | None = None) -> dict[str, Any]:
-    for key in ("quality", "mesh", "input", "cameras", "geometry", "refine", "texture", "files", "up"):
-        stats.setdefault(key, None)
+    complete_stats(stats)
     return {
         "job": {"id": ctx.job_id, "folder": ctx.input_dir.name, "state": state, "error": error, "stage": failed_stage,
                 "version": __version__, "device": ctx.device,
