@@ -1,4 +1,4 @@
-"""hotmesh command line: run | status | process | demo."""
+"""hotmesh command line: run | status | process | demo | cancel | retry | logs | clean."""
 from __future__ import annotations
 
 import argparse
@@ -59,9 +59,14 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where jobs run (jobs.device)")
 
 
-def _setup_logging(verbose: bool) -> None:
+def _setup_logging(verbose: bool, json_logs: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if json_logs:
+        from daemon.ops import JsonFormatter
+
+        for h in logging.getLogger().handlers:
+            h.setFormatter(JsonFormatter())
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # one line per rescan is noise
 
 
@@ -69,11 +74,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from daemon.service import AlreadyRunning, Daemon
     from daemon.worker import Paths
 
-    _setup_logging(args.verbose)
+    settings = _settings(args)
+    _setup_logging(args.verbose, settings.ops.json_logs)
     inbox = _dir(args.inbox, "HOTMESH_INBOX", "inbox")
     outbox = _dir(args.outbox, "HOTMESH_OUTBOX", "outbox")
     state = Path(args.state or os.environ.get("HOTMESH_STATE") or outbox.parent / "hotmesh-state").resolve()
-    daemon = Daemon(Paths(inbox, outbox, state), _settings(args), gpus=args.gpus or os.environ.get("HOTMESH_GPUS", "auto"))
+    daemon = Daemon(Paths(inbox, outbox, state), settings, gpus=args.gpus or os.environ.get("HOTMESH_GPUS", "auto"))
     signal.signal(signal.SIGTERM, daemon.request_stop)
     signal.signal(signal.SIGINT, daemon.request_stop)
     try:
@@ -111,6 +117,108 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"{j.id[:28]:28} {j.state.value:10} {(j.stage or '-')[:10]:10} {j.progress:5.1f}% {j.attempts:3d}  {extra}")
     counts = ledger.counts()
     print("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "no jobs")
+    return 0
+
+
+def _ops_context(args: argparse.Namespace):
+    """Ledger and folders of an installation, for commands that act while the daemon runs."""
+    from daemon.ledger import Ledger
+    from daemon.worker import Paths
+
+    state = _state_from(args)
+    if not (state / "ledger.db").exists():
+        raise SystemExit(f"hotmesh: no ledger at {state / 'ledger.db'}")
+    try:
+        saved = json.loads((state / "paths.json").read_text())
+    except (OSError, ValueError):
+        saved = {}
+    inbox = Path(getattr(args, "inbox", None) or os.environ.get("HOTMESH_INBOX") or saved.get("inbox", state / "inbox"))
+    outbox = Path(getattr(args, "outbox", None) or os.environ.get("HOTMESH_OUTBOX") or saved.get("outbox", state / "outbox"))
+    return Ledger(state / "ledger.db"), Paths(inbox=inbox, outbox=outbox, state=state)
+
+
+def _job_or_exit(ledger, job_id: str):
+    job = ledger.get(job_id)
+    if job is None:
+        raise SystemExit(f"hotmesh: no job {job_id!r} in the ledger (see hotmesh status)")
+    return job
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """Drop CANCEL markers: the daemon/worker acts on them (queued: at once; running: at the next check)."""
+    from pipeline.context import CANCEL_MARKER
+
+    ledger, paths = _ops_context(args)
+    job = _job_or_exit(ledger, args.job)
+    if job.state.terminal:
+        print(f"job {job.id} is already {job.state.value}")
+        return 1
+    work = paths.work_dir(job.id)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / CANCEL_MARKER).write_text("hotmesh cancel\n")
+    try:
+        (paths.inbox / job.folder / CANCEL_MARKER).write_text("hotmesh cancel\n")
+    except OSError:
+        pass  # read-only inbox: the marker in the state folder is enough
+    ledger.event(job.id, "cancel-requested", "cancel requested with hotmesh cancel")
+    print(f"cancel requested for {job.id} ({job.state.value}, stage {job.stage or '-'})")
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    import shutil as _shutil
+
+    from pipeline.context import CANCEL_MARKER
+    from pipeline.runner import STAGE_NAMES
+
+    ledger, paths = _ops_context(args)
+    job = _job_or_exit(ledger, args.job)
+    if not job.state.terminal:
+        print(f"job {job.id} is {job.state.value}; only done, failed or cancelled jobs can be retried")
+        return 1
+    if args.from_stage and args.from_stage not in STAGE_NAMES:
+        raise SystemExit(f"hotmesh: unknown stage {args.from_stage!r}; stages: {', '.join(STAGE_NAMES)}")
+    for marker in (paths.work_dir(job.id) / CANCEL_MARKER, paths.inbox / job.folder / CANCEL_MARKER):
+        marker.unlink(missing_ok=True)
+    if args.from_stage:
+        for name in STAGE_NAMES[STAGE_NAMES.index(args.from_stage):]:
+            _shutil.rmtree(paths.work_dir(job.id) / "stages" / name, ignore_errors=True)
+    reason = f"hotmesh retry{' --from-stage ' + args.from_stage if args.from_stage else ''} (was {job.state.value})"
+    if not ledger.retry(job.id, reason):
+        print(f"job {job.id} changed state meanwhile; nothing done")
+        return 1
+    print(f"{job.id} queued again" + (f", rerunning from stage {args.from_stage}" if args.from_stage else
+                                        " (completed stages are reused from checkpoints)"))
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    ledger, paths = _ops_context(args)
+    job = _job_or_exit(ledger, args.job)
+    for p in (paths.work_dir(job.id) / "job.log", paths.outbox / job.id / "job.log"):
+        if p.exists():
+            print(p.read_text(), end="")
+            break
+    else:
+        print(f"(no job.log for {job.id})")
+    if args.events:
+        for e in ledger.events(job.id):
+            print(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(e['ts']))} {e['kind']:16} {e['message']}")
+    return 0
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    from daemon.ops import apply_retention, plan_retention
+
+    ledger, paths = _ops_context(args)
+    settings = _settings(args)
+    actions = plan_retention(ledger.jobs(), settings.ops, paths, time.time())
+    for a in actions:
+        print(f"{'would ' if args.dry_run else ''}{a.what:13} {a.job_id:24} {a.path}")
+    if not actions:
+        print("nothing to clean")
+    elif not args.dry_run:
+        apply_retention(ledger, actions, paths)
     return 0
 
 
@@ -227,6 +335,25 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("-v", "--verbose", action="store_true")
     _add_common(pr)
     pr.set_defaults(func=cmd_process)
+
+    for name, func, text in (("cancel", cmd_cancel, "cancel a queued or running job (through its CANCEL markers)"),
+                             ("retry", cmd_retry, "queue a finished, failed or cancelled job again"),
+                             ("logs", cmd_logs, "print a job's log")):
+        c = sub.add_parser(name, help=text)
+        c.add_argument("job", help="job id (see hotmesh status)")
+        c.add_argument("--state", help="state folder (HOTMESH_STATE)")
+        c.add_argument("--outbox", help="outbox, to find the default state folder next to it")
+        c.set_defaults(func=func)
+        if name == "retry":
+            c.add_argument("--from-stage", help="delete this stage's checkpoint and every later one first")
+        if name == "logs":
+            c.add_argument("--events", action="store_true", help="also print the job's ledger events")
+    cl = sub.add_parser("clean", help="apply the retention rules now (ops.* settings)")
+    cl.add_argument("--state", help="state folder (HOTMESH_STATE)")
+    cl.add_argument("--outbox", help="outbox, to find the default state folder next to it")
+    cl.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    _add_common(cl)
+    cl.set_defaults(func=cmd_clean)
 
     d = sub.add_parser("demo", help="run a real daemon on the bundled sample and print the report path")
     d.add_argument("--dir", help="where to create inbox/outbox/state (default: a new temporary folder)")

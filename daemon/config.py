@@ -43,6 +43,28 @@ class JobsConfig:
     cancel_poll_seconds: float = 1.0
     shutdown_grace_seconds: float = 60.0
     device: str = "auto"  # auto | cpu | cuda
+    worker_max_jobs: int = 50  # a worker process is replaced after this many jobs (bounds allocator growth)
+
+
+@dataclass(frozen=True)
+class OpsConfig:
+    """Running unattended: retention, disk guard, limits, notifications, observability."""
+
+    retention_interval_seconds: float = 3600.0  # how often the cleanup runs (apscheduler)
+    state_retention_days: float = 7.0  # finished jobs' scratch/checkpoints are deleted after this; < 0: keep
+    outbox_retention_days: float = -1.0  # published results older than this are deleted; < 0: keep
+    inbox_after: str = "keep"  # processed inbox folders: keep | move (to inbox/_done/) | delete
+    inbox_after_days: float = 0.0  # ... this long after the job ended
+    min_free_mb: float = 500.0  # safety margin on top of each job's estimated need
+    max_runtime_seconds: float = 0.0  # per job; 0: no limit
+    webhook_urls: str = ""  # comma-separated; POSTed on done/failed/cancelled
+    webhook_secret: str = ""  # HMAC-SHA256 key for the X-Hotmesh-Signature header
+    webhook_retries: int = 5
+    webhook_backoff_seconds: float = 2.0  # doubles after each failed try
+    command_hook: str = ""  # shell command run on done/failed/cancelled (summary JSON on stdin)
+    http_port: int = 0  # health + Prometheus metrics on http_host:http_port; 0: off
+    http_host: str = "127.0.0.1"
+    json_logs: bool = False
 
 
 @dataclass(frozen=True)
@@ -89,6 +111,7 @@ class Settings:
     intake: IntakeConfig = field(default_factory=IntakeConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
+    ops: OpsConfig = field(default_factory=OpsConfig)
     images: ImagesConfig = field(default_factory=ImagesConfig)
     geometry: GeometryConfig = field(default_factory=GeometryConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
@@ -105,7 +128,7 @@ class Settings:
 
 
 _SECTION_TYPES = {
-    "intake": IntakeConfig, "limits": LimitsConfig, "jobs": JobsConfig,
+    "intake": IntakeConfig, "limits": LimitsConfig, "jobs": JobsConfig, "ops": OpsConfig,
     "images": ImagesConfig, "geometry": GeometryConfig, "refine": RefineConfig, "report": ReportConfig,
 }
 

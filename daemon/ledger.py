@@ -197,6 +197,19 @@ class Ledger:
                       (JobState.QUEUED.value, time.time(), job_id))
             self._event(job_id, "requeued", reason)
 
+    def retry(self, job_id: str, reason: str) -> bool:
+        """Queue a finished job again (fresh attempt count). Only from a terminal state."""
+        now = time.time()
+        terminal = tuple(s.value for s in JobState if s.terminal)
+        with self.tx() as c:
+            cur = c.execute(
+                f"UPDATE jobs SET state = ?, attempts = 0, error = NULL, finished = NULL, worker = NULL, progress = 0,"
+                f" updated = ? WHERE id = ? AND state IN ({','.join('?' * len(terminal))})",
+                (JobState.QUEUED.value, now, job_id, *terminal))
+            if cur.rowcount:
+                self._event(job_id, "retry", reason)
+            return bool(cur.rowcount)
+
     def cancel_if_queued(self, job_id: str, reason: str) -> bool:
         now = time.time()
         with self.tx() as c:

@@ -26,6 +26,7 @@ from watchdog.observers import Observer
 
 from daemon.config import Settings
 from daemon.intake import Settler
+from daemon.ops import Notifier, apply_retention, check_disk, estimate_job_bytes, plan_retention, serve_http
 from daemon.ledger import Job, Ledger
 from daemon.states import JobState
 from daemon.worker import Paths, worker_main, write_status
@@ -75,6 +76,7 @@ class Slot:
     job_id: str | None = None
     device: str | None = None
     ready: bool = False
+    since: float = 0.0  # monotonic time the current job was dispatched
 
 
 class Daemon:
@@ -88,6 +90,12 @@ class Daemon:
         self.stop_workers = self.ctx.Event()
         self.slots: list[Slot] = []
         self._lock_fh: Any = None
+        self.retention_due = threading.Event()
+        self.last_tick = time.monotonic()
+        self.disk_ok = True
+        self.disk_message = "ok"
+        self._estimates: dict[str, int] = {}
+        self.http: Any = None
 
     # -- life cycle ---------------------------------------------------------------------------------
 
@@ -108,36 +116,63 @@ class Daemon:
         self.stopping.set()
         self.wake.set()
 
-    def run(self) -> None:
+    def start(self) -> None:
+        """Everything but the loop: lock, ledger, crash recovery, watchers, scheduler, notifier, HTTP."""
         for d in (self.paths.inbox, self.paths.outbox, self.paths.state):
             d.mkdir(parents=True, exist_ok=True)
         self._acquire_lock()
+        # where the CLI (cancel, retry, logs, clean) finds this daemon's folders
+        (self.paths.state / "paths.json").write_text(json.dumps({"inbox": str(self.paths.inbox),
+                                                                 "outbox": str(self.paths.outbox)}))
         self.ledger = Ledger(self.paths.ledger)
         self._recover()
         self.settler = Settler(self.settings.intake.settle_seconds)
-        observer = Observer()
-        observer.schedule(_WakeHandler(self.wake), str(self.paths.inbox), recursive=True)
-        observer.start()
-        scheduler = BackgroundScheduler(daemon=True)
-        scheduler.add_job(self.wake.set, "interval", seconds=self.settings.intake.rescan_seconds, id="rescan")
-        scheduler.start()
+        self.observer = Observer()
+        self.observer.schedule(_WakeHandler(self.wake), str(self.paths.inbox), recursive=True)
+        self.observer.start()
+        self.scheduler = BackgroundScheduler(daemon=True)
+        self.scheduler.add_job(self.wake.set, "interval", seconds=self.settings.intake.rescan_seconds, id="rescan")
+        # retention runs on the main loop's thread (the ledger connection belongs to it); the scheduler only asks
+        self.scheduler.add_job(lambda: (self.retention_due.set(), self.wake.set()), "interval",
+                               seconds=self.settings.ops.retention_interval_seconds, id="retention")
+        self.scheduler.start()
+        self.notifier = Notifier(self.settings.ops, self.paths.ledger, self.paths.outbox)
+        self.notifier.start()
+        if self.settings.ops.http_port:
+            self.http = serve_http(self.settings.ops.http_host, self.settings.ops.http_port, self.paths.ledger,
+                                   self.health)
         self.slots = [Slot(name=f"{'gpu' + g if g is not None else 'cpu'}", gpu=g) for g in detect_gpus(self.gpu_spec)]
         log.info("watching %s -> %s (state %s), %d worker slot(s): %s", self.paths.inbox, self.paths.outbox,
                  self.paths.state, len(self.slots), ", ".join(s.name for s in self.slots))
         self.ledger.event(None, "daemon", f"daemon started (pid {os.getpid()})", {"slots": [s.name for s in self.slots]})
+
+    def stop(self) -> None:
+        self.scheduler.shutdown(wait=False)
+        self.observer.stop()
+        self._shutdown_workers()
+        self.observer.join(timeout=5)
+        self.notifier.stop()
+        if self.http is not None:
+            self.http.shutdown()
+        self.ledger.event(None, "daemon", f"daemon stopped (pid {os.getpid()})")
+        self.ledger.close()
+        log.info("stopped")
+
+    def run(self) -> None:
+        self.start()
         try:
             while not self.stopping.is_set():
                 self.tick()
                 self.wake.wait(timeout=self.settings.jobs.cancel_poll_seconds)
                 self.wake.clear()
         finally:
-            scheduler.shutdown(wait=False)
-            observer.stop()
-            self._shutdown_workers()
-            observer.join(timeout=5)
-            self.ledger.event(None, "daemon", f"daemon stopped (pid {os.getpid()})")
-            self.ledger.close()
-            log.info("stopped")
+            self.stop()
+
+    def health(self) -> dict[str, Any]:
+        age = time.monotonic() - self.last_tick
+        return {"healthy": age < max(30.0, 5 * self.settings.jobs.cancel_poll_seconds), "pid": os.getpid(),
+                "loop_age_seconds": round(age, 2), "disk_ok": self.disk_ok, "disk": self.disk_message,
+                "slots": [{"name": s.name, "job": s.job_id, "device": s.device} for s in self.slots]}
 
     def _recover(self) -> None:
         from pipeline.publish import remove_stale_partials
@@ -157,6 +192,23 @@ class Daemon:
         self._cancel_queued()
         self._supervise()
         self._dispatch()
+        if self.retention_due.is_set():
+            self.retention_due.clear()
+            self.clean()
+        self.last_tick = time.monotonic()
+
+    def clean(self) -> None:
+        actions = plan_retention(self.ledger.jobs(), self.settings.ops, self.paths, time.time())
+        busy = {s.job_id for s in self.slots if s.job_id}
+        actions = [a for a in actions if a.job_id not in busy]  # never a running job's files
+        if actions:
+            log.info("retention: %d action(s)", len(actions))
+            apply_retention(self.ledger, actions, self.paths)
+
+    def _notify(self, job_id: str) -> None:
+        job = self.ledger.get(job_id)
+        if job is not None and job.state.terminal:
+            self.notifier.job_ended(job)
 
     def _intake(self) -> None:
         for d in self.settler.scan(self.paths.inbox, self.ledger.known_folders()):
@@ -166,6 +218,7 @@ class Daemon:
                 if created:
                     log.info("[job %s] cancelled before it was queued", job.id)
                     self._publish_failure(job, job.error or "cancelled")
+                    self._notify(job.id)
                 continue
             job, created = self.ledger.create_job(d.folder, d.fingerprint)
             if created:
@@ -174,12 +227,14 @@ class Daemon:
 
     def _cancel_queued(self) -> None:
         for job in self.ledger.jobs(JobState.QUEUED):
-            if (self.paths.inbox / job.folder / CANCEL_MARKER).exists():
+            if ((self.paths.inbox / job.folder / CANCEL_MARKER).exists()
+                    or (self.paths.work_dir(job.id) / CANCEL_MARKER).exists()):
                 if self.ledger.cancel_if_queued(job.id, "cancelled by a CANCEL file while queued"):
                     log.info("[job %s] cancelled while queued", job.id)
                     cancelled = self.ledger.get(job.id)
                     if cancelled is not None:
                         self._publish_failure(cancelled, cancelled.error or "cancelled")
+                        self._notify(job.id)
 
     def _start_worker(self, slot: Slot) -> None:
         parent_conn, child_conn = self.ctx.Pipe()
@@ -204,12 +259,29 @@ class Daemon:
                     elif kind in ("finished", "skipped"):
                         log.info("[job %s] worker %s reports %s", a, slot.name, b or kind)
                         slot.job_id = None
+                        self._notify(a)
+                    elif kind == "retiring":
+                        slot.ready = False  # exits by itself; replaced below once it is gone
             except (EOFError, OSError):
                 pass
+            limit = self.settings.ops.max_runtime_seconds
+            runaway = (limit > 0 and slot.job_id is not None and slot.proc.is_alive()
+                       and time.monotonic() - slot.since > limit + 120)
+            if runaway:
+                # the worker checks the limit itself; this is for a stage stuck where it cannot check
+                log.error("[job %s] still running 120 s past ops.max_runtime_seconds; killing worker %s",
+                          slot.job_id, slot.name)
+                slot.proc.kill()
+                slot.proc.join(timeout=10)
             if not slot.proc.is_alive():
                 slot.proc.join(timeout=1)
                 reason = describe_exit(slot.proc.exitcode)
-                log.error("worker %s died: %s", slot.name, reason)
+                if runaway:
+                    reason = "exceeded ops.max_runtime_seconds and did not stop; worker killed"
+                if slot.proc.exitcode == 0 and slot.job_id is None:
+                    log.info("worker %s retired", slot.name)
+                else:
+                    log.error("worker %s died: %s", slot.name, reason)
                 if slot.job_id is not None:
                     self._worker_lost(slot.job_id, reason)
                 slot.proc, slot.conn, slot.job_id, slot.ready = None, None, None, False
@@ -228,6 +300,7 @@ class Daemon:
             failed = self.ledger.get(job_id)
             if failed is not None:
                 self._publish_failure(failed, msg)
+                self._notify(job_id)
         current = self.ledger.get(job_id)
         if current is not None:
             write_status(self.paths, current)
@@ -243,13 +316,38 @@ class Daemon:
                 continue
             if not slot.ready or slot.job_id is not None:
                 continue
+            if not self._disk_allows_next():
+                return
             job = self.ledger.claim_next(worker=f"{host}:{slot.name}:{slot.proc.pid}")
             if job is None:
                 return
-            slot.job_id = job.id
+            slot.job_id, slot.since = job.id, time.monotonic()
             write_status(self.paths, job)
             log.info("[job %s] dispatched to %s (attempt %d)", job.id, slot.name, job.attempts)
             slot.conn.send(job.id)
+
+    def _disk_allows_next(self) -> bool:
+        """Disk guard: claim the next job only if the state and outbox volumes can hold it."""
+        queued = self.ledger.jobs(JobState.QUEUED)
+        if not queued:
+            return True
+        job = queued[0]
+        if job.id not in self._estimates:
+            self._estimates[job.id] = estimate_job_bytes(self.paths.inbox / job.folder)
+        check = check_disk([self.paths.state, self.paths.outbox], self._estimates[job.id], self.settings.ops.min_free_mb)
+        if check.ok != self.disk_ok:  # log and record transitions only, not every tick
+            if check.ok:
+                log.info("disk space is back; resuming")
+                self.ledger.event(None, "disk", "disk space is back; resuming")
+            else:
+                log.warning("%s", check.message)
+                self.ledger.event(job.id, "disk", check.message)
+            from pipeline.publish import write_atomic
+
+            write_atomic(self.paths.outbox / "_status" / "_daemon.json",
+                         json.dumps({"disk_ok": check.ok, "message": check.message, "updated": time.time()}))
+        self.disk_ok, self.disk_message = check.ok, check.message
+        return check.ok
 
     def _publish_failure(self, job: Job, message: str) -> None:
         """Report for a job that ended without a worker (cancelled while queued, crashed worker)."""

@@ -92,8 +92,10 @@ def execute(ledger: Ledger, paths: Paths, job: Job, settings: Settings, device: 
     def on_timing(stage: str, timing: dict[str, Any]) -> None:
         ledger.record_timing(job.id, stage, timing)
 
+    limit = settings.ops.max_runtime_seconds
     ctx = JobContext(job_id=job.id, input_dir=paths.inbox / job.folder, work_dir=work, settings=settings,
-                     device=device, log=jlog, stop_reason=stop_reason, on_progress=on_progress)
+                     device=device, log=jlog, stop_reason=stop_reason, on_progress=on_progress,
+                     deadline=time.monotonic() + limit if limit > 0 else None)
     try:
         outcome = run_job(ctx, job.fingerprint, paths.outbox, on_timing=on_timing)
     finally:
@@ -132,12 +134,18 @@ def worker_main(slot: str, gpu: str | None, paths: Paths, settings_json: str, co
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s %(levelname)s worker[{slot}] %(message)s")
     settings = settings_from_json(settings_json)
+    if settings.ops.json_logs:
+        from daemon.ops import JsonFormatter
+
+        for h in logging.getLogger().handlers:
+            h.setFormatter(JsonFormatter())
     device = pick_device(settings.jobs.device)
     if device == "cuda":
         os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(paths.state / "torch_extensions"))
     ledger = Ledger(paths.ledger)
     conn.send(("ready", slot, device))
     stop_reason = lambda: "daemon shutting down" if stop_event.is_set() else None  # noqa: E731
+    jobs_run = 0
     while not stop_event.is_set():
         if os.getppid() != parent:
             return
@@ -152,5 +160,12 @@ def worker_main(slot: str, gpu: str | None, paths: Paths, settings_json: str, co
             continue
         t0 = time.monotonic()
         state = execute(ledger, paths, job, settings, device, stop_reason)
+        jobs_run += 1
         log.info("[job %s] %s in %.1fs", job.id, state, time.monotonic() - t0)
+        retire = jobs_run >= settings.jobs.worker_max_jobs > 0
+        if retire:  # announced before "finished", so the daemon never hands this worker another job
+            log.info("retiring after %d jobs; the daemon starts a fresh worker", jobs_run)
+            conn.send(("retiring", slot, None))
         conn.send(("finished", job.id, state))
+        if retire:
+            return

@@ -21,6 +21,14 @@ class InputError(JobError):
     """The job folder's content cannot be processed (bad or missing files)."""
 
 
+class JobTimeout(JobError):
+    """The job ran longer than ops.max_runtime_seconds."""
+
+
+class GpuMemoryError(JobError, MemoryError):
+    """The configured work cannot fit in the GPU's free memory; refused before anything is allocated."""
+
+
 class Cancelled(Exception):
     """The user dropped a CANCEL file into the job folder."""
 
@@ -46,6 +54,7 @@ class JobContext:
     log: logging.LoggerAdapter
     stop_reason: Callable[[], str | None] = lambda: None  # daemon shutdown flag
     on_progress: Callable[[str, float], None] = lambda stage, pct: None
+    deadline: float | None = None  # time.monotonic() after which the job fails (ops.max_runtime_seconds)
     stage: str = ""
     _stage_lo: float = 0.0
     _stage_hi: float = 0.0
@@ -56,9 +65,14 @@ class JobContext:
         return self.input_dir / CANCEL_MARKER
 
     def check(self) -> None:
-        """Raise if the job must stop now. Cheap (one stat); call it inside every long loop."""
-        if self.cancel_path.exists():
+        """Raise if the job must stop now. Cheap (two stats); call it inside every long loop."""
+        # `hotmesh cancel` also drops the marker into the job's state folder (the inbox may be read-only)
+        if self.cancel_path.exists() or (self.work_dir / CANCEL_MARKER).exists():
             raise Cancelled(f"cancelled by a {CANCEL_MARKER} file during stage {self.stage!r}")
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise JobTimeout(f"the job exceeded its maximum runtime (ops.max_runtime_seconds) during stage "
+                             f"{self.stage!r}; its log and checkpoints are kept. Raise the limit or lower "
+                             f"geometry.voxel_resolution / images.max_side, then `hotmesh retry`")
         reason = self.stop_reason()
         if reason:
             raise Interrupted(reason)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 import trimesh
 
+from pipeline.context import GpuMemoryError
 from pipeline.raster import Cameras, Rasterizer
 
 
@@ -82,8 +83,8 @@ def views_that_fit(n_views: int, size: tuple[int, int], device: torch.device, by
     per_view = size[0] * size[1] * bytes_per_pixel
     fit = int(0.6 * free // per_view)
     if fit < 1:
-        raise MemoryError(f"one {size[1]}x{size[0]} view needs ~{per_view / 2**20:.0f} MiB for refinement but only "
-                          f"{free / 2**20:.0f} MiB of GPU memory is free: lower refine image size")
+        raise GpuMemoryError(f"one {size[1]}x{size[0]} view needs ~{per_view / 2**20:.0f} MiB for refinement but only "
+                          f"{free / 2**20:.0f} MiB of GPU memory is free: lower refine.image_size")
     return max(1, min(n_views, fit))
 
 

@@ -1,0 +1,322 @@
+"""Running unattended: retention, disk guard, notifications, health/metrics endpoint, JSON logs."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import http.server
+import json
+import logging
+import os
+import queue
+import shutil
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from daemon.config import OpsConfig
+from daemon.ledger import Job, Ledger
+from daemon.states import JobState
+
+log = logging.getLogger("hotmesh.ops")
+DONE_DIR = "_done"
+DAY = 86400.0
+
+
+# -- retention ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Action:
+    job_id: str
+    what: str  # "state" | "outbox" | "inbox-move" | "inbox-delete"
+    path: str
+
+
+def plan_retention(jobs: list[Job], cfg: OpsConfig, paths: Any, now: float) -> list[Action]:
+    """What the cleanup would do now. Only jobs in a terminal state are ever touched."""
+    actions: list[Action] = []
+    for job in jobs:
+        if not job.state.terminal or job.finished is None:
+            continue
+        age = now - job.finished
+        work = paths.work_dir(job.id)
+        if cfg.state_retention_days >= 0 and age >= cfg.state_retention_days * DAY and work.exists():
+            actions.append(Action(job.id, "state", str(work)))
+        out = paths.outbox / job.id
+        if cfg.outbox_retention_days >= 0 and age >= cfg.outbox_retention_days * DAY and out.exists():
+            actions.append(Action(job.id, "outbox", str(out)))
+        src = paths.inbox / job.folder
+        if cfg.inbox_after in ("move", "delete") and age >= cfg.inbox_after_days * DAY and src.exists():
+            actions.append(Action(job.id, f"inbox-{cfg.inbox_after}", str(src)))
+    return actions
+
+
+def apply_retention(ledger: Ledger, actions: list[Action], paths: Any) -> None:
+    """Carry out ``actions``; each one is recorded in the ledger's events."""
+    for a in actions:
+        p = Path(a.path)
+        try:
+            if a.what == "inbox-move":
+                dst = paths.inbox / DONE_DIR / p.name
+                if dst.exists():
+                    dst = dst.with_name(f"{p.name}.{int(time.time())}")
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                p.rename(dst)
+                ledger.event(a.job_id, "retention", f"moved inbox folder to {dst}", {"path": str(p)})
+            else:
+                shutil.rmtree(p)
+                ledger.event(a.job_id, "retention", f"deleted {a.what} folder {p}", {"path": str(p)})
+        except OSError as e:
+            ledger.event(a.job_id, "retention-error", f"could not clean {p}: {e}", {"path": str(p)})
+
+
+# -- disk guard -----------------------------------------------------------------------------------
+
+def free_bytes(path: Path) -> int:
+    """Free space on the volume holding ``path`` (the one place tests patch)."""
+    return shutil.disk_usage(path).free
+
+
+def estimate_job_bytes(folder: Path) -> int:
+    """Space a job needs in the state and outbox folders, from image count and resolution: working copies
+    (RGB + alpha + masks, compressed arrays ~ raw size), meshes and the report."""
+    from PIL import Image
+
+    pixels = 0
+    images = 0
+    for p in folder.rglob("*"):
+        if p.suffix.lower() not in (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff") or not p.is_file():
+            continue
+        try:
+            with Image.open(p) as im:  # header only, no decode
+                w, h = im.size
+        except (OSError, ValueError, Image.DecompressionBombError):
+            continue
+        scale = min(1.0, 1024 / max(w, h))  # images.max_side default; an upper bound for smaller settings
+        pixels += int(w * h * scale * scale)
+        images += 1
+    return pixels * 5 * 2 + 150 * 2**20 + images * 2**20
+
+
+@dataclass(frozen=True)
+class DiskCheck:
+    ok: bool
+    message: str
+
+
+def check_disk(volumes: list[Path], need: int, margin_mb: float) -> DiskCheck:
+    want = need + int(margin_mb * 2**20)
+    for v in volumes:
+        free = free_bytes(v)
+        if free < want:
+            return DiskCheck(False, f"waiting for disk space: {v} has {free / 2**20:.0f} MiB free, the next job needs "
+                                    f"~{want / 2**20:.0f} MiB (estimate + ops.min_free_mb)")
+    return DiskCheck(True, "ok")
+
+
+# -- notifications --------------------------------------------------------------------------------
+
+def sign(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def job_summary(job: Job, outbox: Path) -> dict[str, Any]:
+    summary: dict[str, Any] = {"job": job.id, "folder": job.folder, "state": job.state.value, "error": job.error,
+                               "stage": job.stage, "attempts": job.attempts, "finished": job.finished,
+                               "outbox": str(outbox / job.id)}
+    try:
+        stats = json.loads((outbox / job.id / "stats.json").read_text())
+        summary["stats"] = {k: stats.get(k) for k in ("quality", "mesh", "files", "timings")}
+    except (OSError, ValueError):
+        summary["stats"] = None
+    return summary
+
+
+class Notifier:
+    """Webhooks and a command hook on job end, from a background thread: a slow or failing endpoint never
+    blocks the daemon or changes a job's outcome. Each delivery and failure is a ledger event."""
+
+    def __init__(self, cfg: OpsConfig, ledger_path: Path, outbox: Path,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.cfg = cfg
+        self.urls = [u.strip() for u in cfg.webhook_urls.split(",") if u.strip()]
+        self.ledger_path = ledger_path
+        self.outbox = outbox
+        self.sleep = sleep
+        self.q: queue.Queue[Job | None] = queue.Queue()
+        self.thread: threading.Thread | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.urls or self.cfg.command_hook)
+
+    def start(self) -> None:
+        if self.enabled:
+            self.thread = threading.Thread(target=self._loop, name="hotmesh-notify", daemon=True)
+            self.thread.start()
+
+    def job_ended(self, job: Job) -> None:
+        if self.enabled:
+            self.q.put(job)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.thread is not None:
+            self.q.put(None)
+            self.thread.join(timeout)
+
+    def _loop(self) -> None:
+        ledger = Ledger(self.ledger_path)  # this thread's own connection
+        while True:
+            job = self.q.get()
+            if job is None:
+                return
+            payload = job_summary(job, self.outbox)
+            body = json.dumps(payload).encode()
+            for url in self.urls:
+                self._post(ledger, job, url, body)
+            if self.cfg.command_hook:
+                self._command(ledger, job, body)
+
+    def _post(self, ledger: Ledger, job: Job, url: str, body: bytes) -> None:
+        headers = {"Content-Type": "application/json", "X-Hotmesh-Event": f"job.{job.state.value}",
+                   "User-Agent": "hotmesh"}
+        if self.cfg.webhook_secret:
+            headers["X-Hotmesh-Signature"] = sign(self.cfg.webhook_secret, body)
+        delay = self.cfg.webhook_backoff_seconds
+        for attempt in range(1, self.cfg.webhook_retries + 2):
+            try:
+                req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+                with urllib.request.urlopen(req, timeout=10) as resp:
+                    ledger.event(job.id, "notified", f"webhook {url} answered {resp.status} (try {attempt})",
+                                 {"url": url, "tries": attempt})
+                    return
+            except (urllib.error.URLError, OSError, ValueError) as e:
+                log.warning("[job %s] webhook %s failed (try %d): %s", job.id, url, attempt, e)
+                if attempt > self.cfg.webhook_retries:
+                    ledger.event(job.id, "notify-failed", f"webhook {url} failed {attempt} times: {e}",
+                                 {"url": url, "tries": attempt})
+                    return
+                self.sleep(delay)
+                delay *= 2
+
+    def _command(self, ledger: Ledger, job: Job, body: bytes) -> None:
+        env = dict(os.environ, HOTMESH_JOB_ID=job.id, HOTMESH_JOB_STATE=job.state.value,
+                   HOTMESH_JOB_OUTBOX=str(self.outbox / job.id))
+        try:
+            r = subprocess.run(self.cfg.command_hook, shell=True, input=body, env=env, timeout=120,
+                               capture_output=True)
+            kind = "notified" if r.returncode == 0 else "notify-failed"
+            ledger.event(job.id, kind, f"command hook exited {r.returncode}", {"stderr": r.stderr[-500:].decode(errors="replace")})
+        except (OSError, subprocess.TimeoutExpired) as e:
+            ledger.event(job.id, "notify-failed", f"command hook failed: {e}")
+
+
+# -- health and metrics ---------------------------------------------------------------------------
+
+def gpu_memory() -> list[tuple[str, float, float]]:
+    """(index, used MiB, total MiB) per GPU from nvidia-smi; empty without one (the daemon never imports torch)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index,memory.used,memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    rows = []
+    for line in out.strip().splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 3:
+            try:
+                rows.append((parts[0], float(parts[1]), float(parts[2])))
+            except ValueError:
+                pass
+    return rows
+
+
+class LedgerCollector:
+    """Prometheus collector that reads the ledger at scrape time (the ledger is the source of truth)."""
+
+    def __init__(self, ledger_path: Path, status: Callable[[], dict[str, Any]]) -> None:
+        self.ledger_path = ledger_path
+        self.status = status
+
+    def collect(self):  # noqa: ANN201 (prometheus_client protocol)
+        from prometheus_client.core import GaugeMetricFamily, SummaryMetricFamily
+
+        ledger = Ledger(self.ledger_path)
+        try:
+            counts = ledger.counts()
+            jobs = ledger.jobs()
+        finally:
+            ledger.close()
+        g = GaugeMetricFamily("hotmesh_jobs", "Jobs in the ledger by state", labels=["state"])
+        for state in JobState:
+            g.add_metric([state.value], counts.get(state.value, 0))
+        yield g
+        yield GaugeMetricFamily("hotmesh_queue_length", "Jobs waiting to run", value=counts.get("queued", 0))
+        s = SummaryMetricFamily("hotmesh_stage_seconds", "Stage durations of finished jobs", labels=["stage"])
+        per: dict[str, list[float]] = {}
+        for j in jobs:
+            for stage, t in j.timings.items():
+                if not t.get("skipped"):
+                    per.setdefault(stage, []).append(float(t.get("seconds") or 0))
+        for stage, vals in sorted(per.items()):
+            s.add_metric([stage], count_value=len(vals), sum_value=sum(vals))
+        yield s
+        st = self.status()
+        yield GaugeMetricFamily("hotmesh_disk_ok", "1 when there is space for the next job", value=1 if st.get("disk_ok", True) else 0)
+        used = GaugeMetricFamily("hotmesh_gpu_memory_used_mib", "GPU memory in use", labels=["gpu"])
+        total = GaugeMetricFamily("hotmesh_gpu_memory_total_mib", "GPU memory", labels=["gpu"])
+        for idx, u, t in gpu_memory():
+            used.add_metric([idx], u)
+            total.add_metric([idx], t)
+        yield used
+        yield total
+
+
+def serve_http(host: str, port: int, ledger_path: Path, status: Callable[[], dict[str, Any]]) -> http.server.ThreadingHTTPServer:
+    """/health (JSON; 503 when the main loop is stuck) and /metrics (Prometheus) on a background thread."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry()
+    registry.register(LedgerCollector(ledger_path, status))
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+            if self.path.startswith("/metrics"):
+                body, ctype, code = generate_latest(registry), "text/plain; version=0.0.4", 200
+            elif self.path.startswith("/health"):
+                st = status()
+                code = 200 if st.get("healthy") else 503
+                body, ctype = json.dumps(st).encode(), "application/json"
+            else:
+                body, ctype, code = b"not found\n", "text/plain", 404
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, fmt: str, *args: Any) -> None:
+            log.debug("http: " + fmt, *args)
+
+    server = http.server.ThreadingHTTPServer((host, port), Handler)
+    threading.Thread(target=server.serve_forever, name="hotmesh-http", daemon=True).start()
+    return server
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; the job id is lifted out of the '[job X]' prefix every job line carries."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage()
+        d: dict[str, Any] = {"ts": round(record.created, 3), "level": record.levelname, "logger": record.name}
+        if msg.startswith("[job ") and "] " in msg:
+            d["job"] = msg[5:msg.index("]")]
+            msg = msg[msg.index("] ") + 2:]
+        d["msg"] = msg
+        if record.exc_info:
+            d["exc"] = self.formatException(record.exc_info)
+        return json.dumps(d)
