@@ -216,29 +216,31 @@ class Daemon:
 
     def _intake(self) -> None:
         for d in self.settler.scan(self.paths.inbox, self.ledger.known_folders()):
-            if d.cancelled:
-                job, created = self.ledger.create_job(d.folder, d.fingerprint, JobState.CANCELLED,
-                                                      error="cancelled by a CANCEL file before processing started")
-                if created:
-                    log.info("[job %s] cancelled before it was queued", job.id)
-                    self._publish_failure(job, job.error or "cancelled")
-                    self._notify(job.id)
-                continue
             job, created = self.ledger.create_job(d.folder, d.fingerprint)
-            if created:
-                log.info("[job %s] queued from %s", job.id, d.folder)
-                write_status(self.paths, job)
+            if not created:
+                continue
+            if d.cancelled:
+                self._cancel_before_start(job, "cancelled by a CANCEL file before processing started")
+                continue
+            log.info("[job %s] queued from %s", job.id, d.folder)
+            write_status(self.paths, job)
 
     def _cancel_queued(self) -> None:
         for job in self.ledger.jobs(JobState.QUEUED):
             if ((self.paths.inbox / job.folder / CANCEL_MARKER).exists()
                     or (self.paths.work_dir(job.id) / CANCEL_MARKER).exists()):
-                if self.ledger.cancel_if_queued(job.id, "cancelled by a CANCEL file while queued"):
-                    log.info("[job %s] cancelled while queued", job.id)
-                    cancelled = self.ledger.get(job.id)
-                    if cancelled is not None:
-                        self._publish_failure(cancelled, cancelled.error or "cancelled")
-                        self._notify(job.id)
+                self._cancel_before_start(job, "cancelled by a CANCEL file while queued")
+
+    def _cancel_before_start(self, job: Job, reason: str) -> None:
+        """Report first, then the ledger: whoever sees 'cancelled' also finds the report. Only this thread
+        claims jobs, so the queued job cannot start in between."""
+        self._publish_failure(job, reason, state=JobState.CANCELLED)
+        if self.ledger.cancel_if_queued(job.id, reason):
+            log.info("[job %s] %s", job.id, reason)
+            cancelled = self.ledger.get(job.id)
+            if cancelled is not None:
+                write_status(self.paths, cancelled)
+            self._notify(job.id)
 
     def _start_worker(self, slot: Slot) -> None:
         parent_conn, child_conn = self.ctx.Pipe()
@@ -300,11 +302,9 @@ class Daemon:
         else:
             msg = (f"{reason} during stage {job.stage!r}, {job.attempts} times; giving up "
                    f"(jobs.max_attempts={self.settings.jobs.max_attempts})")
+            self._publish_failure(job, msg, state=JobState.FAILED)  # report before the state, as everywhere
             self.ledger.finish(job_id, JobState.FAILED, error=msg)
-            failed = self.ledger.get(job_id)
-            if failed is not None:
-                self._publish_failure(failed, msg)
-                self._notify(job_id)
+            self._notify(job_id)
         current = self.ledger.get(job_id)
         if current is not None:
             write_status(self.paths, current)
@@ -353,7 +353,7 @@ class Daemon:
         self.disk_ok, self.disk_message = check.ok, check.message
         return check.ok
 
-    def _publish_failure(self, job: Job, message: str) -> None:
+    def _publish_failure(self, job: Job, message: str, state: JobState | None = None) -> None:
         """Report for a job that ended without a worker (cancelled while queued, crashed worker)."""
         from pipeline.failure import write_failure_report
         from pipeline.publish import publish
@@ -363,13 +363,12 @@ class Daemon:
         tmp.mkdir(parents=True)
         try:
             timings = [t for t in job.timings.values()]
-            files = write_failure_report(tmp, job.id, job.folder, job.state.value, message, job.stage, None, timings,
+            files = write_failure_report(tmp, job.id, job.folder, (state or job.state).value, message, job.stage, None, timings,
                                          self.settings.to_dict(), "n/a")
             log_file = self.paths.work_dir(job.id) / "job.log"
             if log_file.exists():
                 files["job.log"] = log_file
             publish(files, self.paths.outbox, job.id)
-            write_status(self.paths, job)
         except OSError as e:
             log.error("[job %s] could not publish its report: %s", job.id, e)
         finally:
