@@ -191,10 +191,13 @@ class Ledger:
             )
             self._event(job_id, state.value, error or f"job {state.value}")
 
-    def requeue(self, job_id: str, reason: str) -> None:
+    def requeue(self, job_id: str, reason: str, count_attempt: bool = True) -> None:
+        """Back to the queue. ``count_attempt=False`` (a clean shutdown) gives the attempt back, in the same
+        transaction."""
         with self.tx() as c:
-            c.execute("UPDATE jobs SET state = ?, worker = NULL, updated = ? WHERE id = ?",
-                      (JobState.QUEUED.value, time.time(), job_id))
+            c.execute("UPDATE jobs SET state = ?, worker = NULL, updated = ?,"
+                      " attempts = CASE WHEN ? THEN attempts ELSE MAX(attempts - 1, 0) END WHERE id = ?",
+                      (JobState.QUEUED.value, time.time(), count_attempt, job_id))
             self._event(job_id, "requeued", reason)
 
     def retry(self, job_id: str, reason: str) -> bool:

@@ -302,7 +302,7 @@ class Daemon:
         else:
             msg = (f"{reason} during stage {job.stage!r}, {job.attempts} times; giving up "
                    f"(jobs.max_attempts={self.settings.jobs.max_attempts})")
-            self._publish_failure(job, msg, state=JobState.FAILED)  # report before the state, as everywhere
+            self._publish_failure(job, msg, state=JobState.FAILED)  # report before the state: whoever sees 'failed' finds it
             self.ledger.finish(job_id, JobState.FAILED, error=msg)
             self._notify(job_id)
         current = self.ledger.get(job_id)

@@ -102,9 +102,9 @@ def execute(ledger: Ledger, paths: Paths, job: Job, settings: Settings, device: 
         jlog.logger.removeHandler(handler)
         handler.close()
     if outcome.state == "interrupted":
-        ledger.requeue(job.id, f"daemon stopping during stage {outcome.stage!r}; will resume from the last checkpoint")
-        with ledger.tx() as c:  # a clean shutdown is not a failed attempt
-            c.execute("UPDATE jobs SET attempts = MAX(attempts - 1, 0) WHERE id = ?", (job.id,))
+        # a clean shutdown is not a failed attempt
+        ledger.requeue(job.id, f"daemon stopping during stage {outcome.stage!r}; will resume from the last checkpoint",
+                       count_attempt=False)
     else:
         ledger.finish(job.id, JobState(outcome.state), error=outcome.error, outputs=outcome.outputs,
                       progress=100.0 if outcome.state == "done" else None)

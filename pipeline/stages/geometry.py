@@ -57,7 +57,7 @@ def load_mesh(ctx: JobContext, stage: str = "geometry") -> trimesh.Trimesh:
     return trimesh.load(stage_dir(ctx, stage) / "mesh.ply", process=False, force="mesh")
 
 
-def refine_settings(cfg: RefineConfig, device: str, on_gpu: bool) -> RefineSettings:
+def refine_settings(cfg: RefineConfig, on_gpu: bool) -> RefineSettings:
     if on_gpu:
         sizes = [max(64, cfg.image_size // 2 ** (cfg.levels - 1 - i)) for i in range(cfg.levels)]
         return RefineSettings(levels=tuple((sz, cfg.iterations) for sz in sizes), max_faces=cfg.max_faces,
@@ -99,7 +99,7 @@ class RefineStage(Stage):
         masks = load_masks(ctx)
         idx = [i for i in views.train if masks[i] is not None]
         on_gpu = rasterizer.name == "nvdiffrast"
-        settings = refine_settings(cfg, ctx.device, on_gpu)
+        settings = refine_settings(cfg, on_gpu)
         start = decimate(mesh, settings.start_faces)
         ctx.log.info("refining %d faces with %s over %d views, levels %s", len(start.faces), backend, len(idx),
                      settings.levels)
