@@ -38,6 +38,10 @@ def _settings(args: argparse.Namespace) -> Settings:
         cli.setdefault("intake", {})["settle_seconds"] = args.settle_seconds
     if getattr(args, "device", None):
         cli.setdefault("jobs", {})["device"] = args.device
+    if getattr(args, "executor", None):
+        cli.setdefault("executor", {})["kind"] = args.executor
+    if getattr(args, "ray_address", None):
+        cli.setdefault("executor", {})["ray_address"] = args.ray_address
     config = args.config or os.environ.get("HOTMESH_CONFIG")
     try:
         return load_settings(Path(config) if config else None, cli=cli)
@@ -316,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--outbox", help="folder results are published to (HOTMESH_OUTBOX)")
     r.add_argument("--state", help="ledger, checkpoints and logs (HOTMESH_STATE; default: <outbox>/../hotmesh-state)")
     r.add_argument("--gpus", help="'auto' (default), 'cpu', or GPU ids like 0,1: one worker per entry (HOTMESH_GPUS)")
+    r.add_argument("--executor", choices=["local", "ray"],
+                   help="local: worker processes on this host (default); ray: Ray tasks on a cluster (executor.kind)")
+    r.add_argument("--ray-address", help="HOST:PORT of the Ray cluster, 'auto', or 'local' (executor.ray_address)")
     r.add_argument("--settle-seconds", type=float, help="quiet time before a folder becomes a job (intake.settle_seconds)")
     r.add_argument("-v", "--verbose", action="store_true")
     _add_common(r)

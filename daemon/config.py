@@ -47,6 +47,21 @@ class JobsConfig:
 
 
 @dataclass(frozen=True)
+class ExecutorConfig:
+    """Where jobs run. ``local``: one child process per GPU of this host (``--gpus``). ``ray``: Ray tasks on a
+    cluster, each asking for ``gpus_per_job`` GPUs; the ledger stays on the daemon's host."""
+
+    kind: str = "local"  # local | ray
+    ray_address: str = "auto"  # HOST:PORT of a running cluster, "auto" (RAY_ADDRESS / local head), or "local"
+    gpus_per_job: float = 1.0  # 0: CPU-only tasks (cpus_per_job each)
+    cpus_per_job: float = 1.0
+    max_in_flight: int = 0  # 0: as many as the cluster's GPUs (or CPUs / cpus_per_job) allow, re-read as nodes join
+    shared_paths: bool = True  # every node mounts inbox, outbox and state at the same paths
+    max_transfer_mb: float = 2048.0  # without shared paths: largest input or result moved through the object store
+    local_gpus: int = 0  # ray_address = local: logical GPUs the in-process cluster advertises (tests, laptops)
+
+
+@dataclass(frozen=True)
 class OpsConfig:
     """Running unattended: retention, disk guard, limits, notifications, observability."""
 
@@ -112,6 +127,7 @@ class Settings:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
     ops: OpsConfig = field(default_factory=OpsConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     images: ImagesConfig = field(default_factory=ImagesConfig)
     geometry: GeometryConfig = field(default_factory=GeometryConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
@@ -129,6 +145,7 @@ class Settings:
 
 _SECTION_TYPES = {
     "intake": IntakeConfig, "limits": LimitsConfig, "jobs": JobsConfig, "ops": OpsConfig,
+    "executor": ExecutorConfig,
     "images": ImagesConfig, "geometry": GeometryConfig, "refine": RefineConfig, "report": ReportConfig,
 }
 

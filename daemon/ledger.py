@@ -167,6 +167,13 @@ class Ledger:
             c.execute("UPDATE jobs SET stage = ?, progress = ?, updated = ? WHERE id = ?",
                       (stage, round(float(progress), 2), time.time(), job_id))
 
+    def set_worker(self, job_id: str, worker: str, data: dict[str, Any] | None = None) -> None:
+        """Where a claimed job actually runs (a remote executor knows only once the task has started)."""
+        with self.tx() as c:
+            c.execute("UPDATE jobs SET worker = ?, updated = ? WHERE id = ? AND state = ?",
+                      (worker, time.time(), job_id, JobState.RUNNING.value))
+            self._event(job_id, "worker", f"running on {worker}", data)
+
     def record_timing(self, job_id: str, stage: str, timing: dict[str, Any]) -> None:
         with self.tx() as c:
             row = c.execute("SELECT timings FROM jobs WHERE id = ?", (job_id,)).fetchone()

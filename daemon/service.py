@@ -8,15 +8,10 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
-import multiprocessing as mp
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +24,8 @@ from daemon.intake import Settler
 from daemon.ops import Notifier, apply_retention, check_disk, estimate_job_bytes, plan_retention, serve_http
 from daemon.ledger import Job, Ledger
 from daemon.states import JobState
-from daemon.worker import Paths, worker_main, write_status
+from daemon.executors import Executor, Finished, LocalExecutor, Lost, SubmitError
+from daemon.worker import Paths, write_status
 from pipeline.context import CANCEL_MARKER
 
 log = logging.getLogger("hotmesh.daemon")
@@ -39,46 +35,6 @@ class AlreadyRunning(RuntimeError):
     pass
 
 
-def detect_gpus(spec: str) -> list[str | None]:
-    """Device slots from ``--gpus``: 'auto' (every visible NVIDIA GPU, else one CPU slot), 'cpu', or '0,1'."""
-    if spec in ("cpu", "none", ""):
-        return [None]
-    if spec in ("auto", "all"):
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        if visible is not None:
-            ids = [g.strip() for g in visible.split(",") if g.strip() and g.strip() != "-1"]
-            return list(ids) or [None]
-        try:
-            out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout
-        except (OSError, subprocess.SubprocessError):
-            return [None]
-        ids = [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
-        return list(ids) or [None]
-    return [g.strip() for g in spec.split(",") if g.strip()]
-
-
-def describe_exit(code: int | None) -> str:
-    if code is None:
-        return "worker process vanished"
-    if code < 0:
-        sig = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
-        hint = " — usually the out-of-memory killer (exit 137)" if -code == signal.SIGKILL else ""
-        return f"worker process killed by {sig}{hint}"
-    return f"worker process exited with code {code}"
-
-
-@dataclass
-class Slot:
-    name: str
-    gpu: str | None
-    proc: Any = None  # multiprocessing.Process
-    conn: Any = None
-    job_id: str | None = None
-    device: str | None = None
-    ready: bool = False
-    since: float = 0.0  # monotonic time the current job was dispatched
-
-
 class Daemon:
     def __init__(self, paths: Paths, settings: Settings, gpus: str = "auto") -> None:
         self.paths = paths
@@ -86,9 +42,8 @@ class Daemon:
         self.gpu_spec = gpus
         self.stopping = threading.Event()
         self.wake = threading.Event()
-        self.ctx = mp.get_context("spawn")  # fresh interpreters: no inherited threads, locks or CUDA state
-        self.stop_workers = self.ctx.Event()
-        self.slots: list[Slot] = []
+        self.executor: Executor | None = None
+        self._relayed: set[str] = set()  # running jobs whose CANCEL was passed to the executor
         self._lock_fh: Any = None
         self.retention_due = threading.Event()
         self.last_tick = time.monotonic()
@@ -145,15 +100,32 @@ class Daemon:
         if self.settings.ops.http_port:
             self.http = serve_http(self.settings.ops.http_host, self.settings.ops.http_port, self.paths.ledger,
                                    self.health)
-        self.slots = [Slot(name=f"{'gpu' + g if g is not None else 'cpu'}", gpu=g) for g in detect_gpus(self.gpu_spec)]
-        log.info("watching %s -> %s (state %s), %d worker slot(s): %s", self.paths.inbox, self.paths.outbox,
-                 self.paths.state, len(self.slots), ", ".join(s.name for s in self.slots))
-        self.ledger.event(None, "daemon", f"daemon started (pid {os.getpid()})", {"slots": [s.name for s in self.slots]})
+        self.executor = self._make_executor()
+        self.executor.start()
+        slots = [s["name"] for s in self.executor.describe()]
+        log.info("watching %s -> %s (state %s), executor %s, slot(s): %s", self.paths.inbox, self.paths.outbox,
+                 self.paths.state, self.executor.name, ", ".join(slots) or "(from the cluster)")
+        self.ledger.event(None, "daemon", f"daemon started (pid {os.getpid()})",
+                          {"executor": self.executor.name, "slots": slots})
+
+    def _make_executor(self) -> Executor:
+        kind = self.settings.executor.kind
+        if kind == "local":
+            return LocalExecutor(self.paths, self.settings, self.gpu_spec,
+                                 has_work=lambda: bool(self.ledger.jobs(JobState.QUEUED)))
+        if kind == "ray":
+            from daemon.ray_executor import RayExecutor
+
+            return RayExecutor(self.paths, self.settings, self.ledger)
+        raise ValueError(f"executor.kind must be 'local' or 'ray', got {kind!r}")
 
     def stop(self) -> None:
         self.scheduler.shutdown(wait=False)
         self.observer.stop()
-        self._shutdown_workers()
+        if self.executor is not None:
+            self.executor.stop(self.settings.jobs.shutdown_grace_seconds)
+            for ev in self.executor.poll():  # end states that arrived while stopping
+                self._handle(ev)
         self.observer.join(timeout=5)
         self.notifier.stop()
         if self.http is not None:
@@ -176,7 +148,8 @@ class Daemon:
         age = time.monotonic() - self.last_tick
         return {"healthy": age < max(30.0, 5 * self.settings.jobs.cancel_poll_seconds), "pid": os.getpid(),
                 "loop_age_seconds": round(age, 2), "disk_ok": self.disk_ok, "disk": self.disk_message,
-                "slots": [{"name": s.name, "job": s.job_id, "device": s.device} for s in self.slots]}
+                "executor": self.executor.name if self.executor else None,
+                "slots": self.executor.describe() if self.executor else []}
 
     def _recover(self) -> None:
         from pipeline.publish import remove_stale_partials
@@ -194,7 +167,9 @@ class Daemon:
     def tick(self) -> None:
         self._intake()
         self._cancel_queued()
-        self._supervise()
+        self._relay_cancels()
+        for ev in self.executor.poll() if self.executor else []:
+            self._handle(ev)
         self._dispatch()
         if self.retention_due.is_set():
             self.retention_due.clear()
@@ -203,7 +178,7 @@ class Daemon:
 
     def clean(self) -> None:
         actions = plan_retention(self.ledger.jobs(), self.settings.ops, self.paths, time.time())
-        busy = {s.job_id for s in self.slots if s.job_id}
+        busy = set(self.executor.running()) if self.executor else set()
         actions = [a for a in actions if a.job_id not in busy]  # never a running job's files
         if actions:
             log.info("retention: %d action(s)", len(actions))
@@ -242,55 +217,28 @@ class Daemon:
                 write_status(self.paths, cancelled)
             self._notify(job.id)
 
-    def _start_worker(self, slot: Slot) -> None:
-        parent_conn, child_conn = self.ctx.Pipe()
-        proc = self.ctx.Process(target=worker_main, name=f"hotmesh-worker-{slot.name}",
-                                args=(slot.name, slot.gpu, self.paths, json.dumps(self.settings.to_dict()),
-                                      child_conn, self.stop_workers), daemon=False)
-        proc.start()
-        child_conn.close()
-        slot.proc, slot.conn, slot.ready, slot.job_id = proc, parent_conn, False, None
-        log.info("worker %s started (pid %d)", slot.name, proc.pid)
-
-    def _supervise(self) -> None:
-        for slot in self.slots:
-            if slot.proc is None:
+    def _relay_cancels(self) -> None:
+        """A CANCEL dropped into a running job's folder goes to the executor too: a remote host may not see the
+        inbox. The job stops at its next check, as it does locally."""
+        running = self.executor.running() if self.executor else {}
+        self._relayed &= set(running)
+        for job_id in running:
+            if job_id in self._relayed:
                 continue
-            try:
-                while slot.conn.poll():
-                    kind, a, b = slot.conn.recv()
-                    if kind == "ready":
-                        slot.ready, slot.device = True, b
-                        log.info("worker %s ready on %s", slot.name, b)
-                    elif kind in ("finished", "skipped"):
-                        log.info("[job %s] worker %s reports %s", a, slot.name, b or kind)
-                        slot.job_id = None
-                        self._notify(a)
-                    elif kind == "retiring":
-                        slot.ready = False  # exits by itself; replaced below once it is gone
-            except (EOFError, OSError):
-                pass
-            limit = self.settings.ops.max_runtime_seconds
-            runaway = (limit > 0 and slot.job_id is not None and slot.proc.is_alive()
-                       and time.monotonic() - slot.since > limit + 120)
-            if runaway:
-                # the worker checks the limit itself; this is for a stage stuck where it cannot check
-                log.error("[job %s] still running 120 s past ops.max_runtime_seconds; killing worker %s",
-                          slot.job_id, slot.name)
-                slot.proc.kill()
-                slot.proc.join(timeout=10)
-            if not slot.proc.is_alive():
-                slot.proc.join(timeout=1)
-                reason = describe_exit(slot.proc.exitcode)
-                if runaway:
-                    reason = "exceeded ops.max_runtime_seconds and did not stop; worker killed"
-                if slot.proc.exitcode == 0 and slot.job_id is None:
-                    log.info("worker %s retired", slot.name)
-                else:
-                    log.error("worker %s died: %s", slot.name, reason)
-                if slot.job_id is not None:
-                    self._worker_lost(slot.job_id, reason)
-                slot.proc, slot.conn, slot.job_id, slot.ready = None, None, None, False
+            job = self.ledger.get(job_id)
+            if job is None:
+                continue
+            if ((self.paths.inbox / job.folder / CANCEL_MARKER).exists()
+                    or (self.paths.work_dir(job_id) / CANCEL_MARKER).exists()):
+                log.info("[job %s] CANCEL found; relaying to the %s executor", job_id, self.executor.name)
+                self.executor.cancel(job_id)
+                self._relayed.add(job_id)
+
+    def _handle(self, ev: Finished | Lost) -> None:
+        if isinstance(ev, Lost):
+            self._worker_lost(ev.job_id, ev.reason)
+        else:
+            self._notify(ev.job_id)
 
     def _worker_lost(self, job_id: str, reason: str) -> None:
         job = self.ledger.get(job_id)
@@ -310,25 +258,24 @@ class Daemon:
             write_status(self.paths, current)
 
     def _dispatch(self) -> None:
-        if self.stopping.is_set():
+        if self.stopping.is_set() or self.executor is None:
             return
-        host = socket.gethostname()
-        for slot in self.slots:
-            if slot.proc is None:
-                if self.ledger.jobs(JobState.QUEUED):
-                    self._start_worker(slot)
-                continue
-            if not slot.ready or slot.job_id is not None:
-                continue
-            if not self._disk_allows_next():
+        while True:
+            slot = self.executor.free_slot()
+            if slot is None or not self._disk_allows_next():
                 return
-            job = self.ledger.claim_next(worker=f"{host}:{slot.name}:{slot.proc.pid}")
+            job = self.ledger.claim_next(worker=slot)
             if job is None:
                 return
-            slot.job_id, slot.since = job.id, time.monotonic()
             write_status(self.paths, job)
-            log.info("[job %s] dispatched to %s (attempt %d)", job.id, slot.name, job.attempts)
-            slot.conn.send(job.id)
+            log.info("[job %s] dispatched to %s (attempt %d)", job.id, slot, job.attempts)
+            try:
+                self.executor.submit(slot, job)
+            except SubmitError as e:
+                log.error("[job %s] %s", job.id, e)
+                self._publish_failure(job, str(e), state=JobState.FAILED)
+                self.ledger.finish(job.id, JobState.FAILED, error=str(e))
+                self._notify(job.id)
 
     def _disk_allows_next(self) -> bool:
         """Disk guard: claim the next job only if the state and outbox volumes can hold it."""
@@ -373,23 +320,6 @@ class Daemon:
             log.error("[job %s] could not publish its report: %s", job.id, e)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-
-    def _shutdown_workers(self) -> None:
-        self.stop_workers.set()
-        deadline = time.monotonic() + self.settings.jobs.shutdown_grace_seconds
-        for slot in self.slots:
-            if slot.proc is None:
-                continue
-            try:
-                slot.conn.send(None)
-            except (OSError, BrokenPipeError):
-                pass
-            slot.proc.join(timeout=max(0.1, deadline - time.monotonic()))
-            if slot.proc.is_alive():
-                log.warning("worker %s did not stop within %.0fs; terminating (its job resumes at the next start)",
-                            slot.name, self.settings.jobs.shutdown_grace_seconds)
-                slot.proc.kill()
-                slot.proc.join(timeout=5)
 
 
 class _WakeHandler(FileSystemEventHandler):

@@ -10,15 +10,19 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from daemon.config import Settings, settings_from_json
 from daemon.ledger import Job, Ledger
 from daemon.states import JobState
+
+if TYPE_CHECKING:
+    from pipeline.runner import JobOutcome
 
 log = logging.getLogger("hotmesh.worker")
 
@@ -73,45 +77,61 @@ def _job_logger(job_id: str, work_dir: Path) -> tuple[logging.LoggerAdapter, log
     return JobLogAdapter(logger, {"job_id": job_id}), handler
 
 
-def execute(ledger: Ledger, paths: Paths, job: Job, settings: Settings, device: str,
-            stop_reason: Callable[[], str | None] = lambda: None) -> str:
-    """Run ``job`` (already claimed: state running) to an end state, recorded in the ledger. Returns it."""
+def run_pipeline(paths: Paths, job: Job, settings: Settings, device: str,
+                 on_progress: Callable[[str, float], None], on_timing: Callable[[str, dict[str, Any]], None],
+                 stop_reason: Callable[[], str | None] = lambda: None,
+                 cancel_requested: Callable[[], bool] = lambda: False) -> "JobOutcome":
+    """Run one job's stages and publish into ``paths.outbox``; no ledger access, so it runs anywhere
+    (a local worker process or a Ray task on another host). Progress and timings go to the callbacks."""
     from pipeline.context import JobContext
     from pipeline.runner import run_job
 
     work = paths.work_dir(job.id)
     jlog, handler = _job_logger(job.id, work)
-    jlog.info("attempt %d on %s (pid %d), input %s", job.attempts, device, os.getpid(), paths.inbox / job.folder)
-
-    def on_progress(stage: str, pct: float) -> None:
-        ledger.set_progress(job.id, stage, pct)
-        current = ledger.get(job.id)
-        if current is not None:
-            write_status(paths, current)
-
-    def on_timing(stage: str, timing: dict[str, Any]) -> None:
-        ledger.record_timing(job.id, stage, timing)
-
+    jlog.info("attempt %d on %s (pid %d, host %s), input %s", job.attempts, device, os.getpid(),
+              socket.gethostname(), paths.inbox / job.folder)
     limit = settings.ops.max_runtime_seconds
     ctx = JobContext(job_id=job.id, input_dir=paths.inbox / job.folder, work_dir=work, settings=settings,
-                     device=device, log=jlog, stop_reason=stop_reason, on_progress=on_progress,
-                     deadline=time.monotonic() + limit if limit > 0 else None)
+                     device=device, log=jlog, stop_reason=stop_reason, cancel_requested=cancel_requested,
+                     on_progress=on_progress, deadline=time.monotonic() + limit if limit > 0 else None)
     try:
-        outcome = run_job(ctx, job.fingerprint, paths.outbox, on_timing=on_timing)
+        return run_job(ctx, job.fingerprint, paths.outbox, on_timing=on_timing)
     finally:
         jlog.logger.removeHandler(handler)
         handler.close()
+
+
+def record_outcome(ledger: Ledger, paths: Paths, job_id: str, outcome: "JobOutcome") -> str:
+    """Write a finished pipeline run's end state to the ledger (and the status file). Returns the state."""
     if outcome.state == "interrupted":
         # a clean shutdown is not a failed attempt
-        ledger.requeue(job.id, f"daemon stopping during stage {outcome.stage!r}; will resume from the last checkpoint",
+        ledger.requeue(job_id, f"daemon stopping during stage {outcome.stage!r}; will resume from the last checkpoint",
                        count_attempt=False)
     else:
-        ledger.finish(job.id, JobState(outcome.state), error=outcome.error, outputs=outcome.outputs,
+        ledger.finish(job_id, JobState(outcome.state), error=outcome.error, outputs=outcome.outputs,
                       progress=100.0 if outcome.state == "done" else None)
-    final = ledger.get(job.id)
+    final = ledger.get(job_id)
     if final is not None:
         write_status(paths, final)
     return outcome.state
+
+
+def ledger_progress(ledger: Ledger, paths: Paths, job_id: str) -> Callable[[str, float], None]:
+    def on_progress(stage: str, pct: float) -> None:
+        ledger.set_progress(job_id, stage, pct)
+        current = ledger.get(job_id)
+        if current is not None:
+            write_status(paths, current)
+
+    return on_progress
+
+
+def execute(ledger: Ledger, paths: Paths, job: Job, settings: Settings, device: str,
+            stop_reason: Callable[[], str | None] = lambda: None) -> str:
+    """Run ``job`` (already claimed: state running) to an end state, recorded in the ledger. Returns it."""
+    outcome = run_pipeline(paths, job, settings, device, ledger_progress(ledger, paths, job.id),
+                           lambda stage, timing: ledger.record_timing(job.id, stage, timing), stop_reason)
+    return record_outcome(ledger, paths, job.id, outcome)
 
 
 def _die_with_parent() -> None:

@@ -53,6 +53,8 @@ class JobContext:
     device: str  # "cpu" or "cuda"
     log: logging.LoggerAdapter
     stop_reason: Callable[[], str | None] = lambda: None  # daemon shutdown flag
+    # a cancel relayed by the daemon (remote executors, where the inbox may not be visible)
+    cancel_requested: Callable[[], bool] = lambda: False
     on_progress: Callable[[str, float], None] = lambda stage, pct: None
     deadline: float | None = None  # time.monotonic() after which the job fails (ops.max_runtime_seconds)
     stage: str = ""
@@ -67,7 +69,8 @@ class JobContext:
     def check(self) -> None:
         """Raise if the job must stop now. Cheap (two stats); call it inside every long loop."""
         # `hotmesh cancel` also drops the marker into the job's state folder (the inbox may be read-only)
-        if self.cancel_path.exists() or (self.work_dir / CANCEL_MARKER).exists():
+        if (self.cancel_path.exists() or (self.work_dir / CANCEL_MARKER).exists()
+                or self.cancel_requested()):
             raise Cancelled(f"cancelled by a {CANCEL_MARKER} file during stage {self.stage!r}")
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise JobTimeout(f"the job exceeded its maximum runtime (ops.max_runtime_seconds) during stage "
