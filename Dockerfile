@@ -54,7 +54,7 @@ WORKDIR /opt/hotmesh
 COPY pyproject.toml ./
 RUN mkdir -p daemon pipeline \
  && touch daemon/__init__.py pipeline/__init__.py \
- && pip install --no-cache-dir -e '.[gpu]'
+ && pip install --no-cache-dir -e '.[gpu,ray]'
 
 # The whole source tree stays in the image: pipeline/report_html.py reads templates/ from the
 # checkout next to the packages, so a plain (non-editable) wheel install would miss it.

@@ -75,6 +75,7 @@ def _setup_logging(verbose: bool, json_logs: bool = False) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from daemon.executors import ExecutorUnavailable
     from daemon.service import AlreadyRunning, Daemon
     from daemon.worker import Paths
 
@@ -88,7 +89,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, daemon.request_stop)
     try:
         daemon.run()
-    except AlreadyRunning as e:
+    except (AlreadyRunning, ExecutorUnavailable) as e:
         print(f"hotmesh: {e}", file=sys.stderr)
         return 3
     return 0

@@ -52,6 +52,10 @@ class Lost:
 Event = Finished | Lost
 
 
+class ExecutorUnavailable(RuntimeError):
+    """The executor cannot start (Ray not installed, cluster unreachable): the daemon exits with this message."""
+
+
 class SubmitError(Exception):
     """The executor cannot take this job at all (e.g. too big to ship to a remote node): fail it, clearly."""
 

@@ -116,12 +116,17 @@ def _grid(lo: np.ndarray, hi: np.ndarray, voxel: float, device: torch.device) ->
 
 
 def carve(Ks: np.ndarray, w2cs: np.ndarray, masks: list[np.ndarray], settings: CarveSettings,
-          device: str = "cpu", check: Callable[[float], None] = lambda f: None) -> CarveResult:
+          device: str = "cpu", check: Callable[[float], None] = lambda f: None,
+          bounds: tuple[np.ndarray, np.ndarray] | None = None,
+          support: tuple[np.ndarray, float] | None = None) -> CarveResult:
     """Coarse-to-fine visual hull.
 
     Ks: (N, 3, 3) float64; w2cs: (N, 4, 4) float64 (OpenCV); masks: N bool arrays (H_i, W_i).
     The object box is found on a 64^3 grid around the point the optical axes converge to, grown until the
     hull no longer touches the grid border; the fine grid then spans that box at ``settings.resolution``.
+    ``bounds`` (lo (3,), hi (3,)), when known from SfM points, caps that box: silhouettes that touch the image
+    border leave the hull open there. ``support`` (unit normal n, offset d): nothing lies behind the surface the
+    object rests on or hangs from (n·x < d is outside).
     """
     if len(masks) != len(Ks) or len(Ks) != len(w2cs):
         raise ValueError(f"need one K, pose and mask per view; got {len(Ks)}, {len(w2cs)}, {len(masks)}")
@@ -168,12 +173,20 @@ def carve(Ks: np.ndarray, w2cs: np.ndarray, masks: list[np.ndarray], settings: C
         half *= 1.8
     if lo is None or hi is None:  # unreachable: the loop body runs at least once
         raise RuntimeError('object box was not found')
+    if bounds is not None:
+        lo, hi = np.maximum(lo, bounds[0]), np.minimum(hi, bounds[1])
+        if (hi <= lo).any():
+            lo, hi = np.asarray(bounds[0], float), np.asarray(bounds[1], float)
     extent = float((hi - lo).max())
     voxel = extent / settings.resolution
     lo, hi = lo - 2 * voxel, hi + 2 * voxel
     pts, dims = _grid(lo, hi, voxel, dev)
     field = hull_field(pts, Kt, Wt, sdfs, settings, lambda f: check(0.1 + 0.9 * f)).view(*dims)
     f = field.cpu().numpy()
+    if support is not None:
+        n, d = np.asarray(support[0], dtype=np.float64), float(support[1])
+        behind = (pts.cpu().numpy().astype(np.float64) @ n - d).reshape(dims)
+        f = np.maximum(f, -behind.astype(np.float32))  # positive (outside) behind the support surface
     # close the surface: the border layer is always outside
     f[0, :, :] = f[-1, :, :] = f[:, 0, :] = f[:, -1, :] = f[:, :, 0] = f[:, :, -1] = abs(voxel)
     return CarveResult(field=f, origin=lo.astype(np.float64), voxel=voxel,

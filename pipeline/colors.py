@@ -25,15 +25,22 @@ def _bilinear(img: np.ndarray, uv: np.ndarray) -> np.ndarray:
 def vertex_colors(mesh: trimesh.Trimesh, images: list[np.ndarray], masks: list[np.ndarray],
                   Ks: np.ndarray, w2cs: np.ndarray, depth_scale: float = 0.5,
                   check: Callable[[float], None] = lambda f: None) -> tuple[np.ndarray, np.ndarray]:
-    """Blend the photos onto the vertices.
+    """Blend the photos onto the vertices (see :func:`point_colors`)."""
+    return point_colors(np.asarray(mesh.vertices), np.asarray(mesh.vertex_normals), mesh, images, masks, Ks, w2cs,
+                        depth_scale, check)
 
-    images: N (H, W, 3) uint8; masks: N (H, W) bool; Ks (N, 3, 3); w2cs (N, 4, 4) OpenCV.
-    A vertex takes a view's colour only where it is visible there (depth test against a ray-cast depth map)
-    and inside the mask, weighted by cos(normal, view)^4 so grazing views count little.
-    Returns colours (V, 3) float32 in [0, 1] and the number of views that saw each vertex (V,) int.
+
+def point_colors(V: np.ndarray, normals: np.ndarray, mesh: trimesh.Trimesh, images: list[np.ndarray],
+                 masks: list[np.ndarray], Ks: np.ndarray, w2cs: np.ndarray, depth_scale: float = 0.5,
+                 check: Callable[[float], None] = lambda f: None) -> tuple[np.ndarray, np.ndarray]:
+    """Blend the photos onto surface points (vertices, or texels of a texture atlas).
+
+    V: (P, 3) points on ``mesh``; normals: (P, 3) unit; images: N (H, W, 3) uint8; masks: N (H, W) bool;
+    Ks (N, 3, 3); w2cs (N, 4, 4) OpenCV.
+    A point takes a view's colour only where it is visible there (depth test against a ray-cast depth map of
+    ``mesh``) and inside the mask, weighted by cos(normal, view)^4 so grazing views count little.
+    Returns colours (P, 3) float32 in [0, 1] and the number of views that saw each point (P,) int.
     """
-    V = np.asarray(mesh.vertices)
-    normals = np.asarray(mesh.vertex_normals)
     acc = np.zeros((len(V), 3))
     wsum = np.zeros(len(V))
     seen = np.zeros(len(V), dtype=np.int32)
@@ -74,7 +81,7 @@ def vertex_colors(mesh: trimesh.Trimesh, images: list[np.ndarray], masks: list[n
     has = wsum > 0
     colors[has] = acc[has] / wsum[has, None]
     if has.any() and not has.all():
-        # vertices no photo saw (concavities, the underside) borrow the nearest seen colour
+        # points no photo saw (concavities, the underside) borrow the nearest seen colour
         _, nn = cKDTree(V[has]).query(V[~has], workers=-1)
         colors[~has] = colors[has][nn]
     return colors.astype(np.float32), seen

@@ -54,14 +54,56 @@ def write_obj(mesh: trimesh.Trimesh, colors: np.ndarray, path: Path) -> None:
         np.savetxt(fh, np.repeat(f, 2, axis=1), fmt="f %d//%d %d//%d %d//%d")
 
 
-def export_all(mesh: trimesh.Trimesh, colors: np.ndarray, up: np.ndarray, out_dir: Path) -> dict[str, str]:
-    """Write mesh.ply, mesh.obj + mesh.mtl (world frame) and mesh.glb (+Y up). Returns {kind: file name}."""
+def write_textured_obj(mesh: trimesh.Trimesh, uv: np.ndarray, path: Path, texture_name: str = "texture.png") -> None:
+    """OBJ + MTL referring to ``texture_name`` (written by the caller). uv (V, 2), v = 0 at the image bottom."""
+    mtl = path.with_suffix(".mtl")
+    mtl.write_text(f"# hotmesh\nnewmtl hotmesh\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nd 1\nillum 1\nmap_Kd {texture_name}\n")
+    with open(path, "w") as fh:
+        fh.write(f"# hotmesh\nmtllib {mtl.name}\no mesh\n")
+        np.savetxt(fh, mesh.vertices, fmt="v %.6f %.6f %.6f")
+        np.savetxt(fh, uv, fmt="vt %.6f %.6f")
+        np.savetxt(fh, mesh.vertex_normals, fmt="vn %.5f %.5f %.5f")
+        fh.write("usemtl hotmesh\ns 1\n")
+        f = mesh.faces + 1
+        np.savetxt(fh, np.repeat(f, 3, axis=1), fmt="f %d/%d/%d %d/%d/%d %d/%d/%d")
+
+
+def textured_glb(mesh: trimesh.Trimesh, uv: np.ndarray, texture: np.ndarray, up: np.ndarray) -> bytes:
+    """Binary glTF with the texture embedded as the base colour (matte: metallic 0, roughness 1), +Y up."""
+    from PIL import Image
+    from trimesh.visual.material import PBRMaterial
+
+    m = trimesh.Trimesh(vertices=mesh.vertices.copy(), faces=mesh.faces.copy(), process=False)
+    m.visual = trimesh.visual.TextureVisuals(uv=uv, material=PBRMaterial(
+        name="hotmesh", baseColorTexture=Image.fromarray(texture), metallicFactor=0.0, roughnessFactor=1.0,
+        doubleSided=False))
+    T = np.eye(4)
+    T[:3, :3] = rotation_to_y_up(up)
+    m.apply_transform(T)
+    return m.export(file_type="glb", include_normals=True)
+
+
+def export_all(mesh: trimesh.Trimesh, colors: np.ndarray, up: np.ndarray, out_dir: Path,
+               textured: tuple[trimesh.Trimesh, np.ndarray, np.ndarray] | None = None) -> dict[str, str]:
+    """Write mesh.ply (full resolution, vertex colours), mesh.obj + mesh.mtl (world frame) and mesh.glb (+Y up).
+    With ``textured`` = (decimated mesh, uv, texture uint8), OBJ and GLB carry the texture (texture.png).
+    Returns {kind: file name}."""
     cm = colored_mesh(mesh, colors)
     cm.export(out_dir / "mesh.ply")
+    files = {"ply": "mesh.ply", "obj": "mesh.obj", "mtl": "mesh.mtl", "glb": "mesh.glb"}
+    if textured is not None:
+        low, uv, tex = textured
+        from PIL import Image
+
+        Image.fromarray(tex).save(out_dir / "texture.png", optimize=True)
+        write_textured_obj(low, uv, out_dir / "mesh.obj")
+        (out_dir / "mesh.glb").write_bytes(textured_glb(low, uv, tex, up))
+        files["texture"] = "texture.png"
+        return files
     write_obj(mesh, colors, out_dir / "mesh.obj")
     glb = cm.copy()
     T = np.eye(4)
     T[:3, :3] = rotation_to_y_up(up)
     glb.apply_transform(T)
     glb.export(out_dir / "mesh.glb")
-    return {"ply": "mesh.ply", "obj": "mesh.obj", "mtl": "mesh.mtl", "glb": "mesh.glb"}
+    return files

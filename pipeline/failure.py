@@ -22,6 +22,6 @@ def write_failure_report(out_dir: Path, job_id: str, folder: str, state: str, er
     stats: dict[str, Any] = {"job": job, "input": input_summary, "timings": timings, "config": config}
     complete_stats(stats)
     (out_dir / "stats.json").write_text(json.dumps(stats, indent=1))
-    render_report({"job": job, "stats": stats, "renders": [], "heldout": [], "cam_views": [], "timings": timings,
+    render_report({"job": job, "stats": stats, "renders": [], "heldout": [], "cam_views": [], "masks_preview": None, "viewer": None, "timings": timings,
                    "config": config}, out_dir / "report.html")
     return {"report.html": out_dir / "report.html", "stats.json": out_dir / "stats.json"}

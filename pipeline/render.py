@@ -32,8 +32,11 @@ def pixel_rays(K: np.ndarray, w2c: np.ndarray, width: int, height: int) -> tuple
 
 
 def render(mesh: trimesh.Trimesh, K: np.ndarray, w2c: np.ndarray, width: int, height: int,
-           colors: np.ndarray | None = None) -> RenderOut:
-    """Render ``mesh`` into a pinhole camera (K (3, 3), w2c (4, 4) OpenCV) of ``width`` x ``height``."""
+           colors: np.ndarray | None = None, uv: np.ndarray | None = None,
+           texture: np.ndarray | None = None) -> RenderOut:
+    """Render ``mesh`` into a pinhole camera (K (3, 3), w2c (4, 4) OpenCV) of ``width`` x ``height``.
+
+    Colour from per-vertex ``colors`` (V, 3) in [0, 1], or from ``uv`` (V, 2, v up) + ``texture`` (S, S, 3) uint8."""
     if K.shape != (3, 3) or w2c.shape != (4, 4):
         raise ValueError(f"K must be (3, 3) and w2c (4, 4), got {K.shape} and {w2c.shape}")
     origin, dirs = pixel_rays(K, w2c, width, height)
@@ -49,11 +52,17 @@ def render(mesh: trimesh.Trimesh, K: np.ndarray, w2c: np.ndarray, width: int, he
         cam = locs @ w2c[:3, :3].T + w2c[:3, 3]
         depth[ray_idx] = cam[:, 2]
         normal[ray_idx] = mesh.face_normals[tri_idx]
-        if colors is not None:
+        if colors is not None or (uv is not None and texture is not None):
             tris = mesh.triangles[tri_idx]
             bary = trimesh.triangles.points_to_barycentric(tris, locs)
-            fc = colors[mesh.faces[tri_idx]]  # (R, 3 verts, 3 channels)
-            rgb[ray_idx] = np.clip(np.einsum("rk,rkc->rc", bary, fc), 0, 1)
+            if uv is not None and texture is not None:
+                from pipeline.texture import sample_texture
+
+                tc = np.einsum("rk,rkc->rc", bary, uv[mesh.faces[tri_idx]])
+                rgb[ray_idx] = np.clip(sample_texture(texture.astype(np.float32) / 255.0, tc), 0, 1)
+            else:
+                fc = colors[mesh.faces[tri_idx]]  # (R, 3 verts, 3 channels)
+                rgb[ray_idx] = np.clip(np.einsum("rk,rkc->rc", bary, fc), 0, 1)
     return RenderOut(mask=mask.reshape(height, width), depth=depth.reshape(height, width),
                      rgb=rgb.reshape(height, width, 3), normal=normal.reshape(height, width, 3))
 

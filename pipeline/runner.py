@@ -17,7 +17,7 @@ from pipeline.publish import publish
 from pipeline.stages.base import Stage, chain_hash, checkpoint_valid, commit_checkpoint, stage_dir
 from pipeline.stages.geometry import GeometryStage, RefineStage, TextureStage
 from pipeline.stages.ingest import IngestStage, Manifest
-from pipeline.stages.report import TIMINGS_FILE, ReportStage, input_summary, read_timings
+from pipeline.stages.report import EXTRA_FILES, TIMINGS_FILE, ReportStage, input_summary, read_timings
 from pipeline.stages.views import CamerasStage, MasksStage
 
 STAGES: tuple[Stage, ...] = (IngestStage(), CamerasStage(), MasksStage(), GeometryStage(), RefineStage(), TextureStage(),
@@ -153,6 +153,7 @@ def run_job(ctx: JobContext, fingerprint: str, outbox: Path,
         t0 = time.monotonic()
         report_dir = stage_dir(ctx, ReportStage.name)
         files = {name: report_dir / name for name in MESH_FILES}
+        files.update({name: report_dir / name for name in EXTRA_FILES if (report_dir / name).exists()})
         log.info("publishing to %s", outbox / ctx.job_id)
         for h in logging.getLogger().handlers + log.logger.handlers:
             h.flush()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -29,7 +30,12 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory):
     ray_bin = Path(sys.executable).parent / "ray"
     port = _free_port()
     temp = Path("/tmp") / f"ray-hm-{os.getpid()}"  # short: Ray's unix socket paths must stay < 108 chars
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    # a token file of its own: a stale ~/.ray/auth_token from another cluster makes connections fail
+    token = Path(str(temp) + "-auth_token")
+    token.write_text(secrets.token_hex(32))
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_TOKEN_PATH=str(token))
+    saved = {k: os.environ.get(k) for k in ("RAY_USAGE_STATS_ENABLED", "RAY_AUTH_TOKEN_PATH")}
+    os.environ.update({k: env[k] for k in saved})  # the daemons started by the tests inherit them
     subprocess.run([str(ray_bin), "start", "--head", f"--port={port}", "--num-cpus=4", "--num-gpus=2",
                     "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
                    check=True, env=env, capture_output=True, timeout=180)
@@ -38,6 +44,18 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory):
     finally:
         subprocess.run([str(ray_bin), "stop", "--force"], env=env, capture_output=True, timeout=120)
         shutil.rmtree(temp, ignore_errors=True)
+        token.unlink(missing_ok=True)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def test_unreachable_ray_cluster_is_a_clear_startup_error(daemon_factory) -> None:
+    d = daemon_factory("--executor", "ray", "--ray-address", f"127.0.0.1:{_free_port()}").start()
+    assert d.proc.wait(timeout=120) == 3
+    assert "cannot connect to the Ray cluster" in d.log()
 
 
 def _done_events(d, job_id: str) -> int:

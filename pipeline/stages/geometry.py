@@ -2,21 +2,25 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import trimesh
 
 from pipeline.carve import CarveSettings, carve
 from pipeline.colors import vertex_colors
+from pipeline.gates import apply_gates
+from pipeline.texture import TextureSettings, bake, build_atlas, refine_texture_gpu
 from daemon.config import RefineConfig
 from pipeline.context import JobContext, JobError
 from pipeline.raster import make_rasterizer
 from pipeline.refine import RefineSettings, refine
 from pipeline.meshing import MeshingSettings, clean_mesh, decimate, largest_component, marching_cubes
 from pipeline.stages.base import Stage, stage_dir
-from pipeline.stages.views import Views, load_masks
+from pipeline.stages.views import Sparse, Views, load_masks, masks_were_automatic
 
 
 def outlier_views(configured: int, n_views: int) -> int:
@@ -39,8 +43,14 @@ class GeometryStage(Stage):
         settings = CarveSettings(resolution=cfg.voxel_resolution, outlier_views=outlier_views(cfg.outlier_views, len(idx)))
         ctx.log.info("visual hull from %d views at %d voxels (device %s, %d outlier views tolerated)",
                      len(idx), settings.resolution, ctx.device, settings.outlier_views)
+        sparse = Sparse.load(ctx)
+        bounds = support = None
+        if sparse is not None and masks_were_automatic(ctx):
+            # automatic masks often touch the image border; the SfM object region closes the hull there
+            r = 1.3 * sparse.radius
+            bounds, support = (sparse.center - r, sparse.center + r), sparse.support
         result = carve(views.K[idx], views.w2c[idx], [masks[i] for i in idx], settings, device=ctx.device,
-                       check=lambda f: ctx.progress(0.85 * f))
+                       check=lambda f: ctx.progress(0.85 * f), bounds=bounds, support=support)
         raw = marching_cubes(result.field, result.origin, result.voxel)
         ctx.progress(0.9)
         mesh = clean_mesh(raw, MeshingSettings(smoothing_iterations=cfg.smoothing_iterations, max_faces=cfg.max_faces))
@@ -121,19 +131,66 @@ class RefineStage(Stage):
 class TextureStage(Stage):
     name = "texture"
     weight = 15
-    sections = ()
+    sections = ("texture",)
 
     def run(self, ctx: JobContext, out_dir: Path) -> dict[str, Any]:
         views = Views.load(ctx)
         masks = load_masks(ctx)
-        mesh = load_mesh(ctx, "refine")
+        mesh, gates = apply_gates(load_mesh(ctx, "refine"))
+        mesh.export(out_dir / "mesh.ply")
         idx = [i for i in views.train if masks[i] is not None]
-        colors, seen = vertex_colors(mesh, [views.rgb[i] for i in idx], [masks[i] for i in idx],
-                                     views.K[idx], views.w2c[idx], check=ctx.progress)
+        images, tmasks = [views.rgb[i] for i in idx], [masks[i] for i in idx]
+        colors, seen = vertex_colors(mesh, images, tmasks, views.K[idx], views.w2c[idx],
+                                     check=lambda f: ctx.progress(0.3 * f))
         np.save(out_dir / "colors.npy", colors)
-        return {"method": "vertex colours (visibility + view-angle weighted)",
-                "seen_fraction": float((seen > 0).mean()), "mean_views_per_vertex": float(seen.mean())}
+        summary: dict[str, Any] = {"method": "vertex colours (visibility + view-angle weighted)",
+                                   "seen_fraction": float((seen > 0).mean()),
+                                   "mean_views_per_vertex": float(seen.mean()),
+                                   "gates": [g.to_dict() for g in gates]}
+        cfg = ctx.settings.texture
+        if not cfg.enabled:
+            return summary
+        s = TextureSettings(size=cfg.size if ctx.device == "cuda" else cfg.cpu_size, max_faces=cfg.max_faces,
+                            refine_iterations=cfg.refine_iterations)
+        t0 = time.monotonic()
+        low = decimate(mesh, s.max_faces)
+        atlas = build_atlas(low, s)
+        ctx.progress(0.4)
+        t_atlas = time.monotonic() - t0
+        tex, bake_info = bake(atlas, low, images, tmasks, views.K[idx], views.w2c[idx], s,
+                              check=lambda f: ctx.progress(0.4 + 0.4 * f))
+        t_bake = time.monotonic() - t0 - t_atlas
+        refine_info: dict[str, Any] = {"skipped": "no GPU: the texture is baked only"}
+        if ctx.device == "cuda" and s.refine_iterations > 0:
+            try:
+                tex, refine_info = refine_texture_gpu(atlas, tex, images, tmasks, views.K[idx], views.w2c[idx], s,
+                                                      check=lambda f: ctx.progress(0.8 + 0.2 * f))
+            except (ImportError, RuntimeError) as e:  # nvdiffrast missing or failed to build: keep the bake
+                ctx.log.warning("texture refinement skipped: %s", e)
+                refine_info = {"skipped": f"nvdiffrast unavailable ({e})"}
+        cv2.imwrite(str(out_dir / "texture.png"), cv2.cvtColor((np.clip(tex, 0, 1) * 255).round().astype(np.uint8),
+                                                               cv2.COLOR_RGB2BGR))
+        np.savez(out_dir / "atlas.npz", vertices=atlas.vertices, faces=atlas.faces, uv=atlas.uv)
+        summary.update({"method": "UV texture (xatlas atlas, baked from the photos"
+                        + (", refined by differentiable rendering)" if "l1_last" in refine_info else ")"),
+                        "texture_size": s.size, "textured_faces": int(len(atlas.faces)),
+                        "seconds": {"atlas": round(t_atlas, 2), "bake": round(t_bake, 2),
+                                    "refine": round(time.monotonic() - t0 - t_atlas - t_bake, 2)},
+                        "bake": bake_info, "refine": refine_info})
+        return summary
 
 
 def load_colors(ctx: JobContext) -> np.ndarray:
     return np.load(stage_dir(ctx, TextureStage.name) / "colors.npy")
+
+
+def load_textured(ctx: JobContext) -> tuple[trimesh.Trimesh, np.ndarray, np.ndarray] | None:
+    """The textured (decimated) mesh, its UVs (V, 2) and texture (S, S, 3) uint8, if the stage made one."""
+    d = stage_dir(ctx, TextureStage.name)
+    if not (d / "atlas.npz").exists():
+        return None
+    with np.load(d / "atlas.npz") as z:
+        mesh = trimesh.Trimesh(z["vertices"], z["faces"], process=False)
+        uv = z["uv"]
+    tex = cv2.cvtColor(cv2.imread(str(d / "texture.png")), cv2.COLOR_BGR2RGB)
+    return mesh, uv, tex

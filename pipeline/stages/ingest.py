@@ -8,7 +8,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.cameras import read_pose_source
+import numpy as np
+
+from pipeline.cameras import FrameSpec, PoseSource, read_pose_source
 from pipeline.context import InputError, JobContext
 from pipeline.images import IMAGE_SUFFIXES, Rejected, inside, validate_image
 from pipeline.stages.base import Stage
@@ -68,6 +70,13 @@ def find_mask_file(job_dir: Path, frame_name: str) -> str | None:
     return None
 
 
+def unposed_images(job_dir: Path) -> list[str]:
+    """Image files of a folder without poses, sorted by name (the order sequential matching assumes)."""
+    root = job_dir / "images" if (job_dir / "images").is_dir() else job_dir
+    return sorted(str(p.relative_to(job_dir)) for p in root.iterdir()
+                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
 def escaping_symlinks(job_dir: Path) -> list[str]:
     bad = []
     for root, dirs, files in os.walk(job_dir):
@@ -92,7 +101,7 @@ def folder_bytes(job_dir: Path) -> int:
 class IngestStage(Stage):
     name = "ingest"
     weight = 5
-    sections = ("limits",)
+    sections = ("limits", "masks")
 
     def run(self, ctx: JobContext, out_dir: Path) -> dict[str, Any]:
         job_dir, limits = ctx.input_dir, ctx.settings.limits
@@ -105,11 +114,14 @@ class IngestStage(Stage):
             problems.append(f"the folder holds {total / 1e6:.0f} MB, over the {limits.max_job_mb:g} MB per-job limit (limits.max_job_mb)")
         source = read_pose_source(job_dir)
         if source is None:
-            has_images = any(p.suffix.lower() in IMAGE_SUFFIXES for p in job_dir.rglob("*") if p.is_file())
-            raise InputError(
-                "no camera poses found: add a transforms.json (NeRF / instant-ngp format) or a COLMAP sparse model "
-                "(sparse/0/cameras.bin, images.bin, ...) next to the images. Automatic pose estimation (SfM) for "
-                "unposed photos is not available yet." + ("" if has_images else " The folder also contains no images."))
+            # no poses: structure from motion on every image of the folder (images/ if there is one)
+            names = unposed_images(job_dir)
+            if not names:
+                raise InputError("the job folder contains no images (looked for .jpg, .png, .webp, .tif in "
+                                 "images/ and at the top level)")
+            source = PoseSource(kind="sfm", path=job_dir, frames=tuple(
+                FrameSpec(name=n, K=np.eye(3), w2c=np.eye(4), width=None, height=None, dist=()) for n in names),
+                missing=())
         if len(source.frames) > limits.max_images:
             problems.append(f"{len(source.frames)} images, more than the {limits.max_images} allowed (limits.max_images)")
         frames: list[Frame] = []
@@ -124,7 +136,7 @@ class IngestStage(Stage):
             frames.append(Frame(name=spec.name, width=res.width, height=res.height, format=res.format,
                                 has_alpha=res.has_alpha, mask_file=find_mask_file(job_dir, spec.name)))
         warnings: list[str] = []
-        src_name = source.path.name if source.kind == "transforms" else "the COLMAP model"
+        src_name = {"transforms": source.path.name, "colmap": "the COLMAP model"}.get(source.kind, "the folder")
         if source.missing:
             warnings.append(f"{len(source.missing)} of {len(source.missing) + len(source.frames)} frames listed in "
                             f"{src_name} are missing: {_listing(list(source.missing))}")
@@ -134,16 +146,21 @@ class IngestStage(Stage):
             problems.append(f"only {len(frames)} usable image(s); at least {limits.min_images} are needed "
                             f"(limits.min_images). Add more views of the object from all sides")
         masked = [f for f in frames if f.has_alpha or f.mask_file]
-        if frames and not masked:
+        auto = ctx.settings.masks.auto != "off"
+        if frames and not masked and not auto:
             problems.append("no masks: the images have no alpha channel and there is no masks/ folder. Add one mask "
-                            "per image as masks/<image name>.png (white = object) or use RGBA images with a "
-                            "transparent background. Automatic masking is not available yet")
+                            "per image as masks/<image name>.png (white = object), use RGBA images with a "
+                            "transparent background, or turn automatic masks on (masks.auto = missing)")
         elif len(masked) < len(frames):
             no_mask = [f.name for f in frames if not (f.has_alpha or f.mask_file)]
-            warnings.append(f"{len(no_mask)} image(s) have no mask and are not used for the shape: {_listing(no_mask)}")
-            if len(masked) < limits.min_images:
-                problems.append(f"only {len(masked)} image(s) have masks; at least {limits.min_images} are needed. "
-                                f"Missing masks: {_listing(no_mask)}")
+            if auto:
+                warnings.append(f"{len(no_mask)} image(s) have no mask; automatic masks are computed for them "
+                                f"(check masks_preview.jpg): {_listing(no_mask)}")
+            else:
+                warnings.append(f"{len(no_mask)} image(s) have no mask and are not used for the shape: {_listing(no_mask)}")
+                if len(masked) < limits.min_images:
+                    problems.append(f"only {len(masked)} image(s) have masks; at least {limits.min_images} are needed. "
+                                    f"Missing masks: {_listing(no_mask)}")
         if problems:
             # missing files are worth knowing about when the job fails for any reason
             notes = [w for w in warnings if "missing" in w or "rejected" in w]

@@ -1,7 +1,9 @@
 """Stage 6: export the mesh files, measure their quality, write stats.json and report.html."""
 from __future__ import annotations
 
+import base64
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -17,11 +19,13 @@ from pipeline.export import estimate_up, export_all
 from pipeline.render import look_at, render, shade
 from pipeline.report_html import camera_plot, complete_stats, data_uri, render_report
 from pipeline.stages.base import Stage, read_summary, stage_dir
-from pipeline.stages.geometry import load_colors, load_mesh
+from pipeline.stages.geometry import load_colors, load_mesh, load_textured
 from pipeline.stages.ingest import Manifest
 from pipeline.stages.views import Views, load_masks
+from pipeline.viewer import make_viewer
 
 TIMINGS_FILE = "timings.json"
+EXTRA_FILES = ("masks_preview.jpg", "masks.zip", "texture.png")  # optional outputs, published when present
 
 
 def read_timings(ctx: JobContext) -> list[dict[str, Any]]:
@@ -47,9 +51,11 @@ def on_white(views: Views, i: int) -> np.ndarray:
     return (views.rgb[i] * w + 255 * (1 - w)).astype(np.uint8)
 
 
-def orbit_renders(mesh: trimesh.Trimesh, colors: np.ndarray, views: Views, up: np.ndarray, size: int) -> list[dict[str, Any]]:
-    """Four views around the object at the cameras' median distance and elevation, each beside the input
-    photo whose viewing direction is closest."""
+def orbit_renders(mesh: trimesh.Trimesh, colors: np.ndarray, views: Views, up: np.ndarray, size: int,
+                  textured: tuple[trimesh.Trimesh, np.ndarray, np.ndarray] | None = None,
+                  frames: int = 8) -> list[dict[str, Any]]:
+    """A turntable: ``frames`` views around the object at the cameras' median distance and elevation (the
+    textured mesh when there is one), each with shaded geometry and the input photo whose direction is closest."""
     centers = camera_centers(views.w2c)
     target = mesh.bounds.mean(axis=0)
     rel = centers - target
@@ -64,18 +70,41 @@ def orbit_renders(mesh: trimesh.Trimesh, colors: np.ndarray, views: Views, up: n
     K = np.array([[fx_rel * size, 0, size / 2], [0, fx_rel * size, size / 2], [0, 0, 1.0]])
     dirs_in = rel / np.linalg.norm(rel, axis=1, keepdims=True)
     out = []
-    for k, label in enumerate(("front", "right", "back", "left")):
-        az = az0 + k * np.pi / 2
+    for k in range(frames):
+        label = f"{360 * k // frames}°"
+        az = az0 + 2 * np.pi * k / frames
         d = np.cos(elev) * (np.cos(az) * e1 + np.sin(az) * e2) + np.sin(elev) * up
         w2c = look_at(target + dist * d, target, up)
         r = render(mesh, K, w2c, size, size, colors)
-        col = np.where(r.mask[..., None], r.rgb, 1.0)
+        if textured is not None:
+            rt = render(textured[0], K, w2c, size, size, uv=textured[1], texture=textured[2])
+            col = np.where(rt.mask[..., None], rt.rgb, 1.0)
+        else:
+            col = np.where(r.mask[..., None], r.rgb, 1.0)
         nearest = int(np.argmax(dirs_in @ d))
         angle = float(np.degrees(np.arccos(np.clip(dirs_in[nearest] @ d, -1, 1))))
         out.append({"label": label, "render": data_uri((col * 255).astype(np.uint8)),
                     "shaded": data_uri(shade(r, d + 0.5 * up)), "photo": data_uri(on_white(views, nearest)),
                     "photo_name": views.names[nearest], "angle": angle})
     return out
+
+
+def _check(name: str, value: float | None, pass_at: float, warn_at: float) -> dict[str, Any]:
+    status = "n/a" if value is None else "pass" if value >= pass_at else "warn" if value >= warn_at else "fail"
+    return {"name": name, "value": value, "pass_at": pass_at, "warn_at": warn_at, "status": status}
+
+
+def grade(stats: dict[str, Any], cfg: Any) -> dict[str, Any]:
+    """One summary grade: the worst of the held-out checks (with their thresholds) and the mesh gates."""
+    held = (stats.get("quality") or {}).get("heldout") or {}
+    checks = [_check("held-out mask IoU", held.get("mask_iou_mean"), cfg.grade_iou_pass, cfg.grade_iou_warn),
+              _check("held-out PSNR (dB)", held.get("psnr_mean"), cfg.grade_psnr_pass, cfg.grade_psnr_warn)]
+    for g in (stats.get("texture") or {}).get("gates", []):
+        checks.append({"name": f"gate: {g['name']}", "value": None, "pass_at": None, "warn_at": None,
+                       "status": "pass" if g["status"] == "fixed" else g["status"], "detail": g["detail"]})
+    order = {"fail": 2, "warn": 1, "pass": 0, "n/a": 0}
+    worst = max((c["status"] for c in checks), key=lambda st: order[st], default="pass")
+    return {"grade": "pass" if worst == "n/a" else worst, "checks": checks}
 
 
 class ReportStage(Stage):
@@ -88,10 +117,11 @@ class ReportStage(Stage):
         manifest = Manifest.load(stage_dir(ctx, "ingest"))
         views = Views.load(ctx)
         masks = load_masks(ctx)
-        mesh = load_mesh(ctx, "refine")
+        mesh = load_mesh(ctx, "texture")  # after the quality gates
         colors = load_colors(ctx)
+        textured = load_textured(ctx)
         up = estimate_up(camera_up(views.w2c))
-        files = export_all(mesh, colors, up, out_dir)
+        files = export_all(mesh, colors, up, out_dir, textured)
         ctx.progress(0.1)
         # every number below is read from the files just written, so the report matches what users get
         written = trimesh.load(out_dir / files["ply"], process=False, force="mesh")
@@ -99,11 +129,12 @@ class ReportStage(Stage):
                                  "geometry": read_summary(stage_dir(ctx, "geometry")),
                                  "refine": read_summary(stage_dir(ctx, "refine")),
                                  "texture": read_summary(stage_dir(ctx, "texture")),
+                                 "masks": read_summary(stage_dir(ctx, "masks")),
                                  "mesh": mesh_stats(written), "up": [float(x) for x in up]}
         held = [i for i in np.nonzero(views.holdout)[0] if masks[i] is not None]
         heldout = held_out_scores(written, colors, [views.names[i] for i in held], [views.rgb[i] for i in held],
                                   [masks[i] for i in held], views.K[held], views.w2c[held],
-                                  check=lambda f: ctx.progress(0.1 + 0.4 * f))
+                                  check=lambda f: ctx.progress(0.1 + 0.4 * f), textured=textured)
         quality: dict[str, Any] = {"heldout": heldout.to_dict(), "gt": None}
         if manifest.gt_mesh:
             gt = trimesh.load(ctx.input_dir / manifest.gt_mesh, force="mesh")
@@ -111,18 +142,29 @@ class ReportStage(Stage):
             quality["gt"]["file"] = manifest.gt_mesh
         stats["quality"] = quality
         ctx.progress(0.6)
-        renders = orbit_renders(written, colors, views, up, ctx.settings.report.render_size)
+        renders = orbit_renders(written, colors, views, up, ctx.settings.report.render_size, textured)
         ctx.progress(0.85)
         gallery = [{"name": views.names[i], "photo": data_uri(views.rgb[i] * masks[i][..., None]),
-                    "render": data_uri(r), "iou": s.mask_iou, "psnr": s.psnr}
-                   for i, r, s in list(zip(held, heldout.renders, heldout.views))[:6]]
+                    "render": data_uri(r), "heat": data_uri(hm), "iou": s.mask_iou, "psnr": s.psnr, "ssim": s.ssim}
+                   for i, r, hm, s in list(zip(held, heldout.renders, heldout.heatmaps, heldout.views))[:6]]
+        stats["grade"] = grade(stats, ctx.settings.report)
         sub = np.asarray(written.vertices)[:: max(1, len(written.vertices) // 400)]
         cam_views = camera_plot(camera_centers(views.w2c), camera_forward(views.w2c), views.holdout, up, sub)
         timings = read_timings(ctx) + [{"stage": self.name, "seconds": time.monotonic() - t0, "skipped": False,
                                         "peak_rss_mb": None, "peak_vram_mb": None}]
         stats["timings"] = timings
-        stats["files"] = {f: (out_dir / f).stat().st_size for f in sorted(files.values())}
+        masks_dir = stage_dir(ctx, "masks")
+        masks_preview = None
+        for extra in EXTRA_FILES:  # published with the mesh when the stage made them
+            if (masks_dir / extra).exists():
+                shutil.copy2(masks_dir / extra, out_dir / extra)
+        if (out_dir / "masks_preview.jpg").exists():
+            masks_preview = "data:image/jpeg;base64," + base64.b64encode((out_dir / "masks_preview.jpg").read_bytes()).decode()
+        stats["files"] = {f: (out_dir / f).stat().st_size for f in sorted(set(files.values()) | {
+            e for e in EXTRA_FILES if (out_dir / e).exists()})}
         context = report_context(ctx, "done", None, None, stats, renders=renders, heldout=gallery, cam_views=cam_views)
+        context["masks_preview"] = masks_preview
+        context["viewer"] = make_viewer(out_dir / "mesh.glb")
         stats["job"] = context["job"]
         stats["config"] = ctx.settings.to_dict()
         (out_dir / "stats.json").write_text(json.dumps(stats, indent=1))
@@ -140,5 +182,5 @@ def report_context(ctx: JobContext, state: str, error: str | None, failed_stage:
                 "version": __version__, "device": ctx.device,
                 "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime())},
         "stats": stats, "renders": renders or [], "heldout": heldout or [], "cam_views": cam_views or [],
-        "timings": stats.get("timings") or read_timings(ctx), "config": ctx.settings.to_dict(),
+        "timings": stats.get("timings") or read_timings(ctx), "config": ctx.settings.to_dict(), "masks_preview": None, "viewer": None,
     }

@@ -1,7 +1,10 @@
 """Stages 2 and 3: posed views at working resolution (undistorted), then one silhouette mask per view."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,7 +13,11 @@ import cv2
 import numpy as np
 
 from pipeline.cameras import camera_centers, intrinsics_for_image, read_pose_source, scale_intrinsics
+from pipeline.automask import AutoMaskSettings, auto_masks
+from pipeline.cameras import FrameSpec
 from pipeline.context import InputError, JobContext
+from pipeline.scene import ObjectRegion, Similarity, normalizing_similarity, object_region, pose_errors, umeyama
+from pipeline.sfm import SfmResult, SfmSettings, run_sfm
 from pipeline.images import load_gray, load_rgba, resize
 from pipeline.stages.base import Stage, stage_dir
 from pipeline.stages.ingest import Manifest
@@ -54,22 +61,134 @@ def holdout_flags(n: int, every: int) -> np.ndarray:
     return flags
 
 
+@dataclass(frozen=True)
+class Sparse:
+    """SfM points in the views' world frame, and where each view observed them.
+
+    points: (P, 3) float64; colors: (P, 3) uint8; object_points: (P,) bool; obs_view: (M,) index into Views;
+    obs_point: (M,) index into points; obs_xy: (M, 2) float32 undistorted pixels at working resolution."""
+
+    points: np.ndarray
+    colors: np.ndarray
+    object_points: np.ndarray
+    obs_view: np.ndarray
+    obs_point: np.ndarray
+    obs_xy: np.ndarray
+    center: np.ndarray
+    radius: float
+    up: np.ndarray
+    support: tuple[np.ndarray, float] | None = None  # plane the object rests on or hangs from (n, d)
+
+    @classmethod
+    def load(cls, ctx: JobContext) -> "Sparse | None":
+        path = stage_dir(ctx, CamerasStage.name) / "sparse.npz"
+        if not path.exists():
+            return None
+        with np.load(path) as z:
+            return cls(points=z["points"], colors=z["colors"], object_points=z["object_points"],
+                       obs_view=z["obs_view"], obs_point=z["obs_point"], obs_xy=z["obs_xy"], center=z["center"],
+                       radius=float(z["radius"]), up=z["up"],
+                       support=(z["support_n"], float(z["support_d"])) if "support_n" in z else None)
+
+    def region(self) -> ObjectRegion:
+        return ObjectRegion(center=self.center, radius=self.radius, up=self.up, ground=self.support,
+                            object_points=self.object_points)
+
+
+def needs_auto_masks(ctx: JobContext, manifest: Manifest) -> bool:
+    return ctx.settings.masks.auto != "off" and any(not (f.has_alpha or f.mask_file) for f in manifest.frames)
+
+
+def sfm_settings(ctx: JobContext) -> SfmSettings:
+    c = ctx.settings.sfm
+    return SfmSettings(matcher=c.matcher, max_image_size=c.max_image_size, camera_model=c.camera_model,
+                       guided_matching=c.guided_matching, min_registered=c.min_registered, device=c.device,
+                       num_threads=c.num_threads)
+
+
+def _run_sfm(ctx: JobContext, manifest: Manifest, out_dir: Path) -> SfmResult:
+    """SfM on copies of the images with orientation applied, at the feature size (COLMAP ignores EXIF)."""
+    cfg = sfm_settings(ctx)
+    img_dir = out_dir / "sfm_images"
+    names = []
+    for i, fr in enumerate(manifest.frames):
+        ctx.progress(0.1 * i / len(manifest.frames))
+        rgb, _alpha = load_rgba(ctx.input_dir / fr.name)
+        H, W = rgb.shape[:2]
+        s = min(1.0, cfg.max_image_size / max(H, W))
+        dst = img_dir / (fr.name + ".jpg")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(dst), cv2.cvtColor(resize(rgb, (max(1, round(W * s)), max(1, round(H * s)))), cv2.COLOR_RGB2BGR),
+                    [cv2.IMWRITE_JPEG_QUALITY, 95])
+        names.append(fr.name + ".jpg")
+    res = run_sfm(img_dir, names, out_dir / "sfm", cfg, ctx.log, check=lambda f: ctx.progress(0.1 + 0.6 * f))
+    shutil.rmtree(img_dir, ignore_errors=True)  # copies; the model and database stay for inspection
+    (out_dir / "sfm" / "database.db").unlink(missing_ok=True)
+    strip = lambda n: n[:-4]  # noqa: E731  (".jpg" added above)
+    return dataclasses.replace(res, names=tuple(strip(n) for n in res.names),
+                               unregistered=tuple(strip(n) for n in res.unregistered))
+
+
+def check_registration(res: SfmResult, total: int, cfg: SfmSettings, min_images: int) -> list[str]:
+    """Raise when too few images registered (naming them); else warnings for the ones left out."""
+    need = max(min_images, int(np.ceil(cfg.min_registered * total)))
+    if len(res.names) < need:
+        raise InputError(
+            f"structure from motion placed only {len(res.names)} of {total} images (at least {need} needed). "
+            f"Not registered: {', '.join(res.unregistered[:30])}{' ...' if len(res.unregistered) > 30 else ''}. "
+            "Reshoot those views with more overlap with their neighbours (about 60-70%; move 10-15 degrees between "
+            "photos), keep the object sharp and well lit, and avoid plain, shiny or moving backgrounds")
+    if res.unregistered:
+        return [f"{len(res.unregistered)} image(s) could not be placed by structure from motion and are not used: "
+                f"{', '.join(res.unregistered[:20])}"]
+    return []
+
+
 class CamerasStage(Stage):
     name = "cameras"
     weight = 10
-    sections = ("images",)
+    sections = ("images", "sfm", "masks")
 
     def run(self, ctx: JobContext, out_dir: Path) -> dict[str, Any]:
         manifest = Manifest.load(stage_dir(ctx, "ingest"))
-        source = read_pose_source(ctx.input_dir)
-        if source is None:
-            raise InputError("the camera poses disappeared from the job folder while it was processed")
-        specs = {f.name: f for f in source.frames}
+        summary: dict[str, Any] = {"source": manifest.pose_kind}
+        sfm: SfmResult | None = None
+        if manifest.pose_kind == "sfm" or needs_auto_masks(ctx, manifest):
+            sfm = _run_sfm(ctx, manifest, out_dir)
+            summary["sfm"] = dict(sfm.stats, unregistered=list(sfm.unregistered))
+        sim: Similarity | None = None
+        if manifest.pose_kind == "sfm":
+            assert sfm is not None
+            warnings = check_registration(sfm, len(manifest.frames), sfm_settings(ctx), ctx.settings.limits.min_images)
+            region = object_region(sfm.points, sfm.K, sfm.w2c, sfm.width, sfm.height)
+            # no units or frame from the user: object centre at the origin, up = +Z, object inside the unit cube
+            sim = normalizing_similarity(region)
+            specs = {n: FrameSpec(name=n, K=sfm.K[k], w2c=sim.w2c(sfm.w2c[k:k + 1])[0], width=sfm.width,
+                                  height=sfm.height, dist=tuple(float(x) for x in sfm.dist[k]))
+                     for k, n in enumerate(sfm.names)}
+            summary["normalization"] = {"scale": sim.scale, "matrix": sim.matrix().tolist()}
+        else:
+            source = read_pose_source(ctx.input_dir)
+            if source is None:
+                raise InputError("the camera poses disappeared from the job folder while it was processed")
+            specs = {f.name: f for f in source.frames}
+            warnings = []
+            if sfm is not None:
+                # SfM ran only to find the object (mask seeds): bring its points into the user's frame
+                common = [k for k, n in enumerate(sfm.names) if n in specs]
+                if len(common) < 3:
+                    raise InputError("structure from motion placed fewer than 3 of the posed images, so automatic "
+                                     "masks cannot be seeded; add masks (masks/<image>.png) or RGBA images")
+                given = np.array([specs[sfm.names[k]].w2c for k in common])
+                sim = umeyama(camera_centers(sfm.w2c[common]), camera_centers(given))
+                summary["sfm"]["pose_error_vs_input"] = pose_errors(sfm.w2c[common], given)
         max_side = ctx.settings.images.max_side
         arrays: dict[str, np.ndarray] = {}
         Ks, w2cs, names = [], [], []
-        for i, fr in enumerate(manifest.frames):
-            ctx.progress(i / len(manifest.frames))
+        frames = [fr for fr in manifest.frames if fr.name in specs]
+        scale_of: dict[str, tuple[float, float]] = {}
+        for i, fr in enumerate(frames):
+            ctx.progress(0.7 + 0.25 * i / len(frames))
             spec = specs[fr.name]
             rgb, alpha = load_rgba(ctx.input_dir / fr.name)
             H, W = rgb.shape[:2]
@@ -82,18 +201,58 @@ class CamerasStage(Stage):
                     alpha = cv2.undistort(alpha, K, dist)
             s = min(1.0, max_side / max(H, W))
             w, h = max(1, round(W * s)), max(1, round(H * s))
-            arrays[f"rgb_{i}"] = resize(rgb, (w, h))
+            k = len(names)
+            arrays[f"rgb_{k}"] = resize(rgb, (w, h))
             if alpha is not None:
-                arrays[f"alpha_{i}"] = resize(alpha, (w, h))
+                arrays[f"alpha_{k}"] = resize(alpha, (w, h))
             Ks.append(scale_intrinsics(K, w / W, h / H))
             w2cs.append(spec.w2c)
             names.append(fr.name)
+            scale_of[fr.name] = (w, h)
         holdout = holdout_flags(len(names), ctx.settings.images.holdout_every)
         np.savez(out_dir / "views.npz", K=np.array(Ks), w2c=np.array(w2cs), holdout=holdout, **arrays)
-        (out_dir / "views.json").write_text(json.dumps({"names": names}))
+        (out_dir / "views.json").write_text(json.dumps({"names": names, "warnings": warnings}))
+        if sfm is not None and sim is not None:
+            self._save_sparse(out_dir, sfm, sim, names, np.array(Ks), np.array(w2cs), scale_of)
+        for w_ in warnings:
+            ctx.log.warning("%s", w_)
         centers = camera_centers(np.array(w2cs))
-        return {"views": len(names), "holdout": int(holdout.sum()), "working_size": [int(arrays["rgb_0"].shape[1]), int(arrays["rgb_0"].shape[0])],
-                "camera_spread": float(np.linalg.norm(centers - centers.mean(0), axis=1).mean())}
+        summary.update({"views": len(names), "holdout": int(holdout.sum()),
+                        "working_size": [int(arrays["rgb_0"].shape[1]), int(arrays["rgb_0"].shape[0])],
+                        "camera_spread": float(np.linalg.norm(centers - centers.mean(0), axis=1).mean()),
+                        "warnings": warnings})
+        return summary
+
+    @staticmethod
+    def _save_sparse(out_dir: Path, sfm: SfmResult, sim: Similarity, names: list[str], Ks: np.ndarray,
+                     w2cs: np.ndarray, size_of: dict[str, tuple[float, float]]) -> None:
+        points = sim.points(sfm.points)
+        view_of = {n: k for k, n in enumerate(names)}
+        region = object_region(points, Ks, w2cs, *size_of[names[0]]) if len({size_of[n] for n in names}) == 1 else \
+            object_region(points, sfm.K, sim.w2c(sfm.w2c), sfm.width, sfm.height)
+        ov, op, oxy = [], [], []
+        for k, n in enumerate(sfm.names):
+            if n not in view_of:
+                continue
+            m = sfm.obs_image == k
+            if not m.any():
+                continue
+            xy = cv2.undistortPoints(sfm.obs_xy[m].reshape(-1, 1, 2).astype(np.float64), sfm.K[k], sfm.dist[k],
+                                     P=sfm.K[k]).reshape(-1, 2)
+            w, h = size_of[n]
+            xy *= np.array([w / sfm.width, h / sfm.height])
+            ov.append(np.full(int(m.sum()), view_of[n], dtype=np.int32))
+            op.append(sfm.obs_point[m])
+            oxy.append(xy.astype(np.float32))
+        support = {} if region.ground is None else {"support_n": region.ground[0], "support_d": region.ground[1]}
+        np.savez(out_dir / "sparse.npz", points=points, colors=sfm.colors, object_points=region.object_points,
+                 obs_view=np.concatenate(ov), obs_point=np.concatenate(op), obs_xy=np.concatenate(oxy),
+                 center=region.center, radius=region.radius, up=region.up, **support)
+
+
+def masks_were_automatic(ctx: JobContext) -> bool:
+    meta = json.loads((stage_dir(ctx, MasksStage.name) / "masks.json").read_text())
+    return bool(meta.get("auto"))
 
 
 def load_masks(ctx: JobContext) -> list[np.ndarray | None]:
@@ -103,21 +262,46 @@ def load_masks(ctx: JobContext) -> list[np.ndarray | None]:
         return [z[f"mask_{i}"] if f"mask_{i}" in z else None for i in range(meta["count"])]
 
 
+def mask_sheet(rgbs: list[np.ndarray], masks: list[np.ndarray | None], names: list[str], tile: int = 180,
+               columns: int = 8) -> np.ndarray:
+    """Contact sheet for checking masks by eye: background darkened, outline in green. -> (H, W, 3) uint8."""
+    tiles = []
+    for rgb, m in zip(rgbs, masks):
+        f = tile / max(rgb.shape[:2])
+        size = (max(1, round(rgb.shape[1] * f)), max(1, round(rgb.shape[0] * f)))
+        t = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+        if m is not None:
+            mm = cv2.resize(m.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+            t = t.copy()
+            t[~mm] = (t[~mm] * 0.3).astype(np.uint8)
+            edge = mm ^ (cv2.erode(mm.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0)
+            t[edge] = (0, 255, 0)
+        canvas = np.zeros((tile, tile, 3), dtype=np.uint8)
+        canvas[:t.shape[0], :t.shape[1]] = t
+        tiles.append(canvas)
+    rows = [np.hstack(tiles[i:i + columns] + [np.zeros_like(tiles[0])] * (columns - len(tiles[i:i + columns])))
+            for i in range(0, len(tiles), columns)]
+    return np.vstack(rows)
+
+
 class MasksStage(Stage):
     name = "masks"
     weight = 5
-    sections = ("images",)
+    sections = ("images", "masks")
 
     def run(self, ctx: JobContext, out_dir: Path) -> dict[str, Any]:
         manifest = Manifest.load(stage_dir(ctx, "ingest"))
+        frames = {f.name: f for f in manifest.frames}
         views = Views.load(ctx)
         source = read_pose_source(ctx.input_dir)
         specs = {f.name: f for f in source.frames} if source else {}
         masks: dict[str, np.ndarray] = {}
         coverage: list[float | None] = []
         dropped: list[str] = []
-        for i, fr in enumerate(manifest.frames):
-            ctx.progress(i / len(manifest.frames))
+        missing: list[int] = []
+        for i, name in enumerate(views.names):
+            fr = frames[name]
+            ctx.progress(0.1 * i / len(views.names))
             h, w = views.rgb[i].shape[:2]
             m: np.ndarray | None = None
             if fr.mask_file:  # an explicit masks/ file wins over the alpha channel
@@ -129,22 +313,54 @@ class MasksStage(Stage):
                 m = resize(raw, (w, h), nearest=True) > 127
             elif views.alpha[i] is not None:
                 m = views.alpha[i] > 127
+            else:
+                missing.append(i)
             if m is not None:
                 frac = float(m.mean())
                 # an all-opaque alpha or an empty mask carries no silhouette
                 if frac < 1e-4 or frac > 0.98:
                     dropped.append(fr.name)
                     m = None
-            coverage.append(None if m is None else float(m.mean()))
             if m is not None:
                 masks[f"mask_{i}"] = m
+        auto: list[str] = []
+        sparse = Sparse.load(ctx)
+        if missing and ctx.settings.masks.auto != "off":
+            if sparse is None:
+                raise InputError("automatic masks need the structure-from-motion points, which are missing")
+            cfg = ctx.settings.masks
+            ctx.log.info("automatic masks for %d view(s) (GrabCut seeded by %d object points of %d)", len(missing),
+                         int(sparse.object_points.sum()), len(sparse.points))
+            found = auto_masks([views.rgb[i] for i in range(len(views.names))], views.K, views.w2c, sparse.region(),
+                               sparse.points, sparse.obs_view, sparse.obs_point, sparse.obs_xy,
+                               AutoMaskSettings(work_size=cfg.work_size, iterations=cfg.iterations),
+                               device=ctx.device, check=lambda f: ctx.progress(0.1 + 0.85 * f))
+            for i in missing:
+                frac = float(found[i].mean())
+                if frac < 1e-4 or frac > 0.98:
+                    dropped.append(views.names[i])
+                    continue
+                masks[f"mask_{i}"] = found[i]
+                auto.append(views.names[i])
+        coverage = [float(masks[f"mask_{i}"].mean()) if f"mask_{i}" in masks else None for i in range(len(views.names))]
         usable_train = sum(1 for i in views.train if f"mask_{i}" in masks)
         if usable_train < 2:
             raise InputError(f"only {usable_train} view(s) have a usable mask (empty or all-object masks were "
                              f"dropped: {', '.join(dropped[:10])}); the shape needs masks that outline the object")
         np.savez_compressed(out_dir / "masks.npz", **masks)
-        (out_dir / "masks.json").write_text(json.dumps({"count": len(manifest.frames), "coverage": coverage,
-                                                         "dropped": dropped}))
+        (out_dir / "masks.json").write_text(json.dumps({"count": len(views.names), "coverage": coverage,
+                                                         "dropped": dropped, "auto": auto}))
+        if auto:
+            # for users to check (and to fix and resubmit as masks/)
+            all_masks = [masks.get(f"mask_{i}") for i in range(len(views.names))]
+            sheet = mask_sheet(list(views.rgb), all_masks, list(views.names))
+            cv2.imwrite(str(out_dir / "masks_preview.jpg"), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR),
+                        [cv2.IMWRITE_JPEG_QUALITY, 85])
+            with zipfile.ZipFile(out_dir / "masks.zip", "w", zipfile.ZIP_DEFLATED) as z:
+                for i, name in enumerate(views.names):
+                    if name in auto:
+                        ok, png = cv2.imencode(".png", masks[f"mask_{i}"].astype(np.uint8) * 255)
+                        z.writestr(f"masks/{Path(name).stem}.png", png.tobytes())
         for name in dropped:
             ctx.log.warning("mask of %s is empty or covers the whole image; view not used for the shape", name)
-        return {"masked_views": len(masks), "dropped": dropped}
+        return {"masked_views": len(masks), "dropped": dropped, "auto": len(auto)}

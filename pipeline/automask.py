@@ -1,0 +1,177 @@
+"""Automatic foreground masks without learned weights.
+
+Per view, GrabCut (opencv) is seeded from the SfM points: object points that the view observes are sure
+foreground, observed clutter and ground points are sure background, and everything outside the projection of
+the object's bounding sphere is background. The per-view masks are then made to agree across views: a coarse
+visual hull carved from them (tolerating a few bad views) is projected back into every view and a second GrabCut
+round runs inside a band around that projection.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import cv2
+import numpy as np
+from scipy import ndimage
+
+from pipeline.scene import ObjectRegion
+
+
+@dataclass(frozen=True)
+class AutoMaskSettings:
+    work_size: int = 480  # long side GrabCut runs at
+    iterations: int = 5
+    seed_radius: float = 0.01  # sure-foreground/background disks, fraction of the long side
+    hull_resolution: int = 96
+    hull_outlier_fraction: float = 0.35  # views allowed to disagree with a hull voxel (first-round masks miss parts)
+    band: float = 0.03  # second round: uncertain band around the hull's silhouette, fraction of the long side
+
+
+def project(points: np.ndarray, K: np.ndarray, w2c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(P, 3) world -> (P, 2) pixels and (P,) depth."""
+    x = points @ w2c[:3, :3].T + w2c[:3, 3]
+    z = x[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        uv = (x[:, :2] / z[:, None]) @ K[:2, :2].T + K[:2, 2]
+    return uv, z
+
+
+def sphere_outline(center: np.ndarray, radius: float, K: np.ndarray, w2c: np.ndarray, n: int = 64) -> np.ndarray:
+    """Image outline of a sphere (its silhouette cone), as a polygon (n, 2) in pixels."""
+    c = w2c[:3, :3] @ center + w2c[:3, 3]
+    d = np.linalg.norm(c)
+    if d <= radius * 1.001:
+        raise ValueError("the camera is inside the object's bounding sphere")
+    axis = c / d
+    a = np.cross(axis, [0, 0, 1.0]) if abs(axis[2]) < 0.9 else np.cross(axis, [0, 1.0, 0])
+    a /= np.linalg.norm(a)
+    b = np.cross(axis, a)
+    # tangent points: on the sphere, where the view ray grazes it
+    r_t = radius * np.sqrt(d * d - radius * radius) / d
+    off = c - axis * radius * radius / d
+    ang = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    pts = off + r_t * (np.cos(ang)[:, None] * a + np.sin(ang)[:, None] * b)
+    return (pts[:, :2] / pts[:, 2:3]) @ K[:2, :2].T + K[:2, 2]
+
+
+def _disks(shape: tuple[int, int], uv: np.ndarray, r: int) -> np.ndarray:
+    m = np.zeros(shape, dtype=np.uint8)
+    for x, y in np.round(uv).astype(int):
+        if 0 <= x < shape[1] and 0 <= y < shape[0]:
+            cv2.circle(m, (int(x), int(y)), r, 1, -1)
+    return m.astype(bool)
+
+
+def _keep_seeded(mask: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """Connected components of ``mask`` that contain a foreground seed (all of them if none do); holes filled."""
+    lab, n = ndimage.label(mask)
+    if n == 0:
+        return mask
+    hit = np.unique(lab[seeds & mask])
+    hit = hit[hit > 0]
+    if len(hit) == 0:
+        sizes = ndimage.sum(mask, lab, range(1, n + 1))
+        hit = np.array([int(np.argmax(sizes)) + 1])
+    return ndimage.binary_fill_holes(np.isin(lab, hit))
+
+
+def grabcut(rgb: np.ndarray, init: np.ndarray, iterations: int) -> np.ndarray:
+    """rgb: (H, W, 3) uint8; init: (H, W) uint8 GrabCut labels -> (H, W) bool foreground."""
+    labels = init.copy()
+    if not ((labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)).any() or not (
+            (labels == cv2.GC_BGD) | (labels == cv2.GC_PR_BGD)).any():
+        return (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
+    bgd, fgd = np.zeros((1, 65)), np.zeros((1, 65))
+    cv2.grabCut(np.ascontiguousarray(rgb[..., ::-1]), labels, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
+    return (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
+
+
+def first_round_labels(shape: tuple[int, int], K: np.ndarray, w2c: np.ndarray, region: ObjectRegion,
+                       obj_uv: np.ndarray, fg_seed_uv: np.ndarray, bg_seed_uv: np.ndarray, r: int) -> np.ndarray:
+    h, w = shape
+    labels = np.full(shape, cv2.GC_BGD, dtype=np.uint8)
+    outline = sphere_outline(region.center, region.radius * 1.15, K, w2c)
+    cv2.fillPoly(labels, [np.round(outline).astype(np.int32)], int(cv2.GC_PR_BGD))
+    inside = (obj_uv[:, 0] >= 0) & (obj_uv[:, 0] < w) & (obj_uv[:, 1] >= 0) & (obj_uv[:, 1] < h)
+    if inside.sum() >= 3:
+        pts = obj_uv[inside]
+        c = pts.mean(0)
+        hull = cv2.convexHull(np.round(c + 1.15 * (pts - c)).astype(np.int32))  # a little beyond the points
+        pr_fg = np.zeros(shape, dtype=np.uint8)
+        cv2.fillPoly(pr_fg, [hull], 1)
+        labels[(pr_fg > 0) & (labels == cv2.GC_PR_BGD)] = cv2.GC_PR_FGD
+    labels[_disks(shape, bg_seed_uv, r)] = cv2.GC_BGD
+    labels[_disks(shape, fg_seed_uv, r)] = cv2.GC_FGD
+    return labels
+
+
+def hull_silhouettes(masks: list[np.ndarray], Ks: np.ndarray, w2cs: np.ndarray, s: AutoMaskSettings,
+                     device: str) -> list[np.ndarray]:
+    """Carve a coarse hull from the masks and project it back: one multi-view-consistent silhouette per view."""
+    from pipeline.carve import CarveSettings, carve
+    from pipeline.meshing import largest_component, marching_cubes
+
+    k = int(round(s.hull_outlier_fraction * len(masks)))
+    res = carve(Ks, w2cs, masks, CarveSettings(resolution=s.hull_resolution, outlier_views=k), device=device)
+    mesh = largest_component(marching_cubes(res.field, res.origin, res.voxel))
+    from pipeline.render import render
+
+    # ray-cast silhouettes (one fillPoly over all triangles would apply the even-odd rule and punch holes)
+    return [render(mesh, K, w2c, m.shape[1], m.shape[0]).mask for K, w2c, m in zip(Ks, w2cs, masks)]
+
+
+def auto_masks(rgbs: list[np.ndarray], Ks: np.ndarray, w2cs: np.ndarray, region: ObjectRegion, points: np.ndarray,
+               obs_image: np.ndarray, obs_point: np.ndarray, obs_xy: np.ndarray, s: AutoMaskSettings,
+               device: str = "cpu", check: Callable[[float], None] = lambda f: None) -> list[np.ndarray]:
+    """Foreground masks for views at working resolution.
+
+    rgbs: N (H_i, W_i, 3) uint8; Ks (N, 3, 3) and w2cs (N, 4, 4) for those images; points (P, 3) world;
+    obs_*: SfM observations in those images' pixels (obs_image indexes rgbs). Returns N (H_i, W_i) bool.
+    """
+    if not (len(rgbs) == len(Ks) == len(w2cs)):
+        raise ValueError(f"need one K and pose per image; got {len(rgbs)}, {len(Ks)}, {len(w2cs)}")
+    small, sKs = [], []
+    for rgb, K in zip(rgbs, Ks):
+        h, w = rgb.shape[:2]
+        f = min(1.0, s.work_size / max(h, w))
+        sw, sh = max(1, round(w * f)), max(1, round(h * f))
+        small.append(cv2.resize(rgb, (sw, sh), interpolation=cv2.INTER_AREA))
+        sKs.append(np.diag([sw / w, sh / h, 1.0]) @ K)
+    sKs_a = np.array(sKs)
+    obj_pts = points[region.object_points]
+    first = []
+    for i, (img, K, w2c) in enumerate(zip(small, sKs_a, w2cs)):
+        h, w = img.shape[:2]
+        scale = w / rgbs[i].shape[1]
+        r = max(2, int(round(s.seed_radius * max(h, w))))
+        mine = obs_image == i
+        seen_obj = region.object_points[obs_point[mine]]
+        uv_seen = obs_xy[mine] * scale
+        obj_uv, z = project(obj_pts, K, w2c)
+        labels = first_round_labels((h, w), K, w2c, region, obj_uv[z > 0], uv_seen[seen_obj], uv_seen[~seen_obj], r)
+        fg = grabcut(img, labels, s.iterations)
+        first.append(_keep_seeded(fg, labels == cv2.GC_FGD))
+        check(0.6 * (i + 1) / len(small))
+    hulls = hull_silhouettes(first, sKs_a, w2cs, s, device)
+    check(0.7)
+    out = []
+    for i, (img, hull) in enumerate(zip(small, hulls)):
+        h, w = img.shape[:2]
+        band = max(2, int(round(s.band * max(h, w))))
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * band + 1, 2 * band + 1))
+        # the hull is what the views agree on; this view's own first-round mask may add what the others missed
+        either = (hull | first[i]).astype(np.uint8)
+        grown = cv2.dilate(either, kernel) > 0
+        core = cv2.erode(hull.astype(np.uint8), kernel) > 0
+        labels = np.full((h, w), cv2.GC_BGD, dtype=np.uint8)
+        labels[grown] = cv2.GC_PR_BGD
+        labels[either > 0] = cv2.GC_PR_FGD
+        labels[core] = cv2.GC_FGD
+        fg = grabcut(img, labels, s.iterations) & grown
+        fg = _keep_seeded(fg, core)
+        H, W = rgbs[i].shape[:2]
+        full = cv2.resize(fg.astype(np.uint8) * 255, (W, H), interpolation=cv2.INTER_LINEAR) > 127
+        out.append(full)
+        check(0.7 + 0.3 * (i + 1) / len(small))
+    return out

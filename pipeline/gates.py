@@ -1,0 +1,76 @@
+"""Mesh quality gates before publishing: small components, holes, manifoldness, watertightness,
+self-intersections. Each gate repairs what is safe to repair and records what it found."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import trimesh
+
+
+@dataclass(frozen=True)
+class Gate:
+    name: str
+    status: str  # pass | fixed | warn | fail
+    detail: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"name": self.name, "status": self.status, "detail": self.detail}
+
+
+def self_intersections(mesh: trimesh.Trimesh) -> int | None:
+    """Number of faces that intersect another face (pymeshlab), or None when pymeshlab is unavailable."""
+    try:
+        import pymeshlab
+    except ImportError:
+        return None
+    ms = pymeshlab.MeshSet()
+    ms.add_mesh(pymeshlab.Mesh(np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces, dtype=np.int32)))
+    ms.compute_selection_by_self_intersections_per_face()
+    return int(ms.current_mesh().selected_face_number())
+
+
+def non_manifold_edges(mesh: trimesh.Trimesh) -> int:
+    """Edges shared by more than two faces."""
+    edges = np.sort(mesh.edges, axis=1)
+    _, counts = np.unique(edges, axis=0, return_counts=True)
+    return int((counts > 2).sum())
+
+
+def apply_gates(mesh: trimesh.Trimesh, min_component_fraction: float = 0.01) -> tuple[trimesh.Trimesh, list[Gate]]:
+    """Return the repaired mesh and one :class:`Gate` per check, in order."""
+    gates: list[Gate] = []
+    parts = mesh.split(only_watertight=False)
+    if len(parts) > 1:
+        total = sum(len(p.faces) for p in parts)
+        keep = [p for p in parts if len(p.faces) >= min_component_fraction * total]
+        dropped = len(parts) - len(keep)
+        mesh = trimesh.util.concatenate(keep) if len(keep) > 1 else keep[0]
+        gates.append(Gate("small components", "fixed" if dropped else "pass",
+                          f"{len(parts)} components, {dropped} under {min_component_fraction:.0%} of the faces removed"))
+    else:
+        gates.append(Gate("small components", "pass", "one connected component"))
+    mesh.merge_vertices()
+    mesh.update_faces(mesh.nondegenerate_faces())
+    mesh.remove_unreferenced_vertices()
+    if not mesh.is_watertight:
+        before = len(trimesh.grouping.group_rows(mesh.edges_sorted, require_count=1))
+        trimesh.repair.fill_holes(mesh)
+        after = len(trimesh.grouping.group_rows(mesh.edges_sorted, require_count=1))
+        gates.append(Gate("holes", "fixed" if after == 0 else "warn",
+                          f"{before} boundary edges before filling, {after} after"))
+    else:
+        gates.append(Gate("holes", "pass", "no boundary edges"))
+    nm = non_manifold_edges(mesh)
+    gates.append(Gate("manifold", "pass" if nm == 0 else "warn", f"{nm} non-manifold edges"))
+    gates.append(Gate("watertight", "pass" if mesh.is_watertight else "warn",
+                      "closed surface" if mesh.is_watertight else "the surface has openings"))
+    trimesh.repair.fix_normals(mesh)
+    si = self_intersections(mesh)
+    if si is None:
+        gates.append(Gate("self-intersections", "warn", "not checked (pymeshlab unavailable)"))
+    else:
+        frac = si / max(1, len(mesh.faces))
+        gates.append(Gate("self-intersections", "pass" if si == 0 else ("warn" if frac < 0.01 else "fail"),
+                          f"{si} intersecting faces ({100 * frac:.2f}%)"))
+    return mesh, gates

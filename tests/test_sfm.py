@@ -1,0 +1,92 @@
+"""Unposed and unmasked real photos: pycolmap SfM, automatic masks, through the real daemon (CPU)."""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trimesh
+
+from pipeline.cameras import read_transforms
+from pipeline.scene import pose_errors
+from pipeline.sfm import SfmResult, SfmSettings, run_sfm
+from pipeline.stages.views import check_registration
+from tests.conftest import data, drop, set_args
+
+FAST = ["sfm.max_image_size=640", "images.max_side=512", "geometry.voxel_resolution=96", "report.render_size=128",
+        "report.gt_samples=5000"]
+
+
+def test_unposed_apple_gets_poses_masks_and_a_mesh(daemon_factory) -> None:
+    d = daemon_factory(*set_args(*FAST)).start()
+    drop(data("apple"), d.inbox)
+    job = d.wait_state("apple", timeout=600)
+    assert job["state"] == "done", job["error"]
+    out = d.outbox / "apple"
+    stats = json.loads((out / "stats.json").read_text())
+    sfm = stats["cameras"]["sfm"]
+    assert stats["cameras"]["source"] == "sfm"
+    assert sfm["registered"] >= 18 and sfm["images"] == 20
+    assert sfm["mean_reprojection_error_px"] < 1.5 and sfm["points"] > 500
+    assert stats["masks"]["auto"] == sfm["registered"]
+    with zipfile.ZipFile(out / "masks.zip") as z:
+        assert len([n for n in z.namelist() if n.endswith(".png")]) == sfm["registered"]
+    assert (out / "masks_preview.jpg").stat().st_size > 10_000
+    # normalised frame: the object in the unit cube, centred, +Z up; an apple is round
+    mesh = trimesh.load(out / "mesh.ply", force="mesh")
+    assert np.abs(mesh.bounds).max() < 0.75
+    ext = mesh.extents
+    assert ext.max() / ext.min() < 1.7, ext
+    assert stats["quality"]["heldout"]["mask_iou_mean"] > 0.8
+    html = (out / "report.html").read_text()
+    m = re.search(r'id="sfm-registered">(\d+) / (\d+)<', html)
+    assert m and (int(m.group(1)), int(m.group(2))) == (sfm["registered"], 20)
+    assert "data:image/jpeg;base64," in html[html.find('id="masks"'):]
+
+
+def test_sfm_poses_agree_with_the_given_poses_on_real_photos(tmp_path: Path) -> None:
+    """fox ships COLMAP poses; SfM on 14 of its photos, ignoring them, must land on the same cameras."""
+    src = read_transforms(data("fox") / "transforms.json")
+    frames = src.frames[:14]
+    img_dir = tmp_path / "img"
+    from PIL import Image
+
+    for fr in frames:
+        (img_dir / fr.name).parent.mkdir(parents=True, exist_ok=True)
+        im = Image.open(data("fox") / fr.name)
+        im.resize((im.width // 2, im.height // 2)).save(img_dir / fr.name, quality=95)
+    res = run_sfm(img_dir, [f.name for f in frames], tmp_path / "sfm", SfmSettings(max_image_size=640),
+                  logging.getLogger("test"))
+    assert len(res.names) == len(frames), res.unregistered
+    given = {f.name: f.w2c for f in frames}
+    errs = pose_errors(res.w2c, np.array([given[n] for n in res.names]))
+    assert errs["rotation_deg_max"] < 2.0, errs
+    assert errs["center_err_max"] < 0.05, errs
+    assert res.stats["mean_reprojection_error_px"] < 1.5
+
+
+def test_photos_that_do_not_register_fail_with_their_names(daemon_factory) -> None:
+    d = daemon_factory(*set_args(*FAST)).start()
+    drop(data("cake"), d.inbox)
+    job = d.wait_state("cake", timeout=300)
+    assert job["state"] == "failed"
+    assert "Reshoot" in job["error"] and "structure from motion" in job["error"]
+    html = (d.outbox / "cake" / "report.html").read_text()
+    assert "Reshoot" in html
+    assert not (d.outbox / "cake" / "mesh.glb").exists()
+
+
+def test_registration_check_names_the_missing_images() -> None:
+    res = SfmResult(names=("a", "b", "c"), unregistered=("d", "e"), width=1, height=1, K=np.zeros((3, 3, 3)),
+                    dist=np.zeros((3, 4)), w2c=np.zeros((3, 4, 4)), points=np.zeros((0, 3)),
+                    colors=np.zeros((0, 3), np.uint8), obs_image=np.zeros(0, int), obs_point=np.zeros(0, int),
+                    obs_xy=np.zeros((0, 2), np.float32), stats={})
+    with pytest.raises(Exception, match=r"placed only 3 of 5 images .* Not registered: d, e"):
+        check_registration(res, 5, SfmSettings(min_registered=0.7), min_images=3)
+    warn = check_registration(res, 5, SfmSettings(min_registered=0.5), min_images=3)
+    assert "d, e" in warn[0]
