@@ -32,7 +32,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends \
         python3 python3-venv python3-dev \
         build-essential ninja-build git \
-        tini ca-certificates \
+        tini ca-certificates nodejs npm \
  && rm -rf /var/lib/apt/lists/*
 
 ENV VIRTUAL_ENV=/opt/venv \
@@ -59,7 +59,8 @@ RUN mkdir -p daemon pipeline \
 # The whole source tree stays in the image: pipeline/report_html.py reads templates/ from the
 # checkout next to the packages, so a plain (non-editable) wheel install would miss it.
 COPY . /opt/hotmesh
-
+# the report's 3-D viewer (<model-viewer>) from the npm registry, inlined into each report.html
+RUN npm ci --omit=dev --no-audit --no-fund
 # Ubuntu 24.04 images ship a user "ubuntu" (uid/gid 1000); drop it so HOTMESH_UID=1000 also works.
 RUN (userdel --remove ubuntu 2>/dev/null || true) \
  && groupadd --gid "${HOTMESH_GID}" hotmesh \

@@ -40,15 +40,19 @@ def non_manifold_edges(mesh: trimesh.Trimesh) -> int:
 def apply_gates(mesh: trimesh.Trimesh, min_component_fraction: float = 0.01) -> tuple[trimesh.Trimesh, list[Gate]]:
     """Return the repaired mesh and one :class:`Gate` per check, in order."""
     gates: list[Gate] = []
-    parts = mesh.split(only_watertight=False)
-    if len(parts) > 1:
-        total = sum(len(p.faces) for p in parts)
-        keep = [p for p in parts if len(p.faces) >= min_component_fraction * total]
-        dropped = len(parts) - len(keep)
-        mesh = trimesh.util.concatenate(keep) if len(keep) > 1 else keep[0]
+    # components by face adjacency (trimesh's split() can return parts that differ from the input faces)
+    comps = trimesh.graph.connected_components(mesh.face_adjacency, nodes=np.arange(len(mesh.faces)))
+    if len(comps) > 1:
+        total = len(mesh.faces)
+        keep = [c for c in comps if len(c) >= min_component_fraction * total]
+        dropped = len(comps) - len(keep)
+        faces = mesh.faces[np.sort(np.concatenate(keep))]
+        mesh = trimesh.Trimesh(mesh.vertices, faces, process=False)
+        mesh.remove_unreferenced_vertices()
         gates.append(Gate("small components", "fixed" if dropped else "pass",
-                          f"{len(parts)} components, {dropped} under {min_component_fraction:.0%} of the faces removed"))
+                          f"{len(comps)} components, {dropped} under {min_component_fraction:.0%} of the faces removed"))
     else:
+        mesh = trimesh.Trimesh(mesh.vertices, mesh.faces, process=False)
         gates.append(Gate("small components", "pass", "one connected component"))
     mesh.merge_vertices()
     mesh.update_faces(mesh.nondegenerate_faces())

@@ -1,0 +1,129 @@
+"""Textured outputs and the report people open: atlas maths, GLB validity (Khronos glTF-Validator), OBJ+MTL,
+quality gates, and the report in headless Chromium with the inlined 3-D viewer."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trimesh
+
+from pipeline.gates import apply_gates
+from pipeline.texture import pad_seams, rasterize_atlas, sample_texture
+from tests.conftest import REPO, SAMPLE
+
+FAST = ["geometry.voxel_resolution=128", "texture.cpu_size=512", "texture.max_faces=20000", "report.render_size=160"]
+
+
+def test_atlas_rasterisation_reproduces_the_uv_of_every_texel() -> None:
+    uv = np.array([[0.1, 0.1], [0.9, 0.1], [0.9, 0.8], [0.1, 0.8]], dtype=np.float32)
+    faces = np.array([[0, 1, 2], [0, 2, 3]])
+    S = 64
+    face_id, bary = rasterize_atlas(uv, faces, S)
+    ys, xs = np.nonzero(face_id >= 0)
+    # the covered texels are those whose centres fall inside the quad (v up: row 0 is v = 1)
+    u_c, v_c = (xs + 0.5) / S, 1 - (ys + 0.5) / S
+    near = (u_c > 0.1 - 1 / S) & (u_c < 0.9 + 1 / S) & (v_c > 0.1 - 1 / S) & (v_c < 0.8 + 1 / S)
+    assert near.all()  # nothing far outside the quad
+    expected_count = ((0.8 * S) * (0.7 * S))
+    assert abs(len(ys) - expected_count) < 0.1 * expected_count
+    # barycentric interpolation of the corners' uv gives back each texel centre
+    interp = np.einsum("tk,tkc->tc", bary[ys, xs], uv[faces[face_id[ys, xs]]])
+    np.testing.assert_allclose(interp, np.stack([u_c, v_c], 1), atol=1.0 / S)
+
+
+def test_seam_padding_and_bilinear_lookup() -> None:
+    tex = np.zeros((16, 16, 3), np.float32)
+    covered = np.zeros((16, 16), bool)
+    tex[4:8, 4:8] = [1.0, 0.5, 0.25]
+    covered[4:8, 4:8] = True
+    out = pad_seams(tex, covered, 3)
+    np.testing.assert_allclose(out[2, 6], [1.0, 0.5, 0.25], atol=1e-6)  # pushed outward
+    np.testing.assert_allclose(out[15, 15], [1.0, 0.5, 0.25], atol=1e-6)  # rest: the mean colour
+    ramp = np.tile(np.linspace(0, 1, 8, dtype=np.float32)[None, :, None], (8, 1, 3))
+    got = sample_texture(ramp, np.array([[0.5, 0.5]]))
+    assert got[0, 0] == pytest.approx(0.5, abs=1e-6)
+
+
+def test_gates_remove_small_parts_and_fill_holes() -> None:
+    sphere = trimesh.creation.icosphere(3)
+    big = trimesh.Trimesh(sphere.vertices, sphere.faces[1:])  # a hole where the first face was
+    crumb = trimesh.Trimesh([[0, 0, 0], [0.01, 0, 0], [0, 0.01, 0], [0, 0, 0.01]], [[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]])
+    crumb.apply_translation([3, 0, 0])
+    mesh, gates = apply_gates(trimesh.util.concatenate([big, crumb]))
+    by = {g.name: g for g in gates}
+    assert by["small components"].status == "fixed" and by["holes"].status == "fixed"
+    assert mesh.is_watertight and len(mesh.split(only_watertight=False)) == 1
+    assert by["self-intersections"].status == "pass"
+
+
+@pytest.fixture(scope="module")
+def textured_job(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled sample through the real pipeline (hotmesh process), textured on the CPU."""
+    root = tmp_path_factory.mktemp("textured")
+    cmd = [sys.executable, "-m", "daemon.cli", "process", str(SAMPLE), "--out", str(root / "out"),
+           "--state", str(root / "state"), "--device", "cpu"]
+    for s in FAST:
+        cmd += ["--set", s]
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return root / "out" / "spot"
+
+
+def test_textured_outputs_are_complete_and_consistent(textured_job: Path) -> None:
+    out = textured_job
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["texture"]["texture_size"] == 512 and stats["texture"]["textured_faces"] <= 20000
+    assert {g["name"] for g in stats["texture"]["gates"]} >= {"holes", "manifold", "watertight", "self-intersections"}
+    # GLB: one textured primitive, +Y up (the sample is +Z up), matte material
+    glb = trimesh.load(out / "mesh.glb", force="mesh")
+    assert isinstance(glb.visual, trimesh.visual.TextureVisuals)
+    assert glb.visual.material.baseColorTexture.size == (512, 512)
+    ply = trimesh.load(out / "mesh.ply", force="mesh")
+    np.testing.assert_allclose(glb.extents, ply.extents[[0, 2, 1]], rtol=0.03)
+    # OBJ + MTL + texture.png, loadable together
+    assert "map_Kd texture.png" in (out / "mesh.mtl").read_text()
+    obj = trimesh.load(out / "mesh.obj", force="mesh")
+    assert isinstance(obj.visual, trimesh.visual.TextureVisuals) and len(obj.visual.uv) == len(obj.vertices)
+    # textured held-out scores are measured and the grade follows from the thresholds shown
+    held = stats["quality"]["heldout"]
+    assert held["psnr_mean"] > 15 and 0 < held["ssim_mean"] <= 1 and held["mask_iou_mean"] > 0.9
+    assert stats["grade"]["grade"] in ("pass", "warn", "fail")
+    html = (out / "report.html").read_text()
+    assert re.search(r'id="grade-value">(\w+)<', html).group(1) == stats["grade"]["grade"]
+    assert stats["files"]["texture.png"] == (out / "texture.png").stat().st_size
+
+
+def _node_tool(name: str) -> bool:
+    return shutil.which("node") is not None and (REPO / "node_modules" / name).is_dir()
+
+
+@pytest.mark.skipif(not _node_tool("gltf-validator"), reason="node + npm's gltf-validator not installed (npm ci)")
+def test_glb_passes_the_khronos_validator(textured_job: Path) -> None:
+    res = subprocess.run(["node", str(REPO / "tools" / "gltf_validate.js"), str(textured_job / "mesh.glb")],
+                         capture_output=True, text=True, timeout=120, env={"NODE_PATH": str(REPO / "node_modules"),
+                                                                            "PATH": "/usr/bin:/bin"})
+    report = json.loads(res.stdout)
+    assert report["numErrors"] == 0 and report["numWarnings"] == 0, report["messages"][:5]
+    assert report["info"]["totalTriangleCount"] <= 20000 and report["info"]["maxAttributes"] >= 3
+
+
+@pytest.mark.skipif(not _node_tool("@google/model-viewer"), reason="npm's @google/model-viewer not installed (npm ci)")
+def test_report_opens_offline_in_headless_chromium_and_the_viewer_draws(textured_job: Path, tmp_path: Path) -> None:
+    from tools.browser_check import check_page, find_chromium, viewer_pixels
+
+    if find_chromium() is None:
+        pytest.skip("no chromium on PATH")
+    html = (textured_job / "report.html").read_text()
+    assert "<model-viewer" in html and 'src="data:model/gltf-binary;base64,' in html
+    assert not re.search(r'(src|href)="(https?:)?//', html)  # nothing fetched from the network
+    res = check_page(textured_job / "report.html", tmp_path / "shot.png")
+    assert res["loaded"], res
+    assert res["errors"] == [], res["errors"]
+    # the viewer sits at the top of the screenshot (scrolled into view): the model covers part of it
+    assert viewer_pixels(tmp_path / "shot.png", (60, 60, 900, 560)) > 0.05
