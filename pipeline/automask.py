@@ -8,6 +8,7 @@ round runs inside a band around that projection.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
@@ -24,7 +25,7 @@ class AutoMaskSettings:
     iterations: int = 5
     seed_radius: float = 0.01  # sure-foreground/background disks, fraction of the long side
     hull_resolution: int = 96
-    hull_outlier_fraction: float = 0.35  # views allowed to disagree with a hull voxel (first-round masks miss parts)
+    hull_outlier_fraction: float = 0.15  # views allowed to disagree with a hull voxel
     band: float = 0.03  # second round: uncertain band around the hull's silhouette, fraction of the long side
 
 
@@ -121,6 +122,12 @@ def hull_silhouettes(masks: list[np.ndarray], Ks: np.ndarray, w2cs: np.ndarray, 
     return [render(mesh, K, w2c, m.shape[1], m.shape[0]).mask for K, w2c, m in zip(Ks, w2cs, masks)]
 
 
+def _agreement(first: list[np.ndarray], hulls: list[np.ndarray]) -> float:
+    """Median over views of how much of the first-round mask the hull's silhouette keeps."""
+    fr = [float((f & h).sum()) / max(1.0, float(f.sum())) for f, h in zip(first, hulls) if f.any()]
+    return float(np.median(fr)) if fr else 0.0
+
+
 def auto_masks(rgbs: list[np.ndarray], Ks: np.ndarray, w2cs: np.ndarray, region: ObjectRegion, points: np.ndarray,
                obs_image: np.ndarray, obs_point: np.ndarray, obs_xy: np.ndarray, s: AutoMaskSettings,
                device: str = "cpu", check: Callable[[float], None] = lambda f: None) -> list[np.ndarray]:
@@ -154,19 +161,26 @@ def auto_masks(rgbs: list[np.ndarray], Ks: np.ndarray, w2cs: np.ndarray, region:
         first.append(_keep_seeded(fg, labels == cv2.GC_FGD))
         check(0.6 * (i + 1) / len(small))
     hulls = hull_silhouettes(first, sKs_a, w2cs, s, device)
+    lenient = _agreement(first, hulls) < 0.5
+    if lenient:
+        # the views disagree too much for a strict hull (close-ups, parts missed in many first-round masks,
+        # e.g. fox): allow more dissenting views rather than lose the object
+        lenient = dataclasses.replace(s, hull_outlier_fraction=max(s.hull_outlier_fraction, 0.35))
+        hulls = hull_silhouettes(first, sKs_a, w2cs, lenient, device)
     check(0.7)
     out = []
     for i, (img, hull) in enumerate(zip(small, hulls)):
         h, w = img.shape[:2]
         band = max(2, int(round(s.band * max(h, w))))
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * band + 1, 2 * band + 1))
-        # the hull is what the views agree on; this view's own first-round mask may add what the others missed
-        either = (hull | first[i]).astype(np.uint8)
-        grown = cv2.dilate(either, kernel) > 0
+        # what the views agree on (the hull's silhouette, plus a band for GrabCut to settle the edge); with the
+        # lenient hull this view's own first-round mask may add what the other views missed
+        either = hull | first[i] if lenient else hull
+        grown = cv2.dilate(either.astype(np.uint8), kernel) > 0
         core = cv2.erode(hull.astype(np.uint8), kernel) > 0
         labels = np.full((h, w), cv2.GC_BGD, dtype=np.uint8)
         labels[grown] = cv2.GC_PR_BGD
-        labels[either > 0] = cv2.GC_PR_FGD
+        labels[either] = cv2.GC_PR_FGD
         labels[core] = cv2.GC_FGD
         fg = grabcut(img, labels, s.iterations) & grown
         fg = _keep_seeded(fg, core)

@@ -51,29 +51,31 @@ def point_colors(V: np.ndarray, normals: np.ndarray, mesh: trimesh.Trimesh, imag
         dw, dh = max(16, int(W * depth_scale)), max(16, int(H * depth_scale))
         Kd = np.diag([dw / W, dh / H, 1.0]) @ K
         depth = render(mesh, Kd, w2c, dw, dh).depth
-        cam = V @ w2c[:3, :3].T + w2c[:3, 3]
+        center = -w2c[:3, :3].T @ w2c[:3, 3]
+        # cheap tests first (facing the camera, in front, inside the image), the rest only on the survivors
+        to_cam = center - V
+        to_cam /= np.linalg.norm(to_cam, axis=1, keepdims=True) + 1e-12
+        cos = np.einsum("ij,ij->i", normals, to_cam)
+        idx = np.nonzero(cos > 0.05)[0]
+        cam = V[idx] @ w2c[:3, :3].T + w2c[:3, 3]
         z = cam[:, 2]
-        ok = z > 1e-9
-        uv = np.zeros((len(V), 2))
-        uv[ok] = (cam[ok, :2] / z[ok, None]) @ K[:2, :2].T + K[:2, 2]
-        ok &= (uv[:, 0] >= 0) & (uv[:, 0] < W) & (uv[:, 1] >= 0) & (uv[:, 1] < H)
+        keep = z > 1e-9
+        idx, cam, z = idx[keep], cam[keep], z[keep]
+        uv = (cam[:, :2] / z[:, None]) @ K[:2, :2].T + K[:2, 2]
+        keep = (uv[:, 0] >= 0) & (uv[:, 0] < W) & (uv[:, 1] >= 0) & (uv[:, 1] < H)
+        idx, uv, z = idx[keep], uv[keep], z[keep]
         uvd = uv * np.array([dw / W, dh / H])
         # nearest-pixel depth, minimum over a 2x2 neighbourhood so silhouette edges are not missed
         xd = np.clip(uvd[:, 0].astype(int), 0, dw - 1)
         yd = np.clip(uvd[:, 1].astype(int), 0, dh - 1)
         dmin = np.minimum.reduce([depth[yd, xd], depth[np.minimum(yd + 1, dh - 1), xd],
                                   depth[yd, np.minimum(xd + 1, dw - 1)]])
-        ok &= z <= dmin + eps
-        ok &= m[np.clip(uv[:, 1].astype(int), 0, H - 1), np.clip(uv[:, 0].astype(int), 0, W - 1)]
-        center = -w2c[:3, :3].T @ w2c[:3, 3]
-        to_cam = center - V
-        to_cam /= np.linalg.norm(to_cam, axis=1, keepdims=True) + 1e-12
-        cos = np.einsum("ij,ij->i", normals, to_cam)
-        ok &= cos > 0.05
-        idx = np.nonzero(ok)[0]
+        keep = z <= dmin + eps
+        keep &= m[np.clip(uv[:, 1].astype(int), 0, H - 1), np.clip(uv[:, 0].astype(int), 0, W - 1)]
+        idx, uv = idx[keep], uv[keep]
         if len(idx):
             w = cos[idx] ** 4
-            acc[idx] += w[:, None] * _bilinear(img.astype(np.float32) / 255.0, uv[idx])
+            acc[idx] += w[:, None] * _bilinear(img.astype(np.float32) / 255.0, uv)
             wsum[idx] += w
             seen[idx] += 1
         check((i + 1) / len(images))

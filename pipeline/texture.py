@@ -131,6 +131,15 @@ def bake(atlas: Atlas, visibility_mesh: trimesh.Trimesh, images: list[np.ndarray
     return tex, {"texels": int(len(pts)), "coverage": float(covered.mean()), "seen_fraction": float((seen > 0).mean())}
 
 
+def texture_from_vertex_colors(atlas: Atlas, colors: np.ndarray, s: TextureSettings) -> np.ndarray:
+    """A quick starting texture: per-vertex colours (V', 3) of the atlas mesh interpolated over each face."""
+    ys, xs = np.nonzero(atlas.face_of_texel >= 0)
+    f = atlas.face_of_texel[ys, xs]
+    tex = np.zeros((s.size, s.size, 3), dtype=np.float32)
+    tex[ys, xs] = np.einsum("tk,tkc->tc", atlas.bary[ys, xs], colors[atlas.faces[f]])
+    return pad_seams(tex, atlas.face_of_texel >= 0, s.dilate)
+
+
 def refine_texture_gpu(atlas: Atlas, texture: np.ndarray, images: list[np.ndarray], masks: list[np.ndarray],
                        Ks: np.ndarray, w2cs: np.ndarray, s: TextureSettings, device: str = "cuda",
                        check: Callable[[float], None] = lambda f: None) -> tuple[np.ndarray, dict[str, float]]:
@@ -141,9 +150,8 @@ def refine_texture_gpu(atlas: Atlas, texture: np.ndarray, images: list[np.ndarra
 
     from pipeline.raster import clip_space, load_nvdiffrast, to_camera
 
-    dr = load_nvdiffrast()
+    dr, glctx = load_nvdiffrast()
     dev = torch.device(device)
-    glctx = dr.RasterizeCudaContext(device=dev)
     verts = torch.tensor(atlas.vertices, dtype=torch.float32, device=dev)
     faces = torch.tensor(atlas.faces, dtype=torch.int32, device=dev)
     uv = torch.tensor(np.stack([atlas.uv[:, 0], 1.0 - atlas.uv[:, 1]], 1), dtype=torch.float32, device=dev)  # row 0 = top

@@ -42,7 +42,7 @@ def test_spot_render_matches_ground_truth_and_report_matches_files(daemon_factor
     assert mesh.is_watertight
     # the mesh stays in the cameras' frame (overlaps the GT), the GLB is +Y up (spot_render is +Z up)
     glb = trimesh.load(out / "mesh.glb", force="mesh")
-    assert np.allclose(glb.extents, mesh.extents[[0, 2, 1]], rtol=1e-4)
+    assert np.allclose(glb.extents, mesh.extents[[0, 2, 1]], rtol=0.03)  # GLB: the decimated, textured copy
     # every number in the report is the file's
     html = (out / "report.html").read_text()
     assert int(_report_number(html, "mesh-vertices")) == len(mesh.vertices) == stats["mesh"]["vertices"]
@@ -73,7 +73,8 @@ def test_lego_heldout_mask_iou(daemon_factory) -> None:
 
 
 def test_fox_fails_naming_missing_files_and_masks(daemon_factory) -> None:
-    d = daemon_factory().start()
+    """With automatic masks turned off, an unmasked set fails with everything the user must fix."""
+    d = daemon_factory(*set_args("masks.auto=off")).start()
     drop(data("fox"), d.inbox)
     job = d.wait_state("fox", timeout=120)
     assert job["state"] == "failed"
@@ -113,11 +114,11 @@ def test_bad_inputs_fail_clearly_and_daemon_survives(daemon_factory, tmp_path: P
     cases["badjson"] = "transforms.json is not valid JSON"
     p = make("noposes")
     (p / "transforms.json").unlink()
-    cases["noposes"] = "no camera poses found"
+    cases["noposes"] = "structure from motion"  # unposed: SfM runs, and 8 tiny renders do not register
     p = src / "noimages"
     p.mkdir(parents=True)
     (p / "notes.txt").write_text("oops")
-    cases["noimages"] = "no camera poses found"
+    cases["noimages"] = "contains no images"
     good = make("good")
     for name in cases:
         drop(src / name, d.inbox)

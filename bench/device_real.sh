@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# One device call for the unposed/unmasked real sets and textures: install the carried wheels (pycolmap comes as
+# an xz tarball of its installed files: its wheel is over the carry limit), run the GPU tests, then the real
+# daemon pipeline on apple (no poses, no masks) and fox (poses, no masks) with GPU refinement and GPU texture
+# fitting. Results and figures land in $OUT.
+#   bash bench/device_real.sh
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TORCH_EXTENSIONS_DIR=/tmp/torch_ext HOTMESH_TEST_DATA=$PWD/.carry/data
+export HOTMESH_NODE_MODULES=$PWD/.carry/node_modules
+python -m pip install -q --no-deps --no-index .carry/wheels/*.whl 2>&1 | grep -v WARNING | tail -2
+SITE=$(python -c "import site; print(site.getsitepackages()[0])")
+tar -xJf .carry/pycolmap-cp312.tar.xz -C "$SITE"
+python -c "import pycolmap; print('pycolmap', pycolmap.__version__, 'cuda', pycolmap.has_cuda)" | tee "$OUT/pycolmap.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt"
+nproc >> "$OUT/gpu.txt"
+t0=$(date +%s)
+python -m pytest -q -s -m gpu tests/test_gpu.py 2>&1 | tail -80 > "$OUT/gpu_tests.txt"; echo "gpu tests rc=${PIPESTATUS[0]} $(( $(date +%s) - t0 ))s" | tee -a "$OUT/gpu_tests.txt"
+for set in apple fox; do
+  t1=$(date +%s)
+  python -m daemon.cli process .carry/data/$set --out /tmp/real/out --state /tmp/real/state --device cuda \
+      > "$OUT/$set.log" 2>&1
+  echo "$set rc=$? $(( $(date +%s) - t1 ))s" | tee -a "$OUT/real.txt"
+  cp /tmp/real/out/$set/stats.json "$OUT/$set-stats.json" 2>/dev/null
+  cp /tmp/real/out/$set/masks_preview.jpg "$OUT/$set-masks.jpg" 2>/dev/null
+  python tools/report_figures.py /tmp/real/out/$set/report.html "$OUT/$set-renders.png" 2>/dev/null
+done
+echo "total $(( $(date +%s) - t0 ))s" | tee -a "$OUT/real.txt"
