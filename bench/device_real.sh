@@ -16,7 +16,6 @@ python -c "import pycolmap; print('pycolmap', pycolmap.__version__, 'cuda', pyco
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt"
 nproc >> "$OUT/gpu.txt"
 t0=$(date +%s)
-python -m pytest -q -s -m gpu tests/test_gpu.py 2>&1 | tail -80 > "$OUT/gpu_tests.txt"; echo "gpu tests rc=${PIPESTATUS[0]} $(( $(date +%s) - t0 ))s" | tee -a "$OUT/gpu_tests.txt"
 for set in apple fox; do
   t1=$(date +%s)
   python -m daemon.cli process .carry/data/$set --out /tmp/real/out --state /tmp/real/state --device cuda \
@@ -27,3 +26,7 @@ for set in apple fox; do
   python tools/report_figures.py /tmp/real/out/$set/report.html "$OUT/$set-renders.png" 2>/dev/null
 done
 echo "total $(( $(date +%s) - t0 ))s" | tee -a "$OUT/real.txt"
+# textured outputs: held-out PSNR/SSIM of the textured GLB, texture time, file sizes (spot_render + the sample)
+python bench/run_bench.py --sets spot_render sample --tag textured-gpu --out "$OUT" 2>&1 | grep -v "^20" | tail -6
+echo "bench $(( $(date +%s) - t0 ))s" | tee -a "$OUT/real.txt"
+python -m pytest -q -s -m gpu tests/test_gpu.py 2>&1 | tail -60 > "$OUT/gpu_tests.txt"; echo "gpu tests rc=${PIPESTATUS[0]} $(( $(date +%s) - t0 ))s" | tee -a "$OUT/gpu_tests.txt"

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -104,11 +103,13 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
     if args.ray:
         ray_bin = Path(sys.executable).parent / "ray"
-        token = Path(f"/tmp/ray-tp-{os.getpid()}-auth_token")
-        token.write_text(secrets.token_hex(32))  # own token file: a stale ~/.ray/auth_token breaks connections
-        env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", OMP_NUM_THREADS="1", RAY_AUTH_TOKEN_PATH=str(token))
-        os.environ["RAY_AUTH_TOKEN_PATH"] = env["RAY_AUTH_TOKEN_PATH"]
         for w in counts:
+            # a fresh HOME per cluster: Ray keeps an auth token in ~/.ray/auth_token, and one left by the previous
+            # cluster makes every connection fail with InvalidAuthToken
+            home = Path(f"/tmp/ray-tp-{os.getpid()}-{w}-home")
+            home.mkdir(parents=True, exist_ok=True)
+            env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", OMP_NUM_THREADS="1", HOME=str(home))
+            os.environ["HOME"] = str(home)
             port = _free_port()
             subprocess.run([str(ray_bin), "start", "--head", f"--port={port}", f"--num-cpus={max(w, 1) + 1}",
                             f"--num-gpus={w}", "--include-dashboard=false", "--disable-usage-stats",

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -30,11 +29,13 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory):
     ray_bin = Path(sys.executable).parent / "ray"
     port = _free_port()
     temp = Path("/tmp") / f"ray-hm-{os.getpid()}"  # short: Ray's unix socket paths must stay < 108 chars
-    # a token file of its own: a stale ~/.ray/auth_token from another cluster makes connections fail
-    token = Path(str(temp) + "-auth_token")
-    token.write_text(secrets.token_hex(32))
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_TOKEN_PATH=str(token))
-    saved = {k: os.environ.get(k) for k in ("RAY_USAGE_STATS_ENABLED", "RAY_AUTH_TOKEN_PATH")}
+    # a HOME of its own: Ray keeps an auth token in ~/.ray/auth_token, and a stale one from another cluster makes
+    # every connection fail with InvalidAuthToken
+    home = Path(str(temp) + "-home")
+    home.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", HOME=str(home))
+    env.pop("RAY_AUTH_TOKEN_PATH", None)
+    saved = {k: os.environ.get(k) for k in ("RAY_USAGE_STATS_ENABLED", "HOME")}
     os.environ.update({k: env[k] for k in saved})  # the daemons started by the tests inherit them
     subprocess.run([str(ray_bin), "start", "--head", f"--port={port}", "--num-cpus=4", "--num-gpus=2",
                     "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
@@ -44,7 +45,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory):
     finally:
         subprocess.run([str(ray_bin), "stop", "--force"], env=env, capture_output=True, timeout=120)
         shutil.rmtree(temp, ignore_errors=True)
-        token.unlink(missing_ok=True)
+        shutil.rmtree(home, ignore_errors=True)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
