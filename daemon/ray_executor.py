@@ -217,6 +217,10 @@ class RayExecutor:
                 cap = int(max(res.get("CPU", 0) - 0, 0) // max(self.cfg.cpus_per_job, 0.01))
             if self.cfg.max_in_flight > 0:
                 cap = min(cap, self.cfg.max_in_flight)
+            if cap == 0 and self._capacity[1] != 0 or (cap == 0 and t == 0.0):
+                log.warning("the ray cluster offers no slot for a job (GPU %.0f, CPU %.0f; executor.gpus_per_job=%g): "
+                            "jobs wait until a GPU node joins", res.get("GPU", 0), res.get("CPU", 0),
+                            self.cfg.gpus_per_job)
             self._capacity = (time.monotonic(), cap)
         return cap
 
