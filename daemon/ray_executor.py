@@ -214,7 +214,7 @@ class RayExecutor:
             if self.cfg.gpus_per_job > 0:
                 cap = int(res.get("GPU", 0) // self.cfg.gpus_per_job)
             else:
-                cap = int(max(res.get("CPU", 0) - 0, 0) // max(self.cfg.cpus_per_job, 0.01))
+                cap = int(res.get("CPU", 0) // max(self.cfg.cpus_per_job, 0.01))
             if self.cfg.max_in_flight > 0:
                 cap = min(cap, self.cfg.max_in_flight)
             if cap == 0 and self._capacity[1] != 0 or (cap == 0 and t == 0.0):

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from pipeline.scene import ObjectRegion
+from pipeline.scene import ObjectRegion, project
 
 
 @dataclass(frozen=True)
@@ -27,15 +27,6 @@ class AutoMaskSettings:
     hull_resolution: int = 96
     hull_outlier_fraction: float = 0.15  # views allowed to disagree with a hull voxel
     band: float = 0.03  # second round: uncertain band around the hull's silhouette, fraction of the long side
-
-
-def project(points: np.ndarray, K: np.ndarray, w2c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(P, 3) world -> (P, 2) pixels and (P,) depth."""
-    x = points @ w2c[:3, :3].T + w2c[:3, 3]
-    z = x[:, 2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        uv = (x[:, :2] / z[:, None]) @ K[:2, :2].T + K[:2, 2]
-    return uv, z
 
 
 def sphere_outline(center: np.ndarray, radius: float, K: np.ndarray, w2c: np.ndarray, n: int = 64) -> np.ndarray:

@@ -10,7 +10,7 @@ from scipy.spatial import cKDTree
 from pipeline.render import render
 
 
-def _bilinear(img: np.ndarray, uv: np.ndarray) -> np.ndarray:
+def bilinear(img: np.ndarray, uv: np.ndarray) -> np.ndarray:
     """img (H, W, C) float, uv (M, 2) pixel coords (pixel centres at +0.5) -> (M, C)."""
     H, W = img.shape[:2]
     x = np.clip(uv[:, 0] - 0.5, 0, W - 1)
@@ -75,7 +75,7 @@ def point_colors(V: np.ndarray, normals: np.ndarray, mesh: trimesh.Trimesh, imag
         idx, uv = idx[keep], uv[keep]
         if len(idx):
             w = cos[idx] ** 4
-            acc[idx] += w[:, None] * _bilinear(img.astype(np.float32) / 255.0, uv)
+            acc[idx] += w[:, None] * bilinear(img.astype(np.float32) / 255.0, uv)
             wsum[idx] += w
             seen[idx] += 1
         check((i + 1) / len(images))

@@ -33,6 +33,15 @@ class Similarity:
         out[:, :3, 3] = self.scale * tc - np.einsum("nij,j->ni", Rc @ self.R.T, self.t)
         return out
 
+    def region(self, r: "ObjectRegion") -> "ObjectRegion":
+        """The same object region expressed in the new frame."""
+        ground = None
+        if r.ground is not None:
+            n = self.R @ r.ground[0]
+            ground = (n, float(self.scale * r.ground[1] + n @ self.t))
+        return ObjectRegion(center=self.points(r.center[None])[0], radius=r.radius * self.scale, up=self.R @ r.up,
+                            ground=ground, object_points=r.object_points)
+
     def matrix(self) -> np.ndarray:
         M = np.eye(4)
         M[:3, :3] = self.scale * self.R
@@ -128,18 +137,23 @@ class ObjectRegion:
     object_points: np.ndarray
 
 
+def project(points: np.ndarray, K: np.ndarray, w2c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(P, 3) world -> (P, 2) pixels and (P,) depth."""
+    x = points @ w2c[:3, :3].T + w2c[:3, 3]
+    z = x[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        uv = (x[:, :2] / z[:, None]) @ K[:2, :2].T + K[:2, 2]
+    return uv, z
+
+
 def central_fraction(points: np.ndarray, K: np.ndarray, w2c: np.ndarray, width: int, height: int,
                      box: float = 0.35) -> np.ndarray:
     """Per point, the fraction of views that see it in front and within the central ±box of the image.
     An object photographed from all sides is central in nearly every view; clutter only in a few."""
     hits = np.zeros(len(points))
     for Ki, Ti in zip(K, w2c):
-        x = points @ Ti[:3, :3].T + Ti[:3, 3]
-        z = x[:, 2]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            u = Ki[0, 0] * x[:, 0] / z + Ki[0, 2]
-            v = Ki[1, 1] * x[:, 1] / z + Ki[1, 2]
-        hits += (z > 0) & (np.abs(u - width / 2) < box * width) & (np.abs(v - height / 2) < box * height)
+        uv, z = project(points, Ki, Ti)
+        hits += (z > 0) & (np.abs(uv[:, 0] - width / 2) < box * width) & (np.abs(uv[:, 1] - height / 2) < box * height)
     return hits / max(1, len(K))
 
 

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import trimesh
 
-from pipeline.colors import point_colors
+from pipeline.colors import bilinear, point_colors
 
 
 @dataclass(frozen=True)
@@ -196,11 +196,5 @@ def refine_texture_gpu(atlas: Atlas, texture: np.ndarray, images: list[np.ndarra
 
 def sample_texture(texture: np.ndarray, uv: np.ndarray) -> np.ndarray:
     """Bilinear lookup. texture (S, S, C) float; uv (M, 2) in the v-up convention -> (M, C)."""
-    S_h, S_w = texture.shape[:2]
-    x = np.clip(uv[:, 0] * S_w - 0.5, 0, S_w - 1)
-    y = np.clip((1 - uv[:, 1]) * S_h - 0.5, 0, S_h - 1)
-    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
-    x1, y1 = np.minimum(x0 + 1, S_w - 1), np.minimum(y0 + 1, S_h - 1)
-    wx, wy = (x - x0)[:, None], (y - y0)[:, None]
-    return ((texture[y0, x0] * (1 - wx) + texture[y0, x1] * wx) * (1 - wy)
-            + (texture[y1, x0] * (1 - wx) + texture[y1, x1] * wx) * wy)
+    H, W = texture.shape[:2]
+    return bilinear(texture, np.stack([uv[:, 0] * W, (1.0 - uv[:, 1]) * H], 1))

@@ -20,7 +20,7 @@ from daemon.config import OpsConfig, build_settings
 from daemon.ledger import Ledger
 from daemon.states import JobState
 from daemon.worker import Paths
-from tests.conftest import SAMPLE, TINY_SETTINGS, drop, set_args, tiny_job, wait_for
+from tests.conftest import SAMPLE, drop, set_args, tiny_job, wait_for
 from tests.test_cli import hotmesh
 
 

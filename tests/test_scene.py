@@ -4,11 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.automask import project, sphere_outline
-from pipeline.cameras import camera_centers
+from pipeline.automask import sphere_outline
 from pipeline.render import look_at
-from pipeline.scene import (Similarity, normalizing_similarity, object_region, pose_errors, rotation_to, umeyama,
-                            up_from_cameras)
+from pipeline.scene import (Similarity, normalizing_similarity, object_region, pose_errors, project, rotation_to,
+                            umeyama, up_from_cameras)
 
 
 def random_rotation(rng: np.random.Generator) -> np.ndarray:
@@ -80,6 +79,11 @@ def test_object_region_finds_the_object_above_the_ground_among_clutter() -> None
     obj = region.object_points
     assert obj[:400].mean() > 0.9 and obj[400:].mean() < 0.05
     sim = normalizing_similarity(region)
+    moved_region = sim.region(region)  # the same region in the normalised frame
+    np.testing.assert_allclose(moved_region.center, 0, atol=1e-9)
+    assert moved_region.radius == pytest.approx(0.5)
+    ground_pts = sim.points(ground)
+    np.testing.assert_allclose(ground_pts @ moved_region.ground[0], moved_region.ground[1], atol=0.02)
     moved = sim.points(ball)
     assert np.abs(moved).max() < 0.5 + 1e-6  # inside the unit cube
     np.testing.assert_allclose(sim.R @ region.up, [0, 0, 1], atol=1e-9)
@@ -98,4 +102,3 @@ def test_sphere_outline_is_the_silhouette_of_the_sphere() -> None:
     dist = np.array([cv2.pointPolygonTest(poly, (float(u), float(v)), True) for u, v in uv])
     assert dist.min() > -0.5  # every surface point projects inside (or on) the outline
     assert dist.min() < 1.0  # and the outline is tight: some points lie on it
-    assert len(camera_centers(w2c[None])) == 1

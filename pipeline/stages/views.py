@@ -100,10 +100,7 @@ def needs_auto_masks(ctx: JobContext, manifest: Manifest) -> bool:
 
 
 def sfm_settings(ctx: JobContext) -> SfmSettings:
-    c = ctx.settings.sfm
-    return SfmSettings(matcher=c.matcher, max_image_size=c.max_image_size, camera_model=c.camera_model,
-                       guided_matching=c.guided_matching, min_registered=c.min_registered, device=c.device,
-                       num_threads=c.num_threads)
+    return SfmSettings(**dataclasses.asdict(ctx.settings.sfm))  # same fields as the [sfm] config section
 
 
 def _run_sfm(ctx: JobContext, manifest: Manifest, out_dir: Path) -> SfmResult:
@@ -157,12 +154,13 @@ class CamerasStage(Stage):
             sfm = _run_sfm(ctx, manifest, out_dir)
             summary["sfm"] = dict(sfm.stats, unregistered=list(sfm.unregistered))
         sim: Similarity | None = None
-        if manifest.pose_kind == "sfm":
-            assert sfm is not None
+        region: ObjectRegion | None = None  # in the views' world frame
+        if sfm is not None and manifest.pose_kind == "sfm":
             warnings = check_registration(sfm, len(manifest.frames), sfm_settings(ctx), ctx.settings.limits.min_images)
-            region = object_region(sfm.points, sfm.K, sfm.w2c, sfm.width, sfm.height)
+            found = object_region(sfm.points, sfm.K, sfm.w2c, sfm.width, sfm.height)
             # no units or frame from the user: object centre at the origin, up = +Z, object inside the unit cube
-            sim = normalizing_similarity(region)
+            sim = normalizing_similarity(found)
+            region = sim.region(found)
             specs = {n: FrameSpec(name=n, K=sfm.K[k], w2c=sim.w2c(sfm.w2c[k:k + 1])[0], width=sfm.width,
                                   height=sfm.height, dist=tuple(float(x) for x in sfm.dist[k]))
                      for k, n in enumerate(sfm.names)}
@@ -182,6 +180,7 @@ class CamerasStage(Stage):
                 given = np.array([specs[sfm.names[k]].w2c for k in common])
                 sim = umeyama(camera_centers(sfm.w2c[common]), camera_centers(given))
                 summary["sfm"]["pose_error_vs_input"] = pose_errors(sfm.w2c[common], given)
+                region = object_region(sim.points(sfm.points), sfm.K, sim.w2c(sfm.w2c), sfm.width, sfm.height)
         max_side = ctx.settings.images.max_side
         arrays: dict[str, np.ndarray] = {}
         Ks, w2cs, names = [], [], []
@@ -212,8 +211,8 @@ class CamerasStage(Stage):
         holdout = holdout_flags(len(names), ctx.settings.images.holdout_every)
         np.savez(out_dir / "views.npz", K=np.array(Ks), w2c=np.array(w2cs), holdout=holdout, **arrays)
         (out_dir / "views.json").write_text(json.dumps({"names": names, "warnings": warnings}))
-        if sfm is not None and sim is not None:
-            self._save_sparse(out_dir, sfm, sim, names, np.array(Ks), np.array(w2cs), scale_of)
+        if sfm is not None and sim is not None and region is not None:
+            self._save_sparse(out_dir, sfm, sim, region, names, scale_of)
         for w_ in warnings:
             ctx.log.warning("%s", w_)
         centers = camera_centers(np.array(w2cs))
@@ -224,12 +223,12 @@ class CamerasStage(Stage):
         return summary
 
     @staticmethod
-    def _save_sparse(out_dir: Path, sfm: SfmResult, sim: Similarity, names: list[str], Ks: np.ndarray,
-                     w2cs: np.ndarray, size_of: dict[str, tuple[float, float]]) -> None:
+    def _save_sparse(out_dir: Path, sfm: SfmResult, sim: Similarity, region: ObjectRegion, names: list[str],
+                     size_of: dict[str, tuple[float, float]]) -> None:
+        """SfM points moved into the views' frame by ``sim``, their observations at working resolution, and the
+        object ``region`` (already in that frame): the seeds for automatic masks."""
         points = sim.points(sfm.points)
         view_of = {n: k for k, n in enumerate(names)}
-        region = object_region(points, Ks, w2cs, *size_of[names[0]]) if len({size_of[n] for n in names}) == 1 else \
-            object_region(points, sfm.K, sim.w2c(sfm.w2c), sfm.width, sfm.height)
         ov, op, oxy = [], [], []
         for k, n in enumerate(sfm.names):
             if n not in view_of:
