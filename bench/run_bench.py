@@ -54,18 +54,51 @@ def card() -> str:
     return f"CPU: {cpu} x{os.cpu_count()}"
 
 
-def gt_metrics(mesh_path: Path, gt_path: Path, samples: int) -> dict[str, Any]:
+def training_cameras(folder: Path, heldout: set[str]) -> tuple[Any, Any, list[tuple[int, int]]]:
+    """Ks (N, 3, 3), w2cs (N, 4, 4) and (width, height) of the set's views that the job fitted to."""
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.cameras import intrinsics_for_image, read_pose_source
+
+    src = read_pose_source(folder)
+    if src is None:
+        raise ValueError(f"{folder}: no poses")
+    Ks, w2cs, sizes = [], [], []
+    for fr in src.frames:
+        if fr.name in heldout:
+            continue
+        with Image.open(folder / fr.name) as im:
+            w, h = im.size
+        Ks.append(intrinsics_for_image(fr, w, h))
+        w2cs.append(fr.w2c)
+        sizes.append((w, h))
+    return np.array(Ks), np.array(w2cs), sizes
+
+
+def gt_metrics(mesh_path: Path, gt_path: Path, samples: int, folder: Path | None = None,
+               heldout: set[str] | None = None) -> dict[str, Any]:
+    """Scores against the GT as given, and (with the set's folder) against its observable part
+    (``pipeline.metrics.observable_scores``: hidden interiors left out of recall, an open scan's holes capped)."""
     import trimesh
 
-    from pipeline.metrics import geometry_scores_multi
+    from pipeline.metrics import geometry_scores_multi, observable_scores
 
     mesh = trimesh.load(mesh_path, process=False, force="mesh")
     gt = trimesh.load(gt_path, force="mesh")
     out: dict[str, Any] = {}
-    for s in geometry_scores_multi(mesh, gt, samples, (0.01, 0.005, 0.002)):
+    taus = (0.01, 0.005, 0.002)
+    for s in geometry_scores_multi(mesh, gt, samples, taus):
         out[f"fscore@{s.tau_rel * 100:g}%"] = round(s.fscore, 4)
         out["chamfer_l1_rel"] = round(s.chamfer_l1_rel, 6)
     out["normal_consistency"] = round(normal_consistency(mesh, gt, min(samples, 200_000)), 4)
+    if folder is not None:
+        Ks, w2cs, sizes = training_cameras(folder, heldout or set())
+        for s in observable_scores(mesh, gt, Ks, w2cs, sizes, samples, taus):
+            out[f"obs_fscore@{s.tau_rel * 100:g}%"] = round(s.fscore, 4)
+            out[f"obs_precision@{s.tau_rel * 100:g}%"] = round(s.precision, 4)
+            out[f"obs_recall@{s.tau_rel * 100:g}%"] = round(s.recall, 4)
+            out["obs_chamfer_l1_rel"] = round(s.chamfer_l1_rel, 6)
     return out
 
 
@@ -83,7 +116,8 @@ def normal_consistency(mesh, gt, samples: int) -> float:
     return float(0.5 * (np.abs((np_ * ng[i]).sum(1)).mean() + np.abs((ng * np_[j]).sum(1)).mean()))
 
 
-def run_set(name: str, folder: Path, overrides: dict[str, dict[str, Any]], samples: int, device: str) -> dict[str, Any]:
+def run_set(name: str, folder: Path, overrides: dict[str, dict[str, Any]], samples: int, device: str,
+            keep: Path | None = None) -> dict[str, Any]:
     from daemon.intake import fingerprint, snapshot
     from daemon.ledger import Ledger
     from daemon.worker import Paths, execute
@@ -122,8 +156,13 @@ def run_set(name: str, folder: Path, overrides: dict[str, dict[str, Any]], sampl
         row["file_bytes"] = stats.get("files")
         row["grade"] = (stats.get("grade") or {}).get("grade")
         gt = next((folder / n for n in ("gt.ply", "gt.obj", "gt.glb") if (folder / n).exists()), None)
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+            shutil.copy(paths.outbox / job.id / "mesh.ply", keep / f"{name}.ply")
         if gt is not None:
-            row.update(gt_metrics(paths.outbox / job.id / "mesh.ply", gt, samples))
+            heldout = {v["name"] for v in held.get("per_view", [])}
+            row.update(gt_metrics(paths.outbox / job.id / "mesh.ply", gt, samples, folder, heldout))
+        row["refine"] = stats.get("refine") or None
         return row
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -131,7 +170,7 @@ def run_set(name: str, folder: Path, overrides: dict[str, dict[str, Any]], sampl
 
 def table(rows: list[dict[str, Any]]) -> str:
     cols = ["set", "state", "wall_seconds", "faces", "heldout_iou", "heldout_psnr", "fscore@1%", "fscore@0.5%",
-            "fscore@0.2%", "chamfer_l1_rel", "peak_vram_mb"]
+            "fscore@0.2%", "chamfer_l1_rel", "obs_fscore@0.2%", "obs_chamfer_l1_rel", "peak_vram_mb"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         lines.append("| " + " | ".join("" if r.get(c) is None else str(r.get(c)) for c in cols) + " |")
@@ -147,6 +186,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--tag", default=None, help="result file name (default: pipeline-<device>)")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    ap.add_argument("--keep", type=Path, default=None, help="copy each set's published mesh.ply here")
     args = ap.parse_args()
 
     from daemon.worker import pick_device
@@ -158,14 +198,14 @@ def main() -> None:
         folder = SETS.get(s, Path(s))
         name = s if s in SETS else folder.name
         print(f"== {name} ({folder})", flush=True)
-        row = run_set(name, folder, overrides, args.samples, device)
+        row = run_set(name, folder, overrides, args.samples, device, args.keep)
         print(json.dumps(row), flush=True)
         rows.append(row)
-    result = {"benchmark": "pipeline", "card": card(), "device": device, "date": time.strftime("%Y-%m-%d"),
-              "overrides": args.set, "samples": args.samples, "results": rows}
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{args.tag or 'pipeline-' + device}.json"
-    path.write_text(json.dumps(result, indent=1))
+        result = {"benchmark": "pipeline", "card": card(), "device": device, "date": time.strftime("%Y-%m-%d"),
+                  "overrides": args.set, "samples": args.samples, "results": rows}
+        args.out.mkdir(parents=True, exist_ok=True)
+        path = args.out / f"{args.tag or 'pipeline-' + device}.json"
+        path.write_text(json.dumps(result, indent=1))  # after every set: a run cut short keeps what it measured
     print(table(rows))
     print(f"wrote {path}")
 

@@ -113,7 +113,7 @@ class MasksConfig:
 @dataclass(frozen=True)
 class GeometryConfig:
     voxel_resolution: int = 192  # cells along the longest side of the object's box
-    outlier_views: int = -1  # views allowed to disagree with a voxel (bad masks); -1: 3% of views, at most 2
+    outlier_views: int = -1  # views allowed to disagree with a voxel; -1: 0 for given masks, 3% (<= 2) for automatic ones
     smoothing_iterations: int = 10  # Taubin smoothing after marching cubes
     max_faces: int = 200_000
 
@@ -130,6 +130,11 @@ class RefineConfig:
     step: float = 3e-2  # shape learning rate in normalised units (object in the unit sphere)
     photometric_weight: float = 1.0
     silhouette_weight: float = 1.0
+    # pytorch3d mesh regularisers, weights relative to the image losses (0 disables one)
+    normal_weight: float = 0.0
+    laplacian_weight: float = 0.0
+    edge_weight: float = 0.0
+    smoothness_decay: float = 1.0  # largesteps lambda is multiplied by this at each finer level
     # CPU preview (pytorch3d rasteriser): much smaller, used when enabled = "on" and there is no GPU
     cpu_image_size: int = 128
     cpu_iterations: int = 40

@@ -32,6 +32,11 @@ class RefineSettings:
     color_lr: float = 3e-2
     w_silhouette: float = 1.0
     w_photo: float = 1.0
+    # pytorch3d mesh regularisers (0 disables one): normal consistency, uniform Laplacian, edge length
+    w_normal: float = 0.0
+    w_laplacian: float = 0.0
+    w_edge: float = 0.0
+    lam_decay: float = 1.0  # lambda is multiplied by this at each finer level (less smoothing as detail grows)
     views_per_step: int = 0  # 0: as many as fit in free memory (all views if they fit)
 
 
@@ -43,6 +48,7 @@ class RefineResult:
     losses: tuple[float, ...]  # final loss per level
     views_per_step: int
     seconds_per_level: tuple[float, ...]
+    regularisers: str = "none"  # what ran: "pytorch3d (normal 0.01, ...)", "none", or why not
 
 
 def normalisation(vertices: np.ndarray) -> tuple[np.ndarray, float]:
@@ -72,6 +78,39 @@ def parameterization_matrix(verts: torch.Tensor, faces: torch.Tensor, lam: float
     idx = torch.cat([adj, torch.stack([adj[0], adj[0]]), torch.stack([diag, diag])], dim=1)
     vals = torch.cat([-lam * ones, lam * ones, torch.ones(V, device=verts.device)])
     return torch.sparse_coo_tensor(idx, vals, (V, V)).coalesce()
+
+
+def mesh_regulariser(settings: RefineSettings) -> tuple[Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor] | None, str]:
+    """pytorch3d's mesh losses as one weighted callable ``reg(verts (V, 3), faces (F, 3) int64, edge_target)``, or
+    None with the reason (no weight set, or pytorch3d does not load with this torch)."""
+    weights = {"normal": settings.w_normal, "laplacian": settings.w_laplacian, "edge": settings.w_edge}
+    active = {k: w for k, w in weights.items() if w > 0}
+    if not active:
+        return None, "none"
+    try:
+        from pytorch3d.loss import mesh_edge_loss, mesh_laplacian_smoothing, mesh_normal_consistency
+        from pytorch3d.structures import Meshes
+    except (ImportError, OSError) as e:  # e.g. `from pytorch3d import _C` fails against another torch build
+        return None, f"unavailable: pytorch3d does not load ({type(e).__name__}: {str(e)[:120]})"
+
+    def reg(verts: torch.Tensor, faces: torch.Tensor, edge_target: float) -> torch.Tensor:
+        m = Meshes(verts=[verts], faces=[faces])
+        loss = verts.new_zeros(())
+        if "normal" in active:
+            loss = loss + active["normal"] * mesh_normal_consistency(m)
+        if "laplacian" in active:
+            loss = loss + active["laplacian"] * mesh_laplacian_smoothing(m, method="uniform")
+        if "edge" in active:
+            loss = loss + active["edge"] * mesh_edge_loss(m, target_length=edge_target) / edge_target ** 2
+        return loss
+
+    return reg, "pytorch3d (" + ", ".join(f"{k} {w:g}" for k, w in active.items()) + ")"
+
+
+def mean_edge_length(verts: np.ndarray, faces: np.ndarray) -> float:
+    """Mean length of the (F, 3) faces' edges (each interior edge counted twice), in the verts' units."""
+    e = verts[faces[:, [1, 2, 0]]] - verts[faces]
+    return float(np.linalg.norm(e, axis=-1).mean())
 
 
 def views_that_fit(n_views: int, size: tuple[int, int], device: torch.device, bytes_per_pixel: int = 400) -> int:
@@ -125,6 +164,7 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
     w2c_n = torch.from_numpy(normalise_cameras(np.asarray(w2cs), c, s)).float().to(dev)
     H0, W0 = images[0].shape[:2]
     colors = torch.full((len(v), 3), 0.5, device=dev)
+    reg, reg_note = mesh_regulariser(settings)
     losses, secs = [], []
     total_iters = sum(it for _, it in settings.levels)
     done_iters = 0
@@ -144,7 +184,8 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
         tgt_rgb = tgt_rgb * tgt_mask[..., None]
         vt = torch.from_numpy(v).float().to(dev)
         ft = torch.from_numpy(f.astype(np.int64)).to(dev)
-        M = parameterization_matrix(vt, ft, settings.lam)
+        M = parameterization_matrix(vt, ft, settings.lam * settings.lam_decay ** li)
+        edge_target = mean_edge_length(v, f)
         u = to_differential(M, vt).clone().requires_grad_(True)
         colors = colors.clone().requires_grad_(True)
         opt = AdamUniform([u], settings.lr)
@@ -162,6 +203,8 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
             l_sil = (alpha - tgt_mask[idx]).abs().mean()
             l_rgb = (rgb - tgt_rgb[idx]).abs().mean()
             loss = settings.w_silhouette * l_sil + settings.w_photo * l_rgb
+            if reg is not None:
+                loss = loss + reg(verts, ft, edge_target)
             opt.zero_grad()
             copt.zero_grad()
             loss.backward()
@@ -179,4 +222,5 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
         losses.append(loss_val)
         secs.append(time.monotonic() - t0)
     return RefineResult(vertices=v / s + c, faces=f.astype(np.int64), colors=colors.cpu().numpy().astype(np.float32),
-                        losses=tuple(losses), views_per_step=vpstep, seconds_per_level=tuple(secs))
+                        losses=tuple(losses), views_per_step=vpstep, seconds_per_level=tuple(secs),
+                        regularisers=reg_note)

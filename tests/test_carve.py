@@ -54,3 +54,36 @@ def test_one_bad_mask_is_tolerated() -> None:
     tolerant = carve(Ks, w2cs, masks, CarveSettings(resolution=40, outlier_views=1))
     mesh = marching_cubes(tolerant.field, tolerant.origin, tolerant.voxel)
     assert 0.95 < np.median(np.linalg.norm(mesh.vertices, axis=1)) < 1.1
+
+
+def test_a_ring_seen_through_by_one_view_keeps_its_hole_with_given_masks() -> None:
+    """A flat ring whose opening only one (top) view sees through: tolerating one outlier view, as automatic masks
+    need, closes the opening (genus 0); the policy for given masks (0 outliers) keeps it (genus 1)."""
+    import trimesh
+
+    from pipeline.stages.geometry import outlier_views
+
+    ring = trimesh.creation.torus(major_radius=1.0, minor_radius=0.35, major_sections=64, minor_sections=32)
+    size = 96
+    K = np.array([[size * 1.2, 0, size / 2], [0, size * 1.2, size / 2], [0, 0, 1.0]])
+    # 16 views around the equator (they never see through the opening) and one from straight above
+    eyes = [4 * np.array([np.cos(a), np.sin(a), 0.15]) for a in np.linspace(0, 2 * np.pi, 16, endpoint=False)]
+    eyes.append(np.array([0.0, 0.01, 4.0]))
+    Ks, w2cs, masks = [], [], []
+    for e in eyes:
+        w2c = look_at(e, np.zeros(3), np.array([0, 0, 1.0]))
+        Ks.append(K)
+        w2cs.append(w2c)
+        masks.append(render(ring, K, w2c, size, size).mask)
+
+    def genus(outliers: int) -> int:
+        res = carve(np.array(Ks), np.array(w2cs), masks, CarveSettings(resolution=64, outlier_views=outliers))
+        mesh = clean_mesh(marching_cubes(res.field, res.origin, res.voxel), MeshingSettings(smoothing_iterations=5))
+        assert mesh.is_watertight
+        return int(round(1 - mesh.euler_number / 2))
+
+    assert outlier_views(-1, len(masks), automatic_masks=False) == 0
+    assert outlier_views(-1, 54, automatic_masks=True) == 2
+    assert outlier_views(3, 54, automatic_masks=False) == 3  # an explicit setting wins
+    assert genus(outlier_views(-1, len(masks), automatic_masks=False)) == 1
+    assert genus(1) == 0

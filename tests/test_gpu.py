@@ -95,3 +95,33 @@ def test_gpu_texture_is_fitted_by_nvdiffrast_and_beats_the_vertex_colours(tmp_pa
                                    "ssim": rows[True]["quality"]["heldout"]["ssim_mean"], "texture": tex},
                       "vertex_colours": {"psnr": rows[False]["quality"]["heldout"]["psnr_mean"],
                                          "ssim": rows[False]["quality"]["heldout"]["ssim_mean"]}}, indent=1))
+
+
+def test_pytorch3d_regularisers_run_inside_the_gpu_refinement() -> None:
+    """With regulariser weights set, refine() adds pytorch3d's normal-consistency / Laplacian / edge losses on CUDA
+    tensors and still pulls a too-big sphere onto a smaller sphere's silhouettes."""
+    from pipeline.raster import NvdiffrastRasterizer
+    from pipeline.refine import RefineSettings, refine
+    from pipeline.render import look_at, render
+
+    target = trimesh.creation.icosphere(subdivisions=4, radius=1.0)
+    start = trimesh.creation.icosphere(subdivisions=3, radius=1.25)
+    size = 128
+    K = np.array([[size * 1.2, 0, size / 2], [0, size * 1.2, size / 2], [0, 0, 1.0]])
+    rng = np.random.default_rng(0)
+    Ks, w2cs, masks, images = [], [], [], []
+    for _ in range(12):
+        d = rng.normal(size=3)
+        w2c = look_at(4 * d / np.linalg.norm(d), np.zeros(3), np.array([0, 0, 1.0]))
+        m = render(target, K, w2c, size, size).mask
+        Ks.append(K)
+        w2cs.append(w2c)
+        masks.append(m)
+        images.append((m[..., None] * np.array([200, 120, 60])).astype(np.uint8))
+    settings = RefineSettings(levels=((128, 120),), start_faces=len(start.faces), w_normal=0.05, w_laplacian=0.05,
+                              w_edge=0.01)
+    res = refine(np.asarray(start.vertices), np.asarray(start.faces), images, masks, np.array(Ks), np.array(w2cs),
+                 NvdiffrastRasterizer(), settings, "cuda")
+    assert res.regularisers.startswith("pytorch3d (normal 0.05, laplacian 0.05, edge 0.01)")
+    r = np.linalg.norm(res.vertices, axis=1)
+    assert 0.95 < np.median(r) < 1.1, np.median(r)  # started at 1.25

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Source this at the start of a device call: installs what the call carried (.carry/wheels/*.whl, and the
+# xz tarballs of installed files for packages whose wheels exceed the carry limit: pycolmap, and pytorch3d whose
+# 200 MB _C.so shrinks to 42 MB with `strip --strip-unneeded`, 9 MB as .tar.xz) and sets the environment.
+#   source bench/device_setup.sh
+export OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TORCH_EXTENSIONS_DIR=/tmp/torch_ext HOTMESH_TEST_DATA=$PWD/.carry/data
+export HOTMESH_NODE_MODULES=$PWD/.carry/node_modules
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+python -m pip install -q --no-deps --no-index .carry/wheels/*.whl 2>&1 | grep -v WARNING | tail -2
+SITE=$(python -c "import site; print(site.getsitepackages()[0])")
+for t in .carry/*-cp312.tar.xz; do [ -f "$t" ] && tar -xJf "$t" -C "$SITE"; done
+python -c "import torch, pytorch3d; from pytorch3d.loss import mesh_normal_consistency; print('torch', torch.__version__, 'pytorch3d', pytorch3d.__version__, torch.cuda.get_device_name(0))" 2>&1 | tail -1
