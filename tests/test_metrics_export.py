@@ -71,3 +71,62 @@ def test_publish_is_all_or_nothing(tmp_path: Path) -> None:
     assert remove_stale_partials(out) == [".job.publishing-dead"]
     publish({"a.txt": src / "a.txt"}, out, "job")
     assert (out / "job" / "a.txt").read_text() == "2"
+
+
+def _ring_of_cameras(n: int, dist: float, size: int = 96):
+    from pipeline.render import look_at
+
+    K = np.array([[size * 1.2, 0, size / 2], [0, size * 1.2, size / 2], [0, 0, 1.0]])
+    rng = np.random.default_rng(0)
+    Ks, w2cs = [], []
+    for _ in range(n):
+        d = rng.normal(size=3)
+        w2cs.append(look_at(dist * d / np.linalg.norm(d), np.zeros(3), np.array([0, 0, 1.0])))
+        Ks.append(K)
+    return np.array(Ks), np.array(w2cs), [(size, size)] * n
+
+
+def test_visible_mask_hides_an_enclosed_surface() -> None:
+    """Two concentric spheres: cameras outside see (almost) all of the outer one and none of the inner one."""
+    from pipeline.metrics import sample_points, visible_mask
+
+    outer = trimesh.creation.icosphere(subdivisions=4, radius=1.0)
+    inner = trimesh.creation.icosphere(subdivisions=3, radius=0.5)
+    both = trimesh.util.concatenate([outer, inner])
+    Ks, w2cs, sizes = _ring_of_cameras(20, 4.0)
+    p_out, p_in = sample_points(outer, 3000, seed=1), sample_points(inner, 3000, seed=2)
+    seen = visible_mask(np.concatenate([p_out, p_in]), both, Ks, w2cs, sizes, tol=0.01)
+    assert seen[:3000].mean() > 0.98
+    assert seen[3000:].mean() == 0.0
+    with pytest.raises(ValueError, match=r"\(P, 3\)"):
+        visible_mask(np.zeros((4, 2)), both, Ks, w2cs, sizes, tol=0.01)
+
+
+def test_open_scan_is_capped_and_scores_like_the_closed_object() -> None:
+    """A sphere with its bottom cut away (an open scan) gets a cap, so a closed reconstruction is not charged for
+    closing a hole that no silhouette shows."""
+    from pipeline.metrics import cap_open_scan, geometry_scores_multi, observable_scores
+
+    sphere = trimesh.creation.icosphere(subdivisions=5, radius=1.0)
+    # cut the bottom off, then snap the rim onto the circle z = -0.6, r = 0.8: a planar circular hole
+    open_scan = sphere.submesh([np.nonzero(sphere.triangles_center[:, 2] > -0.6)[0]], append=True)
+    rim = np.unique(open_scan.edges_sorted[trimesh.grouping.group_rows(open_scan.edges_sorted, require_count=1)])
+    v = open_scan.vertices.copy()
+    v[rim, :2] *= 0.8 / np.linalg.norm(v[rim, :2], axis=1, keepdims=True)
+    v[rim, 2] = -0.6
+    open_scan = trimesh.Trimesh(v, open_scan.faces, process=False)
+    assert not open_scan.is_watertight
+    capped = cap_open_scan(open_scan)
+    assert capped.is_watertight
+    assert capped.area == pytest.approx(open_scan.area + np.pi * 0.8 ** 2, rel=0.01)
+    # an object with several bodies (or open sheets) is left alone
+    two = trimesh.util.concatenate([open_scan, open_scan.copy().apply_translation([5, 0, 0])])
+    assert cap_open_scan(two) is two
+
+    Ks, w2cs, sizes = _ring_of_cameras(24, 4.0)
+    # a closed reconstruction of the scanned object: its flat bottom is an error only against the open scan
+    closed = capped.copy()
+    f_given = geometry_scores_multi(closed, open_scan, 100_000, (0.01,))[0]
+    f_obs = observable_scores(closed, open_scan, Ks, w2cs, sizes, 100_000, (0.01,))[0]
+    assert f_given.precision < 0.95
+    assert f_obs.precision > 0.99 and f_obs.recall > 0.99
