@@ -149,7 +149,8 @@ class TextureConfig:
     size: int = 2048  # texture side, texels (GPU)
     cpu_size: int = 1024  # on the CPU: baking 2048^2 texels from 45 photos took 414 s (fox), 1024^2 a quarter
     max_faces: int = 60_000  # the textured mesh is a decimated copy of the final mesh
-    refine_iterations: int = 300  # GPU only: photometric refinement of the texture through nvdiffrast
+    refine_iterations: int = 0  # GPU only, opt-in: fit the baked texture to the photos through nvdiffrast (300 was
+    # the default until measured: the fit lowered held-out PSNR, see README)
 
 
 @dataclass(frozen=True)

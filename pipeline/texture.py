@@ -22,7 +22,7 @@ class TextureSettings:
     max_faces: int = 60_000  # the textured mesh is a decimated copy of the final one
     padding: int = 4  # xatlas gutter between charts, texels
     dilate: int = 8  # seam padding: colours pushed this many texels outside each chart
-    refine_iterations: int = 300  # GPU photometric refinement of the texture (0: off)
+    refine_iterations: int = 0  # GPU photometric fit of the baked texture (0: off; opt-in, see the texture stage)
     refine_lr: float = 0.02
     refine_views_per_step: int = 8
 
@@ -129,15 +129,6 @@ def bake(atlas: Atlas, visibility_mesh: trimesh.Trimesh, images: list[np.ndarray
     covered = atlas.face_of_texel >= 0
     tex = pad_seams(tex, covered, s.dilate)
     return tex, {"texels": int(len(pts)), "coverage": float(covered.mean()), "seen_fraction": float((seen > 0).mean())}
-
-
-def texture_from_vertex_colors(atlas: Atlas, colors: np.ndarray, s: TextureSettings) -> np.ndarray:
-    """A quick starting texture: per-vertex colours (V', 3) of the atlas mesh interpolated over each face."""
-    ys, xs = np.nonzero(atlas.face_of_texel >= 0)
-    f = atlas.face_of_texel[ys, xs]
-    tex = np.zeros((s.size, s.size, 3), dtype=np.float32)
-    tex[ys, xs] = np.einsum("tk,tkc->tc", atlas.bary[ys, xs], colors[atlas.faces[f]])
-    return pad_seams(tex, atlas.face_of_texel >= 0, s.dilate)
 
 
 def refine_texture_gpu(atlas: Atlas, texture: np.ndarray, images: list[np.ndarray], masks: list[np.ndarray],
