@@ -120,10 +120,11 @@ def pad_seams(tex: np.ndarray, covered: np.ndarray, texels: int) -> np.ndarray:
 
 def bake(atlas: Atlas, visibility_mesh: trimesh.Trimesh, images: list[np.ndarray], masks: list[np.ndarray],
          Ks: np.ndarray, w2cs: np.ndarray, s: TextureSettings,
-         check: Callable[[float], None] = lambda f: None) -> tuple[np.ndarray, dict[str, float]]:
-    """Texture (S, S, 3) float32 in [0, 1] blended from the photos (visibility, view-angle weights), seams padded."""
+         check: Callable[[float], None] = lambda f: None, device: str = "cpu") -> tuple[np.ndarray, dict[str, float]]:
+    """Texture (S, S, 3) float32 in [0, 1] blended from the photos (visibility, view-angle weights), seams padded.
+    ``device``: where the per-texel arithmetic runs (see :func:`pipeline.colors.point_colors`)."""
     rc, pts, nrm = texel_points(atlas)
-    colors, seen = point_colors(pts, nrm, visibility_mesh, images, masks, Ks, w2cs, check=check)
+    colors, seen = point_colors(pts, nrm, visibility_mesh, images, masks, Ks, w2cs, check=check, device=device)
     tex = np.zeros((s.size, s.size, 3), dtype=np.float32)
     tex[rc[:, 0], rc[:, 1]] = colors
     covered = atlas.face_of_texel >= 0

@@ -151,7 +151,7 @@ class TextureStage(Stage):
         idx = [i for i in views.train if masks[i] is not None]
         images, tmasks = [views.rgb[i] for i in idx], [masks[i] for i in idx]
         colors, seen = vertex_colors(mesh, images, tmasks, views.K[idx], views.w2c[idx],
-                                     check=lambda f: ctx.progress(0.3 * f))
+                                     check=lambda f: ctx.progress(0.3 * f), device=ctx.device)
         np.save(out_dir / "colors.npy", colors)
         summary: dict[str, Any] = {"method": "vertex colours (visibility + view-angle weighted)",
                                    "seen_fraction": float((seen > 0).mean()),
@@ -171,7 +171,7 @@ class TextureStage(Stage):
         # (texture.refine_iterations > 0): measured on spot_render, the fit started from vertex colours gave
         # 26.9 dB / SSIM 0.913 held out on the refined mesh, where the bake gives 28.3 dB / 0.978 even on the hull
         tex, bake_info = bake(atlas, low, images, tmasks, views.K[idx], views.w2c[idx], s,
-                              check=lambda f: ctx.progress(0.4 + 0.4 * f))
+                              check=lambda f: ctx.progress(0.4 + 0.4 * f), device=ctx.device)
         t_bake = time.monotonic() - t0 - t_atlas
         refine_info: dict[str, Any] = {"skipped": "texture.refine_iterations = 0: baked only"}
         if s.refine_iterations > 0 and ctx.device != "cuda":
