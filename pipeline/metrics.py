@@ -56,12 +56,19 @@ def geometry_scores_multi(pred: trimesh.Trimesh, gt: trimesh.Trimesh, samples: i
     g = sample_points(gt, samples, seed=2)
     d_pg, _ = cKDTree(g).query(p, workers=-1)
     d_gp, _ = cKDTree(p).query(g, workers=-1)
+    return scores_from_distances(d_pg, d_gp, diag, samples, taus_rel)
+
+
+def scores_from_distances(d_pg: np.ndarray, d_gp: np.ndarray, diag: float, samples: int,
+                          taus_rel: tuple[float, ...]) -> list[GeometryScores]:
+    """Chamfer-L1 and precision / recall / F at each threshold from nearest-neighbour distances:
+    d_pg (P,) prediction samples -> GT, d_gp (G,) GT samples -> prediction, world units."""
     cd = 0.5 * (float(d_pg.mean()) + float(d_gp.mean()))
     out = []
     for tau_rel in taus_rel:
         tau = tau_rel * diag
         precision = float((d_pg < tau).mean())
-        recall = float((d_gp < tau).mean())
+        recall = float((d_gp < tau).mean()) if len(d_gp) else 0.0
         f = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
         out.append(GeometryScores(chamfer_l1=cd, chamfer_l1_rel=cd / diag, fscore=f, precision=precision,
                                   recall=recall, tau=tau, tau_rel=tau_rel, samples=samples))
@@ -153,14 +160,5 @@ def observable_scores(pred: trimesh.Trimesh, gt: trimesh.Trimesh, Ks: np.ndarray
     g = g_all[seen]
     # precision against the whole (capped) GT, so surface near hidden GT is not counted wrong
     d_pg_all, _ = cKDTree(g_all).query(p, workers=-1)
-    d_gp, _ = cKDTree(p).query(g, workers=-1)
-    cd = 0.5 * (float(d_pg_all.mean()) + float(d_gp.mean()))
-    out = []
-    for tau_rel in taus_rel:
-        tau = tau_rel * diag
-        precision = float((d_pg_all < tau).mean())
-        recall = float((d_gp < tau).mean()) if len(g) else 0.0
-        f = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
-        out.append(GeometryScores(chamfer_l1=cd, chamfer_l1_rel=cd / diag, fscore=f, precision=precision,
-                                  recall=recall, tau=tau, tau_rel=tau_rel, samples=samples))
-    return out
+    d_gp, _ = cKDTree(p).query(g, workers=-1) if len(g) else (np.zeros(0), None)
+    return scores_from_distances(d_pg_all, d_gp, diag, samples, taus_rel)
