@@ -191,3 +191,30 @@ def carve(Ks: np.ndarray, w2cs: np.ndarray, masks: list[np.ndarray], settings: C
     f[0, :, :] = f[-1, :, :] = f[:, 0, :] = f[:, -1, :] = f[:, :, 0] = f[:, :, -1] = abs(voxel)
     return CarveResult(field=f, origin=lo.astype(np.float64), voxel=voxel,
                        occupied_fraction=float((f < 0).mean()))
+
+
+def mask_coverage(mesh, Ks: np.ndarray, w2cs: np.ndarray, masks: list[np.ndarray], max_side: int = 128) -> np.ndarray:
+    """Per view, the fraction of the mask that the mesh's silhouette covers. -> (N,) float in [0, 1].
+
+    A strict visual hull covers every consistent mask almost fully; one mask that misses part of the object cuts
+    that part from the hull, so the *other* views' masks are then no longer covered. mesh: trimesh.Trimesh;
+    Ks (N, 3, 3); w2cs (N, 4, 4) OpenCV; masks N (H, W) bool. Rendered at ``max_side`` px (Embree) for speed."""
+    import cv2
+
+    from pipeline.render import render
+
+    if not (len(Ks) == len(w2cs) == len(masks)):
+        raise ValueError("need one K, pose and mask per view")
+    out = np.ones(len(masks))
+    for i, (K, w2c, m) in enumerate(zip(Ks, w2cs, masks)):
+        H, W = m.shape
+        s = min(1.0, max_side / max(H, W))
+        w, h = max(8, round(W * s)), max(8, round(H * s))
+        k = np.diag([w / W, h / H, 1.0]) @ K
+        sil = render(mesh, k, w2c, w, h).mask
+        small = cv2.resize(m.astype(np.uint8), (w, h), interpolation=cv2.INTER_AREA) > 0
+        # one pixel of slack: both silhouettes are sampled at pixel centres on a coarse grid
+        sil = cv2.dilate(sil.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+        if small.any():
+            out[i] = float((small & sil).sum() / small.sum())
+    return out

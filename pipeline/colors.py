@@ -60,8 +60,9 @@ def point_colors(V: np.ndarray, normals: np.ndarray, mesh: trimesh.Trimesh, imag
         raise ValueError(f"V and normals must both be (P, 3), got {V.shape} and {normals.shape}")
     dev = torch.device(device)
     P = len(V)
-    Vt = torch.as_tensor(np.asarray(V), dtype=torch.float32, device=dev)
-    Nt = torch.as_tensor(np.asarray(normals), dtype=torch.float32, device=dev)
+    # copies: trimesh hands out read-only arrays, which torch.as_tensor warns about
+    Vt = torch.from_numpy(np.array(V, dtype=np.float32)).to(dev)
+    Nt = torch.from_numpy(np.array(normals, dtype=np.float32)).to(dev)
     acc = torch.zeros((P, 3), dtype=torch.float32, device=dev)
     wsum = torch.zeros(P, dtype=torch.float32, device=dev)
     seen = torch.zeros(P, dtype=torch.int32, device=dev)
@@ -71,7 +72,7 @@ def point_colors(V: np.ndarray, normals: np.ndarray, mesh: trimesh.Trimesh, imag
         # depth map at reduced resolution is enough for a visibility test with a tolerance of eps
         dw, dh = max(16, int(W * depth_scale)), max(16, int(H * depth_scale))
         Kd = np.diag([dw / W, dh / H, 1.0]) @ K
-        depth = torch.as_tensor(render(mesh, Kd, w2c, dw, dh).depth, device=dev)
+        depth = torch.from_numpy(np.array(render(mesh, Kd, w2c, dw, dh).depth)).to(dev)
         R = torch.as_tensor(w2c[:3, :3], dtype=torch.float32, device=dev)
         t = torch.as_tensor(w2c[:3, 3], dtype=torch.float32, device=dev)
         Kt = torch.as_tensor(K, dtype=torch.float32, device=dev)
@@ -90,12 +91,12 @@ def point_colors(V: np.ndarray, normals: np.ndarray, mesh: trimesh.Trimesh, imag
         yd = (uv[:, 1] * (dh / H)).long().clamp(0, dh - 1)
         dmin = torch.minimum(torch.minimum(depth[yd, xd], depth[(yd + 1).clamp(max=dh - 1), xd]),
                              depth[yd, (xd + 1).clamp(max=dw - 1)])
-        mt = torch.as_tensor(m, device=dev)
+        mt = torch.from_numpy(np.array(m, dtype=bool)).to(dev)
         keep = (z <= dmin + eps) & mt[uv[:, 1].long().clamp(0, H - 1), uv[:, 0].long().clamp(0, W - 1)]
         idx, uv = idx[keep], uv[keep]
         if len(idx):
             w = cos[idx] ** 4
-            imgt = torch.as_tensor(img, device=dev).float() / 255.0
+            imgt = torch.from_numpy(np.array(img)).to(dev).float() / 255.0
             acc[idx] += w[:, None] * _bilinear_t(imgt, uv)
             wsum[idx] += w
             seen[idx] += 1

@@ -87,3 +87,59 @@ def test_a_ring_seen_through_by_one_view_keeps_its_hole_with_given_masks() -> No
     assert outlier_views(3, 54, automatic_masks=False) == 3  # an explicit setting wins
     assert genus(outlier_views(-1, len(masks), automatic_masks=False)) == 1
     assert genus(1) == 0
+
+
+def test_strict_hull_coverage_exposes_a_bad_given_mask() -> None:
+    """The check behind the strict hull for given masks: consistent masks are covered fully; when one mask lost half
+    the object, the strict hull loses it too and the median coverage drops below the stage's threshold, while the
+    tolerant hull (what the stage falls back to) covers the masks again."""
+    from pipeline.carve import mask_coverage
+    from pipeline.stages.geometry import STRICT_MIN_COVERAGE
+
+    Ks, w2cs, masks = _sphere_views(20, 1.0)
+
+    def coverage(ms: list, outliers: int) -> float:
+        res = carve(Ks, w2cs, ms, CarveSettings(resolution=48, outlier_views=outliers))
+        mesh = clean_mesh(marching_cubes(res.field, res.origin, res.voxel), MeshingSettings(smoothing_iterations=5))
+        return float(np.median(mask_coverage(mesh, Ks, w2cs, ms)))
+
+    assert coverage(masks, 0) > 0.99
+    bad = [m.copy() for m in masks]
+    bad[5][:, : bad[5].shape[1] // 2] = False  # a hand-drawn mask that misses the left half of the object
+    assert coverage(bad, 0) < STRICT_MIN_COVERAGE
+    assert coverage(bad, 1) > 0.99
+    with pytest.raises(ValueError, match="one K, pose and mask"):
+        mask_coverage(None, Ks, w2cs, masks[:3])
+
+
+def test_geometry_stage_falls_back_when_a_given_mask_is_bad(tmp_path) -> None:
+    """The sample's alpha masks with one of them half erased: the job still succeeds, the geometry stage records
+    that it tolerated an outlier view and why, and the mesh still covers the object (held-out IoU)."""
+    import json
+    import shutil
+
+    from PIL import Image
+
+    from daemon.config import build_settings
+    from daemon.intake import fingerprint, snapshot
+    from daemon.ledger import Ledger
+    from daemon.worker import Paths, execute
+    from tests.conftest import SAMPLE
+
+    job_dir = tmp_path / "inbox" / "badmask"
+    shutil.copytree(SAMPLE, job_dir)
+    img = np.array(Image.open(job_dir / "images" / "r_003.png"))
+    img[:, : img.shape[1] // 2, 3] = 0  # the alpha of the left half is gone
+    Image.fromarray(img).save(job_dir / "images" / "r_003.png")
+    paths = Paths(inbox=job_dir.parent, outbox=tmp_path / "out", state=tmp_path / "state")
+    ledger = Ledger(paths.ledger)
+    ledger.create_job(job_dir.name, fingerprint(snapshot(job_dir)))
+    job = ledger.claim_next("test")
+    settings = build_settings({"texture": {"enabled": False}, "geometry": {"voxel_resolution": 96},
+                               "report": {"gt_samples": 20_000}})
+    assert execute(ledger, paths, job, settings, "cpu") == "done", ledger.get(job.id).error
+    stats = json.loads((paths.outbox / job.id / "stats.json").read_text())
+    assert stats["geometry"]["outlier_views"] >= 1
+    assert "a given mask is probably wrong" in stats["geometry"]["note"]
+    assert stats["quality"]["heldout"]["mask_iou_mean"] > 0.9
+    assert "a given mask is probably wrong" in (paths.outbox / job.id / "report.html").read_text()

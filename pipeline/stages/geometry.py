@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import trimesh
 
-from pipeline.carve import CarveSettings, carve
+from pipeline.carve import CarveSettings, carve, mask_coverage
 from pipeline.colors import vertex_colors
 from pipeline.gates import apply_gates
 from pipeline.texture import TextureSettings, bake, build_atlas, refine_texture_gpu
@@ -36,6 +36,9 @@ def outlier_views(configured: int, n_views: int, automatic_masks: bool) -> int:
     return int(min(2, round(0.03 * n_views)))
 
 
+STRICT_MIN_COVERAGE = 0.97  # median fraction of a given mask the strict hull must cover (consistent masks: ~1.0)
+
+
 class GeometryStage(Stage):
     name = "geometry"
     weight = 45
@@ -57,14 +60,31 @@ class GeometryStage(Stage):
             # automatic masks often touch the image border; the SfM object region closes the hull there
             r = 1.3 * sparse.radius
             bounds, support = (sparse.center - r, sparse.center + r), sparse.support
-        result = carve(views.K[idx], views.w2c[idx], [masks[i] for i in idx], settings, device=ctx.device,
-                       check=lambda f: ctx.progress(0.85 * f), bounds=bounds, support=support)
+        Ks, w2cs, vmasks = views.K[idx], views.w2c[idx], [masks[i] for i in idx]
+        meshing = MeshingSettings(smoothing_iterations=cfg.smoothing_iterations, max_faces=cfg.max_faces)
+        result = carve(Ks, w2cs, vmasks, settings, device=ctx.device, check=lambda f: ctx.progress(0.6 * f),
+                       bounds=bounds, support=support)
         raw = marching_cubes(result.field, result.origin, result.voxel)
-        ctx.progress(0.9)
-        mesh = clean_mesh(raw, MeshingSettings(smoothing_iterations=cfg.smoothing_iterations, max_faces=cfg.max_faces))
+        mesh = clean_mesh(raw, meshing)
+        note = None
+        if settings.outlier_views == 0 and cfg.outlier_views < 0:
+            # strict hull for given masks: check that it still covers the masks; if a bad mask cut part of the
+            # object away, most other views show it, and the tolerant hull is used instead
+            cover = mask_coverage(mesh, Ks, w2cs, vmasks)
+            if np.median(cover) < STRICT_MIN_COVERAGE:
+                tolerant = outlier_views(-1, len(idx), automatic_masks=True)
+                note = (f"the strict hull covers only {np.median(cover):.1%} of the median mask: a given mask is "
+                        f"probably wrong, so {tolerant} outlier view(s) were tolerated")
+                ctx.log.warning("%s", note)
+                settings = CarveSettings(resolution=cfg.voxel_resolution, outlier_views=tolerant)
+                result = carve(Ks, w2cs, vmasks, settings, device=ctx.device,
+                               check=lambda f: ctx.progress(0.6 + 0.3 * f), bounds=bounds, support=support)
+                raw = marching_cubes(result.field, result.origin, result.voxel)
+                mesh = clean_mesh(raw, meshing)
+        ctx.progress(0.95)
         mesh.export(out_dir / "mesh.ply")
         summary = {"views_used": len(idx), "resolution": cfg.voxel_resolution, "voxel_size": result.voxel,
-                   "grid": list(result.field.shape), "outlier_views": settings.outlier_views,
+                   "grid": list(result.field.shape), "outlier_views": settings.outlier_views, "note": note,
                    "raw_faces": int(len(raw.faces)), "faces": int(len(mesh.faces)),
                    "watertight": bool(mesh.is_watertight), "method": "visual hull (silhouette distance field)"}
         (out_dir / "geometry.json").write_text(json.dumps(summary))
