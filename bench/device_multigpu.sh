@@ -4,13 +4,7 @@
 # kill-one-worker check. Results land in $OUT.
 #   bash bench/device_multigpu.sh
 set -uo pipefail
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TORCH_EXTENSIONS_DIR=/tmp/torch_ext HOTMESH_NODE_MODULES=$PWD/.carry/node_modules
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-python -m pip install -q --no-deps --no-index .carry/wheels/*.whl 2>&1 | grep -v WARNING | tail -2
-SITE=$(python -c "import site; print(site.getsitepackages()[0])")
-tar -xJf .carry/pycolmap-cp312.tar.xz -C "$SITE"
+source bench/device_setup.sh  # installs the carried wheels/tarballs, sets PYTHONPATH, OUT, ...
 { nvidia-smi -L; nvidia-smi topo -m; nproc; } > "$OUT/gpus.txt" 2>&1
 t0=$(date +%s)
 python -c "from pipeline.raster import load_nvdiffrast; load_nvdiffrast(); print('nvdiffrast ready')"

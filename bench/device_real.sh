@@ -1,17 +1,11 @@
 #!/usr/bin/env bash
 # One device call for the unposed/unmasked real sets and textures: install the carried wheels (pycolmap comes as
 # an xz tarball of its installed files: its wheel is over the carry limit), run the GPU tests, then the real
-# daemon pipeline on apple (no poses, no masks) and fox (poses, no masks) with GPU refinement and GPU texture
-# fitting. Results and figures land in $OUT.
+# daemon pipeline on apple (no poses, no masks) and fox (poses, no masks) with GPU refinement and the texture
+# stage. Results and figures land in $OUT.
 #   bash bench/device_real.sh
 set -uo pipefail
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TORCH_EXTENSIONS_DIR=/tmp/torch_ext HOTMESH_TEST_DATA=$PWD/.carry/data
-export HOTMESH_NODE_MODULES=$PWD/.carry/node_modules
-python -m pip install -q --no-deps --no-index .carry/wheels/*.whl 2>&1 | grep -v WARNING | tail -2
-SITE=$(python -c "import site; print(site.getsitepackages()[0])")
-tar -xJf .carry/pycolmap-cp312.tar.xz -C "$SITE"
+source bench/device_setup.sh  # installs the carried wheels/tarballs, sets PYTHONPATH, OUT, ...
 python -c "import pycolmap; print('pycolmap', pycolmap.__version__, 'cuda', pycolmap.has_cuda)" | tee "$OUT/pycolmap.txt"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt"
 nproc >> "$OUT/gpu.txt"

@@ -11,4 +11,5 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVL
 python -m pip install -q --no-deps --no-index .carry/wheels/*.whl 2>&1 | grep -v WARNING | tail -2
 SITE=$(python -c "import site; print(site.getsitepackages()[0])")
 for t in .carry/*-cp312.tar.xz; do [ -f "$t" ] && tar -xJf "$t" -C "$SITE"; done
-python -c "import torch, pytorch3d; from pytorch3d.loss import mesh_normal_consistency; print('torch', torch.__version__, 'pytorch3d', pytorch3d.__version__, torch.cuda.get_device_name(0))" 2>&1 | tail -1
+python -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
+python -c "import pytorch3d.loss, pytorch3d; print('pytorch3d', pytorch3d.__version__)" 2>/dev/null || echo "pytorch3d not carried"

@@ -2,10 +2,7 @@
 # Refinement settings sweep on the device (same evaluation sets as device_run.sh). Usage on the device:
 #   bash bench/device_tune.sh "tag1:--set refine.iterations=500" "tag2:--set refine.start_faces=60000 ..."
 set -uo pipefail
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TORCH_EXTENSIONS_DIR=/tmp/torch_ext HOTMESH_TEST_DATA=$PWD/.carry/data
-python -m pip install -q --no-deps --no-index .carry/wheels/*.whl 2>&1 | grep -v WARNING | tail -2
+source bench/device_setup.sh  # installs the carried wheels/tarballs, sets PYTHONPATH, OUT, ...
 t0=$(date +%s)
 [ -d /tmp/evalsets/helmet ] || python bench/make_eval_sets.py /tmp/evalsets --meshes .carry/data/meshes 2>&1 | tail -6
 SETS="spot_render /tmp/evalsets/spot /tmp/evalsets/bob /tmp/evalsets/armadillo /tmp/evalsets/bunny /tmp/evalsets/helmet"

@@ -10,7 +10,7 @@ object's own bounding box.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -18,6 +18,9 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from pipeline.context import InputError
+
+if TYPE_CHECKING:
+    import trimesh
 
 
 @dataclass(frozen=True)
@@ -193,24 +196,22 @@ def carve(Ks: np.ndarray, w2cs: np.ndarray, masks: list[np.ndarray], settings: C
                        occupied_fraction=float((f < 0).mean()))
 
 
-def mask_coverage(mesh, Ks: np.ndarray, w2cs: np.ndarray, masks: list[np.ndarray], max_side: int = 128) -> np.ndarray:
+def mask_coverage(mesh: trimesh.Trimesh, Ks: np.ndarray, w2cs: np.ndarray, masks: list[np.ndarray], max_side: int = 128) -> np.ndarray:
     """Per view, the fraction of the mask that the mesh's silhouette covers. -> (N,) float in [0, 1].
 
     A strict visual hull covers every consistent mask almost fully; one mask that misses part of the object cuts
-    that part from the hull, so the *other* views' masks are then no longer covered. mesh: trimesh.Trimesh;
+    that part from the hull, so the *other* views' masks are then no longer covered.
     Ks (N, 3, 3); w2cs (N, 4, 4) OpenCV; masks N (H, W) bool. Rendered at ``max_side`` px (Embree) for speed."""
     import cv2
 
-    from pipeline.render import render
+    from pipeline.render import reduced_camera, render
 
     if not (len(Ks) == len(w2cs) == len(masks)):
         raise ValueError("need one K, pose and mask per view")
     out = np.ones(len(masks))
     for i, (K, w2c, m) in enumerate(zip(Ks, w2cs, masks)):
         H, W = m.shape
-        s = min(1.0, max_side / max(H, W))
-        w, h = max(8, round(W * s)), max(8, round(H * s))
-        k = np.diag([w / W, h / H, 1.0]) @ K
+        k, w, h = reduced_camera(K, W, H, max_side)
         sil = render(mesh, k, w2c, w, h).mask
         small = cv2.resize(m.astype(np.uint8), (w, h), interpolation=cv2.INTER_AREA) > 0
         # one pixel of slack: both silhouettes are sampled at pixel centres on a coarse grid

@@ -8,19 +8,14 @@ import torch
 import trimesh
 from scipy.spatial import cKDTree
 
+from pipeline.cameras import scale_intrinsics
 from pipeline.render import render
 
 
 def bilinear(img: np.ndarray, uv: np.ndarray) -> np.ndarray:
-    """img (H, W, C) float, uv (M, 2) pixel coords (pixel centres at +0.5) -> (M, C)."""
-    H, W = img.shape[:2]
-    x = np.clip(uv[:, 0] - 0.5, 0, W - 1)
-    y = np.clip(uv[:, 1] - 0.5, 0, H - 1)
-    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
-    x1, y1 = np.minimum(x0 + 1, W - 1), np.minimum(y0 + 1, H - 1)
-    wx, wy = (x - x0)[:, None], (y - y0)[:, None]
-    return ((img[y0, x0] * (1 - wx) + img[y0, x1] * wx) * (1 - wy)
-            + (img[y1, x0] * (1 - wx) + img[y1, x1] * wx) * wy)
+    """img (H, W, C) float, uv (M, 2) pixel coords (pixel centres at +0.5) -> (M, C). numpy front of
+    :func:`bilinear_t`."""
+    return bilinear_t(torch.from_numpy(np.asarray(img)), torch.from_numpy(np.asarray(uv))).numpy()
 
 
 def vertex_colors(mesh: trimesh.Trimesh, images: list[np.ndarray], masks: list[np.ndarray],
@@ -31,8 +26,9 @@ def vertex_colors(mesh: trimesh.Trimesh, images: list[np.ndarray], masks: list[n
                         depth_scale, check, device)
 
 
-def _bilinear_t(img: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
-    """:func:`bilinear` in torch: img (H, W, C) float, uv (M, 2) pixel coords (centres at +0.5) -> (M, C)."""
+def bilinear_t(img: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
+    """Bilinear lookup: img (H, W, C) float, uv (M, 2) pixel coords (pixel centres at +0.5) -> (M, C), clamped
+    to the border."""
     H, W = img.shape[:2]
     x = (uv[:, 0] - 0.5).clamp(0, W - 1)
     y = (uv[:, 1] - 0.5).clamp(0, H - 1)
@@ -71,7 +67,7 @@ def point_colors(V: np.ndarray, normals: np.ndarray, mesh: trimesh.Trimesh, imag
         H, W = img.shape[:2]
         # depth map at reduced resolution is enough for a visibility test with a tolerance of eps
         dw, dh = max(16, int(W * depth_scale)), max(16, int(H * depth_scale))
-        Kd = np.diag([dw / W, dh / H, 1.0]) @ K
+        Kd = scale_intrinsics(K, dw / W, dh / H)
         depth = torch.from_numpy(np.array(render(mesh, Kd, w2c, dw, dh).depth)).to(dev)
         R = torch.as_tensor(w2c[:3, :3], dtype=torch.float32, device=dev)
         t = torch.as_tensor(w2c[:3, 3], dtype=torch.float32, device=dev)
@@ -97,7 +93,7 @@ def point_colors(V: np.ndarray, normals: np.ndarray, mesh: trimesh.Trimesh, imag
         if len(idx):
             w = cos[idx] ** 4
             imgt = torch.from_numpy(np.array(img)).to(dev).float() / 255.0
-            acc[idx] += w[:, None] * _bilinear_t(imgt, uv)
+            acc[idx] += w[:, None] * bilinear_t(imgt, uv)
             wsum[idx] += w
             seen[idx] += 1
         check((i + 1) / len(images))

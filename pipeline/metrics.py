@@ -82,20 +82,22 @@ def geometry_scores(pred: trimesh.Trimesh, gt: trimesh.Trimesh, samples: int = 2
 
 
 def visible_mask(points: np.ndarray, mesh: trimesh.Trimesh, Ks: np.ndarray, w2cs: np.ndarray,
-                 sizes: list[tuple[int, int]], tol: float) -> np.ndarray:
+                 sizes: list[tuple[int, int]], tol: float, max_side: int = 256) -> np.ndarray:
     """Which of ``points`` (P, 3), lying on ``mesh``, are seen by at least one camera.
 
     Ks: (N, 3, 3) pixels; w2cs: (N, 4, 4) OpenCV; sizes: N (width, height). A point is seen when it projects
     inside the image, in front of the camera, and no nearer than ``tol`` (world units) behind the depth that the
-    mesh itself shows at that pixel (ray-cast depth map). -> (P,) bool."""
-    from pipeline.render import render
+    mesh itself shows at that pixel (ray-cast depth map, at most ``max_side`` px: enough to tell seen from hidden,
+    far cheaper than the input size). -> (P,) bool."""
+    from pipeline.render import reduced_camera, render
 
     if points.ndim != 2 or points.shape[1] != 3:
         raise ValueError(f"points must be (P, 3), got {points.shape}")
     if not (len(Ks) == len(w2cs) == len(sizes)):
         raise ValueError("Ks, w2cs and sizes must have the same length")
     seen = np.zeros(len(points), dtype=bool)
-    for K, w2c, (w, h) in zip(Ks, w2cs, sizes):
+    for K0, w2c, (w0, h0) in zip(Ks, w2cs, sizes):
+        K, w, h = reduced_camera(K0, w0, h0, max_side)
         depth = render(mesh, K, w2c, w, h).depth
         cam = points @ w2c[:3, :3].T + w2c[:3, 3]
         z = cam[:, 2]
@@ -148,15 +150,7 @@ def observable_scores(pred: trimesh.Trimesh, gt: trimesh.Trimesh, Ks: np.ndarray
     closed = cap_open_scan(gt)
     p = sample_points(pred, samples, seed=1)
     g_all = sample_points(closed, samples, seed=2)
-    # depth maps at up to 256 px: enough to tell seen from hidden, far cheaper than the input size
-    scaled_K, scaled_sizes = [], []
-    for K, (w, h) in zip(Ks, sizes):
-        s = min(1.0, 256 / max(w, h))
-        k = np.array(K, dtype=np.float64)
-        k[:2] *= s
-        scaled_K.append(k)
-        scaled_sizes.append((max(1, round(w * s)), max(1, round(h * s))))
-    seen = visible_mask(g_all, closed, np.array(scaled_K), np.asarray(w2cs), scaled_sizes, tol=0.004 * diag)
+    seen = visible_mask(g_all, closed, np.asarray(Ks), np.asarray(w2cs), sizes, tol=0.004 * diag)
     g = g_all[seen]
     # precision against the whole (capped) GT, so surface near hidden GT is not counted wrong
     d_pg_all, _ = cKDTree(g_all).query(p, workers=-1)

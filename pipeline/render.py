@@ -31,6 +31,15 @@ def pixel_rays(K: np.ndarray, w2c: np.ndarray, width: int, height: int) -> tuple
     return origin, d_world
 
 
+def reduced_camera(K: np.ndarray, width: int, height: int, max_side: int) -> tuple[np.ndarray, int, int]:
+    """K (3, 3) and size of the same camera rendered at most ``max_side`` px on its long side (never upscaled)."""
+    from pipeline.cameras import scale_intrinsics
+
+    s = min(1.0, max_side / max(width, height))
+    w, h = max(8, round(width * s)), max(8, round(height * s))
+    return scale_intrinsics(np.asarray(K, dtype=np.float64), w / width, h / height), w, h
+
+
 def render(mesh: trimesh.Trimesh, K: np.ndarray, w2c: np.ndarray, width: int, height: int,
            colors: np.ndarray | None = None, uv: np.ndarray | None = None,
            texture: np.ndarray | None = None) -> RenderOut:

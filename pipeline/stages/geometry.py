@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import trimesh
 
-from pipeline.carve import CarveSettings, carve, mask_coverage
+from pipeline.carve import CarveResult, CarveSettings, carve, mask_coverage
 from pipeline.colors import vertex_colors
 from pipeline.gates import apply_gates
 from pipeline.texture import TextureSettings, bake, build_atlas, refine_texture_gpu
@@ -62,25 +62,26 @@ class GeometryStage(Stage):
             bounds, support = (sparse.center - r, sparse.center + r), sparse.support
         Ks, w2cs, vmasks = views.K[idx], views.w2c[idx], [masks[i] for i in idx]
         meshing = MeshingSettings(smoothing_iterations=cfg.smoothing_iterations, max_faces=cfg.max_faces)
-        result = carve(Ks, w2cs, vmasks, settings, device=ctx.device, check=lambda f: ctx.progress(0.6 * f),
-                       bounds=bounds, support=support)
-        raw = marching_cubes(result.field, result.origin, result.voxel)
-        mesh = clean_mesh(raw, meshing)
+
+        def hull(cs: CarveSettings, p0: float, p1: float) -> tuple[CarveResult, trimesh.Trimesh, trimesh.Trimesh]:
+            res = carve(Ks, w2cs, vmasks, cs, device=ctx.device, check=lambda f: ctx.progress(p0 + (p1 - p0) * f),
+                        bounds=bounds, support=support)
+            raw_ = marching_cubes(res.field, res.origin, res.voxel)
+            return res, raw_, clean_mesh(raw_, meshing)
+
+        result, raw, mesh = hull(settings, 0.0, 0.6)
         note = None
-        if settings.outlier_views == 0 and cfg.outlier_views < 0:
+        if cfg.outlier_views < 0 and not auto_masks:
             # strict hull for given masks: check that it still covers the masks; if a bad mask cut part of the
             # object away, most other views show it, and the tolerant hull is used instead
-            cover = mask_coverage(mesh, Ks, w2cs, vmasks)
-            if np.median(cover) < STRICT_MIN_COVERAGE:
-                tolerant = outlier_views(-1, len(idx), automatic_masks=True)
-                note = (f"the strict hull covers only {np.median(cover):.1%} of the median mask: a given mask is "
-                        f"probably wrong, so {tolerant} outlier view(s) were tolerated")
+            cover = float(np.median(mask_coverage(mesh, Ks, w2cs, vmasks)))
+            if cover < STRICT_MIN_COVERAGE:
+                settings = CarveSettings(resolution=cfg.voxel_resolution,
+                                         outlier_views=outlier_views(-1, len(idx), automatic_masks=True))
+                note = (f"the strict hull covers only {cover:.1%} of the median mask: a given mask is probably "
+                        f"wrong, so {settings.outlier_views} outlier view(s) were tolerated")
                 ctx.log.warning("%s", note)
-                settings = CarveSettings(resolution=cfg.voxel_resolution, outlier_views=tolerant)
-                result = carve(Ks, w2cs, vmasks, settings, device=ctx.device,
-                               check=lambda f: ctx.progress(0.6 + 0.3 * f), bounds=bounds, support=support)
-                raw = marching_cubes(result.field, result.origin, result.voxel)
-                mesh = clean_mesh(raw, meshing)
+                result, raw, mesh = hull(settings, 0.6, 0.9)
         ctx.progress(0.95)
         mesh.export(out_dir / "mesh.ply")
         summary = {"views_used": len(idx), "resolution": cfg.voxel_resolution, "voxel_size": result.voxel,
