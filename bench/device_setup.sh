@@ -11,5 +11,9 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVL
 python -m pip install -q --no-deps --no-index .carry/wheels/*.whl 2>&1 | grep -v WARNING | tail -2
 SITE=$(python -c "import site; print(site.getsitepackages()[0])")
 for t in .carry/*-cp312.tar.xz; do [ -f "$t" ] && tar -xJf "$t" -C "$SITE"; done
+# pymeshlab's tarball (plugins for meshing/selection/cleaning only, stripped: 20 MB) brings the libGL it links
+# against, which the device image lacks, in a folder of its own (the rest of pymeshlab/lib must not shadow torch's)
+[ -d "$SITE/_hotmesh_gl" ] && export LD_LIBRARY_PATH="$SITE/_hotmesh_gl${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 python -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
 python -c "import pytorch3d.loss, pytorch3d; print('pytorch3d', pytorch3d.__version__)" 2>/dev/null || echo "pytorch3d not carried"
+python -c "import pymeshlab; print('pymeshlab ok')" 2>/dev/null || echo "pymeshlab not carried (or does not load)"

@@ -141,6 +141,7 @@ def run_set(name: str, folder: Path, overrides: dict[str, dict[str, Any]], sampl
             return row
         stats = json.loads((paths.outbox / job.id / "stats.json").read_text())
         row["stage_seconds"] = {t["stage"]: t["seconds"] for t in stats["timings"]}
+        row["report_seconds"] = stats.get("report_seconds")
         row["peak_vram_mb"] = max((t.get("peak_vram_mb") or 0) for t in stats["timings"]) or None
         row["faces"] = stats["mesh"]["faces"]
         row["watertight"] = stats["mesh"]["watertight"]

@@ -135,6 +135,7 @@ class RefineConfig:
     laplacian_weight: float = 0.0
     edge_weight: float = 0.0
     smoothness_decay: float = 1.0  # largesteps lambda is multiplied by this at each finer level
+    remesh: str = "subdivide"  # between levels: subdivide (midpoint) | isotropic (pymeshlab, uniform triangles)
     # CPU preview (pytorch3d rasteriser): much smaller, used when enabled = "on" and there is no GPU
     cpu_image_size: int = 128
     cpu_iterations: int = 40
@@ -149,6 +150,7 @@ class TextureConfig:
     size: int = 2048  # texture side, texels (GPU)
     cpu_size: int = 1024  # on the CPU: baking 2048^2 texels from 45 photos took 414 s (fox), 1024^2 a quarter
     max_faces: int = 60_000  # the textured mesh is a decimated copy of the final mesh
+    atlas_pieces: int = 0  # patches xatlas charts in parallel; 0: one per 4000 faces, at most 16 (5x faster)
     refine_iterations: int = 0  # GPU only, opt-in: fit the baked texture to the photos through nvdiffrast (300 was
     # the default until measured: the fit lowered held-out PSNR, see README)
 

@@ -66,6 +66,38 @@ def decimate(mesh: trimesh.Trimesh, max_faces: int) -> trimesh.Trimesh:
     return out if out.is_watertight else mesh
 
 
+def edge_length_for_faces(area: float, faces: int) -> float:
+    """Edge length of equilateral triangles that tile ``area`` with ``faces`` faces: area = F * sqrt(3)/4 * L^2."""
+    if area <= 0 or faces <= 0:
+        raise ValueError(f"area and faces must be positive, got {area} and {faces}")
+    return float(np.sqrt(4.0 * area / (np.sqrt(3.0) * faces)))
+
+
+def isotropic_remesh(vertices: np.ndarray, faces: np.ndarray, target_faces: int,
+                     iterations: int = 4) -> tuple[np.ndarray, np.ndarray] | None:
+    """Botsch-Kobbelt isotropic remeshing (pymeshlab: edge split / collapse / flip + tangential relaxation,
+    vertices reprojected onto the input) to about ``target_faces`` near-equilateral triangles.
+
+    vertices (V, 3); faces (F, 3) -> (V', 3) float64, (F', 3) int64; None when pymeshlab is not installed or
+    the result is not closed (the caller keeps its mesh). Feature edges are not preserved (featuredeg 180):
+    the input is an optimised smooth surface, not CAD."""
+    try:
+        import pymeshlab
+    except ImportError:
+        return None
+    mesh = trimesh.Trimesh(vertices, faces, process=False)
+    length = edge_length_for_faces(float(mesh.area), target_faces)
+    ms = pymeshlab.MeshSet()
+    ms.add_mesh(pymeshlab.Mesh(np.asarray(vertices, dtype=np.float64), np.asarray(faces, dtype=np.int32)))
+    ms.meshing_isotropic_explicit_remeshing(targetlen=pymeshlab.PureValue(length), iterations=iterations,
+                                            featuredeg=180.0)
+    m = ms.current_mesh()
+    out = trimesh.Trimesh(m.vertex_matrix(), m.face_matrix(), process=True)
+    if not out.is_watertight or out.euler_number != mesh.euler_number:
+        return None
+    return np.asarray(out.vertices, dtype=np.float64), np.asarray(out.faces, dtype=np.int64)
+
+
 def clean_mesh(raw: trimesh.Trimesh, settings: MeshingSettings) -> trimesh.Trimesh:
     mesh = largest_component(raw)
     if settings.smoothing_iterations > 0:

@@ -38,6 +38,9 @@ class RefineSettings:
     w_edge: float = 0.0
     lam_decay: float = 1.0  # lambda is multiplied by this at each finer level (less smoothing as detail grows)
     views_per_step: int = 0  # 0: as many as fit in free memory (all views if they fit)
+    # how the mesh grows between levels: "subdivide" (midpoint, x4 faces) or "isotropic" (pymeshlab remeshing to
+    # uniform triangles at start_faces * 4^level, also before the first level)
+    remesh: str = "subdivide"
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class RefineResult:
     views_per_step: int
     seconds_per_level: tuple[float, ...]
     regularisers: str = "none"  # what ran: "pytorch3d (normal 0.01, ...)", "none", or why not
+    remesh: str = "subdivide"  # what ran between levels, or why isotropic remeshing fell back
 
 
 def normalisation(vertices: np.ndarray) -> tuple[np.ndarray, float]:
@@ -127,6 +131,35 @@ def views_that_fit(n_views: int, size: tuple[int, int], device: torch.device, by
     return max(1, min(n_views, fit))
 
 
+def grow_mesh(v: np.ndarray, f: np.ndarray, colors: np.ndarray, level: int,
+              settings: RefineSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """The mesh for ``level``: v (V, 3), f (F, 3), colors (V, 3) -> new v, f, colors and what was done.
+
+    Midpoint subdivision after the first level while under ``max_faces``; with ``remesh = "isotropic"`` an
+    isotropic remesh to ``start_faces * 4^level`` (capped) at every level instead, colours carried over from
+    the nearest old vertex. Falls back to subdivision where pymeshlab is missing or the remesh is not closed."""
+    from pipeline.meshing import isotropic_remesh
+
+    if settings.remesh not in ("subdivide", "isotropic"):
+        raise ValueError(f"refine: remesh must be 'subdivide' or 'isotropic', not {settings.remesh!r}")
+    if settings.remesh == "isotropic":
+        target = min(settings.max_faces, settings.start_faces * 4 ** level)
+        out = isotropic_remesh(v, f, target)
+        if out is not None:
+            from scipy.spatial import cKDTree
+
+            nv, nf = out
+            _, nearest = cKDTree(v).query(nv)
+            return nv, nf, colors[nearest], "isotropic"
+        note = "subdivide (isotropic remeshing unavailable: pymeshlab missing or the result was not closed)"
+    else:
+        note = "subdivide"
+    if level > 0 and len(f) * 4 <= settings.max_faces:
+        v, f, attrs = trimesh.remesh.subdivide(v, f, vertex_attributes={"color": colors})
+        colors = np.asarray(attrs["color"])
+    return v, f, colors, note
+
+
 def _resize_stack(imgs: list[np.ndarray], size: tuple[int, int], device: torch.device) -> torch.Tensor:
     """List of (H, W[, C]) arrays -> (N, h, w, C) float tensor in [0, 1], area-averaged."""
     out = []
@@ -166,14 +199,14 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
     colors = torch.full((len(v), 3), 0.5, device=dev)
     reg, reg_note = mesh_regulariser(settings)
     losses, secs = [], []
+    remesh_note = settings.remesh
     total_iters = sum(it for _, it in settings.levels)
     done_iters = 0
     vpstep = 0
     for li, (side, iters) in enumerate(settings.levels):
         t0 = time.monotonic()
-        if li > 0 and len(f) * 4 <= settings.max_faces:
-            v, f, attrs = trimesh.remesh.subdivide(v, f, vertex_attributes={"color": colors.detach().cpu().numpy()})
-            colors = torch.from_numpy(np.asarray(attrs["color"])).float().to(dev)
+        v, f, cols, remesh_note = grow_mesh(v, f, colors.detach().cpu().numpy(), li, settings)
+        colors = torch.from_numpy(np.asarray(cols)).float().to(dev)
         scale = side / max(H0, W0)
         size = (max(8, round(H0 * scale)), max(8, round(W0 * scale)))
         K = torch.from_numpy(np.asarray(Ks)).float().to(dev).clone()
@@ -223,4 +256,4 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
         secs.append(time.monotonic() - t0)
     return RefineResult(vertices=v / s + c, faces=f.astype(np.int64), colors=colors.cpu().numpy().astype(np.float32),
                         losses=tuple(losses), views_per_step=vpstep, seconds_per_level=tuple(secs),
-                        regularisers=reg_note)
+                        regularisers=reg_note, remesh=remesh_note)

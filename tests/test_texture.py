@@ -14,7 +14,7 @@ import pytest
 import trimesh
 
 from pipeline.gates import apply_gates
-from pipeline.texture import pad_seams, rasterize_atlas, sample_texture
+from pipeline.texture import pad_seams, rasterize_atlas, sample_texture, unwrap
 from tests.conftest import REPO, SAMPLE
 
 FAST = ["geometry.voxel_resolution=128", "texture.cpu_size=512", "texture.max_faces=20000", "report.render_size=160"]
@@ -35,6 +35,26 @@ def test_atlas_rasterisation_reproduces_the_uv_of_every_texel() -> None:
     # barycentric interpolation of the corners' uv gives back each texel centre
     interp = np.einsum("tk,tkc->tc", bary[ys, xs], uv[faces[face_id[ys, xs]]])
     np.testing.assert_allclose(interp, np.stack([u_c, v_c], 1), atol=1.0 / S)
+
+
+@pytest.mark.parametrize("pieces", [1, 6])
+def test_unwrap_in_pieces_keeps_every_face_once_without_overlap(pieces: int) -> None:
+    mesh = trimesh.creation.icosphere(subdivisions=4)  # 5120 faces
+    S = 512
+    vmap, faces, uv = unwrap(mesh, S, padding=2, pieces=pieces)
+    # the atlas's faces are the mesh's faces, each exactly once (seams only split vertices)
+    assert len(faces) == len(mesh.faces)
+    got = np.sort(vmap[faces], axis=1)
+    want = np.sort(np.asarray(mesh.faces), axis=1)
+    assert (got[np.lexsort(got.T[::-1])] == want[np.lexsort(want.T[::-1])]).all()
+    assert uv.min() >= 0 and uv.max() <= 1
+    # no two charts share texels: the rasterised coverage equals the summed uv area
+    a, b, c = uv[faces[:, 0]], uv[faces[:, 1]], uv[faces[:, 2]]
+    area = 0.5 * np.abs((b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0]))
+    face_id, _ = rasterize_atlas(uv, faces, S)
+    covered = int((face_id >= 0).sum())
+    assert abs(covered - area.sum() * S * S) < 0.05 * area.sum() * S * S
+    assert area.sum() > 0.3  # the pieces are packed into one page, not scattered thin
 
 
 def test_seam_padding_and_bilinear_lookup() -> None:

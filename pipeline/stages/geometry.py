@@ -99,7 +99,7 @@ def load_mesh(ctx: JobContext, stage: str = "geometry") -> trimesh.Trimesh:
 def refine_settings(cfg: RefineConfig, on_gpu: bool) -> RefineSettings:
     common = dict(lam=cfg.smoothness, lr=cfg.step, w_photo=cfg.photometric_weight, w_silhouette=cfg.silhouette_weight,
                   w_normal=cfg.normal_weight, w_laplacian=cfg.laplacian_weight, w_edge=cfg.edge_weight,
-                  lam_decay=cfg.smoothness_decay)
+                  lam_decay=cfg.smoothness_decay, remesh=cfg.remesh)
     if on_gpu:
         sizes = [max(64, cfg.image_size // 2 ** (cfg.levels - 1 - i)) for i in range(cfg.levels)]
         return RefineSettings(levels=tuple((sz, cfg.iterations) for sz in sizes), max_faces=cfg.max_faces,
@@ -121,6 +121,8 @@ class RefineStage(Stage):
         on_gpu = ctx.device == "cuda"
         if cfg.enabled not in ("auto", "on", "off"):
             raise JobError(f"refine.enabled must be auto, on or off, not {cfg.enabled!r}")
+        if cfg.remesh not in ("subdivide", "isotropic"):
+            raise JobError(f"refine.remesh must be subdivide or isotropic, not {cfg.remesh!r}")
         reason = None
         if cfg.enabled == "off":
             reason = "disabled (refine.enabled = off)"
@@ -155,7 +157,7 @@ class RefineStage(Stage):
         return {"method": f"differentiable rendering ({backend}, largesteps)", "faces": int(len(out.faces)),
                 "watertight": bool(out.is_watertight), "losses": [round(x, 5) for x in result.losses],
                 "levels": [list(lv) for lv in settings.levels], "views_per_step": result.views_per_step,
-                "regularisers": result.regularisers,
+                "regularisers": result.regularisers, "remesh": result.remesh,
                 "seconds_per_level": [round(x, 2) for x in result.seconds_per_level]}
 
 
@@ -182,7 +184,7 @@ class TextureStage(Stage):
         if not cfg.enabled:
             return summary
         s = TextureSettings(size=cfg.size if ctx.device == "cuda" else cfg.cpu_size, max_faces=cfg.max_faces,
-                            refine_iterations=cfg.refine_iterations)
+                            refine_iterations=cfg.refine_iterations, atlas_pieces=cfg.atlas_pieces)
         t0 = time.monotonic()
         low = decimate(mesh, s.max_faces)
         atlas = build_atlas(low, s)

@@ -114,6 +114,16 @@ class ReportStage(Stage):
 
     def run(self, ctx: JobContext, out_dir: Path) -> dict[str, Any]:
         t0 = time.monotonic()
+        parts: dict[str, float] = {}  # seconds per step, in stats.json: tells where a slow report spends its time
+
+        clock = t0
+
+        def lap(name: str) -> None:
+            nonlocal clock
+            now = time.monotonic()
+            parts[name] = round(now - clock, 3)
+            clock = now
+
         manifest = Manifest.load(stage_dir(ctx, "ingest"))
         views = Views.load(ctx)
         masks = load_masks(ctx)
@@ -121,7 +131,9 @@ class ReportStage(Stage):
         colors = load_colors(ctx)
         textured = load_textured(ctx)
         up = estimate_up(camera_up(views.w2c))
+        lap("load")
         files = export_all(mesh, colors, up, out_dir, textured)
+        lap("export")
         ctx.progress(0.1)
         # every number below is read from the files just written, so the report matches what users get
         written = trimesh.load(out_dir / files["ply"], process=False, force="mesh")
@@ -135,14 +147,17 @@ class ReportStage(Stage):
         heldout = held_out_scores(written, colors, [views.names[i] for i in held], [views.rgb[i] for i in held],
                                   [masks[i] for i in held], views.K[held], views.w2c[held],
                                   check=lambda f: ctx.progress(0.1 + 0.4 * f), textured=textured)
+        lap("heldout")
         quality: dict[str, Any] = {"heldout": heldout.to_dict(), "gt": None}
         if manifest.gt_mesh:
             gt = trimesh.load(ctx.input_dir / manifest.gt_mesh, force="mesh")
             quality["gt"] = gt_scores(written, gt, ctx.settings.report.gt_samples, ctx.settings.report.fscore_tau)
             quality["gt"]["file"] = manifest.gt_mesh
         stats["quality"] = quality
+        lap("gt")
         ctx.progress(0.6)
         renders = orbit_renders(written, colors, views, up, ctx.settings.report.render_size, textured)
+        lap("orbit")
         ctx.progress(0.85)
         gallery = [{"name": views.names[i], "photo": data_uri(views.rgb[i] * masks[i][..., None]),
                     "render": data_uri(r), "heat": data_uri(hm), "iou": s.mask_iou, "psnr": s.psnr, "ssim": s.ssim}
@@ -165,10 +180,13 @@ class ReportStage(Stage):
         context = report_context(ctx, "done", None, None, stats, renders=renders, heldout=gallery, cam_views=cam_views)
         context["masks_preview"] = masks_preview
         context["viewer"] = make_viewer(out_dir / "mesh.glb")
+        lap("viewer")
         stats["job"] = context["job"]
         stats["config"] = ctx.settings.to_dict()
-        (out_dir / "stats.json").write_text(json.dumps(stats, indent=1))
         render_report(context, out_dir / "report.html")
+        lap("html")
+        stats["report_seconds"] = parts
+        (out_dir / "stats.json").write_text(json.dumps(stats, indent=1))
         return {"faces": stats["mesh"]["faces"], "heldout_iou": heldout.mean_iou, "heldout_psnr": heldout.mean_psnr,
                 "fscore": quality["gt"]["fscore"] if quality["gt"] else None}
 
