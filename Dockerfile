@@ -27,14 +27,15 @@ ENV DEBIAN_FRONTEND=noninteractive
 
 # python3-dev + build-essential + ninja-build: torch.utils.cpp_extension (nvdiffrast JIT) needs
 # Python.h, a host C++ compiler and ninja. git: some source installs need it. tini: PID 1 that
-# forwards SIGTERM to the daemon and reaps its worker child processes. libgl1: pymeshlab links libGL.so.1
-# (not bundled in its wheel; seen missing on a CUDA image: "ImportError: libGL.so.1").
+# forwards SIGTERM to the daemon and reaps its worker child processes. libgl1 libopengl0: pymeshlab links libGL.so.1
+# and its meshing plugin libOpenGL.so.0 (not in its wheel; seen missing on a CUDA image, where the plugin then
+# silently fails to load and the decimation filter does not exist).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
         python3 python3-venv python3-dev \
         build-essential ninja-build git \
         tini ca-certificates nodejs npm \
-        libgl1 \
+        libgl1 libopengl0 \
  && rm -rf /var/lib/apt/lists/*
 
 ENV VIRTUAL_ENV=/opt/venv \

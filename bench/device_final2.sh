@@ -15,6 +15,7 @@ python bench/table.py "$OUT/geometry-refined-h100.json"
 python -c "
 import json; d = json.load(open('$OUT/geometry-refined-h100.json'))
 for r in d['results']: print(r['set'], r.get('stage_seconds'), r.get('report_seconds'), (r.get('texture') or {}).get('seconds'))"
-python bench/tune_refine.py --sets .carry/data/spot_render $E/bob --variant base: --variant iso:refine.remesh=isotropic \
+python bench/tune_refine.py --sets .carry/data/spot_render $E/bob --variant base: \
+    --variant binary_masks:refine.alpha_coverage=false --variant iso:refine.remesh=isotropic \
     --tag tune-C-h100 --out "$OUT" 2>&1 | grep -v Warning | tee "$OUT/tune-C.log"
 echo "all done $(( $(date +%s) - t0 ))s"

@@ -16,4 +16,4 @@ for t in .carry/*-cp312.tar.xz; do [ -f "$t" ] && tar -xJf "$t" -C "$SITE"; done
 [ -d "$SITE/_hotmesh_gl" ] && export LD_LIBRARY_PATH="$SITE/_hotmesh_gl${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 python -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
 python -c "import pytorch3d.loss, pytorch3d; print('pytorch3d', pytorch3d.__version__)" 2>/dev/null || echo "pytorch3d not carried"
-python -c "import pymeshlab; print('pymeshlab ok')" 2>/dev/null || echo "pymeshlab not carried (or does not load)"
+python -c "import pymeshlab; assert hasattr(pymeshlab.MeshSet(), 'meshing_decimation_quadric_edge_collapse'); print('pymeshlab ok')" 2>&1 | tail -1

@@ -19,12 +19,14 @@ class Gate:
 
 
 def self_intersections(mesh: trimesh.Trimesh) -> int | None:
-    """Number of faces that intersect another face (pymeshlab), or None when pymeshlab is unavailable."""
+    """Number of faces that intersect another face (pymeshlab), or None when pymeshlab or its plugin is unavailable."""
     try:
         import pymeshlab
     except ImportError:
         return None
     ms = pymeshlab.MeshSet()
+    if not hasattr(ms, "compute_selection_by_self_intersections_per_face"):  # its plugin failed to load
+        return None
     ms.add_mesh(pymeshlab.Mesh(np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces, dtype=np.int32)))
     ms.compute_selection_by_self_intersections_per_face()
     return int(ms.current_mesh().selected_face_number())

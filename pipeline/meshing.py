@@ -54,7 +54,9 @@ def decimate(mesh: trimesh.Trimesh, max_faces: int) -> trimesh.Trimesh:
                                                     preservenormal=True, optimalplacement=True, planarquadric=True)
         m = ms.current_mesh()
         v, f = m.vertex_matrix(), m.face_matrix()
-    except ImportError:
+    except (ImportError, AttributeError):
+        # AttributeError: pymeshlab imports but its meshing plugin did not load (seen on the device: the plugin
+        # links libOpenGL.so.0, absent there), so the filter method does not exist
         import fast_simplification
 
         reduction = 1.0 - max_faces / len(mesh.faces)
@@ -89,6 +91,8 @@ def isotropic_remesh(vertices: np.ndarray, faces: np.ndarray, target_faces: int,
     length = edge_length_for_faces(float(mesh.area), target_faces)
     ms = pymeshlab.MeshSet()
     ms.add_mesh(pymeshlab.Mesh(np.asarray(vertices, dtype=np.float64), np.asarray(faces, dtype=np.int32)))
+    if not hasattr(ms, "meshing_isotropic_explicit_remeshing"):  # the meshing plugin failed to load
+        return None
     ms.meshing_isotropic_explicit_remeshing(targetlen=pymeshlab.PureValue(length), iterations=iterations,
                                             featuredeg=180.0)
     m = ms.current_mesh()

@@ -131,6 +131,24 @@ def views_that_fit(n_views: int, size: tuple[int, int], device: torch.device, by
     return max(1, min(n_views, fit))
 
 
+def silhouette_targets(masks: list[np.ndarray], alphas: list[np.ndarray | None]) -> list[np.ndarray]:
+    """Per-view silhouette target, (H, W) float32 coverage in [0, 1].
+
+    masks: N (H, W) bool; alphas: N (H, W) uint8 alpha mattes or None. Where a view's mask is exactly its alpha
+    thresholded at 127 (the mask came from the alpha channel), the matte itself is the target: an antialiased
+    render's edge pixels carry sub-pixel coverage that the thresholded mask throws away, and the refinement
+    renders antialiased coverage. Elsewhere (mask files, automatic masks) the binary mask is the target."""
+    if len(masks) != len(alphas):
+        raise ValueError(f"silhouette_targets: {len(masks)} masks but {len(alphas)} alphas")
+    out = []
+    for m, a in zip(masks, alphas):
+        if a is not None and a.shape == m.shape and np.array_equal(a > 127, m):
+            out.append(a.astype(np.float32) / 255.0)
+        else:
+            out.append(m.astype(np.float32))
+    return out
+
+
 def grow_mesh(v: np.ndarray, f: np.ndarray, colors: np.ndarray, level: int,
               settings: RefineSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     """The mesh for ``level``: v (V, 3), f (F, 3), colors (V, 3) -> new v, f, colors and what was done.
@@ -178,7 +196,8 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
            check: Callable[[float], None] = lambda f: None) -> RefineResult:
     """Refine a closed mesh against posed views.
 
-    vertices (V, 3) world units; faces (F, 3); images: N (H, W, 3) uint8; masks: N (H, W) bool;
+    vertices (V, 3) world units; faces (F, 3); images: N (H, W, 3) uint8; masks: N (H, W) bool, or float
+    coverage in [0, 1] (see ``silhouette_targets``);
     Ks (N, 3, 3) pixels of those images; w2cs (N, 4, 4) OpenCV.
     """
     import time
@@ -213,7 +232,7 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
         K[:, 0] *= size[1] / W0
         K[:, 1] *= size[0] / H0
         tgt_rgb = _resize_stack(images, size, dev) / 255.0
-        tgt_mask = _resize_stack([m.astype(np.float32) for m in masks], size, dev)[..., 0]
+        tgt_mask = _resize_stack([np.asarray(m, dtype=np.float32) for m in masks], size, dev)[..., 0]
         tgt_rgb = tgt_rgb * tgt_mask[..., None]
         vt = torch.from_numpy(v).float().to(dev)
         ft = torch.from_numpy(f.astype(np.int64)).to(dev)

@@ -68,3 +68,41 @@ def test_cpu_refinement_pulls_a_too_big_sphere_onto_the_silhouettes() -> None:
     r_after = np.linalg.norm(res.vertices, axis=1).mean()
     assert abs(r_after - 1.0) < 0.6 * abs(r_before - 1.0), (r_before, r_after)
     assert trimesh.Trimesh(res.vertices, res.faces).is_watertight
+
+
+def test_silhouette_targets_use_the_alpha_matte_only_where_the_mask_came_from_it() -> None:
+    from pipeline.refine import silhouette_targets
+
+    alpha = np.zeros((8, 8), dtype=np.uint8)
+    alpha[2:6, 2:6] = 255
+    alpha[2:6, 6] = 100  # an antialiased edge column, below the threshold
+    from_alpha = alpha > 127
+    other = np.zeros((8, 8), dtype=bool)
+    other[1:7, 1:7] = True  # a mask file that disagrees with the alpha
+    out = silhouette_targets([from_alpha, other, from_alpha], [alpha, alpha, None])
+    np.testing.assert_allclose(out[0], alpha / 255.0)
+    assert out[0][3, 6] == pytest.approx(100 / 255)
+    np.testing.assert_array_equal(out[1], other.astype(np.float32))
+    np.testing.assert_array_equal(out[2], from_alpha.astype(np.float32))
+    with pytest.raises(ValueError):
+        silhouette_targets([from_alpha], [])
+
+
+@pytest.mark.parametrize("mode", ["subdivide", "isotropic"])
+def test_grow_mesh_reaches_the_level_size_and_keeps_the_surface_closed(mode: str) -> None:
+    from pipeline.refine import RefineSettings, grow_mesh
+
+    if mode == "isotropic":
+        pytest.importorskip("pymeshlab")
+    sphere = trimesh.creation.icosphere(subdivisions=3)  # 1280 faces
+    colors = (sphere.vertices[:, :1] > 0).repeat(3, axis=1).astype(np.float32)  # one half white
+    s = RefineSettings(start_faces=1280, max_faces=10_000, remesh=mode)
+    v, f, c, note = grow_mesh(np.asarray(sphere.vertices), np.asarray(sphere.faces), colors, 1, s)
+    out = trimesh.Trimesh(v, f, process=False)
+    assert note == mode
+    assert out.is_watertight and out.euler_number == 2
+    assert 0.8 * 4 * 1280 <= len(f) <= 1.2 * 4 * 1280
+    # colours follow the surface: the white half stays white
+    assert ((c[:, 0] > 0.5) == (v[:, 0] > 0.05)).mean() > 0.95
+    with pytest.raises(ValueError):
+        grow_mesh(v, f, c, 1, RefineSettings(remesh="loop"))

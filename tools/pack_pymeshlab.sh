@@ -23,7 +23,7 @@ find . -name "*.so*" -type f -exec strip --strip-unneeded {} \; 2>/dev/null || t
 cd "$P"
 mv "$W/pymeshlab-$V.dist-info" .
 mkdir -p _hotmesh_gl
-for l in libGL.so.1 libGLX.so.0 libGLdispatch.so.0 libX11.so.6 libxcb.so.1; do cp -L "/usr/lib/x86_64-linux-gnu/$l" _hotmesh_gl/; done
+for l in libGL.so.1 libGLX.so.0 libGLdispatch.so.0 libOpenGL.so.0 libX11.so.6 libxcb.so.1 libXau.so.6 libXdmcp.so.6 libbsd.so.0 libmd.so.0 libcom_err.so.2; do cp -L "/usr/lib/x86_64-linux-gnu/$l" _hotmesh_gl/; done
 OUTF="$(cd "$(dirname "$0")/.." && pwd)/.carry/pymeshlab-cp312.tar.xz"
 mkdir -p "$(dirname "$OUTF")"
 tar -cJf "$OUTF" pymeshlab "pymeshlab-$V.dist-info" _hotmesh_gl

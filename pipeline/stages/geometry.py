@@ -17,7 +17,7 @@ from pipeline.texture import TextureSettings, bake, build_atlas, refine_texture_
 from daemon.config import RefineConfig
 from pipeline.context import JobContext, JobError
 from pipeline.raster import make_rasterizer
-from pipeline.refine import RefineSettings, refine
+from pipeline.refine import RefineSettings, refine, silhouette_targets
 from pipeline.meshing import MeshingSettings, clean_mesh, decimate, largest_component, marching_cubes
 from pipeline.stages.base import Stage, stage_dir
 from pipeline.stages.views import Sparse, Views, load_masks, masks_were_automatic
@@ -145,8 +145,12 @@ class RefineStage(Stage):
         start = decimate(mesh, settings.start_faces)
         ctx.log.info("refining %d faces with %s over %d views, levels %s", len(start.faces), backend, len(idx),
                      settings.levels)
+        sil = [masks[i] for i in idx]
+        if cfg.alpha_coverage:
+            sil = silhouette_targets(sil, [views.alpha[i] for i in idx])
+        soft = sum(1 for t in sil if t.dtype != bool and ((t > 0) & (t < 1)).any())
         result = refine(np.asarray(start.vertices), np.asarray(start.faces), [views.rgb[i] for i in idx],
-                        [masks[i] for i in idx], views.K[idx], views.w2c[idx], rasterizer, settings,
+                        sil, views.K[idx], views.w2c[idx], rasterizer, settings,
                         "cuda" if on_gpu else "cpu", check=ctx.progress)
         out = trimesh.Trimesh(result.vertices, result.faces, process=True)
         out = largest_component(out)
@@ -158,6 +162,7 @@ class RefineStage(Stage):
                 "watertight": bool(out.is_watertight), "losses": [round(x, 5) for x in result.losses],
                 "levels": [list(lv) for lv in settings.levels], "views_per_step": result.views_per_step,
                 "regularisers": result.regularisers, "remesh": result.remesh,
+                "silhouette_target": f"alpha coverage in {soft} of {len(sil)} views" if soft else "binary masks",
                 "seconds_per_level": [round(x, 2) for x in result.seconds_per_level]}
 
 
