@@ -136,7 +136,7 @@ class RefineConfig:
     edge_weight: float = 0.0
     smoothness_decay: float = 1.0  # largesteps lambda is multiplied by this at each finer level
     alpha_coverage: bool = True  # fit silhouettes to the alpha matte's sub-pixel coverage where masks came from it
-    remesh: str = "subdivide"  # between levels: subdivide (midpoint) | isotropic (pymeshlab, uniform triangles)
+    remesh: str = "isotropic"  # mesh growth per level: isotropic (pymeshlab, uniform triangles) | subdivide (midpoint)
     # CPU preview (pytorch3d rasteriser): much smaller, used when enabled = "on" and there is no GPU
     cpu_image_size: int = 128
     cpu_iterations: int = 40
