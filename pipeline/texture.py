@@ -19,8 +19,9 @@ from pipeline.colors import bilinear, point_colors
 @dataclass(frozen=True)
 class TextureSettings:
     size: int = 2048  # texture side (square)
-    max_faces: int = 60_000  # the textured mesh is a decimated copy of the final one
+    max_faces: int = 120_000  # the textured mesh is a decimated copy of the final one
     padding: int = 4  # xatlas gutter between charts, texels
+    view_weight_power: float = 4.0  # bake weight of a view: cos(normal, view direction)^this
     atlas_pieces: int = 0  # patches unwrapped in parallel (0: one per 4000 faces, at most 16), see ``unwrap``
     dilate: int = 8  # seam padding: colours pushed this many texels outside each chart
     refine_iterations: int = 0  # GPU photometric fit of the baked texture (0: off; opt-in, see the texture stage)
@@ -168,7 +169,8 @@ def bake(atlas: Atlas, visibility_mesh: trimesh.Trimesh, images: list[np.ndarray
     """Texture (S, S, 3) float32 in [0, 1] blended from the photos (visibility, view-angle weights), seams padded.
     ``device``: where the per-texel arithmetic runs (see :func:`pipeline.colors.point_colors`)."""
     rc, pts, nrm = texel_points(atlas)
-    colors, seen = point_colors(pts, nrm, visibility_mesh, images, masks, Ks, w2cs, check=check, device=device)
+    colors, seen = point_colors(pts, nrm, visibility_mesh, images, masks, Ks, w2cs, check=check, device=device,
+                                power=s.view_weight_power)
     tex = np.zeros((s.size, s.size, 3), dtype=np.float32)
     tex[rc[:, 0], rc[:, 1]] = colors
     covered = atlas.face_of_texel >= 0

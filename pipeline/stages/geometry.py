@@ -189,7 +189,8 @@ class TextureStage(Stage):
         if not cfg.enabled:
             return summary
         s = TextureSettings(size=cfg.size if ctx.device == "cuda" else cfg.cpu_size, max_faces=cfg.max_faces,
-                            refine_iterations=cfg.refine_iterations, atlas_pieces=cfg.atlas_pieces)
+                            refine_iterations=cfg.refine_iterations, atlas_pieces=cfg.atlas_pieces,
+                            view_weight_power=cfg.view_weight_power)
         t0 = time.monotonic()
         low = decimate(mesh, s.max_faces)
         atlas = build_atlas(low, s)
