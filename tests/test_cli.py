@@ -57,7 +57,9 @@ def test_cpu_refinement_preview_through_the_stage(tmp_path: Path) -> None:
     # isotropic remeshing aims at the face count within a few percent (edge length from the area)
     assert stats["mesh"]["watertight"] and stats["mesh"]["faces"] <= 800 * 1.15
     html = (out / "cow" / "report.html").read_text()
-    assert f"mesh growth: {stats['refine']['remesh']}" in html and stats["refine"]["remesh"] in ("isotropic", "subdivide")
+    # "isotropic", or "subdivide (...why...)" where pymeshlab's meshing plugin is missing
+    assert f"mesh growth: {stats['refine']['remesh']}" in html
+    assert stats["refine"]["remesh"].split(" ")[0] in ("isotropic", "subdivide")
 
 
 @pytest.mark.slow

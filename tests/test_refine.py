@@ -95,7 +95,9 @@ def test_grow_mesh_reaches_the_level_size_and_keeps_the_surface_closed(mode: str
     from pipeline.refine import RefineSettings, grow_mesh
 
     if mode == "isotropic":
-        pytest.importorskip("pymeshlab")
+        pymeshlab = pytest.importorskip("pymeshlab")
+        if not hasattr(pymeshlab.MeshSet(), "meshing_isotropic_explicit_remeshing"):
+            pytest.skip("pymeshlab's meshing plugin does not load here (libOpenGL missing)")
     sphere = trimesh.creation.icosphere(subdivisions=3)  # 1280 faces
     colors = (sphere.vertices[:, :1] > 0).repeat(3, axis=1).astype(np.float32)  # one half white
     s = RefineSettings(start_faces=1280, max_faces=10_000, remesh=mode)
