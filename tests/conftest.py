@@ -113,7 +113,7 @@ class DaemonProc:
                "--state", str(self.state), "--settle-seconds", "0.5", "--gpus", "cpu",
                "--set", "intake.rescan_seconds=1", "--set", "jobs.cancel_poll_seconds=0.2",
                # smaller texture atlases keep the suite's CPU time down; tests/test_texture.py checks textures
-               "--set", "texture.cpu_size=512", "--set", "texture.max_faces=20000", *self.args]
+               "--set", "texture.cpu_size=512", "--set", "texture.cpu_max_faces=20000", *self.args]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(cmd, cwd=str(REPO), stdout=open(self.log_path, "w"), stderr=subprocess.STDOUT, env=env)
         return self

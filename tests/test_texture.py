@@ -17,7 +17,7 @@ from pipeline.gates import apply_gates
 from pipeline.texture import pad_seams, rasterize_atlas, sample_texture, unwrap
 from tests.conftest import REPO, SAMPLE
 
-FAST = ["geometry.voxel_resolution=128", "texture.cpu_size=512", "texture.max_faces=20000", "report.render_size=160"]
+FAST = ["geometry.voxel_resolution=128", "texture.cpu_size=512", "texture.cpu_max_faces=20000", "report.render_size=160"]
 
 
 def test_atlas_rasterisation_reproduces_the_uv_of_every_texel() -> None:

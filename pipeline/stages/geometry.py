@@ -188,7 +188,9 @@ class TextureStage(Stage):
         cfg = ctx.settings.texture
         if not cfg.enabled:
             return summary
-        s = TextureSettings(size=cfg.size if ctx.device == "cuda" else cfg.cpu_size, max_faces=cfg.max_faces,
+        on_gpu = ctx.device == "cuda"
+        s = TextureSettings(size=cfg.size if on_gpu else cfg.cpu_size,
+                            max_faces=cfg.max_faces if on_gpu else cfg.cpu_max_faces,
                             refine_iterations=cfg.refine_iterations, atlas_pieces=cfg.atlas_pieces,
                             view_weight_power=cfg.view_weight_power)
         t0 = time.monotonic()
