@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import trimesh
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline.cameras import intrinsics_for_image, read_pose_source  # noqa: E402
 from pipeline.evaluate import held_out_scores  # noqa: E402
+from pipeline.images import load_rgba  # noqa: E402
 from pipeline.meshing import isotropic_remesh  # noqa: E402
 from pipeline.stages.views import holdout_flags  # noqa: E402
 from pipeline.texture import TextureSettings, bake, build_atlas  # noqa: E402
@@ -40,10 +40,12 @@ def main() -> None:
     mesh = trimesh.Trimesh(*remeshed, process=False) if remeshed is not None else gt
     imgs, masks, Ks, w2cs, names = [], [], [], [], []
     for fr in src.frames:
-        rgba = np.array(Image.open(args.folder / fr.name).convert("RGBA"))
-        h, w = rgba.shape[:2]
-        imgs.append(rgba[..., :3])
-        masks.append(rgba[..., 3] > 127)
+        rgb, alpha = load_rgba(args.folder / fr.name)  # as ingest decodes it
+        if alpha is None:
+            raise SystemExit(f"{fr.name}: no alpha channel; the ceiling needs an RGBA evaluation set")
+        h, w = rgb.shape[:2]
+        imgs.append(rgb)
+        masks.append(alpha > 127)
         Ks.append(intrinsics_for_image(fr, w, h))
         w2cs.append(fr.w2c)
         names.append(fr.name)

@@ -10,11 +10,15 @@ cavity) or spread evenly (noise, smoothing).
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 import trimesh
 from scipy.spatial import cKDTree
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from pipeline.metrics import sample_points  # noqa: E402
 
 
 def miss_histograms(mesh: trimesh.Trimesh, gt: trimesh.Trimesh, tau_rel: float, samples: int,
@@ -23,8 +27,8 @@ def miss_histograms(mesh: trimesh.Trimesh, gt: trimesh.Trimesh, tau_rel: float, 
     if tau_rel <= 0:
         raise ValueError(f"tau must be positive, got {tau_rel}")
     diag = float(np.linalg.norm(gt.extents))
-    p, _ = trimesh.sample.sample_surface(mesh, samples, seed=1)
-    q, _ = trimesh.sample.sample_surface(gt, samples, seed=2)
+    p = sample_points(mesh, samples, seed=1)
+    q = sample_points(gt, samples, seed=2)
     dp, _ = cKDTree(q).query(p, workers=-1)
     dq, _ = cKDTree(p).query(q, workers=-1)
     lo, hi = gt.bounds
