@@ -33,6 +33,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--meshes", type=Path, default=DATA / "meshes")
     ap.add_argument("--only", nargs="*", default=list(OBJECTS))
+    ap.add_argument("--min-z", type=float, default=-0.6,
+                    help="lowest camera direction z: -0.6 (default) the upper 80%% of the sphere, -1 all of it")
     args = ap.parse_args()
     for i, name in enumerate(args.only):
         rel, flags = OBJECTS[name]
@@ -41,7 +43,8 @@ def main() -> None:
             print(f"skip {name}: {src} missing", flush=True)
             continue
         subprocess.run([sys.executable, str(REPO / "tools" / "render_set.py"), str(src), str(args.out / name),
-                        "--views", str(args.views), "--size", str(args.size), "--seed", str(i), *flags], check=True)
+                        "--views", str(args.views), "--size", str(args.size), "--seed", str(i),
+                        "--min-z", str(args.min_z), *flags], check=True)
 
 
 if __name__ == "__main__":

@@ -149,11 +149,13 @@ def run_set(name: str, folder: Path, overrides: dict[str, dict[str, Any]], sampl
         row["heldout_views"] = held["views"]
         row["heldout_iou"] = None if held["mask_iou_mean"] is None else round(held["mask_iou_mean"], 4)
         row["heldout_psnr"] = None if held["psnr_mean"] is None else round(held["psnr_mean"], 2)
+        row["heldout_psnr_frame"] = (None if held.get("psnr_frame_mean") is None
+                                     else round(held["psnr_frame_mean"], 2))
         row["heldout_ssim"] = None if held.get("ssim_mean") is None else round(held["ssim_mean"], 4)
         tex = stats.get("texture") or {}
         row["texture"] = {"method": tex.get("method"), "size": tex.get("texture_size"),
                           "faces": tex.get("textured_faces"), "seconds": tex.get("seconds"),
-                          "refine": tex.get("refine")}
+                          "fit": tex.get("fit")}
         row["file_bytes"] = stats.get("files")
         row["grade"] = (stats.get("grade") or {}).get("grade")
         gt = next((folder / n for n in ("gt.ply", "gt.obj", "gt.glb") if (folder / n).exists()), None)

@@ -11,7 +11,7 @@ from pathlib import Path
 COLS = [("set", "set"), ("fscore@1%", "F@1%"), ("fscore@0.5%", "F@0.5%"), ("fscore@0.2%", "F@0.2%"),
         ("chamfer_l1_rel", "CD-L1/diag"), ("obs_fscore@0.2%", "obs. F@0.2%"),
         ("obs_chamfer_l1_rel", "obs. CD-L1/diag"), ("normal_consistency", "NC"), ("heldout_iou", "IoU (held-out)"),
-        ("heldout_psnr", "PSNR dB"), ("faces", "faces"), ("geometry_s", "geometry s"), ("wall_seconds", "job s"),
+        ("heldout_psnr", "PSNR dB"), ("heldout_psnr_frame", "PSNR dB (frame)"), ("heldout_ssim", "SSIM"), ("faces", "faces"), ("geometry_s", "geometry s"), ("wall_seconds", "job s"),
         ("peak_vram_mb", "peak VRAM MB")]
 
 

@@ -40,17 +40,18 @@ def parse_variant(text: str) -> tuple[str, dict[str, dict[str, Any]]]:
     return name, _parse_sets(items) if items else {}
 
 
-def prepare(folder: Path, work: Path, device: str):
-    """Run ingest, cameras, masks and geometry once; returns the context to rerun refine from."""
+def prepare(folder: Path, work: Path, device: str, stop: str = "refine", cli: dict[str, Any] | None = None):
+    """Run the stages before ``stop`` once (default: ingest, cameras, masks, geometry); returns the context to rerun
+    ``stop`` from. ``cli``: setting overrides, as ``--set`` gives them."""
     from pipeline.context import JobContext, JobLogAdapter
     from pipeline.runner import STAGES
     from pipeline.stages.base import commit_checkpoint, stage_dir
 
-    settings = load_settings(None, environ={})
+    settings = load_settings(None, environ={}, cli=cli or {})
     ctx = JobContext(job_id=folder.name, input_dir=folder, work_dir=work, settings=settings, device=device,
                      log=JobLogAdapter(logging.getLogger("hotmesh.tune"), {"job": folder.name}))
     for stage in STAGES:
-        if stage.name == "refine":
+        if stage.name == stop:
             break
         tmp = stage_dir(ctx, stage.name + ".tmp")
         tmp.mkdir(parents=True)
@@ -76,7 +77,10 @@ def main() -> None:
     import trimesh
 
     from pipeline.metrics import geometry_scores_multi
+    from pipeline.metrics import mask_iou
+    from pipeline.render import render
     from pipeline.stages.geometry import RefineStage, load_mesh
+    from pipeline.stages.views import Views, load_masks
 
     variants = [parse_variant(v) for v in args.variant]
     rows: list[dict[str, Any]] = []
@@ -90,6 +94,8 @@ def main() -> None:
             prep_s = time.monotonic() - t0
             gt = trimesh.load(folder / "gt.ply", force="mesh")
             hull = load_mesh(ctx, "geometry")
+            views, masks = Views.load(ctx), load_masks(ctx)
+            held = [i for i in np.nonzero(views.holdout)[0] if masks[i] is not None]
             for name, over in variants:
                 base = load_settings(None, environ={}, cli=over)
                 vctx = dataclasses.replace(ctx, settings=base)
@@ -109,10 +115,14 @@ def main() -> None:
                     row[f"precision@{s.tau_rel * 100:g}%"] = round(s.precision, 4)
                     row[f"recall@{s.tau_rel * 100:g}%"] = round(s.recall, 4)
                     row["chamfer_l1_rel"] = round(s.chamfer_l1_rel, 6)
+                # silhouette agreement on the held-out views, as the report measures it (it bounds held-out PSNR)
+                ious = [mask_iou(render(mesh, views.K[i], views.w2c[i], masks[i].shape[1], masks[i].shape[0]).mask,
+                                 masks[i]) for i in held]
+                row["heldout_iou"] = round(float(np.mean(ious)), 5) if ious else None
                 rows.append(row)
                 print(f"{folder.name:12s} {name:14s} F@0.2%={row['fscore@0.2%']:.4f} CD={row['chamfer_l1_rel']:.6f} "
                       f"P={row['precision@0.2%']:.4f} R={row['recall@0.2%']:.4f} faces={row['faces']} "
-                      f"genus={row['genus']} refine={secs:.1f}s", flush=True)
+                      f"genus={row['genus']} IoU={row['heldout_iou']} refine={secs:.1f}s", flush=True)
                 if args.meshes is not None:
                     meshes[f"{folder.name}__{name}__v"] = np.asarray(mesh.vertices, dtype=np.float32)
                     meshes[f"{folder.name}__{name}__f"] = np.asarray(mesh.faces, dtype=np.int32)

@@ -138,6 +138,7 @@ class RefineConfig:
     smoothness_decay: float = 1.0  # largesteps lambda is multiplied by this at each finer level
     alpha_coverage: bool = True  # fit silhouettes to the alpha matte's sub-pixel coverage where masks came from it
     remesh: str = "isotropic"  # mesh growth per level: isotropic (pymeshlab, uniform triangles) | subdivide (midpoint)
+    lr_final: float = 1.0  # the last level's shape step decays (cosine) to this fraction of step
     # CPU preview (pytorch3d rasteriser): much smaller, used when enabled = "on" and there is no GPU
     cpu_image_size: int = 128
     cpu_iterations: int = 40
@@ -146,7 +147,7 @@ class RefineConfig:
 
 @dataclass(frozen=True)
 class TextureConfig:
-    """UV-textured outputs (xatlas atlas, photos baked in, refined on a GPU)."""
+    """UV-textured outputs (xatlas atlas, photos baked in, then least-squares fitted to the photo pixels)."""
 
     enabled: bool = True  # false: vertex colours only
     size: int = 2048  # texture side, texels (GPU)
@@ -157,8 +158,14 @@ class TextureConfig:
     cpu_max_faces: int = 60_000  # on the CPU (1024^2 texture): 120000 cost +8 s of atlas on 2 cores for the same PSNR
     view_weight_power: float = 4.0  # bake weight of a photo: cos(normal, view direction)^this
     atlas_pieces: int = 0  # patches xatlas charts in parallel; 0: one per 4000 faces, at most 16 (5x faster)
-    refine_iterations: int = 0  # GPU only, opt-in: fit the baked texture to the photos through nvdiffrast (300 was
-    # the default until measured: the fit lowered held-out PSNR, see README)
+    # least-squares fit of the bake to the photo pixels (pipeline.texture.fit_texture): the texture that best
+    # reproduces the training photos under the renderer's own bilinear model
+    fit: bool = True
+    fit_iterations: int = 60  # conjugate-gradient steps
+    fit_prior: float = 0.1  # pull towards the baked colour, per texel, in units of one pixel's squared error
+    fit_smooth: float = 1.0  # pull between neighbouring texels' corrections
+    fit_view_power: float = 0.0  # pixel weight |cos(normal, view)|^this
+    cpu_fit_views: int = 12  # on the CPU the pixels are found by ray casting (~0.3 s a view): use this many views
 
 
 @dataclass(frozen=True)

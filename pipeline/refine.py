@@ -42,6 +42,9 @@ class RefineSettings:
     # start_faces * 4^level, also before the first level) or "subdivide" (midpoint, x4 faces). Measured on an H100:
     # F@0.2% 0.968 vs 0.964 (spot_render), 0.990 vs 0.987 (bob), +3.5 s (bench/results/tune-C-h100.json)
     remesh: str = "isotropic"
+    # the shape step of the last level decays (cosine) to this fraction of ``lr``: Adam at a constant step leaves
+    # the vertices jittering by about a step around the optimum, a sub-pixel error on every silhouette
+    lr_final: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -192,6 +195,13 @@ def _resize_stack(imgs: list[np.ndarray], size: tuple[int, int], device: torch.d
     return torch.stack(out).to(device)
 
 
+def step_fraction(it: int, iters: int, final: float) -> float:
+    """Cosine decay from 1 at ``it`` = 0 to ``final`` at the last iteration (``iters`` - 1)."""
+    if iters <= 1:
+        return 1.0
+    return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * it / (iters - 1)))
+
+
 def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], masks: list[np.ndarray],
            Ks: np.ndarray, w2cs: np.ndarray, rasterizer: Rasterizer, settings: RefineSettings, device: str,
            check: Callable[[float], None] = lambda f: None) -> RefineResult:
@@ -248,7 +258,10 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
         vpstep = settings.views_per_step or views_that_fit(n, size, dev)
         gen = torch.Generator().manual_seed(li)
         loss_val = float("nan")
+        last = li == len(settings.levels) - 1
         for it in range(iters):
+            if last and settings.lr_final != 1.0:
+                opt.param_groups[0]["lr"] = settings.lr * step_fraction(it, iters, settings.lr_final)
             idx = torch.randperm(n, generator=gen)[:vpstep].to(dev)
             verts = from_differential(M, u, "Cholesky")
             rgb, alpha = rasterizer.render(verts, faces32, colors.clamp(0, 1),

@@ -1,5 +1,5 @@
 """Texture atlas: decimate, unwrap with xatlas, bake the photos into a texture, pad the seams, and (on a GPU)
-refine the texture by differentiable rendering through nvdiffrast's texture sampling.
+fit the texture to the photo pixels by sparse least squares (the renderer's bilinear model).
 
 UV convention: xatlas/trimesh/OBJ, v = 0 at the bottom image row. Texel (row r, column c) has its centre at
 u = (c + 0.5) / S, v = 1 - (r + 0.5) / S.
@@ -24,9 +24,19 @@ class TextureSettings:
     view_weight_power: float = 4.0  # bake weight of a view: cos(normal, view direction)^this
     atlas_pieces: int = 0  # patches unwrapped in parallel (0: one per 4000 faces, at most 16), see ``unwrap``
     dilate: int = 8  # seam padding: colours pushed this many texels outside each chart
-    refine_iterations: int = 0  # GPU photometric fit of the baked texture (0: off; opt-in, see the texture stage)
-    refine_lr: float = 0.02
-    refine_views_per_step: int = 8
+    fit: "FitSettings | None" = None  # least-squares fit of the bake to the photos (None: bake only)
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """Least-squares fit of the baked texture to the photo pixels (:func:`fit_texture`). Weights are in units
+    of one photo pixel's squared error."""
+
+    iterations: int = 60  # conjugate-gradient steps
+    prior: float = 0.1  # pull of every texel towards its baked colour
+    smooth: float = 1.0  # pull between the corrections of neighbouring texels of a chart
+    view_power: float = 0.0  # weight of a pixel: |cos(normal, view direction)|^this
+    max_views: int = 0  # views the pixels come from, evenly spaced (0: all)
 
 
 @dataclass(frozen=True)
@@ -178,58 +188,210 @@ def bake(atlas: Atlas, visibility_mesh: trimesh.Trimesh, images: list[np.ndarray
     return tex, {"texels": int(len(pts)), "coverage": float(covered.mean()), "seen_fraction": float((seen > 0).mean())}
 
 
-def refine_texture_gpu(atlas: Atlas, texture: np.ndarray, images: list[np.ndarray], masks: list[np.ndarray],
-                       Ks: np.ndarray, w2cs: np.ndarray, s: TextureSettings, device: str = "cuda",
-                       check: Callable[[float], None] = lambda f: None) -> tuple[np.ndarray, dict[str, float]]:
-    """Photometric refinement of the texture: render the textured mesh into the training views with nvdiffrast
-    (rasterize, interpolate UVs, texture with mipmaps, antialias) and minimise L1 to the photos inside the masks.
-    Returns the refined texture and the loss before/after."""
+@dataclass(frozen=True)
+class PixelSamples:
+    """Photo pixels that see the textured mesh, one row per pixel.
+
+    uv: (M, 2) float32 texture pixel coordinates (texel centres at +0.5, row 0 = top, as :func:`sample_texture`);
+    rgb: (M, 3) float32 in [0, 1], the photo's colour there; weight: (M,) float32; view: (M,) int32."""
+
+    uv: np.ndarray
+    rgb: np.ndarray
+    weight: np.ndarray
+    view: np.ndarray
+
+
+def _texture_pixel_uv(atlas: Atlas, size: int) -> np.ndarray:
+    """Atlas UVs (V', 2, v up) -> texture pixel coordinates (V', 2), row 0 at the top."""
+    return np.stack([atlas.uv[:, 0] * size, (1.0 - atlas.uv[:, 1]) * size], 1).astype(np.float32)
+
+
+def _cos_weight(normals: np.ndarray, points: np.ndarray, center: np.ndarray, power: float) -> np.ndarray:
+    """|cos(normal, direction to the camera)|^power, (M,). normals, points (M, 3)."""
+    if power == 0:
+        return np.ones(len(points), dtype=np.float32)
+    d = center[None] - points
+    d /= np.linalg.norm(d, axis=1, keepdims=True) + 1e-12
+    return (np.abs((normals * d).sum(1)) ** power).astype(np.float32)
+
+
+def pixel_samples_raycast(atlas: Atlas, images: list[np.ndarray], masks: list[np.ndarray], Ks: np.ndarray,
+                          w2cs: np.ndarray, size: int, view_power: float = 0.0,
+                          check: Callable[[float], None] = lambda f: None) -> PixelSamples:
+    """Pixel samples by Embree ray casting through pixel centres: the renderer the held-out scores and the report
+    use, so the fit models exactly how the textured mesh is judged. images: N (H, W, 3) uint8; masks: N (H, W) bool."""
+    from pipeline.render import pixel_rays
+
+    mesh = trimesh.Trimesh(atlas.vertices, atlas.faces, process=False)
+    uvpx = _texture_pixel_uv(atlas, size)
+    parts: list[tuple[np.ndarray, ...]] = []
+    for i, (img, m, K, w2c) in enumerate(zip(images, masks, Ks, w2cs)):
+        H, W = m.shape
+        origin, dirs = pixel_rays(K, w2c, W, H)
+        locs, ray, tri = mesh.ray.intersects_location(np.broadcast_to(origin, dirs.shape), dirs, multiple_hits=False)
+        keep = np.asarray(m).reshape(-1)[ray]
+        locs, ray, tri = locs[keep], ray[keep], tri[keep]
+        bary = trimesh.triangles.points_to_barycentric(mesh.triangles[tri], locs)
+        uv = np.einsum("rk,rkc->rc", bary, uvpx[atlas.faces[tri]]).astype(np.float32)
+        rgb = img.reshape(-1, 3)[ray].astype(np.float32) / 255.0
+        w = _cos_weight(mesh.face_normals[tri], locs, origin, view_power)
+        parts.append((uv, rgb, w, np.full(len(ray), i, dtype=np.int32)))
+        check((i + 1) / len(images))
+    return PixelSamples(*(np.concatenate([p[k] for p in parts]) if parts else np.zeros((0,)) for k in range(4)))
+
+
+def pixel_samples_nvdiffrast(atlas: Atlas, images: list[np.ndarray], masks: list[np.ndarray], Ks: np.ndarray,
+                             w2cs: np.ndarray, size: int, view_power: float = 0.0, device: str = "cuda",
+                             build_dir=None) -> PixelSamples:
+    """Pixel samples on the GPU: nvdiffrast rasterises the atlas mesh at pixel centres (the same samples as
+    :func:`pixel_samples_raycast`, measured in milliseconds per view instead of ~0.2 s)."""
     import torch
 
     from pipeline.raster import clip_space, load_nvdiffrast, to_camera
 
-    dr, glctx = load_nvdiffrast()
+    dr, glctx = load_nvdiffrast(build_dir)
     dev = torch.device(device)
     verts = torch.tensor(atlas.vertices, dtype=torch.float32, device=dev)
     faces = torch.tensor(atlas.faces, dtype=torch.int32, device=dev)
-    uv = torch.tensor(np.stack([atlas.uv[:, 0], 1.0 - atlas.uv[:, 1]], 1), dtype=torch.float32, device=dev)  # row 0 = top
-    tex = torch.tensor(texture, dtype=torch.float32, device=dev)[None].contiguous().requires_grad_(True)
-    covered = torch.tensor(atlas.face_of_texel >= 0, device=dev)
-    views = []
-    for img, m, K, w2c in zip(images, masks, Ks, w2cs):
-        H, W = img.shape[:2]
-        Kt = torch.tensor(K, dtype=torch.float32, device=dev)[None]
-        cam = to_camera(verts, torch.tensor(w2c, dtype=torch.float32, device=dev)[None])
-        z = cam[..., 2]
-        near, far = max(float(z.min()) * 0.5, 1e-4), float(z.max()) * 2.0
-        clip = clip_space(cam, Kt, (H, W), near, far).contiguous()
-        views.append((clip, torch.tensor(img, device=dev).float() / 255.0, torch.tensor(m, device=dev), H, W))
-    opt = torch.optim.Adam([tex], lr=s.refine_lr)
-    losses = []
-    rng = np.random.default_rng(0)
-    for it in range(s.refine_iterations):
-        opt.zero_grad()
-        total = 0.0
-        for vi in rng.choice(len(views), min(s.refine_views_per_step, len(views)), replace=False):
-            clip, target, m, H, W = views[vi]
-            rast, rast_db = dr.rasterize(glctx, clip, faces, (H, W))
-            tc, tc_db = dr.interpolate(uv[None], rast, faces, rast_db=rast_db, diff_attrs="all")
-            col = dr.texture(tex, tc, tc_db, filter_mode="linear-mipmap-linear", max_mip_level=4)
-            col = dr.antialias(col, rast, clip, faces)[0]
-            cov = (rast[0, ..., 3] > 0) & m
-            loss = (col - target).abs()[cov].mean()
-            loss.backward()
-            total += float(loss)
-        opt.step()
-        with torch.no_grad():
-            tex.clamp_(0, 1)
-        losses.append(total / min(s.refine_views_per_step, len(views)))
-        if it % 20 == 0:
-            check(it / s.refine_iterations)
-    out = tex.detach()[0].cpu().numpy()
-    out = pad_seams(out, covered.cpu().numpy(), s.dilate)
-    return out, {"l1_first": losses[0] if losses else None, "l1_last": float(np.mean(losses[-10:])) if losses else None,
-                 "iterations": s.refine_iterations}
+    attrs = torch.cat([torch.tensor(_texture_pixel_uv(atlas, size), device=dev), verts], 1)[None].contiguous()
+    tri = verts[faces.long()]
+    fn = torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    fn = fn / (fn.norm(dim=1, keepdim=True) + 1e-12)
+    parts = []
+    with torch.no_grad():
+        for i, (img, m, K, w2c) in enumerate(zip(images, masks, Ks, w2cs)):
+            H, W = m.shape
+            w2ct = torch.tensor(w2c, dtype=torch.float32, device=dev)[None]
+            cam = to_camera(verts, w2ct)
+            z = cam[..., 2]
+            near, far = max(float(z.min()) * 0.5, 1e-4), float(z.max()) * 2.0
+            clip = clip_space(cam, torch.tensor(K, dtype=torch.float32, device=dev)[None], (H, W), near, far)
+            rast, _ = dr.rasterize(glctx, clip.contiguous(), faces, resolution=[H, W])
+            out, _ = dr.interpolate(attrs, rast, faces)
+            face = rast[0, ..., 3].long() - 1  # nvdiffrast: triangle id + 1, 0 where empty
+            sel = (face >= 0) & torch.as_tensor(np.asarray(m), device=dev)
+            o = out[0][sel]
+            if view_power == 0:
+                w = torch.ones(len(o), device=dev)
+            else:
+                center = -w2ct[0, :3, :3].T @ w2ct[0, :3, 3]
+                d = center[None] - o[:, 2:5]
+                d = d / (d.norm(dim=1, keepdim=True) + 1e-12)
+                w = (fn[face[sel]] * d).sum(1).abs() ** view_power
+            rgb = torch.as_tensor(np.asarray(img), device=dev)[sel].float() / 255.0
+            parts.append((o[:, :2], rgb, w, torch.full((len(o),), i, dtype=torch.int32, device=dev)))
+    return PixelSamples(*(torch.cat([p[k] for p in parts]).cpu().numpy() for k in range(4)))
+
+
+def bilinear_operator(uv, height: int, width: int):
+    """The sparse matrix of :func:`pipeline.colors.bilinear_t` (same centres, same border clamp): a sample at
+    ``uv`` (M, 2) texture pixel coordinates reads texels ``idx`` (M, 4) long (flat, row-major) with weights ``w``
+    (M, 4). Torch tensors in, torch tensors out."""
+    import torch
+
+    x = (uv[:, 0] - 0.5).clamp(0, width - 1)
+    y = (uv[:, 1] - 0.5).clamp(0, height - 1)
+    x0, y0 = x.floor().long(), y.floor().long()
+    x1, y1 = (x0 + 1).clamp(max=width - 1), (y0 + 1).clamp(max=height - 1)
+    wx, wy = x - x0, y - y0
+    idx = torch.stack([y0 * width + x0, y0 * width + x1, y1 * width + x0, y1 * width + x1], 1)
+    w = torch.stack([(1 - wx) * (1 - wy), wx * (1 - wy), (1 - wx) * wy, wx * wy], 1)
+    return idx, w
+
+
+def fit_texture(texture: np.ndarray, samples: PixelSamples, covered: np.ndarray, s: "FitSettings",
+                device: str = "cpu", check: Callable[[float], None] = lambda f: None) -> tuple[np.ndarray, dict]:
+    """Least-squares fit of a (baked) texture to the photo pixels that see it.
+
+    Every sample is a bilinear read of the texture (the renderer's model), so the texture that best reproduces
+    the photos solves a sparse linear least-squares problem in the correction ``d`` of the referenced texels:
+
+        min_d  sum_i w_i |A_i (t0 + d) - rgb_i|^2  +  prior |d|^2  +  smooth sum_(p,q neighbours) |d_p - d_q|^2
+
+    The prior keeps texels that few pixels see at their baked colour; the smoothness term (within charts: both
+    texels covered) makes the correction a field rather than per-texel noise. Solved with Jacobi-preconditioned
+    conjugate gradients on the normal equations, all three channels at once.
+
+    texture: (S, S, 3) float32 in [0, 1]; covered: (S, S) bool, texels inside a chart. Returns the fitted texture
+    (S, S, 3) float32 (untouched where no sample reads) and a summary (RMSE over the samples before/after)."""
+    import time
+
+    import torch
+
+    if texture.ndim != 3 or texture.shape[2] != 3 or covered.shape != texture.shape[:2]:
+        raise ValueError(f"texture must be (S, S, 3) and covered (S, S), got {texture.shape} and {covered.shape}")
+    if s.prior <= 0 and s.smooth <= 0:
+        raise ValueError("fit needs prior > 0 or smooth > 0: unseen texels would make the system singular")
+    t_start = time.monotonic()
+    dev = torch.device(device)
+    S0, S1 = texture.shape[:2]
+    t0 = torch.as_tensor(texture, dtype=torch.float32, device=dev).reshape(-1, 3)
+    uv = torch.as_tensor(samples.uv, dtype=torch.float32, device=dev)
+    rgb = torch.as_tensor(samples.rgb, dtype=torch.float32, device=dev)
+    sw = torch.as_tensor(samples.weight, dtype=torch.float32, device=dev)
+    if len(uv) == 0:
+        return texture, {"skipped": "no photo pixel sees the textured mesh"}
+    idx, w = bilinear_operator(uv, S0, S1)
+    ref, cidx = torch.unique(idx.reshape(-1), return_inverse=True)
+    cidx = cidx.reshape(idx.shape)
+    T = len(ref)
+    flat = cidx.reshape(-1)
+
+    def A(d: torch.Tensor) -> torch.Tensor:  # (T, 3) -> (M, 3)
+        return (d[cidx] * w[..., None]).sum(1)
+
+    def At(r: torch.Tensor) -> torch.Tensor:  # (M, 3) -> (T, 3)
+        return torch.zeros((T, 3), device=dev).index_add_(0, flat, (w[..., None] * r[:, None, :]).reshape(-1, 3))
+
+    # neighbour pairs (right, down) of referenced texels that both lie inside charts
+    lut = torch.full((S0 * S1,), -1, dtype=torch.long, device=dev)
+    lut[ref] = torch.arange(T, device=dev)
+    L = lut.reshape(S0, S1)
+    cov = torch.as_tensor(covered, device=dev) & (L >= 0)
+    pa, pb = [], []
+    for a, b, ca, cb in ((L[:, :-1], L[:, 1:], cov[:, :-1], cov[:, 1:]), (L[:-1], L[1:], cov[:-1], cov[1:])):
+        ok = ca & cb
+        pa.append(a[ok])
+        pb.append(b[ok])
+    pa_t, pb_t = torch.cat(pa), torch.cat(pb)
+
+    def lap(d: torch.Tensor) -> torch.Tensor:
+        e = d[pa_t] - d[pb_t]
+        return torch.zeros_like(d).index_add_(0, pa_t, e).index_add_(0, pb_t, -e)
+
+    def normal(d: torch.Tensor) -> torch.Tensor:
+        return At(sw[:, None] * A(d)) + s.prior * d + (s.smooth * lap(d) if s.smooth > 0 else 0.0)
+
+    r0 = rgb - A(t0[ref])  # residual of the baked texture
+    rmse_before = float(((r0 ** 2).sum(1).mean() / 3).sqrt())
+    degree = torch.zeros(T, device=dev).index_add_(0, pa_t, torch.ones_like(pa_t, dtype=torch.float32))
+    degree.index_add_(0, pb_t, torch.ones_like(pb_t, dtype=torch.float32))
+    diag = (torch.zeros(T, device=dev).index_add_(0, flat, (sw[:, None] * w * w).reshape(-1))
+            + s.prior + s.smooth * degree)[:, None]
+    x = torch.zeros((T, 3), device=dev)
+    r = At(sw[:, None] * r0)
+    z = r / diag
+    p = z.clone()
+    rz = (r * z).sum(0)
+    for it in range(s.iterations):
+        Ap = normal(p)
+        alpha = rz / (p * Ap).sum(0).clamp(min=1e-20)
+        x += alpha * p
+        r -= alpha * Ap
+        z = r / diag
+        rz_new = (r * z).sum(0)
+        p = z + (rz_new / rz.clamp(min=1e-20)) * p
+        rz = rz_new
+        if it % 10 == 0:
+            check(it / max(1, s.iterations))
+    out = t0.clone()
+    out[ref] = (t0[ref] + x).clamp(0, 1)
+    r1 = rgb - A(out[ref])
+    rmse_after = float(((r1 ** 2).sum(1).mean() / 3).sqrt())
+    return out.reshape(S0, S1, 3).cpu().numpy(), {
+        "samples": int(len(uv)), "texels_fitted": int(T), "iterations": s.iterations, "prior": s.prior,
+        "smooth": s.smooth, "rmse_before": round(rmse_before, 5), "rmse_after": round(rmse_after, 5),
+        "seconds": round(time.monotonic() - t_start, 3)}
 
 
 def sample_texture(texture: np.ndarray, uv: np.ndarray) -> np.ndarray:

@@ -2,7 +2,8 @@
 
     python tools/render_set.py MESH OUT_DIR [--views 60] [--size 512] [--seed 0] [--zup]
 
-Cameras: random directions on a sphere (upper 80% of it, like a turntable shoot with some low views), looking at
+Cameras: random directions on a sphere (by default its upper 80%, like a turntable shoot with some low views;
+``--min-z -1`` for the whole sphere), looking at
 the object's centre, at a distance where the object fills about 60% of the frame. Shading is view-independent
 (albedo x fixed world light), so a photometric method can reproduce the images exactly. Output follows the
 NeRF-synthetic convention (OpenGL camera axes, camera_angle_x); gt.ply is in the same world frame.
@@ -89,6 +90,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--fov", type=float, default=0.6911, help="camera_angle_x in radians")
     ap.add_argument("--zup", action="store_true", help="rotate a +Y-up (glTF) mesh to +Z up first, as NeRF scenes are")
+    ap.add_argument("--min-z", type=float, default=-0.6,
+                    help="lowest camera direction z (unit sphere, +Z up): -0.6 keeps the upper 80%%, -1 the whole sphere")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--scale", type=float, default=1.0, help="multiply the mesh's units (tests scale invariance)")
     args = ap.parse_args()
@@ -115,7 +118,7 @@ def main() -> None:
         while True:
             d = rng.normal(size=3)
             d /= np.linalg.norm(d)
-            if d[2] > -0.6:
+            if d[2] > args.min_z:
                 break
         poses.append(look_at(center + dist * d, center, up))
     global _JOB

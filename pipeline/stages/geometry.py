@@ -13,7 +13,8 @@ import trimesh
 from pipeline.carve import CarveResult, CarveSettings, carve, mask_coverage
 from pipeline.colors import vertex_colors
 from pipeline.gates import apply_gates
-from pipeline.texture import TextureSettings, bake, build_atlas, refine_texture_gpu
+from pipeline.texture import (Atlas, FitSettings, TextureSettings, bake, build_atlas, fit_texture, pad_seams,
+                              pixel_samples_nvdiffrast, pixel_samples_raycast)
 from daemon.config import RefineConfig
 from pipeline.context import JobContext, JobError
 from pipeline.raster import make_rasterizer
@@ -99,7 +100,7 @@ def load_mesh(ctx: JobContext, stage: str = "geometry") -> trimesh.Trimesh:
 def refine_settings(cfg: RefineConfig, on_gpu: bool) -> RefineSettings:
     common = dict(lam=cfg.smoothness, lr=cfg.step, w_photo=cfg.photometric_weight, w_silhouette=cfg.silhouette_weight,
                   w_normal=cfg.normal_weight, w_laplacian=cfg.laplacian_weight, w_edge=cfg.edge_weight,
-                  lam_decay=cfg.smoothness_decay, remesh=cfg.remesh)
+                  lam_decay=cfg.smoothness_decay, remesh=cfg.remesh, lr_final=cfg.lr_final)
     if on_gpu:
         sizes = [max(64, cfg.image_size // 2 ** (cfg.levels - 1 - i)) for i in range(cfg.levels)]
         return RefineSettings(levels=tuple((sz, cfg.iterations) for sz in sizes), max_faces=cfg.max_faces,
@@ -191,40 +192,65 @@ class TextureStage(Stage):
         on_gpu = ctx.device == "cuda"
         s = TextureSettings(size=cfg.size if on_gpu else cfg.cpu_size,
                             max_faces=cfg.max_faces if on_gpu else cfg.cpu_max_faces,
-                            refine_iterations=cfg.refine_iterations, atlas_pieces=cfg.atlas_pieces,
+                            atlas_pieces=cfg.atlas_pieces,
+                            fit=FitSettings(iterations=cfg.fit_iterations, prior=cfg.fit_prior, smooth=cfg.fit_smooth,
+                                            view_power=cfg.fit_view_power,
+                                            max_views=0 if on_gpu else cfg.cpu_fit_views) if cfg.fit else None,
                             view_weight_power=cfg.view_weight_power)
         t0 = time.monotonic()
         low = decimate(mesh, s.max_faces)
         atlas = build_atlas(low, s)
         ctx.progress(0.4)
         t_atlas = time.monotonic() - t0
-        # the photos are baked into the atlas on every machine; the nvdiffrast fit on top is opt-in
-        # (texture.refine_iterations > 0): measured on spot_render, the fit started from vertex colours gave
-        # 26.9 dB / SSIM 0.913 held out on the refined mesh, where the bake gives 28.3 dB / 0.978 even on the hull
         tex, bake_info = bake(atlas, low, images, tmasks, views.K[idx], views.w2c[idx], s,
-                              check=lambda f: ctx.progress(0.4 + 0.4 * f), device=ctx.device)
+                              check=lambda f: ctx.progress(0.4 + 0.3 * f), device=ctx.device)
         t_bake = time.monotonic() - t0 - t_atlas
-        refine_info: dict[str, Any] = {"skipped": "texture.refine_iterations = 0: baked only"}
-        if s.refine_iterations > 0 and ctx.device != "cuda":
-            refine_info = {"skipped": "no GPU: the texture is baked only"}
-        elif s.refine_iterations > 0:
-            try:
-                tex, refine_info = refine_texture_gpu(atlas, tex, images, tmasks, views.K[idx], views.w2c[idx], s,
-                                                      check=lambda f: ctx.progress(0.8 + 0.2 * f))
-            except (ImportError, RuntimeError) as e:  # nvdiffrast missing or failed to build: keep the bake
-                ctx.log.warning("texture refinement unavailable (%s); keeping the baked texture", e)
-                refine_info = {"skipped": f"nvdiffrast unavailable ({e})"}
+        fit_info: dict[str, Any] = {"skipped": "texture.fit = false: baked only"}
+        if s.fit is not None:
+            tex, fit_info = self._fit(ctx, atlas, tex, images, tmasks, views.K[idx], views.w2c[idx], s, s.fit)
         cv2.imwrite(str(out_dir / "texture.png"), cv2.cvtColor((np.clip(tex, 0, 1) * 255).round().astype(np.uint8),
                                                                cv2.COLOR_RGB2BGR))
         np.savez(out_dir / "atlas.npz", vertices=atlas.vertices, faces=atlas.faces, uv=atlas.uv)
-        summary.update({"method": "UV texture (xatlas atlas, " + (
-                            "baked from the photos, then fitted to them by differentiable rendering through nvdiffrast)"
-                            if "l1_last" in refine_info else "baked from the photos with visibility and view-angle weights)"),
+        summary.update({"method": "UV texture (xatlas atlas, baked from the photos with visibility and view-angle "
+                                  "weights" + (", then least-squares fitted to the photo pixels)" if "rmse_after" in fit_info
+                                               else ")"),
                         "texture_size": s.size, "textured_faces": int(len(atlas.faces)),
                         "seconds": {"atlas": round(t_atlas, 2), "bake": round(t_bake, 2),
-                                    "refine": round(time.monotonic() - t0 - t_atlas - t_bake, 2)},
-                        "bake": bake_info, "refine": refine_info})
+                                    "fit": round(time.monotonic() - t0 - t_atlas - t_bake, 2)},
+                        "bake": bake_info, "fit": fit_info})
         return summary
+
+
+    @staticmethod
+    def _fit(ctx: JobContext, atlas: Atlas, tex: np.ndarray, images: list[np.ndarray], masks: list[np.ndarray],
+             Ks: np.ndarray, w2cs: np.ndarray, s: TextureSettings, fs: FitSettings) -> tuple[np.ndarray, dict[str, Any]]:
+        """Least-squares fit of the bake: pixels found by nvdiffrast on a GPU, by ray casting on a subset of views
+        on the CPU; nvdiffrast failing to load falls back to ray casting."""
+        pick = np.arange(len(images))
+        if fs.max_views and len(pick) > fs.max_views:
+            pick = np.unique(np.linspace(0, len(pick) - 1, fs.max_views).round().astype(int))
+        imgs, ms = [images[i] for i in pick], [masks[i] for i in pick]
+        t0 = time.monotonic()
+        samples = None
+        how = "ray casting"
+        if ctx.device == "cuda":
+            try:
+                samples = pixel_samples_nvdiffrast(atlas, imgs, ms, Ks[pick], w2cs[pick], s.size, fs.view_power,
+                                                   build_dir=ctx.work_dir.parent.parent / "torch_extensions")
+                how = "nvdiffrast"
+            except (ImportError, RuntimeError, OSError) as e:
+                ctx.log.warning("nvdiffrast unavailable for the texture fit (%s); ray casting instead", e)
+        if samples is None:
+            samples = pixel_samples_raycast(atlas, imgs, ms, Ks[pick], w2cs[pick], s.size, fs.view_power,
+                                            check=lambda f: ctx.progress(0.7 + 0.15 * f))
+        t_samples = time.monotonic() - t0
+        out, info = fit_texture(tex, samples, atlas.face_of_texel >= 0, fs, device=ctx.device,
+                                check=lambda f: ctx.progress(0.85 + 0.15 * f))
+        out = pad_seams(out, atlas.face_of_texel >= 0, s.dilate)
+        info.update({"views": int(len(pick)), "pixels_from": how, "sample_seconds": round(t_samples, 2)})
+        ctx.log.info("texture fit: RMSE %.4f -> %.4f over %d pixels of %d views", info.get("rmse_before", 0),
+                     info.get("rmse_after", 0), info.get("samples", 0), len(pick))
+        return out, info
 
 
 def load_colors(ctx: JobContext) -> np.ndarray:
