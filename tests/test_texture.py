@@ -17,7 +17,8 @@ from pipeline.gates import apply_gates
 from pipeline.texture import pad_seams, rasterize_atlas, sample_texture, unwrap
 from tests.conftest import REPO, SAMPLE
 
-FAST = ["geometry.voxel_resolution=128", "texture.cpu_size=512", "texture.cpu_max_faces=20000", "report.render_size=160"]
+FAST = ["geometry.voxel_resolution=128", "texture.cpu_size=512", "texture.cpu_max_faces=20000", "report.render_size=160",
+        "texture.cpu_fit_views=6"]  # the fit is off on the CPU by default; this job runs it through ray casting
 
 
 def test_atlas_rasterisation_reproduces_the_uv_of_every_texel() -> None:
@@ -175,6 +176,13 @@ def test_textured_outputs_are_complete_and_consistent(textured_job: Path) -> Non
     html = (out / "report.html").read_text()
     assert re.search(r'id="grade-value">(\w+)<', html).group(1) == stats["grade"]["grade"]
     assert stats["files"]["texture.png"] == (out / "texture.png").stat().st_size
+    # the texture fit ran on the CPU (ray casting, 6 views), lowered the pixel error, and the report says so
+    fit = stats["texture"]["fit"]
+    assert fit["pixels_from"] == "ray casting" and fit["views"] == 6 and fit["rmse_after"] < fit["rmse_before"]
+    assert "least-squares fitted" in stats["texture"]["method"]
+    m = re.search(r'id="texture-fit">pixel RMSE ([\d.]+) &rarr; ([\d.]+) over (\d+) pixels of 6 ', html)
+    assert m and float(m.group(1)) == pytest.approx(fit["rmse_before"], abs=1e-4)
+    assert float(m.group(2)) == pytest.approx(fit["rmse_after"], abs=1e-4) and int(m.group(3)) == fit["samples"]
 
 
 def _node_tool(name: str) -> bool:

@@ -195,7 +195,8 @@ class TextureStage(Stage):
                             atlas_pieces=cfg.atlas_pieces,
                             fit=FitSettings(iterations=cfg.fit_iterations, prior=cfg.fit_prior, smooth=cfg.fit_smooth,
                                             view_power=cfg.fit_view_power,
-                                            max_views=0 if on_gpu else cfg.cpu_fit_views) if cfg.fit else None,
+                                            max_views=0 if on_gpu else cfg.cpu_fit_views)
+                            if cfg.fit and (on_gpu or cfg.cpu_fit_views > 0) else None,
                             view_weight_power=cfg.view_weight_power)
         t0 = time.monotonic()
         low = decimate(mesh, s.max_faces)
@@ -205,7 +206,8 @@ class TextureStage(Stage):
         tex, bake_info = bake(atlas, low, images, tmasks, views.K[idx], views.w2c[idx], s,
                               check=lambda f: ctx.progress(0.4 + 0.3 * f), device=ctx.device)
         t_bake = time.monotonic() - t0 - t_atlas
-        fit_info: dict[str, Any] = {"skipped": "texture.fit = false: baked only"}
+        fit_info: dict[str, Any] = {"skipped": "texture.fit = false: baked only" if not cfg.fit else
+                                    "no GPU and texture.cpu_fit_views = 0: baked only"}
         if s.fit is not None:
             tex, fit_info = self._fit(ctx, atlas, tex, images, tmasks, views.K[idx], views.w2c[idx], s, s.fit)
         cv2.imwrite(str(out_dir / "texture.png"), cv2.cvtColor((np.clip(tex, 0, 1) * 255).round().astype(np.uint8),
