@@ -49,7 +49,7 @@ def prepare(folder: Path, work: Path, device: str, stop: str = "refine", cli: di
 
     settings = load_settings(None, environ={}, cli=cli or {})
     ctx = JobContext(job_id=folder.name, input_dir=folder, work_dir=work, settings=settings, device=device,
-                     log=JobLogAdapter(logging.getLogger("hotmesh.tune"), {"job": folder.name}))
+                     log=JobLogAdapter(logging.getLogger("hotmesh.tune"), {"job_id": folder.name}))
     for stage in STAGES:
         if stage.name == stop:
             break

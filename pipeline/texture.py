@@ -7,6 +7,7 @@ u = (c + 0.5) / S, v = 1 - (r + 0.5) / S.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import cv2
@@ -200,6 +201,11 @@ class PixelSamples:
     weight: np.ndarray
     view: np.ndarray
 
+    @classmethod
+    def empty(cls) -> "PixelSamples":
+        return cls(np.zeros((0, 2), np.float32), np.zeros((0, 3), np.float32), np.zeros(0, np.float32),
+                   np.zeros(0, np.int32))
+
 
 def _texture_pixel_uv(atlas: Atlas, size: int) -> np.ndarray:
     """Atlas UVs (V', 2, v up) -> texture pixel coordinates (V', 2), row 0 at the top."""
@@ -237,12 +243,14 @@ def pixel_samples_raycast(atlas: Atlas, images: list[np.ndarray], masks: list[np
         w = _cos_weight(mesh.face_normals[tri], locs, origin, view_power)
         parts.append((uv, rgb, w, np.full(len(ray), i, dtype=np.int32)))
         check((i + 1) / len(images))
-    return PixelSamples(*(np.concatenate([p[k] for p in parts]) if parts else np.zeros((0,)) for k in range(4)))
+    if not parts:
+        return PixelSamples.empty()
+    return PixelSamples(*(np.concatenate([p[k] for p in parts]) for k in range(4)))
 
 
 def pixel_samples_nvdiffrast(atlas: Atlas, images: list[np.ndarray], masks: list[np.ndarray], Ks: np.ndarray,
                              w2cs: np.ndarray, size: int, view_power: float = 0.0, device: str = "cuda",
-                             build_dir=None) -> PixelSamples:
+                             build_dir: Path | None = None) -> PixelSamples:
     """Pixel samples on the GPU: nvdiffrast rasterises the atlas mesh at pixel centres (the same samples as
     :func:`pixel_samples_raycast`, measured in milliseconds per view instead of ~0.2 s)."""
     import torch
@@ -280,6 +288,8 @@ def pixel_samples_nvdiffrast(atlas: Atlas, images: list[np.ndarray], masks: list
                 w = (fn[face[sel]] * d).sum(1).abs() ** view_power
             rgb = torch.as_tensor(np.asarray(img), device=dev)[sel].float() / 255.0
             parts.append((o[:, :2], rgb, w, torch.full((len(o),), i, dtype=torch.int32, device=dev)))
+    if not parts:
+        return PixelSamples.empty()
     return PixelSamples(*(torch.cat([p[k] for p in parts]).cpu().numpy() for k in range(4)))
 
 

@@ -322,3 +322,33 @@ def test_texture_fit_beats_the_bake_on_held_out_views_of_a_misplaced_surface() -
     assert info["rmse_after"] < 0.95 * info["rmse_before"], info
     gain = held_out_psnr(fitted) - held_out_psnr(baked)
     assert gain > 0.2, gain
+
+
+def test_texture_fit_out_of_gpu_memory_keeps_the_bake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fit only polishes the bake: a CUDA OOM inside it leaves the baked texture and a note, not a failed job."""
+    import logging
+
+    import torch
+
+    import pipeline.stages.geometry as geo
+    from daemon.config import load_settings
+    from pipeline.context import JobContext, JobLogAdapter
+    from pipeline.render import look_at, render
+    from pipeline.texture import FitSettings, TextureSettings, build_atlas
+
+    mesh = trimesh.creation.icosphere(subdivisions=2)
+    atlas = build_atlas(mesh, TextureSettings(size=64, atlas_pieces=1))
+    K = np.array([[60.0, 0, 32], [0, 60.0, 32], [0, 0, 1]])
+    w2c = look_at(np.array([3.0, 0, 0]), np.zeros(3), np.array([0, 0, 1.0]))
+    shot = render(mesh, K, w2c, 64, 64)
+    baked = np.full((64, 64, 3), 0.5, np.float32)
+
+    def oom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+
+    monkeypatch.setattr(geo, "fit_texture", oom)
+    ctx = JobContext(job_id="t", input_dir=tmp_path, work_dir=tmp_path / "w", settings=load_settings(None, environ={}),
+                     device="cpu", log=JobLogAdapter(logging.getLogger("hotmesh.test"), {"job_id": "t"}))
+    tex, info = geo.TextureStage._fit(ctx, atlas, baked, [np.full((64, 64, 3), 200, np.uint8)], [shot.mask],
+                                      K[None], w2c[None], TextureSettings(size=64), FitSettings())
+    assert tex is baked and "out of GPU memory" in info["skipped"]

@@ -8,6 +8,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import torch
 import trimesh
 
 from pipeline.carve import CarveResult, CarveSettings, carve, mask_coverage
@@ -222,7 +223,6 @@ class TextureStage(Stage):
                         "bake": bake_info, "fit": fit_info})
         return summary
 
-
     @staticmethod
     def _fit(ctx: JobContext, atlas: Atlas, tex: np.ndarray, images: list[np.ndarray], masks: list[np.ndarray],
              Ks: np.ndarray, w2cs: np.ndarray, s: TextureSettings, fs: FitSettings) -> tuple[np.ndarray, dict[str, Any]]:
@@ -246,8 +246,15 @@ class TextureStage(Stage):
             samples = pixel_samples_raycast(atlas, imgs, ms, Ks[pick], w2cs[pick], s.size, fs.view_power,
                                             check=lambda f: ctx.progress(0.7 + 0.15 * f))
         t_samples = time.monotonic() - t0
-        out, info = fit_texture(tex, samples, atlas.face_of_texel >= 0, fs, device=ctx.device,
-                                check=lambda f: ctx.progress(0.85 + 0.15 * f))
+        try:
+            out, info = fit_texture(tex, samples, atlas.face_of_texel >= 0, fs, device=ctx.device,
+                                    check=lambda f: ctx.progress(0.85 + 0.15 * f))
+        except torch.cuda.OutOfMemoryError:
+            # the fit only polishes the bake: without the memory for it (idx/weights are ~48 bytes a pixel) the
+            # job keeps the baked texture rather than failing
+            ctx.log.warning("texture fit: out of GPU memory for %d pixels; keeping the baked texture", len(samples.uv))
+            torch.cuda.empty_cache()
+            return tex, {"skipped": f"out of GPU memory for {len(samples.uv)} pixels: baked only"}
         out = pad_seams(out, atlas.face_of_texel >= 0, s.dilate)
         info.update({"views": int(len(pick)), "pixels_from": how, "sample_seconds": round(t_samples, 2)})
         ctx.log.info("texture fit: RMSE %.4f -> %.4f over %d pixels of %d views", info.get("rmse_before", 0),
