@@ -42,10 +42,9 @@ def main() -> None:
     import trimesh
 
     from pipeline.evaluate import held_out_scores
-    from pipeline.stages.geometry import load_textured
+    from pipeline.stages.geometry import fit_bake, fit_settings, load_textured
     from pipeline.stages.views import Views, load_masks
-    from pipeline.texture import (Atlas, FitSettings, fit_texture, pad_seams, pixel_samples_nvdiffrast,
-                                  pixel_samples_raycast, rasterize_atlas)
+    from pipeline.texture import Atlas, TextureSettings, rasterize_atlas
 
     variants = [parse_variant(v) for v in args.variant]
     rows: list[dict[str, Any]] = []
@@ -65,22 +64,15 @@ def main() -> None:
             bake = tex8.astype(np.float32) / 255.0
             train = [i for i in views.train if masks[i] is not None]
             held = [i for i in np.nonzero(views.holdout)[0] if masks[i] is not None]
-            samples_cache: dict[float, Any] = {}
             for name, over in variants:
                 cfg = load_settings(None, environ={}, cli=over).texture
                 t1 = time.monotonic()
                 info: dict[str, Any] = {}
                 tex = bake
-                if over:
-                    fs = FitSettings(iterations=cfg.fit_iterations, prior=cfg.fit_prior, smooth=cfg.fit_smooth,
-                                     view_power=cfg.fit_view_power)
-                    if fs.view_power not in samples_cache:
-                        imgs, ms = [views.rgb[i] for i in train], [masks[i] for i in train]
-                        fn = pixel_samples_nvdiffrast if args.device == "cuda" else pixel_samples_raycast
-                        samples_cache[fs.view_power] = fn(atlas, imgs, ms, views.K[train], views.w2c[train], S,
-                                                          fs.view_power)
-                    tex, info = fit_texture(bake, samples_cache[fs.view_power], face_id >= 0, fs, device=args.device)
-                    tex = pad_seams(tex, face_id >= 0, 8)
+                fs = fit_settings(cfg, on_gpu=args.device == "cuda") if over else None
+                if fs is not None:  # the texture stage's own fit, pixels and seam padding included
+                    tex, info = fit_bake(ctx, atlas, bake, [views.rgb[i] for i in train], [masks[i] for i in train],
+                                         views.K[train], views.w2c[train], TextureSettings(size=S), fs)
                 secs = time.monotonic() - t1
                 tex_u8 = (np.clip(tex, 0, 1) * 255).round().astype(np.uint8)
                 h = held_out_scores(mesh, None, [views.names[i] for i in held], [views.rgb[i] for i in held],

@@ -52,6 +52,16 @@ def clip_space(cam: torch.Tensor, K: torch.Tensor, size: tuple[int, int], near: 
     return torch.stack([xc, yc, zc, z], dim=-1)
 
 
+def clip_coords(verts: torch.Tensor, K: torch.Tensor, w2c: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """World vertices (V, 3) seen by B cameras (K (B, 3, 3), w2c (B, 4, 4)) -> contiguous clip coordinates
+    (B, V, 4) for nvdiffrast, with near/far planes around the vertices' depths."""
+    cam = to_camera(verts, w2c)
+    depth = cam[..., 2].detach()
+    near = max(float(depth[depth > 0].min()) * 0.5, 1e-4) if (depth > 0).any() else 1e-3
+    far = float(depth.max()) * 2.0 + near
+    return clip_space(cam, K, size, near, far).contiguous()
+
+
 def load_nvdiffrast(build_dir: Path | None = None):
     """Import nvdiffrast.torch, applying the loader fix for recent torch (plugin built but not importable)."""
     if build_dir is not None:
@@ -83,11 +93,7 @@ class NvdiffrastRasterizer:
 
     def render(self, verts, faces, colors, cams):
         dr = self.dr
-        cam = to_camera(verts, cams.w2c)
-        depth = cam[..., 2].detach()
-        near = max(float(depth[depth > 0].min()) * 0.5, 1e-4) if (depth > 0).any() else 1e-3
-        far = float(depth.max()) * 2.0 + near
-        clip = clip_space(cam, cams.K, cams.size, near, far).contiguous()
+        clip = clip_coords(verts, cams.K, cams.w2c, cams.size)
         rast, _ = dr.rasterize(self.ctx, clip, faces, resolution=list(cams.size))
         rgb, _ = dr.interpolate(colors[None].contiguous(), rast, faces)
         cover = (rast[..., 3:4] > 0).float()

@@ -14,18 +14,7 @@ import cv2
 import numpy as np
 import trimesh
 
-from pipeline.colors import bilinear, point_colors
-
-
-@dataclass(frozen=True)
-class TextureSettings:
-    size: int = 2048  # texture side (square)
-    max_faces: int = 120_000  # the textured mesh is a decimated copy of the final one
-    padding: int = 4  # xatlas gutter between charts, texels
-    view_weight_power: float = 4.0  # bake weight of a view: cos(normal, view direction)^this
-    atlas_pieces: int = 0  # patches unwrapped in parallel (0: one per 4000 faces, at most 16), see ``unwrap``
-    dilate: int = 8  # seam padding: colours pushed this many texels outside each chart
-    fit: "FitSettings | None" = None  # least-squares fit of the bake to the photos (None: bake only)
+from pipeline.colors import bilinear, bilinear_weights, point_colors
 
 
 @dataclass(frozen=True)
@@ -38,6 +27,17 @@ class FitSettings:
     smooth: float = 1.0  # pull between the corrections of neighbouring texels of a chart
     view_power: float = 0.0  # weight of a pixel: |cos(normal, view direction)|^this
     max_views: int = 0  # views the pixels come from, evenly spaced (0: all)
+
+
+@dataclass(frozen=True)
+class TextureSettings:
+    size: int = 2048  # texture side (square)
+    max_faces: int = 120_000  # the textured mesh is a decimated copy of the final one
+    padding: int = 4  # xatlas gutter between charts, texels
+    view_weight_power: float = 4.0  # bake weight of a view: cos(normal, view direction)^this
+    atlas_pieces: int = 0  # patches unwrapped in parallel (0: one per 4000 faces, at most 16), see ``unwrap``
+    dilate: int = 8  # seam padding: colours pushed this many texels outside each chart
+    fit: FitSettings | None = None  # least-squares fit of the bake to the photos (None: bake only)
 
 
 @dataclass(frozen=True)
@@ -255,7 +255,7 @@ def pixel_samples_nvdiffrast(atlas: Atlas, images: list[np.ndarray], masks: list
     :func:`pixel_samples_raycast`, measured in milliseconds per view instead of ~0.2 s)."""
     import torch
 
-    from pipeline.raster import clip_space, load_nvdiffrast, to_camera
+    from pipeline.raster import clip_coords, load_nvdiffrast
 
     dr, glctx = load_nvdiffrast(build_dir)
     dev = torch.device(device)
@@ -270,11 +270,8 @@ def pixel_samples_nvdiffrast(atlas: Atlas, images: list[np.ndarray], masks: list
         for i, (img, m, K, w2c) in enumerate(zip(images, masks, Ks, w2cs)):
             H, W = m.shape
             w2ct = torch.tensor(w2c, dtype=torch.float32, device=dev)[None]
-            cam = to_camera(verts, w2ct)
-            z = cam[..., 2]
-            near, far = max(float(z.min()) * 0.5, 1e-4), float(z.max()) * 2.0
-            clip = clip_space(cam, torch.tensor(K, dtype=torch.float32, device=dev)[None], (H, W), near, far)
-            rast, _ = dr.rasterize(glctx, clip.contiguous(), faces, resolution=[H, W])
+            clip = clip_coords(verts, torch.tensor(K, dtype=torch.float32, device=dev)[None], w2ct, (H, W))
+            rast, _ = dr.rasterize(glctx, clip, faces, resolution=[H, W])
             out, _ = dr.interpolate(attrs, rast, faces)
             face = rast[0, ..., 3].long() - 1  # nvdiffrast: triangle id + 1, 0 where empty
             sel = (face >= 0) & torch.as_tensor(np.asarray(m), device=dev)
@@ -293,23 +290,7 @@ def pixel_samples_nvdiffrast(atlas: Atlas, images: list[np.ndarray], masks: list
     return PixelSamples(*(torch.cat([p[k] for p in parts]).cpu().numpy() for k in range(4)))
 
 
-def bilinear_operator(uv, height: int, width: int):
-    """The sparse matrix of :func:`pipeline.colors.bilinear_t` (same centres, same border clamp): a sample at
-    ``uv`` (M, 2) texture pixel coordinates reads texels ``idx`` (M, 4) long (flat, row-major) with weights ``w``
-    (M, 4). Torch tensors in, torch tensors out."""
-    import torch
-
-    x = (uv[:, 0] - 0.5).clamp(0, width - 1)
-    y = (uv[:, 1] - 0.5).clamp(0, height - 1)
-    x0, y0 = x.floor().long(), y.floor().long()
-    x1, y1 = (x0 + 1).clamp(max=width - 1), (y0 + 1).clamp(max=height - 1)
-    wx, wy = x - x0, y - y0
-    idx = torch.stack([y0 * width + x0, y0 * width + x1, y1 * width + x0, y1 * width + x1], 1)
-    w = torch.stack([(1 - wx) * (1 - wy), wx * (1 - wy), (1 - wx) * wy, wx * wy], 1)
-    return idx, w
-
-
-def fit_texture(texture: np.ndarray, samples: PixelSamples, covered: np.ndarray, s: "FitSettings",
+def fit_texture(texture: np.ndarray, samples: PixelSamples, covered: np.ndarray, s: FitSettings,
                 device: str = "cpu", check: Callable[[float], None] = lambda f: None) -> tuple[np.ndarray, dict]:
     """Least-squares fit of a (baked) texture to the photo pixels that see it.
 
@@ -341,7 +322,7 @@ def fit_texture(texture: np.ndarray, samples: PixelSamples, covered: np.ndarray,
     sw = torch.as_tensor(samples.weight, dtype=torch.float32, device=dev)
     if len(uv) == 0:
         return texture, {"skipped": "no photo pixel sees the textured mesh"}
-    idx, w = bilinear_operator(uv, S0, S1)
+    idx, w = bilinear_weights(uv, S0, S1)
     ref, cidx = torch.unique(idx.reshape(-1), return_inverse=True)
     cidx = cidx.reshape(idx.shape)
     T = len(ref)

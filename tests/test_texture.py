@@ -215,26 +215,38 @@ def test_report_opens_offline_in_headless_chromium_and_the_viewer_draws(textured
     assert viewer_pixels(tmp_path / "shot.png", (60, 60, 900, 560)) > 0.05
 
 
-def test_bilinear_operator_is_the_matrix_of_the_bilinear_lookup() -> None:
+def test_bilinear_weights_match_a_pixel_by_pixel_reference() -> None:
+    """The bilinear lookup's sparse matrix (shared by the bake's photo lookups and the texture fit) against plain
+    Python: pixel centres at +0.5, clamped at the border."""
     import torch
 
-    from pipeline.colors import bilinear_t
-    from pipeline.texture import bilinear_operator
+    from pipeline.colors import bilinear_t, bilinear_weights
 
     rng = np.random.default_rng(3)
-    tex = torch.from_numpy(rng.random((7, 9, 3)).astype(np.float32))
-    uv = torch.from_numpy((rng.random((500, 2)) * [11, 9] - 1).astype(np.float32))  # some beyond the border
-    idx, w = bilinear_operator(uv, 7, 9)
-    via_matrix = (tex.reshape(-1, 3)[idx] * w[..., None]).sum(1)
-    assert torch.allclose(via_matrix, bilinear_t(tex, uv), atol=1e-6)
-    assert torch.allclose(w.sum(1), torch.ones(500))
+    img = rng.random((7, 9, 3))
+    uv = rng.random((300, 2)) * [11, 9] - 1  # some beyond the border
+
+    def reference(u: float, v: float) -> np.ndarray:
+        x, y = min(max(u - 0.5, 0.0), 8.0), min(max(v - 0.5, 0.0), 6.0)
+        x0, y0 = int(np.floor(x)), int(np.floor(y))
+        x1, y1 = min(x0 + 1, 8), min(y0 + 1, 6)
+        fx, fy = x - x0, y - y0
+        return ((1 - fx) * (1 - fy) * img[y0, x0] + fx * (1 - fy) * img[y0, x1]
+                + (1 - fx) * fy * img[y1, x0] + fx * fy * img[y1, x1])
+
+    expect = np.array([reference(u, v) for u, v in uv])
+    idx, w = bilinear_weights(torch.from_numpy(uv), 7, 9)
+    np.testing.assert_allclose((img.reshape(-1, 3)[idx.numpy()] * w.numpy()[..., None]).sum(1), expect, atol=1e-9)
+    np.testing.assert_allclose(bilinear_t(torch.from_numpy(img), torch.from_numpy(uv)).numpy(), expect, atol=1e-9)
+    np.testing.assert_allclose(w.sum(1).numpy(), 1.0, atol=1e-12)
 
 
 def test_texture_fit_solves_its_least_squares_problem() -> None:
     """Conjugate gradients against a dense solve of the same normal equations (data + prior + smoothness)."""
     import torch
 
-    from pipeline.texture import FitSettings, PixelSamples, bilinear_operator, fit_texture
+    from pipeline.colors import bilinear_weights
+    from pipeline.texture import FitSettings, PixelSamples, fit_texture
 
     rng = np.random.default_rng(5)
     S, M = 6, 60
@@ -247,7 +259,7 @@ def test_texture_fit_solves_its_least_squares_problem() -> None:
     fs = FitSettings(iterations=200, prior=0.2, smooth=0.7)
     fitted, info = fit_texture(t0, PixelSamples(uv, rgb, weight, np.zeros(M, np.int32)), covered, fs)
 
-    idx, w = bilinear_operator(torch.from_numpy(uv), S, S)
+    idx, w = bilinear_weights(torch.from_numpy(uv), S, S)
     A = np.zeros((M, S * S))
     for m in range(M):
         for k in range(4):
@@ -349,6 +361,6 @@ def test_texture_fit_out_of_gpu_memory_keeps_the_bake(tmp_path: Path, monkeypatc
     monkeypatch.setattr(geo, "fit_texture", oom)
     ctx = JobContext(job_id="t", input_dir=tmp_path, work_dir=tmp_path / "w", settings=load_settings(None, environ={}),
                      device="cpu", log=JobLogAdapter(logging.getLogger("hotmesh.test"), {"job_id": "t"}))
-    tex, info = geo.TextureStage._fit(ctx, atlas, baked, [np.full((64, 64, 3), 200, np.uint8)], [shot.mask],
-                                      K[None], w2c[None], TextureSettings(size=64), FitSettings())
+    tex, info = geo.fit_bake(ctx, atlas, baked, [np.full((64, 64, 3), 200, np.uint8)], [shot.mask],
+                             K[None], w2c[None], TextureSettings(size=64), FitSettings())
     assert tex is baked and "out of GPU memory" in info["skipped"]
