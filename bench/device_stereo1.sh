@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Issue 8, session 6: hull-bounded stereo carving trial (tools/stereo_trial.py) on the whole-sphere sets.
+#   (tools/stereo.py was pipeline/stereo.py then, at commit dd827b9)
 #   bash bench/device_stereo1.sh   (carry .carry/wheels .carry/evalsets_sphere)
 source bench/device_setup.sh
 t0=$(date +%s)

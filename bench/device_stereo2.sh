@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Issue 8, session 6: whole jobs with hull-bounded stereo carving (geometry.stereo, default on a GPU): spot_render,
+# Issue 8, session 6 (ran on commit dd827b9, where the geometry stage had geometry.stereo; removed after this
+# measurement, see README): whole jobs with hull-bounded stereo carving (default on a GPU there): spot_render,
 # the helmet and armadillo with the default (carve), the helmet with stereo_surface=fused and with stereo off.
 #   bash bench/device_stereo2.sh   (carry .carry/wheels .carry/pymeshlab-cp312.tar.xz .carry/node_modules
 #                                   .carry/data/spot_render .carry/evalsets_sphere/{helmet,armadillo})

@@ -116,11 +116,6 @@ class GeometryConfig:
     outlier_views: int = -1  # views allowed to disagree with a voxel; -1: 0 for given masks, 3% (<= 2) for automatic ones
     smoothing_iterations: int = 10  # Taubin smoothing after marching cubes
     max_faces: int = 200_000
-    # hull-bounded stereo (pipeline/stereo.py): opens cavities no silhouette shows. auto: on a GPU only (on two
-    # CPU cores it takes minutes at 512 px)
-    stereo: str = "auto"
-    stereo_max_side: int = 512  # views are matched at this long side
-    stereo_surface: str = "carve"  # carve: cut out the free space only | fused: the fused surface wherever seen
 
 
 @dataclass(frozen=True)

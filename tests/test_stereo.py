@@ -1,4 +1,4 @@
-"""Hull-bounded stereo (pipeline/stereo.py): its pieces against plain references, and the outcome it exists for: a
+"""Hull-bounded stereo (tools/stereo.py): its pieces against plain references, and the outcome it exists for: a
 cup's cavity, which every silhouette fills, is opened while its walls and floor stay."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from scipy.spatial import cKDTree
 from pipeline.carve import CarveSettings, carve
 from pipeline.meshing import MeshingSettings, clean_mesh, marching_cubes
 from pipeline.render import look_at, render
-from pipeline.stereo import (HullSampler, StereoSettings, carve_free_space, combine_fused, hull_span, ncc_windows,
+from tools.stereo import (HullSampler, StereoSettings, carve_free_space, combine_fused, hull_span, ncc_windows,
                              view_sources)
 
 FAST = StereoSettings(hypotheses=32, refine_hypotheses=5)

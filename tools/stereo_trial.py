@@ -1,4 +1,4 @@
-"""Trial of hull-bounded stereo carving (pipeline/stereo.py) on a posed set with GT: the hull against the carved
+"""Trial of hull-bounded stereo carving (tools/stereo.py) on a posed set with GT: the hull against the carved
 hull, F-scores at 1 / 0.5 / 0.2 % of the GT diagonal (300k samples), full GT and observable GT ("oF").
 
 Each ``--sweep`` (matching settings) runs the depth search once; each ``--fuse`` (fusion settings) is then scored
@@ -26,7 +26,7 @@ from pipeline.carve import CarveSettings, carve  # noqa: E402
 from pipeline.meshing import MeshingSettings, clean_mesh, marching_cubes  # noqa: E402
 from pipeline.metrics import geometry_scores_multi, observable_scores  # noqa: E402
 from pipeline.stages.views import Views, load_masks  # noqa: E402
-from pipeline.stereo import (HullSampler, StereoSettings, combine_fused, consistent_depths, fuse_depths,  # noqa: E402
+from tools.stereo import (HullSampler, StereoSettings, combine_fused, consistent_depths, fuse_depths,  # noqa: E402
                              sweep_depths)
 
 

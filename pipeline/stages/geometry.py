@@ -23,7 +23,6 @@ from pipeline.refine import RefineSettings, refine, silhouette_targets
 from pipeline.meshing import MeshingSettings, clean_mesh, decimate, largest_component, marching_cubes
 from pipeline.stages.base import Stage, stage_dir
 from pipeline.stages.views import Sparse, Views, load_masks, masks_were_automatic
-from pipeline.stereo import StereoSettings, carve_free_space
 
 
 def outlier_views(configured: int, n_views: int, automatic_masks: bool) -> int:
@@ -85,53 +84,14 @@ class GeometryStage(Stage):
                         f"wrong, so {settings.outlier_views} outlier view(s) were tolerated")
                 ctx.log.warning("%s", note)
                 result, raw, mesh = hull(settings, 0.6, 0.9)
-        stereo_info = self.stereo(ctx, result, [views.rgb[i] for i in idx], vmasks, Ks, w2cs)
-        if stereo_info.get("field") is not None:
-            raw = marching_cubes(stereo_info.pop("field"), result.origin, result.voxel)
-            mesh = clean_mesh(raw, meshing)
-        stereo_info.pop("field", None)
-        ctx.progress(0.97)
+        ctx.progress(0.95)
         mesh.export(out_dir / "mesh.ply")
         summary = {"views_used": len(idx), "resolution": cfg.voxel_resolution, "voxel_size": result.voxel,
                    "grid": list(result.field.shape), "outlier_views": settings.outlier_views, "note": note,
                    "raw_faces": int(len(raw.faces)), "faces": int(len(mesh.faces)),
-                   "watertight": bool(mesh.is_watertight), "stereo": stereo_info,
-                   "method": "visual hull (silhouette distance field)" + (
-                       ", cavities carved by stereo" if stereo_info.get("carved_voxels") else "")}
+                   "watertight": bool(mesh.is_watertight), "method": "visual hull (silhouette distance field)"}
         (out_dir / "geometry.json").write_text(json.dumps(summary))
         return summary
-
-    @staticmethod
-    def stereo(ctx: JobContext, hull: CarveResult, images: list[np.ndarray], masks: list[np.ndarray],
-               Ks: np.ndarray, w2cs: np.ndarray) -> dict[str, Any]:
-        """Hull-bounded stereo carving (pipeline.stereo) per ``geometry.stereo``; a summary for the stage, with the
-        new field under "field" (None where it did not run)."""
-        cfg = ctx.settings.geometry
-        if cfg.stereo not in ("auto", "on", "off"):
-            raise JobError(f"geometry.stereo must be auto, on or off, not {cfg.stereo!r}")
-        if cfg.stereo_surface not in ("carve", "fused"):
-            raise JobError(f"geometry.stereo_surface must be carve or fused, not {cfg.stereo_surface!r}")
-        if cfg.stereo == "off" or (cfg.stereo == "auto" and ctx.device != "cuda"):
-            return {"skipped": "geometry.stereo = off" if cfg.stereo == "off" else "no GPU (geometry.stereo = auto)",
-                    "field": None}
-        s = StereoSettings(max_side=cfg.stereo_max_side, fused_surface=cfg.stereo_surface == "fused")
-        t0 = time.monotonic()
-        try:
-            res = carve_free_space(hull.field, hull.origin, hull.voxel, images, masks, Ks, w2cs, s,
-                                   device=ctx.device, check=lambda f: ctx.progress(0.6 + 0.35 * f))
-        except torch.cuda.OutOfMemoryError:
-            # stereo only improves on the hull: without the memory for it the job keeps the hull
-            torch.cuda.empty_cache()
-            ctx.log.warning("stereo: out of GPU memory at %d px; keeping the visual hull", s.max_side)
-            return {"skipped": f"out of GPU memory at {s.max_side} px: visual hull kept", "field": None}
-        info = {"field": res.field, "seconds": round(time.monotonic() - t0, 2), "max_side": s.max_side,
-                "surface": cfg.stereo_surface, "carved_voxels": res.carved_voxels,
-                "carved_fraction": round(res.carved_voxels / max(res.hull_voxels, 1), 5),
-                "depth_pixels": res.depth_pixels, "confirmed_pixels": res.kept_pixels,
-                "deeper_pixels": res.deeper_pixels}
-        ctx.log.info("stereo: %d of %d hull voxels carved (%d confirmed depths, %d behind the hull surface) in %.1f s",
-                     res.carved_voxels, res.hull_voxels, res.kept_pixels, res.deeper_pixels, info["seconds"])
-        return info
 
 
 def load_mesh(ctx: JobContext, stage: str = "geometry") -> trimesh.Trimesh:

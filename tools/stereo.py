@@ -1,17 +1,26 @@
-"""Hull-bounded multi-view stereo and free-space carving: opens cavities that no silhouette shows.
+"""Experiment (not in the pipeline; measured, not adopted): hull-bounded multi-view stereo that carves cavities.
 
 A visual hull fills every cavity that is open only towards the cameras (a helmet's inside seen through the neck, a
 cup's inside): each silhouette is full there. The photos do show what is behind the opening, though. For each
 view, every masked pixel's depth is searched *inside the hull only*, between where its ray enters the hull and
 where it first leaves it (the hull contains the object, so the surface is there), by winner-takes-all normalised
-cross-correlation (NCC) of a small window against the best few of its neighbouring views. Depths that at least
-``min_consistent`` other views' depth maps confirm are kept; the hull voxels in front of a kept depth (minus a
-margin) are free space, and voxels that at least ``min_carve_views`` views call free are carved.
+cross-correlation (NCC) of a small window against the best few of its neighbouring views, coarse then fine.
+Depths that at least ``min_consistent`` other views' depth maps confirm are fused into a truncated signed distance
+over the hull's voxels (Curless & Levoy); voxels the fusion puts clearly in front of the seen surface are free
+space and are cut out of the hull (``combine_fused``), specks removed.
 
 Why not per-voxel photo-consistency (tools/photocarve.py): thresholding colour agreement either carved nothing
-inside the helmet or cut into spot. Picking the best depth along each ray is far more discriminative than an
-absolute threshold, and the cross-view depth check removes what remains wrong. Why this errs on the safe side: a
-depth that is too shallow carves less; only a too-deep depth confirmed by other views can cut into the object.
+inside the helmet or cut into spot. Picking the best depth along each ray is more discriminative than an absolute
+threshold, and the cross-view depth check removes much of what remains wrong.
+
+Measured on the H100 (bench/results/stereo-trial-h100.log, stereo-{carve,fused,off}*-h100.json):
+- hull only, 192 voxels, 512 px: helmet F@1 % 0.760 -> 0.801 (carve) / 0.815 (fused surface); spot, bob,
+  armadillo +0.000 to +0.004; bunny +0.03. The fused surface everywhere pits tight hulls (spot F@0.2 % 0.90 -> 0.84).
+- whole jobs (refined): helmet F@0.2 % 0.707 (off) -> 0.683 (carve) / 0.685 (fused); armadillo unchanged; the
+  geometry stage +8 to +14 s. So it is not in the pipeline.
+- Why it cannot open the helmet: its inside is near-black (8-bit values ~2-15, a blocky low-frequency texture), so
+  the NCC finds no reliable depth there; only 0.8 % of the hull's voxels were carved. With the GT's depths at the
+  same pixels the same fusion reaches F@1 % 0.96 (CPU trial, 128 voxels): the depths, not the fusion, are missing.
 
 Depth is camera z (world units) throughout, so the results do not depend on the scene's units beyond the voxel.
 """
