@@ -6,11 +6,6 @@
 #                                   .carry/data/spot_render .carry/evalsets_sphere/{spot,bob,armadillo,bunny})
 source bench/device_setup.sh
 t0=$(date +%s)
-mkdir -p /tmp/sets
-for s in spot bob armadillo bunny helmet; do
-    [ -d .carry/evalsets_sphere/$s ] && cp -r .carry/evalsets_sphere/$s /tmp/sets/${s}_sphere
-done
-CARD=$(python -c "import torch; print('h200' if 'H200' in torch.cuda.get_device_name(0) else 'h100')")
 SETS=${SETS:-".carry/data/spot_render $(ls -d /tmp/sets/*_sphere | tr '\n' ' ')"}
 TAG=${TAG:-sphere}
 python bench/run_bench.py --sets $SETS --tag geometry-refined-$TAG-$CARD --out "$OUT" > "$OUT/bench.log" 2>&1

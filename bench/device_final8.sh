@@ -5,7 +5,6 @@
 #                                   .carry/data/spot_render)
 source bench/device_setup.sh
 t0=$(date +%s)
-CARD=$(python -c "import torch; print('h200' if 'H200' in torch.cuda.get_device_name(0) else 'h100')")
 for i in 1 2 3; do
     python bench/run_bench.py --sets .carry/data/spot_render --tag spread-spot_render-run$i-$CARD --out "$OUT" \
         > "$OUT/spread-run$i.log" 2>&1

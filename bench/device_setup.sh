@@ -17,3 +17,10 @@ for t in .carry/*-cp312.tar.xz; do [ -f "$t" ] && tar -xJf "$t" -C "$SITE"; done
 python -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
 python -c "import pytorch3d.loss, pytorch3d; print('pytorch3d', pytorch3d.__version__)" 2>/dev/null || echo "pytorch3d not carried"
 python -c "import pymeshlab; assert hasattr(pymeshlab.MeshSet(), 'meshing_decimation_quadric_edge_collapse'); print('pymeshlab ok')" 2>&1 | tail -1
+# the carried whole-sphere evaluation sets under the names the result files use (<set>_sphere), and the card
+mkdir -p /tmp/sets
+for d in .carry/evalsets_sphere/*/; do
+    [ -d "$d" ] && cp -r "$d" "/tmp/sets/$(basename "$d")_sphere"
+done
+CARD=$(python -c "import torch; print('h200' if 'H200' in torch.cuda.get_device_name(0) else 'h100')")
+export CARD

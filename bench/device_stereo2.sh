@@ -6,11 +6,6 @@
 #                                   .carry/data/spot_render .carry/evalsets_sphere/{helmet,armadillo})
 source bench/device_setup.sh
 t0=$(date +%s)
-mkdir -p /tmp/sets
-for s in helmet armadillo spot bob bunny; do
-    [ -d .carry/evalsets_sphere/$s ] && cp -r .carry/evalsets_sphere/$s /tmp/sets/${s}_sphere
-done
-CARD=$(python -c "import torch; print('h200' if 'H200' in torch.cuda.get_device_name(0) else 'h100')")
 run() {  # tag, then run_bench arguments
     local tag=$1; shift
     python bench/run_bench.py "$@" --tag $tag-$CARD --out "$OUT" > "$OUT/$tag.log" 2>&1
