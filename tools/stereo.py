@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -76,7 +77,7 @@ class StereoResult:
     hull_voxels: int
     depth_pixels: int  # pixels with a depth candidate
     kept_pixels: int  # ... confirmed by other views
-    deeper_pixels: int  # ... lying deeper than the hull's surface by more than the margin (they carve)
+    deeper_pixels: int  # ... lying deeper than the hull's surface by more than margin_voxels
 
 
 def view_sources(w2cs: np.ndarray, center: np.ndarray, n: int, min_deg: float, max_deg: float) -> list[np.ndarray]:
@@ -220,27 +221,16 @@ def _best_depth(ref: torch.Tensor, imgs: list[torch.Tensor], Ps: torch.Tensor, c
     windows' std (h, w)."""
     _, h, w = ref.shape
     S = len(imgs)
-    pad = settings.window // 2
-
-    def box(x: torch.Tensor) -> torch.Tensor:
-        return F.avg_pool2d(x, settings.window, stride=1, padding=pad, count_include_pad=False)
-
-    mr = box(ref[None])
-    var_r = (box(ref[None] ** 2) - mr ** 2).sum(1)[0]  # (h, w)
-    std_r = (var_r.clamp(min=0) / 3).sqrt()
     best = torch.full((h * w,), -2.0, device=ref.device)
     best_z = torch.zeros(h * w, device=ref.device)
+    std_r = torch.zeros(h, w, device=ref.device)
     k_eff = min(settings.top_k, S)
     hyps = list(hypotheses)
     for s in range(0, len(hyps), settings.batch):
         z = torch.stack(hyps[s:s + settings.batch])  # (B, h*w)
         B = len(z)
         X = center + z[..., None] * dirs[None]  # (B, h*w, 3)
-        src = _warp(imgs, Ps, X).reshape(S * B, 3, h, w)
-        ms_ = box(src)
-        var_s = (box(src * src) - ms_ * ms_).sum(1)
-        cov = (box(ref[None] * src) - mr * ms_).sum(1)
-        ncc = (cov / (var_r[None] * var_s).clamp(min=1e-12).sqrt()).clamp(-1, 1)  # (S*B, h, w)
+        ncc, std_r = ncc_windows(ref, _warp(imgs, Ps, X).reshape(S * B, 3, h, w), settings.window)
         score = ncc.view(S, B, -1).topk(k_eff, dim=0).values.mean(0)  # (B, h*w)
         top, arg = score.max(0)
         zb = z.gather(0, arg[None])[0]
@@ -268,8 +258,6 @@ def sweep_depths(images: list[np.ndarray], masks: list[np.ndarray], Ks: np.ndarr
     for img, m, K in zip(images, masks, Ks):
         H, W = m.shape
         k, w, h = reduced_camera(np.asarray(K), W, H, settings.max_side)
-        import cv2
-
         small_K.append(k)
         ims.append(torch.as_tensor(cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA), device=dev)
                    .permute(2, 0, 1).float() / 255.0)
@@ -320,7 +308,7 @@ def sweep_depths(images: list[np.ndarray], masks: list[np.ndarray], Ks: np.ndarr
 
 
 def consistent_depths(dm: DepthMaps, w2cs: np.ndarray, tol: float) -> list[torch.Tensor]:
-    """Per view, (h, w) bool: the depth is confirmed by how many other views' depth maps (count, int).
+    """Per view, how many other views' depth maps confirm each pixel's depth.
 
     A pixel's 3-D point is projected into every other view; that view confirms it when its own depth at the
     nearest pixel agrees within ``tol`` (world units). Returns N (h, w) int32 counts."""
@@ -354,7 +342,7 @@ def consistent_depths(dm: DepthMaps, w2cs: np.ndarray, tol: float) -> list[torch
 
 
 def fuse_depths(field: np.ndarray, origin: np.ndarray, voxel: float, dm: DepthMaps, keep: list[torch.Tensor],
-                w2cs: np.ndarray, truncation: float, min_views: int, chunk: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
+                w2cs: np.ndarray, truncation: float, chunk: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
     """Truncated signed-distance fusion (Curless & Levoy) of the kept depths, over the hull's voxels only.
 
     For every voxel inside the hull (or within half a voxel of it) and every view whose kept depth map covers the
@@ -415,27 +403,17 @@ def combine_fused(field: np.ndarray, tsdf: np.ndarray, count: np.ndarray, voxel:
     near = ndimage.binary_dilation(free, structure=ball, iterations=max(1, int(round(settings.blend_voxels))))
     out = np.where(near & known, np.maximum(field, tsdf), field)
     out = np.where(free, np.maximum(out, 0.5 * voxel), out)  # what was found free stays free
-    return out.astype(np.float32), free & (field < 0)
+    return out.astype(np.float32), free
 
 
-def carve_free_space(field: np.ndarray, origin: np.ndarray, voxel: float, images: list[np.ndarray],
-                     masks: list[np.ndarray], Ks: np.ndarray, w2cs: np.ndarray, settings: StereoSettings,
-                     device: str = "cpu", check: Callable[[float], None] = lambda f: None) -> StereoResult:
-    """The hull ``field`` (X, Y, Z) float32 (world units, negative inside; voxel (i, j, k) centred at
-    origin + (i, j, k) * voxel), intersected with the fused stereo surface where at least ``min_fuse_views``
-    views' confirmed depths reach a voxel: the result can only lie inside the hull.
-
-    images: N (H, W, 3) uint8; masks: N (H, W) bool; Ks (N, 3, 3); w2cs (N, 4, 4) OpenCV."""
-    if field.ndim != 3:
-        raise ValueError(f"field must be (X, Y, Z), got {field.shape}")
-    dev = torch.device(device)
-    hull = HullSampler(field, origin, voxel, dev)
-    dm = sweep_depths(images, masks, Ks, w2cs, hull, settings, device, lambda f: check(0.9 * f))
-    counts = consistent_depths(dm, np.asarray(w2cs), settings.consistency_voxels * voxel)
+def fuse_free_space(field: np.ndarray, origin: np.ndarray, voxel: float, dm: DepthMaps, w2cs: np.ndarray,
+                    settings: StereoSettings) -> StereoResult:
+    """From depth maps (``sweep_depths``) to the carved hull: cross-view check, fusion, ``combine_fused`` (and the
+    fused surface everywhere it is known, with ``settings.fused_surface``). field: (X, Y, Z) as in
+    ``carve_free_space``; w2cs (N, 4, 4) OpenCV."""
+    counts = consistent_depths(dm, w2cs, settings.consistency_voxels * voxel)
     keep = [(d > 0) & (c >= settings.min_consistent) for d, c in zip(dm.depth, counts)]
-    tsdf, n = fuse_depths(field, origin, voxel, dm, keep, np.asarray(w2cs), settings.truncation_voxels * voxel,
-                          settings.min_fuse_views)
-    check(1.0)
+    tsdf, n = fuse_depths(field, origin, voxel, dm, keep, w2cs, settings.truncation_voxels * voxel)
     out, carved = combine_fused(field, tsdf, n, voxel, settings)
     if settings.fused_surface:
         out = np.where(n >= settings.min_fuse_views, np.maximum(out, tsdf), out).astype(np.float32)
@@ -444,3 +422,20 @@ def carve_free_space(field: np.ndarray, origin: np.ndarray, voxel: float, images
     return StereoResult(field=out, carved_voxels=int(carved.sum()),
                         hull_voxels=int((field < 0).sum()), depth_pixels=sum(int((d > 0).sum()) for d in dm.depth),
                         kept_pixels=sum(int(k.sum()) for k in keep), deeper_pixels=n_deeper)
+
+
+def carve_free_space(field: np.ndarray, origin: np.ndarray, voxel: float, images: list[np.ndarray],
+                     masks: list[np.ndarray], Ks: np.ndarray, w2cs: np.ndarray, settings: StereoSettings,
+                     device: str = "cpu", check: Callable[[float], None] = lambda f: None) -> StereoResult:
+    """The hull ``field`` (X, Y, Z) float32 (world units, negative inside; voxel (i, j, k) centred at
+    origin + (i, j, k) * voxel) with the free space that confirmed stereo depths show cut out: the result only
+    ever lies inside the hull.
+
+    images: N (H, W, 3) uint8; masks: N (H, W) bool; Ks (N, 3, 3); w2cs (N, 4, 4) OpenCV."""
+    if field.ndim != 3:
+        raise ValueError(f"field must be (X, Y, Z), got {field.shape}")
+    hull = HullSampler(field, origin, voxel, torch.device(device))
+    dm = sweep_depths(images, masks, Ks, w2cs, hull, settings, device, lambda f: check(0.9 * f))
+    res = fuse_free_space(field, origin, voxel, dm, np.asarray(w2cs), settings)
+    check(1.0)
+    return res

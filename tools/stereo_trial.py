@@ -26,8 +26,7 @@ from pipeline.carve import CarveSettings, carve  # noqa: E402
 from pipeline.meshing import MeshingSettings, clean_mesh, marching_cubes  # noqa: E402
 from pipeline.metrics import geometry_scores_multi, observable_scores  # noqa: E402
 from pipeline.stages.views import Views, load_masks  # noqa: E402
-from tools.stereo import (HullSampler, StereoSettings, combine_fused, consistent_depths, fuse_depths,  # noqa: E402
-                             sweep_depths)
+from tools.stereo import HullSampler, StereoSettings, fuse_free_space, sweep_depths  # noqa: E402
 
 
 def parse(text: str, base: StereoSettings | None = None) -> StereoSettings:
@@ -91,18 +90,15 @@ def main() -> None:
         for fu in args.fuse or [""]:
             fs = parse(fu, st)
             t0 = time.monotonic()
-            counts = consistent_depths(dm, w2cs, fs.consistency_voxels * hull.voxel)
-            keep = [(d > 0) & (c >= fs.min_consistent) for d, c in zip(dm.depth, counts)]
-            tsdf, n = fuse_depths(hull.field, hull.origin, hull.voxel, dm, keep, w2cs,
-                                  fs.truncation_voxels * hull.voxel, fs.min_fuse_views)
-            out, carved = combine_fused(hull.field, tsdf, n, hull.voxel, fs)
+            res = fuse_free_space(hull.field, hull.origin, hull.voxel, dm, w2cs, fs)
             t_fuse = time.monotonic() - t0
-            score(out, f"sweep[{sw}] fuse[{fu}]", f"carved={int(carved.sum())}/{int((hull.field < 0).sum())} "
-                  f"kept={sum(int(k.sum()) for k in keep)} sweep {t_sweep:.1f}s fuse {t_fuse:.1f}s")
-            # the plain max(hull, fused) for comparison
+            score(res.field, f"sweep[{sw}] fuse[{fu}]", f"carved={res.carved_voxels}/{res.hull_voxels} "
+                  f"kept={res.kept_pixels} sweep {t_sweep:.1f}s fuse {t_fuse:.1f}s")
+            # the fused surface wherever it is known, for comparison ("plain-max" in the committed logs)
             if fu == (args.fuse or [""])[0]:
-                plain = np.where(n >= fs.min_fuse_views, np.maximum(hull.field, tsdf), hull.field)
-                score(plain.astype(np.float32), f"sweep[{sw}] plain-max")
+                plain = fuse_free_space(hull.field, hull.origin, hull.voxel, dm, w2cs,
+                                        dataclasses.replace(fs, fused_surface=True))
+                score(plain.field, f"sweep[{sw}] plain-max")
 
 
 if __name__ == "__main__":
