@@ -1,2 +1,4 @@
 """hotmesh daemon: intake, ledger, workers, CLI."""
-__version__ = "0.1.0"
+from pipeline import __version__
+
+__all__ = ["__version__"]

@@ -310,7 +310,7 @@ class Daemon:
         try:
             timings = [t for t in job.timings.values()]
             files = write_failure_report(tmp, job.id, job.folder, (state or job.state).value, message, job.stage, None, timings,
-                                         self.settings.to_dict(), "n/a")
+                                         self.settings.pipeline.to_dict(), "n/a")
             log_file = self.paths.work_dir(job.id) / "job.log"
             if log_file.exists():
                 files["job.log"] = log_file

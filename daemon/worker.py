@@ -91,7 +91,7 @@ def run_pipeline(paths: Paths, job: Job, settings: Settings, device: str,
     jlog.info("attempt %d on %s (pid %d, host %s), input %s", job.attempts, device, os.getpid(),
               socket.gethostname(), paths.inbox / job.folder)
     limit = settings.ops.max_runtime_seconds
-    ctx = JobContext(job_id=job.id, input_dir=paths.inbox / job.folder, work_dir=work, settings=settings,
+    ctx = JobContext(job_id=job.id, input_dir=paths.inbox / job.folder, work_dir=work, settings=settings.pipeline,
                      device=device, log=jlog, stop_reason=stop_reason, cancel_requested=cancel_requested,
                      on_progress=on_progress, deadline=time.monotonic() + limit if limit > 0 else None)
     try:

@@ -10,12 +10,7 @@ from scipy.spatial import cKDTree
 
 from pipeline.cameras import scale_intrinsics
 from pipeline.render import render
-
-
-def bilinear(img: np.ndarray, uv: np.ndarray) -> np.ndarray:
-    """img (H, W, C) float, uv (M, 2) pixel coords (pixel centres at +0.5) -> (M, C). numpy front of
-    :func:`bilinear_t`."""
-    return bilinear_t(torch.from_numpy(np.asarray(img)), torch.from_numpy(np.asarray(uv))).numpy()
+from pipeline.sampling import bilinear_t
 
 
 def vertex_colors(mesh: trimesh.Trimesh, images: list[np.ndarray], masks: list[np.ndarray],
@@ -24,28 +19,6 @@ def vertex_colors(mesh: trimesh.Trimesh, images: list[np.ndarray], masks: list[n
     """Blend the photos onto the vertices (see :func:`point_colors`)."""
     return point_colors(np.asarray(mesh.vertices), np.asarray(mesh.vertex_normals), mesh, images, masks, Ks, w2cs,
                         depth_scale, check, device)
-
-
-def bilinear_weights(uv: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bilinear lookup as a sparse matrix: a sample at ``uv`` (M, 2) pixel coords (pixel centres at +0.5, clamped
-    to the border) reads the row-major flat pixels ``idx`` (M, 4) long with weights ``w`` (M, 4), rows summing to 1.
-    The texture fit (``pipeline.texture.fit_texture``) solves with this same matrix."""
-    x = (uv[:, 0] - 0.5).clamp(0, width - 1)
-    y = (uv[:, 1] - 0.5).clamp(0, height - 1)
-    x0, y0 = x.floor().long(), y.floor().long()
-    x1, y1 = (x0 + 1).clamp(max=width - 1), (y0 + 1).clamp(max=height - 1)
-    wx, wy = x - x0, y - y0
-    idx = torch.stack([y0 * width + x0, y0 * width + x1, y1 * width + x0, y1 * width + x1], 1)
-    w = torch.stack([(1 - wx) * (1 - wy), wx * (1 - wy), (1 - wx) * wy, wx * wy], 1)
-    return idx, w
-
-
-def bilinear_t(img: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
-    """Bilinear lookup: img (H, W, C) float, uv (M, 2) pixel coords (pixel centres at +0.5) -> (M, C), clamped
-    to the border."""
-    H, W = img.shape[:2]
-    idx, w = bilinear_weights(uv, H, W)
-    return (img.reshape(H * W, -1)[idx] * w[..., None].to(img.dtype)).sum(1)
 
 
 def point_colors(V: np.ndarray, normals: np.ndarray, mesh: trimesh.Trimesh, images: list[np.ndarray],

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from daemon.config import Settings
+from pipeline.settings import PipelineSettings
 
 CANCEL_MARKER = "CANCEL"
 READY_MARKER = "READY"
@@ -49,7 +49,7 @@ class JobContext:
     job_id: str
     input_dir: Path
     work_dir: Path
-    settings: Settings
+    settings: PipelineSettings
     device: str  # "cpu" or "cuda"
     log: logging.LoggerAdapter
     stop_reason: Callable[[], str | None] = lambda: None  # daemon shutdown flag

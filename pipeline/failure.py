@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from daemon import __version__
+from pipeline import __version__
 from pipeline.report_html import complete_stats, render_report
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from daemon.config import LimitsConfig
+from pipeline.settings import LimitsConfig
 
 # Magic bytes of the formats we accept; the extension is never trusted.
 _MAGIC: tuple[tuple[bytes, str], ...] = (

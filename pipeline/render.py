@@ -10,6 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 import trimesh
 
+from pipeline.cameras import scale_intrinsics
+from pipeline.sampling import sample_texture
+
 
 @dataclass(frozen=True)
 class RenderOut:
@@ -33,8 +36,6 @@ def pixel_rays(K: np.ndarray, w2c: np.ndarray, width: int, height: int) -> tuple
 
 def reduced_camera(K: np.ndarray, width: int, height: int, max_side: int) -> tuple[np.ndarray, int, int]:
     """K (3, 3) and size of the same camera rendered at most ``max_side`` px on its long side (never upscaled)."""
-    from pipeline.cameras import scale_intrinsics
-
     s = min(1.0, max_side / max(width, height))
     w, h = max(8, round(width * s)), max(8, round(height * s))
     return scale_intrinsics(np.asarray(K, dtype=np.float64), w / width, h / height), w, h
@@ -65,8 +66,6 @@ def render(mesh: trimesh.Trimesh, K: np.ndarray, w2c: np.ndarray, width: int, he
             tris = mesh.triangles[tri_idx]
             bary = trimesh.triangles.points_to_barycentric(tris, locs)
             if uv is not None and texture is not None:
-                from pipeline.texture import sample_texture
-
                 tc = np.einsum("rk,rkc->rc", bary, uv[mesh.faces[tri_idx]])
                 rgb[ray_idx] = np.clip(sample_texture(texture.astype(np.float32) / 255.0, tc), 0, 1)
             else:

@@ -16,10 +16,13 @@ from pipeline.context import Cancelled, Interrupted, JobContext, JobError
 from pipeline.failure import write_failure_report
 from pipeline.publish import publish
 from pipeline.stages.base import Stage, chain_hash, checkpoint_valid, commit_checkpoint, stage_dir
-from pipeline.stages.geometry import GeometryStage, RefineStage, TextureStage
+from pipeline.stages.cameras import CamerasStage
+from pipeline.stages.geometry import GeometryStage
 from pipeline.stages.ingest import IngestStage, Manifest
+from pipeline.stages.masks import MasksStage
+from pipeline.stages.refine import RefineStage
 from pipeline.stages.report import EXTRA_FILES, TIMINGS_FILE, ReportStage, input_summary, read_timings
-from pipeline.stages.views import CamerasStage, MasksStage
+from pipeline.stages.texture import TextureStage
 
 STAGES: tuple[Stage, ...] = (IngestStage(), CamerasStage(), MasksStage(), GeometryStage(), RefineStage(), TextureStage(),
                             ReportStage())

@@ -14,7 +14,8 @@ import cv2
 import numpy as np
 import trimesh
 
-from pipeline.colors import bilinear, bilinear_weights, point_colors
+from pipeline.colors import point_colors
+from pipeline.sampling import bilinear_weights
 
 
 @dataclass(frozen=True)
@@ -383,9 +384,3 @@ def fit_texture(texture: np.ndarray, samples: PixelSamples, covered: np.ndarray,
         "samples": int(len(uv)), "texels_fitted": int(T), "iterations": s.iterations, "prior": s.prior,
         "smooth": s.smooth, "rmse_before": round(rmse_before, 5), "rmse_after": round(rmse_after, 5),
         "seconds": round(time.monotonic() - t_start, 3)}
-
-
-def sample_texture(texture: np.ndarray, uv: np.ndarray) -> np.ndarray:
-    """Bilinear lookup. texture (S, S, C) float; uv (M, 2) in the v-up convention -> (M, C)."""
-    H, W = texture.shape[:2]
-    return bilinear(texture, np.stack([uv[:, 0] * W, (1.0 - uv[:, 1]) * H], 1))

@@ -143,20 +143,3 @@ def test_geometry_stage_falls_back_when_a_given_mask_is_bad(tmp_path) -> None:
     assert "a given mask is probably wrong" in stats["geometry"]["note"]
     assert stats["quality"]["heldout"]["mask_iou_mean"] > 0.9
     assert "a given mask is probably wrong" in (paths.outbox / job.id / "report.html").read_text()
-
-
-def test_photocarve_rays_find_the_first_occupied_voxel_and_the_thickness() -> None:
-    """The ray marcher of the photo-carving experiment (tools/photocarve.py) against a hand-made grid."""
-    import torch
-
-    from tools.photocarve import _first_hits
-
-    occ = torch.zeros((10, 6, 6), dtype=torch.bool)
-    occ[4:7, 2:4, 2:4] = True  # a 3-voxel-thick block along x
-    origin = torch.zeros(3)
-    o = torch.tensor([-5.0, 2.0, 3.0])
-    d = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # the second ray misses the grid's block
-    hit, thick = _first_hits(occ, origin, 1.0, o, d, chunk=1)
-    assert int(hit[0]) == 4 * 36 + 2 * 6 + 3  # voxel (4, 2, 3): the block's face
-    assert int(thick[0]) == 6  # 3 voxels, two half-voxel samples each
-    assert int(hit[1]) == -1 and int(thick[1]) == 0

@@ -10,11 +10,11 @@ def test_defaults_and_layers(tmp_path: Path) -> None:
     cfg.write_text("[geometry]\nvoxel_resolution = 96\nmax_faces = 5000\n[intake]\nsettle_seconds = 2\n")
     env = {"HOTMESH_GEOMETRY_VOXEL_RESOLUTION": "80", "HOTMESH_JOBS_DEVICE": "cpu", "UNRELATED": "x"}
     s = load_settings(cfg, environ=env, cli={"intake": {"settle_seconds": "7.5"}})
-    assert s.geometry.voxel_resolution == 80  # env beats file
-    assert s.geometry.max_faces == 5000  # file beats default
+    assert s.pipeline.geometry.voxel_resolution == 80  # env beats file
+    assert s.pipeline.geometry.max_faces == 5000  # file beats default
     assert s.intake.settle_seconds == 7.5  # CLI beats everything, strings coerced
     assert s.jobs.device == "cpu"
-    assert Settings().geometry.voxel_resolution == 192
+    assert Settings().pipeline.geometry.voxel_resolution == 192
 
 
 def test_unknown_keys_and_bad_values_are_precise() -> None:
@@ -22,7 +22,7 @@ def test_unknown_keys_and_bad_values_are_precise() -> None:
         build_settings({"geometry": {"voxels": 3}})
     with pytest.raises(ValueError, match="unknown section"):
         build_settings({"geometri": {}})
-    with pytest.raises(ValueError, match="geometry.voxel_resolution: expected int"):
+    with pytest.raises(ValueError, match=r"geometry.voxel_resolution = 'many': input should be a valid integer"):
         build_settings({"geometry": {"voxel_resolution": "many"}})
 
 
@@ -36,7 +36,34 @@ def test_bad_toml_file(tmp_path: Path) -> None:
 
 
 def test_section_hash_changes_only_with_its_sections() -> None:
-    a = Settings()
-    b = build_settings({"report": {"render_size": 100}})
+    a = Settings().pipeline
+    b = build_settings({"report": {"render_size": 100}}).pipeline
     assert a.section_hash(("geometry",)) == b.section_hash(("geometry",))
     assert a.section_hash(("report",)) != b.section_hash(("report",))
+
+
+@pytest.mark.parametrize("section,key,value,message", [
+    ("jobs", "device", "gpu", "input should be 'auto', 'cpu' or 'cuda'"),
+    ("geometry", "voxel_resolution", -5, "greater than or equal to 16"),
+    ("masks", "auto", "sometimes", "input should be"),
+    ("jobs", "max_attempts", 2.9, "fractional part"),
+    ("sfm", "min_registered", 1.5, "less than or equal to 1"),
+])
+def test_invalid_values_name_the_key_and_what_is_allowed(section: str, key: str, value: object, message: str) -> None:
+    with pytest.raises(ValueError) as err:
+        build_settings({section: {key: value}})
+    assert f"{section}.{key} = {value!r}" in str(err.value)
+    assert message in str(err.value)
+
+
+def test_strings_from_the_environment_are_coerced_exactly() -> None:
+    s = load_settings(None, environ={"HOTMESH_JOBS_MAX_ATTEMPTS": "4", "HOTMESH_TEXTURE_FIT": "off"})
+    assert s.jobs.max_attempts == 4 and s.pipeline.texture.fit is False
+    with pytest.raises(ValueError, match="jobs.max_attempts"):
+        load_settings(None, environ={"HOTMESH_JOBS_MAX_ATTEMPTS": "2.9"})
+
+
+def test_the_pipeline_never_gets_the_daemon_sections() -> None:
+    s = build_settings({"ops": {"webhook_secret": "canary-123"}})
+    assert "ops" not in s.pipeline.to_dict()
+    assert "canary-123" not in str(s.pipeline.to_dict())

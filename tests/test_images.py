@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from daemon.config import LimitsConfig
+from pipeline.settings import LimitsConfig
 from pipeline.images import ImageInfo, Rejected, load_rgba, sniff_format, validate_image
 
 

@@ -14,7 +14,7 @@ import trimesh
 from pipeline.cameras import read_transforms
 from pipeline.scene import pose_errors
 from pipeline.sfm import SfmResult, SfmSettings, run_sfm
-from pipeline.stages.views import check_registration
+from pipeline.stages.cameras import check_registration
 from tests.conftest import data, drop, set_args
 
 FAST = ["sfm.max_image_size=640", "images.max_side=512", "geometry.voxel_resolution=96", "report.render_size=128",

@@ -14,7 +14,8 @@ import pytest
 import trimesh
 
 from pipeline.gates import apply_gates
-from pipeline.texture import pad_seams, rasterize_atlas, sample_texture, unwrap
+from pipeline.sampling import sample_texture
+from pipeline.texture import pad_seams, rasterize_atlas, unwrap
 from tests.conftest import REPO, SAMPLE
 
 FAST = ["geometry.voxel_resolution=128", "texture.cpu_size=512", "texture.cpu_max_faces=20000", "report.render_size=160",
@@ -73,7 +74,7 @@ def test_seam_padding_and_bilinear_lookup() -> None:
 
 def _point_colors_reference(V, normals, mesh, images, masks, Ks, w2cs, depth_scale=0.5):
     """Plain numpy, point by point where it matters: the visibility-weighted blend that point_colors vectorises."""
-    from pipeline.colors import bilinear
+    from pipeline.sampling import bilinear
     from pipeline.render import render
 
     acc, wsum = np.zeros((len(V), 3)), np.zeros(len(V))
@@ -220,7 +221,7 @@ def test_bilinear_weights_match_a_pixel_by_pixel_reference() -> None:
     Python: pixel centres at +0.5, clamped at the border."""
     import torch
 
-    from pipeline.colors import bilinear_t, bilinear_weights
+    from pipeline.sampling import bilinear_t, bilinear_weights
 
     rng = np.random.default_rng(3)
     img = rng.random((7, 9, 3))
@@ -245,7 +246,7 @@ def test_texture_fit_solves_its_least_squares_problem() -> None:
     """Conjugate gradients against a dense solve of the same normal equations (data + prior + smoothness)."""
     import torch
 
-    from pipeline.colors import bilinear_weights
+    from pipeline.sampling import bilinear_weights
     from pipeline.texture import FitSettings, PixelSamples, fit_texture
 
     rng = np.random.default_rng(5)
@@ -342,8 +343,8 @@ def test_texture_fit_out_of_gpu_memory_keeps_the_bake(tmp_path: Path, monkeypatc
 
     import torch
 
-    import pipeline.stages.geometry as geo
-    from daemon.config import load_settings
+    import pipeline.stages.texture as geo
+    from pipeline.settings import PipelineSettings
     from pipeline.context import JobContext, JobLogAdapter
     from pipeline.render import look_at, render
     from pipeline.texture import FitSettings, TextureSettings, build_atlas
@@ -359,7 +360,7 @@ def test_texture_fit_out_of_gpu_memory_keeps_the_bake(tmp_path: Path, monkeypatc
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
 
     monkeypatch.setattr(geo, "fit_texture", oom)
-    ctx = JobContext(job_id="t", input_dir=tmp_path, work_dir=tmp_path / "w", settings=load_settings(None, environ={}),
+    ctx = JobContext(job_id="t", input_dir=tmp_path, work_dir=tmp_path / "w", settings=PipelineSettings(),
                      device="cpu", log=JobLogAdapter(logging.getLogger("hotmesh.test"), {"job_id": "t"}))
     tex, info = geo.fit_bake(ctx, atlas, baked, [np.full((64, 64, 3), 200, np.uint8)], [shot.mask],
                              K[None], w2c[None], TextureSettings(size=64), FitSettings())

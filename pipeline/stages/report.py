@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import trimesh
 
-from daemon import __version__
+from pipeline import __version__
 from pipeline.cameras import camera_centers, camera_forward, camera_up
 from pipeline.context import JobContext
 from pipeline.evaluate import gt_scores, held_out_scores, mesh_stats
@@ -19,9 +19,11 @@ from pipeline.export import estimate_up, export_all
 from pipeline.render import look_at, render, shade
 from pipeline.report_html import camera_plot, complete_stats, data_uri, render_report
 from pipeline.stages.base import Stage, read_summary, stage_dir
-from pipeline.stages.geometry import load_colors, load_mesh, load_textured
+from pipeline.stages.cameras import Views
+from pipeline.stages.geometry import load_mesh
 from pipeline.stages.ingest import Manifest
-from pipeline.stages.views import Views, load_masks
+from pipeline.stages.masks import load_masks
+from pipeline.stages.texture import load_colors, load_textured
 from pipeline.viewer import make_viewer
 
 TIMINGS_FILE = "timings.json"

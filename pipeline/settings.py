@@ -1,0 +1,177 @@
+"""The pipeline's settings: one frozen, validated dataclass per component (pydantic dataclasses).
+
+Each section is a TOML table of the same name (``[geometry]``, ``[refine]`` …). Values are checked when the
+settings are built: a wrong type, a number out of range or a value that is not one of the allowed choices raises
+:class:`ConfigError` naming the key and what is allowed. The daemon's own sections (intake, jobs, ops, executor)
+live in ``daemon.config``; the pipeline never sees them, so secrets such as webhook keys cannot reach a report.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Annotated, Any, Literal, Mapping
+
+from pydantic import ConfigDict, Field, ValidationError
+from pydantic.dataclasses import dataclass
+
+FROZEN = ConfigDict(extra="forbid")
+
+Pos = Annotated[float, Field(gt=0)]
+NonNeg = Annotated[float, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+PosInt = Annotated[int, Field(ge=1)]
+
+
+class ConfigError(ValueError):
+    """A setting is unknown, of the wrong type, or out of range; the message names it and what is allowed."""
+
+
+@dataclass(frozen=True, config=FROZEN)
+class LimitsConfig:
+    max_file_mb: Pos = 64.0
+    max_job_mb: Pos = 4096.0
+    max_images: PosInt = 1000
+    max_megapixels: Pos = 60.0
+    min_images: Annotated[int, Field(ge=3)] = 8
+
+
+@dataclass(frozen=True, config=FROZEN)
+class ImagesConfig:
+    max_side: Annotated[int, Field(ge=16, le=8192)] = 1024  # working resolution: longest side after downscaling
+    holdout_every: Annotated[int, Field(ge=0)] = 10  # every Nth view is held out for the report's numbers; 0: none
+
+
+@dataclass(frozen=True, config=FROZEN)
+class SfmConfig:
+    """Camera poses for photos without transforms.json / COLMAP model (pycolmap)."""
+
+    matcher: Literal["auto", "exhaustive", "sequential"] = "auto"  # auto: exhaustive up to 30 images
+    max_image_size: Annotated[int, Field(ge=64, le=8192)] = 1000  # long side features are extracted at
+    camera_model: Literal["OPENCV", "SIMPLE_RADIAL", "PINHOLE", "SIMPLE_PINHOLE", "RADIAL"] = "OPENCV"
+    guided_matching: bool = True  # measured: apple registers 20/20 with it, 13/20 without
+    min_registered: Fraction = 0.7  # fraction of the images that must register, else the job fails
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # cuda needs pycolmap-cuda12
+    num_threads: int = -1
+
+
+@dataclass(frozen=True, config=FROZEN)
+class MasksConfig:
+    """Automatic foreground masks for views without alpha or masks/ file (GrabCut seeded by SfM points)."""
+
+    auto: Literal["missing", "off"] = "missing"  # off: such views are not used for the shape
+    work_size: Annotated[int, Field(ge=16)] = 480  # long side GrabCut runs at
+    iterations: PosInt = 5
+
+
+@dataclass(frozen=True, config=FROZEN)
+class GeometryConfig:
+    voxel_resolution: Annotated[int, Field(ge=16, le=1024)] = 192  # hull cells along the object's longest side
+    # views allowed to disagree with a hull voxel; -1: 0 for given masks, 3 % (<= 2) for automatic ones
+    outlier_views: Annotated[int, Field(ge=-1)] = -1
+    smoothing_iterations: Annotated[int, Field(ge=0)] = 10  # Taubin smoothing after marching cubes
+    max_faces: Annotated[int, Field(ge=4)] = 200_000
+
+
+@dataclass(frozen=True, config=FROZEN)
+class RefineConfig:
+    enabled: Literal["auto", "on", "off"] = "auto"  # auto: on a GPU only
+    levels: Annotated[int, Field(ge=1, le=4)] = 2  # coarse-to-fine levels
+    image_size: Annotated[int, Field(ge=16, le=4096)] = 512  # long image side at the finest level
+    iterations: PosInt = 250  # per level
+    start_faces: Annotated[int, Field(ge=4)] = 30_000
+    max_faces: Annotated[int, Field(ge=4)] = 250_000
+    smoothness: Pos = 19.0  # largesteps lambda
+    step: Pos = 3e-2  # shape learning rate in normalised units (object in the unit sphere)
+    photometric_weight: NonNeg = 2.0  # measured better than 1 on four sets
+    silhouette_weight: NonNeg = 1.0
+    normal_weight: NonNeg = 0.0  # pytorch3d regularisers, relative to the image losses (0 disables one)
+    laplacian_weight: NonNeg = 0.0
+    edge_weight: NonNeg = 0.0
+    smoothness_decay: Pos = 1.0  # largesteps lambda is multiplied by this at each finer level
+    alpha_coverage: bool = True  # fit silhouettes to the alpha matte's sub-pixel coverage
+    remesh: Literal["isotropic", "subdivide"] = "isotropic"
+    lr_final: Annotated[float, Field(gt=0, le=1)] = 1.0  # the last level's step decays (cosine) to this fraction
+    # CPU preview (pytorch3d rasteriser), used when enabled = "on" and there is no GPU
+    cpu_image_size: Annotated[int, Field(ge=16)] = 128
+    cpu_iterations: PosInt = 40
+    cpu_faces: Annotated[int, Field(ge=4)] = 6_000
+
+
+@dataclass(frozen=True, config=FROZEN)
+class TextureConfig:
+    """UV-textured outputs (xatlas atlas, photos baked in, then least-squares fitted to the photo pixels)."""
+
+    enabled: bool = True
+    size: Annotated[int, Field(ge=16, le=16384)] = 2048  # texture side, texels (GPU)
+    cpu_size: Annotated[int, Field(ge=16, le=16384)] = 1024
+    max_faces: Annotated[int, Field(ge=4)] = 120_000
+    cpu_max_faces: Annotated[int, Field(ge=4)] = 60_000
+    view_weight_power: NonNeg = 4.0  # bake weight of a photo: cos(normal, view direction)^this
+    atlas_pieces: Annotated[int, Field(ge=0, le=64)] = 0  # 0: one per 4000 faces, at most 16
+    fit: bool = True
+    fit_iterations: PosInt = 60
+    fit_prior: NonNeg = 0.1
+    fit_smooth: NonNeg = 1.0
+    fit_view_power: NonNeg = 0.0
+    cpu_fit_views: Annotated[int, Field(ge=0)] = 0
+
+
+@dataclass(frozen=True, config=FROZEN)
+class ReportConfig:
+    render_size: Annotated[int, Field(ge=16, le=4096)] = 384
+    gt_samples: Annotated[int, Field(ge=10)] = 200_000
+    fscore_tau: Annotated[float, Field(gt=0, lt=1)] = 0.01  # F-score threshold, fraction of the GT diagonal
+    grade_iou_pass: Fraction = 0.9
+    grade_iou_warn: Fraction = 0.75
+    grade_psnr_pass: NonNeg = 25.0
+    grade_psnr_warn: NonNeg = 20.0
+
+
+SECTIONS: dict[str, type] = {
+    "limits": LimitsConfig, "images": ImagesConfig, "sfm": SfmConfig, "masks": MasksConfig,
+    "geometry": GeometryConfig, "refine": RefineConfig, "texture": TextureConfig, "report": ReportConfig,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineSettings:
+    limits: LimitsConfig = dataclasses.field(default_factory=LimitsConfig)
+    images: ImagesConfig = dataclasses.field(default_factory=ImagesConfig)
+    sfm: SfmConfig = dataclasses.field(default_factory=SfmConfig)
+    masks: MasksConfig = dataclasses.field(default_factory=MasksConfig)
+    geometry: GeometryConfig = dataclasses.field(default_factory=GeometryConfig)
+    refine: RefineConfig = dataclasses.field(default_factory=RefineConfig)
+    texture: TextureConfig = dataclasses.field(default_factory=TextureConfig)
+    report: ReportConfig = dataclasses.field(default_factory=ReportConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+
+    def section_hash(self, sections: tuple[str, ...]) -> str:
+        """Stable hash of the named sections: a stage's checkpoint is valid only for this hash."""
+        d = self.to_dict()
+        blob = json.dumps({s: d[s] for s in sorted(sections)}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def build_section(name: str, cls: type, values: Mapping[str, Any]) -> Any:
+    """One section from ``values``; unknown keys or invalid values raise :class:`ConfigError`."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - known
+    if unknown:
+        raise ConfigError(f"config [{name}]: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
+    try:
+        return cls(**dict(values))
+    except ValidationError as e:
+        msgs = []
+        for err in e.errors():
+            key = str(err["loc"][0]) if err["loc"] else "?"
+            msgs.append(f"config {name}.{key} = {err.get('input')!r}: {err['msg'].lower()}")
+        raise ConfigError("; ".join(msgs)) from None
+
+
+def build_pipeline_settings(overrides: Mapping[str, Mapping[str, Any]]) -> PipelineSettings:
+    """Pipeline settings from ``{section: {key: value}}`` (other sections are ignored)."""
+    return PipelineSettings(**{name: build_section(name, cls, overrides.get(name, {}))
+                               for name, cls in SECTIONS.items()})

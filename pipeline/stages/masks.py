@@ -1,0 +1,131 @@
+"""Stage 3, masks: one silhouette mask per view, from the alpha channel or masks/ files, else automatic."""
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from pipeline.automask import AutoMaskSettings, auto_masks
+from pipeline.cameras import intrinsics_for_image, read_pose_source
+from pipeline.context import InputError, JobContext
+from pipeline.images import load_gray, resize
+from pipeline.stages.base import Stage, stage_dir
+from pipeline.stages.cameras import Sparse, Views
+from pipeline.stages.ingest import Manifest
+
+
+def masks_were_automatic(ctx: JobContext) -> bool:
+    meta = json.loads((stage_dir(ctx, MasksStage.name) / "masks.json").read_text())
+    return bool(meta.get("auto"))
+
+def load_masks(ctx: JobContext) -> list[np.ndarray | None]:
+    d = stage_dir(ctx, MasksStage.name)
+    meta = json.loads((d / "masks.json").read_text())
+    with np.load(d / "masks.npz") as z:
+        return [z[f"mask_{i}"] if f"mask_{i}" in z else None for i in range(meta["count"])]
+
+def mask_sheet(rgbs: list[np.ndarray], masks: list[np.ndarray | None], names: list[str], tile: int = 180,
+               columns: int = 8) -> np.ndarray:
+    """Contact sheet for checking masks by eye: background darkened, outline in green. -> (H, W, 3) uint8."""
+    tiles = []
+    for rgb, m in zip(rgbs, masks):
+        f = tile / max(rgb.shape[:2])
+        size = (max(1, round(rgb.shape[1] * f)), max(1, round(rgb.shape[0] * f)))
+        t = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+        if m is not None:
+            mm = cv2.resize(m.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+            t = t.copy()
+            t[~mm] = (t[~mm] * 0.3).astype(np.uint8)
+            edge = mm ^ (cv2.erode(mm.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0)
+            t[edge] = (0, 255, 0)
+        canvas = np.zeros((tile, tile, 3), dtype=np.uint8)
+        canvas[:t.shape[0], :t.shape[1]] = t
+        tiles.append(canvas)
+    rows = [np.hstack(tiles[i:i + columns] + [np.zeros_like(tiles[0])] * (columns - len(tiles[i:i + columns])))
+            for i in range(0, len(tiles), columns)]
+    return np.vstack(rows)
+
+class MasksStage(Stage):
+    name = "masks"
+    weight = 5
+    sections = ("images", "masks")
+
+    def run(self, ctx: JobContext, out_dir: Path) -> dict[str, Any]:
+        manifest = Manifest.load(stage_dir(ctx, "ingest"))
+        frames = {f.name: f for f in manifest.frames}
+        views = Views.load(ctx)
+        source = read_pose_source(ctx.input_dir)
+        specs = {f.name: f for f in source.frames} if source else {}
+        masks: dict[str, np.ndarray] = {}
+        coverage: list[float | None] = []
+        dropped: list[str] = []
+        missing: list[int] = []
+        for i, name in enumerate(views.names):
+            fr = frames[name]
+            ctx.progress(0.1 * i / len(views.names))
+            h, w = views.rgb[i].shape[:2]
+            m: np.ndarray | None = None
+            if fr.mask_file:  # an explicit masks/ file wins over the alpha channel
+                raw = load_gray(ctx.input_dir / fr.mask_file)
+                spec = specs.get(fr.name)
+                if spec is not None and spec.dist:
+                    K = intrinsics_for_image(spec, raw.shape[1], raw.shape[0])
+                    raw = cv2.undistort(raw, K, np.array(spec.dist))
+                m = resize(raw, (w, h), nearest=True) > 127
+            elif views.alpha[i] is not None:
+                m = views.alpha[i] > 127
+            else:
+                missing.append(i)
+            if m is not None:
+                frac = float(m.mean())
+                # an all-opaque alpha or an empty mask carries no silhouette
+                if frac < 1e-4 or frac > 0.98:
+                    dropped.append(fr.name)
+                    m = None
+            if m is not None:
+                masks[f"mask_{i}"] = m
+        auto: list[str] = []
+        sparse = Sparse.load(ctx)
+        if missing and ctx.settings.masks.auto != "off":
+            if sparse is None:
+                raise InputError("automatic masks need the structure-from-motion points, which are missing")
+            cfg = ctx.settings.masks
+            ctx.log.info("automatic masks for %d view(s) (GrabCut seeded by %d object points of %d)", len(missing),
+                         int(sparse.object_points.sum()), len(sparse.points))
+            found = auto_masks([views.rgb[i] for i in range(len(views.names))], views.K, views.w2c, sparse.region(),
+                               sparse.points, sparse.obs_view, sparse.obs_point, sparse.obs_xy,
+                               AutoMaskSettings(work_size=cfg.work_size, iterations=cfg.iterations),
+                               device=ctx.device, check=lambda f: ctx.progress(0.1 + 0.85 * f))
+            for i in missing:
+                frac = float(found[i].mean())
+                if frac < 1e-4 or frac > 0.98:
+                    dropped.append(views.names[i])
+                    continue
+                masks[f"mask_{i}"] = found[i]
+                auto.append(views.names[i])
+        coverage = [float(masks[f"mask_{i}"].mean()) if f"mask_{i}" in masks else None for i in range(len(views.names))]
+        usable_train = sum(1 for i in views.train if f"mask_{i}" in masks)
+        if usable_train < 2:
+            raise InputError(f"only {usable_train} view(s) have a usable mask (empty or all-object masks were "
+                             f"dropped: {', '.join(dropped[:10])}); the shape needs masks that outline the object")
+        np.savez_compressed(out_dir / "masks.npz", **masks)
+        (out_dir / "masks.json").write_text(json.dumps({"count": len(views.names), "coverage": coverage,
+                                                         "dropped": dropped, "auto": auto}))
+        if auto:
+            # for users to check (and to fix and resubmit as masks/)
+            all_masks = [masks.get(f"mask_{i}") for i in range(len(views.names))]
+            sheet = mask_sheet(list(views.rgb), all_masks, list(views.names))
+            cv2.imwrite(str(out_dir / "masks_preview.jpg"), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR),
+                        [cv2.IMWRITE_JPEG_QUALITY, 85])
+            with zipfile.ZipFile(out_dir / "masks.zip", "w", zipfile.ZIP_DEFLATED) as z:
+                for i, name in enumerate(views.names):
+                    if name in auto:
+                        ok, png = cv2.imencode(".png", masks[f"mask_{i}"].astype(np.uint8) * 255)
+                        z.writestr(f"masks/{Path(name).stem}.png", png.tobytes())
+        for name in dropped:
+            ctx.log.warning("mask of %s is empty or covers the whole image; view not used for the shape", name)
+        return {"masked_views": len(masks), "dropped": dropped, "auto": len(auto)}

@@ -1,0 +1,87 @@
+"""Stage 5, refine: differentiable-rendering refinement of the first surface (see pipeline.refine)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import trimesh
+
+from pipeline.context import JobContext, JobError
+from pipeline.meshing import decimate, largest_component
+from pipeline.raster import make_rasterizer
+from pipeline.refine import RefineSettings, refine, silhouette_targets
+from pipeline.settings import RefineConfig
+from pipeline.stages.base import Stage
+from pipeline.stages.cameras import Views
+from pipeline.stages.geometry import load_mesh
+from pipeline.stages.masks import load_masks
+
+
+def refine_settings(cfg: RefineConfig, on_gpu: bool) -> RefineSettings:
+    common = dict(lam=cfg.smoothness, lr=cfg.step, w_photo=cfg.photometric_weight, w_silhouette=cfg.silhouette_weight,
+                  w_normal=cfg.normal_weight, w_laplacian=cfg.laplacian_weight, w_edge=cfg.edge_weight,
+                  lam_decay=cfg.smoothness_decay, remesh=cfg.remesh, lr_final=cfg.lr_final)
+    if on_gpu:
+        sizes = [max(64, cfg.image_size // 2 ** (cfg.levels - 1 - i)) for i in range(cfg.levels)]
+        return RefineSettings(levels=tuple((sz, cfg.iterations) for sz in sizes), max_faces=cfg.max_faces,
+                              start_faces=cfg.start_faces, **common)
+    return RefineSettings(levels=((cfg.cpu_image_size, cfg.cpu_iterations),), max_faces=cfg.cpu_faces,
+                          start_faces=cfg.cpu_faces, **common)
+
+class RefineStage(Stage):
+    """Differentiable-rendering refinement of the hull (see pipeline.refine); a pass-through when disabled."""
+
+    name = "refine"
+    weight = 25
+    sections = ("images", "geometry", "refine")
+
+    def run(self, ctx: JobContext, out_dir: Path) -> dict[str, Any]:
+        cfg = ctx.settings.refine
+        mesh = load_mesh(ctx, "geometry")
+        on_gpu = ctx.device == "cuda"
+        if cfg.enabled not in ("auto", "on", "off"):
+            raise JobError(f"refine.enabled must be auto, on or off, not {cfg.enabled!r}")
+        if cfg.remesh not in ("subdivide", "isotropic"):
+            raise JobError(f"refine.remesh must be subdivide or isotropic, not {cfg.remesh!r}")
+        reason = None
+        if cfg.enabled == "off":
+            reason = "disabled (refine.enabled = off)"
+        elif cfg.enabled == "auto" and not on_gpu:
+            reason = "skipped: no GPU (set refine.enabled = on for a coarse CPU preview)"
+        rasterizer = None
+        if reason is None:
+            rasterizer, backend = make_rasterizer(ctx.device, ctx.work_dir.parent.parent / "torch_extensions")
+            if rasterizer is None:
+                reason = f"skipped: {backend}"
+        if reason is not None or rasterizer is None:
+            ctx.log.info("refinement %s", reason)
+            mesh.export(out_dir / "mesh.ply")
+            return {"method": f"none — {reason}", "faces": int(len(mesh.faces))}
+        views = Views.load(ctx)
+        masks = load_masks(ctx)
+        idx = [i for i in views.train if masks[i] is not None]
+        on_gpu = rasterizer.name == "nvdiffrast"
+        settings = refine_settings(cfg, on_gpu)
+        start = decimate(mesh, settings.start_faces)
+        ctx.log.info("refining %d faces with %s over %d views, levels %s", len(start.faces), backend, len(idx),
+                     settings.levels)
+        sil = [masks[i] for i in idx]
+        if cfg.alpha_coverage:
+            sil = silhouette_targets(sil, [views.alpha[i] for i in idx])
+        soft = sum(1 for t in sil if t.dtype != bool and ((t > 0) & (t < 1)).any())
+        result = refine(np.asarray(start.vertices), np.asarray(start.faces), [views.rgb[i] for i in idx],
+                        sil, views.K[idx], views.w2c[idx], rasterizer, settings,
+                        "cuda" if on_gpu else "cpu", check=ctx.progress)
+        out = trimesh.Trimesh(result.vertices, result.faces, process=True)
+        out = largest_component(out)
+        if not out.is_watertight:
+            trimesh.repair.fill_holes(out)
+        out.fix_normals()
+        out.export(out_dir / "mesh.ply")
+        return {"method": f"differentiable rendering ({backend}, largesteps)", "faces": int(len(out.faces)),
+                "watertight": bool(out.is_watertight), "losses": [round(x, 5) for x in result.losses],
+                "levels": [list(lv) for lv in settings.levels], "views_per_step": result.views_per_step,
+                "regularisers": result.regularisers, "remesh": result.remesh,
+                "silhouette_target": f"alpha coverage in {soft} of {len(sil)} views" if soft else "binary masks",
+                "seconds_per_level": [round(x, 2) for x in result.seconds_per_level]}

@@ -1,0 +1,136 @@
+"""Stage 6, texture: vertex colours, then a UV atlas baked from the photos and fitted to their pixels."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import trimesh
+
+from pipeline.colors import vertex_colors
+from pipeline.context import JobContext
+from pipeline.gates import apply_gates
+from pipeline.meshing import decimate
+from pipeline.settings import TextureConfig
+from pipeline.stages.base import Stage, stage_dir
+from pipeline.stages.cameras import Views
+from pipeline.stages.geometry import load_mesh
+from pipeline.stages.masks import load_masks
+from pipeline.texture import (Atlas, FitSettings, TextureSettings, bake, build_atlas, fit_texture, pad_seams,
+                              pixel_samples_nvdiffrast, pixel_samples_raycast)
+
+
+class TextureStage(Stage):
+    name = "texture"
+    weight = 15
+    sections = ("texture",)
+
+    def run(self, ctx: JobContext, out_dir: Path) -> dict[str, Any]:
+        views = Views.load(ctx)
+        masks = load_masks(ctx)
+        mesh, gates = apply_gates(load_mesh(ctx, "refine"))
+        mesh.export(out_dir / "mesh.ply")
+        idx = [i for i in views.train if masks[i] is not None]
+        images, tmasks = [views.rgb[i] for i in idx], [masks[i] for i in idx]
+        colors, seen = vertex_colors(mesh, images, tmasks, views.K[idx], views.w2c[idx],
+                                     check=lambda f: ctx.progress(0.3 * f), device=ctx.device)
+        np.save(out_dir / "colors.npy", colors)
+        summary: dict[str, Any] = {"method": "vertex colours (visibility + view-angle weighted)",
+                                   "seen_fraction": float((seen > 0).mean()),
+                                   "mean_views_per_vertex": float(seen.mean()),
+                                   "gates": [g.to_dict() for g in gates]}
+        cfg = ctx.settings.texture
+        if not cfg.enabled:
+            return summary
+        on_gpu = ctx.device == "cuda"
+        s = TextureSettings(size=cfg.size if on_gpu else cfg.cpu_size,
+                            max_faces=cfg.max_faces if on_gpu else cfg.cpu_max_faces,
+                            atlas_pieces=cfg.atlas_pieces,
+                            fit=fit_settings(cfg, on_gpu),
+                            view_weight_power=cfg.view_weight_power)
+        t0 = time.monotonic()
+        low = decimate(mesh, s.max_faces)
+        atlas = build_atlas(low, s)
+        ctx.progress(0.4)
+        t_atlas = time.monotonic() - t0
+        tex, bake_info = bake(atlas, low, images, tmasks, views.K[idx], views.w2c[idx], s,
+                              check=lambda f: ctx.progress(0.4 + 0.3 * f), device=ctx.device)
+        t_bake = time.monotonic() - t0 - t_atlas
+        fit_info: dict[str, Any] = {"skipped": "texture.fit = false: baked only" if not cfg.fit else
+                                    "no GPU and texture.cpu_fit_views = 0: baked only"}
+        if s.fit is not None:
+            tex, fit_info = fit_bake(ctx, atlas, tex, images, tmasks, views.K[idx], views.w2c[idx], s, s.fit)
+        cv2.imwrite(str(out_dir / "texture.png"), cv2.cvtColor((np.clip(tex, 0, 1) * 255).round().astype(np.uint8),
+                                                               cv2.COLOR_RGB2BGR))
+        np.savez(out_dir / "atlas.npz", vertices=atlas.vertices, faces=atlas.faces, uv=atlas.uv)
+        summary.update({"method": "UV texture (xatlas atlas, baked from the photos with visibility and view-angle "
+                                  "weights" + (", then least-squares fitted to the photo pixels)" if "rmse_after" in fit_info
+                                               else ")"),
+                        "texture_size": s.size, "textured_faces": int(len(atlas.faces)),
+                        "seconds": {"atlas": round(t_atlas, 2), "bake": round(t_bake, 2),
+                                    "fit": round(time.monotonic() - t0 - t_atlas - t_bake, 2)},
+                        "bake": bake_info, "fit": fit_info})
+        return summary
+
+def fit_settings(cfg: TextureConfig, on_gpu: bool) -> FitSettings | None:
+    """The texture fit's settings from the config, or None where it does not run (off, or CPU without
+    ``cpu_fit_views``)."""
+    if not cfg.fit or not (on_gpu or cfg.cpu_fit_views > 0):
+        return None
+    return FitSettings(iterations=cfg.fit_iterations, prior=cfg.fit_prior, smooth=cfg.fit_smooth,
+                       view_power=cfg.fit_view_power, max_views=0 if on_gpu else cfg.cpu_fit_views)
+
+def fit_bake(ctx: JobContext, atlas: Atlas, tex: np.ndarray, images: list[np.ndarray], masks: list[np.ndarray],
+             Ks: np.ndarray, w2cs: np.ndarray, s: TextureSettings, fs: FitSettings) -> tuple[np.ndarray, dict[str, Any]]:
+    """Least-squares fit of the bake ``tex`` (S, S, 3) to the photos (pipeline.texture.fit_texture), seams padded
+    again: pixels found by nvdiffrast on a GPU, by ray casting (in ``fs.max_views`` views) on the CPU or where
+    nvdiffrast does not load. A CUDA OOM keeps the bake. Returns the texture and a summary for the stage."""
+    pick = np.arange(len(images))
+    if fs.max_views and len(pick) > fs.max_views:
+        pick = np.unique(np.linspace(0, len(pick) - 1, fs.max_views).round().astype(int))
+    imgs, ms = [images[i] for i in pick], [masks[i] for i in pick]
+    t0 = time.monotonic()
+    samples = None
+    how = "ray casting"
+    if ctx.device == "cuda":
+        try:
+            samples = pixel_samples_nvdiffrast(atlas, imgs, ms, Ks[pick], w2cs[pick], s.size, fs.view_power,
+                                               build_dir=ctx.work_dir.parent.parent / "torch_extensions")
+            how = "nvdiffrast"
+        except (ImportError, RuntimeError, OSError) as e:
+            ctx.log.warning("nvdiffrast unavailable for the texture fit (%s); ray casting instead", e)
+    if samples is None:
+        samples = pixel_samples_raycast(atlas, imgs, ms, Ks[pick], w2cs[pick], s.size, fs.view_power,
+                                        check=lambda f: ctx.progress(0.7 + 0.15 * f))
+    t_samples = time.monotonic() - t0
+    try:
+        out, info = fit_texture(tex, samples, atlas.face_of_texel >= 0, fs, device=ctx.device,
+                                check=lambda f: ctx.progress(0.85 + 0.15 * f))
+    except torch.cuda.OutOfMemoryError:
+        # the fit only polishes the bake: without the memory for it (idx/weights are ~48 bytes a pixel) the
+        # job keeps the baked texture rather than failing
+        ctx.log.warning("texture fit: out of GPU memory for %d pixels; keeping the baked texture", len(samples.uv))
+        torch.cuda.empty_cache()
+        return tex, {"skipped": f"out of GPU memory for {len(samples.uv)} pixels: baked only"}
+    out = pad_seams(out, atlas.face_of_texel >= 0, s.dilate)
+    info.update({"views": int(len(pick)), "pixels_from": how, "sample_seconds": round(t_samples, 2)})
+    ctx.log.info("texture fit: RMSE %.4f -> %.4f over %d pixels of %d views", info.get("rmse_before", 0),
+                 info.get("rmse_after", 0), info.get("samples", 0), len(pick))
+    return out, info
+
+def load_colors(ctx: JobContext) -> np.ndarray:
+    return np.load(stage_dir(ctx, TextureStage.name) / "colors.npy")
+
+def load_textured(ctx: JobContext) -> tuple[trimesh.Trimesh, np.ndarray, np.ndarray] | None:
+    """The textured (decimated) mesh, its UVs (V, 2) and texture (S, S, 3) uint8, if the stage made one."""
+    d = stage_dir(ctx, TextureStage.name)
+    if not (d / "atlas.npz").exists():
+        return None
+    with np.load(d / "atlas.npz") as z:
+        mesh = trimesh.Trimesh(z["vertices"], z["faces"], process=False)
+        uv = z["uv"]
+    tex = cv2.cvtColor(cv2.imread(str(d / "texture.png")), cv2.COLOR_BGR2RGB)
+    return mesh, uv, tex
