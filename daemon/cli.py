@@ -63,7 +63,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where jobs run (jobs.device)")
 
 
-def _setup_logging(verbose: bool, json_logs: bool = False) -> None:
+def _setup_logging(verbose: bool, json_logs: bool = False, secrets: tuple[str, ...] = ()) -> None:
+    from pipeline.redact import install_scrubber
+
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if json_logs:
@@ -71,6 +73,7 @@ def _setup_logging(verbose: bool, json_logs: bool = False) -> None:
 
         for h in logging.getLogger().handlers:
             h.setFormatter(JsonFormatter())
+    install_scrubber(logging.getLogger().handlers, secrets)  # no secret reaches the log, whoever logs it
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # one line per rescan is noise
 
 
@@ -80,7 +83,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from daemon.worker import Paths
 
     settings = _settings(args)
-    _setup_logging(args.verbose, settings.ops.json_logs)
+    _setup_logging(args.verbose, settings.ops.json_logs, settings.secrets())
     inbox = _dir(args.inbox, "HOTMESH_INBOX", "inbox")
     outbox = _dir(args.outbox, "HOTMESH_OUTBOX", "outbox")
     state = Path(args.state or os.environ.get("HOTMESH_STATE") or outbox.parent / "hotmesh-state").resolve()
@@ -234,13 +237,13 @@ def cmd_process(args: argparse.Namespace) -> int:
     from daemon.states import JobState
     from daemon.worker import Paths, execute, pick_device
 
-    _setup_logging(args.verbose)
+    settings = _settings(args)
+    _setup_logging(args.verbose, secrets=settings.secrets())
     folder = Path(args.folder).resolve()
     if not folder.is_dir():
         raise SystemExit(f"hotmesh: {folder} is not a folder")
     out = Path(args.out).resolve()
     state = Path(args.state).resolve() if args.state else Path(tempfile.mkdtemp(prefix="hotmesh-state-"))
-    settings = _settings(args)
     paths = Paths(inbox=folder.parent, outbox=out, state=state)
     ledger = Ledger(paths.ledger)
     job, created = ledger.create_job(folder.name, fingerprint(snapshot(folder)))

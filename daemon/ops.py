@@ -1,6 +1,7 @@
 """Running unattended: retention, disk guard, notifications, health/metrics endpoint, JSON logs."""
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import http.server
@@ -13,6 +14,7 @@ import subprocess
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ from typing import Any, Callable
 from daemon.config import OpsConfig
 from daemon.ledger import Job, Ledger
 from daemon.states import JobState
+from pipeline.redact import redact_url, scrub, secret_values
 
 log = logging.getLogger("hotmesh.ops")
 DONE_DIR = "_done"
@@ -136,6 +139,20 @@ def job_summary(job: Job, outbox: Path) -> dict[str, Any]:
     return summary
 
 
+def split_credentials(url: str) -> tuple[str, str | None]:
+    """A webhook URL with ``user:password@`` -> the URL without them and a Basic ``Authorization`` header value
+    (urllib would otherwise take ``user:password@host`` for the host name)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, None
+    host = parts.hostname or ""
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    user = urllib.parse.unquote(parts.username or "")
+    pw = urllib.parse.unquote(parts.password or "")
+    token = base64.b64encode(f"{user}:{pw}".encode()).decode()
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc)), f"Basic {token}"
+
+
 class Notifier:
     """Webhooks and a command hook on job end, from a background thread: a slow or failing endpoint never
     blocks the daemon or changes a job's outcome. Each delivery and failure is a ledger event."""
@@ -144,6 +161,9 @@ class Notifier:
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.cfg = cfg
         self.urls = [u.strip() for u in cfg.webhook_urls.split(",") if u.strip()]
+        # URLs may carry credentials or tokens: logs and ledger events name them only by redact_url, and any
+        # error text is scrubbed of every secret part
+        self.secrets = secret_values([cfg.webhook_secret, cfg.webhook_urls, cfg.command_hook])
         self.ledger_path = ledger_path
         self.outbox = outbox
         self.sleep = sleep
@@ -186,19 +206,24 @@ class Notifier:
                    "User-Agent": "hotmesh"}
         if self.cfg.webhook_secret:
             headers["X-Hotmesh-Signature"] = sign(self.cfg.webhook_secret, body)
+        target, auth = split_credentials(url)
+        if auth:
+            headers["Authorization"] = auth
+        shown = f"#{self.urls.index(url) + 1} ({redact_url(url)})"
         delay = self.cfg.webhook_backoff_seconds
         for attempt in range(1, self.cfg.webhook_retries + 2):
             try:
-                req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+                req = urllib.request.Request(target, data=body, headers=headers, method="POST")
                 with urllib.request.urlopen(req, timeout=10) as resp:
-                    ledger.event(job.id, "notified", f"webhook {url} answered {resp.status} (try {attempt})",
-                                 {"url": url, "tries": attempt})
+                    ledger.event(job.id, "notified", f"webhook {shown} answered {resp.status} (try {attempt})",
+                                 {"url": redact_url(url), "tries": attempt})
                     return
             except (urllib.error.URLError, OSError, ValueError) as e:
-                log.warning("[job %s] webhook %s failed (try %d): %s", job.id, url, attempt, e)
+                err = scrub(str(e), self.secrets)
+                log.warning("[job %s] webhook %s failed (try %d): %s", job.id, shown, attempt, err)
                 if attempt > self.cfg.webhook_retries:
-                    ledger.event(job.id, "notify-failed", f"webhook {url} failed {attempt} times: {e}",
-                                 {"url": url, "tries": attempt})
+                    ledger.event(job.id, "notify-failed", f"webhook {shown} failed {attempt} times: {err}",
+                                 {"url": redact_url(url), "tries": attempt})
                     return
                 self.sleep(delay)
                 delay *= 2
@@ -210,9 +235,10 @@ class Notifier:
             r = subprocess.run(self.cfg.command_hook, shell=True, input=body, env=env, timeout=120,
                                capture_output=True)
             kind = "notified" if r.returncode == 0 else "notify-failed"
-            ledger.event(job.id, kind, f"command hook exited {r.returncode}", {"stderr": r.stderr[-500:].decode(errors="replace")})
+            ledger.event(job.id, kind, f"command hook exited {r.returncode}",
+                         {"stderr": scrub(r.stderr[-500:].decode(errors="replace"), self.secrets)})
         except (OSError, subprocess.TimeoutExpired) as e:
-            ledger.event(job.id, "notify-failed", f"command hook failed: {e}")
+            ledger.event(job.id, "notify-failed", f"command hook failed: {scrub(str(e), self.secrets)}")
 
 
 # -- health and metrics ---------------------------------------------------------------------------

@@ -304,14 +304,22 @@ class Daemon:
         from pipeline.failure import write_failure_report
         from pipeline.publish import publish
 
+        from pipeline.diagnostics import photo_diagnostics
+        from pipeline.redact import scrub
+
         tmp = self.paths.state / "tmp" / job.id
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
+            end = (state or job.state).value
             timings = [t for t in job.timings.values()]
-            files = write_failure_report(tmp, job.id, job.folder, (state or job.state).value, message, job.stage, None, timings,
-                                         self.settings.pipeline.to_dict(), "n/a")
             log_file = self.paths.work_dir(job.id) / "job.log"
+            # failed without its worker (crashed, lost): the photos may tell why; a queued cancel needs nothing
+            photos = (photo_diagnostics(self.paths.inbox / job.folder, self.paths.work_dir(job.id))
+                      if end == "failed" else [])
+            files = write_failure_report(tmp, job.id, job.folder, end, scrub(message, self.settings.secrets()),
+                                         job.stage, None, timings, self.settings.pipeline.to_dict(), "n/a",
+                                         photos=photos, published={"job.log"} if log_file.exists() else set())
             if log_file.exists():
                 files["job.log"] = log_file
             publish(files, self.paths.outbox, job.id)

@@ -65,12 +65,14 @@ def pick_device(setting: str) -> str:
     return "cpu"
 
 
-def _job_logger(job_id: str, work_dir: Path) -> tuple[logging.LoggerAdapter, logging.Handler]:
+def _job_logger(job_id: str, work_dir: Path, secrets: tuple[str, ...] = ()) -> tuple[logging.LoggerAdapter, logging.Handler]:
     from pipeline.context import JobLogAdapter
+    from pipeline.redact import install_scrubber
 
     work_dir.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(work_dir / "job.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    install_scrubber([handler], secrets)  # job.log is published next to the report
     logger = logging.getLogger(f"hotmesh.job.{job_id}")
     logger.setLevel(logging.INFO)
     logger.addHandler(handler)
@@ -87,7 +89,7 @@ def run_pipeline(paths: Paths, job: Job, settings: Settings, device: str,
     from pipeline.runner import run_job
 
     work = paths.work_dir(job.id)
-    jlog, handler = _job_logger(job.id, work)
+    jlog, handler = _job_logger(job.id, work, settings.secrets())
     jlog.info("attempt %d on %s (pid %d, host %s), input %s", job.attempts, device, os.getpid(),
               socket.gethostname(), paths.inbox / job.folder)
     limit = settings.ops.max_runtime_seconds
@@ -159,6 +161,9 @@ def worker_main(slot: str, gpu: str | None, paths: Paths, settings_json: str, co
 
         for h in logging.getLogger().handlers:
             h.setFormatter(JsonFormatter())
+    from pipeline.redact import install_scrubber
+
+    install_scrubber(logging.getLogger().handlers, settings.secrets())
     device = pick_device(settings.jobs.device)
     if device == "cuda":
         os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(paths.state / "torch_extensions"))

@@ -83,13 +83,34 @@ def textured_glb(mesh: trimesh.Trimesh, uv: np.ndarray, texture: np.ndarray, up:
     return m.export(file_type="glb", include_normals=True)
 
 
+SEEN_ATTRIBUTE = "seen"  # mesh.ply vertex property: how many photos saw the vertex (pipeline.quality)
+
+
+def read_seen(ply: Path) -> np.ndarray | None:
+    """The per-vertex ``seen`` counts (V,) int stored in a mesh.ply, or None when it has none."""
+    mesh = trimesh.load(ply, process=False, force="mesh")
+    raw = (mesh.metadata.get("_ply_raw") or {}).get("vertex", {}).get("data")
+    if raw is None or SEEN_ATTRIBUTE not in (raw.dtype.names or ()):
+        return None
+    return np.asarray(raw[SEEN_ATTRIBUTE]).reshape(-1).astype(np.int32)
+
+
 def export_all(mesh: trimesh.Trimesh, colors: np.ndarray, up: np.ndarray, out_dir: Path,
-               textured: tuple[trimesh.Trimesh, np.ndarray, np.ndarray] | None = None) -> dict[str, str]:
+               textured: tuple[trimesh.Trimesh, np.ndarray, np.ndarray] | None = None,
+               seen: np.ndarray | None = None) -> dict[str, str]:
     """Write mesh.ply (full resolution, vertex colours), mesh.obj + mesh.mtl (world frame) and mesh.glb (+Y up).
     With ``textured`` = (decimated mesh, uv, texture uint8), OBJ and GLB carry the texture (texture.png).
-    Returns {kind: file name}."""
+    ``seen`` (V,) int: photos that saw each vertex, stored in mesh.ply only as the vertex property ``seen`` (the GLB
+    stays plain glTF). Returns {kind: file name}."""
     cm = colored_mesh(mesh, colors)
-    cm.export(out_dir / "mesh.ply")
+    if seen is not None:
+        if seen.shape != (len(mesh.vertices),):
+            raise ValueError(f"seen must be ({len(mesh.vertices)},), got {seen.shape}")
+        ply = cm.copy()
+        ply.vertex_attributes[SEEN_ATTRIBUTE] = np.asarray(seen, dtype=np.int32)
+        ply.export(out_dir / "mesh.ply")
+    else:
+        cm.export(out_dir / "mesh.ply")
     files = {"ply": "mesh.ply", "obj": "mesh.obj", "mtl": "mesh.mtl", "glb": "mesh.glb"}
     if textured is not None:
         low, uv, tex = textured

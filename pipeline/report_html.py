@@ -11,7 +11,9 @@ import jinja2
 import numpy as np
 from PIL import Image
 
-TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
+# installed: pipeline/templates (package data); in a checkout: templates/ beside the packages
+_PACKAGED = Path(__file__).resolve().parent / "templates"
+TEMPLATE_DIR = _PACKAGED if (_PACKAGED / "report.html.j2").is_file() else Path(__file__).resolve().parent.parent / "templates"
 
 
 def data_uri(img: np.ndarray, fmt: str = "JPEG", max_side: int = 512) -> str:
@@ -30,32 +32,74 @@ def data_uri(img: np.ndarray, fmt: str = "JPEG", max_side: int = 512) -> str:
     return f"data:{mime};base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def camera_plot(centers: np.ndarray, forwards: np.ndarray, holdout: np.ndarray, up: np.ndarray,
-                object_points: np.ndarray | None, size: int = 260) -> list[dict[str, Any]]:
-    """Two 2-D projections (top: looking down the up axis; side) as SVG-ready coordinates."""
-    u = up / np.linalg.norm(up)
-    a = np.array([1.0, 0, 0]) if abs(u[0]) < 0.9 else np.array([0, 1.0, 0])
-    e1 = np.cross(u, a)
-    e1 /= np.linalg.norm(e1)
-    e2 = np.cross(u, e1)
-    views = []
-    for title, bx, by in (("top (looking down)", e1, e2), ("side", e1, -u)):
-        pts = np.stack([centers @ bx, centers @ by], 1)
-        tips = np.stack([(centers + forwards * 0.15 * np.ptp(centers, 0).max()) @ bx,
-                         (centers + forwards * 0.15 * np.ptp(centers, 0).max()) @ by], 1)
-        obj = np.stack([object_points @ bx, object_points @ by], 1) if object_points is not None else np.zeros((0, 2))
-        allp = np.vstack([pts, tips, obj])
-        lo, hi = allp.min(0), allp.max(0)
-        scale = (size - 20) / max(float((hi - lo).max()), 1e-9)
+def hatch(img: np.ndarray, where: np.ndarray, period: int = 8, width: int = 3) -> np.ndarray:
+    """Marks the pixels ``where`` (H, W) bool of ``img`` (H, W, 3) uint8 as unseen: washed out to grey with dark
+    diagonal stripes, so a surface no photo saw is not mistaken for a measured one. Returns a new uint8 image."""
+    if img.ndim != 3 or img.shape[2] != 3 or where.shape != img.shape[:2]:
+        raise ValueError(f"img must be (H, W, 3) and where (H, W), got {img.shape} and {where.shape}")
+    if period < 2 or not 0 < width < period:
+        raise ValueError(f"need period >= 2 and 0 < width < period, got {period}, {width}")
+    out = img.astype(np.float32)
+    grey = out.mean(-1, keepdims=True)
+    washed = 0.35 * out + 0.65 * (0.5 * grey + 0.5 * 200.0)
+    ys, xs = np.mgrid[0:img.shape[0], 0:img.shape[1]]
+    stripe = ((xs + ys) % period) < width
+    washed = np.where(stripe[..., None], washed * 0.45, washed)
+    out = np.where(where[..., None], washed, out)
+    return np.clip(out, 0, 255).round().astype(np.uint8)
 
-        def tr(p: np.ndarray) -> list[list[float]]:
-            q = (p - lo) * scale + 10
-            return [[round(float(x), 1), round(float(y), 1)] for x, y in q]
 
-        views.append({"title": title, "size": size, "cams": [
-            {"p": p, "t": t, "held": bool(h)} for p, t, h in zip(tr(pts), tr(tips), holdout)],
-            "obj": tr(obj)})
-    return views
+def camera_scene(Ks: np.ndarray, w2cs: np.ndarray, sizes: list[tuple[int, int]], names: list[str],
+                 holdout: np.ndarray, up: np.ndarray, points: np.ndarray, seen: np.ndarray,
+                 notes: list[str] | None = None) -> dict[str, Any]:
+    """Data for the report's interactive camera plot: every photo's frustum and the mesh as points, seen or not.
+
+    Ks (N, 3, 3), w2cs (N, 4, 4) OpenCV, sizes N (width, height) px, holdout (N,) bool; points (P, 3) a subsample of
+    the mesh's vertices with seen (P,) bool (>= the coverage minimum of photos). Everything is moved to the object's
+    centre and scaled to a unit radius; ``frustum`` holds 4 image corners at 0.15 of that radius per camera.
+
+    Why a plot drawn by the page's own small script (canvas), not frustums added to the GLB shown in <model-viewer>:
+    it draws without WebGL and without the viewer bundle (failure reports and pages whose viewer cannot load keep
+    it); model-viewer frames the whole scene, so far-away frustums would shrink the model; glTF lines have no width;
+    and a hover names each photo, which a GLB node cannot do."""
+    if len(Ks) != len(w2cs) or len(sizes) != len(w2cs) or len(names) != len(w2cs) or len(holdout) != len(w2cs):
+        raise ValueError("Ks, w2cs, sizes, names and holdout must have one entry per camera")
+    if points.ndim != 2 or points.shape[1] != 3 or seen.shape != (len(points),):
+        raise ValueError(f"points must be (P, 3) and seen (P,), got {points.shape} and {seen.shape}")
+    centres = -np.einsum("nji,nj->ni", w2cs[:, :3, :3], w2cs[:, :3, 3])
+    target = points.mean(0) if len(points) else centres.mean(0)
+    radius = float(np.linalg.norm(np.vstack([centres, points]) - target, axis=1).max()) or 1.0
+    depth = 0.15 * radius
+    cams = []
+    for i, (K, w2c, (w, h)) in enumerate(zip(Ks, w2cs, sizes)):
+        R = w2c[:3, :3]
+        corners = []
+        for x, y in ((0, 0), (w, 0), (w, h), (0, h)):
+            ray = np.array([(x - K[0, 2]) / K[0, 0], (y - K[1, 2]) / K[1, 1], 1.0])
+            corners.append(centres[i] + depth * (R.T @ ray))
+        cams.append({"name": names[i], "held": bool(holdout[i]), "note": notes[i] if notes else "",
+                     "c": _r((centres[i] - target) / radius), "f": [_r((p - target) / radius) for p in corners]})
+    return {"up": _r(np.asarray(up, dtype=np.float64) / np.linalg.norm(up)), "cams": cams,
+            "pts": [_r((p - target) / radius, 3) for p in points], "seen": [int(bool(s)) for s in seen]}
+
+
+def _r(v: np.ndarray, digits: int = 4) -> list[float]:
+    return [round(float(x), digits) for x in v]
+
+
+def config_rows(config: dict[str, dict[str, Any]], defaults: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The settings as one compact table: [{section, key, value, default, changed}], changed ones first. Keys with
+    secret-sounding names are masked (pipeline.redact), though the pipeline's settings hold none."""
+    from pipeline.redact import redact_mapping
+
+    safe = redact_mapping(config)
+    rows = []
+    for section, values in safe.items():
+        for key, value in (values or {}).items():
+            default = (defaults.get(section) or {}).get(key)
+            rows.append({"section": section, "key": key, "value": value, "default": default,
+                         "changed": section in defaults and value != default})
+    return sorted(rows, key=lambda r: not r["changed"])
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -86,6 +130,7 @@ def render_report(context: dict[str, Any], path: Path) -> None:
                              undefined=jinja2.StrictUndefined)
     env.filters["fmt"] = _fmt
     env.filters["pretty_json"] = lambda v: json.dumps(v, indent=2, sort_keys=True)
+    env.filters["pct"] = lambda v, digits=0: "n/a" if v is None else f"{100 * v:.{digits}f}%"
     html = env.get_template("report.html.j2").render(**context)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(html, encoding="utf-8")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.context import Cancelled, Interrupted, JobContext, JobError
+from pipeline.diagnostics import photo_diagnostics
 from pipeline.failure import write_failure_report
 from pipeline.publish import publish
 from pipeline.stages.base import Stage, chain_hash, checkpoint_valid, commit_checkpoint, stage_dir
@@ -157,13 +158,23 @@ def _input_summary_if_any(ctx: JobContext) -> dict[str, Any] | None:
         return None
 
 
+def _photo_names(ctx: JobContext) -> list[str] | None:
+    try:
+        return [f.name for f in Manifest.load(stage_dir(ctx, "ingest")).frames]
+    except (OSError, ValueError, KeyError):
+        return None  # ingest did not finish: every image in the folder
+
+
 def _publish_terminal(ctx: JobContext, outbox: Path, state: str, error: str, stage: str | None) -> Path:
     out = ctx.work_dir / "terminal"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    files = write_failure_report(out, ctx.job_id, ctx.input_dir.name, state, error, stage, _input_summary_if_any(ctx),
-                                 read_timings(ctx), ctx.settings.to_dict(), ctx.device)
     log = ctx.work_dir / "job.log"
+    # a failed job's report shows each photo with what went wrong with it; a cancelled one needs no diagnosis
+    photos = photo_diagnostics(ctx.input_dir, ctx.work_dir, _photo_names(ctx)) if state == "failed" else []
+    files = write_failure_report(out, ctx.job_id, ctx.input_dir.name, state, error, stage, _input_summary_if_any(ctx),
+                                 read_timings(ctx), ctx.settings.to_dict(), ctx.device, photos=photos,
+                                 published={"job.log"} if log.exists() else set())
     if log.exists():
         files["job.log"] = log
     return publish(files, outbox, ctx.job_id)

@@ -12,7 +12,7 @@ import hashlib
 import json
 from typing import Annotated, Any, Literal, Mapping
 
-from pydantic import ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 from pydantic.dataclasses import dataclass
 
 FROZEN = ConfigDict(extra="forbid")
@@ -117,8 +117,15 @@ class TextureConfig:
     cpu_fit_views: Annotated[int, Field(ge=0)] = 0
 
 
+Degrees = Annotated[float, Field(gt=0, le=90)]
+Azimuth = Annotated[float, Field(ge=0, le=360)]
+
+
 @dataclass(frozen=True, config=FROZEN)
 class ReportConfig:
+    """The report and its grade. Each check has a pass and a warn threshold (fail beyond warn); for checks where
+    higher is better the pass threshold must be >= the warn one, for lower-is-better checks <=."""
+
     render_size: Annotated[int, Field(ge=16, le=4096)] = 384
     gt_samples: Annotated[int, Field(ge=10)] = 200_000
     fscore_tau: Annotated[float, Field(gt=0, lt=1)] = 0.01  # F-score threshold, fraction of the GT diagonal
@@ -126,6 +133,44 @@ class ReportConfig:
     grade_iou_warn: Fraction = 0.75
     grade_psnr_pass: NonNeg = 25.0
     grade_psnr_warn: NonNeg = 20.0
+    # coverage: share of the final surface (by area) seen by >= coverage_min_views photos, each within
+    # coverage_max_angle_deg of the surface normal, not hidden by the mesh itself
+    coverage_min_views: Annotated[int, Field(ge=1, le=10)] = 2
+    coverage_max_angle_deg: Degrees = 75.0
+    grade_coverage_pass: Fraction = 0.9
+    grade_coverage_warn: Fraction = 0.7
+    # the largest gap (degrees of azimuth around the up axis) between neighbouring cameras; lower is better
+    grade_spread_gap_pass_deg: Azimuth = 90.0
+    grade_spread_gap_warn_deg: Azimuth = 150.0
+    # share of photos in which the object touches the image border (cut off); lower is better
+    grade_border_cut_pass: Fraction = 0.1
+    grade_border_cut_warn: Fraction = 0.34
+    # ground-truth F-score (only when gt.ply/obj/glb is given)
+    grade_fscore_pass: Fraction = 0.9
+    grade_fscore_warn: Fraction = 0.7
+    # share of faces that self-intersect: below the first it is not a concern on its own; lower is better
+    grade_self_intersections_pass: Fraction = 0.01
+    grade_self_intersections_warn: Fraction = 0.05
+    visibility_size: Annotated[int, Field(ge=32, le=2048)] = 192  # long side of the depth maps for visibility
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "ReportConfig":
+        higher = ("iou", "psnr", "coverage", "fscore")
+        lower = ("spread_gap", "border_cut", "self_intersections")
+        for k in higher:
+            p, w = _pass_warn(self, k)
+            if p < w:
+                raise ValueError(f"grade_{k}_pass ({p}) must be >= grade_{k}_warn ({w}): higher is better")
+        for k in lower:
+            p, w = _pass_warn(self, k)
+            if p > w:
+                raise ValueError(f"grade_{k}_pass ({p}) must be <= grade_{k}_warn ({w}): lower is better")
+        return self
+
+
+def _pass_warn(cfg: Any, key: str) -> tuple[float, float]:
+    suffix = "_deg" if key == "spread_gap" else ""
+    return getattr(cfg, f"grade_{key}_pass{suffix}"), getattr(cfg, f"grade_{key}_warn{suffix}")
 
 
 SECTIONS: dict[str, type] = {
@@ -166,7 +211,10 @@ def build_section(name: str, cls: type, values: Mapping[str, Any]) -> Any:
     except ValidationError as e:
         msgs = []
         for err in e.errors():
-            key = str(err["loc"][0]) if err["loc"] else "?"
+            if not err["loc"]:  # a check across keys (a model validator): its message names them
+                msgs.append(f"config [{name}]: {err['msg'].removeprefix('Value error, ')}")
+                continue
+            key = str(err["loc"][0])
             msgs.append(f"config {name}.{key} = {err.get('input')!r}: {err['msg'].lower()}")
         raise ConfigError("; ".join(msgs)) from None
 

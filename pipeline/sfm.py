@@ -5,6 +5,7 @@ OPENCV distortion, so later stages treat them exactly like a user's COLMAP model
 """
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -47,6 +48,36 @@ class SfmResult:
     obs_point: np.ndarray
     obs_xy: np.ndarray
     stats: dict
+    per_image: tuple[dict, ...] = ()  # see image_counts; also in PER_IMAGE_FILE beside the model
+
+
+PER_IMAGE_FILE = "per_image.json"  # in run_sfm's work folder, written before SfM can fail: the failure report reads it
+
+
+def image_counts(db_path: Path, names: list[str]) -> list[dict]:
+    """Per image of ``names`` (database order aside), from the COLMAP database after matching: ``features`` (SIFT
+    keypoints), ``matched_images`` (images it shares geometrically verified matches with) and ``matches`` (those
+    verified correspondences, summed over its pairs). Images missing from the database get zeros."""
+    import pycolmap
+
+    db = pycolmap.Database.open(db_path)
+    try:
+        ids = {im.name: im.image_id for im in db.read_all_images()}
+        features = {i: int(db.num_keypoints_for_image(i)) for i in ids.values()}
+        matches = dict.fromkeys(ids.values(), 0)
+        partners = dict.fromkeys(ids.values(), 0)
+        pair_ids, inliers = db.read_two_view_geometry_num_inliers()
+        for pid, n in zip(pair_ids, inliers):
+            if n <= 0:
+                continue
+            for i in pycolmap.pair_id_to_image_pair(pid):
+                if i in matches:
+                    matches[i] += int(n)
+                    partners[i] += 1
+    finally:
+        db.close()
+    return [{"name": n, "features": features.get(ids.get(n, -1), 0), "matched_images": partners.get(ids.get(n, -1), 0),
+             "matches": matches.get(ids.get(n, -1), 0)} for n in names]
 
 
 def colmap_device(setting: str) -> tuple[object, str]:
@@ -112,6 +143,14 @@ def run_sfm(image_dir: Path, names: list[str], work: Path, cfg: SfmSettings, log
     recs = pycolmap.incremental_mapping(db, image_dir, work / "sparse", options=opt)
     timings["map"] = time.monotonic() - t0
     check(0.95)
+    per_image = image_counts(db, list(names))
+    best = max(recs.values(), key=lambda r: r.num_reg_images()) if recs else None
+    reg_points = {} if best is None else {best.image(i).name: int(best.image(i).num_points3D)
+                                          for i in best.reg_image_ids()}
+    for row in per_image:
+        row["registered"] = row["name"] in reg_points
+        row["points"] = reg_points.get(row["name"], 0)
+    (work / PER_IMAGE_FILE).write_text(json.dumps(per_image))
     if not recs:
         raise InputError(f"structure from motion found no camera poses in {len(names)} images: the photos do not "
                          "share enough matching features. Reshoot with more overlap between neighbouring photos "
@@ -155,4 +194,4 @@ def run_sfm(image_dir: Path, names: list[str], work: Path, cfg: SfmSettings, log
     return SfmResult(names=tuple(reg_names), unregistered=unregistered, width=width, height=height,
                      K=np.array(Ks), dist=np.array(dists), w2c=np.array(w2cs), points=points, colors=colors,
                      obs_image=np.array(oi, dtype=np.int32), obs_point=np.array(op, dtype=np.int32),
-                     obs_xy=np.array(oxy, dtype=np.float32).reshape(-1, 2), stats=stats)
+                     obs_xy=np.array(oxy, dtype=np.float32).reshape(-1, 2), stats=stats, per_image=tuple(per_image))

@@ -160,9 +160,12 @@ def check_page(html: pathlib.Path, png: pathlib.Path, width: int = 1000, height:
             drain()
             try:
                 state = evaluate("[!!(window.hotmeshViewerLoaded && window.hotmeshViewerVisible), "
-                                 "!!window.hotmeshViewerError]")
+                                 "!!window.hotmeshViewerError, document.readyState === 'complete' && "
+                                 "!document.getElementById('mv')]")
             except RuntimeError:
                 state = None
+            if state and state[2]:  # a page without a viewer (failure report, or none could be made)
+                break
             if state and (state[0] or state[1]):
                 loaded = bool(state[0])
                 break
@@ -173,6 +176,7 @@ def check_page(html: pathlib.Path, png: pathlib.Path, width: int = 1000, height:
         c.send("Runtime.evaluate", {"expression": "new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))",
                                     "awaitPromise": True}, session=s, timeout=30)
         drain()
+        cameras_drawn = bool(evaluate("!!window.hotmeshCamerasDrawn"))
         webgl = evaluate("(() => { const g = document.createElement('canvas').getContext('webgl2'); "
                          "return g ? g.getParameter(g.RENDERER) : null })()")
         shot = c.send("Page.captureScreenshot", {"format": "png"}, session=s)["data"]
@@ -180,7 +184,7 @@ def check_page(html: pathlib.Path, png: pathlib.Path, width: int = 1000, height:
     finally:
         c.close()
     return {"ok": loaded and not errors, "loaded": loaded, "errors": errors, "console": console, "webgl": webgl,
-            "seconds": round(time.time() - t0, 2)}
+            "cameras_drawn": cameras_drawn, "seconds": round(time.time() - t0, 2)}
 
 
 def viewer_pixels(png: pathlib.Path, html_box: tuple[int, int, int, int] | None = None) -> float:

@@ -50,11 +50,25 @@ class Views:
     def train(self) -> np.ndarray:
         return np.nonzero(~self.holdout)[0]
 
+SMALL_SET_MIN = 8  # from this many views on, a set too small for every-Nth still holds one or two out
+
+
 def holdout_flags(n: int, every: int) -> np.ndarray:
-    """Every ``every``-th view (starting at the middle of the first block) is held out; none if too few."""
+    """Views kept out of fitting, for the report's held-out numbers: (n,) bool.
+
+    Every ``every``-th view (starting at the middle of the first block) from ``2 * every`` views on. Smaller sets of
+    at least 8 views hold out one (two from 15 views), spread evenly, so that they still get a measured grade: a
+    view fewer for the shape costs less than a grade resting on nothing. ``every`` <= 1: none."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
     flags = np.zeros(n, dtype=bool)
-    if every > 1 and n >= 2 * every:
+    if every <= 1:
+        return flags
+    if n >= 2 * every:
         flags[every // 2::every] = True
+    elif n >= SMALL_SET_MIN:
+        k = 1 if n < 15 else 2
+        flags[((np.arange(k) + 0.5) * n / k).astype(int)] = True
     return flags
 
 @dataclass(frozen=True)

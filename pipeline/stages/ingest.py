@@ -155,7 +155,7 @@ class IngestStage(Stage):
             no_mask = [f.name for f in frames if not (f.has_alpha or f.mask_file)]
             if auto:
                 warnings.append(f"{len(no_mask)} image(s) have no mask; automatic masks are computed for them "
-                                f"(check masks_preview.jpg): {_listing(no_mask)}")
+                                f"(the report shows them for checking): {_listing(no_mask)}")
             else:
                 warnings.append(f"{len(no_mask)} image(s) have no mask and are not used for the shape: {_listing(no_mask)}")
                 if len(masked) < limits.min_images:

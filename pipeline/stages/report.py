@@ -12,19 +12,24 @@ import numpy as np
 import trimesh
 
 from pipeline import __version__
-from pipeline.cameras import camera_centers, camera_forward, camera_up
+from pipeline.cameras import camera_centers, camera_up
 from pipeline.context import JobContext
 from pipeline.evaluate import gt_scores, held_out_scores, mesh_stats
-from pipeline.export import estimate_up, export_all
-from pipeline.render import look_at, render, shade
-from pipeline.report_html import camera_plot, complete_stats, data_uri, render_report
+from pipeline.export import estimate_up, export_all, read_seen
+from pipeline.grade import build_checks, grade_checks, what_to_know
+from pipeline.quality import (border_cuts, camera_spread, coverage_share, horizontal_basis, resting_vertices,
+                              side_name, unseen_direction, vertex_areas, visibility_counts)
+from pipeline.redact import redact_mapping
+from pipeline.render import look_at, reduced_camera, render, shade
+from pipeline.report_html import camera_scene, complete_stats, config_rows, data_uri, hatch, render_report
+from pipeline.settings import PipelineSettings, ReportConfig
 from pipeline.stages.base import Stage, read_summary, stage_dir
 from pipeline.stages.cameras import Views
 from pipeline.stages.geometry import load_mesh
 from pipeline.stages.ingest import Manifest
 from pipeline.stages.masks import load_masks
 from pipeline.stages.texture import load_colors, load_textured
-from pipeline.viewer import make_viewer
+from pipeline.viewer import NoViewer, Viewer, make_viewer
 
 TIMINGS_FILE = "timings.json"
 EXTRA_FILES = ("masks_preview.jpg", "masks.zip", "texture.png")  # optional outputs, published when present
@@ -55,22 +60,22 @@ def on_white(views: Views, i: int) -> np.ndarray:
 
 def orbit_renders(mesh: trimesh.Trimesh, colors: np.ndarray, views: Views, up: np.ndarray, size: int,
                   textured: tuple[trimesh.Trimesh, np.ndarray, np.ndarray] | None = None,
-                  frames: int = 8) -> list[dict[str, Any]]:
+                  frames: int = 8, covered: np.ndarray | None = None) -> list[dict[str, Any]]:
     """A turntable: ``frames`` views around the object at the cameras' median distance and elevation (the
-    textured mesh when there is one), each with shaded geometry and the input photo whose direction is closest."""
+    textured mesh when there is one), each with shaded geometry and the input photo whose direction is closest.
+    ``covered`` (V,) bool of ``mesh``: surface seen by enough photos; the rest is hatched in both renders, since
+    its colour and shape are guesses."""
     centers = camera_centers(views.w2c)
     target = mesh.bounds.mean(axis=0)
     rel = centers - target
     dist = float(np.median(np.linalg.norm(rel, axis=1)))
     elev = float(np.median(np.arcsin(np.clip((rel @ up) / np.linalg.norm(rel, axis=1), -1, 1))))
-    a = np.array([1.0, 0, 0]) if abs(up[0]) < 0.9 else np.array([0, 1.0, 0])
-    e1 = np.cross(up, a)
-    e1 /= np.linalg.norm(e1)
-    e2 = np.cross(up, e1)
+    e1, e2 = horizontal_basis(up)
     az0 = float(np.arctan2(rel[0] @ e2, rel[0] @ e1))
     fx_rel = float(np.median(views.K[:, 0, 0] / np.array([im.shape[1] for im in views.rgb])))
     K = np.array([[fx_rel * size, 0, size / 2], [0, fx_rel * size, size / 2], [0, 0, 1.0]])
     dirs_in = rel / np.linalg.norm(rel, axis=1, keepdims=True)
+    flag = None if covered is None else np.repeat(covered.astype(np.float32)[:, None], 3, axis=1)
     out = []
     for k in range(frames):
         label = f"{360 * k // frames}°"
@@ -83,30 +88,64 @@ def orbit_renders(mesh: trimesh.Trimesh, colors: np.ndarray, views: Views, up: n
             col = np.where(rt.mask[..., None], rt.rgb, 1.0)
         else:
             col = np.where(r.mask[..., None], r.rgb, 1.0)
+        col8, shaded = (col * 255).round().astype(np.uint8), shade(r, d + 0.5 * up)
+        unseen = 0.0
+        if flag is not None:
+            fl = render(mesh, K, w2c, size, size, flag)
+            where = fl.mask & (fl.rgb[..., 0] < 0.5)
+            unseen = float(where.sum() / max(1, fl.mask.sum()))
+            col8, shaded = hatch(col8, where), hatch(shaded, where)
         nearest = int(np.argmax(dirs_in @ d))
         angle = float(np.degrees(np.arccos(np.clip(dirs_in[nearest] @ d, -1, 1))))
-        out.append({"label": label, "render": data_uri((col * 255).astype(np.uint8)),
-                    "shaded": data_uri(shade(r, d + 0.5 * up)), "photo": data_uri(on_white(views, nearest)),
-                    "photo_name": views.names[nearest], "angle": angle})
+        out.append({"label": label, "render": data_uri(col8), "shaded": data_uri(shaded),
+                    "photo": data_uri(on_white(views, nearest)), "photo_name": views.names[nearest], "angle": angle,
+                    "unseen": unseen})
     return out
 
 
-def _check(name: str, value: float | None, pass_at: float, warn_at: float) -> dict[str, Any]:
-    status = "n/a" if value is None else "pass" if value >= pass_at else "warn" if value >= warn_at else "fail"
-    return {"name": name, "value": value, "pass_at": pass_at, "warn_at": warn_at, "status": status}
+def photo_silhouettes(mesh: trimesh.Trimesh, views: Views, max_side: int,
+                      check: Any = lambda f: None) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+    """The final mesh rendered into every photo's camera at ``max_side`` px: depth maps (h, w) float32, silhouettes
+    (h, w) bool and the matching intrinsics (N, 3, 3). One small render per photo serves both visibility and the
+    border check."""
+    depths, masks, Ks = [], [], []
+    for i, (K, w2c, img) in enumerate(zip(views.K, views.w2c, views.rgb)):
+        Kr, w, h = reduced_camera(K, img.shape[1], img.shape[0], max_side)
+        r = render(mesh, Kr, w2c, w, h)
+        depths.append(r.depth)
+        masks.append(r.mask)
+        Ks.append(Kr)
+        check((i + 1) / len(views.names))
+    return depths, masks, np.array(Ks)
 
 
-def grade(stats: dict[str, Any], cfg: Any) -> dict[str, Any]:
-    """One summary grade: the worst of the held-out checks (with their thresholds) and the mesh gates."""
-    held = (stats.get("quality") or {}).get("heldout") or {}
-    checks = [_check("held-out mask IoU", held.get("mask_iou_mean"), cfg.grade_iou_pass, cfg.grade_iou_warn),
-              _check("held-out PSNR (dB)", held.get("psnr_mean"), cfg.grade_psnr_pass, cfg.grade_psnr_warn)]
-    for g in (stats.get("texture") or {}).get("gates", []):
-        checks.append({"name": f"gate: {g['name']}", "value": None, "pass_at": None, "warn_at": None,
-                       "status": "pass" if g["status"] == "fixed" else g["status"], "detail": g["detail"]})
-    order = {"fail": 2, "warn": 1, "pass": 0, "n/a": 0}
-    worst = max((c["status"] for c in checks), key=lambda st: order[st], default="pass")
-    return {"grade": "pass" if worst == "n/a" else worst, "checks": checks}
+def measure_quality(mesh: trimesh.Trimesh, counts: np.ndarray, masks: list[np.ndarray], views: Views,
+                    up: np.ndarray, cfg: ReportConfig) -> dict[str, Any]:
+    """stats.json's quality.coverage, quality.camera_spread and quality.border from the written mesh, its per-vertex
+    photo counts (V,) and the silhouettes of the mesh in every photo."""
+    V, F, normals = np.asarray(mesh.vertices), np.asarray(mesh.faces), np.asarray(mesh.vertex_normals)
+    centres = camera_centers(views.w2c)
+    target = mesh.bounds.mean(axis=0)
+    front = np.mean((centres - target) / np.linalg.norm(centres - target, axis=1, keepdims=True), axis=0)
+    areas = vertex_areas(V, F)
+    resting = resting_vertices(V, normals, up, centres)
+    keep = ~resting
+    k = cfg.coverage_min_views
+    share = coverage_share(areas, counts, k, exclude=resting)
+    total = float(areas[keep].sum()) or 1.0
+    direction = unseen_direction(normals, areas, (counts < k) & keep)
+    spread = camera_spread(centres, target, up)
+    cuts = border_cuts(masks)
+    return {
+        "coverage": {"share": share, "min_views": k, "max_angle_deg": cfg.coverage_max_angle_deg,
+                     "mean_views": float((areas * counts)[keep].sum() / total),
+                     "never_seen_share": float(areas[keep & (counts == 0)].sum() / total),
+                     "resting_share": float(areas[resting].sum() / max(float(areas.sum()), 1e-12)),
+                     "unseen_side": None if direction is None or share >= 0.999 else side_name(direction, front, up)},
+        "camera_spread": dict(spread.to_dict(), gap_side=side_name(np.array(spread.gap_direction), front, up),
+                              gap_photos=[views.names[i] for i in spread.gap_between if i >= 0], views=len(centres)),
+        "border": cuts.to_dict(list(views.names)),
+    }
 
 
 class ReportStage(Stage):
@@ -126,6 +165,7 @@ class ReportStage(Stage):
             parts[name] = round(now - clock, 3)
             clock = now
 
+        cfg = ctx.settings.report
         manifest = Manifest.load(stage_dir(ctx, "ingest"))
         views = Views.load(ctx)
         masks = load_masks(ctx)
@@ -134,11 +174,21 @@ class ReportStage(Stage):
         textured = load_textured(ctx)
         up = estimate_up(camera_up(views.w2c))
         lap("load")
-        files = export_all(mesh, colors, up, out_dir, textured)
+        # what the photos saw of the final surface (all photos, held-out ones too: they were taken)
+        depths, silhouettes, Kv = photo_silhouettes(mesh, views, cfg.visibility_size,
+                                                    check=lambda f: ctx.progress(0.1 * f))
+        tol = 0.01 * float(np.linalg.norm(mesh.extents))
+        counts = visibility_counts(np.asarray(mesh.vertices), np.asarray(mesh.vertex_normals), depths, Kv, views.w2c,
+                                   cfg.coverage_max_angle_deg, tol)
+        lap("visibility")
+        files = export_all(mesh, colors, up, out_dir, textured, seen=counts)
         lap("export")
-        ctx.progress(0.1)
+        ctx.progress(0.15)
         # every number below is read from the files just written, so the report matches what users get
         written = trimesh.load(out_dir / files["ply"], process=False, force="mesh")
+        seen = read_seen(out_dir / files["ply"])
+        if seen is None or len(seen) != len(written.vertices):
+            raise RuntimeError("mesh.ply was written without its per-vertex 'seen' counts")
         stats: dict[str, Any] = {"input": input_summary(manifest), "cameras": read_summary(stage_dir(ctx, "cameras")),
                                  "geometry": read_summary(stage_dir(ctx, "geometry")),
                                  "refine": read_summary(stage_dir(ctx, "refine")),
@@ -148,25 +198,29 @@ class ReportStage(Stage):
         held = [i for i in np.nonzero(views.holdout)[0] if masks[i] is not None]
         heldout = held_out_scores(written, colors, [views.names[i] for i in held], [views.rgb[i] for i in held],
                                   [masks[i] for i in held], views.K[held], views.w2c[held],
-                                  check=lambda f: ctx.progress(0.1 + 0.4 * f), textured=textured)
+                                  check=lambda f: ctx.progress(0.15 + 0.35 * f), textured=textured)
         lap("heldout")
         quality: dict[str, Any] = {"heldout": heldout.to_dict(), "gt": None}
         if manifest.gt_mesh:
             gt = trimesh.load(ctx.input_dir / manifest.gt_mesh, force="mesh")
-            quality["gt"] = gt_scores(written, gt, ctx.settings.report.gt_samples, ctx.settings.report.fscore_tau)
+            quality["gt"] = gt_scores(written, gt, cfg.gt_samples, cfg.fscore_tau)
             quality["gt"]["file"] = manifest.gt_mesh
+        quality.update(measure_quality(written, seen, silhouettes, views, up, cfg))
         stats["quality"] = quality
         lap("gt")
         ctx.progress(0.6)
-        renders = orbit_renders(written, colors, views, up, ctx.settings.report.render_size, textured)
+        covered = seen >= cfg.coverage_min_views
+        renders = orbit_renders(written, colors, views, up, cfg.render_size, textured, covered=covered)
         lap("orbit")
         ctx.progress(0.85)
         gallery = [{"name": views.names[i], "photo": data_uri(views.rgb[i] * masks[i][..., None]),
                     "render": data_uri(r), "heat": data_uri(hm), "iou": s.mask_iou, "psnr": s.psnr, "ssim": s.ssim}
                    for i, r, hm, s in list(zip(held, heldout.renders, heldout.heatmaps, heldout.views))[:6]]
-        stats["grade"] = grade(stats, ctx.settings.report)
-        sub = np.asarray(written.vertices)[:: max(1, len(written.vertices) // 400)]
-        cam_views = camera_plot(camera_centers(views.w2c), camera_forward(views.w2c), views.holdout, up, sub)
+        stride = max(1, len(written.vertices) // 1500)
+        cut_of = {c["name"]: c["sides"] for c in quality["border"]["cut_photos"]}
+        scene = camera_scene(views.K, views.w2c, [(im.shape[1], im.shape[0]) for im in views.rgb], list(views.names),
+                             views.holdout, up, np.asarray(written.vertices)[::stride], covered[::stride],
+                             notes=[("cut off: " + ", ".join(cut_of[n])) if n in cut_of else "" for n in views.names])
         timings = read_timings(ctx) + [{"stage": self.name, "seconds": time.monotonic() - t0, "skipped": False,
                                         "peak_rss_mb": None, "peak_vram_mb": None}]
         stats["timings"] = timings
@@ -179,28 +233,41 @@ class ReportStage(Stage):
             masks_preview = "data:image/jpeg;base64," + base64.b64encode((out_dir / "masks_preview.jpg").read_bytes()).decode()
         stats["files"] = {f: (out_dir / f).stat().st_size for f in sorted(set(files.values()) | {
             e for e in EXTRA_FILES if (out_dir / e).exists()})}
-        context = report_context(ctx, "done", None, None, stats, renders=renders, heldout=gallery, cam_views=cam_views)
+        published = set(stats["files"]) | {"report.html", "stats.json", "job.log"}  # job.log: the runner adds it
+        graded = grade_checks(build_checks(stats, cfg))
+        stats["grade"] = graded.to_dict()
+        stats["what_to_know"] = what_to_know(stats, graded, published)
+        context = report_context(ctx, "done", None, None, stats, renders=renders, heldout=gallery, scene=scene,
+                                 published=published)
         context["masks_preview"] = masks_preview
-        context["viewer"] = make_viewer(out_dir / "mesh.glb")
+        viewer = make_viewer(out_dir / "mesh.glb")
+        context["viewer"] = viewer if isinstance(viewer, Viewer) else None
+        context["no_viewer"] = viewer.reason if isinstance(viewer, NoViewer) else None
+        stats["viewer"] = ({"version": viewer.version, "origin": viewer.origin} if isinstance(viewer, Viewer)
+                           else {"unavailable": viewer.reason})
         lap("viewer")
         stats["job"] = context["job"]
-        stats["config"] = ctx.settings.to_dict()
+        stats["config"] = context["config"]
         render_report(context, out_dir / "report.html")
         lap("html")
         stats["report_seconds"] = parts
         (out_dir / "stats.json").write_text(json.dumps(stats, indent=1))
         return {"faces": stats["mesh"]["faces"], "heldout_iou": heldout.mean_iou, "heldout_psnr": heldout.mean_psnr,
-                "fscore": quality["gt"]["fscore"] if quality["gt"] else None}
+                "fscore": quality["gt"]["fscore"] if quality["gt"] else None, "grade": graded.grade,
+                "coverage": quality["coverage"]["share"]}
 
 
 def report_context(ctx: JobContext, state: str, error: str | None, failed_stage: str | None,
                    stats: dict[str, Any], renders: list | None = None, heldout: list | None = None,
-                   cam_views: list | None = None) -> dict[str, Any]:
+                   scene: dict[str, Any] | None = None, published: set[str] | None = None) -> dict[str, Any]:
     complete_stats(stats)
+    config = redact_mapping(ctx.settings.to_dict())
     return {
         "job": {"id": ctx.job_id, "folder": ctx.input_dir.name, "state": state, "error": error, "stage": failed_stage,
                 "version": __version__, "device": ctx.device,
                 "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime())},
-        "stats": stats, "renders": renders or [], "heldout": heldout or [], "cam_views": cam_views or [],
-        "timings": stats.get("timings") or read_timings(ctx), "config": ctx.settings.to_dict(), "masks_preview": None, "viewer": None,
+        "stats": stats, "renders": renders or [], "heldout": heldout or [], "scene": scene,
+        "timings": stats.get("timings") or read_timings(ctx), "config": config,
+        "config_rows": config_rows(config, PipelineSettings().to_dict()), "masks_preview": None, "viewer": None,
+        "no_viewer": None, "published": sorted(published or ()), "photos": [], "failure": None,
     }
