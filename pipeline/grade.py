@@ -191,7 +191,7 @@ def what_to_know(stats: dict[str, Any], grade: Grade, published: set[str]) -> li
     sp = q.get("camera_spread") or {}
     c = by.get("camera_spread")
     if c and c.value is not None:
-        if sp.get("ring_cameras", 0) < 2:
+        if sp.get("ring_cameras") is not None and sp["ring_cameras"] < 2:
             add(c, "Almost every photo looks from straight above or below: walk around the object, a photo every "
                    "15-20°.")
         else:

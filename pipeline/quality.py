@@ -48,10 +48,12 @@ def visibility_counts(vertices: np.ndarray, normals: np.ndarray, depths: list[np
 
     vertices, normals: (V, 3) (unit normals, pointing out); depths: N depth maps (h_i, w_i) float (camera z of the
     nearest surface, inf where empty) rendered with Ks (N, 3, 3) (pixels of that depth map) and w2cs (N, 4, 4).
-    A camera sees a vertex when the vertex projects into its image, is not behind the nearest surface there by more
-    than ``tolerance`` (world units; the minimum depth over the 2x2 pixels at the projection, so silhouette edges
-    are not lost to the depth map's resolution), and the angle between the normal and the direction to the camera
-    is at most ``max_angle_deg``. Returns (V,) int32."""
+    A camera sees a vertex when the vertex projects into its image, the angle between the normal and the direction
+    to the camera is at most ``max_angle_deg``, and the vertex is not behind the nearest surface there: its depth is
+    at most the minimum over the 2x2 pixel centres around its projection (so silhouette edges are not lost to the
+    depth map's resolution) plus ``tolerance`` (world units) plus the depth a surface at the vertex's slant changes
+    over 1.5 pixels (z / f * tan(angle); without it a slanted surface would hide itself at low resolution).
+    Returns (V,) int32."""
     _check_cameras(Ks, w2cs)
     if vertices.ndim != 2 or vertices.shape[1] != 3 or normals.shape != vertices.shape:
         raise ValueError(f"vertices and normals must both be (V, 3), got {vertices.shape} and {normals.shape}")
@@ -67,18 +69,21 @@ def visibility_counts(vertices: np.ndarray, normals: np.ndarray, depths: list[np
         h, w = depth.shape
         cam = V @ w2c[:3, :3].T + w2c[:3, 3]
         z = cam[:, 2]
-        facing = np.einsum("vk,vk->v", N, _unit(c - V)) >= cos_min
+        cos = np.einsum("vk,vk->v", N, _unit(c - V))
         front = z > 1e-9
         zs = np.where(front, z, 1.0)
         u = K[0, 0] * cam[:, 0] / zs + K[0, 2]
         v = K[1, 1] * cam[:, 1] / zs + K[1, 2]
-        inside = front & facing & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+        inside = front & (cos >= cos_min) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
         idx = np.nonzero(inside)[0]
-        x0 = np.clip(u[idx].astype(np.int64), 0, w - 1)
-        y0 = np.clip(v[idx].astype(np.int64), 0, h - 1)
+        # the 2x2 pixel centres (x + 0.5) around the projection
+        x0 = np.clip(np.floor(u[idx] - 0.5).astype(np.int64), 0, w - 1)
+        y0 = np.clip(np.floor(v[idx] - 0.5).astype(np.int64), 0, h - 1)
         x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
         dmin = np.minimum.reduce([depth[y0, x0], depth[y0, x1], depth[y1, x0], depth[y1, x1]])
-        counts[idx[z[idx] <= dmin + tolerance]] += 1
+        ci = np.clip(cos[idx], cos_min, 1.0)
+        slant = 1.5 * z[idx] / K[0, 0] * np.sqrt(1 - ci ** 2) / np.maximum(ci, 1e-3)
+        counts[idx[z[idx] <= dmin + tolerance + slant]] += 1
     return counts
 
 
