@@ -42,6 +42,10 @@ def secret_values(values: Iterable[str]) -> tuple[str, ...]:
         if not v:
             continue
         out.add(v)
+        # token-like words of a command or URL list (letters and digits, >= 8 characters): a hook's own output or
+        # an error may repeat one without the rest
+        out.update(w for w in re.split(r"[\s'\"=:,;&?/@]+", v)
+                   if len(w) >= 8 and re.search(r"[A-Za-z]", w) and re.search(r"\d", w))
         for part in v.split(",") if "://" in v else ():
             part = part.strip()
             out.add(part)

@@ -184,6 +184,27 @@ def test_textured_outputs_are_complete_and_consistent(textured_job: Path) -> Non
     m = re.search(r'id="texture-fit">pixel RMSE ([\d.]+) &rarr; ([\d.]+) over (\d+) pixels of 6 ', html)
     assert m and float(m.group(1)) == pytest.approx(fit["rmse_before"], abs=1e-4)
     assert float(m.group(2)) == pytest.approx(fit["rmse_after"], abs=1e-4) and int(m.group(3)) == fit["samples"]
+    # mesh.ply carries how many photos saw each vertex; the coverage in stats.json and the page is that of the file
+    from pipeline.export import read_seen
+    from pipeline.quality import coverage_share, vertex_areas
+
+    seen = read_seen(out / "mesh.ply")
+    assert seen is not None and len(seen) == len(ply.vertices) and seen.max() >= 3
+    cov = stats["quality"]["coverage"]
+    areas = vertex_areas(np.asarray(ply.vertices), np.asarray(ply.faces))
+    if cov["resting_share"] == 0:  # nothing left out as the face the object stands on: the plain area share
+        assert cov["share"] == pytest.approx(coverage_share(areas, seen, cov["min_views"]), abs=1e-9)
+        assert cov["mean_views"] == pytest.approx(float((areas * seen).sum() / areas.sum()), abs=1e-9)
+    else:
+        assert cov["share"] == pytest.approx(coverage_share(areas, seen, cov["min_views"]), abs=cov["resting_share"])
+    assert re.search(r'id="coverage-share">([\d.]+)%<', html).group(1) == f"{100 * cov['share']:.1f}"
+    checks = {c["name"]: c for c in stats["grade"]["checks"]}
+    assert {"coverage", "camera_spread", "border_cut", "heldout_iou", "self_intersections"} <= set(checks)
+    assert checks["coverage"]["value"] == cov["share"]
+    border = stats["quality"]["border"]
+    assert re.search(r'id="border-cut">(\d+) / (\d+)<', html).groups() == (str(border["cut"]), str(border["photos"]))
+    assert border["photos"] == stats["cameras"]["views"]
+    assert stats["what_to_know"] and 'id="know"' in html and stats["viewer"]["origin"] == "shipped with hotmesh"
 
 
 def _node_tool(name: str) -> bool:
@@ -200,8 +221,8 @@ def test_glb_passes_the_khronos_validator(textured_job: Path) -> None:
     assert report["info"]["totalTriangleCount"] <= 20000 and report["info"]["maxAttributes"] >= 3
 
 
-@pytest.mark.skipif(not _node_tool("@google/model-viewer"), reason="npm's @google/model-viewer not installed (npm ci)")
 def test_report_opens_offline_in_headless_chromium_and_the_viewer_draws(textured_job: Path, tmp_path: Path) -> None:
+    """The viewer is the bundle shipped with the package (no npm); the camera plot draws too."""
     from tools.browser_check import check_page, find_chromium, viewer_pixels
 
     if find_chromium() is None:
@@ -212,6 +233,7 @@ def test_report_opens_offline_in_headless_chromium_and_the_viewer_draws(textured
     res = check_page(textured_job / "report.html", tmp_path / "shot.png")
     assert res["loaded"], res
     assert res["errors"] == [], res["errors"]
+    assert res["cameras_drawn"], res
     # the viewer sits at the top of the screenshot (scrolled into view): the model covers part of it
     assert viewer_pixels(tmp_path / "shot.png", (60, 60, 900, 560)) > 0.05
 

@@ -158,6 +158,8 @@ def check_page(html: pathlib.Path, png: pathlib.Path, width: int = 1000, height:
         deadline = time.time() + timeout
         while time.time() < deadline:
             drain()
+            # model-viewer loads its model only once it is on screen; the viewer sits below the grade
+            evaluate("document.getElementById('viewer') && document.getElementById('viewer').scrollIntoView()")
             try:
                 state = evaluate("[!!(window.hotmeshViewerLoaded && window.hotmeshViewerVisible), "
                                  "!!window.hotmeshViewerError, document.readyState === 'complete' && "
