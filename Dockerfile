@@ -34,7 +34,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends \
         python3 python3-venv python3-dev \
         build-essential ninja-build git \
-        tini ca-certificates nodejs npm \
+        tini ca-certificates \
         libgl1 libopengl0 \
  && rm -rf /var/lib/apt/lists/*
 
@@ -59,11 +59,10 @@ RUN mkdir -p daemon pipeline \
  && touch daemon/__init__.py pipeline/__init__.py \
  && pip install --no-cache-dir -e '.[gpu,ray]'
 
-# The whole source tree stays in the image: pipeline/report_html.py reads templates/ from the
-# checkout next to the packages, so a plain (non-editable) wheel install would miss it.
+# The whole source tree stays in the image (editable install). A plain wheel install works too: the
+# report template and the 3-D viewer bundle are package data (pyproject.toml).
 COPY . /opt/hotmesh
-# the report's 3-D viewer (<model-viewer>) from the npm registry, inlined into each report.html
-RUN npm ci --omit=dev --no-audit --no-fund
+# the report's 3-D viewer (<model-viewer>) ships inside the pipeline package (pipeline/vendor/model-viewer): no npm
 # Ubuntu 24.04 images ship a user "ubuntu" (uid/gid 1000); drop it so HOTMESH_UID=1000 also works.
 RUN (userdel --remove ubuntu 2>/dev/null || true) \
  && groupadd --gid "${HOTMESH_GID}" hotmesh \
