@@ -315,8 +315,12 @@ class Daemon:
             timings = [t for t in job.timings.values()]
             log_file = self.paths.work_dir(job.id) / "job.log"
             # failed without its worker (crashed, lost): the photos may tell why; a queued cancel needs nothing
-            photos = (photo_diagnostics(self.paths.inbox / job.folder, self.paths.work_dir(job.id))
-                      if end == "failed" else [])
+            photos = []
+            if end == "failed":
+                try:
+                    photos = photo_diagnostics(self.paths.inbox / job.folder, self.paths.work_dir(job.id))
+                except Exception as e:  # the diagnosis is a courtesy: it must never take the daemon down
+                    log.warning("[job %s] photo diagnostics failed: %s", job.id, e)
             files = write_failure_report(tmp, job.id, job.folder, end, scrub(message, self.settings.secrets()),
                                          job.stage, None, timings, self.settings.pipeline.to_dict(), "n/a",
                                          photos=photos, published={"job.log"} if log_file.exists() else set())

@@ -30,16 +30,18 @@ WHAT_TO_DO = {
     "publish": "The results could not be written to the outbox: check its free space and permissions, then run "
                "`hotmesh retry {job}`.",
 }
-INTERNAL = ("This stage failed on this job's data or ran out of resources; job.log has the details. Lower "
+INTERNAL = ("This stage failed on this job's data or ran out of resources; {log} has the details. Lower "
             "geometry.voxel_resolution or images.max_side and run `hotmesh retry {job}`; if it fails again, report it "
-            "with job.log.")
+            "with {log}.")
 CANCELLED = "Nothing to fix: the job was cancelled on request. `hotmesh retry {job}` runs it again from its checkpoints."
 
 
-def what_to_do(state: str, stage: str | None, job_id: str) -> str:
+def what_to_do(state: str, stage: str | None, job_id: str, has_log: bool) -> str:
+    """Plain advice for a failed or cancelled job; names job.log only when it is published (``has_log``)."""
     if state == "cancelled":
         return CANCELLED.format(job=job_id)
-    return WHAT_TO_DO.get(stage or "", INTERNAL).format(job=job_id)
+    log = "job.log" if has_log else f"the daemon's log (`hotmesh logs {job_id}`)"
+    return WHAT_TO_DO.get(stage or "", INTERNAL).format(job=job_id, log=log)
 
 
 def stage_strip(stage: str | None, state: str, timings: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -79,7 +81,8 @@ def write_failure_report(out_dir: Path, job_id: str, folder: str, state: str, er
     photos = photos or []
     config = redact_mapping(config)
     files = {"report.html", "stats.json"} | set(published or ())
-    failure = {"what_to_do": what_to_do(state, stage, job_id), "stages": stage_strip(stage, state, timings),
+    failure = {"what_to_do": what_to_do(state, stage, job_id, "job.log" in files),
+               "stages": stage_strip(stage, state, timings),
                "photos": photos_summary(photos)}
     stats: dict[str, Any] = {"job": job, "input": input_summary, "timings": timings, "config": config,
                              "failure": failure, "photos": [p.to_dict() for p in photos]}

@@ -72,12 +72,17 @@ def test_sfm_failure_report_shows_every_photo_with_its_sfm_counts(tmp_path: Path
 
 
 def test_report_without_a_log_does_not_point_to_one(tmp_path: Path) -> None:
-    """The daemon's report for a job cancelled while queued: no job.log exists, so none is mentioned."""
+    """The daemon's reports for a job cancelled while queued or whose worker died before it logged: no job.log
+    exists, so none is mentioned."""
     write_failure_report(tmp_path, "q", "q", "cancelled", "cancelled by a CANCEL file while queued", None, None, [],
                          {"report": {"render_size": 384}}, "n/a", published=set())
     html = (tmp_path / "report.html").read_text()
     assert "job.log" not in html and "Nothing to fix" in html
     assert _referenced_files(html, set()) <= {"report.html", "stats.json"}
+    write_failure_report(tmp_path, "w", "w", "failed", "worker process killed by SIGKILL", "geometry", None, [],
+                         {}, "n/a", published=set())
+    html = (tmp_path / "report.html").read_text()
+    assert "job.log" not in html and "hotmesh logs w" in html
 
 
 def test_photo_measures_flag_blur_and_exposure(tmp_path: Path) -> None:
