@@ -25,6 +25,7 @@ GT_NAMES = ("gt.ply", "gt.obj", "gt.glb")
 MASK_DIR = "masks"
 FRAMES_DIR = "frames"  # in the ingest stage folder: frames sampled from videos (never written into the inbox)
 RAW_SUFFIXES = {".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf", ".rw2", ".pef", ".srw", ".raw"}
+COLMAP_FILES = {"cameras", "images", "points3D", "rigs", "frames"}  # a sparse model's files (.bin or .txt)
 OTHER_IMAGE_SUFFIXES = {".gif", ".bmp", ".avif", ".jxl", ".psd", ".exr", ".hdr", ".ico", ".svg"}
 
 
@@ -257,7 +258,13 @@ class IngestStage(Stage):
         videos: list[VideoUse] = []
         frames: list[Frame] = []
         rejected: list[Rejected] = []
-        source = read_pose_source(job_dir)
+        try:
+            source = read_pose_source(job_dir)
+        except InputError as e:
+            if not problems:
+                raise
+            # one message with everything to fix: the folder's problems and the pose file's
+            raise InputError("the job folder cannot be processed:\n- " + "\n- ".join(problems + [str(e)])) from None
         if source is None:
             source, frames, rejected, videos = self._unposed(ctx, out_dir, skipped)
         else:
@@ -401,7 +408,8 @@ class IngestStage(Stage):
             used.add(str(source.path.relative_to(job_dir)))
         elif source.kind == "colmap":
             model = source.path.relative_to(job_dir)
-            used |= {str(model / p.name) for p in source.path.iterdir() if p.suffix in (".bin", ".txt", ".ini")}
+            used |= {str(model / p.name) for p in source.path.iterdir()
+                     if p.stem in COLMAP_FILES and p.suffix in (".bin", ".txt")} | {str(model / "project.ini")}
         listed = {r.file for r in rejected}
         pose_name = source.path.name if source.kind == "transforms" else "the COLMAP model"
         root = image_root(job_dir)
