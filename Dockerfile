@@ -7,8 +7,17 @@
 #   docker build -t hotmesh . && docker run --gpus all --shm-size 8g --stop-timeout 90 \
 #       -v "$PWD/inbox:/data/inbox" -v "$PWD/outbox:/data/outbox" -v hotmesh-state:/data/state hotmesh
 #
-# NOTE: written without a Docker engine at hand (none on the machine it was written on), so this
-# file has been checked by reading only; it has never been built or run.
+# Host requirements: an NVIDIA driver that supports CUDA 13.0 (R580 or newer) and the NVIDIA Container
+# Toolkit (for --gpus / the compose GPU reservation). Without a GPU, run it with -e HOTMESH_GPUS=cpu and no
+# --gpus: jobs run on the CPU and the refine stage is skipped (the report says so).
+#
+# Folder ownership: the container runs as uid/gid 10001 (build args HOTMESH_UID/HOTMESH_GID). Bind-mounted
+# inbox/outbox keep the host's owner; docker/entrypoint.sh checks at start that the outbox and state are
+# writable and the inbox readable, and otherwise stops (exit 78) printing the chown to run on the host.
+#
+# What was verified where (see README): the entrypoint script and the health check command are tested outside
+# Docker (tests/test_docker.py: the exact HEALTHCHECK command against a real daemon's /health); the image build
+# itself could not use the CUDA base image here (no access to its registry).
 
 # CUDA 13.0 *devel*: the prebuilt pytorch3d wheel (easypytorch3d 0.7.9.post1) targets cu130, and
 # diffrp-nvdiffrast compiles its CUDA plugin at first use, which needs nvcc at run time, not just
@@ -65,33 +74,38 @@ COPY . /opt/hotmesh
 # the report's 3-D viewer (<model-viewer>) from the npm registry, inlined into each report.html
 RUN npm ci --omit=dev --no-audit --no-fund
 # Ubuntu 24.04 images ship a user "ubuntu" (uid/gid 1000); drop it so HOTMESH_UID=1000 also works.
-RUN (userdel --remove ubuntu 2>/dev/null || true) \
+RUN chmod 0755 /opt/hotmesh/docker/entrypoint.sh \
+ && (userdel --remove ubuntu 2>/dev/null || true) \
  && groupadd --gid "${HOTMESH_GID}" hotmesh \
  && useradd --uid "${HOTMESH_UID}" --gid "${HOTMESH_GID}" --no-create-home --home-dir /data \
         --shell /usr/sbin/nologin hotmesh \
  && mkdir -p /data/inbox /data/outbox /data/state/torch_extensions \
  && chown -R hotmesh:hotmesh /data
 
-# Folders via env (not CLI flags) so compose/`docker run -e` can override them consistently and
-# the healthcheck can read HOTMESH_STATE. TORCH_EXTENSIONS_DIR on the state volume: nvdiffrast is
-# compiled once and reused across container restarts (the worker only sets it if unset).
+# Folders via env (not CLI flags) so compose/`docker run -e` and every `hotmesh` subcommand (status, cancel, …
+# through `docker exec`) agree on them. TORCH_EXTENSIONS_DIR on the state volume: nvdiffrast is compiled once
+# and reused across container restarts (the worker only sets it if unset). HOTMESH_OPS_HTTP_PORT: /health (the
+# HEALTHCHECK below) and /metrics, on the container's loopback; set HOTMESH_OPS_HTTP_HOST=0.0.0.0 and publish
+# the port to scrape metrics from outside.
 ENV HOTMESH_INBOX=/data/inbox \
     HOTMESH_OUTBOX=/data/outbox \
     HOTMESH_STATE=/data/state \
     HOTMESH_GPUS=auto \
+    HOTMESH_OPS_HTTP_PORT=9180 \
     TORCH_EXTENSIONS_DIR=/data/state/torch_extensions
 
 USER hotmesh
 WORKDIR /data
 VOLUME ["/data/state"]
 
-# Healthy = the ledger opens read-only and its jobs table answers, and the pid in daemon.lock is
-# alive. Any exception (missing file, empty lock, dead pid) exits 1 = unhealthy.
+# Healthy = the daemon's /health answers 200: its main loop ticks (a stuck loop answers 503, a dead daemon
+# nothing). daemon/healthcheck.py reads ops.http_port/http_host like the daemon (config file + env).
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import os,sqlite3; s=os.environ.get('HOTMESH_STATE','/data/state'); c=sqlite3.connect('file:'+s+'/ledger.db?mode=ro', uri=True); c.execute('SELECT COUNT(*) FROM jobs').fetchone(); os.kill(int(open(s+'/daemon.lock').read().strip()), 0)"]
+    CMD ["python", "-m", "daemon.healthcheck"]
 
 # SIGTERM makes the daemon finish at the next checkpoint (up to jobs.shutdown_grace_seconds=60),
 # so give it a longer stop timeout (compose: stop_grace_period: 90s; docker run: --stop-timeout 90).
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["/usr/bin/tini", "--"]
+# tini: PID 1, forwards SIGTERM and reaps workers; then the folder check (docker/entrypoint.sh), then CMD.
+ENTRYPOINT ["/usr/bin/tini", "--", "/opt/hotmesh/docker/entrypoint.sh"]
 CMD ["hotmesh", "run"]
