@@ -15,9 +15,14 @@
 # inbox/outbox keep the host's owner; docker/entrypoint.sh checks at start that the outbox and state are
 # writable and the inbox readable, and otherwise stops (exit 78) printing the chown to run on the host.
 #
-# What was verified where (see README): the entrypoint script and the health check command are tested outside
-# Docker (tests/test_docker.py: the exact HEALTHCHECK command against a real daemon's /health); the image build
-# itself could not use the CUDA base image here (no access to its registry).
+# What was verified, and how: tests/test_docker.py runs the entrypoint script and the exact HEALTHCHECK command
+# outside Docker (the check against a real daemon's /health). On a machine whose network reaches Debian and PyPI
+# but not Docker Hub or download.pytorch.org, this file was built (Docker 20.10, legacy builder) with
+# --build-arg CUDA_IMAGE=<a Debian bookworm rootfs> --build-arg TORCH_INDEX_URL=https://pypi.org/simple and run
+# CPU-only: a root-owned outbox stopped it with exit 78 and the chown hint; after the chown the daemon started, the
+# HEALTHCHECK reported healthy, `docker exec … hotmesh status` read the ledger, a small job finished, and
+# `docker stop` ended it cleanly (exit 0). Not verified: the CUDA 13.0 Ubuntu 24.04 base itself (its package
+# names, nvcc for the nvdiffrast build), GPUs inside a container, and Compose v2 (only docker-compose 1.29 `config`).
 
 # CUDA 13.0 *devel*: the prebuilt pytorch3d wheel (easypytorch3d 0.7.9.post1) targets cu130, and
 # diffrp-nvdiffrast compiles its CUDA plugin at first use, which needs nvcc at run time, not just

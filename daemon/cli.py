@@ -14,10 +14,13 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from daemon import __version__
 from daemon.config import Settings, load_settings
+
+if TYPE_CHECKING:
+    from daemon.ledger import Job
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "samples" / "spot"
@@ -147,9 +150,9 @@ def _elapsed(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-def render_watch(jobs: list, now: float, width: int = 30) -> list[str]:
+def render_watch(jobs: list[Job], now: float, width: int = 30) -> list[str]:
     """Lines of the live view: a summary, one bar per running job, the queue, the last few finished jobs."""
-    by_state: dict[str, list] = {}
+    by_state: dict[str, list[Job]] = {}
     for j in jobs:
         by_state.setdefault(j.state.value, []).append(j)
     counts = "  ".join(f"{k}: {len(v)}" for k, v in sorted(by_state.items())) or "no jobs"
