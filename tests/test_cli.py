@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -175,6 +176,7 @@ def test_process_says_where_its_state_is_and_removes_a_temporary_one(tmp_path: P
         assert state.exists() == keep and result["state_kept"] == keep
         if keep:
             assert (state / "ledger.db").is_file()
+            shutil.rmtree(state)
 
 
 def test_retry_with_an_unknown_stage_lists_the_stages(tmp_path: Path) -> None:
