@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -11,11 +12,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from daemon import __version__
 from daemon.config import Settings, load_settings
+
+if TYPE_CHECKING:
+    from daemon.ledger import Job
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "samples" / "spot"
@@ -49,11 +54,160 @@ def _settings(args: argparse.Namespace) -> Settings:
         raise SystemExit(f"hotmesh: {e}") from None
 
 
-def _dir(value: str | None, env: str, what: str) -> Path:
-    v = value or os.environ.get(env)
-    if not v:
-        raise SystemExit(f"hotmesh: {what} is required (--{what} or {env})")
-    return Path(v).expanduser().resolve()
+# -- folders: one way for every subcommand to find inbox, outbox and the state folder (ledger) ---------------------
+
+STATE_BESIDE_OUTBOX = "hotmesh-state"  # `run`'s default: the state folder next to the outbox
+FOLDER_ENV = {"inbox": "HOTMESH_INBOX", "outbox": "HOTMESH_OUTBOX", "state": "HOTMESH_STATE"}
+# the pipeline's stages in order, for --help without importing the pipeline (tests check it against the runner)
+STAGES_TEXT = "ingest, cameras, masks, geometry, refine, texture, report, publish"
+
+
+@dataclass(frozen=True)
+class Folders:
+    """Resolved folders and, for each, where its value came from (shown to the user)."""
+
+    inbox: Path
+    outbox: Path
+    state: Path
+    origin: dict[str, str]  # "inbox" | "outbox" | "state" -> "--state", "HOTMESH_STATE", "config paths.state", ...
+
+    @property
+    def ledger(self) -> Path:
+        return self.state / "ledger.db"
+
+    def describe(self, *names: str) -> str:
+        return "; ".join(f"{n} {getattr(self, n)} ({self.origin[n]})" for n in names or ("inbox", "outbox", "state"))
+
+
+def resolve_folders(flags: Mapping[str, str | None], environ: Mapping[str, str], config: Mapping[str, str],
+                    cwd: Path, saved: Callable[[Path], Mapping[str, str]] = lambda state: {}) -> Folders:
+    """inbox, outbox and state, each from: its flag > HOTMESH_INBOX / HOTMESH_OUTBOX / HOTMESH_STATE > the config's
+    [paths] > (inbox, outbox: what the daemon using that state folder recorded in its paths.json) > the defaults
+    ``run`` uses: ./inbox, ./outbox, and the state folder next to the outbox (<outbox>/../hotmesh-state).
+
+    flags / config: {"inbox"|"outbox"|"state": value or None/""}; saved(state) reads that state's paths.json."""
+    found: dict[str, Path] = {}
+    origin: dict[str, str] = {}
+
+    def given(name: str) -> bool:
+        for value, where in ((flags.get(name), f"--{name}"), (environ.get(FOLDER_ENV[name]), FOLDER_ENV[name]),
+                             (config.get(name), f"config paths.{name}")):
+            if value:
+                found[name] = (cwd / Path(value).expanduser()).resolve()
+                origin[name] = where
+                return True
+        return False
+
+    state_given = given("state")
+    recorded = saved(found["state"]) if state_given else {}
+    for name in ("inbox", "outbox"):
+        if given(name):
+            continue
+        if recorded.get(name):
+            found[name], origin[name] = Path(recorded[name]), f"recorded by the daemon in {found['state']}/paths.json"
+        else:
+            found[name], origin[name] = (cwd / name).resolve(), f"default ./{name}"
+    if not state_given:
+        found["state"] = found["outbox"].parent / STATE_BESIDE_OUTBOX
+        origin["state"] = f"default: next to the outbox ({origin['outbox']})"
+    return Folders(inbox=found["inbox"], outbox=found["outbox"], state=found["state"], origin=origin)
+
+
+def _saved_paths(state: Path) -> dict[str, str]:
+    try:
+        d = json.loads((state / "paths.json").read_text())
+        return d if isinstance(d, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def folders_from(args: argparse.Namespace) -> Folders:
+    """The folders of this command line (flags, environment, --config / HOTMESH_CONFIG, defaults)."""
+    config: Mapping[str, str] = {}
+    if getattr(args, "config", None) or os.environ.get("HOTMESH_CONFIG") or getattr(args, "set", None):
+        config = dataclasses.asdict(_settings(args).paths)
+    flags = {n: getattr(args, n, None) for n in FOLDER_ENV}
+    return resolve_folders(flags, os.environ, config, Path.cwd(), _saved_paths)
+
+
+def no_ledger_message(folders: Folders) -> str:
+    return (f"no jobs: there is no ledger at {folders.ledger} (state folder: {folders.origin['state']}). Start the "
+            f"daemon with `hotmesh run`, or point to its state folder with --state, HOTMESH_STATE or [paths] state "
+            f"in the config")
+
+
+# -- status --watch: live progress bars --------------------------------------------------------------------------
+
+def progress_bar(percent: float, width: int = 30) -> str:
+    """A text bar for 0..100 percent, ``width`` characters."""
+    filled = int(round(max(0.0, min(100.0, percent)) / 100.0 * width))
+    return "█" * filled + "░" * (width - filled)
+
+
+def _elapsed(seconds: float) -> str:
+    m, s = divmod(int(max(0, seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def render_watch(jobs: list[Job], now: float, width: int = 30) -> list[str]:
+    """Lines of the live view: a summary, one bar per running job, the queue, the last few finished jobs."""
+    by_state: dict[str, list[Job]] = {}
+    for j in jobs:
+        by_state.setdefault(j.state.value, []).append(j)
+    counts = "  ".join(f"{k}: {len(v)}" for k, v in sorted(by_state.items())) or "no jobs"
+    lines = [f"hotmesh  {time.strftime('%H:%M:%S', time.localtime(now))}  {counts}", ""]
+    for j in by_state.get("running", []):
+        since = now - (j.started or j.updated)
+        lines.append(f"{j.id[:28]:28} {(j.stage or '-')[:9]:9} {progress_bar(j.progress, width)} {j.progress:5.1f}%  "
+                     f"{_elapsed(since)}")
+    if not by_state.get("running"):
+        lines.append("(no job running)")
+    queued = by_state.get("queued", [])
+    if queued:
+        lines.append(f"queued: {', '.join(j.id for j in queued[:8])}{' …' if len(queued) > 8 else ''}")
+    ended = sorted((j for j in jobs if j.state.terminal), key=lambda j: j.finished or j.updated)[-5:]
+    for j in reversed(ended):
+        note = (j.error or "").splitlines()[0][:60] if j.error else j.outputs.get("report", "")
+        lines.append(f"{j.id[:28]:28} {j.state.value:9} {note}")
+    return lines
+
+
+def watch_status(folders: Folders, interval: float, once: bool) -> int:
+    """Redraw the live view every ``interval`` seconds until Ctrl-C (or once)."""
+    from daemon.ledger import Ledger
+
+    clear = sys.stdout.isatty() and not once
+    ledger = None
+    try:
+        while True:
+            if ledger is None and folders.ledger.exists():
+                ledger = Ledger(folders.ledger)
+            lines = (render_watch(ledger.jobs(), time.time()) if ledger is not None
+                     else [f"waiting for a ledger at {folders.ledger} ({folders.origin['state']})"])
+            if clear:
+                sys.stdout.write("\x1b[H\x1b[2J")  # home + clear: redraw in place
+            print("\n".join(lines), flush=True)
+            if once:
+                return 0
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        print()
+        return 0
+    finally:
+        if ledger is not None:
+            ledger.close()
+
+
+def _add_folder_args(p: argparse.ArgumentParser, config: bool = True) -> None:
+    """The flags every subcommand finds its folders with (see resolve_folders)."""
+    p.add_argument("--state", help="state folder with the ledger (HOTMESH_STATE, config paths.state; default: "
+                   "<outbox>/../hotmesh-state)")
+    p.add_argument("--outbox", help="outbox (HOTMESH_OUTBOX, config paths.outbox; default ./outbox); also locates the "
+                   "default state folder next to it")
+    p.add_argument("--inbox", help="inbox (HOTMESH_INBOX, config paths.inbox; default: as the daemon recorded it)")
+    if config:
+        p.add_argument("--config", help="TOML config file (also HOTMESH_CONFIG); its [paths] section names the folders")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -84,10 +238,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     _setup_logging(args.verbose, settings.ops.json_logs, settings.secrets())
-    inbox = _dir(args.inbox, "HOTMESH_INBOX", "inbox")
-    outbox = _dir(args.outbox, "HOTMESH_OUTBOX", "outbox")
-    state = Path(args.state or os.environ.get("HOTMESH_STATE") or outbox.parent / "hotmesh-state").resolve()
-    daemon = Daemon(Paths(inbox, outbox, state), settings, gpus=args.gpus or os.environ.get("HOTMESH_GPUS", "auto"))
+    folders = folders_from(args)
+    logging.getLogger("hotmesh").info("folders: %s", folders.describe())
+    daemon = Daemon(Paths(folders.inbox, folders.outbox, folders.state), settings,
+                    gpus=args.gpus or os.environ.get("HOTMESH_GPUS", "auto"))
     signal.signal(signal.SIGTERM, daemon.request_stop)
     signal.signal(signal.SIGINT, daemon.request_stop)
     try:
@@ -98,31 +252,33 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _state_from(args: argparse.Namespace) -> Path:
-    if args.state or os.environ.get("HOTMESH_STATE"):
-        return Path(args.state or os.environ["HOTMESH_STATE"]).resolve()
-    outbox = args.outbox or os.environ.get("HOTMESH_OUTBOX")
-    if outbox:
-        return Path(outbox).resolve().parent / "hotmesh-state"
-    raise SystemExit("hotmesh: --state (or --outbox, or HOTMESH_STATE) is required")
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     from daemon.ledger import Ledger
 
-    path = _state_from(args) / "ledger.db"
-    if not path.exists():
-        raise SystemExit(f"hotmesh: no ledger at {path}")
-    ledger = Ledger(path)
+    folders = folders_from(args)
+    if args.watch or args.once:
+        return watch_status(folders, args.interval, args.once)
+    if not folders.ledger.exists():
+        if args.json:
+            print("[]")
+            print(f"hotmesh: {no_ledger_message(folders)}", file=sys.stderr)
+        else:
+            print(no_ledger_message(folders))
+        return 0
+    ledger = Ledger(folders.ledger)
     jobs = ledger.jobs()
     if args.json:
         print(json.dumps([j.to_dict() | {"events": ledger.events(j.id)} if args.events else j.to_dict() for j in jobs],
                          indent=1))
         return 0
+    print(f"state folder: {folders.state} ({folders.origin['state']})")
     print(f"{'JOB':28} {'STATE':10} {'STAGE':10} {'PROG':>6} {'TRY':>3}  ERROR / OUTPUT")
     for j in jobs:
         extra = (j.error or "").splitlines()[0][:70] if j.error else j.outputs.get("report", "")
         print(f"{j.id[:28]:28} {j.state.value:10} {(j.stage or '-')[:10]:10} {j.progress:5.1f}% {j.attempts:3d}  {extra}")
+        if args.events:
+            for e in ledger.events(j.id):
+                print(f"    {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(e['ts']))} {e['kind']:16} {e['message']}")
     counts = ledger.counts()
     print("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "no jobs")
     return 0
@@ -133,16 +289,10 @@ def _ops_context(args: argparse.Namespace):
     from daemon.ledger import Ledger
     from daemon.worker import Paths
 
-    state = _state_from(args)
-    if not (state / "ledger.db").exists():
-        raise SystemExit(f"hotmesh: no ledger at {state / 'ledger.db'}")
-    try:
-        saved = json.loads((state / "paths.json").read_text())
-    except (OSError, ValueError):
-        saved = {}
-    inbox = Path(getattr(args, "inbox", None) or os.environ.get("HOTMESH_INBOX") or saved.get("inbox", state / "inbox"))
-    outbox = Path(getattr(args, "outbox", None) or os.environ.get("HOTMESH_OUTBOX") or saved.get("outbox", state / "outbox"))
-    return Ledger(state / "ledger.db"), Paths(inbox=inbox, outbox=outbox, state=state)
+    folders = folders_from(args)
+    if not folders.ledger.exists():
+        raise SystemExit(f"hotmesh: {no_ledger_message(folders)}")
+    return Ledger(folders.ledger), Paths(inbox=folders.inbox, outbox=folders.outbox, state=folders.state)
 
 
 def _job_or_exit(ledger, job_id: str):
@@ -179,13 +329,13 @@ def cmd_retry(args: argparse.Namespace) -> int:
     from pipeline.context import CANCEL_MARKER
     from pipeline.runner import STAGE_NAMES
 
+    if args.from_stage and args.from_stage not in STAGE_NAMES:  # checked first: needs no ledger
+        raise SystemExit(f"hotmesh: unknown stage {args.from_stage!r}; the stages, in order: {', '.join(STAGE_NAMES)}")
     ledger, paths = _ops_context(args)
     job = _job_or_exit(ledger, args.job)
     if not job.state.terminal:
         print(f"job {job.id} is {job.state.value}; only done, failed or cancelled jobs can be retried")
         return 1
-    if args.from_stage and args.from_stage not in STAGE_NAMES:
-        raise SystemExit(f"hotmesh: unknown stage {args.from_stage!r}; stages: {', '.join(STAGE_NAMES)}")
     for marker in (paths.work_dir(job.id) / CANCEL_MARKER, paths.inbox / job.folder / CANCEL_MARKER):
         marker.unlink(missing_ok=True)
     if args.from_stage:
@@ -243,20 +393,31 @@ def cmd_process(args: argparse.Namespace) -> int:
     if not folder.is_dir():
         raise SystemExit(f"hotmesh: {folder} is not a folder")
     out = Path(args.out).resolve()
+    # the state folder: --state, else a temporary one that is removed at the end (checkpoints are large)
+    temporary = not args.state
     state = Path(args.state).resolve() if args.state else Path(tempfile.mkdtemp(prefix="hotmesh-state-"))
+    keep = not temporary or args.keep_state
+    print(f"hotmesh: state folder {state} ({'--state' if not temporary else 'temporary, kept (--keep-state)' if keep else 'temporary, removed at the end; --keep-state keeps it'})",
+          file=sys.stderr, flush=True)
     paths = Paths(inbox=folder.parent, outbox=out, state=state)
     ledger = Ledger(paths.ledger)
-    job, created = ledger.create_job(folder.name, fingerprint(snapshot(folder)))
-    if not created and job.state != JobState.QUEUED:
-        ledger.requeue(job.id, "hotmesh process: run again")
-    claimed = ledger.claim_next(worker=f"process:{os.getpid()}")
-    if claimed is None:
-        raise SystemExit("hotmesh: could not claim the job")
-    state_name = execute(ledger, paths, claimed, settings, pick_device(settings.jobs.device))
-    final = ledger.get(claimed.id)
+    try:
+        job, created = ledger.create_job(folder.name, fingerprint(snapshot(folder)))
+        if not created and job.state != JobState.QUEUED:
+            ledger.requeue(job.id, "hotmesh process: run again")
+        claimed = ledger.claim_next(worker=f"process:{os.getpid()}")
+        if claimed is None:
+            raise SystemExit("hotmesh: could not claim the job")
+        state_name = execute(ledger, paths, claimed, settings, pick_device(settings.jobs.device))
+        final = ledger.get(claimed.id)
+    finally:
+        ledger.close()
+        if not keep:
+            shutil.rmtree(state, ignore_errors=True)
     report = out / claimed.id / "report.html"
     print(json.dumps({"job": claimed.id, "state": state_name, "error": final.error if final else None,
-                      "report": str(report) if report.exists() else None}, indent=1))
+                      "report": str(report) if report.exists() else None, "state_folder": str(state),
+                      "state_kept": keep}, indent=1))
     return 0 if state_name == "done" else 1
 
 
@@ -265,7 +426,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not (SAMPLE / "transforms.json").exists():
         raise SystemExit(f"hotmesh: bundled sample missing at {SAMPLE}")
     root = Path(args.dir).resolve() if args.dir else Path(tempfile.mkdtemp(prefix="hotmesh-demo-"))
-    inbox, outbox, state = root / "inbox", root / "outbox", root / "state"
+    # the layout `run` uses by default (state next to the outbox), so `hotmesh status --outbox ROOT/outbox` finds it
+    inbox, outbox, state = root / "inbox", root / "outbox", root / STATE_BESIDE_OUTBOX
     for d in (inbox, outbox, state):
         d.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "daemon.cli", "run", "--inbox", str(inbox), "--outbox", str(outbox),
@@ -300,6 +462,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 report = outbox / "spot" / "report.html"
                 if st["state"] != "done":
                     print(f"job {st['state']}: {st.get('error')}")
+                print(f"jobs: hotmesh status --state {state}")
                 print(f"report: {report}")
                 return 0 if st["state"] == "done" else 1
             time.sleep(1)
@@ -320,9 +483,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run the daemon in the foreground (SIGTERM/SIGINT stop it cleanly)")
-    r.add_argument("--inbox", help="folder users drop job folders into (HOTMESH_INBOX)")
-    r.add_argument("--outbox", help="folder results are published to (HOTMESH_OUTBOX)")
-    r.add_argument("--state", help="ledger, checkpoints and logs (HOTMESH_STATE; default: <outbox>/../hotmesh-state)")
+    r.add_argument("--inbox", help="folder users drop job folders into (HOTMESH_INBOX, config paths.inbox; default ./inbox)")
+    r.add_argument("--outbox", help="folder results are published to (HOTMESH_OUTBOX, config paths.outbox; default ./outbox)")
+    r.add_argument("--state", help="ledger, checkpoints and logs (HOTMESH_STATE, config paths.state; default: <outbox>/../hotmesh-state)")
     r.add_argument("--gpus", help="'auto' (default), 'cpu', or GPU ids like 0,1: one worker per entry (HOTMESH_GPUS)")
     r.add_argument("--executor", choices=["local", "ray"],
                    help="local: worker processes on this host (default); ray: Ray tasks on a cluster (executor.kind)")
@@ -332,17 +495,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(r)
     r.set_defaults(func=cmd_run)
 
-    s = sub.add_parser("status", help="list jobs from the ledger")
-    s.add_argument("--state", help="state folder (HOTMESH_STATE)")
-    s.add_argument("--outbox", help="outbox, to find the default state folder next to it")
+    s = sub.add_parser("status", help="list jobs from the ledger (--watch: live progress bars)")
+    _add_folder_args(s)
     s.add_argument("--json", action="store_true", help="machine-readable output")
-    s.add_argument("--events", action="store_true", help="with --json: include each job's event history")
+    s.add_argument("--events", action="store_true", help="include each job's event history")
+    s.add_argument("--watch", action="store_true", help="live progress bars for running jobs until Ctrl-C")
+    s.add_argument("--interval", type=float, default=1.0, help="--watch: seconds between refreshes (default 1)")
+    s.add_argument("--once", action="store_true", help="draw the --watch view once and exit")
     s.set_defaults(func=cmd_status)
 
     pr = sub.add_parser("process", help="process one folder without the daemon")
     pr.add_argument("folder")
     pr.add_argument("--out", required=True, help="outbox to publish into (result in OUT/<job>/)")
-    pr.add_argument("--state", help="state folder (default: a new temporary one)")
+    pr.add_argument("--state", help="state folder (default: a new temporary one, removed at the end)")
+    pr.add_argument("--keep-state", action="store_true", help="keep the temporary state folder (its path is printed)")
     pr.add_argument("-v", "--verbose", action="store_true")
     _add_common(pr)
     pr.set_defaults(func=cmd_process)
@@ -352,16 +518,15 @@ def build_parser() -> argparse.ArgumentParser:
                              ("logs", cmd_logs, "print a job's log")):
         c = sub.add_parser(name, help=text)
         c.add_argument("job", help="job id (see hotmesh status)")
-        c.add_argument("--state", help="state folder (HOTMESH_STATE)")
-        c.add_argument("--outbox", help="outbox, to find the default state folder next to it")
+        _add_folder_args(c)
         c.set_defaults(func=func)
         if name == "retry":
-            c.add_argument("--from-stage", help="delete this stage's checkpoint and every later one first")
+            c.add_argument("--from-stage", metavar="STAGE", help="delete this stage's checkpoint and every later one "
+                           f"first; stages: {STAGES_TEXT}")
         if name == "logs":
             c.add_argument("--events", action="store_true", help="also print the job's ledger events")
     cl = sub.add_parser("clean", help="apply the retention rules now (ops.* settings)")
-    cl.add_argument("--state", help="state folder (HOTMESH_STATE)")
-    cl.add_argument("--outbox", help="outbox, to find the default state folder next to it")
+    _add_folder_args(cl, config=False)  # --config comes with _add_common below
     cl.add_argument("--dry-run", action="store_true", help="only list what would be removed")
     _add_common(cl)
     cl.set_defaults(func=cmd_clean)

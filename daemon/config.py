@@ -83,8 +83,18 @@ class OpsConfig:
     json_logs: bool = False
 
 
+@dataclass(frozen=True, config=FROZEN)
+class PathsConfig:
+    """The folders, for every subcommand (``daemon.cli.resolve_folders``): a flag or HOTMESH_INBOX / HOTMESH_OUTBOX /
+    HOTMESH_STATE wins over these; empty: ./inbox, ./outbox and the state folder next to the outbox."""
+
+    inbox: str = ""
+    outbox: str = ""
+    state: str = ""
+
+
 DAEMON_SECTIONS: dict[str, type] = {"intake": IntakeConfig, "jobs": JobsConfig, "ops": OpsConfig,
-                                    "executor": ExecutorConfig}
+                                    "executor": ExecutorConfig, "paths": PathsConfig}
 SECRET_KEYS = {("ops", "webhook_secret"), ("ops", "webhook_urls"), ("ops", "command_hook")}
 
 
@@ -94,6 +104,7 @@ class Settings:
     jobs: JobsConfig = dataclasses.field(default_factory=JobsConfig)
     ops: OpsConfig = dataclasses.field(default_factory=OpsConfig)
     executor: ExecutorConfig = dataclasses.field(default_factory=ExecutorConfig)
+    paths: PathsConfig = dataclasses.field(default_factory=PathsConfig)
     pipeline: PipelineSettings = dataclasses.field(default_factory=PipelineSettings)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:

@@ -8,15 +8,19 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
+import cv2
 import numpy as np
 
 from pipeline.context import InputError
-from pipeline.images import IMAGE_SUFFIXES
+from pipeline.images import IMAGE_SUFFIXES, inside
 
 TRANSFORMS_NAMES = ("transforms.json", "transforms_train.json")
 _GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])
+
+
+CAMERA_MODELS = ("PINHOLE", "OPENCV", "OPENCV_FISHEYE")  # nerfstudio's camera_model values we can undistort
 
 
 @dataclass(frozen=True)
@@ -28,8 +32,11 @@ class FrameSpec:
     w2c: np.ndarray  # (4, 4) float64, OpenCV convention
     width: int | None  # size the intrinsics refer to; None: the image's own size (camera_angle_x case)
     height: int | None
-    dist: tuple[float, ...]  # OpenCV distortion (k1, k2, p1, p2[, k3]); () when undistorted
+    dist: tuple[float, ...]  # distortion in OpenCV's order for camera_model; () when undistorted
     fov_x: float | None = None  # camera_angle_x: the focal length is resolved against the image width
+    # how ``dist`` is read: OPENCV (k1, k2, p1, p2[, k3]; cv2.undistort) or OPENCV_FISHEYE (k1..k4; cv2.fisheye)
+    camera_model: str = "OPENCV"
+    mask_path: str | None = None  # the input names this frame's mask (nerfstudio mask_path), relative to the job
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,7 @@ class PoseSource:
     path: Path
     frames: tuple[FrameSpec, ...]
     missing: tuple[str, ...]  # listed frames whose file does not exist
+    missing_masks: tuple[str, ...] = ()  # listed mask_path files that do not exist (the frame is still used)
 
 
 def c2w_gl_to_w2c_cv(c2w: np.ndarray) -> np.ndarray:
@@ -82,53 +90,156 @@ def find_pose_source(job_dir: Path) -> Path | None:
     return None
 
 
-def _resolve_frame_file(job_dir: Path, base: Path, file_path: str) -> Path:
-    p = (base / file_path)
+# Frame files tried, in this order, for a file_path without an extension (NeRF-synthetic convention: .png).
+_TRY_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".heic", ".heif",
+                 ".PNG", ".JPG", ".JPEG", ".HEIC", ".HEIF")
+_MAX_LISTED_PROBLEMS = 40
+
+
+def _resolve_frame_file(base: Path, file_path: str) -> Path:
+    p = base / file_path
     if p.suffix.lower() in IMAGE_SUFFIXES:
         return p
-    for suffix in (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".PNG", ".JPG", ".JPEG"):
+    for suffix in _TRY_SUFFIXES:
         cand = p.with_name(p.name + suffix)
         if cand.exists():
             return cand
     return p.with_name(p.name + ".png")  # NeRF-synthetic convention: no extension means .png
 
 
-def _intrinsics(meta: dict, where: str) -> tuple[np.ndarray | None, int | None, int | None, float | None, tuple[float, ...]]:
+def listed_path_problem(value: object, key: str) -> str | None:
+    """Why a path written in an input file cannot be used, or None. Pure: looks at the text only.
+
+    Paths must be relative and stay inside the job folder: an absolute path or a '..' would let a job read
+    (and publish renders of) files that were never dropped into the inbox."""
+    if not isinstance(value, str) or not value.strip():
+        return f"'{key}' must be a non-empty string, got {value!r}"
+    if PurePosixPath(value).is_absolute() or PureWindowsPath(value).is_absolute() or PureWindowsPath(value).drive:
+        return (f"'{key}' is an absolute path ({value}); paths must be relative to the job folder, e.g. "
+                f"images/0001.jpg. Copy the file into the job folder and list it relative to it")
+    if ".." in PurePosixPath(value.replace("\\", "/")).parts:
+        return (f"'{key}' leaves the job folder ({value}); copy the file into the job folder and list it "
+                f"relative to it")
+    return None
+
+
+def _job_file(job_dir: Path, value: object, key: str, problems: list[str], where: str,
+              resolve_suffix: bool = False) -> Path | None:
+    """The file a listed path names, inside ``job_dir``; None (and a problem recorded) when it is not allowed."""
+    problem = listed_path_problem(value, key)
+    if problem is None:
+        file = _resolve_frame_file(job_dir, str(value)) if resolve_suffix else job_dir / str(value)
+        if inside(file, job_dir):
+            return file
+        problem = f"'{key}' ({value}) resolves outside the job folder through a symbolic link; copy the file in"
+    problems.append(f"{where}: {problem}")
+    return None
+
+
+@dataclass(frozen=True)
+class _Intrinsics:
+    """What one JSON object (the top level or a frame) says about the camera; fields None when not given."""
+
+    K: np.ndarray | None
+    width: int | None
+    height: int | None
+    fov_x: float | None
+    camera_model: str | None
+    coeffs: dict[str, float]  # distortion coefficients given here (k1..k4, p1, p2), zeros included
+
+    @property
+    def has_camera(self) -> bool:
+        return self.K is not None or self.fov_x is not None
+
+
+_COEFF_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")
+
+
+def _intrinsics(meta: dict, where: str, problems: list[str]) -> _Intrinsics:
+    """Intrinsics of one JSON object; every invalid value is recorded in ``problems`` (and treated as absent)."""
     def num(key: str) -> float | None:
         v = meta.get(key)
         if v is None:
             return None
-        if not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise InputError(f"{where}: '{key}' must be a finite number, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            problems.append(f"{where}: '{key}' must be a finite number, got {v!r}")
+            return None
         return float(v)
 
+    model = meta.get("camera_model")
+    if model is not None and model not in CAMERA_MODELS:
+        problems.append(f"{where}: camera_model {model!r} is not supported; use one of {', '.join(CAMERA_MODELS)} "
+                        f"(or undistort the images first, e.g. with ns-process-data, and use PINHOLE)")
+        model = None
+    coeffs = {k: v for k in _COEFF_KEYS if (v := num(k)) is not None}
     w, h = num("w"), num("h")
     fx, fy, cx, cy = num("fl_x"), num("fl_y"), num("cx"), num("cy")
     angle_x = num("camera_angle_x")
-    dist = tuple(num(k) or 0.0 for k in ("k1", "k2", "p1", "p2"))
-    if num("k3"):
-        dist = dist + (num("k3") or 0.0,)
-    if not any(dist):
-        dist = ()
     if fx is not None:
+        if fx <= 0 or (fy is not None and fy <= 0):
+            problems.append(f"{where}: focal lengths fl_x/fl_y must be positive, got {fx}, {fy}")
+            return _Intrinsics(None, None, None, None, model, coeffs)
         fy = fy if fy is not None else fx
         if w is None or h is None:
             if cx is None or cy is None:
-                raise InputError(f"{where}: fl_x is given but neither w/h nor cx/cy; cannot place the principal point")
+                problems.append(f"{where}: fl_x is given but neither w/h nor cx/cy; cannot place the principal point")
+                return _Intrinsics(None, None, None, None, model, coeffs)
             w, h = 2 * cx, 2 * cy
+        if w < 1 or h < 1:
+            problems.append(f"{where}: image size w={w}, h={h} must be at least 1 pixel")
+            return _Intrinsics(None, None, None, None, model, coeffs)
         cx = cx if cx is not None else w / 2
         cy = cy if cy is not None else h / 2
         K = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1.0]])
-        return K, int(round(w)), int(round(h)), None, dist
+        return _Intrinsics(K, int(round(w)), int(round(h)), None, model, coeffs)
     if angle_x is not None:
         if not 0 < angle_x < math.pi:
-            raise InputError(f"{where}: camera_angle_x={angle_x} is not an angle in radians between 0 and pi")
-        return None, None, None, angle_x, dist
-    return None, None, None, None, dist
+            problems.append(f"{where}: camera_angle_x={angle_x} is not an angle in radians between 0 and pi")
+            angle_x = None
+        return _Intrinsics(None, None, None, angle_x, model, coeffs)
+    return _Intrinsics(None, None, None, None, model, coeffs)
+
+
+def distortion_for(model: str, coeffs: dict[str, float], where: str, problems: list[str]) -> tuple[float, ...]:
+    """OpenCV-ordered coefficients for ``model`` from nerfstudio's keys; () when all are zero.
+
+    OPENCV: (k1, k2, p1, p2[, k3]); OPENCV_FISHEYE: (k1, k2, k3, k4); PINHOLE: none. A coefficient the model
+    does not have is a problem rather than silently dropped: the images would be undistorted wrongly."""
+    given = {k for k, v in coeffs.items() if v != 0.0}
+    allowed = {"PINHOLE": set(), "OPENCV": {"k1", "k2", "k3", "p1", "p2"},
+               "OPENCV_FISHEYE": {"k1", "k2", "k3", "k4"}}[model]
+    extra = sorted(given - allowed)
+    if extra:
+        hint = {"PINHOLE": "use camera_model OPENCV (or OPENCV_FISHEYE) to have the images undistorted",
+                "OPENCV": "k4 belongs to OPENCV_FISHEYE; set camera_model accordingly",
+                "OPENCV_FISHEYE": "the fisheye model has no tangential terms; use OPENCV"}[model]
+        problems.append(f"{where}: camera_model {model} has no {', '.join(extra)}; {hint}")
+    c = lambda k: float(coeffs.get(k, 0.0))  # noqa: E731
+    if model == "OPENCV_FISHEYE":
+        dist: tuple[float, ...] = (c("k1"), c("k2"), c("k3"), c("k4"))
+    elif model == "OPENCV":
+        dist = (c("k1"), c("k2"), c("p1"), c("p2")) + ((c("k3"),) if c("k3") else ())
+    else:
+        dist = ()
+    return dist if any(dist) else ()
+
+
+def _index_list(indices: list[int], limit: int = 12) -> str:
+    shown = ", ".join(map(str, indices[:limit]))
+    return shown + (f" and {len(indices) - limit} more" if len(indices) > limit else "")
+
+
+def _problems_error(source: str, problems: list[str]) -> InputError:
+    shown = problems[:_MAX_LISTED_PROBLEMS]
+    more = f"\n- … and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
+    return InputError(f"{source} has {len(problems)} problem(s) to fix:\n- " + "\n- ".join(shown) + more)
 
 
 def read_transforms(path: Path) -> PoseSource:
-    """Parse a NeRF / instant-ngp transforms file; frame-level intrinsics override the shared ones."""
+    """Parse a NeRF / instant-ngp / nerfstudio transforms file; frame-level intrinsics override the shared ones.
+
+    Every problem of the file is collected and raised together as one :class:`InputError`, so a user fixes
+    the file in one go rather than one error per attempt."""
     job_dir = path.parent
     try:
         meta = json.loads(path.read_text())
@@ -138,42 +249,75 @@ def read_transforms(path: Path) -> PoseSource:
         raise InputError(f"{path.name} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("frames"), list) or not meta["frames"]:
         raise InputError(f"{path.name} has no 'frames' list; expected the NeRF / instant-ngp transforms format")
-    K0, w0, h0, ax0, dist0 = _intrinsics(meta, path.name)
+    problems: list[str] = []
+    shared = _intrinsics(meta, path.name, problems)
+    shared_model = shared.camera_model or "OPENCV"
+    shared_dist = distortion_for(shared_model, shared.coeffs, path.name, problems)
+    no_camera: list[int] = []
     frames: list[FrameSpec] = []
     missing: list[str] = []
+    missing_masks: list[str] = []
     for i, fr in enumerate(meta["frames"]):
         where = f"{path.name} frame {i}"
         if not isinstance(fr, dict) or "file_path" not in fr or "transform_matrix" not in fr:
-            raise InputError(f"{where}: needs 'file_path' and 'transform_matrix'")
+            problems.append(f"{where}: needs 'file_path' and 'transform_matrix'")
+            continue
+        n_before = len(problems)
         try:
             w2c = c2w_gl_to_w2c_cv(np.array(fr["transform_matrix"], dtype=np.float64))
+            if not np.all(np.isfinite(w2c)):
+                problems.append(f"{where}: transform_matrix contains NaN or infinity")
         except (ValueError, TypeError, np.linalg.LinAlgError) as e:
-            raise InputError(f"{where}: transform_matrix is not an invertible 4x4 matrix ({e})") from None
-        if not np.all(np.isfinite(w2c)):
-            raise InputError(f"{where}: transform_matrix contains NaN or infinity")
-        K, w, h, ax, dist = _intrinsics(fr, where)
-        if K is None and ax is None:
-            K, w, h, ax = K0, w0, h0, ax0
-        dist = dist or dist0
-        if K is None and ax is None:
-            raise InputError(f"{path.name}: no intrinsics; give camera_angle_x or fl_x/fl_y/cx/cy (shared or per frame)")
-        file = _resolve_frame_file(job_dir, job_dir, str(fr["file_path"]))
-        rel = str(file.relative_to(job_dir)) if file.is_relative_to(job_dir) else str(fr["file_path"])
+            problems.append(f"{where}: transform_matrix is not an invertible 4x4 matrix ({e})")
+        own = _intrinsics(fr, where, problems)
+        cam = own if own.has_camera else shared
+        if own.camera_model is None and not any(own.coeffs.values()):
+            model, dist = shared_model, shared_dist  # checked once above, not once per frame
+        else:
+            model = own.camera_model or shared_model
+            dist = distortion_for(model, own.coeffs if any(own.coeffs.values()) else shared.coeffs, where, problems)
+        if not cam.has_camera:
+            no_camera.append(i)
+        file = _job_file(job_dir, fr["file_path"], "file_path", problems, where, resolve_suffix=True)
+        mask = None
+        if fr.get("mask_path") is not None:
+            mask = _job_file(job_dir, fr["mask_path"], "mask_path", problems, where)
+        if len(problems) > n_before or file is None:
+            continue
+        rel = str(file.relative_to(job_dir))
         if not file.exists():
             missing.append(rel)
             continue
-        frames.append(FrameSpec(name=rel, K=K if K is not None else np.eye(3), w2c=w2c, width=w, height=h,
-                                dist=dist, fov_x=ax))
-    return PoseSource(kind="transforms", path=path, frames=tuple(frames), missing=tuple(missing))
+        mask_rel = None
+        if mask is not None:
+            if mask.is_file():
+                mask_rel = str(mask.relative_to(job_dir))
+            else:
+                missing_masks.append(str(fr["mask_path"]))
+        frames.append(FrameSpec(name=rel, K=cam.K if cam.K is not None else np.eye(3), w2c=w2c, width=cam.width,
+                                height=cam.height, dist=dist, fov_x=cam.fov_x, camera_model=model,
+                                mask_path=mask_rel))
+    if no_camera:
+        problems.append(f"{path.name}: no intrinsics for frame(s) {_index_list(no_camera)}; give camera_angle_x "
+                        f"or fl_x/fl_y/cx/cy (shared at the top level or per frame)")
+    if problems:
+        raise _problems_error(path.name, problems)
+    return PoseSource(kind="transforms", path=path, frames=tuple(frames), missing=tuple(missing),
+                      missing_masks=tuple(missing_masks))
 
 
+# COLMAP camera model -> (our camera_model, OpenCV-ordered coefficients from the params); None: unsupported.
+# COLMAP's fisheye models are the same equidistant polynomial as OpenCV's fisheye module.
 _COLMAP_DIST = {
-    "SIMPLE_PINHOLE": lambda p: (),
-    "PINHOLE": lambda p: (),
-    "SIMPLE_RADIAL": lambda p: (p[3], 0.0, 0.0, 0.0),
-    "RADIAL": lambda p: (p[3], p[4], 0.0, 0.0),
-    "OPENCV": lambda p: tuple(p[4:8]),
-    "FULL_OPENCV": lambda p: (p[4], p[5], p[6], p[7], p[8]) if not any(p[9:12]) else None,
+    "SIMPLE_PINHOLE": lambda p: ("OPENCV", ()),
+    "PINHOLE": lambda p: ("OPENCV", ()),
+    "SIMPLE_RADIAL": lambda p: ("OPENCV", (p[3], 0.0, 0.0, 0.0)),
+    "RADIAL": lambda p: ("OPENCV", (p[3], p[4], 0.0, 0.0)),
+    "OPENCV": lambda p: ("OPENCV", tuple(p[4:8])),
+    "FULL_OPENCV": lambda p: ("OPENCV", (p[4], p[5], p[6], p[7], p[8])) if not any(p[9:12]) else None,
+    "SIMPLE_RADIAL_FISHEYE": lambda p: ("OPENCV_FISHEYE", (p[3], 0.0, 0.0, 0.0)),
+    "RADIAL_FISHEYE": lambda p: ("OPENCV_FISHEYE", (p[3], p[4], 0.0, 0.0)),
+    "OPENCV_FISHEYE": lambda p: ("OPENCV_FISHEYE", tuple(p[4:8])),
 }
 
 
@@ -188,30 +332,37 @@ def read_colmap(model_dir: Path, job_dir: Path) -> PoseSource:
     image_root = job_dir / "images" if (job_dir / "images").is_dir() else job_dir
     frames: list[FrameSpec] = []
     missing: list[str] = []
+    problems: list[str] = []
     for image_id in sorted(rec.images):
         img = rec.images[image_id]
         if not img.has_pose:
             continue
         cam = rec.cameras[img.camera_id]
         model = cam.model.name
-        params = list(cam.params)
+        params = [float(x) for x in cam.params]
         dist_fn = _COLMAP_DIST.get(model)
-        dist = dist_fn(params) if dist_fn else None
-        if dist is None:
-            raise InputError(f"COLMAP camera model {model} is not supported; undistort the images first "
-                             f"(colmap image_undistorter) or use PINHOLE/SIMPLE_RADIAL/RADIAL/OPENCV")
-        if not any(dist):
-            dist = ()
+        got = dist_fn(params) if dist_fn else None
+        if got is None:
+            problems.append(f"image {img.name}: COLMAP camera model {model} is not supported; undistort the images "
+                            f"first (colmap image_undistorter) or use one of {', '.join(_COLMAP_DIST)} "
+                            f"(FULL_OPENCV without thin-prism terms)")
+            continue
+        camera_model, dist = got
+        file = _job_file(image_root, img.name, "image name", problems, f"image {img.name}")
+        if file is None:
+            continue
         pose = img.cam_from_world()
         w2c = np.eye(4)
         w2c[:3, :4] = np.asarray(pose.matrix(), dtype=np.float64)
-        file = image_root / img.name
         rel = str(file.relative_to(job_dir))
         if not file.exists():
             missing.append(rel)
             continue
         frames.append(FrameSpec(name=rel, K=np.asarray(cam.calibration_matrix(), dtype=np.float64), w2c=w2c,
-                                width=int(cam.width), height=int(cam.height), dist=tuple(float(d) for d in dist)))
+                                width=int(cam.width), height=int(cam.height),
+                                dist=tuple(dist) if any(dist) else (), camera_model=camera_model))
+    if problems:
+        raise _problems_error("the COLMAP model", problems)
     if not frames and not missing:
         raise InputError("the COLMAP model has no registered images")
     return PoseSource(kind="colmap", path=model_dir, frames=tuple(frames), missing=tuple(missing))
@@ -238,3 +389,27 @@ def intrinsics_for_image(frame: FrameSpec, width: int, height: int) -> np.ndarra
         raise InputError(f"{frame.name}: image is {width}x{height} but its intrinsics describe "
                          f"{frame.width}x{frame.height} (different aspect ratio); was it cropped or rotated?")
     return scale_intrinsics(frame.K, sx, sy)
+
+
+def undistort_image(img: np.ndarray, K: np.ndarray, camera_model: str, dist: tuple[float, ...]) -> np.ndarray:
+    """(H, W[, C]) image -> the same size as a pinhole camera with the same ``K`` would have seen it.
+
+    The cameras stage undistorts once, so every later stage uses a plain pinhole model."""
+    if not dist:
+        return img
+    D = np.asarray(dist, dtype=np.float64)
+    if camera_model == "OPENCV_FISHEYE":
+        h, w = img.shape[:2]
+        return cv2.fisheye.undistortImage(img, K, D.reshape(4, 1), Knew=K, new_size=(w, h))
+    return cv2.undistort(img, K, D)
+
+
+def undistort_points(xy: np.ndarray, K: np.ndarray, camera_model: str, dist: tuple[float, ...]) -> np.ndarray:
+    """(N, 2) pixels of the distorted image -> (N, 2) pixels of its undistorted copy (same ``K``)."""
+    pts = np.asarray(xy, dtype=np.float64).reshape(-1, 1, 2)
+    if not dist:
+        return pts.reshape(-1, 2)
+    D = np.asarray(dist, dtype=np.float64)
+    if camera_model == "OPENCV_FISHEYE":
+        return cv2.fisheye.undistortPoints(pts, K, D.reshape(4, 1), P=K).reshape(-1, 2)
+    return cv2.undistortPoints(pts, K, D, P=K).reshape(-1, 2)

@@ -10,6 +10,14 @@ from PIL import Image, ImageOps
 
 from pipeline.settings import LimitsConfig
 
+try:  # HEIC/HEIF (iPhone photos): Pillow opens them once pillow-heif's opener is registered
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    HEIF_SUPPORTED = True
+except ImportError:  # pragma: no cover - a declared dependency; kept optional so a broken wheel names itself
+    HEIF_SUPPORTED = False
+
 # Magic bytes of the formats we accept; the extension is never trusted.
 _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"\xff\xd8\xff", "JPEG"),
@@ -17,7 +25,11 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"II*\x00", "TIFF"),
     (b"MM\x00*", "TIFF"),
 )
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff"}
+# ISO base media files start with an 'ftyp' box whose major brand tells HEIF still images from videos
+# (and from AVIF, which libheif builds without an AV1 decoder cannot read).
+HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".heic", ".heif"}
+FORMATS_TEXT = "JPEG, PNG, WebP, TIFF or HEIC/HEIF"
 
 
 def sniff_format(head: bytes) -> str | None:
@@ -27,6 +39,8 @@ def sniff_format(head: bytes) -> str | None:
             return fmt
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "WEBP"
+    if head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS:
+        return "HEIF"
     return None
 
 
@@ -73,7 +87,10 @@ def validate_image(path: Path, root: Path, limits: LimitsConfig) -> ImageInfo | 
         return Rejected(rel, f"cannot be read ({e.strerror or e})")
     fmt = sniff_format(head)
     if fmt is None:
-        return Rejected(rel, "is not a JPEG, PNG, WebP or TIFF image (checked by content, not by name)")
+        return Rejected(rel, f"is not a {FORMATS_TEXT} image (checked by content, not by name)")
+    if fmt == "HEIF" and not HEIF_SUPPORTED:
+        return Rejected(rel, "is a HEIC/HEIF photo but pillow-heif is not installed (pip install pillow-heif), "
+                             "or convert it to JPEG")
     max_px = int(limits.max_megapixels * 1e6)
     try:
         with Image.open(path) as im:

@@ -40,6 +40,8 @@ class LimitsConfig:
 class ImagesConfig:
     max_side: Annotated[int, Field(ge=16, le=8192)] = 1024  # working resolution: longest side after downscaling
     holdout_every: Annotated[int, Field(ge=0)] = 10  # every Nth view is held out for the report's numbers; 0: none
+    # frames sampled from each video of a folder without poses (the sharpest of as many equal parts of the clip)
+    video_frames: Annotated[int, Field(ge=3, le=1000)] = 40
 
 
 @dataclass(frozen=True, config=FROZEN)

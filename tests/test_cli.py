@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -70,3 +74,115 @@ def test_demo_runs_a_real_daemon_on_the_bundled_sample(tmp_path: Path) -> None:
     assert report.is_file() and report.parent.name == "spot"
     stats = json.loads((report.parent / "stats.json").read_text())
     assert stats["quality"]["gt"]["fscore"] > 0.8  # the sample ships its ground truth
+
+
+# -- folders, status, process state (issue 19: the CLI disagreed with itself about the state folder) ------------
+
+def hotmesh_in(cwd: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    """The CLI run from ``cwd`` (defaults are relative to it), with HOTMESH_* taken from ``env`` only."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("HOTMESH_")}
+    base["PYTHONPATH"] = str(REPO)
+    return subprocess.run([sys.executable, "-m", "daemon.cli", *args], cwd=str(cwd), capture_output=True, text=True,
+                          timeout=timeout, env=base | (env or {}))
+
+
+def _ledger_with_jobs(state: Path) -> None:
+    """A ledger as a running daemon leaves it: one job running in geometry at 42 %, one done, one queued."""
+    from daemon.ledger import Ledger
+    from daemon.states import JobState
+
+    ledger = Ledger(state / "ledger.db")
+    for name in ("apple", "bunny", "cake"):
+        ledger.create_job(name, "fp")
+    done = ledger.claim_next("w0")
+    ledger.finish(done.id, JobState.DONE, outputs={"report": "/out/apple/report.html"})
+    running = ledger.claim_next("w0")
+    ledger.set_progress(running.id, "geometry", 42.0)
+    ledger.close()
+
+
+def test_one_folder_resolution_for_every_subcommand(tmp_path: Path) -> None:
+    from daemon.cli import resolve_folders
+
+    cwd = tmp_path
+    saved = lambda state: {"inbox": "/srv/in", "outbox": "/srv/out"}  # noqa: E731 (what a daemon recorded)
+    f = resolve_folders({}, {}, {}, cwd)
+    assert (f.inbox, f.outbox, f.state) == (cwd / "inbox", cwd / "outbox", cwd / "hotmesh-state")
+    assert f.origin["state"] == "default: next to the outbox (default ./outbox)"
+    f = resolve_folders({"outbox": "demo/outbox"}, {}, {}, cwd)  # the demo's layout: state beside the outbox
+    assert f.state == cwd / "demo" / "hotmesh-state" and f.origin["outbox"] == "--outbox"
+    f = resolve_folders({}, {"HOTMESH_STATE": "/e/state"}, {"state": "/c/state", "outbox": "/c/out"}, cwd, saved)
+    assert (f.state, f.outbox, f.inbox) == (Path("/e/state"), Path("/c/out"), Path("/srv/in"))
+    assert f.origin["state"] == "HOTMESH_STATE" and f.origin["outbox"] == "config paths.outbox"
+    assert "paths.json" in f.origin["inbox"]
+    f = resolve_folders({"state": "s"}, {"HOTMESH_STATE": "/e/state"}, {"state": "/c/state"}, cwd)
+    assert f.state == cwd / "s" and f.origin["state"] == "--state"
+
+
+def test_status_finds_the_ledger_like_run_and_shows_events_and_bars(tmp_path: Path) -> None:
+    r = hotmesh_in(tmp_path, "status")  # no daemon has run here yet: a sentence, not an error
+    assert r.returncode == 0 and "no jobs: there is no ledger at" in r.stdout and "hotmesh run" in r.stdout
+    state = tmp_path / "hotmesh-state"  # where `hotmesh run` puts it with the default ./outbox
+    state.mkdir()
+    _ledger_with_jobs(state)
+    r = hotmesh_in(tmp_path, "status")
+    assert r.returncode == 0, r.stderr
+    assert f"state folder: {state} (default: next to the outbox" in r.stdout and "running: 1" in r.stdout
+    r = hotmesh_in(tmp_path, "status", "--events")  # used to be ignored without --json
+    assert r.returncode == 0 and "claimed" in r.stdout and "attempt 1 started on w0" in r.stdout
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for how in (["--state", str(state)], ["--outbox", str(tmp_path / "outbox")]):
+        assert "bunny" in hotmesh_in(elsewhere, "status", *how).stdout
+    assert "bunny" in hotmesh_in(elsewhere, "status", env={"HOTMESH_STATE": str(state)}).stdout
+    (tmp_path / "h.toml").write_text(f'[paths]\nstate = "{state}"\n')
+    r = hotmesh_in(elsewhere, "status", "--json", "--config", str(tmp_path / "h.toml"))
+    assert [j["id"] for j in json.loads(r.stdout)] == ["apple", "bunny", "cake"]
+    r = hotmesh_in(tmp_path, "status", "--watch", "--once")
+    assert r.returncode == 0, r.stderr
+    line = next(x for x in r.stdout.splitlines() if x.startswith("bunny"))
+    assert "geometry" in line and "42.0%" in line and "█" * 12 + "░" in line
+    assert "queued: cake" in r.stdout and "apple" in r.stdout
+
+
+def test_status_watch_ends_on_ctrl_c(tmp_path: Path) -> None:
+    state = tmp_path / "hotmesh-state"
+    state.mkdir()
+    _ledger_with_jobs(state)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOTMESH_")} | {"PYTHONPATH": str(REPO)}
+    p = subprocess.Popen([sys.executable, "-m", "daemon.cli", "status", "--watch", "--interval", "0.2"],
+                         cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert "bunny" in p.stdout.readline() + p.stdout.readline() + p.stdout.readline()
+        time.sleep(0.5)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=20)
+    finally:
+        p.kill()
+    assert p.returncode == 0 and "Traceback" not in err
+
+
+def test_process_says_where_its_state_is_and_removes_a_temporary_one(tmp_path: Path) -> None:
+    job = tmp_path / "in" / "empty"
+    job.mkdir(parents=True)
+    (job / "notes.txt").write_text("no photos here")  # fails at ingest: quick, and a state folder was made
+    for keep in (False, True):
+        r = hotmesh_in(tmp_path, "process", str(job), "--out", str(tmp_path / "out"), "--device", "cpu",
+                       *(["--keep-state"] if keep else []), timeout=120)
+        result = json.loads(r.stdout)
+        assert r.returncode == 1 and result["state"] == "failed" and "notes.txt" in result["error"]
+        state = Path(result["state_folder"])
+        assert f"state folder {state} (temporary" in r.stderr
+        assert state.exists() == keep and result["state_kept"] == keep
+        if keep:
+            assert (state / "ledger.db").is_file()
+            shutil.rmtree(state)
+
+
+def test_retry_with_an_unknown_stage_lists_the_stages(tmp_path: Path) -> None:
+    from daemon.cli import STAGES_TEXT
+    from pipeline.runner import STAGE_NAMES
+
+    assert STAGES_TEXT == ", ".join(STAGE_NAMES)  # --help lists them without importing the pipeline
+    r = hotmesh_in(tmp_path, "retry", "cow", "--from-stage", "geo")
+    assert r.returncode != 0 and f"unknown stage 'geo'; the stages, in order: {STAGES_TEXT}" in r.stderr

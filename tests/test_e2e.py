@@ -107,7 +107,7 @@ def test_bad_inputs_fail_clearly_and_daemon_survives(daemon_factory, tmp_path: P
     p = make("notimage")
     for f in sorted((p / "images").iterdir())[:5]:
         f.write_text("this is not a picture")
-    cases["notimage"] = "is not a JPEG, PNG, WebP or TIFF image"
+    cases["notimage"] = "is not a JPEG, PNG, WebP, TIFF or HEIC/HEIF image"
     p = make("escape")
     target = sorted((p / "images").iterdir())[0]
     target.unlink()

@@ -27,7 +27,7 @@ def test_content_not_extension(tmp_path: Path) -> None:
     fake = tmp_path / "fake.png"
     fake.write_text("hello")
     r = validate_image(fake, tmp_path, LimitsConfig())
-    assert isinstance(r, Rejected) and "not a JPEG, PNG, WebP or TIFF" in r.reason
+    assert isinstance(r, Rejected) and "not a JPEG, PNG, WebP, TIFF or HEIC/HEIF" in r.reason
 
 
 def test_truncated_file_fails_full_decode(tmp_path: Path) -> None:

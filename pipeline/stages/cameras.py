@@ -12,13 +12,15 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pipeline.cameras import FrameSpec, camera_centers, intrinsics_for_image, read_pose_source, scale_intrinsics
+from pipeline.cameras import (FrameSpec, camera_centers, intrinsics_for_image, read_pose_source, scale_intrinsics,
+                              undistort_image)
 from pipeline.context import InputError, JobContext
 from pipeline.images import load_rgba, resize
 from pipeline.scene import ObjectRegion, Similarity, normalizing_similarity, object_region, pose_errors, umeyama
 from pipeline.sfm import SfmResult, SfmSettings, run_sfm
 from pipeline.stages.base import Stage, stage_dir
 from pipeline.stages.ingest import Manifest
+from pipeline.stages.scaling import job_scale, to_metres
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,7 @@ def _run_sfm(ctx: JobContext, manifest: Manifest, out_dir: Path) -> SfmResult:
     names = []
     for i, fr in enumerate(manifest.frames):
         ctx.progress(0.1 * i / len(manifest.frames))
-        rgb, _alpha = load_rgba(ctx.input_dir / fr.name)
+        rgb, _alpha = load_rgba(manifest.path_of(fr, ctx))
         H, W = rgb.shape[:2]
         s = min(1.0, cfg.max_image_size / max(H, W))
         dst = img_dir / (fr.name + ".jpg")
@@ -194,15 +196,14 @@ class CamerasStage(Stage):
         for i, fr in enumerate(frames):
             ctx.progress(0.7 + 0.25 * i / len(frames))
             spec = specs[fr.name]
-            rgb, alpha = load_rgba(ctx.input_dir / fr.name)
+            rgb, alpha = load_rgba(manifest.path_of(fr, ctx))
             H, W = rgb.shape[:2]
             K = intrinsics_for_image(spec, W, H)
             if spec.dist:
                 # undistort once here so every later stage can use a plain pinhole model
-                dist = np.array(spec.dist, dtype=np.float64)
-                rgb = cv2.undistort(rgb, K, dist)
+                rgb = undistort_image(rgb, K, spec.camera_model, spec.dist)
                 if alpha is not None:
-                    alpha = cv2.undistort(alpha, K, dist)
+                    alpha = undistort_image(alpha, K, spec.camera_model, spec.dist)
             s = min(1.0, max_side / max(H, W))
             w, h = max(1, round(W * s)), max(1, round(H * s))
             k = len(names)
@@ -213,6 +214,14 @@ class CamerasStage(Stage):
             w2cs.append(spec.w2c)
             names.append(fr.name)
             scale_of[fr.name] = (w, h)
+        # ---- real-world scale (scale.json: printed markers or a known distance; pipeline/stages/scaling.py) ----
+        scale = job_scale(ctx, manifest, specs, names, [arrays[f"rgb_{k}"] for k in range(len(names))],
+                          np.array(Ks), np.array(w2cs), own_frame=manifest.pose_kind == "sfm")
+        if scale.applied and sim is not None:  # our own normalised frame becomes metres; a user's frame is kept
+            sim, region, w2cs = to_metres(sim, region, np.array(w2cs), scale.metres_per_unit)
+            summary["normalization"] = {"scale": sim.scale, "matrix": sim.matrix().tolist()}
+        summary["scale"] = scale.to_dict()
+        # ---------------------------------------------------------------------------------------------------------
         holdout = holdout_flags(len(names), ctx.settings.images.holdout_every)
         np.savez(out_dir / "views.npz", K=np.array(Ks), w2c=np.array(w2cs), holdout=holdout, **arrays)
         (out_dir / "views.json").write_text(json.dumps({"names": names, "warnings": warnings}))

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from pipeline.automask import AutoMaskSettings, auto_masks
-from pipeline.cameras import intrinsics_for_image, read_pose_source
+from pipeline.cameras import intrinsics_for_image, read_pose_source, undistort_image
 from pipeline.context import InputError, JobContext
 from pipeline.images import load_gray, resize
 from pipeline.stages.base import Stage, stage_dir
@@ -74,7 +74,7 @@ class MasksStage(Stage):
                 spec = specs.get(fr.name)
                 if spec is not None and spec.dist:
                     K = intrinsics_for_image(spec, raw.shape[1], raw.shape[0])
-                    raw = cv2.undistort(raw, K, np.array(spec.dist))
+                    raw = undistort_image(raw, K, spec.camera_model, spec.dist)
                 m = resize(raw, (w, h), nearest=True) > 127
             elif views.alpha[i] is not None:
                 m = views.alpha[i] > 127

@@ -21,6 +21,7 @@ from pipeline.quality import (border_cuts, camera_spread, coverage_share, horizo
                               side_name, unseen_direction, vertex_areas, visibility_counts)
 from pipeline.redact import redact_mapping
 from pipeline.render import look_at, reduced_camera, render, shade
+from pipeline.scale import NO_SCALE
 from pipeline.report_html import camera_scene, complete_stats, config_rows, data_uri, hatch, render_report
 from pipeline.settings import PipelineSettings, ReportConfig
 from pipeline.stages.base import Stage, read_summary, stage_dir
@@ -46,7 +47,8 @@ def input_summary(manifest: Manifest) -> dict[str, Any]:
     return {"pose_kind": manifest.pose_kind, "pose_path": manifest.pose_path, "images": len(manifest.frames),
             "rejected": [{"file": r.file, "reason": r.reason} for r in manifest.rejected],
             "missing": list(manifest.missing), "warnings": list(manifest.warnings),
-            "total_bytes": manifest.total_bytes, "gt_mesh": manifest.gt_mesh}
+            "total_bytes": manifest.total_bytes, "gt_mesh": manifest.gt_mesh,
+            "videos": [dict(v.__dict__) for v in manifest.videos]}
 
 
 def on_white(views: Views, i: int) -> np.ndarray:
@@ -195,6 +197,8 @@ class ReportStage(Stage):
                                  "texture": read_summary(stage_dir(ctx, "texture")),
                                  "masks": read_summary(stage_dir(ctx, "masks")),
                                  "mesh": mesh_stats(written), "up": [float(x) for x in up]}
+        # units of every length in the report and the mesh files (measured in the cameras stage)
+        stats["scale"] = stats["cameras"].get("scale") or NO_SCALE.to_dict()
         held = [i for i in np.nonzero(views.holdout)[0] if masks[i] is not None]
         heldout = held_out_scores(written, colors, [views.names[i] for i in held], [views.rgb[i] for i in held],
                                   [masks[i] for i in held], views.K[held], views.w2c[held],
