@@ -55,7 +55,7 @@ def _disks(shape: tuple[int, int], uv: np.ndarray, r: int) -> np.ndarray:
     return m.astype(bool)
 
 
-def _keep_seeded(mask: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+def keep_seeded(mask: np.ndarray, seeds: np.ndarray) -> np.ndarray:
     """Connected components of ``mask`` that contain a foreground seed (all of them if none do); holes filled."""
     lab, n = ndimage.label(mask)
     if n == 0:
@@ -99,13 +99,16 @@ def first_round_labels(shape: tuple[int, int], K: np.ndarray, w2c: np.ndarray, r
 
 
 def hull_silhouettes(masks: list[np.ndarray], Ks: np.ndarray, w2cs: np.ndarray, s: AutoMaskSettings,
-                     device: str) -> list[np.ndarray]:
-    """Carve a coarse hull from the masks and project it back: one multi-view-consistent silhouette per view."""
+                     device: str, bounds: tuple[np.ndarray, np.ndarray] | None = None,
+                     support: tuple[np.ndarray, float] | None = None) -> list[np.ndarray]:
+    """Carve a coarse hull from the masks and project it back: one multi-view-consistent silhouette per view.
+    ``bounds``/``support`` (see :func:`pipeline.carve.carve`) close the hull where masks touch the image border."""
     from pipeline.carve import CarveSettings, carve
     from pipeline.meshing import largest_component, marching_cubes
 
     k = int(round(s.hull_outlier_fraction * len(masks)))
-    res = carve(Ks, w2cs, masks, CarveSettings(resolution=s.hull_resolution, outlier_views=k), device=device)
+    res = carve(Ks, w2cs, masks, CarveSettings(resolution=s.hull_resolution, outlier_views=k), device=device,
+                bounds=bounds, support=support)
     mesh = largest_component(marching_cubes(res.field, res.origin, res.voxel))
     from pipeline.render import render
 
@@ -129,14 +132,7 @@ def auto_masks(rgbs: list[np.ndarray], Ks: np.ndarray, w2cs: np.ndarray, region:
     """
     if not (len(rgbs) == len(Ks) == len(w2cs)):
         raise ValueError(f"need one K and pose per image; got {len(rgbs)}, {len(Ks)}, {len(w2cs)}")
-    small, sKs = [], []
-    for rgb, K in zip(rgbs, Ks):
-        h, w = rgb.shape[:2]
-        f = min(1.0, s.work_size / max(h, w))
-        sw, sh = max(1, round(w * f)), max(1, round(h * f))
-        small.append(cv2.resize(rgb, (sw, sh), interpolation=cv2.INTER_AREA))
-        sKs.append(np.diag([sw / w, sh / h, 1.0]) @ K)
-    sKs_a = np.array(sKs)
+    small, sKs_a = working_copies(rgbs, Ks, s.work_size)
     obj_pts = points[region.object_points]
     first = []
     for i, (img, K, w2c) in enumerate(zip(small, sKs_a, w2cs)):
@@ -149,18 +145,42 @@ def auto_masks(rgbs: list[np.ndarray], Ks: np.ndarray, w2cs: np.ndarray, region:
         obj_uv, z = project(obj_pts, K, w2c)
         labels = first_round_labels((h, w), K, w2c, region, obj_uv[z > 0], uv_seen[seen_obj], uv_seen[~seen_obj], r)
         fg = grabcut(img, labels, s.iterations)
-        first.append(_keep_seeded(fg, labels == cv2.GC_FGD))
+        first.append(keep_seeded(fg, labels == cv2.GC_FGD))
         check(0.6 * (i + 1) / len(small))
-    hulls = hull_silhouettes(first, sKs_a, w2cs, s, device)
+    return consistent_masks(rgbs, small, sKs_a, w2cs, first, s, device, check=lambda f: check(0.6 + 0.4 * f))
+
+
+def working_copies(rgbs: list[np.ndarray], Ks: np.ndarray, work_size: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """Images reduced to ``work_size`` on their long side and their intrinsics. -> N (h, w, 3), (N, 3, 3)."""
+    small, sKs = [], []
+    for rgb, K in zip(rgbs, Ks):
+        h, w = rgb.shape[:2]
+        f = min(1.0, work_size / max(h, w))
+        sw, sh = max(1, round(w * f)), max(1, round(h * f))
+        small.append(cv2.resize(rgb, (sw, sh), interpolation=cv2.INTER_AREA))
+        sKs.append(np.diag([sw / w, sh / h, 1.0]) @ K)
+    return small, np.array(sKs)
+
+
+def consistent_masks(rgbs: list[np.ndarray], small: list[np.ndarray], sKs: np.ndarray, w2cs: np.ndarray,
+                     first: list[np.ndarray], s: AutoMaskSettings, device: str,
+                     bounds: tuple[np.ndarray, np.ndarray] | None = None,
+                     support: tuple[np.ndarray, float] | None = None,
+                     check: Callable[[float], None] = lambda f: None) -> list[np.ndarray]:
+    """Second round: make first-round masks (at the ``small`` working size) agree across views. A coarse hull
+    carved from them (tolerating a share of dissenting views) is projected back, and GrabCut settles the edge in a
+    band around that projection. Returns N (H_i, W_i) bool at the size of ``rgbs``."""
+    hulls = hull_silhouettes(first, sKs, w2cs, s, device, bounds, support)
     lenient = _agreement(first, hulls) < 0.5
     if lenient:
         # the views disagree too much for a strict hull (close-ups, parts missed in many first-round masks,
         # e.g. fox): allow more dissenting views rather than lose the object
         lenient = dataclasses.replace(s, hull_outlier_fraction=max(s.hull_outlier_fraction, 0.35))
-        hulls = hull_silhouettes(first, sKs_a, w2cs, lenient, device)
-    check(0.7)
-    out = []
-    for i, (img, hull) in enumerate(zip(small, hulls)):
+        hulls = hull_silhouettes(first, sKs, w2cs, lenient, device, bounds, support)
+    check(0.3)
+
+    def one(i: int) -> np.ndarray:
+        img, hull = small[i], hulls[i]
         h, w = img.shape[:2]
         band = max(2, int(round(s.band * max(h, w))))
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * band + 1, 2 * band + 1))
@@ -174,9 +194,25 @@ def auto_masks(rgbs: list[np.ndarray], Ks: np.ndarray, w2cs: np.ndarray, region:
         labels[either] = cv2.GC_PR_FGD
         labels[core] = cv2.GC_FGD
         fg = grabcut(img, labels, s.iterations) & grown
-        fg = _keep_seeded(fg, core)
+        fg = keep_seeded(fg, core)
         H, W = rgbs[i].shape[:2]
-        full = cv2.resize(fg.astype(np.uint8) * 255, (W, H), interpolation=cv2.INTER_LINEAR) > 127
-        out.append(full)
-        check(0.7 + 0.3 * (i + 1) / len(small))
-    return out
+        return cv2.resize(fg.astype(np.uint8) * 255, (W, H), interpolation=cv2.INTER_LINEAR) > 127
+
+    return parallel_map(one, len(small), lambda f: check(0.3 + 0.7 * f))
+
+
+def parallel_map(fn: Callable[[int], np.ndarray], n: int, check: Callable[[float], None]) -> list[np.ndarray]:
+    """[fn(0), ..., fn(n-1)] on a thread pool: GrabCut and OpenCV release the GIL, so views run on every core.
+    ``check`` gets the finished fraction (and may raise to cancel)."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    out: list[np.ndarray | None] = [None] * n
+    with ThreadPoolExecutor(max_workers=max(1, min(n, os.cpu_count() or 1))) as pool:
+        futures = {pool.submit(fn, i): i for i in range(n)}
+        done = 0
+        for fut in futures:
+            out[futures[fut]] = fut.result()
+            done += 1
+            check(done / n)
+    return out  # type: ignore[return-value]

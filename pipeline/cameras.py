@@ -58,6 +58,11 @@ def c2w_gl_to_w2c_cv(c2w: np.ndarray) -> np.ndarray:
     return np.linalg.inv(c2w @ _GL_TO_CV)
 
 
+def w2c_cv_to_c2w_gl(w2c: np.ndarray) -> np.ndarray:
+    """OpenCV world-to-camera -> NeRF/Blender camera-to-world (OpenGL axes); inverse of c2w_gl_to_w2c_cv."""
+    return np.linalg.inv(np.asarray(w2c, dtype=np.float64)) @ _GL_TO_CV
+
+
 def camera_centers(w2c: np.ndarray) -> np.ndarray:
     """(N, 4, 4) -> (N, 3) camera centres in world units."""
     R, t = w2c[:, :3, :3], w2c[:, :3, 3]

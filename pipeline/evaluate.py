@@ -14,8 +14,8 @@ from pipeline.render import RenderOut, render
 @dataclass(frozen=True)
 class ViewScore:
     name: str
-    mask_iou: float
-    psnr: float  # dB over the union of both silhouettes, both composited on black
+    mask_iou: float | None  # None where the view has no given mask (nothing independent to compare with)
+    psnr: float  # dB over the union of both silhouettes (the render's own where there is no mask), on black
     ssim: float  # structural similarity over the union's bounding box, both composited on black
     # dB over the whole frame on black, the NeRF-synthetic convention. Higher than ``psnr`` by about
     # 10 log10(frame / union area): the background, right by construction, is counted
@@ -30,7 +30,8 @@ class HeldOut:
 
     @property
     def mean_iou(self) -> float | None:
-        return float(np.mean([v.mask_iou for v in self.views])) if self.views else None
+        vals = [v.mask_iou for v in self.views if v.mask_iou is not None]
+        return float(np.mean(vals)) if vals else None
 
     @property
     def mean_psnr(self) -> float | None:
@@ -75,23 +76,26 @@ def error_heatmap(pred: np.ndarray, gt: np.ndarray, union: np.ndarray, vmax: flo
 
 
 def held_out_scores(mesh: trimesh.Trimesh, colors: np.ndarray, names: list[str], images: list[np.ndarray],
-                    masks: list[np.ndarray], Ks: np.ndarray, w2cs: np.ndarray,
+                    masks: list[np.ndarray | None], Ks: np.ndarray, w2cs: np.ndarray,
                     check: Callable[[float], None] = lambda f: None,
                     textured: tuple[trimesh.Trimesh, np.ndarray, np.ndarray] | None = None) -> HeldOut:
-    """Render the mesh into views it was not fitted to. images: (H, W, 3) uint8; masks: (H, W) bool.
+    """Render the mesh into views it was not fitted to. images: (H, W, 3) uint8; masks: (H, W) bool, or None for a
+    photo without a mask: its colours are compared where the mesh covers it, and no IoU is given.
     With ``textured`` = (mesh, uv, texture) the textured mesh is what gets rendered (as users load it)."""
     scores, renders, heat = [], [], []
     for i, (name, img, m, K, w2c) in enumerate(zip(names, images, masks, Ks, w2cs)):
-        h, w = m.shape
+        h, w = img.shape[:2]
         if textured is not None:
             out: RenderOut = render(textured[0], K, w2c, w, h, uv=textured[1], texture=textured[2])
         else:
             out = render(mesh, K, w2c, w, h, colors)
-        gt = img.astype(np.float32) / 255.0 * m[..., None]
+        region = out.mask if m is None else m
+        gt = img.astype(np.float32) / 255.0 * region[..., None]
         pred = out.rgb * out.mask[..., None]
-        union = out.mask | m
-        scores.append(ViewScore(name=name, mask_iou=mask_iou(out.mask, m), psnr=psnr(pred, gt, union),
-                                ssim=ssim_union(pred, gt, union), psnr_frame=psnr(pred, gt)))
+        union = out.mask | region
+        scores.append(ViewScore(name=name, mask_iou=None if m is None else mask_iou(out.mask, m),
+                                psnr=psnr(pred, gt, union), ssim=ssim_union(pred, gt, union),
+                                psnr_frame=float("nan") if m is None else psnr(pred, gt)))
         renders.append((np.clip(pred, 0, 1) * 255).astype(np.uint8))
         heat.append(error_heatmap(pred, gt, union))
         check((i + 1) / len(names))

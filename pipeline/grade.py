@@ -89,10 +89,14 @@ def build_checks(stats: dict[str, Any], cfg: Any) -> list[Check]:
     q = stats.get("quality") or {}
     held = q.get("heldout") or {}
     why_held = heldout_missing(stats) if not held.get("views") else "not measured"
+    # photos without masks (the dense method) have no silhouette to compare with: their colours still are
+    unmasked = bool(held.get("views")) and held.get("mask_iou_mean") is None
     checks = [
         measure("heldout_iou", "held-out mask IoU", held.get("mask_iou_mean"), cfg.grade_iou_pass,
                 cfg.grade_iou_warn, detail=f"mean over {held.get('views')} photo(s) not used for fitting",
-                missing=why_held),
+                missing=("the held-out photos have no masks to compare with (the shape was made from the photos "
+                         "alone); their colours are compared below") if unmasked else why_held,
+                required=not unmasked),
         measure("heldout_psnr", "held-out colour PSNR", held.get("psnr_mean"), cfg.grade_psnr_pass,
                 cfg.grade_psnr_warn, unit="dB", detail=f"mean over {held.get('views')} photo(s)", missing=why_held),
     ]
@@ -205,7 +209,7 @@ def what_to_know(stats: dict[str, Any], grade: Grade, published: set[str]) -> li
         text = "; ".join(phrases)
         add(c, f"{text[0].upper() + text[1:]}: step back or zoom out so the whole object fits with a margin.")
     c = by.get("heldout_iou")
-    if c and c.status == "n/a":
+    if c and c.status == "n/a" and c.required:
         items.append((1, "warn", f"The mesh could not be checked against a photo it was not fitted to: "
                                  f"{c.detail}. The grade cannot be PASS without it."))
     else:

@@ -41,10 +41,20 @@ def decimate(mesh: trimesh.Trimesh, max_faces: int) -> trimesh.Trimesh:
 
     pymeshlab's edge collapse with ``preservetopology`` is used first: on a genus-1 hull fast-simplification
     left 3 non-manifold edges and 3 stray components (measured), pymeshlab none. fast-simplification is the
-    fallback where pymeshlab is not installed; the input is returned if neither keeps it watertight.
+    fallback where pymeshlab is not installed; its result is kept even if not watertight when the input is over
+    twice the budget, else the input is returned.
     """
     if len(mesh.faces) <= max_faces:
         return mesh
+    if len(mesh.faces) > 4 * max_faces:
+        # a dense marching-cubes surface (millions of faces): fast-simplification first brings it to twice the
+        # budget in a second or two; the topology-preserving pass then has a tenth of the work (measured: 1.6M ->
+        # 200k faces in 12 s instead of 27 s, still watertight)
+        import fast_simplification
+
+        v0, f0 = fast_simplification.simplify(np.asarray(mesh.vertices, dtype=np.float32),
+                                              np.asarray(mesh.faces, dtype=np.int32), target_count=2 * max_faces)
+        mesh = trimesh.Trimesh(np.asarray(v0, dtype=np.float64), f0, process=True)
     try:
         import pymeshlab
 
@@ -65,7 +75,11 @@ def decimate(mesh: trimesh.Trimesh, max_faces: int) -> trimesh.Trimesh:
     out = largest_component(trimesh.Trimesh(vertices=np.asarray(v, dtype=np.float64), faces=f, process=True))
     if not out.is_watertight:
         trimesh.repair.fill_holes(out)
-    return out if out.is_watertight else mesh
+    if out.is_watertight or len(mesh.faces) > 2 * max_faces:
+        # an input far over budget is worse for every later stage than a few open edges (measured: 2.1M faces
+        # made the GPU refinement crawl where pymeshlab was missing)
+        return out
+    return mesh
 
 
 def edge_length_for_faces(area: float, faces: int) -> float:

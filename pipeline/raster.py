@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import torch
 
 log = logging.getLogger("hotmesh.raster")
@@ -152,3 +153,30 @@ def make_rasterizer(device: str, build_dir: Path | None = None) -> tuple[Rasteri
         return Pytorch3dRasterizer(), "pytorch3d (CPU)"
     except (ImportError, OSError) as e:
         return None, f"no differentiable rasteriser: nvdiffrast and pytorch3d both failed to load ({e})"
+
+
+def coverage_masks(vertices: np.ndarray, faces: np.ndarray, Ks: np.ndarray, w2cs: np.ndarray,
+                   sizes: list[tuple[int, int]], device: str, build_dir: Path | None = None) -> list[np.ndarray]:
+    """Silhouettes of a mesh in N views: vertices (V, 3), faces (F, 3), Ks (N, 3, 3), w2cs (N, 4, 4), sizes N
+    (width, height). nvdiffrast on a GPU (one view at a time), Embree ray casting elsewhere or where nvdiffrast does
+    not load. -> N (height, width) bool."""
+    if device == "cuda":
+        try:
+            dr, ctx = load_nvdiffrast(build_dir)
+            v = torch.as_tensor(np.asarray(vertices), dtype=torch.float32, device="cuda")
+            f = torch.as_tensor(np.asarray(faces), dtype=torch.int32, device="cuda")
+            out = []
+            for K, w2c, (w, h) in zip(Ks, w2cs, sizes):
+                clip = clip_coords(v, torch.as_tensor(K[None], dtype=torch.float32, device="cuda"),
+                                   torch.as_tensor(w2c[None], dtype=torch.float32, device="cuda"), (h, w))
+                rast, _ = dr.rasterize(ctx, clip, f, resolution=[h, w])
+                out.append((rast[0, ..., 3] > 0).cpu().numpy())
+            return out
+        except (ImportError, RuntimeError, OSError) as e:
+            log.warning("nvdiffrast unavailable for silhouettes (%s); ray casting instead", e)
+    import trimesh
+
+    from pipeline.render import render
+
+    mesh = trimesh.Trimesh(np.asarray(vertices), np.asarray(faces), process=False)
+    return [render(mesh, K, w2c, w, h).mask for K, w2c, (w, h) in zip(Ks, w2cs, sizes)]

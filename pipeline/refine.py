@@ -45,6 +45,9 @@ class RefineSettings:
     # the shape step of the last level decays (cosine) to this fraction of ``lr``: Adam at a constant step leaves
     # the vertices jittering by about a step around the optimum, a sub-pixel error on every silhouette
     lr_final: float = 1.0
+    # a colour gain and offset per view, fitted with the shape (exposure and white balance differ between photos)
+    view_gains: bool = False
+    gain_lr: float = 1e-2
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class RefineResult:
     seconds_per_level: tuple[float, ...]
     regularisers: str = "none"  # what ran: "pytorch3d (normal 0.01, ...)", "none", or why not
     remesh: str = "subdivide"  # what ran between levels, or why isotropic remeshing fell back
+    view_gains: list[list[float]] | None = None  # per view: gain r, g, b, offset r, g, b (when fitted)
 
 
 def normalisation(vertices: np.ndarray) -> tuple[np.ndarray, float]:
@@ -204,12 +208,14 @@ def step_fraction(it: int, iters: int, final: float) -> float:
 
 def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], masks: list[np.ndarray],
            Ks: np.ndarray, w2cs: np.ndarray, rasterizer: Rasterizer, settings: RefineSettings, device: str,
-           check: Callable[[float], None] = lambda f: None) -> RefineResult:
+           check: Callable[[float], None] = lambda f: None,
+           silhouette_weights: np.ndarray | None = None) -> RefineResult:
     """Refine a closed mesh against posed views.
 
     vertices (V, 3) world units; faces (F, 3); images: N (H, W, 3) uint8; masks: N (H, W) bool, or float
     coverage in [0, 1] (see ``silhouette_targets``);
-    Ks (N, 3, 3) pixels of those images; w2cs (N, 4, 4) OpenCV.
+    Ks (N, 3, 3) pixels of those images; w2cs (N, 4, 4) OpenCV; silhouette_weights: optional (N,) factor on each
+    view's silhouette loss (1 by default).
     """
     import time
 
@@ -220,7 +226,14 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
         raise ValueError("refine: images, masks, Ks and w2cs must have the same length")
     if faces.ndim != 2 or faces.shape[1] != 3:
         raise ValueError(f"refine: faces must be (F, 3), got {faces.shape}")
+    if silhouette_weights is not None and len(silhouette_weights) != len(images):
+        raise ValueError("refine: one silhouette weight per view")
     dev = torch.device(device)
+    sil_w = torch.ones(len(images), device=dev) if silhouette_weights is None else torch.as_tensor(
+        np.asarray(silhouette_weights), dtype=torch.float32, device=dev)
+    gain = torch.ones((len(images), 3), device=dev, requires_grad=True)
+    offset = torch.zeros((len(images), 3), device=dev, requires_grad=True)
+    gopt = torch.optim.Adam([gain, offset], settings.gain_lr) if settings.view_gains else None
     c, s = normalisation(vertices)
     v = (vertices - c) * s
     f = np.asarray(faces)
@@ -266,16 +279,22 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
             verts = from_differential(M, u, "Cholesky")
             rgb, alpha = rasterizer.render(verts, faces32, colors.clamp(0, 1),
                                            Cameras(K=K[idx], w2c=w2c_n[idx], size=size))
-            l_sil = (alpha - tgt_mask[idx]).abs().mean()
+            if gopt is not None:  # rgb is premultiplied by coverage, so the offset is too
+                rgb = rgb * gain[idx][:, None, None, :] + offset[idx][:, None, None, :] * alpha[..., None]
+            l_sil = (sil_w[idx][:, None, None] * (alpha - tgt_mask[idx]).abs()).mean()
             l_rgb = (rgb - tgt_rgb[idx]).abs().mean()
             loss = settings.w_silhouette * l_sil + settings.w_photo * l_rgb
             if reg is not None:
                 loss = loss + reg(verts, ft, edge_target)
             opt.zero_grad()
             copt.zero_grad()
+            if gopt is not None:
+                gopt.zero_grad()
             loss.backward()
             opt.step()
             copt.step()
+            if gopt is not None:
+                gopt.step()
             loss_val = float(loss.detach())
             if not math.isfinite(loss_val):
                 raise FloatingPointError("refinement diverged (loss is not finite)")
@@ -289,4 +308,6 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
         secs.append(time.monotonic() - t0)
     return RefineResult(vertices=v / s + c, faces=f.astype(np.int64), colors=colors.cpu().numpy().astype(np.float32),
                         losses=tuple(losses), views_per_step=vpstep, seconds_per_level=tuple(secs),
-                        regularisers=reg_note, remesh=remesh_note)
+                        regularisers=reg_note, remesh=remesh_note,
+                        view_gains=(torch.cat([gain, offset], 1).detach().cpu().numpy().round(4).tolist()
+                                    if gopt is not None else None))

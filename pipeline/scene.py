@@ -119,7 +119,7 @@ def fit_ground_plane(points: np.ndarray, up: np.ndarray, threshold: float, itera
     # refine by least squares on the inliers
     P = points[inliers]
     c = P.mean(0)
-    _, _, vt = np.linalg.svd(P - c)
+    _, _, vt = np.linalg.svd(P - c, full_matrices=False)
     n = vt[2] if vt[2] @ up >= 0 else -vt[2]
     d = float(n @ c)
     return n, d, np.abs(points @ n - d) < threshold

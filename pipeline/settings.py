@@ -59,20 +59,42 @@ class SfmConfig:
 
 @dataclass(frozen=True, config=FROZEN)
 class MasksConfig:
-    """Automatic foreground masks for views without alpha or masks/ file (GrabCut seeded by SfM points)."""
+    """Automatic foreground masks (GrabCut seeded by SfM points) for views without alpha or masks/ file. Used only
+    by the visual-hull method (``geometry.method = hull``); the default dense method needs no masks."""
 
-    auto: Literal["missing", "off"] = "missing"  # off: such views are not used for the shape
+    auto: Literal["missing", "off"] = "missing"  # off: such views are not used for the hull
     work_size: Annotated[int, Field(ge=16)] = 480  # long side GrabCut runs at
     iterations: PosInt = 5
 
 
 @dataclass(frozen=True, config=FROZEN)
 class GeometryConfig:
+    # auto: a visual hull where every view has a given mask (alpha or masks/ file), else dense multi-view stereo;
+    # dense: multi-view stereo always (given masks restrict it); hull: silhouettes only (automatic masks if needed)
+    method: Literal["auto", "dense", "hull"] = "auto"
     voxel_resolution: Annotated[int, Field(ge=16, le=1024)] = 192  # hull cells along the object's longest side
     # views allowed to disagree with a hull voxel; -1: 0 for given masks, 3 % (<= 2) for automatic ones
     outlier_views: Annotated[int, Field(ge=-1)] = -1
     smoothing_iterations: Annotated[int, Field(ge=0)] = 10  # Taubin smoothing after marching cubes
     max_faces: Annotated[int, Field(ge=4)] = 200_000
+
+
+@dataclass(frozen=True, config=FROZEN)
+class DenseConfig:
+    """Multi-view stereo (plane sweep, windowed NCC, geometric consistency) fused into a closed surface (TSDF)."""
+
+    max_side: Annotated[int, Field(ge=64, le=8192)] = 960  # depth-map long side on a GPU
+    planes: Annotated[int, Field(ge=8, le=1024)] = 160  # inverse-depth hypotheses
+    neighbours: Annotated[int, Field(ge=1, le=32)] = 8  # source views per depth map
+    best_k: Annotated[int, Field(ge=1, le=32)] = 3  # source scores averaged per hypothesis
+    window: Annotated[int, Field(ge=3, le=15)] = 7  # NCC window side (odd)
+    refine_rounds: Annotated[int, Field(ge=0, le=8)] = 2  # surface-following sweeps after the plane sweep
+    min_score: Annotated[float, Field(ge=-1, le=1)] = 0.4
+    min_consistent: Annotated[int, Field(ge=0, le=32)] = 2  # neighbouring depth maps that must agree
+    resolution: Annotated[int, Field(ge=32, le=2048)] = 384  # TSDF voxels along the object's longest side
+    cpu_max_side: Annotated[int, Field(ge=64, le=8192)] = 400  # without a GPU: a coarse result in minutes
+    cpu_planes: Annotated[int, Field(ge=8, le=1024)] = 64
+    cpu_resolution: Annotated[int, Field(ge=32, le=2048)] = 192
 
 
 @dataclass(frozen=True, config=FROZEN)
@@ -94,6 +116,9 @@ class RefineConfig:
     alpha_coverage: bool = True  # fit silhouettes to the alpha matte's sub-pixel coverage
     remesh: Literal["isotropic", "subdivide"] = "isotropic"
     lr_final: Annotated[float, Field(gt=0, le=1)] = 1.0  # the last level's step decays (cosine) to this fraction
+    estimated_silhouette_weight: NonNeg = 1.0  # silhouette weight of masks estimated from photos (given: 1)
+    # per-photo colour gain and offset, fitted with the shape: phone photos differ in exposure and white balance
+    view_gains: Literal["auto", "on", "off"] = "auto"  # auto: on where any silhouette was estimated
     # CPU preview (pytorch3d rasteriser), used when enabled = "on" and there is no GPU
     cpu_image_size: Annotated[int, Field(ge=16)] = 128
     cpu_iterations: PosInt = 40
@@ -177,7 +202,7 @@ def _pass_warn(cfg: Any, key: str) -> tuple[float, float]:
 
 SECTIONS: dict[str, type] = {
     "limits": LimitsConfig, "images": ImagesConfig, "sfm": SfmConfig, "masks": MasksConfig,
-    "geometry": GeometryConfig, "refine": RefineConfig, "texture": TextureConfig, "report": ReportConfig,
+    "geometry": GeometryConfig, "dense": DenseConfig, "refine": RefineConfig, "texture": TextureConfig, "report": ReportConfig,
 }
 
 
@@ -188,6 +213,7 @@ class PipelineSettings:
     sfm: SfmConfig = dataclasses.field(default_factory=SfmConfig)
     masks: MasksConfig = dataclasses.field(default_factory=MasksConfig)
     geometry: GeometryConfig = dataclasses.field(default_factory=GeometryConfig)
+    dense: DenseConfig = dataclasses.field(default_factory=DenseConfig)
     refine: RefineConfig = dataclasses.field(default_factory=RefineConfig)
     texture: TextureConfig = dataclasses.field(default_factory=TextureConfig)
     report: ReportConfig = dataclasses.field(default_factory=ReportConfig)

@@ -112,8 +112,18 @@ def run_sfm(image_dir: Path, names: list[str], work: Path, cfg: SfmSettings, log
     ext = pycolmap.FeatureExtractionOptions()
     ext.max_image_size = cfg.max_image_size
     ext.num_threads = cfg.num_threads
-    pycolmap.extract_features(db, image_dir, image_names=list(names), camera_mode=pycolmap.CameraMode.SINGLE,
-                              reader_options=reader, extraction_options=ext, device=device)
+    try:
+        pycolmap.extract_features(db, image_dir, image_names=list(names), camera_mode=pycolmap.CameraMode.SINGLE,
+                                  reader_options=reader, extraction_options=ext, device=device)
+    except (RuntimeError, ValueError) as e:
+        if device_name != "cuda" or cfg.device == "cuda":
+            raise
+        # GPU SIFT can fail where the CUDA build meets an unsupported driver or card: the CPU is slower, not wrong
+        log.warning("SfM: GPU feature extraction failed (%s); extracting on the CPU", e)
+        device, device_name = pycolmap.Device.cpu, "cpu (GPU extraction failed)"
+        db.unlink(missing_ok=True)
+        pycolmap.extract_features(db, image_dir, image_names=list(names), camera_mode=pycolmap.CameraMode.SINGLE,
+                                  reader_options=reader, extraction_options=ext, device=device)
     timings["extract"] = time.monotonic() - t0
     check(0.3)
 
@@ -195,3 +205,56 @@ def run_sfm(image_dir: Path, names: list[str], work: Path, cfg: SfmSettings, log
                      K=np.array(Ks), dist=np.array(dists), w2c=np.array(w2cs), points=points, colors=colors,
                      obs_image=np.array(oi, dtype=np.int32), obs_point=np.array(op, dtype=np.int32),
                      obs_xy=np.array(oxy, dtype=np.float32).reshape(-1, 2), stats=stats, per_image=tuple(per_image))
+
+
+def _sfm_child(image_dir: Path, names: list[str], work: Path, cfg: SfmSettings) -> tuple[SfmResult, list[str]]:
+    """run_sfm in a child process; its log lines come back as text for the job's log."""
+    lines: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(f"{record.levelname} {record.getMessage()}")
+
+    log = logging.getLogger("hotmesh.sfm.child")
+    log.setLevel(logging.INFO)
+    log.addHandler(_Collect())
+    return run_sfm(image_dir, names, work, cfg, log), lines
+
+
+def run_sfm_isolated(image_dir: Path, names: list[str], work: Path, cfg: SfmSettings,
+                     log: logging.LoggerAdapter | logging.Logger,
+                     check: Callable[[float], None] = lambda f: None) -> SfmResult:
+    """:func:`run_sfm` in a child process (spawned, so it starts clean).
+
+    COLMAP's native libraries (their own OpenMP runtime, CUDA 12 runtime and crash handlers in the CUDA build) must
+    not share a process with torch: measured on an H200, the first multi-threaded torch CPU operation after GPU SfM
+    in the same process crashed the worker. The child also keeps a COLMAP crash from taking the job's worker down.
+    ``check`` is polled while it runs (a CANCEL file or a shutdown ends the child)."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    pool = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
+    try:
+        fut = pool.submit(_sfm_child, image_dir, names, work, cfg)
+        t0 = time.monotonic()
+        while True:
+            try:
+                res, lines = fut.result(timeout=0.5)
+                break
+            except TimeoutError:
+                # progress is not reported from the child; time is the best guess (most SfM runs take 10-90 s)
+                check(min(0.9, (time.monotonic() - t0) / 120.0))
+    except BrokenProcessPool:
+        raise RuntimeError("structure from motion crashed (COLMAP's process ended abnormally); the job's log has "
+                           "the details") from None
+    except BaseException:
+        for p in list(getattr(pool, "_processes", {}).values()):  # a cancel or shutdown ends the child at once
+            p.kill()
+        raise
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    for line in lines:
+        level, _, msg = line.partition(" ")
+        log.log(getattr(logging, level, logging.INFO), "%s", msg)
+    return res

@@ -14,10 +14,12 @@ import numpy as np
 
 from pipeline.cameras import (FrameSpec, camera_centers, intrinsics_for_image, read_pose_source, scale_intrinsics,
                               undistort_image)
+from pipeline.camera_files import PhotoCamera
 from pipeline.context import InputError, JobContext
 from pipeline.images import load_rgba, resize
 from pipeline.scene import ObjectRegion, Similarity, normalizing_similarity, object_region, pose_errors, umeyama
-from pipeline.sfm import SfmResult, SfmSettings, run_sfm
+from pipeline.settings import PipelineSettings
+from pipeline.sfm import SfmResult, SfmSettings, run_sfm_isolated
 from pipeline.stages.base import Stage, stage_dir
 from pipeline.stages.ingest import Manifest
 from pipeline.stages.scaling import job_scale, to_metres
@@ -106,8 +108,18 @@ class Sparse:
         return ObjectRegion(center=self.center, radius=self.radius, up=self.up, ground=self.support,
                             object_points=self.object_points)
 
-def needs_auto_masks(ctx: JobContext, manifest: Manifest) -> bool:
-    return ctx.settings.masks.auto != "off" and any(not (f.has_alpha or f.mask_file) for f in manifest.frames)
+def has_unmasked(manifest: Manifest) -> bool:
+    """Some image has neither an alpha channel nor a masks/ file."""
+    return any(not (f.has_alpha or f.mask_file) for f in manifest.frames)
+
+
+def geometry_method(settings: PipelineSettings, manifest: Manifest) -> str:
+    """``hull`` (silhouettes) or ``dense`` (multi-view stereo) for this job, from ``geometry.method``: ``auto`` picks
+    the hull only when every image comes with a mask."""
+    configured = settings.geometry.method
+    if configured != "auto":
+        return configured
+    return "dense" if has_unmasked(manifest) else "hull"
 
 def sfm_settings(ctx: JobContext) -> SfmSettings:
     return SfmSettings(**dataclasses.asdict(ctx.settings.sfm))  # same fields as the [sfm] config section
@@ -127,7 +139,7 @@ def _run_sfm(ctx: JobContext, manifest: Manifest, out_dir: Path) -> SfmResult:
         cv2.imwrite(str(dst), cv2.cvtColor(resize(rgb, (max(1, round(W * s)), max(1, round(H * s)))), cv2.COLOR_RGB2BGR),
                     [cv2.IMWRITE_JPEG_QUALITY, 95])
         names.append(fr.name + ".jpg")
-    res = run_sfm(img_dir, names, out_dir / "sfm", cfg, ctx.log, check=lambda f: ctx.progress(0.1 + 0.6 * f))
+    res = run_sfm_isolated(img_dir, names, out_dir / "sfm", cfg, ctx.log, check=lambda f: ctx.progress(0.1 + 0.6 * f))
     shutil.rmtree(img_dir, ignore_errors=True)  # copies; the model and database stay for inspection
     (out_dir / "sfm" / "database.db").unlink(missing_ok=True)
     strip = lambda n: n[:-4]  # noqa: E731  (".jpg" added above)
@@ -157,7 +169,8 @@ class CamerasStage(Stage):
         manifest = Manifest.load(stage_dir(ctx, "ingest"))
         summary: dict[str, Any] = {"source": manifest.pose_kind}
         sfm: SfmResult | None = None
-        if manifest.pose_kind == "sfm" or needs_auto_masks(ctx, manifest):
+        # SfM also runs for posed photos without masks: its points locate the object (region, support plane)
+        if manifest.pose_kind == "sfm" or has_unmasked(manifest):
             sfm = _run_sfm(ctx, manifest, out_dir)
             summary["sfm"] = dict(sfm.stats, unregistered=list(sfm.unregistered))
         sim: Similarity | None = None
@@ -182,8 +195,9 @@ class CamerasStage(Stage):
                 # SfM ran only to find the object (mask seeds): bring its points into the user's frame
                 common = [k for k, n in enumerate(sfm.names) if n in specs]
                 if len(common) < 3:
-                    raise InputError("structure from motion placed fewer than 3 of the posed images, so automatic "
-                                     "masks cannot be seeded; add masks (masks/<image>.png) or RGBA images")
+                    raise InputError("structure from motion placed fewer than 3 of the posed images, so the object "
+                                     "cannot be located among them; add masks (masks/<image>.png) or RGBA images, "
+                                     "or photos with more overlap")
                 given = np.array([specs[sfm.names[k]].w2c for k in common])
                 sim = umeyama(camera_centers(sfm.w2c[common]), camera_centers(given))
                 summary["sfm"]["pose_error_vs_input"] = pose_errors(sfm.w2c[common], given)
@@ -191,6 +205,7 @@ class CamerasStage(Stage):
         max_side = ctx.settings.images.max_side
         arrays: dict[str, np.ndarray] = {}
         Ks, w2cs, names = [], [], []
+        photos: list[tuple[int, int, np.ndarray, tuple[float, ...], str]] = []  # as taken: for the camera files
         frames = [fr for fr in manifest.frames if fr.name in specs]
         scale_of: dict[str, tuple[float, float]] = {}
         for i, fr in enumerate(frames):
@@ -199,6 +214,7 @@ class CamerasStage(Stage):
             rgb, alpha = load_rgba(manifest.path_of(fr, ctx))
             H, W = rgb.shape[:2]
             K = intrinsics_for_image(spec, W, H)
+            photos.append((W, H, K, tuple(spec.dist), spec.camera_model))
             if spec.dist:
                 # undistort once here so every later stage can use a plain pinhole model
                 rgb = undistort_image(rgb, K, spec.camera_model, spec.dist)
@@ -225,6 +241,9 @@ class CamerasStage(Stage):
         holdout = holdout_flags(len(names), ctx.settings.images.holdout_every)
         np.savez(out_dir / "views.npz", K=np.array(Ks), w2c=np.array(w2cs), holdout=holdout, **arrays)
         (out_dir / "views.json").write_text(json.dumps({"names": names, "warnings": warnings}))
+        cams = [PhotoCamera(name=n, width=W, height=H, K=K, dist=dist, model=model, w2c=w2c).to_json()
+                for n, (W, H, K, dist, model), w2c in zip(names, photos, w2cs)]
+        (out_dir / "photos.json").write_text(json.dumps(cams))
         if sfm is not None and sim is not None and region is not None:
             self._save_sparse(out_dir, sfm, sim, region, names, scale_of)
         for w_ in warnings:

@@ -1,4 +1,5 @@
-"""Stage 4, geometry: the first closed surface of the object (visual hull from the masks)."""
+"""Stage 4, geometry: the first closed surface of the object: dense multi-view stereo (:mod:`pipeline.dense`) for
+photos without masks, a visual hull (:mod:`pipeline.carve`) where every view has a given mask."""
 from __future__ import annotations
 
 import json
@@ -9,10 +10,13 @@ import numpy as np
 import trimesh
 
 from pipeline.carve import CarveResult, CarveSettings, carve, mask_coverage
-from pipeline.context import JobContext
+from pipeline.context import InputError, JobContext
+from pipeline.dense import DenseSettings, dense_geometry
 from pipeline.meshing import MeshingSettings, clean_mesh, marching_cubes
+from pipeline.mvs import MvsSettings
 from pipeline.stages.base import Stage, stage_dir
-from pipeline.stages.cameras import Sparse, Views
+from pipeline.stages.cameras import Sparse, Views, geometry_method
+from pipeline.stages.ingest import Manifest
 from pipeline.stages.masks import load_masks, masks_were_automatic
 
 
@@ -33,54 +37,129 @@ STRICT_MIN_COVERAGE = 0.97  # median fraction of a given mask the strict hull mu
 class GeometryStage(Stage):
     name = "geometry"
     weight = 45
-    sections = ("images", "geometry")
+    sections = ("images", "geometry", "dense")
 
     def run(self, ctx: JobContext, out_dir: Path) -> dict[str, Any]:
+        manifest = Manifest.load(stage_dir(ctx, "ingest"))
+        method = geometry_method(ctx.settings, manifest)
         views = Views.load(ctx)
-        masks = load_masks(ctx)
-        idx = [i for i in views.train if masks[i] is not None]
-        cfg = ctx.settings.geometry
-        auto_masks = masks_were_automatic(ctx)
-        settings = CarveSettings(resolution=cfg.voxel_resolution,
-                                 outlier_views=outlier_views(cfg.outlier_views, len(idx), auto_masks))
-        ctx.log.info("visual hull from %d views at %d voxels (device %s, %d outlier views tolerated)",
-                     len(idx), settings.resolution, ctx.device, settings.outlier_views)
-        sparse = Sparse.load(ctx)
-        bounds = support = None
-        if sparse is not None and auto_masks:
-            # automatic masks often touch the image border; the SfM object region closes the hull there
-            r = 1.3 * sparse.radius
-            bounds, support = (sparse.center - r, sparse.center + r), sparse.support
-        Ks, w2cs, vmasks = views.K[idx], views.w2c[idx], [masks[i] for i in idx]
-        meshing = MeshingSettings(smoothing_iterations=cfg.smoothing_iterations, max_faces=cfg.max_faces)
-
-        def hull(cs: CarveSettings, p0: float, p1: float) -> tuple[CarveResult, trimesh.Trimesh, trimesh.Trimesh]:
-            res = carve(Ks, w2cs, vmasks, cs, device=ctx.device, check=lambda f: ctx.progress(p0 + (p1 - p0) * f),
-                        bounds=bounds, support=support)
-            raw_ = marching_cubes(res.field, res.origin, res.voxel)
-            return res, raw_, clean_mesh(raw_, meshing)
-
-        result, raw, mesh = hull(settings, 0.0, 0.6)
-        note = None
-        if cfg.outlier_views < 0 and not auto_masks:
-            # strict hull for given masks: check that it still covers the masks; if a bad mask cut part of the
-            # object away, most other views show it, and the tolerant hull is used instead
-            cover = float(np.median(mask_coverage(mesh, Ks, w2cs, vmasks)))
-            if cover < STRICT_MIN_COVERAGE:
-                settings = CarveSettings(resolution=cfg.voxel_resolution,
-                                         outlier_views=outlier_views(-1, len(idx), automatic_masks=True))
-                note = (f"the strict hull covers only {cover:.1%} of the median mask: a given mask is probably "
-                        f"wrong, so {settings.outlier_views} outlier view(s) were tolerated")
-                ctx.log.warning("%s", note)
-                result, raw, mesh = hull(settings, 0.6, 0.9)
-        ctx.progress(0.95)
-        mesh.export(out_dir / "mesh.ply")
-        summary = {"views_used": len(idx), "resolution": cfg.voxel_resolution, "voxel_size": result.voxel,
-                   "grid": list(result.field.shape), "outlier_views": settings.outlier_views, "note": note,
-                   "raw_faces": int(len(raw.faces)), "faces": int(len(mesh.faces)),
-                   "watertight": bool(mesh.is_watertight), "method": "visual hull (silhouette distance field)"}
+        if method == "dense":
+            summary = dense_stage(ctx, views, load_masks(ctx), out_dir)
+        else:
+            summary = hull_stage(ctx, views, out_dir)
         (out_dir / "geometry.json").write_text(json.dumps(summary))
         return summary
+
+
+def dense_settings(ctx: JobContext) -> DenseSettings:
+    """The dense method's settings for the job's device: full resolution on a GPU, a coarse pass on the CPU."""
+    cfg, geo = ctx.settings.dense, ctx.settings.geometry
+    gpu = ctx.device == "cuda"
+    mvs = MvsSettings(max_side=cfg.max_side if gpu else cfg.cpu_max_side, planes=cfg.planes if gpu else cfg.cpu_planes,
+                      neighbours=cfg.neighbours, best_k=cfg.best_k, window=cfg.window,
+                      refine_rounds=cfg.refine_rounds, min_score=cfg.min_score, min_consistent=cfg.min_consistent)
+    return DenseSettings(mvs=mvs, resolution=cfg.resolution if gpu else cfg.cpu_resolution, max_faces=geo.max_faces)
+
+
+def dense_stage(ctx: JobContext, views: Views, masks: list[np.ndarray | None], out_dir: Path) -> dict[str, Any]:
+    """Multi-view stereo on the training views; writes mesh.ply, points.ply and the support plane."""
+    sparse = Sparse.load(ctx)
+    if sparse is None:
+        raise InputError("the dense method needs the structure-from-motion points to find the object, and they are "
+                         "missing; rerun the job (hotmesh retry JOB --from-stage cameras)")
+    idx = [int(i) for i in views.train]
+    remap = np.full(len(views.names), -1)
+    remap[idx] = np.arange(len(idx))
+    obs = remap[sparse.obs_view] >= 0
+    s = dense_settings(ctx)
+    ctx.log.info("dense geometry: %d views, depth maps at %d px, %d planes, TSDF %d voxels (device %s)", len(idx),
+                 s.mvs.max_side, s.mvs.planes, s.resolution, ctx.device)
+    res = dense_geometry([views.rgb[i] for i in idx], [masks[i] for i in idx], views.K[idx], views.w2c[idx],
+                         sparse.region(), s, device=ctx.device,
+                         sparse=(sparse.points, remap[sparse.obs_view[obs]], sparse.obs_point[obs]),
+                         check=ctx.progress)
+    res.mesh.export(out_dir / "mesh.ply")
+    trimesh.PointCloud(res.points, colors=res.colors).export(out_dir / "points.ply")
+    # the silhouettes the shape was closed with: later stages fit to them where the user gave none
+    np.savez_compressed(out_dir / "silhouettes.npz", **{f"mask_{i}": m for i, m in zip(idx, res.masks)},
+                        estimated=np.array([idx[k] for k, e in enumerate(res.estimated) if e], dtype=np.int64))
+    support = {} if res.support is None else {"support_n": res.support[0], "support_d": res.support[1]}
+    np.savez(out_dir / "support.npz", **support)
+    st = res.stats
+    detail = (f"{len(idx)} views; depth maps {st['depth_size'][0]}x{st['depth_size'][1]} px, {st['planes']} depth "
+              f"hypotheses, {st['neighbours']} neighbours each; TSDF grid {'x'.join(map(str, st['grid']))}; "
+              f"{st['estimated_silhouettes']} silhouettes estimated from the photos")
+    summary = {"method": "dense multi-view stereo (plane sweep + TSDF fusion)", "detail": detail,
+               "views_used": len(idx), "faces": int(len(res.mesh.faces)), "watertight": bool(res.mesh.is_watertight),
+               "dense": st}
+    if ctx.device != "cuda":
+        summary["note"] = ("coarse result: without a GPU the depth maps are computed at "
+                           f"{s.mvs.max_side} px and the surface at {s.resolution} voxels; a full-resolution "
+                           "result of this capture needs the GPU path")
+    return summary
+
+
+def hull_stage(ctx: JobContext, views: Views, out_dir: Path) -> dict[str, Any]:
+    """Visual hull from the masks (given, or automatic where masks.auto allows)."""
+    masks = load_masks(ctx)
+    idx = [i for i in views.train if masks[i] is not None]
+    cfg = ctx.settings.geometry
+    auto_masks = masks_were_automatic(ctx)
+    settings = CarveSettings(resolution=cfg.voxel_resolution,
+                             outlier_views=outlier_views(cfg.outlier_views, len(idx), auto_masks))
+    ctx.log.info("visual hull from %d views at %d voxels (device %s, %d outlier views tolerated)",
+                 len(idx), settings.resolution, ctx.device, settings.outlier_views)
+    sparse = Sparse.load(ctx)
+    bounds = support = None
+    if sparse is not None and auto_masks:
+        # automatic masks often touch the image border; the SfM object region closes the hull there
+        r = 1.3 * sparse.radius
+        bounds, support = (sparse.center - r, sparse.center + r), sparse.support
+    Ks, w2cs, vmasks = views.K[idx], views.w2c[idx], [masks[i] for i in idx]
+    meshing = MeshingSettings(smoothing_iterations=cfg.smoothing_iterations, max_faces=cfg.max_faces)
+
+    def hull(cs: CarveSettings, p0: float, p1: float) -> tuple[CarveResult, trimesh.Trimesh, trimesh.Trimesh]:
+        res = carve(Ks, w2cs, vmasks, cs, device=ctx.device, check=lambda f: ctx.progress(p0 + (p1 - p0) * f),
+                    bounds=bounds, support=support)
+        raw_ = marching_cubes(res.field, res.origin, res.voxel)
+        return res, raw_, clean_mesh(raw_, meshing)
+
+    result, raw, mesh = hull(settings, 0.0, 0.6)
+    note = None
+    if cfg.outlier_views < 0 and not auto_masks:
+        # strict hull for given masks: check that it still covers the masks; if a bad mask cut part of the
+        # object away, most other views show it, and the tolerant hull is used instead
+        cover = float(np.median(mask_coverage(mesh, Ks, w2cs, vmasks)))
+        if cover < STRICT_MIN_COVERAGE:
+            settings = CarveSettings(resolution=cfg.voxel_resolution,
+                                     outlier_views=outlier_views(-1, len(idx), automatic_masks=True))
+            note = (f"the strict hull covers only {cover:.1%} of the median mask: a given mask is probably "
+                    f"wrong, so {settings.outlier_views} outlier view(s) were tolerated")
+            ctx.log.warning("%s", note)
+            result, raw, mesh = hull(settings, 0.6, 0.9)
+    ctx.progress(0.95)
+    mesh.export(out_dir / "mesh.ply")
+    summary = {"views_used": len(idx), "resolution": cfg.voxel_resolution, "voxel_size": result.voxel,
+               "grid": list(result.field.shape), "outlier_views": settings.outlier_views, "note": note,
+               "raw_faces": int(len(raw.faces)), "faces": int(len(mesh.faces)),
+               "watertight": bool(mesh.is_watertight), "method": "visual hull (silhouette distance field)",
+               "detail": f"{cfg.voxel_resolution} voxels, {len(idx)} views"}
+    return summary
+
+
+def shape_masks(ctx: JobContext) -> tuple[list[np.ndarray | None], set[int]]:
+    """Per view, the silhouette the shape was made with: the user's mask (masks stage) or, for the dense method,
+    the estimated one (geometry stage); and the indices of the estimated ones."""
+    masks = load_masks(ctx)
+    path = stage_dir(ctx, GeometryStage.name) / "silhouettes.npz"
+    if not path.exists():
+        return masks, set()
+    with np.load(path) as z:
+        estimated = {int(i) for i in z["estimated"]}
+        for i in estimated:
+            masks[i] = z[f"mask_{i}"]
+    return masks, estimated
+
 
 def load_mesh(ctx: JobContext, stage: str = "geometry") -> trimesh.Trimesh:
     return trimesh.load(stage_dir(ctx, stage) / "mesh.ply", process=False, force="mesh")

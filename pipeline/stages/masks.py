@@ -1,8 +1,9 @@
-"""Stage 3, masks: one silhouette mask per view, from the alpha channel or masks/ files, else automatic."""
+"""Stage 3, masks: the silhouettes the user gave (alpha channel or masks/ files). For the visual-hull method, views
+without one get an automatic GrabCut mask; the dense method needs none (the published masks are then the final
+mesh's projection, made by the texture stage)."""
 from __future__ import annotations
 
 import json
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from pipeline.cameras import intrinsics_for_image, read_pose_source, undistort_i
 from pipeline.context import InputError, JobContext
 from pipeline.images import load_gray, resize
 from pipeline.stages.base import Stage, stage_dir
-from pipeline.stages.cameras import Sparse, Views
+from pipeline.stages.cameras import Sparse, Views, geometry_method
 from pipeline.stages.ingest import Manifest
 
 
@@ -52,10 +53,11 @@ def mask_sheet(rgbs: list[np.ndarray], masks: list[np.ndarray | None], names: li
 class MasksStage(Stage):
     name = "masks"
     weight = 5
-    sections = ("images", "masks")
+    sections = ("images", "masks", "geometry")
 
     def run(self, ctx: JobContext, out_dir: Path) -> dict[str, Any]:
         manifest = Manifest.load(stage_dir(ctx, "ingest"))
+        method = geometry_method(ctx.settings, manifest)
         frames = {f.name: f for f in manifest.frames}
         views = Views.load(ctx)
         source = read_pose_source(ctx.input_dir)
@@ -90,7 +92,7 @@ class MasksStage(Stage):
                 masks[f"mask_{i}"] = m
         auto: list[str] = []
         sparse = Sparse.load(ctx)
-        if missing and ctx.settings.masks.auto != "off":
+        if missing and method == "hull" and ctx.settings.masks.auto != "off":
             if sparse is None:
                 raise InputError("automatic masks need the structure-from-motion points, which are missing")
             cfg = ctx.settings.masks
@@ -109,23 +111,12 @@ class MasksStage(Stage):
                 auto.append(views.names[i])
         coverage = [float(masks[f"mask_{i}"].mean()) if f"mask_{i}" in masks else None for i in range(len(views.names))]
         usable_train = sum(1 for i in views.train if f"mask_{i}" in masks)
-        if usable_train < 2:
+        if method == "hull" and usable_train < 2:
             raise InputError(f"only {usable_train} view(s) have a usable mask (empty or all-object masks were "
                              f"dropped: {', '.join(dropped[:10])}); the shape needs masks that outline the object")
         np.savez_compressed(out_dir / "masks.npz", **masks)
         (out_dir / "masks.json").write_text(json.dumps({"count": len(views.names), "coverage": coverage,
-                                                         "dropped": dropped, "auto": auto}))
-        if auto:
-            # for users to check (and to fix and resubmit as masks/)
-            all_masks = [masks.get(f"mask_{i}") for i in range(len(views.names))]
-            sheet = mask_sheet(list(views.rgb), all_masks, list(views.names))
-            cv2.imwrite(str(out_dir / "masks_preview.jpg"), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR),
-                        [cv2.IMWRITE_JPEG_QUALITY, 85])
-            with zipfile.ZipFile(out_dir / "masks.zip", "w", zipfile.ZIP_DEFLATED) as z:
-                for i, name in enumerate(views.names):
-                    if name in auto:
-                        ok, png = cv2.imencode(".png", masks[f"mask_{i}"].astype(np.uint8) * 255)
-                        z.writestr(f"masks/{Path(name).stem}.png", png.tobytes())
+                                                         "dropped": dropped, "auto": auto, "method": method}))
         for name in dropped:
             ctx.log.warning("mask of %s is empty or covers the whole image; view not used for the shape", name)
-        return {"masked_views": len(masks), "dropped": dropped, "auto": len(auto)}
+        return {"masked_views": len(masks), "dropped": dropped, "auto": len(auto), "method": method}

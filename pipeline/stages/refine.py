@@ -1,6 +1,7 @@
 """Stage 5, refine: differentiable-rendering refinement of the first surface (see pipeline.refine)."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,7 @@ from pipeline.refine import RefineSettings, refine, silhouette_targets
 from pipeline.settings import RefineConfig
 from pipeline.stages.base import Stage
 from pipeline.stages.cameras import Views
-from pipeline.stages.geometry import load_mesh
-from pipeline.stages.masks import load_masks
+from pipeline.stages.geometry import load_mesh, shape_masks
 
 
 def refine_settings(cfg: RefineConfig, on_gpu: bool) -> RefineSettings:
@@ -34,7 +34,7 @@ class RefineStage(Stage):
 
     name = "refine"
     weight = 25
-    sections = ("images", "geometry", "refine")
+    sections = ("images", "geometry", "dense", "refine")
 
     def run(self, ctx: JobContext, out_dir: Path) -> dict[str, Any]:
         cfg = ctx.settings.refine
@@ -59,10 +59,12 @@ class RefineStage(Stage):
             mesh.export(out_dir / "mesh.ply")
             return {"method": f"none — {reason}", "faces": int(len(mesh.faces))}
         views = Views.load(ctx)
-        masks = load_masks(ctx)
+        masks, estimated = shape_masks(ctx)
         idx = [i for i in views.train if masks[i] is not None]
         on_gpu = rasterizer.name == "nvdiffrast"
         settings = refine_settings(cfg, on_gpu)
+        gains = cfg.view_gains == "on" or (cfg.view_gains == "auto" and bool(estimated))
+        settings = dataclasses.replace(settings, view_gains=gains)
         start = decimate(mesh, settings.start_faces)
         ctx.log.info("refining %d faces with %s over %d views, levels %s", len(start.faces), backend, len(idx),
                      settings.levels)
@@ -70,9 +72,11 @@ class RefineStage(Stage):
         if cfg.alpha_coverage:
             sil = silhouette_targets(sil, [views.alpha[i] for i in idx])
         soft = sum(1 for t in sil if t.dtype != bool and ((t > 0) & (t < 1)).any())
+        # silhouettes estimated from the photos pull less than the user's own masks
+        sil_weight = np.array([cfg.estimated_silhouette_weight if i in estimated else 1.0 for i in idx])
         result = refine(np.asarray(start.vertices), np.asarray(start.faces), [views.rgb[i] for i in idx],
                         sil, views.K[idx], views.w2c[idx], rasterizer, settings,
-                        "cuda" if on_gpu else "cpu", check=ctx.progress)
+                        "cuda" if on_gpu else "cpu", check=ctx.progress, silhouette_weights=sil_weight)
         out = trimesh.Trimesh(result.vertices, result.faces, process=True)
         out = largest_component(out)
         if not out.is_watertight:
@@ -84,4 +88,5 @@ class RefineStage(Stage):
                 "levels": [list(lv) for lv in settings.levels], "views_per_step": result.views_per_step,
                 "regularisers": result.regularisers, "remesh": result.remesh,
                 "silhouette_target": f"alpha coverage in {soft} of {len(sil)} views" if soft else "binary masks",
+                "estimated_silhouettes": len([i for i in idx if i in estimated]), "view_gains": result.view_gains,
                 "seconds_per_level": [round(x, 2) for x in result.seconds_per_level]}

@@ -12,6 +12,7 @@ import numpy as np
 import trimesh
 
 from pipeline import __version__
+from pipeline.camera_files import PhotoCamera, colmap_text, transforms_json
 from pipeline.cameras import camera_centers, camera_up
 from pipeline.context import JobContext
 from pipeline.evaluate import gt_scores, held_out_scores, mesh_stats
@@ -33,7 +34,9 @@ from pipeline.stages.texture import load_colors, load_textured
 from pipeline.viewer import NoViewer, Viewer, make_viewer
 
 TIMINGS_FILE = "timings.json"
-EXTRA_FILES = ("masks_preview.jpg", "masks.zip", "texture.png")  # optional outputs, published when present
+# optional outputs, published when present: the projected masks, the texture, the cameras and the fused points
+EXTRA_FILES = ("masks_preview.jpg", "masks.zip", "texture.png", "transforms.json", "cameras.txt", "images.txt",
+               "points3D.txt", "points.ply")
 
 
 def read_timings(ctx: JobContext) -> list[dict[str, Any]]:
@@ -199,13 +202,18 @@ class ReportStage(Stage):
                                  "mesh": mesh_stats(written), "up": [float(x) for x in up]}
         # units of every length in the report and the mesh files (measured in the cameras stage)
         stats["scale"] = stats["cameras"].get("scale") or NO_SCALE.to_dict()
-        held = [i for i in np.nonzero(views.holdout)[0] if masks[i] is not None]
+        held = [int(i) for i in np.nonzero(views.holdout)[0]]
         heldout = held_out_scores(written, colors, [views.names[i] for i in held], [views.rgb[i] for i in held],
                                   [masks[i] for i in held], views.K[held], views.w2c[held],
                                   check=lambda f: ctx.progress(0.15 + 0.35 * f), textured=textured)
         lap("heldout")
         quality: dict[str, Any] = {"heldout": heldout.to_dict(), "gt": None}
-        if manifest.gt_mesh:
+        if manifest.gt_mesh and manifest.pose_kind == "sfm":
+            # our SfM frame is not the ground truth's: comparing them would only measure the frame difference
+            quality["gt_skipped"] = (f"{manifest.gt_mesh} was not compared: hotmesh placed the cameras itself, so "
+                                     "the mesh is not in the ground truth's frame; give the poses (transforms.json) "
+                                     "to score against it")
+        elif manifest.gt_mesh:
             gt = trimesh.load(ctx.input_dir / manifest.gt_mesh, force="mesh")
             quality["gt"] = gt_scores(written, gt, cfg.gt_samples, cfg.fscore_tau)
             quality["gt"]["file"] = manifest.gt_mesh
@@ -217,7 +225,8 @@ class ReportStage(Stage):
         renders = orbit_renders(written, colors, views, up, cfg.render_size, textured, covered=covered)
         lap("orbit")
         ctx.progress(0.85)
-        gallery = [{"name": views.names[i], "photo": data_uri(views.rgb[i] * masks[i][..., None]),
+        gallery = [{"name": views.names[i],
+                    "photo": data_uri(views.rgb[i] if masks[i] is None else views.rgb[i] * masks[i][..., None]),
                     "render": data_uri(r), "heat": data_uri(hm), "iou": s.mask_iou, "psnr": s.psnr, "ssim": s.ssim}
                    for i, r, hm, s in list(zip(held, heldout.renders, heldout.heatmaps, heldout.views))[:6]]
         stride = max(1, len(written.vertices) // 1500)
@@ -228,11 +237,12 @@ class ReportStage(Stage):
         timings = read_timings(ctx) + [{"stage": self.name, "seconds": time.monotonic() - t0, "skipped": False,
                                         "peak_rss_mb": None, "peak_vram_mb": None}]
         stats["timings"] = timings
-        masks_dir = stage_dir(ctx, "masks")
+        masks_dir = stage_dir(ctx, "texture")
         masks_preview = None
         for extra in EXTRA_FILES:  # published with the mesh when the stage made them
             if (masks_dir / extra).exists():
                 shutil.copy2(masks_dir / extra, out_dir / extra)
+        write_camera_files(ctx, out_dir)
         if (out_dir / "masks_preview.jpg").exists():
             masks_preview = "data:image/jpeg;base64," + base64.b64encode((out_dir / "masks_preview.jpg").read_bytes()).decode()
         stats["files"] = {f: (out_dir / f).stat().st_size for f in sorted(set(files.values()) | {
@@ -259,6 +269,28 @@ class ReportStage(Stage):
         return {"faces": stats["mesh"]["faces"], "heldout_iou": heldout.mean_iou, "heldout_psnr": heldout.mean_psnr,
                 "fscore": quality["gt"]["fscore"] if quality["gt"] else None, "grade": graded.grade,
                 "coverage": quality["coverage"]["share"]}
+
+
+def write_camera_files(ctx: JobContext, out_dir: Path) -> None:
+    """transforms.json and a COLMAP text model of the photos, and points.ply (the fused dense points, else the SfM
+    points), all in the mesh's frame."""
+    photos = stage_dir(ctx, "cameras") / "photos.json"
+    if not photos.exists():
+        return
+    cams = [PhotoCamera.from_json(d) for d in json.loads(photos.read_text())]
+    (out_dir / "transforms.json").write_text(transforms_json(cams))
+    dense_points = stage_dir(ctx, "geometry") / "points.ply"
+    pts, cols = np.zeros((0, 3)), np.zeros((0, 3), np.uint8)
+    if dense_points.exists():
+        shutil.copy2(dense_points, out_dir / "points.ply")
+    sparse_path = stage_dir(ctx, "cameras") / "sparse.npz"
+    if sparse_path.exists():
+        with np.load(sparse_path) as z:
+            pts, cols = z["points"], z["colors"]
+        if not dense_points.exists() and len(pts):
+            trimesh.PointCloud(pts, colors=cols).export(out_dir / "points.ply")
+    for name, text in colmap_text(cams, pts, cols).items():
+        (out_dir / name).write_text(text)
 
 
 def report_context(ctx: JobContext, state: str, error: str | None, failed_stage: str | None,

@@ -1,7 +1,9 @@
 """Stage 6, texture: vertex colours, then a UV atlas baked from the photos and fitted to their pixels."""
 from __future__ import annotations
 
+import json
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +16,12 @@ from pipeline.colors import vertex_colors
 from pipeline.context import JobContext
 from pipeline.gates import apply_gates
 from pipeline.meshing import decimate
+from pipeline.raster import coverage_masks
 from pipeline.settings import TextureConfig
 from pipeline.stages.base import Stage, stage_dir
 from pipeline.stages.cameras import Views
 from pipeline.stages.geometry import load_mesh
-from pipeline.stages.masks import load_masks
+from pipeline.stages.masks import load_masks, mask_sheet
 from pipeline.texture import (Atlas, FitSettings, TextureSettings, bake, build_atlas, fit_texture, pad_seams,
                               pixel_samples_nvdiffrast, pixel_samples_raycast)
 
@@ -31,14 +34,24 @@ class TextureStage(Stage):
     def run(self, ctx: JobContext, out_dir: Path) -> dict[str, Any]:
         views = Views.load(ctx)
         masks = load_masks(ctx)
+        method = json.loads((stage_dir(ctx, "masks") / "masks.json").read_text()).get("method", "hull")
         mesh, gates = apply_gates(load_mesh(ctx, "refine"))
         mesh.export(out_dir / "mesh.ply")
-        idx = [i for i in views.train if masks[i] is not None]
-        images, tmasks = [views.rgb[i] for i in idx], [masks[i] for i in idx]
+        # where no mask was given, the final mesh's own silhouette: published for users to check (masks.zip)
+        projected = publish_projected_masks(ctx, mesh, views, masks, out_dir)
+        if method == "dense":
+            # every photo colours what it sees of the mesh (the depth test decides visibility, no mask needed)
+            idx = [int(i) for i in views.train]
+            tmasks = [masks[i] if masks[i] is not None else np.ones(views.rgb[i].shape[:2], bool) for i in idx]
+        else:
+            idx = [i for i in views.train if masks[i] is not None]
+            tmasks = [masks[i] for i in idx]
+        images = [views.rgb[i] for i in idx]
         colors, seen = vertex_colors(mesh, images, tmasks, views.K[idx], views.w2c[idx],
                                      check=lambda f: ctx.progress(0.3 * f), device=ctx.device)
         np.save(out_dir / "colors.npy", colors)
         summary: dict[str, Any] = {"method": "vertex colours (visibility + view-angle weighted)",
+                                   "projected_masks": len(projected),
                                    "seen_fraction": float((seen > 0).mean()),
                                    "mean_views_per_vertex": float(seen.mean()),
                                    "gates": [g.to_dict() for g in gates]}
@@ -74,6 +87,27 @@ class TextureStage(Stage):
                                     "fit": round(time.monotonic() - t0 - t_atlas - t_bake, 2)},
                         "bake": bake_info, "fit": fit_info})
         return summary
+
+def publish_projected_masks(ctx: JobContext, mesh: trimesh.Trimesh, views: Views, masks: list[np.ndarray | None],
+                            out_dir: Path) -> list[int]:
+    """masks.zip and masks_preview.jpg of the final mesh's silhouettes in the views that have no given mask (their
+    indices are returned; none written when every view has one)."""
+    todo = [i for i, m in enumerate(masks) if m is None]
+    if not todo:
+        return []
+    sil = coverage_masks(mesh.vertices, mesh.faces, views.K[todo], views.w2c[todo],
+                         [(views.rgb[i].shape[1], views.rgb[i].shape[0]) for i in todo], ctx.device,
+                         ctx.work_dir.parent.parent / "torch_extensions")
+    sheet = mask_sheet([views.rgb[i] for i in todo], sil, [views.names[i] for i in todo])
+    cv2.imwrite(str(out_dir / "masks_preview.jpg"), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR),
+                [cv2.IMWRITE_JPEG_QUALITY, 85])
+    with zipfile.ZipFile(out_dir / "masks.zip", "w", zipfile.ZIP_DEFLATED) as z:
+        for i, m in zip(todo, sil):
+            ok, png = cv2.imencode(".png", m.astype(np.uint8) * 255)
+            if ok:
+                z.writestr(f"masks/{Path(views.names[i]).stem}.png", png.tobytes())
+    return todo
+
 
 def fit_settings(cfg: TextureConfig, on_gpu: bool) -> FitSettings | None:
     """The texture fit's settings from the config, or None where it does not run (off, or CPU without

@@ -1,0 +1,93 @@
+"""Scoring a published job against a set's ground truth, posed or not.
+
+An unposed job works in its own normalised frame. Its published cameras (``transforms.json`` in the outbox) are
+aligned to the set's true poses (``<set>.poses.json`` beside the folder, or the set's own transforms.json) by a
+similarity on the camera centres (Umeyama); the mesh is moved by the same similarity and compared with ``gt.ply`` on
+its observable part: GT points that at least one true camera sees (:func:`pipeline.metrics.observable_scores`).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import trimesh
+
+from pipeline.cameras import c2w_gl_to_w2c_cv, camera_centers
+from pipeline.scene import Similarity, umeyama
+
+TAUS = (0.01, 0.005, 0.002)
+
+
+@dataclass(frozen=True)
+class TrueCameras:
+    names: tuple[str, ...]  # image file names (no folders)
+    Ks: np.ndarray  # (N, 3, 3)
+    w2cs: np.ndarray  # (N, 4, 4) OpenCV
+    sizes: tuple[tuple[int, int], ...]
+
+
+def read_nerf_cameras(path: Path, images: Path | None = None) -> TrueCameras:
+    """Cameras of a NeRF-convention file (transforms.json / *.poses.json): c2w, OpenGL axes, intrinsics shared or
+    per frame. Where the file gives no image size, it is read from the image under ``images`` (default: the file's
+    folder)."""
+    d = json.loads(path.read_text())
+    names, Ks, w2cs, sizes = [], [], [], []
+    for fr in d["frames"]:
+        w, h = fr.get("w", d.get("w")), fr.get("h", d.get("h"))
+        if w is None or h is None:
+            from PIL import Image
+
+            f = (images or path.parent) / fr["file_path"]
+            if not f.suffix:
+                f = f.with_suffix(".png")
+            with Image.open(f) as im:
+                w, h = im.size
+        w, h = int(w), int(h)
+        if "fl_x" in fr or "fl_x" in d:
+            fx, fy = fr.get("fl_x", d.get("fl_x")), fr.get("fl_y", d.get("fl_y", d.get("fl_x")))
+            cx, cy = fr.get("cx", d.get("cx", w / 2)), fr.get("cy", d.get("cy", h / 2))
+        else:
+            fx = fy = 0.5 * w / np.tan(0.5 * d["camera_angle_x"])
+            cx, cy = w / 2, h / 2
+        Ks.append(np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1.0]]))
+        w2cs.append(c2w_gl_to_w2c_cv(np.array(fr["transform_matrix"], dtype=np.float64)))
+        names.append(Path(fr["file_path"]).name)
+        sizes.append((w, h))
+    return TrueCameras(tuple(names), np.array(Ks), np.array(w2cs), tuple(sizes))
+
+
+def alignment(published: TrueCameras, truth: TrueCameras) -> tuple[Similarity, float]:
+    """Similarity taking the job's frame to the true frame, from the cameras both name, and the RMS residual of the
+    camera centres after alignment as a fraction of the true cameras' spread."""
+    index = {n: i for i, n in enumerate(truth.names)}
+    pairs = [(i, index[n]) for i, n in enumerate(published.names) if n in index]
+    if len(pairs) < 3:
+        raise ValueError(f"only {len(pairs)} published cameras match the true poses by name")
+    a = camera_centers(published.w2cs[[p[0] for p in pairs]])
+    b = camera_centers(truth.w2cs[[p[1] for p in pairs]])
+    sim = umeyama(a, b)
+    resid = np.linalg.norm(sim.points(a) - b, axis=1)
+    spread = float(np.linalg.norm(b - b.mean(0), axis=1).mean())
+    return sim, float(np.sqrt((resid ** 2).mean()) / spread)
+
+
+def moved(mesh: trimesh.Trimesh, sim: Similarity) -> trimesh.Trimesh:
+    out = mesh.copy()
+    out.vertices = sim.points(np.asarray(mesh.vertices))
+    return out
+
+
+def score(mesh: trimesh.Trimesh, gt: trimesh.Trimesh, truth: TrueCameras, samples: int) -> dict[str, float]:
+    """F-score at 1 / 0.5 / 0.2 % of the GT diagonal and Chamfer-L1 (relative), on the GT's observable part."""
+    from pipeline.metrics import observable_scores
+
+    out: dict[str, float] = {}
+    for s in observable_scores(mesh, gt, truth.Ks, truth.w2cs, list(truth.sizes), samples, TAUS):
+        pct = f"{s.tau_rel * 100:g}%"
+        out[f"fscore@{pct}"] = round(s.fscore, 4)
+        out[f"precision@{pct}"] = round(s.precision, 4)
+        out[f"recall@{pct}"] = round(s.recall, 4)
+        out["chamfer_l1_rel"] = round(s.chamfer_l1_rel, 6)
+    return out
