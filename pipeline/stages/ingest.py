@@ -106,12 +106,16 @@ class IngestStage(Stage):
     def run(self, ctx: JobContext, out_dir: Path) -> dict[str, Any]:
         job_dir, limits = ctx.input_dir, ctx.settings.limits
         problems: list[str] = []
-        bad_links = escaping_symlinks(job_dir)
-        if bad_links:
-            problems.append(f"symbolic links point outside the job folder (not allowed; copy the files in): {_listing(bad_links)}")
-        total = folder_bytes(job_dir)
+        total = folder_bytes(job_dir)  # lstat only: never follows a link
         if total > limits.max_job_mb * 1e6:
             problems.append(f"the folder holds {total / 1e6:.0f} MB, over the {limits.max_job_mb:g} MB per-job limit (limits.max_job_mb)")
+        bad_links = escaping_symlinks(job_dir)
+        if bad_links:
+            # refused before anything else is read: not even the poses or one image behind such a link (a
+            # linked images/ folder, transforms.json or masks/) may be opened to list the other problems
+            problems.insert(0, f"symbolic links point outside the job folder (not allowed; copy the files in): "
+                               f"{_listing(bad_links)}")
+            raise InputError("the job folder cannot be processed:\n- " + "\n- ".join(problems))
         source = read_pose_source(job_dir)
         if source is None:
             # no poses: structure from motion on every image of the folder (images/ if there is one)
