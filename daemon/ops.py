@@ -148,7 +148,8 @@ def check_disk(volumes: list[Path], need: int, margin_mb: float) -> DiskCheck:
         free = free_bytes(v)
         if free < want:
             return DiskCheck(False, f"waiting for disk space: {v} has {free / 2**20:.0f} MiB free, the next job needs "
-                                    f"~{want / 2**20:.0f} MiB (estimate + ops.min_free_mb)")
+                                    f"~{want / 2**20:.0f} MiB (estimate + ops.min_free_mb); free space there and "
+                                    f"it starts by itself")
     return DiskCheck(True, "ok")
 
 

@@ -543,7 +543,8 @@ class Daemon:
                          lambda ledger: ledger.requeue(job_id, why, expect=JobState.RUNNING))
         else:
             msg = (f"{reason} during stage {job.stage!r}, {job.attempts} times; giving up "
-                   f"(jobs.max_attempts={self.settings.jobs.max_attempts})")
+                   f"(jobs.max_attempts={self.settings.jobs.max_attempts}). See `hotmesh logs {job_id}` for what "
+                   f"killed it (out of memory?), then `hotmesh retry {job_id}`")
             self._publish_failure(job, msg, state=JobState.FAILED)  # report before the state: whoever sees 'failed' finds it
             self._change("finish failed", dataclasses.replace(job, state=JobState.FAILED, error=msg, finished=time.time()),
                          lambda ledger: ledger.finish(job_id, JobState.FAILED, error=msg, expect=JobState.RUNNING))
