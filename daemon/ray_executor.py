@@ -134,7 +134,7 @@ def run_remote(spec: dict[str, Any], control: Any, input_blob: bytes | None) -> 
             on_progress=lambda stage, pct: control.report.remote(job.id, "progress", [stage, pct]),
             on_timing=lambda stage, timing: control.report.remote(job.id, "timing", [stage, timing]),
             stop_reason=lambda: "daemon shutting down" if asker() == "stop" else None,
-            cancel_requested=lambda: asker() == "cancel")
+            cancel_requested=lambda: asker() == "cancel", under_daemon=True)
         result: dict[str, Any] = {"state": outcome.state, "error": outcome.error, "stage": outcome.stage,
                                   "outputs": outcome.outputs, "worker": where}
         if tmp is not None:

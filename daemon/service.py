@@ -520,6 +520,8 @@ class Daemon:
             return
         if outcome["state"] == "interrupted":
             view = dataclasses.replace(job, state=JobState.QUEUED, worker=None, attempts=max(job.attempts - 1, 0))
+        elif outcome["state"] == "retry":
+            view = dataclasses.replace(job, state=JobState.QUEUED, worker=None)
         else:
             view = dataclasses.replace(job, state=JobState(outcome["state"]), error=outcome["error"],
                                        outputs=outcome["outputs"] or job.outputs, finished=time.time(),

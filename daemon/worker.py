@@ -110,9 +110,10 @@ def _job_logger(job_id: str, work_dir: Path) -> tuple[logging.LoggerAdapter, log
 def run_pipeline(paths: Paths, job: Job, settings: Settings, device: str,
                  on_progress: Callable[[str, float], None], on_timing: Callable[[str, dict[str, Any]], None],
                  stop_reason: Callable[[], str | None] = lambda: None,
-                 cancel_requested: Callable[[], bool] = lambda: False) -> "JobOutcome":
+                 cancel_requested: Callable[[], bool] = lambda: False, under_daemon: bool = False) -> "JobOutcome":
     """Run one job's stages and publish into ``paths.outbox``; no ledger access, so it runs anywhere
-    (a local worker process or a Ray task on another host). Progress and timings go to the callbacks."""
+    (a local worker process or a Ray task on another host). Progress and timings go to the callbacks.
+    ``under_daemon``: a daemon requeues the job if the disk fills (attempts left), so that ends in "retry"."""
     from pipeline.context import JobContext
     from pipeline.runner import run_job
 
@@ -125,7 +126,8 @@ def run_pipeline(paths: Paths, job: Job, settings: Settings, device: str,
                      device=device, log=jlog, stop_reason=stop_reason, cancel_requested=cancel_requested,
                      on_progress=on_progress, deadline=time.monotonic() + limit if limit > 0 else None)
     try:
-        return run_job(ctx, job.fingerprint, paths.outbox, on_timing=on_timing)
+        return run_job(ctx, job.fingerprint, paths.outbox, on_timing=on_timing,
+                       retry_disk_full=under_daemon and job.attempts < settings.jobs.max_attempts)
     finally:
         jlog.logger.removeHandler(handler)
         handler.close()
@@ -144,6 +146,9 @@ def apply_outcome(ledger: Ledger, job_id: str, outcome: dict[str, Any]) -> bool:
         # a clean shutdown is not a failed attempt
         return ledger.requeue(job_id, f"daemon stopping during stage {outcome['stage']!r}; will resume from the last "
                                       f"checkpoint", count_attempt=False, expect=JobState.RUNNING)
+    if outcome["state"] == "retry":  # a full disk: the attempt counts; the disk guard holds the job until space
+        return ledger.requeue(job_id, f"{outcome['error']}. Queued again: it resumes from its last checkpoint once "
+                                      f"the disk guard sees enough space", count_attempt=True, expect=JobState.RUNNING)
     return ledger.finish(job_id, JobState(outcome["state"]), error=outcome["error"], outputs=outcome["outputs"],
                          progress=100.0 if outcome["state"] == "done" else None, expect=JobState.RUNNING)
 
@@ -265,7 +270,7 @@ def _serve(slot: str, paths: Paths, settings: Settings, device: str, ledger: Led
             continue
         t0 = time.monotonic()
         outcome = run_pipeline(paths, job, settings, device, ledger_progress(ledger, paths, job.id),
-                               ledger_timing(ledger, job.id), stop_reason)
+                               ledger_timing(ledger, job.id), stop_reason, under_daemon=True)
         state = outcome.state
         try:
             record_outcome(ledger, paths, job.id, outcome)

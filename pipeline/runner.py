@@ -47,7 +47,9 @@ MESH_FILES = ("mesh.ply", "mesh.obj", "mesh.mtl", "mesh.glb", "report.html", "st
 
 @dataclass(frozen=True)
 class JobOutcome:
-    state: str  # "done" | "failed" | "cancelled" | "interrupted"
+    # "done" | "failed" | "cancelled" | "interrupted" (clean shutdown: resume, attempt given back) | "retry" (a
+    # full disk: resume from the last checkpoint once there is space, the attempt counted)
+    state: str
     error: str | None = None
     stage: str | None = None
     outputs: dict[str, Any] = field(default_factory=dict)
@@ -219,9 +221,16 @@ def evaluation(report_summary: dict[str, Any], cameras_summary: dict[str, Any],
     return {"evaluated": False, "evaluation": f"not evaluated: {why}"}
 
 
+def is_disk_full(exc: BaseException) -> bool:
+    return _os_error_in_chain(exc, {errno.ENOSPC, errno.EDQUOT}) is not None
+
+
 def run_job(ctx: JobContext, fingerprint: str, outbox: Path,
-            on_timing: Callable[[str, dict[str, Any]], None] = lambda s, t: None) -> JobOutcome:
-    """Run, publish, and turn every exit (success, bad input, cancel, shutdown, crash) into an outcome."""
+            on_timing: Callable[[str, dict[str, Any]], None] = lambda s, t: None,
+            retry_disk_full: bool = False) -> JobOutcome:
+    """Run, publish, and turn every exit (success, bad input, cancel, shutdown, crash) into an outcome.
+    ``retry_disk_full``: a full disk ends this attempt as "retry" (the daemon requeues the job, and its disk
+    guard holds it until there is space) instead of failing the job; the last attempt fails, with its report."""
     log = ctx.log
     try:
         run_stages(ctx, fingerprint, on_timing)
@@ -258,6 +267,10 @@ def run_job(ctx: JobContext, fingerprint: str, outbox: Path,
         return JobOutcome("failed", error=str(e), stage=ctx.stage, outputs=outputs)
     except Exception as e:  # the daemon must survive anything a stage does; the user gets a readable line
         named = named_error(e, ctx.stage)
+        if retry_disk_full and is_disk_full(e):  # passes by itself once space is freed: not the job's fault
+            log.warning("stopped in stage %s: %s; queued again, it resumes from its last checkpoint when there is "
+                        "space", ctx.stage, named)
+            return JobOutcome("retry", error=named, stage=ctx.stage)
         if named is None:  # a bug: the traceback is what helps
             log.error("crashed in stage %s:\n%s", ctx.stage, traceback.format_exc())
         else:  # a condition with a name (full disk, no permission): the sentence says it all

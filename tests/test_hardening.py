@@ -156,13 +156,14 @@ def test_ledger_write_failures_are_kept_in_memory_and_written_later(tmp_path: Pa
 
 
 def test_daemon_survives_a_full_state_disk_during_a_job(daemon_factory, tmp_path: Path) -> None:
-    """The issue's reproduction: state on a tmpfs, ops.min_free_mb=0, the disk filled during geometry."""
+    """The issue's reproduction: state on a tmpfs, ops.min_free_mb=0, the disk filled during geometry. The
+    daemon stays up, the job goes back to the queue, and it resumes from its checkpoint once space is back."""
     _skip_unless_root()
     root = tmp_path / "root"
     try:
         with tmpfs(root / "state", 64) as state:
             # a grid fine enough that geometry lasts a few seconds: the disk fills while it runs
-            d = daemon_factory(*set_args("ops.min_free_mb=0", "limits.min_images=4", "geometry.voxel_resolution=128"),
+            d = daemon_factory(*set_args(*TINY_SETTINGS, "ops.min_free_mb=0", "geometry.voxel_resolution=128"),
                                root=root).start()
             drop(tiny_job(tmp_path / "src" / "cow", views=10, size=64), d.inbox)
             wait_for(lambda: d.jobs().get("cow", {}).get("stage") == "geometry", 120, "job to reach geometry")
@@ -174,24 +175,46 @@ def test_daemon_survives_a_full_state_disk_during_a_job(daemon_factory, tmp_path
                 except (OSError, ValueError):
                     return {}
 
-            # the job ends (disk full) with its report, built in the outbox; the daemon keeps its state in memory
-            wait_for(lambda: status("cow").get("state") == "failed", 120, "the job to fail on the full disk")
-            assert "disk is full" in status("cow")["error"]
-            assert (d.outbox / "cow" / "report.html").exists()
+            # the attempt ends (disk full) and the job is queued again; the daemon, which cannot write that into
+            # the ledger either, keeps it in memory and shows it
+            wait_for(lambda: status("cow").get("state") == "queued", 120, "the job to be queued again")
             drop(tiny_job(tmp_path / "src" / "late", views=8, size=48), d.inbox)
             time.sleep(2)  # a folder dropped now waits: nothing new is queued while the ledger cannot be written
             assert d.alive() and "late" not in d.jobs()
+            assert d.jobs()["cow"]["state"] == "running"  # the ledger's last written state
             assert json.loads((d.outbox / "_status" / "_daemon.json").read_text())["ledger_ok"] is False
             filler.unlink()
+            cow = d.wait_state("cow", timeout=120)
+            assert cow["state"] == "done" and cow["attempts"] == 2, cow
+            assert cow["timings"]["masks"]["skipped"] is True  # resumed from its checkpoints
+            assert any("disk is full" in e["message"] for e in d.events("cow") if e["kind"] == "requeued")
             d.wait_state("late", ("queued", "running", "done"), timeout=60)
-            cow = d.jobs()["cow"]
-            assert cow["state"] == "failed" and "disk is full" in cow["error"] and cow["attempts"] == 1
             assert d.stop(signal.SIGTERM, timeout=60) == 0
             assert ledger_ok(state / "ledger.db")
             assert not hidden_entries(d.outbox)
             assert "Traceback" not in d.log(), d.log()[-3000:]
     except FaultUnavailable as e:
         pytest.skip(str(e))
+
+
+def test_full_disk_in_a_job_retries_then_fails_with_its_report(tmp_path: Path) -> None:
+    """An attempt stopped by a full disk is retried (the daemon's disk guard waits for space); the last one
+    fails with a sentence and its report, which is built in the outbox since the state volume is the full one."""
+    _skip_unless_root()
+    from pipeline.runner import run_job
+
+    job = tiny_job(tmp_path / "inbox" / "cow", views=8, size=48)
+    try:
+        with tmpfs(tmp_path / "state", 4) as state:
+            fill(state)
+            retry = run_job(_ctx(job, state / "jobs" / "cow", _settings()), "fp", tmp_path / "outbox",
+                            retry_disk_full=True)
+            last = run_job(_ctx(job, state / "jobs" / "cow", _settings()), "fp", tmp_path / "outbox")
+    except FaultUnavailable as e:
+        pytest.skip(str(e))
+    assert retry.state == "retry" and "disk is full" in retry.error
+    assert last.state == "failed" and last.error.startswith("the disk is full") and "hotmesh retry" in last.error
+    assert (tmp_path / "outbox" / "cow" / "report.html").exists() and "report" in last.outputs
 
 
 # -- 2. a linked images/ folder ------------------------------------------------------------------------
