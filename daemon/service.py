@@ -248,6 +248,13 @@ class Daemon:
             self.ledger_problem = str(e)
             self._daemon_status()
 
+    def _ledger_works(self) -> None:
+        """A write went through with nothing kept waiting: whatever the problem was, it has passed."""
+        if self.ledger_problem is not None:
+            log.info("the ledger takes writes again")
+            self.ledger_problem = None
+            self._daemon_status()
+
     def _write(self, what: str, job_id: str | None, apply: Callable[[Ledger], Any]) -> bool:
         """Apply one ledger change now, or keep it, in order behind any earlier one, for :meth:`_flush`.
         Returns whether it was written now."""
@@ -257,17 +264,14 @@ class Daemon:
             except LedgerError as e:
                 self._ledger_down(e)
             else:
-                if self.ledger_problem is not None:  # it was a passing read problem
-                    log.info("the ledger works again")
-                    self.ledger_problem = None
-                    self._daemon_status()
+                self._ledger_works()
                 return True
         self._pending.append(_Write(what, job_id, apply))
         return False
 
     def _flush(self) -> None:
         """Write the changes kept while the ledger could not be written, oldest first."""
-        written: list[str] = []
+        flushed = 0
         while self._pending:
             w = self._pending[0]
             try:
@@ -276,17 +280,15 @@ class Daemon:
                 self._ledger_down(e)
                 return
             self._pending.pop(0)
-            if w.job_id:
-                written.append(w.job_id)
-        if written and self.ledger_problem is not None:
-            log.info("the ledger takes writes again; %d kept change(s) written", len(written))
-            self.ledger_problem = None
-            self._daemon_status()
-        for job_id in dict.fromkeys(written):
-            self._views.pop(job_id, None)
-            current = self.ledger.get(job_id)
-            if current is not None:
-                self._status(current)
+            flushed += 1
+            if w.job_id and not any(p.job_id == w.job_id for p in self._pending):
+                self._views.pop(w.job_id, None)  # the ledger says it now
+                current = self.ledger.get(w.job_id)
+                if current is not None:
+                    self._status(current)
+        if flushed:
+            log.info("%d kept ledger change(s) written", flushed)
+            self._ledger_works()
 
     def _job(self, job_id: str) -> Job | None:
         """A job as the daemon knows it: the ledger's row, or the state it moved to that is not written yet."""
@@ -406,6 +408,7 @@ class Daemon:
             except LedgerError as e:  # the folder settles again and is offered again once the ledger is back
                 self._ledger_down(e)
                 return
+            self._ledger_works()
             if not created:
                 continue
             if d.cancelled:
@@ -564,6 +567,7 @@ class Daemon:
             except LedgerError as e:  # nothing was claimed; try again when the ledger takes writes
                 self._ledger_down(e)
                 return
+            self._ledger_works()
             if job is None:
                 return
             self._status(job)
