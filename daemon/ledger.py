@@ -267,6 +267,13 @@ class Ledger:
             c.execute("UPDATE jobs SET stage = ?, progress = ?, updated = ? WHERE id = ?",
                       (stage, round(float(progress), 2), time.time(), job_id))
 
+    def set_fingerprint(self, job_id: str, fingerprint: str) -> None:
+        """The input folder's content as the job starts: it may have changed while the job waited (a slow copy)."""
+        with self.tx() as c:
+            c.execute("UPDATE jobs SET fingerprint = ?, updated = ? WHERE id = ?", (fingerprint, time.time(), job_id))
+            self._event(job_id, "input", "the inbox folder changed while the job waited; it runs on the folder as "
+                                         "it is now", {"fingerprint": fingerprint})
+
     def set_worker(self, job_id: str, worker: str, data: dict[str, Any] | None = None) -> None:
         """Where a claimed job actually runs (a remote executor knows only once the task has started)."""
         with self.tx() as c:

@@ -26,7 +26,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from daemon.config import Settings
-from daemon.intake import Decision, Settler, dir_stamp
+from daemon.intake import Decision, Settler, dir_stamp, fingerprint, snapshot
 from daemon.ops import Notifier, apply_retention, check_disk, estimate_job_bytes, plan_retention, serve_http
 from daemon.ledger import FolderJob, Job, Ledger, LedgerError
 from daemon.states import JobState
@@ -84,7 +84,8 @@ class Daemon:
         # finished jobs' folders: cheap change stamps, and content already answered for (see _intake)
         self._stamps: dict[str, Any] = {}
         self._stamped = float("-inf")  # when the stamps were last taken (every intake.rescan_seconds)
-        self._acknowledged: dict[str, str] = {}
+        # folder -> (its job's fingerprint, content already answered for): valid while the job's is unchanged
+        self._acknowledged: dict[str, tuple[str, str]] = {}
 
     # -- life cycle ---------------------------------------------------------------------------------
 
@@ -431,7 +432,8 @@ class Daemon:
         for folder, job in jobs.items():
             if not job.state.terminal:
                 continue
-            base = self._acknowledged.get(folder, job.fingerprint)
+            ack = self._acknowledged.get(folder)
+            base = ack[1] if ack is not None and ack[0] == job.fingerprint else job.fingerprint
             if job.state == JobState.FAILED or folder in self.settler.pending:
                 out[folder] = base
                 continue
@@ -447,7 +449,7 @@ class Daemon:
         """A finished job's inbox folder has new content (settled). Failed: run it again with that content (a
         slow copy that failed at ingest, or a fix). Done or cancelled: never reprocessed by itself (one folder,
         one job); say so, once per content, with what to do."""
-        self._acknowledged[d.folder] = d.fingerprint
+        self._acknowledged[d.folder] = (job.fingerprint, d.fingerprint)
         if job.state == JobState.FAILED and not d.cancelled:
             reason = f"the inbox folder {d.folder!r} changed after the job failed; running it again with the new content"
             current = self.ledger.get(job.id)
@@ -570,6 +572,7 @@ class Daemon:
             self._ledger_works()
             if job is None:
                 return
+            job = self._refresh_fingerprint(job)
             self._status(job)
             log.info("[job %s] dispatched to %s (attempt %d)", job.id, slot, job.attempts)
             try:
@@ -580,6 +583,23 @@ class Daemon:
                 self._change("finish failed", dataclasses.replace(job, state=JobState.FAILED, error=str(e)),
                              lambda ledger, job_id=job.id, msg=str(e): ledger.finish(job_id, JobState.FAILED, error=msg))
                 self._notify(job.id)
+
+    def _refresh_fingerprint(self, job: Job) -> Job:
+        """A job runs on its folder as it is when it starts, which may not be what it was when it was queued (a
+        copy still going on behind a long queue). Its fingerprint keys the first checkpoint and is the baseline
+        for changes after the job ends, so it must describe that content."""
+        folder = self.paths.inbox / job.folder
+        if not folder.is_dir():
+            return job
+        now = fingerprint(snapshot(folder))
+        if now == job.fingerprint:
+            return job
+        try:
+            self.ledger.set_fingerprint(job.id, now)
+        except LedgerError as e:
+            self._ledger_down(e)
+            return job
+        return dataclasses.replace(job, fingerprint=now)
 
     def _gpu_jobs(self) -> bool:
         """Whether jobs will run on a GPU (bigger meshes and textures): for the disk guard's estimate."""

@@ -358,6 +358,49 @@ def test_failed_job_runs_again_when_its_folder_changes(tmp_path: Path, inproc_da
     assert "input-changed" in [e["kind"] for e in d.ledger.events("grow")]
 
 
+class OneSlot(NoSlots):
+    """An executor with one slot once ``open`` is set; it records what it is given and runs nothing."""
+
+    def __init__(self) -> None:
+        self.open = False
+        self.submitted: list[Any] = []
+
+    def free_slot(self) -> str | None:
+        return "test:slot:0" if self.open and not self.submitted else None
+
+    def submit(self, slot: str, job: Any) -> None:
+        self.submitted.append(job)
+
+
+def test_a_job_runs_on_its_folder_as_it_is_when_it_starts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder that kept changing while its job waited in the queue ran on its new content but kept the old
+    fingerprint: the first checkpoint's key was stale, and the job's end looked like a re-drop."""
+    from daemon.intake import fingerprint, snapshot
+    from daemon.service import Daemon
+
+    paths = _paths(tmp_path)
+    executor = OneSlot()
+    monkeypatch.setattr(Daemon, "_make_executor", lambda self: executor)
+    tiny_job(paths.inbox / "cow", views=4, size=48)
+    d = Daemon(paths, _settings(intake={"settle_seconds": 0.2, "rescan_seconds": 0.2}), gpus="cpu")
+    d.start()
+    try:
+        ticks(d, 0.5)
+        queued = d.ledger.get("cow").fingerprint
+        shutil.rmtree(paths.inbox / "cow")
+        tiny_job(paths.inbox / "cow", views=8, size=48)  # the rest of the copy, while the job waits
+        executor.open = True
+        ticks(d, 0.3)
+        [job] = executor.submitted
+        now = fingerprint(snapshot(paths.inbox / "cow"))
+        assert job.fingerprint == now != queued and d.ledger.get("cow").fingerprint == now
+        d.ledger.finish("cow", JobState.DONE)
+        ticks(d, 0.6)
+        assert "redrop-ignored" not in [e["kind"] for e in d.ledger.events("cow")]
+    finally:
+        d.stop()
+
+
 def test_finished_job_redropped_with_new_content_is_refused_visibly(tmp_path: Path, inproc_daemon, caplog) -> None:
     """Rule: one folder, one job. A done (or cancelled) job's folder re-dropped with new content is not run
     again by itself; a log line, a ledger event and the status file say so and what to do."""
