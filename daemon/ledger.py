@@ -401,6 +401,12 @@ class Ledger:
         rows = self._read("SELECT * FROM events WHERE job_id = ? ORDER BY id", (job_id,))
         return [dict(r) | {"data": json.loads(r["data"] or "{}")} for r in rows]
 
+    def latest_events(self, kind: str) -> dict[str, dict[str, Any]]:
+        """Job id -> the data of its latest event of ``kind``."""
+        rows = self._read("SELECT job_id, data FROM events WHERE id IN (SELECT MAX(id) FROM events WHERE kind = ?"
+                          " AND job_id IS NOT NULL GROUP BY job_id)", (kind,))
+        return {r["job_id"]: json.loads(r["data"] or "{}") for r in rows}
+
     def counts(self) -> dict[str, int]:
         rows = self._read("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
         return {r["state"]: r["n"] for r in rows}

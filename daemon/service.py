@@ -123,6 +123,7 @@ class Daemon:
         self.ledger = Ledger(self.paths.ledger)
         self._recover()
         self._backup()
+        self._remember_refusals()
         self.settler = Settler(self.settings.intake.settle_seconds, self.settings.intake.missing_files_seconds)
         self.observer = Observer()
         # top level only: a new folder is what needs a prompt look; changes inside folders are caught by the
@@ -231,6 +232,14 @@ class Daemon:
                 if action == "failed":
                     self._publish_failure(job, job.error or "failed")
                 self._status(job)
+
+    def _remember_refusals(self) -> None:
+        """Re-drops already answered (ledger events) are not logged again after a restart."""
+        by_id = {j.id: (folder, j.fingerprint) for folder, j in self.ledger.folders().items()}
+        for job_id, data in self.ledger.latest_events("redrop-ignored").items():
+            if job_id in by_id and data.get("fingerprint"):
+                folder, fp = by_id[job_id]
+                self._acknowledged[folder] = (fp, data["fingerprint"])
 
     def _backup(self) -> None:
         """Keep a copy of the ledger for `hotmesh ledger rebuild --from-backup` (at start and with retention)."""

@@ -423,6 +423,10 @@ def test_finished_job_redropped_with_new_content_is_refused_visibly(tmp_path: Pa
     assert "hotmesh retry cow" in notice and "cow-2" in notice
     assert any("changed after its job cow was done" in r.getMessage() for r in caplog.records)
     d.stop()
+    d2 = inproc_daemon(paths)  # a restart does not answer the same re-drop again
+    ticks(d2, 0.6)
+    assert [e["kind"] for e in d2.ledger.events("cow")].count("redrop-ignored") == 1
+    d2.stop()
     # `hotmesh retry` then runs the new content (the first stage's checkpoint key changes with it)
     r = hotmesh("retry", "cow", "--state", str(paths.state), "--outbox", str(paths.outbox))
     assert r.returncode == 0 and "new content" in r.stdout, (r.stdout, r.stderr)
