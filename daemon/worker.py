@@ -94,6 +94,13 @@ class _JobLogHandler(logging.FileHandler):
             log.warning("cannot write %s (disk full or not writable); this job's log lines go to the daemon's "
                         "log only", self.baseFilename)
 
+    def close(self) -> None:
+        # the buffered tail is written at close: on a full disk that raises, and must not end the worker
+        try:
+            super().close()
+        except OSError:
+            self.handleError(None)  # type: ignore[arg-type]
+
 
 def _job_logger(job_id: str, work_dir: Path) -> tuple[logging.LoggerAdapter, logging.Handler]:
     from pipeline.context import JobLogAdapter

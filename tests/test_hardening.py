@@ -217,6 +217,26 @@ def test_full_disk_in_a_job_retries_then_fails_with_its_report(tmp_path: Path) -
     assert (tmp_path / "outbox" / "cow" / "report.html").exists() and "report" in last.outputs
 
 
+def test_job_log_on_a_full_disk_never_ends_the_worker(tmp_path: Path) -> None:
+    """Found by bench/chaos.py: closing job.log on a full disk raised ENOSPC out of the worker."""
+    _skip_unless_root()
+    from daemon.worker import _job_logger
+
+    try:
+        with tmpfs(tmp_path / "state", 1) as state:
+            jlog, handler = _job_logger("cow", state / "jobs" / "cow")
+            jlog.logger.propagate = False
+            jlog.info("attempt 1")
+            fill(state)
+            for i in range(500):
+                jlog.info("a line that no longer fits on the disk %d", i)
+            jlog.logger.removeHandler(handler)
+            handler.close()  # raised before
+    except FaultUnavailable as e:
+        pytest.skip(str(e))
+    assert handler.failed
+
+
 # -- 2. a linked images/ folder ------------------------------------------------------------------------
 
 def test_linked_images_folder_is_refused_before_any_file_behind_it_is_opened(tmp_path: Path) -> None:
