@@ -1,4 +1,7 @@
-"""hotmesh command line: run | status | process | demo | cancel | retry | logs | clean."""
+"""hotmesh command line: run | status | process | demo | cancel | retry | logs | clean | ledger.
+
+Every error a user can act on ends as one line on stderr that says what to do (see :func:`main`); tracebacks
+are for bugs."""
 from __future__ import annotations
 
 import argparse
@@ -18,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from daemon import __version__
 from daemon.config import Settings, load_settings
+from daemon.ledger import LedgerError
 
 if TYPE_CHECKING:
     from daemon.ledger import Job
@@ -246,7 +250,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, daemon.request_stop)
     try:
         daemon.run()
-    except (AlreadyRunning, ExecutorUnavailable) as e:
+    except (AlreadyRunning, ExecutorUnavailable, LedgerError) as e:
         print(f"hotmesh: {e}", file=sys.stderr)
         return 3
     return 0
@@ -275,24 +279,35 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"{'JOB':28} {'STATE':10} {'STAGE':10} {'PROG':>6} {'TRY':>3}  ERROR / OUTPUT")
     for j in jobs:
         extra = (j.error or "").splitlines()[0][:70] if j.error else j.outputs.get("report", "")
+        if j.outputs.get("evaluated") is False:
+            extra += "  (not evaluated: no held-out view)"
         print(f"{j.id[:28]:28} {j.state.value:10} {(j.stage or '-')[:10]:10} {j.progress:5.1f}% {j.attempts:3d}  {extra}")
         if args.events:
             for e in ledger.events(j.id):
                 print(f"    {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(e['ts']))} {e['kind']:16} {e['message']}")
     counts = ledger.counts()
-    print("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "no jobs")
+    line = "  ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "no jobs"
+    unevaluated = sum(1 for j in jobs if j.outputs.get("evaluated") is False)
+    print(line + (f"  ({unevaluated} done without a held-out evaluation)" if unevaluated else ""))
     return 0
+
+
+def _folder_paths(args: argparse.Namespace):
+    """An installation's folders, found as every subcommand finds them (folders_from)."""
+    from daemon.worker import Paths
+
+    folders = folders_from(args)
+    return Paths(inbox=folders.inbox, outbox=folders.outbox, state=folders.state)
 
 
 def _ops_context(args: argparse.Namespace):
     """Ledger and folders of an installation, for commands that act while the daemon runs."""
     from daemon.ledger import Ledger
-    from daemon.worker import Paths
 
     folders = folders_from(args)
     if not folders.ledger.exists():
         raise SystemExit(f"hotmesh: {no_ledger_message(folders)}")
-    return Ledger(folders.ledger), Paths(inbox=folders.inbox, outbox=folders.outbox, state=folders.state)
+    return Ledger(folders.ledger), _folder_paths(args)
 
 
 def _job_or_exit(ledger, job_id: str):
@@ -318,7 +333,10 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         (paths.inbox / job.folder / CANCEL_MARKER).write_text("hotmesh cancel\n")
     except OSError:
         pass  # read-only inbox: the marker in the state folder is enough
-    ledger.event(job.id, "cancel-requested", "cancel requested with hotmesh cancel")
+    try:
+        ledger.event(job.id, "cancel-requested", "cancel requested with hotmesh cancel")
+    except LedgerError as e:  # the markers are what cancels; the event is only history
+        print(f"note: the request is not in the job's history ({e})", file=sys.stderr)
     print(f"cancel requested for {job.id} ({job.state.value}, stage {job.stage or '-'})")
     return 0
 
@@ -341,11 +359,19 @@ def cmd_retry(args: argparse.Namespace) -> int:
     if args.from_stage:
         for name in STAGE_NAMES[STAGE_NAMES.index(args.from_stage):]:
             _shutil.rmtree(paths.work_dir(job.id) / "stages" / name, ignore_errors=True)
-    reason = f"hotmesh retry{' --from-stage ' + args.from_stage if args.from_stage else ''} (was {job.state.value})"
-    if not ledger.retry(job.id, reason):
+    from daemon.intake import fingerprint, snapshot
+
+    # the first stage's checkpoint is keyed by the folder's content: a folder re-dropped with new files reruns
+    folder = paths.inbox / job.folder
+    now_fp = fingerprint(snapshot(folder)) if folder.is_dir() else None
+    changed = now_fp is not None and now_fp != job.fingerprint
+    reason = (f"hotmesh retry{' --from-stage ' + args.from_stage if args.from_stage else ''} (was {job.state.value})"
+              + ("; the inbox folder has new content, so it runs from the start" if changed else ""))
+    if not ledger.retry(job.id, reason, fingerprint=now_fp if changed else None):
         print(f"job {job.id} changed state meanwhile; nothing done")
         return 1
     print(f"{job.id} queued again" + (f", rerunning from stage {args.from_stage}" if args.from_stage else
+                                        ", with the folder's new content" if changed else
                                         " (completed stages are reused from checkpoints)"))
     return 0
 
@@ -377,6 +403,48 @@ def cmd_clean(args: argparse.Namespace) -> int:
         print("nothing to clean")
     elif not args.dry_run:
         apply_retention(ledger, actions, paths)
+    return 0
+
+
+def cmd_ledger(args: argparse.Namespace) -> int:
+    """check: is ledger.db readable and consistent (and its backup)? rebuild: replace it from the folders."""
+    from daemon.repair import backup_path, check_ledger, rebuild_ledger
+
+    paths = _folder_paths(args)
+    state = paths.state
+    path = state / "ledger.db"
+    if args.action == "check":
+        result = check_ledger(path)
+        if result.ok:
+            jobs = ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items())) or "no jobs"
+            print(f"{path}: ok ({jobs})")
+        else:
+            print(f"{path}: damaged: {'; '.join(result.problems)}")
+        bak = backup_path(path)
+        if bak.exists():
+            backup = check_ledger(bak)
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(bak.stat().st_mtime))
+            print(f"{bak}: {'ok' if backup.ok else 'damaged: ' + '; '.join(backup.problems)} (from {when})")
+        else:
+            backup = None
+            print(f"{bak}: no backup yet (the daemon writes one when it starts)")
+        if not result.ok:
+            hint = " --from-backup" if backup is not None and backup.ok else ""
+            print(f"to repair: stop the daemon, then run `hotmesh ledger rebuild{hint} --state {state}`; it keeps the "
+                  f"damaged file and restores every job from {'the backup and ' if hint else ''}the outbox's status "
+                  f"files and reports")
+        return 0 if result.ok else 1
+    report = rebuild_ledger(paths, from_backup=args.from_backup)
+    restored = ", ".join(f"{k} {v}" for k, v in sorted(report.restored.items())) or "none"
+    total = ", ".join(f"{k} {v}" for k, v in sorted(report.total.items())) or "no jobs"
+    print(f"rebuilt {path}{' from its backup and' if report.from_backup else ' from'} the outbox and state folders")
+    print(f"  jobs restored from files: {restored}; the ledger now has: {total}")
+    if report.moved_aside:
+        print(f"  the old file is kept as {', '.join(report.moved_aside)}")
+    for s_ in report.skipped:
+        print(f"  skipped {s_}")
+    print("  queued and running jobs were queued again and resume from their checkpoints; inbox folders without a "
+          "job become jobs again when the daemon starts")
     return 0
 
 
@@ -531,6 +599,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(cl)
     cl.set_defaults(func=cmd_clean)
 
+    lg = sub.add_parser("ledger", help="check the job ledger, or rebuild a damaged one from the outbox and state folders")
+    lg.add_argument("action", choices=["check", "rebuild"])
+    lg.add_argument("--state", help="state folder (HOTMESH_STATE)")
+    lg.add_argument("--outbox", help="outbox (default: the daemon's, from <state>/paths.json)")
+    lg.add_argument("--inbox", help="inbox (default: the daemon's, from <state>/paths.json)")
+    lg.add_argument("--from-backup", action="store_true",
+                    help="rebuild: start from the daemon's last backup (<state>/ledger.db.bak), then add what the "
+                         "folders know that is newer")
+    lg.set_defaults(func=cmd_ledger)
+
     d = sub.add_parser("demo", help="run a real daemon on the bundled sample and print the report path")
     d.add_argument("--dir", help="where to create inbox/outbox/state (default: a new temporary folder)")
     d.add_argument("--timeout", type=float, default=600, help="seconds to wait for the job")
@@ -540,9 +618,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def describe_os_error(e: OSError) -> str:
+    where = f" {e.filename}" if e.filename else ""
+    return (f"cannot use{where}: {e.strerror or e}. Check that it exists, that this user may read and write it, "
+            f"and that its disk is not full")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Conditions the code can name (a damaged or unwritable ledger, a repair that cannot go
+    ahead, a folder that cannot be used) end as one sentence on stderr with what to do, never a traceback."""
+    from daemon.repair import RepairError
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (LedgerError, RepairError) as e:
+        print(f"hotmesh: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"hotmesh: {describe_os_error(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

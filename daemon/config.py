@@ -36,6 +36,8 @@ __all__ = ["ConfigError", "Settings", "build_settings", "load_settings", "settin
 class IntakeConfig:
     settle_seconds: NonNeg = 5.0  # a folder must be unchanged this long before it becomes a job
     rescan_seconds: Pos = 10.0  # periodic rescan: catches events lost on network/bind mounts
+    # ... or this long while its transforms.json lists files that are not there yet (a copy with long pauses)
+    missing_files_seconds: NonNeg = 60.0
 
 
 @dataclass(frozen=True, config=FROZEN)

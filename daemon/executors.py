@@ -36,9 +36,12 @@ log = logging.getLogger("hotmesh.daemon")
 
 @dataclass(frozen=True)
 class Finished:
-    """The job reached an end state (or was requeued after a clean shutdown); the ledger already says which."""
+    """The job reached an end state (or was requeued after a clean shutdown); the ledger already says which,
+    unless ``unrecorded`` holds the outcome: then whatever ran the job could not write the ledger (full disk) and
+    the daemon writes it (``daemon.worker.apply_outcome``) as soon as it can."""
 
     job_id: str
+    unrecorded: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,7 @@ class Slot:
     device: str | None = None
     ready: bool = False
     since: float = 0.0  # monotonic time the current job was dispatched
+    unrecorded: dict[str, Any] | None = None  # the current job's outcome, when the worker could not write it
 
 
 class LocalExecutor:
@@ -177,10 +181,13 @@ class LocalExecutor:
                     if kind == "ready":
                         slot.ready, slot.device = True, b
                         log.info("worker %s ready on %s", slot.name, b)
+                    elif kind == "unrecorded":
+                        slot.unrecorded = b  # sent just before "finished"
                     elif kind in ("finished", "skipped"):
                         log.info("[job %s] worker %s reports %s", a, slot.name, b or kind)
                         slot.job_id = None
-                        events.append(Finished(a))
+                        events.append(Finished(a, slot.unrecorded if kind == "finished" else None))
+                        slot.unrecorded = None
                     elif kind == "retiring":
                         slot.ready = False  # exits by itself; replaced once it is gone
             except (EOFError, OSError):

@@ -2,6 +2,12 @@
 
 watchdog events only wake the scanner early; the scanner itself (also run periodically by apscheduler,
 since events are lost on network and bind-mounted volumes) compares size+mtime snapshots.
+
+A folder copied slowly (pauses longer than ``intake.settle_seconds``) must not become a job after its first
+file: while its ``transforms.json`` lists files that are not there yet, the folder is not settled until it has
+been quiet for ``intake.missing_files_seconds``. And the folder of a finished job can be offered again when its
+content changes (``baselines``): the daemon decides what that means (a failed job runs again; a done or
+cancelled one is not reprocessed, and the user is told why).
 """
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 from pipeline.context import CANCEL_MARKER, READY_MARKER
 
@@ -52,11 +59,46 @@ class Pending:
     since: float
 
 
+def missing_frames(folder: Path) -> int:
+    """How many files the folder's transforms.json lists that are not there (yet). 0 when there is no such
+    file or it cannot be parsed: ingest explains those problems. Only stats the listed paths (never reads
+    them), so a path pointing elsewhere is not opened here."""
+    from pipeline.cameras import find_pose_source, read_transforms
+    from pipeline.context import InputError
+    from pipeline.images import inside
+
+    try:
+        src = find_pose_source(folder)
+        if src is None or not src.is_file() or not inside(src, folder):
+            return 0  # no poses, a COLMAP model (its images are checked at ingest), or a link ingest refuses
+        return len(read_transforms(src).missing)
+    except (InputError, OSError, ValueError):
+        return 0
+
+
+def dir_stamp(folder: Path) -> tuple[tuple[str, int, int], ...] | None:
+    """(name, inode, mtime_ns) of a folder and its direct subfolders (images/, masks/): changes when files are
+    added, removed or renamed there, or the folder is replaced, at the cost of a few stats rather than one per
+    file. None when the folder is gone."""
+    try:
+        st = folder.lstat()
+        out = [(".", st.st_ino, st.st_mtime_ns)]
+        with os.scandir(folder) as it:
+            for e in it:
+                if e.is_dir(follow_symlinks=False):
+                    sub = e.stat(follow_symlinks=False)
+                    out.append((e.name, sub.st_ino, sub.st_mtime_ns))
+    except OSError:
+        return None
+    return tuple(sorted(out))
+
+
 @dataclass(frozen=True)
 class Decision:
     folder: str
     fingerprint: str
     cancelled: bool  # a CANCEL file arrived before the folder became a job
+    changed: bool = False  # a finished job's folder whose content differs from its baseline, settled again
 
 
 @dataclass
@@ -64,10 +106,16 @@ class Settler:
     """Tracks folders that are not jobs yet. In memory only: after a restart a folder simply settles again."""
 
     settle_seconds: float
+    missing_files_seconds: float = 60.0
     pending: dict[str, Pending] = field(default_factory=dict)
 
-    def scan(self, inbox: Path, known: set[str], now: float | None = None) -> list[Decision]:
+    def scan(self, inbox: Path, known: set[str], now: float | None = None,
+             baselines: Mapping[str, str] | None = None) -> list[Decision]:
+        """Folders that became ready. ``known``: folders that are jobs already (skipped); ``baselines``: some of
+        them, with the fingerprint to compare against, offered again (``changed=True``) once their content
+        differs and has settled."""
         now = time.monotonic() if now is None else now
+        baselines = baselines or {}
         ready: list[Decision] = []
         seen: set[str] = set()
         try:
@@ -75,23 +123,36 @@ class Settler:
         except FileNotFoundError:
             return []
         for p in entries:
-            if not is_candidate(p) or p.name in known:
+            base = baselines.get(p.name)
+            if not is_candidate(p) or (p.name in known and base is None):
                 continue
             seen.add(p.name)
             snap = snapshot(p)
-            names = {rel for rel, _, _ in snap}
-            if CANCEL_MARKER in names:
-                ready.append(Decision(p.name, fingerprint(snap), cancelled=True))
-                self.pending.pop(p.name, None)
+            if base is not None and fingerprint(snap) == base:
+                self.pending.pop(p.name, None)  # unchanged (or changed back)
                 continue
-            prev = self.pending.get(p.name)
-            if prev is None or prev.snap != snap:
-                self.pending[p.name] = Pending(snap, now)
-                prev = self.pending[p.name]
-            settled = bool(snap) and now - prev.since >= self.settle_seconds
-            if READY_MARKER in names or settled:
-                ready.append(Decision(p.name, fingerprint(snap), cancelled=False))
+            decision = self._consider(p, snap, now, changed=base is not None)
+            if decision is not None:
+                ready.append(decision)
                 self.pending.pop(p.name, None)
         for gone in set(self.pending) - seen:  # folder removed or became a job
             self.pending.pop(gone, None)
         return ready
+
+    def _consider(self, p: Path, snap: tuple[tuple[str, int, int], ...], now: float, changed: bool) -> Decision | None:
+        names = {rel for rel, _, _ in snap}
+        if CANCEL_MARKER in names:
+            return Decision(p.name, fingerprint(snap), cancelled=True, changed=changed)
+        prev = self.pending.get(p.name)
+        if prev is None or prev.snap != snap:
+            self.pending[p.name] = Pending(snap, now)
+            prev = self.pending[p.name]
+        quiet = now - prev.since
+        # READY means "start now" for a new drop; a finished job's folder changing again always settles
+        if READY_MARKER in names and not changed:
+            return Decision(p.name, fingerprint(snap), cancelled=False)
+        if not snap or quiet < self.settle_seconds:
+            return None
+        if quiet < self.missing_files_seconds and missing_frames(p):
+            return None  # listed frames still missing: more files are probably on their way
+        return Decision(p.name, fingerprint(snap), cancelled=False, changed=changed)

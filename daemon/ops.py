@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from daemon.config import OpsConfig
-from daemon.ledger import Job, Ledger
+from daemon.ledger import Job, Ledger, LedgerError
 from daemon.states import JobState
 from pipeline.redact import redact_url, scrub, secret_values
+from pipeline.settings import PipelineSettings
 
 log = logging.getLogger("hotmesh.ops")
 DONE_DIR = "_done"
@@ -84,25 +85,58 @@ def free_bytes(path: Path) -> int:
     return shutil.disk_usage(path).free
 
 
-def estimate_job_bytes(folder: Path) -> int:
-    """Space a job needs in the state and outbox folders, from image count and resolution: working copies
-    (RGB + alpha + masks, compressed arrays ~ raw size), meshes and the report."""
-    from PIL import Image
+# Measured (spot sample, 36 views, voxel_resolution 192, CPU): 59 MB in state + outbox, of which ~50 MB scale
+# with the mesh (185k faces: ~270 B per face over the geometry/refine/texture/report checkpoints and the published
+# PLY/OBJ/GLB/report) and ~10 MB with the images (~4 B per working pixel). A tiny job (12 views of 64 px, voxel
+# resolution 32) used 10 MB. The constants below keep a ~2x margin over both.
+BYTES_PER_FACE = 300
+BYTES_PER_PIXEL = 10  # working copies (RGB + alpha + mask, compressed ~ raw) in cameras/masks, and the report
+BYTES_PER_IMAGE = 256 * 2**10  # thumbnails and per-view data in the report
+BYTES_PER_TEXEL = 12  # texture.png in the texture and report checkpoints and the outbox, and inside the GLB
+FIXED_BYTES = 8 * 2**20  # report page, stats, logs
+FACES_PER_VOXEL2 = 6  # marching cubes of a hull at resolution r: ~5 r^2 faces (measured at r = 32 and 192)
 
+
+def _image_pixels(folder: Path, max_side: int) -> tuple[int, int]:
+    """(working pixels, images) of the folder's images, from their headers (no decode). Links are skipped,
+    not followed: the daemon opens no file outside the inbox (ingest refuses such links anyway)."""
     pixels = 0
     images = 0
-    for p in folder.rglob("*"):
-        if p.suffix.lower() not in (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff") or not p.is_file():
-            continue
-        try:
-            with Image.open(p) as im:  # header only, no decode
-                w, h = im.size
-        except (OSError, ValueError, Image.DecompressionBombError):
-            continue
-        scale = min(1.0, 1024 / max(w, h))  # images.max_side default; an upper bound for smaller settings
-        pixels += int(w * h * scale * scale)
-        images += 1
-    return pixels * 5 * 2 + 150 * 2**20 + images * 2**20
+    for root, _dirs, files in os.walk(folder):  # does not descend into linked folders
+        for name in files:
+            p = Path(root) / name
+            if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff") and not p.is_symlink():
+                w_h = _header_size(p)
+                if w_h is not None:
+                    scale = min(1.0, max_side / max(w_h))
+                    pixels += int(w_h[0] * w_h[1] * scale * scale)
+                    images += 1
+    return pixels, images
+
+
+def _header_size(p: Path) -> tuple[int, int] | None:
+    """(width, height) from an image's header, or None when it is not one."""
+    from PIL import Image
+
+    try:
+        with Image.open(p) as im:  # header only, no decode
+            return im.size
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+def estimate_job_bytes(folder: Path, settings: PipelineSettings | None = None, gpu: bool = False) -> int:
+    """Space a job needs in the state and outbox folders: working copies of the images (count and resolution),
+    and the meshes, texture and report, which scale with the settings (hull resolution, face and texture
+    limits) rather than with the photos. ``gpu``: jobs run on a GPU (refinement on, the larger texture)."""
+    s = settings or PipelineSettings()
+    pixels, images = _image_pixels(folder, s.images.max_side)
+    faces = min(s.geometry.max_faces, FACES_PER_VOXEL2 * s.geometry.voxel_resolution ** 2)
+    if s.refine.enabled == "on" or (gpu and s.refine.enabled == "auto"):
+        faces = max(faces, s.refine.max_faces if gpu else s.refine.cpu_faces)
+    texels = (s.texture.size if gpu else s.texture.cpu_size) ** 2 if s.texture.enabled else 0
+    return (pixels * BYTES_PER_PIXEL + images * BYTES_PER_IMAGE + faces * BYTES_PER_FACE + texels * BYTES_PER_TEXEL
+            + FIXED_BYTES)
 
 
 @dataclass(frozen=True)
@@ -117,7 +151,8 @@ def check_disk(volumes: list[Path], need: int, margin_mb: float) -> DiskCheck:
         free = free_bytes(v)
         if free < want:
             return DiskCheck(False, f"waiting for disk space: {v} has {free / 2**20:.0f} MiB free, the next job needs "
-                                    f"~{want / 2**20:.0f} MiB (estimate + ops.min_free_mb)")
+                                    f"~{want / 2**20:.0f} MiB (estimate + ops.min_free_mb); free space there and "
+                                    f"it starts by itself")
     return DiskCheck(True, "ok")
 
 
@@ -189,7 +224,11 @@ class Notifier:
             self.thread.join(timeout)
 
     def _loop(self) -> None:
-        ledger = Ledger(self.ledger_path)  # this thread's own connection
+        try:
+            ledger: Ledger | None = Ledger(self.ledger_path)  # this thread's own connection
+        except LedgerError as e:
+            log.error("notifications go out without ledger events: %s", e)
+            ledger = None
         while True:
             job = self.q.get()
             if job is None:
@@ -201,7 +240,17 @@ class Notifier:
             if self.cfg.command_hook:
                 self._command(ledger, job, body)
 
-    def _post(self, ledger: Ledger, job: Job, url: str, body: bytes) -> None:
+    @staticmethod
+    def _record(ledger: Ledger | None, job_id: str, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
+        """A delivery event, best effort: a ledger that cannot be written (full disk) must not stop notifications."""
+        if ledger is None:
+            return
+        try:
+            ledger.event(job_id, kind, message, data)
+        except LedgerError as e:
+            log.warning("[job %s] %s (event not recorded: %s)", job_id, message, e)
+
+    def _post(self, ledger: Ledger | None, job: Job, url: str, body: bytes) -> None:
         headers = {"Content-Type": "application/json", "X-Hotmesh-Event": f"job.{job.state.value}",
                    "User-Agent": "hotmesh"}
         if self.cfg.webhook_secret:
@@ -215,30 +264,30 @@ class Notifier:
             try:
                 req = urllib.request.Request(target, data=body, headers=headers, method="POST")
                 with urllib.request.urlopen(req, timeout=10) as resp:
-                    ledger.event(job.id, "notified", f"webhook {shown} answered {resp.status} (try {attempt})",
+                    self._record(ledger, job.id, "notified", f"webhook {shown} answered {resp.status} (try {attempt})",
                                  {"url": redact_url(url), "tries": attempt})
                     return
             except (urllib.error.URLError, OSError, ValueError) as e:
                 err = scrub(str(e), self.secrets)
                 log.warning("[job %s] webhook %s failed (try %d): %s", job.id, shown, attempt, err)
                 if attempt > self.cfg.webhook_retries:
-                    ledger.event(job.id, "notify-failed", f"webhook {shown} failed {attempt} times: {err}",
+                    self._record(ledger, job.id, "notify-failed", f"webhook {shown} failed {attempt} times: {err}",
                                  {"url": redact_url(url), "tries": attempt})
                     return
                 self.sleep(delay)
                 delay *= 2
 
-    def _command(self, ledger: Ledger, job: Job, body: bytes) -> None:
+    def _command(self, ledger: Ledger | None, job: Job, body: bytes) -> None:
         env = dict(os.environ, HOTMESH_JOB_ID=job.id, HOTMESH_JOB_STATE=job.state.value,
                    HOTMESH_JOB_OUTBOX=str(self.outbox / job.id))
         try:
             r = subprocess.run(self.cfg.command_hook, shell=True, input=body, env=env, timeout=120,
                                capture_output=True)
             kind = "notified" if r.returncode == 0 else "notify-failed"
-            ledger.event(job.id, kind, f"command hook exited {r.returncode}",
+            self._record(ledger, job.id, kind, f"command hook exited {r.returncode}",
                          {"stderr": scrub(r.stderr[-500:].decode(errors="replace"), self.secrets)})
         except (OSError, subprocess.TimeoutExpired) as e:
-            ledger.event(job.id, "notify-failed", f"command hook failed: {scrub(str(e), self.secrets)}")
+            self._record(ledger, job.id, "notify-failed", f"command hook failed: {scrub(str(e), self.secrets)}")
 
 
 # -- health and metrics ---------------------------------------------------------------------------
@@ -271,12 +320,18 @@ class LedgerCollector:
     def collect(self):  # noqa: ANN201 (prometheus_client protocol)
         from prometheus_client.core import GaugeMetricFamily, SummaryMetricFamily
 
-        ledger = Ledger(self.ledger_path)
         try:
-            counts = ledger.counts()
-            jobs = ledger.jobs()
-        finally:
-            ledger.close()
+            ledger = Ledger(self.ledger_path)
+            try:
+                counts = ledger.counts()
+                jobs = ledger.jobs()
+            finally:
+                ledger.close()
+        except LedgerError as e:  # scrapes keep working (and say so) while the ledger is damaged
+            log.warning("metrics without the ledger: %s", e)
+            yield GaugeMetricFamily("hotmesh_ledger_readable", "1 when the ledger could be read", value=0)
+            return
+        yield GaugeMetricFamily("hotmesh_ledger_readable", "1 when the ledger could be read", value=1)
         g = GaugeMetricFamily("hotmesh_jobs", "Jobs in the ledger by state", labels=["state"])
         for state in JobState:
             g.add_metric([state.value], counts.get(state.value, 0))
@@ -293,6 +348,8 @@ class LedgerCollector:
         yield s
         st = self.status()
         yield GaugeMetricFamily("hotmesh_disk_ok", "1 when there is space for the next job", value=1 if st.get("disk_ok", True) else 0)
+        yield GaugeMetricFamily("hotmesh_ledger_pending_writes", "State changes kept in memory until the ledger "
+                                "can be written", value=st.get("pending_writes", 0))
         used = GaugeMetricFamily("hotmesh_gpu_memory_used_mib", "GPU memory in use", labels=["gpu"])
         total = GaugeMetricFamily("hotmesh_gpu_memory_total_mib", "GPU memory", labels=["gpu"])
         for idx, u, t in gpu_memory():

@@ -34,8 +34,8 @@ from typing import Any
 
 from daemon.config import Settings, settings_from_json
 from daemon.executors import Event, ExecutorUnavailable, Finished, Lost, SubmitError
-from daemon.ledger import Job, Ledger
-from daemon.worker import Paths, pick_device, record_outcome, run_pipeline, write_status
+from daemon.ledger import Job, Ledger, LedgerError
+from daemon.worker import Paths, outcome_dict, pick_device, record_outcome, run_pipeline, write_status
 
 log = logging.getLogger("hotmesh.daemon")
 
@@ -134,7 +134,7 @@ def run_remote(spec: dict[str, Any], control: Any, input_blob: bytes | None) -> 
             on_progress=lambda stage, pct: control.report.remote(job.id, "progress", [stage, pct]),
             on_timing=lambda stage, timing: control.report.remote(job.id, "timing", [stage, timing]),
             stop_reason=lambda: "daemon shutting down" if asker() == "stop" else None,
-            cancel_requested=lambda: asker() == "cancel")
+            cancel_requested=lambda: asker() == "cancel", under_daemon=True)
         result: dict[str, Any] = {"state": outcome.state, "error": outcome.error, "stage": outcome.stage,
                                   "outputs": outcome.outputs, "worker": where}
         if tmp is not None:
@@ -281,8 +281,7 @@ class RayExecutor:
                 first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
                 events.append(Lost(job_id, f"ray task lost ({type(e).__name__}: {first})"))
                 continue
-            self._record(run.job, result)
-            events.append(Finished(job_id))
+            events.append(self._record(run.job, result))
         self._kill_runaways()
         return events
 
@@ -316,19 +315,25 @@ class RayExecutor:
             log.error("ray control actor unreachable: %s", e)
             return
         for job_id, kind, payload in events:
-            if kind == "progress":
-                self.ledger.set_progress(job_id, payload[0], payload[1])
-                current = self.ledger.get(job_id)
-                if current is not None:
-                    write_status(self.paths, current)
-            elif kind == "timing":
-                self.ledger.record_timing(job_id, payload[0], payload[1])
-            elif kind == "started":
-                if job_id in self.jobs:
-                    self.jobs[job_id].worker = payload["worker"]
-                self.ledger.set_worker(job_id, payload["worker"], payload)
+            if kind == "started" and job_id in self.jobs:
+                self.jobs[job_id].worker = payload["worker"]
+            try:
+                self._write_report(job_id, kind, payload)
+            except LedgerError as e:  # progress is best effort; the end state is retried by the daemon
+                log.warning("[job %s] %s not recorded: %s", job_id, kind, e)
 
-    def _record(self, job: Job, result: dict[str, Any]) -> None:
+    def _write_report(self, job_id: str, kind: str, payload: Any) -> None:
+        if kind == "progress":
+            self.ledger.set_progress(job_id, payload[0], payload[1])
+            current = self.ledger.get(job_id)
+            if current is not None:
+                write_status(self.paths, current)
+        elif kind == "timing":
+            self.ledger.record_timing(job_id, payload[0], payload[1])
+        elif kind == "started":
+            self.ledger.set_worker(job_id, payload["worker"], payload)
+
+    def _record(self, job: Job, result: dict[str, Any]) -> Finished:
         from pipeline.publish import publish
         from pipeline.runner import JobOutcome
 
@@ -347,7 +352,12 @@ class RayExecutor:
             if "report" in outputs:
                 outputs["report"] = str(final / "report.html")
         outcome = JobOutcome(result["state"], error=result.get("error"), stage=result.get("stage"), outputs=outputs)
-        record_outcome(self.ledger, self.paths, job.id, outcome)
+        try:
+            record_outcome(self.ledger, self.paths, job.id, outcome)
+        except LedgerError as e:
+            log.error("[job %s] %s; the end state is kept and written when the ledger can be written", job.id, e)
+            return Finished(job.id, outcome_dict(outcome))
+        return Finished(job.id)
 
     def _kill_runaways(self) -> None:
         import ray

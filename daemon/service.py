@@ -2,36 +2,60 @@
 
 Threads: the main loop (scan, dispatch, supervise), watchdog's observer (wakes the main loop), apscheduler
 (periodic rescan). All ledger writes from this process happen on the main loop's thread.
+
+The daemon survives a ledger it cannot write (full state disk, read-only remount): each state change it
+cannot write is kept, in order, with the job's new state in memory (status files and notifications use it),
+and written as soon as the ledger takes writes again. Meanwhile nothing new is claimed or queued; running jobs
+go on. If the daemon stops before the changes are written, the ledger still holds the earlier, consistent
+state, and the next start's crash recovery requeues the jobs it shows running.
 """
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import logging
 import os
-import shutil
 import threading
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from daemon.config import Settings
-from daemon.intake import Settler
+from daemon.intake import Decision, Settler, dir_stamp, fingerprint, snapshot
 from daemon.ops import Notifier, apply_retention, check_disk, estimate_job_bytes, plan_retention, serve_http
-from daemon.ledger import Job, Ledger
+from daemon.ledger import FolderJob, Job, Ledger, LedgerError
 from daemon.states import JobState
-from daemon.executors import Executor, Finished, LocalExecutor, Lost, SubmitError
-from daemon.worker import Paths, write_status
+from daemon.executors import Event, Executor, Finished, LocalExecutor, Lost, SubmitError
+from daemon.worker import Paths, apply_outcome, write_status
 from pipeline.context import CANCEL_MARKER
 
 log = logging.getLogger("hotmesh.daemon")
+DAEMON_STATUS = "_daemon.json"
 
 
 class AlreadyRunning(RuntimeError):
     pass
+
+
+@dataclasses.dataclass
+class _Write:
+    """A ledger change waiting for the ledger to take writes again."""
+
+    what: str
+    job_id: str | None
+    apply: Callable[[Ledger], Any]
+
+
+def redrop_notice(job: FolderJob, folder: str) -> str:
+    """What a user who re-dropped a finished job's folder with new content is told (log, event, status file)."""
+    return (f"the inbox folder {folder!r} changed after its job {job.id} was {job.state.value}; a finished job is "
+            f"not processed again by itself. To process the new content, run `hotmesh retry {job.id}` (it reruns "
+            f"with the new files), or drop the folder under a new name (e.g. {folder}-2)")
 
 
 class Daemon:
@@ -50,6 +74,18 @@ class Daemon:
         self.disk_message = "ok"
         self._estimates: dict[str, int] = {}
         self.http: Any = None
+        # the ledger cannot be written: changes waiting (in order), the jobs' states meanwhile, and why
+        self._pending: list[_Write] = []
+        self._views: dict[str, Job] = {}
+        self.ledger_problem: str | None = None
+        self._unhandled: list[Event] = []  # executor events not handled yet (the ledger could not be read)
+        # files to write again later (status files, reports) while the outbox refuses writes: key -> attempt
+        self._later: dict[str, Callable[[], bool]] = {}
+        # finished jobs' folders: cheap change stamps, and content already answered for (see _intake)
+        self._stamps: dict[str, Any] = {}
+        self._stamped = float("-inf")  # when the stamps were last taken (every intake.rescan_seconds)
+        # folder -> (its job's fingerprint, content already answered for): valid while the job's is unchanged
+        self._acknowledged: dict[str, tuple[str, str]] = {}
 
     # -- life cycle ---------------------------------------------------------------------------------
 
@@ -59,11 +95,15 @@ class Daemon:
         try:
             fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise AlreadyRunning(f"another hotmesh daemon already uses the state folder {self.paths.state}") from None
-        self._lock_fh.seek(0)
-        self._lock_fh.truncate()
-        self._lock_fh.write(str(os.getpid()))
-        self._lock_fh.flush()
+            raise AlreadyRunning(f"another hotmesh daemon already uses the state folder {self.paths.state}; stop it "
+                                 f"first, or give this one another --state") from None
+        try:  # the pid is for people; the lock is what matters, so a full disk must not stop the start
+            self._lock_fh.seek(0)
+            self._lock_fh.truncate()
+            self._lock_fh.write(str(os.getpid()))
+            self._lock_fh.flush()
+        except OSError as e:
+            log.warning("could not write the pid into %s: %s", self.paths.state / "daemon.lock", e)
 
     def request_stop(self, *_: Any) -> None:
         log.info("stop requested: finishing at the next checkpoint")
@@ -75,12 +115,16 @@ class Daemon:
         for d in (self.paths.inbox, self.paths.outbox, self.paths.state):
             d.mkdir(parents=True, exist_ok=True)
         self._acquire_lock()
-        # where the CLI (cancel, retry, logs, clean) finds this daemon's folders
-        (self.paths.state / "paths.json").write_text(json.dumps({"inbox": str(self.paths.inbox),
-                                                                 "outbox": str(self.paths.outbox)}))
+        try:  # where the CLI (cancel, retry, logs, clean) finds this daemon's folders
+            (self.paths.state / "paths.json").write_text(json.dumps({"inbox": str(self.paths.inbox),
+                                                                     "outbox": str(self.paths.outbox)}))
+        except OSError as e:
+            log.warning("could not write %s (the CLI then needs --outbox): %s", self.paths.state / "paths.json", e)
         self.ledger = Ledger(self.paths.ledger)
         self._recover()
-        self.settler = Settler(self.settings.intake.settle_seconds)
+        self._backup()
+        self._remember_refusals()
+        self.settler = Settler(self.settings.intake.settle_seconds, self.settings.intake.missing_files_seconds)
         self.observer = Observer()
         # top level only: a new folder is what needs a prompt look; changes inside folders are caught by the
         # settle snapshots and the 1 s loop. Recursive watching cost ~19 KB and one inotify watch per
@@ -104,40 +148,61 @@ class Daemon:
         slots = [s["name"] for s in self.executor.describe()]
         log.info("watching %s -> %s (state %s), executor %s, slot(s): %s", self.paths.inbox, self.paths.outbox,
                  self.paths.state, self.executor.name, ", ".join(slots) or "(from the cluster)")
-        self.ledger.event(None, "daemon", f"daemon started (pid {os.getpid()})",
-                          {"executor": self.executor.name, "slots": slots})
+        msg = f"daemon started (pid {os.getpid()})"
+        data = {"executor": self.executor.name, "slots": slots}
+        self._write("start event", None, lambda ledger: ledger.event(None, "daemon", msg, data))
 
     def _make_executor(self) -> Executor:
         kind = self.settings.executor.kind
         if kind == "local":
-            return LocalExecutor(self.paths, self.settings, self.gpu_spec,
-                                 has_work=lambda: bool(self.ledger.jobs(JobState.QUEUED)))
+            return LocalExecutor(self.paths, self.settings, self.gpu_spec, has_work=self._has_work)
         if kind == "ray":
             from daemon.ray_executor import RayExecutor
 
             return RayExecutor(self.paths, self.settings, self.ledger)
         raise ValueError(f"executor.kind must be 'local' or 'ray', got {kind!r}")
 
+    def _has_work(self) -> bool:
+        if self._pending:
+            return False  # nothing is claimed while the ledger cannot be written
+        try:
+            return bool(self.ledger.jobs(JobState.QUEUED))
+        except LedgerError:
+            return False
+
     def stop(self) -> None:
         self.scheduler.shutdown(wait=False)
         self.observer.stop()
         if self.executor is not None:
             self.executor.stop(self.settings.jobs.shutdown_grace_seconds)
-            for ev in self.executor.poll():  # end states that arrived while stopping
-                self._handle(ev)
+            self._handle_events(self.executor.poll())  # end states that arrived while stopping
         self.observer.join(timeout=5)
         self.notifier.stop()
         if self.http is not None:
             self.http.shutdown()
-        self.ledger.event(None, "daemon", f"daemon stopped (pid {os.getpid()})")
+        msg = f"daemon stopped (pid {os.getpid()})"
+        self._write("stop event", None, lambda ledger: ledger.event(None, "daemon", msg))
+        self._flush()
+        self._retry_files()
+        if self._pending:
+            log.error("stopping with %d ledger change(s) not written (%s): %s. The ledger still holds the earlier "
+                      "state; at the next start, jobs it shows running resume from their last checkpoint",
+                      len(self._pending), self.ledger_problem, "; ".join(
+                          f"{w.what} ({w.job_id})" if w.job_id else w.what for w in self._pending))
         self.ledger.close()
+        if self._lock_fh is not None:  # releases the state folder (for `hotmesh ledger rebuild`, or a new daemon)
+            self._lock_fh.close()
+            self._lock_fh = None
         log.info("stopped")
 
     def run(self) -> None:
         self.start()
         try:
             while not self.stopping.is_set():
-                self.tick()
+                try:
+                    self.tick()
+                except LedgerError as e:  # the ledger could not even be read: try again next turn, never exit
+                    self._ledger_down(e)
                 self.wake.wait(timeout=self.settings.jobs.cancel_poll_seconds)
                 self.wake.clear()
         finally:
@@ -147,60 +212,279 @@ class Daemon:
         age = time.monotonic() - self.last_tick
         return {"healthy": age < max(30.0, 5 * self.settings.jobs.cancel_poll_seconds), "pid": os.getpid(),
                 "loop_age_seconds": round(age, 2), "disk_ok": self.disk_ok, "disk": self.disk_message,
+                "ledger_ok": self.ledger_problem is None, "ledger": self.ledger_problem or "ok",
+                "pending_writes": len(self._pending),
                 "executor": self.executor.name if self.executor else None,
                 "slots": self.executor.describe() if self.executor else []}
 
     def _recover(self) -> None:
         from pipeline.publish import remove_stale_partials
 
-        for job_id, action in self.ledger.recover_orphans(self.settings.jobs.max_attempts):
-            log.warning("[job %s] left running by a previous daemon: %s", job_id, action)
-            job = self.ledger.get(job_id)
-            if job is not None and action == "failed":
-                self._publish_failure(job, job.error or "failed")
-        for name in remove_stale_partials(self.paths.outbox):
+        self._write("crash recovery", None, self._recover_orphans)
+        for name in remove_stale_partials(self.paths.outbox):  # no worker runs yet: every partial is stale
             log.warning("removed unfinished publish folder %s", name)
+
+    def _recover_orphans(self, ledger: Ledger) -> None:
+        for job_id, action in ledger.recover_orphans(self.settings.jobs.max_attempts):
+            log.warning("[job %s] left running by a previous daemon: %s", job_id, action)
+            job = ledger.get(job_id)
+            if job is not None:
+                if action == "failed":
+                    self._publish_failure(job, job.error or "failed")
+                self._status(job)
+
+    def _remember_refusals(self) -> None:
+        """Re-drops already answered (ledger events) are not logged again after a restart."""
+        by_id = {j.id: (folder, j.fingerprint) for folder, j in self.ledger.folders().items()}
+        for job_id, data in self.ledger.latest_events("redrop-ignored").items():
+            if job_id in by_id and data.get("fingerprint"):
+                folder, fp = by_id[job_id]
+                self._acknowledged[folder] = (fp, data["fingerprint"])
+
+    def _backup(self) -> None:
+        """Keep a copy of the ledger for `hotmesh ledger rebuild --from-backup` (at start and with retention)."""
+        try:
+            path = self.ledger.backup()
+            log.debug("ledger backed up to %s", path)
+        except (OSError, LedgerError) as e:
+            log.warning("could not back the ledger up (the last backup stays): %s", e)
+
+    # -- the ledger, when it cannot be written --------------------------------------------------------
+
+    def _ledger_down(self, e: LedgerError) -> None:
+        if self.ledger_problem is None:
+            log.error("%s. The daemon keeps running: no new job starts, and state changes are kept in memory and "
+                      "written as soon as the ledger takes writes again", e)
+            self.ledger_problem = str(e)
+            self._daemon_status()
+
+    def _ledger_works(self) -> None:
+        """A write went through with nothing kept waiting: whatever the problem was, it has passed."""
+        if self.ledger_problem is not None:
+            log.info("the ledger takes writes again")
+            self.ledger_problem = None
+            self._daemon_status()
+
+    def _write(self, what: str, job_id: str | None, apply: Callable[[Ledger], Any]) -> bool:
+        """Apply one ledger change now, or keep it, in order behind any earlier one, for :meth:`_flush`.
+        Returns whether it was written now."""
+        if not self._pending:
+            try:
+                apply(self.ledger)
+            except LedgerError as e:
+                self._ledger_down(e)
+            else:
+                self._ledger_works()
+                return True
+        self._pending.append(_Write(what, job_id, apply))
+        return False
+
+    def _flush(self) -> None:
+        """Write the changes kept while the ledger could not be written, oldest first."""
+        flushed = 0
+        while self._pending:
+            w = self._pending[0]
+            try:
+                w.apply(self.ledger)
+            except LedgerError as e:
+                self._ledger_down(e)
+                return
+            self._pending.pop(0)
+            flushed += 1
+            if w.job_id and not any(p.job_id == w.job_id for p in self._pending):
+                self._views.pop(w.job_id, None)  # the ledger says it now
+                current = self.ledger.get(w.job_id)
+                if current is not None:
+                    self._status(current)
+        if flushed:
+            log.info("%d kept ledger change(s) written", flushed)
+            self._ledger_works()
+
+    def _job(self, job_id: str) -> Job | None:
+        """A job as the daemon knows it: the ledger's row, or the state it moved to that is not written yet."""
+        return self._views.get(job_id) or self.ledger.get(job_id)
+
+    def _change(self, what: str, view: Job, apply: Callable[[Ledger], Any]) -> None:
+        """A job's state change: into the ledger, or kept (with ``view``, the job as it is now) until it can be;
+        either way the status file shows it."""
+        if self._write(what, view.id, apply):
+            current = self.ledger.get(view.id)
+        else:
+            self._views[view.id] = view
+            current = view
+        if current is not None:
+            self._status(current)
+
+    # -- files written again later ------------------------------------------------------------------
+
+    def _status(self, job: Job, notice: str | None = None) -> None:
+        if write_status(self.paths, job, notice):
+            self._later.pop(f"status:{job.id}", None)
+            return
+        key = f"status:{job.id}"
+        if key not in self._later:
+            log.warning("[job %s] cannot write its status file %s now; trying again every few seconds", job.id,
+                        self.paths.status_file(job.id))
+
+        def again() -> bool:
+            current = self._job(job.id)
+            return current is None or write_status(self.paths, current, notice)
+
+        self._later[key] = again
+
+    def _retry_files(self) -> None:
+        for key, attempt in list(self._later.items()):
+            try:
+                done = attempt()
+            except (OSError, LedgerError):
+                done = False
+            if done:
+                self._later.pop(key, None)
+                what, _, name = key.partition(":")
+                log.info("the %s of %s is written after all", "report" if what == "report" else "status file", name)
+
+    def _daemon_status(self) -> bool:
+        """outbox/_status/_daemon.json: the disk guard's and the ledger's state, for people and monitoring."""
+        from pipeline.publish import write_atomic
+
+        body = json.dumps({"disk_ok": self.disk_ok, "message": self.disk_message,
+                           "ledger_ok": self.ledger_problem is None, "ledger": self.ledger_problem or "ok",
+                           "pending_writes": len(self._pending), "updated": time.time()})
+        try:
+            write_atomic(self.paths.outbox / "_status" / DAEMON_STATUS, body)
+        except OSError:
+            self._later["status:_daemon"] = self._daemon_status
+            return False
+        return True
 
     # -- one turn of the main loop ------------------------------------------------------------------
 
     def tick(self) -> None:
-        self._intake()
-        self._cancel_queued()
+        self._flush()
+        self._retry_files()
+        writable = not self._pending  # while changes wait, nothing new is queued or claimed
+        if writable:
+            self._intake()
+            self._cancel_queued()
         self._relay_cancels()
-        for ev in self.executor.poll() if self.executor else []:
-            self._handle(ev)
-        self._dispatch()
-        if self.retention_due.is_set():
+        self._handle_events(self.executor.poll() if self.executor else [])
+        if not self._pending:
+            self._dispatch()
+        if self.retention_due.is_set() and not self._pending:
             self.retention_due.clear()
             self.clean()
+            self._backup()
         self.last_tick = time.monotonic()
 
+    def _handle_events(self, new: list[Event]) -> None:
+        events, self._unhandled = self._unhandled + list(new), []
+        for i, ev in enumerate(events):
+            try:
+                self._handle(ev)
+            except LedgerError as e:  # could not even read: keep the rest for the next turn
+                self._ledger_down(e)
+                self._unhandled = events[i:]
+                return
+
     def clean(self) -> None:
-        actions = plan_retention(self.ledger.jobs(), self.settings.ops, self.paths, time.time())
-        busy = set(self.executor.running()) if self.executor else set()
-        actions = [a for a in actions if a.job_id not in busy]  # never a running job's files
-        if actions:
-            log.info("retention: %d action(s)", len(actions))
-            apply_retention(self.ledger, actions, self.paths)
+        try:
+            actions = plan_retention(self.ledger.jobs(), self.settings.ops, self.paths, time.time())
+            busy = set(self.executor.running()) if self.executor else set()
+            actions = [a for a in actions if a.job_id not in busy]  # never a running job's files
+            if actions:
+                log.info("retention: %d action(s)", len(actions))
+                apply_retention(self.ledger, actions, self.paths)
+        except LedgerError as e:
+            self._ledger_down(e)  # the rest waits for the next retention run
 
     def _notify(self, job_id: str) -> None:
-        job = self.ledger.get(job_id)
+        job = self._job(job_id)
         if job is not None and job.state.terminal:
             self.notifier.job_ended(job)
 
     def _intake(self) -> None:
-        for d in self.settler.scan(self.paths.inbox, self.ledger.known_folders()):
-            job, created = self.ledger.create_job(d.folder, d.fingerprint)
+        try:
+            jobs = self.ledger.folders()
+        except LedgerError as e:
+            self._ledger_down(e)
+            return
+        decisions = self.settler.scan(self.paths.inbox, set(jobs), baselines=self._baselines(jobs))
+        for d in decisions:
+            if d.changed:
+                self._folder_changed(jobs[d.folder], d)
+                continue
+            try:
+                job, created = self.ledger.create_job(d.folder, d.fingerprint)
+            except LedgerError as e:  # the folder settles again and is offered again once the ledger is back
+                self._ledger_down(e)
+                return
+            self._ledger_works()
             if not created:
                 continue
             if d.cancelled:
                 self._cancel_before_start(job, "cancelled by a CANCEL file before processing started")
                 continue
             log.info("[job %s] queued from %s", job.id, d.folder)
-            write_status(self.paths, job)
+            self._status(job)
+
+    def _baselines(self, jobs: dict[str, FolderJob]) -> dict[str, str]:
+        """Finished jobs' folders to watch for new content, with the fingerprint to compare against.
+
+        Failed jobs' folders are compared in full at every scan (a fix may rewrite a file in place). Done and
+        cancelled ones only after their directories' cheap stamp moved (files added, removed, or the folder
+        replaced: what a re-drop does), so a large inbox of finished folders costs a stat per directory."""
+        out: dict[str, str] = {}
+        now = time.monotonic()
+        stamps_due = now - self._stamped >= self.settings.intake.rescan_seconds
+        if stamps_due:
+            self._stamped = now
+        for folder, job in jobs.items():
+            if not job.state.terminal:
+                continue
+            ack = self._acknowledged.get(folder)
+            base = ack[1] if ack is not None and ack[0] == job.fingerprint else job.fingerprint
+            if job.state == JobState.FAILED or folder in self.settler.pending:
+                out[folder] = base
+                continue
+            if not stamps_due:
+                continue
+            stamp = dir_stamp(self.paths.inbox / folder)
+            if stamp is not None and self._stamps.get(folder) != stamp:
+                self._stamps[folder] = stamp
+                out[folder] = base
+        return out
+
+    def _folder_changed(self, job: FolderJob, d: Decision) -> None:
+        """A finished job's inbox folder has new content (settled). Failed: run it again with that content (a
+        slow copy that failed at ingest, or a fix). Done or cancelled: never reprocessed by itself (one folder,
+        one job); say so, once per content, with what to do."""
+        self._acknowledged[d.folder] = (job.fingerprint, d.fingerprint)
+        if job.state == JobState.FAILED and not d.cancelled:
+            reason = f"the inbox folder {d.folder!r} changed after the job failed; running it again with the new content"
+            current = self.ledger.get(job.id)
+            if current is None:
+                return
+            log.info("[job %s] %s", job.id, reason)
+            self._estimates.pop(job.id, None)
+            self._change("retry", dataclasses.replace(current, state=JobState.QUEUED, attempts=0, error=None,
+                                                       finished=None, fingerprint=d.fingerprint),
+                         lambda ledger: ledger.retry(job.id, reason, fingerprint=d.fingerprint, kind="input-changed"))
+            self._acknowledged.pop(d.folder, None)  # the job's own fingerprint is the baseline again
+            return
+        if d.cancelled:
+            return  # a CANCEL in a finished job's folder: nothing to do
+        notice = redrop_notice(job, d.folder)
+        log.warning("[job %s] %s", job.id, notice)
+        self._write("re-drop event", job.id,
+                    lambda ledger: ledger.event(job.id, "redrop-ignored", notice, {"fingerprint": d.fingerprint}))
+        current = self._job(job.id)
+        if current is not None:
+            self._status(current, notice=notice)
 
     def _cancel_queued(self) -> None:
         for job in self.ledger.jobs(JobState.QUEUED):
+            if job.id in self._views:
+                continue
             if ((self.paths.inbox / job.folder / CANCEL_MARKER).exists()
                     or (self.paths.work_dir(job.id) / CANCEL_MARKER).exists()):
                 self._cancel_before_start(job, "cancelled by a CANCEL file while queued")
@@ -209,12 +493,10 @@ class Daemon:
         """Report first, then the ledger: whoever sees 'cancelled' also finds the report. Only this thread
         claims jobs, so the queued job cannot start in between."""
         self._publish_failure(job, reason, state=JobState.CANCELLED)
-        if self.ledger.cancel_if_queued(job.id, reason):
-            log.info("[job %s] %s", job.id, reason)
-            cancelled = self.ledger.get(job.id)
-            if cancelled is not None:
-                write_status(self.paths, cancelled)
-            self._notify(job.id)
+        log.info("[job %s] %s", job.id, reason)
+        self._change("cancel", dataclasses.replace(job, state=JobState.CANCELLED, error=reason, finished=time.time()),
+                     lambda ledger: ledger.cancel_if_queued(job.id, reason))
+        self._notify(job.id)
 
     def _relay_cancels(self) -> None:
         """A CANCEL dropped into a running job's folder goes to the executor too: a remote host may not see the
@@ -224,7 +506,7 @@ class Daemon:
         for job_id in running:
             if job_id in self._relayed:
                 continue
-            job = self.ledger.get(job_id)
+            job = self._job(job_id)
             if job is None:
                 continue
             if ((self.paths.inbox / job.folder / CANCEL_MARKER).exists()
@@ -236,25 +518,53 @@ class Daemon:
     def _handle(self, ev: Finished | Lost) -> None:
         if isinstance(ev, Lost):
             self._worker_lost(ev.job_id, ev.reason)
+            return
+        if ev.unrecorded is not None:
+            self._record_for_worker(ev.job_id, ev.unrecorded)
         else:
-            self._notify(ev.job_id)
+            current = self._job(ev.job_id)
+            if current is not None:
+                self._status(current)  # again: the worker's own write may have met an unwritable outbox
+        self._notify(ev.job_id)
+
+    def _record_for_worker(self, job_id: str, outcome: dict[str, Any]) -> None:
+        """The worker finished the job but could not write the ledger: keep its outcome and write it later."""
+        job = self._job(job_id)
+        if job is None:
+            return
+        if outcome["state"] == "interrupted":
+            view = dataclasses.replace(job, state=JobState.QUEUED, worker=None, attempts=max(job.attempts - 1, 0))
+        elif outcome["state"] == "retry":
+            view = dataclasses.replace(job, state=JobState.QUEUED, worker=None)
+        else:
+            view = dataclasses.replace(job, state=JobState(outcome["state"]), error=outcome["error"],
+                                       outputs=outcome["outputs"] or job.outputs, finished=time.time(),
+                                       progress=100.0 if outcome["state"] == "done" else job.progress)
+        log.info("[job %s] worker ended it (%s) without writing the ledger; the daemon writes it", job_id, view.state.value)
+        self._change(f"end state {view.state.value}", view, lambda ledger: apply_outcome(ledger, job_id, outcome))
 
     def _worker_lost(self, job_id: str, reason: str) -> None:
-        job = self.ledger.get(job_id)
+        from pipeline.publish import remove_stale_partials
+
+        job = self._job(job_id)
         if job is None or job.state != JobState.RUNNING:
             return  # the worker had already recorded an end state
+        # a worker killed while publishing leaves a hidden half-built folder (or the previous result moved aside)
+        for name in remove_stale_partials(self.paths.outbox, job_id):
+            log.warning("[job %s] removed unfinished publish folder %s", job_id, name)
         if job.attempts < self.settings.jobs.max_attempts:
-            self.ledger.requeue(job_id, f"{reason} during stage {job.stage!r}; retrying from the last checkpoint "
-                                        f"(attempt {job.attempts} of {self.settings.jobs.max_attempts})")
+            why = (f"{reason} during stage {job.stage!r}; retrying from the last checkpoint "
+                   f"(attempt {job.attempts} of {self.settings.jobs.max_attempts})")
+            self._change("requeue", dataclasses.replace(job, state=JobState.QUEUED, worker=None),
+                         lambda ledger: ledger.requeue(job_id, why, expect=JobState.RUNNING))
         else:
             msg = (f"{reason} during stage {job.stage!r}, {job.attempts} times; giving up "
-                   f"(jobs.max_attempts={self.settings.jobs.max_attempts})")
+                   f"(jobs.max_attempts={self.settings.jobs.max_attempts}). See `hotmesh logs {job_id}` for what "
+                   f"killed it (out of memory?), then `hotmesh retry {job_id}`")
             self._publish_failure(job, msg, state=JobState.FAILED)  # report before the state: whoever sees 'failed' finds it
-            self.ledger.finish(job_id, JobState.FAILED, error=msg)
+            self._change("finish failed", dataclasses.replace(job, state=JobState.FAILED, error=msg, finished=time.time()),
+                         lambda ledger: ledger.finish(job_id, JobState.FAILED, error=msg, expect=JobState.RUNNING))
             self._notify(job_id)
-        current = self.ledger.get(job_id)
-        if current is not None:
-            write_status(self.paths, current)
 
     def _dispatch(self) -> None:
         if self.stopping.is_set() or self.executor is None:
@@ -263,18 +573,50 @@ class Daemon:
             slot = self.executor.free_slot()
             if slot is None or not self._disk_allows_next():
                 return
-            job = self.ledger.claim_next(worker=slot)
+            try:
+                job = self.ledger.claim_next(worker=slot)
+            except LedgerError as e:  # nothing was claimed; try again when the ledger takes writes
+                self._ledger_down(e)
+                return
+            self._ledger_works()
             if job is None:
                 return
-            write_status(self.paths, job)
+            job = self._refresh_fingerprint(job)
+            self._status(job)
             log.info("[job %s] dispatched to %s (attempt %d)", job.id, slot, job.attempts)
             try:
                 self.executor.submit(slot, job)
             except SubmitError as e:
                 log.error("[job %s] %s", job.id, e)
                 self._publish_failure(job, str(e), state=JobState.FAILED)
-                self.ledger.finish(job.id, JobState.FAILED, error=str(e))
+                self._change("finish failed", dataclasses.replace(job, state=JobState.FAILED, error=str(e)),
+                             lambda ledger, job_id=job.id, msg=str(e): ledger.finish(job_id, JobState.FAILED, error=msg))
                 self._notify(job.id)
+
+    def _refresh_fingerprint(self, job: Job) -> Job:
+        """A job runs on its folder as it is when it starts, which may not be what it was when it was queued (a
+        copy still going on behind a long queue). Its fingerprint keys the first checkpoint and is the baseline
+        for changes after the job ends, so it must describe that content."""
+        folder = self.paths.inbox / job.folder
+        if not folder.is_dir():
+            return job
+        now = fingerprint(snapshot(folder))
+        if now == job.fingerprint:
+            return job
+        try:
+            self.ledger.set_fingerprint(job.id, now)
+        except LedgerError as e:
+            self._ledger_down(e)
+            return job
+        return dataclasses.replace(job, fingerprint=now)
+
+    def _gpu_jobs(self) -> bool:
+        """Whether jobs will run on a GPU (bigger meshes and textures): for the disk guard's estimate."""
+        if self.settings.jobs.device == "cpu":
+            return False
+        if self.settings.executor.kind == "ray":
+            return self.settings.executor.gpus_per_job > 0
+        return any(str(s.get("name", "")).startswith("gpu") for s in (self.executor.describe() if self.executor else []))
 
     def _disk_allows_next(self) -> bool:
         """Disk guard: claim the next job only if the state and outbox volumes can hold it."""
@@ -283,54 +625,60 @@ class Daemon:
             return True
         job = queued[0]
         if job.id not in self._estimates:
-            self._estimates[job.id] = estimate_job_bytes(self.paths.inbox / job.folder)
+            self._estimates[job.id] = estimate_job_bytes(self.paths.inbox / job.folder, self.settings.pipeline,
+                                                         gpu=self._gpu_jobs())
         check = check_disk([self.paths.state, self.paths.outbox], self._estimates[job.id], self.settings.ops.min_free_mb)
-        if check.ok != self.disk_ok:  # log and record transitions only, not every tick
+        changed = check.ok != self.disk_ok
+        self.disk_ok, self.disk_message = check.ok, check.message
+        if changed:  # log and record transitions only, not every tick
             if check.ok:
                 log.info("disk space is back; resuming")
-                self.ledger.event(None, "disk", "disk space is back; resuming")
+                self._write("disk event", None, lambda ledger: ledger.event(None, "disk", "disk space is back; resuming"))
             else:
                 log.warning("%s", check.message)
-                self.ledger.event(job.id, "disk", check.message)
-            from pipeline.publish import write_atomic
-
-            write_atomic(self.paths.outbox / "_status" / "_daemon.json",
-                         json.dumps({"disk_ok": check.ok, "message": check.message, "updated": time.time()}))
-        self.disk_ok, self.disk_message = check.ok, check.message
+                self._write("disk event", job.id, lambda ledger: ledger.event(job.id, "disk", check.message))
+            self._daemon_status()
         return check.ok
 
     def _publish_failure(self, job: Job, message: str, state: JobState | None = None) -> None:
-        """Report for a job that ended without a worker (cancelled while queued, crashed worker)."""
-        from pipeline.failure import write_failure_report
-        from pipeline.publish import publish
-
+        """Report for a job that ended without a worker (cancelled while queued, crashed worker). Built in the
+        outbox (the state volume may be the full one); an outbox that refuses writes gets it later, unless the
+        job has moved on by then."""
         from pipeline.diagnostics import photo_diagnostics
+        from pipeline.failure import write_failure_report
+        from pipeline.publish import publish_built
         from pipeline.redact import scrub
 
-        tmp = self.paths.state / "tmp" / job.id
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        try:
-            end = (state or job.state).value
+        end = state or job.state
+
+        def build(out: Path) -> None:
             timings = [t for t in job.timings.values()]
             log_file = self.paths.work_dir(job.id) / "job.log"
             # failed without its worker (crashed, lost): the photos may tell why; a queued cancel needs nothing
             photos = []
-            if end == "failed":
+            if end == JobState.FAILED:
                 try:
                     photos = photo_diagnostics(self.paths.inbox / job.folder, self.paths.work_dir(job.id))
                 except Exception as e:  # the diagnosis is a courtesy: it must never take the daemon down
                     log.warning("[job %s] photo diagnostics failed: %s", job.id, e)
-            files = write_failure_report(tmp, job.id, job.folder, end, scrub(message, self.settings.secrets()),
-                                         job.stage, None, timings, self.settings.pipeline.to_dict(), "n/a",
-                                         photos=photos, published={"job.log"} if log_file.exists() else set())
+            write_failure_report(out, job.id, job.folder, end.value, scrub(message, self.settings.secrets()),
+                                 job.stage, None, timings, self.settings.pipeline.to_dict(), "n/a",
+                                 photos=photos, published={"job.log"} if log_file.exists() else set())
             if log_file.exists():
-                files["job.log"] = log_file
-            publish(files, self.paths.outbox, job.id)
+                (out / "job.log").write_bytes(log_file.read_bytes())
+
+        def attempt() -> bool:
+            current = self._job(job.id)
+            if current is not None and current.state not in (end, job.state):
+                return True  # retried or rerun since: this report is out of date
+            publish_built(build, self.paths.outbox, job.id)
+            return True
+
+        try:
+            attempt()
         except OSError as e:
-            log.error("[job %s] could not publish its report: %s", job.id, e)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            log.error("[job %s] could not publish its report (%s); trying again every few seconds", job.id, e)
+            self._later[f"report:{job.id}"] = attempt
 
 
 class _WakeHandler(FileSystemEventHandler):

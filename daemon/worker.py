@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from daemon.config import Settings, settings_from_json
-from daemon.ledger import Job, Ledger
+from daemon.ledger import Job, Ledger, LedgerError
 from daemon.states import JobState
 
 if TYPE_CHECKING:
@@ -44,13 +44,28 @@ class Paths:
         return self.outbox / "_status" / f"{job_id}.json"
 
 
-def write_status(paths: Paths, job: Job) -> None:
-    """The per-job status JSON, replaced atomically, for people and tools that do not use the CLI."""
-    from pipeline.publish import write_atomic
-
+def status_dict(job: Job, notice: str | None = None) -> dict[str, Any]:
     d = job.to_dict()
     d.pop("fingerprint", None)
-    write_atomic(paths.status_file(job.id), json.dumps(d, indent=1))
+    if notice:
+        d["notice"] = notice  # e.g. why a re-dropped folder was not processed again
+    return d
+
+
+def write_status(paths: Paths, job: Job, notice: str | None = None) -> bool:
+    """The per-job status JSON, replaced atomically, for people and tools that do not use the CLI.
+
+    Never raises for the file system: a status file is a view of the ledger, and an outbox that is briefly
+    unwritable (permissions, immutable, full) must not end a job. Returns False when it could not be written;
+    the daemon writes it again later."""
+    from pipeline.publish import write_atomic
+
+    try:
+        write_atomic(paths.status_file(job.id), json.dumps(status_dict(job, notice), indent=1))
+        return True
+    except OSError as e:
+        log.debug("[job %s] status file not written: %s", job.id, e)
+        return False
 
 
 def pick_device(setting: str) -> str:
@@ -65,12 +80,34 @@ def pick_device(setting: str) -> str:
     return "cpu"
 
 
+class _JobLogHandler(logging.FileHandler):
+    """job.log. On a full or failing disk logging would print a traceback per line to the daemon's terminal;
+    this says it once and drops the lines (they still reach the daemon's own log)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, delay=True)
+        self.failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        if not self.failed:
+            self.failed = True
+            log.warning("cannot write %s (disk full or not writable); this job's log lines go to the daemon's "
+                        "log only", self.baseFilename)
+
+    def close(self) -> None:
+        # the buffered tail is written at close: on a full disk that raises, and must not end the worker
+        try:
+            super().close()
+        except OSError:
+            self.handleError(None)  # type: ignore[arg-type]
+
+
 def _job_logger(job_id: str, work_dir: Path, secrets: tuple[str, ...] = ()) -> tuple[logging.LoggerAdapter, logging.Handler]:
     from pipeline.context import JobLogAdapter
     from pipeline.redact import install_scrubber
 
     work_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(work_dir / "job.log")
+    handler = _JobLogHandler(work_dir / "job.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     install_scrubber([handler], secrets)  # job.log is published next to the report
     logger = logging.getLogger(f"hotmesh.job.{job_id}")
@@ -82,9 +119,10 @@ def _job_logger(job_id: str, work_dir: Path, secrets: tuple[str, ...] = ()) -> t
 def run_pipeline(paths: Paths, job: Job, settings: Settings, device: str,
                  on_progress: Callable[[str, float], None], on_timing: Callable[[str, dict[str, Any]], None],
                  stop_reason: Callable[[], str | None] = lambda: None,
-                 cancel_requested: Callable[[], bool] = lambda: False) -> "JobOutcome":
+                 cancel_requested: Callable[[], bool] = lambda: False, under_daemon: bool = False) -> "JobOutcome":
     """Run one job's stages and publish into ``paths.outbox``; no ledger access, so it runs anywhere
-    (a local worker process or a Ray task on another host). Progress and timings go to the callbacks."""
+    (a local worker process or a Ray task on another host). Progress and timings go to the callbacks.
+    ``under_daemon``: a daemon requeues the job if the disk fills (attempts left), so that ends in "retry"."""
     from pipeline.context import JobContext
     from pipeline.runner import run_job
 
@@ -97,21 +135,37 @@ def run_pipeline(paths: Paths, job: Job, settings: Settings, device: str,
                      device=device, log=jlog, stop_reason=stop_reason, cancel_requested=cancel_requested,
                      on_progress=on_progress, deadline=time.monotonic() + limit if limit > 0 else None)
     try:
-        return run_job(ctx, job.fingerprint, paths.outbox, on_timing=on_timing)
+        return run_job(ctx, job.fingerprint, paths.outbox, on_timing=on_timing,
+                       retry_disk_full=under_daemon and job.attempts < settings.jobs.max_attempts)
     finally:
         jlog.logger.removeHandler(handler)
         handler.close()
 
 
-def record_outcome(ledger: Ledger, paths: Paths, job_id: str, outcome: "JobOutcome") -> str:
-    """Write a finished pipeline run's end state to the ledger (and the status file). Returns the state."""
-    if outcome.state == "interrupted":
+def outcome_dict(outcome: "JobOutcome") -> dict[str, Any]:
+    """A JobOutcome as plain data: what a worker hands the daemon when it could not write it itself (the daemon
+    never imports the pipeline's heavy modules)."""
+    return {"state": outcome.state, "error": outcome.error, "stage": outcome.stage, "outputs": outcome.outputs}
+
+
+def apply_outcome(ledger: Ledger, job_id: str, outcome: dict[str, Any]) -> bool:
+    """Write a pipeline run's end state to the ledger, if the job is still running (a write retried late must
+    not undo a newer change). Raises LedgerError when the ledger cannot be written."""
+    if outcome["state"] == "interrupted":
         # a clean shutdown is not a failed attempt
-        ledger.requeue(job_id, f"daemon stopping during stage {outcome.stage!r}; will resume from the last checkpoint",
-                       count_attempt=False)
-    else:
-        ledger.finish(job_id, JobState(outcome.state), error=outcome.error, outputs=outcome.outputs,
-                      progress=100.0 if outcome.state == "done" else None)
+        return ledger.requeue(job_id, f"daemon stopping during stage {outcome['stage']!r}; will resume from the last "
+                                      f"checkpoint", count_attempt=False, expect=JobState.RUNNING)
+    if outcome["state"] == "retry":  # a full disk: the attempt counts; the disk guard holds the job until space
+        return ledger.requeue(job_id, f"{outcome['error']}. Queued again: it resumes from its last checkpoint once "
+                                      f"the disk guard sees enough space", count_attempt=True, expect=JobState.RUNNING)
+    return ledger.finish(job_id, JobState(outcome["state"]), error=outcome["error"], outputs=outcome["outputs"],
+                         progress=100.0 if outcome["state"] == "done" else None, expect=JobState.RUNNING)
+
+
+def record_outcome(ledger: Ledger, paths: Paths, job_id: str, outcome: "JobOutcome") -> str:
+    """Write a finished pipeline run's end state to the ledger (and the status file). Returns the state.
+    Raises LedgerError when the ledger cannot be written (the caller hands the outcome on, or reports it)."""
+    apply_outcome(ledger, job_id, outcome_dict(outcome))
     final = ledger.get(job_id)
     if final is not None:
         write_status(paths, final)
@@ -119,20 +173,45 @@ def record_outcome(ledger: Ledger, paths: Paths, job_id: str, outcome: "JobOutco
 
 
 def ledger_progress(ledger: Ledger, paths: Paths, job_id: str) -> Callable[[str, float], None]:
+    """Progress into the ledger and the status file, best effort: neither a full state disk (ledger) nor an
+    unwritable outbox (status file) may end the job; the end state is what must be recorded, and that is
+    retried by the daemon."""
+    warned: set[str] = set()
+
     def on_progress(stage: str, pct: float) -> None:
-        ledger.set_progress(job_id, stage, pct)
-        current = ledger.get(job_id)
-        if current is not None:
-            write_status(paths, current)
+        try:
+            ledger.set_progress(job_id, stage, pct)
+            current = ledger.get(job_id)
+        except LedgerError as e:
+            if "ledger" not in warned:
+                warned.add("ledger")
+                log.warning("[job %s] progress not recorded (the job goes on): %s", job_id, e)
+            return
+        if current is not None and not write_status(paths, current) and "status" not in warned:
+            warned.add("status")
+            log.warning("[job %s] cannot write its status file %s (the job goes on; it is written again later)",
+                        job_id, paths.status_file(job_id))
 
     return on_progress
 
 
+def ledger_timing(ledger: Ledger, job_id: str) -> Callable[[str, dict[str, Any]], None]:
+    """Stage timings into the ledger, best effort (they are also in the job's timings.json and report)."""
+    def on_timing(stage: str, timing: dict[str, Any]) -> None:
+        try:
+            ledger.record_timing(job_id, stage, timing)
+        except LedgerError as e:
+            log.warning("[job %s] timing of stage %s not recorded: %s", job_id, stage, e)
+
+    return on_timing
+
+
 def execute(ledger: Ledger, paths: Paths, job: Job, settings: Settings, device: str,
             stop_reason: Callable[[], str | None] = lambda: None) -> str:
-    """Run ``job`` (already claimed: state running) to an end state, recorded in the ledger. Returns it."""
+    """Run ``job`` (already claimed: state running) to an end state, recorded in the ledger. Returns it.
+    Raises LedgerError when the end state cannot be written."""
     outcome = run_pipeline(paths, job, settings, device, ledger_progress(ledger, paths, job.id),
-                           lambda stage, timing: ledger.record_timing(job.id, stage, timing), stop_reason)
+                           ledger_timing(ledger, job.id), stop_reason)
     return record_outcome(ledger, paths, job.id, outcome)
 
 
@@ -167,7 +246,21 @@ def worker_main(slot: str, gpu: str | None, paths: Paths, settings_json: str, co
     device = pick_device(settings.jobs.device)
     if device == "cuda":
         os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(paths.state / "torch_extensions"))
-    ledger = Ledger(paths.ledger)
+    try:
+        ledger = Ledger(paths.ledger)
+    except LedgerError as e:  # the daemon notices the worker gone; its own messages say what to do
+        log.error("worker %s cannot open the ledger: %s", slot, e)
+        return
+    try:
+        _serve(slot, paths, settings, device, ledger, conn, stop_event, parent)
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        # the pipe broke: the daemon was killed (this process gets SIGKILL too, a moment later). Nothing to
+        # answer to; the next daemon's crash recovery requeues whatever ran here
+        return
+
+
+def _serve(slot: str, paths: Paths, settings: Settings, device: str, ledger: Ledger, conn: Any, stop_event: Any,
+           parent: int) -> None:
     conn.send(("ready", slot, device))
     stop_reason = lambda: "daemon shutting down" if stop_event.is_set() else None  # noqa: E731
     jobs_run = 0
@@ -179,12 +272,25 @@ def worker_main(slot: str, gpu: str | None, paths: Paths, settings_json: str, co
         msg = conn.recv()
         if msg is None:
             return
-        job = ledger.get(msg)
+        try:
+            job = ledger.get(msg)
+        except LedgerError as e:  # exit: the daemon sees the worker gone and requeues the job
+            log.error("[job %s] cannot read the job from the ledger: %s", msg, e)
+            return
         if job is None or job.state != JobState.RUNNING:
             conn.send(("skipped", msg, None))
             continue
         t0 = time.monotonic()
-        state = execute(ledger, paths, job, settings, device, stop_reason)
+        outcome = run_pipeline(paths, job, settings, device, ledger_progress(ledger, paths, job.id),
+                               ledger_timing(ledger, job.id), stop_reason, under_daemon=True)
+        state = outcome.state
+        try:
+            record_outcome(ledger, paths, job.id, outcome)
+        except LedgerError as e:
+            # the job's work is done (and published); only its record is missing: the daemon keeps it and
+            # writes it when the ledger can be written again
+            log.error("[job %s] %s; the daemon records the end state (%s) when it can", job.id, e, state)
+            conn.send(("unrecorded", job.id, outcome_dict(outcome)))
         jobs_run += 1
         log.info("[job %s] %s in %.1fs", job.id, state, time.monotonic() - t0)
         retire = jobs_run >= settings.jobs.worker_max_jobs > 0

@@ -72,8 +72,9 @@ def inside(path: Path, root: Path) -> bool:
 def validate_image(path: Path, root: Path, limits: LimitsConfig) -> ImageInfo | Rejected:
     """Check one file fully: inside the job folder, size, magic bytes, megapixels, complete decode."""
     rel = os.path.relpath(path, root)
-    if path.is_symlink() and not inside(path, root):
-        return Rejected(rel, "is a symbolic link pointing outside the job folder; copy the file in instead")
+    if not inside(path, root):  # a link (of the file or a folder above it) or an absolute path: never opened
+        what = "is a symbolic link pointing" if path.is_symlink() else "is"
+        return Rejected(rel, f"{what} outside the job folder; copy the file into the folder instead")
     try:
         size = path.stat().st_size
     except OSError as e:

@@ -1,6 +1,7 @@
 """Runs the stages of one job with checkpoints, then publishes; maps every way out to a JobOutcome."""
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -15,8 +16,8 @@ from typing import Any, Callable
 from pipeline.context import Cancelled, Interrupted, JobContext, JobError
 from pipeline.diagnostics import photo_diagnostics
 from pipeline.failure import write_failure_report
-from pipeline.publish import publish
-from pipeline.stages.base import Stage, chain_hash, checkpoint_valid, commit_checkpoint, stage_dir
+from pipeline.publish import PUBLISH_RETRY_SECONDS, publish, publish_built
+from pipeline.stages.base import Stage, chain_hash, checkpoint_valid, commit_checkpoint, read_summary, stage_dir
 from pipeline.stages.cameras import CamerasStage
 from pipeline.stages.geometry import GeometryStage
 from pipeline.stages.ingest import IngestStage, Manifest
@@ -47,14 +48,29 @@ MESH_FILES = ("mesh.ply", "mesh.obj", "mesh.mtl", "mesh.glb", "report.html", "st
 
 @dataclass(frozen=True)
 class JobOutcome:
-    state: str  # "done" | "failed" | "cancelled" | "interrupted"
+    # "done" | "failed" | "cancelled" | "interrupted" (clean shutdown: resume, attempt given back) | "retry" (a
+    # full disk: resume from the last checkpoint once there is space, the attempt counted)
+    state: str
     error: str | None = None
     stage: str | None = None
     outputs: dict[str, Any] = field(default_factory=dict)
 
 
-def readable_error(exc: BaseException, stage: str) -> str:
-    """Named exceptions -> messages a user can act on."""
+def _os_error_in_chain(exc: BaseException, codes: set[int]) -> OSError | None:
+    """The first OSError with one of ``codes`` in ``exc``'s cause/context chain (libraries often wrap them)."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno in codes:
+            return cur
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def named_error(exc: BaseException, stage: str) -> str | None:
+    """Conditions the code can name (out of memory, full disk, no permission) -> a message a user can act on;
+    None for anything else (a bug: its traceback is what helps)."""
     try:
         import torch
 
@@ -66,9 +82,21 @@ def readable_error(exc: BaseException, stage: str) -> str:
     if isinstance(exc, MemoryError):
         return (f"the machine ran out of memory in stage {stage!r}. Lower geometry.voxel_resolution or "
                 f"images.max_side, or give the worker more memory")
-    if isinstance(exc, OSError) and exc.errno == 28:
-        return f"the disk is full (stage {stage!r}): free space on the state or outbox volume and retry"
-    return f"internal error in stage {stage!r}: {type(exc).__name__}: {exc} (details in job.log)"
+    full = _os_error_in_chain(exc, {errno.ENOSPC, errno.EDQUOT})
+    if full is not None:
+        where = f" ({full.filename})" if full.filename else ""
+        return (f"the disk is full{where} in stage {stage!r}: free space on the state or outbox volume, then "
+                f"`hotmesh retry` the job (finished stages are reused)")
+    denied = _os_error_in_chain(exc, {errno.EACCES, errno.EPERM, errno.EROFS})
+    if denied is not None:
+        return (f"cannot write {denied.filename or 'a file'} in stage {stage!r} ({denied.strerror}): make the state "
+                f"and outbox folders writable for the user running hotmesh, then `hotmesh retry` the job")
+    return None
+
+
+def readable_error(exc: BaseException, stage: str) -> str:
+    """Named exceptions -> messages a user can act on; anything else as an internal error."""
+    return named_error(exc, stage) or f"internal error in stage {stage!r}: {type(exc).__name__}: {exc} (details in job.log)"
 
 
 def _peak_rss_mb() -> float:
@@ -165,24 +193,56 @@ def _photo_names(ctx: JobContext) -> list[str] | None:
         return None  # ingest did not finish: every image in the folder
 
 
-def _publish_terminal(ctx: JobContext, outbox: Path, state: str, error: str, stage: str | None) -> Path:
-    out = ctx.work_dir / "terminal"
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    log = ctx.work_dir / "job.log"
+def _publish_terminal(ctx: JobContext, outbox: Path, state: str, error: str, stage: str | None) -> dict[str, Any]:
+    """Publish the report of a failed or cancelled job; returns the outputs to record ({} when it could not
+    be published: the job still ends, with its error in the ledger). Built straight in the outbox: the state
+    volume may be the full one."""
+    log_file = ctx.work_dir / "job.log"
     # a failed job's report shows each photo with what went wrong with it; a cancelled one needs no diagnosis
     photos = photo_diagnostics(ctx.input_dir, ctx.work_dir, _photo_names(ctx)) if state == "failed" else []
-    files = write_failure_report(out, ctx.job_id, ctx.input_dir.name, state, error, stage, _input_summary_if_any(ctx),
-                                 read_timings(ctx), ctx.settings.to_dict(), ctx.device, photos=photos,
-                                 published={"job.log"} if log.exists() else set())
-    if log.exists():
-        files["job.log"] = log
-    return publish(files, outbox, ctx.job_id)
+
+    def build(out: Path) -> None:
+        write_failure_report(out, ctx.job_id, ctx.input_dir.name, state, error, stage, _input_summary_if_any(ctx),
+                             read_timings(ctx), ctx.settings.to_dict(), ctx.device, photos=photos,
+                             published={"job.log"} if log_file.exists() else set())
+        if log_file.exists():
+            shutil.copy2(log_file, out / "job.log")
+
+    try:
+        final = publish_built(build, outbox, ctx.job_id, retry_seconds=PUBLISH_RETRY_SECONDS)
+    except Exception as e:
+        named = named_error(e, PUBLISH)
+        ctx.log.error("could not publish the %s job's report: %s", state, named or traceback.format_exc())
+        return {}
+    return {"report": str(final / "report.html")}
+
+
+def evaluation(report_summary: dict[str, Any], cameras_summary: dict[str, Any],
+               holdout_every: int) -> dict[str, Any]:
+    """Whether the mesh was checked against held-out photos, for the ledger and the status file: a job without
+    a held-out view must say "not evaluated", not look like one that passed."""
+    if report_summary.get("heldout_iou") is not None or report_summary.get("heldout_psnr") is not None:
+        return {"evaluated": True, "evaluation": f"evaluated on {cameras_summary.get('holdout', '?')} held-out view(s)"}
+    views = cameras_summary.get("views")
+    if not cameras_summary.get("holdout"):
+        why = (f"no held-out view: {views} views, and images.holdout_every={holdout_every} holds one out only "
+               f"from {2 * holdout_every} views on" if holdout_every > 1 else "no held-out view (images.holdout_every "
+               f"= {holdout_every})")
+    else:
+        why = "no held-out view has a usable mask"
+    return {"evaluated": False, "evaluation": f"not evaluated: {why}"}
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return _os_error_in_chain(exc, {errno.ENOSPC, errno.EDQUOT}) is not None
 
 
 def run_job(ctx: JobContext, fingerprint: str, outbox: Path,
-            on_timing: Callable[[str, dict[str, Any]], None] = lambda s, t: None) -> JobOutcome:
-    """Run, publish, and turn every exit (success, bad input, cancel, shutdown, crash) into an outcome."""
+            on_timing: Callable[[str, dict[str, Any]], None] = lambda s, t: None,
+            retry_disk_full: bool = False) -> JobOutcome:
+    """Run, publish, and turn every exit (success, bad input, cancel, shutdown, crash) into an outcome.
+    ``retry_disk_full``: a full disk ends this attempt as "retry" (the daemon requeues the job, and its disk
+    guard holds it until there is space) instead of failing the job; the last attempt fails, with its report."""
     log = ctx.log
     try:
         run_stages(ctx, fingerprint, on_timing)
@@ -195,32 +255,38 @@ def run_job(ctx: JobContext, fingerprint: str, outbox: Path,
         for h in logging.getLogger().handlers + log.logger.handlers:
             h.flush()
         files["job.log"] = ctx.work_dir / "job.log"
-        final = publish(files, outbox, ctx.job_id)
+        # an outbox that refuses writes for a moment is waited for (a CANCEL still stops the job meanwhile)
+        final = publish(files, outbox, ctx.job_id, retry_seconds=PUBLISH_RETRY_SECONDS, check=ctx.check)
         on_timing(PUBLISH, {"stage": PUBLISH, "seconds": round(time.monotonic() - t0, 3), "skipped": False,
                             "peak_rss_mb": None, "peak_vram_mb": None})
         summary = json.loads((report_dir / "_done.json").read_text())["summary"]
-        return JobOutcome("done", outputs={"outbox": str(final), "report": str(final / "report.html"), **summary})
+        checked = evaluation(summary, read_summary(stage_dir(ctx, "cameras")), ctx.settings.images.holdout_every)
+        return JobOutcome("done", outputs={"outbox": str(final), "report": str(final / "report.html"), **summary,
+                                           **checked})
     except Cancelled as e:
         log.warning("%s", e)
         stage = ctx.stage
-        final = _publish_terminal(ctx, outbox, "cancelled", str(e), stage)
+        outputs = _publish_terminal(ctx, outbox, "cancelled", str(e), stage)
         # scratch goes; the published report keeps the log
         shutil.rmtree(ctx.work_dir / "stages", ignore_errors=True)
-        return JobOutcome("cancelled", error=str(e), stage=stage, outputs={"report": str(final / "report.html")})
+        return JobOutcome("cancelled", error=str(e), stage=stage, outputs=outputs)
     except Interrupted as e:
         log.warning("interrupted in stage %s (%s); checkpoints kept for resume", ctx.stage, e)
         return JobOutcome("interrupted", error=str(e), stage=ctx.stage)
     except JobError as e:
         log.error("failed in stage %s: %s", ctx.stage, e)
-        final = _publish_terminal(ctx, outbox, "failed", str(e), ctx.stage)
-        return JobOutcome("failed", error=str(e), stage=ctx.stage, outputs={"report": str(final / "report.html")})
+        outputs = _publish_terminal(ctx, outbox, "failed", str(e), ctx.stage)
+        return JobOutcome("failed", error=str(e), stage=ctx.stage, outputs=outputs)
     except Exception as e:  # the daemon must survive anything a stage does; the user gets a readable line
-        log.error("crashed in stage %s:\n%s", ctx.stage, traceback.format_exc())
+        named = named_error(e, ctx.stage)
+        if retry_disk_full and is_disk_full(e):  # passes by itself once space is freed: not the job's fault
+            log.warning("stopped in stage %s: %s; queued again, it resumes from its last checkpoint when there is "
+                        "space", ctx.stage, named)
+            return JobOutcome("retry", error=named, stage=ctx.stage)
+        if named is None:  # a bug: the traceback is what helps
+            log.error("crashed in stage %s:\n%s", ctx.stage, traceback.format_exc())
+        else:  # a condition with a name (full disk, no permission): the sentence says it all
+            log.error("failed in stage %s: %s", ctx.stage, named)
         msg = readable_error(e, ctx.stage)
-        try:
-            final = _publish_terminal(ctx, outbox, "failed", msg, ctx.stage)
-            outputs = {"report": str(final / "report.html")}
-        except Exception:
-            log.error("could not write the failure report:\n%s", traceback.format_exc())
-            outputs = {}
-        return JobOutcome("failed", error=msg, stage=ctx.stage, outputs=outputs)
+        return JobOutcome("failed", error=msg, stage=ctx.stage,
+                          outputs=_publish_terminal(ctx, outbox, "failed", msg, ctx.stage))

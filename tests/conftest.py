@@ -112,6 +112,8 @@ class DaemonProc:
         cmd = [sys.executable, "-m", "daemon.cli", "run", "--inbox", str(self.inbox), "--outbox", str(self.outbox),
                "--state", str(self.state), "--settle-seconds", "0.5", "--gpus", "cpu",
                "--set", "intake.rescan_seconds=1", "--set", "jobs.cancel_poll_seconds=0.2",
+               # a folder whose transforms.json lists missing files (fox) waits this long, not the default minute
+               "--set", "intake.missing_files_seconds=3",
                # smaller texture atlases keep the suite's CPU time down; tests/test_texture.py checks textures
                "--set", "texture.cpu_size=512", "--set", "texture.cpu_max_faces=20000", *self.args]
         env = dict(os.environ, PYTHONUNBUFFERED="1")

@@ -244,12 +244,16 @@ class IngestStage(Stage):
     def run(self, ctx: JobContext, out_dir: Path) -> dict[str, Any]:
         job_dir, limits = ctx.input_dir, ctx.settings.limits
         problems: list[str] = []
-        bad_links = escaping_symlinks(job_dir)
-        if bad_links:
-            problems.append(f"symbolic links point outside the job folder (not allowed; copy the files in): {_listing(bad_links)}")
-        total = folder_bytes(job_dir)
+        total = folder_bytes(job_dir)  # lstat only: never follows a link
         if total > limits.max_job_mb * 1e6:
             problems.append(f"the folder holds {total / 1e6:.0f} MB, over the {limits.max_job_mb:g} MB per-job limit (limits.max_job_mb)")
+        bad_links = escaping_symlinks(job_dir)
+        if bad_links:
+            # refused before anything else is read: not even the poses or one image behind such a link (a
+            # linked images/ folder, transforms.json or masks/) may be opened to list the other problems
+            problems.insert(0, f"symbolic links point outside the job folder (not allowed; copy the files in): "
+                               f"{_listing(bad_links)}")
+            raise InputError("the job folder cannot be processed:\n- " + "\n- ".join(problems))
         try:
             read_scale_spec(job_dir)  # checked here so a broken scale.json fails the job before any work
         except ScaleFileError as e:
@@ -290,21 +294,26 @@ class IngestStage(Stage):
             problems.append(f"only {len(frames)} usable image(s); at least {limits.min_images} are needed "
                             f"(limits.min_images). Add more views of the object from all sides")
         masked = [f for f in frames if f.has_alpha or f.mask_file]
-        auto = ctx.settings.masks.auto != "off"
-        if frames and not masked and not auto:
-            problems.append("no masks: the images have no alpha channel and there is no masks/ folder. Add one mask "
-                            "per image as masks/<image name>.png (white = object), use RGBA images with a "
-                            "transparent background, or turn automatic masks on (masks.auto = missing)")
-        elif len(masked) < len(frames):
-            no_mask = [f.name for f in frames if not (f.has_alpha or f.mask_file)]
-            if auto:
-                warnings.append(f"{len(no_mask)} image(s) have no mask; automatic masks are computed for them "
-                                f"(the report shows them for checking): {_listing(no_mask)}")
+        no_mask = [f.name for f in frames if not (f.has_alpha or f.mask_file)]
+        hull_only = ctx.settings.geometry.method == "hull"
+        if no_mask and not hull_only:
+            warnings.append(f"{len(no_mask)} image(s) have no mask: the shape comes from multi-view stereo and "
+                            f"silhouettes estimated from the photos (published as masks.zip for checking): "
+                            f"{_listing(no_mask)}")
+        elif no_mask and ctx.settings.masks.auto != "off":
+            warnings.append(f"{len(no_mask)} image(s) have no mask; automatic masks are computed for them "
+                            f"(the report shows them for checking): {_listing(no_mask)}")
+        elif no_mask:
+            if not masked:
+                problems.append("no masks, and geometry.method = hull with masks.auto = off: add one mask per image "
+                                "as masks/<image name>.png (white = object), use RGBA images with a transparent "
+                                "background, or set geometry.method = auto")
             else:
-                warnings.append(f"{len(no_mask)} image(s) have no mask and are not used for the shape: {_listing(no_mask)}")
+                warnings.append(f"{len(no_mask)} image(s) have no mask and are not used for the shape: "
+                                f"{_listing(no_mask)}")
                 if len(masked) < limits.min_images:
-                    problems.append(f"only {len(masked)} image(s) have masks; at least {limits.min_images} are needed. "
-                                    f"Missing masks: {_listing(no_mask)}")
+                    problems.append(f"only {len(masked)} image(s) have masks; at least {limits.min_images} are "
+                                    f"needed. Missing masks: {_listing(no_mask)}")
         if problems:
             # the files left out are what the user most needs to see when the job fails for any reason
             notes = [w for w in warnings if "missing" in w or "not used" in w]

@@ -29,6 +29,12 @@ def load_masks(ctx: JobContext) -> list[np.ndarray | None]:
     with np.load(d / "masks.npz") as z:
         return [z[f"mask_{i}"] if f"mask_{i}" in z else None for i in range(meta["count"])]
 
+def mask_size_mismatch(mask_w: int, mask_h: int, image_w: int, image_h: int) -> bool:
+    """A masks/ file must match its image's aspect ratio (1 %); a smaller or larger copy of the right shape is
+    resized, one of another shape would be stretched over the wrong pixels."""
+    return abs(mask_w * image_h - mask_h * image_w) > 0.01 * image_w * mask_h
+
+
 def mask_sheet(rgbs: list[np.ndarray], masks: list[np.ndarray | None], names: list[str], tile: int = 180,
                columns: int = 8) -> np.ndarray:
     """Contact sheet for checking masks by eye: background darkened, outline in green. -> (H, W, 3) uint8."""
@@ -65,6 +71,7 @@ class MasksStage(Stage):
         masks: dict[str, np.ndarray] = {}
         coverage: list[float | None] = []
         dropped: list[str] = []
+        wrong_size: list[str] = []  # masks/ files whose shape is not their image's (named in the error)
         missing: list[int] = []
         for i, name in enumerate(views.names):
             fr = frames[name]
@@ -73,6 +80,10 @@ class MasksStage(Stage):
             m: np.ndarray | None = None
             if fr.mask_file:  # an explicit masks/ file wins over the alpha channel
                 raw = load_gray(ctx.input_dir / fr.mask_file)
+                if mask_size_mismatch(raw.shape[1], raw.shape[0], fr.width, fr.height):
+                    wrong_size.append(f"{fr.mask_file} is {raw.shape[1]}x{raw.shape[0]} but {fr.name} is "
+                                      f"{fr.width}x{fr.height}")
+                    continue
                 spec = specs.get(fr.name)
                 if spec is not None and spec.dist:
                     K = intrinsics_for_image(spec, raw.shape[1], raw.shape[0])
@@ -111,12 +122,21 @@ class MasksStage(Stage):
                 auto.append(views.names[i])
         coverage = [float(masks[f"mask_{i}"].mean()) if f"mask_{i}" in masks else None for i in range(len(views.names))]
         usable_train = sum(1 for i in views.train if f"mask_{i}" in masks)
+        for what in wrong_size:
+            ctx.log.warning("mask %s; view not used for the shape", what)
         if method == "hull" and usable_train < 2:
-            raise InputError(f"only {usable_train} view(s) have a usable mask (empty or all-object masks were "
-                             f"dropped: {', '.join(dropped[:10])}); the shape needs masks that outline the object")
+            reasons = []
+            if wrong_size:
+                reasons.append(f"masks of the wrong size (a mask must have its image's width and height, or at "
+                               f"least its aspect ratio): {'; '.join(wrong_size[:10])}")
+            if dropped:
+                reasons.append(f"empty or all-object masks were dropped: {', '.join(dropped[:10])}")
+            raise InputError(f"only {usable_train} view(s) have a usable mask ({'; '.join(reasons) or 'no masks'}); "
+                             f"the shape needs masks that outline the object")
         np.savez_compressed(out_dir / "masks.npz", **masks)
         (out_dir / "masks.json").write_text(json.dumps({"count": len(views.names), "coverage": coverage,
                                                          "dropped": dropped, "auto": auto, "method": method}))
         for name in dropped:
             ctx.log.warning("mask of %s is empty or covers the whole image; view not used for the shape", name)
-        return {"masked_views": len(masks), "dropped": dropped, "auto": len(auto), "method": method}
+        return {"masked_views": len(masks), "dropped": dropped, "auto": len(auto), "wrong_size": wrong_size,
+                "method": method}
