@@ -232,16 +232,23 @@ def _closed(mesh: trimesh.Trimesh, what: str) -> trimesh.Trimesh:
     return mesh
 
 
-def _resample(poly: np.ndarray, step: float) -> np.ndarray:
-    """Polyline (n, 2) -> polyline whose segments are at most ``step`` long (every input point kept)."""
+def _resample(poly: np.ndarray, step: float, corner_deg: float = 20.0) -> np.ndarray:
+    """Polyline (n, 2) -> polyline with segments of at most ``step``: corners (turning by more than ``corner_deg``)
+    and both ends are kept, the smooth runs between them are resampled uniformly by arc length (so a densely
+    sampled curve is coarsened to ``step`` as well as a long segment refined)."""
+    keep = np.r_[True, np.linalg.norm(np.diff(poly, axis=0), axis=1) > 1e-9]
+    poly = poly[keep]                     # repeated points (where two pieces of a profile meet)
+    d = np.diff(poly, axis=0)
+    heading = np.arctan2(d[:, 1], d[:, 0])
+    turn = np.abs((np.diff(heading) + np.pi) % (2 * np.pi) - np.pi)
+    corners = np.r_[0, np.nonzero(turn > math.radians(corner_deg))[0] + 1, len(poly) - 1]
     out = [poly[:1]]
-    for a, b in zip(poly[:-1], poly[1:]):
-        length = np.linalg.norm(b - a)
-        if length < 1e-9:      # repeated point (where two pieces of a profile meet): would make degenerate faces
-            continue
-        n = max(1, math.ceil(length / step))
-        t = np.arange(1, n + 1)[:, None] / n
-        out.append(a + (b - a) * t)
+    for i0, i1 in zip(corners[:-1], corners[1:]):
+        piece = poly[i0:i1 + 1]
+        s = np.r_[0, np.cumsum(np.linalg.norm(np.diff(piece, axis=0), axis=1))]
+        n = max(1, math.ceil(s[-1] / step))
+        t = s[-1] * np.arange(1, n + 1) / n
+        out.append(np.c_[np.interp(t, s, piece[:, 0]), np.interp(t, s, piece[:, 1])])
     return np.concatenate(out)
 
 
@@ -693,9 +700,9 @@ def plain_vase(seed: int = 0, edge_scale: float = 1.0) -> trimesh.Trimesh:
     ctrl_r = [0.055, 0.074, 0.098, 0.078, 0.037, 0.043, 0.050]
     ro = PchipInterpolator(np.array(ctrl_t) * H, ctrl_r)
     z_top = H - wall / 2
-    zs = np.linspace(0.008, z_top, 400)
+    zs = np.linspace(0.008, z_top, 200)     # dense enough for the spline, resampled to the edge
     outer = np.c_[ro(zs), zs]
-    zi = np.linspace(z_top, floor + 0.008, 400)
+    zi = np.linspace(z_top, floor + 0.008, 200)
     inner = np.c_[ro(zi) - wall, zi]
     profile = np.concatenate([
         [[0.0, 0.0]], _arc((float(ro(0.008)) - 0.008, 0.008), 0.008, -math.pi / 2, 0.0, 16)[:-1],
