@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -32,7 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a script: make the bench package importable
     sys.path.insert(0, str(REPO))
 
-from bench.objects import OBJECTS, make  # noqa: E402
+from bench.objects import OBJECTS, make
 
 KINDS = ("scene", "masked")
 DEFAULT_VIEWS = {"scene": 48, "masked": 60}
@@ -125,9 +126,9 @@ def tool_command(kind: str, tools: Path, mesh: Path, folder: Path, up: str, args
             cmd.append("--posed")
         if args.workers:
             cmd += ["--workers", str(args.workers)]
-        return cmd
+        return cmd + shlex.split(args.scene_args)
     return [sys.executable, str(tools / "render_set.py"), str(mesh), str(folder), "--views", str(views),
-            "--res", str(args.res), "--seed", str(args.seed), "--up", up]
+            "--res", str(args.res), "--seed", str(args.seed), "--up", up] + shlex.split(args.masked_args)
 
 
 def export_object(name: str, seed: int, edge_scale: float, meshes_out: Path) -> Path:
@@ -174,7 +175,7 @@ def render_one(kind: str, obj: str, out: Path, tools: Path, data: Path, args: ar
         up, source = shared.up, shared.path
     cmd = tool_command(kind, tools, mesh, folder, up, args, views)
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True)  # failure reported below
     secs = time.perf_counter() - t0
     if proc.returncode != 0:
         tail = (proc.stdout + proc.stderr)[-3000:]
@@ -205,6 +206,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--workers", type=int, default=0, help="render_scene.py worker processes (0: its default)")
     ap.add_argument("--edge-scale", type=float, default=1.0,
                     help="procedural mesh edge length factor (>1 coarser; for quick checks)")
+    ap.add_argument("--scene-args", default="", metavar="ARGS",
+                    help="extra render_scene.py arguments, one string (e.g. \"--close-frac 0.2 --texel 0.02\")")
+    ap.add_argument("--masked-args", default="", metavar="ARGS",
+                    help="extra render_set.py arguments, one string (e.g. \"--ss 1\")")
     ap.add_argument("--force", action="store_true", help="re-render sets that already exist")
     ap.add_argument("--data", type=Path, default=None, help="shared data folder (default $HOTMESH_TEST_DATA or "
                                                             "../shared/data)")

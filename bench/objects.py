@@ -31,8 +31,9 @@ something to match; ``plain_vase`` is the deliberate exception (near-uniform col
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from itertools import pairwise
 
 import numpy as np
 import trimesh
@@ -208,12 +209,12 @@ class ObjectInfo:
 def describe(mesh: trimesh.Trimesh, name: str = "") -> ObjectInfo:
     """Name, size, face count, watertightness, genus (summed over components) and edge lengths of a mesh."""
     watertight = bool(mesh.is_watertight)
-    n_comp = int(trimesh.graph.connected_components(mesh.face_adjacency, nodes=np.arange(len(mesh.faces)),
-                                                    min_len=1).__len__())
+    n_comp = len(trimesh.graph.connected_components(mesh.face_adjacency, nodes=np.arange(len(mesh.faces)),
+                                                    min_len=1))
     genus = None
     if watertight:
         # chi = 2 * components - 2 * genus for closed orientable surfaces
-        genus = int(round((2 * n_comp - mesh.euler_number) / 2))
+        genus = round((2 * n_comp - mesh.euler_number) / 2)
     edges = mesh.edges_unique_length
     return ObjectInfo(name=name, size=tuple(float(x) for x in mesh.extents), faces=len(mesh.faces),
                       vertices=len(mesh.vertices), watertight=watertight, genus=genus, components=n_comp,
@@ -243,7 +244,7 @@ def _resample(poly: np.ndarray, step: float, corner_deg: float = 20.0) -> np.nda
     turn = np.abs((np.diff(heading) + np.pi) % (2 * np.pi) - np.pi)
     corners = np.r_[0, np.nonzero(turn > math.radians(corner_deg))[0] + 1, len(poly) - 1]
     out = [poly[:1]]
-    for i0, i1 in zip(corners[:-1], corners[1:]):
+    for i0, i1 in pairwise(corners):
         piece = poly[i0:i1 + 1]
         s = np.r_[0, np.cumsum(np.linalg.norm(np.diff(piece, axis=0), axis=1))]
         n = max(1, math.ceil(s[-1] / step))
@@ -334,7 +335,8 @@ def torus_z(center: np.ndarray, major: float, minor: float, label: int) -> Part:
     return Part(sdf, center - ext, center + ext, label)
 
 
-def sdf_union_mesh(parts: list[Part], voxel: float, what: str, chunk: int = 1 << 21) -> tuple[trimesh.Trimesh, np.ndarray]:
+def sdf_union_mesh(parts: list[Part], voxel: float, what: str,
+                   chunk: int = 1 << 21) -> tuple[trimesh.Trimesh, np.ndarray]:
     """Marching-cubes mesh of the union of ``parts`` on a grid of ``voxel`` metres.
 
     Each part is evaluated only inside its own bounding box plus a band of 3 voxels (outside it the union's
@@ -364,7 +366,8 @@ def sdf_union_mesh(parts: list[Part], voxel: float, what: str, chunk: int = 1 <<
             d = part.sdf(pts.reshape(-1, 3)).reshape(nx, ny, len(zs)).astype(np.float32)
             sub = grid[i0[0]:i1[0], i0[1]:i1[1], z0:z1]
             np.minimum(sub, d, out=sub)
-    # only cells near the surface can hold it: skipping the rest halves marching-cubes time on these grids
+    # a cube that the surface crosses has all corners within sqrt(3) voxels of it (distances are exact or
+    # underestimated), so the 2-voxel mask skips only empty cubes and saves marching-cubes time
     verts, faces, _, _ = marching_cubes(grid, 0.0, spacing=(voxel,) * 3, gradient_direction="ascent",
                                         mask=np.abs(grid) < 2 * voxel)
     mesh = trimesh.Trimesh(verts + lo, faces, process=True)
@@ -513,7 +516,8 @@ def _relief_height(xy: np.ndarray) -> np.ndarray:
     n = int(0.11 / px)
     cols = (xy[:, 0] + 0.055) / px
     rows = (0.055 - xy[:, 1]) / px
-    for text, y, cap, max_w, height in (("HOTMESH", 0.016, 0.024, 0.088, 0.0025), ("RELIEF 3D", -0.022, 0.013, 0.07, 0.001)):
+    lines = (("HOTMESH", 0.016, 0.024, 0.088, 0.0025), ("RELIEF 3D", -0.022, 0.013, 0.07, 0.001))
+    for text, y, cap, max_w, height in lines:       # text, centre y, cap height, max width, relief (m)
         img = Image.new("L", (n, n), 0)
         draw = ImageDraw.Draw(img)
         size_px = int(cap / px)
@@ -553,7 +557,8 @@ def _disc_triangles(xy: np.ndarray, up: bool) -> np.ndarray:
 
     tri = Delaunay(xy).simplices
     p = xy[tri]
-    area2 = (p[:, 1, 0] - p[:, 0, 0]) * (p[:, 2, 1] - p[:, 0, 1]) - (p[:, 1, 1] - p[:, 0, 1]) * (p[:, 2, 0] - p[:, 0, 0])
+    e1, e2 = p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]
+    area2 = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
     flip = (area2 < 0) if up else (area2 > 0)
     tri[flip] = tri[flip][:, ::-1]
     return tri[np.abs(area2) > 1e-14]
@@ -577,12 +582,14 @@ def relief_disc(seed: int = 0, edge_scale: float = 1.0) -> trimesh.Trimesh:
     nz = max(1, math.ceil(T / s_top))
     a = 2 * math.pi * np.arange(nb) / nb
     mid_z = T - T * np.arange(1, nz) / nz                      # wall rings strictly between top and bottom
-    mid = np.concatenate([np.c_[R * np.cos(a), R * np.sin(a), np.full(nb, z)] for z in mid_z]) if nz > 1 else np.zeros((0, 3))
+    mid = np.zeros((0, 3))
+    if nz > 1:
+        mid = np.concatenate([np.c_[R * np.cos(a), R * np.sin(a), np.full(nb, z)] for z in mid_z])
     n_top, n_mid = len(top), len(mid)
     verts = np.concatenate([top, mid, np.c_[bot_xy, np.zeros(len(bot_xy))]])
     rings = [np.arange(nb)] + [n_top + k * nb + np.arange(nb) for k in range(nz - 1)] + [n_top + n_mid + np.arange(nb)]
     wall = []
-    for upper, lower in zip(rings[:-1], rings[1:]):
+    for upper, lower in pairwise(rings):
         u1, l1 = np.roll(upper, -1), np.roll(lower, -1)
         wall += [np.c_[upper, lower, u1], np.c_[u1, lower, l1]]   # outward for counter-clockwise rings
     faces = np.concatenate([top_tri, np.concatenate(wall), bot_tri + n_top + n_mid])
@@ -616,7 +623,10 @@ def armchair(seed: int = 0, edge_scale: float = 1.0) -> trimesh.Trimesh:
     x, y = W / 2, D / 2
     post_top = np.array([0.0, y + 0.10, 0.90])
     parts: list[Part] = []
-    tube = lambda a, b: parts.append(capsule(np.asarray(a, float), np.asarray(b, float), rt, 0))  # noqa: E731
+
+    def tube(a: list[float] | np.ndarray, b: list[float] | np.ndarray) -> None:
+        parts.append(capsule(np.asarray(a, float), np.asarray(b, float), rt, 0))
+
     for sx in (-1, 1):
         tube([sx * x, -y, rt], [sx * x, -y, zs])                # front leg (the end sphere stands on z = 0)
         tube([sx * x, y, rt], [sx * x, y, zs])                  # rear leg
@@ -681,7 +691,8 @@ def cup(seed: int = 0, edge_scale: float = 1.0) -> trimesh.Trimesh:
         return np.maximum(torus, (R - w / 2) - p[:, 0])         # cut inside the wall, never into the cavity
 
     parts = [Part(body, np.array([-R, -R, 0.0]), np.array([R, R, H]), 0),
-             Part(handle, np.array([R - w, -minor, z0 - major - minor]), np.array([x0 + major + minor, minor, z0 + major + minor]), 1)]
+             Part(handle, np.array([R - w, -minor, z0 - major - minor]),
+                  np.array([x0 + major + minor, minor, z0 + major + minor]), 1)]
     mesh, labels = sdf_union_mesh(parts, _edge(0.2, edge_scale), "cup")
     mesh.apply_translation([0, 0, -mesh.bounds[0][2]])          # keep the cup axis on x = y = 0
     return _paint(mesh, labels, {0: (CERAMIC, TextureStyle()), 1: (HANDLE, TextureStyle(cell=1 / 10))}, seed)
