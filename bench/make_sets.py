@@ -13,8 +13,9 @@ Kinds (the tools are called by path from <data>/../tools, never copied):
 A set is named <object>_<kind>. Procedural objects are built with --seed (colours) and exported with their face
 colours to OUT/_meshes/<object>-s<seed>.ply (folders starting with "_" are never jobs), then rendered with --up z.
 Every set is rendered with the same --seed: the room is scaled to each object, so sets differ by the object.
-Sets that are already complete are skipped unless --force; OUT/sets.json lists every set (name, kind, object,
-seed, views, size, tool command, seconds, MB).
+Sets that already exist are skipped unless --force (an interrupted set is rendered again; a folder that
+OUT/sets.json does not list is never replaced without --force); OUT/sets.json lists every set (name, kind,
+object, seed, views, size, tool command, seconds, MB, status).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -74,6 +75,7 @@ class SetRecord:
     command: tuple[str, ...]  # the tool command line
     seconds: float
     megabytes: float          # images only
+    status: str               # "rendering" while the tool runs, then "done"
 
 
 def default_data() -> Path:
@@ -152,17 +154,26 @@ def megabytes(folder: Path) -> float:
 
 def render_one(kind: str, obj: str, out: Path, tools: Path, data: Path, args: argparse.Namespace,
                entries: dict[str, dict]) -> SetRecord | None:
-    """Render one set unless it is complete already (and not --force); returns its record or None if skipped."""
+    """Render one set unless it exists already (and not --force); returns its record, or None if skipped.
+
+    A set folder counts as existing when sets.json lists it as done and its files are complete, or when sets.json
+    does not list it at all (made by someone else: never deleted without --force). A folder that sets.json lists
+    as still rendering (an interrupted run) or as done with files missing is rendered again. ``entries`` and
+    sets.json are updated before the tool starts and after it ends."""
     name = set_name(obj, kind)
     views = args.views or DEFAULT_VIEWS[kind]
     folder = out / name
     old = entries.get(name)
-    if old and not args.force and is_complete(out, old):
+    if not args.force and old is not None and old.get("status", "done") == "done" and is_complete(out, old):
         note = "" if old["views"] == views and old["seed"] == args.seed else \
             f" (exists with {old['views']} views, seed {old['seed']}: --force to re-render)"
         print(f"skip {folder}: complete{note}", flush=True)
         return None
-    if folder.exists():  # partial or forced: start clean so no stale image of an older render remains
+    if not args.force and old is None and folder.exists():
+        print(f"skip {folder}: exists but sets.json does not list it (not made here): --force to replace",
+              flush=True)
+        return None
+    if folder.exists():  # interrupted, incomplete or forced: start clean so no stale image remains
         shutil.rmtree(folder)
     if obj in OBJECTS:
         mesh = export_object(obj, args.seed, args.edge_scale, out / "_meshes")
@@ -174,18 +185,22 @@ def render_one(kind: str, obj: str, out: Path, tools: Path, data: Path, args: ar
             raise FileNotFoundError(f"shared mesh {obj!r} missing: {mesh}")
         up, source = shared.up, shared.path
     cmd = tool_command(kind, tools, mesh, folder, up, args, views)
+    size = (args.width, args.height) if kind == "scene" else (args.res, args.res)
+    rec = SetRecord(name=name, kind=kind, object=obj, source=source, mesh=str(mesh), up=up, seed=args.seed,
+                    views=views, size=size, command=tuple(cmd), seconds=0.0, megabytes=0.0, status="rendering")
+    entries[name] = asdict(rec)
+    save_manifest(out, entries)          # claims the folder: a rerun after an interruption renders it again
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True)  # failure reported below
     secs = time.perf_counter() - t0
     if proc.returncode != 0:
         tail = (proc.stdout + proc.stderr)[-3000:]
         raise RuntimeError(f"{Path(cmd[1]).name} failed for {name} (exit {proc.returncode}):\n{tail}")
-    size = (args.width, args.height) if kind == "scene" else (args.res, args.res)
-    rec = SetRecord(name=name, kind=kind, object=obj, source=source, mesh=str(mesh), up=up, seed=args.seed,
-                    views=views, size=size, command=tuple(cmd), seconds=round(secs, 1),
-                    megabytes=round(megabytes(folder), 2))
+    rec = replace(rec, seconds=round(secs, 1), megabytes=round(megabytes(folder), 2), status="done")
     if not is_complete(out, asdict(rec)):
         raise RuntimeError(f"{name}: the tool exited 0 but the set is incomplete in {folder}")
+    entries[name] = asdict(rec)
+    save_manifest(out, entries)
     return rec
 
 
@@ -239,11 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     for kind in args.kind:
         for obj in [*args.objects, *args.meshes]:
             rec = render_one(kind, obj, out, tools, data, args, entries)
-            if rec is None:
-                continue
-            entries[rec.name] = asdict(rec)
-            save_manifest(out, entries)  # after every set, so an interrupted run keeps what it finished
-            print(f"{out / rec.name}  {rec.views} views  {rec.seconds:.1f} s  {rec.megabytes:.1f} MB", flush=True)
+            if rec is not None:
+                print(f"{out / rec.name}  {rec.views} views  {rec.seconds:.1f} s  {rec.megabytes:.1f} MB", flush=True)
     return 0
 
 

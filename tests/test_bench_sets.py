@@ -143,9 +143,34 @@ def test_make_sets_renders_tiny_scene_and_masked_sets_and_skips_them_next_time(
     assert sets["cup_masked"]["command"][1].endswith("render_set.py") and sets["cup_masked"]["up"] == "z"
     assert sets["cup_masked"]["seed"] == 13 and sets["cup_masked"]["views"] == 6
 
+    assert {s["status"] for s in sets.values()} == {"done"}
+
     mtime = jpgs[0].stat().st_mtime_ns
     assert make_sets(argv) == 0
     assert capsys.readouterr().out.count("skip ") == 2 and jpgs[0].stat().st_mtime_ns == mtime
+
+    # an interrupted set (sets.json still says rendering) is rendered again; a complete one is not
+    manifest = json.loads((out / "sets.json").read_text())
+    for s in manifest["sets"]:
+        if s["name"] == "cup_masked":
+            s["status"] = "rendering"
+    (out / "sets.json").write_text(json.dumps(manifest))
+    (masked / "images" / "r_005.png").unlink()
+    assert make_sets(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"skip {scene}: complete" in printed and f"{masked}  6 views" in printed
+    assert len(list((masked / "images").glob("r_*.png"))) == 6 and jpgs[0].stat().st_mtime_ns == mtime
+
+
+def test_make_sets_never_replaces_a_folder_it_did_not_make(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tools = data("meshes").parent.parent / "tools"
+    foreign = tmp_path / "stool_masked"
+    (foreign / "images").mkdir(parents=True)
+    (foreign / "images" / "mine.png").write_bytes(b"not ours")
+    assert make_sets([str(tmp_path), "--kind", "masked", "--objects", "stool", "--tools", str(tools)]) == 0
+    assert "sets.json does not list it" in capsys.readouterr().out
+    assert (foreign / "images" / "mine.png").read_bytes() == b"not ours"
+    assert not (tmp_path / "_meshes").exists()
 
 
 def test_make_sets_rejects_unknown_objects(capsys: pytest.CaptureFixture[str]) -> None:
