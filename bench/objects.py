@@ -9,23 +9,24 @@ Every object is a function ``f(seed=0, edge_scale=1.0) -> trimesh.Trimesh`` list
 - ``plain_vase``: a smooth revolved vase with a cavity, coloured almost uniformly (faint variation only);
 - ``stool``: a seat disc on three thin splayed legs joined by a ring-shaped rung.
 
-Conventions: metres, +Z up, the lowest point on z = 0, 0.2-0.95 m in size, every object a closed (watertight,
+Conventions: metres, +Z up, the lowest point on z = 0, 0.2-0.92 m largest extent, every object a closed (watertight,
 consistently wound) solid. The ground-truth surface of an object is the mesh itself (the renderers write it to
 ``gt.ply``). Meshes are dense: the target edge length is ``size / 256`` (``size`` = largest extent), so when the
 object spans 40 % of a 960 px wide photo (384 px) a face edge is about 1.5 px and colour detail survives.
 
 How the shapes are made, and why:
-- revolved objects (bottle, cup body profile, vase) are exact surfaces of revolution (``trimesh.creation.revolve``
-  of a profile resampled to the edge length);
+- bottle and vase are exact surfaces of revolution (``trimesh.creation.revolve`` of a profile resampled to the
+  edge length);
 - the relief disc is a heightfield over a Delaunay triangulation of the disc, closed by a side wall and a bottom;
 - objects made of several overlapping parts (armchair, stool, cup with its handle) are unions of signed distance
-  functions (capsules = cylinders with spherical ends, rounded boxes and cylinders, tori) meshed by marching cubes
+  functions (capsules = cylinders with spherical ends, rounded boxes and cylinders, tori; the cup body is the SDF
+  of a revolved 2-D wall section) meshed by marching cubes
   (scikit-image, a project dependency). trimesh's boolean engine (manifold3d) is not installed here, and a plain
   concatenation of overlapping closed parts would put buried faces into the ground truth (they would count as
   surface that no reconstruction can recover); the SDF union is one watertight surface with the true genus.
 
 Colours come from a seeded 3-D solid texture evaluated at face centres (multi-octave value noise mapped through a
-palette, plus warped stripes, dots and patches), with palettes per object and per part, so multi-view stereo has
+palette, plus warped stripes, dots, patches and a fine grain), with palettes per object and per part, so multi-view stereo has
 something to match; ``plain_vase`` is the deliberate exception (near-uniform colour).
 """
 from __future__ import annotations
