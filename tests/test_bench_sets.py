@@ -1,0 +1,179 @@
+"""Benchmark objects (bench/objects.py) and set rendering (bench/make_sets.py) with the shared renderers.
+
+Objects are built coarse (edge_scale 3) except where density itself is checked; the renders are tiny."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trimesh
+from PIL import Image
+
+from bench import objects as bo
+from bench.make_sets import main as make_sets
+from tests.conftest import data
+
+COARSE = 3.0
+GENUS = {"bottle": 0, "relief_disc": 0, "armchair": 6, "cup": 1, "plain_vase": 0, "stool": 3}
+
+
+@pytest.fixture(scope="module")
+def objs() -> dict[str, trimesh.Trimesh]:
+    return {name: bo.make(name, seed=3, edge_scale=COARSE) for name in bo.OBJECTS}
+
+
+def luminance(mesh: trimesh.Trimesh) -> np.ndarray:
+    """Per-face luminance in 0..1."""
+    return mesh.visual.face_colors[:, :3] @ np.array([0.299, 0.587, 0.114]) / 255.0
+
+
+def test_every_object_is_one_closed_upright_solid_of_the_expected_genus(objs: dict[str, trimesh.Trimesh]) -> None:
+    assert set(objs) == set(GENUS)
+    for name, mesh in objs.items():
+        info = bo.describe(mesh, name)
+        assert info.watertight and mesh.is_winding_consistent and mesh.volume > 0, name
+        assert info.components == 1, (name, info.components)
+        assert info.genus == GENUS[name], (name, info.genus)
+        assert abs(mesh.bounds[0][2]) < 1e-6, (name, mesh.bounds)       # resting on z = 0
+        assert 0.18 < max(info.size) < 1.0, (name, info.size)
+        assert len(mesh.visual.face_colors) == len(mesh.faces)
+
+
+def test_faces_are_small_at_the_default_density_and_scale_with_edge_scale(objs: dict[str, trimesh.Trimesh]) -> None:
+    fine = bo.describe(bo.make("bottle"), "bottle")
+    target = max(fine.size) * bo.EDGE_FRACTION                          # 1.5 px when the object spans 384 px
+    assert fine.edge_mean < 1.1 * target and fine.edge_max < 1.5 * target    # quad diagonals: sqrt(2) * target
+    assert fine.faces > 100_000
+    for name, mesh in objs.items():
+        edges = mesh.edges_unique_length
+        target = mesh.extents.max() * bo.EDGE_FRACTION * COARSE
+        assert np.percentile(edges, 95) < 1.6 * target, name
+
+
+def test_cup_has_a_cavity_with_a_floor(objs: dict[str, trimesh.Trimesh]) -> None:
+    cup = objs["cup"]
+    assert cup.volume < 0.4 * cup.convex_hull.volume
+    # straight down the axis: the first surface is the cavity floor, far below the rim
+    loc, _, _ = cup.ray.intersects_location([[0, 0, 1.0]], [[0, 0, -1.0]], multiple_hits=True)
+    assert loc[:, 2].max() == pytest.approx(bo.CUP_FLOOR, abs=0.003)
+
+
+def test_armchair_has_a_gap_between_seat_and_back(objs: dict[str, trimesh.Trimesh]) -> None:
+    chair = objs["armchair"]
+    z_gap = (bo.CHAIR_SEAT_TOP + bo.CHAIR_BACK_BOTTOM) / 2
+    # rays from the front to the back, through the chair's middle
+    assert not chair.ray.intersects_any([[0, -2.0, z_gap]], [[0, 1.0, 0]])[0]
+    assert chair.ray.intersects_any([[0, -2.0, 0.72]], [[0, 1.0, 0]])[0]              # the back slab
+    assert chair.ray.intersects_any([[0, -2.0, bo.CHAIR_SEAT_TOP - 0.01]], [[0, 1.0, 0]])[0]  # the seat
+
+
+def test_relief_disc_is_thick_and_its_relief_is_1_to_4_mm(objs: dict[str, trimesh.Trimesh]) -> None:
+    disc = objs["relief_disc"]
+    assert disc.extents[:2] == pytest.approx([0.30, 0.30], abs=1e-3)
+    v = disc.vertices
+    top = v[v[:, 2] >= 0.03 - 1e-9]
+    relief = top[:, 2] - 0.03
+    assert 0.001 <= relief.max() <= 0.004
+    assert 0.01 < (relief > 0.0005).mean() < 0.5                         # raised parts, but mostly flat top
+    fine = bo._relief_height(np.array([[0.105, 0.0], [0.132, 0.0], [0.0, 0.145]]))
+    assert fine[0] == pytest.approx(0.003) and fine[1] == pytest.approx(0.002) and fine[2] == 0.0
+
+
+def test_textured_objects_vary_in_colour_and_the_plain_vase_barely(objs: dict[str, trimesh.Trimesh]) -> None:
+    for name, mesh in objs.items():
+        lum = luminance(mesh)
+        rgb = mesh.visual.face_colors[:, :3]
+        if name in bo.PLAIN:
+            assert lum.std() < 0.02 and np.ptp(lum) < 0.12, (name, lum.std())
+        else:
+            assert lum.std() > 0.1, (name, lum.std())
+            assert len(np.unique(rgb, axis=0)) > 2000, name
+
+
+def test_colours_are_seeded() -> None:
+    a = bo.make("stool", seed=1, edge_scale=4.0).visual.face_colors
+    b = bo.make("stool", seed=1, edge_scale=4.0).visual.face_colors
+    c = bo.make("stool", seed=2, edge_scale=4.0).visual.face_colors
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_describe_and_unknown_names() -> None:
+    info = bo.describe(bo.make("cup", edge_scale=4.0), "cup")
+    assert (info.name, info.watertight, info.genus, info.components) == ("cup", True, 1, 1)
+    assert info.size[2] == pytest.approx(bo.CUP_H, abs=1e-3) and info.volume > 0
+    with pytest.raises(KeyError, match="known: bottle"):
+        bo.make("teapot")
+    with pytest.raises(ValueError, match="edge_scale"):
+        bo.bottle(edge_scale=0)
+
+
+def test_make_sets_renders_tiny_scene_and_masked_sets_and_skips_them_next_time(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tools = data("meshes").parent.parent / "tools"
+    out = tmp_path / "sets"
+    argv = [str(out), "--kind", "scene", "masked", "--objects", "cup", "--views", "6", "--width", "96",
+            "--height", "72", "--res", "64", "--edge-scale", "4", "--workers", "1", "--tools", str(tools),
+            "--scene-args", "--texel 0.05", "--masked-args", "--ss 1"]
+    assert make_sets(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"{out / 'cup_scene'}  6 views" in printed and f"{out / 'cup_masked'}  6 views" in printed
+
+    scene = out / "cup_scene"
+    jpgs = sorted((scene / "images").glob("IMG_*.jpg"))
+    assert len(jpgs) == 6 and Image.open(jpgs[0]).size == (96, 72) and Image.open(jpgs[0]).mode == "RGB"
+    poses = json.loads((out / "cup_scene.poses.json").read_text())
+    assert (poses["w"], poses["h"], len(poses["frames"])) == (96, 72, 6)
+    assert not (scene / "transforms.json").exists()                      # unposed unless --posed
+    gt = trimesh.load(scene / "gt.ply", force="mesh")
+    assert gt.bounds[0][2] == pytest.approx(0.0, abs=1e-4) and gt.extents[2] == pytest.approx(bo.CUP_H, abs=2e-3)
+
+    masked = out / "cup_masked"
+    pngs = sorted((masked / "images").glob("r_*.png"))
+    assert len(pngs) == 6
+    alpha = np.asarray(Image.open(pngs[0]))[..., 3]
+    assert alpha.shape == (64, 64) and alpha.min() == 0 and alpha.max() == 255
+    assert len(json.loads((masked / "transforms.json").read_text())["frames"]) == 6
+    assert (masked / "gt.ply").is_file() and (out / "_meshes" / "cup-s13-e4.ply").is_file()
+
+    sets = {s["name"]: s for s in json.loads((out / "sets.json").read_text())["sets"]}
+    assert set(sets) == {"cup_scene", "cup_masked"}
+    assert sets["cup_scene"]["command"][1].endswith("render_scene.py") and sets["cup_scene"]["size"] == [96, 72]
+    assert sets["cup_masked"]["command"][1].endswith("render_set.py") and sets["cup_masked"]["up"] == "z"
+    assert sets["cup_masked"]["seed"] == 13 and sets["cup_masked"]["views"] == 6
+
+    assert {s["status"] for s in sets.values()} == {"done"}
+
+    mtime = jpgs[0].stat().st_mtime_ns
+    assert make_sets(argv) == 0
+    assert capsys.readouterr().out.count("skip ") == 2 and jpgs[0].stat().st_mtime_ns == mtime
+
+    # an interrupted set (sets.json still says rendering) is rendered again; a complete one is not
+    manifest = json.loads((out / "sets.json").read_text())
+    for s in manifest["sets"]:
+        if s["name"] == "cup_masked":
+            s["status"] = "rendering"
+    (out / "sets.json").write_text(json.dumps(manifest))
+    (masked / "images" / "r_005.png").unlink()
+    assert make_sets(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"skip {scene}: complete" in printed and f"{masked}  6 views" in printed
+    assert len(list((masked / "images").glob("r_*.png"))) == 6 and jpgs[0].stat().st_mtime_ns == mtime
+
+
+def test_make_sets_never_replaces_a_folder_it_did_not_make(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tools = data("meshes").parent.parent / "tools"
+    foreign = tmp_path / "stool_masked"
+    (foreign / "images").mkdir(parents=True)
+    (foreign / "images" / "mine.png").write_bytes(b"not ours")
+    assert make_sets([str(tmp_path), "--kind", "masked", "--objects", "stool", "--tools", str(tools)]) == 0
+    assert "sets.json does not list it" in capsys.readouterr().out
+    assert (foreign / "images" / "mine.png").read_bytes() == b"not ours"
+    assert not (tmp_path / "_meshes").exists()
+
+
+def test_make_sets_rejects_unknown_objects(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        make_sets(["/nonexistent", "--objects", "teapot"])
+    assert "unknown object(s) teapot" in capsys.readouterr().err
