@@ -83,8 +83,13 @@ def first_round_labels(shape: tuple[int, int], K: np.ndarray, w2c: np.ndarray, r
                        obj_uv: np.ndarray, fg_seed_uv: np.ndarray, bg_seed_uv: np.ndarray, r: int) -> np.ndarray:
     h, w = shape
     labels = np.full(shape, cv2.GC_BGD, dtype=np.uint8)
-    outline = sphere_outline(region.center, region.radius * 1.15, K, w2c)
-    cv2.fillPoly(labels, [np.round(outline).astype(np.int32)], int(cv2.GC_PR_BGD))
+    try:
+        outline = sphere_outline(region.center, region.radius * 1.15, K, w2c)
+        cv2.fillPoly(labels, [np.round(outline).astype(np.int32)], int(cv2.GC_PR_BGD))
+    except ValueError:
+        # the camera is inside or at the object's bounding sphere (a close-up): the sphere bounds nothing in this
+        # view, so the whole frame may hold the object
+        labels[:] = cv2.GC_PR_BGD
     inside = (obj_uv[:, 0] >= 0) & (obj_uv[:, 0] < w) & (obj_uv[:, 1] >= 0) & (obj_uv[:, 1] < h)
     if inside.sum() >= 3:
         pts = obj_uv[inside]

@@ -86,13 +86,56 @@ def refit_support(points: np.ndarray, support: tuple[np.ndarray, float], band: f
     return n2, d2
 
 
-def object_box(points: np.ndarray, region: ObjectRegion, support: tuple[np.ndarray, float] | None,
+def find_walls(points: np.ndarray, region: ObjectRegion, planes: list[tuple[np.ndarray, float]],
+               centers: np.ndarray, object_points: np.ndarray | None = None,
+               max_walls: int = 2) -> list[tuple[np.ndarray, float]]:
+    """Large flat surfaces near the object besides its support (a wall right behind it, a second table edge): RANSAC
+    planes through the dense points near the region that hold a big share of them, spread wider than the object,
+    with every camera on one side, and not cutting through the object (``object_points`` (Q, 3), the SfM points
+    that belong to it, stay in front). Each is returned as (unit n, d) with the cameras on the side n·x > d.
+    points (P, 3); planes: the ones already known (excluded); centers (N, 3) camera centres."""
+    r = region.radius
+    near = np.linalg.norm(points - region.center, axis=1) < 1.5 * r
+    for n, d in planes:
+        near &= points @ n - d > 0.03 * r
+    pts = points[near]
+    if len(pts) > 100_000:
+        pts = pts[np.random.default_rng(1).choice(len(pts), 100_000, replace=False)]
+    walls: list[tuple[np.ndarray, float]] = []
+    for _ in range(max_walls):
+        if len(pts) < 500:
+            break
+        fit = fit_ground_plane(pts, region.up, threshold=0.01 * r, max_tilt_deg=90.0, seed=len(walls))
+        if fit is None:
+            break
+        n, d, inl = fit
+        if inl.sum() < 0.1 * len(pts):
+            break
+        side = centers @ n - d
+        if (side < 0).mean() > 0.5:
+            n, d, side = -n, -d, -side
+        # a real surface: every camera in front of it, and far wider than the object
+        a = np.cross(n, [1.0, 0, 0] if abs(n[0]) < 0.9 else [0, 1.0, 0])
+        a /= np.linalg.norm(a)
+        b = np.cross(n, a)
+        q = pts[inl]
+        spread = min(np.ptp(q @ a), np.ptp(q @ b))
+        cuts_object = (object_points is not None and len(object_points) >= 10
+                       and (object_points @ n - d < -0.02 * r).mean() > 0.05)
+        if not (side > 0).all() or spread < r or cuts_object:
+            break
+        walls.append((n, float(d)))
+        pts = pts[~inl]
+    return walls
+
+
+def object_box(points: np.ndarray, region: ObjectRegion, planes: list[tuple[np.ndarray, float]],
                margin: float) -> tuple[np.ndarray, np.ndarray]:
     """Axis-aligned box (lo, hi) around the dense points that belong to the object: inside the region's sphere and
-    in front of the support; robust percentiles, grown by ``margin`` of the extent. points (P, 3)."""
+    in front of the support and walls; robust percentiles, grown by ``margin`` of the extent. points (P, 3)."""
     keep = np.linalg.norm(points - region.center, axis=1) < region.radius
-    if support is not None:
-        keep &= points @ support[0] - support[1] > 0
+    for n, d in planes:
+        keep &= points @ n - d > 0.02 * region.radius
     p = points[keep]
     r = region.radius
     if len(p) < 100:
@@ -154,7 +197,14 @@ def dense_geometry(images: list[np.ndarray], masks: list[np.ndarray | None], Ks:
     if support is not None:
         refit = refit_support(points, support, band=0.06 * region.radius)
         support = refit if refit is not None else support
-    lo, hi = object_box(points, region, support, s.box_margin)
+    centers = -np.einsum("nji,nj->ni", w2cs[:, :3, :3], w2cs[:, :3, 3])
+    planes = [] if support is None else [support]
+    obj_pts = None
+    if sparse is not None and len(region.object_points) == len(sparse[0]) and region.object_points.any():
+        obj_pts = sparse[0][region.object_points]
+    walls = find_walls(points, region, planes, centers, obj_pts)
+    planes += walls
+    lo, hi = object_box(points, region, planes, s.box_margin)
     check(0.6)
     t1 = time.monotonic()
     estimated = [m is None for m in masks]
@@ -162,7 +212,7 @@ def dense_geometry(images: list[np.ndarray], masks: list[np.ndarray | None], Ks:
     if any(estimated):
         pick = [i for i in range(n) if estimated[i]]
         found = photo_silhouettes([images[i] for i in pick], [dms[i] for i in pick], Ks[pick], w2cs[pick], lo, hi,
-                                  support, s.silhouettes, device, check=lambda f: check(0.6 + 0.15 * f))
+                                  planes, s.silhouettes, device, check=lambda f: check(0.6 + 0.15 * f))
         for i, m in zip(pick, found):
             sil[i] = m
     t_sil = time.monotonic() - t1
@@ -175,12 +225,14 @@ def dense_geometry(images: list[np.ndarray], masks: list[np.ndarray | None], Ks:
     hull = grid_hull(grid, Ks, w2cs, sil, s.hull_outlier_fraction, device)
     # estimated silhouettes can be a little off: the hull is a hard limit only where the user drew the masks
     slack = trunc if any(estimated) else 0.0
-    field_ = combined_field(tsdf, hull, s.min_band, s.min_free, slack, support, s.base_margin_voxels * grid.voxel)
+    field_ = combined_field(tsdf, hull, s.min_band, s.min_free, slack, planes, s.base_margin_voxels * grid.voxel)
     check(0.92)
     raw = marching_cubes(field_ * trunc, grid.origin, grid.voxel)
     mesh = clean_mesh(raw, MeshingSettings(smoothing_iterations=s.smoothing_iterations, max_faces=s.max_faces))
     check(0.98)
-    above = np.ones(len(points), dtype=bool) if support is None else points @ support[0] - support[1] > 0
+    above = np.ones(len(points), dtype=bool)
+    for n_, d_ in planes:
+        above &= points @ n_ - d_ > 0
     inbox = np.all((points >= lo) & (points <= hi), axis=1) & above
     keep = np.flatnonzero(inbox)
     if len(keep) > s.max_points:
@@ -190,7 +242,7 @@ def dense_geometry(images: list[np.ndarray], masks: list[np.ndarray | None], Ks:
              "planes": s.mvs.planes, "neighbours": s.mvs.neighbours, "window": s.mvs.window,
              "depth_pixels_mean": round(float(np.mean(coverage)), 4), "points": int(len(points)),
              "grid": list(grid.dims), "voxel": grid.voxel, "trunc": trunc,
-             "support_refit": refit is not None, "raw_faces": int(len(raw.faces)), "faces": int(len(mesh.faces)),
+             "support_refit": refit is not None, "walls": len(walls), "raw_faces": int(len(raw.faces)), "faces": int(len(mesh.faces)),
              "watertight": bool(mesh.is_watertight),
              "seconds": {"depth_maps": round(t_mvs, 2), "fusion_meshing": round(time.monotonic() - t0 - t_mvs, 2)}}
     stats["seconds"]["silhouettes"] = round(t_sil, 2)

@@ -2,7 +2,8 @@
 
 Every voxel centre is projected into every depth map; where the map has a depth there, the voxel's signed
 distance along the viewing direction (measured depth minus voxel depth, positive in front of the surface) is
-truncated to ``trunc`` and averaged over the views, weighted by the match score. Voxels in front of a measured
+truncated to ``trunc`` and averaged over the views, weighted by the match score times cos^2 of the angle at which
+the view sees the surface (:func:`facing`). Voxels in front of a measured
 surface collect positive values (free space), voxels just behind it negative ones; voxels no depth map says anything
 about keep weight 0. :func:`combined_field` closes the surface with a visual hull where the photos measured
 nothing, and lets measured free space carve what the hull cannot (cavities).
@@ -60,6 +61,30 @@ class Tsdf:
     trunc: float
 
 
+def facing(depth: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """|cos| of the angle between each pixel's viewing ray and the surface normal of the depth map there (from its
+    neighbours' back-projections); 0 where a neighbour is missing or the surface jumps. depth (H, W) -> (H, W).
+
+    A depth seen at a grazing angle is a poor measure of the distance along the ray to voxels beside it: weighting
+    by cos^2 keeps such views from pulling the surface out at the object's outline (the classic TSDF bulge)."""
+    H, W = depth.shape
+    ys, xs = torch.meshgrid(torch.arange(H, device=depth.device, dtype=torch.float32) + 0.5,
+                            torch.arange(W, device=depth.device, dtype=torch.float32) + 0.5, indexing="ij")
+    rays = torch.stack([(xs - K[0, 2]) / K[0, 0], (ys - K[1, 2]) / K[1, 1], torch.ones_like(xs)], -1)
+    X = rays * depth[..., None]
+    out = torch.zeros_like(depth)
+    du = X[1:-1, 2:] - X[1:-1, :-2]
+    dv = X[2:, 1:-1] - X[:-2, 1:-1]
+    n = torch.linalg.cross(du, dv, dim=-1)
+    n = n / n.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    r = rays[1:-1, 1:-1] / rays[1:-1, 1:-1].norm(dim=-1, keepdim=True)
+    cos = (n * r).sum(-1).abs()
+    d = depth
+    ok = (d[1:-1, 2:] > 0) & (d[1:-1, :-2] > 0) & (d[2:, 1:-1] > 0) & (d[:-2, 1:-1] > 0) & (d[1:-1, 1:-1] > 0)
+    out[1:-1, 1:-1] = torch.where(ok, cos, torch.zeros_like(cos))
+    return out
+
+
 def fuse(depths: list[DepthMap], grid: Grid, trunc: float, device: str = "cpu", slab_voxels: int = 1 << 22,
          check: Callable[[float], None] = lambda f: None) -> Tsdf:
     """Weighted TSDF of the depth maps over ``grid``; ``trunc`` in world units."""
@@ -72,8 +97,10 @@ def fuse(depths: list[DepthMap], grid: Grid, trunc: float, device: str = "cpu", 
         if not (dm.depth > 0).any() and (dm.free is None or not (dm.free > 0).any()):
             continue
         free = np.zeros_like(dm.depth) if dm.free is None else dm.free
-        maps.append((torch.as_tensor(dm.depth, dtype=torch.float32, device=dev),
-                     torch.as_tensor(np.clip(dm.score, 0.05, 1.0), dtype=torch.float32, device=dev),
+        depth_t = torch.as_tensor(dm.depth, dtype=torch.float32, device=dev)
+        conf = torch.as_tensor(np.clip(dm.score, 0.05, 1.0), dtype=torch.float32, device=dev)
+        conf = conf * facing(depth_t, torch.as_tensor(dm.K, dtype=torch.float32, device=dev)) ** 2
+        maps.append((depth_t, conf,
                      torch.as_tensor(dm.K, dtype=torch.float32, device=dev),
                      torch.as_tensor(dm.w2c, dtype=torch.float32, device=dev),
                      torch.as_tensor(free, dtype=torch.float32, device=dev), float(dm.far)))
@@ -114,16 +141,16 @@ def fuse(depths: list[DepthMap], grid: Grid, trunc: float, device: str = "cpu", 
 
 
 def combined_field(tsdf: Tsdf, hull: np.ndarray, min_band: float, min_free: float, hull_slack: float,
-                   support: tuple[np.ndarray, float] | None = None, support_margin: float = 0.0) -> np.ndarray:
+                   planes: list[tuple[np.ndarray, float]] = (), support_margin: float = 0.0) -> np.ndarray:
     """The field of the final closed surface, negative inside, in units of trunc. (X, Y, Z) float32.
 
     hull: (X, Y, Z) float32 visual-hull distance on the same grid, world units, negative inside. The hull gives the
     shape where the photos measured nothing (textureless surfaces); where at least ``min_band`` of match score
     measured a surface near a voxel, the TSDF's sub-voxel zero crossing replaces it; where ``min_free`` of evidence
     saw clear free space, the voxel is outside even inside the hull (a cup's inside, the gap under an armrest).
-    Nothing lies more than ``hull_slack`` (world units) outside the hull. ``support`` (unit normal n, offset d,
-    cameras on the side n·x > d): everything within ``support_margin`` of the table or behind it is outside, so
-    the table is cut off and the object's base closed flat."""
+    Nothing lies more than ``hull_slack`` (world units) outside the hull. ``planes`` (unit normal n, offset d,
+    cameras on the side n·x > d: the table the object stands on, a wall right behind it): everything within
+    ``support_margin`` of one or behind it is outside, so they are cut off and the object's base closed flat."""
     if hull.shape != tsdf.values.shape:
         raise ValueError(f"combined_field: hull {hull.shape} and TSDF {tsdf.values.shape} differ")
     t = tsdf.trunc
@@ -133,8 +160,8 @@ def combined_field(tsdf: Tsdf, hull: np.ndarray, min_band: float, min_free: floa
     free = (tsdf.weight - tsdf.band >= min_free) & (tsdf.values > 0.9)
     f = np.where(free, np.maximum(f, tsdf.values), f)
     f = np.maximum(f, np.clip((hull - hull_slack) / t, -1.0, 1.0))
-    if support is not None:
-        n, d = np.asarray(support[0], dtype=np.float64), float(support[1])
+    for n, d in planes:
+        n, d = np.asarray(n, dtype=np.float64), float(d)
         g = tsdf.grid
         ax = [g.origin[i] + np.arange(g.dims[i]) * g.voxel for i in range(3)]
         height = (ax[0][:, None, None] * n[0] + ax[1][None, :, None] * n[1] + ax[2][None, None, :] * n[2]) - d
@@ -142,20 +169,6 @@ def combined_field(tsdf: Tsdf, hull: np.ndarray, min_band: float, min_free: floa
         f = np.maximum(f, np.clip(((support_margin - height) / t).astype(np.float32), -1.0, 1.0))
     f[0, :, :] = f[-1, :, :] = f[:, 0, :] = f[:, -1, :] = f[:, :, 0] = f[:, :, -1] = 1.0
     return f
-
-
-def cube_corners_all(ok: np.ndarray) -> np.ndarray:
-    """(X, Y, Z) bool -> True where all 8 corners of the cube based at that voxel are True. skimage's marching
-    cubes consults the mask at a cube's base corner only; without this, a cube that reaches from observed voxels
-    into unobserved ones (value 1) would grow a false surface just behind the real one."""
-    out = ok.copy()
-    out[-1, :, :] = out[:, -1, :] = out[:, :, -1] = False
-    for dx in (0, 1):
-        for dy in (0, 1):
-            for dz in (0, 1):
-                if dx or dy or dz:
-                    out[:-1, :-1, :-1] &= ok[dx:ok.shape[0] - 1 + dx, dy:ok.shape[1] - 1 + dy, dz:ok.shape[2] - 1 + dz]
-    return out
 
 
 def mesh_zero_level(tsdf: Tsdf, min_weight: float, keep: np.ndarray | None = None) -> trimesh.Trimesh:
@@ -169,8 +182,14 @@ def mesh_zero_level(tsdf: Tsdf, min_weight: float, keep: np.ndarray | None = Non
     vals = np.where(ok, tsdf.values, 1.0).astype(np.float32)
     if not (vals < 0).any() or not (vals > 0).any():
         return trimesh.Trimesh()
-    verts, faces, _n, _v = measure.marching_cubes(vals, level=0.0, mask=cube_corners_all(ok),
-                                                  allow_degenerate=False)
+    verts, faces, _n, _v = measure.marching_cubes(vals, level=0.0, allow_degenerate=False)
+    # every vertex lies on a grid edge: keep the faces whose vertices' edges join two measured voxels (a crossing
+    # into unmeasured space is not a surface). Checked here rather than with marching_cubes' own mask, which
+    # consults one corner of each cube only
+    lo = np.floor(verts).astype(np.int64)
+    hi = np.minimum(np.ceil(verts).astype(np.int64), np.array(vals.shape) - 1)
+    good = ok[lo[:, 0], lo[:, 1], lo[:, 2]] & ok[hi[:, 0], hi[:, 1], hi[:, 2]]
+    faces = faces[good[faces].all(axis=1)]
     verts = verts * tsdf.grid.voxel + tsdf.grid.origin
     # skimage orders triangles for a field that is positive inside; ours is negative inside
     return trimesh.Trimesh(verts, faces[:, ::-1], process=True)

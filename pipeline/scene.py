@@ -206,6 +206,20 @@ def object_region(points: np.ndarray, K: np.ndarray, w2c: np.ndarray, width: int
     return ObjectRegion(center=center, radius=radius, up=up / np.linalg.norm(up), ground=ground, object_points=final)
 
 
+def region_from_cameras(w2c: np.ndarray, K: np.ndarray, sizes: list[tuple[int, int]]) -> ObjectRegion:
+    """Where the object must be when only the cameras are known (posed photos SfM could not use): the point the
+    optical axes converge to, and the sphere there that fills the median view. w2c (N, 4, 4); K (N, 3, 3);
+    sizes N (width, height). A loose bound (no support plane): the dense method narrows it down."""
+    c = axes_convergence(w2c)
+    centers = camera_centers(w2c)
+    radii = []
+    for Ki, Ci, (w, h) in zip(K, centers, sizes):
+        half = np.arctan(0.5 * min(w, h) / max(Ki[0, 0], Ki[1, 1]))
+        radii.append(np.linalg.norm(Ci - c) * np.sin(half))
+    return ObjectRegion(center=c, radius=float(np.median(radii)), up=up_from_cameras(w2c), ground=None,
+                        object_points=np.zeros(0, dtype=bool))
+
+
 def normalizing_similarity(region: ObjectRegion, target_radius: float = 0.5) -> Similarity:
     """Object centre to the origin, up to +Z, bounding radius to ``target_radius`` (inside the unit cube)."""
     R = rotation_to(region.up, np.array([0.0, 0.0, 1.0]))

@@ -34,14 +34,15 @@ class SilhouetteSettings:
 
 
 def seed_labels(dm: DepthMap, shape: tuple[int, int], lo: np.ndarray, hi: np.ndarray,
-                support: tuple[np.ndarray, float] | None, s: SilhouetteSettings) -> np.ndarray:
-    """GrabCut labels (h, w) uint8 at ``shape`` from one depth map and the object's box (lo, hi (3,) world)."""
+                planes: list[tuple[np.ndarray, float]], s: SilhouetteSettings) -> np.ndarray:
+    """GrabCut labels (h, w) uint8 at ``shape`` from one depth map, the object's box (lo, hi (3,) world) and the
+    surfaces it stands on or in front of (``planes``: (n, d), cameras where n·x > d)."""
     Hd, Wd = dm.depth.shape
     size = float(np.max(hi - lo))
     pts, idx = backproject(dm)
     inside = np.all((pts >= lo) & (pts <= hi), axis=1)
-    if support is not None:
-        inside &= pts @ support[0] - support[1] > s.base_margin * size
+    for n, d in planes:
+        inside &= pts @ n - d > s.base_margin * size
     fg = np.zeros(Hd * Wd, dtype=np.uint8)
     bg = np.zeros(Hd * Wd, dtype=np.uint8)
     fg[idx[inside]] = 1
@@ -77,20 +78,20 @@ def box_outline(lo: np.ndarray, hi: np.ndarray, K: np.ndarray, w2c: np.ndarray, 
 
 
 def photo_silhouettes(rgbs: list[np.ndarray], dms: list[DepthMap], Ks: np.ndarray, w2cs: np.ndarray,
-                      lo: np.ndarray, hi: np.ndarray, support: tuple[np.ndarray, float] | None,
+                      lo: np.ndarray, hi: np.ndarray, planes: list[tuple[np.ndarray, float]],
                       s: SilhouetteSettings, device: str = "cpu",
                       check: Callable[[float], None] = lambda f: None) -> list[np.ndarray]:
     """Masks of the object for views at working resolution.
 
     rgbs: N (H_i, W_i, 3) uint8; dms: their depth maps (any resolution); Ks (N, 3, 3) for rgbs; w2cs (N, 4, 4);
-    lo, hi: the object's box; support: its plane or None. Returns N (H_i, W_i) bool."""
+    lo, hi: the object's box; planes: the table and walls it touches. Returns N (H_i, W_i) bool."""
     if not (len(rgbs) == len(dms) == len(Ks) == len(w2cs)):
         raise ValueError("photo_silhouettes needs one depth map, K and pose per image")
     small, sKs = working_copies(rgbs, Ks, s.work_size)
 
     def first_round(i: int) -> np.ndarray:
         h, w = small[i].shape[:2]
-        labels = seed_labels(dms[i], (h, w), lo, hi, support, s)
+        labels = seed_labels(dms[i], (h, w), lo, hi, planes, s)
         outline = box_outline(lo, hi, sKs[i], w2cs[i], (h, w))
         if outline is not None:
             labels[~outline] = cv2.GC_BGD
@@ -99,5 +100,6 @@ def photo_silhouettes(rgbs: list[np.ndarray], dms: list[DepthMap], Ks: np.ndarra
     first = parallel_map(first_round, len(small), lambda f: check(0.5 * f))
     am = AutoMaskSettings(work_size=s.work_size, iterations=s.iterations, hull_resolution=s.hull_resolution,
                           hull_outlier_fraction=s.hull_outlier_fraction, band=s.band)
-    return consistent_masks(rgbs, small, sKs, w2cs, first, am, device, bounds=(lo, hi), support=support,
+    return consistent_masks(rgbs, small, sKs, w2cs, first, am, device, bounds=(lo, hi),
+                            support=planes[0] if planes else None,
                             check=lambda f: check(0.5 + 0.5 * f))

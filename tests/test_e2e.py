@@ -77,8 +77,9 @@ def test_lego_heldout_mask_iou(daemon_factory) -> None:
 
 
 def test_fox_fails_naming_missing_files_and_masks(daemon_factory) -> None:
-    """With automatic masks turned off, an unmasked set fails with everything the user must fix."""
-    d = daemon_factory(*set_args("masks.auto=off")).start()
+    """Silhouettes only (geometry.method = hull) with automatic masks turned off: an unmasked set fails with
+    everything the user must fix."""
+    d = daemon_factory(*set_args("geometry.method=hull", "masks.auto=off")).start()
     drop(data("fox"), d.inbox)
     job = d.wait_state("fox", timeout=120)
     assert job["state"] == "failed"

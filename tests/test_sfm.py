@@ -18,7 +18,8 @@ from pipeline.stages.cameras import check_registration
 from tests.conftest import data, drop, set_args
 
 FAST = ["sfm.max_image_size=640", "images.max_side=512", "geometry.voxel_resolution=96", "report.render_size=128",
-        "report.gt_samples=5000"]
+        "report.gt_samples=5000", "dense.cpu_max_side=256", "dense.cpu_planes=32", "dense.neighbours=4",
+        "dense.cpu_resolution=96", "texture.cpu_size=256"]
 
 
 def test_unposed_apple_gets_poses_masks_and_a_mesh(daemon_factory) -> None:
@@ -32,7 +33,9 @@ def test_unposed_apple_gets_poses_masks_and_a_mesh(daemon_factory) -> None:
     assert stats["cameras"]["source"] == "sfm"
     assert sfm["registered"] >= 18 and sfm["images"] == 20
     assert sfm["mean_reprojection_error_px"] < 1.5 and sfm["points"] > 500
-    assert stats["masks"]["auto"] == sfm["registered"]
+    # no masks given: dense multi-view stereo, and the published masks are the final mesh's silhouettes
+    assert stats["geometry"]["method"].startswith("dense multi-view stereo")
+    assert stats["geometry"]["dense"]["estimated_silhouettes"] == stats["cameras"]["views"] - stats["cameras"]["holdout"]
     with zipfile.ZipFile(out / "masks.zip") as z:
         assert len([n for n in z.namelist() if n.endswith(".png")]) == sfm["registered"]
     assert (out / "masks_preview.jpg").stat().st_size > 10_000
@@ -41,7 +44,9 @@ def test_unposed_apple_gets_poses_masks_and_a_mesh(daemon_factory) -> None:
     assert np.abs(mesh.bounds).max() < 0.75
     ext = mesh.extents
     assert ext.max() / ext.min() < 1.7, ext
-    assert stats["quality"]["heldout"]["mask_iou_mean"] > 0.8
+    # the held-out photos have no masks: their colours are compared where the mesh covers them
+    assert stats["quality"]["heldout"]["mask_iou_mean"] is None
+    assert stats["quality"]["heldout"]["psnr_mean"] > 12
     html = (out / "report.html").read_text()
     m = re.search(r'id="sfm-registered">(\d+) / (\d+)<', html)
     assert m and (int(m.group(1)), int(m.group(2))) == (sfm["registered"], 20)

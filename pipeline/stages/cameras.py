@@ -17,7 +17,8 @@ from pipeline.cameras import (FrameSpec, camera_centers, intrinsics_for_image, r
 from pipeline.camera_files import PhotoCamera
 from pipeline.context import InputError, JobContext
 from pipeline.images import load_rgba, resize
-from pipeline.scene import ObjectRegion, Similarity, normalizing_similarity, object_region, pose_errors, umeyama
+from pipeline.scene import (ObjectRegion, Similarity, normalizing_similarity, object_region, pose_errors,
+                            region_from_cameras, umeyama)
 from pipeline.settings import PipelineSettings
 from pipeline.sfm import SfmResult, SfmSettings, run_sfm_isolated
 from pipeline.stages.base import Stage, stage_dir
@@ -170,9 +171,18 @@ class CamerasStage(Stage):
         summary: dict[str, Any] = {"source": manifest.pose_kind}
         sfm: SfmResult | None = None
         # SfM also runs for posed photos without masks: its points locate the object (region, support plane)
-        if manifest.pose_kind == "sfm" or has_unmasked(manifest):
+        if manifest.pose_kind == "sfm":
             sfm = _run_sfm(ctx, manifest, out_dir)
             summary["sfm"] = dict(sfm.stats, unregistered=list(sfm.unregistered))
+        elif has_unmasked(manifest):
+            try:
+                sfm = _run_sfm(ctx, manifest, out_dir)
+                summary["sfm"] = dict(sfm.stats, unregistered=list(sfm.unregistered))
+            except InputError as e:
+                # the poses are given: SfM only helps to find the object, and the cameras alone still bound it
+                ctx.log.warning("SfM found no usable points in the posed photos (%s); the object is located from the "
+                                "cameras alone", e)
+                summary["sfm"] = {"failed": str(e)}
         sim: Similarity | None = None
         region: ObjectRegion | None = None  # in the views' world frame
         if sfm is not None and manifest.pose_kind == "sfm":
@@ -194,14 +204,15 @@ class CamerasStage(Stage):
             if sfm is not None:
                 # SfM ran only to find the object (mask seeds): bring its points into the user's frame
                 common = [k for k, n in enumerate(sfm.names) if n in specs]
-                if len(common) < 3:
-                    raise InputError("structure from motion placed fewer than 3 of the posed images, so the object "
-                                     "cannot be located among them; add masks (masks/<image>.png) or RGBA images, "
-                                     "or photos with more overlap")
-                given = np.array([specs[sfm.names[k]].w2c for k in common])
-                sim = umeyama(camera_centers(sfm.w2c[common]), camera_centers(given))
-                summary["sfm"]["pose_error_vs_input"] = pose_errors(sfm.w2c[common], given)
-                region = object_region(sim.points(sfm.points), sfm.K, sim.w2c(sfm.w2c), sfm.width, sfm.height)
+                if len(common) >= 3 and len(sfm.points) >= 10:
+                    given = np.array([specs[sfm.names[k]].w2c for k in common])
+                    sim = umeyama(camera_centers(sfm.w2c[common]), camera_centers(given))
+                    summary["sfm"]["pose_error_vs_input"] = pose_errors(sfm.w2c[common], given)
+                    region = object_region(sim.points(sfm.points), sfm.K, sim.w2c(sfm.w2c), sfm.width, sfm.height)
+                else:
+                    ctx.log.warning("SfM placed only %d of the posed photos; the object is located from the cameras "
+                                    "alone", len(common))
+                    sfm = None
         max_side = ctx.settings.images.max_side
         arrays: dict[str, np.ndarray] = {}
         Ks, w2cs, names = [], [], []
@@ -246,6 +257,14 @@ class CamerasStage(Stage):
         (out_dir / "photos.json").write_text(json.dumps(cams))
         if sfm is not None and sim is not None and region is not None:
             self._save_sparse(out_dir, sfm, sim, region, names, scale_of)
+        elif has_unmasked(manifest) and manifest.pose_kind != "sfm":
+            sizes = [(arrays[f"rgb_{k}"].shape[1], arrays[f"rgb_{k}"].shape[0]) for k in range(len(names))]
+            found = region_from_cameras(np.array(w2cs), np.array(Ks), sizes)
+            summary["region"] = "from the cameras alone (no SfM points)"
+            np.savez(out_dir / "sparse.npz", points=np.zeros((0, 3)), colors=np.zeros((0, 3), np.uint8),
+                     object_points=found.object_points, obs_view=np.zeros(0, np.int32),
+                     obs_point=np.zeros(0, np.int32), obs_xy=np.zeros((0, 2), np.float32), center=found.center,
+                     radius=found.radius, up=found.up)
         for w_ in warnings:
             ctx.log.warning("%s", w_)
         centers = camera_centers(np.array(w2cs))

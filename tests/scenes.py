@@ -1,0 +1,96 @@
+"""Small photo-like test scenes rendered with pipeline.render: an object standing on a textured table, optionally
+with a textured wall right behind it, seen by posed cameras that include close-ups cut by the image border and one
+camera inside the object's bounding sphere. Fast enough for CI (a second or two for 20 small views)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import trimesh
+from PIL import Image
+
+from pipeline.render import look_at, render
+
+
+@dataclass(frozen=True)
+class SceneSpec:
+    views: int = 16  # the ring around the front of the object
+    size: tuple[int, int] = (240, 180)
+    wall: bool = True  # a wall right behind the object
+    close_ups: int = 2  # views so close that the object is cut by the border
+    inside: bool = True  # one camera inside the object's bounding sphere
+    seed: int = 0
+
+
+def _noise_colors(points: np.ndarray, scale: float, seed: int) -> np.ndarray:
+    """Blotchy per-vertex colours from a few random sinusoids: texture that stereo can match. (P, 3) -> (P, 3)."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros((len(points), 3))
+    for _ in range(12):
+        k = rng.normal(size=3) / scale * rng.uniform(0.5, 3.0)
+        out += rng.uniform(0.3, 1.0, size=3)[None] * np.sin(points @ k + rng.uniform(0, 2 * np.pi))[:, None]
+    out = (out - out.min(0)) / (np.ptp(out, axis=0) + 1e-9)
+    return np.clip(0.1 + 0.8 * out, 0, 1)
+
+
+def _slab(extents: tuple[float, float, float], center: tuple[float, float, float], target_edge: float) -> trimesh.Trimesh:
+    box = trimesh.creation.box(extents=extents)
+    box.apply_translation(center)
+    v, f = trimesh.remesh.subdivide_to_size(box.vertices, box.faces, max_edge=target_edge)
+    return trimesh.Trimesh(v, f, process=False)
+
+
+def object_mesh() -> trimesh.Trimesh:
+    """A two-lobed object (a body and a head on a neck) standing on z = 0, about 1 unit tall."""
+    body = trimesh.creation.capsule(height=0.6, radius=0.3, count=[24, 24])
+    body.apply_transform(trimesh.transformations.rotation_matrix(np.pi / 2, [0, 1, 0]))
+    body.apply_translation([0, 0, 0.3])
+    head = trimesh.creation.icosphere(subdivisions=3, radius=0.22)
+    head.apply_translation([0.45, 0, 0.75])
+    neck = trimesh.creation.cylinder(radius=0.1, height=0.4)
+    neck.apply_transform(trimesh.transformations.rotation_matrix(-np.pi / 5, [0, 1, 0]))
+    neck.apply_translation([0.35, 0, 0.55])
+    mesh = trimesh.util.concatenate([body, head, neck])
+    v, f = trimesh.remesh.subdivide_to_size(mesh.vertices, mesh.faces, max_edge=0.03)
+    return trimesh.Trimesh(v, f, process=True)
+
+
+def render_scene(out: Path, spec: SceneSpec = SceneSpec()) -> Path:
+    """Writes out/images/*.png, out/transforms.json (NeRF convention) and out/gt.ply; returns ``out``."""
+    obj = object_mesh()
+    parts = [obj, _slab((4.0, 4.0, 0.1), (0, 0, -0.05), 0.05)]
+    if spec.wall:
+        ymin = float(obj.bounds[0][1])
+        parts.append(_slab((4.0, 0.1, 2.5), (0, ymin - 0.08, 1.2), 0.05))  # 3 cm behind the object
+    scene = trimesh.util.concatenate(parts)
+    # each part its own pattern and palette, fine enough to match at this size
+    colors = np.concatenate([_noise_colors(np.asarray(p.vertices), 0.06, spec.seed + k) * (0.6 + 0.4 * (k == 0))
+                             for k, p in enumerate(parts)])
+    W, H = spec.size
+    f = 0.9 * W
+    K = np.array([[f, 0, W / 2], [0, f, H / 2], [0, 0, 1.0]])
+    target = np.array([0.15, 0, 0.45])
+    eyes = []
+    for a in np.linspace(np.radians(15), np.radians(165), spec.views):  # in front of the wall (y > 0)
+        el = np.radians(20 + 15 * (len(eyes) % 2))
+        eyes.append((target + 2.6 * np.array([np.cos(a) * np.cos(el), np.sin(a) * np.cos(el), np.sin(el)]), target))
+    for a in np.linspace(np.radians(60), np.radians(120), spec.close_ups):
+        eyes.append((target + 0.9 * np.array([np.cos(a), np.sin(a), 0.4]), target))
+    if spec.inside:
+        head = np.array([0.45, 0, 0.75])
+        eyes.append((head + np.array([0.0, 0.45, 0.1]), head))  # inside the sphere around the whole object
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    frames = []
+    for i, (eye, at) in enumerate(eyes):
+        w2c = look_at(eye, at, np.array([0, 0, 1.0]))
+        r = render(scene, K, w2c, W, H, colors=colors)
+        img = np.where(r.mask[..., None], r.rgb * (0.55 + 0.45 * np.abs(r.normal[..., 2:3])), 0.5)
+        Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).save(out / "images" / f"v{i:02d}.png")
+        c2w = np.linalg.inv(w2c) @ np.diag([1.0, -1.0, -1.0, 1.0])  # OpenCV -> OpenGL camera axes
+        frames.append({"file_path": f"images/v{i:02d}.png", "transform_matrix": c2w.tolist()})
+    (out / "transforms.json").write_text(json.dumps({"fl_x": f, "fl_y": f, "cx": W / 2, "cy": H / 2, "w": W, "h": H,
+                                                      "frames": frames}))
+    obj.export(out / "gt.ply")
+    return out
