@@ -22,4 +22,4 @@ test: install
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider tests
 
 bench: install
-	$(VENV)/bin/python bench/run_bench.py
+	$(VENV)/bin/python bench/run_bench.py --sets spot_render --tag bench-local

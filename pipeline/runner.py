@@ -225,9 +225,8 @@ def evaluation(report_summary: dict[str, Any], cameras_summary: dict[str, Any],
         return {"evaluated": True, "evaluation": f"evaluated on {cameras_summary.get('holdout', '?')} held-out view(s)"}
     views = cameras_summary.get("views")
     if not cameras_summary.get("holdout"):
-        why = (f"no held-out view: {views} views, and images.holdout_every={holdout_every} holds one out only "
-               f"from {2 * holdout_every} views on" if holdout_every > 1 else "no held-out view (images.holdout_every "
-               f"= {holdout_every})")
+        why = (f"no held-out view: {views} views, and one is held out only from 8 views on" if holdout_every > 1
+               else f"no held-out view (images.holdout_every = {holdout_every})")
     else:
         why = "no held-out view has a usable mask"
     return {"evaluated": False, "evaluation": f"not evaluated: {why}"}

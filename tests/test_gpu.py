@@ -151,3 +151,27 @@ def test_nvdiffrast_finds_the_same_texture_pixels_as_the_ray_caster() -> None:
         ua, ub = a.uv[a.view == v], b.uv[b.view == v]
         assert abs(np.median(ua, 0) - np.median(ub, 0)).max() < 1.0
     assert abs(a.weight.mean() - b.weight.mean()) < 0.01
+
+
+def test_gpu_dense_job_on_a_capture_with_a_wall_behind(tmp_path: Path) -> None:
+    """The dense method end to end on the GPU (depth maps, fusion, refinement with estimated silhouettes, texture
+    fit): posed photos of an object on a table with a wall right behind it, close-ups and a camera inside."""
+    from daemon.config import build_settings
+    from daemon.intake import fingerprint, snapshot
+    from daemon.ledger import Ledger
+    from daemon.worker import Paths, execute
+    from tests.scenes import SceneSpec, render_scene
+
+    scene = render_scene(tmp_path / "inbox" / "wall", SceneSpec(size=(320, 240)))
+    paths = Paths(scene.parent, tmp_path / "outbox", tmp_path / "state")
+    ledger = Ledger(paths.ledger)
+    ledger.create_job("wall", fingerprint(snapshot(scene)))
+    job = ledger.claim_next("test")
+    settings = build_settings({"report": {"gt_samples": 50_000}})
+    state = execute(ledger, paths, job, settings, "cuda")
+    assert state == "done", ledger.get("wall").error
+    stats = json.loads((paths.outbox / "wall" / "stats.json").read_text())
+    assert stats["geometry"]["method"].startswith("dense multi-view stereo") and "note" not in stats["geometry"]
+    assert stats["refine"]["method"].startswith("differentiable rendering")
+    assert stats["refine"]["estimated_silhouettes"] > 10 and stats["refine"]["view_gains"]
+    assert stats["quality"]["gt"]["fscore"] > 0.8, stats["quality"]["gt"]

@@ -540,12 +540,12 @@ def test_cli_errors_are_sentences_not_tracebacks(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def twelve_views(tmp_path_factory: pytest.TempPathFactory):
-    """A real tiny job with 12 views: images.holdout_every=10 holds none of them out."""
+    """A real tiny job with 12 views and no view held out (images.holdout_every = 0)."""
     from daemon.intake import fingerprint, snapshot
 
     paths = _paths(tmp_path_factory.mktemp("twelve"))
     folder = tiny_job(paths.inbox / "cow", views=12, size=64)
-    settings = _settings()
+    settings = _settings(images={"holdout_every": 0})
     ledger = Ledger(paths.ledger)
     ledger.create_job("cow", fingerprint(snapshot(folder)))
     state = execute(ledger, paths, ledger.claim_next("w"), settings, "cpu")
