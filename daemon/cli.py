@@ -142,6 +142,7 @@ def no_ledger_message(folders: Folders) -> str:
 
 # -- status --watch: live progress bars --------------------------------------------------------------------------
 
+
 def progress_bar(percent: float, width: int = 30) -> str:
     """A text bar for 0..100 percent, ``width`` characters."""
     filled = int(round(max(0.0, min(100.0, percent)) / 100.0 * width))

@@ -33,6 +33,7 @@ DAY = 86400.0
 
 # -- retention ------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Action:
     job_id: str
@@ -79,6 +80,7 @@ def apply_retention(ledger: Ledger, actions: list[Action], paths: Any) -> None:
 
 
 # -- disk guard -----------------------------------------------------------------------------------
+
 
 def free_bytes(path: Path) -> int:
     """Free space on the volume holding ``path`` (the one place tests patch)."""
@@ -157,6 +159,7 @@ def check_disk(volumes: list[Path], need: int, margin_mb: float) -> DiskCheck:
 
 
 # -- notifications --------------------------------------------------------------------------------
+
 
 def sign(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
@@ -291,6 +294,7 @@ class Notifier:
 
 
 # -- health and metrics ---------------------------------------------------------------------------
+
 
 def gpu_memory() -> list[tuple[str, float, float]]:
     """(index, used MiB, total MiB) per GPU from nvidia-smi; empty without one (the daemon never imports torch)."""

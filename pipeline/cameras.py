@@ -58,6 +58,16 @@ def c2w_gl_to_w2c_cv(c2w: np.ndarray) -> np.ndarray:
     return np.linalg.inv(c2w @ _GL_TO_CV)
 
 
+def read_json(path: Path, error: type[Exception]) -> object:
+    """A JSON file's content; an unreadable or invalid file raises ``error`` with a sentence naming the place."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise error(f"{path.name} cannot be read: {e}") from None
+    except json.JSONDecodeError as e:
+        raise error(f"{path.name} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+
+
 def w2c_cv_to_c2w_gl(w2c: np.ndarray) -> np.ndarray:
     """OpenCV world-to-camera -> NeRF/Blender camera-to-world (OpenGL axes); inverse of c2w_gl_to_w2c_cv."""
     return np.linalg.inv(np.asarray(w2c, dtype=np.float64)) @ _GL_TO_CV
@@ -246,12 +256,7 @@ def read_transforms(path: Path) -> PoseSource:
     Every problem of the file is collected and raised together as one :class:`InputError`, so a user fixes
     the file in one go rather than one error per attempt."""
     job_dir = path.parent
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{path.name} cannot be read: {e}") from None
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path.name} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    meta = read_json(path, InputError)
     if not isinstance(meta, dict) or not isinstance(meta.get("frames"), list) or not meta["frames"]:
         raise InputError(f"{path.name} has no 'frames' list; expected the NeRF / instant-ngp transforms format")
     problems: list[str] = []

@@ -68,6 +68,7 @@ class DepthMap:
 
 # ----------------------------------------------------------------------------------------------- small maths
 
+
 def box_mean(x: torch.Tensor, window: int) -> torch.Tensor:
     """Mean over a ``window`` x ``window`` square around each pixel. x: (B, 1, H, W) -> same shape; the border is
     averaged over the pixels that exist (count-normalised), so edges are not darkened."""
@@ -142,6 +143,7 @@ def parabola_offset(c_minus: torch.Tensor, c0: torch.Tensor, c_plus: torch.Tenso
 
 # ----------------------------------------------------------------------------------------------- view choice
 
+
 def neighbour_views(w2cs: np.ndarray, points: np.ndarray | None, obs_view: np.ndarray | None,
                     obs_point: np.ndarray | None, count: int, center: np.ndarray,
                     best_angle_deg: float = 15.0) -> list[np.ndarray]:
@@ -199,6 +201,7 @@ def depth_range(w2c: np.ndarray, center: np.ndarray, radius: float) -> tuple[flo
 
 
 # ----------------------------------------------------------------------------------------------- the sweep
+
 
 def _src_terms(K_ref: np.ndarray, w2c_ref: np.ndarray, K_src: np.ndarray, w2c_src: np.ndarray,
                pix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -362,6 +365,7 @@ class _Images:
 
 
 # ----------------------------------------------------------------------------------------------- consistency
+
 
 def consistency_counts(depths: list[np.ndarray], Ks: np.ndarray, w2cs: np.ndarray, neighbours: list[np.ndarray],
                        max_reproj_px: float, max_rel_depth: float, device: str = "cpu") -> list[np.ndarray]:

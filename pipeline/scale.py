@@ -21,7 +21,6 @@ The functions below are pure (arrays in, frozen results out) except :func:`read_
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
+from pipeline.cameras import read_json
 from pipeline.context import InputError
 
 SCALE_FILE = "scale.json"
@@ -93,6 +93,7 @@ NO_SCALE = ScaleResult(None, None, "none", f"no {SCALE_FILE} in the job folder, 
 
 
 # -- scale.json -----------------------------------------------------------------------------------------------
+
 
 def _aruco_dictionaries() -> list[str]:
     return sorted(n for n in dir(cv2.aruco) if n.startswith("DICT_") and isinstance(getattr(cv2.aruco, n), int))
@@ -166,16 +167,11 @@ def read_scale_spec(job_dir: Path) -> ScaleSpec | None:
     path = job_dir / SCALE_FILE
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError) as e:
-        raise ScaleFileError(f"{SCALE_FILE} cannot be read: {e}") from None
-    except json.JSONDecodeError as e:
-        raise ScaleFileError(f"{SCALE_FILE} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
-    return parse_scale_spec(data)
+    return parse_scale_spec(read_json(path, ScaleFileError))
 
 
 # -- geometry -------------------------------------------------------------------------------------------------
+
 
 def triangulate(K: np.ndarray, w2c: np.ndarray, xy: np.ndarray) -> tuple[np.ndarray, float]:
     """Linear (DLT) triangulation of one point seen in M >= 2 pinhole views.
@@ -317,6 +313,7 @@ def distance_scale(K: np.ndarray, w2c: np.ndarray, a: np.ndarray, b: np.ndarray,
 
 
 # -- the job's scale ------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class ViewGeometry:

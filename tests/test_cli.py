@@ -78,6 +78,7 @@ def test_demo_runs_a_real_daemon_on_the_bundled_sample(tmp_path: Path) -> None:
 
 # -- folders, status, process state (issue 19: the CLI disagreed with itself about the state folder) ------------
 
+
 def hotmesh_in(cwd: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
     """The CLI run from ``cwd`` (defaults are relative to it), with HOTMESH_* taken from ``env`` only."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("HOTMESH_")}

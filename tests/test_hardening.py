@@ -122,6 +122,7 @@ def ledger_ok(path: Path) -> bool:
 
 # -- 1. a full state disk -------------------------------------------------------------------------------
 
+
 def test_ledger_write_failures_are_kept_in_memory_and_written_later(tmp_path: Path, inproc_daemon) -> None:
     """Reproduces the daemon's crash: a worker lost while the state disk is full made requeue() raise
     'database or disk is full' and the daemon exit. Now the change waits in memory and the daemon goes on."""
@@ -239,6 +240,7 @@ def test_job_log_on_a_full_disk_never_ends_the_worker(tmp_path: Path) -> None:
 
 # -- 2. a linked images/ folder ------------------------------------------------------------------------
 
+
 def test_linked_images_folder_is_refused_before_any_file_behind_it_is_opened(tmp_path: Path) -> None:
     """It was refused, but only after every image behind the link had been opened and decoded."""
     from pipeline.images import validate_image
@@ -267,6 +269,7 @@ def test_linked_images_folder_is_refused_before_any_file_behind_it_is_opened(tmp
 
 # -- 3. a worker killed while publishing -----------------------------------------------------------------
 
+
 def test_worker_killed_while_publishing_leaves_no_hidden_folder(daemon_factory, tmp_path: Path) -> None:
     """A kill during publish left `.<job>.publishing-*` in the outbox until the daemon restarted."""
     import os
@@ -290,6 +293,7 @@ def test_worker_killed_while_publishing_leaves_no_hidden_folder(daemon_factory, 
 
 
 # -- 4. an outbox that is briefly unwritable ---------------------------------------------------------------
+
 
 def test_unwritable_status_folder_never_fails_a_job(daemon_factory, tmp_path: Path) -> None:
     """`chattr +i outbox/_status` made the job fail on attempt 1 with 'internal error ... PermissionError'."""
@@ -335,6 +339,7 @@ def test_publish_waits_for_a_briefly_unwritable_outbox(tmp_path: Path) -> None:
 
 
 # -- 5 and 6. folders that change after their job ended --------------------------------------------------
+
 
 def test_slow_copy_is_not_a_job_until_its_listed_files_arrive(tmp_path: Path, inproc_daemon) -> None:
     """A folder copied with pauses longer than intake.settle_seconds became a job after its first file."""
@@ -454,6 +459,7 @@ def test_finished_job_redropped_with_new_content_is_refused_visibly(tmp_path: Pa
 
 # -- 7. masks of the wrong size --------------------------------------------------------------------------
 
+
 def test_masks_of_the_wrong_size_are_named(tmp_path: Path) -> None:
     """They were reported as 'empty or all-object masks were dropped'."""
     from pipeline.runner import run_job
@@ -471,6 +477,7 @@ def test_masks_of_the_wrong_size_are_named(tmp_path: Path) -> None:
 
 
 # -- 9. a damaged ledger ---------------------------------------------------------------------------------
+
 
 def test_damaged_ledger_is_explained_and_rebuilt(tmp_path: Path, inproc_daemon) -> None:
     """A corrupt ledger.db gave a 26-line traceback ending in 'file is not a database'."""
@@ -537,6 +544,7 @@ def test_cli_errors_are_sentences_not_tracebacks(tmp_path: Path) -> None:
 
 
 # -- 10 and 11. a tiny job: its disk estimate, and no held-out view ---------------------------------------
+
 
 @pytest.fixture(scope="module")
 def twelve_views(tmp_path_factory: pytest.TempPathFactory):

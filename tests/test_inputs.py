@@ -42,6 +42,7 @@ def _texture(seed: int, h: int = 48, w: int = 64) -> np.ndarray:
 
 # -- issue 20: transforms.json paths and validation -------------------------------------------------------------
 
+
 def test_absolute_and_parent_paths_in_transforms_are_refused(tmp_path: Path) -> None:
     """An absolute file_path used to be read and used as a training view; '..' must be refused the same way."""
     elsewhere = tmp_path / "elsewhere"
@@ -129,6 +130,7 @@ def test_fisheye_undistortion_gives_pinhole_pixels() -> None:
 
 # -- HEIC -------------------------------------------------------------------------------------------------------
 
+
 def _heic(path: Path, rgb: np.ndarray, orientation: int = 1) -> Path:
     """A real HEIC written by pillow-heif (as an iPhone would, with an EXIF orientation)."""
     import pillow_heif
@@ -159,6 +161,7 @@ def test_heic_is_sniffed_validated_and_loaded_upright(tmp_path: Path) -> None:
 
 
 # -- video ------------------------------------------------------------------------------------------------------
+
 
 def _video(path: Path, n: int, sharp: set[int], size: tuple[int, int] = (160, 120)) -> Path:
     """An H.264 clip of ``n`` frames of a slowly moving texture; frames not in ``sharp`` are blurred."""
@@ -214,6 +217,7 @@ def test_video_only_folder_is_sampled_into_the_work_folder(tmp_path: Path) -> No
 
 
 # -- every file accounted for -----------------------------------------------------------------------------------
+
 
 def test_heic_folder_with_a_video_lists_every_file_not_used(tmp_path: Path) -> None:
     """Issue 19: 10 iPhone HEICs and an .mp4 failed with 'only 1 usable image(s)', naming no skipped file."""

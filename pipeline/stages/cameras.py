@@ -76,6 +76,7 @@ def holdout_flags(n: int, every: int) -> np.ndarray:
         flags[((np.arange(k) + 0.5) * n / k).astype(int)] = True
     return flags
 
+
 @dataclass(frozen=True)
 class Sparse:
     """SfM points in the views' world frame, and where each view observed them.
@@ -109,6 +110,7 @@ class Sparse:
         return ObjectRegion(center=self.center, radius=self.radius, up=self.up, ground=self.support,
                             object_points=self.object_points)
 
+
 def has_unmasked(manifest: Manifest) -> bool:
     """Some image has neither an alpha channel nor a masks/ file."""
     return any(not (f.has_alpha or f.mask_file) for f in manifest.frames)
@@ -122,8 +124,10 @@ def geometry_method(settings: PipelineSettings, manifest: Manifest) -> str:
         return configured
     return "dense" if has_unmasked(manifest) else "hull"
 
+
 def sfm_settings(ctx: JobContext) -> SfmSettings:
     return SfmSettings(**dataclasses.asdict(ctx.settings.sfm))  # same fields as the [sfm] config section
+
 
 def _run_sfm(ctx: JobContext, manifest: Manifest, out_dir: Path) -> SfmResult:
     """SfM on copies of the images with orientation applied, at the feature size (COLMAP ignores EXIF)."""
@@ -147,6 +151,7 @@ def _run_sfm(ctx: JobContext, manifest: Manifest, out_dir: Path) -> SfmResult:
     return dataclasses.replace(res, names=tuple(strip(n) for n in res.names),
                                unregistered=tuple(strip(n) for n in res.unregistered))
 
+
 def check_registration(res: SfmResult, total: int, cfg: SfmSettings, min_images: int) -> list[str]:
     """Raise when too few images registered (naming them); else warnings for the ones left out."""
     need = max(min_images, int(np.ceil(cfg.min_registered * total)))
@@ -160,6 +165,7 @@ def check_registration(res: SfmResult, total: int, cfg: SfmSettings, min_images:
         return [f"{len(res.unregistered)} image(s) could not be placed by structure from motion and are not used: "
                 f"{', '.join(res.unregistered[:20])}"]
     return []
+
 
 class CamerasStage(Stage):
     name = "cameras"

@@ -34,6 +34,7 @@ def outlier_views(configured: int, n_views: int, automatic_masks: bool) -> int:
 
 STRICT_MIN_COVERAGE = 0.97  # median fraction of a given mask the strict hull must cover (consistent masks: ~1.0)
 
+
 class GeometryStage(Stage):
     name = "geometry"
     weight = 45

@@ -23,11 +23,13 @@ def masks_were_automatic(ctx: JobContext) -> bool:
     meta = json.loads((stage_dir(ctx, MasksStage.name) / "masks.json").read_text())
     return bool(meta.get("auto"))
 
+
 def load_masks(ctx: JobContext) -> list[np.ndarray | None]:
     d = stage_dir(ctx, MasksStage.name)
     meta = json.loads((d / "masks.json").read_text())
     with np.load(d / "masks.npz") as z:
         return [z[f"mask_{i}"] if f"mask_{i}" in z else None for i in range(meta["count"])]
+
 
 def mask_size_mismatch(mask_w: int, mask_h: int, image_w: int, image_h: int) -> bool:
     """A masks/ file must match its image's aspect ratio (1 %); a smaller or larger copy of the right shape is
@@ -55,6 +57,7 @@ def mask_sheet(rgbs: list[np.ndarray], masks: list[np.ndarray | None], names: li
     rows = [np.hstack(tiles[i:i + columns] + [np.zeros_like(tiles[0])] * (columns - len(tiles[i:i + columns])))
             for i in range(0, len(tiles), columns)]
     return np.vstack(rows)
+
 
 class MasksStage(Stage):
     name = "masks"

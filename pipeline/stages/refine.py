@@ -29,6 +29,7 @@ def refine_settings(cfg: RefineConfig, on_gpu: bool) -> RefineSettings:
     return RefineSettings(levels=((cfg.cpu_image_size, cfg.cpu_iterations),), max_faces=cfg.cpu_faces,
                           start_faces=cfg.cpu_faces, **common)
 
+
 class RefineStage(Stage):
     """Differentiable-rendering refinement of the hull (see pipeline.refine); a pass-through when disabled."""
 

@@ -88,6 +88,7 @@ class TextureStage(Stage):
                         "bake": bake_info, "fit": fit_info})
         return summary
 
+
 def publish_projected_masks(ctx: JobContext, mesh: trimesh.Trimesh, views: Views, masks: list[np.ndarray | None],
                             out_dir: Path) -> list[int]:
     """masks.zip and masks_preview.jpg of the final mesh's silhouettes in the views that have no given mask (their
@@ -116,6 +117,7 @@ def fit_settings(cfg: TextureConfig, on_gpu: bool) -> FitSettings | None:
         return None
     return FitSettings(iterations=cfg.fit_iterations, prior=cfg.fit_prior, smooth=cfg.fit_smooth,
                        view_power=cfg.fit_view_power, max_views=0 if on_gpu else cfg.cpu_fit_views)
+
 
 def fit_bake(ctx: JobContext, atlas: Atlas, tex: np.ndarray, images: list[np.ndarray], masks: list[np.ndarray],
              Ks: np.ndarray, w2cs: np.ndarray, s: TextureSettings, fs: FitSettings) -> tuple[np.ndarray, dict[str, Any]]:
@@ -155,8 +157,10 @@ def fit_bake(ctx: JobContext, atlas: Atlas, tex: np.ndarray, images: list[np.nda
                  info.get("rmse_after", 0), info.get("samples", 0), len(pick))
     return out, info
 
+
 def load_colors(ctx: JobContext) -> np.ndarray:
     return np.load(stage_dir(ctx, TextureStage.name) / "colors.npy")
+
 
 def load_textured(ctx: JobContext) -> tuple[trimesh.Trimesh, np.ndarray, np.ndarray] | None:
     """The textured (decimated) mesh, its UVs (V, 2) and texture (S, S, 3) uint8, if the stage made one."""
