@@ -32,6 +32,7 @@ def main() -> None:
     import trimesh
 
     from pipeline.camera_files import PhotoCamera, colmap_text
+    from pipeline.cameras import camera_centers
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("set", type=Path)
@@ -72,7 +73,7 @@ def main() -> None:
         nbrs = neighbour_views(truth.w2cs, None, None, None, args.sources, center)
         (ws / "stereo" / "patch-match.cfg").write_text("".join(
             f"{cams[i].name}\n" + ", ".join(cams[j].name for j in nbrs[i]) + "\n" for i in range(len(cams))))
-        dist = np.linalg.norm(-np.einsum("nji,nj->ni", truth.w2cs[:, :3, :3], truth.w2cs[:, :3, 3]) - center, axis=1)
+        dist = np.linalg.norm(camera_centers(truth.w2cs) - center, axis=1)
         pm = pycolmap.PatchMatchOptions()
         pm.max_image_size = args.max_size
         pm.num_iterations = args.iterations

@@ -70,30 +70,22 @@ def poses_file(folder: Path) -> Path | None:
 
 
 def prepare_input(folder: Path, posed: bool, inbox: Path) -> tuple[Path, bool]:
-    """The job folder for ``folder`` in ``inbox``: images (and the set's own transforms.json, or the true poses
-    when ``posed``), never the ground truth. Returns it and whether the job is posed."""
+    """The job folder for ``folder`` in ``inbox``: everything but the ground truth (scored here, not by the job).
+    A photo-like set runs unposed, or with its true poses as transforms.json when ``posed``; a set that carries its
+    own poses (masked renders, lego) runs as it is. Returns the folder and whether the job is posed."""
     dst = inbox / folder.name
     shutil.rmtree(dst, ignore_errors=True)
-    dst.mkdir(parents=True)
-    own = folder / "transforms.json"
+    shutil.copytree(folder, dst, ignore=shutil.ignore_patterns("gt.*", "README*"))
     truth = poses_file(folder)
-    src_images = folder / "images" if (folder / "images").is_dir() else folder
-    for sub in ("images", "masks", "train"):
-        if (folder / sub).is_dir():
-            shutil.copytree(folder / sub, dst / sub)
-    if not (folder / "images").is_dir() and not (folder / "train").is_dir():
-        for f in src_images.iterdir():
-            if f.suffix.lower() in (".png", ".jpg", ".jpeg"):
-                shutil.copy2(f, dst / f.name)
-    if own.exists() and truth is None:
-        shutil.copy2(own, dst / "transforms.json")
-        return dst, True
+    if truth is None:
+        own = any((dst / n).exists() for n in ("transforms.json", "transforms_train.json", "sparse"))
+        if posed and not own:
+            raise SystemExit(f"run_bench: --posed needs {folder.name}.poses.json or the set's own poses")
+        return dst, own
+    (dst / "transforms.json").unlink(missing_ok=True)  # render_scene --posed writes one; unposed means none
     if posed:
-        if truth is None and not own.exists():
-            raise SystemExit(f"run_bench: --posed needs {folder.name}.poses.json or transforms.json")
-        shutil.copy2(truth or own, dst / "transforms.json")
-        return dst, True
-    return dst, False
+        shutil.copy2(truth, dst / "transforms.json")
+    return dst, posed
 
 
 def run_job(folder: Path, posed: bool, overrides: dict[str, dict[str, Any]], device: str, samples: int,

@@ -57,7 +57,9 @@ def transforms_json(cams: list[PhotoCamera]) -> str:
         model, coeffs = _model(c)
         fr = {"file_path": c.name, "transform_matrix": w2c_cv_to_c2w_gl(c.w2c).tolist(),
               "fl_x": float(c.K[0, 0]), "fl_y": float(c.K[1, 1]), "cx": float(c.K[0, 2]), "cy": float(c.K[1, 2]),
-              "w": c.width, "h": c.height, "camera_model": model if model != "PINHOLE" else "OPENCV"}
+              "w": c.width, "h": c.height,
+              # nerfstudio reads a pinhole camera as OPENCV with zero distortion
+              "camera_model": "OPENCV_FISHEYE" if model == "OPENCV_FISHEYE" else "OPENCV"}
         keys = ("k1", "k2", "k3", "k4") if model == "OPENCV_FISHEYE" else ("k1", "k2", "p1", "p2")
         fr.update({k: v for k, v in zip(keys, coeffs)})
         frames.append(fr)
@@ -68,23 +70,11 @@ def transforms_json(cams: list[PhotoCamera]) -> str:
 
 def _qvec(R: np.ndarray) -> np.ndarray:
     """Rotation matrix (3, 3) -> unit quaternion (w, x, y, z), w >= 0 (COLMAP's order)."""
-    m = R
-    t = np.trace(m)
-    if t > 0:
-        s = 2.0 * np.sqrt(t + 1.0)
-        q = np.array([0.25 * s, (m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s])
-    else:
-        i = int(np.argmax(np.diag(m)))
-        j, k = (i + 1) % 3, (i + 2) % 3
-        s = 2.0 * np.sqrt(1.0 + m[i, i] - m[j, j] - m[k, k])
-        q = np.empty(4)
-        q[0] = (m[k, j] - m[j, k]) / s
-        q[1 + i] = 0.25 * s
-        q[1 + j] = (m[j, i] + m[i, j]) / s
-        q[1 + k] = (m[k, i] + m[i, k]) / s
-    q /= np.linalg.norm(q)
-    return q if q[0] >= 0 else -q
+    from scipy.spatial.transform import Rotation
 
+    x, y, z, w = Rotation.from_matrix(R).as_quat()
+    q = np.array([w, x, y, z])
+    return q if q[0] >= 0 else -q
 
 def colmap_text(cams: list[PhotoCamera], points: np.ndarray, colors: np.ndarray) -> dict[str, str]:
     """The three files of a COLMAP text model. points (P, 3) and colors (P, 3) uint8 become 3-D points without

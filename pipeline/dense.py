@@ -22,15 +22,16 @@ from typing import Callable
 
 import cv2
 import numpy as np
+import torch
 import trimesh
 
-import torch
-
+from pipeline.cameras import camera_centers
 from pipeline.carve import CarveSettings, hull_field, mask_sdf
 from pipeline.context import JobError
 from pipeline.fusion import Grid, combined_field, fuse
 from pipeline.meshing import MeshingSettings, clean_mesh, marching_cubes
-from pipeline.mvs import DepthMap, MvsSettings, backproject, depth_maps, depth_range, neighbour_views, scaled_camera, to_gray
+from pipeline.mvs import DepthMap, MvsSettings, backproject, depth_maps, depth_range, neighbour_views, to_gray
+from pipeline.render import reduced_camera
 from pipeline.scene import ObjectRegion, fit_ground_plane
 from pipeline.silhouettes import SilhouetteSettings, photo_silhouettes
 
@@ -169,7 +170,7 @@ def dense_geometry(images: list[np.ndarray], masks: list[np.ndarray | None], Ks:
     grays, Kd, dmasks = [], [], []
     for img, K, m in zip(images, Ks, masks):
         H, W = img.shape[:2]
-        k2, w, h = scaled_camera(K, W, H, s.mvs.max_side)
+        k2, w, h = reduced_camera(K, W, H, s.mvs.max_side)
         grays.append(to_gray(img, w, h))
         Kd.append(k2)
         dmasks.append(None if m is None else cv2.resize(m.astype(np.uint8), (w, h),
@@ -197,7 +198,7 @@ def dense_geometry(images: list[np.ndarray], masks: list[np.ndarray | None], Ks:
     if support is not None:
         refit = refit_support(points, support, band=0.06 * region.radius)
         support = refit if refit is not None else support
-    centers = -np.einsum("nji,nj->ni", w2cs[:, :3, :3], w2cs[:, :3, 3])
+    centers = camera_centers(w2cs)
     planes = [] if support is None else [support]
     obj_pts = None
     if sparse is not None and len(region.object_points) == len(sparse[0]) and region.object_points.any():

@@ -1,11 +1,10 @@
-"""Depth-map fusion into a truncated signed distance field (Curless & Levoy 1996) and meshing of its zero level.
+"""Depth-map fusion into a truncated signed distance field (Curless & Levoy 1996), and the closed field to mesh.
 
 Every voxel centre is projected into every depth map; where the map has a depth there, the voxel's signed
 distance along the viewing direction (measured depth minus voxel depth, positive in front of the surface) is
 truncated to ``trunc`` and averaged over the views, weighted by the match score times cos^2 of the angle at which
-the view sees the surface (:func:`facing`). Voxels in front of a measured
-surface collect positive values (free space), voxels just behind it negative ones; voxels no depth map says anything
-about keep weight 0. :func:`combined_field` closes the surface with a visual hull where the photos measured
+the view sees the surface (:func:`facing`). Voxels in front of a measured surface collect positive values (free
+space), voxels just behind it negative ones; voxels no depth map says anything about keep weight 0. :func:`combined_field` closes the surface with a visual hull where the photos measured
 nothing, and lets measured free space carve what the hull cannot (cavities).
 
 Runs in torch on the job's device, in slabs of voxels so that memory stays bounded.
@@ -17,7 +16,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import trimesh
 
 from pipeline.mvs import DepthMap
 
@@ -169,27 +167,3 @@ def combined_field(tsdf: Tsdf, hull: np.ndarray, min_band: float, min_free: floa
         f = np.maximum(f, np.clip(((support_margin - height) / t).astype(np.float32), -1.0, 1.0))
     f[0, :, :] = f[-1, :, :] = f[:, 0, :] = f[:, -1, :] = f[:, :, 0] = f[:, :, -1] = 1.0
     return f
-
-
-def mesh_zero_level(tsdf: Tsdf, min_weight: float, keep: np.ndarray | None = None) -> trimesh.Trimesh:
-    """Marching cubes on the TSDF's zero level where ``weight >= min_weight`` (and ``keep``, a (X, Y, Z) bool,
-    allows). Returns a mesh in world units (empty if there is no surface)."""
-    from skimage import measure
-
-    ok = tsdf.weight >= min_weight
-    if keep is not None:
-        ok &= keep
-    vals = np.where(ok, tsdf.values, 1.0).astype(np.float32)
-    if not (vals < 0).any() or not (vals > 0).any():
-        return trimesh.Trimesh()
-    verts, faces, _n, _v = measure.marching_cubes(vals, level=0.0, allow_degenerate=False)
-    # every vertex lies on a grid edge: keep the faces whose vertices' edges join two measured voxels (a crossing
-    # into unmeasured space is not a surface). Checked here rather than with marching_cubes' own mask, which
-    # consults one corner of each cube only
-    lo = np.floor(verts).astype(np.int64)
-    hi = np.minimum(np.ceil(verts).astype(np.int64), np.array(vals.shape) - 1)
-    good = ok[lo[:, 0], lo[:, 1], lo[:, 2]] & ok[hi[:, 0], hi[:, 1], hi[:, 2]]
-    faces = faces[good[faces].all(axis=1)]
-    verts = verts * tsdf.grid.voxel + tsdf.grid.origin
-    # skimage orders triangles for a field that is positive inside; ours is negative inside
-    return trimesh.Trimesh(verts, faces[:, ::-1], process=True)

@@ -21,6 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.cameras import camera_centers
+from pipeline.render import reduced_camera
+
 
 @dataclass(frozen=True)
 class MvsSettings:
@@ -153,7 +156,7 @@ def neighbour_views(w2cs: np.ndarray, points: np.ndarray | None, obs_view: np.nd
 
     w2cs (N, 4, 4); points (P, 3); obs_view/obs_point (M,) index pairs; center (3,). -> N arrays of indices."""
     n = len(w2cs)
-    centers = -np.einsum("nji,nj->ni", w2cs[:, :3, :3], w2cs[:, :3, 3])
+    centers = camera_centers(w2cs)
     score = np.zeros((n, n))
     if points is not None and obs_view is not None and obs_point is not None and len(obs_view):
         seen = np.zeros((n, len(points)), dtype=bool)
@@ -350,10 +353,7 @@ class _Images:
         import cv2
 
         def shrink(g: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            h, w = max(8, g.shape[0] // factor), max(8, g.shape[1] // factor)
-            K2 = np.array(K, dtype=np.float64, copy=True)
-            K2[0] *= w / g.shape[1]
-            K2[1] *= h / g.shape[0]
+            K2, w, h = reduced_camera(K, g.shape[1], g.shape[0], max(g.shape) // factor)
             return cv2.resize(g, (w, h), interpolation=cv2.INTER_AREA), K2
 
         r, Kr = shrink(ref_gray, K_ref)
@@ -455,16 +455,6 @@ def depth_maps(grays: list[np.ndarray], Ks: np.ndarray, w2cs: np.ndarray, ranges
                             K=np.asarray(Ks[i], dtype=np.float64), w2c=np.asarray(w2cs[i], dtype=np.float64),
                             free=free, far=float(ranges[i][1])))
     return out
-
-
-def scaled_camera(K: np.ndarray, width: int, height: int, max_side: int) -> tuple[np.ndarray, int, int]:
-    """K (3, 3) and size of a camera reduced so that its long side is at most ``max_side`` (never enlarged)."""
-    f = min(1.0, max_side / max(width, height))
-    w, h = max(8, round(width * f)), max(8, round(height * f))
-    K2 = np.array(K, dtype=np.float64, copy=True)
-    K2[0] *= w / width
-    K2[1] *= h / height
-    return K2, w, h
 
 
 def to_gray(rgb: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.cameras import camera_centers
+
 SIDES = ("top", "bottom", "left", "right")
 
 
@@ -22,12 +24,6 @@ def _check_cameras(Ks: np.ndarray, w2cs: np.ndarray) -> None:
 def _unit(v: np.ndarray) -> np.ndarray:
     n = np.linalg.norm(v, axis=-1, keepdims=True)
     return v / np.maximum(n, 1e-12)
-
-
-def camera_centres(w2cs: np.ndarray) -> np.ndarray:
-    """w2cs (N, 4, 4) -> camera centres (N, 3) in the world frame."""
-    R, t = w2cs[:, :3, :3], w2cs[:, :3, 3]
-    return -np.einsum("nji,nj->ni", R, t)
 
 
 def vertex_areas(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -65,7 +61,7 @@ def visibility_counts(vertices: np.ndarray, normals: np.ndarray, depths: list[np
     N = _unit(np.asarray(normals, dtype=np.float64))
     cos_min = np.cos(np.radians(max_angle_deg))
     counts = np.zeros(len(V), dtype=np.int32)
-    for depth, K, w2c, c in zip(depths, Ks, w2cs, camera_centres(w2cs)):
+    for depth, K, w2c, c in zip(depths, Ks, w2cs, camera_centers(w2cs)):
         h, w = depth.shape
         cam = V @ w2c[:3, :3].T + w2c[:3, 3]
         z = cam[:, 2]

@@ -11,6 +11,8 @@ import jinja2
 import numpy as np
 from PIL import Image
 
+from pipeline.cameras import camera_centers
+
 # installed: pipeline/templates (package data); in a checkout: templates/ beside the packages
 _PACKAGED = Path(__file__).resolve().parent / "templates"
 TEMPLATE_DIR = _PACKAGED if (_PACKAGED / "report.html.j2").is_file() else Path(__file__).resolve().parent.parent / "templates"
@@ -66,7 +68,7 @@ def camera_scene(Ks: np.ndarray, w2cs: np.ndarray, sizes: list[tuple[int, int]],
         raise ValueError("Ks, w2cs, sizes, names and holdout must have one entry per camera")
     if points.ndim != 2 or points.shape[1] != 3 or seen.shape != (len(points),):
         raise ValueError(f"points must be (P, 3) and seen (P,), got {points.shape} and {seen.shape}")
-    centres = -np.einsum("nji,nj->ni", w2cs[:, :3, :3], w2cs[:, :3, 3])
+    centres = camera_centers(w2cs)
     target = points.mean(0) if len(points) else centres.mean(0)
     radius = float(np.linalg.norm(np.vstack([centres, points]) - target, axis=1).max()) or 1.0
     depth = 0.15 * radius

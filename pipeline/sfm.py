@@ -11,7 +11,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -207,8 +207,8 @@ def run_sfm(image_dir: Path, names: list[str], work: Path, cfg: SfmSettings, log
                      obs_xy=np.array(oxy, dtype=np.float32).reshape(-1, 2), stats=stats, per_image=tuple(per_image))
 
 
-def _sfm_child(image_dir: Path, names: list[str], work: Path, cfg: SfmSettings) -> tuple[SfmResult, list[str]]:
-    """run_sfm in a child process; its log lines come back as text for the job's log."""
+def _sfm_child(conn: Any, image_dir: Path, names: list[str], work: Path, cfg: SfmSettings) -> None:
+    """run_sfm in a child process: sends ("ok", result, log lines) or ("error", exception, log lines)."""
     lines: list[str] = []
 
     class _Collect(logging.Handler):
@@ -218,7 +218,12 @@ def _sfm_child(image_dir: Path, names: list[str], work: Path, cfg: SfmSettings) 
     log = logging.getLogger("hotmesh.sfm.child")
     log.setLevel(logging.INFO)
     log.addHandler(_Collect())
-    return run_sfm(image_dir, names, work, cfg, log), lines
+    try:
+        conn.send(("ok", run_sfm(image_dir, names, work, cfg, log), lines))
+    except Exception as e:  # InputError and the like: the parent raises it as if SfM had run there
+        conn.send(("error", e, lines))
+    finally:
+        conn.close()
 
 
 def run_sfm_isolated(image_dir: Path, names: list[str], work: Path, cfg: SfmSettings,
@@ -229,32 +234,33 @@ def run_sfm_isolated(image_dir: Path, names: list[str], work: Path, cfg: SfmSett
     COLMAP's native libraries (their own OpenMP runtime, CUDA 12 runtime and crash handlers in the CUDA build) must
     not share a process with torch: measured on an H200, the first multi-threaded torch CPU operation after GPU SfM
     in the same process crashed the worker. The child also keeps a COLMAP crash from taking the job's worker down.
-    ``check`` is polled while it runs (a CANCEL file or a shutdown ends the child)."""
+    ``check`` is polled while it runs; when it raises (a CANCEL file, a shutdown) the child is killed."""
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
 
-    pool = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
+    ctx = mp.get_context("spawn")
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_sfm_child, args=(send, image_dir, names, work, cfg), name="hotmesh-sfm")
+    proc.start()
+    send.close()
+    t0 = time.monotonic()
     try:
-        fut = pool.submit(_sfm_child, image_dir, names, work, cfg)
-        t0 = time.monotonic()
-        while True:
-            try:
-                res, lines = fut.result(timeout=0.5)
-                break
-            except TimeoutError:
-                # progress is not reported from the child; time is the best guess (most SfM runs take 10-90 s)
-                check(min(0.9, (time.monotonic() - t0) / 120.0))
-    except BrokenProcessPool:
-        raise RuntimeError("structure from motion crashed (COLMAP's process ended abnormally); the job's log has "
-                           "the details") from None
+        while not recv.poll(0.5):
+            if not proc.is_alive() and not recv.poll(0):
+                raise RuntimeError(f"structure from motion crashed (COLMAP's process ended with code "
+                                   f"{proc.exitcode}); retry the job, and if it crashes again, run it with "
+                                   f"sfm.device = cpu")
+            # progress is not reported from the child; time is the best guess (most SfM runs take 10-90 s)
+            check(min(0.9, (time.monotonic() - t0) / 120.0))
+        status, payload, lines = recv.recv()
     except BaseException:
-        for p in list(getattr(pool, "_processes", {}).values()):  # a cancel or shutdown ends the child at once
-            p.kill()
+        proc.kill()
         raise
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        proc.join(timeout=10)
+        recv.close()
     for line in lines:
         level, _, msg = line.partition(" ")
         log.log(getattr(logging, level, logging.INFO), "%s", msg)
-    return res
+    if status == "error":
+        raise payload
+    return payload

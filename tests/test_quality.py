@@ -9,7 +9,8 @@ import trimesh
 
 from pipeline.export import export_all, read_seen
 from pipeline.grade import build_checks, grade_checks, what_to_know
-from pipeline.quality import (border_cuts, camera_centres, camera_spread, coverage_share, cut_sides, resting_vertices,
+from pipeline.cameras import camera_centers
+from pipeline.quality import (border_cuts, camera_spread, coverage_share, cut_sides, resting_vertices,
                               side_name, unseen_direction, vertex_areas, visibility_counts)
 from pipeline.render import look_at, render
 from pipeline.report_html import hatch
@@ -133,13 +134,13 @@ def test_camera_spread_against_a_reference_and_named_gaps() -> None:
     for _ in range(5):
         az = rng.uniform(0, 360, size=rng.integers(3, 12))
         w2cs = ring(az, rng.uniform(-40, 60), 3.0, target)
-        sp = camera_spread(camera_centres(w2cs), target, UP)
+        sp = camera_spread(camera_centers(w2cs), target, UP)
         assert sp.largest_gap_deg == pytest.approx(_spread_reference(list(az)), abs=1e-6)
         i, j = sp.gap_between
         assert ((az[j] - az[i]) % 360) == pytest.approx(sp.largest_gap_deg, abs=1e-6)
     # nine photos in a 90° arc in front: the gap is the back
     front = ring(np.linspace(-45, 45, 9), 10, 3.0, target)
-    centres = camera_centres(front)
+    centres = camera_centers(front)
     sp = camera_spread(centres, target, UP)
     assert sp.largest_gap_deg == pytest.approx(270.0)
     mean_dir = (centres / np.linalg.norm(centres, axis=1, keepdims=True)).mean(0)
@@ -187,7 +188,7 @@ def _capture(azimuths: np.ndarray, elevations: list[float]) -> tuple[trimesh.Tri
 
 def _quality_stats(cow: trimesh.Trimesh, w2cs: np.ndarray, counts: np.ndarray) -> dict:
     V, N = np.asarray(cow.vertices), np.asarray(cow.vertex_normals)
-    centres = camera_centres(w2cs)
+    centres = camera_centers(w2cs)
     target = cow.bounds.mean(0)
     front = ((centres - target) / np.linalg.norm(centres - target, axis=1, keepdims=True)).mean(0)
     areas = vertex_areas(V, np.asarray(cow.faces))

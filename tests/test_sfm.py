@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trimesh
+from PIL import Image
 
 from pipeline.cameras import read_transforms
 from pipeline.scene import pose_errors
@@ -94,3 +95,29 @@ def test_registration_check_names_the_missing_images() -> None:
         check_registration(res, 5, SfmSettings(min_registered=0.7), min_images=3)
     warn = check_registration(res, 5, SfmSettings(min_registered=0.5), min_images=3)
     assert "d, e" in warn[0]
+
+
+def test_sfm_runs_in_its_own_process_and_cancels_with_it(tmp_path: Path) -> None:
+    """SfM's errors come back from its child process as the same exception; a cancel kills the child at once."""
+    import multiprocessing as mp
+    import time
+
+    from pipeline.context import Cancelled, InputError
+    from pipeline.sfm import run_sfm_isolated
+
+    rng = np.random.default_rng(0)
+    for i in range(4):  # noise shares no features between images: no camera poses
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / f"n{i}.png")
+    names = [f"n{i}.png" for i in range(4)]
+    log = logging.getLogger("test")
+    with pytest.raises(InputError, match="found no camera poses"):
+        run_sfm_isolated(tmp_path, names, tmp_path / "w1", SfmSettings(), log)
+
+    def cancel(_f: float) -> None:
+        raise Cancelled("cancelled by a CANCEL file")
+
+    t0 = time.monotonic()
+    with pytest.raises(Cancelled):
+        run_sfm_isolated(tmp_path, names, tmp_path / "w2", SfmSettings(), log, check=cancel)
+    assert time.monotonic() - t0 < 10
+    assert not [p for p in mp.active_children() if p.name == "hotmesh-sfm"]

@@ -63,7 +63,7 @@ def dense_settings(ctx: JobContext) -> DenseSettings:
 
 
 def dense_stage(ctx: JobContext, views: Views, masks: list[np.ndarray | None], out_dir: Path) -> dict[str, Any]:
-    """Multi-view stereo on the training views; writes mesh.ply, points.ply and the support plane."""
+    """Multi-view stereo on the training views; writes mesh.ply, points.ply and the silhouettes it closed with."""
     sparse = Sparse.load(ctx)
     if sparse is None:
         raise InputError("the dense method needs the structure-from-motion points to find the object, and they are "
@@ -84,8 +84,6 @@ def dense_stage(ctx: JobContext, views: Views, masks: list[np.ndarray | None], o
     # the silhouettes the shape was closed with: later stages fit to them where the user gave none
     np.savez_compressed(out_dir / "silhouettes.npz", **{f"mask_{i}": m for i, m in zip(idx, res.masks)},
                         estimated=np.array([idx[k] for k, e in enumerate(res.estimated) if e], dtype=np.int64))
-    support = {} if res.support is None else {"support_n": res.support[0], "support_d": res.support[1]}
-    np.savez(out_dir / "support.npz", **support)
     st = res.stats
     detail = (f"{len(idx)} views; depth maps {st['depth_size'][0]}x{st['depth_size'][1]} px, {st['planes']} depth "
               f"hypotheses, {st['neighbours']} neighbours each; TSDF grid {'x'.join(map(str, st['grid']))}; "
