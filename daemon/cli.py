@@ -180,12 +180,19 @@ def render_watch(jobs: list[Job], now: float, width: int = 30) -> list[str]:
 
 def watch_status(folders: Folders, interval: float, once: bool) -> int:
     """Redraw the live view every ``interval`` seconds until Ctrl-C (or once)."""
+    import signal
+    import threading
+
     from daemon.ledger import Ledger
 
     clear = sys.stdout.isatty() and not once
+    # Ctrl-C sets a flag instead of raising: a KeyboardInterrupt raised inside sqlite or a finaliser can be swallowed
+    # there ("Exception ignored in ..."), and the view would then never end
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda _sig, _frame: stop.set())
     ledger = None
     try:
-        while True:
+        while not stop.is_set():
             if ledger is None and folders.ledger.exists():
                 ledger = Ledger(folders.ledger)
             lines = (render_watch(ledger.jobs(), time.time()) if ledger is not None
@@ -195,11 +202,11 @@ def watch_status(folders: Folders, interval: float, once: bool) -> int:
             print("\n".join(lines), flush=True)
             if once:
                 return 0
-            time.sleep(interval)
-    except KeyboardInterrupt:
+            stop.wait(interval)
         print()
         return 0
     finally:
+        signal.signal(signal.SIGINT, previous)
         if ledger is not None:
             ledger.close()
 

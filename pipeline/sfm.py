@@ -244,13 +244,16 @@ def run_sfm_isolated(image_dir: Path, names: list[str], work: Path, cfg: SfmSett
     send.close()
     t0 = time.monotonic()
     try:
-        while not recv.poll(0.5):
+        while True:
+            # polled before every wait, so a cancel that is already pending stops the child even when SfM is quick;
+            # progress is not reported from the child: time is the best guess (most SfM runs take 10-90 s)
+            check(min(0.9, (time.monotonic() - t0) / 120.0))
+            if recv.poll(0.5):
+                break
             if not proc.is_alive() and not recv.poll(0):
                 raise RuntimeError(f"structure from motion crashed (COLMAP's process ended with code "
                                    f"{proc.exitcode}); retry the job, and if it crashes again, run it with "
                                    f"sfm.device = cpu")
-            # progress is not reported from the child; time is the best guess (most SfM runs take 10-90 s)
-            check(min(0.9, (time.monotonic() - t0) / 120.0))
         status, payload, lines = recv.recv()
     except BaseException:
         proc.kill()
