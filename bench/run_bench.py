@@ -143,9 +143,10 @@ def run_job(folder: Path, posed: bool, overrides: dict[str, dict[str, Any]], dev
             truth = read_nerf_cameras(truth_path)
             if not posed:
                 pub = read_nerf_cameras(out / "transforms.json")
-                sim, resid = alignment(pub, truth)
-                mesh = moved(mesh, sim)
-                row["alignment_residual"] = round(resid, 5)
+                al = alignment(pub, truth)
+                mesh = moved(mesh, al.sim)
+                row["alignment_residual"] = round(al.residual, 5)
+                row["misplaced_cameras"] = list(al.misplaced)
             row.update(score(mesh, gt, truth, samples))
             if keep is not None:
                 keep.mkdir(parents=True, exist_ok=True)

@@ -58,19 +58,38 @@ def read_nerf_cameras(path: Path, images: Path | None = None) -> TrueCameras:
     return TrueCameras(tuple(names), np.array(Ks), np.array(w2cs), tuple(sizes))
 
 
-def alignment(published: TrueCameras, truth: TrueCameras) -> tuple[Similarity, float]:
-    """Similarity taking the job's frame to the true frame, from the cameras both name, and the RMS residual of the
-    camera centres after alignment as a fraction of the true cameras' spread."""
+@dataclass(frozen=True)
+class Alignment:
+    """sim takes the job's frame to the true frame; residual: RMS distance of the agreeing camera centres after
+    alignment, as a fraction of the true cameras' spread; misplaced: cameras SfM put elsewhere (left out of the fit)."""
+
+    sim: Similarity
+    residual: float
+    misplaced: tuple[str, ...]
+
+
+def alignment(published: TrueCameras, truth: TrueCameras, outlier: float = 0.05) -> Alignment:
+    """Similarity from the cameras both name (Umeyama on the centres). A camera further than ``outlier`` of the
+    spread from its true place after the fit is misplaced (SfM registered it wrongly): it is named and the fit is
+    repeated without it, so that one bad camera does not shift the whole mesh in the scoring."""
     index = {n: i for i, n in enumerate(truth.names)}
     pairs = [(i, index[n]) for i, n in enumerate(published.names) if n in index]
     if len(pairs) < 3:
         raise ValueError(f"only {len(pairs)} published cameras match the true poses by name")
     a = camera_centers(published.w2cs[[p[0] for p in pairs]])
     b = camera_centers(truth.w2cs[[p[1] for p in pairs]])
-    sim = umeyama(a, b)
-    resid = np.linalg.norm(sim.points(a) - b, axis=1)
     spread = float(np.linalg.norm(b - b.mean(0), axis=1).mean())
-    return sim, float(np.sqrt((resid ** 2).mean()) / spread)
+    keep = np.ones(len(pairs), dtype=bool)
+    while True:  # drop the worst camera while it is off, at most half of them
+        sim = umeyama(a[keep], b[keep])
+        rel = np.linalg.norm(sim.points(a) - b, axis=1) / spread
+        worst = int(np.argmax(np.where(keep, rel, -1.0)))
+        if rel[worst] < outlier or keep.sum() - 1 < max(3, (len(pairs) + 1) // 2):
+            break
+        keep[worst] = False
+    off = rel >= outlier
+    return Alignment(sim=sim, residual=float(np.sqrt((rel[~off if (~off).any() else slice(None)] ** 2).mean())),
+                     misplaced=tuple(published.names[pairs[k][0]] for k in np.flatnonzero(off)))
 
 
 def moved(mesh: trimesh.Trimesh, sim: Similarity) -> trimesh.Trimesh:

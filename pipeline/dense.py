@@ -47,6 +47,12 @@ class DenseSettings:
     hull_outlier_fraction: float = 0.03  # views allowed to disagree with a hull voxel (at most 2)
     base_margin_voxels: float = 1.0  # the base is cut this far above the support plane
     box_margin: float = 0.04  # fraction of the object's size added around the dense points' extent
+    # estimated silhouettes miss thin or dark parts (horns, legs on a dark table): the fused box reaches this fraction
+    # of the object's size beyond their hull (inside the dense points' box), and surfaces measured with at least
+    # override_band of match score stand even outside that hull (None: the estimated hull is a hard limit).
+    # Measured on CPU-resolution spot and stool photo sets: Chamfer 0.61 -> 0.57 % and 1.37 -> 0.79 % of the diagonal
+    box_reach: float = 0.12
+    override_band: float | None = 1.0
     smoothing_iterations: int = 3
     max_faces: int = 200_000
     max_points: int = 1_000_000  # fused points kept for points.ply
@@ -218,15 +224,21 @@ def dense_geometry(images: list[np.ndarray], masks: list[np.ndarray | None], Ks:
             sil[i] = m
     t_sil = time.monotonic() - t1
     # the silhouettes bound the object far more tightly than the points do (clutter near it, the table's edge)
-    lo, hi = hull_box(sil, Ks, w2cs, (lo, hi), support, s.box_margin, s.hull_outlier_fraction, device)
-    grid = Grid.over_box(lo, hi, s.resolution)
+    box = (lo, hi)
+    lo, hi = hull_box(sil, Ks, w2cs, box, support, s.box_margin, s.hull_outlier_fraction, device)
+    voxel = float((hi - lo).max()) / s.resolution
+    if any(estimated) and s.box_reach > 0:
+        reach = s.box_reach * float((hi - lo).max())
+        lo, hi = np.maximum(lo - reach, box[0]), np.minimum(hi + reach, box[1])
+    grid = Grid.over_box(lo, hi, int(round(float((hi - lo).max()) / voxel)))
     trunc = s.trunc_voxels * grid.voxel
     check(0.75)
     tsdf = fuse(dms, grid, trunc, device=device, check=lambda f: check(0.75 + 0.1 * f))
     hull = grid_hull(grid, Ks, w2cs, sil, s.hull_outlier_fraction, device)
     # estimated silhouettes can be a little off: the hull is a hard limit only where the user drew the masks
     slack = trunc if any(estimated) else 0.0
-    field_ = combined_field(tsdf, hull, s.min_band, s.min_free, slack, planes, s.base_margin_voxels * grid.voxel)
+    field_ = combined_field(tsdf, hull, s.min_band, s.min_free, slack, planes, s.base_margin_voxels * grid.voxel,
+                            override_band=s.override_band if any(estimated) else None)
     check(0.92)
     raw = marching_cubes(field_ * trunc, grid.origin, grid.voxel)
     mesh = clean_mesh(raw, MeshingSettings(smoothing_iterations=s.smoothing_iterations, max_faces=s.max_faces))

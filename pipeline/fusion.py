@@ -139,14 +139,17 @@ def fuse(depths: list[DepthMap], grid: Grid, trunc: float, device: str = "cpu", 
 
 
 def combined_field(tsdf: Tsdf, hull: np.ndarray, min_band: float, min_free: float, hull_slack: float,
-                   planes: list[tuple[np.ndarray, float]] = (), support_margin: float = 0.0) -> np.ndarray:
+                   planes: list[tuple[np.ndarray, float]] = (), support_margin: float = 0.0,
+                   override_band: float | None = None) -> np.ndarray:
     """The field of the final closed surface, negative inside, in units of trunc. (X, Y, Z) float32.
 
     hull: (X, Y, Z) float32 visual-hull distance on the same grid, world units, negative inside. The hull gives the
     shape where the photos measured nothing (textureless surfaces); where at least ``min_band`` of match score
     measured a surface near a voxel, the TSDF's sub-voxel zero crossing replaces it; where ``min_free`` of evidence
     saw clear free space, the voxel is outside even inside the hull (a cup's inside, the gap under an armrest).
-    Nothing lies more than ``hull_slack`` (world units) outside the hull. ``planes`` (unit normal n, offset d,
+    Nothing lies more than ``hull_slack`` (world units) outside the hull, except, when ``override_band`` is given,
+    where at least that much match score measured a surface: estimated silhouettes miss thin or dark parts (horns,
+    feet on a dark table) that the photos did measure. ``planes`` (unit normal n, offset d,
     cameras on the side n·x > d: the table the object stands on, a wall right behind it): everything within
     ``support_margin`` of one or behind it is outside, so they are cut off and the object's base closed flat."""
     if hull.shape != tsdf.values.shape:
@@ -157,7 +160,10 @@ def combined_field(tsdf: Tsdf, hull: np.ndarray, min_band: float, min_free: floa
     f = np.where(measured, tsdf.values, f)
     free = (tsdf.weight - tsdf.band >= min_free) & (tsdf.values > 0.9)
     f = np.where(free, np.maximum(f, tsdf.values), f)
-    f = np.maximum(f, np.clip((hull - hull_slack) / t, -1.0, 1.0))
+    cap = np.clip((hull - hull_slack) / t, -1.0, 1.0)
+    if override_band is not None:
+        cap = np.where(tsdf.band >= override_band, -1.0, cap)
+    f = np.maximum(f, cap)
     for n, d in planes:
         n, d = np.asarray(n, dtype=np.float64), float(d)
         g = tsdf.grid

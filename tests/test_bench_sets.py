@@ -177,3 +177,35 @@ def test_make_sets_rejects_unknown_objects(capsys: pytest.CaptureFixture[str]) -
     with pytest.raises(SystemExit):
         make_sets(["/nonexistent", "--objects", "teapot"])
     assert "unknown object(s) teapot" in capsys.readouterr().err
+
+
+def test_alignment_names_a_misplaced_camera_and_fits_without_it() -> None:
+    """Cameras in a job's own frame (scaled, rotated, moved) with one of them put elsewhere by SfM: the similarity is
+    recovered exactly from the others and the bad one is named; without it, every camera agrees."""
+    from scipy.spatial.transform import Rotation
+
+    from bench.scoring import TrueCameras, alignment
+    from pipeline.scene import Similarity
+
+    rng = np.random.default_rng(3)
+    n = 24
+    ang = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    centres = np.stack([3 * np.cos(ang), 3 * np.sin(ang), 1 + rng.uniform(0, 1, n)], 1)
+    truth_w2c = np.tile(np.eye(4), (n, 1, 1))
+    truth_w2c[:, :3, 3] = -centres  # identity rotations: the centre is -t
+    true_sim = Similarity(scale=0.37, R=Rotation.from_euler("xyz", [20, -35, 70], degrees=True).as_matrix(),
+                          t=np.array([0.5, -1.0, 2.0]))
+    job_centres = true_sim.points(centres)
+    job_centres[5] += np.array([1.5, 0.0, 0.0])  # ~0.4 of the spread off, in job units
+    job_w2c = np.tile(np.eye(4), (n, 1, 1))
+    job_w2c[:, :3, 3] = -job_centres
+    names = tuple(f"IMG_{i:04d}.jpg" for i in range(n))
+    K = np.tile(np.eye(3), (n, 1, 1))
+    sizes = ((64, 48),) * n
+    al = alignment(TrueCameras(names, K, job_w2c, sizes), TrueCameras(names, K, truth_w2c, sizes))
+    assert al.misplaced == ("IMG_0005.jpg",)
+    assert al.residual < 1e-9 and al.sim.scale == pytest.approx(1 / 0.37)
+    clean = job_w2c.copy()
+    clean[5, :3, 3] = -true_sim.points(centres[5:6])[0]
+    al2 = alignment(TrueCameras(names, K, clean, sizes), TrueCameras(names, K, truth_w2c, sizes))
+    assert al2.misplaced == () and al2.residual < 1e-9

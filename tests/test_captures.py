@@ -70,8 +70,9 @@ def test_cameras_are_published_for_nerfstudio_and_colmap(scene: Path, tmp_path: 
     _, out, _ = _run(scene.parent, scene.name, tmp_path, SMALL | {"texture": {"enabled": False}})
     published = read_nerf_cameras(out / "transforms.json", images=scene)
     truth = read_nerf_cameras(scene / "transforms.json")
-    sim, resid = alignment(published, truth)
-    assert resid < 1e-6 and sim.scale == pytest.approx(1.0, abs=1e-6)  # posed input: the user's own frame
+    al = alignment(published, truth)
+    assert al.residual < 1e-6 and al.sim.scale == pytest.approx(1.0, abs=1e-6)  # posed input: the user's own frame
+    assert not al.misplaced
     rec = pycolmap.Reconstruction()
     rec.read_text(str(out))
     assert rec.num_images() == len(truth.names)
@@ -88,9 +89,9 @@ def test_unposed_photos_find_their_cameras_and_the_object(scene: Path, tmp_path:
     _, out, stats = _run(inbox, "unposed", tmp_path, SMALL)
     assert stats["cameras"]["sfm"]["registered"] >= 0.7 * len(list((scene / "images").iterdir()))
     truth = read_nerf_cameras(scene / "transforms.json")
-    sim, resid = alignment(read_nerf_cameras(out / "transforms.json", images=scene), truth)
-    assert resid < 0.01  # camera centres within 1 % of their spread
-    mesh = moved(trimesh.load(out / "mesh.ply", force="mesh"), sim)
+    al = alignment(read_nerf_cameras(out / "transforms.json", images=scene), truth)
+    assert al.residual < 0.01 and not al.misplaced  # every camera centre within 1 % of their spread
+    mesh = moved(trimesh.load(out / "mesh.ply", force="mesh"), al.sim)
     s = score(mesh, trimesh.load(scene / "gt.ply", force="mesh"), truth, 50_000)
     assert s["fscore@1%"] > 0.5, s
     assert np.isfinite(s["chamfer_l1_rel"])

@@ -147,3 +147,26 @@ def test_measured_free_space_carves_a_cavity_the_hull_fills() -> None:
     solid = np.pi * 1.0 ** 2 * 2.0
     assert m_closed.volume == pytest.approx(solid, rel=0.08)
     assert m_open.volume < 0.6 * solid  # the 0.7-radius, 1.7-deep cavity is gone from the volume
+
+
+def test_a_measured_part_outside_estimated_silhouettes_stands_only_with_the_override() -> None:
+    """A horn the estimated silhouettes missed: the hull is a sphere, the photos measured a surface (a rod sticking
+    out of it). With ``override_band`` the rod is part of the shape; without it the hull cuts it off."""
+    from pipeline.fusion import Tsdf
+
+    grid = Grid.over_box(np.full(3, -1.2), np.full(3, 1.2), 48)
+    ax = [grid.origin[i] + np.arange(grid.dims[i]) * grid.voxel for i in range(3)]
+    X, Y, Z = np.meshgrid(*ax, indexing="ij")
+    t = 2 * grid.voxel
+    sphere = (np.sqrt(X ** 2 + Y ** 2 + Z ** 2) - 0.6).astype(np.float32)
+    rod = np.maximum(np.sqrt(X ** 2 + Y ** 2) - 0.15, np.abs(Z - 0.5) - 0.5)  # up to z = 1.0
+    shape = np.minimum(sphere, rod)
+    values = np.clip(shape / t, -1, 1).astype(np.float32)
+    near = np.abs(shape) < t
+    band = np.where(near, 4.0, 0.0).astype(np.float32)  # measured by about four views
+    ts = Tsdf(values=values, weight=band.copy(), band=band, grid=grid, trunc=t)
+    kept = combined_field(ts, sphere, min_band=1.0, min_free=1.5, hull_slack=t, override_band=2.0)
+    cut = combined_field(ts, sphere, min_band=1.0, min_free=1.5, hull_slack=t)
+    top = lambda f: marching_cubes(f * t, grid.origin, grid.voxel).bounds[1][2]  # noqa: E731
+    assert top(kept) == pytest.approx(1.0, abs=grid.voxel)
+    assert top(cut) < 0.6 + 2 * t
