@@ -255,7 +255,8 @@ def dense_geometry(images: list[np.ndarray], masks: list[np.ndarray | None], Ks:
              "planes": s.mvs.planes, "neighbours": s.mvs.neighbours, "window": s.mvs.window,
              "depth_pixels_mean": round(float(np.mean(coverage)), 4), "points": int(len(points)),
              "grid": list(grid.dims), "voxel": grid.voxel, "trunc": trunc,
-             "support_refit": refit is not None, "walls": len(walls), "raw_faces": int(len(raw.faces)), "faces": int(len(mesh.faces)),
+             "support_refit": refit is not None, "walls": len(walls), "raw_faces": int(len(raw.faces)),
+             "faces": int(len(mesh.faces)),
              "watertight": bool(mesh.is_watertight),
              "seconds": {"depth_maps": round(t_mvs, 2), "fusion_meshing": round(time.monotonic() - t0 - t_mvs, 2)}}
     stats["seconds"]["silhouettes"] = round(t_sil, 2)

@@ -4,8 +4,9 @@ Every voxel centre is projected into every depth map; where the map has a depth 
 distance along the viewing direction (measured depth minus voxel depth, positive in front of the surface) is
 truncated to ``trunc`` and averaged over the views, weighted by the match score times cos^2 of the angle at which
 the view sees the surface (:func:`facing`). Voxels in front of a measured surface collect positive values (free
-space), voxels just behind it negative ones; voxels no depth map says anything about keep weight 0. :func:`combined_field` closes the surface with a visual hull where the photos measured
-nothing, and lets measured free space carve what the hull cannot (cavities).
+space), voxels just behind it negative ones; voxels no depth map says anything about keep weight 0.
+:func:`combined_field` closes the surface with a visual hull where the photos measured nothing, and lets measured
+free space carve what the hull cannot (cavities).
 
 Runs in torch on the job's device, in slabs of voxels so that memory stays bounded.
 """
