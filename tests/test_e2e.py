@@ -58,6 +58,15 @@ def test_spot_render_matches_ground_truth_and_report_matches_files(daemon_factor
     assert stats["files"]["mesh.glb"] == (out / "mesh.glb").stat().st_size
     # offline: no external resources referenced
     assert not re.search(r'(src|href)="(https?:)?//', html)
+    # the docs' contact sheets read the same renders back: colour, geometry and nearest photo per angle
+    from bench.report_sheet import main as report_sheet, renders
+
+    found = renders(html)
+    assert sorted(found) == [0, 45, 90, 135, 180, 225, 270, 315] and all(len(v) == 3 for v in found.values())
+    assert report_sheet([str(out / "report.html"), str(tmp_path / "sheet.jpg"), "--height", "100"]) == 0
+    from PIL import Image
+
+    assert Image.open(tmp_path / "sheet.jpg").height == 4 * 100
     # per-stage timings in the ledger and the status JSON
     assert set(job["timings"]) >= {"ingest", "cameras", "masks", "geometry", "texture", "report", "publish"}
     status = json.loads((d.outbox / "_status" / "spot_render.json").read_text())
