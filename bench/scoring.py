@@ -88,7 +88,8 @@ def alignment(published: TrueCameras, truth: TrueCameras, outlier: float = 0.05)
             break
         keep[worst] = False
     off = rel >= outlier
-    return Alignment(sim=sim, residual=float(np.sqrt((rel[~off if (~off).any() else slice(None)] ** 2).mean())),
+    agreeing = rel[~off] if (~off).any() else rel
+    return Alignment(sim=sim, residual=float(np.sqrt((agreeing ** 2).mean())),
                      misplaced=tuple(published.names[pairs[k][0]] for k in np.flatnonzero(off)))
 
 

@@ -49,8 +49,8 @@ class DenseSettings:
     box_margin: float = 0.04  # fraction of the object's size added around the dense points' extent
     # estimated silhouettes miss thin or dark parts (horns, legs on a dark table): the fused box reaches this fraction
     # of the object's size beyond their hull (inside the dense points' box), and surfaces measured with at least
-    # override_band of match score stand even outside that hull (None: the estimated hull is a hard limit).
-    # Measured on CPU-resolution spot and stool photo sets: Chamfer 0.61 -> 0.57 % and 1.37 -> 0.79 % of the diagonal
+    # override_band of match score stand even outside that hull (None: the estimated hull is a hard limit);
+    # measured in docs/design.md (Fusion)
     box_reach: float = 0.12
     override_band: float | None = 1.0
     smoothing_iterations: int = 3

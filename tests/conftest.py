@@ -1,12 +1,14 @@
 """Shared fixtures: the real data sets, and a real daemon started as a subprocess on temp folders."""
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,3 +192,42 @@ def set_args(*settings: str) -> list[str]:
 
 def load_rgba(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGBA"))
+
+
+class _WebhookHandler(http.server.BaseHTTPRequestHandler):
+    receiver: "WebhookReceiver"
+
+    def do_POST(self) -> None:  # noqa: N802
+        r = self.receiver
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        r.received.append((self.path, dict(self.headers), body))
+        failing = self.path.startswith("/fail") or len(r.received) <= r.fail_first
+        self.send_response(500 if failing else 200)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@dataclass
+class WebhookReceiver:
+    """A local webhook endpoint: records (path, headers, body) of every POST; answers 500 to paths under /fail and
+    to the first ``fail_first`` calls, 200 otherwise."""
+
+    port: int = 0
+    fail_first: int = 0
+    received: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
+
+    def url(self, path: str = "/hook") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+
+@pytest.fixture
+def webhooks():
+    receiver = WebhookReceiver()
+    handler = type("Handler", (_WebhookHandler,), {"receiver": receiver})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    receiver.port = server.server_address[1]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield receiver
+    server.shutdown()

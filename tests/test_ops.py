@@ -3,12 +3,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import http.server
 import json
 import logging
 import shutil
 import socket
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -20,7 +18,7 @@ from daemon.config import OpsConfig, build_settings
 from daemon.ledger import Ledger
 from daemon.states import JobState
 from daemon.worker import Paths
-from tests.conftest import SAMPLE, drop, set_args, tiny_job, wait_for
+from tests.conftest import SAMPLE, WebhookReceiver, drop, set_args, tiny_job, wait_for
 from tests.test_cli import hotmesh
 
 
@@ -107,33 +105,9 @@ def test_runtime_limit_fails_cleanly_and_keeps_logs(tmp_path: Path) -> None:
     assert (state / "jobs" / "slow" / "stages" / "ingest").is_dir()  # checkpoints kept for a retry
 
 
-class _Hook(http.server.BaseHTTPRequestHandler):
-    received: list[tuple[dict, bytes]] = []
-    fail_first = 0
-
-    def do_POST(self) -> None:  # noqa: N802
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        type(self).received.append((dict(self.headers), body))
-        code = 500 if len(type(self).received) <= type(self).fail_first else 200
-        self.send_response(code)
-        self.end_headers()
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-@pytest.fixture
-def hook_server():
-    _Hook.received = []
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server, f"http://127.0.0.1:{server.server_address[1]}/hook"
-    server.shutdown()
-
-
-def test_webhook_is_signed_and_retried_with_backoff(tmp_path: Path, hook_server) -> None:
-    _server, url = hook_server
-    _Hook.fail_first = 2
+def test_webhook_is_signed_and_retried_with_backoff(tmp_path: Path, webhooks: WebhookReceiver) -> None:
+    url = webhooks.url()
+    webhooks.fail_first = 2
     paths = _paths(tmp_path)
     ledger = Ledger(paths.ledger)
     ledger.create_job("a", "fp")
@@ -146,8 +120,8 @@ def test_webhook_is_signed_and_retried_with_backoff(tmp_path: Path, hook_server)
     n.job_ended(ledger.get("a"))
     wait_for(lambda: any(e["kind"] == "notified" for e in ledger.events("a")), 20, "webhook delivery")
     n.stop()
-    assert len(_Hook.received) == 3 and sleeps == [1.5, 3.0]
-    headers, body = _Hook.received[-1]
+    assert len(webhooks.received) == 3 and sleeps == [1.5, 3.0]
+    _path, headers, body = webhooks.received[-1]
     expected = "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
     assert headers["X-Hotmesh-Signature"] == expected and headers["X-Hotmesh-Event"] == "job.failed"
     assert json.loads(body)["error"] == "boom"
@@ -186,9 +160,9 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_operator_cli_and_endpoints_against_a_running_daemon(daemon_factory, tmp_path: Path, hook_server) -> None:
-    _server, url = hook_server
-    _Hook.fail_first = 0
+def test_operator_cli_and_endpoints_against_a_running_daemon(daemon_factory, tmp_path: Path,
+                                                             webhooks: WebhookReceiver) -> None:
+    url = webhooks.url()
     port = _free_port()
     d = daemon_factory(*set_args("geometry.voxel_resolution=256", f"ops.http_port={port}", f"ops.webhook_urls={url}",
                                  "ops.webhook_secret=k")).start()
@@ -210,10 +184,10 @@ def test_operator_cli_and_endpoints_against_a_running_daemon(daemon_factory, tmp
     assert health["healthy"] and health["disk_ok"]
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     assert 'hotmesh_jobs{state="done"} 1.0' in metrics and "hotmesh_stage_seconds_count" in metrics
-    wait_for(lambda: len(_Hook.received) >= 2, 30, "two webhook calls")
-    events = [json.loads(b)["state"] for _h, b in _Hook.received]
+    wait_for(lambda: len(webhooks.received) >= 2, 30, "two webhook calls")
+    events = [json.loads(b)["state"] for _p, _h, b in webhooks.received]
     assert events == ["cancelled", "done"]
-    for headers, body in _Hook.received:
+    for _p, headers, body in webhooks.received:
         assert headers["X-Hotmesh-Signature"] == "sha256=" + hmac.new(b"k", body, hashlib.sha256).hexdigest()
     r = hotmesh("clean", *st, "--set", "ops.state_retention_days=0", timeout=60)
     assert not (d.state / "jobs" / "cow").exists()

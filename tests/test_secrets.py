@@ -6,16 +6,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import http.server
 import json
 import logging
-import threading
 from pathlib import Path
 
 import pytest
 
 from pipeline.redact import ScrubFilter, redact_mapping, redact_url, scrub, secret_values
-from tests.conftest import TINY_SETTINGS, drop, set_args, tiny_job, wait_for
+from tests.conftest import TINY_SETTINGS, WebhookReceiver, drop, set_args, tiny_job, wait_for
 
 CANARIES = {
     "secret": "CANARY-whsec-4f1d9a",
@@ -60,33 +58,11 @@ def test_redaction_helpers() -> None:
     assert records and "val12345" not in records[0] and "tok9abcdef" not in records[0] and "***" in records[0]
 
 
-class _Hooks(http.server.BaseHTTPRequestHandler):
-    received: list[tuple[str, dict[str, str], bytes]] = []
-
-    def do_POST(self) -> None:  # noqa: N802
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        _Hooks.received.append((self.path, dict(self.headers), body))
-        self.send_response(200 if self.path.startswith("/ok") else 500)
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def hooks():
-    _Hooks.received = []
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hooks)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server.server_address[1]
-    server.shutdown()
-
-
-def test_canary_secrets_are_never_written(daemon_factory, tmp_path: Path, hooks: int,
+def test_canary_secrets_are_never_written(daemon_factory, tmp_path: Path, webhooks: WebhookReceiver,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     c = CANARIES
-    urls = (f"http://{c['user']}:{c['password']}@127.0.0.1:{hooks}/ok?token={c['token']}," 
-            f"http://127.0.0.1:{hooks}/fail/{c['path']}?access_token={c['token2']}")
+    urls = (f"http://{c['user']}:{c['password']}@127.0.0.1:{webhooks.port}/ok?token={c['token']}," 
+            f"http://127.0.0.1:{webhooks.port}/fail/{c['path']}?access_token={c['token2']}")
     # through the environment, so the canaries are in no file of the test's own making
     monkeypatch.setenv("HOTMESH_OPS_WEBHOOK_SECRET", c["secret"])
     monkeypatch.setenv("HOTMESH_OPS_WEBHOOK_URLS", urls)
@@ -113,12 +89,12 @@ def test_canary_secrets_are_never_written(daemon_factory, tmp_path: Path, hooks:
     wait_for(notified, 60, "webhook and hook outcomes in the ledger")
     assert d.stop() == 0
     # the secrets were really in use: delivered with the signature and the URL's credentials
-    ok = [(p, h, b) for p, h, b in _Hooks.received if p.startswith("/ok")]
+    ok = [(p, h, b) for p, h, b in webhooks.received if p.startswith("/ok")]
     assert len(ok) == 2 and all(p == f"/ok?token={c['token']}" for p, _h, _b in ok)
     for _p, h, body in ok:
         assert h["X-Hotmesh-Signature"] == "sha256=" + hmac.new(c["secret"].encode(), body, hashlib.sha256).hexdigest()
         assert h["Authorization"] == "Basic " + base64.b64encode(f"{c['user']}:{c['password']}".encode()).decode()
-    assert len([p for p, _h, _b in _Hooks.received if p.startswith("/fail")]) == 4  # 2 jobs x (1 + 1 retry)
+    assert len([p for p, _h, _b in webhooks.received if p.startswith("/fail")]) == 4  # 2 jobs x (1 + 1 retry)
     # ... and were written nowhere: every file of the daemon's folders and logs, the ledger database included
     searched = 0
     for root in (d.outbox, d.state, d.inbox, *d.root.glob("daemon-*.log")):
@@ -132,8 +108,8 @@ def test_canary_secrets_are_never_written(daemon_factory, tmp_path: Path, hooks:
     # what is written instead names the webhook without its secrets
     events = d.events("good")
     msgs = " ".join(e["message"] for e in events)
-    assert f"webhook #1 (http://***@127.0.0.1:{hooks}/…) answered 200" in msgs
-    assert f"webhook #2 (http://127.0.0.1:{hooks}/…) failed 2 times" in msgs
+    assert f"webhook #1 (http://***@127.0.0.1:{webhooks.port}/…) answered 200" in msgs
+    assert f"webhook #2 (http://127.0.0.1:{webhooks.port}/…) failed 2 times" in msgs
     hook = [e for e in events if "command hook exited 3" in e["message"]]
     assert hook and "failing with ***" in json.dumps(hook[0]["data"])
     assert "webhook #2" in d.log()  # the daemon log names it too, scrubbed
