@@ -1,20 +1,30 @@
 #!/usr/bin/env bash
-# Run a command on a GPU machine without network, with what bench/pack_device.sh put in .carry/:
-#   bash bench/device.sh COMMAND [ARGS...]      e.g. bash bench/device.sh python bench/run_bench.py --sets ...
-# Unpacks the carried tarballs into /tmp/hotmesh-site (once per machine), sets the environment (PYTHONPATH,
-# TORCH_EXTENSIONS_DIR, HOTMESH_TEST_DATA=.carry/data, OUT) and runs the command. CARD names the GPU for result files.
+# One command on a GPU machine without network, with what bench/pack_device.sh put in .carry/:
+#   bash bench/device.sh unpack                     unpack the carried tarballs and data into /tmp, nothing else
+#   bash bench/device.sh gpu-tests [PYTEST ARGS]    pytest -m gpu; the log goes to $OUT/gpu-tests-<card>.txt
+#   bash bench/device.sh bench [RUN_BENCH ARGS]     bench/run_bench.py --out $OUT ...; rows are written as they finish
+#   bash bench/device.sh peer SET [PEER ARGS]       bench/peer_colmap.py --out $OUT ...
+#   bash bench/device.sh COMMAND [ARGS...]          anything else, in the same environment
+# Tarballs are unpacked into /tmp/hotmesh-site and data sets copied to /tmp/hotmesh-data once per machine: a first
+# call carries the tarballs (.carry/*.tar.xz, ~61 MiB), later calls on the same warm machine carry only code and
+# new data (.carry/data). Every mode stops itself after DEVICE_SECONDS (default 570 s, inside the 10-minute limit of
+# one call) and keeps what it measured: test logs and benchmark rows are written as they come.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SITE=/tmp/hotmesh-site
+DATA=/tmp/hotmesh-data
 export OUT="${OUT:-/tmp/out}"
-mkdir -p "$OUT" "$SITE"
+mkdir -p "$OUT" "$SITE" "$DATA"
 for t in "$REPO"/.carry/*.tar.xz; do
     [ -f "$t" ] || continue
     stamp="$SITE/.$(basename "$t").done"
     [ -f "$stamp" ] || { tar -xJf "$t" -C "$SITE" && touch "$stamp"; }
 done
+if [ -d "$REPO/.carry/data" ]; then
+    cp -r "$REPO"/.carry/data/. "$DATA"/
+fi
 export PYTHONPATH="$REPO:$SITE${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-export TORCH_EXTENSIONS_DIR=/tmp/torch_ext HOTMESH_TEST_DATA="$REPO/.carry/data"
+export TORCH_EXTENSIONS_DIR=/tmp/torch_ext HOTMESH_TEST_DATA="$DATA"
 # pymeshlab's plugins link libGL, which the GPU image lacks; the carried copy sits in its own folder so that none of
 # pymeshlab's other bundled libraries shadows torch's
 [ -d "$SITE/_hotmesh_gl" ] && export LD_LIBRARY_PATH="$SITE/_hotmesh_gl${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
@@ -26,5 +36,23 @@ fi
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 CARD="$(python3 -c "import torch; n = torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu'; print(n.split()[-1].lower() if 'NVIDIA' in n else n)")"
 export CARD
+LIMIT="${DEVICE_SECONDS:-570}"
 cd "$REPO"
-exec "$@"
+mode="${1:-}"
+[ $# -gt 0 ] && shift
+case "$mode" in
+    unpack)
+        du -sh "$SITE" "$DATA"; ls "$DATA" ;;
+    gpu-tests)
+        log="$OUT/gpu-tests-$CARD.txt"
+        { echo "# pytest -m gpu on $(python3 -c 'import torch; print(torch.cuda.get_device_name(0))'), $(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+          timeout -k 10 "$LIMIT" python3 -m pytest -m gpu -v -p no:cacheprovider --durations=0 tests "$@" 2>&1; } | tee "$log" ;;
+    bench)
+        timeout -k 10 "$LIMIT" python3 bench/run_bench.py --out "$OUT" "$@" ;;
+    peer)
+        timeout -k 10 "$LIMIT" python3 bench/peer_colmap.py --out "$OUT" "$@" ;;
+    "")
+        echo "usage: bash bench/device.sh unpack | gpu-tests | bench ARGS | peer SET ARGS | COMMAND..." >&2; exit 2 ;;
+    *)
+        exec "$mode" "$@" ;;
+esac

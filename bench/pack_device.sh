@@ -14,7 +14,7 @@ trap 'rm -rf "$W"' EXIT
 mkdir -p "$CARRY/data"
 PIPDL=(python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp
        --platform manylinux_2_35_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
-       --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$W/dl")
+       --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
 
 # 1. pycolmap with CUDA (SIFT and matching on the GPU), packed by the shared tool (~28 MiB, includes trimesh)
 if [ ! -f "$CARRY/pycolmap-cuda12-4.2.1-cp312-site.tar.xz" ]; then
@@ -25,7 +25,7 @@ fi
 #    plus the libGL it links against (the GPU image has none), in _hotmesh_gl/
 if [ ! -f "$CARRY/pymeshlab-cp312.tar.xz" ]; then
     V=2025.7.post1
-    "${PIPDL[@]}" "pymeshlab==$V"
+    "${PIPDL[@]}" -d "$W/dl" "pymeshlab==$V"
     (cd "$W" && unzip -q dl/pymeshlab-*.whl -d pml)
     P="$W/pml/pymeshlab-$V.data/purelib"
     [ -d "$P" ] || P="$W/pml"
@@ -48,13 +48,15 @@ fi
 
 # 3. everything else hotmesh imports that the image lacks, installed into one folder, stripped, xz-packed
 if [ ! -f "$CARRY/deps-cp312.tar.xz" ]; then
-    "${PIPDL[@]}" embreex cholespy xatlas fast-simplification diffrp-nvdiffrast sqlite-utils click-default-group \
-        sqlite-fts4 watchdog apscheduler tzlocal prometheus-client pydantic pydantic-core annotated-types \
-        typing-inspection
-    python3 -m pip wheel -q --no-deps -w "$W/dl" largesteps
+    # a folder of its own: step 2's pymeshlab wheel must not be installed here a second time, unstripped
+    D3="$W/dl-deps"
+    "${PIPDL[@]}" -d "$D3" embreex cholespy xatlas fast-simplification diffrp-nvdiffrast sqlite-utils \
+        click-default-group sqlite-fts4 watchdog apscheduler tzlocal prometheus-client pydantic pydantic-core \
+        annotated-types typing-inspection
+    python3 -m pip wheel -q --no-deps -w "$D3" largesteps
     python3 -m pip install -q --no-deps --no-compile --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_35_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-        --platform manylinux2014_x86_64 --platform any --target "$W/deps" "$W"/dl/*.whl
+        --platform manylinux2014_x86_64 --platform any --target "$W/deps" "$D3"/*.whl
     find "$W/deps" -name "*.so*" -type f -exec strip --strip-unneeded {} \; 2>/dev/null || true
     find "$W/deps" -name __pycache__ -prune -exec rm -rf {} +
     rm -rf "$W/deps/bin"
@@ -68,4 +70,6 @@ for d in "$@"; do
     cp -r "$d" "$CARRY/data/$name"
     [ -f "$d.poses.json" ] && cp "$d.poses.json" "$CARRY/data/$name.poses.json"
 done
-du -sh "$CARRY"/* "$CARRY"/data/* 2>/dev/null
+# what travels: the three tarballs (~61 MiB together) go in a first call of their own (bench/device.sh unpacks them
+# into /tmp, which lasts while the machine is held); later calls carry only code and data
+du -sh "$CARRY"/*.tar.xz "$CARRY"/data/* 2>/dev/null

@@ -27,11 +27,50 @@ from bench.run_bench import card, poses_file  # noqa: E402
 from bench.scoring import read_nerf_cameras, score  # noqa: E402
 
 
+def colmap_with_ties(cams: list, nbrs: list[list[int]], center: np.ndarray) -> dict[str, str]:
+    """A COLMAP text model of posed cameras with one tie point at ``center`` per neighbour pair (i, nbrs[i][k]), so
+    that COLMAP's fusion sees the same overlap graph PatchMatch was given. Each image lists the tie's projection as
+    its 2-D point. cams: PhotoCamera list; nbrs: per image, source image indices; center (3,)."""
+    from pipeline.camera_files import colmap_text
+
+    files = colmap_text(cams, np.zeros((0, 3)), np.zeros((0, 3), np.uint8))
+    pairs = sorted({(min(i, j), max(i, j)) for i, js in enumerate(nbrs) for j in js if i != j})
+    obs: list[list[tuple[float, float, int]]] = [[] for _ in cams]
+    points = []
+    for pid, (i, j) in enumerate(pairs, start=1):
+        track = []
+        for k in (i, j):
+            c = cams[k]
+            x = c.K @ (c.w2c[:3, :3] @ center + c.w2c[:3, 3])
+            track.append(f"{k + 1} {len(obs[k])}")
+            obs[k].append((float(x[0] / x[2]), float(x[1] / x[2]), pid))
+        points.append(f"{pid} {center[0]:.8g} {center[1]:.8g} {center[2]:.8g} 128 128 128 1 " + " ".join(track))
+    lines, k = [], 0
+    for line in files["images.txt"].splitlines():
+        if line.startswith("#"):
+            lines.append(line)
+        elif line.strip():
+            lines.append(line)
+            lines.append(" ".join(f"{x:.3f} {y:.3f} {p}" for x, y, p in obs[k]))
+            k += 1
+    header = [ln for ln in files["points3D.txt"].splitlines() if ln.startswith("#")][:-1]
+    return {"cameras.txt": files["cameras.txt"], "images.txt": "\n".join(lines) + "\n",
+            "points3D.txt": "\n".join(header + [f"# Number of points: {len(points)}"] + points) + "\n"}
+
+
+def depth_map_summary(ws: Path) -> str:
+    """What PatchMatch left in a workspace, for an error message: depth and normal map counts per kind."""
+    stereo = ws / "stereo"
+    parts = [f"{len(list((stereo / d).glob(f'*.{kind}.bin')))} {d} {kind}"
+             for d in ("depth_maps", "normal_maps") for kind in ("photometric", "geometric")]
+    return ", ".join(parts)
+
+
 def main() -> None:
     import pycolmap
     import trimesh
 
-    from pipeline.camera_files import PhotoCamera, colmap_text
+    from pipeline.camera_files import PhotoCamera
     from pipeline.cameras import camera_centers
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -56,21 +95,23 @@ def main() -> None:
     row: dict = {"set": folder.name, "method": "COLMAP PatchMatch + fusion + Poisson", "posed": True}
     t_all = time.monotonic()
     try:
+        center = 0.5 * (gt.bounds[0] + gt.bounds[1])
+        radius = 0.5 * float(np.linalg.norm(gt.bounds[1] - gt.bounds[0]))
+        # COLMAP picks source views (PatchMatch's __auto__) and the images fusion walks (Model::
+        # GetMaxOverlappingImages) from shared sparse points, which a posed set has none of: with none, fusion has
+        # no overlapping images and "could not fuse any points". Give it the views whose rays to the object meet at
+        # useful angles, as hotmesh's own stereo picks them, as patch-match.cfg and as one tie point per pair.
+        from pipeline.mvs import neighbour_views
+
+        nbrs = neighbour_views(truth.w2cs, None, None, None, args.sources, center)
         sparse = work / "sparse"
         sparse.mkdir()
-        for name, text in colmap_text(cams, np.zeros((0, 3)), np.zeros((0, 3), np.uint8)).items():
+        for name, text in colmap_with_ties(cams, nbrs, center).items():
             (sparse / name).write_text(text)
         ws = work / "dense"
         t0 = time.monotonic()
         pycolmap.undistort_images(output_path=ws, input_path=sparse, image_path=folder)
         row["undistort_seconds"] = round(time.monotonic() - t0, 1)
-        center = 0.5 * (gt.bounds[0] + gt.bounds[1])
-        radius = 0.5 * float(np.linalg.norm(gt.bounds[1] - gt.bounds[0]))
-        # COLMAP picks source views from shared sparse points (__auto__), which a posed set has none of: give it
-        # the views whose rays to the object meet at useful angles, as hotmesh's own stereo picks them
-        from pipeline.mvs import neighbour_views
-
-        nbrs = neighbour_views(truth.w2cs, None, None, None, args.sources, center)
         (ws / "stereo" / "patch-match.cfg").write_text("".join(
             f"{cams[i].name}\n" + ", ".join(cams[j].name for j in nbrs[i]) + "\n" for i in range(len(cams))))
         dist = np.linalg.norm(camera_centers(truth.w2cs) - center, axis=1)
@@ -88,6 +129,11 @@ def main() -> None:
         pycolmap.stereo_fusion(ws / "fused.ply", ws, input_type="geometric" if args.geometric else "photometric",
                                options=fo, output_type="PLY")
         row["fusion_seconds"] = round(time.monotonic() - t0, 1)
+        fused = trimesh.load(ws / "fused.ply") if (ws / "fused.ply").exists() else None
+        row["fused_points"] = 0 if fused is None else int(len(fused.vertices))
+        if row["fused_points"] == 0:
+            # Poisson on an empty cloud crashes COLMAP (SIGSEGV in the surface trimmer): never call it
+            raise RuntimeError(f"fusion produced no points ({depth_map_summary(ws)})")
         t0 = time.monotonic()
         pycolmap.poisson_meshing(ws / "fused.ply", ws / "meshed.ply")
         row["poisson_seconds"] = round(time.monotonic() - t0, 1)

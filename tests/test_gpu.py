@@ -171,7 +171,7 @@ def test_gpu_dense_job_on_a_capture_with_a_wall_behind(tmp_path: Path) -> None:
     state = execute(ledger, paths, job, settings, "cuda")
     assert state == "done", ledger.get("wall").error
     stats = json.loads((paths.outbox / "wall" / "stats.json").read_text())
-    assert stats["geometry"]["method"].startswith("dense multi-view stereo") and "note" not in stats["geometry"]
+    assert stats["geometry"]["method"].startswith("dense multi-view stereo") and stats["geometry"]["note"] is None
     assert stats["refine"]["method"].startswith("differentiable rendering")
     assert stats["refine"]["estimated_silhouettes"] > 10 and stats["refine"]["view_gains"]
     assert stats["quality"]["gt"]["fscore"] > 0.8, stats["quality"]["gt"]

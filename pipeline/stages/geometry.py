@@ -17,6 +17,7 @@ from pipeline.mvs import MvsSettings
 from pipeline.stages.base import Stage, stage_dir
 from pipeline.stages.cameras import Sparse, Views, geometry_method
 from pipeline.stages.ingest import Manifest
+from pipeline.stages.summaries import GeometrySummary
 from pipeline.stages.masks import load_masks, masks_were_automatic
 
 
@@ -48,8 +49,9 @@ class GeometryStage(Stage):
             summary = dense_stage(ctx, views, load_masks(ctx), out_dir)
         else:
             summary = hull_stage(ctx, views, out_dir)
-        (out_dir / "geometry.json").write_text(json.dumps(summary))
-        return summary
+        out = summary.to_dict()
+        (out_dir / "geometry.json").write_text(json.dumps(out))
+        return out
 
 
 def dense_settings(ctx: JobContext) -> DenseSettings:
@@ -62,7 +64,7 @@ def dense_settings(ctx: JobContext) -> DenseSettings:
     return DenseSettings(mvs=mvs, resolution=cfg.resolution if gpu else cfg.cpu_resolution, max_faces=geo.max_faces)
 
 
-def dense_stage(ctx: JobContext, views: Views, masks: list[np.ndarray | None], out_dir: Path) -> dict[str, Any]:
+def dense_stage(ctx: JobContext, views: Views, masks: list[np.ndarray | None], out_dir: Path) -> GeometrySummary:
     """Multi-view stereo on the training views; writes mesh.ply, points.ply and the silhouettes it closed with."""
     sparse = Sparse.load(ctx)
     if sparse is None:
@@ -88,17 +90,17 @@ def dense_stage(ctx: JobContext, views: Views, masks: list[np.ndarray | None], o
     detail = (f"{len(idx)} views; depth maps {st['depth_size'][0]}x{st['depth_size'][1]} px, {st['planes']} depth "
               f"hypotheses, {st['neighbours']} neighbours each; TSDF grid {'x'.join(map(str, st['grid']))}; "
               f"{st['estimated_silhouettes']} silhouettes estimated from the photos")
-    summary = {"method": "dense multi-view stereo (plane sweep + TSDF fusion)", "detail": detail,
-               "views_used": len(idx), "faces": int(len(res.mesh.faces)), "watertight": bool(res.mesh.is_watertight),
-               "dense": st}
+    note = None
     if ctx.device != "cuda":
-        summary["note"] = ("coarse result: without a GPU the depth maps are computed at "
-                           f"{s.mvs.max_side} px and the surface at {s.resolution} voxels; a full-resolution "
-                           "result of this capture needs the GPU path")
-    return summary
+        note = ("coarse result: without a GPU the depth maps are computed at "
+                f"{s.mvs.max_side} px and the surface at {s.resolution} voxels; a full-resolution "
+                "result of this capture needs the GPU path")
+    return GeometrySummary(method="dense multi-view stereo (plane sweep + TSDF fusion)", detail=detail,
+                           views_used=len(idx), faces=int(len(res.mesh.faces)),
+                           watertight=bool(res.mesh.is_watertight), note=note, dense=st)
 
 
-def hull_stage(ctx: JobContext, views: Views, out_dir: Path) -> dict[str, Any]:
+def hull_stage(ctx: JobContext, views: Views, out_dir: Path) -> GeometrySummary:
     """Visual hull from the masks (given, or automatic where masks.auto allows)."""
     masks = load_masks(ctx)
     idx = [i for i in views.train if masks[i] is not None]
@@ -138,12 +140,12 @@ def hull_stage(ctx: JobContext, views: Views, out_dir: Path) -> dict[str, Any]:
             result, raw, mesh = hull(settings, 0.6, 0.9)
     ctx.progress(0.95)
     mesh.export(out_dir / "mesh.ply")
-    summary = {"views_used": len(idx), "resolution": cfg.voxel_resolution, "voxel_size": result.voxel,
-               "grid": list(result.field.shape), "outlier_views": settings.outlier_views, "note": note,
-               "raw_faces": int(len(raw.faces)), "faces": int(len(mesh.faces)),
-               "watertight": bool(mesh.is_watertight), "method": "visual hull (silhouette distance field)",
-               "detail": f"{cfg.voxel_resolution} voxels, {len(idx)} views"}
-    return summary
+    return GeometrySummary(method="visual hull (silhouette distance field)",
+                           detail=f"{cfg.voxel_resolution} voxels, {len(idx)} views", views_used=len(idx),
+                           faces=int(len(mesh.faces)), watertight=bool(mesh.is_watertight), note=note,
+                           resolution=cfg.voxel_resolution, voxel_size=float(result.voxel),
+                           grid=[int(n) for n in result.field.shape], outlier_views=settings.outlier_views,
+                           raw_faces=int(len(raw.faces)))
 
 
 def shape_masks(ctx: JobContext) -> tuple[list[np.ndarray | None], set[int]]:

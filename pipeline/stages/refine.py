@@ -16,6 +16,7 @@ from pipeline.settings import RefineConfig
 from pipeline.stages.base import Stage
 from pipeline.stages.cameras import Views
 from pipeline.stages.geometry import load_mesh, shape_masks
+from pipeline.stages.summaries import RefineSummary
 
 
 def refine_settings(cfg: RefineConfig, on_gpu: bool) -> RefineSettings:
@@ -58,7 +59,7 @@ class RefineStage(Stage):
         if reason is not None or rasterizer is None:
             ctx.log.info("refinement %s", reason)
             mesh.export(out_dir / "mesh.ply")
-            return {"method": f"none — {reason}", "faces": int(len(mesh.faces))}
+            return RefineSummary(method=f"none — {reason}", faces=int(len(mesh.faces))).to_dict()
         views = Views.load(ctx)
         masks, estimated = shape_masks(ctx)
         idx = [i for i in views.train if masks[i] is not None]
@@ -84,10 +85,11 @@ class RefineStage(Stage):
             trimesh.repair.fill_holes(out)
         out.fix_normals()
         out.export(out_dir / "mesh.ply")
-        return {"method": f"differentiable rendering ({backend}, largesteps)", "faces": int(len(out.faces)),
-                "watertight": bool(out.is_watertight), "losses": [round(x, 5) for x in result.losses],
-                "levels": [list(lv) for lv in settings.levels], "views_per_step": result.views_per_step,
-                "regularisers": result.regularisers, "remesh": result.remesh,
-                "silhouette_target": f"alpha coverage in {soft} of {len(sil)} views" if soft else "binary masks",
-                "estimated_silhouettes": len([i for i in idx if i in estimated]), "view_gains": result.view_gains,
-                "seconds_per_level": [round(x, 2) for x in result.seconds_per_level]}
+        return RefineSummary(
+            method=f"differentiable rendering ({backend}, largesteps)", faces=int(len(out.faces)), ran=True,
+            backend=backend, watertight=bool(out.is_watertight), losses=[round(x, 5) for x in result.losses],
+            levels=[list(lv) for lv in settings.levels], views_per_step=result.views_per_step,
+            regularisers=result.regularisers, remesh=result.remesh,
+            silhouette_target=f"alpha coverage in {soft} of {len(sil)} views" if soft else "binary masks",
+            estimated_silhouettes=len([i for i in idx if i in estimated]), view_gains=result.view_gains,
+            seconds_per_level=[round(x, 2) for x in result.seconds_per_level]).to_dict()
