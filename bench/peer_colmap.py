@@ -3,7 +3,7 @@ hotmesh (bench/scoring.py). Needs pycolmap with CUDA (``pycolmap-cuda12``).
 
     python bench/peer_colmap.py SET [--max-size 960] [--iterations 3] [--geometric] [--tag TAG] [--out DIR]
 
-The set's true poses become a COLMAP model (``pipeline.camera_files``); PatchMatch gets the depth range of the
+The set's true poses become a COLMAP model (``pipeline.cameras.camera_files``); PatchMatch gets the depth range of the
 ground truth's bounding sphere seen from each camera (COLMAP would take it from sparse points, which a posed set
 without SfM does not have). COLMAP knows nothing of the object, so its mesh is cropped to the ground truth's box
 (grown by 5 %) and above the table before scoring: the crop favours the peer.
@@ -31,7 +31,7 @@ def colmap_with_ties(cams: list, nbrs: list[list[int]], center: np.ndarray) -> d
     """A COLMAP text model of posed cameras with one tie point at ``center`` per neighbour pair (i, nbrs[i][k]), so
     that COLMAP's fusion sees the same overlap graph PatchMatch was given. Each image lists the tie's projection as
     its 2-D point. cams: PhotoCamera list; nbrs: per image, source image indices; center (3,)."""
-    from pipeline.camera_files import colmap_text
+    from pipeline.cameras.camera_files import colmap_text
 
     files = colmap_text(cams, np.zeros((0, 3)), np.zeros((0, 3), np.uint8))
     pairs = sorted({(min(i, j), max(i, j)) for i, js in enumerate(nbrs) for j in js if i != j})
@@ -70,8 +70,8 @@ def main() -> None:
     import pycolmap
     import trimesh
 
-    from pipeline.camera_files import PhotoCamera
-    from pipeline.cameras import camera_centers
+    from pipeline.cameras.camera_files import PhotoCamera
+    from pipeline.cameras.cameras import camera_centers
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("set", type=Path)
@@ -101,7 +101,7 @@ def main() -> None:
         # GetMaxOverlappingImages) from shared sparse points, which a posed set has none of: with none, fusion has
         # no overlapping images and "could not fuse any points". Give it the views whose rays to the object meet at
         # useful angles, as hotmesh's own stereo picks them, as patch-match.cfg and as one tie point per pair.
-        from pipeline.mvs import neighbour_views
+        from pipeline.geometry.mvs import neighbour_views
 
         nbrs = neighbour_views(truth.w2cs, None, None, None, args.sources, center)
         sparse = work / "sparse"

@@ -3,7 +3,7 @@
 An unposed job works in its own normalised frame. Its published cameras (``transforms.json`` in the outbox) are
 aligned to the set's true poses (``<set>.poses.json`` beside the folder, or the set's own transforms.json) by a
 similarity on the camera centres (Umeyama); the mesh is moved by the same similarity and compared with ``gt.ply`` on
-its observable part: GT points that at least one true camera sees (:func:`pipeline.metrics.observable_scores`).
+its observable part: GT points that at least one true camera sees (:func:`pipeline.report.metrics.observable_scores`).
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
-from pipeline.cameras import c2w_gl_to_w2c_cv, camera_centers
-from pipeline.scene import Similarity, umeyama
+from pipeline.cameras.cameras import c2w_gl_to_w2c_cv, camera_centers
+from pipeline.geometry.scene import Similarity, umeyama
 
 TAUS = (0.01, 0.005, 0.002)
 
@@ -101,7 +101,7 @@ def moved(mesh: trimesh.Trimesh, sim: Similarity) -> trimesh.Trimesh:
 
 def score(mesh: trimesh.Trimesh, gt: trimesh.Trimesh, truth: TrueCameras, samples: int) -> dict[str, float]:
     """F-score at 1 / 0.5 / 0.2 % of the GT diagonal and Chamfer-L1 (relative), on the GT's observable part."""
-    from pipeline.metrics import observable_scores
+    from pipeline.report.metrics import observable_scores
 
     out: dict[str, float] = {}
     for s in observable_scores(mesh, gt, truth.Ks, truth.w2cs, list(truth.sizes), samples, TAUS):

@@ -230,7 +230,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _setup_logging(verbose: bool, json_logs: bool = False, secrets: tuple[str, ...] = ()) -> None:
-    from pipeline.redact import install_scrubber
+    from pipeline.io.redact import install_scrubber
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")

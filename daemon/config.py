@@ -27,7 +27,7 @@ from pydantic.dataclasses import dataclass
 
 from pipeline.settings import (FROZEN, SECTIONS as PIPELINE_SECTIONS, ConfigError, NonNeg, PipelineSettings, Pos,
                                PosInt, build_pipeline_settings, build_section)
-from pipeline.redact import secret_values
+from pipeline.io.redact import secret_values
 
 __all__ = ["ConfigError", "Settings", "build_settings", "load_settings", "settings_from_json", "redacted"]
 
@@ -117,7 +117,7 @@ class Settings:
 
     def secrets(self) -> tuple[str, ...]:
         """Every secret string in these settings and its parts (URL passwords, tokens, paths), longest first: what
-        log handlers and ledger events are scrubbed of (pipeline.redact)."""
+        log handlers and ledger events are scrubbed of (pipeline.io.redact)."""
         return secret_values(str(getattr(getattr(self, section), key)) for section, key in sorted(SECRET_KEYS))
 
 

@@ -63,9 +63,9 @@ def missing_frames(folder: Path) -> int:
     """How many files the folder's transforms.json lists that are not there (yet). 0 when there is no such
     file or it cannot be parsed: ingest explains those problems. Only stats the listed paths (never reads
     them), so a path pointing elsewhere is not opened here."""
-    from pipeline.cameras import find_pose_source, read_transforms
+    from pipeline.cameras.cameras import find_pose_source, read_transforms
     from pipeline.context import InputError
-    from pipeline.images import inside
+    from pipeline.io.images import inside
 
     try:
         src = find_pose_source(folder)

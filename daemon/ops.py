@@ -23,7 +23,7 @@ from typing import Any, Callable
 from daemon.config import OpsConfig
 from daemon.ledger import Job, Ledger, LedgerError
 from daemon.states import JobState
-from pipeline.redact import redact_url, scrub, secret_values
+from pipeline.io.redact import redact_url, scrub, secret_values
 from pipeline.settings import PipelineSettings
 
 log = logging.getLogger("hotmesh.ops")

@@ -334,7 +334,7 @@ class RayExecutor:
             self.ledger.set_worker(job_id, payload["worker"], payload)
 
     def _record(self, job: Job, result: dict[str, Any]) -> Finished:
-        from pipeline.publish import publish
+        from pipeline.io.publish import publish
         from pipeline.runner import JobOutcome
 
         outputs = dict(result.get("outputs") or {})

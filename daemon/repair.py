@@ -23,7 +23,7 @@ from daemon.intake import fingerprint, is_candidate, snapshot
 from daemon.ledger import BACKUP_SUFFIX, Ledger
 from daemon.states import JobState
 from daemon.worker import Paths
-from pipeline.publish import STATUS_DIR
+from pipeline.io.publish import STATUS_DIR
 
 
 class RepairError(Exception):

@@ -218,7 +218,7 @@ class Daemon:
                 "slots": self.executor.describe() if self.executor else []}
 
     def _recover(self) -> None:
-        from pipeline.publish import remove_stale_partials
+        from pipeline.io.publish import remove_stale_partials
 
         self._write("crash recovery", None, self._recover_orphans)
         for name in remove_stale_partials(self.paths.outbox):  # no worker runs yet: every partial is stale
@@ -345,7 +345,7 @@ class Daemon:
 
     def _daemon_status(self) -> bool:
         """outbox/_status/_daemon.json: the disk guard's and the ledger's state, for people and monitoring."""
-        from pipeline.publish import write_atomic
+        from pipeline.io.publish import write_atomic
 
         body = json.dumps({"disk_ok": self.disk_ok, "message": self.disk_message,
                            "ledger_ok": self.ledger_problem is None, "ledger": self.ledger_problem or "ok",
@@ -544,7 +544,7 @@ class Daemon:
         self._change(f"end state {view.state.value}", view, lambda ledger: apply_outcome(ledger, job_id, outcome))
 
     def _worker_lost(self, job_id: str, reason: str) -> None:
-        from pipeline.publish import remove_stale_partials
+        from pipeline.io.publish import remove_stale_partials
 
         job = self._job(job_id)
         if job is None or job.state != JobState.RUNNING:
@@ -644,10 +644,10 @@ class Daemon:
         """Report for a job that ended without a worker (cancelled while queued, crashed worker). Built in the
         outbox (the state volume may be the full one); an outbox that refuses writes gets it later, unless the
         job has moved on by then."""
-        from pipeline.diagnostics import photo_diagnostics
-        from pipeline.failure import write_failure_report
-        from pipeline.publish import publish_built
-        from pipeline.redact import scrub
+        from pipeline.report.diagnostics import photo_diagnostics
+        from pipeline.report.failure import write_failure_report
+        from pipeline.io.publish import publish_built
+        from pipeline.io.redact import scrub
 
         end = state or job.state
 

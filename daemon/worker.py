@@ -58,7 +58,7 @@ def write_status(paths: Paths, job: Job, notice: str | None = None) -> bool:
     Never raises for the file system: a status file is a view of the ledger, and an outbox that is briefly
     unwritable (permissions, immutable, full) must not end a job. Returns False when it could not be written;
     the daemon writes it again later."""
-    from pipeline.publish import write_atomic
+    from pipeline.io.publish import write_atomic
 
     try:
         write_atomic(paths.status_file(job.id), json.dumps(status_dict(job, notice), indent=1))
@@ -104,7 +104,7 @@ class _JobLogHandler(logging.FileHandler):
 
 def _job_logger(job_id: str, work_dir: Path, secrets: tuple[str, ...] = ()) -> tuple[logging.LoggerAdapter, logging.Handler]:
     from pipeline.context import JobLogAdapter
-    from pipeline.redact import install_scrubber
+    from pipeline.io.redact import install_scrubber
 
     work_dir.mkdir(parents=True, exist_ok=True)
     handler = _JobLogHandler(work_dir / "job.log")
@@ -240,7 +240,7 @@ def worker_main(slot: str, gpu: str | None, paths: Paths, settings_json: str, co
 
         for h in logging.getLogger().handlers:
             h.setFormatter(JsonFormatter())
-    from pipeline.redact import install_scrubber
+    from pipeline.io.redact import install_scrubber
 
     install_scrubber(logging.getLogger().handlers, settings.secrets())
     device = pick_device(settings.jobs.device)

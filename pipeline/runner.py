@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.context import Cancelled, Interrupted, JobContext, JobError
-from pipeline.diagnostics import photo_diagnostics
-from pipeline.failure import write_failure_report
-from pipeline.publish import PUBLISH_RETRY_SECONDS, publish, publish_built
+from pipeline.report.diagnostics import photo_diagnostics
+from pipeline.report.failure import write_failure_report
+from pipeline.io.publish import PUBLISH_RETRY_SECONDS, publish, publish_built
 from pipeline.stages.base import Stage, chain_hash, checkpoint_valid, commit_checkpoint, read_summary, stage_dir
 from pipeline.stages.cameras import CamerasStage
 from pipeline.stages.geometry import GeometryStage

@@ -1,4 +1,4 @@
-"""Small photo-like test scenes rendered with pipeline.render: an object standing on a textured table, optionally
+"""Small photo-like test scenes rendered with pipeline.imaging.render: an object standing on a textured table, optionally
 with a textured wall right behind it, seen by posed cameras that include close-ups cut by the image border and one
 camera inside the object's bounding sphere. Fast enough for CI (a second or two for 20 small views)."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import trimesh
 from PIL import Image
 
-from pipeline.render import look_at, render
+from pipeline.imaging.render import look_at, render
 
 
 @dataclass(frozen=True)

@@ -185,7 +185,7 @@ def test_alignment_names_a_misplaced_camera_and_fits_without_it() -> None:
     from scipy.spatial.transform import Rotation
 
     from bench.scoring import TrueCameras, alignment
-    from pipeline.scene import Similarity
+    from pipeline.geometry.scene import Similarity
 
     rng = np.random.default_rng(3)
     n = 24

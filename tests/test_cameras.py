@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.cameras import (c2w_gl_to_w2c_cv, camera_centers, intrinsics_for_image, read_colmap, read_pose_source,
+from pipeline.cameras.cameras import (c2w_gl_to_w2c_cv, camera_centers, intrinsics_for_image, read_colmap, read_pose_source,
                               read_transforms)
 from pipeline.context import InputError
 from tests.conftest import data

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from pipeline.carve import CarveSettings, carve, mask_sdf
-from pipeline.meshing import MeshingSettings, clean_mesh, marching_cubes
-from pipeline.render import look_at, render
+from pipeline.geometry.carve import CarveSettings, carve, mask_sdf
+from pipeline.geometry.meshing import MeshingSettings, clean_mesh, marching_cubes
+from pipeline.imaging.render import look_at, render
 
 
 def test_mask_sdf_sign_and_distance() -> None:
@@ -93,7 +93,7 @@ def test_strict_hull_coverage_exposes_a_bad_given_mask() -> None:
     """The check behind the strict hull for given masks: consistent masks are covered fully; when one mask lost half
     the object, the strict hull loses it too and the median coverage drops below the stage's threshold, while the
     tolerant hull (what the stage falls back to) covers the masks again."""
-    from pipeline.carve import mask_coverage
+    from pipeline.geometry.carve import mask_coverage
     from pipeline.stages.geometry import STRICT_MIN_COVERAGE
 
     Ks, w2cs, masks = _sphere_views(20, 1.0)

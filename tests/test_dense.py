@@ -1,4 +1,4 @@
-"""Dense geometry pieces (pipeline.mvs, pipeline.fusion, pipeline.silhouettes) against plain references and on
+"""Dense geometry pieces (pipeline.geometry.mvs, pipeline.geometry.fusion, pipeline.geometry.silhouettes) against plain references and on
 small synthetic scenes with known depth. CPU, a few seconds each."""
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import pytest
 import torch
 import trimesh
 
-from pipeline.fusion import Grid, combined_field, fuse
-from pipeline.meshing import marching_cubes
-from pipeline.mvs import (DepthMap, MvsSettings, consistency_counts, depth_range, ncc, neighbour_views,
+from pipeline.geometry.fusion import Grid, combined_field, fuse
+from pipeline.geometry.meshing import marching_cubes
+from pipeline.geometry.mvs import (DepthMap, MvsSettings, consistency_counts, depth_range, ncc, neighbour_views,
                           parabola_offset, relative_pose, sweep_view, warp_uv, window_stats)
-from pipeline.render import look_at, render
+from pipeline.imaging.render import look_at, render
 
 
 def test_window_ncc_matches_a_direct_computation() -> None:
@@ -133,7 +133,7 @@ def test_measured_free_space_carves_a_cavity_the_hull_fills() -> None:
     rho = np.sqrt(X ** 2 + Y ** 2)
     hull = np.maximum(rho - 1.0, np.abs(Z) - 1.0).astype(np.float32)  # solid cylinder, world units
     cavity = (rho < 0.7) & (Z > -0.7)
-    from pipeline.fusion import Tsdf
+    from pipeline.geometry.fusion import Tsdf
 
     values = np.ones(grid.dims, dtype=np.float32)
     weight = np.zeros(grid.dims, dtype=np.float32)
@@ -152,7 +152,7 @@ def test_measured_free_space_carves_a_cavity_the_hull_fills() -> None:
 def test_a_measured_part_outside_estimated_silhouettes_stands_only_with_the_override() -> None:
     """A horn the estimated silhouettes missed: the hull is a sphere, the photos measured a surface (a rod sticking
     out of it). With ``override_band`` the rod is part of the shape; without it the hull cuts it off."""
-    from pipeline.fusion import Tsdf
+    from pipeline.geometry.fusion import Tsdf
 
     grid = Grid.over_box(np.full(3, -1.2), np.full(3, 1.2), 48)
     ax = [grid.origin[i] + np.arange(grid.dims[i]) * grid.voxel for i in range(3)]

@@ -34,7 +34,7 @@ def test_spot_render_matches_ground_truth_and_report_matches_files(daemon_factor
     stats = json.loads((out / "stats.json").read_text())
     assert stats["quality"]["gt"]["fscore"] >= 0.6, stats["quality"]["gt"]
     # independent check of the published mesh against the GT, not trusting stats.json
-    from pipeline.metrics import geometry_scores
+    from pipeline.report.metrics import geometry_scores
 
     mesh = trimesh.load(out / "mesh.ply", process=False)
     gt = trimesh.load(data("spot_render") / "gt.ply")

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from pipeline.diagnostics import exposure, flag_photos, measure_photo, sharpness
-from pipeline.failure import STAGE_ORDER, write_failure_report
+from pipeline.report.diagnostics import exposure, flag_photos, measure_photo, sharpness
+from pipeline.report.failure import STAGE_ORDER, write_failure_report
 from tests.conftest import REPO, tiny_job
 
 FILE_REF = re.compile(r"<code>([^<]+\.(?:jpg|jpeg|png|zip|log|json|html|glb|ply|obj|mtl))</code>")

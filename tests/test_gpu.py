@@ -13,9 +13,9 @@ pytestmark = pytest.mark.gpu
 
 
 def test_nvdiffrast_coverage_matches_ray_casting() -> None:
-    from pipeline.cameras import intrinsics_for_image, read_transforms
-    from pipeline.raster import Cameras, NvdiffrastRasterizer
-    from pipeline.render import render
+    from pipeline.cameras.cameras import intrinsics_for_image, read_transforms
+    from pipeline.imaging.raster import Cameras, NvdiffrastRasterizer
+    from pipeline.imaging.render import render
 
     src = read_transforms(SAMPLE / "transforms.json")
     gt = trimesh.load(SAMPLE / "gt.ply")
@@ -35,7 +35,7 @@ def test_nvdiffrast_coverage_matches_ray_casting() -> None:
 
 
 def test_views_that_fit_refuses_impossible_sizes_early() -> None:
-    from pipeline.refine import views_that_fit
+    from pipeline.appearance.refine import views_that_fit
 
     assert views_that_fit(60, (512, 512), torch.device("cuda")) >= 1
     with pytest.raises(MemoryError, match="GPU memory is free"):
@@ -104,9 +104,9 @@ def test_pytorch3d_regularisers_run_inside_the_gpu_refinement() -> None:
     """With regulariser weights set, refine() adds pytorch3d's normal-consistency / Laplacian / edge losses on CUDA
     tensors and still pulls a too-big sphere onto a smaller sphere's silhouettes."""
     pytest.importorskip("pytorch3d.loss", reason="pytorch3d is not installed on this machine")
-    from pipeline.raster import NvdiffrastRasterizer
-    from pipeline.refine import RefineSettings, refine
-    from pipeline.render import look_at, render
+    from pipeline.imaging.raster import NvdiffrastRasterizer
+    from pipeline.appearance.refine import RefineSettings, refine
+    from pipeline.imaging.render import look_at, render
 
     target = trimesh.creation.icosphere(subdivisions=4, radius=1.0)
     start = trimesh.creation.icosphere(subdivisions=3, radius=1.25)
@@ -134,8 +134,8 @@ def test_pytorch3d_regularisers_run_inside_the_gpu_refinement() -> None:
 def test_nvdiffrast_finds_the_same_texture_pixels_as_the_ray_caster() -> None:
     """The GPU path of the texture fit samples the same pixels at the same UVs as the Embree ray caster that the
     held-out scores use (up to pixels on triangle edges)."""
-    from pipeline.render import look_at
-    from pipeline.texture import TextureSettings, build_atlas, pixel_samples_nvdiffrast, pixel_samples_raycast
+    from pipeline.imaging.render import look_at
+    from pipeline.appearance.texture import TextureSettings, build_atlas, pixel_samples_nvdiffrast, pixel_samples_raycast
 
     mesh = trimesh.creation.icosphere(subdivisions=3, radius=1.0)
     atlas = build_atlas(mesh, TextureSettings(size=256, atlas_pieces=1))

@@ -243,7 +243,7 @@ def test_job_log_on_a_full_disk_never_ends_the_worker(tmp_path: Path) -> None:
 
 def test_linked_images_folder_is_refused_before_any_file_behind_it_is_opened(tmp_path: Path) -> None:
     """It was refused, but only after every image behind the link had been opened and decoded."""
-    from pipeline.images import validate_image
+    from pipeline.io.images import validate_image
     from pipeline.stages.ingest import IngestStage
 
     outside = tiny_job(tmp_path / "elsewhere", views=8, size=48)
@@ -319,7 +319,7 @@ def test_unwritable_status_folder_never_fails_a_job(daemon_factory, tmp_path: Pa
 
 def test_publish_waits_for_a_briefly_unwritable_outbox(tmp_path: Path) -> None:
     _skip_unless_root()
-    from pipeline.publish import publish
+    from pipeline.io.publish import publish
 
     outbox = tmp_path / "outbox"
     outbox.mkdir()

@@ -5,7 +5,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.settings import LimitsConfig
-from pipeline.images import ImageInfo, Rejected, load_rgba, sniff_format, validate_image
+from pipeline.io.images import ImageInfo, Rejected, load_rgba, sniff_format, validate_image
 
 
 def _png(path: Path, w: int = 40, h: int = 30, mode: str = "RGB") -> Path:

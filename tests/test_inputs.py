@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.cameras import read_transforms, undistort_image, undistort_points
+from pipeline.cameras.cameras import read_transforms, undistort_image, undistort_points
 from pipeline.context import InputError, JobContext, JobLogAdapter
-from pipeline.images import ImageInfo, load_rgba, sniff_format, validate_image
+from pipeline.io.images import ImageInfo, load_rgba, sniff_format, validate_image
 from pipeline.settings import LimitsConfig, build_pipeline_settings
 from pipeline.stages.ingest import FRAMES_DIR, IngestStage, Manifest
-from pipeline.video import pick_sharp_spread, sample_video, upright
+from pipeline.io.video import pick_sharp_spread, sample_video, upright
 
 EYE = np.eye(4).tolist()
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import trimesh
 
-from pipeline.export import estimate_up, export_all, rotation_to_y_up
-from pipeline.metrics import geometry_scores, mask_iou, psnr
-from pipeline.publish import publish, remove_stale_partials
+from pipeline.io.export import estimate_up, export_all, rotation_to_y_up
+from pipeline.report.metrics import geometry_scores, mask_iou, psnr
+from pipeline.io.publish import publish, remove_stale_partials
 
 
 def test_iou_and_psnr_against_reference() -> None:
@@ -74,7 +74,7 @@ def test_publish_is_all_or_nothing(tmp_path: Path) -> None:
 
 
 def _ring_of_cameras(n: int, dist: float, size: int = 96):
-    from pipeline.render import look_at
+    from pipeline.imaging.render import look_at
 
     K = np.array([[size * 1.2, 0, size / 2], [0, size * 1.2, size / 2], [0, 0, 1.0]])
     rng = np.random.default_rng(0)
@@ -88,7 +88,7 @@ def _ring_of_cameras(n: int, dist: float, size: int = 96):
 
 def test_visible_mask_hides_an_enclosed_surface() -> None:
     """Two concentric spheres: cameras outside see (almost) all of the outer one and none of the inner one."""
-    from pipeline.metrics import sample_points, visible_mask
+    from pipeline.report.metrics import sample_points, visible_mask
 
     outer = trimesh.creation.icosphere(subdivisions=4, radius=1.0)
     inner = trimesh.creation.icosphere(subdivisions=3, radius=0.5)
@@ -105,7 +105,7 @@ def test_visible_mask_hides_an_enclosed_surface() -> None:
 def test_open_scan_is_capped_and_scores_like_the_closed_object() -> None:
     """A sphere with its bottom cut away (an open scan) gets a cap, so a closed reconstruction is not charged for
     closing a hole that no silhouette shows."""
-    from pipeline.metrics import cap_open_scan, geometry_scores_multi, observable_scores
+    from pipeline.report.metrics import cap_open_scan, geometry_scores_multi, observable_scores
 
     sphere = trimesh.creation.icosphere(subdivisions=5, radius=1.0)
     # cut the bottom off, then snap the rim onto the circle z = -0.6, r = 0.8: a planar circular hole

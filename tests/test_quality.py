@@ -1,4 +1,4 @@
-"""The report's quality maths and grade (pipeline.quality, pipeline.grade): against plain reference loops, and on
+"""The report's quality maths and grade (pipeline.report.quality, pipeline.report.grade): against plain reference loops, and on
 synthetic captures with known outcomes (a capture that never sees the back fails coverage; one that circles the
 object passes)."""
 from __future__ import annotations
@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import trimesh
 
-from pipeline.export import export_all, read_seen
-from pipeline.grade import build_checks, grade_checks, what_to_know
-from pipeline.cameras import camera_centers
-from pipeline.quality import (border_cuts, camera_spread, coverage_share, cut_sides, resting_vertices,
+from pipeline.io.export import export_all, read_seen
+from pipeline.report.grade import build_checks, grade_checks, what_to_know
+from pipeline.cameras.cameras import camera_centers
+from pipeline.report.quality import (border_cuts, camera_spread, coverage_share, cut_sides, resting_vertices,
                               side_name, unseen_direction, vertex_areas, visibility_counts)
-from pipeline.render import look_at, render
-from pipeline.report_html import hatch
+from pipeline.imaging.render import look_at, render
+from pipeline.report.html import hatch
 from pipeline.settings import ConfigError, ReportConfig, build_pipeline_settings
 from pipeline.stages.cameras import holdout_flags
 from tests.conftest import SAMPLE

@@ -4,9 +4,9 @@ import pytest
 import torch
 import trimesh
 
-from pipeline.raster import Cameras, Pytorch3dRasterizer
-from pipeline.refine import RefineSettings, normalisation, normalise_cameras, parameterization_matrix, refine
-from pipeline.render import look_at, render
+from pipeline.imaging.raster import Cameras, Pytorch3dRasterizer
+from pipeline.appearance.refine import RefineSettings, normalisation, normalise_cameras, parameterization_matrix, refine
+from pipeline.imaging.render import look_at, render
 
 
 def test_parameterization_matrix_matches_dense_reference() -> None:
@@ -73,7 +73,7 @@ def test_cpu_refinement_pulls_a_too_big_sphere_onto_the_silhouettes() -> None:
 
 
 def test_silhouette_targets_use_the_alpha_matte_only_where_the_mask_came_from_it() -> None:
-    from pipeline.refine import silhouette_targets
+    from pipeline.appearance.refine import silhouette_targets
 
     alpha = np.zeros((8, 8), dtype=np.uint8)
     alpha[2:6, 2:6] = 255
@@ -92,7 +92,7 @@ def test_silhouette_targets_use_the_alpha_matte_only_where_the_mask_came_from_it
 
 @pytest.mark.parametrize("mode", ["subdivide", "isotropic"])
 def test_grow_mesh_reaches_the_level_size_and_keeps_the_surface_closed(mode: str) -> None:
-    from pipeline.refine import RefineSettings, grow_mesh
+    from pipeline.appearance.refine import RefineSettings, grow_mesh
 
     if mode == "isotropic":
         pymeshlab = pytest.importorskip("pymeshlab")

@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 
 from pipeline.context import InputError, JobContext, JobLogAdapter
-from pipeline.render import look_at
-from pipeline.scale import (DistanceSpec, MarkerSpec, ScaleFileError, distance_scale, marker_scale,
+from pipeline.imaging.render import look_at
+from pipeline.cameras.scale import (DistanceSpec, MarkerSpec, ScaleFileError, distance_scale, marker_scale,
                             parse_scale_spec)
-from pipeline.scene import ObjectRegion, Similarity
+from pipeline.geometry.scene import ObjectRegion, Similarity
 from pipeline.settings import build_pipeline_settings
 from pipeline.stages.cameras import CamerasStage
 from pipeline.stages.ingest import IngestStage

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.automask import sphere_outline
-from pipeline.render import look_at
-from pipeline.scene import (Similarity, normalizing_similarity, object_region, pose_errors, project, rotation_to,
+from pipeline.geometry.automask import sphere_outline
+from pipeline.imaging.render import look_at
+from pipeline.geometry.scene import (Similarity, normalizing_similarity, object_region, pose_errors, project, rotation_to,
                             umeyama, up_from_cameras)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.redact import ScrubFilter, redact_mapping, redact_url, scrub, secret_values
+from pipeline.io.redact import ScrubFilter, redact_mapping, redact_url, scrub, secret_values
 from tests.conftest import TINY_SETTINGS, WebhookReceiver, drop, set_args, tiny_job, wait_for
 
 CANARIES = {

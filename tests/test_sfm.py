@@ -12,9 +12,9 @@ import pytest
 import trimesh
 from PIL import Image
 
-from pipeline.cameras import read_transforms
-from pipeline.scene import pose_errors
-from pipeline.sfm import SfmResult, SfmSettings, run_sfm
+from pipeline.cameras.cameras import read_transforms
+from pipeline.geometry.scene import pose_errors
+from pipeline.cameras.sfm import SfmResult, SfmSettings, run_sfm
 from pipeline.stages.cameras import check_registration
 from tests.conftest import data, drop, set_args
 
@@ -103,7 +103,7 @@ def test_sfm_runs_in_its_own_process_and_cancels_with_it(tmp_path: Path) -> None
     import time
 
     from pipeline.context import Cancelled, InputError
-    from pipeline.sfm import run_sfm_isolated
+    from pipeline.cameras.sfm import run_sfm_isolated
 
     rng = np.random.default_rng(0)
     for i in range(4):  # noise shares no features between images: no camera poses

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import trimesh
 
-from pipeline.gates import apply_gates
-from pipeline.sampling import sample_texture
-from pipeline.texture import pad_seams, rasterize_atlas, unwrap
+from pipeline.report.gates import apply_gates
+from pipeline.imaging.sampling import sample_texture
+from pipeline.appearance.texture import pad_seams, rasterize_atlas, unwrap
 from tests.conftest import REPO, SAMPLE
 
 FAST = ["geometry.voxel_resolution=128", "texture.cpu_size=512", "texture.cpu_max_faces=20000", "report.render_size=160",
@@ -74,8 +74,8 @@ def test_seam_padding_and_bilinear_lookup() -> None:
 
 def _point_colors_reference(V, normals, mesh, images, masks, Ks, w2cs, depth_scale=0.5):
     """Plain numpy, point by point where it matters: the visibility-weighted blend that point_colors vectorises."""
-    from pipeline.sampling import bilinear
-    from pipeline.render import render
+    from pipeline.imaging.sampling import bilinear
+    from pipeline.imaging.render import render
 
     acc, wsum = np.zeros((len(V), 3)), np.zeros(len(V))
     eps = 0.005 * float(np.linalg.norm(mesh.bounds[1] - mesh.bounds[0]))
@@ -105,9 +105,9 @@ def _point_colors_reference(V, normals, mesh, images, masks, Ks, w2cs, depth_sca
 def test_point_colors_match_a_point_by_point_reference() -> None:
     """The torch port of the photo blend (which runs on the GPU for atlases) against the plain loop, on the
     sample's photos and ground-truth mesh: same colours where seen, same visibility counts."""
-    from pipeline.cameras import intrinsics_for_image, read_transforms
-    from pipeline.colors import point_colors
-    from pipeline.images import load_rgba
+    from pipeline.cameras.cameras import intrinsics_for_image, read_transforms
+    from pipeline.appearance.colors import point_colors
+    from pipeline.io.images import load_rgba
 
     gt = trimesh.load(SAMPLE / "gt.ply", force="mesh")
     src = read_transforms(SAMPLE / "transforms.json")
@@ -185,8 +185,8 @@ def test_textured_outputs_are_complete_and_consistent(textured_job: Path) -> Non
     assert m and float(m.group(1)) == pytest.approx(fit["rmse_before"], abs=1e-4)
     assert float(m.group(2)) == pytest.approx(fit["rmse_after"], abs=1e-4) and int(m.group(3)) == fit["samples"]
     # mesh.ply carries how many photos saw each vertex; the coverage in stats.json and the page is that of the file
-    from pipeline.export import read_seen
-    from pipeline.quality import coverage_share, vertex_areas
+    from pipeline.io.export import read_seen
+    from pipeline.report.quality import coverage_share, vertex_areas
 
     seen = read_seen(out / "mesh.ply")
     assert seen is not None and len(seen) == len(ply.vertices) and seen.max() >= 3
@@ -243,7 +243,7 @@ def test_bilinear_weights_match_a_pixel_by_pixel_reference() -> None:
     Python: pixel centres at +0.5, clamped at the border."""
     import torch
 
-    from pipeline.sampling import bilinear_t, bilinear_weights
+    from pipeline.imaging.sampling import bilinear_t, bilinear_weights
 
     rng = np.random.default_rng(3)
     img = rng.random((7, 9, 3))
@@ -268,8 +268,8 @@ def test_texture_fit_solves_its_least_squares_problem() -> None:
     """Conjugate gradients against a dense solve of the same normal equations (data + prior + smoothness)."""
     import torch
 
-    from pipeline.sampling import bilinear_weights
-    from pipeline.texture import FitSettings, PixelSamples, fit_texture
+    from pipeline.imaging.sampling import bilinear_weights
+    from pipeline.appearance.texture import FitSettings, PixelSamples, fit_texture
 
     rng = np.random.default_rng(5)
     S, M = 6, 60
@@ -314,8 +314,8 @@ def test_texture_fit_solves_its_least_squares_problem() -> None:
 def test_texture_fit_beats_the_bake_on_held_out_views_of_a_misplaced_surface() -> None:
     """A sphere textured with a procedural pattern, reconstructed 3 % off its true radius in places: the fitted
     texture reproduces the training photos better than the bake and generalises to views it never saw."""
-    from pipeline.render import look_at, render
-    from pipeline.texture import FitSettings, TextureSettings, bake, build_atlas, fit_texture, pixel_samples_raycast
+    from pipeline.imaging.render import look_at, render
+    from pipeline.appearance.texture import FitSettings, TextureSettings, bake, build_atlas, fit_texture, pixel_samples_raycast
 
     gt = trimesh.creation.icosphere(subdivisions=5, radius=1.0)
     V = gt.vertices
@@ -368,8 +368,8 @@ def test_texture_fit_out_of_gpu_memory_keeps_the_bake(tmp_path: Path, monkeypatc
     import pipeline.stages.texture as geo
     from pipeline.settings import PipelineSettings
     from pipeline.context import JobContext, JobLogAdapter
-    from pipeline.render import look_at, render
-    from pipeline.texture import FitSettings, TextureSettings, build_atlas
+    from pipeline.imaging.render import look_at, render
+    from pipeline.appearance.texture import FitSettings, TextureSettings, build_atlas
 
     mesh = trimesh.creation.icosphere(subdivisions=2)
     atlas = build_atlas(mesh, TextureSettings(size=64, atlas_pieces=1))

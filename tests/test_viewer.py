@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import trimesh
 
-from pipeline import viewer
+from pipeline.report import viewer
 from tests.conftest import REPO
 
 # renders a report with only what the installed packages bring (run inside the install's folder)
@@ -22,8 +22,8 @@ import json, sys
 from pathlib import Path
 import trimesh
 import pipeline
-from pipeline.report_html import complete_stats, render_report
-from pipeline.viewer import Viewer, make_viewer
+from pipeline.report.html import complete_stats, render_report
+from pipeline.report.viewer import Viewer, make_viewer
 out = Path(sys.argv[1])
 trimesh.creation.icosphere(2).export(out / "mesh.glb")
 v = make_viewer(out / "mesh.glb")
@@ -96,7 +96,7 @@ def test_a_damaged_bundle_is_refused_and_the_page_says_why(tmp_path: Path, monke
     trimesh.creation.icosphere(1).export(glb)
     v = viewer.make_viewer(glb)
     assert isinstance(v, viewer.NoViewer)
-    from pipeline.report_html import complete_stats, render_report
+    from pipeline.report.html import complete_stats, render_report
 
     ctx = {"job": {"id": "j", "folder": "j", "state": "done", "error": None, "stage": None, "version": "0",
                    "device": "cpu", "finished": "now"}, "stats": complete_stats({}), "renders": [], "heldout": [],

@@ -12,15 +12,15 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pipeline.cameras import (FrameSpec, camera_centers, intrinsics_for_image, read_pose_source, scale_intrinsics,
+from pipeline.cameras.cameras import (FrameSpec, camera_centers, intrinsics_for_image, read_pose_source, scale_intrinsics,
                               undistort_image)
-from pipeline.camera_files import PhotoCamera
+from pipeline.cameras.camera_files import PhotoCamera
 from pipeline.context import InputError, JobContext
-from pipeline.images import load_rgba, resize
-from pipeline.scene import (ObjectRegion, Similarity, normalizing_similarity, object_region, pose_errors,
+from pipeline.io.images import load_rgba, resize
+from pipeline.geometry.scene import (ObjectRegion, Similarity, normalizing_similarity, object_region, pose_errors,
                             region_from_cameras, umeyama)
 from pipeline.settings import PipelineSettings
-from pipeline.sfm import SfmResult, SfmSettings, run_sfm_isolated
+from pipeline.cameras.sfm import SfmResult, SfmSettings, run_sfm_isolated
 from pipeline.stages.base import Stage, stage_dir
 from pipeline.stages.ingest import Manifest
 from pipeline.stages.scaling import job_scale, to_metres

@@ -1,5 +1,5 @@
-"""Stage 4, geometry: the first closed surface of the object: dense multi-view stereo (:mod:`pipeline.dense`) for
-photos without masks, a visual hull (:mod:`pipeline.carve`) where every view has a given mask."""
+"""Stage 4, geometry: the first closed surface of the object: dense multi-view stereo (:mod:`pipeline.geometry.dense`) for
+photos without masks, a visual hull (:mod:`pipeline.geometry.carve`) where every view has a given mask."""
 from __future__ import annotations
 
 import json
@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 import trimesh
 
-from pipeline.carve import CarveResult, CarveSettings, carve, mask_coverage
+from pipeline.geometry.carve import CarveResult, CarveSettings, carve, mask_coverage
 from pipeline.context import InputError, JobContext
-from pipeline.dense import DenseSettings, dense_geometry
-from pipeline.meshing import MeshingSettings, clean_mesh, marching_cubes
-from pipeline.mvs import MvsSettings
+from pipeline.geometry.dense import DenseSettings, dense_geometry
+from pipeline.geometry.meshing import MeshingSettings, clean_mesh, marching_cubes
+from pipeline.geometry.mvs import MvsSettings
 from pipeline.stages.base import Stage, stage_dir
 from pipeline.stages.cameras import Sparse, Views, geometry_method
 from pipeline.stages.ingest import Manifest

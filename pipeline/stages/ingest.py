@@ -14,12 +14,12 @@ import numpy as np
 
 from PIL import Image
 
-from pipeline.cameras import TRANSFORMS_NAMES, FrameSpec, PoseSource, read_pose_source
+from pipeline.cameras.cameras import TRANSFORMS_NAMES, FrameSpec, PoseSource, read_pose_source
 from pipeline.context import CANCEL_MARKER, READY_MARKER, InputError, JobContext
-from pipeline.images import IMAGE_SUFFIXES, Rejected, inside, sniff_format, validate_image
-from pipeline.scale import SCALE_FILE, ScaleFileError, read_scale_spec
+from pipeline.io.images import IMAGE_SUFFIXES, Rejected, inside, sniff_format, validate_image
+from pipeline.cameras.scale import SCALE_FILE, ScaleFileError, read_scale_spec
 from pipeline.stages.base import Stage, stage_dir
-from pipeline.video import VIDEO_SUFFIXES, VideoUnreadable, sample_video
+from pipeline.io.video import VIDEO_SUFFIXES, VideoUnreadable, sample_video
 
 GT_NAMES = ("gt.ply", "gt.obj", "gt.glb")
 MASK_DIR = "masks"

@@ -10,10 +10,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pipeline.automask import AutoMaskSettings, auto_masks
-from pipeline.cameras import intrinsics_for_image, read_pose_source, undistort_image
+from pipeline.geometry.automask import AutoMaskSettings, auto_masks
+from pipeline.cameras.cameras import intrinsics_for_image, read_pose_source, undistort_image
 from pipeline.context import InputError, JobContext
-from pipeline.images import load_gray, resize
+from pipeline.io.images import load_gray, resize
 from pipeline.stages.base import Stage, stage_dir
 from pipeline.stages.cameras import Sparse, Views, geometry_method
 from pipeline.stages.ingest import Manifest

@@ -1,4 +1,4 @@
-"""Stage 5, refine: differentiable-rendering refinement of the first surface (see pipeline.refine)."""
+"""Stage 5, refine: differentiable-rendering refinement of the first surface (see pipeline.appearance.refine)."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,9 +9,9 @@ import numpy as np
 import trimesh
 
 from pipeline.context import JobContext, JobError
-from pipeline.meshing import decimate, largest_component
-from pipeline.raster import make_rasterizer
-from pipeline.refine import RefineSettings, refine, silhouette_targets
+from pipeline.geometry.meshing import decimate, largest_component
+from pipeline.imaging.raster import make_rasterizer
+from pipeline.appearance.refine import RefineSettings, refine, silhouette_targets
 from pipeline.settings import RefineConfig
 from pipeline.stages.base import Stage
 from pipeline.stages.cameras import Views
@@ -32,7 +32,7 @@ def refine_settings(cfg: RefineConfig, on_gpu: bool) -> RefineSettings:
 
 
 class RefineStage(Stage):
-    """Differentiable-rendering refinement of the hull (see pipeline.refine); a pass-through when disabled."""
+    """Differentiable-rendering refinement of the hull (see pipeline.appearance.refine); a pass-through when disabled."""
 
     name = "refine"
     weight = 25

@@ -12,18 +12,18 @@ import numpy as np
 import trimesh
 
 from pipeline import __version__
-from pipeline.camera_files import PhotoCamera, colmap_text, transforms_json
-from pipeline.cameras import camera_centers, camera_up
+from pipeline.cameras.camera_files import PhotoCamera, colmap_text, transforms_json
+from pipeline.cameras.cameras import camera_centers, camera_up
 from pipeline.context import JobContext
-from pipeline.evaluate import gt_scores, held_out_scores, mesh_stats
-from pipeline.export import estimate_up, export_all, read_seen
-from pipeline.grade import build_checks, grade_checks, what_to_know
-from pipeline.quality import (border_cuts, camera_spread, coverage_share, horizontal_basis, resting_vertices,
+from pipeline.report.evaluate import gt_scores, held_out_scores, mesh_stats
+from pipeline.io.export import estimate_up, export_all, read_seen
+from pipeline.report.grade import build_checks, grade_checks, what_to_know
+from pipeline.report.quality import (border_cuts, camera_spread, coverage_share, horizontal_basis, resting_vertices,
                               side_name, unseen_direction, vertex_areas, visibility_counts)
-from pipeline.redact import redact_mapping
-from pipeline.render import look_at, reduced_camera, render, shade
-from pipeline.scale import NO_SCALE
-from pipeline.report_html import camera_scene, complete_stats, config_rows, data_uri, hatch, render_report
+from pipeline.io.redact import redact_mapping
+from pipeline.imaging.render import look_at, reduced_camera, render, shade
+from pipeline.cameras.scale import NO_SCALE
+from pipeline.report.html import camera_scene, complete_stats, config_rows, data_uri, hatch, render_report
 from pipeline.settings import PipelineSettings, ReportConfig
 from pipeline.stages.base import Stage, read_summary, stage_dir
 from pipeline.stages.cameras import Views
@@ -31,7 +31,7 @@ from pipeline.stages.geometry import load_mesh
 from pipeline.stages.ingest import Manifest
 from pipeline.stages.masks import load_masks
 from pipeline.stages.texture import load_colors, load_textured
-from pipeline.viewer import NoViewer, Viewer, make_viewer
+from pipeline.report.viewer import NoViewer, Viewer, make_viewer
 
 TIMINGS_FILE = "timings.json"
 # optional outputs, published when present: the projected masks, the texture, the cameras and the fused points

@@ -1,4 +1,4 @@
-"""The cameras stage's hook for real-world scale (see :mod:`pipeline.scale` for scale.json and the geometry).
+"""The cameras stage's hook for real-world scale (see :mod:`pipeline.cameras.scale` for scale.json and the geometry).
 
 Kept out of ``cameras.py`` so that stage calls it once: measure on the working views, and where the frame is
 hotmesh's own (structure from motion, normalised to the unit cube) rescale it so that one unit is one metre.
@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.cameras import FrameSpec, intrinsics_for_image, undistort_points
+from pipeline.cameras.cameras import FrameSpec, intrinsics_for_image, undistort_points
 from pipeline.context import JobContext
-from pipeline.scale import NO_SCALE, ScaleResult, ViewGeometry, measure_scale, read_scale_spec
-from pipeline.scene import ObjectRegion, Similarity
+from pipeline.cameras.scale import NO_SCALE, ScaleResult, ViewGeometry, measure_scale, read_scale_spec
+from pipeline.geometry.scene import ObjectRegion, Similarity
 from pipeline.stages.ingest import Manifest
 
 

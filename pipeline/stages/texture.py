@@ -12,17 +12,17 @@ import numpy as np
 import torch
 import trimesh
 
-from pipeline.colors import vertex_colors
+from pipeline.appearance.colors import vertex_colors
 from pipeline.context import JobContext
-from pipeline.gates import apply_gates
-from pipeline.meshing import decimate
-from pipeline.raster import coverage_masks
+from pipeline.report.gates import apply_gates
+from pipeline.geometry.meshing import decimate
+from pipeline.imaging.raster import coverage_masks
 from pipeline.settings import TextureConfig
 from pipeline.stages.base import Stage, stage_dir
 from pipeline.stages.cameras import Views
 from pipeline.stages.geometry import load_mesh
 from pipeline.stages.masks import load_masks, mask_sheet
-from pipeline.texture import (Atlas, FitSettings, TextureSettings, bake, build_atlas, fit_texture, pad_seams,
+from pipeline.appearance.texture import (Atlas, FitSettings, TextureSettings, bake, build_atlas, fit_texture, pad_seams,
                               pixel_samples_nvdiffrast, pixel_samples_raycast)
 
 
@@ -121,7 +121,7 @@ def fit_settings(cfg: TextureConfig, on_gpu: bool) -> FitSettings | None:
 
 def fit_bake(ctx: JobContext, atlas: Atlas, tex: np.ndarray, images: list[np.ndarray], masks: list[np.ndarray],
              Ks: np.ndarray, w2cs: np.ndarray, s: TextureSettings, fs: FitSettings) -> tuple[np.ndarray, dict[str, Any]]:
-    """Least-squares fit of the bake ``tex`` (S, S, 3) to the photos (pipeline.texture.fit_texture), seams padded
+    """Least-squares fit of the bake ``tex`` (S, S, 3) to the photos (pipeline.appearance.texture.fit_texture), seams padded
     again: pixels found by nvdiffrast on a GPU, by ray casting (in ``fs.max_views`` views) on the CPU or where
     nvdiffrast does not load. A CUDA OOM keeps the bake. Returns the texture and a summary for the stage."""
     pick = np.arange(len(images))

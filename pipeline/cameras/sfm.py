@@ -1,0 +1,269 @@
+"""Structure from motion with pycolmap (SIFT, exhaustive or sequential matching, incremental mapping).
+
+Poses come back in the internal convention of :mod:`pipeline.cameras.cameras` (OpenCV, world-to-camera) with COLMAP's
+OPENCV distortion, so later stages treat them exactly like a user's COLMAP model.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from pipeline.context import InputError
+
+
+@dataclass(frozen=True)
+class SfmSettings:
+    matcher: str = "auto"  # auto (exhaustive up to 30 images, else sequential) | exhaustive | sequential
+    max_image_size: int = 1000  # long side the features are extracted at
+    camera_model: str = "OPENCV"  # one shared camera: fx, fy, cx, cy, k1, k2, p1, p2
+    guided_matching: bool = True  # measured: apple registers 20/20 with it, 13/20 without
+    min_registered: float = 0.7  # fraction of the images that must register, else the job fails
+    device: str = "auto"  # auto | cpu | cuda (pycolmap-cuda12 only)
+    num_threads: int = -1
+
+
+@dataclass(frozen=True)
+class SfmResult:
+    """names: registered images (as given); K: (N, 3, 3) pixels of (width, height); dist: (N, 4) OpenCV k1 k2 p1 p2;
+    w2c: (N, 4, 4) float64 OpenCV; points: (P, 3) float64 world; colors: (P, 3) uint8;
+    obs_image / obs_point: (M,) int index into names / points; obs_xy: (M, 2) float32 pixels of (width, height)."""
+
+    names: tuple[str, ...]
+    unregistered: tuple[str, ...]
+    width: int
+    height: int
+    K: np.ndarray
+    dist: np.ndarray
+    w2c: np.ndarray
+    points: np.ndarray
+    colors: np.ndarray
+    obs_image: np.ndarray
+    obs_point: np.ndarray
+    obs_xy: np.ndarray
+    stats: dict
+    per_image: tuple[dict, ...] = ()  # see image_counts; also in PER_IMAGE_FILE beside the model
+
+
+PER_IMAGE_FILE = "per_image.json"  # in run_sfm's work folder, written before SfM can fail: the failure report reads it
+
+
+def image_counts(db_path: Path, names: list[str]) -> list[dict]:
+    """Per image of ``names`` (database order aside), from the COLMAP database after matching: ``features`` (SIFT
+    keypoints), ``matched_images`` (images it shares geometrically verified matches with) and ``matches`` (those
+    verified correspondences, summed over its pairs). Images missing from the database get zeros."""
+    import pycolmap
+
+    db = pycolmap.Database.open(db_path)
+    try:
+        ids = {im.name: im.image_id for im in db.read_all_images()}
+        features = {i: int(db.num_keypoints_for_image(i)) for i in ids.values()}
+        matches = dict.fromkeys(ids.values(), 0)
+        partners = dict.fromkeys(ids.values(), 0)
+        pair_ids, inliers = db.read_two_view_geometry_num_inliers()
+        for pid, n in zip(pair_ids, inliers):
+            if n <= 0:
+                continue
+            for i in pycolmap.pair_id_to_image_pair(pid):
+                if i in matches:
+                    matches[i] += int(n)
+                    partners[i] += 1
+    finally:
+        db.close()
+    return [{"name": n, "features": features.get(ids.get(n, -1), 0), "matched_images": partners.get(ids.get(n, -1), 0),
+             "matches": matches.get(ids.get(n, -1), 0)} for n in names]
+
+
+def colmap_device(setting: str) -> tuple[object, str]:
+    import pycolmap
+
+    cuda = bool(getattr(pycolmap, "has_cuda", False))
+    if setting == "cuda" and not cuda:
+        raise InputError("sfm.device = cuda but this pycolmap build has no CUDA (install pycolmap-cuda12)")
+    if setting == "cpu" or not cuda:
+        return pycolmap.Device.cpu, "cpu"
+    return pycolmap.Device.cuda, "cuda"
+
+
+def run_sfm(image_dir: Path, names: list[str], work: Path, cfg: SfmSettings, log: logging.LoggerAdapter | logging.Logger,
+            check: Callable[[float], None] = lambda f: None) -> SfmResult:
+    """SfM on the images ``image_dir/<name>`` (all the same size, orientation already applied)."""
+    import pycolmap
+
+    if len(names) < 3:
+        raise ValueError(f"SfM needs at least 3 images, got {len(names)}")
+    pycolmap.logging.minloglevel = 2  # errors only: COLMAP's INFO lines would flood the job log
+    pycolmap.set_random_seed(0)
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "sparse").mkdir(parents=True)
+    db = work / "database.db"
+    device, device_name = colmap_device(cfg.device)
+    timings: dict[str, float] = {}
+
+    t0 = time.monotonic()
+    reader = pycolmap.ImageReaderOptions()
+    reader.camera_model = cfg.camera_model
+    ext = pycolmap.FeatureExtractionOptions()
+    ext.max_image_size = cfg.max_image_size
+    ext.num_threads = cfg.num_threads
+    try:
+        pycolmap.extract_features(db, image_dir, image_names=list(names), camera_mode=pycolmap.CameraMode.SINGLE,
+                                  reader_options=reader, extraction_options=ext, device=device)
+    except (RuntimeError, ValueError) as e:
+        if device_name != "cuda" or cfg.device == "cuda":
+            raise
+        # GPU SIFT can fail where the CUDA build meets an unsupported driver or card: the CPU is slower, not wrong
+        log.warning("SfM: GPU feature extraction failed (%s); extracting on the CPU", e)
+        device, device_name = pycolmap.Device.cpu, "cpu (GPU extraction failed)"
+        db.unlink(missing_ok=True)
+        pycolmap.extract_features(db, image_dir, image_names=list(names), camera_mode=pycolmap.CameraMode.SINGLE,
+                                  reader_options=reader, extraction_options=ext, device=device)
+    timings["extract"] = time.monotonic() - t0
+    check(0.3)
+
+    t0 = time.monotonic()
+    mopt = pycolmap.FeatureMatchingOptions()
+    mopt.num_threads = cfg.num_threads
+    mopt.guided_matching = cfg.guided_matching
+    matcher = cfg.matcher if cfg.matcher != "auto" else ("exhaustive" if len(names) <= 30 else "sequential")
+    if matcher == "exhaustive":
+        pycolmap.match_exhaustive(db, matching_options=mopt, device=device)
+    elif matcher == "sequential":
+        pairing = pycolmap.SequentialPairingOptions()
+        pairing.overlap = 10
+        pairing.quadratic_overlap = True  # the long-gap pairs close the loop around the object
+        pairing.loop_detection = False  # needs a vocabulary tree, i.e. a download
+        pycolmap.match_sequential(db, matching_options=mopt, pairing_options=pairing, device=device)
+    else:
+        raise ValueError(f"sfm.matcher must be auto, exhaustive or sequential, got {cfg.matcher!r}")
+    timings["match"] = time.monotonic() - t0
+    check(0.7)
+
+    t0 = time.monotonic()
+    opt = pycolmap.IncrementalPipelineOptions()
+    opt.num_threads = cfg.num_threads
+    opt.random_seed = 0
+    opt.min_model_size = 3
+    recs = pycolmap.incremental_mapping(db, image_dir, work / "sparse", options=opt)
+    timings["map"] = time.monotonic() - t0
+    check(0.95)
+    per_image = image_counts(db, list(names))
+    best = max(recs.values(), key=lambda r: r.num_reg_images()) if recs else None
+    reg_points = {} if best is None else {best.image(i).name: int(best.image(i).num_points3D)
+                                          for i in best.reg_image_ids()}
+    for row in per_image:
+        row["registered"] = row["name"] in reg_points
+        row["points"] = reg_points.get(row["name"], 0)
+    (work / PER_IMAGE_FILE).write_text(json.dumps(per_image))
+    if not recs:
+        raise InputError(f"structure from motion found no camera poses in {len(names)} images: the photos do not "
+                         "share enough matching features. Reshoot with more overlap between neighbouring photos "
+                         "(about 60-70%), a textured surface, steady focus and no motion blur")
+    rec = max(recs.values(), key=lambda r: r.num_reg_images())
+    by_name: dict[str, object] = {rec.image(i).name: rec.image(i) for i in rec.reg_image_ids()}
+    reg_names = [n for n in names if n in by_name]
+    unregistered = tuple(n for n in names if n not in by_name)
+    point_ids = sorted(rec.points3D)
+    pindex = {pid: k for k, pid in enumerate(point_ids)}
+    points = np.array([rec.points3D[p].xyz for p in point_ids], dtype=np.float64).reshape(-1, 3)
+    colors = np.array([rec.points3D[p].color for p in point_ids], dtype=np.uint8).reshape(-1, 3)
+    Ks, dists, w2cs = [], [], []
+    oi, op, oxy = [], [], []
+    width = height = 0
+    for k, name in enumerate(reg_names):
+        im = by_name[name]
+        cam = im.camera
+        width, height = int(cam.width), int(cam.height)
+        p = np.asarray(cam.params, dtype=np.float64)
+        Ks.append(np.asarray(cam.calibration_matrix(), dtype=np.float64))
+        dists.append(p[4:8] if cam.model_name == "OPENCV" else np.array([p[3] if len(p) > 3 else 0.0, 0, 0, 0]))
+        w2c = np.eye(4)
+        w2c[:3, :4] = np.asarray(im.cam_from_world().matrix(), dtype=np.float64)
+        w2cs.append(w2c)
+        for p2 in im.points2D:
+            if p2.has_point3D():
+                oi.append(k)
+                op.append(pindex[p2.point3D_id])
+                oxy.append(p2.xy)
+    stats = {"registered": len(reg_names), "images": len(names), "models": len(recs),
+             "mean_reprojection_error_px": round(float(rec.compute_mean_reprojection_error()), 3),
+             "mean_track_length": round(float(rec.compute_mean_track_length()), 2),
+             "points": int(len(point_ids)), "matcher": matcher, "device": device_name,
+             "camera_model": cfg.camera_model, "feature_size": cfg.max_image_size,
+             "seconds": {k: round(v, 2) for k, v in timings.items()},
+             "pycolmap": getattr(pycolmap, "__version__", "?")}
+    log.info("SfM: %d/%d images registered, %d points, reprojection %.2f px, track %.2f (%s, %s) in %.1fs",
+             len(reg_names), len(names), len(point_ids), stats["mean_reprojection_error_px"],
+             stats["mean_track_length"], matcher, device_name, sum(timings.values()))
+    return SfmResult(names=tuple(reg_names), unregistered=unregistered, width=width, height=height,
+                     K=np.array(Ks), dist=np.array(dists), w2c=np.array(w2cs), points=points, colors=colors,
+                     obs_image=np.array(oi, dtype=np.int32), obs_point=np.array(op, dtype=np.int32),
+                     obs_xy=np.array(oxy, dtype=np.float32).reshape(-1, 2), stats=stats, per_image=tuple(per_image))
+
+
+def _sfm_child(conn: Any, image_dir: Path, names: list[str], work: Path, cfg: SfmSettings) -> None:
+    """run_sfm in a child process: sends ("ok", result, log lines) or ("error", exception, log lines)."""
+    lines: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(f"{record.levelname} {record.getMessage()}")
+
+    log = logging.getLogger("hotmesh.sfm.child")
+    log.setLevel(logging.INFO)
+    log.addHandler(_Collect())
+    try:
+        conn.send(("ok", run_sfm(image_dir, names, work, cfg, log), lines))
+    except Exception as e:  # InputError and the like: the parent raises it as if SfM had run there
+        conn.send(("error", e, lines))
+    finally:
+        conn.close()
+
+
+def run_sfm_isolated(image_dir: Path, names: list[str], work: Path, cfg: SfmSettings,
+                     log: logging.LoggerAdapter | logging.Logger,
+                     check: Callable[[float], None] = lambda f: None) -> SfmResult:
+    """:func:`run_sfm` in a child process (spawned, so it starts clean).
+
+    COLMAP's native libraries (their own OpenMP runtime, CUDA 12 runtime and crash handlers in the CUDA build) must
+    not share a process with torch: measured on an H200, the first multi-threaded torch CPU operation after GPU SfM
+    in the same process crashed the worker. The child also keeps a COLMAP crash from taking the job's worker down.
+    ``check`` is polled while it runs; when it raises (a CANCEL file, a shutdown) the child is killed."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_sfm_child, args=(send, image_dir, names, work, cfg), name="hotmesh-sfm")
+    proc.start()
+    send.close()
+    t0 = time.monotonic()
+    try:
+        while True:
+            # polled before every wait, so a cancel that is already pending stops the child even when SfM is quick;
+            # progress is not reported from the child: time is the best guess (most SfM runs take 10-90 s)
+            check(min(0.9, (time.monotonic() - t0) / 120.0))
+            if recv.poll(0.5):
+                break
+            if not proc.is_alive() and not recv.poll(0):
+                raise RuntimeError(f"structure from motion crashed (COLMAP's process ended with code "
+                                   f"{proc.exitcode}); retry the job, and if it crashes again, run it with "
+                                   f"sfm.device = cpu")
+        status, payload, lines = recv.recv()
+    except BaseException:
+        proc.kill()
+        raise
+    finally:
+        proc.join(timeout=10)
+        recv.close()
+    for line in lines:
+        level, _, msg = line.partition(" ")
+        log.log(getattr(logging, level, logging.INFO), "%s", msg)
+    if status == "error":
+        raise payload
+    return payload

@@ -1,0 +1,306 @@
+"""Dense geometry from the photos: multi-view stereo depth maps fused into a closed surface.
+
+The object is told apart from the table and the room by the SfM object region (a sphere around the object's sparse
+points), the support plane it stands on and the depth maps themselves, not by masks the user must make:
+
+1. depth maps of every training view by plane sweep (:mod:`pipeline.geometry.mvs`), out to the room behind the object,
+   kept where neighbouring views agree; views in which the object is cut by the border contribute what they see;
+2. the support plane is refitted to the dense points near the sparse estimate;
+3. the box to mesh is the dense points' extent above the plane, inside the region;
+4. silhouettes: given masks where the user gave them, else GrabCut seeded by what the depth maps saw
+   (:mod:`pipeline.geometry.silhouettes`), made consistent across views; they close the surface where stereo measured
+   nothing (untextured parts), like a visual hull;
+5. TSDF fusion over the box (:mod:`pipeline.geometry.fusion`): measured surfaces replace the hull, measured free space
+   carves what the hull cannot (cavities, gaps between parts); the base is cut flat at the plane;
+6. marching cubes, the largest piece, light Taubin smoothing, decimation.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import cv2
+import numpy as np
+import torch
+import trimesh
+
+from pipeline.cameras.cameras import camera_centers
+from pipeline.geometry.carve import CarveSettings, hull_field, mask_sdf
+from pipeline.context import JobError
+from pipeline.geometry.fusion import Grid, combined_field, fuse
+from pipeline.geometry.meshing import MeshingSettings, clean_mesh, marching_cubes
+from pipeline.geometry.mvs import DepthMap, MvsSettings, backproject, depth_maps, depth_range, neighbour_views, to_gray
+from pipeline.imaging.render import reduced_camera
+from pipeline.geometry.scene import ObjectRegion, fit_ground_plane
+from pipeline.geometry.silhouettes import SilhouetteSettings, photo_silhouettes
+
+
+@dataclass(frozen=True)
+class DenseSettings:
+    mvs: MvsSettings = field(default_factory=MvsSettings)
+    silhouettes: SilhouetteSettings = field(default_factory=SilhouetteSettings)
+    resolution: int = 512  # TSDF voxels along the longest side of the object's box
+    trunc_voxels: float = 3.0  # TSDF truncation, voxels
+    min_band: float = 1.0  # summed match scores of surface measurements that replace the hull (about 2 views)
+    min_free: float = 1.5  # summed scores of free-space evidence that carves inside the hull
+    hull_outlier_fraction: float = 0.03  # views allowed to disagree with a hull voxel (at most 2)
+    base_margin_voxels: float = 1.0  # the base is cut this far above the support plane
+    box_margin: float = 0.04  # fraction of the object's size added around the dense points' extent
+    # estimated silhouettes miss thin or dark parts (horns, legs on a dark table): the fused box reaches this fraction
+    # of the object's size beyond their hull (inside the dense points' box), and surfaces measured with at least
+    # override_band of match score stand even outside that hull (None: the estimated hull is a hard limit);
+    # measured in docs/design.md (Fusion)
+    box_reach: float = 0.12
+    override_band: float | None = 1.0
+    smoothing_iterations: int = 3
+    max_faces: int = 200_000
+    max_points: int = 1_000_000  # fused points kept for points.ply
+
+
+@dataclass(frozen=True)
+class DenseResult:
+    """mesh in world units; points (P, 3) float32 and colors (P, 3) uint8: consistent depth samples above the support;
+    support: the refitted plane (unit n, d) or None; masks: N (H_i, W_i) bool, the silhouettes used (given or
+    estimated); estimated: N bool, which of them were estimated; stats: numbers for the report."""
+
+    mesh: trimesh.Trimesh
+    points: np.ndarray
+    colors: np.ndarray
+    support: tuple[np.ndarray, float] | None
+    masks: list[np.ndarray]
+    estimated: list[bool]
+    stats: dict
+
+
+def refit_support(points: np.ndarray, support: tuple[np.ndarray, float], band: float
+                  ) -> tuple[np.ndarray, float] | None:
+    """Least-squares plane through the dense points within ``band`` of the sparse support plane (RANSAC first, so
+    the object's own base does not tilt it). points (P, 3) world. None when too few points lie near it."""
+    n, d = np.asarray(support[0], dtype=np.float64), float(support[1])
+    near = np.abs(points @ n - d) < band
+    if near.sum() < 200:
+        return None
+    sample = points[near]
+    if len(sample) > 200_000:
+        sample = sample[np.random.default_rng(0).choice(len(sample), 200_000, replace=False)]
+    fit = fit_ground_plane(sample, n, threshold=0.1 * band, max_tilt_deg=10.0)
+    if fit is None:
+        return None
+    n2, d2, inliers = fit
+    if inliers.sum() < 100:
+        return None
+    return n2, d2
+
+
+def find_walls(points: np.ndarray, region: ObjectRegion, planes: list[tuple[np.ndarray, float]],
+               centers: np.ndarray, object_points: np.ndarray | None = None,
+               max_walls: int = 2) -> list[tuple[np.ndarray, float]]:
+    """Large flat surfaces near the object besides its support (a wall right behind it, a second table edge): RANSAC
+    planes through the dense points near the region that hold a big share of them, spread wider than the object,
+    with every camera on one side, and not cutting through the object (``object_points`` (Q, 3), the SfM points
+    that belong to it, stay in front). Each is returned as (unit n, d) with the cameras on the side n·x > d.
+    points (P, 3); planes: the ones already known (excluded); centers (N, 3) camera centres."""
+    r = region.radius
+    near = np.linalg.norm(points - region.center, axis=1) < 1.5 * r
+    for n, d in planes:
+        near &= points @ n - d > 0.03 * r
+    pts = points[near]
+    if len(pts) > 100_000:
+        pts = pts[np.random.default_rng(1).choice(len(pts), 100_000, replace=False)]
+    walls: list[tuple[np.ndarray, float]] = []
+    for _ in range(max_walls):
+        if len(pts) < 500:
+            break
+        fit = fit_ground_plane(pts, region.up, threshold=0.01 * r, max_tilt_deg=90.0, seed=len(walls))
+        if fit is None:
+            break
+        n, d, inl = fit
+        if inl.sum() < 0.1 * len(pts):
+            break
+        side = centers @ n - d
+        if (side < 0).mean() > 0.5:
+            n, d, side = -n, -d, -side
+        # a real surface: every camera in front of it, and far wider than the object
+        a = np.cross(n, [1.0, 0, 0] if abs(n[0]) < 0.9 else [0, 1.0, 0])
+        a /= np.linalg.norm(a)
+        b = np.cross(n, a)
+        q = pts[inl]
+        spread = min(np.ptp(q @ a), np.ptp(q @ b))
+        cuts_object = (object_points is not None and len(object_points) >= 10
+                       and (object_points @ n - d < -0.02 * r).mean() > 0.05)
+        if not (side > 0).all() or spread < r or cuts_object:
+            break
+        walls.append((n, float(d)))
+        pts = pts[~inl]
+    return walls
+
+
+def object_box(points: np.ndarray, region: ObjectRegion, planes: list[tuple[np.ndarray, float]],
+               margin: float) -> tuple[np.ndarray, np.ndarray]:
+    """Axis-aligned box (lo, hi) around the dense points that belong to the object: inside the region's sphere and
+    in front of the support and walls; robust percentiles, grown by ``margin`` of the extent. points (P, 3)."""
+    keep = np.linalg.norm(points - region.center, axis=1) < region.radius
+    for n, d in planes:
+        keep &= points @ n - d > 0.02 * region.radius
+    p = points[keep]
+    r = region.radius
+    if len(p) < 100:
+        return region.center - r, region.center + r
+    lo, hi = np.percentile(p, 0.2, axis=0), np.percentile(p, 99.8, axis=0)
+    grow = margin * float((hi - lo).max()) + 1e-9
+    lo, hi = lo - grow, hi + grow
+    # never beyond the region's own box
+    return np.maximum(lo, region.center - r), np.minimum(hi, region.center + r)
+
+
+def _colors_of(dm: DepthMap, idx: np.ndarray, rgb: np.ndarray) -> np.ndarray:
+    H, W = dm.depth.shape
+    small = rgb if rgb.shape[:2] == (H, W) else cv2.resize(rgb, (W, H), interpolation=cv2.INTER_AREA)
+    return small.reshape(-1, 3)[idx]
+
+
+def dense_geometry(images: list[np.ndarray], masks: list[np.ndarray | None], Ks: np.ndarray, w2cs: np.ndarray,
+                   region: ObjectRegion, s: DenseSettings, device: str = "cpu",
+                   sparse: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                   check: Callable[[float], None] = lambda f: None) -> DenseResult:
+    """Closed surface of the object from posed photos.
+
+    images: N (H_i, W_i, 3) uint8; masks: N (H_i, W_i) bool or None (depths only inside a given mask);
+    Ks (N, 3, 3) for those images; w2cs (N, 4, 4) OpenCV; region: the object's sphere, up and support plane;
+    sparse: optional (points (P, 3), obs_view (M,), obs_point (M,)) SfM observations for choosing neighbours."""
+    n = len(images)
+    if not (len(masks) == len(Ks) == len(w2cs) == n) or n < 2:
+        raise ValueError("dense_geometry needs >= 2 views with one mask entry, K and pose each")
+    t0 = time.monotonic()
+    grays, Kd, dmasks = [], [], []
+    for img, K, m in zip(images, Ks, masks):
+        H, W = img.shape[:2]
+        k2, w, h = reduced_camera(K, W, H, s.mvs.max_side)
+        grays.append(to_gray(img, w, h))
+        Kd.append(k2)
+        dmasks.append(None if m is None else cv2.resize(m.astype(np.uint8), (w, h),
+                                                        interpolation=cv2.INTER_NEAREST) > 0)
+    Kd_a = np.array(Kd)
+    pts, ov, op = sparse if sparse is not None else (None, None, None)
+    nbrs = neighbour_views(w2cs, pts, ov, op, s.mvs.neighbours, region.center)
+    ranges = [depth_range(w, region.center, region.radius) for w in w2cs]
+    dms = depth_maps(grays, Kd_a, w2cs, ranges, nbrs, s.mvs, device,
+                     masks=None if all(m is None for m in dmasks) else dmasks, check=lambda f: check(0.7 * f))
+    t_mvs = time.monotonic() - t0
+    cloud, cols = [], []
+    for dm, img in zip(dms, images):
+        p, idx = backproject(dm)
+        cloud.append(p)
+        cols.append(_colors_of(dm, idx, img))
+    points = np.concatenate(cloud) if cloud else np.zeros((0, 3))
+    colors = np.concatenate(cols) if cols else np.zeros((0, 3), np.uint8)
+    if len(points) < 1000:
+        raise JobError(f"multi-view stereo found only {len(points)} consistent surface points: the photos share too "
+                       "little texture or overlap. Photograph the object from more directions (every 10-15 degrees), "
+                       "sharp and well lit; plain, shiny or transparent objects need masks (masks/<image>.png)")
+    support = region.ground
+    refit = None
+    if support is not None:
+        refit = refit_support(points, support, band=0.06 * region.radius)
+        support = refit if refit is not None else support
+    centers = camera_centers(w2cs)
+    planes = [] if support is None else [support]
+    obj_pts = None
+    if sparse is not None and len(region.object_points) == len(sparse[0]) and region.object_points.any():
+        obj_pts = sparse[0][region.object_points]
+    walls = find_walls(points, region, planes, centers, obj_pts)
+    planes += walls
+    lo, hi = object_box(points, region, planes, s.box_margin)
+    check(0.6)
+    t1 = time.monotonic()
+    estimated = [m is None for m in masks]
+    sil = list(masks)
+    if any(estimated):
+        pick = [i for i in range(n) if estimated[i]]
+        found = photo_silhouettes([images[i] for i in pick], [dms[i] for i in pick], Ks[pick], w2cs[pick], lo, hi,
+                                  planes, s.silhouettes, device, check=lambda f: check(0.6 + 0.15 * f))
+        for i, m in zip(pick, found):
+            sil[i] = m
+    t_sil = time.monotonic() - t1
+    # the silhouettes bound the object far more tightly than the points do (clutter near it, the table's edge)
+    box = (lo, hi)
+    lo, hi = hull_box(sil, Ks, w2cs, box, support, s.box_margin, s.hull_outlier_fraction, device)
+    voxel = float((hi - lo).max()) / s.resolution
+    if any(estimated) and s.box_reach > 0:
+        reach = s.box_reach * float((hi - lo).max())
+        lo, hi = np.maximum(lo - reach, box[0]), np.minimum(hi + reach, box[1])
+    grid = Grid.over_box(lo, hi, int(round(float((hi - lo).max()) / voxel)))
+    trunc = s.trunc_voxels * grid.voxel
+    check(0.75)
+    tsdf = fuse(dms, grid, trunc, device=device, check=lambda f: check(0.75 + 0.1 * f))
+    hull = grid_hull(grid, Ks, w2cs, sil, s.hull_outlier_fraction, device)
+    # estimated silhouettes can be a little off: the hull is a hard limit only where the user drew the masks
+    slack = trunc if any(estimated) else 0.0
+    field_ = combined_field(tsdf, hull, s.min_band, s.min_free, slack, planes, s.base_margin_voxels * grid.voxel,
+                            override_band=s.override_band if any(estimated) else None)
+    check(0.92)
+    raw = marching_cubes(field_ * trunc, grid.origin, grid.voxel)
+    mesh = clean_mesh(raw, MeshingSettings(smoothing_iterations=s.smoothing_iterations, max_faces=s.max_faces))
+    check(0.98)
+    above = np.ones(len(points), dtype=bool)
+    for n_, d_ in planes:
+        above &= points @ n_ - d_ > 0
+    inbox = np.all((points >= lo) & (points <= hi), axis=1) & above
+    keep = np.flatnonzero(inbox)
+    if len(keep) > s.max_points:
+        keep = np.random.default_rng(0).choice(keep, s.max_points, replace=False)
+    coverage = [float((dm.depth > 0).mean()) for dm in dms]
+    stats = {"views": n, "depth_size": [int(grays[0].shape[1]), int(grays[0].shape[0])],
+             "planes": s.mvs.planes, "neighbours": s.mvs.neighbours, "window": s.mvs.window,
+             "depth_pixels_mean": round(float(np.mean(coverage)), 4), "points": int(len(points)),
+             "grid": list(grid.dims), "voxel": grid.voxel, "trunc": trunc,
+             "support_refit": refit is not None, "walls": len(walls), "raw_faces": int(len(raw.faces)),
+             "faces": int(len(mesh.faces)),
+             "watertight": bool(mesh.is_watertight),
+             "seconds": {"depth_maps": round(t_mvs, 2), "fusion_meshing": round(time.monotonic() - t0 - t_mvs, 2)}}
+    stats["seconds"]["silhouettes"] = round(t_sil, 2)
+    stats["estimated_silhouettes"] = int(sum(estimated))
+    return DenseResult(mesh=mesh, points=points[keep].astype(np.float32), colors=colors[keep].astype(np.uint8),
+                       support=support, masks=[np.asarray(m, dtype=bool) for m in sil], estimated=estimated,
+                       stats=stats)
+
+
+def hull_box(masks: list[np.ndarray], Ks: np.ndarray, w2cs: np.ndarray, bounds: tuple[np.ndarray, np.ndarray],
+             support: tuple[np.ndarray, float] | None, margin: float, outlier_fraction: float,
+             device: str) -> tuple[np.ndarray, np.ndarray]:
+    """The box (lo, hi) around a coarse visual hull of ``masks`` inside ``bounds``, grown by ``margin`` of its
+    size; ``bounds`` itself when the hull is empty."""
+    from pipeline.geometry.carve import carve
+
+    k = int(min(2, round(outlier_fraction * len(masks))))
+    try:
+        res = carve(Ks, w2cs, masks, CarveSettings(resolution=96, outlier_views=k), device=device, bounds=bounds,
+                    support=support)
+    except JobError:
+        return bounds
+    occ = np.argwhere(res.field < 0)
+    if len(occ) == 0:
+        return bounds
+    lo = res.origin + (occ.min(0) - 1) * res.voxel
+    hi = res.origin + (occ.max(0) + 1) * res.voxel
+    grow = margin * float((hi - lo).max())
+    return np.maximum(lo - grow, bounds[0]), np.minimum(hi + grow, bounds[1])
+
+
+def grid_hull(grid: Grid, Ks: np.ndarray, w2cs: np.ndarray, masks: list[np.ndarray], outlier_fraction: float,
+              device: str) -> np.ndarray:
+    """Visual-hull distance (world units, negative inside) at every voxel centre of ``grid``. (X, Y, Z) float32.
+    Ks (N, 3, 3) and masks N (H_i, W_i) bool at the same resolution; w2cs (N, 4, 4)."""
+    dev = torch.device(device)
+    sdfs = [torch.from_numpy(mask_sdf(m)).to(dev) for m in masks]
+    cs = CarveSettings(outlier_views=int(min(2, round(outlier_fraction * len(masks)))))
+    X, Y, Z = grid.dims
+    out = np.empty((X, Y, Z), dtype=np.float32)
+    Kt = torch.as_tensor(np.asarray(Ks), dtype=torch.float32, device=dev)
+    Wt = torch.as_tensor(np.asarray(w2cs), dtype=torch.float32, device=dev)
+    step = max(1, cs.chunk // (Y * Z))
+    for x0 in range(0, X, step):
+        x1 = min(X, x0 + step)
+        out[x0:x1] = hull_field(grid.points(x0, x1, dev), Kt, Wt, sdfs, cs).reshape(x1 - x0, Y, Z).cpu().numpy()
+    return out

@@ -1,0 +1,105 @@
+"""Object silhouettes from the photos alone, seeded by multi-view stereo.
+
+Depth maps say, pixel by pixel, what a view sees: a surface inside the object's box and above its support plane
+(the object), the table or anything outside the box, or the room far beyond (background). Those pixels seed
+GrabCut as sure foreground and sure background; GrabCut's colour models then decide the pixels stereo could not
+measure (a white, untextured body, a plain wall). The masks are made to agree across views by the hull round of
+:func:`pipeline.geometry.automask.consistent_masks`. Views in which the object is cut by the border, or whose camera is
+inside the object's box, need no special case: only what a view shows is labelled.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from pipeline.geometry.automask import (AutoMaskSettings, consistent_masks, grabcut, keep_seeded, parallel_map,
+                               working_copies)
+from pipeline.geometry.mvs import DepthMap, backproject
+
+
+@dataclass(frozen=True)
+class SilhouetteSettings:
+    work_size: int = 480  # long side GrabCut runs at
+    iterations: int = 5
+    fg_erode: float = 0.006  # sure-foreground seeds pulled back from their edge (fraction of the long side):
+    # a matching window straddling the object's outline lends the object's depth to background pixels
+    reach: float = 0.04  # probable foreground: this far (fraction of the long side) around the seeds
+    base_margin: float = 0.02  # seeds this close to the support plane (fraction of the box) are not object
+    hull_resolution: int = 128
+    hull_outlier_fraction: float = 0.15
+    band: float = 0.03
+
+
+def seed_labels(dm: DepthMap, shape: tuple[int, int], lo: np.ndarray, hi: np.ndarray,
+                planes: list[tuple[np.ndarray, float]], s: SilhouetteSettings) -> np.ndarray:
+    """GrabCut labels (h, w) uint8 at ``shape`` from one depth map, the object's box (lo, hi (3,) world) and the
+    surfaces it stands on or in front of (``planes``: (n, d), cameras where n·x > d)."""
+    Hd, Wd = dm.depth.shape
+    size = float(np.max(hi - lo))
+    pts, idx = backproject(dm)
+    inside = np.all((pts >= lo) & (pts <= hi), axis=1)
+    for n, d in planes:
+        inside &= pts @ n - d > s.base_margin * size
+    fg = np.zeros(Hd * Wd, dtype=np.uint8)
+    bg = np.zeros(Hd * Wd, dtype=np.uint8)
+    fg[idx[inside]] = 1
+    bg[idx[~inside]] = 1
+    if dm.free is not None:
+        bg[dm.free.reshape(-1) > 0] = 1
+    h, w = shape
+    fg_s = cv2.resize(fg.reshape(Hd, Wd), (w, h), interpolation=cv2.INTER_NEAREST)
+    bg_s = cv2.resize(bg.reshape(Hd, Wd), (w, h), interpolation=cv2.INTER_NEAREST)
+    e = max(1, int(round(s.fg_erode * max(h, w))))
+    sure_fg = cv2.erode(fg_s, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * e + 1, 2 * e + 1))) > 0
+    r = max(2, int(round(s.reach * max(h, w))))
+    near_fg = cv2.dilate(fg_s, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))) > 0
+    labels = np.full((h, w), cv2.GC_PR_BGD, dtype=np.uint8)
+    labels[near_fg] = cv2.GC_PR_FGD
+    labels[bg_s > 0] = cv2.GC_BGD
+    labels[sure_fg & (bg_s == 0)] = cv2.GC_FGD
+    return labels
+
+
+def box_outline(lo: np.ndarray, hi: np.ndarray, K: np.ndarray, w2c: np.ndarray, shape: tuple[int, int]
+                ) -> np.ndarray | None:
+    """(h, w) bool: the image of the box (lo, hi), or None when the camera is too close to it to say (a corner
+    behind the camera)."""
+    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    cam = corners @ w2c[:3, :3].T + w2c[:3, 3]
+    if (cam[:, 2] <= 1e-6).any():
+        return None
+    uv = (cam[:, :2] / cam[:, 2:3]) @ K[:2, :2].T + K[:2, 2]
+    out = np.zeros(shape, dtype=np.uint8)
+    cv2.fillConvexPoly(out, cv2.convexHull(np.round(uv).astype(np.int32)), 1)
+    return out > 0
+
+
+def photo_silhouettes(rgbs: list[np.ndarray], dms: list[DepthMap], Ks: np.ndarray, w2cs: np.ndarray,
+                      lo: np.ndarray, hi: np.ndarray, planes: list[tuple[np.ndarray, float]],
+                      s: SilhouetteSettings, device: str = "cpu",
+                      check: Callable[[float], None] = lambda f: None) -> list[np.ndarray]:
+    """Masks of the object for views at working resolution.
+
+    rgbs: N (H_i, W_i, 3) uint8; dms: their depth maps (any resolution); Ks (N, 3, 3) for rgbs; w2cs (N, 4, 4);
+    lo, hi: the object's box; planes: the table and walls it touches. Returns N (H_i, W_i) bool."""
+    if not (len(rgbs) == len(dms) == len(Ks) == len(w2cs)):
+        raise ValueError("photo_silhouettes needs one depth map, K and pose per image")
+    small, sKs = working_copies(rgbs, Ks, s.work_size)
+
+    def first_round(i: int) -> np.ndarray:
+        h, w = small[i].shape[:2]
+        labels = seed_labels(dms[i], (h, w), lo, hi, planes, s)
+        outline = box_outline(lo, hi, sKs[i], w2cs[i], (h, w))
+        if outline is not None:
+            labels[~outline] = cv2.GC_BGD
+        return keep_seeded(grabcut(small[i], labels, s.iterations), labels == cv2.GC_FGD)
+
+    first = parallel_map(first_round, len(small), lambda f: check(0.5 * f))
+    am = AutoMaskSettings(work_size=s.work_size, iterations=s.iterations, hull_resolution=s.hull_resolution,
+                          hull_outlier_fraction=s.hull_outlier_fraction, band=s.band)
+    return consistent_masks(rgbs, small, sKs, w2cs, first, am, device, bounds=(lo, hi),
+                            support=planes[0] if planes else None,
+                            check=lambda f: check(0.5 + 0.5 * f))

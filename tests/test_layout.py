@@ -1,0 +1,19 @@
+"""pipeline/ is layered by subject (docs/design.md): imports go one way, and the checker sees a wrong one."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.conftest import REPO
+from tools.layers import violations
+
+
+def test_pipeline_imports_go_one_way() -> None:
+    assert violations(REPO / "pipeline") == []
+
+
+def test_the_checker_finds_an_upward_import(tmp_path: Path) -> None:
+    (tmp_path / "geometry").mkdir()
+    (tmp_path / "geometry" / "x.py").write_text("from pipeline.report.grade import build_checks\nimport daemon.cli\n")
+    found = violations(tmp_path)
+    assert any("geometry imports pipeline.report.grade" in v for v in found)
+    assert any("pipeline imports daemon" in v for v in found)
