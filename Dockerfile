@@ -64,18 +64,20 @@ RUN python3 -m venv /opt/venv \
 # torch first, from the cu130 index (PyPI's default torch would be a different CUDA build).
 RUN pip install --no-cache-dir "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
 
-# Dependencies in their own layer: copy only pyproject.toml plus empty package folders and do the
-# editable install, so editing source does not re-download everything. The editable install
-# points at /opt/hotmesh, so the real source copied below is what gets imported.
+# Dependencies in their own layer: only pyproject.toml is copied, its dependency lists (with the gpu and ray
+# extras) are installed, so editing source does not re-download everything. No stub package folders: the package
+# list in pyproject.toml names every subpackage, and a stub tree falls behind it.
 WORKDIR /opt/hotmesh
 COPY pyproject.toml ./
-RUN mkdir -p daemon pipeline \
- && touch daemon/__init__.py pipeline/__init__.py \
- && pip install --no-cache-dir -e '.[gpu,ray]'
+RUN python3 -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + p['optional-dependencies']['gpu'] + p['optional-dependencies']['ray']))" \
+        > /tmp/requirements.txt \
+ && pip install --no-cache-dir -r /tmp/requirements.txt
 
-# The whole source tree stays in the image (editable install). A plain wheel install works too: the
-# report template and the 3-D viewer bundle are package data (pyproject.toml).
+# The whole source tree stays in the image (editable install, no dependency left to fetch). A plain wheel install
+# works too: the report template and the 3-D viewer bundle are package data (pyproject.toml).
 COPY . /opt/hotmesh
+RUN pip install --no-cache-dir --no-deps -e /opt/hotmesh
 # the report's 3-D viewer (<model-viewer>) ships inside the pipeline package (pipeline/vendor/model-viewer): no npm
 # Ubuntu 24.04 images ship a user "ubuntu" (uid/gid 1000); drop it so HOTMESH_UID=1000 also works.
 RUN chmod 0755 /opt/hotmesh/docker/entrypoint.sh \
