@@ -20,8 +20,12 @@ for t in "$REPO"/.carry/*.tar.xz; do
     stamp="$SITE/.$(basename "$t").done"
     [ -f "$stamp" ] || { tar -xJf "$t" -C "$SITE" && touch "$stamp"; }
 done
-if [ -d "$REPO/.carry/data" ]; then
-    cp -r "$REPO"/.carry/data/. "$DATA"/
+# data sets: every carried .carry/data*/ folder (one per call, so that each call carries only what is new)
+for d in "$REPO"/.carry/data*/; do
+    [ -d "$d" ] && cp -r "$d". "$DATA"/
+done
+if ! ls "$SITE"/.*.done >/dev/null 2>&1; then
+    echo "device.sh: no dependency tarballs unpacked on this machine: carry .carry/*.tar.xz in this call" >&2
 fi
 export PYTHONPATH="$REPO:$SITE${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export TORCH_EXTENSIONS_DIR=/tmp/torch_ext HOTMESH_TEST_DATA="$DATA"

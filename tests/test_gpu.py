@@ -174,4 +174,5 @@ def test_gpu_dense_job_on_a_capture_with_a_wall_behind(tmp_path: Path) -> None:
     assert stats["geometry"]["method"].startswith("dense multi-view stereo") and stats["geometry"]["note"] is None
     assert stats["refine"]["method"].startswith("differentiable rendering")
     assert stats["refine"]["estimated_silhouettes"] > 10 and stats["refine"]["view_gains"]
-    assert stats["quality"]["gt"]["fscore"] > 0.8, stats["quality"]["gt"]
+    assert stats["quality"]["gt"]["fscore"] > 0.8, (stats["quality"]["gt"], stats["geometry"]["dense"],
+                                                    stats["refine"]["losses"][-3:], stats["mesh"])
