@@ -26,7 +26,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from daemon.config import Settings
-from daemon.intake import Decision, Settler, dir_stamp, fingerprint, snapshot
+from daemon.intake import Decision, Settler, dir_stamp, fingerprint, linked_folder_message, shown, snapshot
 from daemon.ops import Notifier, apply_retention, check_disk, estimate_job_bytes, plan_retention, serve_http
 from daemon.ledger import FolderJob, Job, Ledger, LedgerError
 from daemon.states import JobState
@@ -86,6 +86,7 @@ class Daemon:
         self._stamped = float("-inf")  # when the stamps were last taken (every intake.rescan_seconds)
         # folder -> (its job's fingerprint, content already answered for): valid while the job's is unchanged
         self._acknowledged: dict[str, tuple[str, str]] = {}
+        self._links_told: set[str] = set()  # inbox links to folders already refused (log line + ledger event)
 
     # -- life cycle ---------------------------------------------------------------------------------
 
@@ -409,6 +410,7 @@ class Daemon:
             self._ledger_down(e)
             return
         decisions = self.settler.scan(self.paths.inbox, set(jobs), baselines=self._baselines(jobs))
+        self._refuse_links(self.settler.linked)
         for d in decisions:
             if d.changed:
                 self._folder_changed(jobs[d.folder], d)
@@ -426,6 +428,17 @@ class Daemon:
                 continue
             log.info("[job %s] queued from %s", job.id, d.folder)
             self._status(job)
+
+    def _refuse_links(self, linked: set[str]) -> None:
+        """Inbox entries that are links to folders are never jobs: say so once per link (log line and ledger
+        event, with what to do); a link removed and made again is told again."""
+        self._links_told &= linked
+        for name in sorted(linked - self._links_told):
+            message = linked_folder_message(name)
+            log.warning("%s", message)
+            self._write("link event", None,
+                        lambda ledger, m=message, n=name: ledger.event(None, "link-refused", m, {"folder": n}))
+            self._links_told.add(name)  # written now or kept in order: either way, told once
 
     def _baselines(self, jobs: dict[str, FolderJob]) -> dict[str, str]:
         """Finished jobs' folders to watch for new content, with the fingerprint to compare against.
@@ -658,7 +671,8 @@ class Daemon:
             photos = []
             if end == JobState.FAILED:
                 try:
-                    photos = photo_diagnostics(self.paths.inbox / job.folder, self.paths.work_dir(job.id))
+                    photos = photo_diagnostics(self.paths.inbox / job.folder, self.paths.work_dir(job.id),
+                                               limits=self.settings.pipeline.limits)
                 except Exception as e:  # the diagnosis is a courtesy: it must never take the daemon down
                     log.warning("[job %s] photo diagnostics failed: %s", job.id, e)
             write_failure_report(out, job.id, job.folder, end.value, scrub(message, self.settings.secrets()),

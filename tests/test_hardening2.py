@@ -1,0 +1,147 @@
+"""Issue 27, hardening second round: each fault an adversarial run found, reproduced first, then shown handled.
+
+Real file-system objects (FIFOs, symbolic links, a second daemon on the same inbox); whatever could hang runs in a
+thread with a generous bound, so a regression fails the test instead of hanging the suite.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from daemon.states import JobState
+from daemon.worker import Paths
+from pipeline.context import InputError
+from tests.conftest import TINY_SETTINGS, drop, set_args, tiny_job, wait_for
+from tests.faults import OpenWatch
+from tests.test_hardening import NoSlots, OneSlot, _ctx, _paths, _settings, inproc_daemon, ticks  # noqa: F401
+
+BOUND = 60.0  # seconds a call that must not block may take under a loaded CPU before the test calls it hung
+
+
+def bounded(fn: Callable[[], Any], what: str, timeout: float = BOUND) -> Any:
+    """``fn()`` in a daemon thread; fails the test (instead of hanging it) when it does not return in time."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # handed to the test below
+            box["error"] = e
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        pytest.fail(f"{what} blocked for more than {timeout:.0f}s")
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+def unblock_fifo(path: Path) -> None:
+    """Free whatever a failed test left blocked on the FIFO (a reader waits for a writer)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        os.close(fd)
+    except OSError:
+        pass
+
+
+# -- 1. FIFOs (and other special files) in a job folder -----------------------------------------------------
+
+
+def test_fifo_in_a_job_folder_never_blocks_the_daemon_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`mkfifo inbox/job/extra.jpg` blocked the daemon's loop in the disk guard's header read: no later folder
+    became a job and SIGTERM never ended it. Now the loop goes on and the later folder is queued."""
+    from daemon.service import Daemon
+
+    paths = _paths(tmp_path)
+    executor = OneSlot()
+    monkeypatch.setattr(Daemon, "_make_executor", lambda self: executor)
+    tiny_job(paths.inbox / "apple", views=6, size=48)
+    fifo = paths.inbox / "apple" / "images" / "extra.jpg"
+    os.mkfifo(fifo)
+    d = Daemon(paths, _settings(intake={"settle_seconds": 0.2, "rescan_seconds": 0.2}), gpus="cpu")
+    d.start()
+    try:
+        bounded(lambda: ticks(d, 0.5), "intake of a folder holding a FIFO")
+        assert d.ledger.get("apple").state == JobState.QUEUED
+        executor.open = True  # the disk guard now estimates the job: it reads image headers
+        bounded(lambda: ticks(d, 0.3), "the disk guard on a folder holding a FIFO")
+        assert [j.id for j in executor.submitted] == ["apple"]
+        tiny_job(paths.inbox / "later", views=4, size=48)
+        bounded(lambda: ticks(d, 0.6), "intake after the FIFO folder")
+        assert d.ledger.get("later") is not None, "a later folder did not become a job"
+    finally:
+        unblock_fifo(fifo)
+        d.stop()
+
+
+def test_fifo_and_socket_in_a_job_folder_are_refused_unopened_at_ingest(tmp_path: Path) -> None:
+    """`mkfifo inbox/job/notes.txt` blocked the worker in ingest (read_head) where a CANCEL could not reach it.
+    Now ingest lists each special entry as not used, with its kind and what to do, and opens none of them."""
+    import socket
+
+    from pipeline.stages.ingest import IngestStage, Manifest
+
+    job = tiny_job(tmp_path / "inbox" / "pear", views=8, size=48)
+    fifos = [job / "notes.txt", job / "images" / "extra.jpg", job / "masks.png"]
+    for f in fifos:
+        os.mkfifo(f)
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(job / "control.sock"))
+    # a transforms.json frame naming a FIFO: the image validator must not open it either
+    meta = json.loads((job / "transforms.json").read_text())
+    meta["frames"].append(dict(meta["frames"][0], file_path="images/extra.jpg"))
+    (job / "transforms.json").write_text(json.dumps(meta))
+    try:
+        with pytest.raises(InputError) as err:  # one listed frame is unusable, so ingest may still pass: see below
+            bounded(lambda: IngestStage().run(_ctx(job, tmp_path / "work", _settings(limits={"min_images": 99})),
+                                              tmp_path / "out0"), "ingest of a folder holding FIFOs")
+        assert "named pipe (FIFO)" in str(err.value)  # the failure message lists the files not used
+        out = tmp_path / "out"
+        out.mkdir()
+        bounded(lambda: IngestStage().run(_ctx(job, tmp_path / "work", _settings()), out), "ingest with FIFOs")
+    finally:
+        for f in fifos:
+            unblock_fifo(f)
+        sock.close()
+    rejected = {r.file: r.reason for r in Manifest.load(out).rejected}
+    for name in ("notes.txt", "images/extra.jpg", "masks.png"):
+        assert "is a named pipe (FIFO), not a regular file" in rejected[name] and "remove it" in rejected[name], rejected
+    assert "is a socket" in rejected["control.sock"]
+    assert len(Manifest.load(out).frames) == 8
+
+
+def test_fifo_job_runs_and_sigterm_ends_the_daemon(daemon_factory, tmp_path: Path) -> None:
+    """End to end with a real daemon: the job holding FIFOs ends done, its report lists them under "Files not
+    used", a CANCEL-free second folder is processed after it, and SIGTERM ends the daemon."""
+    d = daemon_factory(*set_args(*TINY_SETTINGS)).start()
+    src = tiny_job(tmp_path / "staging" / "fig", views=8, size=48)
+    os.mkfifo(src / "images" / "extra.jpg")
+    os.mkfifo(src / "notes.txt")
+    src.rename(d.inbox / "fig")  # moved in with one rename (copytree cannot copy a FIFO)
+    drop(tiny_job(tmp_path / "src" / "kiwi", views=8, size=48), d.inbox)
+    try:
+        fig = d.wait_state("fig", timeout=300)
+        kiwi = d.wait_state("kiwi", timeout=300)
+    finally:
+        for f in ("images/extra.jpg", "notes.txt"):
+            unblock_fifo(d.inbox / "fig" / f)
+    assert fig["state"] == "done" and kiwi["state"] == "done", (fig, kiwi)
+    report = (d.outbox / "fig" / "report.html").read_text()
+    assert "Files not used" in report and "named pipe (FIFO)" in report
+    t0 = time.monotonic()
+    assert d.stop(timeout=60) == 0
+    assert time.monotonic() - t0 < 60
