@@ -145,3 +145,87 @@ def test_fifo_job_runs_and_sigterm_ends_the_daemon(daemon_factory, tmp_path: Pat
     t0 = time.monotonic()
     assert d.stop(timeout=60) == 0
     assert time.monotonic() - t0 < 60
+
+
+# -- 2. files outside the inbox -------------------------------------------------------------------------------
+
+
+def test_linked_job_folder_is_refused_without_opening_anything_behind_it(tmp_path: Path, inproc_daemon,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """`ln -s /some/where inbox/linked_job` was processed as a job: every file behind the link was opened and a
+    mesh published. Now it is no job; a log line and a ledger event say to copy the folder in instead."""
+    paths = _paths(tmp_path)
+    outside = tiny_job(tmp_path / "elsewhere" / "scan", views=6, size=48)
+    (paths.inbox / "linked_job").symlink_to(outside)
+    with OpenWatch(outside) as opened, caplog.at_level(logging.WARNING, logger="hotmesh.daemon"):
+        d = inproc_daemon(paths)
+        ticks(d, 1.0)
+        executor_free = d.executor.free_slot()  # NoSlots: nothing runs; the refusal is the intake's
+        tiny_job(paths.inbox / "real", views=4, size=48)  # an ordinary folder beside it still becomes a job
+        ticks(d, 0.8)
+    assert executor_free is None
+    assert d.ledger.get("linked_job") is None and d.ledger.by_folder("linked_job") is None
+    assert d.ledger.get("real") is not None
+    events = [e for e in d.ledger._read("SELECT * FROM events WHERE kind = 'link-refused'")]
+    assert len(events) == 1, events  # once, not once per scan
+    assert "Copy the folder into the inbox instead of linking it" in events[0]["message"]
+    assert any("symbolic link to a folder" in r.getMessage() for r in caplog.records)
+    assert opened.files == [], opened.files
+
+
+def test_failure_report_never_opens_files_ingest_refused_as_links(tmp_path: Path) -> None:
+    """A linked images/ folder or image file was refused at ingest, but the failure report then opened every
+    linked photo for its thumbnail and sharpness (what `bench/chaos.py` saw as files opened outside the inbox)."""
+    from pipeline.runner import run_job
+
+    settings = _settings()
+    outside = tiny_job(tmp_path / "elsewhere", views=8, size=48)
+    linked_dir = tiny_job(tmp_path / "inbox" / "linkdir", views=8, size=48)
+    shutil.rmtree(linked_dir / "images")
+    (linked_dir / "images").symlink_to(outside / "images")
+    linked_file = tiny_job(tmp_path / "inbox" / "linkfile", views=8, size=48)
+    first = sorted((linked_file / "images").iterdir())[0]
+    first.unlink()
+    first.symlink_to(outside / "images" / first.name)
+    unposed = tmp_path / "inbox" / "unposed"  # no poses: the report lists the folder's photos itself
+    shutil.copytree(linked_file / "images", unposed, symlinks=True)
+    outbox = tmp_path / "outbox"
+    with OpenWatch(outside) as opened:
+        outcomes = {job.name: run_job(_ctx(job, tmp_path / "work" / job.name, settings), "fp", outbox)
+                    for job in (linked_dir, linked_file, unposed)}
+    for name, outcome in outcomes.items():
+        assert outcome.state == "failed" and "symbolic link" in (outcome.error or ""), (name, outcome)
+        assert (outbox / name / "report.html").exists()
+    assert opened.files == [], opened.files
+    # the linked photo is in the report with the reason, and without a thumbnail
+    stats = json.loads((outbox / "unposed" / "stats.json").read_text())
+    linked = [p for p in stats["photos"] if p["name"] == first.name]
+    assert linked and "outside the job folder" in linked[0]["error"], stats["photos"]
+
+
+# -- 6. a failure report of huge photos ------------------------------------------------------------------------
+
+
+def test_failure_report_does_not_decode_photos_refused_for_their_size(tmp_path: Path) -> None:
+    """A job rejected in 0.01 s for a 144 MP image took 9.4 s more to decode it for the report's thumbnail, and
+    its duplicate was said to be "used instead" of it although it was rejected too."""
+    from pipeline.runner import run_job
+
+    job = tmp_path / "inbox" / "big"
+    job.mkdir(parents=True)
+    big = Image.fromarray(np.random.default_rng(0).integers(0, 255, (3000, 4000, 3), np.uint8))
+    big.save(job / "big0.png", compress_level=0)  # 12 MP: over the limit set below
+    shutil.copy(job / "big0.png", job / "big1.png")
+    settings = _settings(limits={"max_megapixels": 1})
+    t0 = time.monotonic()
+    outcome = run_job(_ctx(job, tmp_path / "work", settings), "fp", tmp_path / "outbox")
+    seconds = time.monotonic() - t0
+    assert outcome.state == "failed" and "over the 1 MP limit" in (outcome.error or "")
+    stats = json.loads((tmp_path / "outbox" / "big" / "stats.json").read_text())
+    photos = {p["name"]: p for p in stats["photos"]}
+    assert "over the 1 MP limit" in photos["big0.png"]["error"] and photos["big0.png"]["sharpness"] is None
+    assert "only big0.png is used" not in outcome.error
+    assert "big0.png is not used either" in outcome.error, outcome.error
+    # decoding one 12 MP PNG takes ~0.3 s here; the whole job, report included, stays well under a full decode
+    # of both under load (generous: a loaded CPU)
+    assert seconds < 30, seconds

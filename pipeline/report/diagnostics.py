@@ -70,8 +70,9 @@ class PhotoDiag:
 
 def list_photos(input_dir: Path) -> list[str]:
     """Image files of a job folder (images/ when there is one, else the top level), sorted, relative names. By
-    lstat only: a linked images/ folder or job folder is not listed, and linked or special files are left out
-    (ingest refuses links that leave the folder; a report must never open what ingest refused)."""
+    lstat only: a linked images/ folder or job folder is not listed, special files are left out, and linked
+    files are listed for :func:`refusal` to judge (ingest refuses links that leave the folder; a report must never
+    open what ingest refused)."""
     if input_dir.is_symlink():
         return []
     images = input_dir / "images"
@@ -80,7 +81,7 @@ def list_photos(input_dir: Path) -> list[str]:
         return []
     try:
         return sorted(str(p.relative_to(input_dir)) for p in root.iterdir()
-                      if regular_file(p, follow=False) and p.suffix.lower() in IMAGE_SUFFIXES
+                      if (regular_file(p, follow=False) or p.is_symlink()) and p.suffix.lower() in IMAGE_SUFFIXES
                       and not p.name.startswith("."))
     except OSError:
         return []
