@@ -36,6 +36,7 @@ from pipeline.context import CANCEL_MARKER
 
 log = logging.getLogger("hotmesh.daemon")
 DAEMON_STATUS = "_daemon.json"
+INBOX_LOCK = ".hotmesh.lock"  # in the inbox: hidden (a leading '.'), so never taken for a job folder
 
 
 class AlreadyRunning(RuntimeError):
@@ -68,6 +69,7 @@ class Daemon:
         self.executor: Executor | None = None
         self._relayed: set[str] = set()  # running jobs whose CANCEL was passed to the executor
         self._lock_fh: Any = None
+        self._inbox_lock_fh: Any = None
         self.retention_due = threading.Event()
         self.last_tick = time.monotonic()
         self.disk_ok = True
@@ -106,6 +108,34 @@ class Daemon:
         except OSError as e:
             log.warning("could not write the pid into %s: %s", self.paths.state / "daemon.lock", e)
 
+    def _acquire_inbox_lock(self) -> None:
+        """One inbox, one daemon: two daemons on one inbox with different state folders each made a job of every
+        folder (the second re-ran all the first had done). An exclusive flock on inbox/.hotmesh.lock (hidden, so
+        never a job) is held while the daemon runs; the kernel drops it when the process dies, so a crashed daemon
+        leaves nothing to clean up. A read-only inbox, where the file cannot be made, is locked through its
+        directory instead."""
+        path = self.paths.inbox / INBOX_LOCK
+        try:
+            fh: Any = open(path, "a+")
+        except OSError as e:
+            log.warning("cannot create %s (%s); locking the inbox folder itself", path, e.strerror or e)
+            fh = os.fdopen(os.open(self.paths.inbox, os.O_RDONLY | os.O_DIRECTORY), "rb")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            raise AlreadyRunning(f"another hotmesh daemon already watches the inbox {self.paths.inbox} (it holds "
+                                 f"{path}); stop it first, or give this one another --inbox. One inbox has one "
+                                 f"daemon: a second one would process the same folders again") from None
+        self._inbox_lock_fh = fh
+
+    def _release_locks(self) -> None:
+        for attr in ("_inbox_lock_fh", "_lock_fh"):
+            fh = getattr(self, attr)
+            if fh is not None:
+                fh.close()
+                setattr(self, attr, None)
+
     def request_stop(self, *_: Any) -> None:
         log.info("stop requested: finishing at the next checkpoint")
         self.stopping.set()
@@ -116,6 +146,11 @@ class Daemon:
         for d in (self.paths.inbox, self.paths.outbox, self.paths.state):
             d.mkdir(parents=True, exist_ok=True)
         self._acquire_lock()
+        try:
+            self._acquire_inbox_lock()
+        except AlreadyRunning:
+            self._release_locks()  # the state folder is free again for whoever holds the inbox
+            raise
         try:  # where the CLI (cancel, retry, logs, clean) finds this daemon's folders
             (self.paths.state / "paths.json").write_text(json.dumps({"inbox": str(self.paths.inbox),
                                                                      "outbox": str(self.paths.outbox)}))
@@ -191,9 +226,7 @@ class Daemon:
                       len(self._pending), self.ledger_problem, "; ".join(
                           f"{w.what} ({w.job_id})" if w.job_id else w.what for w in self._pending))
         self.ledger.close()
-        if self._lock_fh is not None:  # releases the state folder (for `hotmesh ledger rebuild`, or a new daemon)
-            self._lock_fh.close()
-            self._lock_fh = None
+        self._release_locks()  # the state folder (for `hotmesh ledger rebuild`, or a new daemon) and the inbox
         log.info("stopped")
 
     def run(self) -> None:

@@ -229,3 +229,27 @@ def test_failure_report_does_not_decode_photos_refused_for_their_size(tmp_path: 
     # decoding one 12 MP PNG takes ~0.3 s here; the whole job, report included, stays well under a full decode
     # of both under load (generous: a loaded CPU)
     assert seconds < 30, seconds
+
+
+# -- 3. one inbox, one daemon ----------------------------------------------------------------------------------
+
+
+def test_second_daemon_on_the_same_inbox_is_refused(daemon_factory, tmp_path: Path) -> None:
+    """A second daemon on the same inbox with another --state made a second job of every folder the first had
+    processed, and ran them. Now it stops at once with a sentence; the lock goes with the first daemon."""
+    first = daemon_factory().start()
+    wait_for(lambda: (first.inbox / ".hotmesh.lock").exists() and "watching" in first.log(), 120, "the first daemon")
+    tiny_job(first.inbox / "cow", views=4, size=48)  # a folder the second one must not make a job of
+    second = daemon_factory("--inbox", str(first.inbox), root=tmp_path / "second").start()
+    code = wait_for(lambda: second.proc.poll() is not None and second.proc.returncode or None, 120,
+                    "the second daemon to exit")
+    assert code == 3, second.log()
+    assert "another hotmesh daemon already watches the inbox" in second.log() and "--inbox" in second.log()
+    assert second.jobs() == {}
+    assert first.alive()
+    wait_for(lambda: "cow" in first.jobs(), 60, "the first daemon to take the folder")
+    assert ".hotmesh.lock" not in first.jobs()  # hidden: never a job
+    assert first.stop() == 0
+    third = daemon_factory("--inbox", str(first.inbox), root=tmp_path / "third").start()  # released on stop
+    wait_for(lambda: "watching" in third.log(), 120, "a daemon to take the released inbox")
+    assert third.alive()
