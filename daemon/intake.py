@@ -43,6 +43,23 @@ def snapshot(folder: Path) -> tuple[tuple[str, int, int], ...]:
     return tuple(sorted(entries))
 
 
+def changed_within(folder: Path, start: float, end: float) -> bool:
+    """Whether any file or folder under ``folder`` (itself included) was created or changed between the wall-clock
+    times ``start`` and ``end``, by its ctime (which, unlike the mtime, a copy that preserves times cannot set):
+    lstat only, links not followed."""
+    if folder.is_symlink():
+        return False
+    for root, dirs, files in os.walk(folder):
+        for name in [".", *dirs, *files]:
+            try:
+                ctime = (Path(root) / name).lstat().st_ctime
+            except OSError:
+                continue
+            if start <= ctime <= end:
+                return True
+    return False
+
+
 def fingerprint(snap: tuple[tuple[str, int, int], ...]) -> str:
     h = hashlib.sha256()
     for rel, size, mtime in snap:

@@ -26,7 +26,8 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from daemon.config import Settings
-from daemon.intake import Decision, Settler, dir_stamp, fingerprint, linked_folder_message, shown, snapshot
+from daemon.intake import (Decision, Settler, changed_within, dir_stamp, fingerprint, linked_folder_message, shown,
+                           snapshot)
 from daemon.ops import Notifier, apply_retention, check_disk, estimate_job_bytes, plan_retention, serve_http
 from daemon.ledger import FolderJob, Job, Ledger, LedgerError
 from daemon.states import JobState
@@ -519,6 +520,8 @@ class Daemon:
             return
         if d.cancelled:
             return  # a CANCEL in a finished job's folder: nothing to do
+        if job.state == JobState.DONE and self._rerun_grown(job, d):
+            return
         notice = redrop_notice(job, d.folder)
         log.warning("[job %s] %s", job.id, notice)
         self._write("re-drop event", job.id,
@@ -526,6 +529,34 @@ class Daemon:
         current = self._job(job.id)
         if current is not None:
             self._status(current, notice=notice)
+
+    def _rerun_grown(self, job: FolderJob, d: Decision) -> bool:
+        """A done job whose folder changed while it ran, or within intake.settle_seconds after it ended, ran on
+        part of a copy that was still going on (an unposed folder has no list of files to wait for): its result
+        does not describe the folder. Run it again with the whole folder, which has settled by now, rather than
+        refuse the rest as a re-drop. Bounded by jobs.max_attempts such reruns, so a folder something keeps
+        writing into cannot loop; after that the re-drop notice says what to do."""
+        current = self._job(job.id)
+        events = self.ledger.events(job.id)
+        claims = [e["ts"] for e in events if e["kind"] == "claimed"]
+        if current is None or current.finished is None or not claims:
+            return False
+        # from the start of the attempt that produced the result (the job's `started` is its first attempt's)
+        window = (max(claims), current.finished + self.settings.intake.settle_seconds)
+        if not changed_within(self.paths.inbox / d.folder, *window):
+            return False  # changed only after the job had ended: a re-drop
+        if sum(1 for e in events if e["kind"] == "input-grew") >= self.settings.jobs.max_attempts:
+            return False
+        reason = (f"the inbox folder {shown(d.folder)} gained or changed files while its job ran (a copy still going "
+                  f"on when it started), so the result covered only part of it; running it again with the whole "
+                  f"folder")
+        log.warning("[job %s] %s", job.id, reason)
+        self._estimates.pop(job.id, None)
+        self._change("rerun", dataclasses.replace(current, state=JobState.QUEUED, attempts=0, error=None, finished=None,
+                                                   fingerprint=d.fingerprint),
+                     lambda ledger: ledger.retry(job.id, reason, fingerprint=d.fingerprint, kind="input-grew"))
+        self._acknowledged.pop(d.folder, None)
+        return True
 
     def _cancel_queued(self) -> None:
         for job in self.ledger.jobs(JobState.QUEUED):

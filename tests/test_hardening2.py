@@ -253,3 +253,91 @@ def test_second_daemon_on_the_same_inbox_is_refused(daemon_factory, tmp_path: Pa
     third = daemon_factory("--inbox", str(first.inbox), root=tmp_path / "third").start()  # released on stop
     wait_for(lambda: "watching" in third.log(), 120, "a daemon to take the released inbox")
     assert third.alive()
+
+
+# -- 5. secret redaction that garbled paths ----------------------------------------------------------------------
+
+
+def test_redaction_masks_the_secret_parts_of_a_webhook_url_not_every_path(tmp_path: Path) -> None:
+    """A webhook URL http://127.0.0.1:59999/hook made every '/hook' in a path a mask: "input /tmp/t/d5/inbox***job",
+    in the daemon's log and the published job.log. The secret parts (password, query values, token-like path
+    parts, the webhook secret) are still masked."""
+    from daemon.config import build_settings
+    from pipeline.io.redact import ScrubFilter
+
+    urls = ("http://127.0.0.1:59999/hook,https://alice:pw-s3cret-77@hooks.example.com/services/T0/B0/"
+            "XyZaBcDeFgHiJkLmNoPq?token=tk-91ce&channel=ops-room")
+    settings = build_settings({"ops": {"webhook_urls": urls, "webhook_secret": "whsec-4f1d9a"}})
+    secrets = settings.secrets()
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(self.format(record))
+
+    h = Keep()
+    h.addFilter(ScrubFilter(secrets))
+    log = logging.getLogger("hotmesh.test.redact27")
+    log.addHandler(h)
+    try:
+        log.warning("[job hook] input %s", "/tmp/t/d5/inbox/hook/job/images/hook.png")
+        log.warning("user alice posted to services with pw-s3cret-77, token tk-91ce, channel ops-room, "
+                    "path /services/T0/B0/XyZaBcDeFgHiJkLmNoPq, signed whsec-4f1d9a")
+    finally:
+        log.removeHandler(h)
+    assert records[0] == "[job hook] input /tmp/t/d5/inbox/hook/job/images/hook.png", records[0]
+    for secret in ("pw-s3cret-77", "tk-91ce", "ops-room", "XyZaBcDeFgHiJkLmNoPq", "whsec-4f1d9a"):
+        assert secret not in records[1], (secret, records[1])
+    assert "user alice posted to services" in records[1]
+
+
+# -- 4. a slow copy of a folder without poses ---------------------------------------------------------------------
+
+
+def test_job_that_ran_on_part_of_a_growing_folder_runs_again_with_all_of_it(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """apple (20 photos, no poses) copied with pauses: a job ran on 8 of them, ended done, and the other 12 were
+    refused as a re-drop. Rule: while files keep arriving (pauses shorter than intake.settle_seconds) the folder is
+    no job; a done job whose folder changed while it ran (or within settle_seconds after) runs again, once the
+    folder has settled, with all of it ('input-grew'); a change after that is a re-drop, refused visibly."""
+    from daemon.intake import fingerprint, snapshot
+    from daemon.service import Daemon
+
+    paths = _paths(tmp_path)
+    executor = OneSlot()
+    monkeypatch.setattr(Daemon, "_make_executor", lambda self: executor)
+    photos = sorted((tiny_job(tmp_path / "src" / "apple", views=12, size=48) / "images").iterdir())
+    dst = paths.inbox / "apple"
+    dst.mkdir()
+    settle = 1.0
+    d = Daemon(paths, _settings(intake={"settle_seconds": settle, "rescan_seconds": 0.2}), gpus="cpu")
+    d.start()
+    try:
+        for p in photos[:5]:  # pauses of 40 % of the settle time: still growing, never a job
+            shutil.copy(p, dst)
+            ticks(d, 0.4 * settle)
+            assert d.ledger.get("apple") is None, "a folder still being copied became a job"
+        # a pause longer than the settle time: the folder settles and its job starts on 5 photos...
+        wait_for(lambda: (d.tick(), d.ledger.get("apple"))[1], 30, "the paused folder to become a job", 0.05)
+        executor.open = True
+        wait_for(lambda: (d.tick(), executor.submitted)[1], 30, "the job to start", 0.05)
+        for p in photos[5:]:  # ...while the copy goes on
+            shutil.copy(p, dst)
+            ticks(d, 0.3 * settle)
+        d.ledger.finish("apple", JobState.DONE)  # it ran on the first 5
+        job = wait_for(lambda: (d.tick(), (j := d.ledger.get("apple")) and j.state == JobState.QUEUED and j)[1],
+                       30, "the job to be queued again with the whole folder", 0.05)
+        kinds = [e["kind"] for e in d.ledger.events("apple")]
+        assert "input-grew" in kinds and "redrop-ignored" not in kinds, kinds
+        assert job.fingerprint == fingerprint(snapshot(dst)) and job.attempts == 0
+        # the rerun ends done; a change long after it ended is a re-drop: refused, not rerun
+        d.ledger.claim_next("w")
+        d.ledger.finish("apple", JobState.DONE)
+        ticks(d, 2 * settle)
+        shutil.copy(photos[0], dst / "extra.png")
+        wait_for(lambda: (d.tick(), "redrop-ignored" in [e["kind"] for e in d.ledger.events("apple")])[1], 30,
+                 "the later change to be refused as a re-drop", 0.05)
+        assert d.ledger.get("apple").state == JobState.DONE
+        assert [e["kind"] for e in d.ledger.events("apple")].count("input-grew") == 1
+    finally:
+        d.stop()
