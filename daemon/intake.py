@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Mapping
 
 from pipeline.context import CANCEL_MARKER, READY_MARKER
+from pipeline.io.files import printable
 
 log = logging.getLogger("hotmesh.intake")
 
@@ -96,7 +97,7 @@ def linked_folder_message(name: str) -> str:
 def shown(name: str) -> str:
     """A file or folder name for a log line: quoted, with control characters escaped, so a name holding a
     newline cannot split a log line or forge another one."""
-    return repr(name)
+    return f"'{printable(name)}'"
 
 
 @dataclass

@@ -407,6 +407,14 @@ class Ledger:
                           " AND job_id IS NOT NULL GROUP BY job_id)", (kind,))
         return {r["job_id"]: json.loads(r["data"] or "{}") for r in rows}
 
+    def latest_event_rows(self, kind: str) -> dict[str, dict[str, Any]]:
+        """Job id -> its latest event of ``kind`` (ts, message, data): e.g. the re-drop notice `hotmesh status`
+        shows."""
+        rows = self._read("SELECT job_id, ts, message, data FROM events WHERE id IN (SELECT MAX(id) FROM events WHERE"
+                          " kind = ? AND job_id IS NOT NULL GROUP BY job_id)", (kind,))
+        return {r["job_id"]: {"ts": r["ts"], "message": r["message"], "data": json.loads(r["data"] or "{}")}
+                for r in rows}
+
     def counts(self) -> dict[str, int]:
         rows = self._read("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
         return {r["state"]: r["n"] for r in rows}

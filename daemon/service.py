@@ -33,7 +33,8 @@ from daemon.ledger import FolderJob, Job, Ledger, LedgerError
 from daemon.states import JobState
 from daemon.executors import Event, Executor, Finished, LocalExecutor, Lost, SubmitError
 from daemon.worker import Paths, apply_outcome, write_status
-from pipeline.context import CANCEL_MARKER
+from pipeline.context import CANCEL_MARKER, during_stage
+from pipeline.io.files import printable
 
 log = logging.getLogger("hotmesh.daemon")
 DAEMON_STATUS = "_daemon.json"
@@ -55,9 +56,9 @@ class _Write:
 
 def redrop_notice(job: FolderJob, folder: str) -> str:
     """What a user who re-dropped a finished job's folder with new content is told (log, event, status file)."""
-    return (f"the inbox folder {folder!r} changed after its job {job.id} was {job.state.value}; a finished job is "
+    return (f"the inbox folder {shown(folder)} changed after its job {job.id} was {job.state.value}; a finished job is "
             f"not processed again by itself. To process the new content, run `hotmesh retry {job.id}` (it reruns "
-            f"with the new files), or drop the folder under a new name (e.g. {folder}-2)")
+            f"with the new files), or drop the folder under a new name (e.g. {printable(folder)}-2)")
 
 
 class Daemon:
@@ -460,7 +461,7 @@ class Daemon:
             if d.cancelled:
                 self._cancel_before_start(job, "cancelled by a CANCEL file before processing started")
                 continue
-            log.info("[job %s] queued from %s", job.id, d.folder)
+            log.info("[job %s] queued from %s", job.id, shown(d.folder))
             self._status(job)
 
     def _refuse_links(self, linked: set[str]) -> None:
@@ -507,7 +508,7 @@ class Daemon:
         one job); say so, once per content, with what to do."""
         self._acknowledged[d.folder] = (job.fingerprint, d.fingerprint)
         if job.state == JobState.FAILED and not d.cancelled:
-            reason = f"the inbox folder {d.folder!r} changed after the job failed; running it again with the new content"
+            reason = f"the inbox folder {shown(d.folder)} changed after the job failed; running it again with the new content"
             current = self.ledger.get(job.id)
             if current is None:
                 return
@@ -630,12 +631,12 @@ class Daemon:
         for name in remove_stale_partials(self.paths.outbox, job_id):
             log.warning("[job %s] removed unfinished publish folder %s", job_id, name)
         if job.attempts < self.settings.jobs.max_attempts:
-            why = (f"{reason} during stage {job.stage!r}; retrying from the last checkpoint "
+            why = (f"{reason} {during_stage(job.stage)}; retrying from the last checkpoint "
                    f"(attempt {job.attempts} of {self.settings.jobs.max_attempts})")
             self._change("requeue", dataclasses.replace(job, state=JobState.QUEUED, worker=None),
                          lambda ledger: ledger.requeue(job_id, why, expect=JobState.RUNNING))
         else:
-            msg = (f"{reason} during stage {job.stage!r}, {job.attempts} times; giving up "
+            msg = (f"{reason} {during_stage(job.stage)}, {job.attempts} times; giving up "
                    f"(jobs.max_attempts={self.settings.jobs.max_attempts}). See `hotmesh logs {job_id}` for what "
                    f"killed it (out of memory?), then `hotmesh retry {job_id}`")
             self._publish_failure(job, msg, state=JobState.FAILED)  # report before the state: whoever sees 'failed' finds it

@@ -341,3 +341,87 @@ def test_job_that_ran_on_part_of_a_growing_folder_runs_again_with_all_of_it(tmp_
         assert [e["kind"] for e in d.ledger.events("apple")].count("input-grew") == 1
     finally:
         d.stop()
+
+
+# -- 7. smaller ones --------------------------------------------------------------------------------------------
+
+
+def test_status_shows_the_redrop_notice(tmp_path: Path, inproc_daemon) -> None:
+    """`hotmesh status` said "done" for a job whose re-drop was ignored; the notice was only in the status file."""
+    from tests.test_hardening import hotmesh
+
+    paths = _paths(tmp_path)
+    tiny_job(paths.inbox / "cow", views=6, size=48)
+    d = inproc_daemon(paths)
+    ticks(d, 0.5)
+    d.ledger.claim_next("w")
+    d.ledger.finish("cow", JobState.DONE)
+    ticks(d, 0.5)
+    shutil.rmtree(paths.inbox / "cow")
+    tiny_job(paths.inbox / "cow", views=5, size=48)  # re-dropped with new content, long after the job ended
+    wait_for(lambda: (d.tick(), "redrop-ignored" in [e["kind"] for e in d.ledger.events("cow")])[1], 30,
+             "the re-drop to be refused", 0.05)
+    d.stop()
+    r = hotmesh("status", "--state", str(paths.state), "--outbox", str(paths.outbox))
+    assert r.returncode == 0, r.stderr
+    assert "notice: the inbox folder 'cow' changed after its job cow was done" in r.stdout, r.stdout
+    r = hotmesh("status", "--json", "--state", str(paths.state), "--outbox", str(paths.outbox))
+    assert "hotmesh retry cow" in json.loads(r.stdout)[0]["notice"]
+    # once retried, the notice has been answered and is no longer shown
+    assert hotmesh("retry", "cow", "--state", str(paths.state), "--outbox", str(paths.outbox)).returncode == 0
+    assert "notice:" not in hotmesh("status", "--state", str(paths.state), "--outbox", str(paths.outbox)).stdout
+
+
+def test_status_agrees_with_the_status_file_while_the_ledger_cannot_be_written(tmp_path: Path, inproc_daemon) -> None:
+    """While the state disk was full, `hotmesh status` said running/geometry (the ledger) but the status file said
+    queued (the daemon's state in memory). Now status shows the kept state, marked, and says why."""
+    from daemon.executors import Lost
+    from tests.faults import FaultUnavailable, fill, tmpfs
+    from tests.test_hardening import _skip_unless_root, hotmesh
+
+    _skip_unless_root()
+    try:
+        with tmpfs(tmp_path / "state", 8):
+            paths = _paths(tmp_path)
+            d = inproc_daemon(paths)
+            d.ledger.create_job("scan", "fp")
+            d.ledger.claim_next("host:cpu:1")
+            d.ledger.set_progress("scan", "geometry", 40.0)
+            filler = fill(paths.state)
+            d._handle(Lost("scan", "worker process killed by SIGKILL"))  # requeue: kept in memory
+            d._daemon_status()
+            assert json.loads(paths.status_file("scan").read_text())["state"] == "queued"
+            r = hotmesh("status", "--state", str(paths.state), "--outbox", str(paths.outbox))
+            filler.unlink()
+            ticks(d, 0.3)
+            d.stop()
+    except FaultUnavailable as e:
+        pytest.skip(str(e))
+    row = next(line for line in r.stdout.splitlines() if line.startswith("scan"))
+    assert row.split()[1] == "queued*", r.stdout
+    assert "cannot write the ledger now" in r.stdout
+
+
+def test_cancel_before_the_first_stage_names_no_empty_stage(tmp_path: Path) -> None:
+    """"cancelled by a CANCEL file during stage ''"."""
+    from pipeline.runner import run_job
+
+    job = tiny_job(tmp_path / "inbox" / "cow", views=6, size=48)
+    (job / "CANCEL").write_text("")
+    outcome = run_job(_ctx(job, tmp_path / "work", _settings()), "fp", tmp_path / "outbox")
+    assert outcome.state == "cancelled"
+    assert outcome.error == "cancelled by a CANCEL file before any stage started", outcome.error
+    assert "stage ''" not in (tmp_path / "outbox" / "cow" / "report.html").read_text()
+
+
+def test_newline_in_a_folder_name_cannot_split_a_log_line(tmp_path: Path, inproc_daemon,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    paths = _paths(tmp_path)
+    tiny_job(paths.inbox / "bad\nname", views=4, size=48)
+    with caplog.at_level(logging.INFO, logger="hotmesh"):
+        d = inproc_daemon(paths)
+        ticks(d, 0.6)
+    [job] = d.ledger.jobs()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("queued from 'bad\\nname'" in m for m in messages), messages
+    assert not any("\n" in m for m in messages if job.id in m), messages

@@ -16,7 +16,7 @@ from PIL import Image
 
 from pipeline.cameras.cameras import TRANSFORMS_NAMES, FrameSpec, PoseSource, read_pose_source
 from pipeline.context import CANCEL_MARKER, READY_MARKER, InputError, JobContext
-from pipeline.io.files import is_special, open_regular, read_head, regular_file, special_reason
+from pipeline.io.files import is_special, open_regular, printable, read_head, regular_file, special_reason
 from pipeline.io.images import IMAGE_SUFFIXES, Rejected, inside, sniff_format, validate_image
 from pipeline.cameras.scale import SCALE_FILE, ScaleFileError, read_scale_spec
 from pipeline.stages.base import Stage, stage_dir
@@ -365,7 +365,7 @@ class IngestStage(Stage):
             if isinstance(res, Rejected):
                 res = Rejected(spec.name if video is None else f"{video} ({spec.name})", res.reason)
                 rejected.append(res)
-                ctx.log.warning("rejected %s: %s", res.file, res.reason)
+                ctx.log.warning("rejected %s: %s", printable(res.file), res.reason)  # a name may hold a newline
                 continue
             mask = spec.mask_path or (find_mask_file(ctx.input_dir, spec.name) if video is None else None)
             if mask and not regular_file(ctx.input_dir / mask):
