@@ -71,7 +71,7 @@ class Daemon:
         self.executor: Executor | None = None
         self._relayed: set[str] = set()  # running jobs whose CANCEL was passed to the executor
         self._lock_fh: Any = None
-        self._inbox_lock_fh: Any = None
+        self._inbox_lock_fd: int | None = None  # inbox/.hotmesh.lock (or the inbox folder), flocked
         self.retention_due = threading.Event()
         self.last_tick = time.monotonic()
         self.disk_ok = True
@@ -118,25 +118,26 @@ class Daemon:
         directory instead."""
         path = self.paths.inbox / INBOX_LOCK
         try:
-            fh: Any = open(path, "a+")
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
         except OSError as e:
             log.warning("cannot create %s (%s); locking the inbox folder itself", path, e.strerror or e)
-            fh = os.fdopen(os.open(self.paths.inbox, os.O_RDONLY | os.O_DIRECTORY), "rb")
+            fd = os.open(self.paths.inbox, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            fh.close()
+            os.close(fd)
             raise AlreadyRunning(f"another hotmesh daemon already watches the inbox {self.paths.inbox} (it holds "
                                  f"{path}); stop it first, or give this one another --inbox. One inbox has one "
                                  f"daemon: a second one would process the same folders again") from None
-        self._inbox_lock_fh = fh
+        self._inbox_lock_fd = fd
 
     def _release_locks(self) -> None:
-        for attr in ("_inbox_lock_fh", "_lock_fh"):
-            fh = getattr(self, attr)
-            if fh is not None:
-                fh.close()
-                setattr(self, attr, None)
+        if self._inbox_lock_fd is not None:
+            os.close(self._inbox_lock_fd)
+            self._inbox_lock_fd = None
+        if self._lock_fh is not None:
+            self._lock_fh.close()
+            self._lock_fh = None
 
     def request_stop(self, *_: Any) -> None:
         log.info("stop requested: finishing at the next checkpoint")
@@ -272,6 +273,8 @@ class Daemon:
     def _remember_refusals(self) -> None:
         """Re-drops already answered (ledger events) are not logged again after a restart."""
         by_id = {j.id: (folder, j.fingerprint) for folder, j in self.ledger.folders().items()}
+        # inbox links already refused (by an earlier start): told again only if removed and made again
+        self._links_told = {d.get("folder") for d in self.ledger.daemon_event_data("link-refused")}
         for job_id, data in self.ledger.latest_events("redrop-ignored").items():
             if job_id in by_id and data.get("fingerprint"):
                 folder, fp = by_id[job_id]

@@ -171,6 +171,10 @@ def test_linked_job_folder_is_refused_without_opening_anything_behind_it(tmp_pat
     assert "Copy the folder into the inbox instead of linking it" in events[0]["message"]
     assert any("symbolic link to a folder" in r.getMessage() for r in caplog.records)
     assert opened.files == [], opened.files
+    d.stop()
+    d2 = inproc_daemon(paths)  # a restart does not refuse the same link again
+    ticks(d2, 0.6)
+    assert [e["folder"] for e in d2.ledger.daemon_event_data("link-refused")] == ["linked_job"]
 
 
 def test_failure_report_never_opens_files_ingest_refused_as_links(tmp_path: Path) -> None:
