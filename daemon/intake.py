@@ -90,8 +90,7 @@ def linked_folder_message(name: str) -> str:
     """What a user who linked a folder into the inbox is told (log line and ledger event)."""
     return (f"the inbox entry {shown(name)} is a symbolic link to a folder, and hotmesh reads no file outside the "
             f"inbox, so it is not a job and nothing behind the link was opened. Copy the folder into the inbox "
-            f"instead of linking it (e.g. `cp -r <folder> inbox/` to a staging name, then rename it in), and remove "
-            f"the link")
+            f"instead of linking it (copy it next to the inbox, then move it in with one rename), and remove the link")
 
 
 def shown(name: str) -> str:
