@@ -429,3 +429,19 @@ def test_newline_in_a_folder_name_cannot_split_a_log_line(tmp_path: Path, inproc
     messages = [r.getMessage() for r in caplog.records]
     assert any("queued from 'bad\\nname'" in m for m in messages), messages
     assert not any("\n" in m for m in messages if job.id in m), messages
+
+
+def test_fifo_where_the_poses_are_read_by_name_fails_the_job_unopened(tmp_path: Path) -> None:
+    """A FIFO named like a file hotmesh opens by name (a COLMAP model's images.bin, scale.json) would block its
+    reader: the job fails at once, saying which entry to replace."""
+    from pipeline.stages.ingest import IngestStage
+
+    job = tiny_job(tmp_path / "inbox" / "plum", views=6, size=48)
+    os.mkfifo(job / "scale.json")
+    try:
+        with pytest.raises(InputError) as err:
+            bounded(lambda: IngestStage().run(_ctx(job, tmp_path / "work", _settings()), tmp_path / "out"),
+                    "ingest of a folder whose scale.json is a FIFO")
+    finally:
+        unblock_fifo(job / "scale.json")
+    assert "scale.json is a named pipe (FIFO)" in str(err.value) and "put the real file there" in str(err.value)

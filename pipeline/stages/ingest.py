@@ -219,6 +219,14 @@ def job_files(job_dir: Path) -> list[str]:
     return sorted(out)
 
 
+def read_by_name(rel: str) -> bool:
+    """Whether hotmesh opens a file of this name without listing the folder first: poses (transforms.json, a COLMAP
+    model's files), scale.json, the reference mesh."""
+    p = Path(rel)
+    return (p.name in TRANSFORMS_NAMES or p.name in (SCALE_FILE, "project.ini", *GT_NAMES)
+            or (p.stem in COLMAP_FILES and p.suffix in (".bin", ".txt")))
+
+
 def special_entries(job_dir: Path) -> dict[str, str]:
     """FIFOs, sockets and devices in the job folder (relative path -> why not used), found by lstat: none of
     them is ever opened (a FIFO blocks its reader until a writer comes, possibly forever)."""
@@ -277,6 +285,13 @@ class IngestStage(Stage):
             problems.insert(0, f"symbolic links point outside the job folder (not allowed; copy the files in): "
                                f"{_listing(bad_links)}")
             raise InputError("the job folder cannot be processed:\n- " + "\n- ".join(problems))
+        special = special_entries(job_dir)
+        by_name = sorted(rel for rel in special if read_by_name(rel))
+        if by_name:
+            # the poses, scale or reference mesh are read by their name: a FIFO there would block the reader, so the
+            # job cannot go on without it (a FIFO anywhere else is only listed as not used)
+            raise InputError("the job folder cannot be processed:\n- " + "\n- ".join(
+                f"{rel} {special[rel]}; hotmesh reads a file of that name, so put the real file there" for rel in by_name))
         try:
             read_scale_spec(job_dir)  # checked here so a broken scale.json fails the job before any work
         except ScaleFileError as e:
