@@ -116,7 +116,8 @@ class Settings:
         return d
 
     def secrets(self) -> tuple[str, ...]:
-        """Every secret string in these settings and its parts (URL passwords, tokens, paths), longest first: what
+        """Every secret string in these settings and its secret parts (URL passwords, query values, token-like path
+        parts; not ordinary words such as a URL path `/hook`), longest first: what
         log handlers and ledger events are scrubbed of (pipeline.io.redact)."""
         return secret_values(str(getattr(getattr(self, section), key)) for section, key in sorted(SECRET_KEYS))
 
