@@ -223,26 +223,10 @@ def dense_geometry(images: list[np.ndarray], masks: list[np.ndarray | None], Ks:
         for i, m in zip(pick, found):
             sil[i] = m
     t_sil = time.monotonic() - t1
-    # the silhouettes bound the object far more tightly than the points do (clutter near it, the table's edge)
-    box = (lo, hi)
-    lo, hi = hull_box(sil, Ks, w2cs, box, support, s.box_margin, s.hull_outlier_fraction, device)
-    voxel = float((hi - lo).max()) / s.resolution
-    if any(estimated) and s.box_reach > 0:
-        reach = s.box_reach * float((hi - lo).max())
-        lo, hi = np.maximum(lo - reach, box[0]), np.minimum(hi + reach, box[1])
-    grid = Grid.over_box(lo, hi, int(round(float((hi - lo).max()) / voxel)))
+    surf = fused_surface(dms, sil, estimated, Ks, w2cs, (lo, hi), support, planes, s=s, device=device,
+                         check=lambda f: check(0.75 + 0.23 * f))
+    grid, mesh, raw, lo, hi = surf.grid, surf.mesh, surf.raw, surf.lo, surf.hi
     trunc = s.trunc_voxels * grid.voxel
-    check(0.75)
-    tsdf = fuse(dms, grid, trunc, device=device, check=lambda f: check(0.75 + 0.1 * f))
-    hull = grid_hull(grid, Ks, w2cs, sil, s.hull_outlier_fraction, device)
-    # estimated silhouettes can be a little off: the hull is a hard limit only where the user drew the masks
-    slack = trunc if any(estimated) else 0.0
-    field_ = combined_field(tsdf, hull, s.min_band, s.min_free, slack, planes, s.base_margin_voxels * grid.voxel,
-                            override_band=s.override_band if any(estimated) else None)
-    check(0.92)
-    raw = marching_cubes(field_ * trunc, grid.origin, grid.voxel)
-    mesh = clean_mesh(raw, MeshingSettings(smoothing_iterations=s.smoothing_iterations, max_faces=s.max_faces))
-    check(0.98)
     above = np.ones(len(points), dtype=bool)
     for n_, d_ in planes:
         above &= points @ n_ - d_ > 0
@@ -260,10 +244,68 @@ def dense_geometry(images: list[np.ndarray], masks: list[np.ndarray | None], Ks:
              "watertight": bool(mesh.is_watertight),
              "seconds": {"depth_maps": round(t_mvs, 2), "fusion_meshing": round(time.monotonic() - t0 - t_mvs, 2)}}
     stats["seconds"]["silhouettes"] = round(t_sil, 2)
+    # where fusion_meshing's time goes (it includes the silhouettes): measured per step, for the speed work of #26
+    stats["seconds"].update({k: round(v, 2) for k, v in surf.seconds.items()})
     stats["estimated_silhouettes"] = int(sum(estimated))
     return DenseResult(mesh=mesh, points=points[keep].astype(np.float32), colors=colors[keep].astype(np.uint8),
                        support=support, masks=[np.asarray(m, dtype=bool) for m in sil], estimated=estimated,
                        stats=stats)
+
+
+@dataclass(frozen=True)
+class Surface:
+    """The fused grid, the raw marching-cubes mesh and the cleaned one (world units), the fused box (lo, hi) and
+    seconds per step (hull_box, fusion, hull, field, marching_cubes, clean_mesh)."""
+
+    grid: Grid
+    raw: trimesh.Trimesh
+    mesh: trimesh.Trimesh
+    lo: np.ndarray
+    hi: np.ndarray
+    seconds: dict[str, float]
+
+
+def fused_surface(dms: list[DepthMap], sil: list[np.ndarray], estimated: list[bool], Ks: np.ndarray,
+                  w2cs: np.ndarray, box: tuple[np.ndarray, np.ndarray], support: tuple[np.ndarray, float] | None,
+                  planes: list[tuple[np.ndarray, float]], s: DenseSettings, device: str = "cpu",
+                  check: Callable[[float], None] = lambda f: None) -> Surface:
+    """Steps 5 and 6: the box around the silhouettes' hull, TSDF fusion of the depth maps with the hull, marching
+    cubes and clean-up. dms: N depth maps; sil: N (H_i, W_i) bool silhouettes at the resolution of ``Ks`` (N, 3, 3);
+    estimated: N bool; w2cs (N, 4, 4); box: (lo (3,), hi (3,)) around the dense points; planes: support and walls."""
+    seconds: dict[str, float] = {}
+    t = time.monotonic()
+
+    def lap(name: str) -> None:
+        nonlocal t
+        now = time.monotonic()
+        seconds[name] = now - t
+        t = now
+
+    # the silhouettes bound the object far more tightly than the points do (clutter near it, the table's edge)
+    lo, hi = hull_box(sil, Ks, w2cs, box, support, s.box_margin, s.hull_outlier_fraction, device)
+    voxel = float((hi - lo).max()) / s.resolution
+    if any(estimated) and s.box_reach > 0:
+        reach = s.box_reach * float((hi - lo).max())
+        lo, hi = np.maximum(lo - reach, box[0]), np.minimum(hi + reach, box[1])
+    grid = Grid.over_box(lo, hi, int(round(float((hi - lo).max()) / voxel)))
+    trunc = s.trunc_voxels * grid.voxel
+    lap("hull_box")
+    tsdf = fuse(dms, grid, trunc, device=device, check=lambda f: check(0.4 * f))
+    lap("fusion")
+    hull = grid_hull(grid, Ks, w2cs, sil, s.hull_outlier_fraction, device)
+    lap("hull")
+    # estimated silhouettes can be a little off: the hull is a hard limit only where the user drew the masks
+    slack = trunc if any(estimated) else 0.0
+    field_ = combined_field(tsdf, hull, s.min_band, s.min_free, slack, planes, s.base_margin_voxels * grid.voxel,
+                            override_band=s.override_band if any(estimated) else None)
+    lap("field")
+    check(0.7)
+    raw = marching_cubes(field_ * trunc, grid.origin, grid.voxel)
+    lap("marching_cubes")
+    mesh = clean_mesh(raw, MeshingSettings(smoothing_iterations=s.smoothing_iterations, max_faces=s.max_faces))
+    lap("clean_mesh")
+    check(1.0)
+    return Surface(grid=grid, raw=raw, mesh=mesh, lo=lo, hi=hi, seconds=seconds)
 
 
 def hull_box(masks: list[np.ndarray], Ks: np.ndarray, w2cs: np.ndarray, bounds: tuple[np.ndarray, np.ndarray],
