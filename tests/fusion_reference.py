@@ -1,12 +1,14 @@
 """Frozen copies of the TSDF fusion and field combination as they were before the chunked, all-views-at-once
-torch path (commit 509382e), kept as the reference the tests compare the pipeline's implementation with."""
+torch path and the visual-hull field (carve.hull_field) one view at a time (commit 509382e), kept as the reference the tests compare the pipeline's implementation with."""
 from __future__ import annotations
 
 from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from pipeline.geometry.carve import CarveSettings
 from pipeline.geometry.fusion import Grid, Tsdf, facing
 from pipeline.geometry.mvs import DepthMap
 
@@ -101,3 +103,48 @@ def combined_field_reference(tsdf: Tsdf, hull: np.ndarray, min_band: float, min_
         f = np.maximum(f, np.clip(((support_margin - height) / t).astype(np.float32), -1.0, 1.0))
     f[0, :, :] = f[-1, :, :] = f[:, 0, :] = f[:, -1, :] = f[:, :, 0] = f[:, :, -1] = 1.0
     return f
+
+
+def _project(points: torch.Tensor, K: torch.Tensor, w2c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """points (M, 3) -> pixel coords (M, 2) and depth (M,)."""
+    cam = points @ w2c[:3, :3].T + w2c[:3, 3]
+    z = cam[:, 2]
+    uv = (cam[:, :2] / z.clamp(min=1e-9)[:, None]) * torch.stack([K[0, 0], K[1, 1]]) + torch.stack([K[0, 2], K[1, 2]])
+    return uv, z
+
+
+def hull_field_reference(points: torch.Tensor, Ks: torch.Tensor, w2cs: torch.Tensor, sdfs: list[torch.Tensor],
+               settings: CarveSettings, check: Callable[[float], None] = lambda f: None) -> torch.Tensor:
+    """Signed hull distance at ``points``.
+
+    points: (M, 3) world units; Ks: (N, 3, 3); w2cs: (N, 4, 4); sdfs: N tensors (H_i, W_i) from mask_sdf.
+    Returns (M,) float32, world units, negative inside the (outlier-tolerant) visual hull.
+    """
+    n_views = len(sdfs)
+    k = min(settings.outlier_views + 1, n_views)
+    out = torch.empty(points.shape[0], dtype=torch.float32, device=points.device)
+    min_seen = max(1, int(np.ceil(settings.min_seen_fraction * n_views)))
+    n_chunks = (points.shape[0] + settings.chunk - 1) // settings.chunk
+    for ci, start in enumerate(range(0, points.shape[0], settings.chunk)):
+        pts = points[start:start + settings.chunk]
+        top = torch.full((pts.shape[0], k), -float("inf"), device=pts.device)
+        seen = torch.zeros(pts.shape[0], dtype=torch.int32, device=pts.device)
+        for v in range(n_views):
+            sdf = sdfs[v]
+            H, W = sdf.shape
+            uv, z = _project(pts, Ks[v], w2cs[v])
+            inimg = (z > 0) & (uv[:, 0] >= 0) & (uv[:, 0] <= W) & (uv[:, 1] >= 0) & (uv[:, 1] <= H)
+            # grid_sample's align_corners=False maps -1/+1 to the outer pixel edges, as our pixel coords do
+            grid = torch.stack([uv[:, 0] / W * 2 - 1, uv[:, 1] / H * 2 - 1], dim=-1).view(1, 1, -1, 2)
+            d_px = F.grid_sample(sdf[None, None], grid, mode="bilinear", padding_mode="border",
+                                 align_corners=False).view(-1)
+            d_world = d_px * z.clamp(min=1e-9) / Ks[v, 0, 0]
+            # views that do not see the point give no evidence either way
+            d_world = torch.where(inimg, d_world, torch.full_like(d_world, -float("inf")))
+            seen += inimg.int()
+            top = torch.topk(torch.cat([top, d_world[:, None]], dim=1), k, dim=1).values
+            check((ci + (v + 1) / n_views) / n_chunks)
+        val = top[:, k - 1]
+        val = torch.where(seen >= min_seen, val, val.abs().clamp(min=1e-6))
+        out[start:start + pts.shape[0]] = torch.nan_to_num(val, neginf=-1e3)
+    return out

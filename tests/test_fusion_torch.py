@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.geometry.carve import CarveSettings, hull_field, mask_sdf
 from pipeline.geometry.fusion import Grid, Tsdf, combined_field, combined_field_tensor, fuse, fuse_tensors
 from pipeline.geometry.mvs import DepthMap, depth_range
-from tests.fusion_reference import combined_field_reference, fuse_reference
+from tests.fusion_reference import combined_field_reference, fuse_reference, hull_field_reference
 from tests.test_dense import _textured_sphere_views
 
 
@@ -44,12 +45,16 @@ def maps() -> list[DepthMap]:
 
 
 def _compare(got: Tsdf, ref: Tsdf) -> None:
-    both = (got.weight > 0) & (ref.weight > 0)
+    """The fields agree: the projection's float rounding differs from the reference's (batched matrix products,
+    other kernels on a GPU), so a voxel on a pixel boundary may read the neighbouring pixel; that may change a few
+    voxels in 10^4, and where both read the same pixels the values agree to float precision."""
+    same_w = np.isclose(got.weight, ref.weight, rtol=1e-4, atol=1e-5)
+    same_b = np.isclose(got.band, ref.band, rtol=1e-4, atol=1e-5)
+    assert same_w.mean() >= 0.9999 and same_b.mean() >= 0.9999, (same_w.mean(), same_b.mean())
+    both = (got.weight > 0) & (ref.weight > 0) & same_w
     assert both.sum() > 1000
     assert np.abs(got.values[both] - ref.values[both]).max() < 1e-4
     assert ((got.values > 0) == (ref.values > 0)).mean() >= 0.999
-    assert np.allclose(got.weight, ref.weight, rtol=1e-4, atol=1e-5)
-    assert np.allclose(got.band, ref.band, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("chunk", [None, 5000, 1 << 26])
@@ -105,3 +110,27 @@ def test_combined_field_matches_the_reference_implementation(maps: list[DepthMap
     assert np.abs(t.numpy() - ref).max() < 1e-5
     with pytest.raises(ValueError, match="hull"):
         combined_field(ts, hull[1:], **kw)
+
+
+@pytest.mark.parametrize("outliers", [0, 1, 2])
+def test_hull_field_matches_the_reference_implementation(outliers: int) -> None:
+    """Silhouettes of the sphere, one of them wrong (half cut away), one at another size; points over a box that
+    reaches beyond what some views see."""
+    _, Ks, w2cs, _, _, on_sphere = _textured_sphere_views(n=6)
+    masks = [m.copy() for m in on_sphere]
+    masks[2][:, : masks[2].shape[1] // 2] = False
+    Ks = Ks.copy()
+    H, W = masks[3].shape
+    masks[3] = cv2.resize(masks[3].astype(np.uint8), (W // 2, H // 2), interpolation=cv2.INTER_NEAREST) > 0
+    Ks[3, :2] *= 0.5
+    sdfs = [torch.from_numpy(mask_sdf(m)) for m in masks]
+    grid = Grid.over_box(np.full(3, -2.0), np.full(3, 2.0), 36)
+    pts = grid.points(0, grid.dims[0], torch.device("cpu"))
+    Kt, Wt = torch.as_tensor(Ks, dtype=torch.float32), torch.as_tensor(w2cs, dtype=torch.float32)
+    cs = CarveSettings(outlier_views=outliers, chunk=20000)
+    ref = hull_field_reference(pts, Kt, Wt, sdfs, cs)
+    got = hull_field(pts, Kt, Wt, sdfs, cs)
+    assert (ref < 0).float().mean() > 0.01 and (ref == -1e3).sum() == (got == -1e3).sum()
+    assert torch.allclose(got, ref, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="one K and pose"):
+        hull_field(pts, Kt[:3], Wt, sdfs, cs)

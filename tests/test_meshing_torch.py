@@ -37,6 +37,24 @@ def compare_with_skimage(field: np.ndarray, origin: np.ndarray, voxel: float, de
     assert np.abs(got.bounds - ref.bounds).max() < 0.5 * voxel
 
 
+def compare_noisy_with_skimage(field: np.ndarray, origin: np.ndarray, voxel: float, device: str) -> None:
+    """A fused field of noisy depth maps: ambiguous cubes are split differently by skimage (Lewiner) and pytorch3d
+    (which is closed where skimage may leave a degenerate, open spot: measured on the noisy sphere scene), so only
+    the surface's place is compared with skimage's; on ``device`` pytorch3d must give what its CPU kernels give."""
+    ref = marching_cubes(field, origin, voxel)
+    got = marching_cubes_tensor(torch.as_tensor(field, device=device), origin, voxel)
+    cpu = marching_cubes_tensor(torch.as_tensor(field), origin, voxel)
+    assert len(got.faces) == len(cpu.faces) and got.is_watertight == cpu.is_watertight
+    assert cKDTree(cpu.vertices).query(got.vertices)[0].max() < 1e-4 * voxel
+    # the same edge crossings: every pytorch3d vertex is one of skimage's
+    assert cKDTree(ref.vertices).query(got.vertices)[0].max() < 1e-3 * voxel
+    # but Lewiner adds a vertex at the centre of some ambiguous cubes, 0.707 voxel from the nearest edge crossing
+    # (measured: 79 of 22325 on the noisy sphere scene)
+    back = cKDTree(got.vertices).query(ref.vertices)[0]
+    assert back.max() < 0.71 * voxel and (back < 1e-3 * voxel).mean() > 0.99
+    assert got.volume == pytest.approx(ref.volume, rel=0.01)
+
+
 def test_pytorch3d_marching_cubes_matches_skimage_on_an_ellipsoid() -> None:
     field, origin, voxel = ellipsoid_field()
     compare_with_skimage(field, origin, voxel, "cpu")

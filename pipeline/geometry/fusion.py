@@ -89,10 +89,10 @@ def facing(depth: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
 class ViewTable:
     """Every view's per-pixel evidence in one table, so that one gather serves all views of a chunk of voxels.
 
-    rows: (T + 1, 3) float32, per pixel of every view [depth, weight, free] (view v's pixels from offset[v], row
-    major), then one all-zero row that pixels outside an image point to; offset: (V,) int64; R: (V, 3, 3) and
-    t: (V, 3) world-to-camera; focal: (V, 2) fx, fy; centre: (V, 2) cx, cy; size: (V, 2) W, H float32;
-    far: (V,) float32, the depth up to which a background pixel vouches for free space."""
+    rows: (T, 3) float32, per pixel of every view [depth, weight, free], each view's (H + 2, W + 2) image with a
+    border of zeros that pixels outside the image are clamped to (row major from offset[v]); offset: (V,) int64;
+    R: (V, 3, 3) and t: (V, 3) world-to-camera; focal: (V, 2) fx, fy; centre: (V, 2) cx, cy; size: (V, 2) W, H
+    float32; far: (V,) float32, the depth up to which a background pixel vouches for free space."""
 
     rows: torch.Tensor
     offset: torch.Tensor
@@ -116,6 +116,8 @@ def view_table(depths: list[DepthMap], device: torch.device) -> ViewTable | None
     for dm in depths:
         if dm.depth.ndim != 2 or dm.score.shape != dm.depth.shape:
             raise ValueError(f"view_table: depth {dm.depth.shape} and score {dm.score.shape} must be one (H, W)")
+        if not (np.isfinite(dm.K).all() and np.isfinite(dm.w2c).all()):
+            raise ValueError("view_table: a camera (K or w2c) is not finite")
         if not (dm.depth > 0).any() and (dm.free is None or not (dm.free > 0).any()):
             continue
         H, W = dm.depth.shape
@@ -126,9 +128,11 @@ def view_table(depths: list[DepthMap], device: torch.device) -> ViewTable | None
         conf = conf * facing(depth, K) ** 2
         free = torch.zeros_like(depth) if dm.free is None else torch.as_tensor(dm.free, dtype=torch.float32,
                                                                                device=device)
-        rows.append(torch.stack([depth, conf, free], -1).reshape(-1, 3))
+        # the zero border: a voxel outside the image reads no depth, no weight and no free space without a test
+        rows.append(torch.nn.functional.pad(torch.stack([depth, conf, free], 0), (1, 1, 1, 1)).permute(1, 2, 0)
+                    .reshape(-1, 3))
         offset.append(n)
-        n += H * W
+        n += (H + 2) * (W + 2)
         Rs.append(w2c[:3, :3])
         ts.append(w2c[:3, 3])
         focal.append(torch.stack([K[0, 0], K[1, 1]]))
@@ -137,7 +141,6 @@ def view_table(depths: list[DepthMap], device: torch.device) -> ViewTable | None
         far.append(float(dm.far))
     if not rows:
         return None
-    rows.append(torch.zeros(1, 3, device=device))
     return ViewTable(rows=torch.cat(rows), offset=torch.tensor(offset, dtype=torch.int64, device=device),
                      R=torch.stack(Rs), t=torch.stack(ts), focal=torch.stack(focal), centre=torch.stack(centre),
                      size=torch.stack(size), far=torch.tensor(far, dtype=torch.float32, device=device))
@@ -164,13 +167,12 @@ def integrate(pts: torch.Tensor, views: ViewTable, trunc: float) -> tuple[torch.
     u = cam[..., 0] / zc * views.focal[:, 0:1] + views.centre[:, 0:1]
     v = cam[..., 1] / zc * views.focal[:, 1:2] + views.centre[:, 1:2]
     W, H = views.size[:, 0:1], views.size[:, 1:2]
-    xi, yi = u.floor(), v.floor()
-    inside = (z > 0) & (xi >= 0) & (xi < W) & (yi >= 0) & (yi < H)
-    # a voxel outside the image reads the table's zero row: no depth, no weight, no free space
-    # int64 before the multiplication: float32 is exact only up to 2^24 pixels
-    flat = yi.to(torch.int64) * W.to(torch.int64) + xi.to(torch.int64) + views.offset[:, None]
-    flat = torch.where(inside, flat, torch.full_like(flat, views.rows.shape[0] - 1))
-    ev = views.rows[flat]  # (V, M, 3)
+    # pixel -1 and W (H) are the zero border; behind the camera reads it too
+    xi = torch.minimum(u.floor().clamp_(min=-1), W).to(torch.int64)
+    yi = torch.where(z > 0, torch.minimum(v.floor().clamp_(min=-1), H), -1.0).to(torch.int64)
+    Wp = W.to(torch.int64) + 2
+    flat = yi * Wp + xi + (views.offset[:, None] + Wp + 1)
+    ev = views.rows.index_select(0, flat.reshape(-1)).reshape(*flat.shape, 3)  # (V, M, 3)
     d, score, free = ev[..., 0], ev[..., 1], ev[..., 2]
     sdf = d - z
     w = torch.where((d > 0) & (sdf > -trunc), score, torch.zeros_like(score))
@@ -189,7 +191,7 @@ def fuse_tensors(depths: list[DepthMap], grid: Grid, trunc: float, device: str =
     as in :class:`Tsdf`; ``trunc`` in world units.
 
     Voxels go in chunks, all views at once per chunk: (views x voxels) intermediates of ``chunk_elements`` entries
-    (default 2^24 on a GPU: about 1.5 GB of temporaries; 2^20 on the CPU, where chunks that stay in the caches are
+    (default 2^24 on a GPU: about 1.5 GB of temporaries; 2^18 on the CPU, where chunks that stay in the caches are
     faster, measured). The three fields stay on the device (a 512^3 grid: 1.6 GB)."""
     if trunc <= 0:
         raise ValueError(f"fuse: trunc must be > 0, got {trunc}")
@@ -204,7 +206,7 @@ def fuse_tensors(depths: list[DepthMap], grid: Grid, trunc: float, device: str =
         check(1.0)
         return values.reshape(X, Y, Z), weight.reshape(X, Y, Z), band.reshape(X, Y, Z)
     if chunk_elements is None:
-        chunk_elements = 1 << 24 if dev.type == "cuda" else 1 << 20
+        chunk_elements = 1 << 24 if dev.type == "cuda" else 1 << 18
     step = max(1024, chunk_elements // views.views)
     for a in range(0, total, step):
         b = min(total, a + step)
