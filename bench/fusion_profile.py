@@ -2,7 +2,7 @@
 
     python -m bench.fusion_profile [--size 400x300] [--resolution 192] [--planes 64] [--device cpu] [--top 30]
                                    [--save inputs.pkl]
-    python -m bench.fusion_profile --load inputs.pkl [--resolution 192] [--device cpu] [--repeat 2]
+    python -m bench.fusion_profile --load inputs.pkl [--resolution 192] [--device cpu] [--repeat 2] [--threads 1]
 
 The scene is tests/scenes.py's object on a table before a wall, posed with its true cameras; the object region is
 the one SfM would find (centre, radius, the table as support). Prints the stats' seconds and the functions with
@@ -60,17 +60,22 @@ def main() -> None:
     ap.add_argument("--save", type=Path)
     ap.add_argument("--load", type=Path)
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     a = ap.parse_args()
     W, H = (int(x) for x in a.size.split("x"))
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
     if a.load:
         with a.load.open("rb") as f:
             args, kwargs = pickle.load(f)
         kwargs["s"] = DenseSettings(resolution=a.resolution, max_faces=kwargs["s"].max_faces)
         kwargs["device"] = a.device
         for _ in range(a.repeat):
-            t0 = time.monotonic()
+            t0, c0 = time.monotonic(), time.process_time()
             surf = dense.fused_surface(*args, **kwargs)
-            print(f"fused_surface {time.monotonic() - t0:.2f} s, grid {surf.grid.dims}, raw faces "
+            print(f"fused_surface {time.monotonic() - t0:.2f} s ({time.process_time() - c0:.2f} s CPU), grid {surf.grid.dims}, raw faces "
                   f"{len(surf.raw.faces)}, faces {len(surf.mesh.faces)}, watertight {surf.mesh.is_watertight}",
                   json.dumps({k: round(v, 2) for k, v in surf.seconds.items()}))
         return
