@@ -9,7 +9,8 @@ import torch
 from scipy.spatial import cKDTree
 
 from pipeline.context import JobError
-from pipeline.geometry.meshing import marching_cubes, marching_cubes_tensor
+import pipeline.geometry.meshing as meshing
+from pipeline.geometry.meshing import marching_cubes, marching_cubes_on_device, marching_cubes_tensor
 
 
 def ellipsoid_field(dims: tuple[int, int, int] = (41, 33, 37), voxel: float = 0.05,
@@ -87,3 +88,24 @@ def test_pytorch3d_marching_cubes_on_noise_is_closed_and_rejects_bad_input() -> 
         marching_cubes_tensor(torch.ones(8, 8), np.zeros(3), 0.1)
     with pytest.raises(ValueError, match="float32"):
         marching_cubes_tensor(torch.ones(8, 8, 8, dtype=torch.float64), np.zeros(3), 0.1)
+
+
+def test_a_failed_pytorch3d_result_falls_back_to_skimage(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An open or failed pytorch3d surface (as some releases' CUDA kernels gave) is replaced by skimage's."""
+    field, origin, voxel = ellipsoid_field()
+    ref = marching_cubes(field, origin, voxel)
+    good = marching_cubes_on_device(torch.from_numpy(field), origin, voxel, use_pytorch3d=True)
+    assert len(good.faces) == len(ref.faces) and good.is_watertight
+
+    def open_surface(f: torch.Tensor, o: np.ndarray, v: float):  # type: ignore[no-untyped-def]
+        m = marching_cubes(f.numpy(), o, v)
+        m.update_faces(np.arange(len(m.faces)) > 0)
+        return m
+
+    def broken(f: torch.Tensor, o: np.ndarray, v: float):  # type: ignore[no-untyped-def]
+        raise RuntimeError("face indices outside")
+
+    for fake in (open_surface, broken):
+        monkeypatch.setattr(meshing, "marching_cubes_tensor", fake)
+        got = marching_cubes_on_device(torch.from_numpy(field), origin, voxel, use_pytorch3d=True)
+        assert got.is_watertight and len(got.faces) == len(ref.faces)

