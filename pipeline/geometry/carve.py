@@ -104,6 +104,8 @@ def hull_field(points: torch.Tensor, Ks: torch.Tensor, w2cs: torch.Tensor, sdfs:
     centre = torch.stack([Ks[:, 0, 2], Ks[:, 1, 2]], -1)[:, None, :]
     size = torch.tensor([[s.shape[1], s.shape[0]] for s in sdfs], dtype=torch.float32, device=points.device)
     W, H = size[:, 0:1], size[:, 1:2]
+    # silhouettes of one size (the usual case) are sampled in one call
+    stacked = torch.stack(sdfs)[:, None] if len({tuple(d.shape) for d in sdfs}) == 1 else None
     n_chunks = (points.shape[0] + step - 1) // step
     for ci, start in enumerate(range(0, points.shape[0], step)):
         pts = points[start:start + step]
@@ -114,10 +116,14 @@ def hull_field(points: torch.Tensor, Ks: torch.Tensor, w2cs: torch.Tensor, sdfs:
         inimg = (z > 0) & (uv[..., 0] >= 0) & (uv[..., 0] <= W) & (uv[..., 1] >= 0) & (uv[..., 1] <= H)
         # grid_sample's align_corners=False maps -1/+1 to the outer pixel edges, as our pixel coords do
         grid = uv / size[:, None, :] * 2 - 1
-        d_px = torch.empty_like(z)
-        for v in range(n_views):  # one sample per view: the silhouettes may differ in size
-            d_px[v] = F.grid_sample(sdfs[v][None, None], grid[v].view(1, 1, -1, 2), mode="bilinear",
-                                    padding_mode="border", align_corners=False).view(-1)
+        if stacked is not None:
+            d_px = F.grid_sample(stacked, grid[:, None], mode="bilinear", padding_mode="border",
+                                 align_corners=False).view(n_views, -1)
+        else:
+            d_px = torch.empty_like(z)
+            for v in range(n_views):  # one sample per view: the silhouettes differ in size
+                d_px[v] = F.grid_sample(sdfs[v][None, None], grid[v].view(1, 1, -1, 2), mode="bilinear",
+                                        padding_mode="border", align_corners=False).view(-1)
         d_world = d_px * zc / Ks[:, 0, 0, None]
         # views that do not see the point give no evidence either way
         d_world = torch.where(inimg, d_world, torch.full_like(d_world, -float("inf")))
