@@ -87,6 +87,13 @@ def test_fusion_without_evidence_and_bad_inputs() -> None:
     bad = DepthMap(np.zeros((10, 12), np.float32), np.zeros((10, 11), np.float32), np.eye(3), np.eye(4))
     with pytest.raises(ValueError, match="score"):
         fuse([bad], grid, 0.1)
+    bad_free = DepthMap(np.ones((10, 12), np.float32), np.ones((10, 12), np.float32), np.eye(3), np.eye(4),
+                        free=np.zeros((9, 12), np.float32))
+    with pytest.raises(ValueError, match="free"):
+        fuse([bad_free], grid, 0.1)
+    nan_cam = DepthMap(np.ones((10, 12), np.float32), np.ones((10, 12), np.float32), np.full((3, 3), np.nan), np.eye(4))
+    with pytest.raises(ValueError, match="finite"):
+        fuse([nan_cam], grid, 0.1)
 
 
 @pytest.mark.parametrize("estimated", [True, False])

@@ -114,8 +114,10 @@ def view_table(depths: list[DepthMap], device: torch.device) -> ViewTable | None
     rows, offset, Rs, ts, focal, centre, size, far = [], [], [], [], [], [], [], []
     n = 0
     for dm in depths:
-        if dm.depth.ndim != 2 or dm.score.shape != dm.depth.shape:
-            raise ValueError(f"view_table: depth {dm.depth.shape} and score {dm.score.shape} must be one (H, W)")
+        if dm.depth.ndim != 2 or dm.score.shape != dm.depth.shape or (dm.free is not None
+                                                                      and dm.free.shape != dm.depth.shape):
+            raise ValueError(f"view_table: depth {dm.depth.shape}, score {dm.score.shape} and free "
+                             f"{None if dm.free is None else dm.free.shape} must be one (H, W)")
         if not (np.isfinite(dm.K).all() and np.isfinite(dm.w2c).all()):
             raise ValueError("view_table: a camera (K or w2c) is not finite")
         if not (dm.depth > 0).any() and (dm.free is None or not (dm.free > 0).any()):
