@@ -75,7 +75,8 @@ def main() -> None:
         for _ in range(a.repeat):
             t0, c0 = time.monotonic(), time.process_time()
             surf = dense.fused_surface(*args, **kwargs)
-            print(f"fused_surface {time.monotonic() - t0:.2f} s ({time.process_time() - c0:.2f} s CPU), grid {surf.grid.dims}, raw faces "
+            print(f"fused_surface {time.monotonic() - t0:.2f} s ({time.process_time() - c0:.2f} s CPU), "
+                  f"grid {surf.grid.dims}, raw faces "
                   f"{len(surf.raw.faces)}, faces {len(surf.mesh.faces)}, watertight {surf.mesh.is_watertight}",
                   json.dumps({k: round(v, 2) for k, v in surf.seconds.items()}))
         return

@@ -1,5 +1,6 @@
-"""Frozen copies of the TSDF fusion and field combination as they were before the chunked, all-views-at-once
-torch path and the visual-hull field (carve.hull_field) one view at a time (commit 509382e), kept as the reference the tests compare the pipeline's implementation with."""
+"""Frozen copies of the implementations the dense path's device code replaced (as of commit 509382e): TSDF fusion
+in slabs, one view at a time; the field combination in numpy; the visual-hull field (carve.hull_field) one view at a
+time. The tests compare the pipeline's implementations with them."""
 from __future__ import annotations
 
 from typing import Callable
