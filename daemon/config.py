@@ -76,7 +76,7 @@ class OpsConfig:
     min_free_mb: NonNeg = 500.0  # safety margin on top of each job's estimated need
     max_runtime_seconds: NonNeg = 0.0  # per job; 0: no limit
     webhook_urls: str = ""  # comma-separated; POSTed on done/failed/cancelled (secret: never written out)
-    webhook_secret: str = ""  # HMAC-SHA256 key for the X-Hotmesh-Signature header (secret)
+    webhook_secret: str = ""  # Standard Webhooks signing key (whsec_<base64> or any string) (secret)
     webhook_retries: Annotated[int, Field(ge=0)] = 5
     webhook_backoff_seconds: NonNeg = 2.0  # doubles after each failed try
     command_hook: str = ""  # shell command run on done/failed/cancelled (summary JSON on stdin)
