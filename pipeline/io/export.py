@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import trimesh
@@ -68,14 +69,15 @@ def write_textured_obj(mesh: trimesh.Trimesh, uv: np.ndarray, path: Path, textur
         np.savetxt(fh, np.repeat(f, 3, axis=1), fmt="f %d/%d/%d %d/%d/%d %d/%d/%d")
 
 
-def textured_glb(mesh: trimesh.Trimesh, uv: np.ndarray, texture: np.ndarray, up: np.ndarray) -> bytes:
-    """Binary glTF with the texture embedded as the base colour (matte: metallic 0, roughness 1), +Y up."""
+def textured_glb(mesh: trimesh.Trimesh, uv: np.ndarray, texture: "np.ndarray | Any", up: np.ndarray) -> bytes:
+    """Binary glTF with the texture embedded as the base colour (matte: metallic 0, roughness 1), +Y up.
+    ``texture``: (S, S, 3) uint8 (stored as PNG), or a PIL image opened from a JPEG (stored as that JPEG)."""
     from PIL import Image
     from trimesh.visual.material import PBRMaterial
 
     m = trimesh.Trimesh(vertices=mesh.vertices.copy(), faces=mesh.faces.copy(), process=False)
     m.visual = trimesh.visual.TextureVisuals(uv=uv, material=PBRMaterial(
-        name="hotmesh", baseColorTexture=Image.fromarray(texture), metallicFactor=0.0, roughnessFactor=1.0,
+        name="hotmesh", baseColorTexture=texture if isinstance(texture, Image.Image) else Image.fromarray(texture), metallicFactor=0.0, roughnessFactor=1.0,
         doubleSided=False))
     T = np.eye(4)
     T[:3, :3] = rotation_to_y_up(up)
@@ -129,3 +131,64 @@ def export_all(mesh: trimesh.Trimesh, colors: np.ndarray, up: np.ndarray, out_di
     glb.apply_transform(T)
     glb.export(out_dir / "mesh.glb")
     return files
+
+
+def decimate_textured(mesh: trimesh.Trimesh, uv: np.ndarray, max_faces: int) -> tuple[trimesh.Trimesh, np.ndarray]:
+    """The textured mesh with at most ``max_faces`` faces, its UVs kept valid: quadric edge collapse that weighs the
+    texture coordinates (pymeshlab), chart borders kept so that no face spans two atlas charts. Returns the mesh and
+    its per-vertex UVs (V', 2); the mesh itself when it is within the budget already."""
+    if len(mesh.faces) <= max_faces:
+        return mesh, uv
+    import pymeshlab
+
+    ms = pymeshlab.MeshSet()
+    ms.add_mesh(pymeshlab.Mesh(vertex_matrix=np.asarray(mesh.vertices, dtype=np.float64),
+                               face_matrix=np.asarray(mesh.faces, dtype=np.int32),
+                               v_tex_coords_matrix=np.asarray(uv, dtype=np.float64)))
+    ms.compute_texcoord_transfer_vertex_to_wedge()
+    ms.meshing_decimation_quadric_edge_collapse_with_texture(targetfacenum=int(max_faces), preserveboundary=True,
+                                                            boundaryweight=1.0)
+    m = ms.current_mesh()
+    corner_vertex = m.face_matrix().reshape(-1)
+    corner_uv = m.wedge_tex_coord_matrix().reshape(-1, 2)
+    # glTF has one UV per vertex: split a vertex wherever its corners carry different UVs (atlas seams)
+    key = np.column_stack([corner_vertex, np.round(corner_uv * 2**20)])
+    _, first, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
+    vertices = m.vertex_matrix()[corner_vertex[first]]
+    out = trimesh.Trimesh(vertices=vertices, faces=inverse.reshape(-1, 3), process=False)
+    return out, corner_uv[first]
+
+
+def web_glb(mesh: trimesh.Trimesh, uv: np.ndarray, texture: np.ndarray, up: np.ndarray, max_faces: int,
+            texture_size: int) -> bytes:
+    """mesh_web.glb: the textured mesh decimated to ``max_faces`` with its texture at most ``texture_size`` px and
+    stored as JPEG, +Y up: a copy that loads quickly in a web page (the report's 3-D view uses it)."""
+    from PIL import Image
+    import io
+
+    low, low_uv = decimate_textured(mesh, uv, max_faces)
+    im = Image.fromarray(texture)
+    if max(im.size) > texture_size:
+        im = im.resize((texture_size, texture_size), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    im.convert("RGB").save(buf, format="JPEG", quality=85)
+    jpeg = Image.open(io.BytesIO(buf.getvalue()))  # format "JPEG": trimesh then stores it as image/jpeg
+    return textured_glb(low, low_uv, jpeg, up)
+
+
+def vertex_color_web_glb(mesh: trimesh.Trimesh, colors: np.ndarray, up: np.ndarray, max_faces: int) -> bytes:
+    """mesh_web.glb of a job without a texture: the coloured mesh decimated to ``max_faces`` (colours taken from
+    the nearest original vertex), +Y up."""
+    low = mesh
+    if len(mesh.faces) > max_faces:
+        low = mesh.simplify_quadric_decimation(face_count=int(max_faces))
+    if len(low.vertices) != len(mesh.vertices) or not np.allclose(low.vertices, mesh.vertices):
+        from scipy.spatial import cKDTree
+
+        _, idx = cKDTree(np.asarray(mesh.vertices)).query(np.asarray(low.vertices))
+        colors = colors[idx]
+    glb = colored_mesh(low, colors)
+    T = np.eye(4)
+    T[:3, :3] = rotation_to_y_up(up)
+    glb.apply_transform(T)
+    return glb.export(file_type="glb")

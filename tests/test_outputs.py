@@ -1,0 +1,184 @@
+"""The outbox as other tools open it: nerfstudio (transforms.json), COLMAP and gsplat (sparse/0/ beside images/),
+a web page (mesh_web.glb, thumbnail.jpg); and the report that describes it. Small real jobs through the pipeline on
+the CPU: a posed masked job (no SfM, no dense points) and the photo-like scene without poses (SfM)."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trimesh
+from PIL import Image
+
+from tests.conftest import tiny_job
+from tests.scenes import SceneSpec, render_scene
+from tests.test_captures import SMALL, _run
+
+TINY = {"limits": {"min_images": 4}, "geometry": {"voxel_resolution": 32},
+        "report": {"render_size": 64, "gt_samples": 5000}, "texture": {"cpu_size": 256, "cpu_max_faces": 3000},
+        "export": {"web_faces": 1000, "surface_points": 5000, "thumbnail_size": 128}}
+
+
+def check_transforms(out: Path) -> dict:
+    """transforms.json against nerfstudio's conventions, and every image it names present in the outbox."""
+    d = json.loads((out / "transforms.json").read_text())
+    assert d["camera_model"] in ("OPENCV", "OPENCV_FISHEYE") and d["frames"]
+    mesh = trimesh.load(out / "mesh.ply", force="mesh")
+    centre = mesh.bounds.mean(axis=0)
+    for fr in d["frames"]:
+        rel = Path(fr["file_path"])
+        assert not rel.is_absolute() and ".." not in rel.parts and rel.parts[0] == "images"
+        assert (out / rel).is_file(), f"{rel} is named in transforms.json but not in the outbox"
+        with Image.open(out / rel) as im:
+            assert im.size == (fr["w"], fr["h"])  # the intrinsics describe this very file
+        assert {"fl_x", "fl_y", "cx", "cy", "w", "h", "camera_model"} <= set(fr)
+        c2w = np.array(fr["transform_matrix"])
+        assert c2w.shape == (4, 4) and np.allclose(c2w[3], [0, 0, 0, 1])
+        R = c2w[:3, :3]
+        assert np.allclose(R @ R.T, np.eye(3), atol=1e-6) and np.linalg.det(R) == pytest.approx(1, abs=1e-6)
+        # OpenGL axes: the camera looks down its -Z, so the object is in front along -Z
+        assert (centre - c2w[:3, 3]) @ -R[:, 2] > 0
+    if "ply_file_path" in d:
+        assert (out / d["ply_file_path"]).is_file()
+    return d
+
+
+def check_colmap(out: Path, transforms: dict) -> "object":
+    """sparse/0 loads in pycolmap with every image present under images/ and the poses of transforms.json."""
+    import pycolmap
+
+    from pipeline.cameras.cameras import c2w_gl_to_w2c_cv
+
+    rec = pycolmap.Reconstruction(str(out / "sparse" / "0"))
+    assert rec.num_reg_images() == len(transforms["frames"])
+    w2c_of = {fr["file_path"]: c2w_gl_to_w2c_cv(np.array(fr["transform_matrix"])) for fr in transforms["frames"]}
+    for iid in rec.reg_image_ids():
+        im = rec.image(iid)
+        assert (out / "images" / im.name).is_file(), im.name
+        cam = rec.camera(im.camera_id)
+        with Image.open(out / "images" / im.name) as pic:
+            assert pic.size == (cam.width, cam.height)
+        pose = np.asarray(im.cam_from_world().matrix())
+        np.testing.assert_allclose(pose, w2c_of["images/" + im.name][:3], atol=1e-5)
+    return rec
+
+
+def test_a_posed_job_opens_as_it_is(tmp_path: Path) -> None:
+    tiny_job(tmp_path / "inbox" / "cow", views=10, size=64)
+    _, out, stats = _run(tmp_path / "inbox", "cow", tmp_path, TINY)
+    d = check_transforms(out)
+    assert len(d["frames"]) == 10 and d["ply_file_path"] == "points.ply"
+    rec = check_colmap(out, d)
+    assert rec.num_cameras() == 1  # ten photos of one camera share it
+    # a masked job has neither dense nor SfM points: points.ply samples the final mesh
+    assert stats["points"] == {"source": "mesh surface samples", "count": 5000}
+    pts = trimesh.load(out / "points.ply").vertices
+    mesh = trimesh.load(out / "mesh.ply", force="mesh")
+    from scipy.spatial import cKDTree
+
+    # on the surface: never farther from a vertex than the longest edge
+    assert len(pts) == 5000 and cKDTree(mesh.vertices).query(pts)[0].max() <= mesh.edges_unique_length.max()
+    # the light web copy and its poster
+    web = trimesh.load(out / "mesh_web.glb", force="mesh")
+    assert 0 < len(web.faces) <= 1000 and web.visual.uv is not None
+    with Image.open(out / "thumbnail.jpg") as im:
+        assert im.size == (128, 128) and np.asarray(im).std() > 5
+    html = (out / "report.html").read_text()
+    assert 'poster="data:image/jpeg;base64,' in html
+    # every published file is linked from the report
+    for name in stats["files"]:
+        assert f'href="{name}"' in html, name
+    # the page: job state and result told apart, numbers written plainly
+    assert ">job finished<" in html and "id=\"state-meaning\"" in html
+    assert not re.search(r"\d\.0000<", html)
+
+
+def test_export_images_false_leaves_the_photos_out(tmp_path: Path) -> None:
+    tiny_job(tmp_path / "inbox" / "cow", views=8, size=48)
+    overrides = TINY | {"export": TINY["export"] | {"images": False}, "texture": {"enabled": False}}
+    _, out, stats = _run(tmp_path / "inbox", "cow", tmp_path, overrides)
+    assert not (out / "images").exists() and stats["exports"]["images_written"] is False
+    d = json.loads((out / "transforms.json").read_text())
+    assert [fr["file_path"] for fr in d["frames"]][:1] == ["images/r_000.png"]  # where to put them
+    assert "export.images = false" in (out / "report.html").read_text()
+
+
+def test_the_export_setting_is_validated() -> None:
+    from daemon.config import build_settings
+
+    with pytest.raises(ValueError, match="export.images"):
+        build_settings({"export": {"images": "sometimes"}})
+    with pytest.raises(ValueError, match="export.web_faces"):
+        build_settings({"export": {"web_faces": 0}})
+
+
+@pytest.fixture(scope="module")
+def unposed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, Path]:
+    root = tmp_path_factory.mktemp("unposed")
+    scene = render_scene(root / "scene" / "wall", SceneSpec())
+    shutil.copytree(scene / "images", root / "inbox" / "unposed" / "images")
+    _, out, stats = _run(root / "inbox", "unposed", root, SMALL | {"texture": {"enabled": False}})
+    return out, stats, scene
+
+
+def test_an_unposed_job_publishes_the_sfm_reconstruction(unposed: tuple[Path, dict, Path]) -> None:
+    """COLMAP's own model, written by pycolmap: one shared camera, point tracks, keypoints at the photos' size."""
+    out, stats, _scene = unposed
+    d = check_transforms(out)
+    rec = check_colmap(out, d)
+    assert stats["exports"]["colmap"]["writer"].startswith("pycolmap")
+    assert rec.num_cameras() == 1  # the photos share one camera, as SfM estimated it
+    assert rec.num_points3D() > 100 and rec.compute_mean_track_length() >= 2
+    # the tracks are right where the published cameras see them: keypoints scaled to the original photo size and
+    # points moved into the mesh's frame together with the cameras
+    errors = []
+    for pid in list(rec.point3D_ids())[:300]:
+        p = rec.point3D(pid)
+        for el in p.track.elements:
+            im = rec.image(el.image_id)
+            xy = im.points2D[el.point2D_idx].xy
+            proj = rec.camera(im.camera_id).img_from_cam(im.cam_from_world() * p.xyz)
+            errors.append(np.linalg.norm(np.asarray(proj) - np.asarray(xy)))
+    assert np.median(errors) < 2.0, np.median(errors)
+    assert stats["points"]["source"] in ("dense points", "SfM points")
+
+
+def test_video_frames_are_exported_under_the_names_the_cameras_use(tmp_path: Path) -> None:
+    """A video job's cameras name sampled frames that exist only in the work folder: they are copied into images/."""
+    from pipeline.io.photos import export_photos
+    from tests.test_inputs import _ctx, _ingest, _video
+
+    job = tmp_path / "clip"
+    job.mkdir()
+    _video(job / "walk.mp4", 20, set(range(20)))
+    ctx = _ctx(job, images={"video_frames": 4}, limits={"min_images": 4})
+    man = _ingest(ctx)
+    sources = {fr.name: man.path_of(fr, ctx) for fr in man.frames}
+    written = export_photos(sources, tmp_path / "out")
+    assert len(written) == 4
+    for p, fr in zip(written, man.frames):
+        assert p.path == f"images/{fr.name}" and (tmp_path / "out" / p.path).is_file()
+        with Image.open(tmp_path / "out" / p.path) as im:
+            assert im.size == (fr.width, fr.height)
+
+
+def test_rotated_and_heic_photos_are_written_upright(tmp_path: Path) -> None:
+    """The cameras describe the upright photo: one stored rotated (EXIF) is written upright, not copied."""
+    from pipeline.io.photos import export_photos
+
+    src = tmp_path / "in"
+    src.mkdir()
+    im = Image.fromarray(np.tile(np.arange(64, dtype=np.uint8), (32, 1)))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to view
+    im.convert("RGB").save(src / "rot.jpg", exif=exif)
+    im.convert("RGB").save(src / "plain.jpg")
+    written = {p.name: p for p in export_photos({"rot.jpg": src / "rot.jpg", "plain.jpg": src / "plain.jpg"},
+                                                tmp_path / "out")}
+    assert written["plain.jpg"].copied and (tmp_path / "out/images/plain.jpg").read_bytes() == (src / "plain.jpg").read_bytes()
+    assert not written["rot.jpg"].copied
+    with Image.open(tmp_path / "out" / written["rot.jpg"].path) as out:
+        assert out.size == (32, 64) and out.getexif().get(0x0112, 1) == 1
