@@ -66,9 +66,16 @@ def check_colmap(out: Path, transforms: dict) -> "object":
     return rec
 
 
-def test_a_posed_job_opens_as_it_is(tmp_path: Path) -> None:
-    tiny_job(tmp_path / "inbox" / "cow", views=10, size=64)
-    _, out, stats = _run(tmp_path / "inbox", "cow", tmp_path, TINY)
+@pytest.fixture(scope="module")
+def posed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("posed")
+    tiny_job(root / "inbox" / "cow", views=10, size=64)
+    _, out, stats = _run(root / "inbox", "cow", root, TINY)
+    return out, stats
+
+
+def test_a_posed_job_opens_as_it_is(posed: tuple[Path, dict]) -> None:
+    out, stats = posed
     d = check_transforms(out)
     assert len(d["frames"]) == 10 and d["ply_file_path"] == "points.ply"
     rec = check_colmap(out, d)
@@ -94,6 +101,65 @@ def test_a_posed_job_opens_as_it_is(tmp_path: Path) -> None:
     # the page: job state and result told apart, numbers written plainly
     assert ">job finished<" in html and "id=\"state-meaning\"" in html
     assert not re.search(r"\d\.0000<", html)
+
+
+def _images(html: str) -> list[str]:
+    return re.findall(r'src="data:image/(?:jpeg|png);base64,([A-Za-z0-9+/=]+)"', html)
+
+
+def test_the_report_page_is_light_and_its_renders_fill_their_tiles(posed: tuple[Path, dict]) -> None:
+    import base64
+    import io
+
+    from pipeline.stages.report import HELD_PX, TILE_PX
+
+    out, _stats = posed
+    html = (out / "report.html").read_text()
+    uris = _images(html)
+    assert len(uris) == len(set(uris)), "an image is stored twice in the page"
+    for u in uris:
+        with Image.open(io.BytesIO(base64.b64decode(u))) as im:
+            assert max(im.size) <= max(TILE_PX, HELD_PX), im.size  # stored at the size shown
+    # the colour renders are cropped to the object: it spans the tile (it filled a third of it before)
+    from bench.report_sheet import renders
+
+    for colour, _shaded, _photo in renders(html).values():
+        a = np.asarray(colour).astype(int)
+        ys, xs = np.nonzero((a < 245).any(axis=2))
+        assert max(np.ptp(xs), np.ptp(ys)) + 1 >= 0.75 * max(a.shape[:2])
+    # the 3-D view shows the light copy
+    assert base64.b64encode((out / "mesh_web.glb").read_bytes()).decode()[:4000] in html
+
+
+def test_sizes_are_written_in_real_units_when_the_job_has_a_scale(posed: tuple[Path, dict], tmp_path: Path) -> None:
+    from pipeline.report.html import display_units, render_report
+
+    out, stats = posed
+    assert display_units(None, 1.0).name == "units"
+    assert display_units({"metres_per_unit": 1.0}, 0.05).name == "mm"
+    assert display_units({"metres_per_unit": 1.0}, 0.5).name == "cm"
+    stats = dict(stats, scale={"units": "metres", "metres_per_unit": 1.0, "uncertainty": 0.01, "method": "distance",
+                               "detail": "", "samples": 1, "applied": True})
+    stats["mesh"] = dict(stats["mesh"], extent=[0.1, 0.2, 0.15], volume=0.0005, area=0.1, diagonal=0.27,
+                         bbox_min=[0, 0, 0], bbox_max=[0.1, 0.2, 0.15])
+    stats["masks"] = {"auto": 0}
+    stats["texture"] = dict(stats["texture"], projected_masks=20)
+    context = {"job": {"id": "cow", "folder": "cow", "state": "done", "error": None, "stage": None, "version": "x",
+                       "device": "cpu", "finished": "now"}, "stats": stats, "renders": [], "heldout": [],
+               "scene": None, "timings": [{"stage": "geometry", "seconds": 12.3456, "skipped": False,
+                                           "peak_rss_mb": 698.0, "peak_vram_mb": None}],
+               "config": {}, "config_rows": [], "masks_preview": "data:image/jpeg;base64,AA==", "viewer": None,
+               "no_viewer": None, "published": sorted(stats["files"]), "photos": [], "failure": None, "poster": None}
+    render_report(context, tmp_path / "r.html")
+    html = (tmp_path / "r.html").read_text()
+    size = re.search(r'id="mesh-size">([^<]*)<', html).group(1)
+    assert size == "10.0 cm × 20.0 cm × 15.0 cm"
+    assert re.search(r'id="mesh-volume">500 ml<', html) and re.search(r'id="mesh-area">1,000 cm²<', html)
+    assert "world units" not in html
+    # 20 photos outlined: the count is the outlined photos, not the automatic masks (0)
+    text = re.search(r'id="masks-text">([^<]*)<', html).group(1)
+    assert text.startswith("20 photo(s) came without a mask") and "0 view(s)" not in html
+    assert ">698<" in html and ">12.3<" in html and "698.0000" not in html
 
 
 def test_export_images_false_leaves_the_photos_out(tmp_path: Path) -> None:

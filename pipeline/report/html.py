@@ -168,8 +168,8 @@ class Units:
         if v is None:
             return "n/a"
         if self.real:  # volumes read best in millilitres / litres
-            litres = v * (self.factor / {"mm": 1000.0, "cm": 100.0, "m": 1.0}[self.name]) ** 3 * 1000.0
-            return f"{human(litres * 1000)} ml" if litres < 1 else f"{human(litres)} l"
+            ml = v * (self.factor / {"mm": 1000.0, "cm": 100.0, "m": 1.0}[self.name]) ** 3 * 1e6
+            return f"{human(ml)} ml" if round(ml) < 1000 else f"{human(ml / 1000)} l"
         return f"{human(v)} {self.name}³"
 
 

@@ -166,13 +166,20 @@ def orbit_renders(mesh: trimesh.Trimesh, colors: np.ndarray, views: Views, up: n
         col8, shaded = crop(col8, box), crop(shaded, box)
         nearest = int(np.argmax(dirs_in @ d))
         angle = float(np.degrees(np.arccos(np.clip(dirs_in[nearest] @ d, -1, 1))))
-        photo = on_white(views, nearest)
-        if silhouettes is not None and silhouettes[nearest].any():
-            sil = silhouettes[nearest]
-            photo = crop(photo, scaled_box(crop_box(sil), photo.shape[1] / sil.shape[1], photo.shape[0] / sil.shape[0]))
+        # a photo nearest to several angles is stored once; the later figures point to the first (photo_ref)
+        first = next((j for j, o in enumerate(out) if o["photo_name"] == views.names[nearest]), None)
+        photo_uri = None
+        if first is None:
+            photo = on_white(views, nearest)
+            if silhouettes is not None and silhouettes[nearest].any():
+                sil = silhouettes[nearest]
+                photo = crop(photo, scaled_box(crop_box(sil), photo.shape[1] / sil.shape[1],
+                                               photo.shape[0] / sil.shape[0]))
+            photo_uri = data_uri(photo, max_side=TILE_PX)
         out.append({"label": label, "render": data_uri(col8, max_side=TILE_PX),
-                    "shaded": data_uri(shaded, max_side=TILE_PX), "photo": data_uri(photo, max_side=TILE_PX),
-                    "photo_name": views.names[nearest], "angle": angle, "unseen": unseen})
+                    "shaded": data_uri(shaded, max_side=TILE_PX), "photo": photo_uri,
+                    "photo_ref": first if first is not None else k, "photo_name": views.names[nearest],
+                    "angle": angle, "unseen": unseen})
     return out
 
 
