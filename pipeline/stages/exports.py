@@ -95,7 +95,7 @@ def write_colmap(ctx: JobContext, out_dir: Path, cams: list[PhotoCamera], names:
     matrix = (cameras.get("normalization") or {}).get("matrix")
     if cameras.get("source") == "sfm" and model_root.is_dir() and matrix is not None and len(sizes) == 1:
         # SfM read copies named <photo>.jpg at the feature size (pipeline.stages.cameras._run_sfm)
-        sfm_names = {c.name + ".jpg": names[c.name] for c in cams}
+        sfm_names = {c.name + ".jpg": names.get(c.name, c.name) for c in cams}
         try:
             summary = export_sfm_model(model_root, dst, np.array(matrix), sfm_names, sizes.pop())
             return {"writer": "pycolmap (the SfM reconstruction)", **summary.to_dict()}
