@@ -162,6 +162,24 @@ def test_sizes_are_written_in_real_units_when_the_job_has_a_scale(posed: tuple[P
     assert ">698<" in html and ">12.3<" in html and "698.0000" not in html
 
 
+@pytest.mark.skipif(shutil.which("node") is None or not (Path(__file__).resolve().parents[1] / "node_modules"
+                                                       / "gltf-validator").is_dir(),
+                    reason="node + npm's gltf-validator not installed (npm ci)")
+def test_the_web_copy_passes_the_khronos_validator(posed: tuple[Path, dict]) -> None:
+    import subprocess
+
+    from tests.conftest import REPO
+
+    out, _stats = posed
+    res = subprocess.run(["node", str(REPO / "tools" / "gltf_validate.js"), str(out / "mesh_web.glb")],
+                         capture_output=True, text=True, timeout=120, env={"NODE_PATH": str(REPO / "node_modules"),
+                                                                            "PATH": "/usr/bin:/bin"})
+    report = json.loads(res.stdout)
+    assert report["numErrors"] == 0 and report["numWarnings"] == 0, report["messages"][:5]
+    assert report["info"]["extensionsRequired"] == ["KHR_mesh_quantization"]
+    assert report["info"]["totalTriangleCount"] <= 1000
+
+
 def test_export_images_false_leaves_the_photos_out(tmp_path: Path) -> None:
     tiny_job(tmp_path / "inbox" / "cow", views=8, size=48)
     overrides = TINY | {"export": TINY["export"] | {"images": False}, "texture": {"enabled": False}}
