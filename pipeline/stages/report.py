@@ -130,8 +130,9 @@ def textured_render(mesh: trimesh.Trimesh, colors: np.ndarray, K: np.ndarray, w2
 def poster(mesh: trimesh.Trimesh, colors: np.ndarray, views: Views, up: np.ndarray, size: int,
            textured: tuple[trimesh.Trimesh, np.ndarray, np.ndarray] | None) -> np.ndarray:
     """thumbnail.jpg: the textured mesh from the first photo's side, cropped to it, ``size``^2 px on white."""
-    K, cams = orbit_cameras(mesh, views, up, size, frames=8)
-    img, r = textured_render(mesh, colors, K, cams[0][0], size, textured)
+    # rendered at twice the size: the object fills only part of the frame, and the crop is then scaled down
+    K, cams = orbit_cameras(mesh, views, up, 2 * size, frames=8)
+    img, r = textured_render(mesh, colors, K, cams[0][0], 2 * size, textured)
     from PIL import Image
 
     cut = crop(img, crop_box(r.mask))
