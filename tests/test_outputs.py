@@ -266,3 +266,16 @@ def test_rotated_and_heic_photos_are_written_upright(tmp_path: Path) -> None:
     assert not written["rot.jpg"].copied
     with Image.open(tmp_path / "out" / written["rot.jpg"].path) as out:
         assert out.size == (32, 64) and out.getexif().get(0x0112, 1) == 1
+
+
+def test_publish_copies_subfolders_and_refuses_paths_out_of_the_job(tmp_path: Path) -> None:
+    from pipeline.io.publish import publish
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.jpg").write_bytes(b"x")
+    final = publish({"images/a.jpg": src / "a.jpg", "sparse/0/cameras.txt": src / "a.jpg"}, tmp_path / "out", "job")
+    assert (final / "images" / "a.jpg").read_bytes() == b"x" and (final / "sparse" / "0" / "cameras.txt").is_file()
+    for bad in ("../a.jpg", "/etc/a.jpg", "images/../../a.jpg", ".hidden", "images/.a.jpg", "images//a.jpg"):
+        with pytest.raises(ValueError, match="bad file name"):
+            publish({bad: src / "a.jpg"}, tmp_path / "out2", "job")
