@@ -5,7 +5,7 @@ PYTHON ?= python3
 $(VENV)/.installed: pyproject.toml package.json package-lock.json
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[test,ray]'
+	$(VENV)/bin/pip install --quiet -e '.[test,ray,bench]'
 	@# the glTF validator the tests run comes from the npm registry (package.json); the report's 3-D viewer
 	@# ships inside the pipeline package and needs no npm
 	if command -v npm >/dev/null 2>&1; then npm ci --no-audit --no-fund --silent; \

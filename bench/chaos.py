@@ -7,10 +7,16 @@ longer than intake.settle_seconds, poses first or last; a few adversarial inputs
 ``--per-round`` folders and re-drops one finished folder with new content. Meanwhile faults are injected at
 random (seeded) moments: kill -9 of the worker or of the daemon while a job is in a chosen stage (the daemon is
 then restarted), CANCEL races (while copying, queued, or running), the state volume (a tmpfs) filled for a few
-seconds, the outbox made immutable (`chattr +i`) for a few seconds. After each round, with every job ended and
+seconds, the outbox made immutable (`chattr +i`) for a few seconds, a symbolic link to a folder outside the inbox
+dropped as if it were a job folder, a second daemon started on the same inbox with its own state folder. Every
+round also drops a folder holding FIFOs (a named pipe `images/extra.jpg` and `notes.txt`) and a slow copy of a
+folder without poses. After each round, with every job ended and
 the daemon stopped (SIGTERM, or kill -9 on some rounds, so the next start recovers), the invariants:
 
-- every folder dropped is exactly one job, and every job is in exactly one terminal state;
+- every folder dropped is exactly one job, and every job is in exactly one terminal state; a linked folder is no
+  job (and a `link-refused` event names it); a second daemon on the inbox exits at once and makes no job;
+- a folder with FIFOs ends done, its report listing them as not used; a slow copy ends done on all its files (the
+  job's fingerprint is the folder's final one), never refused as a re-drop;
 - no hidden folder or temporary file is left in the outbox;
 - the ledger passes SQLite's integrity check;
 - no file outside the inbox was opened (inotify on a bait folder that linked / absolute-path inputs point at);
@@ -44,6 +50,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.run_bench import card  # noqa: E402
+from daemon.intake import fingerprint, snapshot  # noqa: E402
 from daemon.ledger import Ledger, LedgerError  # noqa: E402
 from tests.conftest import TINY_SETTINGS, tiny_job  # noqa: E402
 from tests.faults import FaultUnavailable, OpenWatch, fill, hidden_entries, set_immutable, tmpfs  # noqa: E402
@@ -55,7 +62,8 @@ SETTINGS = [*TINY_SETTINGS, "texture.cpu_size=256", "texture.cpu_max_faces=20000
 GOOD = ("fast", "slow-posed", "slow-unposed")
 # adversarial inputs: kind -> (expected end, text the error must contain)
 BAD = {"link-dir": ("failed", "symbolic links point outside"), "link-file": ("failed", "symbolic links point outside"),
-       "abs-path": ("any", None), "corrupt": ("failed", "damaged PNG"), "empty": ("failed", "contains no images")}
+       "abs-path": ("any", None), "corrupt": ("failed", "damaged PNG"), "empty": ("failed", "contains no images"),
+       "fifo": ("done", None)}  # FIFOs are never opened: listed as not used, the job runs on its photos
 
 
 @dataclass
@@ -96,6 +104,8 @@ class Run:
         self.threads: list[threading.Thread] = []
         self.round = 0
         self.unexpected_exits = 0
+        self.links: list[str] = []  # inbox links to the bait folder (never jobs)
+        self.seconds: list[dict[str, Any]] = []  # second daemons started on the inbox: state folder, exit code
 
     # -- the daemon -----------------------------------------------------------------------------------
 
@@ -185,6 +195,9 @@ class Run:
             shutil.rmtree(dst / "images")
             (dst / "transforms.json").unlink()
             (dst / "notes.txt").write_text("oops")
+        elif kind == "fifo":  # nothing ever writes to them: whoever opens one for reading blocks for good
+            os.mkfifo(dst / "images" / "extra.jpg")
+            os.mkfifo(dst / "notes.txt")
 
     def drop(self, kind: str) -> Folder:
         name = self._name(kind)
@@ -318,9 +331,53 @@ class Run:
             set_immutable(self.outbox, False)
         self._record("outbox-immutable", f"{seconds:.1f} s", [])
 
+    def link_job(self) -> None:
+        """A symbolic link to a folder outside the inbox (the bait), dropped like a job folder."""
+        name = f"r{self.round}-linkjob-{len(self.links):03d}"
+        (self.inbox / name).symlink_to(self.bait, target_is_directory=True)
+        self.links.append(name)
+        self._record("linked-job-folder", f"{name} -> {self.bait.name}", [])
+
+    def _inbox_locked(self, timeout: float) -> bool:
+        """Whether the running daemon holds the inbox lock (polled until ``timeout``)."""
+        import fcntl
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with open(self.inbox / ".hotmesh.lock", "a") as fh:
+                    try:
+                        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        return True
+                    fcntl.flock(fh, fcntl.LOCK_UN)
+            except OSError:
+                pass
+            time.sleep(0.2)
+        return False
+
+    def second_daemon(self) -> None:
+        """Another daemon on the same inbox with its own state folder: it must exit at once, making no job."""
+        if not self._inbox_locked(60):
+            return  # the first daemon is (re)starting: a second one now would rightly be the one that runs
+        state = self.root / f"state-second-{len(self.seconds)}"
+        cmd = [sys.executable, "-m", "daemon.cli", "run", "--inbox", str(self.inbox), "--outbox",
+               str(self.root / "outbox-second"), "--state", str(state), "--gpus", "cpu", "--settle-seconds", "0.5"]
+        with open(self.root / f"second-{len(self.seconds)}.log", "w") as log:
+            proc = subprocess.Popen(cmd, cwd=str(REPO), stdout=log, stderr=subprocess.STDOUT)
+        try:
+            code: int | None = proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            code = None
+        self.seconds.append({"state": str(state), "exit": code})
+        self._record("second-daemon", f"exited with {code}" if code is not None else "still running after 90 s", [])
+
     FAULTS: dict[str, Callable[["Run"], None]] = {
         "kill-9-worker": kill_worker, "kill-9-daemon": kill_daemon, "cancel": cancel,
-        "state-disk-full": disk_full, "outbox-immutable": outbox_unwritable}
+        "state-disk-full": disk_full, "outbox-immutable": outbox_unwritable, "linked-job-folder": link_job,
+        "second-daemon": second_daemon}
 
     # -- one round --------------------------------------------------------------------------------------
 
@@ -328,6 +385,8 @@ class Run:
         kinds = self.rng.choices(["fast", "slow-posed", "slow-unposed"], weights=[6, 2, 1], k=n_folders)
         n_bad = max(1, n_folders // 8)
         kinds[:n_bad] = self.rng.sample(sorted(BAD), k=min(n_bad, len(BAD)))
+        if n_folders >= 3:  # every round has a folder with FIFOs and a slow copy without poses
+            kinds[n_bad:n_bad + 2] = ["fifo", "slow-unposed"]
         self.rng.shuffle(kinds)
         for kind in kinds:  # a burst: everything at once
             self.drop(kind)
@@ -370,6 +429,7 @@ class Run:
             for j in rows:
                 by_folder[j.folder] = by_folder.get(j.folder, 0) + 1
             events = {j.id: [e["kind"] for e in ledger.events(j.id)] for j in rows}
+            link_events = ledger.daemon_event_data("link-refused")
         finally:
             ledger.close()
         for name, f in self.folders.items():
@@ -394,11 +454,33 @@ class Run:
                 bad.append(f"{name} ({f.kind}): expected failed with {needle!r}, got {job['state']}: {job['error']}")
             if f.redropped and "redrop-ignored" not in events[job["id"]]:
                 bad.append(f"{name}: re-dropped with new content, but no refusal was recorded")
-            # a folder that was complete when its job ran (one rename, or poses listing what is still to come)
-            # must not look re-dropped; an unposed slow copy may rightly be (its job can run on a partial folder)
-            complete = f.kind in ("fast", "slow-posed") and "cancel" not in f.faulted
-            if complete and not f.redropped and "redrop-ignored" in events[job["id"]]:
+            # no folder that was not dropped again may look re-dropped: a slow copy whose job ran on part of it
+            # (an unposed copy has no list of files to wait for) is run again with all of it instead
+            if "cancel" not in f.faulted and not f.redropped and "redrop-ignored" in events[job["id"]]:
                 bad.append(f"{name} ({f.kind}): refused as a re-drop, but it was never dropped again")
+            if f.kind in GOOD and job["state"] == "done" and not f.redropped \
+                    and job["fingerprint"] != fingerprint(snapshot(self.inbox / name)):
+                bad.append(f"{name} ({f.kind}): done on part of the folder (its fingerprint is not the folder's)")
+            if f.kind == "fifo" and job["state"] == "done" \
+                    and "named pipe (FIFO)" not in (out / "report.html").read_text(errors="replace"):
+                bad.append(f"{name} (fifo): done, but the report does not list the FIFOs as not used")
+        for link in self.links:
+            if by_folder.get(link):
+                bad.append(f"{link}: a symbolic link to a folder outside the inbox became a job")
+            elif not any(link == e.get("folder") for e in link_events):
+                bad.append(f"{link}: a linked folder was not refused visibly (no link-refused event)")
+        for second in self.seconds:
+            if second["exit"] != 3:
+                bad.append(f"a second daemon on the same inbox did not stop at once (exit {second['exit']})")
+            if (Path(second["state"]) / "ledger.db").exists():
+                try:
+                    other = Ledger(Path(second["state"]) / "ledger.db")
+                    n = len(other.jobs())
+                    other.close()
+                except LedgerError:
+                    n = 0
+                if n:
+                    bad.append(f"a second daemon on the same inbox made {n} job(s)")
         extra = set(by_folder) - set(self.folders)
         if extra:
             bad.append(f"jobs for folders never dropped: {sorted(extra)}")
@@ -439,6 +521,7 @@ def summarize(run: Run, rounds: list[dict[str, Any]], seconds: float, seed: int,
     return {
         "benchmark": "chaos", "card": card(), "date": time.strftime("%Y-%m-%d"), "seed": seed,
         "command": f"python bench/chaos.py --rounds {args.rounds} --seed {seed} --burst {args.burst} "
+                   f"--faults {args.faults} "
                    f"--per-round {args.per_round}",
         "rounds": len(rounds), "seconds": round(seconds, 1), "folders": len(run.folders), "jobs": len(jobs),
         "faults_total": len(run.faults), "faults": faults, "tmpfs_and_chattr": use_tmpfs,
@@ -448,6 +531,7 @@ def summarize(run: Run, rounds: list[dict[str, Any]], seconds: float, seed: int,
         "fault_log": [asdict(f) for f in run.faults],
         "kinds": {k: sum(1 for f in run.folders.values() if f.kind == k) for k in (*GOOD, *BAD)},
         "redropped": sum(1 for f in run.folders.values() if f.redropped),
+        "linked_job_folders": len(run.links), "second_daemons": run.seconds,
     }
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One command on a GPU machine without network, with what bench/pack_device.sh put in .carry/:
 #   bash bench/device.sh unpack                     unpack the carried tarballs and data into /tmp, nothing else
-#   bash bench/device.sh gpu-tests [PYTEST ARGS]    pytest -m gpu; the log goes to $OUT/gpu-tests-<card>.txt
+#   bash bench/device.sh gpu-tests [PYTEST ARGS]    pytest -m gpu; the log goes to $OUT/gpu-tests-<card>.txt (set
+#                                                   HOTMESH_COMMIT to name the commit: the copy's git data is stale)
 #   bash bench/device.sh bench [RUN_BENCH ARGS]     bench/run_bench.py --out $OUT ...; rows are written as they finish
 #   bash bench/device.sh peer SET [PEER ARGS]       bench/peer_colmap.py --out $OUT ...
 #   bash bench/device.sh COMMAND [ARGS...]          anything else, in the same environment
@@ -20,8 +21,12 @@ for t in "$REPO"/.carry/*.tar.xz; do
     stamp="$SITE/.$(basename "$t").done"
     [ -f "$stamp" ] || { tar -xJf "$t" -C "$SITE" && touch "$stamp"; }
 done
-if [ -d "$REPO/.carry/data" ]; then
-    cp -r "$REPO"/.carry/data/. "$DATA"/
+# data sets: every carried .carry/data*/ folder (one per call, so that each call carries only what is new)
+for d in "$REPO"/.carry/data*/; do
+    [ -d "$d" ] && cp -r "$d". "$DATA"/
+done
+if ! ls "$SITE"/.*.done >/dev/null 2>&1; then
+    echo "device.sh: no dependency tarballs unpacked on this machine: carry .carry/*.tar.xz in this call" >&2
 fi
 export PYTHONPATH="$REPO:$SITE${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export TORCH_EXTENSIONS_DIR=/tmp/torch_ext HOTMESH_TEST_DATA="$DATA"
@@ -45,7 +50,7 @@ case "$mode" in
         du -sh "$SITE" "$DATA"; ls "$DATA" ;;
     gpu-tests)
         log="$OUT/gpu-tests-$CARD.txt"
-        { echo "# pytest -m gpu on $(python3 -c 'import torch; print(torch.cuda.get_device_name(0))'), $(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+        { echo "# pytest -m gpu on $(python3 -c 'import torch; print(torch.cuda.get_device_name(0))'), $(date -u +%Y-%m-%dT%H:%MZ)${HOTMESH_COMMIT:+, commit $HOTMESH_COMMIT}"
           timeout -k 10 "$LIMIT" python3 -m pytest -m gpu -v -p no:cacheprovider --durations=0 tests "$@" 2>&1; } | tee "$log" ;;
     bench)
         timeout -k 10 "$LIMIT" python3 bench/run_bench.py --out "$OUT" "$@" ;;

@@ -92,8 +92,20 @@ def main() -> None:
     cams = [PhotoCamera(name=fr["file_path"], width=w, height=h, K=K, dist=(), model="PINHOLE", w2c=w2c)
             for fr, K, w2c, (w, h) in zip(frames, truth.Ks, truth.w2cs, truth.sizes)]
     work = Path(tempfile.mkdtemp(prefix="peer-colmap-"))
-    row: dict = {"set": folder.name, "method": "COLMAP PatchMatch + fusion + Poisson", "posed": True}
+    row: dict = {"set": folder.name, "method": "COLMAP PatchMatch + fusion + Poisson", "posed": True,
+                 "settings": {"max_image_size": args.max_size, "num_iterations": args.iterations,
+                              "geom_consistency": args.geometric, "source_images": args.sources}}
     t_all = time.monotonic()
+    tag = args.tag or f"peer-colmap-{folder.name}"
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def save(state: str) -> None:
+        """The row as it stands: a run stopped by its time limit keeps the steps it finished."""
+        row["state"] = row.get("state") if row.get("state") == "error" else state
+        (args.out / f"{tag}.json").write_text(json.dumps({"card": card(), "date": time.strftime("%Y-%m-%d"),
+                                                          "results": [row]}, indent=1))
+
+    save("running")
     try:
         center = 0.5 * (gt.bounds[0] + gt.bounds[1])
         radius = 0.5 * float(np.linalg.norm(gt.bounds[1] - gt.bounds[0]))
@@ -112,6 +124,7 @@ def main() -> None:
         t0 = time.monotonic()
         pycolmap.undistort_images(output_path=ws, input_path=sparse, image_path=folder)
         row["undistort_seconds"] = round(time.monotonic() - t0, 1)
+        save("running")
         (ws / "stereo" / "patch-match.cfg").write_text("".join(
             f"{cams[i].name}\n" + ", ".join(cams[j].name for j in nbrs[i]) + "\n" for i in range(len(cams))))
         dist = np.linalg.norm(camera_centers(truth.w2cs) - center, axis=1)
@@ -124,6 +137,7 @@ def main() -> None:
         t0 = time.monotonic()
         pycolmap.patch_match_stereo(ws, options=pm)
         row["patch_match_seconds"] = round(time.monotonic() - t0, 1)
+        save("running")
         fo = pycolmap.StereoFusionOptions()
         t0 = time.monotonic()
         pycolmap.stereo_fusion(ws / "fused.ply", ws, input_type="geometric" if args.geometric else "photometric",
@@ -131,6 +145,7 @@ def main() -> None:
         row["fusion_seconds"] = round(time.monotonic() - t0, 1)
         fused = trimesh.load(ws / "fused.ply") if (ws / "fused.ply").exists() else None
         row["fused_points"] = 0 if fused is None else int(len(fused.vertices))
+        save("running")
         if row["fused_points"] == 0:
             # Poisson on an empty cloud crashes COLMAP (SIGSEGV in the surface trimmer): never call it
             raise RuntimeError(f"fusion produced no points ({depth_map_summary(ws)})")
@@ -147,8 +162,6 @@ def main() -> None:
         row["faces"] = int(len(mesh.faces))
         row["wall_seconds"] = round(time.monotonic() - t_all, 1)
         row.update(score(mesh, gt, truth, args.samples))
-        row["settings"] = {"max_image_size": args.max_size, "num_iterations": args.iterations,
-                           "geom_consistency": args.geometric, "source_images": args.sources}
         if args.keep is not None:
             args.keep.mkdir(parents=True, exist_ok=True)
             mesh.export(args.keep / f"{folder.name}-colmap.ply")
@@ -157,11 +170,8 @@ def main() -> None:
                     "wall_seconds": round(time.monotonic() - t_all, 1)})
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    save("done")
     print(json.dumps(row), flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    tag = args.tag or f"peer-colmap-{folder.name}"
-    (args.out / f"{tag}.json").write_text(json.dumps({"card": card(), "date": time.strftime("%Y-%m-%d"),
-                                                      "results": [row]}, indent=1))
 
 
 if __name__ == "__main__":

@@ -55,6 +55,21 @@ def card() -> str:
     return f"CPU: {cpu} x{os.cpu_count()}"
 
 
+def error_map(mesh: Path, gt: Path, out: Path) -> str:
+    """Draw where ``mesh`` (in the GT's frame) is wrong with the shared tool (../shared/tools/error_map.py, which
+    needs matplotlib: ``pip install -e '.[bench]'``). -> the picture's name, or why it was not drawn."""
+    import subprocess
+
+    tool = DATA.parent / "tools" / "error_map.py"
+    if not tool.is_file():
+        return f"not drawn: {tool} is missing"
+    r = subprocess.run([sys.executable, str(tool), str(mesh), str(gt), str(out)], capture_output=True, text=True,
+                       timeout=600)
+    if r.returncode != 0 or not out.is_file():
+        return f"not drawn: {(r.stderr.strip().splitlines() or ['error_map.py failed'])[-1]}"
+    return out.name
+
+
 def resolve_set(name: str) -> Path:
     p = Path(name)
     if p.is_dir():
@@ -150,7 +165,9 @@ def run_job(folder: Path, posed: bool, overrides: dict[str, dict[str, Any]], dev
             row.update(score(mesh, gt, truth, samples))
             if keep is not None:
                 keep.mkdir(parents=True, exist_ok=True)
-                mesh.export(keep / f"{folder.name}-{variant}-{'posed' if posed else 'unposed'}.ply")
+                kept = keep / f"{folder.name}-{variant}-{'posed' if posed else 'unposed'}.ply"
+                mesh.export(kept)
+                row["error_map"] = error_map(kept, gt_path, kept.with_suffix(".png"))
         return row
     except Exception as e:  # a broken set must not lose the others' results
         row.update({"state": "error", "error": f"{type(e).__name__}: {e}"})
@@ -183,7 +200,8 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, default=1, help="jobs at once (timings then include contention)")
     ap.add_argument("--tag", default=None)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
-    ap.add_argument("--keep", type=Path, default=None, help="copy each scored mesh (GT frame) here")
+    ap.add_argument("--keep", type=Path, default=None,
+                    help="copy each scored mesh (GT frame) here, with its error picture (error_map.py) beside it")
     args = ap.parse_args()
 
     from daemon.worker import pick_device

@@ -276,18 +276,33 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(no_ledger_message(folders))
         return 0
     ledger = Ledger(folders.ledger)
-    jobs = ledger.jobs()
+    ahead = unwritten_states(folders.outbox)
+    jobs = [ahead.get(j.id, j) for j in ledger.jobs()]
+    notices = current_notices(ledger, jobs)
     if args.json:
-        print(json.dumps([j.to_dict() | {"events": ledger.events(j.id)} if args.events else j.to_dict() for j in jobs],
-                         indent=1))
+        rows = []
+        for j in jobs:
+            row = j.to_dict() | ({"events": ledger.events(j.id)} if args.events else {})
+            if j.id in notices:
+                row["notice"] = notices[j.id]
+            if j.id in ahead:
+                row["ledger_behind"] = True
+            rows.append(row)
+        print(json.dumps(rows, indent=1))
         return 0
     print(f"state folder: {folders.state} ({folders.origin['state']})")
+    if ahead:
+        print(f"the daemon cannot write the ledger now (see outbox/_status/{DAEMON_STATUS_FILE}); jobs marked * show "
+              f"the state it keeps in memory and will write, as their status files do")
     print(f"{'JOB':28} {'STATE':10} {'STAGE':10} {'PROG':>6} {'TRY':>3}  ERROR / OUTPUT")
     for j in jobs:
         extra = (j.error or "").splitlines()[0][:70] if j.error else j.outputs.get("report", "")
         if j.outputs.get("evaluated") is False:
             extra += "  (not evaluated: no held-out view)"
-        print(f"{j.id[:28]:28} {j.state.value:10} {(j.stage or '-')[:10]:10} {j.progress:5.1f}% {j.attempts:3d}  {extra}")
+        state = j.state.value + ("*" if j.id in ahead else "")
+        print(f"{j.id[:28]:28} {state:10} {(j.stage or '-')[:10]:10} {j.progress:5.1f}% {j.attempts:3d}  {extra}")
+        if j.id in notices:
+            print(f"    notice: {notices[j.id]}")
         if args.events:
             for e in ledger.events(j.id):
                 print(f"    {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(e['ts']))} {e['kind']:16} {e['message']}")
@@ -296,6 +311,46 @@ def cmd_status(args: argparse.Namespace) -> int:
     unevaluated = sum(1 for j in jobs if j.outputs.get("evaluated") is False)
     print(line + (f"  ({unevaluated} done without a held-out evaluation)" if unevaluated else ""))
     return 0
+
+
+DAEMON_STATUS_FILE = "_daemon.json"  # daemon.service.DAEMON_STATUS (not imported: it pulls in watchdog)
+
+
+def current_notices(ledger: Any, jobs: list[Any]) -> dict[str, str]:
+    """Job id -> the re-drop notice still standing for it (given after the job last ended; a retry or rerun since
+    has answered it), as the status file shows it."""
+    out: dict[str, str] = {}
+    for job_id, ev in ledger.latest_event_rows("redrop-ignored").items():
+        job = next((j for j in jobs if j.id == job_id), None)
+        if job is not None and job.state.terminal and job.finished is not None and ev["ts"] >= job.finished:
+            out[job_id] = ev["message"]
+    return out
+
+
+def unwritten_states(outbox: Path) -> dict[str, Any]:
+    """While the daemon cannot write the ledger (a full state disk), the jobs whose state changed meanwhile, as
+    their status files have them (the daemon writes those from the state it keeps in memory): job id -> Job. Empty
+    when the daemon says its ledger is up to date. `status` would otherwise show a job running that the status
+    file shows queued again."""
+    from daemon.ledger import Job
+
+    try:
+        daemon = json.loads((outbox / "_status" / DAEMON_STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    if daemon.get("ledger_ok", True) and not daemon.get("pending_writes"):
+        return {}
+    out: dict[str, Any] = {}
+    for path in sorted((outbox / "_status").glob("*.json")):
+        if path.name == DAEMON_STATUS_FILE:
+            continue
+        try:
+            d = json.loads(path.read_text())
+            out[path.stem] = Job.from_row(d | {"fingerprint": None, "timings": json.dumps(d.get("timings") or {}),
+                                               "outputs": json.dumps(d.get("outputs") or {})})
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return out
 
 
 def _folder_paths(args: argparse.Namespace):

@@ -116,7 +116,8 @@ class Settings:
         return d
 
     def secrets(self) -> tuple[str, ...]:
-        """Every secret string in these settings and its parts (URL passwords, tokens, paths), longest first: what
+        """Every secret string in these settings and its secret parts (URL passwords, query values, token-like path
+        parts; not ordinary words such as a URL path `/hook`), longest first: what
         log handlers and ledger events are scrubbed of (pipeline.io.redact)."""
         return secret_values(str(getattr(getattr(self, section), key)) for section, key in sorted(SECRET_KEYS))
 
@@ -144,7 +145,7 @@ def build_settings(overrides: Mapping[str, Mapping[str, Any]]) -> Settings:
 # HOTMESH_* variables that are not settings: folders, GPUs, build and test knobs, and what the command hook is given
 NON_SETTING_ENV = frozenset({"HOTMESH_INBOX", "HOTMESH_OUTBOX", "HOTMESH_STATE", "HOTMESH_CONFIG", "HOTMESH_GPUS",
                              "HOTMESH_UID", "HOTMESH_GID", "HOTMESH_DATA", "HOTMESH_NODE_MODULES", "HOTMESH_PROFILE",
-                             "HOTMESH_PROFILE_STAGES", "HOTMESH_TEST_DATA", "HOTMESH_SHARED"})
+                             "HOTMESH_PROFILE_STAGES", "HOTMESH_TEST_DATA", "HOTMESH_SHARED", "HOTMESH_COMMIT"})
 NON_SETTING_PREFIXES = ("HOTMESH_JOB_",)  # set by the daemon for ops.command_hook
 
 

@@ -14,19 +14,24 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
 from pipeline.context import CANCEL_MARKER, READY_MARKER
+from pipeline.io.files import printable
 
 log = logging.getLogger("hotmesh.intake")
 
 
 def snapshot(folder: Path) -> tuple[tuple[str, int, int], ...]:
-    """Sorted (relative path, size, mtime_ns) of every file under ``folder`` (symlinks not followed)."""
-    entries = []
+    """Sorted (relative path, size, mtime_ns) of every file under ``folder`` (symlinks not followed, not even
+    ``folder`` itself: a linked job folder is refused, and nothing behind the link is looked at)."""
+    entries: list[tuple[str, int, int]] = []
+    if folder.is_symlink():
+        return ()
     for root, dirs, files in os.walk(folder):
         dirs.sort()
         for name in files:
@@ -39,6 +44,23 @@ def snapshot(folder: Path) -> tuple[tuple[str, int, int], ...]:
     return tuple(sorted(entries))
 
 
+def changed_within(folder: Path, start: float, end: float) -> bool:
+    """Whether any file or folder under ``folder`` (itself included) was created or changed between the wall-clock
+    times ``start`` and ``end``, by its ctime (which, unlike the mtime, a copy that preserves times cannot set):
+    lstat only, links not followed."""
+    if folder.is_symlink():
+        return False
+    for root, dirs, files in os.walk(folder):
+        for name in [".", *dirs, *files]:
+            try:
+                ctime = (Path(root) / name).lstat().st_ctime
+            except OSError:
+                continue
+            if start <= ctime <= end:
+                return True
+    return False
+
+
 def fingerprint(snap: tuple[tuple[str, int, int], ...]) -> str:
     h = hashlib.sha256()
     for rel, size, mtime in snap:
@@ -49,8 +71,32 @@ def fingerprint(snap: tuple[tuple[str, int, int], ...]) -> str:
 
 
 def is_candidate(p: Path) -> bool:
-    """Job folders: visible directories (names starting with '.' or '_' are ours or the user's scratch)."""
-    return p.is_dir() and not p.name.startswith((".", "_"))
+    """Job folders: visible directories (names starting with '.' or '_' are ours or the user's scratch), by
+    lstat: a symbolic link to a folder is not one (see :func:`is_linked_folder`)."""
+    try:
+        mode = p.lstat().st_mode
+    except OSError:  # vanished meanwhile
+        return False
+    return stat.S_ISDIR(mode) and not p.name.startswith((".", "_"))
+
+
+def is_linked_folder(p: Path) -> bool:
+    """A visible inbox entry that is a symbolic link to a folder: refused (its files are outside the inbox). Only
+    stats the target; nothing behind the link is listed or opened."""
+    return not p.name.startswith((".", "_")) and p.is_symlink() and p.is_dir()
+
+
+def linked_folder_message(name: str) -> str:
+    """What a user who linked a folder into the inbox is told (log line and ledger event)."""
+    return (f"the inbox entry {shown(name)} is a symbolic link to a folder, and hotmesh reads no file outside the "
+            f"inbox, so it is not a job and nothing behind the link was opened. Copy the folder into the inbox "
+            f"instead of linking it (copy it next to the inbox, then move it in with one rename), and remove the link")
+
+
+def shown(name: str) -> str:
+    """A file or folder name for a log line: quoted, with control characters escaped, so a name holding a
+    newline cannot split a log line or forge another one."""
+    return f"'{printable(name)}'"
 
 
 @dataclass
@@ -108,6 +154,7 @@ class Settler:
     settle_seconds: float
     missing_files_seconds: float = 60.0
     pending: dict[str, Pending] = field(default_factory=dict)
+    linked: set[str] = field(default_factory=set)  # inbox entries that are links to folders, at the last scan
 
     def scan(self, inbox: Path, known: set[str], now: float | None = None,
              baselines: Mapping[str, str] | None = None) -> list[Decision]:
@@ -122,6 +169,7 @@ class Settler:
             entries = sorted(inbox.iterdir())
         except FileNotFoundError:
             return []
+        self.linked = {p.name for p in entries if is_linked_folder(p)}
         for p in entries:
             base = baselines.get(p.name)
             if not is_candidate(p) or (p.name in known and base is None):

@@ -407,6 +407,19 @@ class Ledger:
                           " AND job_id IS NOT NULL GROUP BY job_id)", (kind,))
         return {r["job_id"]: json.loads(r["data"] or "{}") for r in rows}
 
+    def daemon_event_data(self, kind: str) -> list[dict[str, Any]]:
+        """The data of every event of ``kind`` that belongs to no job (e.g. the inbox links refused), oldest first."""
+        return [json.loads(r["data"] or "{}") for r in
+                self._read("SELECT data FROM events WHERE kind = ? AND job_id IS NULL ORDER BY id", (kind,))]
+
+    def latest_event_rows(self, kind: str) -> dict[str, dict[str, Any]]:
+        """Job id -> its latest event of ``kind`` (ts, message, data): e.g. the re-drop notice `hotmesh status`
+        shows."""
+        rows = self._read("SELECT job_id, ts, message, data FROM events WHERE id IN (SELECT MAX(id) FROM events WHERE"
+                          " kind = ? AND job_id IS NOT NULL GROUP BY job_id)", (kind,))
+        return {r["job_id"]: {"ts": r["ts"], "message": r["message"], "data": json.loads(r["data"] or "{}")}
+                for r in rows}
+
     def counts(self) -> dict[str, int]:
         rows = self._read("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
         return {r["state"]: r["n"] for r in rows}

@@ -23,6 +23,7 @@ from typing import Any, Callable
 from daemon.config import OpsConfig
 from daemon.ledger import Job, Ledger, LedgerError
 from daemon.states import JobState
+from pipeline.io.files import open_regular, regular_file
 from pipeline.io.redact import redact_url, scrub, secret_values
 from pipeline.settings import PipelineSettings
 
@@ -100,14 +101,15 @@ FACES_PER_VOXEL2 = 6  # marching cubes of a hull at resolution r: ~5 r^2 faces (
 
 
 def _image_pixels(folder: Path, max_side: int) -> tuple[int, int]:
-    """(working pixels, images) of the folder's images, from their headers (no decode). Links are skipped,
-    not followed: the daemon opens no file outside the inbox (ingest refuses such links anyway)."""
+    """(working pixels, images) of the folder's images, from their headers (no decode). Only regular files are
+    read (lstat first): a link is not followed (the daemon opens no file outside the inbox; ingest refuses such
+    links anyway), and a FIFO or device is never opened (the daemon's loop would block on it)."""
     pixels = 0
     images = 0
     for root, _dirs, files in os.walk(folder):  # does not descend into linked folders
         for name in files:
             p = Path(root) / name
-            if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff") and not p.is_symlink():
+            if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff") and regular_file(p, follow=False):
                 w_h = _header_size(p)
                 if w_h is not None:
                     scale = min(1.0, max_side / max(w_h))
@@ -117,11 +119,12 @@ def _image_pixels(folder: Path, max_side: int) -> tuple[int, int]:
 
 
 def _header_size(p: Path) -> tuple[int, int] | None:
-    """(width, height) from an image's header, or None when it is not one."""
+    """(width, height) from an image's header, or None when it is not one (or not a regular file)."""
     from PIL import Image
 
     try:
-        with Image.open(p) as im:  # header only, no decode
+        # O_NOFOLLOW and O_NONBLOCK: an entry swapped for a link or a FIFO after the lstat is refused, not waited on
+        with open_regular(p, follow=False) as fh, Image.open(fh) as im:  # header only, no decode
             return im.size
     except (OSError, ValueError, Image.DecompressionBombError):
         return None

@@ -26,16 +26,19 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from daemon.config import Settings
-from daemon.intake import Decision, Settler, dir_stamp, fingerprint, snapshot
+from daemon.intake import (Decision, Settler, changed_within, dir_stamp, fingerprint, linked_folder_message, shown,
+                           snapshot)
 from daemon.ops import Notifier, apply_retention, check_disk, estimate_job_bytes, plan_retention, serve_http
 from daemon.ledger import FolderJob, Job, Ledger, LedgerError
 from daemon.states import JobState
 from daemon.executors import Event, Executor, Finished, LocalExecutor, Lost, SubmitError
 from daemon.worker import Paths, apply_outcome, write_status
-from pipeline.context import CANCEL_MARKER
+from pipeline.context import CANCEL_MARKER, during_stage
+from pipeline.io.files import printable
 
 log = logging.getLogger("hotmesh.daemon")
 DAEMON_STATUS = "_daemon.json"
+INBOX_LOCK = ".hotmesh.lock"  # in the inbox: hidden (a leading '.'), so never taken for a job folder
 
 
 class AlreadyRunning(RuntimeError):
@@ -53,9 +56,9 @@ class _Write:
 
 def redrop_notice(job: FolderJob, folder: str) -> str:
     """What a user who re-dropped a finished job's folder with new content is told (log, event, status file)."""
-    return (f"the inbox folder {folder!r} changed after its job {job.id} was {job.state.value}; a finished job is "
+    return (f"the inbox folder {shown(folder)} changed after its job {job.id} was {job.state.value}; a finished job is "
             f"not processed again by itself. To process the new content, run `hotmesh retry {job.id}` (it reruns "
-            f"with the new files), or drop the folder under a new name (e.g. {folder}-2)")
+            f"with the new files), or drop the folder under a new name (e.g. {printable(folder)}-2)")
 
 
 class Daemon:
@@ -68,6 +71,7 @@ class Daemon:
         self.executor: Executor | None = None
         self._relayed: set[str] = set()  # running jobs whose CANCEL was passed to the executor
         self._lock_fh: Any = None
+        self._inbox_lock_fd: int | None = None  # inbox/.hotmesh.lock (or the inbox folder), flocked
         self.retention_due = threading.Event()
         self.last_tick = time.monotonic()
         self.disk_ok = True
@@ -86,6 +90,7 @@ class Daemon:
         self._stamped = float("-inf")  # when the stamps were last taken (every intake.rescan_seconds)
         # folder -> (its job's fingerprint, content already answered for): valid while the job's is unchanged
         self._acknowledged: dict[str, tuple[str, str]] = {}
+        self._links_told: set[str] = set()  # inbox links to folders already refused (log line + ledger event)
 
     # -- life cycle ---------------------------------------------------------------------------------
 
@@ -105,6 +110,35 @@ class Daemon:
         except OSError as e:
             log.warning("could not write the pid into %s: %s", self.paths.state / "daemon.lock", e)
 
+    def _acquire_inbox_lock(self) -> None:
+        """One inbox, one daemon: two daemons on one inbox with different state folders each made a job of every
+        folder (the second re-ran all the first had done). An exclusive flock on inbox/.hotmesh.lock (hidden, so
+        never a job) is held while the daemon runs; the kernel drops it when the process dies, so a crashed daemon
+        leaves nothing to clean up. A read-only inbox, where the file cannot be made, is locked through its
+        directory instead."""
+        path = self.paths.inbox / INBOX_LOCK
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        except OSError as e:
+            log.warning("cannot create %s (%s); locking the inbox folder itself", path, e.strerror or e)
+            fd = os.open(self.paths.inbox, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise AlreadyRunning(f"another hotmesh daemon already watches the inbox {self.paths.inbox} (it holds "
+                                 f"{path}); stop it first, or give this one another --inbox. One inbox has one "
+                                 f"daemon: a second one would process the same folders again") from None
+        self._inbox_lock_fd = fd
+
+    def _release_locks(self) -> None:
+        if self._inbox_lock_fd is not None:
+            os.close(self._inbox_lock_fd)
+            self._inbox_lock_fd = None
+        if self._lock_fh is not None:
+            self._lock_fh.close()
+            self._lock_fh = None
+
     def request_stop(self, *_: Any) -> None:
         log.info("stop requested: finishing at the next checkpoint")
         self.stopping.set()
@@ -115,6 +149,11 @@ class Daemon:
         for d in (self.paths.inbox, self.paths.outbox, self.paths.state):
             d.mkdir(parents=True, exist_ok=True)
         self._acquire_lock()
+        try:
+            self._acquire_inbox_lock()
+        except AlreadyRunning:
+            self._release_locks()  # the state folder is free again for whoever holds the inbox
+            raise
         try:  # where the CLI (cancel, retry, logs, clean) finds this daemon's folders
             (self.paths.state / "paths.json").write_text(json.dumps({"inbox": str(self.paths.inbox),
                                                                      "outbox": str(self.paths.outbox)}))
@@ -190,9 +229,7 @@ class Daemon:
                       len(self._pending), self.ledger_problem, "; ".join(
                           f"{w.what} ({w.job_id})" if w.job_id else w.what for w in self._pending))
         self.ledger.close()
-        if self._lock_fh is not None:  # releases the state folder (for `hotmesh ledger rebuild`, or a new daemon)
-            self._lock_fh.close()
-            self._lock_fh = None
+        self._release_locks()  # the state folder (for `hotmesh ledger rebuild`, or a new daemon) and the inbox
         log.info("stopped")
 
     def run(self) -> None:
@@ -236,6 +273,8 @@ class Daemon:
     def _remember_refusals(self) -> None:
         """Re-drops already answered (ledger events) are not logged again after a restart."""
         by_id = {j.id: (folder, j.fingerprint) for folder, j in self.ledger.folders().items()}
+        # inbox links already refused (by an earlier start): told again only if removed and made again
+        self._links_told = {d.get("folder") for d in self.ledger.daemon_event_data("link-refused")}
         for job_id, data in self.ledger.latest_events("redrop-ignored").items():
             if job_id in by_id and data.get("fingerprint"):
                 folder, fp = by_id[job_id]
@@ -409,6 +448,7 @@ class Daemon:
             self._ledger_down(e)
             return
         decisions = self.settler.scan(self.paths.inbox, set(jobs), baselines=self._baselines(jobs))
+        self._refuse_links(self.settler.linked)
         for d in decisions:
             if d.changed:
                 self._folder_changed(jobs[d.folder], d)
@@ -424,8 +464,19 @@ class Daemon:
             if d.cancelled:
                 self._cancel_before_start(job, "cancelled by a CANCEL file before processing started")
                 continue
-            log.info("[job %s] queued from %s", job.id, d.folder)
+            log.info("[job %s] queued from %s", job.id, shown(d.folder))
             self._status(job)
+
+    def _refuse_links(self, linked: set[str]) -> None:
+        """Inbox entries that are links to folders are never jobs: say so once per link (log line and ledger
+        event, with what to do); a link removed and made again is told again."""
+        self._links_told &= linked
+        for name in sorted(linked - self._links_told):
+            message = linked_folder_message(name)
+            log.warning("%s", message)
+            self._write("link event", None,
+                        lambda ledger, m=message, n=name: ledger.event(None, "link-refused", m, {"folder": n}))
+            self._links_told.add(name)  # written now or kept in order: either way, told once
 
     def _baselines(self, jobs: dict[str, FolderJob]) -> dict[str, str]:
         """Finished jobs' folders to watch for new content, with the fingerprint to compare against.
@@ -460,7 +511,7 @@ class Daemon:
         one job); say so, once per content, with what to do."""
         self._acknowledged[d.folder] = (job.fingerprint, d.fingerprint)
         if job.state == JobState.FAILED and not d.cancelled:
-            reason = f"the inbox folder {d.folder!r} changed after the job failed; running it again with the new content"
+            reason = f"the inbox folder {shown(d.folder)} changed after the job failed; running it again with the new content"
             current = self.ledger.get(job.id)
             if current is None:
                 return
@@ -473,6 +524,8 @@ class Daemon:
             return
         if d.cancelled:
             return  # a CANCEL in a finished job's folder: nothing to do
+        if job.state == JobState.DONE and self._rerun_grown(job, d):
+            return
         notice = redrop_notice(job, d.folder)
         log.warning("[job %s] %s", job.id, notice)
         self._write("re-drop event", job.id,
@@ -480,6 +533,34 @@ class Daemon:
         current = self._job(job.id)
         if current is not None:
             self._status(current, notice=notice)
+
+    def _rerun_grown(self, job: FolderJob, d: Decision) -> bool:
+        """A done job whose folder changed while it ran, or within intake.settle_seconds after it ended, ran on
+        part of a copy that was still going on (an unposed folder has no list of files to wait for): its result
+        does not describe the folder. Run it again with the whole folder, which has settled by now, rather than
+        refuse the rest as a re-drop. Bounded by jobs.max_attempts such reruns, so a folder something keeps
+        writing into cannot loop; after that the re-drop notice says what to do."""
+        current = self._job(job.id)
+        events = self.ledger.events(job.id)
+        claims = [e["ts"] for e in events if e["kind"] == "claimed"]
+        if current is None or current.finished is None or not claims:
+            return False
+        # from the start of the attempt that produced the result (the job's `started` is its first attempt's)
+        window = (max(claims), current.finished + self.settings.intake.settle_seconds)
+        if not changed_within(self.paths.inbox / d.folder, *window):
+            return False  # changed only after the job had ended: a re-drop
+        if sum(1 for e in events if e["kind"] == "input-grew") >= self.settings.jobs.max_attempts:
+            return False
+        reason = (f"the inbox folder {shown(d.folder)} gained or changed files while its job ran (a copy still going "
+                  f"on when it started), so the result covered only part of it; running it again with the whole "
+                  f"folder")
+        log.warning("[job %s] %s", job.id, reason)
+        self._estimates.pop(job.id, None)
+        self._change("rerun", dataclasses.replace(current, state=JobState.QUEUED, attempts=0, error=None, finished=None,
+                                                   fingerprint=d.fingerprint),
+                     lambda ledger: ledger.retry(job.id, reason, fingerprint=d.fingerprint, kind="input-grew"))
+        self._acknowledged.pop(d.folder, None)
+        return True
 
     def _cancel_queued(self) -> None:
         for job in self.ledger.jobs(JobState.QUEUED):
@@ -553,12 +634,12 @@ class Daemon:
         for name in remove_stale_partials(self.paths.outbox, job_id):
             log.warning("[job %s] removed unfinished publish folder %s", job_id, name)
         if job.attempts < self.settings.jobs.max_attempts:
-            why = (f"{reason} during stage {job.stage!r}; retrying from the last checkpoint "
+            why = (f"{reason} {during_stage(job.stage)}; retrying from the last checkpoint "
                    f"(attempt {job.attempts} of {self.settings.jobs.max_attempts})")
             self._change("requeue", dataclasses.replace(job, state=JobState.QUEUED, worker=None),
                          lambda ledger: ledger.requeue(job_id, why, expect=JobState.RUNNING))
         else:
-            msg = (f"{reason} during stage {job.stage!r}, {job.attempts} times; giving up "
+            msg = (f"{reason} {during_stage(job.stage)}, {job.attempts} times; giving up "
                    f"(jobs.max_attempts={self.settings.jobs.max_attempts}). See `hotmesh logs {job_id}` for what "
                    f"killed it (out of memory?), then `hotmesh retry {job_id}`")
             self._publish_failure(job, msg, state=JobState.FAILED)  # report before the state: whoever sees 'failed' finds it
@@ -658,7 +739,8 @@ class Daemon:
             photos = []
             if end == JobState.FAILED:
                 try:
-                    photos = photo_diagnostics(self.paths.inbox / job.folder, self.paths.work_dir(job.id))
+                    photos = photo_diagnostics(self.paths.inbox / job.folder, self.paths.work_dir(job.id),
+                                               limits=self.settings.pipeline.limits)
                 except Exception as e:  # the diagnosis is a courtesy: it must never take the daemon down
                     log.warning("[job %s] photo diagnostics failed: %s", job.id, e)
             write_failure_report(out, job.id, job.folder, end.value, scrub(message, self.settings.secrets()),

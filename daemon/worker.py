@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, Callable
 from daemon.config import Settings, settings_from_json
 from daemon.ledger import Job, Ledger, LedgerError
 from daemon.states import JobState
+from pipeline.context import during_stage
+from pipeline.io.files import printable
 
 if TYPE_CHECKING:
     from pipeline.runner import JobOutcome
@@ -129,7 +131,7 @@ def run_pipeline(paths: Paths, job: Job, settings: Settings, device: str,
     work = paths.work_dir(job.id)
     jlog, handler = _job_logger(job.id, work, settings.secrets())
     jlog.info("attempt %d on %s (pid %d, host %s), input %s", job.attempts, device, os.getpid(),
-              socket.gethostname(), paths.inbox / job.folder)
+              socket.gethostname(), printable(str(paths.inbox / job.folder)))  # a name may hold a newline
     limit = settings.ops.max_runtime_seconds
     ctx = JobContext(job_id=job.id, input_dir=paths.inbox / job.folder, work_dir=work, settings=settings.pipeline,
                      device=device, log=jlog, stop_reason=stop_reason, cancel_requested=cancel_requested,
@@ -153,7 +155,7 @@ def apply_outcome(ledger: Ledger, job_id: str, outcome: dict[str, Any]) -> bool:
     not undo a newer change). Raises LedgerError when the ledger cannot be written."""
     if outcome["state"] == "interrupted":
         # a clean shutdown is not a failed attempt
-        return ledger.requeue(job_id, f"daemon stopping during stage {outcome['stage']!r}; will resume from the last "
+        return ledger.requeue(job_id, f"daemon stopping {during_stage(outcome['stage'])}; will resume from the last "
                                       f"checkpoint", count_attempt=False, expect=JobState.RUNNING)
     if outcome["state"] == "retry":  # a full disk: the attempt counts; the disk guard holds the job until space
         return ledger.requeue(job_id, f"{outcome['error']}. Queued again: it resumes from its last checkpoint once "

@@ -13,6 +13,12 @@ CANCEL_MARKER = "CANCEL"
 READY_MARKER = "READY"
 
 
+def during_stage(stage: str | None) -> str:
+    """"during stage 'geometry'", or "before any stage started" for a job stopped before its first stage (the
+    stage name is empty then: "during stage ''" said nothing)."""
+    return f"during stage {stage!r}" if stage else "before any stage started"
+
+
 class JobError(Exception):
     """A failure the user can act on; its message goes verbatim into the report and ledger."""
 
@@ -71,10 +77,10 @@ class JobContext:
         # `hotmesh cancel` also drops the marker into the job's state folder (the inbox may be read-only)
         if (self.cancel_path.exists() or (self.work_dir / CANCEL_MARKER).exists()
                 or self.cancel_requested()):
-            raise Cancelled(f"cancelled by a {CANCEL_MARKER} file during stage {self.stage!r}")
+            raise Cancelled(f"cancelled by a {CANCEL_MARKER} file {during_stage(self.stage)}")
         if self.deadline is not None and time.monotonic() > self.deadline:
-            raise JobTimeout(f"the job exceeded its maximum runtime (ops.max_runtime_seconds) during stage "
-                             f"{self.stage!r}; its log and checkpoints are kept. Raise the limit or lower "
+            raise JobTimeout(f"the job exceeded its maximum runtime (ops.max_runtime_seconds) "
+                             f"{during_stage(self.stage)}; its log and checkpoints are kept. Raise the limit or lower "
                              f"geometry.voxel_resolution / images.max_side, then `hotmesh retry`")
         reason = self.stop_reason()
         if reason:

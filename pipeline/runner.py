@@ -199,7 +199,8 @@ def _publish_terminal(ctx: JobContext, outbox: Path, state: str, error: str, sta
     volume may be the full one."""
     log_file = ctx.work_dir / "job.log"
     # a failed job's report shows each photo with what went wrong with it; a cancelled one needs no diagnosis
-    photos = photo_diagnostics(ctx.input_dir, ctx.work_dir, _photo_names(ctx)) if state == "failed" else []
+    photos = (photo_diagnostics(ctx.input_dir, ctx.work_dir, _photo_names(ctx), limits=ctx.settings.limits)
+              if state == "failed" else [])
 
     def build(out: Path) -> None:
         write_failure_report(out, ctx.job_id, ctx.input_dir.name, state, error, stage, _input_summary_if_any(ctx),

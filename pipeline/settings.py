@@ -184,6 +184,9 @@ class ReportConfig:
     # share of photos in which the object touches the image border (cut off); lower is better
     grade_border_cut_pass: Fraction = 0.1
     grade_border_cut_warn: Fraction = 0.34
+    # share of the object's measured height between the lowest part the photos measured (SfM and stereo points
+    # above the support plane) and where the mesh ends; above it the grade warns that the lower part is missing
+    grade_base_gap_pass: Fraction = 0.1
     # ground-truth F-score (only when gt.ply/obj/glb is given)
     grade_fscore_pass: Fraction = 0.9
     grade_fscore_warn: Fraction = 0.7

@@ -209,3 +209,20 @@ def test_alignment_names_a_misplaced_camera_and_fits_without_it() -> None:
     clean[5, :3, 3] = -true_sim.points(centres[5:6])[0]
     al2 = alignment(TrueCameras(names, K, clean, sizes), TrueCameras(names, K, truth_w2c, sizes))
     assert al2.misplaced == () and al2.residual < 1e-9
+
+
+def test_run_bench_draws_the_error_picture_of_a_kept_mesh(tmp_path: Path) -> None:
+    import trimesh
+
+    from bench import run_bench
+
+    if not (run_bench.DATA.parent / "tools" / "error_map.py").is_file():
+        pytest.skip("needs ../shared/tools/error_map.py (the shared folder beside the checkout)")
+    gt = trimesh.creation.icosphere(subdivisions=3)
+    dented = gt.copy()
+    dented.vertices[dented.vertices[:, 2] < -0.5] *= 0.8  # a missing part at the bottom
+    gt.export(tmp_path / "gt.ply")
+    dented.export(tmp_path / "mesh.ply")
+    name = run_bench.error_map(tmp_path / "mesh.ply", tmp_path / "gt.ply", tmp_path / "mesh.png")
+    assert name == "mesh.png" and (tmp_path / "mesh.png").stat().st_size > 10_000
+    assert run_bench.error_map(tmp_path / "nope.ply", tmp_path / "gt.ply", tmp_path / "x.png").startswith("not drawn")

@@ -46,6 +46,9 @@ def test_posed_photos_with_a_wall_behind_and_a_camera_inside_give_the_object(sce
     assert stats["geometry"]["method"].startswith("dense multi-view stereo")
     assert stats["geometry"]["dense"]["walls"] >= 1  # the wall right behind was recognised and cut away
     assert "needs the GPU path" in stats["geometry"]["note"]
+    # the mesh reaches down to the table the object stands on, as the photos measured
+    base = stats["quality"]["base"]
+    assert base is not None and base["share"] < 0.1, base
     gt = stats["quality"]["gt"]
     # coarse (240 px, 96 voxels) but the object alone: neither the wall nor the table is part of the mesh
     assert gt["precision"] > 0.6 and gt["fscore"] > 0.6, gt

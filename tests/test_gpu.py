@@ -1,5 +1,6 @@
 """GPU-only checks (skipped on CPU machines; run on the device, output kept under bench/results/)."""
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -174,4 +175,111 @@ def test_gpu_dense_job_on_a_capture_with_a_wall_behind(tmp_path: Path) -> None:
     assert stats["geometry"]["method"].startswith("dense multi-view stereo") and stats["geometry"]["note"] is None
     assert stats["refine"]["method"].startswith("differentiable rendering")
     assert stats["refine"]["estimated_silhouettes"] > 10 and stats["refine"]["view_gains"]
-    assert stats["quality"]["gt"]["fscore"] > 0.8, stats["quality"]["gt"]
+    # the dense path's own timings (fusion and meshing per step)
+    print(json.dumps(stats["geometry"]["dense"]["seconds"]))
+    assert stats["quality"]["gt"]["fscore"] > 0.8, (stats["quality"]["gt"], stats["geometry"]["dense"],
+                                                    stats["refine"]["losses"][-3:], stats["mesh"])
+
+
+def torch_fusion_checks(device: str = "cuda", views: int = 60, width: int = 960,
+                        grids: tuple[int, ...] = (400, 511)) -> dict:
+    """The body of the test below, for any device and size (run on the CPU with a small size to check the test
+    itself: ``torch_fusion_checks("cpu", 4, 128, (48,))``). Returns the timings per grid."""
+    import cv2
+
+
+    from pipeline.geometry.carve import CarveSettings, hull_field, mask_sdf
+    from pipeline.geometry.dense import grid_hull_tensor
+    from pipeline.geometry.fusion import Grid, Tsdf, combined_field_tensor, fuse_tensors
+    from pipeline.geometry.meshing import marching_cubes_tensor
+    from pipeline.geometry.mvs import DepthMap
+    from tests.fusion_reference import combined_field_reference, fuse_reference, hull_field_reference
+    from tests.test_dense import _textured_sphere_views
+    from tests.test_fusion_torch import _compare, noisy_depth_maps
+    from tests.test_meshing_torch import compare_noisy_with_skimage, compare_with_skimage, ellipsoid_field
+
+    cuda = device == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    maps = noisy_depth_maps()
+    grid = Grid.over_box(np.full(3, -1.4), np.full(3, 1.4), 64)
+    trunc = 3 * grid.voxel
+    ref = fuse_reference(maps, grid, trunc)
+    v, w, b = fuse_tensors(maps, grid, trunc, device=device)
+    _compare(Tsdf(v.cpu().numpy(), w.cpu().numpy(), b.cpu().numpy(), grid, trunc), ref)
+    _, Ks, w2cs, _, _, sil = _textured_sphere_views(n=6)
+    sdfs = [mask_sdf(m) for m in sil]
+    pts = grid.points(0, grid.dims[0], torch.device("cpu"))
+    cs = CarveSettings(outlier_views=1)
+    Kt, Wt = torch.as_tensor(Ks, dtype=torch.float32), torch.as_tensor(w2cs, dtype=torch.float32)
+    hull_ref = hull_field_reference(pts, Kt, Wt, [torch.from_numpy(d) for d in sdfs], cs)
+    hull_gpu = hull_field(pts.to(device), Kt.to(device), Wt.to(device),
+                          [torch.from_numpy(d).to(device) for d in sdfs], cs)
+    assert torch.allclose(hull_gpu.cpu(), hull_ref, rtol=1e-4, atol=1e-5)
+    hull = hull_ref.reshape(grid.dims).numpy()
+    planes = [(np.array([0.0, 0.0, 1.0]), -0.8)]
+    kw = dict(min_band=0.5, min_free=0.7, hull_slack=trunc, planes=planes, support_margin=grid.voxel,
+              override_band=1.0)
+    f_ref = combined_field_reference(ref, hull, **kw)
+    t = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
+    f_gpu = combined_field_tensor(t(ref.values), t(ref.weight), t(ref.band), t(hull), grid, trunc, **kw)
+    assert np.abs(f_gpu.cpu().numpy() - f_ref).max() < 1e-5
+    compare_noisy_with_skimage(f_ref * trunc, grid.origin, grid.voxel, device)
+    compare_with_skimage(*ellipsoid_field(), device)
+
+    # job-sized: 60 views of 960 x 720 (the small scene's maps scaled up, cameras repeated)
+    big, big_sdfs, big_K, big_w2c = [], [], [], []
+    for i in range(views):
+        dm = maps[i % len(maps)]
+        s = width / dm.depth.shape[1]
+        size = (width, int(round(dm.depth.shape[0] * s)))
+        K = dm.K.copy()
+        K[:2] *= s
+        r = lambda a: cv2.resize(a, size, interpolation=cv2.INTER_NEAREST)  # noqa: E731
+        big.append(DepthMap(r(dm.depth), r(dm.score), K, dm.w2c, free=r(dm.free), far=dm.far))
+        big_sdfs.append(mask_sdf(r(sil[i % len(sil)].astype(np.uint8)) > 0))
+        big_K.append(K)
+        big_w2c.append(dm.w2c)
+    timings = {}
+    boxes = [(np.array([-1.4, -1.4, -0.85]), np.array([1.4, 1.35, 0.85])), (np.full(3, -1.4), np.full(3, 1.4))]
+    for (lo, hi), res in zip(boxes, grids):
+        name = f"{res} voxels"
+        g = Grid.over_box(lo, hi, res)
+        sync()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated() if cuda else 0
+        steps = {}
+        t0 = time.monotonic()
+        v, w, b = fuse_tensors(big, g, 3 * g.voxel, device=device)
+        sync()
+        steps["fusion"] = time.monotonic() - t0
+        t0 = time.monotonic()
+        h = grid_hull_tensor(g, np.array(big_K), np.array(big_w2c), big_sdfs, 0.03, device)
+        sync()
+        steps["hull"] = time.monotonic() - t0
+        t0 = time.monotonic()
+        f = combined_field_tensor(v, w, b, h, g, 3 * g.voxel, **{**kw, "hull_slack": 3 * g.voxel})
+        del v, w, b, h
+        f *= 3 * g.voxel
+        sync()
+        steps["field"] = time.monotonic() - t0
+        t0 = time.monotonic()
+        mesh = marching_cubes_tensor(f, g.origin, g.voxel)
+        steps["marching_cubes"] = time.monotonic() - t0
+        del f
+        peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 30 if cuda else 0.0
+        if cuda:
+            torch.cuda.empty_cache()
+        timings[name] = {"grid": list(g.dims), "faces": len(mesh.faces), "watertight": bool(mesh.is_watertight),
+                         "peak_gib": round(peak, 2), **{k: round(x, 2) for k, x in steps.items()}}
+        assert peak <= 8.0, timings
+        assert not cuda or steps["fusion"] + steps["hull"] + steps["field"] < 10.0, timings
+    return timings
+
+
+def test_torch_fusion_on_cuda_matches_the_cpu_reference_and_is_fast() -> None:
+    """TSDF fusion, hull field, field combination and marching cubes on CUDA against the CPU implementations they
+    replaced (tests/fusion_reference.py) and skimage, on the small noisy sphere scene of tests/test_fusion_torch.py;
+    then the same steps timed on a job-sized grid (about 400 x 400 x 250 voxels, 60 views of 960 x 720 px) and a
+    512^3 grid within 8 GB of GPU memory. Prints the seconds."""
+    print(json.dumps(torch_fusion_checks("cuda")))

@@ -347,3 +347,57 @@ def test_the_cpu_result_note_is_in_what_to_know() -> None:
     texts = what_to_know(s, grade_checks(build_checks(s, CFG)), set())
     assert texts[0]["level"] == "warn" and "needs the GPU path" in texts[0]["text"]
     assert not any("Nothing to act on" in k["text"] for k in texts)
+
+
+def _reference_base_gap(vertices: np.ndarray, points: np.ndarray, n: np.ndarray, d: float) -> float:
+    """Plain loop reference of base_gap's share."""
+    n = n / np.linalg.norm(n)
+    hp = sorted(float(p @ n + d) for p in points if float(p @ n + d) > 0)
+    hm = [float(v @ n + d) for v in vertices]
+    low = float(np.percentile(hp, 2))
+    top = max(float(np.percentile(hp, 98)), max(hm))
+    return min(max((min(hm) - low) / (top - low), 0.0), 1.0)
+
+
+def test_base_gap_finds_a_mesh_that_stops_above_the_measured_legs() -> None:
+    from pipeline.report.quality import base_gap
+
+    rng = np.random.default_rng(3)
+    # a chair 1 unit tall on a tilted table: the photos measured points from its feet (0.0) to its back (1.0)
+    n = np.array([0.1, -0.05, 1.0])
+    n_unit = n / np.linalg.norm(n)
+    basis = np.linalg.svd(n_unit[None])[2][1:]
+    heights = rng.uniform(0.0, 1.0, 800)
+    points = heights[:, None] * n_unit + rng.normal(size=(800, 2)) @ basis * 0.3 - 0.2 * n_unit
+    d = 0.2 * float(np.linalg.norm(n))  # n·x + d = |n| * height above the plane
+    whole = trimesh.creation.box(extents=(0.6, 0.6, 1.0))
+    whole.apply_translation([0, 0, 0.5 - 0.2])
+    R = trimesh.geometry.align_vectors([0, 0, 1], n_unit)
+    whole.apply_transform(R)
+    seat_only = whole.copy()
+    seat_only.vertices[seat_only.vertices @ n_unit < 0.45 - 0.2] += 0.45 * n_unit  # the lower 45 % lost
+    for mesh in (whole, seat_only):
+        gap = base_gap(np.asarray(mesh.vertices), points, (n, d))
+        assert gap is not None
+        assert gap.share == pytest.approx(_reference_base_gap(np.asarray(mesh.vertices), points, n, d), abs=1e-9)
+    assert base_gap(np.asarray(whole.vertices), points, (n, d)).share < 0.03
+    assert base_gap(np.asarray(seat_only.vertices), points, (n, d)).share > 0.4
+    # too few measured points: nothing to say
+    assert base_gap(np.asarray(whole.vertices), points[:5], (n, d)) is None
+    with pytest.raises(ValueError, match="plane normal is zero"):
+        base_gap(np.asarray(whole.vertices), points, (np.zeros(3), 0.0))
+
+
+def test_a_mesh_that_stops_short_of_the_table_cannot_pass() -> None:
+    s = _stats(base={"share": 0.23, "mesh_low": 0.23, "measured_low": 0.0, "height": 1.0, "points": 900})
+    g = grade_checks(build_checks(s, CFG))
+    assert g.grade == "warn" and {c.name: c.status for c in g.checks}["base"] == "warn"
+    texts = [k["text"] for k in what_to_know(s, g, set())]
+    assert any(t.startswith("The mesh ends 23% of the object's height above the lowest part the photos measured")
+               and "legs" in t for t in texts)
+    s["quality"]["base"]["share"] = 0.02
+    assert grade_checks(build_checks(s, CFG)).grade == "pass"
+    # posed and masked captures have no support plane: not measured, and not required
+    s["quality"]["base"] = None
+    g = grade_checks(build_checks(s, CFG))
+    assert g.grade == "pass" and {c.name: c.status for c in g.checks}["base"] == "n/a"

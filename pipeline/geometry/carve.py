@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -47,8 +48,14 @@ def mask_sdf(mask: np.ndarray) -> np.ndarray:
     m = mask.astype(bool)
     if not m.any():
         return np.full(m.shape, float(max(m.shape)), dtype=np.float32)
-    outside = ndimage.distance_transform_edt(~m)
-    inside = ndimage.distance_transform_edt(m)
+    if m.all():
+        # no background pixel: scipy's convention (as before) rather than OpenCV's "infinitely far"
+        return (-ndimage.distance_transform_edt(m)).astype(np.float32)
+    # OpenCV's exact Euclidean transform gives scipy's distances (to float32 rounding, tested) about 8x faster
+    # (measured: 0.045 s against 0.35 s for a 1600 x 1200 mask): a full-size silhouette per photo adds up
+    u8 = m.astype(np.uint8)
+    outside = cv2.distanceTransform(1 - u8, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    inside = cv2.distanceTransform(u8, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
     return (outside - inside).astype(np.float32)
 
 
@@ -80,34 +87,51 @@ def hull_field(points: torch.Tensor, Ks: torch.Tensor, w2cs: torch.Tensor, sdfs:
 
     points: (M, 3) world units; Ks: (N, 3, 3); w2cs: (N, 4, 4); sdfs: N tensors (H_i, W_i) from mask_sdf.
     Returns (M,) float32, world units, negative inside the (outlier-tolerant) visual hull.
-    """
+
+    All views at once per chunk of points: one projection and one k-th largest over the views instead of one per
+    view, the same values. (views x points) intermediates of 4 * settings.chunk entries on a GPU, 2^18 on the CPU,
+    where chunks that stay in the caches are faster (measured, one thread: 0.74 s against the per-view loop's 1.1 s
+    for 655k points and 19 views; 1.5 s with 8M-entry chunks)."""
     n_views = len(sdfs)
+    if n_views == 0 or len(Ks) != n_views or len(w2cs) != n_views:
+        raise ValueError(f"hull_field needs one K and pose per silhouette, got {len(Ks)}, {len(w2cs)}, {n_views}")
     k = min(settings.outlier_views + 1, n_views)
     out = torch.empty(points.shape[0], dtype=torch.float32, device=points.device)
     min_seen = max(1, int(np.ceil(settings.min_seen_fraction * n_views)))
-    n_chunks = (points.shape[0] + settings.chunk - 1) // settings.chunk
-    for ci, start in enumerate(range(0, points.shape[0], settings.chunk)):
-        pts = points[start:start + settings.chunk]
-        top = torch.full((pts.shape[0], k), -float("inf"), device=pts.device)
-        seen = torch.zeros(pts.shape[0], dtype=torch.int32, device=pts.device)
-        for v in range(n_views):
-            sdf = sdfs[v]
-            H, W = sdf.shape
-            uv, z = _project(pts, Ks[v], w2cs[v])
-            inimg = (z > 0) & (uv[:, 0] >= 0) & (uv[:, 0] <= W) & (uv[:, 1] >= 0) & (uv[:, 1] <= H)
-            # grid_sample's align_corners=False maps -1/+1 to the outer pixel edges, as our pixel coords do
-            grid = torch.stack([uv[:, 0] / W * 2 - 1, uv[:, 1] / H * 2 - 1], dim=-1).view(1, 1, -1, 2)
-            d_px = F.grid_sample(sdf[None, None], grid, mode="bilinear", padding_mode="border",
-                                 align_corners=False).view(-1)
-            d_world = d_px * z.clamp(min=1e-9) / Ks[v, 0, 0]
-            # views that do not see the point give no evidence either way
-            d_world = torch.where(inimg, d_world, torch.full_like(d_world, -float("inf")))
-            seen += inimg.int()
-            top = torch.topk(torch.cat([top, d_world[:, None]], dim=1), k, dim=1).values
-            check((ci + (v + 1) / n_views) / n_chunks)
-        val = top[:, k - 1]
+    step = max(1024, (4 * settings.chunk if points.is_cuda else 1 << 18) // n_views)
+    R, t = w2cs[:, :3, :3], w2cs[:, :3, 3]
+    focal = torch.stack([Ks[:, 0, 0], Ks[:, 1, 1]], -1)[:, None, :]  # (N, 1, 2)
+    centre = torch.stack([Ks[:, 0, 2], Ks[:, 1, 2]], -1)[:, None, :]
+    size = torch.tensor([[s.shape[1], s.shape[0]] for s in sdfs], dtype=torch.float32, device=points.device)
+    W, H = size[:, 0:1], size[:, 1:2]
+    # silhouettes of one size (the usual case) are sampled in one call
+    stacked = torch.stack(sdfs)[:, None] if len({tuple(d.shape) for d in sdfs}) == 1 else None
+    n_chunks = (points.shape[0] + step - 1) // step
+    for ci, start in enumerate(range(0, points.shape[0], step)):
+        pts = points[start:start + step]
+        cam = torch.einsum("mc,vdc->vmd", pts, R) + t[:, None, :]
+        z = cam[..., 2]
+        zc = z.clamp(min=1e-9)
+        uv = (cam[..., :2] / zc[..., None]) * focal + centre  # (N, M, 2)
+        inimg = (z > 0) & (uv[..., 0] >= 0) & (uv[..., 0] <= W) & (uv[..., 1] >= 0) & (uv[..., 1] <= H)
+        # grid_sample's align_corners=False maps -1/+1 to the outer pixel edges, as our pixel coords do
+        grid = uv / size[:, None, :] * 2 - 1
+        if stacked is not None:
+            d_px = F.grid_sample(stacked, grid[:, None], mode="bilinear", padding_mode="border",
+                                 align_corners=False).view(n_views, -1)
+        else:
+            d_px = torch.empty_like(z)
+            for v in range(n_views):  # one sample per view: the silhouettes differ in size
+                d_px[v] = F.grid_sample(sdfs[v][None, None], grid[v].view(1, 1, -1, 2), mode="bilinear",
+                                        padding_mode="border", align_corners=False).view(-1)
+        d_world = d_px * zc / Ks[:, 0, 0, None]
+        # views that do not see the point give no evidence either way
+        d_world = torch.where(inimg, d_world, torch.full_like(d_world, -float("inf")))
+        seen = inimg.sum(0)
+        val = torch.topk(d_world, k, dim=0).values[k - 1]
         val = torch.where(seen >= min_seen, val, val.abs().clamp(min=1e-6))
         out[start:start + pts.shape[0]] = torch.nan_to_num(val, neginf=-1e3)
+        check((ci + 1) / n_chunks)
     return out
 
 
@@ -121,7 +145,8 @@ def _grid(lo: np.ndarray, hi: np.ndarray, voxel: float, device: torch.device) ->
 def carve(Ks: np.ndarray, w2cs: np.ndarray, masks: list[np.ndarray], settings: CarveSettings,
           device: str = "cpu", check: Callable[[float], None] = lambda f: None,
           bounds: tuple[np.ndarray, np.ndarray] | None = None,
-          support: tuple[np.ndarray, float] | None = None) -> CarveResult:
+          support: tuple[np.ndarray, float] | None = None,
+          sdfs: list[np.ndarray] | None = None) -> CarveResult:
     """Coarse-to-fine visual hull.
 
     Ks: (N, 3, 3) float64; w2cs: (N, 4, 4) float64 (OpenCV); masks: N bool arrays (H_i, W_i).
@@ -129,14 +154,18 @@ def carve(Ks: np.ndarray, w2cs: np.ndarray, masks: list[np.ndarray], settings: C
     hull no longer touches the grid border; the fine grid then spans that box at ``settings.resolution``.
     ``bounds`` (lo (3,), hi (3,)), when known from SfM points, caps that box: silhouettes that touch the image
     border leave the hull open there. ``support`` (unit normal n, offset d): nothing lies behind the surface the
-    object rests on or hangs from (n·x < d is outside).
+    object rests on or hangs from (n·x < d is outside). ``sdfs``: the masks' :func:`mask_sdf`, where the caller has
+    them already (a distance transform per full-size photo is not free).
     """
     if len(masks) != len(Ks) or len(Ks) != len(w2cs):
         raise ValueError(f"need one K, pose and mask per view; got {len(Ks)}, {len(w2cs)}, {len(masks)}")
     if len(masks) < 2:
         raise InputError("visual hull needs at least 2 views with masks")
     dev = torch.device(device)
-    sdfs = [torch.from_numpy(mask_sdf(m)).to(dev) for m in masks]
+    if sdfs is not None and [d.shape for d in sdfs] != [m.shape for m in masks]:
+        raise ValueError("carve: sdfs must be the masks' mask_sdf, one (H_i, W_i) per mask")
+    sdf_t = [torch.from_numpy(d if sdfs is not None else mask_sdf(m)).to(dev) for d, m in
+             zip(sdfs if sdfs is not None else masks, masks)]
     Kt = torch.from_numpy(np.asarray(Ks, dtype=np.float32)).to(dev)
     Wt = torch.from_numpy(np.asarray(w2cs, dtype=np.float32)).to(dev)
 
@@ -161,7 +190,7 @@ def carve(Ks: np.ndarray, w2cs: np.ndarray, masks: list[np.ndarray], settings: C
         c_lo, c_hi = center - half, center + half
         voxel = 2 * half / 63
         pts, dims = _grid(c_lo, c_hi, voxel, dev)
-        field = hull_field(pts, Kt, Wt, sdfs, settings, lambda f: check(0.1 * f)).view(*dims)
+        field = hull_field(pts, Kt, Wt, sdf_t, settings, lambda f: check(0.1 * f)).view(*dims)
         occ = (field < 0).nonzero()
         if occ.numel() == 0:
             raise InputError("the masks have no common region in 3-D: check that poses and masks belong together "
@@ -184,7 +213,7 @@ def carve(Ks: np.ndarray, w2cs: np.ndarray, masks: list[np.ndarray], settings: C
     voxel = extent / settings.resolution
     lo, hi = lo - 2 * voxel, hi + 2 * voxel
     pts, dims = _grid(lo, hi, voxel, dev)
-    field = hull_field(pts, Kt, Wt, sdfs, settings, lambda f: check(0.1 + 0.9 * f)).view(*dims)
+    field = hull_field(pts, Kt, Wt, sdf_t, settings, lambda f: check(0.1 + 0.9 * f)).view(*dims)
     f = field.cpu().numpy()
     if support is not None:
         n, d = np.asarray(support[0], dtype=np.float64), float(support[1])
@@ -202,8 +231,6 @@ def mask_coverage(mesh: trimesh.Trimesh, Ks: np.ndarray, w2cs: np.ndarray, masks
     A strict visual hull covers every consistent mask almost fully; one mask that misses part of the object cuts
     that part from the hull, so the *other* views' masks are then no longer covered.
     Ks (N, 3, 3); w2cs (N, 4, 4) OpenCV; masks N (H, W) bool. Rendered at ``max_side`` px (Embree) for speed."""
-    import cv2
-
     from pipeline.imaging.render import reduced_camera, render
 
     if not (len(Ks) == len(w2cs) == len(masks)):

@@ -16,6 +16,7 @@ points), the support plane it stands on and the depth maps themselves, not by ma
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -28,12 +29,14 @@ import trimesh
 from pipeline.cameras.cameras import camera_centers
 from pipeline.geometry.carve import CarveSettings, hull_field, mask_sdf
 from pipeline.context import JobError
-from pipeline.geometry.fusion import Grid, combined_field, fuse
-from pipeline.geometry.meshing import MeshingSettings, clean_mesh, marching_cubes
+from pipeline.geometry.fusion import Grid, combined_field_tensor, fuse_tensors
+from pipeline.geometry.meshing import MeshingSettings, clean_mesh, marching_cubes_on_device
 from pipeline.geometry.mvs import DepthMap, MvsSettings, backproject, depth_maps, depth_range, neighbour_views, to_gray
 from pipeline.imaging.render import reduced_camera
 from pipeline.geometry.scene import ObjectRegion, fit_ground_plane
 from pipeline.geometry.silhouettes import SilhouetteSettings, photo_silhouettes
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -223,26 +226,10 @@ def dense_geometry(images: list[np.ndarray], masks: list[np.ndarray | None], Ks:
         for i, m in zip(pick, found):
             sil[i] = m
     t_sil = time.monotonic() - t1
-    # the silhouettes bound the object far more tightly than the points do (clutter near it, the table's edge)
-    box = (lo, hi)
-    lo, hi = hull_box(sil, Ks, w2cs, box, support, s.box_margin, s.hull_outlier_fraction, device)
-    voxel = float((hi - lo).max()) / s.resolution
-    if any(estimated) and s.box_reach > 0:
-        reach = s.box_reach * float((hi - lo).max())
-        lo, hi = np.maximum(lo - reach, box[0]), np.minimum(hi + reach, box[1])
-    grid = Grid.over_box(lo, hi, int(round(float((hi - lo).max()) / voxel)))
+    surf = fused_surface(dms, sil, estimated, Ks, w2cs, (lo, hi), support, planes, s=s, device=device,
+                         check=lambda f: check(0.75 + 0.23 * f))
+    grid, mesh, raw, lo, hi = surf.grid, surf.mesh, surf.raw, surf.lo, surf.hi
     trunc = s.trunc_voxels * grid.voxel
-    check(0.75)
-    tsdf = fuse(dms, grid, trunc, device=device, check=lambda f: check(0.75 + 0.1 * f))
-    hull = grid_hull(grid, Ks, w2cs, sil, s.hull_outlier_fraction, device)
-    # estimated silhouettes can be a little off: the hull is a hard limit only where the user drew the masks
-    slack = trunc if any(estimated) else 0.0
-    field_ = combined_field(tsdf, hull, s.min_band, s.min_free, slack, planes, s.base_margin_voxels * grid.voxel,
-                            override_band=s.override_band if any(estimated) else None)
-    check(0.92)
-    raw = marching_cubes(field_ * trunc, grid.origin, grid.voxel)
-    mesh = clean_mesh(raw, MeshingSettings(smoothing_iterations=s.smoothing_iterations, max_faces=s.max_faces))
-    check(0.98)
     above = np.ones(len(points), dtype=bool)
     for n_, d_ in planes:
         above &= points @ n_ - d_ > 0
@@ -260,23 +247,94 @@ def dense_geometry(images: list[np.ndarray], masks: list[np.ndarray | None], Ks:
              "watertight": bool(mesh.is_watertight),
              "seconds": {"depth_maps": round(t_mvs, 2), "fusion_meshing": round(time.monotonic() - t0 - t_mvs, 2)}}
     stats["seconds"]["silhouettes"] = round(t_sil, 2)
+    # where fusion_meshing's time goes (it includes the silhouettes): measured per step
+    stats["seconds"].update({k: round(v, 2) for k, v in surf.seconds.items()})
     stats["estimated_silhouettes"] = int(sum(estimated))
     return DenseResult(mesh=mesh, points=points[keep].astype(np.float32), colors=colors[keep].astype(np.uint8),
                        support=support, masks=[np.asarray(m, dtype=bool) for m in sil], estimated=estimated,
                        stats=stats)
 
 
+@dataclass(frozen=True)
+class Surface:
+    """The fused grid, the raw marching-cubes mesh and the cleaned one (world units), the fused box (lo, hi) and
+    seconds per step (silhouette_sdf, hull_box, fusion, hull, field, marching_cubes, clean_mesh)."""
+
+    grid: Grid
+    raw: trimesh.Trimesh
+    mesh: trimesh.Trimesh
+    lo: np.ndarray
+    hi: np.ndarray
+    seconds: dict[str, float]
+
+
+def fused_surface(dms: list[DepthMap], sil: list[np.ndarray], estimated: list[bool], Ks: np.ndarray,
+                  w2cs: np.ndarray, box: tuple[np.ndarray, np.ndarray], support: tuple[np.ndarray, float] | None,
+                  planes: list[tuple[np.ndarray, float]], s: DenseSettings, device: str = "cpu",
+                  check: Callable[[float], None] = lambda f: None) -> Surface:
+    """Steps 5 and 6: the box around the silhouettes' hull, TSDF fusion of the depth maps with the hull, marching
+    cubes and clean-up. dms: N depth maps; sil: N (H_i, W_i) bool silhouettes at the resolution of ``Ks`` (N, 3, 3);
+    estimated: N bool; w2cs (N, 4, 4); box: (lo (3,), hi (3,)) around the dense points; planes: support and walls."""
+    seconds: dict[str, float] = {}
+    t = time.monotonic()
+
+    def lap(name: str) -> None:
+        nonlocal t
+        now = time.monotonic()
+        seconds[name] = now - t
+        t = now
+
+    dev = torch.device(device)
+    # one distance transform per silhouette (full-size photos) serves the box and the hull
+    sdfs = [mask_sdf(m) for m in sil]
+    lap("silhouette_sdf")
+    # the silhouettes bound the object far more tightly than the points do (clutter near it, the table's edge)
+    lo, hi = hull_box(sil, Ks, w2cs, box, support, s.box_margin, s.hull_outlier_fraction, device, sdfs=sdfs)
+    voxel = float((hi - lo).max()) / s.resolution
+    if any(estimated) and s.box_reach > 0:
+        reach = s.box_reach * float((hi - lo).max())
+        lo, hi = np.maximum(lo - reach, box[0]), np.minimum(hi + reach, box[1])
+    grid = Grid.over_box(lo, hi, int(round(float((hi - lo).max()) / voxel)))
+    trunc = s.trunc_voxels * grid.voxel
+    lap("hull_box")
+    # the fields stay on the device from fusion to marching cubes (a 512^3 grid: 0.5 GB each)
+    values, weight, band = fuse_tensors(dms, grid, trunc, device=device, check=lambda f: check(0.4 * f))
+    lap("fusion")
+    hull = grid_hull_tensor(grid, Ks, w2cs, sdfs, s.hull_outlier_fraction, device)
+    lap("hull")
+    # estimated silhouettes can be a little off: the hull is a hard limit only where the user drew the masks
+    slack = trunc if any(estimated) else 0.0
+    field_ = combined_field_tensor(values, weight, band, hull, grid, trunc, s.min_band, s.min_free, slack, planes,
+                                   s.base_margin_voxels * grid.voxel,
+                                   override_band=s.override_band if any(estimated) else None)
+    del values, weight, band, hull
+    field_ *= trunc
+    lap("field")
+    check(0.7)
+    raw = marching_cubes_on_device(field_, grid.origin, grid.voxel)
+    del field_
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    lap("marching_cubes")
+    log.info("fused %s voxels on %s: %s s", "x".join(map(str, grid.dims)), device,
+             {k: round(v, 2) for k, v in seconds.items()})
+    mesh = clean_mesh(raw, MeshingSettings(smoothing_iterations=s.smoothing_iterations, max_faces=s.max_faces))
+    lap("clean_mesh")
+    check(1.0)
+    return Surface(grid=grid, raw=raw, mesh=mesh, lo=lo, hi=hi, seconds=seconds)
+
+
 def hull_box(masks: list[np.ndarray], Ks: np.ndarray, w2cs: np.ndarray, bounds: tuple[np.ndarray, np.ndarray],
              support: tuple[np.ndarray, float] | None, margin: float, outlier_fraction: float,
-             device: str) -> tuple[np.ndarray, np.ndarray]:
+             device: str, sdfs: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The box (lo, hi) around a coarse visual hull of ``masks`` inside ``bounds``, grown by ``margin`` of its
-    size; ``bounds`` itself when the hull is empty."""
+    size; ``bounds`` itself when the hull is empty. sdfs: the masks' mask_sdf where the caller has them."""
     from pipeline.geometry.carve import carve
 
     k = int(min(2, round(outlier_fraction * len(masks))))
     try:
         res = carve(Ks, w2cs, masks, CarveSettings(resolution=96, outlier_views=k), device=device, bounds=bounds,
-                    support=support)
+                    support=support, sdfs=sdfs)
     except JobError:
         return bounds
     occ = np.argwhere(res.field < 0)
@@ -292,15 +350,24 @@ def grid_hull(grid: Grid, Ks: np.ndarray, w2cs: np.ndarray, masks: list[np.ndarr
               device: str) -> np.ndarray:
     """Visual-hull distance (world units, negative inside) at every voxel centre of ``grid``. (X, Y, Z) float32.
     Ks (N, 3, 3) and masks N (H_i, W_i) bool at the same resolution; w2cs (N, 4, 4)."""
+    return grid_hull_tensor(grid, Ks, w2cs, [mask_sdf(m) for m in masks], outlier_fraction, device).cpu().numpy()
+
+
+def grid_hull_tensor(grid: Grid, Ks: np.ndarray, w2cs: np.ndarray, sdfs: list[np.ndarray], outlier_fraction: float,
+                     device: str) -> torch.Tensor:
+    """:func:`grid_hull` from the silhouettes' :func:`mask_sdf` (N (H_i, W_i) float32), left on ``device``:
+    (X, Y, Z) float32."""
+    if not (len(sdfs) == len(Ks) == len(w2cs)):
+        raise ValueError(f"grid_hull needs one K and pose per silhouette, got {len(Ks)}, {len(w2cs)}, {len(sdfs)}")
     dev = torch.device(device)
-    sdfs = [torch.from_numpy(mask_sdf(m)).to(dev) for m in masks]
-    cs = CarveSettings(outlier_views=int(min(2, round(outlier_fraction * len(masks)))))
+    sdf_t = [torch.as_tensor(d, dtype=torch.float32, device=dev) for d in sdfs]
+    cs = CarveSettings(outlier_views=int(min(2, round(outlier_fraction * len(sdfs)))))
     X, Y, Z = grid.dims
-    out = np.empty((X, Y, Z), dtype=np.float32)
+    out = torch.empty((X, Y, Z), dtype=torch.float32, device=dev)
     Kt = torch.as_tensor(np.asarray(Ks), dtype=torch.float32, device=dev)
     Wt = torch.as_tensor(np.asarray(w2cs), dtype=torch.float32, device=dev)
     step = max(1, cs.chunk // (Y * Z))
     for x0 in range(0, X, step):
         x1 = min(X, x0 + step)
-        out[x0:x1] = hull_field(grid.points(x0, x1, dev), Kt, Wt, sdfs, cs).reshape(x1 - x0, Y, Z).cpu().numpy()
+        out[x0:x1] = hull_field(grid.points(x0, x1, dev), Kt, Wt, sdf_t, cs).reshape(x1 - x0, Y, Z)
     return out

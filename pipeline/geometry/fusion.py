@@ -8,7 +8,8 @@ space), voxels just behind it negative ones; voxels no depth map says anything a
 :func:`combined_field` closes the surface with a visual hull where the photos measured nothing, and lets measured
 free space carve what the hull cannot (cavities).
 
-Runs in torch on the job's device, in slabs of voxels so that memory stays bounded.
+Runs in torch on the job's device, in chunks of voxels with all views at once so that memory stays bounded
+(:func:`fuse_tensors`); the fields can stay on the device for :func:`combined_field_tensor` and marching cubes.
 """
 from __future__ import annotations
 
@@ -84,59 +85,149 @@ def facing(depth: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def fuse(depths: list[DepthMap], grid: Grid, trunc: float, device: str = "cpu", slab_voxels: int = 1 << 22,
-         check: Callable[[float], None] = lambda f: None) -> Tsdf:
-    """Weighted TSDF of the depth maps over ``grid``; ``trunc`` in world units."""
+@dataclass(frozen=True)
+class ViewTable:
+    """Every view's per-pixel evidence in one table, so that one gather serves all views of a chunk of voxels.
+
+    rows: (T, 3) float32, per pixel of every view [depth, weight, free], each view's (H + 2, W + 2) image with a
+    border of zeros that pixels outside the image are clamped to (row major from offset[v]); offset: (V,) int64;
+    R: (V, 3, 3) and t: (V, 3) world-to-camera; focal: (V, 2) fx, fy; centre: (V, 2) cx, cy; size: (V, 2) W, H
+    float32; far: (V,) float32, the depth up to which a background pixel vouches for free space."""
+
+    rows: torch.Tensor
+    offset: torch.Tensor
+    R: torch.Tensor
+    t: torch.Tensor
+    focal: torch.Tensor
+    centre: torch.Tensor
+    size: torch.Tensor
+    far: torch.Tensor
+
+    @property
+    def views(self) -> int:
+        return int(self.offset.shape[0])
+
+
+def view_table(depths: list[DepthMap], device: torch.device) -> ViewTable | None:
+    """The evidence of the depth maps that say anything (a depth or free space somewhere) on ``device``; None when
+    none does. Weights are the match score (clipped to [0.05, 1]) times :func:`facing` squared."""
+    rows, offset, Rs, ts, focal, centre, size, far = [], [], [], [], [], [], [], []
+    n = 0
+    for dm in depths:
+        if dm.depth.ndim != 2 or dm.score.shape != dm.depth.shape or (dm.free is not None
+                                                                      and dm.free.shape != dm.depth.shape):
+            raise ValueError(f"view_table: depth {dm.depth.shape}, score {dm.score.shape} and free "
+                             f"{None if dm.free is None else dm.free.shape} must be one (H, W)")
+        if not (np.isfinite(dm.K).all() and np.isfinite(dm.w2c).all()):
+            raise ValueError("view_table: a camera (K or w2c) is not finite")
+        if not (dm.depth > 0).any() and (dm.free is None or not (dm.free > 0).any()):
+            continue
+        H, W = dm.depth.shape
+        depth = torch.as_tensor(dm.depth, dtype=torch.float32, device=device)
+        K = torch.as_tensor(dm.K, dtype=torch.float32, device=device)
+        w2c = torch.as_tensor(dm.w2c, dtype=torch.float32, device=device)
+        conf = torch.as_tensor(np.clip(dm.score, 0.05, 1.0), dtype=torch.float32, device=device)
+        conf = conf * facing(depth, K) ** 2
+        free = torch.zeros_like(depth) if dm.free is None else torch.as_tensor(dm.free, dtype=torch.float32,
+                                                                               device=device)
+        # the zero border: a voxel outside the image reads no depth, no weight and no free space without a test
+        rows.append(torch.nn.functional.pad(torch.stack([depth, conf, free], 0), (1, 1, 1, 1)).permute(1, 2, 0)
+                    .reshape(-1, 3))
+        offset.append(n)
+        n += (H + 2) * (W + 2)
+        Rs.append(w2c[:3, :3])
+        ts.append(w2c[:3, 3])
+        focal.append(torch.stack([K[0, 0], K[1, 1]]))
+        centre.append(torch.stack([K[0, 2], K[1, 2]]))
+        size.append(torch.tensor([W, H], dtype=torch.float32, device=device))
+        far.append(float(dm.far))
+    if not rows:
+        return None
+    return ViewTable(rows=torch.cat(rows), offset=torch.tensor(offset, dtype=torch.int64, device=device),
+                     R=torch.stack(Rs), t=torch.stack(ts), focal=torch.stack(focal), centre=torch.stack(centre),
+                     size=torch.stack(size), far=torch.tensor(far, dtype=torch.float32, device=device))
+
+
+def grid_chunk(grid: Grid, start: int, stop: int, device: torch.device) -> torch.Tensor:
+    """Centres of the voxels with flat (row-major over (X, Y, Z)) index start <= n < stop: (M, 3) float32, computed
+    exactly as :meth:`Grid.points` computes them."""
+    _, Y, Z = grid.dims
+    n = torch.arange(start, stop, device=device, dtype=torch.int64)
+    ijk = torch.stack([n // (Y * Z), (n // Z) % Y, n % Z], -1).to(torch.float32)
+    return ijk * grid.voxel + torch.as_tensor(grid.origin, dtype=torch.float32, device=device)
+
+
+def integrate(pts: torch.Tensor, views: ViewTable, trunc: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """TSDF sums of all views at ``pts`` (M, 3) world: (acc, weight, band), each (M,) float32.
+
+    acc: the weighted sum of truncated signed distances (units of trunc) plus free-space evidence (+1 each);
+    weight: all evidence; band: the part of it from surfaces measured within trunc. All views at once: (V, M)
+    intermediates, so the caller sizes M."""
+    cam = torch.einsum("mc,vdc->vmd", pts, views.R) + views.t[:, None, :]
+    z = cam[..., 2]
+    zc = z.clamp(min=1e-9)
+    u = cam[..., 0] / zc * views.focal[:, 0:1] + views.centre[:, 0:1]
+    v = cam[..., 1] / zc * views.focal[:, 1:2] + views.centre[:, 1:2]
+    W, H = views.size[:, 0:1], views.size[:, 1:2]
+    # pixel -1 and W (H) are the zero border; behind the camera reads it too
+    xi = torch.minimum(u.floor().clamp_(min=-1), W).to(torch.int64)
+    yi = torch.where(z > 0, torch.minimum(v.floor().clamp_(min=-1), H), -1.0).to(torch.int64)
+    Wp = W.to(torch.int64) + 2
+    flat = yi * Wp + xi + (views.offset[:, None] + Wp + 1)
+    ev = views.rows.index_select(0, flat.reshape(-1)).reshape(*flat.shape, 3)  # (V, M, 3)
+    d, score, free = ev[..., 0], ev[..., 1], ev[..., 2]
+    sdf = d - z
+    w = torch.where((d > 0) & (sdf > -trunc), score, torch.zeros_like(score))
+    # a pixel that sees only background beyond the far depth: free space up to there
+    fw = torch.where(z < views.far[:, None], free, torch.zeros_like(free))
+    acc = (w * (sdf / trunc).clamp(-1, 1) + fw).sum(0)
+    wsum = (w + fw).sum(0)
+    band = torch.where(sdf < trunc, w, torch.zeros_like(w)).sum(0)
+    return acc, wsum, band
+
+
+def fuse_tensors(depths: list[DepthMap], grid: Grid, trunc: float, device: str = "cpu",
+                 chunk_elements: int | None = None, check: Callable[[float], None] = lambda f: None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Weighted TSDF of the depth maps over ``grid`` on ``device``: (values, weight, band), each (X, Y, Z) float32
+    as in :class:`Tsdf`; ``trunc`` in world units.
+
+    Voxels go in chunks, all views at once per chunk: (views x voxels) intermediates of ``chunk_elements`` entries
+    (default 2^24 on a GPU: about 1.5 GB of temporaries; 2^18 on the CPU, where chunks that stay in the caches are
+    faster, measured). The three fields stay on the device (a 512^3 grid: 1.6 GB)."""
     if trunc <= 0:
         raise ValueError(f"fuse: trunc must be > 0, got {trunc}")
     dev = torch.device(device)
     X, Y, Z = grid.dims
-    maps = []
-    for dm in depths:
-        if not (dm.depth > 0).any() and (dm.free is None or not (dm.free > 0).any()):
-            continue
-        free = np.zeros_like(dm.depth) if dm.free is None else dm.free
-        depth_t = torch.as_tensor(dm.depth, dtype=torch.float32, device=dev)
-        conf = torch.as_tensor(np.clip(dm.score, 0.05, 1.0), dtype=torch.float32, device=dev)
-        conf = conf * facing(depth_t, torch.as_tensor(dm.K, dtype=torch.float32, device=dev)) ** 2
-        maps.append((depth_t, conf,
-                     torch.as_tensor(dm.K, dtype=torch.float32, device=dev),
-                     torch.as_tensor(dm.w2c, dtype=torch.float32, device=dev),
-                     torch.as_tensor(free, dtype=torch.float32, device=dev), float(dm.far)))
-    values = np.zeros((X, Y, Z), dtype=np.float32)
-    weight = np.zeros((X, Y, Z), dtype=np.float32)
-    band = np.zeros((X, Y, Z), dtype=np.float32)
-    step = max(1, slab_voxels // (Y * Z))
-    for x0 in range(0, X, step):
-        x1 = min(X, x0 + step)
-        pts = grid.points(x0, x1, dev)
-        acc = torch.zeros(len(pts), device=dev)
-        wsum = torch.zeros(len(pts), device=dev)
-        bsum = torch.zeros(len(pts), device=dev)
-        for depth, score, K, w2c, free, far in maps:
-            H, W = depth.shape
-            cam = pts @ w2c[:3, :3].T + w2c[:3, 3]
-            z = cam[:, 2]
-            u = cam[:, 0] / z.clamp(min=1e-9) * K[0, 0] + K[0, 2]
-            v = cam[:, 1] / z.clamp(min=1e-9) * K[1, 1] + K[1, 2]
-            xi, yi = u.floor().long(), v.floor().long()
-            inside = (z > 0) & (xi >= 0) & (xi < W) & (yi >= 0) & (yi < H)
-            flat = (yi.clamp(0, H - 1) * W + xi.clamp(0, W - 1))
-            d = torch.where(inside, depth.reshape(-1)[flat], torch.zeros_like(z))
-            sdf = d - z
-            use = (d > 0) & (sdf > -trunc)
-            w = torch.where(use, score.reshape(-1)[flat], torch.zeros_like(z))
-            # a pixel that sees only background beyond the far depth: free space up to there
-            fw = torch.where(inside & (z < far), free.reshape(-1)[flat], torch.zeros_like(z))
-            acc += w * (sdf / trunc).clamp(-1, 1) + fw
-            wsum += w + fw
-            bsum += torch.where(sdf < trunc, w, torch.zeros_like(w))
-        vals = torch.where(wsum > 0, acc / wsum.clamp(min=1e-9), torch.ones_like(acc))
-        values[x0:x1] = vals.reshape(x1 - x0, Y, Z).cpu().numpy()
-        weight[x0:x1] = wsum.reshape(x1 - x0, Y, Z).cpu().numpy()
-        band[x0:x1] = bsum.reshape(x1 - x0, Y, Z).cpu().numpy()
-        check(x1 / X)
-    return Tsdf(values=values, weight=weight, band=band, grid=grid, trunc=trunc)
+    total = X * Y * Z
+    values = torch.ones(total, dtype=torch.float32, device=dev)
+    weight = torch.zeros(total, dtype=torch.float32, device=dev)
+    band = torch.zeros(total, dtype=torch.float32, device=dev)
+    views = view_table(depths, dev)
+    if views is None:
+        check(1.0)
+        return values.reshape(X, Y, Z), weight.reshape(X, Y, Z), band.reshape(X, Y, Z)
+    if chunk_elements is None:
+        chunk_elements = 1 << 24 if dev.type == "cuda" else 1 << 18
+    step = max(1024, chunk_elements // views.views)
+    for a in range(0, total, step):
+        b = min(total, a + step)
+        acc, wsum, bsum = integrate(grid_chunk(grid, a, b, dev), views, trunc)
+        values[a:b] = torch.where(wsum > 0, acc / wsum.clamp(min=1e-9), torch.ones_like(acc))
+        weight[a:b] = wsum
+        band[a:b] = bsum
+        check(b / total)
+    del views
+    return values.reshape(X, Y, Z), weight.reshape(X, Y, Z), band.reshape(X, Y, Z)
+
+
+def fuse(depths: list[DepthMap], grid: Grid, trunc: float, device: str = "cpu", chunk_elements: int | None = None,
+         check: Callable[[float], None] = lambda f: None) -> Tsdf:
+    """Weighted TSDF of the depth maps over ``grid``, computed on ``device`` (:func:`fuse_tensors`), as numpy
+    arrays; ``trunc`` in world units."""
+    values, weight, band = fuse_tensors(depths, grid, trunc, device, chunk_elements, check)
+    return Tsdf(values=values.cpu().numpy(), weight=weight.cpu().numpy(), band=band.cpu().numpy(), grid=grid,
+                trunc=trunc)
 
 
 def combined_field(tsdf: Tsdf, hull: np.ndarray, min_band: float, min_free: float, hull_slack: float,
@@ -152,25 +243,55 @@ def combined_field(tsdf: Tsdf, hull: np.ndarray, min_band: float, min_free: floa
     where at least that much match score measured a surface: estimated silhouettes miss thin or dark parts (horns,
     feet on a dark table) that the photos did measure. ``planes`` (unit normal n, offset d,
     cameras on the side n·x > d: the table the object stands on, a wall right behind it): everything within
-    ``support_margin`` of one or behind it is outside, so they are cut off and the object's base closed flat."""
+    ``support_margin`` of one or behind it is outside, so they are cut off and the object's base closed flat.
+    Computed by :func:`combined_field_tensor` on the CPU."""
     if hull.shape != tsdf.values.shape:
         raise ValueError(f"combined_field: hull {hull.shape} and TSDF {tsdf.values.shape} differ")
-    t = tsdf.trunc
-    f = np.clip(hull / t, -1.0, 1.0).astype(np.float32)
-    measured = tsdf.band >= min_band
-    f = np.where(measured, tsdf.values, f)
-    free = (tsdf.weight - tsdf.band >= min_free) & (tsdf.values > 0.9)
-    f = np.where(free, np.maximum(f, tsdf.values), f)
-    cap = np.clip((hull - hull_slack) / t, -1.0, 1.0)
+    as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))  # noqa: E731
+    return combined_field_tensor(as_t(tsdf.values), as_t(tsdf.weight), as_t(tsdf.band), as_t(hull), tsdf.grid,
+                                 tsdf.trunc, min_band, min_free, hull_slack, planes, support_margin,
+                                 override_band).numpy()
+
+
+def combined_field_tensor(values: torch.Tensor, weight: torch.Tensor, band: torch.Tensor, hull: torch.Tensor,
+                          grid: Grid, trunc: float, min_band: float, min_free: float, hull_slack: float,
+                          planes: list[tuple[np.ndarray, float]] = (), support_margin: float = 0.0,
+                          override_band: float | None = None, slab_voxels: int = 1 << 24) -> torch.Tensor:
+    """:func:`combined_field` on tensors of one device: values, weight, band (the TSDF's) and hull, each (X, Y, Z)
+    float32 -> (X, Y, Z) float32 on that device, negative inside, units of ``trunc``. The plane cut is computed in
+    float64 in x-slabs of ``slab_voxels`` (sub-voxel accuracy far from the origin; bounded memory)."""
+    shape = tuple(grid.dims)
+    for name, a in (("values", values), ("weight", weight), ("band", band), ("hull", hull)):
+        if tuple(a.shape) != shape:
+            raise ValueError(f"combined_field: {name} {tuple(a.shape)} and the grid {shape} differ")
+        if a.dtype != torch.float32 or a.device != values.device:
+            raise ValueError(f"combined_field: {name} must be float32 on {values.device}, got {a.dtype} on {a.device}")
+    if trunc <= 0:
+        raise ValueError(f"combined_field: trunc must be > 0, got {trunc}")
+    t = float(trunc)
+    f = (hull / t).clamp_(-1.0, 1.0)
+    f = torch.where(band >= min_band, values, f)
+    free = ((weight - band) >= min_free) & (values > 0.9)
+    f = torch.where(free, torch.maximum(f, values), f)
+    del free
+    cap = ((hull - hull_slack) / t).clamp_(-1.0, 1.0)
     if override_band is not None:
-        cap = np.where(tsdf.band >= override_band, -1.0, cap)
-    f = np.maximum(f, cap)
+        cap = torch.where(band >= override_band, torch.full_like(cap, -1.0), cap)
+    f = torch.maximum(f, cap)
+    del cap
+    X, Y, Z = shape
+    dev = values.device
+    ax = [torch.as_tensor(grid.origin[i] + np.arange(grid.dims[i]) * grid.voxel, dtype=torch.float64, device=dev)
+          for i in range(3)]
+    step = max(1, slab_voxels // (Y * Z))
     for n, d in planes:
-        n, d = np.asarray(n, dtype=np.float64), float(d)
-        g = tsdf.grid
-        ax = [g.origin[i] + np.arange(g.dims[i]) * g.voxel for i in range(3)]
-        height = (ax[0][:, None, None] * n[0] + ax[1][None, :, None] * n[1] + ax[2][None, None, :] * n[2]) - d
-        # signed distance to the cut plane, in units of trunc: a sub-voxel accurate flat base
-        f = np.maximum(f, np.clip(((support_margin - height) / t).astype(np.float32), -1.0, 1.0))
+        n = np.asarray(n, dtype=np.float64)
+        for x0 in range(0, X, step):
+            x1 = min(X, x0 + step)
+            height = (ax[0][x0:x1, None, None] * float(n[0]) + ax[1][None, :, None] * float(n[1])
+                      + ax[2][None, None, :] * float(n[2])) - float(d)
+            # signed distance to the cut plane, in units of trunc: a sub-voxel accurate flat base
+            cut = ((support_margin - height) / t).to(torch.float32).clamp_(-1.0, 1.0)
+            f[x0:x1] = torch.maximum(f[x0:x1], cut)
     f[0, :, :] = f[-1, :, :] = f[:, 0, :] = f[:, -1, :] = f[:, :, 0] = f[:, :, -1] = 1.0
     return f

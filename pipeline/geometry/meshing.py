@@ -3,11 +3,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import logging
+
 import numpy as np
+import torch
 import trimesh
 from skimage import measure
 
 from pipeline.context import JobError
+
+log = logging.getLogger(__name__)
+
+# pytorch3d's marching cubes snaps a crossing to a grid point whose value is within 1e-5 of the isolevel; the
+# triangles that then collapse are dropped and the surface opens (measured: 962 open edges on a 200^3 sphere). Values
+# (in voxels) are kept at least this far from 0 instead: a shift of 1e-4 voxel, and no snapping.
+_P3D_MIN_ABS = 1e-4
 
 
 @dataclass(frozen=True)
@@ -27,6 +37,57 @@ def marching_cubes(field: np.ndarray, origin: np.ndarray, voxel: float) -> trime
     if mesh.volume < 0:
         mesh.invert()
     return mesh
+
+
+def marching_cubes_tensor(field: torch.Tensor, origin: np.ndarray, voxel: float) -> trimesh.Trimesh:
+    """:func:`marching_cubes` on the field's device with pytorch3d (CUDA kernels for a CUDA tensor): field (X, Y, Z)
+    float32 world units, negative inside; voxel (i, j, k) at origin + (i, j, k) * voxel -> mesh in world units with
+    outward normals. pytorch3d reads the volume as (D, H, W) and returns vertices as (w, h, d), i.e. (k, j, i) here,
+    one list entry per batch item ([] when nothing crosses the level)."""
+    from pytorch3d.ops.marching_cubes import marching_cubes as p3d_marching_cubes
+
+    if field.ndim != 3:
+        raise ValueError(f"field must be 3-D, got shape {tuple(field.shape)}")
+    if field.dtype != torch.float32:
+        raise ValueError(f"field must be float32, got {field.dtype}")
+    if voxel <= 0:
+        raise ValueError(f"voxel must be > 0, got {voxel}")
+    if not bool((field < 0).any()):
+        raise JobError("the visual hull is empty: no voxel is inside every silhouette")
+    vol = field / voxel
+    vol = torch.where(vol.abs() < _P3D_MIN_ABS, torch.where(vol < 0, -_P3D_MIN_ABS, _P3D_MIN_ABS), vol)
+    verts, faces = p3d_marching_cubes(vol[None].contiguous(), isolevel=0.0, return_local_coords=False)
+    del vol
+    if len(faces[0]) == 0:
+        raise JobError("the visual hull is empty: no voxel is inside every silhouette")
+    if int(faces[0].min()) < 0 or int(faces[0].max()) >= len(verts[0]):
+        # seen in pytorch3d's CUDA kernels of some releases (issue 1751 there)
+        raise RuntimeError(f"pytorch3d marching cubes gave face indices outside its {len(verts[0])} vertices")
+    v = verts[0].flip(-1).double().cpu().numpy() * voxel + np.asarray(origin, dtype=np.float64)
+    mesh = trimesh.Trimesh(vertices=v, faces=faces[0].cpu().numpy(), process=True)
+    if mesh.volume < 0:
+        mesh.invert()
+    return mesh
+
+
+def marching_cubes_on_device(field: torch.Tensor, origin: np.ndarray, voxel: float,
+                             use_pytorch3d: bool | None = None) -> trimesh.Trimesh:
+    """Marching cubes where the field is: pytorch3d's kernels for a CUDA tensor (``use_pytorch3d`` None), skimage's
+    on the CPU otherwise (faster there: 1.6 s against 2.8 s on 200^3, measured). field (X, Y, Z) float32 world
+    units, negative inside. pytorch3d's CUDA marching cubes has had wrong results in some releases, so a result
+    that fails (an error, open edges) is replaced by skimage's on the CPU, with a warning: never worse than before."""
+    if use_pytorch3d is None:
+        use_pytorch3d = field.is_cuda
+    if use_pytorch3d:
+        try:
+            mesh = marching_cubes_tensor(field, origin, voxel)
+            if mesh.is_watertight:
+                return mesh
+            log.warning("pytorch3d marching cubes gave an open surface (%d faces); skimage's is used instead",
+                        len(mesh.faces))
+        except RuntimeError as e:
+            log.warning("pytorch3d marching cubes failed (%s); skimage's is used instead", e)
+    return marching_cubes(field.detach().cpu().numpy(), origin, voxel)
 
 
 def largest_component(mesh: trimesh.Trimesh) -> trimesh.Trimesh:

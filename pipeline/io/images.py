@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from pipeline.io.files import NotRegularFile, open_regular, special_reason
 from pipeline.settings import LimitsConfig
 
 try:  # HEIC/HEIF (iPhone photos): Pillow opens them once pillow-heif's opener is registered
@@ -76,35 +78,42 @@ def validate_image(path: Path, root: Path, limits: LimitsConfig) -> ImageInfo | 
         what = "is a symbolic link pointing" if path.is_symlink() else "is"
         return Rejected(rel, f"{what} outside the job folder; copy the file into the folder instead")
     try:
-        size = path.stat().st_size
+        st = path.stat()
     except OSError as e:
         return Rejected(rel, f"cannot be read ({e.strerror})")
+    if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block the job on open/read: never opened
+        return Rejected(rel, special_reason(st.st_mode))
+    size = st.st_size
     if size > limits.max_file_mb * 1e6:
         return Rejected(rel, f"is {size / 1e6:.1f} MB, over the {limits.max_file_mb:g} MB per-file limit (limits.max_file_mb)")
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(16)
+        fh = open_regular(path)
+    except NotRegularFile as e:  # swapped for a FIFO since the stat above
+        return Rejected(rel, f"is not a regular file ({e}); remove it from the folder")
     except OSError as e:
         return Rejected(rel, f"cannot be read ({e.strerror or e})")
-    fmt = sniff_format(head)
-    if fmt is None:
-        return Rejected(rel, f"is not a {FORMATS_TEXT} image (checked by content, not by name)")
-    if fmt == "HEIF" and not HEIF_SUPPORTED:
-        return Rejected(rel, "is a HEIC/HEIF photo but pillow-heif is not installed (pip install pillow-heif), "
-                             "or convert it to JPEG")
-    max_px = int(limits.max_megapixels * 1e6)
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-            if w * h > max_px:
-                return Rejected(rel, f"is {w}x{h} = {w * h / 1e6:.1f} MP, over the {limits.max_megapixels:g} MP limit (limits.max_megapixels)")
-            im.load()  # full decode: truncated or corrupt files fail here, not later in a stage
-            orientation = im.getexif().get(0x0112, 1)
-            has_alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
-    except Image.DecompressionBombError:
-        return Rejected(rel, f"is larger than the decompression-bomb guard allows ({limits.max_megapixels:g} MP)")
-    except (OSError, SyntaxError, ValueError) as e:
-        return Rejected(rel, f"is a damaged {fmt} file that cannot be decoded ({e})")
+    with fh:
+        head = fh.read(16)
+        fh.seek(0)
+        fmt = sniff_format(head)
+        if fmt is None:
+            return Rejected(rel, f"is not a {FORMATS_TEXT} image (checked by content, not by name)")
+        if fmt == "HEIF" and not HEIF_SUPPORTED:
+            return Rejected(rel, "is a HEIC/HEIF photo but pillow-heif is not installed (pip install pillow-heif), "
+                                 "or convert it to JPEG")
+        max_px = int(limits.max_megapixels * 1e6)
+        try:
+            with Image.open(fh) as im:
+                w, h = im.size
+                if w * h > max_px:
+                    return Rejected(rel, f"is {w}x{h} = {w * h / 1e6:.1f} MP, over the {limits.max_megapixels:g} MP limit (limits.max_megapixels)")
+                im.load()  # full decode: truncated or corrupt files fail here, not later in a stage
+                orientation = im.getexif().get(0x0112, 1)
+                has_alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
+        except Image.DecompressionBombError:
+            return Rejected(rel, f"is larger than the decompression-bomb guard allows ({limits.max_megapixels:g} MP)")
+        except (OSError, SyntaxError, ValueError) as e:
+            return Rejected(rel, f"is a damaged {fmt} file that cannot be decoded ({e})")
     if orientation in (5, 6, 7, 8):  # EXIF rotations by 90 degrees swap width and height
         w, h = h, w
     return ImageInfo(path=path, format=fmt, width=w, height=h, has_alpha=has_alpha, bytes=size)

@@ -32,20 +32,27 @@ def redact_url(url: str) -> str:
     return f"{parts.scheme}://{netloc}/…" if (parts.path not in ("", "/") or parts.query) else f"{parts.scheme}://{netloc}"
 
 
+def token_like(word: str) -> bool:
+    """A word that looks like a credential rather than an ordinary name: 8+ characters with letters and digits
+    (``tok9abcdef``, ``CANARY-pw-77b2``), or 16+ of anything (a webhook's random path part). ``hook``, ``services``
+    or ``webhooks`` are not, so a path that contains them is not masked."""
+    return (len(word) >= 8 and bool(re.search(r"[A-Za-z]", word)) and bool(re.search(r"\d", word))) or len(word) >= 16
+
+
 def secret_values(values: Iterable[str]) -> tuple[str, ...]:
-    """Every string to scrub for the secret ``values``: each value, and for URLs also their password, user:password,
-    path and query values (each may be logged apart from the URL, e.g. in an exception). Longest first, so a
-    longer secret is replaced before a part of it."""
+    """Every string to scrub for the secret ``values``: each value whole, and for URLs the secret parts that may be
+    logged apart from the URL (e.g. in an exception): the password and user:password, every query value, and the
+    path when it holds a token-like part (and that part). Not the bare path of a URL such as ``/hook``, nor a user
+    name: those are ordinary words, and scrubbing every occurrence garbled paths ("inbox***job"). Longest first,
+    so a longer secret is replaced before a part of it."""
     out: set[str] = set()
     for v in values:
         v = (v or "").strip()
         if not v:
             continue
         out.add(v)
-        # token-like words of a command or URL list (letters and digits, >= 8 characters): a hook's own output or
-        # an error may repeat one without the rest
-        out.update(w for w in re.split(r"[\s'\"=:,;&?/@]+", v)
-                   if len(w) >= 8 and re.search(r"[A-Za-z]", w) and re.search(r"\d", w))
+        # token-like words of a command or URL list: a hook's own output or an error may repeat one without the rest
+        out.update(w for w in re.split(r"[\s'\"=:,;&?/@]+", v) if token_like(w))
         for part in v.split(",") if "://" in v else ():
             part = part.strip()
             out.add(part)
@@ -55,9 +62,7 @@ def secret_values(values: Iterable[str]) -> tuple[str, ...]:
                 continue
             if p.password:
                 out.update({p.password, f"{p.username}:{p.password}"})
-            if p.username:
-                out.add(p.username)
-            if p.path not in ("", "/"):
+            if any(token_like(seg) for seg in p.path.split("/")):
                 out.add(p.path)
             out.update(val for _k, val in parse_qsl(p.query, keep_blank_values=False))
             if p.query:

@@ -8,12 +8,17 @@ from __future__ import annotations
 import base64
 import io
 import json
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from pipeline.io.files import kind_of, open_regular, regular_file
+from pipeline.io.images import inside
+from pipeline.settings import LimitsConfig
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff")
 MEASURE_SIDE = 512  # sharpness and exposure are measured at this long side, so photos of any size compare
@@ -64,13 +69,56 @@ class PhotoDiag:
 
 
 def list_photos(input_dir: Path) -> list[str]:
-    """Image files of a job folder (images/ when there is one, else the top level), sorted, relative names."""
-    root = input_dir / "images" if (input_dir / "images").is_dir() else input_dir
+    """Image files of a job folder (images/ when there is one, else the top level), sorted, relative names. By
+    lstat only: a linked images/ folder or job folder is not listed, special files are left out, and linked
+    files are listed for :func:`refusal` to judge (ingest refuses links that leave the folder; a report must never
+    open what ingest refused)."""
+    if input_dir.is_symlink():
+        return []
+    images = input_dir / "images"
+    root = images if regular_dir(images) else input_dir
+    if root is images and images.is_symlink():
+        return []
     try:
         return sorted(str(p.relative_to(input_dir)) for p in root.iterdir()
-                      if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+                      if (regular_file(p, follow=False) or p.is_symlink()) and p.suffix.lower() in IMAGE_SUFFIXES
+                      and not p.name.startswith("."))
     except OSError:
         return []
+
+
+def regular_dir(p: Path) -> bool:
+    """A directory that is not a symbolic link (lstat)."""
+    try:
+        return stat.S_ISDIR(p.lstat().st_mode)
+    except OSError:
+        return False
+
+
+def refusal(path: Path, input_dir: Path, limits: LimitsConfig | None) -> str | None:
+    """Why a photo must not be opened for the report, or None: a link (or a folder link above it) that leaves the
+    job folder, a FIFO or device, or a file ingest refuses for its size (decoding it only for a thumbnail would
+    cost what the limit is there to avoid). Stats and an image header only: nothing is decoded."""
+    if input_dir.is_symlink() or not inside(path, input_dir):
+        return "not shown: it is outside the job folder (a symbolic link), and such files are never opened"
+    try:
+        st = path.stat()
+    except OSError as e:
+        return f"cannot be read: {e.strerror or e}"
+    if not stat.S_ISREG(st.st_mode):
+        return f"not shown: it is {kind_of(st.st_mode)}, not a regular file"
+    if limits is None:
+        return None
+    if st.st_size > limits.max_file_mb * 1e6:
+        return f"not shown: {st.st_size / 1e6:.1f} MB is over the {limits.max_file_mb:g} MB per-file limit"
+    try:
+        with open_regular(path) as fh, Image.open(fh) as im:  # the header only
+            w, h = im.size
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None  # measure_photo says it cannot be read
+    if w * h > limits.max_megapixels * 1e6:
+        return f"not shown: {w}x{h} = {w * h / 1e6:.1f} MP is over the {limits.max_megapixels:g} MP limit"
+    return None
 
 
 def read_sfm_rows(work_dir: Path) -> dict[str, dict[str, Any]]:
@@ -97,7 +145,7 @@ def _thumb(im: Image.Image, side: int) -> str:
 def measure_photo(path: Path, name: str, thumb_side: int = 160) -> PhotoDiag:
     """Thumbnail, size, sharpness and exposure of one photo; a diagnostic with ``error`` when it cannot be read."""
     try:
-        with Image.open(path) as im:
+        with open_regular(path) as fh, Image.open(fh) as im:
             width, height = im.size
             im.draft("RGB", (MEASURE_SIDE, MEASURE_SIDE))  # JPEG: decode at a reduced scale, much faster
             im = ImageOps.exif_transpose(im)
@@ -125,7 +173,7 @@ def flag_photos(diags: list[PhotoDiag]) -> list[PhotoDiag]:
     out = []
     for d in diags:
         flags = []
-        if d.error:
+        if d.error and not d.error.startswith("not shown"):
             flags.append("unreadable")
         if d.sharpness is not None and med_sharp and d.sharpness < 0.35 * med_sharp:
             flags.append("much softer than the others (blur?)")
@@ -148,16 +196,19 @@ def flag_photos(diags: list[PhotoDiag]) -> list[PhotoDiag]:
 
 
 def photo_diagnostics(input_dir: Path, work_dir: Path, names: list[str] | None = None,
-                      max_photos: int = 150) -> list[PhotoDiag]:
+                      max_photos: int = 150, limits: LimitsConfig | None = None) -> list[PhotoDiag]:
     """Diagnostics for the job's photos (``names`` relative to ``input_dir``, else every image found), at most
-    ``max_photos`` (spread evenly over the set), merged with structure from motion's counts when it ran."""
+    ``max_photos`` (spread evenly over the set), merged with structure from motion's counts when it ran. A photo
+    that must not be opened (see :func:`refusal`; ``limits``: the job's, for the size limits) is listed with the
+    reason and no thumbnail."""
     names = list(names) if names is not None else list_photos(input_dir)
     if len(names) > max_photos:
         names = [names[i] for i in np.linspace(0, len(names) - 1, max_photos).round().astype(int)]
     sfm = read_sfm_rows(work_dir)
     diags = []
     for n in names:
-        d = measure_photo(input_dir / n, n)
+        why = refusal(input_dir / n, input_dir, limits)
+        d = PhotoDiag(name=n, error=why) if why else measure_photo(input_dir / n, n)
         r = sfm.get(n)
         if r is not None:
             d = PhotoDiag(**{**asdict(d), "features": r.get("features"), "matched_images": r.get("matched_images"),

@@ -117,6 +117,14 @@ def build_checks(stats: dict[str, Any], cfg: Any) -> list[Check]:
         "border_cut", "photos with the object cut by the image border (share)", bc.get("share"),
         cfg.grade_border_cut_pass, cfg.grade_border_cut_warn, better="lower", unit="share",
         detail=f"{bc.get('cut')} of {bc.get('photos')} photos" if bc else "", missing="no cameras"))
+    base = q.get("base") or {}
+    # lower is better; any gap beyond the pass threshold warns (never fails: the photos, not a mask, measured it)
+    checks.append(measure(
+        "base", "height the mesh stops short of what the photos measured near the table (share)", base.get("share"),
+        cfg.grade_base_gap_pass, 1.0, better="lower", unit="share",
+        detail=(f"the mesh ends {base.get('share', 0):.0%} of the object's height above the lowest of "
+                f"{base.get('points')} points the photos measured") if base else "",
+        missing="no support plane or measured points (posed or masked capture)", required=False))
     gt = q.get("gt")
     if gt:
         checks.append(measure("gt_fscore", f"F-score against the ground truth (@{100 * gt['tau_rel']:g}% of its "
@@ -192,6 +200,11 @@ def what_to_know(stats: dict[str, Any], grade: Grade, published: set[str]) -> li
         if check is not None and check.status in ("fail", "warn"):
             items.append((ORDER[check.status], check.status, text))
 
+    c = by.get("base")
+    if c and c.value is not None:
+        add(c, f"The mesh ends {c.value:.0%} of the object's height above the lowest part the photos measured: its "
+               "lower part (legs, feet, a stand near the table) is probably missing. Photograph the base from lower "
+               "angles, or give masks (masks/<image>.png)")
     cov = q.get("coverage") or {}
     c = by.get("coverage")
     if c and c.value is not None:

@@ -254,3 +254,48 @@ def unseen_direction(normals: np.ndarray, areas: np.ndarray, unseen: np.ndarray,
     if np.linalg.norm(m) < min_concentration:
         return None
     return _unit(m)
+
+
+@dataclass(frozen=True)
+class BaseGap:
+    """How far above the lowest measured part of the object the mesh ends, along the support plane's normal.
+
+    ``share``: that gap as a fraction of the object's measured height (0 when the mesh reaches down as far as the
+    photos measured); heights in world units above the plane."""
+
+    share: float
+    mesh_low: float
+    measured_low: float
+    height: float
+    points: int
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {"share": self.share, "mesh_low": self.mesh_low, "measured_low": self.measured_low,
+                "height": self.height, "points": self.points}
+
+
+def base_gap(vertices: np.ndarray, points: np.ndarray, plane: tuple[np.ndarray, float],
+             low_percentile: float = 2.0, min_points: int = 20) -> BaseGap | None:
+    """Whether the mesh stops short of what the photos measured near the support plane (legs, feet, a stand lost).
+
+    vertices: (V, 3) of the mesh; points: (P, 3) object points measured from the photos (SfM or fused stereo),
+    above the plane; plane: (n (3,), d) with n·x + d the height above it. The lowest measured height is a low
+    percentile, so a few stray points do not decide it. None with fewer than ``min_points`` points above the plane."""
+    if vertices.ndim != 2 or vertices.shape[1] != 3 or len(vertices) == 0:
+        raise ValueError(f"base_gap: vertices must be (V, 3) with V > 0, not {vertices.shape}")
+    n, d = np.asarray(plane[0], dtype=np.float64), float(plane[1])
+    norm = float(np.linalg.norm(n))
+    if norm == 0:
+        raise ValueError("base_gap: the plane normal is zero")
+    n, d = n / norm, d / norm
+    h_pts = np.asarray(points, dtype=np.float64).reshape(-1, 3) @ n + d
+    h_pts = h_pts[h_pts > 0]
+    if len(h_pts) < min_points:
+        return None
+    h_mesh = np.asarray(vertices, dtype=np.float64) @ n + d
+    measured_low = float(np.percentile(h_pts, low_percentile))
+    top = max(float(np.percentile(h_pts, 100 - low_percentile)), float(h_mesh.max()))
+    height = max(top - measured_low, 1e-12)
+    mesh_low = float(h_mesh.min())
+    return BaseGap(share=float(np.clip((mesh_low - measured_low) / height, 0.0, 1.0)), mesh_low=mesh_low,
+                   measured_low=measured_low, height=height, points=int(len(h_pts)))

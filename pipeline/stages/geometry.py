@@ -10,8 +10,9 @@ import numpy as np
 import trimesh
 
 from pipeline.geometry.carve import CarveResult, CarveSettings, carve, mask_coverage
-from pipeline.context import InputError, JobContext
+from pipeline.context import JobContext
 from pipeline.geometry.dense import DenseSettings, dense_geometry
+from pipeline.geometry.scene import region_from_cameras
 from pipeline.geometry.meshing import MeshingSettings, clean_mesh, marching_cubes
 from pipeline.geometry.mvs import MvsSettings
 from pipeline.stages.base import Stage, stage_dir
@@ -67,20 +68,25 @@ def dense_settings(ctx: JobContext) -> DenseSettings:
 def dense_stage(ctx: JobContext, views: Views, masks: list[np.ndarray | None], out_dir: Path) -> GeometrySummary:
     """Multi-view stereo on the training views; writes mesh.ply, points.ply and the silhouettes it closed with."""
     sparse = Sparse.load(ctx)
-    if sparse is None:
-        raise InputError("the dense method needs the structure-from-motion points to find the object, and they are "
-                         "missing; rerun the job (hotmesh retry JOB --from-stage cameras)")
     idx = [int(i) for i in views.train]
-    remap = np.full(len(views.names), -1)
-    remap[idx] = np.arange(len(idx))
-    obs = remap[sparse.obs_view] >= 0
     s = dense_settings(ctx)
+    if sparse is None:
+        # a posed capture with a mask for every photo runs no SfM: the cameras bound the object, the masks cut it
+        sizes = [(views.rgb[i].shape[1], views.rgb[i].shape[0]) for i in idx]
+        region = region_from_cameras(views.w2c[idx], views.K[idx], sizes)
+        observations = None
+        ctx.log.info("dense geometry: no SfM points (posed photos with masks); the object is located from the "
+                     "cameras")
+    else:
+        remap = np.full(len(views.names), -1)
+        remap[idx] = np.arange(len(idx))
+        obs = remap[sparse.obs_view] >= 0
+        region = sparse.region()
+        observations = (sparse.points, remap[sparse.obs_view[obs]], sparse.obs_point[obs])
     ctx.log.info("dense geometry: %d views, depth maps at %d px, %d planes, TSDF %d voxels (device %s)", len(idx),
                  s.mvs.max_side, s.mvs.planes, s.resolution, ctx.device)
     res = dense_geometry([views.rgb[i] for i in idx], [masks[i] for i in idx], views.K[idx], views.w2c[idx],
-                         sparse.region(), s, device=ctx.device,
-                         sparse=(sparse.points, remap[sparse.obs_view[obs]], sparse.obs_point[obs]),
-                         check=ctx.progress)
+                         region, s, device=ctx.device, sparse=observations, check=ctx.progress)
     res.mesh.export(out_dir / "mesh.ply")
     trimesh.PointCloud(res.points, colors=res.colors).export(out_dir / "points.ply")
     # the silhouettes the shape was closed with: later stages fit to them where the user gave none

@@ -16,6 +16,7 @@ from PIL import Image
 
 from pipeline.cameras.cameras import TRANSFORMS_NAMES, FrameSpec, PoseSource, read_pose_source
 from pipeline.context import CANCEL_MARKER, READY_MARKER, InputError, JobContext
+from pipeline.io.files import is_special, open_regular, printable, read_head, regular_file, special_reason
 from pipeline.io.images import IMAGE_SUFFIXES, Rejected, inside, sniff_format, validate_image
 from pipeline.cameras.scale import SCALE_FILE, ScaleFileError, read_scale_spec
 from pipeline.stages.base import Stage, stage_dir
@@ -123,34 +124,45 @@ def unposed_images(job_dir: Path, suffixes: set[str] = IMAGE_SUFFIXES) -> list[s
 
 def file_digest(path: Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with open_regular(path) as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
 
 
-def duplicate_photos(job_dir: Path, names: list[str]) -> dict[str, str]:
-    """Photos that repeat another one: name -> reason. Byte-identical copies, and one shot saved in two formats
-    (IMG_1.HEIC and IMG_1.JPG, as phones export): SfM would match a view with itself. The first name is kept."""
-    out: dict[str, str] = {}
+def duplicate_photos(job_dir: Path, names: list[str]) -> dict[str, tuple[str, str]]:
+    """Photos that repeat another one: name -> (the photo it repeats, which is kept: the first; "name" or
+    "bytes"). Byte-identical copies, and one shot saved in two formats (IMG_1.HEIC and IMG_1.JPG, as phones
+    export): SfM would match a view with itself. :func:`duplicate_reason` words it once the kept photo is known
+    to be used or not."""
+    out: dict[str, tuple[str, str]] = {}
     seen_digest: dict[str, str] = {}
     seen_stem: dict[str, str] = {}
     for n in names:
         stem = str(Path(n).with_suffix("")).lower()
         if stem in seen_stem:
-            out[n] = (f"has the same name as {seen_stem[stem]} (one photo saved in two formats?); only "
-                      f"{seen_stem[stem]} is used")
+            out[n] = (seen_stem[stem], "name")
             continue
         try:
             digest = file_digest(job_dir / n)
         except OSError:
             continue  # validation reports unreadable files
         if digest in seen_digest:
-            out[n] = f"is a byte-for-byte copy of {seen_digest[digest]}; only {seen_digest[digest]} is used"
+            out[n] = (seen_digest[digest], "bytes")
             continue
         seen_digest[digest] = n
         seen_stem[stem] = n
     return out
+
+
+def duplicate_reason(kept: str, how: str, kept_refused: str | None) -> str:
+    """Why a duplicate of ``kept`` is not used; ``kept_refused``: why ``kept`` itself is not used, if
+    it is not (then "only kept is used" would be false: the user must replace both). ``how``: "name" or "bytes"."""
+    what = (f"has the same name as {kept} (one photo saved in two formats?)" if how == "name"
+            else f"is a byte-for-byte copy of {kept}")
+    if kept_refused:
+        return f"{what}, and {kept} is not used either: it {kept_refused}. Replace it with a usable photo"
+    return f"{what}; only {kept} is used"
 
 
 def live_photo_clips(videos: list[str], photos: list[str]) -> dict[str, str]:
@@ -207,12 +219,28 @@ def job_files(job_dir: Path) -> list[str]:
     return sorted(out)
 
 
-def read_head(path: Path, n: int = 16) -> bytes:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(n)
-    except OSError:
-        return b""
+def read_by_name(rel: str) -> bool:
+    """Whether hotmesh opens a file of this name without listing the folder first: poses (transforms.json, a COLMAP
+    model's files), scale.json, the reference mesh."""
+    p = Path(rel)
+    return (p.name in TRANSFORMS_NAMES or p.name in (SCALE_FILE, "project.ini", *GT_NAMES)
+            or (p.stem in COLMAP_FILES and p.suffix in (".bin", ".txt")))
+
+
+def special_entries(job_dir: Path) -> dict[str, str]:
+    """FIFOs, sockets and devices in the job folder (relative path -> why not used), found by lstat: none of
+    them is ever opened (a FIFO blocks its reader until a writer comes, possibly forever)."""
+    out: dict[str, str] = {}
+    for root, dirs, files in os.walk(job_dir):
+        for name in files + dirs:
+            p = Path(root) / name
+            try:
+                mode = p.lstat().st_mode
+            except OSError:
+                continue
+            if is_special(mode):
+                out[str(p.relative_to(job_dir))] = special_reason(mode)
+    return out
 
 
 def escaping_symlinks(job_dir: Path) -> list[str]:
@@ -244,6 +272,9 @@ class IngestStage(Stage):
     def run(self, ctx: JobContext, out_dir: Path) -> dict[str, Any]:
         job_dir, limits = ctx.input_dir, ctx.settings.limits
         problems: list[str] = []
+        if job_dir.is_symlink():  # the daemon never makes a job of a link; a folder replaced by one later
+            raise InputError("the job folder is a symbolic link to a folder outside the inbox, and no file behind "
+                             "it is read: copy the folder into the inbox instead of linking it")
         total = folder_bytes(job_dir)  # lstat only: never follows a link
         if total > limits.max_job_mb * 1e6:
             problems.append(f"the folder holds {total / 1e6:.0f} MB, over the {limits.max_job_mb:g} MB per-job limit (limits.max_job_mb)")
@@ -254,6 +285,13 @@ class IngestStage(Stage):
             problems.insert(0, f"symbolic links point outside the job folder (not allowed; copy the files in): "
                                f"{_listing(bad_links)}")
             raise InputError("the job folder cannot be processed:\n- " + "\n- ".join(problems))
+        special = special_entries(job_dir)
+        by_name = sorted(rel for rel in special if read_by_name(rel))
+        if by_name:
+            # the poses, scale or reference mesh are read by their name: a FIFO there would block the reader, so the
+            # job cannot go on without it (a FIFO anywhere else is only listed as not used)
+            raise InputError("the job folder cannot be processed:\n- " + "\n- ".join(
+                f"{rel} {special[rel]}; hotmesh reads a file of that name, so put the real file there" for rel in by_name))
         try:
             read_scale_spec(job_dir)  # checked here so a broken scale.json fails the job before any work
         except ScaleFileError as e:
@@ -342,9 +380,11 @@ class IngestStage(Stage):
             if isinstance(res, Rejected):
                 res = Rejected(spec.name if video is None else f"{video} ({spec.name})", res.reason)
                 rejected.append(res)
-                ctx.log.warning("rejected %s: %s", res.file, res.reason)
+                ctx.log.warning("rejected %s: %s", printable(res.file), res.reason)  # a name may hold a newline
                 continue
             mask = spec.mask_path or (find_mask_file(ctx.input_dir, spec.name) if video is None else None)
+            if mask and not regular_file(ctx.input_dir / mask):
+                mask = None  # a FIFO or device named as a mask is never read; it is listed as not used
             frames.append(Frame(name=spec.name, width=res.width, height=res.height, format=res.format,
                                 has_alpha=res.has_alpha, mask_file=mask, source=video))
         return frames, rejected
@@ -360,18 +400,21 @@ class IngestStage(Stage):
         clips = unposed_images(job_dir, VIDEO_SUFFIXES)
         if not photos and not clips:
             root = "images" if image_root(job_dir) != job_dir else "."
-            listed = [f"{n} {why_unused(n, read_head(job_dir / n), 'sfm', 'the folder', root)}"
+            special = special_entries(job_dir)
+            listed = [f"{n} {special.get(n) or why_unused(n, read_head(job_dir / n), 'sfm', 'the folder', root)}"
                       for n in job_files(job_dir)[:20]]
             raise InputError("the job folder contains no images or videos (looked for .jpg, .png, .webp, .tif, .heic, "
                              ".mp4, .mov in images/ and at the top level)" + "".join(f"\n- {x}" for x in listed))
         skipped.update(live_photo_clips(clips, photos))
         clips = [c for c in clips if c not in skipped]
-        skipped.update(duplicate_photos(job_dir, photos))
-        photos = [p for p in photos if p not in skipped]
+        duplicates = duplicate_photos(job_dir, photos)
+        photos = [p for p in photos if p not in duplicates]
         if len(photos) > limits.max_images:
             raise InputError(f"{len(photos)} images, more than the {limits.max_images} allowed (limits.max_images)")
         spec = lambda n: FrameSpec(name=n, K=np.eye(3), w2c=np.eye(4), width=None, height=None, dist=())  # noqa: E731
         frames, rejected = self._validate(ctx, [(spec(n), job_dir / n, None) for n in photos], 0.0, 0.3 if clips else 1.0)
+        refused = {r.file: r.reason for r in rejected}
+        skipped.update({n: duplicate_reason(kept, how, refused.get(kept)) for n, (kept, how) in duplicates.items()})
         videos: list[VideoUse] = []
         if clips and len(frames) >= limits.min_images:
             for c in clips:
@@ -424,9 +467,11 @@ class IngestStage(Stage):
         root = image_root(job_dir)
         root_name = "images" if root != job_dir else "."
         out = []
+        special = special_entries(job_dir)
         for rel in job_files(job_dir):
             if rel in used or rel in listed:
                 continue
-            reason = skipped.get(rel) or why_unused(rel, read_head(job_dir / rel), source.kind, pose_name, root_name)
+            # a FIFO or device is named by its kind, never opened (why_unused would read its first bytes)
+            reason = special.get(rel) or skipped.get(rel) or why_unused(rel, read_head(job_dir / rel), source.kind, pose_name, root_name)
             out.append(Rejected(rel, reason))
         return out

@@ -17,15 +17,15 @@ from pipeline.context import JobContext
 from pipeline.report.evaluate import gt_scores, held_out_scores, mesh_stats
 from pipeline.io.export import estimate_up, export_all, read_seen, vertex_color_web_glb, web_glb
 from pipeline.report.grade import build_checks, grade_checks, what_to_know
-from pipeline.report.quality import (border_cuts, camera_spread, coverage_share, horizontal_basis, resting_vertices,
-                              side_name, unseen_direction, vertex_areas, visibility_counts)
+from pipeline.report.quality import (base_gap, border_cuts, camera_spread, coverage_share, horizontal_basis,
+                                     resting_vertices, side_name, unseen_direction, vertex_areas, visibility_counts)
 from pipeline.io.redact import redact_mapping
 from pipeline.imaging.render import look_at, reduced_camera, render, shade
 from pipeline.cameras.scale import NO_SCALE
 from pipeline.report.html import camera_scene, complete_stats, config_rows, data_uri, hatch, render_report
 from pipeline.settings import PipelineSettings, ReportConfig
 from pipeline.stages.base import Stage, read_summary, stage_dir
-from pipeline.stages.cameras import Views
+from pipeline.stages.cameras import Sparse, Views
 from pipeline.stages.exports import write_camera_files
 from pipeline.stages.geometry import load_mesh
 from pipeline.stages.ingest import Manifest
@@ -229,6 +229,20 @@ def measure_quality(mesh: trimesh.Trimesh, counts: np.ndarray, masks: list[np.nd
     }
 
 
+def measured_base(ctx: JobContext, vertices: np.ndarray) -> dict[str, Any] | None:
+    """quality.base: where the mesh ends against the lowest part of the object the photos measured (SfM object
+    points and the fused stereo points, above the support plane); None without a support plane."""
+    sparse = Sparse.load(ctx)
+    if sparse is None or sparse.support is None:
+        return None
+    points = [sparse.points[sparse.object_points]]
+    fused = stage_dir(ctx, "geometry") / "points.ply"
+    if fused.exists():
+        points.append(np.asarray(trimesh.load(fused, process=False).vertices))
+    gap = base_gap(vertices, np.concatenate(points), sparse.support)
+    return None if gap is None else gap.to_dict()
+
+
 class ReportStage(Stage):
     name = "report"
     weight = 15
@@ -303,6 +317,7 @@ class ReportStage(Stage):
             quality["gt"] = gt_scores(written, gt, cfg.gt_samples, cfg.fscore_tau)
             quality["gt"]["file"] = manifest.gt_mesh
         quality.update(measure_quality(written, seen, silhouettes, views, up, cfg))
+        quality["base"] = measured_base(ctx, np.asarray(written.vertices))
         stats["quality"] = quality
         lap("gt")
         ctx.progress(0.6)
