@@ -16,15 +16,20 @@ from PIL import Image
 
 FIGURE = re.compile(r'<figure>\s*<div class="pair"><img src="data:image/jpeg;base64,([A-Za-z0-9+/=]+)" '
                     r'alt="render (\d+)°"[^>]*><img src="data:image/jpeg;base64,([A-Za-z0-9+/=]+)"[^>]*></div>\s*'
-                    r'<img src="data:image/jpeg;base64,([A-Za-z0-9+/=]+)" alt="nearest photo"')
+                    r'<img (?:src="data:image/jpeg;base64,([A-Za-z0-9+/=]+)" alt="nearest photo"[^>]*id="(near-\d+)"|'
+                    r'alt="nearest photo"[^>]*data-same="(near-\d+)")')
 
 
 def renders(html: str) -> dict[int, tuple[Image.Image, ...]]:
-    """{angle in degrees: (colour render, shaded geometry, nearest photo)} from a report's Renders section."""
+    """{angle in degrees: (colour render, shaded geometry, nearest photo)} from a report's Renders section. A photo
+    nearest to several angles is stored once in the page; the later figures name the first (data-same)."""
     def image(b64: str) -> Image.Image:
         return Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB")
 
-    return {int(m.group(2)): (image(m.group(1)), image(m.group(3)), image(m.group(4))) for m in FIGURE.finditer(html)}
+    found = list(FIGURE.finditer(html))
+    photos = {m.group(5): m.group(4) for m in found if m.group(4)}
+    return {int(m.group(2)): (image(m.group(1)), image(m.group(3)), image(m.group(4) or photos[m.group(6)]))
+            for m in found}
 
 
 def sheet(rows: list[tuple[Image.Image, ...]], height: int) -> Image.Image:

@@ -51,7 +51,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         cli.setdefault("executor", {})["kind"] = args.executor
     if getattr(args, "ray_address", None):
         cli.setdefault("executor", {})["ray_address"] = args.ray_address
-    config = args.config or os.environ.get("HOTMESH_CONFIG")
+    config = getattr(args, "config", None) or os.environ.get("HOTMESH_CONFIG")
     try:
         return load_settings(Path(config) if config else None, cli=cli)
     except ValueError as e:
@@ -127,9 +127,7 @@ def _saved_paths(state: Path) -> dict[str, str]:
 
 def folders_from(args: argparse.Namespace) -> Folders:
     """The folders of this command line (flags, environment, --config / HOTMESH_CONFIG, defaults)."""
-    config: Mapping[str, str] = {}
-    if getattr(args, "config", None) or os.environ.get("HOTMESH_CONFIG") or getattr(args, "set", None):
-        config = dataclasses.asdict(_settings(args).paths)
+    config: Mapping[str, str] = dataclasses.asdict(_settings(args).paths)
     flags = {n: getattr(args, n, None) for n in FOLDER_ENV}
     return resolve_folders(flags, os.environ, config, Path.cwd(), _saved_paths)
 
@@ -693,6 +691,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from daemon.repair import RepairError
 
     args = build_parser().parse_args(argv)
+    # every subcommand checks the configuration the same way (file, HOTMESH_* environment, --set) before it acts:
+    # `status` with a value `process` refuses, or a misspelt variable, must not pass silently
+    _settings(args)
     try:
         return int(args.func(args) or 0)
     except (LedgerError, RepairError) as e:

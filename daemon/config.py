@@ -76,7 +76,7 @@ class OpsConfig:
     min_free_mb: NonNeg = 500.0  # safety margin on top of each job's estimated need
     max_runtime_seconds: NonNeg = 0.0  # per job; 0: no limit
     webhook_urls: str = ""  # comma-separated; POSTed on done/failed/cancelled (secret: never written out)
-    webhook_secret: str = ""  # HMAC-SHA256 key for the X-Hotmesh-Signature header (secret)
+    webhook_secret: str = ""  # Standard Webhooks signing key (whsec_<base64> or any string) (secret)
     webhook_retries: Annotated[int, Field(ge=0)] = 5
     webhook_backoff_seconds: NonNeg = 2.0  # doubles after each failed try
     command_hook: str = ""  # shell command run on done/failed/cancelled (summary JSON on stdin)
@@ -142,16 +142,34 @@ def build_settings(overrides: Mapping[str, Mapping[str, Any]]) -> Settings:
     return Settings(**parts, pipeline=build_pipeline_settings(overrides))
 
 
+# HOTMESH_* variables that are not settings: folders, GPUs, build and test knobs, and what the command hook is given
+NON_SETTING_ENV = frozenset({"HOTMESH_INBOX", "HOTMESH_OUTBOX", "HOTMESH_STATE", "HOTMESH_CONFIG", "HOTMESH_GPUS",
+                             "HOTMESH_UID", "HOTMESH_GID", "HOTMESH_DATA", "HOTMESH_NODE_MODULES", "HOTMESH_PROFILE",
+                             "HOTMESH_PROFILE_STAGES", "HOTMESH_TEST_DATA", "HOTMESH_SHARED", "HOTMESH_COMMIT"})
+NON_SETTING_PREFIXES = ("HOTMESH_JOB_",)  # set by the daemon for ops.command_hook
+
+
 def env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """``{section: {key: value}}`` from ``HOTMESH_<SECTION>_<KEY>`` variables. A HOTMESH_ variable that names no
+    section (a misspelt ``HOTMESH_DENZE_RESOLUTION``) raises :class:`ConfigError` naming it: ignoring it would run
+    with a setting the user believes is set. Unknown keys of a known section are named by build_section."""
     out: dict[str, dict[str, str]] = {}
-    sections = list(DAEMON_SECTIONS) + list(PIPELINE_SECTIONS)
+    sections = sorted(list(DAEMON_SECTIONS) + list(PIPELINE_SECTIONS), key=len, reverse=True)
+    unknown: list[str] = []
     for name, value in environ.items():
-        if not name.startswith("HOTMESH_"):
+        if not name.startswith("HOTMESH_") or name in NON_SETTING_ENV or name.startswith(NON_SETTING_PREFIXES):
             continue
         rest = name[len("HOTMESH_"):].lower()
-        for section in sections:
-            if rest.startswith(section + "_"):
-                out.setdefault(section, {})[rest[len(section) + 1:]] = value
+        section = next((s for s in sections if rest.startswith(s + "_")), None)
+        if section is None:
+            unknown.append(name)
+            continue
+        out.setdefault(section, {})[rest[len(section) + 1:]] = value
+    if unknown:
+        known = ", ".join(f"HOTMESH_{s.upper()}_<KEY>" for s in sorted(sections))
+        raise ConfigError(f"unknown environment variable(s) {', '.join(sorted(unknown))}: a setting is "
+                          f"HOTMESH_<SECTION>_<KEY> with a section of {known}; the others hotmesh reads are "
+                          f"{', '.join(sorted(NON_SETTING_ENV))}")
     return out
 
 

@@ -164,8 +164,55 @@ def check_disk(volumes: list[Path], need: int, margin_mb: float) -> DiskCheck:
 # -- notifications --------------------------------------------------------------------------------
 
 
-def sign(secret: str, body: bytes) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+WEBHOOK_TOLERANCE_SECONDS = 300  # what a receiver should accept between webhook-timestamp and its own clock
+HOOK_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ")  # the daemon's environment a command hook gets, and no more
+
+
+def webhook_key(secret: str) -> bytes:
+    """The HMAC key of ``ops.webhook_secret``: a Standard Webhooks secret (``whsec_`` + base64) is decoded as that
+    specification says, any other string is used as its UTF-8 bytes."""
+    if secret.startswith("whsec_"):
+        try:
+            return base64.b64decode(secret[len("whsec_"):], validate=True)
+        except ValueError:
+            pass  # not base64 after all: the string itself is the key
+    return secret.encode()
+
+
+def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    """Standard Webhooks signature: ``v1,`` + base64 HMAC-SHA256 of ``{id}.{timestamp}.{body}``. The id and the
+    time are signed with the body so that a captured delivery cannot be replayed later or under another id."""
+    mac = hmac.new(webhook_key(secret), f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(mac).decode()
+
+
+def signed_headers(secret: str, msg_id: str, body: bytes, now: float | None = None) -> dict[str, str]:
+    """``webhook-id``, ``webhook-timestamp`` (Unix seconds) and ``webhook-signature`` for one delivery attempt."""
+    ts = int(time.time() if now is None else now)
+    return {"webhook-id": msg_id, "webhook-timestamp": str(ts), "webhook-signature": sign(secret, msg_id, ts, body)}
+
+
+def verify_webhook(secret: str, headers: dict[str, str], body: bytes, now: float | None = None,
+                   tolerance: float = WEBHOOK_TOLERANCE_SECONDS) -> bool:
+    """What a receiver does (the README shows the same in a few lines): the timestamp is within ``tolerance`` of
+    its clock and one of the space-separated ``v1,`` signatures matches, compared in constant time."""
+    h = {k.lower(): v for k, v in headers.items()}
+    try:
+        msg_id, ts = h["webhook-id"], int(h["webhook-timestamp"])
+    except (KeyError, ValueError):
+        return False
+    if abs((time.time() if now is None else now) - ts) > tolerance:
+        return False
+    expected = sign(secret, msg_id, ts, body)
+    return any(hmac.compare_digest(expected, s) for s in h.get("webhook-signature", "").split())
+
+
+def hook_environment(environ: dict[str, str] | os._Environ, job: Job, outbox: Path) -> dict[str, str]:
+    """The command hook's environment: the few variables a shell command needs and the job's. The daemon's own
+    environment can hold the webhook secret and URLs (HOTMESH_OPS_*) and cloud credentials: none of it is passed."""
+    env = {k: environ[k] for k in HOOK_ENV if k in environ}
+    env.update(HOTMESH_JOB_ID=job.id, HOTMESH_JOB_STATE=job.state.value, HOTMESH_JOB_OUTBOX=str(outbox / job.id))
+    return env
 
 
 def job_summary(job: Job, outbox: Path) -> dict[str, Any]:
@@ -259,8 +306,7 @@ class Notifier:
     def _post(self, ledger: Ledger | None, job: Job, url: str, body: bytes) -> None:
         headers = {"Content-Type": "application/json", "X-Hotmesh-Event": f"job.{job.state.value}",
                    "User-Agent": "hotmesh"}
-        if self.cfg.webhook_secret:
-            headers["X-Hotmesh-Signature"] = sign(self.cfg.webhook_secret, body)
+        msg_id = f"{job.id}.{job.state.value}.{int(job.finished or 0)}"  # the same for every retry: receivers dedupe
         target, auth = split_credentials(url)
         if auth:
             headers["Authorization"] = auth
@@ -268,7 +314,9 @@ class Notifier:
         delay = self.cfg.webhook_backoff_seconds
         for attempt in range(1, self.cfg.webhook_retries + 2):
             try:
-                req = urllib.request.Request(target, data=body, headers=headers, method="POST")
+                signed = (signed_headers(self.cfg.webhook_secret, msg_id, body) if self.cfg.webhook_secret
+                          else {"webhook-id": msg_id})  # signed per try: the timestamp is the try's
+                req = urllib.request.Request(target, data=body, headers=headers | signed, method="POST")
                 with urllib.request.urlopen(req, timeout=10) as resp:
                     self._record(ledger, job.id, "notified", f"webhook {shown} answered {resp.status} (try {attempt})",
                                  {"url": redact_url(url), "tries": attempt})
@@ -284,8 +332,7 @@ class Notifier:
                 delay *= 2
 
     def _command(self, ledger: Ledger | None, job: Job, body: bytes) -> None:
-        env = dict(os.environ, HOTMESH_JOB_ID=job.id, HOTMESH_JOB_STATE=job.state.value,
-                   HOTMESH_JOB_OUTBOX=str(self.outbox / job.id))
+        env = hook_environment(os.environ, job, self.outbox)
         try:
             r = subprocess.run(self.cfg.command_hook, shell=True, input=body, env=env, timeout=120,
                                capture_output=True)

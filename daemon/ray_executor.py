@@ -343,7 +343,8 @@ class RayExecutor:
             staging = Path(tempfile.mkdtemp(prefix=f".hotmesh-{job.id}-", dir=self.paths.state))
             try:
                 _unpack(result["result_tar"], staging)
-                files = {p.name: p for p in (staging / job.id).iterdir() if p.is_file()}
+                root = staging / job.id
+                files = {p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*")) if p.is_file()}
                 final = publish(files, self.paths.outbox, job.id)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)

@@ -23,7 +23,7 @@ from pipeline.stages.geometry import GeometryStage
 from pipeline.stages.ingest import IngestStage, Manifest
 from pipeline.stages.masks import MasksStage
 from pipeline.stages.refine import RefineStage
-from pipeline.stages.report import EXTRA_FILES, TIMINGS_FILE, ReportStage, input_summary, read_timings
+from pipeline.stages.report import EXPORT_DIRS, EXPORT_FILES, EXTRA_FILES, TIMINGS_FILE, ReportStage, input_summary, read_timings
 from pipeline.stages.texture import TextureStage
 
 STAGES: tuple[Stage, ...] = (IngestStage(), CamerasStage(), MasksStage(), GeometryStage(), RefineStage(), TextureStage(),
@@ -250,7 +250,10 @@ def run_job(ctx: JobContext, fingerprint: str, outbox: Path,
         t0 = time.monotonic()
         report_dir = stage_dir(ctx, ReportStage.name)
         files = {name: report_dir / name for name in MESH_FILES}
-        files.update({name: report_dir / name for name in EXTRA_FILES if (report_dir / name).exists()})
+        files.update({name: report_dir / name for name in EXTRA_FILES + EXPORT_FILES if (report_dir / name).exists()})
+        for folder in EXPORT_DIRS:  # the photos (images/) and the COLMAP model (sparse/0/)
+            files.update({p.relative_to(report_dir).as_posix(): p for p in sorted((report_dir / folder).rglob("*"))
+                          if p.is_file()})
         log.info("publishing to %s", outbox / ctx.job_id)
         for h in logging.getLogger().handlers + log.logger.handlers:
             h.flush()

@@ -144,6 +144,18 @@ class TextureConfig:
     cpu_fit_views: Annotated[int, Field(ge=0)] = 0
 
 
+@dataclass(frozen=True, config=FROZEN)
+class ExportConfig:
+    """What the outbox carries besides the mesh, so that other tools open it as it is (nerfstudio, gsplat, COLMAP,
+    a web page)."""
+
+    images: bool = True  # the photos the cameras describe, in images/ (the video's sampled frames too)
+    web_faces: Annotated[int, Field(ge=100)] = 50_000  # mesh_web.glb: face budget of the light copy for the web
+    web_texture_size: Annotated[int, Field(ge=64, le=8192)] = 1024  # mesh_web.glb: texture side (stored as JPEG)
+    surface_points: Annotated[int, Field(ge=100)] = 100_000  # points.ply samples when no dense or SfM points exist
+    thumbnail_size: Annotated[int, Field(ge=64, le=4096)] = 512  # thumbnail.jpg, the textured mesh's poster
+
+
 Degrees = Annotated[float, Field(gt=0, le=90)]
 Azimuth = Annotated[float, Field(ge=0, le=360)]
 
@@ -182,11 +194,15 @@ class ReportConfig:
     grade_self_intersections_pass: Fraction = 0.01
     grade_self_intersections_warn: Fraction = 0.05
     visibility_size: Annotated[int, Field(ge=32, le=2048)] = 192  # long side of the depth maps for visibility
+    # handles (tunnels through the surface, the genus summed over the pieces); lower is better. A scanned object
+    # has few (a mug's handle, a chair's gaps); hundreds mean a surface torn into tunnels by noise
+    grade_handles_pass: Annotated[int, Field(ge=0)] = 3
+    grade_handles_warn: Annotated[int, Field(ge=0)] = 20
 
     @model_validator(mode="after")
     def _ordered(self) -> "ReportConfig":
         higher = ("iou", "psnr", "coverage", "fscore")
-        lower = ("spread_gap", "border_cut", "self_intersections")
+        lower = ("spread_gap", "border_cut", "self_intersections", "handles")
         for k in higher:
             p, w = _pass_warn(self, k)
             if p < w:
@@ -206,6 +222,7 @@ def _pass_warn(cfg: Any, key: str) -> tuple[float, float]:
 SECTIONS: dict[str, type] = {
     "limits": LimitsConfig, "images": ImagesConfig, "sfm": SfmConfig, "masks": MasksConfig,
     "geometry": GeometryConfig, "dense": DenseConfig, "refine": RefineConfig, "texture": TextureConfig, "report": ReportConfig,
+    "export": ExportConfig,
 }
 
 
@@ -220,6 +237,7 @@ class PipelineSettings:
     refine: RefineConfig = dataclasses.field(default_factory=RefineConfig)
     texture: TextureConfig = dataclasses.field(default_factory=TextureConfig)
     report: ReportConfig = dataclasses.field(default_factory=ReportConfig)
+    export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}

@@ -98,7 +98,7 @@ def test_cameras_are_published_for_nerfstudio_and_colmap(scene: Path, tmp_path: 
     assert al.residual < 1e-6 and al.sim.scale == pytest.approx(1.0, abs=1e-6)  # posed input: the user's own frame
     assert not al.misplaced
     rec = pycolmap.Reconstruction()
-    rec.read_text(str(out))
+    rec.read_text(str(out / "sparse" / "0"))
     assert rec.num_images() == len(truth.names)
     assert trimesh.load(out / "points.ply").vertices.shape[0] > 1000
 

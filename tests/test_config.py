@@ -67,3 +67,33 @@ def test_the_pipeline_never_gets_the_daemon_sections() -> None:
     s = build_settings({"ops": {"webhook_secret": "canary-123"}})
     assert "ops" not in s.pipeline.to_dict()
     assert "canary-123" not in str(s.pipeline.to_dict())
+
+
+def test_a_misspelt_section_in_the_environment_is_named() -> None:
+    with pytest.raises(ValueError, match="HOTMESH_DENZE_RESOLUTION"):
+        load_settings(None, environ={"HOTMESH_DENZE_RESOLUTION": "256"})
+    # the variables that are not settings (folders, GPUs, the command hook's) are not errors
+    s = load_settings(None, environ={"HOTMESH_INBOX": "/x", "HOTMESH_GPUS": "cpu", "HOTMESH_JOB_ID": "a",
+                                     "HOTMESH_DENSE_RESOLUTION": "256"})
+    assert s.pipeline.dense.resolution == 256
+
+
+@pytest.mark.parametrize("variable,value,message", [
+    ("HOTMESH_DENSE_RESOLUTION", "1e9", "dense.resolution"),
+    ("HOTMESH_DENZE_RESOLUTION", "256", "HOTMESH_DENZE_RESOLUTION"),
+])
+@pytest.mark.parametrize("command", [["status"], ["ledger", "check"], ["clean", "--dry-run"]])
+def test_every_subcommand_checks_the_environment(tmp_path: Path, variable: str, value: str, message: str,
+                                                 command: list[str]) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOTMESH_")}
+    env.update({variable: value, "HOTMESH_STATE": str(tmp_path / "state")})
+    r = subprocess.run([sys.executable, "-m", "daemon.cli", *command], cwd=str(REPO), env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode != 0
+    assert message in r.stderr and "Traceback" not in r.stderr

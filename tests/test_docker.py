@@ -137,3 +137,19 @@ def test_ray_compose_file_does_not_start_the_single_host_daemon() -> None:
     # containers without a hotmesh daemon must not inherit the image's /health check (always unhealthy)
     assert ray["ray-head"]["healthcheck"] == {"disable": True} and ray["ray-worker"]["healthcheck"] == {"disable": True}
     assert "build" in ray["ray-head"] and ray["hotmesh-ray"]["image"] == ray["ray-head"]["image"]
+
+
+def test_a_configuration_error_stops_the_containers_and_the_dashboard_stays_local() -> None:
+    """The entrypoint exits 78 for folders it cannot use: a restart policy that retries for ever hides that in a
+    loop. The Ray dashboard (an unauthenticated job API) on host networking must not face the network by default."""
+    for name in ("docker-compose.yml", "docker-compose.ray.yml"):
+        services = yaml.safe_load((REPO / name).read_text())["services"]
+        for service, spec in services.items():
+            policy = str(spec.get("restart", "no"))
+            assert policy == "no" or re.fullmatch(r"on-failure:\d+", policy), f"{name} {service}: restart {policy}"
+    head = yaml.safe_load((REPO / "docker-compose.ray.yml").read_text())["services"]["ray-head"]["command"]
+    dash = [a for a in head if a.startswith("--dashboard-host=")]
+    assert dash, "ray start must name the dashboard host (Ray's default depends on its version)"
+    # the compose default of ${RAY_DASHBOARD_HOST:-...}, as Compose would substitute it with the variable unset
+    default = re.sub(r"\$\{RAY_DASHBOARD_HOST:-([^}]*)\}", r"\1", dash[0].split("=", 1)[1])
+    assert default == "127.0.0.1"

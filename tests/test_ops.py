@@ -1,6 +1,7 @@
 """Operations: retention, disk guard, runtime limit, webhooks, CLI and HTTP endpoint against a live daemon."""
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -122,8 +123,20 @@ def test_webhook_is_signed_and_retried_with_backoff(tmp_path: Path, webhooks: We
     n.stop()
     assert len(webhooks.received) == 3 and sleeps == [1.5, 3.0]
     _path, headers, body = webhooks.received[-1]
-    expected = "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
-    assert headers["X-Hotmesh-Signature"] == expected and headers["X-Hotmesh-Event"] == "job.failed"
+    assert headers["X-Hotmesh-Event"] == "job.failed" and "X-Hotmesh-Signature" not in headers
+    # Standard Webhooks: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">, checked as a receiver would
+    low = {k.lower(): v for k, v in headers.items()}  # HTTP header names are case-insensitive
+    msg_id, ts = low["webhook-id"], int(low["webhook-timestamp"])
+    mac = hmac.new(b"s3cret", f"{msg_id}.{ts}.".encode() + body, hashlib.sha256).digest()
+    assert low["webhook-signature"] == "v1," + base64.b64encode(mac).decode()
+    assert abs(time.time() - ts) < 60
+    assert len({h["Webhook-Id"] if "Webhook-Id" in h else h["Webhook-id"] for _p, h, _b in webhooks.received}) == 1  # retries keep the id: receivers dedupe
+    assert ops.verify_webhook("s3cret", headers, body)
+    # a captured delivery replayed later, or with its body or id changed, is refused
+    assert not ops.verify_webhook("s3cret", headers, body, now=ts + 301)
+    assert not ops.verify_webhook("s3cret", headers, body.replace(b"boom", b"fine"))
+    assert not ops.verify_webhook("s3cret", dict(low, **{"webhook-id": "other"}), body)
+    assert not ops.verify_webhook("other", headers, body)
     assert json.loads(body)["error"] == "boom"
 
 
@@ -188,8 +201,31 @@ def test_operator_cli_and_endpoints_against_a_running_daemon(daemon_factory, tmp
     events = [json.loads(b)["state"] for _p, _h, b in webhooks.received]
     assert events == ["cancelled", "done"]
     for _p, headers, body in webhooks.received:
-        assert headers["X-Hotmesh-Signature"] == "sha256=" + hmac.new(b"k", body, hashlib.sha256).hexdigest()
+        assert ops.verify_webhook("k", headers, body)
     r = hotmesh("clean", *st, "--set", "ops.state_retention_days=0", timeout=60)
     assert not (d.state / "jobs" / "cow").exists()
     assert (d.outbox / "cow" / "mesh.glb").exists()  # outbox kept (outbox_retention_days < 0)
     shutil.rmtree(d.outbox / "cow")
+
+
+def test_command_hook_gets_only_what_it_needs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOTMESH_OPS_WEBHOOK_SECRET", "canary-secret")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "canary-aws")
+    paths = _paths(tmp_path)
+    ledger = Ledger(paths.ledger)
+    ledger.create_job("a", "fp")
+    ledger.claim_next("w")
+    ledger.finish("a", JobState.DONE)
+    dump = tmp_path / "env.txt"
+    n = ops.Notifier(OpsConfig(command_hook=f"env > {dump}"), paths.ledger, paths.outbox, sleep=lambda s: None)
+    n.start()
+    n.job_ended(ledger.get("a"))
+    wait_for(lambda: any(e["kind"] == "notified" for e in ledger.events("a")), 20, "command hook")
+    n.stop()
+    seen = dict(line.split("=", 1) for line in dump.read_text().splitlines() if "=" in line)
+    assert "canary" not in dump.read_text()
+    assert seen["HOTMESH_JOB_ID"] == "a" and seen["HOTMESH_JOB_STATE"] == "done"
+    assert seen["HOTMESH_JOB_OUTBOX"] == str(paths.outbox / "a") and seen["PATH"]
+    # the shell adds a few of its own (PWD, SHLVL, _); nothing else of the daemon's environment arrives
+    assert set(seen) - {"PATH", "HOME", "LANG", "LC_ALL", "TZ", "PWD", "SHLVL", "_", "OLDPWD"} == {
+        "HOTMESH_JOB_ID", "HOTMESH_JOB_STATE", "HOTMESH_JOB_OUTBOX"}

@@ -319,6 +319,36 @@ def test_hatch_marks_only_the_unseen_pixels_and_ply_keeps_the_counts(tmp_path) -
         export_all(mesh, np.full((len(mesh.vertices), 3), 0.5), UP, tmp_path, seen=seen[:-1])
 
 
+def test_a_surface_shredded_into_handles_fails_the_topology_check() -> None:
+    """The apple's mesh had genus 1058 (its top torn into tunnels) and passed every mesh check."""
+    import trimesh
+
+    from pipeline.report.evaluate import handle_count, mesh_stats
+
+    assert handle_count(trimesh.creation.icosphere()) == (0, 1)
+    assert handle_count(trimesh.creation.torus(1.0, 0.3)) == (1, 1)
+    two = trimesh.util.concatenate([trimesh.creation.torus(1.0, 0.3),
+                                    trimesh.creation.torus(1.0, 0.3).apply_translation([5, 0, 0])])
+    assert mesh_stats(two)["handles"] == 2 and mesh_stats(two)["components"] == 2
+    for handles, status, grade in ((1, "pass", "pass"), (8, "warn", "warn"), (1058, "fail", "fail")):
+        s = _stats()
+        s["mesh"] = {"handles": handles, "components": 1}
+        g = grade_checks(build_checks(s, CFG))
+        assert {c.name: c.status for c in g.checks}["topology"] == status and g.grade == grade
+        texts = [k["text"] for k in what_to_know(s, g, set())]
+        named = [t for t in texts if f"{handles} handles" in t]
+        assert bool(named) == (status != "pass"), texts
+    assert "tunnels" in named[0] and "3-D view" in named[0]
+
+
+def test_the_cpu_result_note_is_in_what_to_know() -> None:
+    s = _stats()
+    s["geometry"] = {"note": "coarse result (CPU): this capture needs the GPU path for a full result"}
+    texts = what_to_know(s, grade_checks(build_checks(s, CFG)), set())
+    assert texts[0]["level"] == "warn" and "needs the GPU path" in texts[0]["text"]
+    assert not any("Nothing to act on" in k["text"] for k in texts)
+
+
 def _reference_base_gap(vertices: np.ndarray, points: np.ndarray, n: np.ndarray, d: float) -> float:
     """Plain loop reference of base_gap's share."""
     n = n / np.linalg.norm(n)

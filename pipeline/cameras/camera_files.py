@@ -1,9 +1,10 @@
 """The cameras of a job as files other tools read, in the mesh's frame: nerfstudio/NeRF ``transforms.json`` and a
-COLMAP text model (``cameras.txt``, ``images.txt``, ``points3D.txt``).
+COLMAP text model (``sparse/0/cameras.txt``, ``images.txt``, ``points3D.txt``).
 
-Both describe the user's original photos (original size, with the lens distortion that SfM estimated or the input
-gave), so nerfstudio, gsplat or COLMAP can be pointed at the job folder as it was dropped. Image names are paths
-relative to that folder.
+Both describe the user's original photos (original size, EXIF orientation applied, with the lens distortion that
+SfM estimated or the input gave). The outbox carries those photos under ``images/`` (pipeline.io.photos), so
+nerfstudio, gsplat or COLMAP open the outbox as it is: ``transforms.json`` names them ``images/<name>`` and the
+COLMAP model names them relative to ``images/``, as COLMAP's own layout does.
 """
 from __future__ import annotations
 
@@ -50,12 +51,14 @@ def _model(cam: PhotoCamera) -> tuple[str, list[float]]:
     return name, coeffs
 
 
-def transforms_json(cams: list[PhotoCamera]) -> str:
-    """nerfstudio ``transforms.json``: per-frame intrinsics and distortion, camera-to-world with OpenGL axes."""
+def transforms_json(cams: list[PhotoCamera], paths: dict[str, str] | None = None, ply: str | None = None) -> str:
+    """nerfstudio ``transforms.json``: per-frame intrinsics and distortion, camera-to-world with OpenGL axes.
+    ``paths``: camera name -> file path relative to the outbox (default: the name); ``ply``: a point cloud beside it
+    (nerfstudio's ``ply_file_path``, splatfacto's initial points)."""
     frames = []
     for c in cams:
         model, coeffs = _model(c)
-        fr = {"file_path": c.name, "transform_matrix": w2c_cv_to_c2w_gl(c.w2c).tolist(),
+        fr = {"file_path": (paths or {}).get(c.name, c.name), "transform_matrix": w2c_cv_to_c2w_gl(c.w2c).tolist(),
               "fl_x": float(c.K[0, 0]), "fl_y": float(c.K[1, 1]), "cx": float(c.K[0, 2]), "cy": float(c.K[1, 2]),
               "w": c.width, "h": c.height,
               # nerfstudio reads a pinhole camera as OPENCV with zero distortion
@@ -64,7 +67,9 @@ def transforms_json(cams: list[PhotoCamera]) -> str:
         fr.update({k: v for k, v in zip(keys, coeffs)})
         frames.append(fr)
     models = {f["camera_model"] for f in frames}
-    out = {"camera_model": models.pop() if len(models) == 1 else "OPENCV", "frames": frames}
+    out: dict = {"camera_model": models.pop() if len(models) == 1 else "OPENCV", "frames": frames}
+    if ply:
+        out["ply_file_path"] = ply
     return json.dumps(out, indent=1)
 
 
@@ -76,23 +81,40 @@ def _qvec(R: np.ndarray) -> np.ndarray:
     q = np.array([w, x, y, z])
     return q if q[0] >= 0 else -q
 
-def colmap_text(cams: list[PhotoCamera], points: np.ndarray, colors: np.ndarray) -> dict[str, str]:
-    """The three files of a COLMAP text model. points (P, 3) and colors (P, 3) uint8 become 3-D points without
-    tracks (their observations are not kept). -> {"cameras.txt": ..., "images.txt": ..., "points3D.txt": ...}"""
+def camera_key(c: PhotoCamera) -> tuple:
+    """Photos with the same size, intrinsics and distortion share one COLMAP camera (one lens, one setting)."""
+    model, coeffs = _model(c)
+    return (model, c.width, c.height, *np.round(np.asarray(c.K)[[0, 1, 0, 1], [0, 1, 2, 2]], 6),
+            *np.round(coeffs, 9))
+
+
+def colmap_text(cams: list[PhotoCamera], points: np.ndarray, colors: np.ndarray,
+                names: dict[str, str] | None = None) -> dict[str, str]:
+    """The three files of a COLMAP text model for cameras that were given (no SfM observations to keep). Photos
+    with identical intrinsics share a camera; points (P, 3) and colors (P, 3) uint8 become 3-D points without
+    tracks. ``names``: camera name -> image name in the model (relative to images/; default: the name).
+    -> {"cameras.txt": ..., "images.txt": ..., "points3D.txt": ...}"""
     if len(points) != len(colors):
         raise ValueError("colmap_text: one colour per point")
+    ids: dict[tuple, int] = {}
+    for c in cams:
+        ids.setdefault(camera_key(c), len(ids) + 1)
     cam_lines = ["# Camera list with one line of data per camera:",
-                 "#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]", f"# Number of cameras: {len(cams)}"]
+                 "#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]", f"# Number of cameras: {len(ids)}"]
     img_lines = ["# Image list with two lines of data per image:",
                  "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME",
                  "#   POINTS2D[] as (X, Y, POINT3D_ID)", f"# Number of images: {len(cams)}"]
+    written: set[int] = set()
     for i, c in enumerate(cams, start=1):
-        model, coeffs = _model(c)
-        params = [c.K[0, 0], c.K[1, 1], c.K[0, 2], c.K[1, 2], *coeffs]
-        cam_lines.append(f"{i} {model} {c.width} {c.height} " + " ".join(f"{p:.10g}" for p in params))
+        cid = ids[camera_key(c)]
+        if cid not in written:
+            written.add(cid)
+            model, coeffs = _model(c)
+            params = [c.K[0, 0], c.K[1, 1], c.K[0, 2], c.K[1, 2], *coeffs]
+            cam_lines.append(f"{cid} {model} {c.width} {c.height} " + " ".join(f"{p:.10g}" for p in params))
         q = _qvec(c.w2c[:3, :3])
         t = c.w2c[:3, 3]
-        img_lines.append(f"{i} " + " ".join(f"{x:.12g}" for x in (*q, *t)) + f" {i} {c.name}")
+        img_lines.append(f"{i} " + " ".join(f"{x:.12g}" for x in (*q, *t)) + f" {cid} {(names or {}).get(c.name, c.name)}")
         img_lines.append("")
     pt_lines = ["# 3D point list with one line of data per point:",
                 "#   POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[] as (IMAGE_ID, POINT2D_IDX)",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import trimesh
@@ -68,14 +69,15 @@ def write_textured_obj(mesh: trimesh.Trimesh, uv: np.ndarray, path: Path, textur
         np.savetxt(fh, np.repeat(f, 3, axis=1), fmt="f %d/%d/%d %d/%d/%d %d/%d/%d")
 
 
-def textured_glb(mesh: trimesh.Trimesh, uv: np.ndarray, texture: np.ndarray, up: np.ndarray) -> bytes:
-    """Binary glTF with the texture embedded as the base colour (matte: metallic 0, roughness 1), +Y up."""
+def textured_glb(mesh: trimesh.Trimesh, uv: np.ndarray, texture: "np.ndarray | Any", up: np.ndarray) -> bytes:
+    """Binary glTF with the texture embedded as the base colour (matte: metallic 0, roughness 1), +Y up.
+    ``texture``: (S, S, 3) uint8 (stored as PNG), or a PIL image opened from a JPEG (stored as that JPEG)."""
     from PIL import Image
     from trimesh.visual.material import PBRMaterial
 
     m = trimesh.Trimesh(vertices=mesh.vertices.copy(), faces=mesh.faces.copy(), process=False)
     m.visual = trimesh.visual.TextureVisuals(uv=uv, material=PBRMaterial(
-        name="hotmesh", baseColorTexture=Image.fromarray(texture), metallicFactor=0.0, roughnessFactor=1.0,
+        name="hotmesh", baseColorTexture=texture if isinstance(texture, Image.Image) else Image.fromarray(texture), metallicFactor=0.0, roughnessFactor=1.0,
         doubleSided=False))
     T = np.eye(4)
     T[:3, :3] = rotation_to_y_up(up)
@@ -129,3 +131,128 @@ def export_all(mesh: trimesh.Trimesh, colors: np.ndarray, up: np.ndarray, out_di
     glb.apply_transform(T)
     glb.export(out_dir / "mesh.glb")
     return files
+
+
+def decimate_textured(mesh: trimesh.Trimesh, uv: np.ndarray, max_faces: int) -> tuple[trimesh.Trimesh, np.ndarray]:
+    """The textured mesh with at most ``max_faces`` faces, its UVs kept valid: quadric edge collapse that weighs the
+    texture coordinates (pymeshlab), chart borders kept so that no face spans two atlas charts. Returns the mesh and
+    its per-vertex UVs (V', 2); the mesh itself when it is within the budget already."""
+    if len(mesh.faces) <= max_faces:
+        return mesh, uv
+    import pymeshlab
+
+    ms = pymeshlab.MeshSet()
+    ms.add_mesh(pymeshlab.Mesh(vertex_matrix=np.asarray(mesh.vertices, dtype=np.float64),
+                               face_matrix=np.asarray(mesh.faces, dtype=np.int32),
+                               v_tex_coords_matrix=np.asarray(uv, dtype=np.float64)))
+    ms.compute_texcoord_transfer_vertex_to_wedge()
+    ms.meshing_decimation_quadric_edge_collapse_with_texture(targetfacenum=int(max_faces), preserveboundary=True,
+                                                            boundaryweight=1.0)
+    m = ms.current_mesh()
+    corner_vertex = m.face_matrix().reshape(-1)
+    corner_uv = m.wedge_tex_coord_matrix().reshape(-1, 2)
+    # glTF has one UV per vertex: split a vertex wherever its corners carry different UVs (atlas seams)
+    key = np.column_stack([corner_vertex, np.round(corner_uv * 2**20)])
+    _, first, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
+    vertices = m.vertex_matrix()[corner_vertex[first]]
+    out = trimesh.Trimesh(vertices=vertices, faces=inverse.reshape(-1, 3), process=False)
+    return out, corner_uv[first]
+
+
+def _pad(b: bytes, fill: bytes = b"\0") -> bytes:
+    return b + fill * (-len(b) % 4)
+
+
+def quantized_glb(mesh: trimesh.Trimesh, uv: np.ndarray, jpeg: bytes, up: np.ndarray) -> bytes:
+    """A textured GLB with KHR_mesh_quantization, +Y up: positions as 16-bit integers (a node scale and translation
+    turn them back into the mesh's units), normals as 8-bit, texture coordinates as 16-bit, indices 16-bit where the
+    vertex count allows, and the texture as the given JPEG. About half the bytes of float attributes, read by every
+    current glTF viewer (three.js, model-viewer, Blender); uv (V, 2) with v = 0 at the image bottom."""
+    import json as _json
+
+    R = rotation_to_y_up(up)
+    V = np.asarray(mesh.vertices, dtype=np.float64) @ R.T
+    F = np.asarray(mesh.faces, dtype=np.int64)
+    N = trimesh.Trimesh(V, F, process=False).vertex_normals
+    lo, hi = V.min(axis=0), V.max(axis=0)
+    centre = (lo + hi) / 2
+    step = max(float((hi - lo).max()) / 2 / 32767, 1e-12)  # one uniform scale: normals stay right
+    pos = np.zeros((len(V), 4), np.int16)  # padded to 8 bytes: vertex strides are multiples of 4
+    pos[:, :3] = np.clip(np.round((V - centre) / step), -32767, 32767)
+    nrm = np.zeros((len(V), 4), np.int8)
+    nrm[:, :3] = np.clip(np.round(N * 127), -127, 127)
+    tex = np.round(np.column_stack([uv[:, 0], 1.0 - uv[:, 1]]).clip(0, 1) * 65535).astype(np.uint16)
+    small = len(V) < 65535
+    idx = F.astype(np.uint16 if small else np.uint32).tobytes()
+    views, blobs, offset = [], [], 0
+    for data, stride, target in ((idx, None, 34963), (pos.tobytes(), 8, 34962), (nrm.tobytes(), 4, 34962),
+                                 (tex.tobytes(), 4, 34962), (jpeg, None, None)):
+        view: dict[str, Any] = {"buffer": 0, "byteOffset": offset, "byteLength": len(data)}
+        if stride:
+            view["byteStride"] = stride
+        if target:
+            view["target"] = target
+        views.append(view)
+        blobs.append(_pad(data))
+        offset += len(blobs[-1])
+    accessors = [
+        {"bufferView": 0, "componentType": 5123 if small else 5125, "count": int(F.size), "type": "SCALAR"},
+        {"bufferView": 1, "componentType": 5122, "count": len(V), "type": "VEC3",
+         "min": pos[:, :3].min(axis=0).tolist(), "max": pos[:, :3].max(axis=0).tolist()},
+        {"bufferView": 2, "componentType": 5120, "normalized": True, "count": len(V), "type": "VEC3"},
+        {"bufferView": 3, "componentType": 5123, "normalized": True, "count": len(V), "type": "VEC2"},
+    ]
+    gltf = {
+        "asset": {"version": "2.0", "generator": "hotmesh"},
+        "extensionsUsed": ["KHR_mesh_quantization"], "extensionsRequired": ["KHR_mesh_quantization"],
+        "scene": 0, "scenes": [{"nodes": [0]}],
+        "nodes": [{"mesh": 0, "translation": centre.tolist(), "scale": [step] * 3}],
+        "meshes": [{"primitives": [{"attributes": {"POSITION": 1, "NORMAL": 2, "TEXCOORD_0": 3}, "indices": 0,
+                                    "material": 0}]}],
+        "materials": [{"name": "hotmesh", "pbrMetallicRoughness": {"baseColorTexture": {"index": 0},
+                                                                   "metallicFactor": 0.0, "roughnessFactor": 1.0}}],
+        "textures": [{"sampler": 0, "source": 0}],
+        "samplers": [{"magFilter": 9729, "minFilter": 9987, "wrapS": 33071, "wrapT": 33071}],
+        "images": [{"bufferView": 4, "mimeType": "image/jpeg"}],
+        "accessors": accessors, "bufferViews": views, "buffers": [{"byteLength": offset}],
+    }
+    js = _pad(_json.dumps(gltf, separators=(",", ":")).encode(), b" ")
+    binary = b"".join(blobs)
+    total = 12 + 8 + len(js) + 8 + len(binary)
+    header = np.array([0x46546C67, 2, total], np.uint32).tobytes()
+    return (header + np.array([len(js), 0x4E4F534A], np.uint32).tobytes() + js
+            + np.array([len(binary), 0x004E4942], np.uint32).tobytes() + binary)
+
+
+def web_glb(mesh: trimesh.Trimesh, uv: np.ndarray, texture: np.ndarray, up: np.ndarray, max_faces: int,
+            texture_size: int) -> bytes:
+    """mesh_web.glb: the textured mesh decimated to ``max_faces``, its texture at most ``texture_size`` px as JPEG,
+    quantised (:func:`quantized_glb`), +Y up: a copy that loads quickly in a web page (the report's 3-D view)."""
+    from PIL import Image
+    import io
+
+    low, low_uv = decimate_textured(mesh, uv, max_faces)
+    im = Image.fromarray(texture)
+    if max(im.size) > texture_size:
+        im = im.resize((texture_size, texture_size), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    im.convert("RGB").save(buf, format="JPEG", quality=85)
+    return quantized_glb(low, low_uv, buf.getvalue(), up)
+
+
+def vertex_color_web_glb(mesh: trimesh.Trimesh, colors: np.ndarray, up: np.ndarray, max_faces: int) -> bytes:
+    """mesh_web.glb of a job without a texture: the coloured mesh decimated to ``max_faces`` (colours taken from
+    the nearest original vertex), +Y up."""
+    low = mesh
+    if len(mesh.faces) > max_faces:
+        low = mesh.simplify_quadric_decimation(face_count=int(max_faces))
+    if len(low.vertices) != len(mesh.vertices) or not np.allclose(low.vertices, mesh.vertices):
+        from scipy.spatial import cKDTree
+
+        _, idx = cKDTree(np.asarray(mesh.vertices)).query(np.asarray(low.vertices))
+        colors = colors[idx]
+    glb = colored_mesh(low, colors)
+    T = np.eye(4)
+    T[:3, :3] = rotation_to_y_up(up)
+    glb.apply_transform(T)
+    return glb.export(file_type="glb")

@@ -93,11 +93,14 @@ def publish(files: dict[str, Path], outbox: Path, job_id: str, retry_seconds: fl
     trying while the outbox is unwritable.
     """
     for name in files:
-        if "/" in name or name.startswith("."):
+        parts = name.split("/")
+        # relative paths inside the job's folder only (images/, sparse/0/): no absolute, hidden or parent parts
+        if name.startswith("/") or any(not p or p.startswith(".") for p in parts):
             raise ValueError(f"publish: bad file name {name!r}")
 
     def fill(tmp: Path) -> None:
         for name, src in files.items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, tmp / name)
             with open(tmp / name, "rb") as fh:
                 os.fsync(fh.fileno())

@@ -107,9 +107,40 @@ def gt_scores(mesh: trimesh.Trimesh, gt: trimesh.Trimesh, samples: int, tau_rel:
     return asdict(s)
 
 
+def boundary_loops(faces: np.ndarray) -> int:
+    """Closed loops of border edges (edges of one face), counted as connected pieces of the border-edge graph."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    e = np.sort(np.asarray(faces)[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), axis=1)
+    uniq, counts = np.unique(e, axis=0, return_counts=True)
+    border = uniq[counts == 1]
+    if not len(border):
+        return 0
+    verts, idx = np.unique(border, return_inverse=True)
+    idx = idx.reshape(-1, 2)
+    graph = coo_matrix((np.ones(len(idx)), (idx[:, 0], idx[:, 1])), shape=(len(verts), len(verts)))
+    return int(connected_components(graph, directed=False)[0])
+
+
+def handle_count(mesh: trimesh.Trimesh) -> tuple[int, int]:
+    """(handles, pieces): the genus summed over the connected pieces, from Euler's formula with borders,
+    V - E + F = 2 * pieces - 2 * handles - border loops. A torus has 1 handle, a mug 1, a sphere 0."""
+    faces = np.asarray(mesh.faces)
+    if not len(faces):
+        return 0, 0
+    pieces = int(len(trimesh.graph.connected_components(mesh.face_adjacency, nodes=np.arange(len(faces)),
+                                                        min_len=1)))
+    used = np.unique(faces)
+    e = np.unique(np.sort(faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), axis=1), axis=0)
+    chi = len(used) - len(e) + len(faces)
+    return max(0, (2 * pieces - boundary_loops(faces) - chi) // 2), pieces
+
+
 def mesh_stats(mesh: trimesh.Trimesh) -> dict:
     """Numbers read off the mesh as written to disk."""
     lo, hi = mesh.bounds
+    handles, pieces = handle_count(mesh)
     return {
         "vertices": int(len(mesh.vertices)), "faces": int(len(mesh.faces)),
         "watertight": bool(mesh.is_watertight), "winding_consistent": bool(mesh.is_winding_consistent),
@@ -117,6 +148,7 @@ def mesh_stats(mesh: trimesh.Trimesh) -> dict:
         "edge_manifold": bool(mesh.is_watertight), "euler_characteristic": int(mesh.euler_number),
         "genus": int(round(1 - mesh.euler_number / 2)) if mesh.is_watertight else None,
         "volume": float(mesh.volume) if mesh.is_watertight else None, "area": float(mesh.area),
+        "handles": handles, "components": pieces,
         "bbox_min": [float(x) for x in lo], "bbox_max": [float(x) for x in hi],
         "extent": [float(x) for x in hi - lo], "diagonal": float(np.linalg.norm(hi - lo)),
     }

@@ -131,9 +131,23 @@ def build_checks(stats: dict[str, Any], cfg: Any) -> list[Check]:
                               "diagonal)", gt.get("fscore"), cfg.grade_fscore_pass, cfg.grade_fscore_warn,
                               detail=f"{gt.get('file')}: precision {gt.get('precision', 0):.3f}, recall "
                                      f"{gt.get('recall', 0):.3f}", required=False))
+    if (stats.get("mesh") or {}).get("handles") is not None:  # measured on every mesh written since it exists
+        checks.append(topology_check(stats["mesh"], cfg))
     for g in (stats.get("texture") or {}).get("gates", []):
         checks.append(gate_check(g, cfg))
     return checks
+
+
+def topology_check(mesh: dict[str, Any], cfg: Any) -> Check:
+    """Handles (tunnels through the surface) against what a scanned object plausibly has: a few (a mug's handle,
+    the gaps of a chair) pass; dozens or hundreds mean a surface shredded into tunnels by noise, which every other
+    mesh check (watertight, manifold) lets through."""
+    handles = mesh.get("handles")
+    return measure("topology", "handles (tunnels through the surface)", handles, cfg.grade_handles_pass,
+                   cfg.grade_handles_warn, better="lower",
+                   detail=(f"genus summed over {mesh.get('components')} piece(s); a scanned object has a few at "
+                           "most") if handles is not None else "",
+                   missing="no mesh to measure")
 
 
 @dataclass(frozen=True)
@@ -238,6 +252,15 @@ def what_to_know(stats: dict[str, Any], grade: Grade, published: set[str]) -> li
     c = by.get("self_intersections")
     if c and c.value is not None:
         add(c, f"{c.value:.1%} of the faces intersect other faces: repair the mesh before 3-D printing.")
+    c = by.get("topology")
+    if c and c.value is not None:
+        add(c, f"The surface has {c.value:.0f} handles (tunnels through it; pass at {c.pass_at:.0f} or fewer): "
+               "parts of it are torn into holes and bridges, which look shredded in the 3-D view. Photograph those "
+               "parts more closely and from more directions, or give masks.")
+    note = (stats.get("geometry") or {}).get("note")
+    if note:
+        # the coarse CPU result: as important as a warning, though no check measures it
+        items.append((1, "warn", note[0].upper() + note[1:] if note else note))
     for c in grade.checks:
         if c.name.startswith("gate:"):
             add(c, f"Mesh check “{c.label.removeprefix('mesh: ')}”: {c.detail}.")

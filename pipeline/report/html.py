@@ -5,6 +5,7 @@ import base64
 import io
 import json
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import jinja2
@@ -116,6 +117,76 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def human(value: Any) -> str:
+    """A number as people read it: no trailing zeros past what it means (698, 12.3, 0.412), thousands grouped."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return str(value)
+    v = float(value)
+    if not np.isfinite(v):
+        return str(v)
+    if isinstance(value, (int, np.integer)) or abs(v) >= 100:
+        return f"{v:,.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    if abs(v) >= 1:
+        return f"{v:.2f}"
+    return f"{v:.3g}"
+
+
+def filesize(n: Any) -> str:
+    """Bytes as B, kB, MB or GB (powers of 1000, as file managers show them)."""
+    if n is None:
+        return "n/a"
+    n = float(n)
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{human(n / size)} {unit}"
+    return f"{n:.0f} B"
+
+
+@dataclass(frozen=True)
+class Units:
+    """How the report writes lengths: ``name`` (mm, cm, m, or "units" when the scale is arbitrary) and ``factor``
+    (display value per world unit)."""
+
+    name: str
+    factor: float
+
+    @property
+    def real(self) -> bool:
+        return self.name != "units"
+
+    def length(self, v: float | None) -> str:
+        return "n/a" if v is None else f"{human(v * self.factor)} {self.name}"
+
+    def area(self, v: float | None) -> str:
+        return "n/a" if v is None else f"{human(v * self.factor ** 2)} {self.name}²"
+
+    def volume(self, v: float | None) -> str:
+        if v is None:
+            return "n/a"
+        if self.real:  # volumes read best in millilitres / litres
+            ml = v * (self.factor / {"mm": 1000.0, "cm": 100.0, "m": 1.0}[self.name]) ** 3 * 1e6
+            return f"{human(ml)} ml" if round(ml) < 1000 else f"{human(ml / 1000)} l"
+        return f"{human(v)} {self.name}³"
+
+
+def display_units(scale: dict[str, Any] | None, diagonal: float | None) -> Units:
+    """mm, cm or m by the object's size when the job has a real scale (scale.json applied, or metres per unit
+    known), else the scene's own units."""
+    mpu = (scale or {}).get("metres_per_unit")
+    if not mpu:
+        return Units("units", 1.0)
+    metres = float(mpu) * float(diagonal or 0.0)
+    if metres < 0.1:
+        return Units("mm", float(mpu) * 1000.0)
+    if metres < 3.0:
+        return Units("cm", float(mpu) * 100.0)
+    return Units("m", float(mpu))
+
+
 STATS_SECTIONS = ("quality", "mesh", "input", "cameras", "geometry", "refine", "texture", "files", "up")
 
 
@@ -131,6 +202,10 @@ def render_report(context: dict[str, Any], path: Path) -> None:
                              autoescape=jinja2.select_autoescape(["html", "j2"], default=True),
                              undefined=jinja2.StrictUndefined)
     env.filters["fmt"] = _fmt
+    env.filters["human"] = human
+    env.filters["filesize"] = filesize
+    stats = context.get("stats") or {}
+    context = dict(context, units=display_units(stats.get("scale"), (stats.get("mesh") or {}).get("diagonal")))
     env.filters["pretty_json"] = lambda v: json.dumps(v, indent=2, sort_keys=True)
     env.filters["pct"] = lambda v, digits=0: "n/a" if v is None else f"{100 * v:.{digits}f}%"
     html = env.get_template("report.html.j2").render(**context)

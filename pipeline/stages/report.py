@@ -12,11 +12,10 @@ import numpy as np
 import trimesh
 
 from pipeline import __version__
-from pipeline.cameras.camera_files import PhotoCamera, colmap_text, transforms_json
 from pipeline.cameras.cameras import camera_centers, camera_up
 from pipeline.context import JobContext
 from pipeline.report.evaluate import gt_scores, held_out_scores, mesh_stats
-from pipeline.io.export import estimate_up, export_all, read_seen
+from pipeline.io.export import estimate_up, export_all, read_seen, vertex_color_web_glb, web_glb
 from pipeline.report.grade import build_checks, grade_checks, what_to_know
 from pipeline.report.quality import (base_gap, border_cuts, camera_spread, coverage_share, horizontal_basis,
                                      resting_vertices, side_name, unseen_direction, vertex_areas, visibility_counts)
@@ -27,6 +26,7 @@ from pipeline.report.html import camera_scene, complete_stats, config_rows, data
 from pipeline.settings import PipelineSettings, ReportConfig
 from pipeline.stages.base import Stage, read_summary, stage_dir
 from pipeline.stages.cameras import Sparse, Views
+from pipeline.stages.exports import write_camera_files
 from pipeline.stages.geometry import load_mesh
 from pipeline.stages.ingest import Manifest
 from pipeline.stages.masks import load_masks
@@ -34,9 +34,14 @@ from pipeline.stages.texture import load_colors, load_textured
 from pipeline.report.viewer import NoViewer, Viewer, make_viewer
 
 TIMINGS_FILE = "timings.json"
-# optional outputs, published when present: the projected masks, the texture, the cameras and the fused points
-EXTRA_FILES = ("masks_preview.jpg", "masks.zip", "texture.png", "transforms.json", "cameras.txt", "images.txt",
-               "points3D.txt", "points.ply")
+# optional outputs of the texture stage, published when present: the projected masks and the texture
+EXTRA_FILES = ("masks_preview.jpg", "masks.zip", "texture.png")
+# the outputs for other tools (pipeline.stages.exports) and the web copy, published when the stage made them
+EXPORT_FILES = ("mesh_web.glb", "thumbnail.jpg", "transforms.json", "points.ply")
+EXPORT_DIRS = ("images", "sparse")
+HELD_PX = 160  # side of a held-out photo, render and error map in the report, as shown
+TILE_PX = 180  # side of a render in the report, as shown: renders are cropped to the object and stored this size
+CROP_MARGIN = 0.08  # around the object in a cropped render, share of its larger side
 
 
 def read_timings(ctx: JobContext) -> list[dict[str, Any]]:
@@ -63,13 +68,10 @@ def on_white(views: Views, i: int) -> np.ndarray:
     return (views.rgb[i] * w + 255 * (1 - w)).astype(np.uint8)
 
 
-def orbit_renders(mesh: trimesh.Trimesh, colors: np.ndarray, views: Views, up: np.ndarray, size: int,
-                  textured: tuple[trimesh.Trimesh, np.ndarray, np.ndarray] | None = None,
-                  frames: int = 8, covered: np.ndarray | None = None) -> list[dict[str, Any]]:
-    """A turntable: ``frames`` views around the object at the cameras' median distance and elevation (the
-    textured mesh when there is one), each with shaded geometry and the input photo whose direction is closest.
-    ``covered`` (V,) bool of ``mesh``: surface seen by enough photos; the rest is hatched in both renders, since
-    its colour and shape are guesses."""
+def orbit_cameras(mesh: trimesh.Trimesh, views: Views, up: np.ndarray, size: int,
+                  frames: int = 8) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+    """A turntable around the object at the cameras' median distance and elevation, starting at the first photo's
+    azimuth: K (3, 3) for ``size``^2 px and ``frames`` (w2c (4, 4), viewing direction (3,))."""
     centers = camera_centers(views.w2c)
     target = mesh.bounds.mean(axis=0)
     rel = centers - target
@@ -79,32 +81,106 @@ def orbit_renders(mesh: trimesh.Trimesh, colors: np.ndarray, views: Views, up: n
     az0 = float(np.arctan2(rel[0] @ e2, rel[0] @ e1))
     fx_rel = float(np.median(views.K[:, 0, 0] / np.array([im.shape[1] for im in views.rgb])))
     K = np.array([[fx_rel * size, 0, size / 2], [0, fx_rel * size, size / 2], [0, 0, 1.0]])
-    dirs_in = rel / np.linalg.norm(rel, axis=1, keepdims=True)
-    flag = None if covered is None else np.repeat(covered.astype(np.float32)[:, None], 3, axis=1)
     out = []
     for k in range(frames):
-        label = f"{360 * k // frames}°"
         az = az0 + 2 * np.pi * k / frames
         d = np.cos(elev) * (np.cos(az) * e1 + np.sin(az) * e2) + np.sin(elev) * up
-        w2c = look_at(target + dist * d, target, up)
-        r = render(mesh, K, w2c, size, size, colors)
-        if textured is not None:
-            rt = render(textured[0], K, w2c, size, size, uv=textured[1], texture=textured[2])
-            col = np.where(rt.mask[..., None], rt.rgb, 1.0)
-        else:
-            col = np.where(r.mask[..., None], r.rgb, 1.0)
-        col8, shaded = (col * 255).round().astype(np.uint8), shade(r, d + 0.5 * up)
+        out.append((look_at(target + dist * d, target, up), d))
+    return K, out
+
+
+def crop_box(mask: np.ndarray, margin: float = CROP_MARGIN) -> tuple[int, int, int, int]:
+    """The square (x0, y0, x1, y1) around the True pixels of ``mask`` (H, W) with ``margin`` of its side; may
+    reach past the image (see :func:`crop`). The whole image when the mask is empty."""
+    ys, xs = np.nonzero(mask)
+    if not len(xs):
+        return 0, 0, mask.shape[1], mask.shape[0]
+    cx, cy = (xs.min() + xs.max() + 1) / 2, (ys.min() + ys.max() + 1) / 2
+    half = max(xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()) * (0.5 + margin)
+    return int(np.floor(cx - half)), int(np.floor(cy - half)), int(np.ceil(cx + half)), int(np.ceil(cy + half))
+
+
+def crop(img: np.ndarray, box: tuple[int, int, int, int], fill: int = 255) -> np.ndarray:
+    """``img`` (H, W, 3) uint8 cut to ``box``, padded with ``fill`` where the box leaves the image."""
+    x0, y0, x1, y1 = box
+    out = np.full((y1 - y0, x1 - x0, img.shape[2]), fill, dtype=img.dtype)
+    sx0, sy0, sx1, sy1 = max(0, x0), max(0, y0), min(img.shape[1], x1), min(img.shape[0], y1)
+    if sx1 > sx0 and sy1 > sy0:
+        out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = img[sy0:sy1, sx0:sx1]
+    return out
+
+
+def scaled_box(box: tuple[int, int, int, int], sx: float, sy: float) -> tuple[int, int, int, int]:
+    x0, y0, x1, y1 = box
+    return int(np.floor(x0 * sx)), int(np.floor(y0 * sy)), int(np.ceil(x1 * sx)), int(np.ceil(y1 * sy))
+
+
+def textured_render(mesh: trimesh.Trimesh, colors: np.ndarray, K: np.ndarray, w2c: np.ndarray, size: int,
+                    textured: tuple[trimesh.Trimesh, np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, Any]:
+    """Colour render on white (H, W, 3) uint8 (the textured mesh when there is one) and the plain render."""
+    r = render(mesh, K, w2c, size, size, colors)
+    if textured is not None:
+        rt = render(textured[0], K, w2c, size, size, uv=textured[1], texture=textured[2])
+        col = np.where(rt.mask[..., None], rt.rgb, 1.0)
+    else:
+        col = np.where(r.mask[..., None], r.rgb, 1.0)
+    return (col * 255).round().astype(np.uint8), r
+
+
+def poster(mesh: trimesh.Trimesh, colors: np.ndarray, views: Views, up: np.ndarray, size: int,
+           textured: tuple[trimesh.Trimesh, np.ndarray, np.ndarray] | None) -> np.ndarray:
+    """thumbnail.jpg: the textured mesh from the first photo's side, cropped to it, ``size``^2 px on white."""
+    # rendered at twice the size: the object fills only part of the frame, and the crop is then scaled down
+    K, cams = orbit_cameras(mesh, views, up, 2 * size, frames=8)
+    img, r = textured_render(mesh, colors, K, cams[0][0], 2 * size, textured)
+    from PIL import Image
+
+    cut = crop(img, crop_box(r.mask))
+    return np.asarray(Image.fromarray(cut).resize((size, size), Image.Resampling.LANCZOS))
+
+
+def orbit_renders(mesh: trimesh.Trimesh, colors: np.ndarray, views: Views, up: np.ndarray, size: int,
+                  textured: tuple[trimesh.Trimesh, np.ndarray, np.ndarray] | None = None,
+                  frames: int = 8, covered: np.ndarray | None = None,
+                  silhouettes: list[np.ndarray] | None = None) -> list[dict[str, Any]]:
+    """A turntable (:func:`orbit_cameras`), each with shaded geometry and the input photo whose direction is
+    closest, all cropped to the object and stored at the size the page shows them (TILE_PX). ``covered`` (V,) bool
+    of ``mesh``: surface seen by enough photos; the rest is hatched in both renders, since its colour and shape are
+    guesses. ``silhouettes``: the mesh's silhouette in every photo (any size), to crop the photos alike."""
+    centers = camera_centers(views.w2c)
+    rel = centers - mesh.bounds.mean(axis=0)
+    dirs_in = rel / np.linalg.norm(rel, axis=1, keepdims=True)
+    K, cams = orbit_cameras(mesh, views, up, size, frames)
+    flag = None if covered is None else np.repeat(covered.astype(np.float32)[:, None], 3, axis=1)
+    out = []
+    for k, (w2c, d) in enumerate(cams):
+        label = f"{360 * k // frames}°"
+        col8, r = textured_render(mesh, colors, K, w2c, size, textured)
+        shaded = shade(r, d + 0.5 * up)
         unseen = 0.0
         if flag is not None:
             fl = render(mesh, K, w2c, size, size, flag)
             where = fl.mask & (fl.rgb[..., 0] < 0.5)
             unseen = float(where.sum() / max(1, fl.mask.sum()))
             col8, shaded = hatch(col8, where), hatch(shaded, where)
+        box = crop_box(r.mask)
+        col8, shaded = crop(col8, box), crop(shaded, box)
         nearest = int(np.argmax(dirs_in @ d))
         angle = float(np.degrees(np.arccos(np.clip(dirs_in[nearest] @ d, -1, 1))))
-        out.append({"label": label, "render": data_uri(col8), "shaded": data_uri(shaded),
-                    "photo": data_uri(on_white(views, nearest)), "photo_name": views.names[nearest], "angle": angle,
-                    "unseen": unseen})
+        # a photo nearest to several angles is stored once; the later figures point to the first (photo_ref)
+        first = next((j for j, o in enumerate(out) if o["photo_name"] == views.names[nearest]), None)
+        photo_uri = None
+        if first is None:
+            photo = on_white(views, nearest)
+            if silhouettes is not None and silhouettes[nearest].any():
+                sil = silhouettes[nearest]
+                photo = crop(photo, scaled_box(crop_box(sil), photo.shape[1] / sil.shape[1],
+                                               photo.shape[0] / sil.shape[0]))
+            photo_uri = data_uri(photo, max_side=TILE_PX)
+        out.append({"label": label, "render": data_uri(col8, max_side=TILE_PX),
+                    "shaded": data_uri(shaded, max_side=TILE_PX), "photo": photo_uri,
+                    "photo_ref": first if first is not None else k, "photo_name": views.names[nearest],
+                    "angle": angle, "unseen": unseen})
     return out
 
 
@@ -170,7 +246,7 @@ def measured_base(ctx: JobContext, vertices: np.ndarray) -> dict[str, Any] | Non
 class ReportStage(Stage):
     name = "report"
     weight = 15
-    sections = ("report",)
+    sections = ("report", "export")
 
     def run(self, ctx: JobContext, out_dir: Path) -> dict[str, Any]:
         t0 = time.monotonic()
@@ -201,6 +277,15 @@ class ReportStage(Stage):
                                    cfg.coverage_max_angle_deg, tol)
         lap("visibility")
         files = export_all(mesh, colors, up, out_dir, textured, seen=counts)
+        ex = ctx.settings.export
+        # the light copy for the web (and the report's 3-D view), and its poster
+        (out_dir / "mesh_web.glb").write_bytes(
+            web_glb(textured[0], textured[1], textured[2], up, ex.web_faces, ex.web_texture_size)
+            if textured is not None else vertex_color_web_glb(mesh, colors, up, ex.web_faces))
+        thumb = poster(mesh, colors, views, up, ex.thumbnail_size, textured)
+        from PIL import Image
+
+        Image.fromarray(thumb).save(out_dir / "thumbnail.jpg", quality=85)
         lap("export")
         ctx.progress(0.15)
         # every number below is read from the files just written, so the report matches what users get
@@ -237,12 +322,15 @@ class ReportStage(Stage):
         lap("gt")
         ctx.progress(0.6)
         covered = seen >= cfg.coverage_min_views
-        renders = orbit_renders(written, colors, views, up, cfg.render_size, textured, covered=covered)
+        renders = orbit_renders(written, colors, views, up, cfg.render_size, textured, covered=covered,
+                                silhouettes=silhouettes)
         lap("orbit")
         ctx.progress(0.85)
         gallery = [{"name": views.names[i],
-                    "photo": data_uri(views.rgb[i] if masks[i] is None else views.rgb[i] * masks[i][..., None]),
-                    "render": data_uri(r), "heat": data_uri(hm), "iou": s.mask_iou, "psnr": s.psnr, "ssim": s.ssim}
+                    "photo": data_uri(views.rgb[i] if masks[i] is None else views.rgb[i] * masks[i][..., None],
+                                      max_side=HELD_PX),
+                    "render": data_uri(r, max_side=HELD_PX), "heat": data_uri(hm, max_side=HELD_PX),
+                    "iou": s.mask_iou, "psnr": s.psnr, "ssim": s.ssim}
                    for i, r, hm, s in list(zip(held, heldout.renders, heldout.heatmaps, heldout.views))[:6]]
         stride = max(1, len(written.vertices) // 1500)
         cut_of = {c["name"]: c["sides"] for c in quality["border"]["cut_photos"]}
@@ -257,11 +345,13 @@ class ReportStage(Stage):
         for extra in EXTRA_FILES:  # published with the mesh when the stage made them
             if (masks_dir / extra).exists():
                 shutil.copy2(masks_dir / extra, out_dir / extra)
-        write_camera_files(ctx, out_dir)
+        exports = write_camera_files(ctx, out_dir, written, colors)
+        stats["exports"] = exports.to_dict() if exports is not None else None
+        stats["points"] = None if exports is None else {"source": exports.points_source, "count": exports.points}
+        lap("cameras")
         if (out_dir / "masks_preview.jpg").exists():
             masks_preview = "data:image/jpeg;base64," + base64.b64encode((out_dir / "masks_preview.jpg").read_bytes()).decode()
-        stats["files"] = {f: (out_dir / f).stat().st_size for f in sorted(set(files.values()) | {
-            e for e in EXTRA_FILES if (out_dir / e).exists()})}
+        stats["files"] = output_files(out_dir)
         published = set(stats["files"]) | {"report.html", "stats.json", "job.log"}  # job.log: the runner adds it
         graded = grade_checks(build_checks(stats, cfg))
         stats["grade"] = graded.to_dict()
@@ -269,7 +359,8 @@ class ReportStage(Stage):
         context = report_context(ctx, "done", None, None, stats, renders=renders, heldout=gallery, scene=scene,
                                  published=published)
         context["masks_preview"] = masks_preview
-        viewer = make_viewer(out_dir / "mesh.glb")
+        viewer = make_viewer(out_dir / "mesh_web.glb")
+        context["poster"] = data_uri(thumb, max_side=ex.thumbnail_size)
         context["viewer"] = viewer if isinstance(viewer, Viewer) else None
         context["no_viewer"] = viewer.reason if isinstance(viewer, NoViewer) else None
         stats["viewer"] = ({"version": viewer.version, "origin": viewer.origin} if isinstance(viewer, Viewer)
@@ -286,26 +377,17 @@ class ReportStage(Stage):
                 "coverage": quality["coverage"]["share"]}
 
 
-def write_camera_files(ctx: JobContext, out_dir: Path) -> None:
-    """transforms.json and a COLMAP text model of the photos, and points.ply (the fused dense points, else the SfM
-    points), all in the mesh's frame."""
-    photos = stage_dir(ctx, "cameras") / "photos.json"
-    if not photos.exists():
-        return
-    cams = [PhotoCamera.from_json(d) for d in json.loads(photos.read_text())]
-    (out_dir / "transforms.json").write_text(transforms_json(cams))
-    dense_points = stage_dir(ctx, "geometry") / "points.ply"
-    pts, cols = np.zeros((0, 3)), np.zeros((0, 3), np.uint8)
-    if dense_points.exists():
-        shutil.copy2(dense_points, out_dir / "points.ply")
-    sparse_path = stage_dir(ctx, "cameras") / "sparse.npz"
-    if sparse_path.exists():
-        with np.load(sparse_path) as z:
-            pts, cols = z["points"], z["colors"]
-        if not dense_points.exists() and len(pts):
-            trimesh.PointCloud(pts, colors=cols).export(out_dir / "points.ply")
-    for name, text in colmap_text(cams, pts, cols).items():
-        (out_dir / name).write_text(text)
+def output_files(out_dir: Path) -> dict[str, int]:
+    """Every file of the outbox so far with its size in bytes, by path relative to it; the photos in images/ as one
+    entry ``images/`` (their total), since a report listing hundreds of photos helps nobody."""
+    files: dict[str, int] = {}
+    for p in sorted(out_dir.rglob("*")):
+        if not p.is_file():
+            continue
+        rel = p.relative_to(out_dir).as_posix()
+        key = "images/" if rel.startswith("images/") else rel
+        files[key] = files.get(key, 0) + p.stat().st_size
+    return files
 
 
 def report_context(ctx: JobContext, state: str, error: str | None, failed_stage: str | None,
@@ -320,5 +402,5 @@ def report_context(ctx: JobContext, state: str, error: str | None, failed_stage:
         "stats": stats, "renders": renders or [], "heldout": heldout or [], "scene": scene,
         "timings": stats.get("timings") or read_timings(ctx), "config": config,
         "config_rows": config_rows(config, PipelineSettings().to_dict()), "masks_preview": None, "viewer": None,
-        "no_viewer": None, "published": sorted(published or ()), "photos": [], "failure": None,
+        "no_viewer": None, "published": sorted(published or ()), "photos": [], "failure": None, "poster": None,
     }
