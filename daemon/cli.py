@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from daemon import __version__
 from daemon.config import Settings, load_settings
 from daemon.ledger import LedgerError
+from pipeline.stage_names import CHECKPOINTED_STAGES
 
 if TYPE_CHECKING:
     from daemon.ledger import Job
@@ -62,8 +63,8 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 STATE_BESIDE_OUTBOX = "hotmesh-state"  # `run`'s default: the state folder next to the outbox
 FOLDER_ENV = {"inbox": "HOTMESH_INBOX", "outbox": "HOTMESH_OUTBOX", "state": "HOTMESH_STATE"}
-# the pipeline's stages in order, for --help without importing the pipeline (tests check it against the runner)
-STAGES_TEXT = "ingest, cameras, masks, geometry, refine, texture, report, publish"
+# the stages `retry --from-stage` accepts, in order (publishing has no checkpoint: a plain retry publishes again)
+STAGES_TEXT = ", ".join(CHECKPOINTED_STAGES)
 
 
 @dataclass(frozen=True)
@@ -353,10 +354,11 @@ def cmd_retry(args: argparse.Namespace) -> int:
     import shutil as _shutil
 
     from pipeline.context import CANCEL_MARKER
-    from pipeline.runner import STAGE_NAMES
 
-    if args.from_stage and args.from_stage not in STAGE_NAMES:  # checked first: needs no ledger
-        raise SystemExit(f"hotmesh: unknown stage {args.from_stage!r}; the stages, in order: {', '.join(STAGE_NAMES)}")
+    # checked first: needs no ledger. The names come from pipeline.stage_names, not the runner, which would import
+    # torch and every stage (tens of seconds on a loaded machine) for a command that only edits the ledger
+    if args.from_stage and args.from_stage not in CHECKPOINTED_STAGES:
+        raise SystemExit(f"hotmesh: unknown stage {args.from_stage!r}; the stages, in order: {STAGES_TEXT}")
     ledger, paths = _ops_context(args)
     job = _job_or_exit(ledger, args.job)
     if not job.state.terminal:
@@ -365,7 +367,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     for marker in (paths.work_dir(job.id) / CANCEL_MARKER, paths.inbox / job.folder / CANCEL_MARKER):
         marker.unlink(missing_ok=True)
     if args.from_stage:
-        for name in STAGE_NAMES[STAGE_NAMES.index(args.from_stage):]:
+        for name in CHECKPOINTED_STAGES[CHECKPOINTED_STAGES.index(args.from_stage):]:
             _shutil.rmtree(paths.work_dir(job.id) / "stages" / name, ignore_errors=True)
     from daemon.intake import fingerprint, snapshot
 

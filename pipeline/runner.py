@@ -16,6 +16,7 @@ from typing import Any, Callable
 from pipeline.context import Cancelled, Interrupted, JobContext, JobError
 from pipeline.report.diagnostics import photo_diagnostics
 from pipeline.report.failure import write_failure_report
+from pipeline.stage_names import CHECKPOINTED_STAGES, PUBLISH, STAGE_NAMES  # noqa: F401 (STAGE_NAMES: re-exported)
 from pipeline.io.publish import PUBLISH_RETRY_SECONDS, publish, publish_built
 from pipeline.stages.base import Stage, chain_hash, checkpoint_valid, commit_checkpoint, read_summary, stage_dir
 from pipeline.stages.cameras import CamerasStage
@@ -28,9 +29,10 @@ from pipeline.stages.texture import TextureStage
 
 STAGES: tuple[Stage, ...] = (IngestStage(), CamerasStage(), MasksStage(), GeometryStage(), RefineStage(), TextureStage(),
                             ReportStage())
-PUBLISH = "publish"
 PUBLISH_WEIGHT = 5.0
-STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES) + (PUBLISH,)
+if tuple(s.name for s in STAGES) != CHECKPOINTED_STAGES:  # the light list the CLI reads must name these stages
+    raise RuntimeError(f"pipeline.stage_names.CHECKPOINTED_STAGES {CHECKPOINTED_STAGES} does not match the runner's "
+                       f"stages {tuple(s.name for s in STAGES)}")
 
 
 def first_invalidated() -> dict[str, str]:

@@ -182,8 +182,49 @@ def test_process_says_where_its_state_is_and_removes_a_temporary_one(tmp_path: P
 
 def test_retry_with_an_unknown_stage_lists_the_stages(tmp_path: Path) -> None:
     from daemon.cli import STAGES_TEXT
-    from pipeline.runner import STAGE_NAMES
+    from pipeline.runner import STAGE_NAMES, STAGES
 
-    assert STAGES_TEXT == ", ".join(STAGE_NAMES)  # --help lists them without importing the pipeline
+    # --help and the check list the checkpointed stages, read without importing the pipeline; publishing has none
+    assert STAGES_TEXT == ", ".join(s.name for s in STAGES) and STAGE_NAMES == (*(s.name for s in STAGES), "publish")
     r = hotmesh_in(tmp_path, "retry", "cow", "--from-stage", "geo")
     assert r.returncode != 0 and f"unknown stage 'geo'; the stages, in order: {STAGES_TEXT}" in r.stderr
+    r = hotmesh_in(tmp_path, "retry", "cow", "--from-stage", "publish")
+    assert r.returncode != 0 and "unknown stage 'publish'" in r.stderr
+    readme = (REPO / "README.md").read_text()
+    assert f"`{STAGES_TEXT.replace(', ', ' ')}`" in " ".join(readme.split())  # the README's list is the same
+
+
+HEAVY = ("torch", "pipeline.runner", "pipeline.stages", "pipeline.geometry", "pipeline.appearance", "trimesh", "cv2",
+         "scipy", "pycolmap")
+
+
+def test_ledger_commands_import_neither_torch_nor_the_stages(tmp_path: Path) -> None:
+    """status, cancel, retry, logs, ledger and clean only read or edit the ledger: importing torch and the stages
+    would cost them tens of seconds on a loaded machine. -X importtime lists every module a command imports."""
+    from daemon.ledger import Ledger
+    from daemon.states import JobState
+
+    state, inbox = tmp_path / "state", tmp_path / "inbox"
+    (inbox / "cow").mkdir(parents=True)
+    ledger = Ledger(state / "ledger.db")
+    for name in ("cow", "calf"):
+        ledger.create_job(name, "fp")
+    ledger.claim_next(worker="test")
+    ledger.finish("cow", JobState.FAILED, error="geometry failed")
+    ledger.close()
+    folders = ["--state", str(state), "--inbox", str(inbox), "--outbox", str(tmp_path / "outbox")]
+    for cmd in (["status"], ["status", "--json", "--events"], ["status", "--once"], ["logs", "cow", "--events"],
+                ["retry", "cow", "--from-stage", "texture"], ["cancel", "calf"], ["clean", "--dry-run"],
+                ["ledger", "check"]):
+        r = subprocess.run([sys.executable, "-X", "importtime", "-m", "daemon.cli", *cmd, *folders], cwd=str(REPO),
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode in (0, 1), (cmd, r.stderr[-1500:])
+        imported = {line.rsplit("|", 1)[1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+        heavy = sorted(m for m in imported if m.split(".")[0] in HEAVY or any(m.startswith(h + ".") or m == h
+                                                                             for h in HEAVY))
+        assert not heavy, f"hotmesh {' '.join(cmd)} imported {heavy[:8]}"
+        assert len(imported) > 50  # importtime did report (the check above cannot pass on an empty list)
+    ledger = Ledger(state / "ledger.db")
+    assert ledger.get("cow").state == JobState.QUEUED and ledger.get("calf").state == JobState.QUEUED
+    assert [e["kind"] for e in ledger.events("calf")][-1] == "cancel-requested"
+    ledger.close()
