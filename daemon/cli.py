@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from daemon import __version__
 from daemon.config import Settings, load_settings
 from daemon.ledger import LedgerError
+from daemon.progress import ProgressPrinter, describe, stage_progress
 from pipeline.stage_names import CHECKPOINTED_STAGES
 
 if TYPE_CHECKING:
@@ -165,8 +166,9 @@ def render_watch(jobs: list[Job], now: float, width: int = 30) -> list[str]:
     lines = [f"hotmesh  {time.strftime('%H:%M:%S', time.localtime(now))}  {counts}", ""]
     for j in by_state.get("running", []):
         since = now - (j.started or j.updated)
+        stage = describe(stage_progress(j.stage, j.progress, j.started, j.timings, now))
         lines.append(f"{j.id[:28]:28} {(j.stage or '-')[:9]:9} {progress_bar(j.progress, width)} {j.progress:5.1f}%  "
-                     f"{_elapsed(since)}")
+                     f"{_elapsed(since)}" + (f"  ({stage})" if stage else ""))
     if not by_state.get("running"):
         lines.append("(no job running)")
     queued = by_state.get("queued", [])
@@ -290,6 +292,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         extra = (j.error or "").splitlines()[0][:70] if j.error else j.outputs.get("report", "")
         if j.outputs.get("evaluated") is False:
             extra += "  (not evaluated: no held-out view)"
+        if j.state.value == "running":
+            extra = describe(stage_progress(j.stage, j.progress, j.started, j.timings, time.time()))
         print(f"{j.id[:28]:28} {j.state.value:10} {(j.stage or '-')[:10]:10} {j.progress:5.1f}% {j.attempts:3d}  {extra}")
         if args.events:
             for e in ledger.events(j.id):
@@ -486,7 +490,10 @@ def cmd_process(args: argparse.Namespace) -> int:
         claimed = ledger.claim_next(worker=f"process:{os.getpid()}")
         if claimed is None:
             raise SystemExit("hotmesh: could not claim the job")
-        state_name = execute(ledger, paths, claimed, settings, pick_device(settings.jobs.device))
+        # a line on stderr whenever the stage changes and every few seconds in between: a CPU job's long stages
+        # must not look like a hang
+        printer = ProgressPrinter(lambda line: print(f"hotmesh: {claimed.id}: {line}", file=sys.stderr, flush=True))
+        state_name = execute(ledger, paths, claimed, settings, pick_device(settings.jobs.device), on_job=printer.update)
         final = ledger.get(claimed.id)
     finally:
         ledger.close()
@@ -524,7 +531,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print("dropped samples/spot into the inbox; waiting for the job…", flush=True)
         status = outbox / "_status" / "spot.json"
         deadline = time.monotonic() + args.timeout
-        last = ""
+        printer = ProgressPrinter(lambda line: print("  " + line, flush=True))
         while time.monotonic() < deadline:
             if daemon.poll() is not None:
                 raise SystemExit(f"hotmesh: the daemon exited early with code {daemon.returncode}")
@@ -532,10 +539,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 st = json.loads(status.read_text())
             except (OSError, ValueError):
                 st = {}
-            line = f"{st.get('state', 'waiting')} {st.get('stage') or ''} {st.get('progress', 0):.0f}%"
-            if line != last:
-                print("  " + line, flush=True)
-                last = line
+            printer.update_status(st, time.time())
             if st.get("state") in ("done", "failed", "cancelled"):
                 report = outbox / "spot" / "report.html"
                 if st["state"] != "done":
@@ -583,7 +587,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_status)
 
     pr = sub.add_parser("process", help="process one folder without the daemon")
-    pr.add_argument("folder")
+    pr.add_argument("folder", help="a job folder: photos (or videos), optionally transforms.json or a COLMAP model, "
+                    "masks/, scale.json (the README's Inputs)")
     pr.add_argument("--out", required=True, help="outbox to publish into (result in OUT/<job>/)")
     pr.add_argument("--state", help="state folder (default: a new temporary one, removed at the end)")
     pr.add_argument("--keep-state", action="store_true", help="keep the temporary state folder (its path is printed)")

@@ -48,10 +48,11 @@ def test_spot_render_matches_ground_truth_and_report_matches_files(daemon_factor
     assert int(_report_number(html, "mesh-vertices")) == len(mesh.vertices) == stats["mesh"]["vertices"]
     assert int(_report_number(html, "mesh-faces")) == len(mesh.faces) == stats["mesh"]["faces"]
     assert _report_number(html, "mesh-watertight") == "yes"
-    assert float(_report_number(html, "gt-fscore")) == pytest.approx(stats["quality"]["gt"]["fscore"], abs=1e-4)
-    assert float(_report_number(html, "heldout-iou")) == pytest.approx(stats["quality"]["heldout"]["mask_iou_mean"], abs=1e-4)
+    # shown rounded: scores to 3 decimals, dB to 2
+    assert float(_report_number(html, "gt-fscore")) == pytest.approx(stats["quality"]["gt"]["fscore"], abs=5e-4)
+    assert float(_report_number(html, "heldout-iou")) == pytest.approx(stats["quality"]["heldout"]["mask_iou_mean"], abs=5e-4)
     held = stats["quality"]["heldout"]
-    assert float(_report_number(html, "heldout-psnr-frame")) == pytest.approx(held["psnr_frame_mean"], abs=1e-4)
+    assert float(_report_number(html, "heldout-psnr-frame")) == pytest.approx(held["psnr_frame_mean"], abs=5e-3)
     # the whole frame adds only background, which is right: its PSNR is the union's plus 10 log10(frame / union)
     assert held["psnr_frame_mean"] > held["psnr_mean"] + 3
     assert int(_report_number(html, "input-images")) == 60

@@ -38,7 +38,6 @@ STRICT_MIN_COVERAGE = 0.97  # median fraction of a given mask the strict hull mu
 
 class GeometryStage(Stage):
     name = "geometry"
-    weight = 45
     sections = ("images", "geometry", "dense")
 
     def run(self, ctx: JobContext, out_dir: Path) -> dict[str, Any]:
@@ -106,7 +105,8 @@ def hull_stage(ctx: JobContext, views: Views, out_dir: Path) -> GeometrySummary:
     idx = [i for i in views.train if masks[i] is not None]
     cfg = ctx.settings.geometry
     auto_masks = masks_were_automatic(ctx)
-    settings = CarveSettings(resolution=cfg.voxel_resolution,
+    resolution = cfg.cpu_voxel_resolution if ctx.device != "cuda" and cfg.cpu_voxel_resolution else cfg.voxel_resolution
+    settings = CarveSettings(resolution=resolution,
                              outlier_views=outlier_views(cfg.outlier_views, len(idx), auto_masks))
     ctx.log.info("visual hull from %d views at %d voxels (device %s, %d outlier views tolerated)",
                  len(idx), settings.resolution, ctx.device, settings.outlier_views)
@@ -132,7 +132,7 @@ def hull_stage(ctx: JobContext, views: Views, out_dir: Path) -> GeometrySummary:
         # object away, most other views show it, and the tolerant hull is used instead
         cover = float(np.median(mask_coverage(mesh, Ks, w2cs, vmasks)))
         if cover < STRICT_MIN_COVERAGE:
-            settings = CarveSettings(resolution=cfg.voxel_resolution,
+            settings = CarveSettings(resolution=resolution,
                                      outlier_views=outlier_views(-1, len(idx), automatic_masks=True))
             note = (f"the strict hull covers only {cover:.1%} of the median mask: a given mask is probably "
                     f"wrong, so {settings.outlier_views} outlier view(s) were tolerated")
@@ -141,9 +141,9 @@ def hull_stage(ctx: JobContext, views: Views, out_dir: Path) -> GeometrySummary:
     ctx.progress(0.95)
     mesh.export(out_dir / "mesh.ply")
     return GeometrySummary(method="visual hull (silhouette distance field)",
-                           detail=f"{cfg.voxel_resolution} voxels, {len(idx)} views", views_used=len(idx),
+                           detail=f"{resolution} voxels, {len(idx)} views", views_used=len(idx),
                            faces=int(len(mesh.faces)), watertight=bool(mesh.is_watertight), note=note,
-                           resolution=cfg.voxel_resolution, voxel_size=float(result.voxel),
+                           resolution=resolution, voxel_size=float(result.voxel),
                            grid=[int(n) for n in result.field.shape], outlier_views=settings.outlier_views,
                            raw_faces=int(len(raw.faces)))
 

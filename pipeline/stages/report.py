@@ -155,7 +155,6 @@ def measure_quality(mesh: trimesh.Trimesh, counts: np.ndarray, masks: list[np.nd
 
 class ReportStage(Stage):
     name = "report"
-    weight = 15
     sections = ("report",)
 
     def run(self, ctx: JobContext, out_dir: Path) -> dict[str, Any]:
