@@ -103,7 +103,10 @@ def hull_field(points: torch.Tensor, Ks: torch.Tensor, w2cs: torch.Tensor, sdfs:
             # views that do not see the point give no evidence either way
             d_world = torch.where(inimg, d_world, torch.full_like(d_world, -float("inf")))
             seen += inimg.int()
-            top = torch.topk(torch.cat([top, d_world[:, None]], dim=1), k, dim=1).values
+            if k == 1:  # the usual case (given masks, no outlier allowed): a running maximum, no sort per view
+                torch.maximum(top[:, 0], d_world, out=top[:, 0])
+            else:
+                top = torch.topk(torch.cat([top, d_world[:, None]], dim=1), k, dim=1).values
             check((ci + (v + 1) / n_views) / n_chunks)
         val = top[:, k - 1]
         val = torch.where(seen >= min_seen, val, val.abs().clamp(min=1e-6))
