@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -497,7 +498,13 @@ def cmd_process(args: argparse.Namespace) -> int:
         # a line on stderr whenever the stage changes and every few seconds in between: a CPU job's long stages
         # must not look like a hang
         printer = ProgressPrinter(lambda line: print(f"hotmesh: {claimed.id}: {line}", file=sys.stderr, flush=True))
-        state_name = execute(ledger, paths, claimed, settings, pick_device(settings.jobs.device), on_job=printer.update)
+        beating = threading.Event()
+        threading.Thread(target=printer.heartbeat, args=(beating,), daemon=True).start()
+        try:
+            state_name = execute(ledger, paths, claimed, settings, pick_device(settings.jobs.device),
+                                 on_job=printer.update)
+        finally:
+            beating.set()
         final = ledger.get(claimed.id)
     finally:
         ledger.close()

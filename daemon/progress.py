@@ -2,6 +2,7 @@
 percentage, when it started and when each finished stage ended). Light: the CLI draws it without the pipeline."""
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping
@@ -71,6 +72,16 @@ class ProgressPrinter:
         self.emit, self.every, self.monotonic = emit, every, monotonic
         self._key: tuple[str, str] | None = None
         self._at = float("-inf")
+        self._last: tuple[str, str | None, float, float | None, Mapping[str, Mapping[str, Any]]] | None = None
+        self._lock = threading.Lock()  # show() is called by the job's progress and by heartbeat()
+
+    def heartbeat(self, stop: threading.Event) -> None:
+        """Until ``stop`` is set: every ``every`` seconds, the last state again with its elapsed time brought up to
+        date, so a step that reports no progress (an atlas, a mesh clean-up) still prints. Run in a thread."""
+        while not stop.wait(self.every):
+            last = self._last
+            if last is not None:
+                self.show(*last, time.time())
 
     def update(self, job: Job) -> None:
         """From a ledger row (hotmesh process)."""
@@ -84,9 +95,11 @@ class ProgressPrinter:
     def show(self, state: str, stage: str | None, percent: float, started: float | None,
              timings: Mapping[str, Mapping[str, Any]], now: float) -> None:
         key = (state, stage or "")
-        if key == self._key and self.monotonic() - self._at < self.every:
-            return
-        self._key, self._at = key, self.monotonic()
+        with self._lock:
+            self._last = (state, stage, percent, started, timings)
+            if key == self._key and self.monotonic() - self._at < self.every:
+                return
+            self._key, self._at = key, self.monotonic()
         line = f"{state} {stage or ''} {percent:.0f}%".replace("  ", " ")
         if state == "running":
             detail = describe(stage_progress(stage, percent, started, timings, now))

@@ -263,6 +263,20 @@ def test_stage_progress_and_time_left() -> None:
     printer.update_status(status | {"stage": "texture", "progress": stage_span("texture")[0]}, now=1030.0)
     assert len(lines) == 3 and lines[2].startswith("running texture")
 
+    # a step that reports nothing for a while still prints: the heartbeat repeats the last state
+    import threading
+
+    quiet: list[str] = []
+    beating = ProgressPrinter(quiet.append, every=0.05)
+    stop = threading.Event()
+    beating.update_status(status, now=1020.0)
+    thread = threading.Thread(target=beating.heartbeat, args=(stop,))
+    thread.start()
+    time.sleep(0.6)
+    stop.set()
+    thread.join(timeout=5)
+    assert len(quiet) >= 3 and all(q.startswith("running geometry") for q in quiet)
+
 
 def test_watch_view_shows_the_stage_and_time_left() -> None:
     from daemon.cli import render_watch

@@ -120,9 +120,11 @@ def hull_stage(ctx: JobContext, views: Views, out_dir: Path) -> GeometrySummary:
     meshing = MeshingSettings(smoothing_iterations=cfg.smoothing_iterations, max_faces=cfg.max_faces)
 
     def hull(cs: CarveSettings, p0: float, p1: float) -> tuple[CarveResult, trimesh.Trimesh, trimesh.Trimesh]:
-        res = carve(Ks, w2cs, vmasks, cs, device=ctx.device, check=lambda f: ctx.progress(p0 + (p1 - p0) * f),
-                    bounds=bounds, support=support)
+        # the carve is most of the work; marching cubes and the clean-up take the last tenth
+        res = carve(Ks, w2cs, vmasks, cs, device=ctx.device,
+                    check=lambda f: ctx.progress(p0 + 0.9 * (p1 - p0) * f), bounds=bounds, support=support)
         raw_ = marching_cubes(res.field, res.origin, res.voxel)
+        ctx.progress(p0 + 0.95 * (p1 - p0))
         return res, raw_, clean_mesh(raw_, meshing)
 
     result, raw, mesh = hull(settings, 0.0, 0.6)

@@ -6,7 +6,7 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import trimesh
@@ -65,7 +65,8 @@ def on_white(views: Views, i: int) -> np.ndarray:
 
 def orbit_renders(mesh: trimesh.Trimesh, colors: np.ndarray, views: Views, up: np.ndarray, size: int,
                   textured: tuple[trimesh.Trimesh, np.ndarray, np.ndarray] | None = None,
-                  frames: int = 8, covered: np.ndarray | None = None) -> list[dict[str, Any]]:
+                  frames: int = 8, covered: np.ndarray | None = None,
+                  check: Callable[[float], None] = lambda f: None) -> list[dict[str, Any]]:
     """A turntable: ``frames`` views around the object at the cameras' median distance and elevation (the
     textured mesh when there is one), each with shaded geometry and the input photo whose direction is closest.
     ``covered`` (V,) bool of ``mesh``: surface seen by enough photos; the rest is hatched in both renders, since
@@ -105,6 +106,7 @@ def orbit_renders(mesh: trimesh.Trimesh, colors: np.ndarray, views: Views, up: n
         out.append({"label": label, "render": data_uri(col8), "shaded": data_uri(shaded),
                     "photo": data_uri(on_white(views, nearest)), "photo_name": views.names[nearest], "angle": angle,
                     "unseen": unseen})
+        check((k + 1) / frames)
     return out
 
 
@@ -221,7 +223,8 @@ class ReportStage(Stage):
         lap("gt")
         ctx.progress(0.6)
         covered = seen >= cfg.coverage_min_views
-        renders = orbit_renders(written, colors, views, up, cfg.render_size, textured, covered=covered)
+        renders = orbit_renders(written, colors, views, up, cfg.render_size, textured, covered=covered,
+                                check=lambda f: ctx.progress(0.6 + 0.25 * f))
         lap("orbit")
         ctx.progress(0.85)
         gallery = [{"name": views.names[i],
