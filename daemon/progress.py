@@ -101,7 +101,9 @@ class ProgressPrinter:
                 return
             self._key, self._at = key, self.monotonic()
         line = f"{state} {stage or ''} {percent:.0f}%".replace("  ", " ")
-        if state == "running":
+        if state == "running" and not stage:
+            line = "running: the worker is loading the pipeline"  # claimed, no stage begun yet
+        elif state == "running":
             detail = describe(stage_progress(stage, percent, started, timings, now))
             line += f" ({detail})" if detail else ""
         self.emit(line)

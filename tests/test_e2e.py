@@ -77,8 +77,9 @@ def test_sample_matches_ground_truth_and_report_matches_files(daemon_factory, tm
 
 @pytest.mark.slow
 def test_lego_heldout_mask_iou(daemon_factory) -> None:
+    src = data("lego")  # first: without the set, skip before starting a daemon
     d = daemon_factory(*set_args("images.max_side=400", "geometry.voxel_resolution=160")).start()
-    drop(data("lego"), d.inbox)
+    drop(src, d.inbox)
     job = d.wait_state("lego", timeout=500)
     assert job["state"] == "done", job["error"]
     stats = json.loads((d.outbox / "lego" / "stats.json").read_text())
@@ -90,8 +91,9 @@ def test_lego_heldout_mask_iou(daemon_factory) -> None:
 def test_fox_fails_naming_missing_files_and_masks(daemon_factory) -> None:
     """Silhouettes only (geometry.method = hull) with automatic masks turned off: an unmasked set fails with
     everything the user must fix."""
+    src = data("fox")  # first: without the set, skip before starting a daemon
     d = daemon_factory(*set_args("geometry.method=hull", "masks.auto=off")).start()
-    drop(data("fox"), d.inbox)
+    drop(src, d.inbox)
     job = d.wait_state("fox", timeout=120)
     assert job["state"] == "failed"
     err = job["error"]
