@@ -222,7 +222,8 @@ def test_sigterm_checkpoints_and_next_start_resumes(daemon_factory, tmp_path: Pa
 
 def test_burst_of_50_folders_each_processed_once(daemon_factory, tmp_path: Path) -> None:
     # workers retire after 20 jobs: the hand-over must lose or repeat nothing
-    d = daemon_factory(*set_args(*TINY_SETTINGS, "jobs.worker_max_jobs=20")).start()
+    # a 128² texture: the 50 jobs' atlases were most of the test's CPU time, and only the hand-over is under test
+    d = daemon_factory(*set_args(*TINY_SETTINGS, "jobs.worker_max_jobs=20", "texture.cpu_size=128")).start()
     proto = tiny_job(tmp_path / "proto", views=8, size=48)
     staging = tmp_path / "burst"
     staging.mkdir()
@@ -241,7 +242,7 @@ def test_burst_of_50_folders_each_processed_once(daemon_factory, tmp_path: Path)
     assert d.log().count("retired") >= 2
     # a restart does not turn any folder into a second job
     d.stop()
-    d2 = daemon_factory(*set_args(*TINY_SETTINGS), root=d.root).start()
+    d2 = daemon_factory(*set_args(*TINY_SETTINGS, "texture.cpu_size=128"), root=d.root).start()
     wait_for(lambda: "watching" in d2.log(), 60, "the second daemon to start")
     time.sleep(3)  # several intake scans (settle 0.5 s, rescan 1 s) over the 50 folders
     assert d2.alive()
