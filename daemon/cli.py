@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +23,19 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from daemon import __version__
 from daemon.config import Settings, load_settings
 from daemon.ledger import LedgerError
+from daemon.progress import ProgressPrinter, describe, stage_progress
+from pipeline.stage_names import CHECKPOINTED_STAGES
 
 if TYPE_CHECKING:
     from daemon.ledger import Job
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "samples" / "spot"
+# The demo's settings: keys that apply only without a GPU, so a GPU demo runs exactly the defaults. The sample's
+# photos are 256 px: a 128-voxel hull and a 512² texture of 30 000 faces lose nothing visible there (the F-score
+# against the sample's gt.ply stays 0.96) and take about half the CPU time of the defaults (192 voxels, 1024²,
+# 60 000 faces). --set after them wins.
+DEMO_SETTINGS = ("geometry.cpu_voxel_resolution=128", "texture.cpu_size=512", "texture.cpu_max_faces=30000")
 
 
 def _parse_sets(items: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -62,8 +70,8 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 STATE_BESIDE_OUTBOX = "hotmesh-state"  # `run`'s default: the state folder next to the outbox
 FOLDER_ENV = {"inbox": "HOTMESH_INBOX", "outbox": "HOTMESH_OUTBOX", "state": "HOTMESH_STATE"}
-# the pipeline's stages in order, for --help without importing the pipeline (tests check it against the runner)
-STAGES_TEXT = "ingest, cameras, masks, geometry, refine, texture, report, publish"
+# the stages `retry --from-stage` accepts, in order (publishing has no checkpoint: a plain retry publishes again)
+STAGES_TEXT = ", ".join(CHECKPOINTED_STAGES)
 
 
 @dataclass(frozen=True)
@@ -162,8 +170,9 @@ def render_watch(jobs: list[Job], now: float, width: int = 30) -> list[str]:
     lines = [f"hotmesh  {time.strftime('%H:%M:%S', time.localtime(now))}  {counts}", ""]
     for j in by_state.get("running", []):
         since = now - (j.started or j.updated)
+        stage = describe(stage_progress(j.stage, j.progress, j.started, j.timings, now))
         lines.append(f"{j.id[:28]:28} {(j.stage or '-')[:9]:9} {progress_bar(j.progress, width)} {j.progress:5.1f}%  "
-                     f"{_elapsed(since)}")
+                     f"{_elapsed(since)}" + (f"  ({stage})" if stage else ""))
     if not by_state.get("running"):
         lines.append("(no job running)")
     queued = by_state.get("queued", [])
@@ -299,6 +308,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         extra = (j.error or "").splitlines()[0][:70] if j.error else j.outputs.get("report", "")
         if j.outputs.get("evaluated") is False:
             extra += "  (not evaluated: no held-out view)"
+        if j.state.value == "running":
+            extra = describe(stage_progress(j.stage, j.progress, j.started, j.timings, time.time()))
         state = j.state.value + ("*" if j.id in ahead else "")
         print(f"{j.id[:28]:28} {state:10} {(j.stage or '-')[:10]:10} {j.progress:5.1f}% {j.attempts:3d}  {extra}")
         if j.id in notices:
@@ -406,10 +417,11 @@ def cmd_retry(args: argparse.Namespace) -> int:
     import shutil as _shutil
 
     from pipeline.context import CANCEL_MARKER
-    from pipeline.runner import STAGE_NAMES
 
-    if args.from_stage and args.from_stage not in STAGE_NAMES:  # checked first: needs no ledger
-        raise SystemExit(f"hotmesh: unknown stage {args.from_stage!r}; the stages, in order: {', '.join(STAGE_NAMES)}")
+    # checked first: needs no ledger. The names come from pipeline.stage_names, not the runner, which would import
+    # torch and every stage (tens of seconds on a loaded machine) for a command that only edits the ledger
+    if args.from_stage and args.from_stage not in CHECKPOINTED_STAGES:
+        raise SystemExit(f"hotmesh: unknown stage {args.from_stage!r}; the stages, in order: {STAGES_TEXT}")
     ledger, paths = _ops_context(args)
     job = _job_or_exit(ledger, args.job)
     if not job.state.terminal:
@@ -418,7 +430,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     for marker in (paths.work_dir(job.id) / CANCEL_MARKER, paths.inbox / job.folder / CANCEL_MARKER):
         marker.unlink(missing_ok=True)
     if args.from_stage:
-        for name in STAGE_NAMES[STAGE_NAMES.index(args.from_stage):]:
+        for name in CHECKPOINTED_STAGES[CHECKPOINTED_STAGES.index(args.from_stage):]:
             _shutil.rmtree(paths.work_dir(job.id) / "stages" / name, ignore_errors=True)
     from daemon.intake import fingerprint, snapshot
 
@@ -537,7 +549,16 @@ def cmd_process(args: argparse.Namespace) -> int:
         claimed = ledger.claim_next(worker=f"process:{os.getpid()}")
         if claimed is None:
             raise SystemExit("hotmesh: could not claim the job")
-        state_name = execute(ledger, paths, claimed, settings, pick_device(settings.jobs.device))
+        # a line on stderr whenever the stage changes and every few seconds in between: a CPU job's long stages
+        # must not look like a hang
+        printer = ProgressPrinter(lambda line: print(f"hotmesh: {claimed.id}: {line}", file=sys.stderr, flush=True))
+        beating = threading.Event()
+        threading.Thread(target=printer.heartbeat, args=(beating,), daemon=True).start()
+        try:
+            state_name = execute(ledger, paths, claimed, settings, pick_device(settings.jobs.device),
+                                 on_job=printer.update)
+        finally:
+            beating.set()
         final = ledger.get(claimed.id)
     finally:
         ledger.close()
@@ -561,7 +582,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         d.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "daemon.cli", "run", "--inbox", str(inbox), "--outbox", str(outbox),
            "--state", str(state), "--settle-seconds", "1"]
-    for s in args.set or []:
+    for s in (*DEMO_SETTINGS, *(args.set or [])):
         cmd += ["--set", s]
     if args.device:
         cmd += ["--device", args.device]
@@ -575,7 +596,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print("dropped samples/spot into the inbox; waiting for the job…", flush=True)
         status = outbox / "_status" / "spot.json"
         deadline = time.monotonic() + args.timeout
-        last = ""
+        printer = ProgressPrinter(lambda line: print("  " + line, flush=True))
         while time.monotonic() < deadline:
             if daemon.poll() is not None:
                 raise SystemExit(f"hotmesh: the daemon exited early with code {daemon.returncode}")
@@ -583,10 +604,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 st = json.loads(status.read_text())
             except (OSError, ValueError):
                 st = {}
-            line = f"{st.get('state', 'waiting')} {st.get('stage') or ''} {st.get('progress', 0):.0f}%"
-            if line != last:
-                print("  " + line, flush=True)
-                last = line
+            printer.update_status(st, time.time())
             if st.get("state") in ("done", "failed", "cancelled"):
                 report = outbox / "spot" / "report.html"
                 if st["state"] != "done":
@@ -634,7 +652,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_status)
 
     pr = sub.add_parser("process", help="process one folder without the daemon")
-    pr.add_argument("folder")
+    pr.add_argument("folder", help="a job folder: photos (or videos), optionally transforms.json or a COLMAP model, "
+                    "masks/, scale.json (the README's Inputs)")
     pr.add_argument("--out", required=True, help="outbox to publish into (result in OUT/<job>/)")
     pr.add_argument("--state", help="state folder (default: a new temporary one, removed at the end)")
     pr.add_argument("--keep-state", action="store_true", help="keep the temporary state folder (its path is printed)")

@@ -285,7 +285,8 @@ class Ledger:
         with self.tx() as c:
             row = c.execute("SELECT timings FROM jobs WHERE id = ?", (job_id,)).fetchone()
             timings = json.loads(row["timings"] or "{}") if row else {}
-            timings[stage] = timing
+            # when it ended: the next stage began then (the CLI's time-left estimate, daemon/progress.py)
+            timings[stage] = {**timing, "ended": round(time.time(), 3)}
             c.execute("UPDATE jobs SET timings = ?, updated = ? WHERE id = ?",
                       (json.dumps(timings), time.time(), job_id))
             self._event(job_id, "stage", f"stage {stage} {'skipped (checkpoint)' if timing.get('skipped') else 'done'}"

@@ -174,7 +174,8 @@ def record_outcome(ledger: Ledger, paths: Paths, job_id: str, outcome: "JobOutco
     return outcome.state
 
 
-def ledger_progress(ledger: Ledger, paths: Paths, job_id: str) -> Callable[[str, float], None]:
+def ledger_progress(ledger: Ledger, paths: Paths, job_id: str,
+                    on_job: Callable[[Job], None] | None = None) -> Callable[[str, float], None]:
     """Progress into the ledger and the status file, best effort: neither a full state disk (ledger) nor an
     unwritable outbox (status file) may end the job; the end state is what must be recorded, and that is
     retried by the daemon."""
@@ -189,6 +190,8 @@ def ledger_progress(ledger: Ledger, paths: Paths, job_id: str) -> Callable[[str,
                 warned.add("ledger")
                 log.warning("[job %s] progress not recorded (the job goes on): %s", job_id, e)
             return
+        if current is not None and on_job is not None:
+            on_job(current)  # e.g. hotmesh process prints it
         if current is not None and not write_status(paths, current) and "status" not in warned:
             warned.add("status")
             log.warning("[job %s] cannot write its status file %s (the job goes on; it is written again later)",
@@ -209,10 +212,11 @@ def ledger_timing(ledger: Ledger, job_id: str) -> Callable[[str, dict[str, Any]]
 
 
 def execute(ledger: Ledger, paths: Paths, job: Job, settings: Settings, device: str,
-            stop_reason: Callable[[], str | None] = lambda: None) -> str:
+            stop_reason: Callable[[], str | None] = lambda: None, on_job: Callable[[Job], None] | None = None) -> str:
     """Run ``job`` (already claimed: state running) to an end state, recorded in the ledger. Returns it.
-    Raises LedgerError when the end state cannot be written."""
-    outcome = run_pipeline(paths, job, settings, device, ledger_progress(ledger, paths, job.id),
+    ``on_job`` sees the job's row after each progress update. Raises LedgerError when the end state cannot be
+    written."""
+    outcome = run_pipeline(paths, job, settings, device, ledger_progress(ledger, paths, job.id, on_job),
                            ledger_timing(ledger, job.id), stop_reason)
     return record_outcome(ledger, paths, job.id, outcome)
 

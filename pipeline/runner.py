@@ -16,6 +16,7 @@ from typing import Any, Callable
 from pipeline.context import Cancelled, Interrupted, JobContext, JobError
 from pipeline.report.diagnostics import photo_diagnostics
 from pipeline.report.failure import write_failure_report
+from pipeline.stage_names import CHECKPOINTED_STAGES, PUBLISH, STAGE_NAMES, stage_span  # noqa: F401 (STAGE_NAMES: re-exported)
 from pipeline.io.publish import PUBLISH_RETRY_SECONDS, publish, publish_built
 from pipeline.stages.base import Stage, chain_hash, checkpoint_valid, commit_checkpoint, read_summary, stage_dir
 from pipeline.stages.cameras import CamerasStage
@@ -28,9 +29,9 @@ from pipeline.stages.texture import TextureStage
 
 STAGES: tuple[Stage, ...] = (IngestStage(), CamerasStage(), MasksStage(), GeometryStage(), RefineStage(), TextureStage(),
                             ReportStage())
-PUBLISH = "publish"
-PUBLISH_WEIGHT = 5.0
-STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES) + (PUBLISH,)
+if tuple(s.name for s in STAGES) != CHECKPOINTED_STAGES:  # the light list the CLI reads must name these stages
+    raise RuntimeError(f"pipeline.stage_names.CHECKPOINTED_STAGES {CHECKPOINTED_STAGES} does not match the runner's "
+                       f"stages {tuple(s.name for s in STAGES)}")
 
 
 def first_invalidated() -> dict[str, str]:
@@ -146,15 +147,11 @@ def run_profiled(stage: Stage, ctx: JobContext, out_dir: Path) -> dict[str, Any]
 
 def run_stages(ctx: JobContext, fingerprint: str, on_timing: Callable[[str, dict[str, Any]], None]) -> None:
     """Run every stage not already checkpointed under the same inputs and config."""
-    total = sum(s.weight for s in STAGES) + PUBLISH_WEIGHT
-    done_w = 0.0
     key = ""
     for i, stage in enumerate(STAGES):
         ctx.check()
         key = chain_hash(key, stage, ctx, fingerprint if i == 0 else "")
-        lo, hi = 100 * done_w / total, 100 * (done_w + stage.weight) / total
-        done_w += stage.weight
-        ctx.begin_stage(stage.name, lo, hi)
+        ctx.begin_stage(stage.name, *stage_span(stage.name))
         final = stage_dir(ctx, stage.name)
         if checkpoint_valid(final, key):
             ctx.log.info("stage %s: valid checkpoint, skipped", stage.name)
@@ -176,7 +173,7 @@ def run_stages(ctx: JobContext, fingerprint: str, on_timing: Callable[[str, dict
         _save_timing(ctx, timing)
         on_timing(stage.name, timing)
         ctx.log.info("stage %s: done in %.2fs %s", stage.name, seconds, summary)
-    ctx.begin_stage(PUBLISH, 100 * done_w / total, 100.0)
+    ctx.begin_stage(PUBLISH, *stage_span(PUBLISH))
 
 
 def _input_summary_if_any(ctx: JobContext) -> dict[str, Any] | None:

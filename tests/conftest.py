@@ -23,12 +23,44 @@ DATA = Path(os.environ.get("HOTMESH_TEST_DATA", REPO.parent / "shared" / "data")
 SAMPLE = REPO / "samples" / "spot"
 
 
+# The third-party sets some tests read (never copied into the repository: several are non-commercial or need
+# attribution). Each entry says what the set is and where it comes from, for the skip reason and the README.
+THIRD_PARTY: dict[str, str] = {
+    "lego": "NeRF-synthetic 'lego' train split (Mildenhall et al.; scene CC-BY 3.0)",
+    "fox": "instant-ngp 'fox' photos and transforms.json (github.com/NVlabs/instant-ngp, NVIDIA licence, NC)",
+    "apple": "20 unposed photos of an apple (VGGSfM examples, CC BY-NC 4.0)",
+    "cake": "8 small unposed photos of a cake (VGGSfM examples, CC BY-NC 4.0)",
+    "spot_render": "60 rendered 512x512 views of Keenan Crane's Spot with gt.ply (made by ../shared/tools/render_set.py)",
+    "spot_scene": "48 rendered phone-like photos of Spot on a table (made by ../shared/tools/render_scene.py)",
+    "meshes": "ground-truth meshes (Spot, Bob, DamagedHelmet, ...) for rendering evaluation sets",
+    "tools": "the renderers render_set.py and render_scene.py that bench/make_sets.py drives, in the tools/ "
+             "folder beside the data folder",
+}
+# CI has the data folder: there a missing set is a broken setup, not a reason to skip (.ci/run sets this)
+REQUIRE_DATA = os.environ.get("HOTMESH_REQUIRE_TEST_DATA", "") not in ("", "0")
+
+
 def data(name: str) -> Path:
-    p = DATA / name
-    if not p.exists():
-        pytest.fail(f"test data {p} is missing: the suite expects ../shared/data beside the checkout "
-                    f"(or HOTMESH_TEST_DATA)")
-    return p
+    """A third-party test set under the data folder. Missing: the test is skipped, saying what it needs and where
+    that comes from, or fails when HOTMESH_REQUIRE_TEST_DATA is set (CI, where a skip would hide a lost folder)."""
+    return _present(DATA / name, name)
+
+
+def shared_tools() -> Path:
+    """The shared renderers: tools/ beside the data folder (../shared/tools)."""
+    return _present(DATA.parent / "tools", "tools")
+
+
+def _present(p: Path, name: str) -> Path:
+    p = p.resolve()
+    if p.exists():
+        return p
+    what = THIRD_PARTY.get(name, "a third-party test set")
+    reason = (f"needs test data {name!r} ({what}) at {p}: the data folder is ../shared/data beside the checkout or "
+              f"$HOTMESH_TEST_DATA, and is not part of the repository (see the README's Tests section)")
+    if REQUIRE_DATA:
+        pytest.fail(f"{reason}; HOTMESH_REQUIRE_TEST_DATA is set, so missing data is an error", pytrace=False)
+    pytest.skip(reason)
 
 
 def gpu_available() -> bool:

@@ -13,7 +13,7 @@ from PIL import Image
 
 from bench import objects as bo
 from bench.make_sets import main as make_sets
-from tests.conftest import data
+from tests.conftest import shared_tools
 
 COARSE = 3.0
 GENUS = {"bottle": 0, "relief_disc": 0, "armchair": 6, "cup": 1, "plain_vase": 0, "stool": 3}
@@ -111,7 +111,7 @@ def test_describe_and_unknown_names() -> None:
 
 def test_make_sets_renders_tiny_scene_and_masked_sets_and_skips_them_next_time(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    tools = data("meshes").parent.parent / "tools"
+    tools = shared_tools()
     out = tmp_path / "sets"
     argv = [str(out), "--kind", "scene", "masked", "--objects", "cup", "--views", "6", "--width", "96",
             "--height", "72", "--res", "64", "--edge-scale", "4", "--workers", "1", "--tools", str(tools),
@@ -163,7 +163,7 @@ def test_make_sets_renders_tiny_scene_and_masked_sets_and_skips_them_next_time(
 
 
 def test_make_sets_never_replaces_a_folder_it_did_not_make(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    tools = data("meshes").parent.parent / "tools"
+    tools = shared_tools()
     foreign = tmp_path / "stool_masked"
     (foreign / "images").mkdir(parents=True)
     (foreign / "images" / "mine.png").write_bytes(b"not ours")

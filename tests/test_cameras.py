@@ -3,11 +3,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from pipeline.cameras.cameras import (c2w_gl_to_w2c_cv, camera_centers, intrinsics_for_image, read_colmap, read_pose_source,
                               read_transforms)
 from pipeline.context import InputError
-from tests.conftest import data
+from tests.conftest import SAMPLE, data
 
 
 def _rotation_from_quat(q: np.ndarray) -> np.ndarray:
@@ -72,19 +73,20 @@ def test_malformed_transforms(tmp_path: Path) -> None:
 
 
 def test_colmap_text_model_matches_transforms(tmp_path: Path) -> None:
-    """Write the spot_render poses as a COLMAP text model; reading it back must give the same cameras."""
-    src = read_transforms(data("spot_render") / "transforms.json")
+    """Write the bundled sample's poses as a COLMAP text model; reading it back must give the same cameras."""
+    src = read_transforms(SAMPLE / "transforms.json")
+    side = Image.open(SAMPLE / src.frames[0].name).width
     model = tmp_path / "sparse" / "0"
     model.mkdir(parents=True)
     (tmp_path / "images").mkdir()
-    K = intrinsics_for_image(src.frames[0], 512, 512)
-    (model / "cameras.txt").write_text(f"1 PINHOLE 512 512 {K[0, 0]} {K[1, 1]} {K[0, 2]} {K[1, 2]}\n")
+    K = intrinsics_for_image(src.frames[0], side, side)
+    (model / "cameras.txt").write_text(f"1 PINHOLE {side} {side} {K[0, 0]} {K[1, 1]} {K[0, 2]} {K[1, 2]}\n")
     lines = []
     for i, fr in enumerate(src.frames[:5]):
         q = _quat_from_rotation(fr.w2c[:3, :3])
         t = fr.w2c[:3, 3]
         name = Path(fr.name).name
-        (tmp_path / "images" / name).write_bytes((data("spot_render") / fr.name).read_bytes())
+        (tmp_path / "images" / name).write_bytes((SAMPLE / fr.name).read_bytes())
         lines.append(f"{i + 1} {' '.join(map(str, q))} {' '.join(map(str, t))} 1 {name}\n\n")
     (model / "images.txt").write_text("".join(lines))
     (model / "points3D.txt").write_text("")
@@ -92,5 +94,5 @@ def test_colmap_text_model_matches_transforms(tmp_path: Path) -> None:
     assert len(col.frames) == 5
     for a, b in zip(col.frames, src.frames[:5]):
         assert np.allclose(a.w2c, b.w2c, atol=1e-6)
-        assert np.allclose(intrinsics_for_image(a, 512, 512), K)
+        assert np.allclose(intrinsics_for_image(a, side, side), K)
     assert np.allclose(_rotation_from_quat(_quat_from_rotation(src.frames[0].w2c[:3, :3])), src.frames[0].w2c[:3, :3])

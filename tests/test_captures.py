@@ -41,8 +41,17 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return render_scene(tmp_path_factory.mktemp("scene") / "inbox" / "wall", SceneSpec())
 
 
-def test_posed_photos_with_a_wall_behind_and_a_camera_inside_give_the_object(scene: Path, tmp_path: Path) -> None:
-    _, out, stats = _run(scene.parent, scene.name, tmp_path, SMALL)
+@pytest.fixture(scope="module")
+def posed(scene: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """The posed photos through the pipeline once, shared by the tests that read its outputs (one CPU dense job
+    costs a minute or more on a busy machine)."""
+    _, out, stats = _run(scene.parent, scene.name, tmp_path_factory.mktemp("posed"), SMALL)
+    return out, stats
+
+
+def test_posed_photos_with_a_wall_behind_and_a_camera_inside_give_the_object(scene: Path,
+                                                                            posed: tuple[Path, dict]) -> None:
+    out, stats = posed
     assert stats["geometry"]["method"].startswith("dense multi-view stereo")
     assert stats["geometry"]["dense"]["walls"] >= 1  # the wall right behind was recognised and cut away
     assert "needs the GPU path" in stats["geometry"]["note"]
@@ -85,13 +94,13 @@ def test_dense_path_with_refinement_reaches_the_report(scene: Path, tmp_path: Pa
     assert {"mesh.glb", "mesh.obj", "mesh.ply", "texture.png"} <= {p.name for p in out.iterdir()}
 
 
-def test_cameras_are_published_for_nerfstudio_and_colmap(scene: Path, tmp_path: Path) -> None:
+def test_cameras_are_published_for_nerfstudio_and_colmap(scene: Path, posed: tuple[Path, dict]) -> None:
     """transforms.json reproduces the given poses; the COLMAP text model loads in pycolmap with every photo."""
     import pycolmap
 
     from bench.scoring import alignment, read_nerf_cameras
 
-    _, out, _ = _run(scene.parent, scene.name, tmp_path, SMALL | {"texture": {"enabled": False}})
+    out, _ = posed
     published = read_nerf_cameras(out / "transforms.json", images=scene)
     truth = read_nerf_cameras(scene / "transforms.json")
     al = alignment(published, truth)

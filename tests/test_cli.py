@@ -34,6 +34,10 @@ def test_process_then_status(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr[-2000:]
     result = json.loads(r.stdout)
     assert result["state"] == "done" and Path(result["report"]).is_file()
+    # a line per stage on stderr (and every few seconds within a long one), so a CPU job never looks hung
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("hotmesh: cow: running ")]
+    assert [ln.split()[3] for ln in lines if ln.split()[3] in ("geometry", "texture", "report")][:1] == ["geometry"]
+    assert {"ingest", "geometry", "texture", "report", "publish"} <= {ln.split()[3] for ln in lines}
     r = hotmesh("status", "--state", str(state), "--json", "--events", timeout=60)
     [row] = json.loads(r.stdout)
     assert row["id"] == "cow" and row["state"] == "done" and row["progress"] == 100.0
@@ -182,8 +186,107 @@ def test_process_says_where_its_state_is_and_removes_a_temporary_one(tmp_path: P
 
 def test_retry_with_an_unknown_stage_lists_the_stages(tmp_path: Path) -> None:
     from daemon.cli import STAGES_TEXT
-    from pipeline.runner import STAGE_NAMES
+    from pipeline.runner import STAGE_NAMES, STAGES
 
-    assert STAGES_TEXT == ", ".join(STAGE_NAMES)  # --help lists them without importing the pipeline
+    # --help and the check list the checkpointed stages, read without importing the pipeline; publishing has none
+    assert STAGES_TEXT == ", ".join(s.name for s in STAGES) and STAGE_NAMES == (*(s.name for s in STAGES), "publish")
     r = hotmesh_in(tmp_path, "retry", "cow", "--from-stage", "geo")
     assert r.returncode != 0 and f"unknown stage 'geo'; the stages, in order: {STAGES_TEXT}" in r.stderr
+    r = hotmesh_in(tmp_path, "retry", "cow", "--from-stage", "publish")
+    assert r.returncode != 0 and "unknown stage 'publish'" in r.stderr
+    readme = (REPO / "README.md").read_text()
+    assert f"`{STAGES_TEXT.replace(', ', ' ')}`" in " ".join(readme.split())  # the README's list is the same
+
+
+HEAVY = ("torch", "pipeline.runner", "pipeline.stages", "pipeline.geometry", "pipeline.appearance", "trimesh", "cv2",
+         "scipy", "pycolmap")
+
+
+def test_ledger_commands_import_neither_torch_nor_the_stages(tmp_path: Path) -> None:
+    """status, cancel, retry, logs, ledger and clean only read or edit the ledger: importing torch and the stages
+    would cost them tens of seconds on a loaded machine. -X importtime lists every module a command imports."""
+    from daemon.ledger import Ledger
+    from daemon.states import JobState
+
+    state, inbox = tmp_path / "state", tmp_path / "inbox"
+    (inbox / "cow").mkdir(parents=True)
+    ledger = Ledger(state / "ledger.db")
+    for name in ("cow", "calf"):
+        ledger.create_job(name, "fp")
+    ledger.claim_next(worker="test")
+    ledger.finish("cow", JobState.FAILED, error="geometry failed")
+    ledger.close()
+    folders = ["--state", str(state), "--inbox", str(inbox), "--outbox", str(tmp_path / "outbox")]
+    for cmd in (["status"], ["status", "--json", "--events"], ["status", "--once"], ["logs", "cow", "--events"],
+                ["retry", "cow", "--from-stage", "texture"], ["cancel", "calf"], ["clean", "--dry-run"],
+                ["ledger", "check"]):
+        r = subprocess.run([sys.executable, "-X", "importtime", "-m", "daemon.cli", *cmd, *folders], cwd=str(REPO),
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode in (0, 1), (cmd, r.stderr[-1500:])
+        imported = {line.rsplit("|", 1)[1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+        heavy = sorted(m for m in imported if m.split(".")[0] in HEAVY or any(m.startswith(h + ".") or m == h
+                                                                             for h in HEAVY))
+        assert not heavy, f"hotmesh {' '.join(cmd)} imported {heavy[:8]}"
+        assert len(imported) > 50  # importtime did report (the check above cannot pass on an empty list)
+    ledger = Ledger(state / "ledger.db")
+    assert ledger.get("cow").state == JobState.QUEUED and ledger.get("calf").state == JobState.QUEUED
+    assert [e["kind"] for e in ledger.events("calf")][-1] == "cancel-requested"
+    ledger.close()
+
+
+def test_stage_progress_and_time_left() -> None:
+    """The stage's own share and the time left come from the job's percentage, its start and the end of the last
+    stage; the printer writes a line per stage change and at most one every few seconds within a stage."""
+    from daemon.progress import ProgressPrinter, clock, describe, stage_progress
+    from pipeline.stage_names import stage_span
+
+    lo, hi = stage_span("geometry")
+    assert 0 < lo < hi < stage_span("texture")[0] < 100 and stage_span("publish")[1] == pytest.approx(100.0)
+    timings = {"ingest": {"ended": 1000.0}, "cameras": {"ended": 1010.0}, "masks": {"ended": 1020.0}}
+    p = stage_progress("geometry", lo + 0.25 * (hi - lo), 990.0, timings, now=1050.0)
+    assert p.fraction == pytest.approx(0.25) and p.elapsed == pytest.approx(30.0)
+    assert p.left == pytest.approx(90.0)  # 30 s for a quarter: 90 s for the rest
+    assert describe(p) == "geometry  25 %, 0:30 in, about 1:30 left"
+    early = stage_progress("geometry", lo + 0.001, 990.0, timings, now=1021.0)
+    assert early.left is None and "estimating" in describe(early)
+    assert stage_progress(None, 0.0, None, {}, 0.0) is None and stage_progress("nosuch", 5.0, 1.0, {}, 2.0) is None
+    assert clock(3725) == "1:02:05" and clock(59.6) == "1:00"
+
+    lines: list[str] = []
+    t = [0.0]
+    printer = ProgressPrinter(lines.append, every=3.0, monotonic=lambda: t[0])
+    status = {"state": "running", "stage": "geometry", "progress": lo, "started": 990.0, "timings": timings}
+    for step in range(10):  # 10 updates over 4.5 s of one stage: the first, and one 3 s later
+        t[0] = step * 0.5
+        printer.update_status(status | {"progress": lo + step * 0.05 * (hi - lo)}, now=1020.0 + t[0])
+    assert len(lines) == 2 and lines[1].startswith("running geometry") and "left" in lines[1]
+    printer.update_status(status | {"stage": "texture", "progress": stage_span("texture")[0]}, now=1030.0)
+    assert len(lines) == 3 and lines[2].startswith("running texture")
+
+    # a step that reports nothing for a while still prints: the heartbeat repeats the last state
+    import threading
+
+    quiet: list[str] = []
+    beating = ProgressPrinter(quiet.append, every=0.05)
+    stop = threading.Event()
+    beating.update_status(status, now=1020.0)
+    thread = threading.Thread(target=beating.heartbeat, args=(stop,))
+    thread.start()
+    time.sleep(0.6)
+    stop.set()
+    thread.join(timeout=5)
+    assert len(quiet) >= 3 and all(q.startswith("running geometry") for q in quiet)
+
+
+def test_watch_view_shows_the_stage_and_time_left() -> None:
+    from daemon.cli import render_watch
+    from daemon.ledger import Job
+    from daemon.states import JobState
+    from pipeline.stage_names import stage_span
+
+    lo, hi = stage_span("texture")
+    job = Job(id="cow", folder="cow", fingerprint="", state=JobState.RUNNING, stage="texture",
+              progress=lo + 0.5 * (hi - lo), timings={"refine": {"ended": 1000.0}}, attempts=1, error=None,
+              outputs={}, worker="w", created=900.0, started=950.0, finished=None, updated=1040.0)
+    [line] = [ln for ln in render_watch([job], now=1040.0) if ln.startswith("cow")]
+    assert "texture  50 %, 0:40 in, about 0:40 left" in line

@@ -24,12 +24,13 @@ def _report_number(html: str, element_id: str) -> str:
 
 
 @pytest.mark.slow
-def test_spot_render_matches_ground_truth_and_report_matches_files(daemon_factory, tmp_path: Path) -> None:
+def test_sample_matches_ground_truth_and_report_matches_files(daemon_factory, tmp_path: Path) -> None:
+    """The bundled sample (36 masked renders with gt.ply, in the repository), so this runs on any clone."""
     d = daemon_factory(*set_args("geometry.voxel_resolution=160")).start()
-    drop(data("spot_render"), d.inbox)
-    job = d.wait_state("spot_render", timeout=400)
+    drop(SAMPLE, d.inbox)
+    job = d.wait_state("spot", timeout=400)
     assert job["state"] == "done", job["error"]
-    out = d.outbox / "spot_render"
+    out = d.outbox / "spot"
     assert MESH_FILES | {"report.html", "stats.json", "job.log"} <= {p.name for p in out.iterdir()}
     stats = json.loads((out / "stats.json").read_text())
     assert stats["quality"]["gt"]["fscore"] >= 0.6, stats["quality"]["gt"]
@@ -37,10 +38,10 @@ def test_spot_render_matches_ground_truth_and_report_matches_files(daemon_factor
     from pipeline.report.metrics import geometry_scores
 
     mesh = trimesh.load(out / "mesh.ply", process=False)
-    gt = trimesh.load(data("spot_render") / "gt.ply")
+    gt = trimesh.load(SAMPLE / "gt.ply")
     assert geometry_scores(mesh, gt, samples=100_000, tau_rel=0.01).fscore >= 0.6
     assert mesh.is_watertight
-    # the mesh stays in the cameras' frame (overlaps the GT), the GLB is +Y up (spot_render is +Z up)
+    # the mesh stays in the cameras' frame (overlaps the GT), the GLB is +Y up (the sample is +Z up)
     glb = trimesh.load(out / "mesh.glb", force="mesh")
     assert np.allclose(glb.extents, mesh.extents[[0, 2, 1]], rtol=0.03)  # GLB: the decimated, textured copy
     # every number in the report is the file's
@@ -48,13 +49,14 @@ def test_spot_render_matches_ground_truth_and_report_matches_files(daemon_factor
     assert int(_report_number(html, "mesh-vertices")) == len(mesh.vertices) == stats["mesh"]["vertices"]
     assert int(_report_number(html, "mesh-faces")) == len(mesh.faces) == stats["mesh"]["faces"]
     assert _report_number(html, "mesh-watertight") == "yes"
-    assert float(_report_number(html, "gt-fscore")) == pytest.approx(stats["quality"]["gt"]["fscore"], abs=1e-4)
-    assert float(_report_number(html, "heldout-iou")) == pytest.approx(stats["quality"]["heldout"]["mask_iou_mean"], abs=1e-4)
+    # shown rounded: scores to 3 decimals, dB to 2
+    assert float(_report_number(html, "gt-fscore")) == pytest.approx(stats["quality"]["gt"]["fscore"], abs=5e-4)
+    assert float(_report_number(html, "heldout-iou")) == pytest.approx(stats["quality"]["heldout"]["mask_iou_mean"], abs=5e-4)
     held = stats["quality"]["heldout"]
-    assert float(_report_number(html, "heldout-psnr-frame")) == pytest.approx(held["psnr_frame_mean"], abs=1e-4)
+    assert float(_report_number(html, "heldout-psnr-frame")) == pytest.approx(held["psnr_frame_mean"], abs=5e-3)
     # the whole frame adds only background, which is right: its PSNR is the union's plus 10 log10(frame / union)
     assert held["psnr_frame_mean"] > held["psnr_mean"] + 3
-    assert int(_report_number(html, "input-images")) == 60
+    assert int(_report_number(html, "input-images")) == 36
     assert stats["files"]["mesh.glb"] == (out / "mesh.glb").stat().st_size
     # offline: no external resources referenced
     assert not re.search(r'(src|href)="(https?:)?//', html)
@@ -69,14 +71,15 @@ def test_spot_render_matches_ground_truth_and_report_matches_files(daemon_factor
     assert Image.open(tmp_path / "sheet.jpg").height == 4 * 100
     # per-stage timings in the ledger and the status JSON
     assert set(job["timings"]) >= {"ingest", "cameras", "masks", "geometry", "texture", "report", "publish"}
-    status = json.loads((d.outbox / "_status" / "spot_render.json").read_text())
+    status = json.loads((d.outbox / "_status" / "spot.json").read_text())
     assert status["state"] == "done" and status["progress"] == 100.0
 
 
 @pytest.mark.slow
 def test_lego_heldout_mask_iou(daemon_factory) -> None:
+    src = data("lego")  # first: without the set, skip before starting a daemon
     d = daemon_factory(*set_args("images.max_side=400", "geometry.voxel_resolution=160")).start()
-    drop(data("lego"), d.inbox)
+    drop(src, d.inbox)
     job = d.wait_state("lego", timeout=500)
     assert job["state"] == "done", job["error"]
     stats = json.loads((d.outbox / "lego" / "stats.json").read_text())
@@ -88,8 +91,9 @@ def test_lego_heldout_mask_iou(daemon_factory) -> None:
 def test_fox_fails_naming_missing_files_and_masks(daemon_factory) -> None:
     """Silhouettes only (geometry.method = hull) with automatic masks turned off: an unmasked set fails with
     everything the user must fix."""
+    src = data("fox")  # first: without the set, skip before starting a daemon
     d = daemon_factory(*set_args("geometry.method=hull", "masks.auto=off")).start()
-    drop(data("fox"), d.inbox)
+    drop(src, d.inbox)
     job = d.wait_state("fox", timeout=120)
     assert job["state"] == "failed"
     err = job["error"]
@@ -173,10 +177,15 @@ def test_cancel_running_queued_and_copying(daemon_factory, tmp_path: Path) -> No
     assert not any(p.name.startswith(".") for p in d.outbox.iterdir())  # no half-published folders
 
 
+# A job whose geometry stage lasts seconds (a 192-voxel hull over 12 views) while the rest is cheap: the
+# interrupted and resumed runs cost little, and the interruption still lands inside geometry.
+RESUME_SETTINGS = set_args(*TINY_SETTINGS, "geometry.voxel_resolution=192", "geometry.max_faces=20000")
+
+
 def test_kill9_mid_stage_then_resume(daemon_factory, tmp_path: Path) -> None:
-    args = set_args("geometry.voxel_resolution=256")
+    args = RESUME_SETTINGS
     d = daemon_factory(*args).start()
-    drop(SAMPLE, d.inbox, name="spot")
+    drop(tiny_job(tmp_path / "src" / "spot", views=12, size=96), d.inbox)
     wait_for(lambda: d.jobs().get("spot", {}).get("stage") == "geometry", 120, "job to reach geometry")
     d.proc.send_signal(signal.SIGKILL)
     d.proc.wait()
@@ -197,10 +206,10 @@ def test_kill9_mid_stage_then_resume(daemon_factory, tmp_path: Path) -> None:
     assert trimesh.load(d.outbox / "spot" / "mesh.ply").is_watertight
 
 
-def test_sigterm_checkpoints_and_next_start_resumes(daemon_factory) -> None:
-    args = set_args("geometry.voxel_resolution=256")
+def test_sigterm_checkpoints_and_next_start_resumes(daemon_factory, tmp_path: Path) -> None:
+    args = RESUME_SETTINGS
     d = daemon_factory(*args).start()
-    drop(SAMPLE, d.inbox, name="spot")
+    drop(tiny_job(tmp_path / "src" / "spot", views=12, size=96), d.inbox)
     wait_for(lambda: d.jobs().get("spot", {}).get("stage") == "geometry", 120, "job to reach geometry")
     assert d.stop(signal.SIGTERM, timeout=60) == 0
     row = d.jobs()["spot"]
@@ -213,7 +222,8 @@ def test_sigterm_checkpoints_and_next_start_resumes(daemon_factory) -> None:
 
 def test_burst_of_50_folders_each_processed_once(daemon_factory, tmp_path: Path) -> None:
     # workers retire after 20 jobs: the hand-over must lose or repeat nothing
-    d = daemon_factory(*set_args(*TINY_SETTINGS, "jobs.worker_max_jobs=20")).start()
+    # a 128² texture: the 50 jobs' atlases were most of the test's CPU time, and only the hand-over is under test
+    d = daemon_factory(*set_args(*TINY_SETTINGS, "jobs.worker_max_jobs=20", "texture.cpu_size=128")).start()
     proto = tiny_job(tmp_path / "proto", views=8, size=48)
     staging = tmp_path / "burst"
     staging.mkdir()
@@ -232,7 +242,7 @@ def test_burst_of_50_folders_each_processed_once(daemon_factory, tmp_path: Path)
     assert d.log().count("retired") >= 2
     # a restart does not turn any folder into a second job
     d.stop()
-    d2 = daemon_factory(*set_args(*TINY_SETTINGS), root=d.root).start()
+    d2 = daemon_factory(*set_args(*TINY_SETTINGS, "texture.cpu_size=128"), root=d.root).start()
     wait_for(lambda: "watching" in d2.log(), 60, "the second daemon to start")
     time.sleep(3)  # several intake scans (settle 0.5 s, rescan 1 s) over the 50 folders
     assert d2.alive()

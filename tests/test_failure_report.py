@@ -25,9 +25,9 @@ def _referenced_files(html: str, photos: set[str]) -> set[str]:
 
 
 def test_stage_order_matches_the_runner() -> None:
-    from pipeline.runner import STAGE_NAMES
+    from pipeline.runner import STAGES
 
-    assert STAGE_ORDER == STAGE_NAMES
+    assert STAGE_ORDER == (*(s.name for s in STAGES), "publish")
 
 
 def test_sfm_failure_report_shows_every_photo_with_its_sfm_counts(tmp_path: Path) -> None:

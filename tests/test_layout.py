@@ -17,3 +17,15 @@ def test_the_checker_finds_an_upward_import(tmp_path: Path) -> None:
     found = violations(tmp_path)
     assert any("geometry imports pipeline.report.grade" in v for v in found)
     assert any("pipeline imports daemon" in v for v in found)
+
+
+def test_the_package_list_names_every_pipeline_folder() -> None:
+    """pyproject.toml lists its packages explicitly: a new pipeline/ folder left out would be missing from a wheel."""
+    import tomllib
+
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {".".join(p.relative_to(REPO).parts) for p in (REPO / "pipeline").rglob("*")
+               if p.is_dir() and p.name != "__pycache__" and p.parent.name != "vendor"}
+    assert set(config["packages"]) == folders | {"pipeline", "daemon", "pipeline.templates"}
+    assert config["package-dir"] == {"pipeline.templates": "templates"}
+    assert config["package-data"]["pipeline.vendor"] == ["model-viewer/*"]

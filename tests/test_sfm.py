@@ -24,8 +24,9 @@ FAST = ["sfm.max_image_size=640", "images.max_side=512", "geometry.voxel_resolut
 
 
 def test_unposed_apple_gets_poses_masks_and_a_mesh(daemon_factory) -> None:
+    src = data("apple")  # first: without the set, skip before starting a daemon
     d = daemon_factory(*set_args(*FAST)).start()
-    drop(data("apple"), d.inbox)
+    drop(src, d.inbox)
     job = d.wait_state("apple", timeout=600)
     assert job["state"] == "done", job["error"]
     out = d.outbox / "apple"
@@ -76,8 +77,9 @@ def test_sfm_poses_agree_with_the_given_poses_on_real_photos(tmp_path: Path) -> 
 
 
 def test_photos_that_do_not_register_fail_with_their_names(daemon_factory) -> None:
+    src = data("cake")  # first: without the set, skip before starting a daemon
     d = daemon_factory(*set_args(*FAST)).start()
-    drop(data("cake"), d.inbox)
+    drop(src, d.inbox)
     job = d.wait_state("cake", timeout=300)
     assert job["state"] == "failed"
     assert "Reshoot" in job["error"] and "structure from motion" in job["error"]

@@ -182,8 +182,9 @@ def test_textured_outputs_are_complete_and_consistent(textured_job: Path) -> Non
     assert fit["pixels_from"] == "ray casting" and fit["views"] == 6 and fit["rmse_after"] < fit["rmse_before"]
     assert "least-squares fitted" in stats["texture"]["method"]
     m = re.search(r'id="texture-fit">pixel RMSE ([\d.]+) &rarr; ([\d.]+) over (\d+) pixels of 6 ', html)
-    assert m and float(m.group(1)) == pytest.approx(fit["rmse_before"], abs=1e-4)
-    assert float(m.group(2)) == pytest.approx(fit["rmse_after"], abs=1e-4) and int(m.group(3)) == fit["samples"]
+    # shown to 3 decimals
+    assert m and float(m.group(1)) == pytest.approx(fit["rmse_before"], abs=5e-4)
+    assert float(m.group(2)) == pytest.approx(fit["rmse_after"], abs=5e-4) and int(m.group(3)) == fit["samples"]
     # mesh.ply carries how many photos saw each vertex; the coverage in stats.json and the page is that of the file
     from pipeline.io.export import read_seen
     from pipeline.report.quality import coverage_share, vertex_areas

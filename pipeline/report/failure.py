@@ -14,9 +14,7 @@ from pipeline.report.diagnostics import PhotoDiag
 from pipeline.io.redact import redact_mapping
 from pipeline.report.html import complete_stats, config_rows, render_report
 from pipeline.settings import PipelineSettings
-
-# pipeline.runner.STAGE_NAMES without importing the stages (torch); tests/test_failure_report.py checks they agree
-STAGE_ORDER = ("ingest", "cameras", "masks", "geometry", "refine", "texture", "report", "publish")
+from pipeline.stage_names import STAGE_NAMES as STAGE_ORDER
 
 WHAT_TO_DO = {
     "ingest": "Fix or add the files named above and drop the folder into the inbox again (or run "

@@ -23,7 +23,6 @@ class Stage(ABC):
     """
 
     name: ClassVar[str]
-    weight: ClassVar[float]  # share of the job's progress bar
     sections: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod

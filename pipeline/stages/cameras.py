@@ -169,7 +169,6 @@ def check_registration(res: SfmResult, total: int, cfg: SfmSettings, min_images:
 
 class CamerasStage(Stage):
     name = "cameras"
-    weight = 10
     sections = ("images", "sfm", "masks")
 
     def run(self, ctx: JobContext, out_dir: Path) -> dict[str, Any]:

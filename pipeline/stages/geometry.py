@@ -39,7 +39,6 @@ STRICT_MIN_COVERAGE = 0.97  # median fraction of a given mask the strict hull mu
 
 class GeometryStage(Stage):
     name = "geometry"
-    weight = 45
     sections = ("images", "geometry", "dense")
 
     def run(self, ctx: JobContext, out_dir: Path) -> dict[str, Any]:
@@ -112,7 +111,8 @@ def hull_stage(ctx: JobContext, views: Views, out_dir: Path) -> GeometrySummary:
     idx = [i for i in views.train if masks[i] is not None]
     cfg = ctx.settings.geometry
     auto_masks = masks_were_automatic(ctx)
-    settings = CarveSettings(resolution=cfg.voxel_resolution,
+    resolution = cfg.cpu_voxel_resolution if ctx.device != "cuda" and cfg.cpu_voxel_resolution else cfg.voxel_resolution
+    settings = CarveSettings(resolution=resolution,
                              outlier_views=outlier_views(cfg.outlier_views, len(idx), auto_masks))
     ctx.log.info("visual hull from %d views at %d voxels (device %s, %d outlier views tolerated)",
                  len(idx), settings.resolution, ctx.device, settings.outlier_views)
@@ -126,9 +126,11 @@ def hull_stage(ctx: JobContext, views: Views, out_dir: Path) -> GeometrySummary:
     meshing = MeshingSettings(smoothing_iterations=cfg.smoothing_iterations, max_faces=cfg.max_faces)
 
     def hull(cs: CarveSettings, p0: float, p1: float) -> tuple[CarveResult, trimesh.Trimesh, trimesh.Trimesh]:
-        res = carve(Ks, w2cs, vmasks, cs, device=ctx.device, check=lambda f: ctx.progress(p0 + (p1 - p0) * f),
-                    bounds=bounds, support=support)
+        # the carve is most of the work; marching cubes and the clean-up take the last tenth
+        res = carve(Ks, w2cs, vmasks, cs, device=ctx.device,
+                    check=lambda f: ctx.progress(p0 + 0.9 * (p1 - p0) * f), bounds=bounds, support=support)
         raw_ = marching_cubes(res.field, res.origin, res.voxel)
+        ctx.progress(p0 + 0.95 * (p1 - p0))
         return res, raw_, clean_mesh(raw_, meshing)
 
     result, raw, mesh = hull(settings, 0.0, 0.6)
@@ -138,7 +140,7 @@ def hull_stage(ctx: JobContext, views: Views, out_dir: Path) -> GeometrySummary:
         # object away, most other views show it, and the tolerant hull is used instead
         cover = float(np.median(mask_coverage(mesh, Ks, w2cs, vmasks)))
         if cover < STRICT_MIN_COVERAGE:
-            settings = CarveSettings(resolution=cfg.voxel_resolution,
+            settings = CarveSettings(resolution=resolution,
                                      outlier_views=outlier_views(-1, len(idx), automatic_masks=True))
             note = (f"the strict hull covers only {cover:.1%} of the median mask: a given mask is probably "
                     f"wrong, so {settings.outlier_views} outlier view(s) were tolerated")
@@ -147,9 +149,9 @@ def hull_stage(ctx: JobContext, views: Views, out_dir: Path) -> GeometrySummary:
     ctx.progress(0.95)
     mesh.export(out_dir / "mesh.ply")
     return GeometrySummary(method="visual hull (silhouette distance field)",
-                           detail=f"{cfg.voxel_resolution} voxels, {len(idx)} views", views_used=len(idx),
+                           detail=f"{resolution} voxels, {len(idx)} views", views_used=len(idx),
                            faces=int(len(mesh.faces)), watertight=bool(mesh.is_watertight), note=note,
-                           resolution=cfg.voxel_resolution, voxel_size=float(result.voxel),
+                           resolution=resolution, voxel_size=float(result.voxel),
                            grid=[int(n) for n in result.field.shape], outlier_views=settings.outlier_views,
                            raw_faces=int(len(raw.faces)))
 

@@ -266,7 +266,6 @@ def folder_bytes(job_dir: Path) -> int:
 
 class IngestStage(Stage):
     name = "ingest"
-    weight = 5
     sections = ("limits", "masks", "images")  # images: images.video_frames decides the sampled frames
 
     def run(self, ctx: JobContext, out_dir: Path) -> dict[str, Any]:
@@ -336,7 +335,7 @@ class IngestStage(Stage):
         hull_only = ctx.settings.geometry.method == "hull"
         if no_mask and not hull_only:
             warnings.append(f"{len(no_mask)} image(s) have no mask: the shape comes from multi-view stereo and "
-                            f"silhouettes estimated from the photos (published as masks.zip for checking): "
+                            f"silhouettes estimated from the photos (a finished job publishes them as masks.zip for checking): "
                             f"{_listing(no_mask)}")
         elif no_mask and ctx.settings.masks.auto != "off":
             warnings.append(f"{len(no_mask)} image(s) have no mask; automatic masks are computed for them "

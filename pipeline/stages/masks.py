@@ -61,7 +61,6 @@ def mask_sheet(rgbs: list[np.ndarray], masks: list[np.ndarray | None], names: li
 
 class MasksStage(Stage):
     name = "masks"
-    weight = 5
     sections = ("images", "masks", "geometry")
 
     def run(self, ctx: JobContext, out_dir: Path) -> dict[str, Any]:

@@ -35,7 +35,6 @@ class RefineStage(Stage):
     """Differentiable-rendering refinement of the hull (see pipeline.appearance.refine); a pass-through when disabled."""
 
     name = "refine"
-    weight = 25
     sections = ("images", "geometry", "dense", "refine")
 
     def run(self, ctx: JobContext, out_dir: Path) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import trimesh
@@ -142,7 +142,8 @@ def poster(mesh: trimesh.Trimesh, colors: np.ndarray, views: Views, up: np.ndarr
 def orbit_renders(mesh: trimesh.Trimesh, colors: np.ndarray, views: Views, up: np.ndarray, size: int,
                   textured: tuple[trimesh.Trimesh, np.ndarray, np.ndarray] | None = None,
                   frames: int = 8, covered: np.ndarray | None = None,
-                  silhouettes: list[np.ndarray] | None = None) -> list[dict[str, Any]]:
+                  silhouettes: list[np.ndarray] | None = None,
+                  check: Callable[[float], None] = lambda f: None) -> list[dict[str, Any]]:
     """A turntable (:func:`orbit_cameras`), each with shaded geometry and the input photo whose direction is
     closest, all cropped to the object and stored at the size the page shows them (TILE_PX). ``covered`` (V,) bool
     of ``mesh``: surface seen by enough photos; the rest is hatched in both renders, since its colour and shape are
@@ -181,6 +182,7 @@ def orbit_renders(mesh: trimesh.Trimesh, colors: np.ndarray, views: Views, up: n
                     "shaded": data_uri(shaded, max_side=TILE_PX), "photo": photo_uri,
                     "photo_ref": first if first is not None else k, "photo_name": views.names[nearest],
                     "angle": angle, "unseen": unseen})
+        check((k + 1) / frames)
     return out
 
 
@@ -245,7 +247,6 @@ def measured_base(ctx: JobContext, vertices: np.ndarray) -> dict[str, Any] | Non
 
 class ReportStage(Stage):
     name = "report"
-    weight = 15
     sections = ("report", "export")
 
     def run(self, ctx: JobContext, out_dir: Path) -> dict[str, Any]:
@@ -323,7 +324,7 @@ class ReportStage(Stage):
         ctx.progress(0.6)
         covered = seen >= cfg.coverage_min_views
         renders = orbit_renders(written, colors, views, up, cfg.render_size, textured, covered=covered,
-                                silhouettes=silhouettes)
+                                silhouettes=silhouettes, check=lambda f: ctx.progress(0.6 + 0.25 * f))
         lap("orbit")
         ctx.progress(0.85)
         gallery = [{"name": views.names[i],

@@ -28,7 +28,6 @@ from pipeline.appearance.texture import (Atlas, FitSettings, TextureSettings, ba
 
 class TextureStage(Stage):
     name = "texture"
-    weight = 15
     sections = ("texture",)
 
     def run(self, ctx: JobContext, out_dir: Path) -> dict[str, Any]:
