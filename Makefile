@@ -4,8 +4,8 @@ PYTHON ?= python3
 
 $(VENV)/.installed: pyproject.toml package.json package-lock.json
 	$(PYTHON) -m venv $(VENV)
-	@# setuptools >= 77 reads pyproject's SPDX licence; tests/test_viewer.py builds the package with the venv's own
-	$(VENV)/bin/pip install --quiet --upgrade pip 'setuptools>=77'
+	@# setuptools >= 77 reads pyproject's SPDX licence (torch asks for < 82); tests/test_viewer.py builds the package with the venv's own
+	$(VENV)/bin/pip install --quiet --upgrade pip 'setuptools>=77,<82'
 	$(VENV)/bin/pip install --quiet -e '.[test,ray,bench]'
 	@# the glTF validator the tests run comes from the npm registry (package.json); the report's 3-D viewer
 	@# ships inside the pipeline package and needs no npm
