@@ -97,3 +97,20 @@ def test_every_subcommand_checks_the_environment(tmp_path: Path, variable: str, 
                        text=True, timeout=120)
     assert r.returncode != 0
     assert message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_every_hotmesh_variable_the_project_sets_is_accepted() -> None:
+    """CI, the Makefile, the image and the device scripts set HOTMESH_* variables of their own: each must be a
+    setting or a known non-setting, or every subcommand would refuse to start where they are set (CI sets
+    HOTMESH_REQUIRE_TEST_DATA for the whole suite)."""
+    import re
+
+    from daemon.config import env_overrides
+    from tests.conftest import REPO
+
+    files = [REPO / ".ci" / "run", REPO / "Makefile", REPO / "Dockerfile", *REPO.glob("docker-compose*.yml"),
+             *(REPO / "docker").glob("*"), *(REPO / "bench").glob("*.sh"), REPO / "tests" / "conftest.py"]
+    names = {m for f in files if f.is_file() for m in re.findall(r"\bHOTMESH_[A-Z][A-Z0-9_]*[A-Z0-9]\b", f.read_text())}
+    assert "HOTMESH_REQUIRE_TEST_DATA" in names
+    for name in sorted(names):
+        env_overrides({name: "1"})  # raises ConfigError naming it if it is neither
