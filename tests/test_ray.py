@@ -65,7 +65,9 @@ def _done_events(d, job_id: str) -> int:
 
 def test_ray_runs_jobs_concurrently_once_each_and_survives_a_killed_worker(daemon_factory, ray_cluster) -> None:
     d = daemon_factory("--executor", "ray", "--ray-address", ray_cluster,
-                       *set_args("jobs.device=cpu", "geometry.voxel_resolution=200")).start()
+                       # a long geometry stage to catch two tasks in it; cheap stages after it
+                       *set_args("jobs.device=cpu", "geometry.voxel_resolution=200", "texture.cpu_size=128",
+                                 "report.render_size=64", "report.gt_samples=5000")).start()
     for name in ("a", "b", "c", "d"):
         drop(SAMPLE, d.inbox, name=name)
 
