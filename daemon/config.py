@@ -145,8 +145,8 @@ def build_settings(overrides: Mapping[str, Mapping[str, Any]]) -> Settings:
 # HOTMESH_* variables that are not settings: folders, GPUs, build and test knobs, and what the command hook is given
 NON_SETTING_ENV = frozenset({"HOTMESH_INBOX", "HOTMESH_OUTBOX", "HOTMESH_STATE", "HOTMESH_CONFIG", "HOTMESH_GPUS",
                              "HOTMESH_UID", "HOTMESH_GID", "HOTMESH_DATA", "HOTMESH_NODE_MODULES", "HOTMESH_PROFILE",
-                             "HOTMESH_PROFILE_STAGES", "HOTMESH_TEST_DATA", "HOTMESH_REQUIRE_TEST_DATA", "HOTMESH_SHARED",
-                             "HOTMESH_COMMIT"})
+                             "HOTMESH_PROFILE_STAGES", "HOTMESH_TEST_DATA", "HOTMESH_REQUIRE_TEST_DATA",
+                             "HOTMESH_SHARED", "HOTMESH_COMMIT"})
 NON_SETTING_PREFIXES = ("HOTMESH_JOB_",)  # set by the daemon for ops.command_hook
 
 

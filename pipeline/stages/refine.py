@@ -32,7 +32,8 @@ def refine_settings(cfg: RefineConfig, on_gpu: bool) -> RefineSettings:
 
 
 class RefineStage(Stage):
-    """Differentiable-rendering refinement of the hull (see pipeline.appearance.refine); a pass-through when disabled."""
+    """Differentiable-rendering refinement of the hull (see pipeline.appearance.refine); a pass-through when
+    disabled."""
 
     name = "refine"
     sections = ("images", "geometry", "dense", "refine")
