@@ -21,9 +21,10 @@ for t in "$REPO"/.carry/*.tar.xz; do
     stamp="$SITE/.$(basename "$t").done"
     [ -f "$stamp" ] || { tar -xJf "$t" -C "$SITE" && touch "$stamp"; }
 done
-# data sets: every carried .carry/data*/ folder (one per call, so that each call carries only what is new)
+# data sets: every carried .carry/data*/ folder (one per call, so that each call carries only what is new); files
+# already there are never rewritten, so that several modes started at once do not read a file while it is copied
 for d in "$REPO"/.carry/data*/; do
-    [ -d "$d" ] && cp -r "$d". "$DATA"/
+    [ -d "$d" ] && cp -rn "$d". "$DATA"/
 done
 if ! ls "$SITE"/.*.done >/dev/null 2>&1; then
     echo "device.sh: no dependency tarballs unpacked on this machine: carry .carry/*.tar.xz in this call" >&2

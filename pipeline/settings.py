@@ -97,6 +97,9 @@ class DenseConfig:
     cpu_max_side: Annotated[int, Field(ge=64, le=8192)] = 400  # without a GPU: a coarse result in minutes
     cpu_planes: Annotated[int, Field(ge=8, le=1024)] = 64
     cpu_resolution: Annotated[int, Field(ge=32, le=2048)] = 192
+    # Gaussian blur of the fused field before marching cubes (voxels; 0: off): depth noise otherwise leaves
+    # voxel-sized bubbles and tunnels that open the mesh after decimation
+    field_sigma: Annotated[float, Field(ge=0, le=4)] = 0.8
 
 
 @dataclass(frozen=True, config=FROZEN)

@@ -161,6 +161,7 @@ def test_gpu_dense_job_on_a_capture_with_a_wall_behind(tmp_path: Path) -> None:
     from daemon.intake import fingerprint, snapshot
     from daemon.ledger import Ledger
     from daemon.worker import Paths, execute
+    from bench.scoring import read_nerf_cameras, score
     from tests.scenes import SceneSpec, render_scene
 
     scene = render_scene(tmp_path / "inbox" / "wall", SceneSpec(size=(320, 240)))
@@ -177,8 +178,18 @@ def test_gpu_dense_job_on_a_capture_with_a_wall_behind(tmp_path: Path) -> None:
     assert stats["refine"]["estimated_silhouettes"] > 10 and stats["refine"]["view_gains"]
     # the dense path's own timings (fusion and meshing per step)
     print(json.dumps(stats["geometry"]["dense"]["seconds"]))
-    assert stats["quality"]["gt"]["fscore"] > 0.8, (stats["quality"]["gt"], stats["geometry"]["dense"],
-                                                    stats["refine"]["losses"][-3:], stats["mesh"])
+    # a closed, manifold surface from fusion, so that refinement could remesh it isotropically
+    assert stats["geometry"]["dense"]["watertight"], stats["geometry"]["dense"]
+    assert stats["refine"]["remesh"] == "isotropic", stats["refine"]["remesh"]
+    assert stats["mesh"]["watertight"] and stats["mesh"]["edge_manifold"], stats["mesh"]
+    # scored against what the cameras can see (the object's back faces the wall 3 cm away and its neck runs inside
+    # the body and head: no photo shows them), at the job's own cameras, which are the true ones here
+    truth = read_nerf_cameras(scene / "transforms.json", scene / "images")
+    mesh = trimesh.load(paths.outbox / "wall" / "mesh.ply", force="mesh")
+    got = score(mesh, trimesh.load(scene / "gt.ply", force="mesh"), truth, 200_000)
+    print(json.dumps({"observable": got, "whole_gt": stats["quality"]["gt"]}))
+    assert got["fscore@1%"] > 0.8 and got["fscore@0.5%"] > 0.7, (got, stats["geometry"]["dense"],
+                                                                     stats["refine"]["losses"][-3:], stats["mesh"])
 
 
 def torch_fusion_checks(device: str = "cuda", views: int = 60, width: int = 960,
@@ -191,7 +202,7 @@ def torch_fusion_checks(device: str = "cuda", views: int = 60, width: int = 960,
     from pipeline.geometry.carve import CarveSettings, hull_field, mask_sdf
     from pipeline.geometry.dense import grid_hull_tensor
     from pipeline.geometry.fusion import Grid, Tsdf, combined_field_tensor, fuse_tensors
-    from pipeline.geometry.meshing import marching_cubes_tensor
+    from pipeline.geometry.meshing import marching_cubes_on_device, marching_cubes_tensor
     from pipeline.geometry.mvs import DepthMap
     from tests.fusion_reference import combined_field_reference, fuse_reference, hull_field_reference
     from tests.test_dense import _textured_sphere_views
@@ -223,8 +234,15 @@ def torch_fusion_checks(device: str = "cuda", views: int = 60, width: int = 960,
     t = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
     f_gpu = combined_field_tensor(t(ref.values), t(ref.weight), t(ref.band), t(hull), grid, trunc, **kw)
     assert np.abs(f_gpu.cpu().numpy() - f_ref).max() < 1e-5
-    compare_noisy_with_skimage(f_ref * trunc, grid.origin, grid.voxel, device)
-    compare_with_skimage(*ellipsoid_field(), device)
+    try:
+        import pytorch3d.ops  # noqa: F401
+
+        has_p3d = True
+    except ImportError:  # an optional dependency: marching cubes then runs in skimage (checked on the CPU in CI)
+        has_p3d = False
+    if has_p3d:
+        compare_noisy_with_skimage(f_ref * trunc, grid.origin, grid.voxel, device)
+        compare_with_skimage(*ellipsoid_field(), device)
 
     # job-sized: 60 views of 960 x 720 (the small scene's maps scaled up, cameras repeated)
     big, big_sdfs, big_K, big_w2c = [], [], [], []
@@ -264,13 +282,15 @@ def torch_fusion_checks(device: str = "cuda", views: int = 60, width: int = 960,
         sync()
         steps["field"] = time.monotonic() - t0
         t0 = time.monotonic()
-        mesh = marching_cubes_tensor(f, g.origin, g.voxel)
+        mc = marching_cubes_tensor if has_p3d else marching_cubes_on_device
+        mesh = mc(f, g.origin, g.voxel)
         steps["marching_cubes"] = time.monotonic() - t0
         del f
         peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 30 if cuda else 0.0
         if cuda:
             torch.cuda.empty_cache()
-        timings[name] = {"grid": list(g.dims), "faces": len(mesh.faces), "watertight": bool(mesh.is_watertight),
+        timings[name] = {"grid": list(g.dims), "marching_cubes_by": "pytorch3d" if has_p3d else "skimage",
+                         "faces": len(mesh.faces), "watertight": bool(mesh.is_watertight),
                          "peak_gib": round(peak, 2), **{k: round(x, 2) for k, x in steps.items()}}
         assert peak <= 8.0, timings
         assert not cuda or steps["fusion"] + steps["hull"] + steps["field"] < 10.0, timings

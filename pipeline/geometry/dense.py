@@ -30,7 +30,7 @@ from pipeline.cameras.cameras import camera_centers
 from pipeline.geometry.carve import CarveSettings, hull_field, mask_sdf
 from pipeline.context import JobError
 from pipeline.geometry.fusion import Grid, combined_field_tensor, fuse_tensors
-from pipeline.geometry.meshing import MeshingSettings, clean_mesh, marching_cubes_on_device
+from pipeline.geometry.meshing import MeshingSettings, clean_mesh, marching_cubes_on_device, smooth_field
 from pipeline.geometry.mvs import DepthMap, MvsSettings, backproject, depth_maps, depth_range, neighbour_views, to_gray
 from pipeline.imaging.render import reduced_camera
 from pipeline.geometry.scene import ObjectRegion, fit_ground_plane
@@ -56,6 +56,9 @@ class DenseSettings:
     # measured in docs/design.md (Fusion)
     box_reach: float = 0.12
     override_band: float | None = 1.0
+    # Gaussian blur of the fused field before marching cubes, voxels: removes the voxel-sized bubbles and tunnels
+    # that depth noise leaves, which made the mesh open after decimation (docs/design.md, Fusion)
+    field_sigma_voxels: float = 0.8
     smoothing_iterations: int = 3
     max_faces: int = 200_000
     max_points: int = 1_000_000  # fused points kept for points.ply
@@ -309,6 +312,7 @@ def fused_surface(dms: list[DepthMap], sil: list[np.ndarray], estimated: list[bo
                                    override_band=s.override_band if any(estimated) else None)
     del values, weight, band, hull
     field_ *= trunc
+    field_ = smooth_field(field_, s.field_sigma_voxels)
     lap("field")
     check(0.7)
     raw = marching_cubes_on_device(field_, grid.origin, grid.voxel)

@@ -61,7 +61,8 @@ def dense_settings(ctx: JobContext) -> DenseSettings:
     mvs = MvsSettings(max_side=cfg.max_side if gpu else cfg.cpu_max_side, planes=cfg.planes if gpu else cfg.cpu_planes,
                       neighbours=cfg.neighbours, best_k=cfg.best_k, window=cfg.window,
                       refine_rounds=cfg.refine_rounds, min_score=cfg.min_score, min_consistent=cfg.min_consistent)
-    return DenseSettings(mvs=mvs, resolution=cfg.resolution if gpu else cfg.cpu_resolution, max_faces=geo.max_faces)
+    return DenseSettings(mvs=mvs, resolution=cfg.resolution if gpu else cfg.cpu_resolution, max_faces=geo.max_faces,
+                         field_sigma_voxels=cfg.field_sigma)
 
 
 def dense_stage(ctx: JobContext, views: Views, masks: list[np.ndarray | None], out_dir: Path) -> GeometrySummary:
