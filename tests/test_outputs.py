@@ -279,3 +279,19 @@ def test_publish_copies_subfolders_and_refuses_paths_out_of_the_job(tmp_path: Pa
     for bad in ("../a.jpg", "/etc/a.jpg", "images/../../a.jpg", ".hidden", "images/.a.jpg", "images//a.jpg"):
         with pytest.raises(ValueError, match="bad file name"):
             publish({bad: src / "a.jpg"}, tmp_path / "out2", "job")
+
+
+def test_the_web_copy_keeps_every_face_where_pymeshlab_lacks_its_texture_plugin(monkeypatch) -> None:
+    """A minimal pymeshlab (its texture plugin left out) must not fail the report stage: the web copy is then the
+    whole textured mesh."""
+    import pymeshlab
+
+    from pipeline.io.export import decimate_textured
+
+    mesh = trimesh.creation.icosphere(subdivisions=3)
+    uv = np.random.default_rng(0).random((len(mesh.vertices), 2))
+    low, low_uv = decimate_textured(mesh, uv, 200)
+    assert len(low.faces) <= 200 and len(low_uv) == len(low.vertices)
+    monkeypatch.delattr(pymeshlab.MeshSet, "compute_texcoord_transfer_vertex_to_wedge")
+    same, same_uv = decimate_textured(mesh, uv, 200)
+    assert same is mesh and same_uv is uv

@@ -1,11 +1,14 @@
 """Mesh files for users: PLY and OBJ(+MTL) in the input's world frame, GLB turned to glTF's +Y up."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import trimesh
+
+log = logging.getLogger(__name__)
 
 
 def rotation_to_y_up(up: np.ndarray) -> np.ndarray:
@@ -145,6 +148,11 @@ def decimate_textured(mesh: trimesh.Trimesh, uv: np.ndarray, max_faces: int) -> 
     ms.add_mesh(pymeshlab.Mesh(vertex_matrix=np.asarray(mesh.vertices, dtype=np.float64),
                                face_matrix=np.asarray(mesh.faces, dtype=np.int32),
                                v_tex_coords_matrix=np.asarray(uv, dtype=np.float64)))
+    if not hasattr(ms, "compute_texcoord_transfer_vertex_to_wedge"):
+        # a minimal pymeshlab without its texture plugin (seen on a GPU machine): the web copy keeps every face
+        # rather than failing the job
+        log.warning("pymeshlab has no texture filters: mesh_web.glb keeps all %d faces", len(mesh.faces))
+        return mesh, uv
     ms.compute_texcoord_transfer_vertex_to_wedge()
     ms.meshing_decimation_quadric_edge_collapse_with_texture(targetfacenum=int(max_faces), preserveboundary=True,
                                                             boundaryweight=1.0)
