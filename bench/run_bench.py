@@ -25,7 +25,7 @@ import shutil
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -229,9 +229,11 @@ def main() -> None:
         import multiprocessing as mp
 
         with ProcessPoolExecutor(args.parallel, mp_context=mp.get_context("spawn")) as pool:
-            for row in pool.map(run_job, *zip(*jobs)):
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+            # rows in the order the jobs finish, each saved at once: a run cut short keeps every finished job
+            # (in submission order, a slow first job held back the rows of the others until it ended)
+            for fut in as_completed([pool.submit(run_job, *job) for job in jobs]):
+                rows.append(fut.result())
+                print(json.dumps(rows[-1]), flush=True)
                 save()
     print(f"wrote {path}")
 

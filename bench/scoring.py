@@ -103,8 +103,20 @@ def score(mesh: trimesh.Trimesh, gt: trimesh.Trimesh, truth: TrueCameras, sample
     """F-score at 1 / 0.5 / 0.2 % of the GT diagonal and Chamfer-L1 (relative), on the GT's observable part."""
     from pipeline.report.metrics import observable_scores
 
+    return _flat(observable_scores(mesh, gt, truth.Ks, truth.w2cs, list(truth.sizes), samples, TAUS))
+
+
+def score_points(points: np.ndarray, gt: trimesh.Trimesh, truth: TrueCameras, samples: int) -> dict[str, float]:
+    """:func:`score` of a point cloud (P, 3), e.g. a peer's fused stereo points before meshing."""
+    from pipeline.report.metrics import observable_point_scores
+
+    return _flat(observable_point_scores(np.asarray(points, dtype=np.float64), gt, truth.Ks, truth.w2cs,
+                                         list(truth.sizes), samples, TAUS))
+
+
+def _flat(scores: list) -> dict[str, float]:
     out: dict[str, float] = {}
-    for s in observable_scores(mesh, gt, truth.Ks, truth.w2cs, list(truth.sizes), samples, TAUS):
+    for s in scores:
         pct = f"{s.tau_rel * 100:g}%"
         out[f"fscore@{pct}"] = round(s.fscore, 4)
         out[f"precision@{pct}"] = round(s.precision, 4)

@@ -227,3 +227,26 @@ def test_run_bench_draws_the_error_picture_of_a_kept_mesh(tmp_path: Path) -> Non
     name = run_bench.error_map(tmp_path / "mesh.ply", tmp_path / "gt.ply", tmp_path / "mesh.png")
     assert name == "mesh.png" and (tmp_path / "mesh.png").stat().st_size > 10_000
     assert run_bench.error_map(tmp_path / "nope.ply", tmp_path / "gt.ply", tmp_path / "x.png").startswith("not drawn")
+
+
+def test_a_point_cloud_is_scored_like_the_mesh_it_was_sampled_from() -> None:
+    """The peer's fused cloud is scored on the same observable ground truth as meshes (bench.scoring.score_points):
+    points on the GT score ~1, the same points moved by 1 % of the diagonal fail the tighter thresholds."""
+    from bench.scoring import TrueCameras, score, score_points
+    from pipeline.imaging.render import look_at
+
+    gt = trimesh.creation.icosphere(subdivisions=4)
+    Ks, w2cs = [], []
+    for a in np.linspace(0, 2 * np.pi, 8, endpoint=False):
+        Ks.append(np.array([[200.0, 0, 100], [0, 200.0, 100], [0, 0, 1]]))
+        w2cs.append(look_at(np.array([4 * np.cos(a), 4 * np.sin(a), 1.0]), np.zeros(3), np.array([0, 0, 1.0])))
+    truth = TrueCameras(tuple(f"v{i}" for i in range(8)), np.array(Ks), np.array(w2cs), ((200, 200),) * 8)
+    pts = np.asarray(gt.sample(50_000))
+    on = score_points(pts, gt, truth, 50_000)
+    assert on["fscore@1%"] > 0.99 and on["fscore@0.5%"] > 0.95
+    assert abs(on["fscore@1%"] - score(gt, gt, truth, 50_000)["fscore@1%"]) < 0.01
+    diag = float(np.linalg.norm(gt.bounds[1] - gt.bounds[0]))
+    off = score_points(pts * (1 + 0.01 * diag), gt, truth, 50_000)
+    assert off["fscore@0.2%"] < 0.1 and off["chamfer_l1_rel"] > 0.005
+    with pytest.raises(ValueError, match="points"):
+        score_points(np.zeros((0, 3)), gt, truth, 1000)

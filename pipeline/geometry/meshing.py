@@ -203,9 +203,9 @@ def isotropic_remesh(vertices: np.ndarray, faces: np.ndarray, target_faces: int,
     """Botsch-Kobbelt isotropic remeshing (pymeshlab: edge split / collapse / flip + tangential relaxation,
     vertices reprojected onto the input) to about ``target_faces`` near-equilateral triangles.
 
-    vertices (V, 3); faces (F, 3) -> (V', 3) float64, (F', 3) int64; None when pymeshlab is not installed or
-    the result is not closed (the caller keeps its mesh). Feature edges are not preserved (featuredeg 180):
-    the input is an optimised smooth surface, not CAD."""
+    vertices (V, 3); faces (F, 3) -> (V', 3) float64, (F', 3) int64; None when pymeshlab is not installed, the
+    result is not closed, or it has more handles or pieces than the input (the caller keeps its mesh). Feature
+    edges are not preserved (featuredeg 180): the input is an optimised smooth surface, not CAD."""
     try:
         import pymeshlab
     except ImportError:
@@ -220,7 +220,11 @@ def isotropic_remesh(vertices: np.ndarray, faces: np.ndarray, target_faces: int,
                                             featuredeg=180.0)
     m = ms.current_mesh()
     out = trimesh.Trimesh(m.vertex_matrix(), m.face_matrix(), process=True)
-    if not out.is_watertight or out.euler_number != mesh.euler_number:
+    # closed, and no new handles or pieces: collapsing a sliver handle left by depth noise (the Euler number rises by
+    # 2) is welcome, and on the GPU's dense meshes it happened in some runs and not others, which made the refinement
+    # fall back to subdivision at random
+    if (not is_closed_manifold(out) or out.euler_number < mesh.euler_number
+            or len(out.split(only_watertight=False)) > len(mesh.split(only_watertight=False))):
         return None
     return np.asarray(out.vertices, dtype=np.float64), np.asarray(out.faces, dtype=np.int64)
 

@@ -146,9 +146,17 @@ def observable_scores(pred: trimesh.Trimesh, gt: trimesh.Trimesh, Ks: np.ndarray
     """F-score / Chamfer against the part of the GT that the input views can observe: recall over GT samples seen
     by at least one view (hidden interiors excluded), precision against the GT with an open scan's holes capped
     (``cap_open_scan``). The thresholds stay fractions of the full GT's bounding-box diagonal."""
+    return observable_point_scores(sample_points(pred, samples, seed=1), gt, Ks, w2cs, sizes, samples, taus_rel)
+
+
+def observable_point_scores(p: np.ndarray, gt: trimesh.Trimesh, Ks: np.ndarray, w2cs: np.ndarray,
+                            sizes: list[tuple[int, int]], samples: int,
+                            taus_rel: tuple[float, ...]) -> list[GeometryScores]:
+    """:func:`observable_scores` of a point set p (P, 3) (a fused stereo cloud) instead of a mesh's samples."""
+    if p.ndim != 2 or p.shape[1] != 3 or len(p) == 0:
+        raise ValueError(f"observable_point_scores needs (P, 3) points, P > 0, got {p.shape}")
     diag = float(np.linalg.norm(gt.bounds[1] - gt.bounds[0]))
     closed = cap_open_scan(gt)
-    p = sample_points(pred, samples, seed=1)
     g_all = sample_points(closed, samples, seed=2)
     seen = visible_mask(g_all, closed, np.asarray(Ks), np.asarray(w2cs), sizes, tol=0.004 * diag)
     g = g_all[seen]
