@@ -142,6 +142,12 @@ def run_job(folder: Path, posed: bool, overrides: dict[str, dict[str, Any]], dev
         row["peak_vram_mb"] = max((t.get("peak_vram_mb") or 0) for t in stats["timings"]) or None
         row["faces"] = stats["mesh"]["faces"]
         row["watertight"] = stats["mesh"]["watertight"]
+        row["handles"] = stats["mesh"].get("handles")
+        # why the grade is what it is: the checks that did not pass
+        row["grade_checks"] = {c["name"]: c["status"] for c in (stats.get("grade") or {}).get("checks", [])
+                               if c.get("status") in ("warn", "fail")}
+        dense = (stats.get("geometry") or {}).get("dense") or {}
+        row["dense"] = {k: dense.get(k) for k in ("watertight", "raw_faces", "faces", "grid", "seconds")} if dense else None
         held = stats["quality"]["heldout"]
         row["heldout_psnr"] = None if held.get("psnr_mean") is None else round(held["psnr_mean"], 2)
         row["heldout_iou"] = None if held.get("mask_iou_mean") is None else round(held["mask_iou_mean"], 4)
