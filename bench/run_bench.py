@@ -147,7 +147,7 @@ def run_job(folder: Path, posed: bool, overrides: dict[str, dict[str, Any]], dev
         row["grade_checks"] = {c["name"]: c["status"] for c in (stats.get("grade") or {}).get("checks", [])
                                if c.get("status") in ("warn", "fail")}
         dense = (stats.get("geometry") or {}).get("dense") or {}
-        keys = ("watertight", "raw_faces", "faces", "grid", "seconds")
+        keys = ("watertight", "handles", "raw_faces", "faces", "grid", "seconds")
         row["dense"] = {k: dense.get(k) for k in keys} if dense else None
         held = stats["quality"]["heldout"]
         row["heldout_psnr"] = None if held.get("psnr_mean") is None else round(held["psnr_mean"], 2)
