@@ -30,7 +30,8 @@ from pipeline.cameras.cameras import camera_centers
 from pipeline.geometry.carve import CarveSettings, hull_field, mask_sdf
 from pipeline.context import JobError
 from pipeline.geometry.fusion import Grid, combined_field_tensor, fuse_tensors
-from pipeline.geometry.meshing import MeshingSettings, clean_mesh, marching_cubes_on_device, smooth_field
+from pipeline.geometry.meshing import (MeshingSettings, clean_mesh, handle_count, marching_cubes_on_device,
+                                      smooth_field)
 from pipeline.geometry.mvs import DepthMap, MvsSettings, backproject, depth_maps, depth_range, neighbour_views, to_gray
 from pipeline.imaging.render import reduced_camera
 from pipeline.geometry.scene import ObjectRegion, fit_ground_plane
@@ -250,7 +251,7 @@ def dense_geometry(images: list[np.ndarray], masks: list[np.ndarray | None], Ks:
              "watertight": bool(mesh.is_watertight),
              # tunnels through the fused surface (the genus of a closed piece): depth noise left here shows up as
              # the final mesh's handles, which the report's topology check grades
-             "handles": int(max(0, 2 - mesh.euler_number) // 2) if mesh.is_watertight else None,
+             "handles": handle_count(mesh)[0],
              "seconds": {"depth_maps": round(t_mvs, 2), "fusion_meshing": round(time.monotonic() - t0 - t_mvs, 2)}}
     stats["seconds"]["silhouettes"] = round(t_sil, 2)
     # where fusion_meshing's time goes (it includes the silhouettes): measured per step

@@ -129,6 +129,36 @@ def is_closed_manifold(mesh: trimesh.Trimesh) -> bool:
     return bool(mesh.is_watertight and mesh.is_winding_consistent)
 
 
+def boundary_loops(faces: np.ndarray) -> int:
+    """Closed loops of border edges (edges of one face), counted as connected pieces of the border-edge graph."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    e = np.sort(np.asarray(faces)[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), axis=1)
+    uniq, counts = np.unique(e, axis=0, return_counts=True)
+    border = uniq[counts == 1]
+    if not len(border):
+        return 0
+    verts, idx = np.unique(border, return_inverse=True)
+    idx = idx.reshape(-1, 2)
+    graph = coo_matrix((np.ones(len(idx)), (idx[:, 0], idx[:, 1])), shape=(len(verts), len(verts)))
+    return int(connected_components(graph, directed=False)[0])
+
+
+def handle_count(mesh: trimesh.Trimesh) -> tuple[int, int]:
+    """(handles, pieces): the genus summed over the connected pieces, from Euler's formula with borders,
+    V - E + F = 2 * pieces - 2 * handles - border loops. A torus has 1 handle, a mug 1, a sphere 0."""
+    faces = np.asarray(mesh.faces)
+    if not len(faces):
+        return 0, 0
+    pieces = int(len(trimesh.graph.connected_components(mesh.face_adjacency, nodes=np.arange(len(faces)),
+                                                        min_len=1)))
+    used = np.unique(faces)
+    e = np.unique(np.sort(faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), axis=1), axis=0)
+    chi = len(used) - len(e) + len(faces)
+    return max(0, (2 * pieces - boundary_loops(faces) - chi) // 2), pieces
+
+
 def largest_component(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
     parts = mesh.split(only_watertight=False)
     if len(parts) <= 1:
@@ -146,7 +176,6 @@ def decimate(mesh: trimesh.Trimesh, max_faces: int) -> trimesh.Trimesh:
     """
     if len(mesh.faces) <= max_faces:
         return mesh
-    closed = is_closed_manifold(mesh)
     if len(mesh.faces) > 4 * max_faces:
         # a dense marching-cubes surface (millions of faces): fast-simplification first brings it to twice the
         # budget in a second or two; the topology-preserving pass then has a tenth of the work (measured: 1.6M ->
@@ -158,7 +187,7 @@ def decimate(mesh: trimesh.Trimesh, max_faces: int) -> trimesh.Trimesh:
         v0, f0 = fast_simplification.simplify(np.asarray(mesh.vertices, dtype=np.float32),
                                               np.asarray(mesh.faces, dtype=np.int32), target_count=2 * max_faces)
         fast = trimesh.Trimesh(np.asarray(v0, dtype=np.float64), f0, process=False)
-        if is_closed_manifold(fast) or not closed:
+        if is_closed_manifold(fast) or not is_closed_manifold(mesh):
             mesh = fast
         else:
             log.info("fast pre-decimation opened the surface; decimating %d faces in one topology-preserving pass",
@@ -220,11 +249,11 @@ def isotropic_remesh(vertices: np.ndarray, faces: np.ndarray, target_faces: int,
                                             featuredeg=180.0)
     m = ms.current_mesh()
     out = trimesh.Trimesh(m.vertex_matrix(), m.face_matrix(), process=True)
-    # closed, and no new handles or pieces: collapsing a sliver handle left by depth noise (the Euler number rises by
-    # 2) is welcome, and on the GPU's dense meshes it happened in some runs and not others, which made the refinement
-    # fall back to subdivision at random
-    if (not is_closed_manifold(out) or out.euler_number < mesh.euler_number
-            or len(out.split(only_watertight=False)) > len(mesh.split(only_watertight=False))):
+    # closed, and no new handles or pieces: collapsing a sliver handle left by depth noise is welcome, and on the GPU's
+    # dense meshes it happened in some runs and not others, which made the refinement fall back to subdivision at
+    # random
+    (h_in, p_in), (h_out, p_out) = handle_count(mesh), handle_count(out)
+    if not is_closed_manifold(out) or h_out > h_in or p_out > p_in:
         return None
     return np.asarray(out.vertices, dtype=np.float64), np.asarray(out.faces, dtype=np.int64)
 

@@ -7,6 +7,7 @@ from typing import Callable
 import numpy as np
 import trimesh
 
+from pipeline.geometry.meshing import handle_count
 from pipeline.report.metrics import geometry_scores, mask_iou, psnr
 from pipeline.imaging.render import RenderOut, render
 
@@ -105,36 +106,6 @@ def held_out_scores(mesh: trimesh.Trimesh, colors: np.ndarray, names: list[str],
 def gt_scores(mesh: trimesh.Trimesh, gt: trimesh.Trimesh, samples: int, tau_rel: float) -> dict:
     s = geometry_scores(mesh, gt, samples=samples, tau_rel=tau_rel)
     return asdict(s)
-
-
-def boundary_loops(faces: np.ndarray) -> int:
-    """Closed loops of border edges (edges of one face), counted as connected pieces of the border-edge graph."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    e = np.sort(np.asarray(faces)[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), axis=1)
-    uniq, counts = np.unique(e, axis=0, return_counts=True)
-    border = uniq[counts == 1]
-    if not len(border):
-        return 0
-    verts, idx = np.unique(border, return_inverse=True)
-    idx = idx.reshape(-1, 2)
-    graph = coo_matrix((np.ones(len(idx)), (idx[:, 0], idx[:, 1])), shape=(len(verts), len(verts)))
-    return int(connected_components(graph, directed=False)[0])
-
-
-def handle_count(mesh: trimesh.Trimesh) -> tuple[int, int]:
-    """(handles, pieces): the genus summed over the connected pieces, from Euler's formula with borders,
-    V - E + F = 2 * pieces - 2 * handles - border loops. A torus has 1 handle, a mug 1, a sphere 0."""
-    faces = np.asarray(mesh.faces)
-    if not len(faces):
-        return 0, 0
-    pieces = int(len(trimesh.graph.connected_components(mesh.face_adjacency, nodes=np.arange(len(faces)),
-                                                        min_len=1)))
-    used = np.unique(faces)
-    e = np.unique(np.sort(faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), axis=1), axis=0)
-    chi = len(used) - len(e) + len(faces)
-    return max(0, (2 * pieces - boundary_loops(faces) - chi) // 2), pieces
 
 
 def mesh_stats(mesh: trimesh.Trimesh) -> dict:
