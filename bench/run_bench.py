@@ -2,6 +2,7 @@
 
     python bench/run_bench.py --sets SET [SET ...] [--posed] [--variant NAME:section.key=value,...] [--tag TAG]
                               [--out bench/results] [--samples 1000000] [--parallel 1] [--device auto]
+                              [--gpu-memory-gb GB] [--keep DIR]
 
 A SET is a folder with ``gt.ply`` and images: a photo-like set (``images/`` and ``<set>.poses.json`` beside it, as
 ``../shared/tools/render_scene.py`` writes them), a masked set (RGBA ``images`` + ``transforms.json``), or a name of
@@ -104,8 +105,9 @@ def prepare_input(folder: Path, posed: bool, inbox: Path) -> tuple[Path, bool]:
 
 
 def run_job(folder: Path, posed: bool, overrides: dict[str, dict[str, Any]], device: str, samples: int,
-            keep: Path | None, variant: str) -> dict[str, Any]:
-    """One job, scored. Runs in its own process when jobs run in parallel."""
+            keep: Path | None, variant: str, gpu_memory_gb: float | None = None) -> dict[str, Any]:
+    """One job, scored. Runs in its own process when jobs run in parallel. ``gpu_memory_gb`` caps what torch may
+    allocate on the GPU, as on a smaller card (COLMAP's own CUDA allocations are outside torch's cap)."""
     import trimesh
 
     from bench.scoring import alignment, moved, read_nerf_cameras, score
@@ -117,6 +119,12 @@ def run_job(folder: Path, posed: bool, overrides: dict[str, dict[str, Any]], dev
     settings = load_settings(None, environ={}, cli=overrides)
     tmp = Path(tempfile.mkdtemp(prefix=f"hotmesh-bench-{folder.name}-"))
     row: dict[str, Any] = {"set": folder.name, "variant": variant, "posed": posed}
+    if gpu_memory_gb is not None and device == "cuda":
+        import torch
+
+        total = torch.cuda.get_device_properties(0).total_memory / 2 ** 30
+        torch.cuda.set_per_process_memory_fraction(min(1.0, gpu_memory_gb / total))
+        row["gpu_memory_cap_gb"] = gpu_memory_gb
     try:
         job_dir, posed = prepare_input(folder, posed, tmp / "inbox")
         row["posed"] = posed
@@ -149,6 +157,10 @@ def run_job(folder: Path, posed: bool, overrides: dict[str, dict[str, Any]], dev
         dense = (stats.get("geometry") or {}).get("dense") or {}
         keys = ("watertight", "handles", "raw_faces", "faces", "grid", "seconds")
         row["dense"] = {k: dense.get(k) for k in keys} if dense else None
+        # where the later stages spend their time, for the speed work
+        row["step_seconds"] = {"refine_per_level": (stats.get("refine") or {}).get("seconds_per_level"),
+                               "texture": (stats.get("texture") or {}).get("seconds"),
+                               "report": stats.get("report_seconds")}
         held = stats["quality"]["heldout"]
         row["heldout_psnr"] = None if held.get("psnr_mean") is None else round(held["psnr_mean"], 2)
         row["heldout_iou"] = None if held.get("mask_iou_mean") is None else round(held["mask_iou_mean"], 4)
@@ -156,7 +168,7 @@ def run_job(folder: Path, posed: bool, overrides: dict[str, dict[str, Any]], dev
         row["geometry"] = stats.get("geometry", {}).get("method")
         sfm = (stats.get("cameras") or {}).get("sfm") or {}
         row["sfm"] = {k: sfm.get(k) for k in ("registered", "images", "mean_reprojection_error_px", "device",
-                                               "seconds")} if sfm else None
+                                               "mapper", "seconds")} if sfm else None
         gt_path = folder / "gt.ply"
         if gt_path.exists():
             mesh = trimesh.load(out / "mesh.ply", process=False, force="mesh")
@@ -205,6 +217,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=1_000_000)
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--parallel", type=int, default=1, help="jobs at once (timings then include contention)")
+    ap.add_argument("--gpu-memory-gb", type=float, default=None,
+                    help="cap torch's GPU memory per job to this many GiB, as on a smaller card")
     ap.add_argument("--tag", default=None)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     ap.add_argument("--keep", type=Path, default=None,
@@ -215,7 +229,7 @@ def main() -> None:
 
     device = pick_device(args.device)
     variants = [parse_variant(v) for v in args.variant] or [("default", {})]
-    jobs = [(resolve_set(s), args.posed, ov, device, args.samples, args.keep, name)
+    jobs = [(resolve_set(s), args.posed, ov, device, args.samples, args.keep, name, args.gpu_memory_gb)
             for name, ov in variants for s in args.sets]
     tag = args.tag or f"bench-{device}"
     args.out.mkdir(parents=True, exist_ok=True)

@@ -55,6 +55,9 @@ class SfmConfig:
     min_registered: Fraction = 0.7  # fraction of the images that must register, else the job fails
     device: Literal["auto", "cpu", "cuda"] = "auto"  # cuda needs pycolmap-cuda12
     num_threads: int = -1
+    # incremental: COLMAP's incremental mapper; global: GLOMAP's global rotation and position averaging, then one
+    # bundle adjustment (measured in docs/benchmarks.md, SfM mappers)
+    mapper: Literal["incremental", "global"] = "incremental"
 
 
 @dataclass(frozen=True, config=FROZEN)

@@ -41,6 +41,16 @@ def test_views_that_fit_refuses_impossible_sizes_early() -> None:
     assert views_that_fit(60, (512, 512), torch.device("cuda")) >= 1
     with pytest.raises(MemoryError, match="GPU memory is free"):
         views_that_fit(60, (200_000, 200_000), torch.device("cuda"))
+    # a process capped to a share of the card (as the benchmark emulates a 24 GB card) plans within that share
+    dev = torch.device("cuda")
+    whole = views_that_fit(1000, (2048, 2048), dev)
+    total = torch.cuda.get_device_properties(0).total_memory
+    try:
+        torch.cuda.set_per_process_memory_fraction(4 * 2 ** 30 / total, dev)
+        capped = views_that_fit(1000, (2048, 2048), dev)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, dev)
+    assert capped < whole and capped <= int(0.6 * 4 * 2 ** 30 // (2048 * 2048 * 400)) + 1, (capped, whole)
 
 
 def test_gpu_job_refines_spot_render(tmp_path: Path) -> None:

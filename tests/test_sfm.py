@@ -55,8 +55,10 @@ def test_unposed_apple_gets_poses_masks_and_a_mesh(daemon_factory) -> None:
     assert "data:image/jpeg;base64," in html[html.find('id="masks"'):]
 
 
-def test_sfm_poses_agree_with_the_given_poses_on_real_photos(tmp_path: Path) -> None:
-    """fox ships COLMAP poses; SfM on 14 of its photos, ignoring them, must land on the same cameras."""
+@pytest.mark.parametrize("mapper", ["incremental", "global"])
+def test_sfm_poses_agree_with_the_given_poses_on_real_photos(tmp_path: Path, mapper: str) -> None:
+    """fox ships COLMAP poses; SfM on 14 of its photos, ignoring them, must land on the same cameras, with either
+    mapper."""
     src = read_transforms(data("fox") / "transforms.json")
     frames = src.frames[:14]
     img_dir = tmp_path / "img"
@@ -66,8 +68,9 @@ def test_sfm_poses_agree_with_the_given_poses_on_real_photos(tmp_path: Path) -> 
         (img_dir / fr.name).parent.mkdir(parents=True, exist_ok=True)
         im = Image.open(data("fox") / fr.name)
         im.resize((im.width // 2, im.height // 2)).save(img_dir / fr.name, quality=95)
-    res = run_sfm(img_dir, [f.name for f in frames], tmp_path / "sfm", SfmSettings(max_image_size=640),
+    res = run_sfm(img_dir, [f.name for f in frames], tmp_path / "sfm", SfmSettings(max_image_size=640, mapper=mapper),
                   logging.getLogger("test"))
+    assert res.stats["mapper"] == mapper
     assert len(res.names) == len(frames), res.unregistered
     given = {f.name: f.w2c for f in frames}
     errs = pose_errors(res.w2c, np.array([given[n] for n in res.names]))

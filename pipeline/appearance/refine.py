@@ -130,7 +130,11 @@ def views_that_fit(n_views: int, size: tuple[int, int], device: torch.device, by
     interpolated attributes, antialiasing and their gradients with margin."""
     if device.type != "cuda":
         return min(n_views, 4)
-    free, _total = torch.cuda.mem_get_info(device)
+    free, total = torch.cuda.mem_get_info(device)
+    # a process capped below the card (torch.cuda.set_per_process_memory_fraction: a shared card, or a smaller card
+    # emulated by the benchmark) may use only its share, whatever the card has free
+    cap = torch.cuda.get_per_process_memory_fraction(device) * total
+    free = min(free, max(0, int(cap - torch.cuda.memory_allocated(device))))
     per_view = size[0] * size[1] * bytes_per_pixel
     fit = int(0.6 * free // per_view)
     if fit < 1:

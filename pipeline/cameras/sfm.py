@@ -27,6 +27,7 @@ class SfmSettings:
     min_registered: float = 0.7  # fraction of the images that must register, else the job fails
     device: str = "auto"  # auto | cpu | cuda (pycolmap-cuda12 only)
     num_threads: int = -1
+    mapper: str = "incremental"  # incremental (COLMAP) | global (GLOMAP's method, pycolmap.global_mapping)
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,24 @@ def colmap_device(setting: str) -> tuple[object, str]:
     return pycolmap.Device.cuda, "cuda"
 
 
+def map_cameras(db: Path, image_dir: Path, out: Path, cfg: SfmSettings) -> dict[int, Any]:
+    """Poses and points from a matched database with the mapper ``cfg.mapper`` -> pycolmap reconstructions by id."""
+    import pycolmap
+
+    if cfg.mapper == "incremental":
+        opt = pycolmap.IncrementalPipelineOptions()
+        opt.num_threads = cfg.num_threads
+        opt.random_seed = 0
+        opt.min_model_size = 3
+        return pycolmap.incremental_mapping(db, image_dir, out, options=opt)
+    if cfg.mapper == "global":
+        gopt = pycolmap.GlobalPipelineOptions()
+        gopt.num_threads = cfg.num_threads
+        gopt.random_seed = 0
+        return pycolmap.global_mapping(db, image_dir, out, options=gopt)
+    raise ValueError(f"sfm.mapper must be incremental or global, got {cfg.mapper!r}")
+
+
 def run_sfm(image_dir: Path, names: list[str], work: Path, cfg: SfmSettings, log: logging.LoggerAdapter | logging.Logger,
             check: Callable[[float], None] = lambda f: None) -> SfmResult:
     """SfM on the images ``image_dir/<name>`` (all the same size, orientation already applied)."""
@@ -146,11 +165,7 @@ def run_sfm(image_dir: Path, names: list[str], work: Path, cfg: SfmSettings, log
     check(0.7)
 
     t0 = time.monotonic()
-    opt = pycolmap.IncrementalPipelineOptions()
-    opt.num_threads = cfg.num_threads
-    opt.random_seed = 0
-    opt.min_model_size = 3
-    recs = pycolmap.incremental_mapping(db, image_dir, work / "sparse", options=opt)
+    recs = map_cameras(db, image_dir, work / "sparse", cfg)
     timings["map"] = time.monotonic() - t0
     check(0.95)
     per_image = image_counts(db, list(names))
@@ -194,7 +209,7 @@ def run_sfm(image_dir: Path, names: list[str], work: Path, cfg: SfmSettings, log
     stats = {"registered": len(reg_names), "images": len(names), "models": len(recs),
              "mean_reprojection_error_px": round(float(rec.compute_mean_reprojection_error()), 3),
              "mean_track_length": round(float(rec.compute_mean_track_length()), 2),
-             "points": int(len(point_ids)), "matcher": matcher, "device": device_name,
+             "points": int(len(point_ids)), "matcher": matcher, "mapper": cfg.mapper, "device": device_name,
              "camera_model": cfg.camera_model, "feature_size": cfg.max_image_size,
              "seconds": {k: round(v, 2) for k, v in timings.items()},
              "pycolmap": getattr(pycolmap, "__version__", "?")}
