@@ -42,7 +42,7 @@ def test_views_that_fit_refuses_impossible_sizes_early() -> None:
     with pytest.raises(MemoryError, match="GPU memory is free"):
         views_that_fit(60, (200_000, 200_000), torch.device("cuda"))
     # a process capped to a share of the card (as the benchmark emulates a 24 GB card) plans within that share
-    dev = torch.device("cuda")
+    dev = torch.device("cuda", torch.cuda.current_device())  # torch's memory-fraction calls want an index
     whole = views_that_fit(1000, (2048, 2048), dev)
     total = torch.cuda.get_device_properties(0).total_memory
     try:

@@ -130,6 +130,8 @@ def views_that_fit(n_views: int, size: tuple[int, int], device: torch.device, by
     interpolated attributes, antialiasing and their gradients with margin."""
     if device.type != "cuda":
         return min(n_views, 4)
+    # the memory calls below want an indexed device ("cuda" alone is refused by some of them)
+    device = torch.device("cuda", device.index if device.index is not None else torch.cuda.current_device())
     free, total = torch.cuda.mem_get_info(device)
     # a process capped below the card (torch.cuda.set_per_process_memory_fraction: a shared card, or a smaller card
     # emulated by the benchmark) may use only its share, whatever the card has free
