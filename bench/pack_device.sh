@@ -48,9 +48,11 @@ fi
 
 # 3. everything else hotmesh imports that the image lacks, installed into one folder, stripped, xz-packed
 if [ ! -f "$CARRY/deps-cp312.tar.xz" ]; then
-    # a folder of its own: step 2's pymeshlab wheel must not be installed here a second time, unstripped
+    # a folder of its own: step 2's pymeshlab wheel must not be installed here a second time, unstripped. trimesh
+    # is here as well as in step 1's tarball: a call that carries this one and pymeshlab but not pycolmap (the GPU
+    # tests) imports it too
     D3="$W/dl-deps"
-    "${PIPDL[@]}" -d "$D3" embreex cholespy xatlas fast-simplification diffrp-nvdiffrast sqlite-utils \
+    "${PIPDL[@]}" -d "$D3" trimesh embreex cholespy xatlas fast-simplification diffrp-nvdiffrast sqlite-utils \
         click-default-group sqlite-fts4 watchdog apscheduler tzlocal prometheus-client pydantic pydantic-core \
         annotated-types typing-inspection
     python3 -m pip wheel -q --no-deps -w "$D3" largesteps

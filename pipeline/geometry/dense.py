@@ -57,9 +57,12 @@ class DenseSettings:
     # measured in docs/design.md (Fusion)
     box_reach: float = 0.12
     override_band: float | None = 1.0
-    # Gaussian blur of the fused field before marching cubes, voxels: removes the voxel-sized bubbles and tunnels
-    # that depth noise leaves, which made the mesh open after decimation (docs/design.md, Fusion)
-    field_sigma_voxels: float = 0.8
+    # Gaussian blur of the fused field before marching cubes, as a fraction of the object's longest side, and at
+    # least field_sigma_min_voxels (0: off): removes the bubbles and tunnels (handles) that depth noise leaves at the
+    # scale of the depth maps' noise and, on coarse grids, of a voxel; they made the mesh open after decimation and
+    # the refinement's remesh refused (docs/design.md, Fusion)
+    field_blur: float = 0.0042
+    field_sigma_min_voxels: float = 0.8
     smoothing_iterations: int = 3
     max_faces: int = 200_000
     max_points: int = 1_000_000  # fused points kept for points.ply
@@ -275,6 +278,14 @@ class Surface:
     seconds: dict[str, float]
 
 
+def blur_voxels(s: DenseSettings) -> float:
+    """Sigma of the fused field's blur in voxels: ``field_blur`` of the object's size, at least
+    ``field_sigma_min_voxels``; 0 when ``field_blur`` is 0."""
+    if s.field_blur <= 0:
+        return 0.0
+    return max(s.field_sigma_min_voxels, s.field_blur * s.resolution)
+
+
 def fused_surface(dms: list[DepthMap], sil: list[np.ndarray], estimated: list[bool], Ks: np.ndarray,
                   w2cs: np.ndarray, box: tuple[np.ndarray, np.ndarray], support: tuple[np.ndarray, float] | None,
                   planes: list[tuple[np.ndarray, float]], s: DenseSettings, device: str = "cpu",
@@ -316,7 +327,7 @@ def fused_surface(dms: list[DepthMap], sil: list[np.ndarray], estimated: list[bo
                                    override_band=s.override_band if any(estimated) else None)
     del values, weight, band, hull
     field_ *= trunc
-    field_ = smooth_field(field_, s.field_sigma_voxels)
+    field_ = smooth_field(field_, blur_voxels(s))
     lap("field")
     check(0.7)
     raw = marching_cubes_on_device(field_, grid.origin, grid.voxel)

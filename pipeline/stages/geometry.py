@@ -62,7 +62,7 @@ def dense_settings(ctx: JobContext) -> DenseSettings:
                       neighbours=cfg.neighbours, best_k=cfg.best_k, window=cfg.window,
                       refine_rounds=cfg.refine_rounds, min_score=cfg.min_score, min_consistent=cfg.min_consistent)
     return DenseSettings(mvs=mvs, resolution=cfg.resolution if gpu else cfg.cpu_resolution, max_faces=geo.max_faces,
-                         field_sigma_voxels=cfg.field_sigma)
+                         field_blur=cfg.field_blur)
 
 
 def dense_stage(ctx: JobContext, views: Views, masks: list[np.ndarray | None], out_dir: Path) -> GeometrySummary:
