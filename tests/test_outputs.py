@@ -147,7 +147,9 @@ def test_sizes_are_written_in_real_units_when_the_job_has_a_scale(posed: tuple[P
     context = {"job": {"id": "cow", "folder": "cow", "state": "done", "error": None, "stage": None, "version": "x",
                        "device": "cpu", "finished": "now"}, "stats": stats, "renders": [], "heldout": [],
                "scene": None, "timings": [{"stage": "geometry", "seconds": 12.3456, "skipped": False,
-                                           "peak_rss_mb": 698.0, "peak_vram_mb": None}],
+                                           "peak_rss_mb": 698.0, "peak_vram_mb": None},
+                                          {"stage": "refine", "seconds": 20.0, "skipped": False,
+                                           "peak_rss_mb": 700.0, "peak_vram_mb": 2049.3}],
                "config": {}, "config_rows": [], "masks_preview": "data:image/jpeg;base64,AA==", "viewer": None,
                "no_viewer": None, "published": sorted(stats["files"]), "photos": [], "failure": None, "poster": None}
     render_report(context, tmp_path / "r.html")
@@ -160,6 +162,8 @@ def test_sizes_are_written_in_real_units_when_the_job_has_a_scale(posed: tuple[P
     text = re.search(r'id="masks-text">([^<]*)<', html).group(1)
     assert text.startswith("20 photo(s) came without a mask") and "0 view(s)" not in html
     assert ">698<" in html and ">12.3<" in html and "698.0000" not in html
+    # the job's peak GPU memory (the largest stage's) beside the smallest card the defaults are checked on
+    assert re.search(r'id="peak-gpu">2,?049<', html) and "checked to run on a card with 24 GB" in html
 
 
 @pytest.mark.skipif(shutil.which("node") is None or not (Path(__file__).resolve().parents[1] / "node_modules"

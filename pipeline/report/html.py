@@ -197,6 +197,11 @@ def complete_stats(stats: dict[str, Any]) -> dict[str, Any]:
     return stats
 
 
+# the smallest card the default settings are checked on: a 48-photo job at 960x720 peaked at 2.0 GB of torch memory
+# on an H200 with torch capped to 24 GiB (docs/benchmarks.md)
+MIN_GPU_GB = 24
+
+
 def render_report(context: dict[str, Any], path: Path) -> None:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
                              autoescape=jinja2.select_autoescape(["html", "j2"], default=True),
@@ -205,7 +210,8 @@ def render_report(context: dict[str, Any], path: Path) -> None:
     env.filters["human"] = human
     env.filters["filesize"] = filesize
     stats = context.get("stats") or {}
-    context = dict(context, units=display_units(stats.get("scale"), (stats.get("mesh") or {}).get("diagonal")))
+    context = dict(context, units=display_units(stats.get("scale"), (stats.get("mesh") or {}).get("diagonal")),
+                   min_gpu_gb=MIN_GPU_GB)
     env.filters["pretty_json"] = lambda v: json.dumps(v, indent=2, sort_keys=True)
     env.filters["pct"] = lambda v, digits=0: "n/a" if v is None else f"{100 * v:.{digits}f}%"
     html = env.get_template("report.html.j2").render(**context)
