@@ -190,8 +190,9 @@ def test_gpu_dense_job_on_a_capture_with_a_wall_behind(tmp_path: Path) -> None:
     print(json.dumps(stats["geometry"]["dense"]["seconds"]))
     # a closed, manifold surface from fusion, so that refinement could remesh it isotropically
     assert stats["geometry"]["dense"]["watertight"], stats["geometry"]["dense"]
-    # the blur scales with the grid: 0.8 voxel (the CPU's) left 38-42 handles here, 1.6 voxels 2 (measured on a CPU)
-    assert stats["geometry"]["dense"]["handles"] <= 5, stats["geometry"]["dense"]["handles"]
+    # the blur scales with the grid: 0.8 voxel (the CPU's) left 38-42 handles here, 1.2 voxels 5 (measured on a CPU
+    # from the same kind of depth maps)
+    assert stats["geometry"]["dense"]["handles"] <= 10, stats["geometry"]["dense"]["handles"]
     assert stats["refine"]["remesh"] == "isotropic", stats["refine"]["remesh"]
     assert stats["mesh"]["watertight"] and stats["mesh"]["winding_consistent"], stats["mesh"]
     # scored against what the cameras can see (the object's back faces the wall 3 cm away and its neck runs inside

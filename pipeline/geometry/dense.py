@@ -61,7 +61,7 @@ class DenseSettings:
     # least field_sigma_min_voxels (0: off): removes the bubbles and tunnels (handles) that depth noise leaves at the
     # scale of the depth maps' noise and, on coarse grids, of a voxel; they made the mesh open after decimation and
     # the refinement's remesh refused (docs/design.md, Fusion)
-    field_blur: float = 0.0042
+    field_blur: float = 0.0031
     field_sigma_min_voxels: float = 0.8
     smoothing_iterations: int = 3
     max_faces: int = 200_000
