@@ -66,6 +66,58 @@ def depth_map_summary(ws: Path) -> str:
     return ", ".join(parts)
 
 
+def fuse_and_score(pycolmap, ws: Path, kind: str, row: dict, gt, truth, args, name: str, save) -> None:
+    """Fuse one kind of depth map (``photometric`` or ``geometric``) with COLMAP's default fusion options, score the
+    cropped points, then screened Poisson on them, and score the cropped mesh; everything lands in ``row``."""
+    import trimesh
+
+    fo = pycolmap.StereoFusionOptions()
+    fused_path = ws / f"fused-{kind}.ply"
+    t0 = time.monotonic()
+    pycolmap.stereo_fusion(fused_path, ws, input_type=kind, options=fo, output_type="PLY")
+    row["fusion_seconds"] = round(time.monotonic() - t0, 1)
+    fused = trimesh.load(fused_path) if fused_path.exists() else None
+    row["fused_points"] = 0 if fused is None else int(len(fused.vertices))
+    save("running")
+    if row["fused_points"] == 0:
+        # Poisson on an empty cloud crashes COLMAP (SIGSEGV in the surface trimmer): never call it
+        raise RuntimeError(f"fusion produced no points ({depth_map_summary(ws)})")
+    lo, hi = gt.bounds[0], gt.bounds[1]
+    grow = 0.05 * (hi - lo)
+    radius = 0.5 * float(np.linalg.norm(hi - lo))
+
+    def crop(p: np.ndarray) -> np.ndarray:
+        """In the GT's box grown by 5 % and above the table: what belongs to the object."""
+        return np.all((p >= lo - grow) & (p <= hi + grow), axis=1) & (p[:, 2] > lo[2] + 0.002 * 2 * radius)
+
+    # the fused cloud scored on its own first (precision of its points, recall of the observable GT): Poisson
+    # can take minutes, and a run stopped there still has the stereo's figures
+    pts = np.asarray(fused.vertices)[crop(np.asarray(fused.vertices))]
+    row["fused_points_on_object"] = int(len(pts))
+    if len(pts):
+        row["points"] = score_points(pts, gt, truth, args.samples)
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(fused_path, args.keep / f"{name}-colmap-{kind}-fused.ply")
+    save("running")
+    po = pycolmap.PoissonMeshingOptions()
+    if args.poisson_depth is not None:
+        po.depth = args.poisson_depth
+    row["settings"]["poisson_depth"] = int(po.depth)
+    t0 = time.monotonic()
+    meshed = ws / f"meshed-{kind}.ply"
+    pycolmap.poisson_meshing(fused_path, meshed, options=po)
+    row["poisson_seconds"] = round(time.monotonic() - t0, 1)
+    mesh = trimesh.load(meshed, process=False, force="mesh")
+    mesh.update_faces(crop(mesh.triangles_center))
+    mesh.remove_unreferenced_vertices()
+    row["faces"] = int(len(mesh.faces))
+    row.update(score(mesh, gt, truth, args.samples))
+    if args.keep is not None:
+        mesh.export(args.keep / f"{name}-colmap-{kind}.ply")
+    save("running")
+
+
 def main() -> None:
     import pycolmap
     import trimesh
@@ -101,13 +153,17 @@ def main() -> None:
     tag = args.tag or f"peer-colmap-{folder.name}"
     args.out.mkdir(parents=True, exist_ok=True)
 
+    rows = [row]
+
     def save(state: str) -> None:
-        """The row as it stands: a run stopped by its time limit keeps the steps it finished."""
-        row["state"] = row.get("state") if row.get("state") == "error" else state
+        """The rows as they stand: a run stopped by its time limit keeps the steps it finished."""
+        for r in rows:
+            r["state"] = r.get("state") if r.get("state") == "error" else state
         (args.out / f"{tag}.json").write_text(json.dumps({"card": card(), "date": time.strftime("%Y-%m-%d"),
-                                                          "results": [row]}, indent=1))
+                                                          "results": rows}, indent=1))
 
     save("running")
+    current = row  # the row an error belongs to
     try:
         center = 0.5 * (gt.bounds[0] + gt.bounds[1])
         radius = 0.5 * float(np.linalg.norm(gt.bounds[1] - gt.bounds[0]))
@@ -140,57 +196,29 @@ def main() -> None:
         pycolmap.patch_match_stereo(ws, options=pm)
         row["patch_match_seconds"] = round(time.monotonic() - t0, 1)
         save("running")
-        fo = pycolmap.StereoFusionOptions()
-        t0 = time.monotonic()
-        pycolmap.stereo_fusion(ws / "fused.ply", ws, input_type="geometric" if args.geometric else "photometric",
-                               options=fo, output_type="PLY")
-        row["fusion_seconds"] = round(time.monotonic() - t0, 1)
-        fused = trimesh.load(ws / "fused.ply") if (ws / "fused.ply").exists() else None
-        row["fused_points"] = 0 if fused is None else int(len(fused.vertices))
-        save("running")
-        if row["fused_points"] == 0:
-            # Poisson on an empty cloud crashes COLMAP (SIGSEGV in the surface trimmer): never call it
-            raise RuntimeError(f"fusion produced no points ({depth_map_summary(ws)})")
-        lo, hi = gt.bounds[0], gt.bounds[1]
-        grow = 0.05 * (hi - lo)
-
-        def crop(p: np.ndarray) -> np.ndarray:
-            """In the GT's box grown by 5 % and above the table: what belongs to the object."""
-            return np.all((p >= lo - grow) & (p <= hi + grow), axis=1) & (p[:, 2] > lo[2] + 0.002 * 2 * radius)
-
-        # the fused cloud scored on its own first (precision of its points, recall of the observable GT): Poisson
-        # can take minutes, and a run stopped there still has the stereo's figures
-        pts = np.asarray(fused.vertices)[crop(np.asarray(fused.vertices))]
-        row["fused_points_on_object"] = int(len(pts))
-        if len(pts):
-            row["points"] = score_points(pts, gt, truth, args.samples)
-        if args.keep is not None:
-            args.keep.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ws / "fused.ply", args.keep / f"{folder.name}-colmap-fused.ply")
-        save("running")
-        po = pycolmap.PoissonMeshingOptions()
-        if args.poisson_depth is not None:
-            po.depth = args.poisson_depth
-        row["settings"]["poisson_depth"] = int(po.depth)
-        t0 = time.monotonic()
-        pycolmap.poisson_meshing(ws / "fused.ply", ws / "meshed.ply", options=po)
-        row["poisson_seconds"] = round(time.monotonic() - t0, 1)
-        mesh = trimesh.load(ws / "meshed.ply", process=False, force="mesh")
-        keep = crop(mesh.triangles_center)
-        mesh.update_faces(keep)
-        mesh.remove_unreferenced_vertices()
-        row["faces"] = int(len(mesh.faces))
-        row["wall_seconds"] = round(time.monotonic() - t_all, 1)
-        row.update(score(mesh, gt, truth, args.samples))
-        if args.keep is not None:
-            mesh.export(args.keep / f"{folder.name}-colmap.ply")
+        # geometric mode runs an unfiltered photometric pass first (PatchMatchController::Run) and keeps its maps:
+        # both are fused and scored, so that one PatchMatch run gives both rows
+        kinds = ["geometric", "photometric"] if args.geometric else ["photometric"]
+        for kind in kinds:
+            if kind != kinds[0]:
+                # the first pass of geometric mode: photometric, unfiltered (COLMAP sets filter = false for it)
+                current = {"set": row["set"], "method": row["method"], "posed": True,
+                           "patch_match_seconds": row["patch_match_seconds"],
+                           "settings": {**row["settings"], "geom_consistency": False, "filter": False,
+                                        "first_pass_of_geometric_run": True}}
+                rows.append(current)
+            current["input_type"] = kind
+            t0 = time.monotonic()
+            fuse_and_score(pycolmap, ws, kind, current, gt, truth, args, folder.name, save)
+            current["wall_seconds"] = round(time.monotonic() - (t_all if current is row else t0), 1)
     except Exception as e:  # the row says what broke; the caller's other results stand
-        row.update({"state": "error", "error": f"{type(e).__name__}: {e}",
-                    "wall_seconds": round(time.monotonic() - t_all, 1)})
+        current.update({"state": "error", "error": f"{type(e).__name__}: {e}",
+                        "wall_seconds": round(time.monotonic() - t_all, 1)})
     finally:
         shutil.rmtree(work, ignore_errors=True)
     save("done")
-    print(json.dumps(row), flush=True)
+    for r in rows:
+        print(json.dumps(r), flush=True)
 
 
 if __name__ == "__main__":
