@@ -46,6 +46,25 @@ LIMIT="${DEVICE_SECONDS:-570}"
 cd "$REPO"
 mode="${1:-}"
 [ $# -gt 0 ] && shift
+
+# A mode whose packages are missing would spend minutes failing job by job (every photo job, posed ones too, runs
+# structure from motion; the peer imports the settings code): check the imports first and say which tarball to carry
+need() {
+    local missing=()
+    for pair in "$@"; do
+        python3 -c "import ${pair%%=*}" 2>/dev/null || missing+=("${pair%%=*} (.carry/${pair#*=})")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "device.sh: $mode needs ${missing[*]} on this machine: carry those tarballs in this call" >&2
+        exit 3
+    fi
+}
+DEPS="pydantic=deps-cp312.tar.xz" COLMAP="pycolmap=pycolmap-cuda12-4.2.1-cp312-site.tar.xz"
+MESHLAB="pymeshlab=pymeshlab-cp312.tar.xz"
+case "$mode" in
+    gpu-tests|bench) need "$DEPS" "$COLMAP" "$MESHLAB" ;;
+    peer) need "$DEPS" "$COLMAP" ;;
+esac
 case "$mode" in
     unpack)
         du -sh "$SITE" "$DATA"; ls "$DATA" ;;
@@ -60,5 +79,5 @@ case "$mode" in
     "")
         echo "usage: bash bench/device.sh unpack | gpu-tests | bench ARGS | peer SET ARGS | COMMAND..." >&2; exit 2 ;;
     *)
-        exec "$mode" "$@" ;;
+        exec timeout -k 10 "$LIMIT" "$mode" "$@" ;;
 esac

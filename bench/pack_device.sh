@@ -65,7 +65,12 @@ if [ ! -f "$CARRY/deps-cp312.tar.xz" ]; then
     (cd "$W/deps" && tar -cf - . | xz -T2 -9 > "$CARRY/deps-cp312.tar.xz")
 fi
 
-# 4. data sets
+# 4. the shared renderers (48 KB), so that sets can be rendered on the machine itself (bench/scaling.py renders up to
+#    200 views, which would not travel): bench/make_sets.py --tools .carry/tools
+mkdir -p "$CARRY/tools"
+cp "$SHARED/tools/render_scene.py" "$SHARED/tools/render_set.py" "$CARRY/tools/"
+
+# 5. data sets
 for d in "$@"; do
     name="$(basename "$d")"
     rm -rf "$CARRY/data/$name"
