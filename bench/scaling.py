@@ -14,20 +14,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 STAGES = ("ingest", "cameras", "masks", "geometry", "refine", "texture", "report")
+MIN_SECONDS = 0.5  # stages that never take longer are timer noise: no slope, not plotted
 
 
 def growth_exponents(views: list[int], seconds: dict[str, list[float | None]],
-                     min_seconds: float = 0.5) -> dict[str, float | None]:
+                     min_seconds: float = MIN_SECONDS) -> dict[str, float | None]:
     """Per stage, the least-squares slope of log(seconds) against log(views): 1 for a stage that grows linearly,
     2 for quadratic. views: (K,) photo counts; seconds[stage]: (K,) seconds or None where not measured. A stage
     with fewer than two counts measured, or whose largest time is under ``min_seconds`` (timer noise dominates),
@@ -38,14 +40,11 @@ def growth_exponents(views: list[int], seconds: dict[str, list[float | None]],
     for stage, secs in seconds.items():
         if len(secs) != len(views):
             raise ValueError(f"stage {stage!r}: {len(secs)} times for {len(views)} view counts")
-        pts = [(math.log(v), math.log(s)) for v, s in zip(views, secs) if s is not None and s > 0]
-        if len(pts) < 2 or max(math.exp(y) for _, y in pts) < min_seconds:
+        pts = np.array([(v, s) for v, s in zip(views, secs) if s is not None and s > 0], dtype=float).reshape(-1, 2)
+        if len(np.unique(pts[:, 0])) < 2 or pts[:, 1].max() < min_seconds:
             out[stage] = None
             continue
-        mx = sum(x for x, _ in pts) / len(pts)
-        my = sum(y for _, y in pts) / len(pts)
-        sxx = sum((x - mx) ** 2 for x, _ in pts)
-        out[stage] = None if sxx == 0 else round(sum((x - mx) * (y - my) for x, y in pts) / sxx, 3)
+        out[stage] = round(float(np.polyfit(np.log(pts[:, 0]), np.log(pts[:, 1]), 1)[0]), 3)
     return out
 
 
@@ -54,13 +53,14 @@ def summarise(rows: list[dict]) -> dict:
     count and the growth exponents of every stage and of the whole job."""
     rows = sorted(rows, key=lambda r: r["views"])
     views = [r["views"] for r in rows]
+    done = [r if r.get("state") == "done" else {} for r in rows]  # a failed job's times are no job's times
     # the stages in the order the jobs ran them (the known ones first, so that plots keep their colours)
-    names = list(dict.fromkeys([*STAGES, *(k for r in rows for k in (r.get("stage_seconds") or {}))]))
+    names = list(dict.fromkeys([*STAGES, *(k for r in done for k in (r.get("stage_seconds") or {}))]))
     seconds: dict[str, list[float | None]] = {
-        s: [(r.get("stage_seconds") or {}).get(s) for r in rows] for s in names}
-    seconds["job"] = [r.get("wall_seconds") if r.get("state") == "done" else None for r in rows]
+        s: [(r.get("stage_seconds") or {}).get(s) for r in done] for s in names}
+    seconds["job"] = [r.get("wall_seconds") for r in done]
     # the steps inside SfM and the dense geometry, where a super-linear part hides inside a stage's total
-    steps = [step_seconds(r) for r in rows]
+    steps = [step_seconds(r) for r in done]
     names = list(dict.fromkeys(k for st in steps for k in st))
     inner = {k: [st.get(k) for st in steps] for k in names}
     return {"views": views, "stage_seconds": seconds, "growth_exponents": growth_exponents(views, seconds),
@@ -91,7 +91,7 @@ def plot(result: Path, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     for stage in secs:
         pts = [(v, s) for v, s in zip(views, secs.get(stage, [])) if s]
-        if not pts or max(s for _, s in pts) < 0.5:  # the same cut as growth_exponents: timer noise
+        if not pts or max(s for _, s in pts) < MIN_SECONDS:
             continue
         k = slopes.get(stage)
         ax.plot(*zip(*pts), marker="o", lw=2.5 if stage == "job" else 1.5,
