@@ -21,7 +21,7 @@ if [ ! -f "$CARRY/pycolmap-cuda12-4.2.1-cp312-site.tar.xz" ]; then
     bash "$SHARED/tools/pack_pycolmap_cuda.sh" "$CARRY"
 fi
 
-# 2. pymeshlab: only the plugins hotmesh calls (meshing, select, clean, texture, io_base) and the libraries they load,
+# 2. pymeshlab: only the plugins hotmesh calls (meshing, select, clean, texture, io_base, screened_poisson) and the libraries they load,
 #    plus the libGL it links against (the GPU image has none), in _hotmesh_gl/
 if [ ! -f "$CARRY/pymeshlab-cp312.tar.xz" ]; then
     V=2025.7.post1
@@ -33,7 +33,7 @@ if [ ! -f "$CARRY/pymeshlab-cp312.tar.xz" ]; then
         cd "$P/pymeshlab"
         rm -rf tests
         for p in lib/plugins/*.so; do
-            case $(basename "$p") in libfilter_meshing.so|libfilter_select.so|libfilter_clean.so|libfilter_texture.so|libio_base.so) ;; *) rm "$p";; esac
+            case $(basename "$p") in libfilter_meshing.so|libfilter_select.so|libfilter_clean.so|libfilter_texture.so|libio_base.so|libfilter_screened_poisson.so) ;; *) rm "$p";; esac
         done
         needed=$( (ldd pmeshlab.cpython-312-x86_64-linux-gnu.so; for p in lib/plugins/*.so; do ldd "$p"; done) | awk '{print $1}' | sort -u)
         for f in lib/*; do [ -f "$f" ] || continue; grep -qx "$(basename "$f")" <<< "$needed" || rm "$f"; done

@@ -30,9 +30,11 @@ from pipeline.cameras.cameras import camera_centers
 from pipeline.geometry.carve import CarveSettings, hull_field, mask_sdf
 from pipeline.context import JobError
 from pipeline.geometry.fusion import Grid, combined_field_tensor, fuse_tensors
-from pipeline.geometry.meshing import (MeshingSettings, clean_mesh, handle_count, marching_cubes_on_device,
-                                      smooth_field)
+from pipeline.geometry.meshing import (MeshingSettings, clean_mesh, decimate, handle_count,
+                                      marching_cubes_on_device, smooth_field)
 from pipeline.geometry.mvs import DepthMap, MvsSettings, backproject, depth_maps, depth_range, neighbour_views, to_gray
+from pipeline.geometry.poisson import (PoissonSettings, PoissonUnavailable, depth_normals, poisson_surface,
+                                       silhouette_votes)
 from pipeline.imaging.render import reduced_camera
 from pipeline.geometry.scene import ObjectRegion, fit_ground_plane
 from pipeline.geometry.silhouettes import SilhouetteSettings, photo_silhouettes
@@ -66,6 +68,14 @@ class DenseSettings:
     smoothing_iterations: int = 3
     max_faces: int = 200_000
     max_points: int = 1_000_000  # fused points kept for points.ply
+    # how the depth maps become a surface: "tsdf" (fusion with the silhouettes' hull, steps 5-6) or "poisson"
+    # (screened Poisson of the oriented depth points, :mod:`pipeline.geometry.poisson`); docs/design.md, Meshing
+    mesher: str = "tsdf"
+    poisson: PoissonSettings = field(default_factory=PoissonSettings)
+
+    def __post_init__(self) -> None:
+        if self.mesher not in ("tsdf", "poisson"):
+            raise ValueError(f"DenseSettings.mesher must be 'tsdf' or 'poisson', got {self.mesher!r}")
 
 
 @dataclass(frozen=True)
@@ -233,10 +243,17 @@ def dense_geometry(images: list[np.ndarray], masks: list[np.ndarray | None], Ks:
         for i, m in zip(pick, found):
             sil[i] = m
     t_sil = time.monotonic() - t1
-    surf = fused_surface(dms, sil, estimated, Ks, w2cs, (lo, hi), support, planes, s=s, device=device,
-                         check=lambda f: check(0.75 + 0.23 * f))
+    surf = None
+    if s.mesher == "poisson":
+        try:
+            surf = poisson_mesh(dms, sil, estimated, Ks, w2cs, (lo, hi), planes, s)
+        except PoissonUnavailable as e:
+            log.warning("%s; meshing by TSDF fusion instead", e)
+    if surf is None:
+        surf = fused_surface(dms, sil, estimated, Ks, w2cs, (lo, hi), support, planes, s=s, device=device,
+                             check=lambda f: check(0.75 + 0.23 * f))
+    check(0.98)
     grid, mesh, raw, lo, hi = surf.grid, surf.mesh, surf.raw, surf.lo, surf.hi
-    trunc = s.trunc_voxels * grid.voxel
     above = np.ones(len(points), dtype=bool)
     for n_, d_ in planes:
         above &= points @ n_ - d_ > 0
@@ -248,7 +265,9 @@ def dense_geometry(images: list[np.ndarray], masks: list[np.ndarray | None], Ks:
     stats = {"views": n, "depth_size": [int(grays[0].shape[1]), int(grays[0].shape[0])],
              "planes": s.mvs.planes, "neighbours": s.mvs.neighbours, "window": s.mvs.window,
              "depth_pixels_mean": round(float(np.mean(coverage)), 4), "points": int(len(points)),
-             "grid": list(grid.dims), "voxel": grid.voxel, "trunc": trunc,
+             "mesher": "tsdf" if grid is not None else "poisson",
+             "grid": None if grid is None else list(grid.dims), "voxel": None if grid is None else grid.voxel,
+             "trunc": None if grid is None else s.trunc_voxels * grid.voxel,
              "support_refit": refit is not None, "walls": len(walls), "raw_faces": int(len(raw.faces)),
              "faces": int(len(mesh.faces)),
              "watertight": bool(mesh.is_watertight),
@@ -267,10 +286,10 @@ def dense_geometry(images: list[np.ndarray], masks: list[np.ndarray | None], Ks:
 
 @dataclass(frozen=True)
 class Surface:
-    """The fused grid, the raw marching-cubes mesh and the cleaned one (world units), the fused box (lo, hi) and
+    """The fused grid (None for a Poisson surface), the raw marching-cubes mesh and the cleaned one (world units), the fused box (lo, hi) and
     seconds per step (silhouette_sdf, hull_box, fusion, hull, field, marching_cubes, clean_mesh)."""
 
-    grid: Grid
+    grid: Grid | None
     raw: trimesh.Trimesh
     mesh: trimesh.Trimesh
     lo: np.ndarray
@@ -341,6 +360,32 @@ def fused_surface(dms: list[DepthMap], sil: list[np.ndarray], estimated: list[bo
     lap("clean_mesh")
     check(1.0)
     return Surface(grid=grid, raw=raw, mesh=mesh, lo=lo, hi=hi, seconds=seconds)
+
+
+def poisson_mesh(dms: list[DepthMap], sil: list[np.ndarray], estimated: list[bool], Ks: np.ndarray,
+                 w2cs: np.ndarray, box: tuple[np.ndarray, np.ndarray], planes: list[tuple[np.ndarray, float]],
+                 s: DenseSettings) -> Surface:
+    """Steps 5 and 6 by screened Poisson: the depth maps' oriented points that most silhouettes contain (all of them
+    where the user gave the masks), meshed inside ``box`` above ``planes`` and decimated to ``max_faces``.
+    Arguments as :func:`fused_surface`. Raises PoissonUnavailable without pymeshlab's filter."""
+    seconds: dict[str, float] = {}
+    t = time.monotonic()
+    oriented = [depth_normals(dm) for dm in dms]
+    points = np.concatenate([p for p, _ in oriented])
+    normals = np.concatenate([n for _, n in oriented])
+    # estimated silhouettes miss thin or dark parts: they only vote; given masks are trusted like the hull trusts them
+    need = s.poisson.silhouette_fraction if any(estimated) else 1.0 - s.hull_outlier_fraction
+    keep = silhouette_votes(points, sil, Ks, w2cs) >= need
+    seconds["oriented_points"] = time.monotonic() - t
+    t = time.monotonic()
+    raw = poisson_surface(points[keep], normals[keep], planes, box[0], box[1], s.poisson)
+    seconds["poisson"] = time.monotonic() - t
+    t = time.monotonic()
+    mesh = decimate(raw, s.max_faces)
+    seconds["clean_mesh"] = time.monotonic() - t
+    log.info("Poisson surface of %d of %d oriented points: %d faces, closed %s, %s s", int(keep.sum()), len(points),
+             len(mesh.faces), mesh.is_watertight, {k: round(v, 2) for k, v in seconds.items()})
+    return Surface(grid=None, raw=raw, mesh=mesh, lo=np.asarray(box[0]), hi=np.asarray(box[1]), seconds=seconds)
 
 
 def hull_box(masks: list[np.ndarray], Ks: np.ndarray, w2cs: np.ndarray, bounds: tuple[np.ndarray, np.ndarray],

@@ -15,6 +15,7 @@ from pipeline.geometry.dense import DenseSettings, dense_geometry
 from pipeline.geometry.scene import region_from_cameras
 from pipeline.geometry.meshing import MeshingSettings, clean_mesh, marching_cubes
 from pipeline.geometry.mvs import MvsSettings
+from pipeline.geometry.poisson import PoissonSettings
 from pipeline.stages.base import Stage, stage_dir
 from pipeline.stages.cameras import Sparse, Views, geometry_method
 from pipeline.stages.ingest import Manifest
@@ -61,8 +62,10 @@ def dense_settings(ctx: JobContext) -> DenseSettings:
     mvs = MvsSettings(max_side=cfg.max_side if gpu else cfg.cpu_max_side, planes=cfg.planes if gpu else cfg.cpu_planes,
                       neighbours=cfg.neighbours, best_k=cfg.best_k, window=cfg.window,
                       refine_rounds=cfg.refine_rounds, min_score=cfg.min_score, min_consistent=cfg.min_consistent)
+    poisson = PoissonSettings(depth=cfg.poisson_depth if gpu else cfg.cpu_poisson_depth,
+                              trim_quantile=cfg.poisson_trim, silhouette_fraction=cfg.poisson_silhouette_fraction)
     return DenseSettings(mvs=mvs, resolution=cfg.resolution if gpu else cfg.cpu_resolution, max_faces=geo.max_faces,
-                         field_blur=cfg.field_blur)
+                         field_blur=cfg.field_blur, mesher=cfg.mesher, poisson=poisson)
 
 
 def dense_stage(ctx: JobContext, views: Views, masks: list[np.ndarray | None], out_dir: Path) -> GeometrySummary:
@@ -83,8 +86,10 @@ def dense_stage(ctx: JobContext, views: Views, masks: list[np.ndarray | None], o
         obs = remap[sparse.obs_view] >= 0
         region = sparse.region()
         observations = (sparse.points, remap[sparse.obs_view[obs]], sparse.obs_point[obs])
-    ctx.log.info("dense geometry: %d views, depth maps at %d px, %d planes, TSDF %d voxels (device %s)", len(idx),
-                 s.mvs.max_side, s.mvs.planes, s.resolution, ctx.device)
+    ctx.log.info("dense geometry: %d views, depth maps at %d px, %d planes, %s (device %s)", len(idx),
+                 s.mvs.max_side, s.mvs.planes,
+                 f"TSDF {s.resolution} voxels" if s.mesher == "tsdf" else f"Poisson depth {s.poisson.depth}",
+                 ctx.device)
     res = dense_geometry([views.rgb[i] for i in idx], [masks[i] for i in idx], views.K[idx], views.w2c[idx],
                          region, s, device=ctx.device, sparse=observations, check=ctx.progress)
     res.mesh.export(out_dir / "mesh.ply")
@@ -94,14 +99,17 @@ def dense_stage(ctx: JobContext, views: Views, masks: list[np.ndarray | None], o
                         estimated=np.array([idx[k] for k, e in enumerate(res.estimated) if e], dtype=np.int64))
     st = res.stats
     detail = (f"{len(idx)} views; depth maps {st['depth_size'][0]}x{st['depth_size'][1]} px, {st['planes']} depth "
-              f"hypotheses, {st['neighbours']} neighbours each; TSDF grid {'x'.join(map(str, st['grid']))}; "
-              f"{st['estimated_silhouettes']} silhouettes estimated from the photos")
+              f"hypotheses, {st['neighbours']} neighbours each; "
+              + (f"TSDF grid {'x'.join(map(str, st['grid']))}; " if st['grid'] else
+                 f"screened Poisson, octree depth {s.poisson.depth}; ")
+              + f"{st['estimated_silhouettes']} silhouettes estimated from the photos")
     note = None
     if ctx.device != "cuda":
         note = ("coarse result: without a GPU the depth maps are computed at "
                 f"{s.mvs.max_side} px and the surface at {s.resolution} voxels; a full-resolution "
                 "result of this capture needs the GPU path")
-    return GeometrySummary(method="dense multi-view stereo (plane sweep + TSDF fusion)", detail=detail,
+    fused = "TSDF fusion" if st["mesher"] == "tsdf" else "screened Poisson"
+    return GeometrySummary(method=f"dense multi-view stereo (plane sweep + {fused})", detail=detail,
                            views_used=len(idx), faces=int(len(res.mesh.faces)),
                            watertight=bool(res.mesh.is_watertight), note=note, dense=st)
 
