@@ -105,9 +105,10 @@ class DenseConfig:
     # 0.8 voxel that closed the CPU's 192-voxel grid left tens of handles on the GPU's 384 voxels; 0.31 % is 1.2
     # voxels there (measured on three sets, docs/design.md, Fusion)
     field_blur: Annotated[float, Field(ge=0, le=0.05)] = 0.0031
-    # how the depth maps become a closed surface: TSDF fusion with the silhouettes' hull, or screened Poisson of the
-    # oriented depth points (docs/design.md, Meshing)
-    mesher: Literal["tsdf", "poisson"] = "tsdf"
+    # how the depth maps become a closed surface: TSDF fusion with the silhouettes' hull, screened Poisson of the
+    # oriented depth points, or hybrid: Poisson of the points near the TSDF surface, that surface filling where
+    # stereo found nothing (docs/design.md, Meshing by screened Poisson)
+    mesher: Literal["tsdf", "poisson", "hybrid"] = "tsdf"
     poisson_depth: Annotated[int, Field(ge=5, le=12)] = 9  # octree depth on a GPU machine
     cpu_poisson_depth: Annotated[int, Field(ge=5, le=12)] = 9
     poisson_trim: Annotated[float, Field(ge=0, lt=0.5)] = 0.02  # density quantile below which Poisson is trimmed

@@ -172,9 +172,13 @@ def test_a_measured_part_outside_estimated_silhouettes_stands_only_with_the_over
     assert top(cut) < 0.6 + 2 * t
 
 
-def test_dense_method_on_a_posed_masked_capture_finds_the_object_from_the_cameras(tmp_path) -> None:
+@pytest.mark.parametrize("mesher", ["tsdf", "hybrid"])
+def test_dense_method_on_a_posed_masked_capture_finds_the_object_from_the_cameras(tmp_path, mesher) -> None:
     """geometry.method = dense on posed photos that all have masks: no SfM runs, so the region comes from the
-    cameras and the masks cut the shape; the result overlaps the sample's ground truth."""
+    cameras and the masks cut the shape; the result overlaps the sample's ground truth, with the default mesher
+    and with the hybrid one (the TSDF surface refined by Poisson of the depth points near it)."""
+    if mesher == "hybrid":
+        pytest.importorskip("pymeshlab")
     import json
     import subprocess
     import sys
@@ -185,11 +189,14 @@ def test_dense_method_on_a_posed_masked_capture_finds_the_object_from_the_camera
     (job / "gt.ply").write_bytes((SAMPLE / "gt.ply").read_bytes())
     out = tmp_path / "out"
     settings = [*TINY_SETTINGS, "geometry.method=dense", "dense.cpu_max_side=96", "dense.cpu_planes=32",
-                "dense.neighbours=4", "dense.cpu_resolution=64", "texture.enabled=false"]
+                "dense.neighbours=4", "dense.cpu_resolution=64", "texture.enabled=false", f"dense.mesher={mesher}",
+                "dense.cpu_poisson_depth=7"]
     r = subprocess.run([sys.executable, "-m", "daemon.cli", "process", str(job), "--out", str(out), "--device", "cpu",
                         *[a for kv in settings for a in ("--set", kv)]], cwd=str(REPO), capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     stats = json.loads((out / "cow" / "stats.json").read_text())
     assert stats["geometry"]["method"].startswith("dense multi-view stereo")
+    assert stats["geometry"]["dense"]["mesher"] == mesher
+    assert stats["geometry"]["watertight"]
     assert stats["quality"]["gt"]["fscore"] > 0.5, stats["quality"]["gt"]

@@ -16,6 +16,7 @@ points), the support plane it stands on and the depth maps themselves, not by ma
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -70,12 +71,17 @@ class DenseSettings:
     max_points: int = 1_000_000  # fused points kept for points.ply
     # how the depth maps become a surface: "tsdf" (fusion with the silhouettes' hull, steps 5-6) or "poisson"
     # (screened Poisson of the oriented depth points, :mod:`pipeline.geometry.poisson`); docs/design.md, Meshing
+    # "hybrid": Poisson of the depth points near the TSDF surface, with that surface's samples where no depth point
+    # is within hybrid_gap of the box diagonal (the TSDF decides what is object, the points where it is)
     mesher: str = "tsdf"
     poisson: PoissonSettings = field(default_factory=PoissonSettings)
+    hybrid_band: float = 0.02
+    hybrid_gap: float = 0.005
+    hybrid_samples: int = 400_000
 
     def __post_init__(self) -> None:
-        if self.mesher not in ("tsdf", "poisson"):
-            raise ValueError(f"DenseSettings.mesher must be 'tsdf' or 'poisson', got {self.mesher!r}")
+        if self.mesher not in ("tsdf", "poisson", "hybrid"):
+            raise ValueError(f"DenseSettings.mesher must be 'tsdf', 'poisson' or 'hybrid', got {self.mesher!r}")
 
 
 @dataclass(frozen=True)
@@ -243,15 +249,21 @@ def dense_geometry(images: list[np.ndarray], masks: list[np.ndarray | None], Ks:
         for i, m in zip(pick, found):
             sil[i] = m
     t_sil = time.monotonic() - t1
-    surf = None
+    surf, used = None, "tsdf"
     if s.mesher == "poisson":
         try:
-            surf = poisson_mesh(dms, sil, estimated, Ks, w2cs, (lo, hi), planes, s)
+            surf, used = poisson_mesh(dms, sil, estimated, Ks, w2cs, (lo, hi), planes, s), "poisson"
         except PoissonUnavailable as e:
             log.warning("%s; meshing by TSDF fusion instead", e)
     if surf is None:
         surf = fused_surface(dms, sil, estimated, Ks, w2cs, (lo, hi), support, planes, s=s, device=device,
                              check=lambda f: check(0.75 + 0.23 * f))
+        if s.mesher == "hybrid":
+            try:
+                surf, used = poisson_mesh(dms, sil, estimated, Ks, w2cs, (surf.lo, surf.hi), planes, s,
+                                          guide=surf), "hybrid"
+            except PoissonUnavailable as e:
+                log.warning("%s; the TSDF surface is kept", e)
     check(0.98)
     grid, mesh, raw, lo, hi = surf.grid, surf.mesh, surf.raw, surf.lo, surf.hi
     above = np.ones(len(points), dtype=bool)
@@ -265,7 +277,7 @@ def dense_geometry(images: list[np.ndarray], masks: list[np.ndarray | None], Ks:
     stats = {"views": n, "depth_size": [int(grays[0].shape[1]), int(grays[0].shape[0])],
              "planes": s.mvs.planes, "neighbours": s.mvs.neighbours, "window": s.mvs.window,
              "depth_pixels_mean": round(float(np.mean(coverage)), 4), "points": int(len(points)),
-             "mesher": "tsdf" if grid is not None else "poisson",
+             "mesher": used,  # what made the surface: "tsdf" also where Poisson was asked for but unavailable
              "grid": None if grid is None else list(grid.dims), "voxel": None if grid is None else grid.voxel,
              "trunc": None if grid is None else s.trunc_voxels * grid.voxel,
              "support_refit": refit is not None, "walls": len(walls), "raw_faces": int(len(raw.faces)),
@@ -364,27 +376,49 @@ def fused_surface(dms: list[DepthMap], sil: list[np.ndarray], estimated: list[bo
 
 def poisson_mesh(dms: list[DepthMap], sil: list[np.ndarray], estimated: list[bool], Ks: np.ndarray,
                  w2cs: np.ndarray, box: tuple[np.ndarray, np.ndarray], planes: list[tuple[np.ndarray, float]],
-                 s: DenseSettings) -> Surface:
+                 s: DenseSettings, guide: Surface | None = None) -> Surface:
     """Steps 5 and 6 by screened Poisson: the depth maps' oriented points that most silhouettes contain (all of them
     where the user gave the masks), meshed inside ``box`` above ``planes`` and decimated to ``max_faces``.
-    Arguments as :func:`fused_surface`. Raises PoissonUnavailable without pymeshlab's filter."""
+    With a ``guide`` (the TSDF surface, mesher "hybrid"), the points are those within ``hybrid_band`` of the box
+    diagonal from it instead, joined by its own samples where no point lies within ``hybrid_gap``, and nothing is
+    trimmed: the result is closed where the guide is. Arguments as :func:`fused_surface`. Raises PoissonUnavailable
+    without pymeshlab's filter."""
+    from scipy.spatial import cKDTree
+
     seconds: dict[str, float] = {}
     t = time.monotonic()
     oriented = [depth_normals(dm) for dm in dms]
     points = np.concatenate([p for p, _ in oriented])
     normals = np.concatenate([n for _, n in oriented])
-    # estimated silhouettes miss thin or dark parts: they only vote; given masks are trusted like the hull trusts them
-    need = s.poisson.silhouette_fraction if any(estimated) else 1.0 - s.hull_outlier_fraction
-    keep = silhouette_votes(points, sil, Ks, w2cs) >= need
+    ps = s.poisson
+    if guide is None:
+        # estimated silhouettes miss thin or dark parts: they only vote; given masks are trusted like the hull
+        need = ps.silhouette_fraction if any(estimated) else 1.0 - s.hull_outlier_fraction
+        keep = silhouette_votes(points, sil, Ks, w2cs) >= need
+        points, normals = points[keep], normals[keep]
+    else:
+        diag = float(np.linalg.norm(np.asarray(box[1]) - np.asarray(box[0])))
+        samples, face = trimesh.sample.sample_surface(guide.mesh, s.hybrid_samples, seed=0)
+        near = cKDTree(samples).query(points, distance_upper_bound=s.hybrid_band * diag, workers=-1)[0]
+        points, normals = points[np.isfinite(near)], normals[np.isfinite(near)]
+        gap = cKDTree(points).query(samples, distance_upper_bound=s.hybrid_gap * diag, workers=-1)[0]
+        fill = ~np.isfinite(gap)
+        points = np.concatenate([points, samples[fill]])
+        normals = np.concatenate([normals, guide.mesh.face_normals[face[fill]]])
+        ps = dataclasses.replace(ps, trim_quantile=0.0)
     seconds["oriented_points"] = time.monotonic() - t
     t = time.monotonic()
-    raw = poisson_surface(points[keep], normals[keep], planes, box[0], box[1], s.poisson)
+    raw = poisson_surface(points, normals, planes, box[0], box[1], ps)
     seconds["poisson"] = time.monotonic() - t
     t = time.monotonic()
     mesh = decimate(raw, s.max_faces)
     seconds["clean_mesh"] = time.monotonic() - t
-    log.info("Poisson surface of %d of %d oriented points: %d faces, closed %s, %s s", int(keep.sum()), len(points),
-             len(mesh.faces), mesh.is_watertight, {k: round(v, 2) for k, v in seconds.items()})
+    log.info("Poisson surface of %d oriented points%s: %d faces, closed %s, %s s", len(points),
+             "" if guide is None else " (hybrid)", len(mesh.faces), mesh.is_watertight,
+             {k: round(v, 2) for k, v in seconds.items()})
+    if guide is not None:
+        seconds = {**guide.seconds, **{f"hybrid_{k}": v for k, v in seconds.items()}}
+        return Surface(grid=guide.grid, raw=raw, mesh=mesh, lo=guide.lo, hi=guide.hi, seconds=seconds)
     return Surface(grid=None, raw=raw, mesh=mesh, lo=np.asarray(box[0]), hi=np.asarray(box[1]), seconds=seconds)
 
 

@@ -88,7 +88,8 @@ def dense_stage(ctx: JobContext, views: Views, masks: list[np.ndarray | None], o
         observations = (sparse.points, remap[sparse.obs_view[obs]], sparse.obs_point[obs])
     ctx.log.info("dense geometry: %d views, depth maps at %d px, %d planes, %s (device %s)", len(idx),
                  s.mvs.max_side, s.mvs.planes,
-                 f"TSDF {s.resolution} voxels" if s.mesher == "tsdf" else f"Poisson depth {s.poisson.depth}",
+                 {"tsdf": f"TSDF {s.resolution} voxels", "poisson": f"Poisson depth {s.poisson.depth}",
+                  "hybrid": f"TSDF {s.resolution} voxels + Poisson depth {s.poisson.depth}"}[s.mesher],
                  ctx.device)
     res = dense_geometry([views.rgb[i] for i in idx], [masks[i] for i in idx], views.K[idx], views.w2c[idx],
                          region, s, device=ctx.device, sparse=observations, check=ctx.progress)
@@ -100,15 +101,16 @@ def dense_stage(ctx: JobContext, views: Views, masks: list[np.ndarray | None], o
     st = res.stats
     detail = (f"{len(idx)} views; depth maps {st['depth_size'][0]}x{st['depth_size'][1]} px, {st['planes']} depth "
               f"hypotheses, {st['neighbours']} neighbours each; "
-              + (f"TSDF grid {'x'.join(map(str, st['grid']))}; " if st['grid'] else
-                 f"screened Poisson, octree depth {s.poisson.depth}; ")
+              + (f"TSDF grid {'x'.join(map(str, st['grid']))}; " if st['grid'] else "")
+              + (f"screened Poisson, octree depth {s.poisson.depth}; " if st["mesher"] != "tsdf" else "")
               + f"{st['estimated_silhouettes']} silhouettes estimated from the photos")
     note = None
     if ctx.device != "cuda":
         note = ("coarse result: without a GPU the depth maps are computed at "
                 f"{s.mvs.max_side} px and the surface at {s.resolution} voxels; a full-resolution "
                 "result of this capture needs the GPU path")
-    fused = "TSDF fusion" if st["mesher"] == "tsdf" else "screened Poisson"
+    fused = {"tsdf": "TSDF fusion", "poisson": "screened Poisson",
+             "hybrid": "TSDF fusion + screened Poisson"}[st["mesher"]]
     return GeometrySummary(method=f"dense multi-view stereo (plane sweep + {fused})", detail=detail,
                            views_used=len(idx), faces=int(len(res.mesh.faces)),
                            watertight=bool(res.mesh.is_watertight), note=note, dense=st)
