@@ -7,8 +7,8 @@ import trimesh
 
 from pipeline.geometry.dense import DenseSettings
 from pipeline.geometry.mvs import DepthMap
-from pipeline.geometry.poisson import (PoissonSettings, boundary_loops, close_openings, depth_normals,
-                                       poisson_surface, silhouette_votes)
+from pipeline.geometry.poisson import (PoissonSettings, TooFewPoints, boundary_loops, close_openings,
+                                       depth_normals, poisson_surface, silhouette_votes)
 
 K = np.array([[100.0, 0, 32], [0, 100.0, 24], [0, 0, 1]])
 
@@ -88,6 +88,15 @@ def test_a_large_opening_stays_open_and_the_base_is_closed() -> None:
     both = close_openings(tube, planes, tol=1e-3, max_hole=1.0)
     assert both.is_watertight and both.is_winding_consistent
     assert both.volume == pytest.approx(np.pi * 0.01 * 0.4, rel=0.02)
+
+
+def test_too_few_points_inside_the_box_are_refused_with_their_own_error() -> None:
+    pytest.importorskip("pymeshlab")
+    pts, nrm = _sphere_points(np.array([0.0, 0.0, 0.5]), 0.3, 5000)
+    planes = [(np.array([0.0, 0.0, 1.0]), 0.0)]
+    # the box holds a sliver of the sphere: under 1000 points
+    with pytest.raises(TooFewPoints, match="oriented depth points"):
+        poisson_surface(pts, nrm, planes, np.array([-0.4, -0.4, 0.0]), np.array([0.4, 0.4, 0.25]), PoissonSettings())
 
 
 def test_the_mesher_is_checked() -> None:

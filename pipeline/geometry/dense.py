@@ -34,8 +34,8 @@ from pipeline.geometry.fusion import Grid, combined_field_tensor, fuse_tensors
 from pipeline.geometry.meshing import (MeshingSettings, clean_mesh, decimate, handle_count,
                                       marching_cubes_on_device, smooth_field)
 from pipeline.geometry.mvs import DepthMap, MvsSettings, backproject, depth_maps, depth_range, neighbour_views, to_gray
-from pipeline.geometry.poisson import (PoissonSettings, PoissonUnavailable, depth_normals, poisson_surface,
-                                       silhouette_votes)
+from pipeline.geometry.poisson import (PoissonSettings, PoissonUnavailable, TooFewPoints, depth_normals,
+                                       poisson_surface, silhouette_votes)
 from pipeline.imaging.render import reduced_camera
 from pipeline.geometry.scene import ObjectRegion, fit_ground_plane
 from pipeline.geometry.silhouettes import SilhouetteSettings, photo_silhouettes
@@ -253,7 +253,7 @@ def dense_geometry(images: list[np.ndarray], masks: list[np.ndarray | None], Ks:
     if s.mesher == "poisson":
         try:
             surf, used = poisson_mesh(dms, sil, estimated, Ks, w2cs, (lo, hi), planes, s), "poisson"
-        except PoissonUnavailable as e:
+        except (PoissonUnavailable, TooFewPoints) as e:
             log.warning("%s; meshing by TSDF fusion instead", e)
     if surf is None:
         surf = fused_surface(dms, sil, estimated, Ks, w2cs, (lo, hi), support, planes, s=s, device=device,
@@ -262,7 +262,7 @@ def dense_geometry(images: list[np.ndarray], masks: list[np.ndarray | None], Ks:
             try:
                 surf, used = poisson_mesh(dms, sil, estimated, Ks, w2cs, (surf.lo, surf.hi), planes, s,
                                           guide=surf), "hybrid"
-            except PoissonUnavailable as e:
+            except (PoissonUnavailable, TooFewPoints) as e:
                 log.warning("%s; the TSDF surface is kept", e)
     check(0.98)
     grid, mesh, raw, lo, hi = surf.grid, surf.mesh, surf.raw, surf.lo, surf.hi

@@ -51,6 +51,11 @@ class PoissonUnavailable(RuntimeError):
     """pymeshlab or its Poisson filter is missing; the caller meshes another way."""
 
 
+class TooFewPoints(ValueError):
+    """Too few oriented points are left inside the object's box for a Poisson surface; the caller meshes another
+    way."""
+
+
 def depth_normals(dm: DepthMap) -> tuple[np.ndarray, np.ndarray]:
     """World points (M, 3) and unit normals (M, 3) of the pixels whose depth and four neighbours' depths are known;
     the normals face the camera. Central differences of the camera-frame back-projections."""
@@ -106,7 +111,7 @@ def above_planes(points: np.ndarray, planes: list[tuple[np.ndarray, float]], mar
 def poisson_surface(points: np.ndarray, normals: np.ndarray, planes: list[tuple[np.ndarray, float]],
                     lo: np.ndarray, hi: np.ndarray, s: PoissonSettings) -> trimesh.Trimesh:
     """Closed-as-possible surface of oriented points (P, 3) and normals (P, 3) inside the box (lo, hi) above
-    ``planes``. Raises PoissonUnavailable without pymeshlab's Poisson filter, ValueError on too few points."""
+    ``planes``. Raises PoissonUnavailable without pymeshlab's Poisson filter, TooFewPoints under 1000 points."""
     try:
         import pymeshlab
     except ImportError as e:
@@ -118,7 +123,7 @@ def poisson_surface(points: np.ndarray, normals: np.ndarray, planes: list[tuple[
         pick = np.random.default_rng(0).choice(len(p), s.max_points, replace=False)
         p, n = p[pick], n[pick]
     if len(p) < 1000:
-        raise ValueError(f"poisson_surface: only {len(p)} points inside the object's box")
+        raise TooFewPoints(f"only {len(p)} oriented depth points inside the object's box")
     ms = pymeshlab.MeshSet()
     ms.add_mesh(pymeshlab.Mesh(vertex_matrix=p.astype(np.float64), v_normals_matrix=n.astype(np.float64)))
     try:
