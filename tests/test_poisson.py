@@ -45,6 +45,52 @@ def test_votes_count_only_the_views_that_see_a_point() -> None:
     np.testing.assert_allclose(v, [1.0, 0.0, 1.0])
 
 
+def test_normals_and_votes_match_plain_per_pixel_references() -> None:
+    rng = np.random.default_rng(1)
+    H, W = 12, 16
+    ys, xs = np.mgrid[0:H, 0:W]
+    depth = (2.0 + 0.3 * np.sin(xs / 3.0) + 0.2 * np.cos(ys / 2.0)).astype(np.float32)
+    depth[rng.random((H, W)) < 0.15] = 0  # holes: their neighbours get no normal
+    c, s_ = np.cos(0.3), np.sin(0.3)
+    w2c = np.eye(4)
+    w2c[:3, :3] = [[c, 0, s_], [0, 1, 0], [-s_, 0, c]]
+    w2c[:3, 3] = [0.1, -0.2, 0.3]
+    dm = DepthMap(depth=depth, score=np.ones_like(depth), K=K, w2c=w2c)
+    p, n = depth_normals(dm)
+
+    def cam(y: int, x: int) -> np.ndarray:
+        d = float(depth[y, x])
+        return np.array([(x + 0.5 - K[0, 2]) / K[0, 0] * d, (y + 0.5 - K[1, 2]) / K[1, 1] * d, d])
+
+    ref_p, ref_n = [], []
+    for y in range(1, H - 1):
+        for x in range(1, W - 1):
+            if min(depth[y, x], depth[y, x - 1], depth[y, x + 1], depth[y - 1, x], depth[y + 1, x]) <= 0:
+                continue
+            nn = np.cross(cam(y, x + 1) - cam(y, x - 1), cam(y + 1, x) - cam(y - 1, x))
+            nn /= np.linalg.norm(nn)
+            if nn @ cam(y, x) > 0:
+                nn = -nn
+            ref_p.append(w2c[:3, :3].T @ (cam(y, x) - w2c[:3, 3]))
+            ref_n.append(w2c[:3, :3].T @ nn)
+    np.testing.assert_allclose(p, np.array(ref_p), atol=1e-9)
+    np.testing.assert_allclose(n, np.array(ref_n), atol=1e-9)
+    # votes: per point, per view, by hand
+    masks = [rng.random((48, 64)) < 0.6 for _ in range(3)]
+    w2cs = np.array([np.eye(4), w2c, np.linalg.inv(w2c)])
+    pts = rng.normal(size=(200, 3)) * 0.5 + [0, 0, 2.0]
+    votes = silhouette_votes(pts, masks, np.array([K, K, K]), w2cs, chunk=64)
+    for q, got in zip(pts, votes):
+        hits = seen = 0
+        for m, T in zip(masks, w2cs):
+            X = T[:3, :3] @ q + T[:3, 3]
+            u, v = K[0, 0] * X[0] / X[2] + K[0, 2], K[1, 1] * X[1] / X[2] + K[1, 2]
+            if X[2] > 0 and 0 <= u < 64 and 0 <= v < 48:
+                seen += 1
+                hits += bool(m[int(v), int(u)])
+        assert got == pytest.approx(hits / seen if seen else 1.0)
+
+
 def _sphere_points(center: np.ndarray, radius: float, n: int) -> tuple[np.ndarray, np.ndarray]:
     d = np.random.default_rng(0).normal(size=(n, 3))
     d /= np.linalg.norm(d, axis=1, keepdims=True)

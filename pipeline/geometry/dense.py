@@ -252,7 +252,7 @@ def dense_geometry(images: list[np.ndarray], masks: list[np.ndarray | None], Ks:
     surf, used = None, "tsdf"
     if s.mesher == "poisson":
         try:
-            surf, used = poisson_mesh(dms, sil, estimated, Ks, w2cs, (lo, hi), planes, s), "poisson"
+            surf, used = poisson_mesh(dms, sil, estimated, Ks, w2cs, (lo, hi), planes, s, device=device), "poisson"
         except (PoissonUnavailable, TooFewPoints) as e:
             log.warning("%s; meshing by TSDF fusion instead", e)
     if surf is None:
@@ -261,7 +261,7 @@ def dense_geometry(images: list[np.ndarray], masks: list[np.ndarray | None], Ks:
         if s.mesher == "hybrid":
             try:
                 surf, used = poisson_mesh(dms, sil, estimated, Ks, w2cs, (surf.lo, surf.hi), planes, s,
-                                          guide=surf), "hybrid"
+                                          guide=surf, device=device), "hybrid"
             except (PoissonUnavailable, TooFewPoints) as e:
                 log.warning("%s; the TSDF surface is kept", e)
     check(0.98)
@@ -298,8 +298,9 @@ def dense_geometry(images: list[np.ndarray], masks: list[np.ndarray | None], Ks:
 
 @dataclass(frozen=True)
 class Surface:
-    """The fused grid (None for a Poisson surface), the raw marching-cubes mesh and the cleaned one (world units), the fused box (lo, hi) and
-    seconds per step (silhouette_sdf, hull_box, fusion, hull, field, marching_cubes, clean_mesh)."""
+    """The fused grid (None for a Poisson surface), the raw mesh and the cleaned one (world units), the fused box
+    (lo, hi) and seconds per step (silhouette_sdf, hull_box, fusion, hull, field, marching_cubes, clean_mesh; the
+    Poisson steps oriented_points, poisson, clean_mesh)."""
 
     grid: Grid | None
     raw: trimesh.Trimesh
@@ -376,7 +377,7 @@ def fused_surface(dms: list[DepthMap], sil: list[np.ndarray], estimated: list[bo
 
 def poisson_mesh(dms: list[DepthMap], sil: list[np.ndarray], estimated: list[bool], Ks: np.ndarray,
                  w2cs: np.ndarray, box: tuple[np.ndarray, np.ndarray], planes: list[tuple[np.ndarray, float]],
-                 s: DenseSettings, guide: Surface | None = None) -> Surface:
+                 s: DenseSettings, guide: Surface | None = None, device: str = "cpu") -> Surface:
     """Steps 5 and 6 by screened Poisson: the depth maps' oriented points that most silhouettes contain (all of them
     where the user gave the masks), meshed inside ``box`` above ``planes`` and decimated to ``max_faces``.
     With a ``guide`` (the TSDF surface, mesher "hybrid"), the points are those within ``hybrid_band`` of the box
@@ -387,14 +388,14 @@ def poisson_mesh(dms: list[DepthMap], sil: list[np.ndarray], estimated: list[boo
 
     seconds: dict[str, float] = {}
     t = time.monotonic()
-    oriented = [depth_normals(dm) for dm in dms]
+    oriented = [depth_normals(dm, device) for dm in dms]
     points = np.concatenate([p for p, _ in oriented])
     normals = np.concatenate([n for _, n in oriented])
     ps = s.poisson
     if guide is None:
         # estimated silhouettes miss thin or dark parts: they only vote; given masks are trusted like the hull
         need = ps.silhouette_fraction if any(estimated) else 1.0 - s.hull_outlier_fraction
-        keep = silhouette_votes(points, sil, Ks, w2cs) >= need
+        keep = silhouette_votes(points, sil, Ks, w2cs, device) >= need
         points, normals = points[keep], normals[keep]
     else:
         diag = float(np.linalg.norm(np.asarray(box[1]) - np.asarray(box[0])))

@@ -17,6 +17,7 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 import trimesh
 
 from pipeline.geometry.mvs import DepthMap
@@ -56,48 +57,64 @@ class TooFewPoints(ValueError):
     way."""
 
 
-def depth_normals(dm: DepthMap) -> tuple[np.ndarray, np.ndarray]:
+def depth_normals(dm: DepthMap, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """World points (M, 3) and unit normals (M, 3) of the pixels whose depth and four neighbours' depths are known;
-    the normals face the camera. Central differences of the camera-frame back-projections."""
-    d = dm.depth.astype(np.float64)
+    the normals face the camera. Central differences of the camera-frame back-projections, in torch on ``device``
+    (48 maps of 960x720 took 13 s in numpy on the H200's CPU)."""
+    dev = torch.device(device)
+    d = torch.as_tensor(dm.depth, dtype=torch.float64, device=dev)
     H, W = d.shape
-    ys, xs = np.mgrid[0:H, 0:W]
-    cam = np.stack([(xs + 0.5 - dm.K[0, 2]) / dm.K[0, 0] * d, (ys + 0.5 - dm.K[1, 2]) / dm.K[1, 1] * d, d], -1)
-    dx = np.zeros_like(cam)
-    dy = np.zeros_like(cam)
+    ys, xs = torch.meshgrid(torch.arange(H, device=dev, dtype=torch.float64) + 0.5,
+                            torch.arange(W, device=dev, dtype=torch.float64) + 0.5, indexing="ij")
+    K = dm.K
+    cam = torch.stack([(xs - K[0, 2]) / K[0, 0] * d, (ys - K[1, 2]) / K[1, 1] * d, d], -1)
+    dx = torch.zeros_like(cam)
+    dy = torch.zeros_like(cam)
     dx[:, 1:-1] = cam[:, 2:] - cam[:, :-2]
     dy[1:-1] = cam[2:] - cam[:-2]
     known = d > 0
-    ok = known.copy()
+    ok = known.clone()
     ok[:, 1:-1] &= known[:, 2:] & known[:, :-2]
     ok[1:-1] &= known[2:] & known[:-2]
     ok[[0, -1], :] = False
     ok[:, [0, -1]] = False
-    n = np.cross(dx[ok], dy[ok])
-    norm = np.linalg.norm(n, axis=1)
+    n = torch.linalg.cross(dx[ok], dy[ok])
+    norm = n.norm(dim=1)
     p = cam[ok]
     good = norm > 0
     n, p = n[good] / norm[good, None], p[good]
-    n[(n * p).sum(1) > 0] *= -1  # towards the camera (at the origin of its frame)
-    R, t = dm.w2c[:3, :3], dm.w2c[:3, 3]
-    return (p - t) @ R, n @ R
+    n = torch.where(((n * p).sum(1) > 0)[:, None], -n, n)  # towards the camera (at the origin of its frame)
+    R = torch.as_tensor(dm.w2c[:3, :3], dtype=torch.float64, device=dev)
+    t = torch.as_tensor(dm.w2c[:3, 3], dtype=torch.float64, device=dev)
+    return ((p - t) @ R).cpu().numpy(), (n @ R).cpu().numpy()
 
 
-def silhouette_votes(points: np.ndarray, sil: list[np.ndarray], Ks: np.ndarray, w2cs: np.ndarray) -> np.ndarray:
+def silhouette_votes(points: np.ndarray, sil: list[np.ndarray], Ks: np.ndarray, w2cs: np.ndarray,
+                     device: str = "cpu", chunk: int = 4_000_000) -> np.ndarray:
     """Fraction (P,) of the views that see a point (in front, inside the frame) whose silhouette contains it;
-    1 for a point no view sees. sil: N (H_i, W_i) bool at the resolution of Ks (N, 3, 3); w2cs (N, 4, 4)."""
-    inside = np.zeros(len(points))
-    seen = np.zeros(len(points))
-    for m, K, w2c in zip(sil, Ks, w2cs):
-        X = points @ w2c[:3, :3].T + w2c[:3, 3]
-        z = np.maximum(X[:, 2], 1e-12)
-        u = K[0, 0] * X[:, 0] / z + K[0, 2]
-        v = K[1, 1] * X[:, 1] / z + K[1, 2]
-        H, W = m.shape
-        vis = (X[:, 2] > 0) & (u >= 0) & (u < W) & (v >= 0) & (v < H)
-        seen += vis
-        inside[vis] += m[v[vis].astype(int), u[vis].astype(int)]
-    return np.where(seen > 0, inside / np.maximum(seen, 1), 1.0)
+    1 for a point no view sees. sil: N (H_i, W_i) bool at the resolution of Ks (N, 3, 3); w2cs (N, 4, 4).
+    In torch on ``device``, ``chunk`` points at a time."""
+    dev = torch.device(device)
+    masks = [torch.as_tensor(np.asarray(m, dtype=bool), device=dev) for m in sil]
+    out = np.empty(len(points))
+    for c0 in range(0, len(points), chunk):
+        P = torch.as_tensor(points[c0:c0 + chunk], dtype=torch.float64, device=dev)
+        inside = torch.zeros(len(P), dtype=torch.float64, device=dev)
+        seen = torch.zeros_like(inside)
+        for m, K, w2c in zip(masks, Ks, w2cs):
+            X = P @ torch.as_tensor(w2c[:3, :3].T, dtype=torch.float64, device=dev) + \
+                torch.as_tensor(w2c[:3, 3], dtype=torch.float64, device=dev)
+            z = X[:, 2].clamp(min=1e-12)
+            u = K[0, 0] * X[:, 0] / z + K[0, 2]
+            v = K[1, 1] * X[:, 1] / z + K[1, 2]
+            H, W = m.shape
+            vis = (X[:, 2] > 0) & (u >= 0) & (u < W) & (v >= 0) & (v < H)
+            seen += vis
+            ui = u.clamp(0, W - 1).long()
+            vi = v.clamp(0, H - 1).long()
+            inside += (vis & m[vi, ui]).double()
+        out[c0:c0 + chunk] = torch.where(seen > 0, inside / seen.clamp(min=1), torch.ones_like(seen)).cpu().numpy()
+    return out
 
 
 def above_planes(points: np.ndarray, planes: list[tuple[np.ndarray, float]], margin: float) -> np.ndarray:
