@@ -21,8 +21,8 @@ if [ ! -f "$CARRY/pycolmap-cuda12-4.2.1-cp312-site.tar.xz" ]; then
     bash "$SHARED/tools/pack_pycolmap_cuda.sh" "$CARRY"
 fi
 
-# 2. pymeshlab: only the plugins hotmesh calls (meshing, select, clean, texture, io_base, screened_poisson) and the libraries they load,
-#    plus the libGL it links against (the GPU image has none), in _hotmesh_gl/
+# 2. pymeshlab: only the plugins hotmesh calls (meshing, select, clean, texture, io_base, screened_poisson) and the
+#    libraries they load, plus the libGL it links against (the GPU image has none), in _hotmesh_gl/
 if [ ! -f "$CARRY/pymeshlab-cp312.tar.xz" ]; then
     V=2025.7.post1
     "${PIPDL[@]}" -d "$W/dl" "pymeshlab==$V"

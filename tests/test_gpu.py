@@ -316,3 +316,26 @@ def test_torch_fusion_on_cuda_matches_the_cpu_reference_and_is_fast() -> None:
     then the same steps timed on a job-sized grid (about 400 x 400 x 250 voxels, 60 views of 960 x 720 px) and a
     512^3 grid within 8 GB of GPU memory. Prints the seconds."""
     print(json.dumps(torch_fusion_checks("cuda")))
+
+
+def test_poisson_points_and_votes_on_the_gpu_match_the_cpu() -> None:
+    """The dense path's oriented points and silhouette votes run on the job's device: the same numbers there."""
+    from pipeline.geometry.mvs import DepthMap
+    from pipeline.geometry.poisson import depth_normals, silhouette_votes
+
+    rng = np.random.default_rng(3)
+    ys, xs = np.mgrid[0:240, 0:320]
+    depth = (2.0 + 0.2 * np.sin(xs / 20.0) + 0.1 * np.cos(ys / 15.0)).astype(np.float32)
+    depth[rng.random(depth.shape) < 0.1] = 0
+    K = np.array([[300.0, 0, 160], [0, 300.0, 120], [0, 0, 1]])
+    w2c = np.eye(4)
+    w2c[:3, 3] = [0.1, -0.1, 0.2]
+    dm = DepthMap(depth=depth, score=np.ones_like(depth), K=K, w2c=w2c)
+    p_cpu, n_cpu = depth_normals(dm, "cpu")
+    p_gpu, n_gpu = depth_normals(dm, "cuda")
+    np.testing.assert_allclose(p_gpu, p_cpu, atol=1e-9)
+    np.testing.assert_allclose(n_gpu, n_cpu, atol=1e-9)
+    masks = [rng.random((240, 320)) < 0.7 for _ in range(4)]
+    Ks, w2cs = np.array([K] * 4), np.array([np.eye(4), w2c, np.linalg.inv(w2c), np.eye(4)])
+    np.testing.assert_allclose(silhouette_votes(p_cpu, masks, Ks, w2cs, "cuda"),
+                               silhouette_votes(p_cpu, masks, Ks, w2cs, "cpu"))

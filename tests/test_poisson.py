@@ -7,8 +7,9 @@ import trimesh
 
 from pipeline.geometry.dense import DenseSettings
 from pipeline.geometry.mvs import DepthMap
-from pipeline.geometry.poisson import (PoissonSettings, TooFewPoints, boundary_loops, close_openings,
-                                       depth_normals, poisson_surface, silhouette_votes)
+from pipeline.geometry.meshing import boundary_loops
+from pipeline.geometry.poisson import (PoissonSettings, TooFewPoints, close_openings, depth_normals, poisson_surface,
+                                       silhouette_votes)
 
 K = np.array([[100.0, 0, 32], [0, 100.0, 24], [0, 0, 1]])
 
@@ -126,10 +127,10 @@ def test_a_large_opening_stays_open_and_the_base_is_closed() -> None:
     keep = np.abs(tube.face_normals[:, 2]) < 0.5  # drop both caps
     tube = trimesh.Trimesh(tube.vertices, tube.faces[keep])
     tube.remove_unreferenced_vertices()
-    assert len(boundary_loops(tube.faces)) == 2
+    assert boundary_loops(tube.faces) == 2
     planes = [(np.array([0.0, 0.0, 1.0]), 0.0)]
     closed = close_openings(tube, planes, tol=1e-3, max_hole=0.5)
-    assert len(boundary_loops(closed.faces)) == 1  # the rim, 0.63 long
+    assert boundary_loops(closed.faces) == 1  # the rim, 0.63 long
     assert closed.vertices[:, 2].min() == pytest.approx(0.0, abs=1e-9)
     both = close_openings(tube, planes, tol=1e-3, max_hole=1.0)
     assert both.is_watertight and both.is_winding_consistent

@@ -16,10 +16,9 @@ points), the support plane it stands on and the depth maps themselves, not by ma
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import cv2
@@ -406,7 +405,7 @@ def poisson_mesh(dms: list[DepthMap], sil: list[np.ndarray], estimated: list[boo
         fill = ~np.isfinite(gap)
         points = np.concatenate([points, samples[fill]])
         normals = np.concatenate([normals, guide.mesh.face_normals[face[fill]]])
-        ps = dataclasses.replace(ps, trim_quantile=0.0)
+        ps = replace(ps, trim_quantile=0.0)
     seconds["oriented_points"] = time.monotonic() - t
     t = time.monotonic()
     raw = poisson_surface(points, normals, planes, box[0], box[1], ps)

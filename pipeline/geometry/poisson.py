@@ -171,9 +171,10 @@ def significant_pieces(mesh: trimesh.Trimesh, fraction: float) -> trimesh.Trimes
     return out
 
 
-def boundary_loops(faces: np.ndarray) -> list[np.ndarray]:
+def simple_border_loops(faces: np.ndarray) -> list[np.ndarray]:
     """Closed loops of border edges, each (L,) vertex indices in the faces' winding order; loops through a vertex
-    shared by two borders are left out (they are not simple). faces: (F, 3) int."""
+    shared by two borders are left out (they are not simple). faces: (F, 3) int. (:func:`pipeline.geometry.meshing.
+    boundary_loops` counts all loops, simple or not.)"""
     e = np.asarray(faces)[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2)
     key = e[:, 0].astype(np.int64) * (int(e.max()) + 1) + e[:, 1]
     rev = e[:, 1].astype(np.int64) * (int(e.max()) + 1) + e[:, 0]
@@ -208,7 +209,7 @@ def close_openings(mesh: trimesh.Trimesh, planes: list[tuple[np.ndarray, float]]
     f = np.asarray(mesh.faces)
     new_v, new_f = [v], [f]
     count = len(v)
-    for loop in boundary_loops(f):
+    for loop in simple_border_loops(f):
         pts = v[loop]
         flat = any(np.abs(pts @ n - d).max() <= tol for n, d in planes)
         if not flat and np.linalg.norm(pts - np.roll(pts, -1, 0), axis=1).sum() > max_hole:
