@@ -206,6 +206,10 @@ class ReportConfig:
     # share of the object's measured height between the lowest part the photos measured (SfM and stereo points
     # above the support plane) and where the mesh ends; above it the grade warns that the lower part is missing
     grade_base_gap_pass: Fraction = 0.1
+    # share of the held-out photos' observations of object points (SfM) where the mesh renders no pixel there; above
+    # it the grade warns that a part the photos show is missing
+    grade_heldout_points_pass: Fraction = 0.05
+    grade_heldout_points_min_missed: Annotated[int, Field(ge=0)] = 20
     # ground-truth F-score (only when gt.ply/obj/glb is given)
     grade_fscore_pass: Fraction = 0.9
     grade_fscore_warn: Fraction = 0.7

@@ -130,3 +130,8 @@ def test_unposed_photos_find_their_cameras_and_the_object(scene: Path, tmp_path:
     s = score(mesh, trimesh.load(scene / "gt.ply", force="mesh"), truth, 50_000)
     assert s["fscore@1%"] > 0.5, s
     assert np.isfinite(s["chamfer_l1_rel"])
+    # the held-out photos' SfM points were checked against the mesh, and the grade says what it found
+    hp = stats["quality"]["heldout_points"]
+    assert hp is not None and hp["observations"] >= 30 and 0 <= hp["missed"] <= hp["observations"]
+    check = {c["name"]: c for c in stats["grade"]["checks"]}["heldout_points"]
+    assert check["value"] == pytest.approx(hp["missed"] / hp["observations"])

@@ -401,3 +401,102 @@ def test_a_mesh_that_stops_short_of_the_table_cannot_pass() -> None:
     s["quality"]["base"] = None
     g = grade_checks(build_checks(s, CFG))
     assert g.grade == "pass" and {c.name: c.status for c in g.checks}["base"] == "n/a"
+
+
+def _held_out_observations(mesh_points: np.ndarray, Ks: np.ndarray, w2cs: np.ndarray, size: tuple[int, int]):
+    """Where each view sees each point (all points in front of every camera): obs_view (M,), obs_xy (M, 2)."""
+    views, xys = [], []
+    for i, (K, w2c) in enumerate(zip(Ks, w2cs)):
+        cam = mesh_points @ w2c[:3, :3].T + w2c[:3, 3]
+        uv = cam @ K.T
+        xy = uv[:, :2] / uv[:, 2:]
+        ok = (xy[:, 0] >= 0) & (xy[:, 0] < size[0]) & (xy[:, 1] >= 0) & (xy[:, 1] < size[1])
+        views.append(np.full(int(ok.sum()), i))
+        xys.append(xy[ok])
+    return np.concatenate(views), np.concatenate(xys)
+
+
+def test_missed_points_finds_the_part_the_photos_show_and_the_mesh_lacks() -> None:
+    from pipeline.imaging.render import look_at, reduced_camera, render
+    from pipeline.report.quality import missed_points
+
+    # an object 1 unit tall standing on z = 0; the photos observed points all over its surface
+    whole = trimesh.creation.box(extents=(0.6, 0.4, 1.0))
+    whole.apply_translation([0, 0, 0.5])
+    points = trimesh.sample.sample_surface(whole, 600, seed=1)[0]
+    W, H = 640, 480
+    K = np.array([[700.0, 0, W / 2], [0, 700.0, H / 2], [0, 0, 1]])
+    eyes = [np.array([3 * np.cos(a), 3 * np.sin(a), 1.2]) for a in (0.3, 1.9, 3.5, 5.0)]
+    w2cs = np.array([look_at(e, np.array([0, 0, 0.5]), np.array([0, 0, 1.0])) for e in eyes])
+    Ks = np.repeat(K[None], len(eyes), 0)
+    obs_view, obs_xy = _held_out_observations(points, Ks, w2cs, (W, H))
+    # which point each observation is of (every point is seen in every view here)
+    obs_point = np.concatenate([np.arange(len(points))] * len(eyes))
+    assert len(obs_point) == len(obs_view)
+    heights = points[:, 2]
+    top = whole.copy()
+    top.vertices[top.vertices[:, 2] < 0.45, 2] = 0.45  # the lower 45 % lost, as the armchair's frame was
+    for mesh, low, high in ((whole, 0.0, 0.02), (top, 0.3, 0.6)):
+        sils, Ksmall = [], []
+        for w2c in w2cs:
+            Kr, w, h = reduced_camera(K, W, H, 160)
+            sils.append(render(mesh, Kr, w2c, w, h).mask)
+            Ksmall.append(Kr)
+        found = missed_points(sils, np.array(Ksmall), Ks, obs_view, obs_xy, heights[obs_point], heights)
+        assert found is not None and low <= found.share <= high, found
+        # a plain reference: project the points straight into the small silhouettes, grown by 2 px
+        import cv2
+
+        ref = []
+        for i, (sil, Kr, w2c) in enumerate(zip(sils, Ksmall, w2cs)):
+            grown = cv2.dilate(sil.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+            cam = points @ w2c[:3, :3].T + w2c[:3, 3]
+            uv = cam @ Kr.T
+            for x, y in uv[:, :2] / uv[:, 2:]:
+                ref.append(not grown[int(y), int(x)])
+        assert found.missed == pytest.approx(sum(ref), abs=2)
+    assert found.height is not None and found.height < 1 / 3 and found.where.startswith("the lower part")
+    assert missed_points(sils, np.array(Ksmall), Ks, obs_view[:5], obs_xy[:5], heights[obs_point][:5], heights) \
+        is None
+    with pytest.raises(ValueError, match="index the 4 silhouettes"):
+        missed_points(sils, np.array(Ksmall), Ks, obs_view + 1, obs_xy, heights[obs_point], heights)
+
+
+def test_a_part_the_held_out_photos_show_missing_from_the_mesh_cannot_pass() -> None:
+    hp = {"share": 0.18, "observations": 1200, "missed": 216, "views": 5, "height": 0.15,
+          "where": "the lower part (legs, feet, a stand near the table)"}
+    s = _stats(heldout_points=hp)
+    g = grade_checks(build_checks(s, CFG))
+    assert g.grade == "warn" and {c.name: c.status for c in g.checks}["heldout_points"] == "warn"
+    texts = [k["text"] for k in what_to_know(s, g, set())]
+    assert any(t.startswith("The held-out photos show the lower part (legs") and "18%" in t for t in texts)
+    s["quality"]["heldout_points"]["share"] = 0.02
+    assert grade_checks(build_checks(s, CFG)).grade == "pass"
+    # a handful of stray points above the share is noise, not a missing part
+    s["quality"]["heldout_points"].update(share=0.06, observations=200, missed=12)
+    g = grade_checks(build_checks(s, CFG))
+    assert g.grade == "pass" and "noise" in {c.name: c for c in g.checks}["heldout_points"].detail
+    s["quality"]["heldout_points"] = None  # posed or masked captures: not measured, not required
+    g = grade_checks(build_checks(s, CFG))
+    assert g.grade == "pass" and {c.name: c.status for c in g.checks}["heldout_points"] == "n/a"
+
+
+def test_within_footprint_keeps_what_is_under_the_mesh_and_drops_what_is_beside_it() -> None:
+    from pipeline.report.quality import within_footprint
+
+    # a seat: a slab 1 x 1 across, from 0.5 to 0.6 high; up is +z tilted a little
+    up = np.array([0.0, 0.1, 1.0])
+    seat = trimesh.creation.box(extents=(1.0, 1.0, 0.1))
+    seat.apply_translation([0, 0, 0.55])
+    seat.apply_transform(trimesh.geometry.align_vectors([0, 0, 1], up / np.linalg.norm(up)))
+    R = trimesh.geometry.align_vectors([0, 0, 1], up / np.linalg.norm(up))[:3, :3]
+    pts = np.array([[0.0, 0.0, 0.1],    # a leg's foot under the seat
+                    [0.45, -0.45, 0.3],  # under a corner
+                    [0.52, 0.0, 0.3],    # just outside, within the 0.05 margin
+                    [0.7, 0.0, 0.3],     # clutter beside it
+                    [0.0, 0.0, 1.0],     # far above the top
+                    [-2.0, 1.0, 0.0]]) @ R.T
+    got = within_footprint(pts, np.asarray(seat.vertices), up, 0.05)
+    assert got.tolist() == [True, True, True, False, False, False]
+    with pytest.raises(ValueError, match="non-zero up"):
+        within_footprint(pts, np.asarray(seat.vertices), np.zeros(3), 0.05)

@@ -11,7 +11,7 @@ Kept free of torch/trimesh: the daemon's failure reports import this module's si
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 Status = Literal["pass", "warn", "fail", "n/a"]
@@ -125,6 +125,19 @@ def build_checks(stats: dict[str, Any], cfg: Any) -> list[Check]:
         detail=(f"the mesh ends {base.get('share', 0):.0%} of the object's height above the lowest of "
                 f"{base.get('points')} points the photos measured") if base else "",
         missing="no support plane or measured points (posed or masked capture)", required=False))
+    hp = q.get("heldout_points") or {}
+    # lower is better; like the base check it warns and never fails: SfM points, not a mask, measured it
+    held_points = measure(
+        "heldout_points", "object points the held-out photos show where the mesh renders nothing (share)",
+        hp.get("share"), cfg.grade_heldout_points_pass, 1.0, better="lower", unit="share",
+        detail=(f"{hp.get('missed')} of {hp.get('observations')} observations in {hp.get('views')} held-out "
+                f"photo(s), mostly {hp.get('where')}") if hp else "",
+        missing="no structure-from-motion points seen by held-out photos (posed or masked capture)", required=False)
+    if held_points.status == "warn" and hp.get("missed", 0) < cfg.grade_heldout_points_min_missed:
+        # a handful of stray SfM points is not a missing part
+        held_points = replace(held_points, status="pass", detail=held_points.detail + (
+            f"; fewer than {cfg.grade_heldout_points_min_missed} missed observations count as noise"))
+    checks.append(held_points)
     gt = q.get("gt")
     if gt:
         checks.append(measure("gt_fscore", f"F-score against the ground truth (@{100 * gt['tau_rel']:g}% of its "
@@ -205,6 +218,13 @@ def what_to_know(stats: dict[str, Any], grade: Grade, published: set[str]) -> li
         add(c, f"The mesh ends {c.value:.0%} of the object's height above the lowest part the photos measured: its "
                "lower part (legs, feet, a stand near the table) is probably missing. Photograph the base from lower "
                "angles, or give masks (masks/<image>.png)")
+    c = by.get("heldout_points")
+    if c and c.value is not None:
+        hp = q.get("heldout_points") or {}
+        add(c, f"The held-out photos show {hp.get('where')} of the object where the mesh has nothing ({c.value:.0%} "
+               f"of the object points they saw): that part is missing from the mesh. Photograph it from more sides "
+               "and closer, with the table or background plainly different from it, or give masks "
+               "(masks/<image>.png)")
     cov = q.get("coverage") or {}
     c = by.get("coverage")
     if c and c.value is not None:

@@ -8,6 +8,7 @@ image); ``up`` is the scene's unit up vector (3,).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -299,3 +300,98 @@ def base_gap(vertices: np.ndarray, points: np.ndarray, plane: tuple[np.ndarray, 
     mesh_low = float(h_mesh.min())
     return BaseGap(share=float(np.clip((mesh_low - measured_low) / height, 0.0, 1.0)), mesh_low=mesh_low,
                    measured_low=measured_low, height=height, points=int(len(h_pts)))
+
+
+@dataclass(frozen=True)
+class MissedPoints:
+    """Object points that held-out photos observed (SfM observations) where the mesh, rendered into those photos,
+    has no pixel: a part the photos show and the mesh lacks.
+
+    ``share``: missed observations over all observations of object points in the held-out photos; ``height``: the
+    median height of the missed points as a fraction of the object's measured height (0 at its lowest measured
+    point, 1 at its top), None when nothing was missed."""
+
+    share: float
+    observations: int
+    missed: int
+    views: int
+    height: float | None
+
+    @property
+    def where(self) -> str:
+        """The part the missed points lie in, in words."""
+        if self.height is None:
+            return "no part"
+        if self.height < 1 / 3:
+            return "the lower part (legs, feet, a stand near the table)"
+        return "the top" if self.height > 2 / 3 else "the middle"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"share": self.share, "observations": self.observations, "missed": self.missed, "views": self.views,
+                "height": self.height, "where": self.where}
+
+
+def missed_points(silhouettes: list[np.ndarray], Ks_small: np.ndarray, Ks: np.ndarray, obs_view: np.ndarray,
+                  obs_xy: np.ndarray, obs_height: np.ndarray, heights: np.ndarray, tol_px: int = 2,
+                  min_observations: int = 30) -> MissedPoints | None:
+    """Observations of object points outside the mesh's silhouettes in the photos they were observed in.
+
+    silhouettes: N (h_i, w_i) bool, the mesh rendered with Ks_small (N, 3, 3); Ks: (N, 3, 3) the photos' own
+    intrinsics, in whose pixels obs_xy (M, 2) are; obs_view: (M,) index into the N photos; obs_height: (M,) height
+    of each observed point; heights: (P,) heights of all object points (the object's measured extent). A silhouette
+    is grown by ``tol_px`` first, so that a point on the outline is not missed. None with fewer than
+    ``min_observations`` observations."""
+    import cv2
+
+    obs_view, obs_xy = np.asarray(obs_view, dtype=np.int64), np.asarray(obs_xy, dtype=np.float64).reshape(-1, 2)
+    if not (len(obs_view) == len(obs_xy) == len(obs_height)):
+        raise ValueError(f"missed_points: obs_view, obs_xy and obs_height differ in length ({len(obs_view)}, "
+                         f"{len(obs_xy)}, {len(obs_height)})")
+    if len(silhouettes) != len(Ks_small) or len(silhouettes) != len(Ks):
+        raise ValueError(f"missed_points needs one K of each kind per silhouette, got {len(silhouettes)}, "
+                         f"{len(Ks_small)}, {len(Ks)}")
+    if len(obs_view) < min_observations or len(heights) == 0:
+        return None
+    if obs_view.min() < 0 or obs_view.max() >= len(silhouettes):
+        raise ValueError(f"missed_points: obs_view must index the {len(silhouettes)} silhouettes")
+    kernel = np.ones((2 * tol_px + 1, 2 * tol_px + 1), np.uint8)
+    missed = np.zeros(len(obs_view), dtype=bool)
+    for i, sil in enumerate(silhouettes):
+        sel = np.nonzero(obs_view == i)[0]
+        if len(sel) == 0:
+            continue
+        grown = cv2.dilate(np.asarray(sil, dtype=np.uint8), kernel) > 0
+        K, Kr = Ks[i], Ks_small[i]
+        x = (obs_xy[sel, 0] - K[0, 2]) * Kr[0, 0] / K[0, 0] + Kr[0, 2]
+        y = (obs_xy[sel, 1] - K[1, 2]) * Kr[1, 1] / K[1, 1] + Kr[1, 2]
+        h, w = grown.shape
+        inside = (x >= 0) & (x < w) & (y >= 0) & (y < h)
+        xi, yi = np.clip(x.astype(np.int64), 0, w - 1), np.clip(y.astype(np.int64), 0, h - 1)
+        missed[sel] = inside & ~grown[yi, xi]
+    lo, hi = float(np.percentile(heights, 2)), float(np.percentile(heights, 98))
+    where = None
+    if missed.any():
+        where = float(np.clip((np.median(np.asarray(obs_height)[missed]) - lo) / max(hi - lo, 1e-12), 0.0, 1.0))
+    return MissedPoints(share=float(missed.mean()), observations=int(len(obs_view)), missed=int(missed.sum()),
+                        views=int(len(np.unique(obs_view))), height=where)
+
+
+def within_footprint(points: np.ndarray, vertices: np.ndarray, up: np.ndarray, margin: float) -> np.ndarray:
+    """Which points lie over or under the mesh: inside the convex outline of its vertices seen along ``up``
+    (grown by ``margin``), and no higher than its top plus ``margin``. Object points beside the object (clutter on
+    the table, the wall behind) are outside; a lost leg under the seat is inside. points: (P, 3); vertices: (V, 3);
+    up: (3,). -> (P,) bool"""
+    from scipy.spatial import ConvexHull, QhullError
+
+    up = np.asarray(up, dtype=np.float64)
+    if np.linalg.norm(up) == 0 or len(vertices) < 3:
+        raise ValueError("within_footprint needs a non-zero up and a mesh with at least 3 vertices")
+    up = up / np.linalg.norm(up)
+    basis = np.linalg.svd(up[None])[2][1:]  # (2, 3): two directions across up
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    try:
+        hull = ConvexHull(np.asarray(vertices, dtype=np.float64) @ basis.T)
+    except QhullError:  # a mesh with no extent across up has no outline to be inside
+        return np.zeros(len(points), dtype=bool)
+    across = (points @ basis.T) @ hull.equations[:, :2].T + hull.equations[:, 2]
+    return (across.max(axis=1) <= margin) & (points @ up <= float((np.asarray(vertices) @ up).max()) + margin)

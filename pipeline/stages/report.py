@@ -18,7 +18,8 @@ from pipeline.report.evaluate import gt_scores, held_out_scores, mesh_stats
 from pipeline.io.export import estimate_up, export_all, read_seen, vertex_color_web_glb, web_glb
 from pipeline.report.grade import build_checks, grade_checks, what_to_know
 from pipeline.report.quality import (base_gap, border_cuts, camera_spread, coverage_share, horizontal_basis,
-                                     resting_vertices, side_name, unseen_direction, vertex_areas, visibility_counts)
+                                     missed_points, resting_vertices, side_name, unseen_direction, vertex_areas,
+                                     visibility_counts, within_footprint)
 from pipeline.io.redact import redact_mapping
 from pipeline.imaging.render import look_at, reduced_camera, render, shade
 from pipeline.cameras.scale import NO_SCALE
@@ -245,6 +246,34 @@ def measured_base(ctx: JobContext, vertices: np.ndarray) -> dict[str, Any] | Non
     return None if gap is None else gap.to_dict()
 
 
+def heldout_points(ctx: JobContext, views: Views, vertices: np.ndarray, silhouettes: list[np.ndarray],
+                   Ks_small: np.ndarray, up: np.ndarray) -> dict[str, Any] | None:
+    """quality.heldout_points: the SfM observations of object points in the held-out photos that fall outside the
+    final mesh's silhouettes there (:func:`missed_points`), counting only points over or under the mesh
+    (:func:`within_footprint`); None without SfM points or held-out photos. vertices: (V, 3) of the written mesh.
+    Heights are above the support plane where there is one, else along the cameras' up."""
+    sparse = Sparse.load(ctx)
+    held = np.nonzero(views.holdout)[0]
+    if sparse is None or len(held) == 0 or not sparse.object_points.any() or len(vertices) < 3:
+        return None
+    if sparse.support is not None:
+        n, d = sparse.support
+        up, height = n / np.linalg.norm(n), sparse.points @ (n / np.linalg.norm(n)) + d / np.linalg.norm(n)
+    else:
+        height = sparse.points @ up
+    # object points beside the mesh are mostly clutter the object region let in (measured: 10-30 % of the diagonal
+    # from the surface); a missing part lies over or under what the mesh has, so only those points are counted
+    over = within_footprint(sparse.points, vertices, up, 0.02 * float(np.linalg.norm(np.ptp(vertices, axis=0))))
+    remap = np.full(len(views.names), -1, dtype=np.int64)
+    remap[held] = np.arange(len(held))
+    counted = sparse.object_points & over
+    sel = (remap[sparse.obs_view] >= 0) & counted[sparse.obs_point]
+    found = missed_points([silhouettes[i] for i in held], Ks_small[held], views.K[held],
+                          remap[sparse.obs_view[sel]], sparse.obs_xy[sel], height[sparse.obs_point[sel]],
+                          height[counted])
+    return None if found is None else found.to_dict()
+
+
 class ReportStage(Stage):
     name = "report"
     sections = ("report", "export")
@@ -319,6 +348,7 @@ class ReportStage(Stage):
             quality["gt"]["file"] = manifest.gt_mesh
         quality.update(measure_quality(written, seen, silhouettes, views, up, cfg))
         quality["base"] = measured_base(ctx, np.asarray(written.vertices))
+        quality["heldout_points"] = heldout_points(ctx, views, np.asarray(written.vertices), silhouettes, Kv, up)
         stats["quality"] = quality
         lap("gt")
         ctx.progress(0.6)
