@@ -165,6 +165,8 @@ def run_job(folder: Path, posed: bool, overrides: dict[str, dict[str, Any]], dev
         row["heldout_psnr"] = None if held.get("psnr_mean") is None else round(held["psnr_mean"], 2)
         row["heldout_iou"] = None if held.get("mask_iou_mean") is None else round(held["mask_iou_mean"], 4)
         row["grade"] = (stats.get("grade") or {}).get("grade")
+        # the missing-part checks' measurements, to compare with the error maps
+        row["missing"] = {k: stats["quality"].get(k) for k in ("base", "heldout_points")}
         row["geometry"] = stats.get("geometry", {}).get("method")
         sfm = (stats.get("cameras") or {}).get("sfm") or {}
         row["sfm"] = {k: sfm.get(k) for k in ("registered", "images", "mean_reprojection_error_px", "device",
