@@ -135,3 +135,7 @@ def test_unposed_photos_find_their_cameras_and_the_object(scene: Path, tmp_path:
     assert hp is not None and hp["observations"] >= 30 and 0 <= hp["missed"] <= hp["observations"]
     check = {c["name"]: c for c in stats["grade"]["checks"]}["heldout_points"]
     assert check["value"] == pytest.approx(hp["missed"] / hp["observations"])
+    # the base check measures heights above the table SfM found: the object's height, and the mesh reaches down
+    base = stats["quality"]["base"]
+    z = np.ptp(trimesh.load(out / "mesh.ply", force="mesh").vertices[:, 2])  # the job's frame has +Z up
+    assert base is not None and base["height"] == pytest.approx(z, rel=0.25) and base["share"] < 0.1, (base, z)

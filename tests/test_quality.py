@@ -351,9 +351,9 @@ def test_the_cpu_result_note_is_in_what_to_know() -> None:
 
 def _reference_base_gap(vertices: np.ndarray, points: np.ndarray, n: np.ndarray, d: float) -> float:
     """Plain loop reference of base_gap's share."""
-    n = n / np.linalg.norm(n)
-    hp = sorted(float(p @ n + d) for p in points if float(p @ n + d) > 0)
-    hm = [float(v @ n + d) for v in vertices]
+    d, n = d / np.linalg.norm(n), n / np.linalg.norm(n)
+    hp = sorted(float(p @ n - d) for p in points if float(p @ n - d) > 0)
+    hm = [float(v @ n - d) for v in vertices]
     low = float(np.percentile(hp, 2))
     top = max(float(np.percentile(hp, 98)), max(hm))
     return min(max((min(hm) - low) / (top - low), 0.0), 1.0)
@@ -369,7 +369,7 @@ def test_base_gap_finds_a_mesh_that_stops_above_the_measured_legs() -> None:
     basis = np.linalg.svd(n_unit[None])[2][1:]
     heights = rng.uniform(0.0, 1.0, 800)
     points = heights[:, None] * n_unit + rng.normal(size=(800, 2)) @ basis * 0.3 - 0.2 * n_unit
-    d = 0.2 * float(np.linalg.norm(n))  # n·x + d = |n| * height above the plane
+    d = -0.2 * float(np.linalg.norm(n))  # n·x - d = |n| * height above the plane (the table is 0.2 below 0)
     whole = trimesh.creation.box(extents=(0.6, 0.6, 1.0))
     whole.apply_translation([0, 0, 0.5 - 0.2])
     R = trimesh.geometry.align_vectors([0, 0, 1], n_unit)
@@ -382,6 +382,14 @@ def test_base_gap_finds_a_mesh_that_stops_above_the_measured_legs() -> None:
         assert gap.share == pytest.approx(_reference_base_gap(np.asarray(mesh.vertices), points, n, d), abs=1e-9)
     assert base_gap(np.asarray(whole.vertices), points, (n, d)).share < 0.03
     assert base_gap(np.asarray(seat_only.vertices), points, (n, d)).share > 0.4
+    # the plane as the cameras stage fits it (n·x = d, away from the origin as in every unposed job's frame)
+    from pipeline.geometry.scene import fit_ground_plane
+
+    table = rng.uniform(-1.5, 1.5, (400, 2)) @ basis - 0.2 * n_unit
+    fitted = fit_ground_plane(np.concatenate([table, points]), n_unit, threshold=0.01, max_tilt_deg=90.0)
+    assert fitted is not None
+    gap = base_gap(np.asarray(seat_only.vertices), points, (fitted[0], fitted[1]))
+    assert gap.measured_low == pytest.approx(0.0, abs=0.02) and gap.share > 0.4
     # too few measured points: nothing to say
     assert base_gap(np.asarray(whole.vertices), points[:5], (n, d)) is None
     with pytest.raises(ValueError, match="plane normal is zero"):

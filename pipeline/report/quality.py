@@ -280,7 +280,7 @@ def base_gap(vertices: np.ndarray, points: np.ndarray, plane: tuple[np.ndarray, 
     """Whether the mesh stops short of what the photos measured near the support plane (legs, feet, a stand lost).
 
     vertices: (V, 3) of the mesh; points: (P, 3) object points measured from the photos (SfM or fused stereo),
-    above the plane; plane: (n (3,), d) with n·x + d the height above it. The lowest measured height is a low
+    above the plane; plane: (n (3,), d) with n·x - d the height above it, as :func:`object_region` fits it. The lowest measured height is a low
     percentile, so a few stray points do not decide it. None with fewer than ``min_points`` points above the plane."""
     if vertices.ndim != 2 or vertices.shape[1] != 3 or len(vertices) == 0:
         raise ValueError(f"base_gap: vertices must be (V, 3) with V > 0, not {vertices.shape}")
@@ -289,11 +289,11 @@ def base_gap(vertices: np.ndarray, points: np.ndarray, plane: tuple[np.ndarray, 
     if norm == 0:
         raise ValueError("base_gap: the plane normal is zero")
     n, d = n / norm, d / norm
-    h_pts = np.asarray(points, dtype=np.float64).reshape(-1, 3) @ n + d
+    h_pts = np.asarray(points, dtype=np.float64).reshape(-1, 3) @ n - d
     h_pts = h_pts[h_pts > 0]
     if len(h_pts) < min_points:
         return None
-    h_mesh = np.asarray(vertices, dtype=np.float64) @ n + d
+    h_mesh = np.asarray(vertices, dtype=np.float64) @ n - d
     measured_low = float(np.percentile(h_pts, low_percentile))
     top = max(float(np.percentile(h_pts, 100 - low_percentile)), float(h_mesh.max()))
     height = max(top - measured_low, 1e-12)

@@ -258,7 +258,7 @@ def heldout_points(ctx: JobContext, views: Views, vertices: np.ndarray, silhouet
         return None
     if sparse.support is not None:
         n, d = sparse.support
-        up, height = n / np.linalg.norm(n), sparse.points @ (n / np.linalg.norm(n)) + d / np.linalg.norm(n)
+        up, height = n / np.linalg.norm(n), sparse.points @ (n / np.linalg.norm(n)) - d / np.linalg.norm(n)
     else:
         height = sparse.points @ up
     # object points beside the mesh are mostly clutter the object region let in (measured: 10-30 % of the diagonal
