@@ -104,6 +104,31 @@ def prepare_input(folder: Path, posed: bool, inbox: Path) -> tuple[Path, bool]:
     return dst, posed
 
 
+def keep_state(job_state: Path, dest: Path) -> None:
+    """The job's cameras and geometry checkpoints that replay the dense path's box and hull on another machine
+    (SfM points and region, silhouettes, geometry stats; cameras without the photos), as one tarball."""
+    import io
+    import tarfile
+
+    import numpy as np
+
+    stages = job_state / "stages"
+    with tarfile.open(dest, "w:gz") as tar:
+        for stage in ("cameras", "geometry", "masks"):
+            for f in sorted((stages / stage).glob("*")):
+                if f.is_file() and f.name not in ("views.npz", "points.ply"):
+                    tar.add(f, arcname=f"{stage}/{f.name}")
+        views = stages / "cameras" / "views.npz"
+        if views.exists():
+            with np.load(views) as v:
+                buf = io.BytesIO()
+                np.savez(buf, **{k: v[k] for k in ("K", "w2c", "holdout") if k in v.files})
+            info = tarfile.TarInfo("cameras/poses.npz")
+            info.size = buf.getbuffer().nbytes
+            buf.seek(0)
+            tar.addfile(info, buf)
+
+
 def run_job(folder: Path, posed: bool, overrides: dict[str, dict[str, Any]], device: str, samples: int,
             keep: Path | None, variant: str, gpu_memory_gb: float | None = None) -> dict[str, Any]:
     """One job, scored. Runs in its own process when jobs run in parallel. ``gpu_memory_gb`` caps what torch may
@@ -142,7 +167,9 @@ def run_job(folder: Path, posed: bool, overrides: dict[str, dict[str, Any]], dev
         out = paths.outbox / job.id
         if keep is not None and (out / "job.log").exists():
             keep.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(out / "job.log", keep / f"{folder.name}-{variant}-{'posed' if posed else 'unposed'}.log")
+            stem = f"{folder.name}-{variant}-{'posed' if posed else 'unposed'}"
+            shutil.copy2(out / "job.log", keep / f"{stem}.log")
+            keep_state(paths.state / "jobs" / job.id, keep / f"{stem}-state.tar.gz")
         if state != "done":
             return row
         stats = json.loads((out / "stats.json").read_text())
@@ -224,7 +251,8 @@ def main() -> None:
     ap.add_argument("--tag", default=None)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     ap.add_argument("--keep", type=Path, default=None,
-                    help="copy each scored mesh (GT frame) here, with its error picture (error_map.py) beside it")
+                    help="copy each scored mesh (GT frame) here, with its error picture (error_map.py) beside it, "
+                         "the job's log and its cameras and geometry checkpoints (<set>-...-state.tar.gz)")
     args = ap.parse_args()
 
     from daemon.worker import pick_device

@@ -138,6 +138,10 @@ class RefineConfig:
     estimated_silhouette_weight: NonNeg = 1.0  # silhouette weight of masks estimated from photos (given: 1)
     # per-photo colour gain and offset, fitted with the shape: phone photos differ in exposure and white balance
     view_gains: Literal["auto", "on", "off"] = "auto"  # auto: on where any silhouette was estimated
+    # where silhouettes were estimated, no vertex moves further than this share of the object's radius from where
+    # each level starts (0: no limit): parts missing from every estimated silhouette (an armchair's thin tubes)
+    # thinned to strings the silhouettes no longer see and the photometric loss dragged a metre away
+    estimated_max_move: NonNeg = 0.1
     # CPU preview (pytorch3d rasteriser), used when enabled = "on" and there is no GPU
     cpu_image_size: Annotated[int, Field(ge=16)] = 128
     cpu_iterations: PosInt = 40

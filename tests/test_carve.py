@@ -144,3 +144,54 @@ def test_geometry_stage_falls_back_when_a_given_mask_is_bad(tmp_path) -> None:
     assert "a given mask is probably wrong" in stats["geometry"]["note"]
     assert stats["quality"]["heldout"]["mask_iou_mean"] > 0.9
     assert "a given mask is probably wrong" in (paths.outbox / job.id / "report.html").read_text()
+
+
+def test_main_components_drop_floaters_and_keep_parts_that_did_not_join() -> None:
+    import trimesh
+
+    from pipeline.geometry.meshing import main_components
+
+    seat = trimesh.creation.icosphere(subdivisions=3, radius=1.0)
+    back = trimesh.creation.icosphere(subdivisions=3, radius=0.5)  # a quarter of the seat's area
+    back.apply_translation([3.0, 0, 0])
+    floater = trimesh.creation.icosphere(subdivisions=2, radius=0.1)  # 1 % of it
+    floater.apply_translation([0, 3.0, 0])
+    kept = main_components(trimesh.util.concatenate([seat, back, floater]))
+    parts = kept.split(only_watertight=False)
+    # a plain reference: pieces of at least 5 % of the largest piece's area
+    assert sorted(round(p.area, 6) for p in parts) == sorted(round(p.area, 6) for p in (seat, back))
+    assert kept.is_watertight
+    assert len(main_components(trimesh.util.concatenate([seat, back]), min_share=1.0).faces) == len(seat.faces)
+    with pytest.raises(ValueError):
+        main_components(seat, min_share=0.0)
+
+
+def test_hull_silhouettes_keep_a_part_whose_thin_join_no_mask_shows() -> None:
+    """A seat and a back whose joining tubes the masks miss: the coarse hull falls in two pieces, and both stay in
+    every view's silhouette (keeping the largest piece alone lost an armchair's back on the H200)."""
+    import trimesh
+
+    from pipeline.geometry.automask import AutoMaskSettings, hull_silhouettes
+
+    seat = trimesh.creation.box(extents=[1.0, 1.0, 0.2])
+    back = trimesh.creation.box(extents=[0.15, 1.0, 0.8])
+    back.apply_translation([0.6, 0, 0.6])  # 0.1 above and beside the seat: not touching
+    both = trimesh.util.concatenate([seat, back])
+    size = 96
+    K = np.array([[size * 1.2, 0, size / 2], [0, size * 1.2, size / 2], [0, 0, 1.0]])
+    rng = np.random.default_rng(1)
+    Ks, w2cs, masks = [], [], []
+    for _ in range(24):
+        d = rng.normal(size=3)
+        d[2] = abs(d[2]) + 0.2
+        d /= np.linalg.norm(d)
+        w2c = look_at(d * 4.0 + [0.2, 0, 0.3], np.array([0.2, 0, 0.3]), np.array([0, 0, 1.0]))
+        Ks.append(K)
+        w2cs.append(w2c)
+        masks.append(render(both, K, w2c, size, size).mask)
+    sil = hull_silhouettes(masks, np.array(Ks), np.array(w2cs), AutoMaskSettings(hull_resolution=64), "cpu")
+    for m, h, w2c in zip(masks, sil, w2cs):
+        back_only = render(back, K, w2c, size, size).mask & ~render(seat, K, w2c, size, size).mask
+        # the back's own pixels are in the hull's silhouette, and the silhouette is the object's
+        assert (h & back_only).sum() >= 0.9 * back_only.sum()
+        assert (h & m).sum() / (h | m).sum() > 0.75

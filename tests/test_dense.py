@@ -200,3 +200,27 @@ def test_dense_method_on_a_posed_masked_capture_finds_the_object_from_the_camera
     assert stats["geometry"]["dense"]["mesher"] == mesher
     assert stats["geometry"]["watertight"]
     assert stats["quality"]["gt"]["fscore"] > 0.5, stats["quality"]["gt"]
+
+
+def test_the_fused_box_reaches_down_to_the_table_under_its_footprint() -> None:
+    from pipeline.geometry.dense import reach_support
+
+    bounds = (np.array([-1.0, -1.0, -1.0]), np.array([1.0, 1.0, 1.0]))
+    flat = (np.array([0.0, 0.0, 1.0]), -0.5)  # the table at z = -0.5
+    lo, hi = reach_support(np.array([-0.2, -0.1, 0.0]), np.array([0.2, 0.1, 0.3]), flat, bounds)
+    np.testing.assert_allclose(lo, [-0.2, -0.1, -0.5])
+    np.testing.assert_allclose(hi, [0.2, 0.1, 0.3])
+    # a box already at (or through) the table, and one cut by the bounds, are unchanged or clipped
+    same = reach_support(np.array([-0.2, -0.1, -0.6]), np.array([0.2, 0.1, 0.3]), flat, bounds)
+    np.testing.assert_allclose(same[0], [-0.2, -0.1, -0.6])
+    low = reach_support(np.array([0, 0, 0.0]), np.array([0.1, 0.1, 0.1]), (np.array([0, 0, 1.0]), -2.0), bounds)
+    np.testing.assert_allclose(low[0], [0, 0, -1.0])
+    # a tilted table: the box holds every corner dropped along the normal onto the plane (plain reference)
+    n = np.array([0.0, np.sin(0.3), np.cos(0.3)])
+    lo0, hi0 = np.array([-0.2, -0.1, 0.0]), np.array([0.2, 0.1, 0.3])
+    lo, hi = reach_support(lo0, hi0, (n, -0.4), bounds)
+    corners = np.array([[x, y, z] for x in (lo0[0], hi0[0]) for y in (lo0[1], hi0[1]) for z in (lo0[2], hi0[2])])
+    feet = np.array([c - (c @ n + 0.4) * n for c in corners])
+    np.testing.assert_allclose(lo, np.minimum(lo0, feet.min(0)))
+    np.testing.assert_allclose(hi, np.maximum(hi0, feet.max(0)))
+    assert np.allclose(feet @ n, -0.4)

@@ -72,6 +72,38 @@ def test_cpu_refinement_pulls_a_too_big_sphere_onto_the_silhouettes() -> None:
     assert trimesh.Trimesh(res.vertices, res.faces).is_watertight
 
 
+def test_leash_pulls_far_vertices_back_along_their_displacement() -> None:
+    from pipeline.appearance.refine import leash
+
+    start = torch.zeros((3, 3))
+    verts = torch.tensor([[0.05, 0.0, 0.0], [0.3, 0.4, 0.0], [0.0, 0.0, -2.0]])
+    held = leash(verts, start, 0.1)
+    # plain reference: within the radius unchanged, beyond it scaled onto the sphere of radius 0.1
+    np.testing.assert_allclose(held.numpy(), [[0.05, 0, 0], [0.06, 0.08, 0], [0, 0, -0.1]], atol=1e-6)
+    assert leash(verts[:1], start[:1], 0.1) is None
+
+
+@pytest.mark.slow
+def test_the_leash_keeps_refinement_near_the_start_where_silhouettes_pull_far() -> None:
+    """Silhouettes of a sphere moved by half its radius: free, the refinement follows them; leashed to 0.1 of the
+    radius, no vertex ends further than that from where it began."""
+    target = trimesh.creation.icosphere(subdivisions=3, radius=1.0)
+    target.apply_translation([0.5, 0, 0])
+    Ks, w2cs, masks, imgs = _views(target, n=4, size=32)
+    start = trimesh.creation.icosphere(subdivisions=1, radius=1.0)
+    runs = {}
+    for move in (0.0, 0.1):
+        s = RefineSettings(levels=((32, 12),), max_faces=2000, start_faces=2000, lam=2.0, views_per_step=4,
+                           remesh="subdivide", max_move=move)
+        runs[move] = refine(np.asarray(start.vertices), np.asarray(start.faces), imgs, masks, Ks, w2cs,
+                            Pytorch3dRasterizer(), s, "cpu").vertices
+    _, scale = normalisation(np.asarray(start.vertices))
+    free = np.linalg.norm(runs[0.0] - start.vertices, axis=1).max() * scale
+    held = np.linalg.norm(runs[0.1] - start.vertices, axis=1).max() * scale
+    assert free > 0.15, free
+    assert held <= 0.1 + 1e-4, held
+
+
 def test_silhouette_targets_use_the_alpha_matte_only_where_the_mask_came_from_it() -> None:
     from pipeline.appearance.refine import silhouette_targets
 

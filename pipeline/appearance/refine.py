@@ -48,6 +48,9 @@ class RefineSettings:
     # a colour gain and offset per view, fitted with the shape (exposure and white balance differ between photos)
     view_gains: bool = False
     gain_lr: float = 1e-2
+    # no vertex moves further than this (normalised units: the mesh fits the unit sphere) from where its level
+    # starts; 0: no limit
+    max_move: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -205,6 +208,16 @@ def _resize_stack(imgs: list[np.ndarray], size: tuple[int, int], device: torch.d
     return torch.stack(out).to(device)
 
 
+def leash(verts: torch.Tensor, start: torch.Tensor, max_move: float) -> torch.Tensor | None:
+    """``verts`` (V, 3) pulled back to within ``max_move`` of ``start`` (V, 3) along their displacement, or None
+    when every vertex is within it already."""
+    d = verts - start
+    dist = d.norm(dim=1, keepdim=True)
+    if not bool((dist > max_move).any()):
+        return None
+    return start + d * (max_move / dist.clamp_min(max_move))
+
+
 def step_fraction(it: int, iters: int, final: float) -> float:
     """Cosine decay from 1 at ``it`` = 0 to ``final`` at the last iteration (``iters`` - 1)."""
     if iters <= 1:
@@ -283,6 +296,13 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
                 opt.param_groups[0]["lr"] = settings.lr * step_fraction(it, iters, settings.lr_final)
             idx = torch.randperm(n, generator=gen)[:vpstep].to(dev)
             verts = from_differential(M, u, "Cholesky")
+            if settings.max_move > 0:
+                with torch.no_grad():
+                    held = leash(verts, vt, settings.max_move)
+                    if held is not None:
+                        u.copy_(to_differential(M, held))
+                if held is not None:
+                    verts = from_differential(M, u, "Cholesky")
             rgb, alpha = rasterizer.render(verts, faces32, colors.clamp(0, 1),
                                            Cameras(K=K[idx], w2c=w2c_n[idx], size=size))
             if gopt is not None:  # rgb is premultiplied by coverage, so the offset is too
@@ -308,7 +328,9 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
             if it % 10 == 0:
                 check(done_iters / total_iters)
         with torch.no_grad():
-            v = from_differential(M, u, "Cholesky").detach().cpu().numpy().astype(np.float64)
+            verts = from_differential(M, u, "Cholesky").detach()
+            held = leash(verts, vt, settings.max_move) if settings.max_move > 0 else None
+            v = (verts if held is None else held).cpu().numpy().astype(np.float64)
         colors = colors.detach().clamp(0, 1)
         losses.append(loss_val)
         secs.append(time.monotonic() - t0)

@@ -109,12 +109,13 @@ def hull_silhouettes(masks: list[np.ndarray], Ks: np.ndarray, w2cs: np.ndarray, 
     """Carve a coarse hull from the masks and project it back: one multi-view-consistent silhouette per view.
     ``bounds``/``support`` (see :func:`pipeline.geometry.carve.carve`) close the hull where masks touch the image border."""
     from pipeline.geometry.carve import CarveSettings, carve
-    from pipeline.geometry.meshing import largest_component, marching_cubes
+    from pipeline.geometry.meshing import main_components, marching_cubes
 
     k = int(round(s.hull_outlier_fraction * len(masks)))
     res = carve(Ks, w2cs, masks, CarveSettings(resolution=s.hull_resolution, outlier_views=k), device=device,
                 bounds=bounds, support=support)
-    mesh = largest_component(marching_cubes(res.field, res.origin, res.voxel))
+    # every sizeable piece: the coarse hull loses thin parts (a chair's tubes) and with them what they join
+    mesh = main_components(marching_cubes(res.field, res.origin, res.voxel))
     from pipeline.imaging.render import render
 
     # ray-cast silhouettes (one fillPoly over all triangles would apply the even-odd rule and punch holes)

@@ -237,6 +237,8 @@ def dense_geometry(images: list[np.ndarray], masks: list[np.ndarray | None], Ks:
     walls = find_walls(points, region, planes, centers, obj_pts)
     planes += walls
     lo, hi = object_box(points, region, planes, s.box_margin)
+    log.info("dense points' box %s to %s (the region: centre %s, radius %.4g; %d wall(s))", np.round(lo, 4),
+             np.round(hi, 4), np.round(region.center, 4), region.radius, len(walls))
     check(0.6)
     t1 = time.monotonic()
     estimated = [m is None for m in masks]
@@ -340,9 +342,17 @@ def fused_surface(dms: list[DepthMap], sil: list[np.ndarray], estimated: list[bo
     # the silhouettes bound the object far more tightly than the points do (clutter near it, the table's edge)
     lo, hi = hull_box(sil, Ks, w2cs, box, support, s.box_margin, s.hull_outlier_fraction, device, sdfs=sdfs)
     voxel = float((hi - lo).max()) / s.resolution
+    hull_lo, hull_hi = lo, hi
     if any(estimated) and s.box_reach > 0:
         reach = s.box_reach * float((hi - lo).max())
         lo, hi = np.maximum(lo - reach, box[0]), np.minimum(hi + reach, box[1])
+    if any(estimated) and support is not None:
+        # the object stands on the table: estimated silhouettes lose thin legs near it (an armchair's tubular frame
+        # in every view), so the box reaches down to the table under its footprint; only measured surfaces stand
+        # there (override_band), and the base cut keeps the table itself out
+        lo, hi = reach_support(lo, hi, support, box)
+    log.info("silhouettes' hull box %s to %s; fused box %s to %s", np.round(hull_lo, 4), np.round(hull_hi, 4),
+             np.round(lo, 4), np.round(hi, 4))
     grid = Grid.over_box(lo, hi, int(round(float((hi - lo).max()) / voxel)))
     trunc = s.trunc_voxels * grid.voxel
     lap("hull_box")
@@ -420,6 +430,20 @@ def poisson_mesh(dms: list[DepthMap], sil: list[np.ndarray], estimated: list[boo
         seconds = {**guide.seconds, **{f"hybrid_{k}": v for k, v in seconds.items()}}
         return Surface(grid=guide.grid, raw=raw, mesh=mesh, lo=guide.lo, hi=guide.hi, seconds=seconds)
     return Surface(grid=None, raw=raw, mesh=mesh, lo=np.asarray(box[0]), hi=np.asarray(box[1]), seconds=seconds)
+
+
+def reach_support(lo: np.ndarray, hi: np.ndarray, support: tuple[np.ndarray, float],
+                  bounds: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The box (lo, hi) grown to hold its own shadow on the support plane (unit n, d; n·x = d, n pointing up), its
+    eight corners dropped along n onto the plane, and clipped to ``bounds``. A box already down at the plane, or
+    below it, is unchanged. lo, hi (3,) world."""
+    n, d = np.asarray(support[0], dtype=np.float64), float(support[1])
+    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    height = corners @ n - d
+    dropped = corners - np.maximum(height, 0.0)[:, None] * n
+    new_lo = np.maximum(np.minimum(lo, dropped.min(0)), bounds[0])
+    new_hi = np.minimum(np.maximum(hi, dropped.max(0)), bounds[1])
+    return np.minimum(new_lo, lo), np.maximum(new_hi, hi)
 
 
 def hull_box(masks: list[np.ndarray], Ks: np.ndarray, w2cs: np.ndarray, bounds: tuple[np.ndarray, np.ndarray],

@@ -159,11 +159,25 @@ def handle_count(mesh: trimesh.Trimesh) -> tuple[int, int]:
     return max(0, (2 * pieces - boundary_loops(faces) - chi) // 2), pieces
 
 
-def largest_component(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
+# pieces of at least this share of the largest piece's area are part of the object: a chair's back that the hull or
+# the fusion lost the thin tubes to is a separate piece a fifth the seat's size, depth-noise floaters are under 1 %
+MAIN_PIECE_SHARE = 0.05
+
+
+def main_components(mesh: trimesh.Trimesh, min_share: float = MAIN_PIECE_SHARE) -> trimesh.Trimesh:
+    """The connected pieces of ``mesh`` whose area is at least ``min_share`` of the largest piece's, as one mesh
+    (the largest alone when ``min_share`` >= 1). Floaters go; parts of the object that did not join (a chair's
+    back over missing tubes, the cups of a set) stay."""
+    if not 0.0 < min_share <= 1.0:
+        raise ValueError(f"min_share must be in (0, 1], got {min_share}")
     parts = mesh.split(only_watertight=False)
     if len(parts) <= 1:
         return mesh
-    return max(parts, key=lambda m: len(m.faces))
+    areas = np.array([p.area for p in parts])
+    keep = [p for p, a in zip(parts, areas) if a >= min_share * areas.max()]
+    if len(keep) == 1:
+        return keep[0]
+    return trimesh.util.concatenate(keep)
 
 
 def decimate(mesh: trimesh.Trimesh, max_faces: int) -> trimesh.Trimesh:
@@ -209,7 +223,7 @@ def decimate(mesh: trimesh.Trimesh, max_faces: int) -> trimesh.Trimesh:
         reduction = 1.0 - max_faces / len(mesh.faces)
         v, f = fast_simplification.simplify(np.asarray(mesh.vertices, dtype=np.float32),
                                             np.asarray(mesh.faces, dtype=np.int32), target_reduction=reduction)
-    out = largest_component(trimesh.Trimesh(vertices=np.asarray(v, dtype=np.float64), faces=f, process=False))
+    out = main_components(trimesh.Trimesh(vertices=np.asarray(v, dtype=np.float64), faces=f, process=False))
     out.remove_unreferenced_vertices()
     if not out.is_watertight:
         trimesh.repair.fill_holes(out)
@@ -259,7 +273,7 @@ def isotropic_remesh(vertices: np.ndarray, faces: np.ndarray, target_faces: int,
 
 
 def clean_mesh(raw: trimesh.Trimesh, settings: MeshingSettings) -> trimesh.Trimesh:
-    mesh = largest_component(raw)
+    mesh = main_components(raw)
     if settings.smoothing_iterations > 0:
         # Taubin (lambda/mu) smoothing removes voxel stair-steps without shrinking the object
         trimesh.smoothing.filter_taubin(mesh, lamb=0.5, nu=0.53, iterations=settings.smoothing_iterations)

@@ -9,7 +9,7 @@ import numpy as np
 import trimesh
 
 from pipeline.context import JobContext, JobError
-from pipeline.geometry.meshing import decimate, largest_component
+from pipeline.geometry.meshing import decimate, main_components
 from pipeline.imaging.raster import make_rasterizer
 from pipeline.appearance.refine import RefineSettings, refine, silhouette_targets
 from pipeline.settings import RefineConfig
@@ -66,7 +66,8 @@ class RefineStage(Stage):
         on_gpu = rasterizer.name == "nvdiffrast"
         settings = refine_settings(cfg, on_gpu)
         gains = cfg.view_gains == "on" or (cfg.view_gains == "auto" and bool(estimated))
-        settings = dataclasses.replace(settings, view_gains=gains)
+        settings = dataclasses.replace(settings, view_gains=gains,
+                                       max_move=cfg.estimated_max_move if estimated else 0.0)
         start = decimate(mesh, settings.start_faces)
         ctx.log.info("refining %d faces with %s over %d views, levels %s", len(start.faces), backend, len(idx),
                      settings.levels)
@@ -80,7 +81,7 @@ class RefineStage(Stage):
                         sil, views.K[idx], views.w2c[idx], rasterizer, settings,
                         "cuda" if on_gpu else "cpu", check=ctx.progress, silhouette_weights=sil_weight)
         out = trimesh.Trimesh(result.vertices, result.faces, process=True)
-        out = largest_component(out)
+        out = main_components(out)
         if not out.is_watertight:
             trimesh.repair.fill_holes(out)
         out.fix_normals()
