@@ -224,3 +224,32 @@ def test_the_fused_box_reaches_down_to_the_table_under_its_footprint() -> None:
     np.testing.assert_allclose(lo, np.minimum(lo0, feet.min(0)))
     np.testing.assert_allclose(hi, np.maximum(hi0, feet.max(0)))
     assert np.allclose(feet @ n, -0.4)
+
+
+def test_thin_measured_parts_join_the_silhouette_and_broad_ones_and_rims_do_not() -> None:
+    from pipeline.geometry.silhouettes import thin_parts
+
+    mask = np.zeros((120, 160), bool)
+    mask[30:80, 40:100] = True  # the seat the silhouette holds
+    covered = mask.copy()
+    covered[80:115, 50:54] = True  # a leg 4 px wide, 35 px below it
+    covered[30:80, 100:102] = True  # a rim 2 px wide along its side (an outline a little too wide)
+    covered[80:110, 60:100] = True  # a broad block under it (a membrane)
+    add = thin_parts(covered, mask, width_px=10, reach_px=5)
+    assert add[85:115, 50:54].all()  # the leg
+    assert not add[:, 100:102].any()  # the rim
+    # the block: only its corners, which the round opening trims, can count as thin
+    assert add[80:110, 60:100].sum() <= 0.02 * 30 * 40
+    assert not add[85:105, 65:95].any()
+    assert not (add & mask).any()
+
+
+def test_a_mesh_outline_from_its_vertices_matches_ray_casting() -> None:
+    from pipeline.geometry.silhouettes import outline
+
+    mesh = trimesh.creation.icosphere(subdivisions=5, radius=1.0)
+    K = np.array([[200.0, 0, 96], [0, 200.0, 72], [0, 0, 1]])
+    w2c = look_at(np.array([0.3, -4.0, 1.0]), np.zeros(3), np.array([0, 0, 1.0]))
+    truth = render(mesh, K, w2c, 192, 144).mask
+    got = outline(np.asarray(mesh.vertices), np.asarray(mesh.faces), K, w2c, (144, 192))
+    assert (got & truth).sum() / (got | truth).sum() > 0.95

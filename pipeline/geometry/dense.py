@@ -37,7 +37,7 @@ from pipeline.geometry.poisson import (PoissonSettings, PoissonUnavailable, TooF
                                        poisson_surface, silhouette_votes)
 from pipeline.imaging.render import reduced_camera
 from pipeline.geometry.scene import ObjectRegion, fit_ground_plane
-from pipeline.geometry.silhouettes import SilhouetteSettings, photo_silhouettes
+from pipeline.geometry.silhouettes import SilhouetteSettings, add_thin_parts, photo_silhouettes
 
 log = logging.getLogger(__name__)
 
@@ -267,6 +267,14 @@ def dense_geometry(images: list[np.ndarray], masks: list[np.ndarray | None], Ks:
                 log.warning("%s; the TSDF surface is kept", e)
     check(0.98)
     grid, mesh, raw, lo, hi = surf.grid, surf.mesh, surf.raw, surf.lo, surf.hi
+    thin_views = 0
+    if any(estimated):
+        # measured thin parts the estimated silhouettes missed join them, so that the refinement keeps them
+        pick = [i for i in range(n) if estimated[i]]
+        grown, thin_views = add_thin_parts([sil[i] for i in pick], np.asarray(mesh.vertices),
+                                           np.asarray(mesh.faces), Ks[pick], w2cs[pick], s.silhouettes)
+        for i, m in zip(pick, grown):
+            sil[i] = m
     above = np.ones(len(points), dtype=bool)
     for n_, d_ in planes:
         above &= points @ n_ - d_ > 0
@@ -292,6 +300,7 @@ def dense_geometry(images: list[np.ndarray], masks: list[np.ndarray | None], Ks:
     # where fusion_meshing's time goes (it includes the silhouettes): measured per step
     stats["seconds"].update({k: round(v, 2) for k, v in surf.seconds.items()})
     stats["estimated_silhouettes"] = int(sum(estimated))
+    stats["thin_parts_views"] = thin_views  # estimated silhouettes that gained the surface's thin measured parts
     return DenseResult(mesh=mesh, points=points[keep].astype(np.float32), colors=colors[keep].astype(np.uint8),
                        support=support, masks=[np.asarray(m, dtype=bool) for m in sil], estimated=estimated,
                        stats=stats)

@@ -14,6 +14,7 @@ from typing import Callable
 
 import cv2
 import numpy as np
+from scipy import ndimage
 
 from pipeline.geometry.automask import (AutoMaskSettings, consistent_masks, grabcut, keep_seeded, parallel_map,
                                working_copies)
@@ -31,6 +32,12 @@ class SilhouetteSettings:
     hull_resolution: int = 128
     hull_outlier_fraction: float = 0.15
     band: float = 0.03
+    # after fusion, thin parts of the fused surface's outline that the silhouettes missed (an armchair's tubes,
+    # horns) join them: parts at most thin_width wide (fraction of the long side) reaching at least thin_reach
+    # beyond the silhouette; 0 disables. Stereo measured them (the fusion keeps only measured surfaces outside
+    # the silhouettes' hull), and without them in the silhouettes the refinement thins them to strings
+    thin_width: float = 0.025
+    thin_reach: float = 0.01
 
 
 def seed_labels(dm: DepthMap, shape: tuple[int, int], lo: np.ndarray, hi: np.ndarray,
@@ -103,3 +110,63 @@ def photo_silhouettes(rgbs: list[np.ndarray], dms: list[DepthMap], Ks: np.ndarra
     return consistent_masks(rgbs, small, sKs, w2cs, first, am, device, bounds=(lo, hi),
                             support=planes[0] if planes else None,
                             check=lambda f: check(0.5 + 0.5 * f))
+
+
+def outline(mesh_vertices: np.ndarray, mesh_faces: np.ndarray, K: np.ndarray, w2c: np.ndarray,
+            shape: tuple[int, int]) -> np.ndarray:
+    """(h, w) bool: pixels a mesh covers, from its vertices and face centres splatted and closed by a pixel (the
+    dense meshes' edges are one to two pixels long at the working size). mesh_vertices (V, 3); mesh_faces (F, 3);
+    K (3, 3) for ``shape``; w2c (4, 4)."""
+    pts = np.concatenate([mesh_vertices, mesh_vertices[mesh_faces].mean(1)])
+    cam = pts @ w2c[:3, :3].T + w2c[:3, 3]
+    front = cam[:, 2] > 1e-9
+    uv = cam[front, :2] / cam[front, 2:3] @ K[:2, :2].T + K[:2, 2]
+    h, w = shape
+    px = np.floor(uv).astype(np.int64)
+    ok = (px[:, 0] >= 0) & (px[:, 0] < w) & (px[:, 1] >= 0) & (px[:, 1] < h)
+    out = np.zeros((h, w), dtype=np.uint8)
+    out[px[ok, 1], px[ok, 0]] = 1
+    out = cv2.morphologyEx(out, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5)))
+    return out > 0
+
+
+def thin_parts(covered: np.ndarray, mask: np.ndarray, width_px: float, reach_px: float) -> np.ndarray:
+    """(h, w) bool: the thin parts of ``covered`` outside ``mask`` (both (h, w) bool) that reach at least
+    ``reach_px`` beyond it: what a morphological opening of diameter ``width_px`` removes from ``covered`` minus
+    ``mask``, by connected piece. A rim along the mask (an outline a little too wide) does not reach far enough;
+    a broad piece (a membrane) survives the opening and is not thin."""
+    extra = (covered & ~mask).astype(np.uint8)
+    if not extra.any():
+        return np.zeros_like(mask)
+    r = max(1, int(round(width_px / 2)))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    thin = (extra > 0) & ~(cv2.morphologyEx(extra, cv2.MORPH_OPEN, kernel) > 0)
+    lab, n = ndimage.label(thin)
+    if n == 0:
+        return np.zeros_like(mask)
+    away = ndimage.distance_transform_edt(~mask)
+    reach = ndimage.maximum(away, lab, range(1, n + 1))
+    return np.isin(lab, 1 + np.flatnonzero(np.asarray(reach) >= reach_px))
+
+
+def add_thin_parts(masks: list[np.ndarray], vertices: np.ndarray, faces: np.ndarray, Ks: np.ndarray,
+                   w2cs: np.ndarray, s: SilhouetteSettings) -> tuple[list[np.ndarray], int]:
+    """Silhouettes with the fused surface's thin measured parts added (:func:`thin_parts` at ``work_size``).
+    masks: N (H_i, W_i) bool; vertices (V, 3), faces (F, 3): the fused surface; Ks (N, 3, 3) for the masks;
+    w2cs (N, 4, 4). Returns the new masks and the number of views that gained pixels."""
+    if s.thin_width <= 0:
+        return list(masks), 0
+
+    def one(i: int) -> np.ndarray:
+        m = masks[i]
+        H, W = m.shape
+        f = min(1.0, s.work_size / max(H, W))
+        h, w = max(1, round(H * f)), max(1, round(W * f))
+        sK = np.diag([w / W, h / H, 1.0]) @ Ks[i]
+        small = cv2.resize(m.astype(np.uint8), (w, h), interpolation=cv2.INTER_AREA) > 0
+        cov = outline(vertices, faces, sK, w2cs[i], (h, w))
+        add = thin_parts(cov, small, s.thin_width * max(h, w), s.thin_reach * max(h, w))
+        return cv2.resize(add.astype(np.uint8), (W, H), interpolation=cv2.INTER_NEAREST) > 0
+
+    adds = parallel_map(one, len(masks), lambda f: None)
+    return [m | a for m, a in zip(masks, adds)], sum(int(a.any()) for a in adds)
