@@ -194,3 +194,42 @@ def test_isotropic_remesh_is_kept_where_it_closed_a_sliver_handle() -> None:
     ball = trimesh.creation.icosphere(subdivisions=4)
     got = meshing.isotropic_remesh(ball.vertices, ball.faces, 3000)
     assert got is not None and trimesh.Trimesh(*got).euler_number == 2
+
+
+def _tunnelled_sphere(n: int = 96) -> trimesh.Trimesh:
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    x = np.linspace(-1, 1, n)
+    X, Y, Z = np.meshgrid(x, x, x, indexing="ij")
+    f = np.sqrt(X ** 2 + Y ** 2 + Z ** 2) - 0.8 + 0.2 * ndimage.gaussian_filter(rng.normal(size=(n, n, n)), 2)
+    f = np.maximum(f, -(np.sqrt(X ** 2 + Y ** 2) - 0.2))  # two tunnels: genus 3 with their crossing
+    f = np.maximum(f, -(np.sqrt(X ** 2 + Z ** 2) - 0.15))
+    return meshing.main_components(marching_cubes(f.astype(np.float32), np.zeros(3), 2 / n))
+
+
+def test_decimation_keeps_a_noisy_closed_surface_closed_with_its_handles() -> None:
+    mesh = _tunnelled_sphere()
+    assert meshing.is_closed_manifold(mesh)
+    out = meshing.decimate(mesh, 8000)
+    assert len(out.faces) <= 8000
+    assert meshing.is_closed_manifold(out)
+    assert meshing.handle_count(out) == meshing.handle_count(mesh)
+    # the Euler characteristic against a plain count: V - E + F
+    edges = {tuple(sorted(e)) for f in np.asarray(out.faces) for e in ((f[0], f[1]), (f[1], f[2]), (f[2], f[0]))}
+    assert meshing.euler_characteristic(out.faces) == len(np.unique(out.faces)) - len(edges) + len(out.faces)
+
+
+def test_a_fast_decimation_that_opens_the_surface_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("pymeshlab")
+    mesh = _tunnelled_sphere()
+    real = meshing.fast_decimate
+
+    def opened(m: trimesh.Trimesh, faces: int) -> trimesh.Trimesh:
+        out = real(m, faces)
+        return trimesh.Trimesh(out.vertices, out.faces[1:], process=False)  # one face short: open
+
+    monkeypatch.setattr(meshing, "fast_decimate", opened)
+    out = meshing.decimate(mesh, 8000)
+    assert len(out.faces) <= 8000 and meshing.is_closed_manifold(out)
+    assert meshing.handle_count(out) == meshing.handle_count(mesh)

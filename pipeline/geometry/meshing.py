@@ -180,29 +180,52 @@ def main_components(mesh: trimesh.Trimesh, min_share: float = MAIN_PIECE_SHARE) 
     return trimesh.util.concatenate(keep)
 
 
+def euler_characteristic(faces: np.ndarray) -> int:
+    """V - E + F of a triangle mesh's used vertices, unique edges and faces. faces (F, 3)."""
+    faces = np.asarray(faces)
+    e = np.unique(np.sort(faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), axis=1), axis=0)
+    return int(len(np.unique(faces)) - len(e) + len(faces))
+
+
+def fast_decimate(mesh: trimesh.Trimesh, faces: int) -> trimesh.Trimesh:
+    """fast-simplification's quadric decimation to ``faces`` faces (no topology guarantee)."""
+    import fast_simplification
+
+    v, f = fast_simplification.simplify(np.asarray(mesh.vertices, dtype=np.float32),
+                                        np.asarray(mesh.faces, dtype=np.int32), target_count=int(faces))
+    return trimesh.Trimesh(np.asarray(v, dtype=np.float64), np.asarray(f, dtype=np.int64), process=False)
+
+
 def decimate(mesh: trimesh.Trimesh, max_faces: int) -> trimesh.Trimesh:
     """Quadric decimation down to ``max_faces`` that keeps a closed mesh closed.
 
-    pymeshlab's edge collapse with ``preservetopology`` is used first: on a genus-1 hull fast-simplification
-    left 3 non-manifold edges and 3 stray components (measured), pymeshlab none. fast-simplification is the
-    fallback where pymeshlab is not installed; its result is kept even if not watertight when the input is over
-    twice the budget, else the input is returned.
+    fast-simplification first: its result is kept where the input and the result are closed manifolds with the
+    same Euler characteristic (no handle or piece gained or lost). It was 8 times faster than pymeshlab on a
+    676k-face noisy surface with three tunnels (1.2 s against 8.9 s, same topology, mean distance to the input 0.54
+    voxel for both), but on a genus-1 hull it left 3 non-manifold edges and 3 stray components (measured), and
+    on noisy surfaces it can fold faces into non-manifold edges: then pymeshlab's edge collapse with
+    ``preservetopology`` runs instead (after a fast pre-pass to twice the budget where the input is over four
+    times it and that pre-pass stayed closed). Without pymeshlab, fast-simplification's result is kept even if not
+    watertight when the input is over twice the budget, else the input is returned.
     """
     if len(mesh.faces) <= max_faces:
         return mesh
+    closed = is_closed_manifold(mesh)
+    if closed:
+        fast = fast_decimate(mesh, max_faces)
+        if is_closed_manifold(fast) and euler_characteristic(fast.faces) == euler_characteristic(mesh.faces):
+            fast.remove_unreferenced_vertices()
+            return fast
+        log.info("fast decimation changed the surface's topology; decimating %d faces with pymeshlab",
+                 len(mesh.faces))
     if len(mesh.faces) > 4 * max_faces:
         # a dense marching-cubes surface (millions of faces): fast-simplification first brings it to twice the
         # budget in a second or two; the topology-preserving pass then has a tenth of the work (measured: 1.6M ->
-        # 200k faces in 12 s instead of 27 s, still watertight). It does not preserve topology: on a noisy surface
-        # it folds faces into non-manifold edges (measured), and a closed input must stay closed, so such a result
-        # is dropped for the slower pass on the whole input
-        import fast_simplification
-
-        v0, f0 = fast_simplification.simplify(np.asarray(mesh.vertices, dtype=np.float32),
-                                              np.asarray(mesh.faces, dtype=np.int32), target_count=2 * max_faces)
-        fast = trimesh.Trimesh(np.asarray(v0, dtype=np.float64), f0, process=False)
-        if is_closed_manifold(fast) or not is_closed_manifold(mesh):
-            mesh = fast
+        # 200k faces in 12 s instead of 27 s, still watertight). A closed input must stay closed, so a pre-pass
+        # that opened it is dropped for the slower pass on the whole input
+        pre = fast_decimate(mesh, 2 * max_faces)
+        if is_closed_manifold(pre) or not closed:
+            mesh = pre
         else:
             log.info("fast pre-decimation opened the surface; decimating %d faces in one topology-preserving pass",
                      len(mesh.faces))
