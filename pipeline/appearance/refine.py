@@ -208,6 +208,9 @@ def _resize_stack(imgs: list[np.ndarray], size: tuple[int, int], device: torch.d
     return torch.stack(out).to(device)
 
 
+LEASH_EVERY = 5  # refinement steps between leash checks
+
+
 def leash(verts: torch.Tensor, start: torch.Tensor, max_move: float) -> torch.Tensor | None:
     """``verts`` (V, 3) pulled back to within ``max_move`` of ``start`` (V, 3) along their displacement, or None
     when every vertex is within it already."""
@@ -296,7 +299,9 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
                 opt.param_groups[0]["lr"] = settings.lr * step_fraction(it, iters, settings.lr_final)
             idx = torch.randperm(n, generator=gen)[:vpstep].to(dev)
             verts = from_differential(M, u, "Cholesky")
-            if settings.max_move > 0:
+            # every few steps: a held vertex costs a second solve, and between checks a vertex moves a few steps'
+            # worth at most (the level's end holds every vertex exactly)
+            if settings.max_move > 0 and it % LEASH_EVERY == 0:
                 with torch.no_grad():
                     held = leash(verts, vt, settings.max_move)
                     if held is not None:
