@@ -450,9 +450,9 @@ def reach_support(lo: np.ndarray, hi: np.ndarray, support: tuple[np.ndarray, flo
     corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
     height = corners @ n - d
     dropped = corners - np.maximum(height, 0.0)[:, None] * n
-    new_lo = np.maximum(np.minimum(lo, dropped.min(0)), bounds[0])
-    new_hi = np.minimum(np.maximum(hi, dropped.max(0)), bounds[1])
-    return np.minimum(new_lo, lo), np.maximum(new_hi, hi)
+    # lo and hi lie within the bounds already: only what the shadow adds is clipped
+    return (np.maximum(np.minimum(lo, dropped.min(0)), np.minimum(lo, bounds[0])),
+            np.minimum(np.maximum(hi, dropped.max(0)), np.maximum(hi, bounds[1])))
 
 
 def hull_box(masks: list[np.ndarray], Ks: np.ndarray, w2cs: np.ndarray, bounds: tuple[np.ndarray, np.ndarray],

@@ -38,6 +38,7 @@ class SilhouetteSettings:
     # the silhouettes' hull), and without them in the silhouettes the refinement thins them to strings
     thin_width: float = 0.025
     thin_reach: float = 0.01
+    thin_samples: int = 1_000_000  # surface samples that draw the fused surface's outline
 
 
 def seed_labels(dm: DepthMap, shape: tuple[int, int], lo: np.ndarray, hi: np.ndarray,
@@ -112,13 +113,10 @@ def photo_silhouettes(rgbs: list[np.ndarray], dms: list[DepthMap], Ks: np.ndarra
                             check=lambda f: check(0.5 + 0.5 * f))
 
 
-def outline(mesh_vertices: np.ndarray, mesh_faces: np.ndarray, K: np.ndarray, w2c: np.ndarray,
-            shape: tuple[int, int]) -> np.ndarray:
-    """(h, w) bool: pixels a mesh covers, from its vertices and face centres splatted and closed by a pixel (the
-    dense meshes' edges are one to two pixels long at the working size). mesh_vertices (V, 3); mesh_faces (F, 3);
-    K (3, 3) for ``shape``; w2c (4, 4)."""
-    pts = np.concatenate([mesh_vertices, mesh_vertices[mesh_faces].mean(1)])
-    cam = pts @ w2c[:3, :3].T + w2c[:3, 3]
+def outline(points: np.ndarray, K: np.ndarray, w2c: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(h, w) bool: the pixels of ``shape`` that surface samples (P, 3) fall in, closed by a pixel. K (3, 3) for
+    ``shape``; w2c (4, 4). The samples must be denser than the pixels (:func:`surface_samples`)."""
+    cam = points @ w2c[:3, :3].T + w2c[:3, 3]
     front = cam[:, 2] > 1e-9
     uv = cam[front, :2] / cam[front, 2:3] @ K[:2, :2].T + K[:2, 2]
     h, w = shape
@@ -126,8 +124,17 @@ def outline(mesh_vertices: np.ndarray, mesh_faces: np.ndarray, K: np.ndarray, w2
     ok = (px[:, 0] >= 0) & (px[:, 0] < w) & (px[:, 1] >= 0) & (px[:, 1] < h)
     out = np.zeros((h, w), dtype=np.uint8)
     out[px[ok, 1], px[ok, 0]] = 1
-    out = cv2.morphologyEx(out, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5)))
+    out = cv2.morphologyEx(out, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
     return out > 0
+
+
+def surface_samples(vertices: np.ndarray, faces: np.ndarray, count: int) -> np.ndarray:
+    """(V + count, 3): the vertices and ``count`` points spread over the surface by area (seeded), so that a large
+    flat triangle (decimation leaves them on plain parts) is covered as densely as a small one."""
+    import trimesh
+
+    samples, _ = trimesh.sample.sample_surface(trimesh.Trimesh(vertices, faces, process=False), count, seed=0)
+    return np.concatenate([np.asarray(vertices, dtype=np.float64), samples])
 
 
 def thin_parts(covered: np.ndarray, mask: np.ndarray, width_px: float, reach_px: float) -> np.ndarray:
@@ -156,6 +163,7 @@ def add_thin_parts(masks: list[np.ndarray], vertices: np.ndarray, faces: np.ndar
     w2cs (N, 4, 4). Returns the new masks and the number of views that gained pixels."""
     if s.thin_width <= 0:
         return list(masks), 0
+    points = surface_samples(vertices, faces, s.thin_samples)
 
     def one(i: int) -> np.ndarray:
         m = masks[i]
@@ -164,7 +172,7 @@ def add_thin_parts(masks: list[np.ndarray], vertices: np.ndarray, faces: np.ndar
         h, w = max(1, round(H * f)), max(1, round(W * f))
         sK = np.diag([w / W, h / H, 1.0]) @ Ks[i]
         small = cv2.resize(m.astype(np.uint8), (w, h), interpolation=cv2.INTER_AREA) > 0
-        cov = outline(vertices, faces, sK, w2cs[i], (h, w))
+        cov = outline(points, sK, w2cs[i], (h, w))
         add = thin_parts(cov, small, s.thin_width * max(h, w), s.thin_reach * max(h, w))
         return cv2.resize(add.astype(np.uint8), (W, H), interpolation=cv2.INTER_NEAREST) > 0
 
