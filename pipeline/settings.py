@@ -114,6 +114,9 @@ class DenseConfig:
     poisson_trim: Annotated[float, Field(ge=0, lt=0.5)] = 0.02  # density quantile below which Poisson is trimmed
     # estimated silhouettes vote: a depth point is kept inside this fraction of the silhouettes of its views
     poisson_silhouette_fraction: Annotated[float, Field(ge=0, le=1)] = 0.5
+    # with estimated silhouettes, a measured part outside their hull is filled inside where this much match score
+    # measured its surface in front and no view saw through (0: its core is left to the hull, a hollow shell)
+    solid_hidden: Annotated[float, Field(ge=0)] = 1.0
 
 
 @dataclass(frozen=True, config=FROZEN)

@@ -15,8 +15,9 @@ from pipeline.geometry.mvs import DepthMap
 
 
 def fuse_reference(depths: list[DepthMap], grid: Grid, trunc: float, device: str = "cpu", slab_voxels: int = 1 << 22,
-         check: Callable[[float], None] = lambda f: None) -> Tsdf:
-    """Weighted TSDF of the depth maps over ``grid``; ``trunc`` in world units."""
+         check: Callable[[float], None] = lambda f: None, solid_depth: float = 0.0) -> Tsdf:
+    """Weighted TSDF of the depth maps over ``grid``; ``trunc`` in world units. hidden (added later): the weights of
+    views whose measured surface lies between trunc and ``solid_depth`` in front of the voxel."""
     if trunc <= 0:
         raise ValueError(f"fuse: trunc must be > 0, got {trunc}")
     dev = torch.device(device)
@@ -36,6 +37,7 @@ def fuse_reference(depths: list[DepthMap], grid: Grid, trunc: float, device: str
     values = np.zeros((X, Y, Z), dtype=np.float32)
     weight = np.zeros((X, Y, Z), dtype=np.float32)
     band = np.zeros((X, Y, Z), dtype=np.float32)
+    hidden = np.zeros((X, Y, Z), dtype=np.float32)
     step = max(1, slab_voxels // (Y * Z))
     for x0 in range(0, X, step):
         x1 = min(X, x0 + step)
@@ -43,6 +45,7 @@ def fuse_reference(depths: list[DepthMap], grid: Grid, trunc: float, device: str
         acc = torch.zeros(len(pts), device=dev)
         wsum = torch.zeros(len(pts), device=dev)
         bsum = torch.zeros(len(pts), device=dev)
+        hsum = torch.zeros(len(pts), device=dev)
         for depth, score, K, w2c, free, far in maps:
             H, W = depth.shape
             cam = pts @ w2c[:3, :3].T + w2c[:3, 3]
@@ -61,17 +64,20 @@ def fuse_reference(depths: list[DepthMap], grid: Grid, trunc: float, device: str
             acc += w * (sdf / trunc).clamp(-1, 1) + fw
             wsum += w + fw
             bsum += torch.where(sdf < trunc, w, torch.zeros_like(w))
+            behind = (d > 0) & (sdf <= -trunc) & (sdf > -solid_depth)
+            hsum += torch.where(behind, score.reshape(-1)[flat], torch.zeros_like(z))
         vals = torch.where(wsum > 0, acc / wsum.clamp(min=1e-9), torch.ones_like(acc))
         values[x0:x1] = vals.reshape(x1 - x0, Y, Z).cpu().numpy()
         weight[x0:x1] = wsum.reshape(x1 - x0, Y, Z).cpu().numpy()
         band[x0:x1] = bsum.reshape(x1 - x0, Y, Z).cpu().numpy()
+        hidden[x0:x1] = hsum.reshape(x1 - x0, Y, Z).cpu().numpy()
         check(x1 / X)
-    return Tsdf(values=values, weight=weight, band=band, grid=grid, trunc=trunc)
+    return Tsdf(values=values, weight=weight, band=band, grid=grid, trunc=trunc, hidden=hidden)
 
 
 def combined_field_reference(tsdf: Tsdf, hull: np.ndarray, min_band: float, min_free: float, hull_slack: float,
                    planes: list[tuple[np.ndarray, float]] = (), support_margin: float = 0.0,
-                   override_band: float | None = None) -> np.ndarray:
+                   override_band: float | None = None, solid_hidden: float | None = None) -> np.ndarray:
     """The field of the final closed surface, negative inside, in units of trunc. (X, Y, Z) float32.
 
     hull: (X, Y, Z) float32 visual-hull distance on the same grid, world units, negative inside. The hull gives the
@@ -82,7 +88,9 @@ def combined_field_reference(tsdf: Tsdf, hull: np.ndarray, min_band: float, min_
     where at least that much match score measured a surface: estimated silhouettes miss thin or dark parts (horns,
     feet on a dark table) that the photos did measure. ``planes`` (unit normal n, offset d,
     cameras on the side n·x > d: the table the object stands on, a wall right behind it): everything within
-    ``support_margin`` of one or behind it is outside, so they are cut off and the object's base closed flat."""
+    ``support_margin`` of one or behind it is outside, so they are cut off and the object's base closed flat.
+    solid_hidden (added later): voxels with that much hidden evidence and no free-space evidence (< 0.1) and no
+    measured band are inside."""
     if hull.shape != tsdf.values.shape:
         raise ValueError(f"combined_field: hull {hull.shape} and TSDF {tsdf.values.shape} differ")
     t = tsdf.trunc
@@ -94,6 +102,10 @@ def combined_field_reference(tsdf: Tsdf, hull: np.ndarray, min_band: float, min_
     cap = np.clip((hull - hull_slack) / t, -1.0, 1.0)
     if override_band is not None:
         cap = np.where(tsdf.band >= override_band, -1.0, cap)
+    if solid_hidden is not None:
+        solid = (tsdf.hidden >= solid_hidden) & (tsdf.weight - tsdf.band < 0.1) & ~measured
+        f = np.where(solid, -1.0, f)
+        cap = np.where(solid, -1.0, cap)
     f = np.maximum(f, cap)
     for n, d in planes:
         n, d = np.asarray(n, dtype=np.float64), float(d)

@@ -172,6 +172,52 @@ def test_a_measured_part_outside_estimated_silhouettes_stands_only_with_the_over
     assert top(cut) < 0.6 + 2 * t
 
 
+def _rod_scene_field(solid_hidden: float | None) -> tuple[trimesh.Trimesh, float]:
+    """A ball with a thick rod beside it, inside a room (every ray measures a depth), seen by 16 exact depth maps;
+    the estimated silhouettes' hull holds the ball only. Returns the fused surface and the rod's true volume."""
+    from pipeline.geometry.fusion import fuse
+
+    ball = trimesh.creation.icosphere(subdivisions=3, radius=0.5)
+    rod = trimesh.creation.cylinder(radius=0.2, height=1.2, sections=48)
+    rod.apply_translation([0.85, 0.0, 0.0])
+    room = trimesh.creation.icosphere(subdivisions=3, radius=4.0)
+    room.invert()
+    scene = trimesh.util.concatenate([ball, rod, room])
+    K = np.array([[60.0, 0, 40], [0, 60.0, 40], [0, 0, 1]])
+    dms = []
+    for i in range(16):
+        a, el = 2 * np.pi * i / 16, (0.35 if i % 2 else -0.25)
+        eye = 2.6 * np.array([np.cos(a) * np.cos(el), np.sin(a) * np.cos(el), np.sin(el)])
+        w2c = look_at(eye, np.array([0.3, 0.0, 0.0]), np.array([0, 0, 1.0]))
+        d = render(scene, K, w2c, 80, 80).depth
+        d = np.where(np.isfinite(d) & (d < 3.5), d, 0).astype(np.float32)  # the room: beyond the depth range
+        free = np.where(d == 0, 1.0, 0.0).astype(np.float32)  # background seen beyond the far depth
+        dms.append(DepthMap(d, np.ones_like(d), K, w2c, free=free, far=3.5))
+    grid = Grid.over_box(np.array([-0.7, -0.7, -0.75]), np.array([1.2, 0.7, 0.75]), 64)
+    t = 2 * grid.voxel
+    ts = fuse(dms, grid, t, solid_depth=0.05 * 1.9 * 4)
+    ax = [grid.origin[i] + np.arange(grid.dims[i]) * grid.voxel for i in range(3)]
+    X, Y, Z = np.meshgrid(*ax, indexing="ij")
+    hull = (np.sqrt(X ** 2 + Y ** 2 + Z ** 2) - 0.52).astype(np.float32)
+    f = combined_field(ts, hull, min_band=1.0, min_free=1.5, hull_slack=t, override_band=1.0,
+                       solid_hidden=solid_hidden)
+    return marching_cubes(f * t, grid.origin, grid.voxel), float(rod.volume)
+
+
+def test_a_thick_measured_part_outside_the_hull_is_filled_only_with_hidden_evidence() -> None:
+    """A rod the estimated silhouettes missed, wider than two truncations: its surface is measured all round, its
+    core by no view. With ``solid_hidden`` the fused shape holds the whole rod (volume of ball and rod); without,
+    the core is left to the hull and the rod is a hollow shell. The room behind is measured free space, so nothing
+    grows behind the rod or the ball."""
+    ball_volume = 4 / 3 * np.pi * 0.5 ** 3
+    filled, rod_volume = _rod_scene_field(1.0)
+    hollow, _ = _rod_scene_field(None)
+    assert filled.volume == pytest.approx(ball_volume + rod_volume, rel=0.1)
+    assert hollow.volume < ball_volume + 0.6 * rod_volume
+    lo, hi = filled.bounds
+    assert lo[0] > -0.5 - 0.05 and hi[0] < 1.05 + 0.05 and abs(lo[2] + 0.6) < 0.05 and abs(hi[2] - 0.6) < 0.05
+
+
 @pytest.mark.parametrize("mesher", ["tsdf", "hybrid"])
 def test_dense_method_on_a_posed_masked_capture_finds_the_object_from_the_cameras(tmp_path, mesher) -> None:
     """geometry.method = dense on posed photos that all have masks: no SfM runs, so the region comes from the

@@ -50,7 +50,8 @@ def _compare(got: Tsdf, ref: Tsdf) -> None:
     voxels in 10^4, and where both read the same pixels the values agree to float precision."""
     same_w = np.isclose(got.weight, ref.weight, rtol=1e-4, atol=1e-5)
     same_b = np.isclose(got.band, ref.band, rtol=1e-4, atol=1e-5)
-    assert same_w.mean() >= 0.9999 and same_b.mean() >= 0.9999, (same_w.mean(), same_b.mean())
+    same_h = np.isclose(got.hidden, ref.hidden, rtol=1e-4, atol=1e-5)
+    assert min(same_w.mean(), same_b.mean(), same_h.mean()) >= 0.9999, (same_w.mean(), same_b.mean(), same_h.mean())
     both = (got.weight > 0) & (ref.weight > 0) & same_w
     assert both.sum() > 1000
     assert np.abs(got.values[both] - ref.values[both]).max() < 1e-4
@@ -61,18 +62,20 @@ def _compare(got: Tsdf, ref: Tsdf) -> None:
 def test_fusion_matches_the_reference_implementation(maps: list[DepthMap], chunk: int | None) -> None:
     grid = Grid.over_box(np.full(3, -1.4), np.full(3, 1.4), 40)
     trunc = 3 * grid.voxel
-    ref = fuse_reference(maps, grid, trunc)
-    got = fuse(maps, grid, trunc, chunk_elements=chunk)
-    # the scene exercises every kind of evidence: measured surface, the band behind it, free space, nothing
+    ref = fuse_reference(maps, grid, trunc, solid_depth=0.5)
+    got = fuse(maps, grid, trunc, chunk_elements=chunk, solid_depth=0.5)
+    # the scene exercises every kind of evidence: measured surface, the band behind it, free space, surfaces more
+    # than trunc in front (and more than solid_depth: the sphere's far inside), nothing
     assert (ref.band > 0).mean() > 0.01 and ((ref.weight - ref.band) > 0).mean() > 0.1 and (ref.weight == 0).any()
+    assert (ref.hidden > 0).mean() > 0.01 and ((ref.weight == 0) & (ref.hidden == 0)).any()
     _compare(got, ref)
 
 
 def test_fusion_reference_comparison_can_fail(maps: list[DepthMap]) -> None:
     """The comparison sees a wrong field: a TSDF fused with a slightly different truncation does not pass."""
     grid = Grid.over_box(np.full(3, -1.4), np.full(3, 1.4), 40)
-    ref = fuse_reference(maps, grid, 3 * grid.voxel)
-    other = fuse(maps, grid, 3.3 * grid.voxel)
+    ref = fuse_reference(maps, grid, 3 * grid.voxel, solid_depth=0.5)
+    other = fuse(maps, grid, 3.3 * grid.voxel, solid_depth=0.5)
     with pytest.raises(AssertionError):
         _compare(other, ref)
 
@@ -80,7 +83,8 @@ def test_fusion_reference_comparison_can_fail(maps: list[DepthMap]) -> None:
 def test_fusion_without_evidence_and_bad_inputs() -> None:
     grid = Grid.over_box(np.zeros(3), np.ones(3), 8)
     empty = DepthMap(np.zeros((10, 12), np.float32), np.zeros((10, 12), np.float32), np.eye(3), np.eye(4))
-    values, weight, band = fuse_tensors([empty], grid, 0.1)
+    values, weight, band, hidden = fuse_tensors([empty], grid, 0.1, solid_depth=0.5)
+    assert float(hidden.abs().sum()) == 0.0
     assert values.shape == grid.dims and bool((values == 1).all()) and float(weight.abs().sum()) == 0.0
     with pytest.raises(ValueError, match="trunc"):
         fuse([empty], grid, 0.0)
@@ -100,21 +104,29 @@ def test_fusion_without_evidence_and_bad_inputs() -> None:
 def test_combined_field_matches_the_reference_implementation(maps: list[DepthMap], estimated: bool) -> None:
     grid = Grid.over_box(np.full(3, -1.4), np.full(3, 1.4), 40)
     trunc = 3 * grid.voxel
-    ts = fuse_reference(maps, grid, trunc)
+    ts = fuse_reference(maps, grid, trunc, solid_depth=0.5)
     ax = [grid.origin[i] + np.arange(grid.dims[i]) * grid.voxel for i in range(3)]
     X, Y, Z = np.meshgrid(*ax, indexing="ij")
-    hull = (np.sqrt(X ** 2 + Y ** 2 + Z ** 2) - 1.05).astype(np.float32)  # a slightly fat hull of the sphere
+    # a slightly fat hull of the sphere; an estimated one misses its outer shell, where the override and the hidden
+    # evidence decide
+    hull = (np.sqrt(X ** 2 + Y ** 2 + Z ** 2) - (0.85 if estimated else 1.05)).astype(np.float32)
     planes = [(np.array([0.0, 0.0, 1.0]), -0.8), (np.array([0.6, 0.0, 0.8]), -1.0)]
     kw = dict(min_band=0.5, min_free=0.7, hull_slack=trunc if estimated else 0.0, planes=planes,
-              support_margin=grid.voxel, override_band=1.0 if estimated else None)
+              support_margin=grid.voxel, override_band=1.0 if estimated else None,
+              solid_hidden=0.5 if estimated else None)
     ref = combined_field_reference(ts, hull, **kw)
     got = combined_field(ts, hull, **kw)
     assert got.dtype == np.float32 and got.shape == ref.shape
     assert np.abs(got - ref).max() < 1e-5
     assert ((got < 0) == (ref < 0)).mean() >= 0.999
     t = combined_field_tensor(torch.from_numpy(ts.values), torch.from_numpy(ts.weight), torch.from_numpy(ts.band),
-                              torch.from_numpy(hull), grid, trunc, **kw)
+                              torch.from_numpy(hull), grid, trunc, hidden=torch.from_numpy(ts.hidden), **kw)
     assert np.abs(t.numpy() - ref).max() < 1e-5
+    if estimated:  # the hidden rule decides some voxels here, so the comparison covers it
+        plain = combined_field_reference(ts, hull, **{**kw, "solid_hidden": None})
+        assert ((plain >= 0) & (ref < 0)).sum() > 0
+    with pytest.raises(ValueError, match="hidden"):
+        combined_field(Tsdf(ts.values, ts.weight, ts.band, grid, trunc), hull, **{**kw, "solid_hidden": 0.5})
     with pytest.raises(ValueError, match="hull"):
         combined_field(ts, hull[1:], **kw)
 

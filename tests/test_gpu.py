@@ -227,9 +227,9 @@ def torch_fusion_checks(device: str = "cuda", views: int = 60, width: int = 960,
     maps = noisy_depth_maps()
     grid = Grid.over_box(np.full(3, -1.4), np.full(3, 1.4), 64)
     trunc = 3 * grid.voxel
-    ref = fuse_reference(maps, grid, trunc)
-    v, w, b = fuse_tensors(maps, grid, trunc, device=device)
-    _compare(Tsdf(v.cpu().numpy(), w.cpu().numpy(), b.cpu().numpy(), grid, trunc), ref)
+    ref = fuse_reference(maps, grid, trunc, solid_depth=0.5)
+    v, w, b, hd = fuse_tensors(maps, grid, trunc, device=device, solid_depth=0.5)
+    _compare(Tsdf(v.cpu().numpy(), w.cpu().numpy(), b.cpu().numpy(), grid, trunc, hd.cpu().numpy()), ref)
     _, Ks, w2cs, _, _, sil = _textured_sphere_views(n=6)
     sdfs = [mask_sdf(m) for m in sil]
     pts = grid.points(0, grid.dims[0], torch.device("cpu"))
@@ -242,10 +242,11 @@ def torch_fusion_checks(device: str = "cuda", views: int = 60, width: int = 960,
     hull = hull_ref.reshape(grid.dims).numpy()
     planes = [(np.array([0.0, 0.0, 1.0]), -0.8)]
     kw = dict(min_band=0.5, min_free=0.7, hull_slack=trunc, planes=planes, support_margin=grid.voxel,
-              override_band=1.0)
+              override_band=1.0, solid_hidden=0.5)
     f_ref = combined_field_reference(ref, hull, **kw)
     t = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
-    f_gpu = combined_field_tensor(t(ref.values), t(ref.weight), t(ref.band), t(hull), grid, trunc, **kw)
+    f_gpu = combined_field_tensor(t(ref.values), t(ref.weight), t(ref.band), t(hull), grid, trunc,
+                                  hidden=t(ref.hidden), **kw)
     assert np.abs(f_gpu.cpu().numpy() - f_ref).max() < 1e-5
     try:
         import pytorch3d.ops  # noqa: F401
@@ -281,7 +282,7 @@ def torch_fusion_checks(device: str = "cuda", views: int = 60, width: int = 960,
         base = torch.cuda.memory_allocated() if cuda else 0
         steps = {}
         t0 = time.monotonic()
-        v, w, b = fuse_tensors(big, g, 3 * g.voxel, device=device)
+        v, w, b, hd = fuse_tensors(big, g, 3 * g.voxel, device=device, solid_depth=0.05 * float((hi - lo).max()))
         sync()
         steps["fusion"] = time.monotonic() - t0
         t0 = time.monotonic()
@@ -289,8 +290,8 @@ def torch_fusion_checks(device: str = "cuda", views: int = 60, width: int = 960,
         sync()
         steps["hull"] = time.monotonic() - t0
         t0 = time.monotonic()
-        f = combined_field_tensor(v, w, b, h, g, 3 * g.voxel, **{**kw, "hull_slack": 3 * g.voxel})
-        del v, w, b, h
+        f = combined_field_tensor(v, w, b, h, g, 3 * g.voxel, hidden=hd, **{**kw, "hull_slack": 3 * g.voxel})
+        del v, w, b, hd, h
         f *= 3 * g.voxel
         sync()
         steps["field"] = time.monotonic() - t0

@@ -59,6 +59,11 @@ class DenseSettings:
     # measured in docs/design.md (Fusion)
     box_reach: float = 0.12
     override_band: float | None = 1.0
+    # such a part wider than two truncations would stand as a hollow shell (the hull says outside beyond trunc): a
+    # voxel that solid_hidden of match score measured a surface in front of, at most solid_depth of the fused box's
+    # longest side in front, and that no view saw through, is inside (None: off); docs/design.md (Fusion)
+    solid_hidden: float | None = 1.0
+    solid_depth: float = 0.05
     # Gaussian blur of the fused field before marching cubes, as a fraction of the object's longest side, and at
     # least field_sigma_min_voxels (0: off): removes the bubbles and tunnels (handles) that depth noise leaves at the
     # scale of the depth maps' noise and, on coarse grids, of a voxel; they made the mesh open after decimation and
@@ -366,7 +371,9 @@ def fused_surface(dms: list[DepthMap], sil: list[np.ndarray], estimated: list[bo
     trunc = s.trunc_voxels * grid.voxel
     lap("hull_box")
     # the fields stay on the device from fusion to marching cubes (a 512^3 grid: 0.5 GB each)
-    values, weight, band = fuse_tensors(dms, grid, trunc, device=device, check=lambda f: check(0.4 * f))
+    solid = any(estimated) and s.override_band is not None and s.solid_hidden is not None
+    values, weight, band, hidden = fuse_tensors(dms, grid, trunc, device=device, check=lambda f: check(0.4 * f),
+                                                solid_depth=s.solid_depth * float((hi - lo).max()) if solid else 0.0)
     lap("fusion")
     hull = grid_hull_tensor(grid, Ks, w2cs, sdfs, s.hull_outlier_fraction, device)
     lap("hull")
@@ -374,8 +381,9 @@ def fused_surface(dms: list[DepthMap], sil: list[np.ndarray], estimated: list[bo
     slack = trunc if any(estimated) else 0.0
     field_ = combined_field_tensor(values, weight, band, hull, grid, trunc, s.min_band, s.min_free, slack, planes,
                                    s.base_margin_voxels * grid.voxel,
-                                   override_band=s.override_band if any(estimated) else None)
-    del values, weight, band, hull
+                                   override_band=s.override_band if any(estimated) else None,
+                                   hidden=hidden, solid_hidden=s.solid_hidden if solid else None)
+    del values, weight, band, hidden, hull
     field_ *= trunc
     field_ = smooth_field(field_, blur_voxels(s))
     lap("field")

@@ -22,6 +22,11 @@ import torch
 from pipeline.geometry.mvs import DepthMap
 
 
+# free-space evidence (summed weights) below which no view is taken to have seen through a voxel: a tenth of one
+# frontal, confident view
+SEEN_FREE = 0.1
+
+
 @dataclass(frozen=True)
 class Grid:
     """A regular grid: voxel (i, j, k) has its centre at origin + (i, j, k) * voxel. dims: (X, Y, Z)."""
@@ -52,13 +57,16 @@ class Grid:
 @dataclass(frozen=True)
 class Tsdf:
     """values: (X, Y, Z) float32 in [-1, 1] (units of trunc, positive outside); weight: (X, Y, Z) float32, all
-    evidence; band: (X, Y, Z) float32, the part of it from views that measured a surface within trunc of the voxel."""
+    evidence; band: (X, Y, Z) float32, the part of it from views that measured a surface within trunc of the voxel;
+    hidden: (X, Y, Z) float32 or None, the match score of views that measured a surface in front of the voxel, more
+    than trunc and less than the fusion's ``solid_depth`` in front (the voxel lies inside a measured part)."""
 
     values: np.ndarray
     weight: np.ndarray
     band: np.ndarray
     grid: Grid
     trunc: float
+    hidden: np.ndarray | None = None
 
 
 def facing(depth: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
@@ -157,12 +165,14 @@ def grid_chunk(grid: Grid, start: int, stop: int, device: torch.device) -> torch
     return ijk * grid.voxel + torch.as_tensor(grid.origin, dtype=torch.float32, device=device)
 
 
-def integrate(pts: torch.Tensor, views: ViewTable, trunc: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """TSDF sums of all views at ``pts`` (M, 3) world: (acc, weight, band), each (M,) float32.
+def integrate(pts: torch.Tensor, views: ViewTable, trunc: float, solid_depth: float = 0.0
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """TSDF sums of all views at ``pts`` (M, 3) world: (acc, weight, band, hidden), each (M,) float32.
 
     acc: the weighted sum of truncated signed distances (units of trunc) plus free-space evidence (+1 each);
-    weight: all evidence; band: the part of it from surfaces measured within trunc. All views at once: (V, M)
-    intermediates, so the caller sizes M."""
+    weight: all evidence; band: the part of it from surfaces measured within trunc; hidden: the weights of surfaces
+    measured between trunc and ``solid_depth`` in front of the point (world units; 0: none). All views at once:
+    (V, M) intermediates, so the caller sizes M."""
     cam = torch.einsum("mc,vdc->vmd", pts, views.R) + views.t[:, None, :]
     z = cam[..., 2]
     zc = z.clamp(min=1e-9)
@@ -183,14 +193,15 @@ def integrate(pts: torch.Tensor, views: ViewTable, trunc: float) -> tuple[torch.
     acc = (w * (sdf / trunc).clamp(-1, 1) + fw).sum(0)
     wsum = (w + fw).sum(0)
     band = torch.where(sdf < trunc, w, torch.zeros_like(w)).sum(0)
-    return acc, wsum, band
+    hidden = torch.where((d > 0) & (sdf <= -trunc) & (sdf > -solid_depth), score, torch.zeros_like(score)).sum(0)
+    return acc, wsum, band, hidden
 
 
 def fuse_tensors(depths: list[DepthMap], grid: Grid, trunc: float, device: str = "cpu",
-                 chunk_elements: int | None = None, check: Callable[[float], None] = lambda f: None
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Weighted TSDF of the depth maps over ``grid`` on ``device``: (values, weight, band), each (X, Y, Z) float32
-    as in :class:`Tsdf`; ``trunc`` in world units.
+                 chunk_elements: int | None = None, check: Callable[[float], None] = lambda f: None,
+                 solid_depth: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Weighted TSDF of the depth maps over ``grid`` on ``device``: (values, weight, band, hidden), each (X, Y, Z)
+    float32 as in :class:`Tsdf`; ``trunc`` and ``solid_depth`` in world units.
 
     Voxels go in chunks, all views at once per chunk: (views x voxels) intermediates of ``chunk_elements`` entries
     (default 2^24 on a GPU: about 1.5 GB of temporaries; 2^18 on the CPU, where chunks that stay in the caches are
@@ -203,36 +214,39 @@ def fuse_tensors(depths: list[DepthMap], grid: Grid, trunc: float, device: str =
     values = torch.ones(total, dtype=torch.float32, device=dev)
     weight = torch.zeros(total, dtype=torch.float32, device=dev)
     band = torch.zeros(total, dtype=torch.float32, device=dev)
+    hidden = torch.zeros(total, dtype=torch.float32, device=dev)
+    shaped = lambda: tuple(a.reshape(X, Y, Z) for a in (values, weight, band, hidden))  # noqa: E731
     views = view_table(depths, dev)
     if views is None:
         check(1.0)
-        return values.reshape(X, Y, Z), weight.reshape(X, Y, Z), band.reshape(X, Y, Z)
+        return shaped()
     if chunk_elements is None:
         chunk_elements = 1 << 24 if dev.type == "cuda" else 1 << 18
     step = max(1024, chunk_elements // views.views)
     for a in range(0, total, step):
         b = min(total, a + step)
-        acc, wsum, bsum = integrate(grid_chunk(grid, a, b, dev), views, trunc)
+        acc, wsum, bsum, hsum = integrate(grid_chunk(grid, a, b, dev), views, trunc, solid_depth)
         values[a:b] = torch.where(wsum > 0, acc / wsum.clamp(min=1e-9), torch.ones_like(acc))
         weight[a:b] = wsum
         band[a:b] = bsum
+        hidden[a:b] = hsum
         check(b / total)
     del views
-    return values.reshape(X, Y, Z), weight.reshape(X, Y, Z), band.reshape(X, Y, Z)
+    return shaped()
 
 
 def fuse(depths: list[DepthMap], grid: Grid, trunc: float, device: str = "cpu", chunk_elements: int | None = None,
-         check: Callable[[float], None] = lambda f: None) -> Tsdf:
+         check: Callable[[float], None] = lambda f: None, solid_depth: float = 0.0) -> Tsdf:
     """Weighted TSDF of the depth maps over ``grid``, computed on ``device`` (:func:`fuse_tensors`), as numpy
-    arrays; ``trunc`` in world units."""
-    values, weight, band = fuse_tensors(depths, grid, trunc, device, chunk_elements, check)
+    arrays; ``trunc`` and ``solid_depth`` in world units."""
+    values, weight, band, hidden = fuse_tensors(depths, grid, trunc, device, chunk_elements, check, solid_depth)
     return Tsdf(values=values.cpu().numpy(), weight=weight.cpu().numpy(), band=band.cpu().numpy(), grid=grid,
-                trunc=trunc)
+                trunc=trunc, hidden=hidden.cpu().numpy())
 
 
 def combined_field(tsdf: Tsdf, hull: np.ndarray, min_band: float, min_free: float, hull_slack: float,
                    planes: list[tuple[np.ndarray, float]] = (), support_margin: float = 0.0,
-                   override_band: float | None = None) -> np.ndarray:
+                   override_band: float | None = None, solid_hidden: float | None = None) -> np.ndarray:
     """The field of the final closed surface, negative inside, in units of trunc. (X, Y, Z) float32.
 
     hull: (X, Y, Z) float32 visual-hull distance on the same grid, world units, negative inside. The hull gives the
@@ -241,27 +255,40 @@ def combined_field(tsdf: Tsdf, hull: np.ndarray, min_band: float, min_free: floa
     saw clear free space, the voxel is outside even inside the hull (a cup's inside, the gap under an armrest).
     Nothing lies more than ``hull_slack`` (world units) outside the hull, except, when ``override_band`` is given,
     where at least that much match score measured a surface: estimated silhouettes miss thin or dark parts (horns,
-    feet on a dark table) that the photos did measure. ``planes`` (unit normal n, offset d,
+    feet on a dark table) that the photos did measure. With ``solid_hidden``, a voxel that at least that much match
+    score measured a surface in front of (``tsdf.hidden``) and that no view saw free space at is inside: the core of
+    such a measured part, beyond trunc from its surface, which the hull would otherwise leave hollow (a tube of an
+    armchair's frame, wider than two truncations). ``planes`` (unit normal n, offset d,
     cameras on the side n·x > d: the table the object stands on, a wall right behind it): everything within
     ``support_margin`` of one or behind it is outside, so they are cut off and the object's base closed flat.
     Computed by :func:`combined_field_tensor` on the CPU."""
     if hull.shape != tsdf.values.shape:
         raise ValueError(f"combined_field: hull {hull.shape} and TSDF {tsdf.values.shape} differ")
+    if solid_hidden is not None and tsdf.hidden is None:
+        raise ValueError("combined_field: solid_hidden needs the TSDF's hidden evidence (fuse it with solid_depth)")
     as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))  # noqa: E731
     return combined_field_tensor(as_t(tsdf.values), as_t(tsdf.weight), as_t(tsdf.band), as_t(hull), tsdf.grid,
                                  tsdf.trunc, min_band, min_free, hull_slack, planes, support_margin,
-                                 override_band).numpy()
+                                 override_band, hidden=None if tsdf.hidden is None else as_t(tsdf.hidden),
+                                 solid_hidden=solid_hidden).numpy()
 
 
 def combined_field_tensor(values: torch.Tensor, weight: torch.Tensor, band: torch.Tensor, hull: torch.Tensor,
                           grid: Grid, trunc: float, min_band: float, min_free: float, hull_slack: float,
                           planes: list[tuple[np.ndarray, float]] = (), support_margin: float = 0.0,
-                          override_band: float | None = None, slab_voxels: int = 1 << 24) -> torch.Tensor:
-    """:func:`combined_field` on tensors of one device: values, weight, band (the TSDF's) and hull, each (X, Y, Z)
-    float32 -> (X, Y, Z) float32 on that device, negative inside, units of ``trunc``. The plane cut is computed in
-    float64 in x-slabs of ``slab_voxels`` (sub-voxel accuracy far from the origin; bounded memory)."""
+                          override_band: float | None = None, slab_voxels: int = 1 << 24,
+                          hidden: torch.Tensor | None = None, solid_hidden: float | None = None) -> torch.Tensor:
+    """:func:`combined_field` on tensors of one device: values, weight, band, hidden (the TSDF's; hidden only with
+    ``solid_hidden``) and hull, each (X, Y, Z) float32 -> (X, Y, Z) float32 on that device, negative inside, units
+    of ``trunc``. The plane cut is computed in float64 in x-slabs of ``slab_voxels`` (sub-voxel accuracy far from
+    the origin; bounded memory)."""
     shape = tuple(grid.dims)
-    for name, a in (("values", values), ("weight", weight), ("band", band), ("hull", hull)):
+    if solid_hidden is not None and hidden is None:
+        raise ValueError("combined_field: solid_hidden needs the TSDF's hidden evidence (fuse it with solid_depth)")
+    fields = [("values", values), ("weight", weight), ("band", band), ("hull", hull)]
+    if solid_hidden is not None:
+        fields.append(("hidden", hidden))
+    for name, a in fields:
         if tuple(a.shape) != shape:
             raise ValueError(f"combined_field: {name} {tuple(a.shape)} and the grid {shape} differ")
         if a.dtype != torch.float32 or a.device != values.device:
@@ -277,6 +304,12 @@ def combined_field_tensor(values: torch.Tensor, weight: torch.Tensor, band: torc
     cap = ((hull - hull_slack) / t).clamp_(-1.0, 1.0)
     if override_band is not None:
         cap = torch.where(band >= override_band, torch.full_like(cap, -1.0), cap)
+    if solid_hidden is not None:
+        # inside a measured part: behind its surface for some views, seen through by none (SEEN_FREE)
+        solid = (hidden >= solid_hidden) & (weight - band < SEEN_FREE) & (band < min_band)
+        f = torch.where(solid, torch.full_like(f, -1.0), f)
+        cap = torch.where(solid, torch.full_like(cap, -1.0), cap)
+        del solid
     f = torch.maximum(f, cap)
     del cap
     X, Y, Z = shape

@@ -65,7 +65,8 @@ def dense_settings(ctx: JobContext) -> DenseSettings:
     poisson = PoissonSettings(depth=cfg.poisson_depth if gpu else cfg.cpu_poisson_depth,
                               trim_quantile=cfg.poisson_trim, silhouette_fraction=cfg.poisson_silhouette_fraction)
     return DenseSettings(mvs=mvs, resolution=cfg.resolution if gpu else cfg.cpu_resolution, max_faces=geo.max_faces,
-                         field_blur=cfg.field_blur, mesher=cfg.mesher, poisson=poisson)
+                         field_blur=cfg.field_blur, mesher=cfg.mesher, poisson=poisson,
+                         solid_hidden=cfg.solid_hidden or None)
 
 
 def dense_stage(ctx: JobContext, views: Views, masks: list[np.ndarray | None], out_dir: Path) -> GeometrySummary:
