@@ -290,6 +290,33 @@ def test_thin_measured_parts_join_the_silhouette_and_broad_ones_and_rims_do_not(
     assert not (add & mask).any()
 
 
+def test_bites_out_of_a_thin_leg_join_the_silhouette_and_a_notch_in_a_broad_edge_does_not() -> None:
+    """GrabCut's background seeds bite disks wider than the leg out of it (cutting it in two); the fused outline
+    covers the leg whole. The bites are added back; the same disk covered outside a broad edge (a bump the
+    outline has beyond the silhouette) is not, nor is a membrane under the seat."""
+    from pipeline.geometry.silhouettes import thin_parts
+
+    yy, xx = np.mgrid[:160, :200]
+    mask = np.zeros((160, 200), bool)
+    mask[20:60, 40:160] = True  # the seat
+    mask[60:150, 60:66] = True  # a leg 6 px wide
+    covered = mask.copy()
+    bite = (yy - 100) ** 2 + (xx - 63) ** 2 <= 8 ** 2  # a 17-px disk through the leg
+    mask &= ~bite
+    bump = (yy - 20) ** 2 + (xx - 100) ** 2 <= 8 ** 2  # the same disk on the seat's top edge, half outside
+    covered |= bump
+    covered[60:100, 100:150] = True  # a membrane under the seat
+    add = thin_parts(covered, mask, width_px=10, reach_px=12)
+    assert add[bite & covered].mean() > 0.95
+    assert not (add & bump & ~mask).any()
+    # the membrane: only its corners, which the round opening trims, can count as thin
+    assert add[60:100, 100:150].sum() <= 0.02 * 40 * 50 and not add[65:95, 105:145].any()
+    # the leg's bite is what reconnects it: without the bite rule the leg stays in two pieces
+    from scipy import ndimage
+
+    assert ndimage.label((mask | add)[:, 55:70])[1] == 1 and ndimage.label(mask[:, 55:70])[1] == 2
+
+
 def test_a_mesh_outline_from_surface_samples_matches_ray_casting() -> None:
     """A coarse mesh (triangles tens of pixels wide, as decimation leaves on plain parts): its vertices alone would
     draw a scatter of dots, the area samples draw the whole outline."""

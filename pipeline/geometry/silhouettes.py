@@ -141,19 +141,50 @@ def thin_parts(covered: np.ndarray, mask: np.ndarray, width_px: float, reach_px:
     """(h, w) bool: the thin parts of ``covered`` outside ``mask`` (both (h, w) bool) that reach at least
     ``reach_px`` beyond it: what a morphological opening of diameter ``width_px`` removes from ``covered`` minus
     ``mask``, by connected piece. A rim along the mask (an outline a little too wide) does not reach far enough;
-    a broad piece (a membrane) survives the opening and is not thin."""
+    a broad piece (a membrane) survives the opening and is not thin. Also the bites: pieces of ``covered`` minus
+    ``mask`` no larger than a disk of diameter 2 ``width_px`` whose outer ring meets the mask in two or more
+    separate arcs (the piece joins two parts of it) or lies almost wholly in it (a hole); GrabCut's background
+    seeds take them out of a thin tube (its depth pixels see the background past it) and cut a leg into pieces
+    that the refinement then drops. A bump of the outline beyond a broad edge meets the mask in one arc."""
     extra = (covered & ~mask).astype(np.uint8)
     if not extra.any():
         return np.zeros_like(mask)
     r = max(1, int(round(width_px / 2)))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
     thin = (extra > 0) & ~(cv2.morphologyEx(extra, cv2.MORPH_OPEN, kernel) > 0)
+    out = np.zeros_like(mask)
     lab, n = ndimage.label(thin)
+    if n:
+        away = ndimage.distance_transform_edt(~mask)
+        reach = np.asarray(ndimage.maximum(away, lab, range(1, n + 1)))
+        out |= np.isin(lab, 1 + np.flatnonzero(reach >= reach_px))
+    out |= bites(extra > 0, mask, np.pi * (2 * r + 1) ** 2)
+    return out
+
+
+def bites(extra: np.ndarray, mask: np.ndarray, max_area: float) -> np.ndarray:
+    """(h, w) bool: the pieces of ``extra`` (h, w) bool (outside ``mask``) of at most ``max_area`` pixels that join
+    separate parts of ``mask``'s border or fill a hole in it (see :func:`thin_parts`)."""
+    out = np.zeros_like(mask)
+    lab, n = ndimage.label(extra)
     if n == 0:
-        return np.zeros_like(mask)
-    away = ndimage.distance_transform_edt(~mask)
-    reach = ndimage.maximum(away, lab, range(1, n + 1))
-    return np.isin(lab, 1 + np.flatnonzero(np.asarray(reach) >= reach_px))
+        return out
+    area = np.bincount(lab.ravel(), minlength=n + 1)
+    ring_kernel = np.ones((5, 5), bool)
+    eight = np.ones((3, 3), bool)
+    for k, sl in enumerate(ndimage.find_objects(lab), start=1):
+        if sl is None or area[k] > max_area:
+            continue
+        # the piece's box grown by the ring's width, clipped to the image
+        sl = tuple(slice(max(0, a.start - 3), a.stop + 3) for a in sl)
+        piece = lab[sl] == k
+        ring = ndimage.binary_dilation(piece, ring_kernel) & ~piece
+        meets = ring & mask[sl]
+        if not ring.any() or not meets.any():
+            continue
+        if meets.sum() >= 0.9 * ring.sum() or ndimage.label(meets, eight)[1] >= 2:
+            out[sl] |= piece
+    return out
 
 
 def add_thin_parts(masks: list[np.ndarray], vertices: np.ndarray, faces: np.ndarray, Ks: np.ndarray,
