@@ -5,6 +5,7 @@ depends on the daemon's memory. The daemon only notices when a worker process di
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import logging
@@ -12,10 +13,11 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from daemon.config import Settings, settings_from_json
 from daemon.ledger import Job, Ledger, LedgerError
@@ -118,6 +120,39 @@ def _job_logger(job_id: str, work_dir: Path, secrets: tuple[str, ...] = ()) -> t
     return JobLogAdapter(logger, {"job_id": job_id}), handler
 
 
+class _PipelineLines(logging.Handler):
+    """The pipeline modules' own log lines (``pipeline.*`` loggers: the dense method's boxes, decimation's choices)
+    into job.log, with the job's id and the module's name. Only lines logged from the thread that runs the job:
+    threads of another job in the same process (a benchmark's parallel jobs) stay out of this job's log."""
+
+    def __init__(self, job_id: str, target: logging.Handler) -> None:
+        super().__init__(logging.INFO)
+        self.job_id, self.target, self.thread = job_id, target, threading.get_ident()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread != self.thread:
+            return
+        line = logging.makeLogRecord(record.__dict__)
+        line.msg, line.args = f"[job {self.job_id}] {record.name.removeprefix('pipeline.')}: {record.getMessage()}", None
+        self.target.handle(line)
+
+
+@contextlib.contextmanager
+def _pipeline_lines(job_id: str, target: logging.Handler) -> Iterator[None]:
+    """:class:`_PipelineLines` on the ``pipeline`` logger while the job runs (INFO and up: a process that never
+    configured logging would drop them before any handler)."""
+    logger = logging.getLogger("pipeline")
+    forward, level = _PipelineLines(job_id, target), logger.level
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    logger.addHandler(forward)
+    try:
+        yield
+    finally:
+        logger.removeHandler(forward)
+        logger.setLevel(level)
+
+
 def run_pipeline(paths: Paths, job: Job, settings: Settings, device: str,
                  on_progress: Callable[[str, float], None], on_timing: Callable[[str, dict[str, Any]], None],
                  stop_reason: Callable[[], str | None] = lambda: None,
@@ -137,8 +172,9 @@ def run_pipeline(paths: Paths, job: Job, settings: Settings, device: str,
                      device=device, log=jlog, stop_reason=stop_reason, cancel_requested=cancel_requested,
                      on_progress=on_progress, deadline=time.monotonic() + limit if limit > 0 else None)
     try:
-        return run_job(ctx, job.fingerprint, paths.outbox, on_timing=on_timing,
-                       retry_disk_full=under_daemon and job.attempts < settings.jobs.max_attempts)
+        with _pipeline_lines(job.id, handler):
+            return run_job(ctx, job.fingerprint, paths.outbox, on_timing=on_timing,
+                           retry_disk_full=under_daemon and job.attempts < settings.jobs.max_attempts)
     finally:
         jlog.logger.removeHandler(handler)
         handler.close()

@@ -244,6 +244,9 @@ def test_dense_method_on_a_posed_masked_capture_finds_the_object_from_the_camera
     stats = json.loads((out / "cow" / "stats.json").read_text())
     assert stats["geometry"]["method"].startswith("dense multi-view stereo")
     assert stats["geometry"]["dense"]["mesher"] == mesher
+    # the dense method's own lines (its boxes) reach the published job.log, with the job's id
+    log_text = (out / "cow" / "job.log").read_text()
+    assert "[job cow] geometry.dense: dense points' box" in log_text, log_text[-2000:]
     assert stats["geometry"]["watertight"]
     assert stats["quality"]["gt"]["fscore"] > 0.5, stats["quality"]["gt"]
 

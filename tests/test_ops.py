@@ -229,3 +229,29 @@ def test_command_hook_gets_only_what_it_needs(tmp_path: Path, monkeypatch: pytes
     # the shell adds a few of its own (PWD, SHLVL, _); nothing else of the daemon's environment arrives
     assert set(seen) - {"PATH", "HOME", "LANG", "LC_ALL", "TZ", "PWD", "SHLVL", "_", "OLDPWD"} == {
         "HOTMESH_JOB_ID", "HOTMESH_JOB_STATE", "HOTMESH_JOB_OUTBOX"}
+
+
+def test_job_log_takes_the_pipeline_modules_lines_of_its_own_thread_only(tmp_path: Path) -> None:
+    """A pipeline module's line logged while a job runs reaches that job's log with its id; the same module's line
+    from another thread (another job in the same process) does not, and after the job nothing does."""
+    import logging
+    import threading
+
+    from daemon.worker import _job_logger, _pipeline_lines
+
+    jlog, handler = _job_logger("cow", tmp_path)
+    jlog.logger.propagate = False
+    mod = logging.getLogger("pipeline.geometry.dense")
+    before = logging.getLogger("pipeline").level
+    with _pipeline_lines("cow", handler):
+        mod.info("box %d", 1)
+        other = threading.Thread(target=lambda: mod.info("box of another job"))
+        other.start()
+        other.join()
+    mod.info("after the job")
+    jlog.logger.removeHandler(handler)
+    handler.close()
+    text = (tmp_path / "job.log").read_text()
+    assert "[job cow] geometry.dense: box 1" in text
+    assert "another job" not in text and "after the job" not in text
+    assert logging.getLogger("pipeline").level == before  # the level is given back
