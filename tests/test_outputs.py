@@ -299,3 +299,19 @@ def test_the_web_copy_keeps_every_face_where_pymeshlab_lacks_its_texture_plugin(
     monkeypatch.delattr(pymeshlab.MeshSet, "compute_texcoord_transfer_vertex_to_wedge")
     same, same_uv = decimate_textured(mesh, uv, 200)
     assert same is mesh and same_uv is uv
+
+
+def test_obj_rows_match_numpy_savetxt(tmp_path: Path) -> None:
+    """The OBJ writer's one-string formatting against numpy's own row writer (a plain reference), in several chunks."""
+    import io
+
+    from pipeline.io import export
+
+    rng = np.random.default_rng(3)
+    rows = rng.normal(size=(70_000, 3)) * 100
+    faces = rng.integers(1, 10**6, size=(70_000, 9))
+    for fmt, data in (("v %.6f %.6f %.6f", rows), ("f %d/%d/%d %d/%d/%d %d/%d/%d", faces)):
+        ours, ref = io.StringIO(), io.StringIO()
+        export._write_rows(ours, fmt, data)
+        np.savetxt(ref, data, fmt=fmt)
+        assert ours.getvalue() == ref.getvalue()

@@ -44,6 +44,20 @@ def colored_mesh(mesh: trimesh.Trimesh, colors: np.ndarray) -> trimesh.Trimesh:
     return trimesh.Trimesh(vertices=mesh.vertices.copy(), faces=mesh.faces.copy(), vertex_colors=rgba, process=False)
 
 
+def _write_rows(fh: "Any", fmt: str, rows: np.ndarray) -> None:
+    """Write ``rows`` (N, K) with the line format ``fmt`` (K fields, no newline): one string formatting over all
+    rows, three to four times faster than ``np.savetxt``'s loop (2.3 s for a 120k-face textured OBJ's rows)."""
+    rows = np.asarray(rows)
+    if not len(rows):
+        return
+    flat = rows.ravel().tolist()
+    chunk = 65536 * rows.shape[1]  # bounded strings for big meshes
+    line = fmt + "\n"
+    for i in range(0, len(flat), chunk):
+        part = flat[i:i + chunk]
+        fh.write((line * (len(part) // rows.shape[1])) % tuple(part))
+
+
 def write_obj(mesh: trimesh.Trimesh, colors: np.ndarray, path: Path) -> None:
     """OBJ with per-vertex colours (the common 'v x y z r g b' extension) and a plain white material."""
     mtl = path.with_suffix(".mtl")
@@ -51,11 +65,11 @@ def write_obj(mesh: trimesh.Trimesh, colors: np.ndarray, path: Path) -> None:
     v = np.hstack([mesh.vertices, np.clip(colors, 0, 1)])
     with open(path, "w") as fh:
         fh.write(f"# hotmesh\nmtllib {mtl.name}\no mesh\n")
-        np.savetxt(fh, v, fmt="v %.6f %.6f %.6f %.4f %.4f %.4f")
-        np.savetxt(fh, mesh.vertex_normals, fmt="vn %.5f %.5f %.5f")
+        _write_rows(fh, "v %.6f %.6f %.6f %.4f %.4f %.4f", v)
+        _write_rows(fh, "vn %.5f %.5f %.5f", mesh.vertex_normals)
         fh.write("usemtl hotmesh\ns 1\n")
         f = mesh.faces + 1
-        np.savetxt(fh, np.repeat(f, 2, axis=1), fmt="f %d//%d %d//%d %d//%d")
+        _write_rows(fh, "f %d//%d %d//%d %d//%d", np.repeat(f, 2, axis=1))
 
 
 def write_textured_obj(mesh: trimesh.Trimesh, uv: np.ndarray, path: Path, texture_name: str = "texture.png") -> None:
@@ -64,12 +78,12 @@ def write_textured_obj(mesh: trimesh.Trimesh, uv: np.ndarray, path: Path, textur
     mtl.write_text(f"# hotmesh\nnewmtl hotmesh\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nd 1\nillum 1\nmap_Kd {texture_name}\n")
     with open(path, "w") as fh:
         fh.write(f"# hotmesh\nmtllib {mtl.name}\no mesh\n")
-        np.savetxt(fh, mesh.vertices, fmt="v %.6f %.6f %.6f")
-        np.savetxt(fh, uv, fmt="vt %.6f %.6f")
-        np.savetxt(fh, mesh.vertex_normals, fmt="vn %.5f %.5f %.5f")
+        _write_rows(fh, "v %.6f %.6f %.6f", mesh.vertices)
+        _write_rows(fh, "vt %.6f %.6f", uv)
+        _write_rows(fh, "vn %.5f %.5f %.5f", mesh.vertex_normals)
         fh.write("usemtl hotmesh\ns 1\n")
         f = mesh.faces + 1
-        np.savetxt(fh, np.repeat(f, 3, axis=1), fmt="f %d/%d/%d %d/%d/%d %d/%d/%d")
+        _write_rows(fh, "f %d/%d/%d %d/%d/%d %d/%d/%d", np.repeat(f, 3, axis=1))
 
 
 def textured_glb(mesh: trimesh.Trimesh, uv: np.ndarray, texture: "np.ndarray | Any", up: np.ndarray) -> bytes:
