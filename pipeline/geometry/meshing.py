@@ -259,6 +259,7 @@ def repaired_decimation(mesh: trimesh.Trimesh, fast: trimesh.Trimesh) -> trimesh
     faces = np.asarray(fast.faces)
     bad = misfolded_vertices(faces)
     if len(bad) > 0.01 * len(fast.vertices):
+        log.info("decimation: %d folded vertices, too many to repair", len(bad))
         return None  # not a few folds: a surface this broken is the topology-preserving pass's job
     try:
         import pymeshlab
@@ -274,9 +275,11 @@ def repaired_decimation(mesh: trimesh.Trimesh, fast: trimesh.Trimesh) -> trimesh
     except (ImportError, AttributeError):
         return None
     if not is_closed_manifold(out):
+        log.info("decimation: %d folded vertices, still open or misfolded after the repair", len(bad))
         return None
     h_out, p_out = handle_count(out)
     if p_out != p_in or h_out > h_in:
+        log.info("decimation: the repair left %d pieces and %d handles of %d and %d", p_out, h_out, p_in, h_in)
         return None
     log.info("decimation: %d folded vertices repaired%s", len(bad),
              f", {h_in - h_out} of {h_in} handles closed" if h_out < h_in else "")
@@ -310,11 +313,17 @@ def decimate(mesh: trimesh.Trimesh, max_faces: int) -> trimesh.Trimesh:
         # 200k faces in 12 s instead of 27 s, still watertight). A closed input must stay closed, so a pre-pass
         # that opened it is dropped for the slower pass on the whole input
         pre = fast_decimate(mesh, 2 * max_faces)
-        if is_closed_manifold(pre) or not closed:
+        if not closed:
             mesh = pre
         else:
-            log.info("fast pre-decimation opened the surface; decimating %d faces in one topology-preserving pass",
-                     len(mesh.faces))
+            # fewer collapses fold fewer faces: on thin tubes, where removing the faces around the folds of the
+            # full decimation cut a tube off, the pre-pass's repair can still hold
+            repaired = repaired_decimation(mesh, pre)
+            if repaired is not None:
+                mesh = repaired
+            else:
+                log.info("fast pre-decimation opened the surface; decimating %d faces in one topology-preserving "
+                         "pass", len(mesh.faces))
     try:
         import pymeshlab
 
