@@ -126,3 +126,28 @@ def test_sfm_runs_in_its_own_process_and_cancels_with_it(tmp_path: Path) -> None
         run_sfm_isolated(tmp_path, names, tmp_path / "w2", SfmSettings(), log, check=cancel)
     assert time.monotonic() - t0 < 10
     assert not [p for p in mp.active_children() if p.name == "hotmesh-sfm"]
+
+
+def test_the_incremental_mappers_bundle_adjustment_settings_reach_colmap(monkeypatch: pytest.MonkeyPatch,
+                                                                          tmp_path: Path) -> None:
+    import pycolmap
+
+    from pipeline.cameras.sfm import map_cameras
+    from pipeline.settings import SfmConfig
+
+    seen: dict = {}
+
+    def capture(db, image_dir, out, options):  # noqa: ANN001 - pycolmap's signature
+        seen.update(ratio=(options.ba_global_frames_ratio, options.ba_global_points_ratio),
+                    iterations=options.ba_global_max_num_iterations,
+                    refinements=(options.ba_local_max_refinements, options.ba_global_max_refinements))
+        return {}
+
+    monkeypatch.setattr(pycolmap, "incremental_mapping", capture)
+    map_cameras(tmp_path / "db", tmp_path, tmp_path, SfmSettings(ba_global_ratio=1.7, ba_global_iterations=9,
+                                                                 ba_refinements=2))
+    assert seen == {"ratio": (1.7, 1.7), "iterations": 9, "refinements": (2, 4)}
+    # the [sfm] config section and the SfM settings have the same fields (the cameras stage passes one as the other)
+    import dataclasses
+
+    assert SfmSettings(**dataclasses.asdict(SfmConfig())) == SfmSettings()

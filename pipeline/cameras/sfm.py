@@ -28,6 +28,9 @@ class SfmSettings:
     device: str = "auto"  # auto | cpu | cuda (pycolmap-cuda12 only)
     num_threads: int = -1
     mapper: str = "incremental"  # incremental (COLMAP) | global (GLOMAP's method, pycolmap.global_mapping)
+    ba_global_ratio: float = 1.4  # incremental: global bundle adjustment when the model grew by this factor
+    ba_global_iterations: int = 25  # incremental: iterations of a global bundle adjustment
+    ba_refinements: int = 1  # incremental: refinement rounds of a local adjustment (twice that for a global one)
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,13 @@ def map_cameras(db: Path, image_dir: Path, out: Path, cfg: SfmSettings) -> dict[
         opt.num_threads = cfg.num_threads
         opt.random_seed = 0
         opt.min_model_size = 3
+        # fewer and shorter global adjustments: COLMAP's defaults (1.1, 50 iterations, 2 / 5 refinements) made the
+        # mapper the one step that grows faster than linearly with the photos (measured, docs/benchmarks.md)
+        opt.ba_global_frames_ratio = cfg.ba_global_ratio
+        opt.ba_global_points_ratio = cfg.ba_global_ratio
+        opt.ba_global_max_num_iterations = cfg.ba_global_iterations
+        opt.ba_local_max_refinements = cfg.ba_refinements
+        opt.ba_global_max_refinements = 2 * cfg.ba_refinements
         return pycolmap.incremental_mapping(db, image_dir, out, options=opt)
     if cfg.mapper == "global":
         gopt = pycolmap.GlobalPipelineOptions()
