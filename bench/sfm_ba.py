@@ -24,42 +24,55 @@ sys.path.insert(0, str(REPO))
 from bench.run_bench import card, poses_file, resolve_set  # noqa: E402
 from bench.scoring import TrueCameras, alignment, read_nerf_cameras  # noqa: E402
 
-# (global ratio, global iterations, local refinements, global refinements)
-VARIANTS = {"colmap": (1.1, 50, 2, 5), "hotmesh": (1.4, 25, 1, 2)}
+# the baseline: COLMAP's ratios and refinement rounds (1.1, 2 local / 5 global) with 50 global iterations (pycolmap's
+# own default, -1, leaves the cap to its solver); "hotmesh" is the pipeline's own mapper call with its settings
+BASELINE = {"ba_global_ratio": 1.1, "ba_global_iterations": 50, "ba_local_refinements": 2, "ba_global_refinements": 5}
+VARIANTS = {"colmap": BASELINE, "hotmesh": None}
 
 
 def match(folder: Path, names: list[str], db: Path) -> float:
+    """Features and matches as run_sfm computes them for this many photos, on the CPU, into ``db``."""
     import pycolmap
 
+    from pipeline.cameras.sfm import SfmSettings
+
+    cfg = SfmSettings()
     t0 = time.monotonic()
     reader = pycolmap.ImageReaderOptions()
-    reader.camera_model = "OPENCV"
+    reader.camera_model = cfg.camera_model
     ext = pycolmap.FeatureExtractionOptions()
-    ext.max_image_size = 1000
+    ext.max_image_size = cfg.max_image_size
     pycolmap.extract_features(db, folder / "images", image_names=names, camera_mode=pycolmap.CameraMode.SINGLE,
                               reader_options=reader, extraction_options=ext, device=pycolmap.Device.cpu)
     mopt = pycolmap.FeatureMatchingOptions()
-    mopt.guided_matching = True
+    mopt.guided_matching = cfg.guided_matching
     pairing = pycolmap.SequentialPairingOptions()
     pairing.overlap, pairing.quadratic_overlap, pairing.loop_detection = 10, True, False
     pycolmap.match_sequential(db, matching_options=mopt, pairing_options=pairing, device=pycolmap.Device.cpu)
     return time.monotonic() - t0
 
 
-def map_once(db: Path, folder: Path, out: Path, variant: tuple[float, int, int, int]) -> tuple[float, object]:
+def map_once(db: Path, folder: Path, out: Path, variant: dict | None) -> tuple[float, object]:
+    """Map ``db``: with :func:`pipeline.cameras.sfm.map_cameras` (``variant`` None), or with its options but the
+    bundle adjustment of ``variant``."""
     import pycolmap
 
-    ratio, iterations, local_ref, global_ref = variant
-    opt = pycolmap.IncrementalPipelineOptions()
-    opt.random_seed, opt.min_model_size = 0, 3
-    opt.ba_global_frames_ratio = opt.ba_global_points_ratio = ratio
-    opt.ba_global_max_num_iterations = iterations
-    opt.ba_local_max_refinements, opt.ba_global_max_refinements = local_ref, global_ref
+    from pipeline.cameras.sfm import SfmSettings, map_cameras
+
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     pycolmap.set_random_seed(0)
     t0 = time.monotonic()
-    recs = pycolmap.incremental_mapping(db, folder / "images", out, options=opt)
+    if variant is None:
+        recs = map_cameras(db, folder / "images", out, SfmSettings())
+    else:
+        opt = pycolmap.IncrementalPipelineOptions()
+        opt.random_seed, opt.min_model_size = 0, 3  # as map_cameras
+        opt.ba_global_frames_ratio = opt.ba_global_points_ratio = variant["ba_global_ratio"]
+        opt.ba_global_max_num_iterations = variant["ba_global_iterations"]
+        opt.ba_local_max_refinements = variant["ba_local_refinements"]
+        opt.ba_global_max_refinements = variant["ba_global_refinements"]
+        recs = pycolmap.incremental_mapping(db, folder / "images", out, options=opt)
     return time.monotonic() - t0, max(recs.values(), key=lambda r: r.num_reg_images())
 
 
@@ -74,6 +87,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = ap.parse_args()
     pycolmap.logging.minloglevel = 2
+    args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{args.tag}.json"
     rows: list[dict] = []
     for name in args.sets:
@@ -88,7 +102,7 @@ def main() -> None:
         matched = None if db.exists() else round(match(folder, names, db), 2)
         for label, variant in VARIANTS.items():
             seconds, rec = map_once(db, folder, work / label, variant)
-            row = {"set": folder.name, "variant": label, "settings": variant, "images": len(names),
+            row = {"set": folder.name, "variant": label, "settings": variant or "sfm defaults", "images": len(names),
                    "registered": rec.num_reg_images(), "points": rec.num_points3D(),
                    "reprojection_px": round(rec.compute_mean_reprojection_error(), 3),
                    "map_seconds": round(seconds, 2), "match_seconds": matched}
@@ -96,8 +110,9 @@ def main() -> None:
                 ims = [im for im in rec.images.values() if im.has_pose]
                 w2c = np.stack([np.vstack([im.cam_from_world().matrix(), [0, 0, 0, 1]]) for im in ims])
                 cams = [rec.cameras[im.camera_id] for im in ims]
-                al = alignment(TrueCameras(tuple(im.name for im in ims), np.stack([c.calibration_matrix() for c in cams]),
-                                           w2c, tuple((c.width, c.height) for c in cams)), truth)
+                Ks = np.stack([c.calibration_matrix() for c in cams])
+                al = alignment(TrueCameras(tuple(im.name for im in ims), Ks, w2c,
+                                           tuple((c.width, c.height) for c in cams)), truth)
                 row.update(centre_rms_of_spread=round(al.residual, 6), misplaced_cameras=list(al.misplaced))
             rows.append(row)
             print(json.dumps(row), flush=True)

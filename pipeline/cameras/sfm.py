@@ -104,8 +104,8 @@ def map_cameras(db: Path, image_dir: Path, out: Path, cfg: SfmSettings) -> dict[
         opt.num_threads = cfg.num_threads
         opt.random_seed = 0
         opt.min_model_size = 3
-        # fewer and shorter global adjustments: COLMAP's defaults (1.1, 50 iterations, 2 / 5 refinements) made the
-        # mapper the one step that grows faster than linearly with the photos (measured, docs/benchmarks.md)
+        # fewer and shorter global adjustments: COLMAP's (ratio 1.1, 2 / 5 refinement rounds) made the
+        # mapper the step that grows fastest with the photos (measured, docs/benchmarks.md)
         opt.ba_global_frames_ratio = cfg.ba_global_ratio
         opt.ba_global_points_ratio = cfg.ba_global_ratio
         opt.ba_global_max_num_iterations = cfg.ba_global_iterations

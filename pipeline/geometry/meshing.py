@@ -240,9 +240,9 @@ def misfolded_vertices(faces: np.ndarray) -> np.ndarray:
     return np.unique(np.concatenate([same_way // n, same_way % n, edges[shared > 2].ravel()]))
 
 
-def repaired_decimation(mesh: trimesh.Trimesh, fast: trimesh.Trimesh) -> trimesh.Trimesh | None:
-    """``fast`` (a quadric decimation of the closed manifold ``mesh``) made a closed manifold with ``mesh``'s pieces
-    and at most its handles, or None where that fails or pymeshlab is missing.
+def repaired_decimation(fast: trimesh.Trimesh, topology: tuple[int, int]) -> trimesh.Trimesh | None:
+    """``fast`` (a quadric decimation of a closed manifold whose :func:`handle_count` is ``topology``) made a closed
+    manifold with that many pieces and at most that many handles, or None where that fails or pymeshlab is missing.
 
     fast-simplification's collapses fold a few faces where two sheets of a noisy surface nearly touch (edges of four
     faces, edges wound the same way by both faces); measured on a noisy genus-8 marching-cubes surface of 772k faces
@@ -253,7 +253,7 @@ def repaired_decimation(mesh: trimesh.Trimesh, fast: trimesh.Trimesh) -> trimesh
     The repair may close a tunnel (three of the eight there), never open one: spurious tunnels are what noisy stereo
     surfaces have too many of, and a real opening (a cup's handle) spans many edges of the decimated surface."""
     fast = main_components(fast)
-    h_in, p_in = handle_count(mesh)
+    h_in, p_in = topology
     if is_closed_manifold(fast) and handle_count(fast) == (h_in, p_in):
         return fast
     faces = np.asarray(fast.faces)
@@ -293,15 +293,16 @@ def decimate(mesh: trimesh.Trimesh, max_faces: int) -> trimesh.Trimesh:
     handles, or can be made one (:func:`repaired_decimation`). It was 8 times faster than pymeshlab on a 676k-face
     noisy surface with three tunnels (1.2 s against 8.9 s, same topology, mean distance to the input 0.54 voxel for
     both). Otherwise pymeshlab's edge collapse with ``preservetopology`` runs instead (after a fast pre-pass to
-    twice the budget where the input is over four times it and that pre-pass stayed closed). Without pymeshlab,
+    twice the budget where the input is over four times it and that pre-pass is closed or repaired). Without pymeshlab,
     fast-simplification's result is kept even if not watertight when the input is over twice the budget, else the
     input is returned.
     """
     if len(mesh.faces) <= max_faces:
         return mesh
     closed = is_closed_manifold(mesh)
+    topology = handle_count(mesh) if closed else (0, 0)
     if closed:
-        kept = repaired_decimation(mesh, fast_decimate(mesh, max_faces))
+        kept = repaired_decimation(fast_decimate(mesh, max_faces), topology)
         if kept is not None:
             kept.remove_unreferenced_vertices()
             return kept
@@ -311,14 +312,14 @@ def decimate(mesh: trimesh.Trimesh, max_faces: int) -> trimesh.Trimesh:
         # a dense marching-cubes surface (millions of faces): fast-simplification first brings it to twice the
         # budget in a second or two; the topology-preserving pass then has a tenth of the work (measured: 1.6M ->
         # 200k faces in 12 s instead of 27 s, still watertight). A closed input must stay closed, so a pre-pass
-        # that opened it is dropped for the slower pass on the whole input
+        # that opened it and cannot be repaired is dropped for the slower pass on the whole input
         pre = fast_decimate(mesh, 2 * max_faces)
         if not closed:
             mesh = pre
         else:
             # fewer collapses fold fewer faces: on thin tubes, where removing the faces around the folds of the
             # full decimation cut a tube off, the pre-pass's repair can still hold
-            repaired = repaired_decimation(mesh, pre)
+            repaired = repaired_decimation(pre, topology)
             if repaired is not None:
                 mesh = repaired
             else:
