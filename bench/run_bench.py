@@ -186,6 +186,7 @@ def run_job(folder: Path, posed: bool, overrides: dict[str, dict[str, Any]], dev
         row["dense"] = {k: dense.get(k) for k in keys} if dense else None
         # where the later stages spend their time, for the speed work
         row["step_seconds"] = {"refine_per_level": (stats.get("refine") or {}).get("seconds_per_level"),
+                               "refine": (stats.get("refine") or {}).get("seconds"),
                                "texture": (stats.get("texture") or {}).get("seconds"),
                                "report": stats.get("report_seconds")}
         held = stats["quality"]["heldout"]

@@ -52,6 +52,8 @@ class SfmConfig:
     max_image_size: Annotated[int, Field(ge=64, le=8192)] = 1000  # long side features are extracted at
     camera_model: Literal["OPENCV", "SIMPLE_RADIAL", "PINHOLE", "SIMPLE_PINHOLE", "RADIAL"] = "OPENCV"
     guided_matching: bool = True  # measured: apple registers 20/20 with it, 13/20 without
+    # sequential matching: each photo with the photos 2^k on, k < overlap (COLMAP's quadratic overlap)
+    overlap: Annotated[int, Field(ge=1, le=100)] = 10
     min_registered: Fraction = 0.7  # fraction of the images that must register, else the job fails
     device: Literal["auto", "cpu", "cuda"] = "auto"  # cuda needs pycolmap-cuda12
     num_threads: int = -1

@@ -333,3 +333,23 @@ def test_a_mesh_outline_from_surface_samples_matches_ray_casting() -> None:
     assert (got & truth).sum() / (got | truth).sum() > 0.97
     dots = outline(np.asarray(mesh.vertices), K, w2c, (144, 192))
     assert (dots & truth).sum() / (dots | truth).sum() < 0.5
+
+
+def test_outlines_projected_in_torch_are_the_numpy_outlines() -> None:
+    """add_thin_parts projects the fused surface's samples on the GPU (outline_stack); the torch projection must
+    draw the very pixels of the numpy one (run here on the CPU, float64 on both), views behind and beside the
+    object included."""
+    from pipeline.geometry.silhouettes import outline, outline_stack, surface_samples
+
+    mesh = trimesh.creation.annulus(r_min=0.3, r_max=1.0, height=0.2)
+    pts = surface_samples(np.asarray(mesh.vertices), np.asarray(mesh.faces), 50_000)
+    K = np.array([[200.0, 0, 96], [0, 200.0, 72], [0, 0, 1]])
+    eyes = [np.array([0.3, -4.0, 1.0]), np.array([3.0, 1.0, 0.5]), np.array([0.0, 0.2, 0.9])]  # the last: inside
+    w2cs = np.stack([look_at(e, np.zeros(3), np.array([0, 0, 1.0])) for e in eyes])
+    shapes = [(144, 192), (100, 120), (144, 192)]
+    Ks = np.stack([K, np.diag([120 / 192, 100 / 144, 1.0]) @ K, K])
+    got = outline_stack(pts, Ks, w2cs, shapes, "cpu")
+    for g, K_, w2c, shape in zip(got, Ks, w2cs, shapes):
+        want = outline(pts, K_, w2c, shape)
+        assert g.shape == shape and g.any()
+        assert (g == want).all()

@@ -151,3 +151,50 @@ def test_the_incremental_mappers_bundle_adjustment_settings_reach_colmap(monkeyp
     import dataclasses
 
     assert SfmSettings(**dataclasses.asdict(SfmConfig())) == SfmSettings()
+
+
+def test_listed_sequential_pairs_are_colmaps_own(tmp_path: Path) -> None:
+    """The pipeline lists the sequential pairs itself (COLMAP verifies a listed block's pairs in parallel, its own
+    sequential matcher one photo's pairs at a time): the pairs matched must be exactly those of COLMAP's sequential
+    matcher with quadratic overlap, on real photos."""
+    import shutil
+    import sqlite3
+
+    import pycolmap
+
+    from pipeline.cameras.sfm import match_features, sequential_pairs
+
+    src = read_transforms(data("fox") / "transforms.json")
+    img_dir = tmp_path / "img"
+    img_dir.mkdir()
+    names = []
+    for fr in src.frames[:20]:
+        im = Image.open(data("fox") / fr.name)
+        names.append(Path(fr.name).name)
+        im.resize((im.width // 4, im.height // 4)).save(img_dir / names[-1], quality=95)
+    names.sort()
+    db = tmp_path / "x.db"
+    pycolmap.extract_features(db, img_dir, image_names=names, camera_mode=pycolmap.CameraMode.SINGLE,
+                              device=pycolmap.Device.cpu)
+    ours, theirs = tmp_path / "ours" / "x.db", tmp_path / "theirs" / "x.db"
+    for p in (ours, theirs):
+        p.parent.mkdir()
+        shutil.copy2(db, p)
+    cfg = SfmSettings(matcher="sequential", overlap=4)
+    assert match_features(ours, names, cfg, pycolmap.Device.cpu) == "sequential"
+    pairing = pycolmap.SequentialPairingOptions()
+    pairing.overlap, pairing.quadratic_overlap, pairing.loop_detection = 4, True, False
+    pycolmap.match_sequential(theirs, pairing_options=pairing, device=pycolmap.Device.cpu)
+
+    def matched(path: Path) -> set[tuple[str, str]]:
+        with sqlite3.connect(path) as c:
+            name = dict(c.execute("SELECT image_id, name FROM images"))
+            pairs = [pycolmap.pair_id_to_image_pair(p) for (p,) in c.execute("SELECT pair_id FROM matches")]
+        return {tuple(sorted((name[a], name[b]))) for a, b in pairs}
+
+    expected = {(names[i], names[j]) for i, j in sequential_pairs(len(names), 4)}
+    assert matched(theirs) == expected
+    assert matched(ours) == expected
+    assert sequential_pairs(5, 3) == [(0, 1), (0, 2), (0, 4), (1, 2), (1, 3), (2, 3), (2, 4), (3, 4)]
+    with pytest.raises(ValueError):
+        sequential_pairs(5, 0)

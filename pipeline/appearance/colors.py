@@ -9,7 +9,7 @@ import trimesh
 from scipy.spatial import cKDTree
 
 from pipeline.cameras.cameras import scale_intrinsics
-from pipeline.imaging.render import render
+from pipeline.imaging.raster import mesh_renderer
 from pipeline.imaging.sampling import bilinear_t
 
 
@@ -32,7 +32,8 @@ def point_colors(V: np.ndarray, normals: np.ndarray, mesh: trimesh.Trimesh, imag
     A point takes a view's colour only where it is visible there (depth test against a ray-cast depth map of
     ``mesh``) and inside the mask, weighted by cos(normal, view)^power (4) so grazing views count little.
     The per-point arithmetic runs in torch on ``device`` (a 2048² atlas has ~2.5M texels; numpy took 394 s for 45
-    views on 2 cores); the depth maps come from Embree ray casting on the CPU.
+    views on 2 cores); the depth maps are rendered by :func:`pipeline.imaging.raster.mesh_renderer` (nvdiffrast on a GPU,
+    Embree ray casting on the CPU).
     Returns colours (P, 3) float32 in [0, 1] and the number of views that saw each point (P,) int.
     """
     if V.ndim != 2 or V.shape[1] != 3 or normals.shape != V.shape:
@@ -48,6 +49,7 @@ def point_colors(V: np.ndarray, normals: np.ndarray, mesh: trimesh.Trimesh, imag
     wsum = torch.zeros(P, dtype=torch.float32, device=dev)
     seen = torch.zeros(P, dtype=torch.int32, device=dev)
     eps = 0.005 * float(np.linalg.norm(mesh.bounds[1] - mesh.bounds[0]))
+    render = mesh_renderer(device)
     for i, (img, m, K, w2c) in enumerate(zip(images, masks, Ks, w2cs)):
         H, W = img.shape[:2]
         # depth map at reduced resolution is enough for a visibility test with a tolerance of eps

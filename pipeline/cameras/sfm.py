@@ -24,6 +24,7 @@ class SfmSettings:
     max_image_size: int = 1000  # long side the features are extracted at
     camera_model: str = "OPENCV"  # one shared camera: fx, fy, cx, cy, k1, k2, p1, p2
     guided_matching: bool = True  # measured: apple registers 20/20 with it, 13/20 without
+    overlap: int = 10  # sequential matching: each photo with the photos 2^k on, k < overlap
     min_registered: float = 0.7  # fraction of the images that must register, else the job fails
     device: str = "auto"  # auto | cpu | cuda (pycolmap-cuda12 only)
     num_threads: int = -1
@@ -95,29 +96,70 @@ def colmap_device(setting: str) -> tuple[object, str]:
     return pycolmap.Device.cuda, "cuda"
 
 
+def incremental_options(cfg: SfmSettings) -> Any:
+    """pycolmap.IncrementalPipelineOptions of ``cfg`` (the incremental mapper's settings)."""
+    import pycolmap
+
+    opt = pycolmap.IncrementalPipelineOptions()
+    opt.num_threads = cfg.num_threads
+    opt.random_seed = 0
+    opt.min_model_size = 3
+    # fewer and shorter global adjustments: COLMAP's (ratio 1.1, 2 / 5 refinement rounds) made the
+    # mapper the step that grows fastest with the photos (measured, docs/benchmarks.md)
+    opt.ba_global_frames_ratio = cfg.ba_global_ratio
+    opt.ba_global_points_ratio = cfg.ba_global_ratio
+    opt.ba_global_max_num_iterations = cfg.ba_global_iterations
+    opt.ba_local_max_refinements = cfg.ba_refinements
+    opt.ba_global_max_refinements = 2 * cfg.ba_refinements
+    return opt
+
+
 def map_cameras(db: Path, image_dir: Path, out: Path, cfg: SfmSettings) -> dict[int, Any]:
     """Poses and points from a matched database with the mapper ``cfg.mapper`` -> pycolmap reconstructions by id."""
     import pycolmap
 
     if cfg.mapper == "incremental":
-        opt = pycolmap.IncrementalPipelineOptions()
-        opt.num_threads = cfg.num_threads
-        opt.random_seed = 0
-        opt.min_model_size = 3
-        # fewer and shorter global adjustments: COLMAP's (ratio 1.1, 2 / 5 refinement rounds) made the
-        # mapper the step that grows fastest with the photos (measured, docs/benchmarks.md)
-        opt.ba_global_frames_ratio = cfg.ba_global_ratio
-        opt.ba_global_points_ratio = cfg.ba_global_ratio
-        opt.ba_global_max_num_iterations = cfg.ba_global_iterations
-        opt.ba_local_max_refinements = cfg.ba_refinements
-        opt.ba_global_max_refinements = 2 * cfg.ba_refinements
-        return pycolmap.incremental_mapping(db, image_dir, out, options=opt)
+        return pycolmap.incremental_mapping(db, image_dir, out, options=incremental_options(cfg))
     if cfg.mapper == "global":
         gopt = pycolmap.GlobalPipelineOptions()
         gopt.num_threads = cfg.num_threads
         gopt.random_seed = 0
         return pycolmap.global_mapping(db, image_dir, out, options=gopt)
     raise ValueError(f"sfm.mapper must be incremental or global, got {cfg.mapper!r}")
+
+
+def sequential_pairs(n: int, overlap: int) -> list[tuple[int, int]]:
+    """The pairs of COLMAP's (4.2) sequential matcher with quadratic overlap, for ``n`` photos in capture order:
+    each photo with the photos 1, 2, 4, ... 2^(``overlap`` - 1) on, which close the loop around the object
+    -> sorted (i, j) index pairs, i < j."""
+    if n < 0 or overlap < 1:
+        raise ValueError(f"need n >= 0 and overlap >= 1, got {n} and {overlap}")
+    return sorted((i, i + 2 ** k) for i in range(n) for k in range(overlap) if i + 2 ** k < n)
+
+
+def match_features(db: Path, names: list[str], cfg: SfmSettings, device: Any) -> str:
+    """Match the features of ``db`` (photos ``names``, in capture order) on ``device`` -> the matcher that ran."""
+    import pycolmap
+
+    mopt = pycolmap.FeatureMatchingOptions()
+    mopt.num_threads = cfg.num_threads
+    mopt.guided_matching = cfg.guided_matching
+    matcher = cfg.matcher if cfg.matcher != "auto" else ("exhaustive" if len(names) <= 30 else "sequential")
+    if matcher == "exhaustive":
+        pycolmap.match_exhaustive(db, matching_options=mopt, device=device)
+    elif matcher == "sequential":
+        # COLMAP's sequential matcher verifies one photo's dozen pairs at a time, which leaves most cores idle (10 s
+        # of 48 photos on the H200's 16 cores); the same pairs as a list are verified in blocks of 1225
+        # (docs/benchmarks.md, SfM matching). Loop detection would need a vocabulary tree, i.e. a download.
+        pairs = sequential_pairs(len(names), cfg.overlap)
+        listing = db.parent / "pairs.txt"
+        listing.write_text("".join(f"{names[i]} {names[j]}\n" for i, j in pairs))
+        popt = pycolmap.ImportedPairingOptions()
+        popt.match_list_path = listing
+        pycolmap.match_image_pairs(db, matching_options=mopt, pairing_options=popt, device=device)
+    else:
+        raise ValueError(f"sfm.matcher must be auto, exhaustive or sequential, got {cfg.matcher!r}")
+    return matcher
 
 
 def run_sfm(image_dir: Path, names: list[str], work: Path, cfg: SfmSettings, log: logging.LoggerAdapter | logging.Logger,
@@ -157,20 +199,7 @@ def run_sfm(image_dir: Path, names: list[str], work: Path, cfg: SfmSettings, log
     check(0.3)
 
     t0 = time.monotonic()
-    mopt = pycolmap.FeatureMatchingOptions()
-    mopt.num_threads = cfg.num_threads
-    mopt.guided_matching = cfg.guided_matching
-    matcher = cfg.matcher if cfg.matcher != "auto" else ("exhaustive" if len(names) <= 30 else "sequential")
-    if matcher == "exhaustive":
-        pycolmap.match_exhaustive(db, matching_options=mopt, device=device)
-    elif matcher == "sequential":
-        pairing = pycolmap.SequentialPairingOptions()
-        pairing.overlap = 10
-        pairing.quadratic_overlap = True  # the long-gap pairs close the loop around the object
-        pairing.loop_detection = False  # needs a vocabulary tree, i.e. a download
-        pycolmap.match_sequential(db, matching_options=mopt, pairing_options=pairing, device=device)
-    else:
-        raise ValueError(f"sfm.matcher must be auto, exhaustive or sequential, got {cfg.matcher!r}")
+    matcher = match_features(db, list(names), cfg, device)
     timings["match"] = time.monotonic() - t0
     check(0.7)
 

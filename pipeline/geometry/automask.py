@@ -116,9 +116,10 @@ def hull_silhouettes(masks: list[np.ndarray], Ks: np.ndarray, w2cs: np.ndarray, 
                 bounds=bounds, support=support)
     # every sizeable piece: the coarse hull loses thin parts (a chair's tubes) and with them what they join
     mesh = main_components(marching_cubes(res.field, res.origin, res.voxel))
-    from pipeline.imaging.render import render
+    from pipeline.imaging.raster import mesh_renderer
 
-    # ray-cast silhouettes (one fillPoly over all triangles would apply the even-odd rule and punch holes)
+    # rendered silhouettes (one fillPoly over all triangles would apply the even-odd rule and punch holes)
+    render = mesh_renderer(device)
     return [render(mesh, K, w2c, m.shape[1], m.shape[0]).mask for K, w2c, m in zip(Ks, w2cs, masks)]
 
 

@@ -277,7 +277,7 @@ def dense_geometry(images: list[np.ndarray], masks: list[np.ndarray | None], Ks:
         # measured thin parts the estimated silhouettes missed join them, so that the refinement keeps them
         pick = [i for i in range(n) if estimated[i]]
         grown, thin_views = add_thin_parts([sil[i] for i in pick], np.asarray(mesh.vertices),
-                                           np.asarray(mesh.faces), Ks[pick], w2cs[pick], s.silhouettes)
+                                           np.asarray(mesh.faces), Ks[pick], w2cs[pick], s.silhouettes, device)
         for i, m in zip(pick, grown):
             sil[i] = m
     above = np.ones(len(points), dtype=bool)

@@ -128,6 +128,32 @@ def outline(points: np.ndarray, K: np.ndarray, w2c: np.ndarray, shape: tuple[int
     return out > 0
 
 
+def outline_stack(points: np.ndarray, Ks: np.ndarray, w2cs: np.ndarray, shapes: list[tuple[int, int]],
+                  device: str) -> list[np.ndarray]:
+    """:func:`outline` of the same samples (P, 3) in N views at once, the projection in torch on ``device`` (float64,
+    as numpy): Ks (N, 3, 3), w2cs (N, 4, 4), shapes N (h, w). -> N (h, w) bool."""
+    import torch
+
+    dev = torch.device(device)
+    pts = torch.from_numpy(np.ascontiguousarray(points, dtype=np.float64)).to(dev)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
+    out = []
+    for K, w2c, (h, w) in zip(Ks, w2cs, shapes):
+        R = torch.from_numpy(np.ascontiguousarray(w2c[:3, :3], dtype=np.float64)).to(dev)
+        t = torch.from_numpy(np.ascontiguousarray(w2c[:3, 3], dtype=np.float64)).to(dev)
+        Kt = torch.from_numpy(np.ascontiguousarray(K, dtype=np.float64)).to(dev)
+        cam = pts @ R.T + t
+        cam = cam[cam[:, 2] > 1e-9]
+        uv = cam[:, :2] / cam[:, 2:3] @ Kt[:2, :2].T + Kt[:2, 2]
+        px = torch.floor(uv).long()
+        ok = (px[:, 0] >= 0) & (px[:, 0] < w) & (px[:, 1] >= 0) & (px[:, 1] < h)
+        img = torch.zeros(h * w, dtype=torch.uint8, device=dev)
+        img[px[ok, 1] * w + px[ok, 0]] = 1
+        hit = img.reshape(h, w).cpu().numpy()
+        out.append(cv2.morphologyEx(hit, cv2.MORPH_CLOSE, kernel) > 0)
+    return out
+
+
 def surface_samples(vertices: np.ndarray, faces: np.ndarray, count: int) -> np.ndarray:
     """(V + count, 3): the vertices and ``count`` points spread over the surface by area (seeded), so that a large
     flat triangle (decimation leaves them on plain parts) is covered as densely as a small one."""
@@ -188,22 +214,30 @@ def bites(extra: np.ndarray, mask: np.ndarray, max_area: float) -> np.ndarray:
 
 
 def add_thin_parts(masks: list[np.ndarray], vertices: np.ndarray, faces: np.ndarray, Ks: np.ndarray,
-                   w2cs: np.ndarray, s: SilhouetteSettings) -> tuple[list[np.ndarray], int]:
+                   w2cs: np.ndarray, s: SilhouetteSettings, device: str = "cpu") -> tuple[list[np.ndarray], int]:
     """Silhouettes with the fused surface's thin measured parts added (:func:`thin_parts` at ``work_size``).
     masks: N (H_i, W_i) bool; vertices (V, 3), faces (F, 3): the fused surface; Ks (N, 3, 3) for the masks;
-    w2cs (N, 4, 4). Returns the new masks and the number of views that gained pixels."""
+    w2cs (N, 4, 4). On a GPU the outlines are projected there (:func:`outline_stack`). Returns the new masks and
+    the number of views that gained pixels."""
     if s.thin_width <= 0:
         return list(masks), 0
     points = surface_samples(vertices, faces, s.thin_samples)
+    shapes, sKs = [], []
+    for m, K in zip(masks, Ks):
+        H, W = m.shape
+        f = min(1.0, s.work_size / max(H, W))
+        h, w = max(1, round(H * f)), max(1, round(W * f))
+        shapes.append((h, w))
+        sKs.append(np.diag([w / W, h / H, 1.0]) @ K)
+    # a million samples projected 40-odd times: on the GPU, in one go, instead of per view on CPU threads
+    covs = outline_stack(points, np.array(sKs), w2cs, shapes, device) if device == "cuda" else None
 
     def one(i: int) -> np.ndarray:
         m = masks[i]
         H, W = m.shape
-        f = min(1.0, s.work_size / max(H, W))
-        h, w = max(1, round(H * f)), max(1, round(W * f))
-        sK = np.diag([w / W, h / H, 1.0]) @ Ks[i]
+        h, w = shapes[i]
         small = cv2.resize(m.astype(np.uint8), (w, h), interpolation=cv2.INTER_AREA) > 0
-        cov = outline(points, sK, w2cs[i], (h, w))
+        cov = covs[i] if covs is not None else outline(points, sKs[i], w2cs[i], (h, w))
         add = thin_parts(cov, small, s.thin_width * max(h, w), s.thin_reach * max(h, w))
         return cv2.resize(add.astype(np.uint8), (W, H), interpolation=cv2.INTER_NEAREST) > 0
 

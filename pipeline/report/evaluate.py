@@ -79,10 +79,12 @@ def error_heatmap(pred: np.ndarray, gt: np.ndarray, union: np.ndarray, vmax: flo
 def held_out_scores(mesh: trimesh.Trimesh, colors: np.ndarray, names: list[str], images: list[np.ndarray],
                     masks: list[np.ndarray | None], Ks: np.ndarray, w2cs: np.ndarray,
                     check: Callable[[float], None] = lambda f: None,
-                    textured: tuple[trimesh.Trimesh, np.ndarray, np.ndarray] | None = None) -> HeldOut:
+                    textured: tuple[trimesh.Trimesh, np.ndarray, np.ndarray] | None = None,
+                    render: Callable[..., RenderOut] = render) -> HeldOut:
     """Render the mesh into views it was not fitted to. images: (H, W, 3) uint8; masks: (H, W) bool, or None for a
     photo without a mask: its colours are compared where the mesh covers it, and no IoU is given.
-    With ``textured`` = (mesh, uv, texture) the textured mesh is what gets rendered (as users load it)."""
+    With ``textured`` = (mesh, uv, texture) the textured mesh is what gets rendered (as users load it).
+    ``render``: :func:`pipeline.imaging.render.render` or a renderer of its signature (on the GPU)."""
     scores, renders, heat = [], [], []
     for i, (name, img, m, K, w2c) in enumerate(zip(names, images, masks, Ks, w2cs)):
         h, w = img.shape[:2]

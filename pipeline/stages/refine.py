@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ class RefineStage(Stage):
     sections = ("images", "geometry", "dense", "refine")
 
     def run(self, ctx: JobContext, out_dir: Path) -> dict[str, Any]:
+        t0 = time.monotonic()
         cfg = ctx.settings.refine
         mesh = load_mesh(ctx, "geometry")
         on_gpu = ctx.device == "cuda"
@@ -77,9 +79,11 @@ class RefineStage(Stage):
         soft = sum(1 for t in sil if t.dtype != bool and ((t > 0) & (t < 1)).any())
         # silhouettes estimated from the photos pull less than the user's own masks
         sil_weight = np.array([cfg.estimated_silhouette_weight if i in estimated else 1.0 for i in idx])
+        t1 = time.monotonic()
         result = refine(np.asarray(start.vertices), np.asarray(start.faces), [views.rgb[i] for i in idx],
                         sil, views.K[idx], views.w2c[idx], rasterizer, settings,
                         "cuda" if on_gpu else "cpu", check=ctx.progress, silhouette_weights=sil_weight)
+        t2 = time.monotonic()
         out = trimesh.Trimesh(result.vertices, result.faces, process=True)
         out = main_components(out)
         if not out.is_watertight:
@@ -93,4 +97,6 @@ class RefineStage(Stage):
             regularisers=result.regularisers, remesh=result.remesh,
             silhouette_target=f"alpha coverage in {soft} of {len(sil)} views" if soft else "binary masks",
             estimated_silhouettes=len([i for i in idx if i in estimated]), view_gains=result.view_gains,
-            seconds_per_level=[round(x, 2) for x in result.seconds_per_level]).to_dict()
+            seconds_per_level=[round(x, 2) for x in result.seconds_per_level],
+            seconds={"prepare": round(t1 - t0, 2), "levels": round(t2 - t1, 2),
+                     "finish": round(time.monotonic() - t2, 2)}).to_dict()

@@ -5,6 +5,7 @@ import base64
 import json
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,6 +22,7 @@ from pipeline.report.quality import (base_gap, border_cuts, camera_spread, cover
                                      missed_points, resting_vertices, side_name, unseen_direction, vertex_areas,
                                      visibility_counts, within_footprint)
 from pipeline.io.redact import redact_mapping
+from pipeline.imaging.raster import mesh_renderer
 from pipeline.imaging.render import look_at, reduced_camera, render, shade
 from pipeline.cameras.scale import NO_SCALE
 from pipeline.report.html import camera_scene, complete_stats, config_rows, data_uri, hatch, render_report
@@ -117,7 +119,8 @@ def scaled_box(box: tuple[int, int, int, int], sx: float, sy: float) -> tuple[in
 
 
 def textured_render(mesh: trimesh.Trimesh, colors: np.ndarray, K: np.ndarray, w2c: np.ndarray, size: int,
-                    textured: tuple[trimesh.Trimesh, np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, Any]:
+                    textured: tuple[trimesh.Trimesh, np.ndarray, np.ndarray] | None,
+                    render: Callable[..., Any] = render) -> tuple[np.ndarray, Any]:
     """Colour render on white (H, W, 3) uint8 (the textured mesh when there is one) and the plain render."""
     r = render(mesh, K, w2c, size, size, colors)
     if textured is not None:
@@ -129,11 +132,12 @@ def textured_render(mesh: trimesh.Trimesh, colors: np.ndarray, K: np.ndarray, w2
 
 
 def poster(mesh: trimesh.Trimesh, colors: np.ndarray, views: Views, up: np.ndarray, size: int,
-           textured: tuple[trimesh.Trimesh, np.ndarray, np.ndarray] | None) -> np.ndarray:
+           textured: tuple[trimesh.Trimesh, np.ndarray, np.ndarray] | None,
+           render: Callable[..., Any] = render) -> np.ndarray:
     """thumbnail.jpg: the textured mesh from the first photo's side, cropped to it, ``size``^2 px on white."""
     # rendered at twice the size: the object fills only part of the frame, and the crop is then scaled down
     K, cams = orbit_cameras(mesh, views, up, 2 * size, frames=8)
-    img, r = textured_render(mesh, colors, K, cams[0][0], 2 * size, textured)
+    img, r = textured_render(mesh, colors, K, cams[0][0], 2 * size, textured, render)
     from PIL import Image
 
     cut = crop(img, crop_box(r.mask))
@@ -144,7 +148,8 @@ def orbit_renders(mesh: trimesh.Trimesh, colors: np.ndarray, views: Views, up: n
                   textured: tuple[trimesh.Trimesh, np.ndarray, np.ndarray] | None = None,
                   frames: int = 8, covered: np.ndarray | None = None,
                   silhouettes: list[np.ndarray] | None = None,
-                  check: Callable[[float], None] = lambda f: None) -> list[dict[str, Any]]:
+                  check: Callable[[float], None] = lambda f: None,
+                  render: Callable[..., Any] = render) -> list[dict[str, Any]]:
     """A turntable (:func:`orbit_cameras`), each with shaded geometry and the input photo whose direction is
     closest, all cropped to the object and stored at the size the page shows them (TILE_PX). ``covered`` (V,) bool
     of ``mesh``: surface seen by enough photos; the rest is hatched in both renders, since its colour and shape are
@@ -157,7 +162,7 @@ def orbit_renders(mesh: trimesh.Trimesh, colors: np.ndarray, views: Views, up: n
     out = []
     for k, (w2c, d) in enumerate(cams):
         label = f"{360 * k // frames}°"
-        col8, r = textured_render(mesh, colors, K, w2c, size, textured)
+        col8, r = textured_render(mesh, colors, K, w2c, size, textured, render)
         shaded = shade(r, d + 0.5 * up)
         unseen = 0.0
         if flag is not None:
@@ -187,8 +192,8 @@ def orbit_renders(mesh: trimesh.Trimesh, colors: np.ndarray, views: Views, up: n
     return out
 
 
-def photo_silhouettes(mesh: trimesh.Trimesh, views: Views, max_side: int,
-                      check: Any = lambda f: None) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+def photo_silhouettes(mesh: trimesh.Trimesh, views: Views, max_side: int, check: Any = lambda f: None,
+                      render: Callable[..., Any] = render) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
     """The final mesh rendered into every photo's camera at ``max_side`` px: depth maps (h, w) float32, silhouettes
     (h, w) bool and the matching intrinsics (N, 3, 3). One small render per photo serves both visibility and the
     border check."""
@@ -298,21 +303,26 @@ class ReportStage(Stage):
         colors = load_colors(ctx)
         textured = load_textured(ctx)
         up = estimate_up(camera_up(views.w2c))
+        render = mesh_renderer(ctx.device)  # nvdiffrast on a GPU
         lap("load")
         # what the photos saw of the final surface (all photos, held-out ones too: they were taken)
         depths, silhouettes, Kv = photo_silhouettes(mesh, views, cfg.visibility_size,
-                                                    check=lambda f: ctx.progress(0.1 * f))
+                                                    check=lambda f: ctx.progress(0.1 * f), render=render)
         tol = 0.01 * float(np.linalg.norm(mesh.extents))
         counts = visibility_counts(np.asarray(mesh.vertices), np.asarray(mesh.vertex_normals), depths, Kv, views.w2c,
                                    cfg.coverage_max_angle_deg, tol)
         lap("visibility")
-        files = export_all(mesh, colors, up, out_dir, textured, seen=counts)
         ex = ctx.settings.export
-        # the light copy for the web (and the report's 3-D view), and its poster
-        (out_dir / "mesh_web.glb").write_bytes(
-            web_glb(textured[0], textured[1], textured[2], up, ex.web_faces, ex.web_texture_size)
-            if textured is not None else vertex_color_web_glb(mesh, colors, up, ex.web_faces))
-        thumb = poster(mesh, colors, views, up, ex.thumbnail_size, textured)
+        # the files, the light copy for the web (and the report's 3-D view) and its poster at once: their PNG, JPEG
+        # and zlib encodings and the web copy's decimation release the GIL (3.5 s one after the other on the H200)
+        with ThreadPoolExecutor(2, thread_name_prefix="hotmesh-export") as pool:
+            exported = pool.submit(export_all, mesh, colors, up, out_dir, textured, seen=counts)
+            web = pool.submit(lambda: web_glb(textured[0], textured[1], textured[2], up, ex.web_faces,
+                                              ex.web_texture_size) if textured is not None
+                              else vertex_color_web_glb(mesh, colors, up, ex.web_faces))
+            thumb = poster(mesh, colors, views, up, ex.thumbnail_size, textured, render)
+            files = exported.result()
+            (out_dir / "mesh_web.glb").write_bytes(web.result())
         from PIL import Image
 
         Image.fromarray(thumb).save(out_dir / "thumbnail.jpg", quality=85)
@@ -334,7 +344,7 @@ class ReportStage(Stage):
         held = [int(i) for i in np.nonzero(views.holdout)[0]]
         heldout = held_out_scores(written, colors, [views.names[i] for i in held], [views.rgb[i] for i in held],
                                   [masks[i] for i in held], views.K[held], views.w2c[held],
-                                  check=lambda f: ctx.progress(0.15 + 0.35 * f), textured=textured)
+                                  check=lambda f: ctx.progress(0.15 + 0.35 * f), textured=textured, render=render)
         lap("heldout")
         quality: dict[str, Any] = {"heldout": heldout.to_dict(), "gt": None}
         if manifest.gt_mesh and manifest.pose_kind == "sfm":
@@ -354,7 +364,8 @@ class ReportStage(Stage):
         ctx.progress(0.6)
         covered = seen >= cfg.coverage_min_views
         renders = orbit_renders(written, colors, views, up, cfg.render_size, textured, covered=covered,
-                                silhouettes=silhouettes, check=lambda f: ctx.progress(0.6 + 0.25 * f))
+                                silhouettes=silhouettes, check=lambda f: ctx.progress(0.6 + 0.25 * f),
+                                render=render)
         lap("orbit")
         ctx.progress(0.85)
         gallery = [{"name": views.names[i],

@@ -50,6 +50,9 @@ class RefineSummary:
     estimated_silhouettes: int | None = None
     view_gains: Any = None
     seconds_per_level: list[float] | None = None
+    # where the stage's time went besides the levels: loading the photos and masks, the start mesh and the
+    # rasteriser ("prepare"), and cleaning and writing the result ("finish")
+    seconds: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

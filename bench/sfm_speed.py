@@ -1,0 +1,149 @@
+"""Where structure from motion spends its time on this machine, and what faster matching or mapping settings cost in
+registration and camera accuracy.
+
+    python bench/sfm_speed.py SET [SET ...] [--work DIR] [--tag TAG] [--out DIR]
+
+Per set, features are extracted once (on the GPU when pycolmap has CUDA), as the pipeline extracts them. Each
+matching variant then matches a copy of that database and maps it with the pipeline's mapper; each mapping variant
+maps the database matched with the pipeline's own settings. Cameras are compared with the set's true poses
+(``<set>.poses.json`` beside it, or its ``transforms.json``) after a similarity fit (:func:`bench.scoring.alignment`).
+Rows are written as they finish; run one set at a time for timings (nothing else on the machine).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.run_bench import card, poses_file, resolve_set  # noqa: E402
+from bench.scoring import TrueCameras, alignment, read_nerf_cameras  # noqa: E402
+
+# matching variants: changes to SfmSettings ("hotmesh" = the pipeline's own); "colmap-sequential" is COLMAP's own
+# sequential matcher on the same pairs (what the pipeline ran before it listed the pairs itself)
+MATCHING: dict[str, dict[str, Any] | None] = {"hotmesh": {}, "colmap-sequential": None,
+                                              "unguided": {"guided_matching": False}}
+# mapping variants: attributes of pycolmap.IncrementalPipelineOptions set on top of the pipeline's
+MAPPING: dict[str, dict[str, Any]] = {"ba-gpu": {"ba_use_gpu": True},
+                                      "ba-threads-5k": {"ba_min_num_residuals_for_cpu_multi_threading": 5000}}
+
+
+def colmap_sequential(db: Path, cfg: Any, device: Any) -> None:
+    """COLMAP's sequential matcher with the pipeline's options (quadratic overlap, no loop detection)."""
+    import pycolmap
+
+    mopt = pycolmap.FeatureMatchingOptions()
+    mopt.num_threads = cfg.num_threads
+    mopt.guided_matching = cfg.guided_matching
+    pairing = pycolmap.SequentialPairingOptions()
+    pairing.overlap, pairing.quadratic_overlap, pairing.loop_detection = cfg.overlap, True, False
+    pycolmap.match_sequential(db, matching_options=mopt, pairing_options=pairing, device=device)
+
+
+def rms_row(rec: Any, truth: TrueCameras | None) -> dict[str, Any]:
+    import numpy as np
+
+    row: dict[str, Any] = {"registered": rec.num_reg_images(), "points": rec.num_points3D(),
+                           "reprojection_px": round(rec.compute_mean_reprojection_error(), 3)}
+    if truth is not None:
+        ims = [im for im in rec.images.values() if im.has_pose]
+        w2c = np.stack([np.vstack([im.cam_from_world().matrix(), [0, 0, 0, 1]]) for im in ims])
+        cams = [rec.cameras[im.camera_id] for im in ims]
+        Ks = np.stack([c.calibration_matrix() for c in cams])
+        al = alignment(TrueCameras(tuple(im.name for im in ims), Ks, w2c, tuple((c.width, c.height) for c in cams)),
+                       truth)
+        row.update(centre_rms_of_spread=round(al.residual, 6), misplaced_cameras=list(al.misplaced))
+    return row
+
+
+def main() -> None:
+    import pycolmap
+
+    from pipeline.cameras.sfm import SfmSettings, colmap_device, incremental_options, match_features
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("sets", nargs="+")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/hotmesh-sfm-speed"))
+    ap.add_argument("--tag", default="sfm-speed")
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    ap.add_argument("--variants", nargs="+", default=None, help=f"a subset of {list(MATCHING) + list(MAPPING)}")
+    args = ap.parse_args()
+    keep = set(args.variants or list(MATCHING) + list(MAPPING))
+    pycolmap.logging.minloglevel = 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{args.tag}.json"
+    rows: list[dict] = []
+    base = SfmSettings()
+    device, device_name = colmap_device(base.device)
+
+    def save(row: dict) -> None:
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        path.write_text(json.dumps({"card": card(), "date": time.strftime("%Y-%m-%d"), "colmap_device": device_name,
+                                    "results": rows}, indent=1))
+
+    def mapped(db: Path, images: Path, out: Path, extra: dict[str, Any]) -> tuple[float, Any]:
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        opt = incremental_options(base)
+        for k, v in extra.items():
+            setattr(opt, k, v)
+        pycolmap.set_random_seed(0)
+        t0 = time.monotonic()
+        recs = pycolmap.incremental_mapping(db, images, out, options=opt)
+        return time.monotonic() - t0, max(recs.values(), key=lambda r: r.num_reg_images())
+
+    for name in args.sets:
+        folder = resolve_set(name)
+        images = folder / "images"
+        names = sorted(p.name for p in images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        truth_path = poses_file(folder) or ((folder / "transforms.json") if (folder / "transforms.json").exists()
+                                            else None)
+        truth = read_nerf_cameras(truth_path, images) if truth_path else None
+        work = args.work / folder.name
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        extracted = work / "extracted.db"
+        reader = pycolmap.ImageReaderOptions()
+        reader.camera_model = base.camera_model
+        ext = pycolmap.FeatureExtractionOptions()
+        ext.max_image_size = base.max_image_size
+        t0 = time.monotonic()
+        pycolmap.extract_features(extracted, images, image_names=names, camera_mode=pycolmap.CameraMode.SINGLE,
+                                  reader_options=reader, extraction_options=ext, device=device)
+        extract_s = round(time.monotonic() - t0, 2)
+        for label, change in MATCHING.items():
+            if label not in keep and label != "hotmesh":  # the mapping variants map hotmesh's database
+                continue
+            db = work / f"{label}.db"
+            shutil.copy2(extracted, db)
+            cfg = dataclasses.replace(base, matcher="sequential", **(change or {}))
+            t0 = time.monotonic()
+            if change is None:
+                colmap_sequential(db, cfg, device)
+            else:
+                match_features(db, names, cfg, device)
+            match_s = time.monotonic() - t0
+            map_s, rec = mapped(db, images, work / label, {})
+            save({"set": folder.name, "images": len(names), "variant": label, "kind": "matching",
+                  "settings": "COLMAP's sequential matcher" if change is None else change,
+                  "extract_seconds": extract_s, "match_seconds": round(match_s, 2), "map_seconds": round(map_s, 2),
+                  **rms_row(rec, truth)})
+        for label, extra in MAPPING.items():
+            if label not in keep:
+                continue
+            map_s, rec = mapped(work / "hotmesh.db", images, work / label, extra)
+            save({"set": folder.name, "images": len(names), "variant": label, "kind": "mapping", "settings": extra,
+                  "map_seconds": round(map_s, 2), **rms_row(rec, truth)})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
