@@ -26,6 +26,7 @@ from pipeline.stages.masks import MasksStage
 from pipeline.stages.refine import RefineStage
 from pipeline.stages.report import EXPORT_DIRS, EXPORT_FILES, EXTRA_FILES, TIMINGS_FILE, ReportStage, input_summary, read_timings
 from pipeline.stages.texture import TextureStage
+from pipeline.warmup import start_warm_up
 
 STAGES: tuple[Stage, ...] = (IngestStage(), CamerasStage(), MasksStage(), GeometryStage(), RefineStage(), TextureStage(),
                             ReportStage())
@@ -241,6 +242,8 @@ def run_job(ctx: JobContext, fingerprint: str, outbox: Path,
     ``retry_disk_full``: a full disk ends this attempt as "retry" (the daemon requeues the job, and its disk
     guard holds it until there is space) instead of failing the job; the last attempt fails, with its report."""
     log = ctx.log
+    # torch's first optimiser step imports seconds of modules: taken on a thread while the first stages run
+    start_warm_up()
     try:
         run_stages(ctx, fingerprint, on_timing)
         ctx.check()  # last cancel point: nothing has reached the outbox yet

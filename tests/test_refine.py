@@ -142,3 +142,21 @@ def test_grow_mesh_reaches_the_level_size_and_keeps_the_surface_closed(mode: str
     assert ((c[:, 0] > 0.5) == (v[:, 0] > 0.05)).mean() > 0.95
     with pytest.raises(ValueError):
         grow_mesh(v, f, c, 1, RefineSettings(remesh="loop"))
+
+
+def test_the_warm_up_takes_the_first_optimiser_steps_import_once_per_process() -> None:
+    """A job starts pipeline.warmup on a thread: afterwards the refinement's first optimiser step no longer imports
+    torch._dynamo (seconds), and the thread is started once per process."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, time; from pipeline.warmup import start_warm_up\n"
+            "t = start_warm_up(); assert start_warm_up() is t; assert 'torch._dynamo' not in sys.modules\n"
+            "t.join(120); assert 'torch._dynamo' in sys.modules\n"
+            "import torch; p = torch.zeros(1, requires_grad=True); p.grad = torch.zeros(1)\n"
+            "t0 = time.monotonic(); torch.optim.Adam([p]).step(); print(time.monotonic() - t0)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout) < 0.5

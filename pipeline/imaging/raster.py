@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -63,8 +64,18 @@ def clip_coords(verts: torch.Tensor, K: torch.Tensor, w2c: torch.Tensor, size: t
     return clip_space(cam, K, size, near, far).contiguous()
 
 
+# one load at a time: the warm-up thread (pipeline.warmup) may be building the plugin when a stage asks for it, and a
+# second concurrent build-and-import of the same extension would fail where the first succeeds
+_LOAD_LOCK = threading.Lock()
+
+
 def load_nvdiffrast(build_dir: Path | None = None):
     """Import nvdiffrast.torch, applying the loader fix for recent torch (plugin built but not importable)."""
+    with _LOAD_LOCK:
+        return _load_nvdiffrast(build_dir)
+
+
+def _load_nvdiffrast(build_dir: Path | None):
     if build_dir is not None:
         import os
 
@@ -229,6 +240,7 @@ class GpuMeshRenderer:
 
 
 _RENDERERS: dict[tuple[str, int], object] = {}
+_RENDERERS_LOCK = threading.Lock()
 
 
 def mesh_renderer(device: str, build_dir: Path | None = None):
@@ -239,6 +251,13 @@ def mesh_renderer(device: str, build_dir: Path | None = None):
     if device != "cuda" or not torch.cuda.is_available():
         return render
     key = (device, torch.cuda.current_device())
+    with _RENDERERS_LOCK:
+        return _renderer_for(key, build_dir)
+
+
+def _renderer_for(key: tuple[str, int], build_dir: Path | None):
+    from pipeline.imaging.render import render
+
     if key not in _RENDERERS:
         try:
             _RENDERERS[key] = GpuMeshRenderer(build_dir)

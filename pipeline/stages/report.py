@@ -313,16 +313,16 @@ class ReportStage(Stage):
                                    cfg.coverage_max_angle_deg, tol)
         lap("visibility")
         ex = ctx.settings.export
-        # the files, the light copy for the web (and the report's 3-D view) and its poster at once: their PNG, JPEG
-        # and zlib encodings and the web copy's decimation release the GIL (3.5 s one after the other on the H200)
-        with ThreadPoolExecutor(2, thread_name_prefix="hotmesh-export") as pool:
+        # the files on a thread while this one makes the light copy for the web (and the report's 3-D view) and its
+        # poster: their PNG and zlib encodings release the GIL (3.5 s one after the other on the H200). The web copy's
+        # decimation stays on the job's thread: pymeshlab off the main thread corrupted the heap (pipeline.warmup)
+        with ThreadPoolExecutor(1, thread_name_prefix="hotmesh-export") as pool:
             exported = pool.submit(export_all, mesh, colors, up, out_dir, textured, seen=counts)
-            web = pool.submit(lambda: web_glb(textured[0], textured[1], textured[2], up, ex.web_faces,
-                                              ex.web_texture_size) if textured is not None
-                              else vertex_color_web_glb(mesh, colors, up, ex.web_faces))
+            (out_dir / "mesh_web.glb").write_bytes(
+                web_glb(textured[0], textured[1], textured[2], up, ex.web_faces, ex.web_texture_size)
+                if textured is not None else vertex_color_web_glb(mesh, colors, up, ex.web_faces))
             thumb = poster(mesh, colors, views, up, ex.thumbnail_size, textured, render)
             files = exported.result()
-            (out_dir / "mesh_web.glb").write_bytes(web.result())
         from PIL import Image
 
         Image.fromarray(thumb).save(out_dir / "thumbnail.jpg", quality=85)

@@ -1,0 +1,40 @@
+"""What a job's later stages load once per process, loaded on a thread while its first stages run.
+
+A worker process is long-lived, but its first job paid, inside the refinement, for importing ``torch._dynamo``: torch's
+first optimiser step of a process does (4 s on the H200, 1-3 s on 2 CPU cores). Structure from motion (its own
+process) and the depth maps take longer, so the job no longer waits for it.
+
+Only that: importing pymeshlab on a thread other than the main one corrupted the heap (an abort at exit in five jobs
+of five), so the other heavy modules load where they are first used, on the job's own thread.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+
+log = logging.getLogger("hotmesh.warmup")
+
+
+def warm_up() -> float:
+    """Take one optimiser step on a throw-away CPU tensor (which imports ``torch._dynamo``). Never raises: the
+    refinement's own first step would then pay, as before. -> seconds."""
+    t = time.monotonic()
+    try:
+        import torch
+
+        p = torch.zeros(1, requires_grad=True)
+        p.grad = torch.zeros(1)
+        torch.optim.Adam([p], lr=0.0).step()
+    except Exception as e:  # noqa: BLE001 - a warm-up that fails changes nothing
+        log.debug("warm-up: torch's optimiser: %s", e)
+    return time.monotonic() - t
+
+
+@functools.lru_cache(maxsize=None)
+def start_warm_up() -> threading.Thread:
+    """:func:`warm_up` on a daemon thread, once per process."""
+    thread = threading.Thread(target=warm_up, name="hotmesh-warm-up", daemon=True)
+    thread.start()
+    return thread
