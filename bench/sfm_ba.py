@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.run_bench import card, poses_file, resolve_set  # noqa: E402
-from bench.scoring import TrueCameras, alignment, read_nerf_cameras  # noqa: E402
+from bench.scoring import read_nerf_cameras  # noqa: E402
+from bench.sfm_speed import camera_row  # noqa: E402
 
 # the baseline: COLMAP's ratios and refinement rounds (1.1, 2 local / 5 global) with 50 global iterations (pycolmap's
 # own default, -1, leaves the cap to its solver); "hotmesh" is the pipeline's own mapper call with its settings
@@ -77,7 +78,6 @@ def map_once(db: Path, folder: Path, out: Path, variant: dict | None) -> tuple[f
 
 
 def main() -> None:
-    import numpy as np
     import pycolmap
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -103,17 +103,7 @@ def main() -> None:
         for label, variant in VARIANTS.items():
             seconds, rec = map_once(db, folder, work / label, variant)
             row = {"set": folder.name, "variant": label, "settings": variant or "sfm defaults", "images": len(names),
-                   "registered": rec.num_reg_images(), "points": rec.num_points3D(),
-                   "reprojection_px": round(rec.compute_mean_reprojection_error(), 3),
-                   "map_seconds": round(seconds, 2), "match_seconds": matched}
-            if truth is not None:
-                ims = [im for im in rec.images.values() if im.has_pose]
-                w2c = np.stack([np.vstack([im.cam_from_world().matrix(), [0, 0, 0, 1]]) for im in ims])
-                cams = [rec.cameras[im.camera_id] for im in ims]
-                Ks = np.stack([c.calibration_matrix() for c in cams])
-                al = alignment(TrueCameras(tuple(im.name for im in ims), Ks, w2c,
-                                           tuple((c.width, c.height) for c in cams)), truth)
-                row.update(centre_rms_of_spread=round(al.residual, 6), misplaced_cameras=list(al.misplaced))
+                   **camera_row(rec, truth), "map_seconds": round(seconds, 2), "match_seconds": matched}
             rows.append(row)
             print(json.dumps(row), flush=True)
             path.write_text(json.dumps({"card": card(), "date": time.strftime("%Y-%m-%d"), "results": rows}, indent=1))

@@ -47,7 +47,9 @@ def colmap_sequential(db: Path, cfg: Any, device: Any) -> None:
     pycolmap.match_sequential(db, matching_options=mopt, pairing_options=pairing, device=device)
 
 
-def rms_row(rec: Any, truth: TrueCameras | None) -> dict[str, Any]:
+def camera_row(rec: Any, truth: TrueCameras | None) -> dict[str, Any]:
+    """A reconstruction's registered photos, points and reprojection error, and with ``truth`` its camera centres'
+    RMS against the true ones after a similarity fit (of the cameras' spread) and the misplaced cameras."""
     import numpy as np
 
     row: dict[str, Any] = {"registered": rec.num_reg_images(), "points": rec.num_points3D(),
@@ -135,13 +137,13 @@ def main() -> None:
             save({"set": folder.name, "images": len(names), "variant": label, "kind": "matching",
                   "settings": "COLMAP's sequential matcher" if change is None else change,
                   "extract_seconds": extract_s, "match_seconds": round(match_s, 2), "map_seconds": round(map_s, 2),
-                  **rms_row(rec, truth)})
+                  **camera_row(rec, truth)})
         for label, extra in MAPPING.items():
             if label not in keep:
                 continue
             map_s, rec = mapped(work / "hotmesh.db", images, work / label, extra)
             save({"set": folder.name, "images": len(names), "variant": label, "kind": "mapping", "settings": extra,
-                  "map_seconds": round(map_s, 2), **rms_row(rec, truth)})
+                  "map_seconds": round(map_s, 2), **camera_row(rec, truth)})
     print(f"wrote {path}")
 
 
