@@ -29,7 +29,7 @@ def point_colors(V: np.ndarray, normals: np.ndarray, mesh: trimesh.Trimesh, imag
 
     V: (P, 3) points on ``mesh``; normals: (P, 3) unit; images: N (H, W, 3) uint8; masks: N (H, W) bool;
     Ks (N, 3, 3); w2cs (N, 4, 4) OpenCV.
-    A point takes a view's colour only where it is visible there (depth test against a ray-cast depth map of
+    A point takes a view's colour only where it is visible there (depth test against a rendered depth map of
     ``mesh``) and inside the mask, weighted by cos(normal, view)^power (4) so grazing views count little.
     The per-point arithmetic runs in torch on ``device`` (a 2048² atlas has ~2.5M texels; numpy took 394 s for 45
     views on 2 cores); the depth maps are rendered by :func:`pipeline.imaging.raster.mesh_renderer` (nvdiffrast on a GPU,

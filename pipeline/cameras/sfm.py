@@ -148,7 +148,7 @@ def match_features(db: Path, names: list[str], cfg: SfmSettings, device: Any) ->
     if matcher == "exhaustive":
         pycolmap.match_exhaustive(db, matching_options=mopt, device=device)
     elif matcher == "sequential":
-        # COLMAP's sequential matcher verifies one photo's dozen pairs at a time, which leaves most cores idle (10 s
+        # COLMAP's sequential matcher verifies one photo's handful of pairs at a time, which leaves most cores idle (10 s
         # of 48 photos on the H200's 16 cores); the same pairs as a list are verified in blocks of 1225
         # (docs/benchmarks.md, SfM matching). Loop detection would need a vocabulary tree, i.e. a download.
         pairs = sequential_pairs(len(names), cfg.overlap)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -64,18 +63,8 @@ def clip_coords(verts: torch.Tensor, K: torch.Tensor, w2c: torch.Tensor, size: t
     return clip_space(cam, K, size, near, far).contiguous()
 
 
-# one load at a time: the warm-up thread (pipeline.warmup) may be building the plugin when a stage asks for it, and a
-# second concurrent build-and-import of the same extension would fail where the first succeeds
-_LOAD_LOCK = threading.Lock()
-
-
 def load_nvdiffrast(build_dir: Path | None = None):
     """Import nvdiffrast.torch, applying the loader fix for recent torch (plugin built but not importable)."""
-    with _LOAD_LOCK:
-        return _load_nvdiffrast(build_dir)
-
-
-def _load_nvdiffrast(build_dir: Path | None):
     if build_dir is not None:
         import os
 
@@ -208,16 +197,11 @@ class GpuMeshRenderer:
         v, f, fn = self._upload(mesh)
         Kt = torch.as_tensor(np.asarray(K)[None], dtype=torch.float32, device="cuda")
         Wt = torch.as_tensor(np.asarray(w2c)[None], dtype=torch.float32, device="cuda")
-        cam = to_camera(v, Wt)
-        depth = cam[..., 2]
-        pos = depth[depth > 0]
-        near = max(float(pos.min()) * 0.5, 1e-6) if len(pos) else 1e-3
-        far = float(depth.max()) * 2.0 + near
-        clip = clip_space(cam, Kt, (H, W), near, far).contiguous()
+        clip = clip_coords(v, Kt, Wt, (H, W))
         rast, _ = dr.rasterize(self.ctx, clip, f, resolution=[H, W])
         tri = rast[0, ..., 3].long() - 1  # nvdiffrast: triangle id + 1, 0 where empty
         mask = tri >= 0
-        z, _ = dr.interpolate(depth[..., None].contiguous(), rast, f)
+        z, _ = dr.interpolate(clip[..., 3:4].contiguous(), rast, f)  # clip w is the camera depth
         out_depth = torch.where(mask, z[0, ..., 0], torch.full_like(z[0, ..., 0], float("inf")))
         normal = torch.zeros((H, W, 3), device="cuda")
         normal[mask] = fn[tri[mask]]
@@ -240,7 +224,6 @@ class GpuMeshRenderer:
 
 
 _RENDERERS: dict[tuple[str, int], object] = {}
-_RENDERERS_LOCK = threading.Lock()
 
 
 def mesh_renderer(device: str, build_dir: Path | None = None):
@@ -251,13 +234,6 @@ def mesh_renderer(device: str, build_dir: Path | None = None):
     if device != "cuda" or not torch.cuda.is_available():
         return render
     key = (device, torch.cuda.current_device())
-    with _RENDERERS_LOCK:
-        return _renderer_for(key, build_dir)
-
-
-def _renderer_for(key: tuple[str, int], build_dir: Path | None):
-    from pipeline.imaging.render import render
-
     if key not in _RENDERERS:
         try:
             _RENDERERS[key] = GpuMeshRenderer(build_dir)
@@ -270,25 +246,10 @@ def _renderer_for(key: tuple[str, int], build_dir: Path | None):
 def coverage_masks(vertices: np.ndarray, faces: np.ndarray, Ks: np.ndarray, w2cs: np.ndarray,
                    sizes: list[tuple[int, int]], device: str, build_dir: Path | None = None) -> list[np.ndarray]:
     """Silhouettes of a mesh in N views: vertices (V, 3), faces (F, 3), Ks (N, 3, 3), w2cs (N, 4, 4), sizes N
-    (width, height). nvdiffrast on a GPU (one view at a time), Embree ray casting elsewhere or where nvdiffrast does
-    not load. -> N (height, width) bool."""
-    if device == "cuda":
-        try:
-            dr, ctx = load_nvdiffrast(build_dir)
-            v = torch.as_tensor(np.asarray(vertices), dtype=torch.float32, device="cuda")
-            f = torch.as_tensor(np.asarray(faces), dtype=torch.int32, device="cuda")
-            out = []
-            for K, w2c, (w, h) in zip(Ks, w2cs, sizes):
-                clip = clip_coords(v, torch.as_tensor(K[None], dtype=torch.float32, device="cuda"),
-                                   torch.as_tensor(w2c[None], dtype=torch.float32, device="cuda"), (h, w))
-                rast, _ = dr.rasterize(ctx, clip, f, resolution=[h, w])
-                out.append((rast[0, ..., 3] > 0).cpu().numpy())
-            return out
-        except (ImportError, RuntimeError, OSError) as e:
-            log.warning("nvdiffrast unavailable for silhouettes (%s); ray casting instead", e)
+    (width, height), by :func:`mesh_renderer`: nvdiffrast on a GPU, Embree ray casting elsewhere or where nvdiffrast
+    does not load. -> N (height, width) bool."""
     import trimesh
 
-    from pipeline.imaging.render import render
-
+    render = mesh_renderer(device, build_dir)
     mesh = trimesh.Trimesh(np.asarray(vertices), np.asarray(faces), process=False)
     return [render(mesh, K, w2c, w, h).mask for K, w2c, (w, h) in zip(Ks, w2cs, sizes)]
