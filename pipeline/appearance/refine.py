@@ -292,12 +292,14 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
         n = len(images)
         vpstep = settings.views_per_step or views_that_fit(n, size, dev)
         gen = torch.Generator().manual_seed(li)
+        # the level's view subsets drawn up front and uploaded once (a copy per step would wait on the GPU)
+        picks = torch.stack([torch.randperm(n, generator=gen)[:vpstep] for _ in range(iters)]).to(dev)
         loss_val = float("nan")
         last = li == len(settings.levels) - 1
         for it in range(iters):
             if last and settings.lr_final != 1.0:
                 opt.param_groups[0]["lr"] = settings.lr * step_fraction(it, iters, settings.lr_final)
-            idx = torch.randperm(n, generator=gen)[:vpstep].to(dev)
+            idx = picks[it]
             verts = from_differential(M, u, "Cholesky")
             # every few steps: a held vertex costs a second solve, and between checks a vertex moves a few steps'
             # worth at most (the level's end holds every vertex exactly)
@@ -326,11 +328,13 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
             copt.step()
             if gopt is not None:
                 gopt.step()
-            loss_val = float(loss.detach())
-            if not math.isfinite(loss_val):
-                raise FloatingPointError("refinement diverged (loss is not finite)")
             done_iters += 1
-            if it % 10 == 0:
+            # reading the loss waits for the GPU: only every tenth step (and the last), so that the next steps'
+            # kernels are queued while this one runs
+            if it % 10 == 0 or it == iters - 1:
+                loss_val = float(loss.detach())
+                if not math.isfinite(loss_val):
+                    raise FloatingPointError("refinement diverged (loss is not finite)")
                 check(done_iters / total_iters)
         with torch.no_grad():
             verts = from_differential(M, u, "Cholesky").detach()

@@ -1,0 +1,106 @@
+"""What the estimated silhouettes cost: photo-like sets with their true silhouettes, and estimated ones scored.
+
+    python bench/true_masks.py make SET OUT            # OUT: a copy of SET with masks/ rendered from gt.ply
+    python bench/true_masks.py score STATE.tar.gz SET  # a kept job's silhouettes (run_bench --keep) against them
+
+``make`` renders the ground truth with the true poses (``<set>.poses.json`` beside the set) into
+``OUT/masks/<image>.png``; run that copy unposed with ``geometry.method = dense`` and the job uses those masks
+where it would estimate silhouettes, so the difference to the plain set is what the estimates cost
+(``docs/benchmarks.md``, What the estimated silhouettes cost). ``score`` prints each training view's precision
+and recall of the silhouettes a job fitted (``geometry/silhouettes.npz`` in the kept state) against the true
+ones, with ``--pictures DIR`` drawing extra pixels red and missing ones blue.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import shutil
+import sys
+import tarfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import trimesh
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from pipeline.cameras.cameras import c2w_gl_to_w2c_cv  # noqa: E402
+from pipeline.imaging.render import render  # noqa: E402
+
+
+def true_masks(gt: trimesh.Trimesh, poses: dict) -> dict[str, np.ndarray]:
+    """Image stem -> (h, w) bool silhouette of ``gt`` in each frame of a transforms.json-style ``poses``."""
+    K = np.array([[poses["fl_x"], 0, poses["cx"]], [0, poses["fl_y"], poses["cy"]], [0, 0, 1]], dtype=np.float64)
+    w, h = int(poses["w"]), int(poses["h"])
+    out = {}
+    for fr in poses["frames"]:
+        w2c = c2w_gl_to_w2c_cv(np.asarray(fr["transform_matrix"], dtype=np.float64))
+        out[Path(fr["file_path"]).stem] = render(gt, K, w2c, w, h).mask.reshape(h, w)
+    return out
+
+
+def make(set_dir: Path, out: Path) -> None:
+    poses_file = set_dir.parent / f"{set_dir.name}.poses.json"
+    poses = json.loads(poses_file.read_text())
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(set_dir, out)
+    shutil.copy2(poses_file, out.parent / f"{out.name}.poses.json")
+    (out / "masks").mkdir()
+    for stem, m in true_masks(trimesh.load(set_dir / "gt.ply", force="mesh"), poses).items():
+        cv2.imwrite(str(out / "masks" / f"{stem}.png"), m.astype(np.uint8) * 255)
+    print(f"{out}: {len(poses['frames'])} true masks")
+
+
+def score(state: Path, set_dir: Path, pictures: Path | None) -> None:
+    poses = json.loads((set_dir.parent / f"{set_dir.name}.poses.json").read_text())
+    truth = true_masks(trimesh.load(set_dir / "gt.ply", force="mesh"), poses)
+    with tarfile.open(state) as tar:
+        photos = json.load(tar.extractfile("cameras/photos.json"))  # type: ignore[arg-type]
+        sil = np.load(io.BytesIO(tar.extractfile("geometry/silhouettes.npz").read()))  # type: ignore[union-attr]
+    if pictures:
+        pictures.mkdir(parents=True, exist_ok=True)
+    prec, rec = [], []
+    for key in (k for k in sil.files if k.startswith("mask_")):
+        name = Path(photos[int(key[5:])]["name"])
+        gt = truth[name.stem]
+        m = sil[key]
+        if m.shape != gt.shape:
+            m = cv2.resize(m.astype(np.uint8), gt.shape[::-1], interpolation=cv2.INTER_NEAREST) > 0
+        tp = float((m & gt).sum())
+        prec.append(tp / max(1.0, float(m.sum())))
+        rec.append(tp / max(1.0, float(gt.sum())))
+        print(f"{name.name}: precision {prec[-1]:.3f} recall {rec[-1]:.3f}")
+        if pictures:
+            img = cv2.imread(str(set_dir / "images" / name.name))
+            vis = img // 2
+            vis[m & gt] = img[m & gt]
+            vis[m & ~gt] = (0, 0, 255)
+            vis[~m & gt] = (255, 0, 0)
+            cv2.imwrite(str(pictures / f"{name.stem}.png"), vis)
+    print(f"mean over {len(prec)} views: precision {np.mean(prec):.3f} recall {np.mean(rec):.3f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("make")
+    m.add_argument("set", type=Path)
+    m.add_argument("out", type=Path)
+    s = sub.add_parser("score")
+    s.add_argument("state", type=Path)
+    s.add_argument("set", type=Path)
+    s.add_argument("--pictures", type=Path, default=None)
+    args = ap.parse_args(argv)
+    if args.cmd == "make":
+        make(args.set, args.out)
+    else:
+        score(args.state, args.set, args.pictures)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
