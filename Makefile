@@ -20,7 +20,7 @@ demo: install
 	$(VENV)/bin/hotmesh demo
 
 test: install
-	$(VENV)/bin/python -m pytest -q -p no:cacheprovider tests
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider --durations=15 tests
 
 bench: install
 	$(VENV)/bin/python bench/run_bench.py --sets spot_render --tag bench-local
