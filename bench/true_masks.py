@@ -28,36 +28,36 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from pipeline.cameras.cameras import c2w_gl_to_w2c_cv  # noqa: E402
+from bench.run_bench import poses_file  # noqa: E402
+from bench.scoring import read_nerf_cameras  # noqa: E402
 from pipeline.imaging.render import render  # noqa: E402
 
 
-def true_masks(gt: trimesh.Trimesh, poses: dict) -> dict[str, np.ndarray]:
-    """Image stem -> (h, w) bool silhouette of ``gt`` in each frame of a transforms.json-style ``poses``."""
-    K = np.array([[poses["fl_x"], 0, poses["cx"]], [0, poses["fl_y"], poses["cy"]], [0, 0, 1]], dtype=np.float64)
-    w, h = int(poses["w"]), int(poses["h"])
-    out = {}
-    for fr in poses["frames"]:
-        w2c = c2w_gl_to_w2c_cv(np.asarray(fr["transform_matrix"], dtype=np.float64))
-        out[Path(fr["file_path"]).stem] = render(gt, K, w2c, w, h).mask.reshape(h, w)
-    return out
+def true_masks(set_dir: Path) -> dict[str, np.ndarray]:
+    """Image stem -> (h, w) bool silhouette of the set's ``gt.ply`` in each of its true cameras
+    (``<set>.poses.json`` beside it)."""
+    poses = poses_file(set_dir)
+    if poses is None:
+        raise SystemExit(f"true_masks: {set_dir.name}.poses.json is not beside {set_dir}")
+    cams = read_nerf_cameras(poses, set_dir)
+    gt = trimesh.load(set_dir / "gt.ply", force="mesh")
+    return {Path(name).stem: render(gt, K, w2c, w, h).mask.reshape(h, w)
+            for name, K, w2c, (w, h) in zip(cams.names, cams.Ks, cams.w2cs, cams.sizes)}
 
 
 def make(set_dir: Path, out: Path) -> None:
-    poses_file = set_dir.parent / f"{set_dir.name}.poses.json"
-    poses = json.loads(poses_file.read_text())
+    masks = true_masks(set_dir)
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(set_dir, out)
-    shutil.copy2(poses_file, out.parent / f"{out.name}.poses.json")
+    shutil.copy2(set_dir.parent / f"{set_dir.name}.poses.json", out.parent / f"{out.name}.poses.json")
     (out / "masks").mkdir()
-    for stem, m in true_masks(trimesh.load(set_dir / "gt.ply", force="mesh"), poses).items():
+    for stem, m in masks.items():
         cv2.imwrite(str(out / "masks" / f"{stem}.png"), m.astype(np.uint8) * 255)
-    print(f"{out}: {len(poses['frames'])} true masks")
+    print(f"{out}: {len(masks)} true masks")
 
 
 def score(state: Path, set_dir: Path, pictures: Path | None) -> None:
-    poses = json.loads((set_dir.parent / f"{set_dir.name}.poses.json").read_text())
-    truth = true_masks(trimesh.load(set_dir / "gt.ply", force="mesh"), poses)
+    truth = true_masks(set_dir)
     with tarfile.open(state) as tar:
         photos = json.load(tar.extractfile("cameras/photos.json"))  # type: ignore[arg-type]
         sil = np.load(io.BytesIO(tar.extractfile("geometry/silhouettes.npz").read()))  # type: ignore[union-attr]
