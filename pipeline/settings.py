@@ -125,6 +125,9 @@ class DenseConfig:
     # with estimated silhouettes, a measured part outside their hull is filled inside where this much match score
     # measured its surface in front and no view saw through (0: its core is left to the hull, a hollow shell)
     solid_hidden: Annotated[float, Field(ge=0)] = 1.0
+    # estimated silhouettes keep what the depth maps measured: measured background stays background (and keeps a
+    # gap between legs open) and measured object stays object when the views are made to agree
+    silhouettes_keep_measured: bool = True
 
 
 @dataclass(frozen=True, config=FROZEN)

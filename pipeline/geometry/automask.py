@@ -55,8 +55,13 @@ def _disks(shape: tuple[int, int], uv: np.ndarray, r: int) -> np.ndarray:
     return m.astype(bool)
 
 
-def keep_seeded(mask: np.ndarray, seeds: np.ndarray) -> np.ndarray:
-    """Connected components of ``mask`` that contain a foreground seed (all of them if none do); holes filled."""
+def keep_seeded(mask: np.ndarray, seeds: np.ndarray, background: np.ndarray | None = None) -> np.ndarray:
+    """Connected components of ``mask`` that contain a foreground seed (all of them if none do), with their holes
+    filled, except the holes that hold a ``background`` pixel. mask, seeds, background: (H, W) bool.
+
+    A hole that holds measured background is a real opening: the table or the wall seen between a stool's legs and
+    under its seat, which GrabCut left out and the depth maps saw far behind the object. Filling it made a membrane
+    there in every view, and the hull round kept it."""
     lab, n = ndimage.label(mask)
     if n == 0:
         return mask
@@ -65,7 +70,13 @@ def keep_seeded(mask: np.ndarray, seeds: np.ndarray) -> np.ndarray:
     if len(hit) == 0:
         sizes = ndimage.sum(mask, lab, range(1, n + 1))
         hit = np.array([int(np.argmax(sizes)) + 1])
-    return ndimage.binary_fill_holes(np.isin(lab, hit))
+    kept = np.isin(lab, hit)
+    filled = ndimage.binary_fill_holes(kept)
+    if background is None or not (background & filled & ~kept).any():
+        return filled
+    holes, count = ndimage.label(filled & ~kept)
+    open_ = np.unique(holes[background & (holes > 0)])
+    return filled & ~np.isin(holes, open_[open_ > 0])
 
 
 def grabcut(rgb: np.ndarray, init: np.ndarray, iterations: int) -> np.ndarray:
@@ -173,10 +184,17 @@ def consistent_masks(rgbs: list[np.ndarray], small: list[np.ndarray], sKs: np.nd
                      first: list[np.ndarray], s: AutoMaskSettings, device: str,
                      bounds: tuple[np.ndarray, np.ndarray] | None = None,
                      support: tuple[np.ndarray, float] | None = None,
+                     seeds: list[np.ndarray] | None = None,
                      check: Callable[[float], None] = lambda f: None) -> list[np.ndarray]:
     """Second round: make first-round masks (at the ``small`` working size) agree across views. A coarse hull
     carved from them (tolerating a share of dissenting views) is projected back, and GrabCut settles the edge in a
-    band around that projection. Returns N (H_i, W_i) bool at the size of ``rgbs``."""
+    band around that projection. Returns N (H_i, W_i) bool at the size of ``rgbs``.
+
+    seeds: the first round's GrabCut labels (N (h_i, w_i) uint8 at the working size) where they were measured (the
+    depth maps' object and background pixels). They keep their say in the second round: sure background stays
+    background in the band (the table seen between a body's legs, which the band would otherwise hand to GrabCut's
+    colour models with the contact shadow beside it), and sure foreground stays foreground, also where the hull
+    lost it (a horn or a tube that too many first-round masks missed)."""
     hulls = hull_silhouettes(first, sKs, w2cs, s, device, bounds, support)
     lenient = _agreement(first, hulls) < 0.5
     if lenient:
@@ -200,8 +218,15 @@ def consistent_masks(rgbs: list[np.ndarray], small: list[np.ndarray], sKs: np.nd
         labels[grown] = cv2.GC_PR_BGD
         labels[either] = cv2.GC_PR_FGD
         labels[core] = cv2.GC_FGD
+        if seeds is not None:
+            measured = seeds[i]
+            labels[(measured == cv2.GC_BGD) & grown & ~core] = cv2.GC_BGD
+            sure = measured == cv2.GC_FGD
+            labels[sure] = cv2.GC_FGD
+            grown |= sure
+            core = core | sure
         fg = grabcut(img, labels, s.iterations) & grown
-        fg = keep_seeded(fg, core)
+        fg = keep_seeded(fg, core, labels == cv2.GC_BGD if seeds is not None else None)
         H, W = rgbs[i].shape[:2]
         return cv2.resize(fg.astype(np.uint8) * 255, (W, H), interpolation=cv2.INTER_LINEAR) > 127
 

@@ -32,6 +32,9 @@ class SilhouetteSettings:
     hull_resolution: int = 128
     hull_outlier_fraction: float = 0.15
     band: float = 0.03
+    # the second round keeps what the depth maps measured (see consistent_masks' seeds): measured on spot_scene's
+    # 43 views against the true silhouettes, precision / recall 0.980 / 0.946 without, 0.987 / 0.957 with
+    keep_measured: bool = True
     # after fusion, thin parts of the fused surface's outline that the silhouettes missed (an armchair's tubes,
     # horns) join them: parts at most thin_width wide (fraction of the long side) reaching at least thin_reach
     # beyond the silhouette; 0 disables. Stereo measured them (the fusion keeps only measured surfaces outside
@@ -96,20 +99,24 @@ def photo_silhouettes(rgbs: list[np.ndarray], dms: list[DepthMap], Ks: np.ndarra
     if not (len(rgbs) == len(dms) == len(Ks) == len(w2cs)):
         raise ValueError("photo_silhouettes needs one depth map, K and pose per image")
     small, sKs = working_copies(rgbs, Ks, s.work_size)
+    seeds: list[np.ndarray] = [np.zeros(0, dtype=np.uint8)] * len(small)
 
     def first_round(i: int) -> np.ndarray:
         h, w = small[i].shape[:2]
         labels = seed_labels(dms[i], (h, w), lo, hi, planes, s)
+        # what the depth maps measured (before the box's outline marks the rest of the frame background)
+        seeds[i] = labels.copy()
         outline = box_outline(lo, hi, sKs[i], w2cs[i], (h, w))
         if outline is not None:
             labels[~outline] = cv2.GC_BGD
-        return keep_seeded(grabcut(small[i], labels, s.iterations), labels == cv2.GC_FGD)
+        return keep_seeded(grabcut(small[i], labels, s.iterations), labels == cv2.GC_FGD,
+                           seeds[i] == cv2.GC_BGD if s.keep_measured else None)
 
     first = parallel_map(first_round, len(small), lambda f: check(0.5 * f))
     am = AutoMaskSettings(work_size=s.work_size, iterations=s.iterations, hull_resolution=s.hull_resolution,
                           hull_outlier_fraction=s.hull_outlier_fraction, band=s.band)
     return consistent_masks(rgbs, small, sKs, w2cs, first, am, device, bounds=(lo, hi),
-                            support=planes[0] if planes else None,
+                            support=planes[0] if planes else None, seeds=seeds if s.keep_measured else None,
                             check=lambda f: check(0.5 + 0.5 * f))
 
 

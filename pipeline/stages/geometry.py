@@ -16,6 +16,7 @@ from pipeline.geometry.scene import region_from_cameras
 from pipeline.geometry.meshing import MeshingSettings, clean_mesh, marching_cubes
 from pipeline.geometry.mvs import MvsSettings
 from pipeline.geometry.poisson import PoissonSettings
+from pipeline.geometry.silhouettes import SilhouetteSettings
 from pipeline.stages.base import Stage, stage_dir
 from pipeline.stages.cameras import Sparse, Views, geometry_method
 from pipeline.stages.ingest import Manifest
@@ -66,7 +67,8 @@ def dense_settings(ctx: JobContext) -> DenseSettings:
                               trim_quantile=cfg.poisson_trim, silhouette_fraction=cfg.poisson_silhouette_fraction)
     return DenseSettings(mvs=mvs, resolution=cfg.resolution if gpu else cfg.cpu_resolution, max_faces=geo.max_faces,
                          field_blur=cfg.field_blur, mesher=cfg.mesher, poisson=poisson,
-                         solid_hidden=cfg.solid_hidden or None)
+                         solid_hidden=cfg.solid_hidden or None,
+                         silhouettes=SilhouetteSettings(keep_measured=cfg.silhouettes_keep_measured))
 
 
 def dense_stage(ctx: JobContext, views: Views, masks: list[np.ndarray | None], out_dir: Path) -> GeometrySummary:

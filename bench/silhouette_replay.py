@@ -1,0 +1,163 @@
+"""Replay the dense method's silhouette step on a job's cameras and score it against the true silhouettes.
+
+    hotmesh process SET_COPY --out /tmp/out --state /tmp/st --device cpu    # any job: its cameras checkpoint
+    python bench/silhouette_replay.py --state /tmp/st/jobs/JOB/stages --set SET \\
+        --variant before:keep_measured=false --variant after:keep_measured=true --tag silhouettes-cpu
+
+The depth maps are computed once with the CPU settings (``dense.cpu_max_side``, ``dense.cpu_planes``) and cached
+(``--cache``); each variant (fields of ``SilhouetteSettings``) then runs ``photo_silhouettes`` on the training views
+as ``dense_geometry`` does, and every view's precision and recall against the silhouettes of the set's ``gt.ply`` in
+its true cameras (``bench/true_masks.py``) are written to ``bench/results/<tag>.json``. It isolates the
+silhouettes from fusion and refinement: seconds a variant, where a whole job takes minutes.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pickle
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench.run_bench import card  # noqa: E402
+from bench.true_masks import true_masks  # noqa: E402
+from pipeline.cameras.cameras import camera_centers  # noqa: E402
+from pipeline.geometry.dense import DenseSettings, find_walls, object_box, refit_support  # noqa: E402
+from pipeline.geometry.mvs import (DepthMap, MvsSettings, backproject, depth_maps, depth_range,  # noqa: E402
+                                   neighbour_views, to_gray)
+from pipeline.geometry.scene import ObjectRegion  # noqa: E402
+from pipeline.geometry.silhouettes import SilhouetteSettings, photo_silhouettes  # noqa: E402
+from pipeline.imaging.render import reduced_camera  # noqa: E402
+from pipeline.settings import DenseConfig  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class Replay:
+    """The training views of a job and what the dense method knows before its silhouette step."""
+
+    names: list[str]
+    rgbs: list[np.ndarray]
+    Ks: np.ndarray
+    w2cs: np.ndarray
+    dms: list[DepthMap]
+    planes: list[tuple[np.ndarray, float]]
+    lo: np.ndarray
+    hi: np.ndarray
+
+
+def load(stages: Path, cache: Path | None) -> Replay:
+    meta = json.loads((stages / "cameras" / "views.json").read_text())
+    z = np.load(stages / "cameras" / "views.npz")
+    idx = [i for i in range(len(meta["names"])) if not z["holdout"][i]]
+    rgbs = [z[f"rgb_{i}"] for i in idx]
+    Ks, w2cs = z["K"][idx], z["w2c"][idx]
+    names = [Path(meta["names"][i]).stem for i in idx]
+    if cache is not None and cache.exists():
+        dms, planes, lo, hi = pickle.loads(cache.read_bytes())
+        return Replay(names, rgbs, Ks, w2cs, dms, planes, lo, hi)
+    sp = np.load(stages / "cameras" / "sparse.npz")
+    region = ObjectRegion(center=sp["center"], radius=float(sp["radius"]), up=sp["up"],
+                          ground=(sp["support_n"], float(sp["support_d"])) if "support_n" in sp else None,
+                          object_points=sp["object_points"])
+    cfg = DenseConfig()
+    mvs = MvsSettings(max_side=cfg.cpu_max_side, planes=cfg.cpu_planes, neighbours=cfg.neighbours,
+                      best_k=cfg.best_k, window=cfg.window, refine_rounds=cfg.refine_rounds,
+                      min_score=cfg.min_score, min_consistent=cfg.min_consistent)
+    grays, Kd = [], []
+    for img, K in zip(rgbs, Ks):
+        k2, w, h = reduced_camera(K, img.shape[1], img.shape[0], mvs.max_side)
+        grays.append(to_gray(img, w, h))
+        Kd.append(k2)
+    remap = np.full(len(meta["names"]), -1)
+    remap[idx] = np.arange(len(idx))
+    seen = remap[sp["obs_view"]] >= 0
+    nbrs = neighbour_views(w2cs, sp["points"], remap[sp["obs_view"][seen]], sp["obs_point"][seen], mvs.neighbours,
+                           region.center)
+    dms = depth_maps(grays, np.array(Kd), w2cs, [depth_range(w, region.center, region.radius) for w in w2cs], nbrs,
+                     mvs, "cpu")
+    points = np.concatenate([backproject(dm)[0] for dm in dms])
+    planes: list[tuple[np.ndarray, float]] = []
+    if region.ground is not None:
+        planes.append(refit_support(points, region.ground, band=0.06 * region.radius) or region.ground)
+    planes += find_walls(points, region, planes, camera_centers(w2cs), sp["points"][region.object_points])
+    lo, hi = object_box(points, region, planes, DenseSettings().box_margin)
+    if cache is not None:
+        cache.write_bytes(pickle.dumps((dms, planes, lo, hi)))
+    return Replay(names, rgbs, Ks, w2cs, dms, planes, lo, hi)
+
+
+def scores(masks: list[np.ndarray], names: list[str], truth: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Per-view precision and recall of ``masks`` (N (H, W) bool) against the true silhouettes, and their means."""
+    prec, rec = [], []
+    for m, name in zip(masks, names):
+        gt = truth[name]
+        if m.shape != gt.shape:
+            m = cv2.resize(m.astype(np.uint8), gt.shape[::-1], interpolation=cv2.INTER_NEAREST) > 0
+        tp = float((m & gt).sum())
+        prec.append(tp / max(1.0, float(m.sum())))
+        rec.append(tp / max(1.0, float(gt.sum())))
+    p, r = np.array(prec), np.array(rec)
+    iou = p * r / np.maximum(p + r - p * r, 1e-9)
+    return {"precision": round(float(p.mean()), 4), "recall": round(float(r.mean()), 4),
+            "iou": round(float(iou.mean()), 4), "precision_min": round(float(p.min()), 4),
+            "recall_min": round(float(r.min()), 4), "views": len(masks)}
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+    name, _, rest = text.partition(":")
+    fields = {f.name: f.type for f in dataclasses.fields(SilhouetteSettings)}
+    out: dict[str, Any] = {}
+    for kv in filter(None, rest.split(",")):
+        key, _, value = kv.partition("=")
+        if key not in fields:
+            raise SystemExit(f"silhouette_replay: SilhouetteSettings has no field {key!r}")
+        default = getattr(SilhouetteSettings(), key)
+        out[key] = value.lower() in ("1", "true", "yes") if isinstance(default, bool) else type(default)(value)
+    return name, out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--state", type=Path, required=True, help="a job's stages folder (cameras/views.npz, sparse.npz)")
+    ap.add_argument("--set", type=Path, required=True, help="the photo-like set, gt.ply inside, poses beside")
+    ap.add_argument("--cache", type=Path, default=None, help="depth maps cached here (pickle)")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME:field=value,...")
+    ap.add_argument("--tag", default=None)
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    args = ap.parse_args(argv)
+    t = time.monotonic()
+    rp = load(args.state, args.cache)
+    print(f"{len(rp.names)} views, depth maps {time.monotonic() - t:.0f} s")
+    truth = true_masks(args.set)
+    rows = []
+    for name, fields in [parse_variant(v) for v in args.variant] or [("default", {})]:
+        t = time.monotonic()
+        s = dataclasses.replace(SilhouetteSettings(), **fields)
+        masks = photo_silhouettes(rp.rgbs, rp.dms, rp.Ks, rp.w2cs, rp.lo, rp.hi, rp.planes, s, "cpu")
+        row = {"set": args.set.name, "variant": name, "settings": fields, **scores(masks, rp.names, truth),
+               "seconds": round(time.monotonic() - t, 1)}
+        print(json.dumps(row))
+        if os.environ.get("HOTMESH_REPLAY_SAVE"):
+            np.savez_compressed(f"{os.environ['HOTMESH_REPLAY_SAVE']}-{name}.npz", *masks)
+        rows.append(row)
+    if args.tag:
+        path = args.out / f"{args.tag}.json"
+        old = json.loads(path.read_text())["results"] if path.exists() else []
+        keep = [r for r in old if (r["set"], r["variant"]) not in {(x["set"], x["variant"]) for x in rows}]
+        path.write_text(json.dumps({"card": card(), "date": time.strftime("%Y-%m-%d"), "results": keep + rows},
+                                   indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
