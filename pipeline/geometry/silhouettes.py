@@ -24,7 +24,9 @@ from pipeline.geometry.mvs import DepthMap, backproject
 @dataclass(frozen=True)
 class SilhouetteSettings:
     work_size: int = 480  # long side GrabCut runs at
-    iterations: int = 5
+    # GrabCut rounds per view in both passes: 3 gave the same masks as 5 on four sets (mean IoU against the true
+    # silhouettes within 0.003) in 20-25 % less time (bench/results/silhouettes-iterations-cpu.json)
+    iterations: int = 3
     fg_erode: float = 0.006  # sure-foreground seeds pulled back from their edge (fraction of the long side):
     # a matching window straddling the object's outline lends the object's depth to background pixels
     reach: float = 0.04  # probable foreground: this far (fraction of the long side) around the seeds
