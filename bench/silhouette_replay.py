@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,7 +29,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.run_bench import card  # noqa: E402
-from bench.true_masks import true_masks  # noqa: E402
+from bench.true_masks import precision_recall, true_masks  # noqa: E402
 from pipeline.cameras.cameras import camera_centers  # noqa: E402
 from pipeline.geometry.dense import DenseSettings, find_walls, object_box, refit_support  # noqa: E402
 from pipeline.geometry.mvs import (DepthMap, MvsSettings, backproject, depth_maps, depth_range,  # noqa: E402
@@ -98,15 +97,8 @@ def load(stages: Path, cache: Path | None) -> Replay:
 
 def scores(masks: list[np.ndarray], names: list[str], truth: dict[str, np.ndarray]) -> dict[str, Any]:
     """Per-view precision and recall of ``masks`` (N (H, W) bool) against the true silhouettes, and their means."""
-    prec, rec = [], []
-    for m, name in zip(masks, names):
-        gt = truth[name]
-        if m.shape != gt.shape:
-            m = cv2.resize(m.astype(np.uint8), gt.shape[::-1], interpolation=cv2.INTER_NEAREST) > 0
-        tp = float((m & gt).sum())
-        prec.append(tp / max(1.0, float(m.sum())))
-        rec.append(tp / max(1.0, float(gt.sum())))
-    p, r = np.array(prec), np.array(rec)
+    pairs = [precision_recall(m, truth[name])[:2] for m, name in zip(masks, names)]
+    p, r = np.array([a for a, _ in pairs]), np.array([b for _, b in pairs])
     iou = p * r / np.maximum(p + r - p * r, 1e-9)
     return {"precision": round(float(p.mean()), 4), "recall": round(float(r.mean()), 4),
             "iou": round(float(iou.mean()), 4), "precision_min": round(float(p.min()), 4),

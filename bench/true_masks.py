@@ -45,6 +45,15 @@ def true_masks(set_dir: Path) -> dict[str, np.ndarray]:
             for name, K, w2c, (w, h) in zip(cams.names, cams.Ks, cams.w2cs, cams.sizes)}
 
 
+def precision_recall(mask: np.ndarray, truth: np.ndarray) -> tuple[float, float, np.ndarray]:
+    """Precision and recall of ``mask`` against ``truth`` (both (h, w) bool; mask resized to truth's size first),
+    and the resized mask."""
+    if mask.shape != truth.shape:
+        mask = cv2.resize(mask.astype(np.uint8), truth.shape[::-1], interpolation=cv2.INTER_NEAREST) > 0
+    tp = float((mask & truth).sum())
+    return tp / max(1.0, float(mask.sum())), tp / max(1.0, float(truth.sum())), mask
+
+
 def make(set_dir: Path, out: Path) -> None:
     masks = true_masks(set_dir)
     shutil.rmtree(out, ignore_errors=True)
@@ -67,12 +76,9 @@ def score(state: Path, set_dir: Path, pictures: Path | None) -> None:
     for key in (k for k in sil.files if k.startswith("mask_")):
         name = Path(photos[int(key[5:])]["name"])
         gt = truth[name.stem]
-        m = sil[key]
-        if m.shape != gt.shape:
-            m = cv2.resize(m.astype(np.uint8), gt.shape[::-1], interpolation=cv2.INTER_NEAREST) > 0
-        tp = float((m & gt).sum())
-        prec.append(tp / max(1.0, float(m.sum())))
-        rec.append(tp / max(1.0, float(gt.sum())))
+        p, r, m = precision_recall(sil[key], gt)
+        prec.append(p)
+        rec.append(r)
         print(f"{name.name}: precision {prec[-1]:.3f} recall {rec[-1]:.3f}")
         if pictures:
             img = cv2.imread(str(set_dir / "images" / name.name))
