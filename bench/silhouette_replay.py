@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import pickle
 import sys
 import time
@@ -30,13 +29,10 @@ if str(REPO) not in sys.path:
 
 from bench.run_bench import card  # noqa: E402
 from bench.true_masks import precision_recall, true_masks  # noqa: E402
-from pipeline.cameras.cameras import camera_centers  # noqa: E402
-from pipeline.geometry.dense import DenseSettings, find_walls, object_box, refit_support  # noqa: E402
-from pipeline.geometry.mvs import (DepthMap, MvsSettings, backproject, depth_maps, depth_range,  # noqa: E402
-                                   neighbour_views, to_gray)
+from pipeline.geometry.dense import DenseSettings, photo_depth_maps, surroundings  # noqa: E402
+from pipeline.geometry.mvs import DepthMap, MvsSettings, backproject  # noqa: E402
 from pipeline.geometry.scene import ObjectRegion  # noqa: E402
 from pipeline.geometry.silhouettes import SilhouetteSettings, photo_silhouettes  # noqa: E402
-from pipeline.imaging.render import reduced_camera  # noqa: E402
 from pipeline.settings import DenseConfig  # noqa: E402
 
 
@@ -69,27 +65,18 @@ def load(stages: Path, cache: Path | None) -> Replay:
                           ground=(sp["support_n"], float(sp["support_d"])) if "support_n" in sp else None,
                           object_points=sp["object_points"])
     cfg = DenseConfig()
-    mvs = MvsSettings(max_side=cfg.cpu_max_side, planes=cfg.cpu_planes, neighbours=cfg.neighbours,
-                      best_k=cfg.best_k, window=cfg.window, refine_rounds=cfg.refine_rounds,
-                      min_score=cfg.min_score, min_consistent=cfg.min_consistent)
-    grays, Kd = [], []
-    for img, K in zip(rgbs, Ks):
-        k2, w, h = reduced_camera(K, img.shape[1], img.shape[0], mvs.max_side)
-        grays.append(to_gray(img, w, h))
-        Kd.append(k2)
+    s = DenseSettings(mvs=MvsSettings(max_side=cfg.cpu_max_side, planes=cfg.cpu_planes, neighbours=cfg.neighbours,
+                                      best_k=cfg.best_k, window=cfg.window, refine_rounds=cfg.refine_rounds,
+                                      min_score=cfg.min_score, min_consistent=cfg.min_consistent))
+    # the SfM observations of the training views, numbered as they are (as the geometry stage passes them)
     remap = np.full(len(meta["names"]), -1)
     remap[idx] = np.arange(len(idx))
     seen = remap[sp["obs_view"]] >= 0
-    nbrs = neighbour_views(w2cs, sp["points"], remap[sp["obs_view"][seen]], sp["obs_point"][seen], mvs.neighbours,
-                           region.center)
-    dms = depth_maps(grays, np.array(Kd), w2cs, [depth_range(w, region.center, region.radius) for w in w2cs], nbrs,
-                     mvs, "cpu")
+    sparse = (sp["points"], remap[sp["obs_view"][seen]], sp["obs_point"][seen])
+    dms, _ = photo_depth_maps(rgbs, [None] * len(rgbs), Ks, w2cs, region, s, "cpu", sparse)
     points = np.concatenate([backproject(dm)[0] for dm in dms])
-    planes: list[tuple[np.ndarray, float]] = []
-    if region.ground is not None:
-        planes.append(refit_support(points, region.ground, band=0.06 * region.radius) or region.ground)
-    planes += find_walls(points, region, planes, camera_centers(w2cs), sp["points"][region.object_points])
-    lo, hi = object_box(points, region, planes, DenseSettings().box_margin)
+    support, _, walls, lo, hi = surroundings(points, region, w2cs, sparse, s.box_margin)
+    planes = ([] if support is None else [support]) + walls
     if cache is not None:
         cache.write_bytes(pickle.dumps((dms, planes, lo, hi)))
     return Replay(names, rgbs, Ks, w2cs, dms, planes, lo, hi)
@@ -124,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", type=Path, required=True, help="the photo-like set, gt.ply inside, poses beside")
     ap.add_argument("--cache", type=Path, default=None, help="depth maps cached here (pickle)")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME:field=value,...")
+    ap.add_argument("--masks", type=Path, default=None, help="save each variant's masks here (<set>-<variant>.npz)")
     ap.add_argument("--tag", default=None)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = ap.parse_args(argv)
@@ -139,8 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         row = {"set": args.set.name, "variant": name, "settings": fields, **scores(masks, rp.names, truth),
                "seconds": round(time.monotonic() - t, 1)}
         print(json.dumps(row))
-        if os.environ.get("HOTMESH_REPLAY_SAVE"):
-            np.savez_compressed(f"{os.environ['HOTMESH_REPLAY_SAVE']}-{name}.npz", *masks)
+        if args.masks:
+            args.masks.mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(args.masks / f"{args.set.name}-{name}.npz",
+                                **{stem: m for stem, m in zip(rp.names, masks)})
         rows.append(row)
     if args.tag:
         path = args.out / f"{args.tag}.json"

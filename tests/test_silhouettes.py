@@ -4,6 +4,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import trimesh
+from scipy import ndimage
 
 from pipeline.geometry.automask import AutoMaskSettings, consistent_masks, hull_silhouettes, keep_seeded
 from pipeline.imaging.render import look_at, render
@@ -62,8 +63,6 @@ def test_the_second_round_keeps_a_gap_between_legs_open_where_stereo_saw_the_bac
     Ks = np.repeat(K[None], 16, axis=0)
     truth = [render(mesh, K, w2c, w, h).mask.reshape(h, w) for w2c in w2cs]
     filled = [cv2.morphologyEx(t.astype(np.uint8), cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8)) > 0 for t in truth]
-    from scipy import ndimage
-
     filled = [ndimage.binary_fill_holes(t) for t in filled]
     windows = [f_ & ~t for f_, t in zip(filled, truth)]
     assert all(wi.sum() > 200 for wi in windows), "every view sees windows between the legs"
@@ -100,5 +99,4 @@ def test_the_second_round_keeps_a_gap_between_legs_open_where_stereo_saw_the_bac
     assert window_share(with_seeds) < 0.05
     # and the object itself is kept in every view
     recall = [(m & t).sum() / t.sum() for m, t in zip(with_seeds, truth)]
-    recall0 = [(m & t).sum() / t.sum() for m, t in zip(without, truth)]
-    assert min(recall) > 0.9, (recall, recall0)
+    assert min(recall) > 0.9, recall

@@ -74,7 +74,7 @@ def keep_seeded(mask: np.ndarray, seeds: np.ndarray, background: np.ndarray | No
     filled = ndimage.binary_fill_holes(kept)
     if background is None or not (background & filled & ~kept).any():
         return filled
-    holes, count = ndimage.label(filled & ~kept)
+    holes, _ = ndimage.label(filled & ~kept)
     open_ = np.unique(holes[background & (holes > 0)])
     return filled & ~np.isin(holes, open_[open_ > 0])
 

@@ -203,20 +203,7 @@ def dense_geometry(images: list[np.ndarray], masks: list[np.ndarray | None], Ks:
     if not (len(masks) == len(Ks) == len(w2cs) == n) or n < 2:
         raise ValueError("dense_geometry needs >= 2 views with one mask entry, K and pose each")
     t0 = time.monotonic()
-    grays, Kd, dmasks = [], [], []
-    for img, K, m in zip(images, Ks, masks):
-        H, W = img.shape[:2]
-        k2, w, h = reduced_camera(K, W, H, s.mvs.max_side)
-        grays.append(to_gray(img, w, h))
-        Kd.append(k2)
-        dmasks.append(None if m is None else cv2.resize(m.astype(np.uint8), (w, h),
-                                                        interpolation=cv2.INTER_NEAREST) > 0)
-    Kd_a = np.array(Kd)
-    pts, ov, op = sparse if sparse is not None else (None, None, None)
-    nbrs = neighbour_views(w2cs, pts, ov, op, s.mvs.neighbours, region.center)
-    ranges = [depth_range(w, region.center, region.radius) for w in w2cs]
-    dms = depth_maps(grays, Kd_a, w2cs, ranges, nbrs, s.mvs, device,
-                     masks=None if all(m is None for m in dmasks) else dmasks, check=lambda f: check(0.7 * f))
+    dms, grays = photo_depth_maps(images, masks, Ks, w2cs, region, s, device, sparse, check=lambda f: check(0.7 * f))
     t_mvs = time.monotonic() - t0
     cloud, cols = [], []
     for dm, img in zip(dms, images):
@@ -229,19 +216,8 @@ def dense_geometry(images: list[np.ndarray], masks: list[np.ndarray | None], Ks:
         raise JobError(f"multi-view stereo found only {len(points)} consistent surface points: the photos share too "
                        "little texture or overlap. Photograph the object from more directions (every 10-15 degrees), "
                        "sharp and well lit; plain, shiny or transparent objects need masks (masks/<image>.png)")
-    support = region.ground
-    refit = None
-    if support is not None:
-        refit = refit_support(points, support, band=0.06 * region.radius)
-        support = refit if refit is not None else support
-    centers = camera_centers(w2cs)
-    planes = [] if support is None else [support]
-    obj_pts = None
-    if sparse is not None and len(region.object_points) == len(sparse[0]) and region.object_points.any():
-        obj_pts = sparse[0][region.object_points]
-    walls = find_walls(points, region, planes, centers, obj_pts)
-    planes += walls
-    lo, hi = object_box(points, region, planes, s.box_margin)
+    support, refit, walls, lo, hi = surroundings(points, region, w2cs, sparse, s.box_margin)
+    planes = ([] if support is None else [support]) + walls
     log.info("dense points' box %s to %s (the region: centre %s, radius %.4g; %d wall(s))", np.round(lo, 4),
              np.round(hi, 4), np.round(region.center, 4), region.radius, len(walls))
     check(0.6)
@@ -309,6 +285,50 @@ def dense_geometry(images: list[np.ndarray], masks: list[np.ndarray | None], Ks:
     return DenseResult(mesh=mesh, points=points[keep].astype(np.float32), colors=colors[keep].astype(np.uint8),
                        support=support, masks=[np.asarray(m, dtype=bool) for m in sil], estimated=estimated,
                        stats=stats)
+
+
+def photo_depth_maps(images: list[np.ndarray], masks: list[np.ndarray | None], Ks: np.ndarray, w2cs: np.ndarray,
+                     region: ObjectRegion, s: DenseSettings, device: str = "cpu",
+                     sparse: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                     check: Callable[[float], None] = lambda f: None) -> tuple[list[DepthMap], list[np.ndarray]]:
+    """Steps 1-2 of :func:`dense_geometry`: one depth map per view at ``s.mvs.max_side`` (inside a given mask only),
+    with the sweep over the region's depth range and neighbours chosen from the SfM observations. Arguments as
+    there. -> (N depth maps, N (h, w) grey images they were computed from)."""
+    grays, Kd, dmasks = [], [], []
+    for img, K, m in zip(images, Ks, masks):
+        H, W = img.shape[:2]
+        k2, w, h = reduced_camera(K, W, H, s.mvs.max_side)
+        grays.append(to_gray(img, w, h))
+        Kd.append(k2)
+        dmasks.append(None if m is None else cv2.resize(m.astype(np.uint8), (w, h),
+                                                        interpolation=cv2.INTER_NEAREST) > 0)
+    pts, ov, op = sparse if sparse is not None else (None, None, None)
+    nbrs = neighbour_views(w2cs, pts, ov, op, s.mvs.neighbours, region.center)
+    ranges = [depth_range(w, region.center, region.radius) for w in w2cs]
+    dms = depth_maps(grays, np.array(Kd), w2cs, ranges, nbrs, s.mvs, device,
+                     masks=None if all(m is None for m in dmasks) else dmasks, check=check)
+    return dms, grays
+
+
+def surroundings(points: np.ndarray, region: ObjectRegion, w2cs: np.ndarray,
+                 sparse: tuple[np.ndarray, np.ndarray, np.ndarray] | None, box_margin: float
+                 ) -> tuple[tuple[np.ndarray, float] | None, tuple[np.ndarray, float] | None,
+                            list[tuple[np.ndarray, float]], np.ndarray, np.ndarray]:
+    """Step 3 of :func:`dense_geometry`: the support plane refitted to the dense points (P, 3), the walls behind
+    the object, and the object's box above them. -> (support or None, the refit or None where it failed, walls,
+    lo (3,), hi (3,))."""
+    support = region.ground
+    refit = None
+    if support is not None:
+        refit = refit_support(points, support, band=0.06 * region.radius)
+        support = refit if refit is not None else support
+    planes = [] if support is None else [support]
+    obj_pts = None
+    if sparse is not None and len(region.object_points) == len(sparse[0]) and region.object_points.any():
+        obj_pts = sparse[0][region.object_points]
+    walls = find_walls(points, region, planes, camera_centers(w2cs), obj_pts)
+    lo, hi = object_box(points, region, planes + walls, box_margin)
+    return support, refit, walls, lo, hi
 
 
 @dataclass(frozen=True)
