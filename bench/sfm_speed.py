@@ -30,6 +30,9 @@ from bench.scoring import TrueCameras, alignment, read_nerf_cameras  # noqa: E40
 # sequential matcher on the same pairs (what the pipeline ran before it listed the pairs itself)
 MATCHING: dict[str, dict[str, Any] | None] = {"hotmesh": {}, "colmap-sequential": None,
                                               "unguided": {"guided_matching": False}}
+# extraction variants: SIFT options (FeatureExtractionOptions.sift) changed, then matched and mapped as the pipeline does
+EXTRACTION: dict[str, dict[str, Any]] = {"features-4096": {"max_num_features": 4096},
+                                         "features-2048": {"max_num_features": 2048}}
 # mapping variants: attributes of pycolmap.IncrementalPipelineOptions set on top of the pipeline's
 MAPPING: dict[str, dict[str, Any]] = {"ba-gpu": {"ba_use_gpu": True},
                                       "ba-threads-5k": {"ba_min_num_residuals_for_cpu_multi_threading": 5000}}
@@ -75,9 +78,9 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/hotmesh-sfm-speed"))
     ap.add_argument("--tag", default="sfm-speed")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
-    ap.add_argument("--variants", nargs="+", default=None, help=f"a subset of {list(MATCHING) + list(MAPPING)}")
+    ap.add_argument("--variants", nargs="+", default=None, help=f"a subset of {list(MATCHING) + list(EXTRACTION) + list(MAPPING)}")
     args = ap.parse_args()
-    keep = set(args.variants or list(MATCHING) + list(MAPPING))
+    keep = set(args.variants or list(MATCHING) + list(EXTRACTION) + list(MAPPING))
     pycolmap.logging.minloglevel = 2
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{args.tag}.json"
@@ -112,15 +115,22 @@ def main() -> None:
         work = args.work / folder.name
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
+
+        def extract(db: Path, sift: dict[str, Any]) -> float:
+            reader = pycolmap.ImageReaderOptions()
+            reader.camera_model = base.camera_model
+            ext = pycolmap.FeatureExtractionOptions()
+            ext.max_image_size = base.max_image_size
+            ext.sift.max_num_features = base.max_features
+            for k, v in sift.items():
+                setattr(ext.sift, k, v)
+            t0 = time.monotonic()
+            pycolmap.extract_features(db, images, image_names=names, camera_mode=pycolmap.CameraMode.SINGLE,
+                                      reader_options=reader, extraction_options=ext, device=device)
+            return round(time.monotonic() - t0, 2)
+
         extracted = work / "extracted.db"
-        reader = pycolmap.ImageReaderOptions()
-        reader.camera_model = base.camera_model
-        ext = pycolmap.FeatureExtractionOptions()
-        ext.max_image_size = base.max_image_size
-        t0 = time.monotonic()
-        pycolmap.extract_features(extracted, images, image_names=names, camera_mode=pycolmap.CameraMode.SINGLE,
-                                  reader_options=reader, extraction_options=ext, device=device)
-        extract_s = round(time.monotonic() - t0, 2)
+        extract_s = extract(extracted, {})
         for label, change in MATCHING.items():
             if label not in keep and label != "hotmesh":  # the mapping variants map hotmesh's database
                 continue
@@ -137,6 +147,18 @@ def main() -> None:
             save({"set": folder.name, "images": len(names), "variant": label, "kind": "matching",
                   "settings": "COLMAP's sequential matcher" if change is None else change,
                   "extract_seconds": extract_s, "match_seconds": round(match_s, 2), "map_seconds": round(map_s, 2),
+                  **camera_row(rec, truth)})
+        for label, sift in EXTRACTION.items():
+            if label not in keep:
+                continue
+            db = work / f"{label}.db"
+            ext_s = extract(db, sift)
+            t0 = time.monotonic()
+            match_features(db, names, dataclasses.replace(base, matcher="sequential"), device)
+            match_s = time.monotonic() - t0
+            map_s, rec = mapped(db, images, work / label, {})
+            save({"set": folder.name, "images": len(names), "variant": label, "kind": "extraction", "settings": sift,
+                  "extract_seconds": ext_s, "match_seconds": round(match_s, 2), "map_seconds": round(map_s, 2),
                   **camera_row(rec, truth)})
         for label, extra in MAPPING.items():
             if label not in keep:

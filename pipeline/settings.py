@@ -50,6 +50,7 @@ class SfmConfig:
 
     matcher: Literal["auto", "exhaustive", "sequential"] = "auto"  # auto: exhaustive up to 30 images
     max_image_size: Annotated[int, Field(ge=64, le=8192)] = 1000  # long side features are extracted at
+    max_features: Annotated[int, Field(ge=256, le=65536)] = 8192  # SIFT features kept per photo
     camera_model: Literal["OPENCV", "SIMPLE_RADIAL", "PINHOLE", "SIMPLE_PINHOLE", "RADIAL"] = "OPENCV"
     guided_matching: bool = True  # measured: apple registers 20/20 with it, 13/20 without
     # sequential matching: each photo with the photos 2^k on, k < overlap (COLMAP's quadratic overlap)
@@ -172,7 +173,7 @@ class TextureConfig:
     max_faces: Annotated[int, Field(ge=4)] = 120_000
     cpu_max_faces: Annotated[int, Field(ge=4)] = 60_000
     view_weight_power: NonNeg = 4.0  # bake weight of a photo: cos(normal, view direction)^this
-    atlas_pieces: Annotated[int, Field(ge=0, le=64)] = 0  # 0: one per 4000 faces, at most 16
+    atlas_pieces: Annotated[int, Field(ge=0, le=64)] = 0  # 0: one per 2000 faces, at most 64
     fit: bool = True
     fit_iterations: PosInt = 60
     fit_prior: NonNeg = 0.1

@@ -36,7 +36,7 @@ class TextureSettings:
     max_faces: int = 120_000  # the textured mesh is a decimated copy of the final one
     padding: int = 4  # xatlas gutter between charts, texels
     view_weight_power: float = 4.0  # bake weight of a view: cos(normal, view direction)^this
-    atlas_pieces: int = 0  # patches unwrapped in parallel (0: one per 4000 faces, at most 16), see ``unwrap``
+    atlas_pieces: int = 0  # patches unwrapped in parallel (0: one per 2000 faces, at most 64), see ``unwrap``
     dilate: int = 8  # seam padding: colours pushed this many texels outside each chart
     fit: FitSettings | None = None  # least-squares fit of the bake to the photos (None: bake only)
 
@@ -54,10 +54,14 @@ class Atlas:
 
 
 def atlas_pieces(n_faces: int, configured: int) -> int:
-    """Pieces the mesh is cut into before unwrapping: ``configured`` if > 0, else one per 4000 faces (1..16)."""
+    """Pieces the mesh is cut into before unwrapping: ``configured`` if > 0, else one per 2000 faces (1..64).
+
+    xatlas's chart growing is superlinear in the faces of a piece, so smaller pieces pay even where there are more
+    pieces than cores: 111k-face meshes of three photo jobs (spot, stool, armchair), 2 cores, 11.3-14.1 s in 16
+    pieces, 5.1-7.9 s in 64, with the same packing utilisation (0.71-0.83) and no more charts."""
     if configured > 0:
         return configured
-    return int(min(16, max(1, n_faces // 4000)))
+    return int(min(64, max(1, n_faces // 2000)))
 
 
 def split_faces(vertices: np.ndarray, faces: np.ndarray, pieces: int, seed: int = 0) -> np.ndarray:

@@ -22,6 +22,7 @@ from pipeline.context import InputError
 class SfmSettings:
     matcher: str = "auto"  # auto (exhaustive up to 30 images, else sequential) | exhaustive | sequential
     max_image_size: int = 1000  # long side the features are extracted at
+    max_features: int = 8192  # SIFT features kept per photo (COLMAP's default)
     camera_model: str = "OPENCV"  # one shared camera: fx, fy, cx, cy, k1, k2, p1, p2
     guided_matching: bool = True  # measured: apple registers 20/20 with it, 13/20 without
     overlap: int = 10  # sequential matching: each photo with the photos 2^k on, k < overlap
@@ -182,6 +183,7 @@ def run_sfm(image_dir: Path, names: list[str], work: Path, cfg: SfmSettings, log
     reader.camera_model = cfg.camera_model
     ext = pycolmap.FeatureExtractionOptions()
     ext.max_image_size = cfg.max_image_size
+    ext.sift.max_num_features = cfg.max_features
     ext.num_threads = cfg.num_threads
     try:
         pycolmap.extract_features(db, image_dir, image_names=list(names), camera_mode=pycolmap.CameraMode.SINGLE,
