@@ -755,6 +755,33 @@ def stool(seed: int = 0, edge_scale: float = 1.0) -> trimesh.Trimesh:
     return _paint(mesh, labels, {0: (WOOD, TextureStyle()), 1: (PAINT, TextureStyle(cell=1 / 10))}, seed)
 
 
+BRASS = Palette(stops=((0.30, 0.20, 0.06), (0.62, 0.46, 0.16), (0.86, 0.72, 0.38), (0.97, 0.90, 0.66)),
+                accents=((0.12, 0.10, 0.08), (0.95, 0.95, 0.90), (0.20, 0.40, 0.55)))
+LINEN = Palette(stops=((0.20, 0.30, 0.26), (0.42, 0.58, 0.50), (0.78, 0.84, 0.74), (0.96, 0.94, 0.86)),
+                accents=((0.80, 0.30, 0.20), (0.15, 0.18, 0.30), (0.98, 0.85, 0.35)))
+
+# desk lamp dimensions (metres)
+LAMP_BASE_R, LAMP_STEM_TOP, LAMP_TUBE_R, LAMP_SHADE_R = 0.075, 0.36, 0.0065, 0.07
+
+
+def lamp(seed: int = 0, edge_scale: float = 1.0) -> trimesh.Trimesh:
+    """A 0.39 m desk lamp: a round base (75 mm radius, 24 mm thick) with a thin stem (6.5 mm tube) rising off
+    centre to 0.36 m, an arm reaching out over the base's edge, and a drum shade (70 mm radius, 80 mm tall) hanging
+    from it, so that the table is seen under the shade and on both sides of the stem. Labels: 0 base, stem and
+    arm, 1 shade."""
+    rb, top, rt, rsh = LAMP_BASE_R, LAMP_STEM_TOP, LAMP_TUBE_R, LAMP_SHADE_R
+    stem_foot = np.array([-0.035, 0.0, 0.02])
+    stem_top = np.array([-0.035, 0.0, top])
+    shade_c = np.array([0.10, 0.0, top - 0.02])
+    parts = [rounded_cylinder([0, 0, 0.012], rb, 0.012, 0.005, 0),
+             capsule(stem_foot, stem_top, rt, 0),
+             capsule(stem_top, shade_c + [0, 0, 0.045], rt, 0),           # the arm ends inside the shade's top
+             rounded_cylinder(shade_c, rsh, 0.04, 0.008, 1)]
+    mesh, labels = sdf_union_mesh(parts, _edge(0.42, edge_scale), "lamp")
+    mesh = _on_ground(mesh)
+    return _paint(mesh, labels, {0: (BRASS, TextureStyle(cell=1 / 8)), 1: (LINEN, TextureStyle())}, seed)
+
+
 OBJECTS: dict[str, Callable[..., trimesh.Trimesh]] = {
     "bottle": bottle,
     "relief_disc": relief_disc,
@@ -762,6 +789,7 @@ OBJECTS: dict[str, Callable[..., trimesh.Trimesh]] = {
     "cup": cup,
     "plain_vase": plain_vase,
     "stool": stool,
+    "lamp": lamp,
 }
 PLAIN = frozenset({"plain_vase"})  # deliberately near-uniform colour
 

@@ -16,7 +16,7 @@ from bench.make_sets import main as make_sets
 from tests.conftest import shared_tools
 
 COARSE = 3.0
-GENUS = {"bottle": 0, "relief_disc": 0, "armchair": 6, "cup": 1, "plain_vase": 0, "stool": 3}
+GENUS = {"bottle": 0, "relief_disc": 0, "armchair": 6, "cup": 1, "plain_vase": 0, "stool": 3, "lamp": 0}
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +67,20 @@ def test_armchair_has_a_gap_between_seat_and_back(objs: dict[str, trimesh.Trimes
     assert not chair.ray.intersects_any([[0, -2.0, z_gap]], [[0, 1.0, 0]])[0]
     assert chair.ray.intersects_any([[0, -2.0, 0.72]], [[0, 1.0, 0]])[0]              # the back slab
     assert chair.ray.intersects_any([[0, -2.0, bo.CHAIR_SEAT_TOP - 0.01]], [[0, 1.0, 0]])[0]  # the seat
+
+
+def test_lamp_shade_overhangs_the_table_beside_a_thin_stem(objs: dict[str, trimesh.Trimesh]) -> None:
+    lamp = objs["lamp"]
+    shift = -(-bo.LAMP_BASE_R + 0.10 + bo.LAMP_SHADE_R) / 2          # _on_ground centres the x extent
+    stem_x, beyond_base = -0.035 + shift, bo.LAMP_BASE_R + shift + 0.03
+    # straight down beyond the base's edge: the shade's top and bottom, then nothing down to the table
+    loc, _, _ = lamp.ray.intersects_location([[beyond_base, 0, 1.0]], [[0, 0, -1.0]], multiple_hits=True)
+    assert len(loc) == 2 and loc[:, 2].min() > 0.25
+    # across at mid height: the stem is hit, the space under the shade is not
+    assert lamp.ray.intersects_any([[stem_x, -1.0, 0.15]], [[0, 1.0, 0]])[0]
+    assert not lamp.ray.intersects_any([[beyond_base, -1.0, 0.15]], [[0, 1.0, 0]])[0]
+    stem = lamp.vertices[(lamp.vertices[:, 2] > 0.1) & (lamp.vertices[:, 2] < 0.25)]
+    assert np.ptp(stem[:, 0]) < 4 * bo.LAMP_TUBE_R                     # a thin tube, nothing else at that height
 
 
 def test_relief_disc_is_thick_and_its_relief_is_1_to_4_mm(objs: dict[str, trimesh.Trimesh]) -> None:
