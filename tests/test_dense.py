@@ -353,3 +353,38 @@ def test_outlines_projected_in_torch_are_the_numpy_outlines() -> None:
         want = outline(pts, K_, w2c, shape)
         assert g.shape == shape and g.any()
         assert (g == want).all()
+
+
+def _lamp_like_points(rng: np.random.Generator, wall_points: int) -> tuple[np.ndarray, np.ndarray]:
+    """Dense points of a lamp-like object on a table (z = 0) with a wall at y = 0.6 behind it, and the object's
+    SfM points: a base disc (radius 0.1, top at z = 0.05) with a few stray points at its height far out, a stem."""
+    t = rng.uniform(0, 2 * np.pi, 6000)
+    rad = 0.1 * np.sqrt(rng.uniform(0, 1, 6000))
+    base = np.c_[rad * np.cos(t), rad * np.sin(t), np.full(6000, 0.05)]
+    stray = np.c_[rng.choice([-0.45, 0.45], 30), rng.uniform(-0.4, 0.4, 30), np.full(30, 0.05)]
+    zs = rng.uniform(0.05, 0.45, 1500)
+    a = rng.uniform(0, 2 * np.pi, 1500)
+    stem = np.c_[0.01 * np.cos(a), 0.01 * np.sin(a), zs]
+    wr, wa = 0.44 * np.sqrt(rng.uniform(0, 1, wall_points)), rng.uniform(0, 2 * np.pi, wall_points)
+    wall = np.c_[wr * np.cos(wa), np.full(wall_points, 0.6), np.maximum(0.2 + wr * np.sin(wa), 0.03)]
+    points = np.concatenate([base, stray, stem, wall]) + rng.normal(0, 0.0005, (6000 + 30 + 1500 + wall_points, 3))
+    return points, np.concatenate([base[::10], stem[::5]])
+
+
+@pytest.mark.parametrize("wall_points", [0, 9000])
+def test_walls_are_never_the_objects_own_flat_face(wall_points: int) -> None:
+    from pipeline.geometry.dense import find_walls
+    from pipeline.geometry.scene import ObjectRegion
+
+    rng = np.random.default_rng(0)
+    points, obj = _lamp_like_points(rng, wall_points)
+    ang = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+    centers = np.c_[0.5 * np.cos(ang), 0.5 * np.sin(ang), np.full(24, 0.5)]   # all in front of the wall
+    up = np.array([0.0, 0.0, 1.0])
+    region = ObjectRegion(center=np.array([0.0, 0.0, 0.2]), radius=0.5, up=up, ground=(up, 0.0),
+                          object_points=np.ones(len(obj), bool))
+    walls = find_walls(points, region, [(up, 0.0)], centers, obj)
+    # the base's top holds a third of the object's points: it is the object, never a wall the object stands before
+    assert not any(abs(n @ up) > 0.9 for n, _ in walls)
+    if wall_points:
+        assert len(walls) == 1 and abs(walls[0][0][1]) > 0.99 and abs(abs(walls[0][1]) - 0.6) < 0.01

@@ -17,6 +17,7 @@ points), the support plane it stands on and the depth maps themselves, not by ma
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field, replace
 from typing import Callable
@@ -128,10 +129,12 @@ def find_walls(points: np.ndarray, region: ObjectRegion, planes: list[tuple[np.n
                max_walls: int = 2) -> list[tuple[np.ndarray, float]]:
     """Large flat surfaces near the object besides its support (a wall right behind it, a second table edge): RANSAC
     planes through the dense points near the region that hold a big share of them, spread wider than the object,
-    with every camera on one side, and not cutting through the object (``object_points`` (Q, 3), the SfM points
-    that belong to it, stay in front). Each is returned as (unit n, d) with the cameras on the side n·x > d.
-    points (P, 3); planes: the ones already known (excluded); centers (N, 3) camera centres."""
+    with every camera on one side, and neither cutting through the object nor holding its own flat faces
+    (``object_points`` (Q, 3), the SfM points that belong to it, stay in front, and off it where the plane is level
+    with the support). Each is returned as (unit n, d) with the cameras on the side n·x > d.
+    points (P, 3); planes: the ones already known (excluded), the support first; centers (N, 3) camera centres."""
     r = region.radius
+    support = planes[0] if planes else region.ground
     near = np.linalg.norm(points - region.center, axis=1) < 1.5 * r
     for n, d in planes:
         near &= points @ n - d > 0.03 * r
@@ -157,9 +160,18 @@ def find_walls(points: np.ndarray, region: ObjectRegion, planes: list[tuple[np.n
         b = np.cross(n, a)
         q = pts[inl]
         spread = min(np.ptp(q @ a), np.ptp(q @ b))
-        cuts_object = (object_points is not None and len(object_points) >= 10
-                       and (object_points @ n - d < -0.02 * r).mean() > 0.05)
+        # the object's own SfM points behind the plane (it would cut the object), or, for a plane level with the
+        # table, on it: then it is the object's own flat face (the top of a lamp's base, holding a third of the
+        # object's points, was taken for a wall, and the base and the stem above it became background). A wall
+        # behind the object is not held to that: the object region's clutter includes points on such walls
+        h = None if object_points is None or len(object_points) < 10 else object_points @ n - d
+        level = support is not None and abs(float(n @ support[0])) > math.cos(math.radians(30.0))
+        cuts_object = h is not None and ((h < -0.02 * r).mean() > 0.05
+                                         or (level and (np.abs(h) < 0.02 * r).mean() > 0.05))
         if not (side > 0).all() or spread < r or cuts_object:
+            log.debug("plane n %s d %.4g (%.0f %% of the points near the object) is not a wall: cameras on both "
+                      "sides %s, spread %.3g of the region's radius, cuts or holds the object %s", np.round(n, 3), d,
+                      100 * inl.mean(), not (side > 0).all(), spread / r, cuts_object)
             break
         walls.append((n, float(d)))
         pts = pts[~inl]
@@ -218,8 +230,10 @@ def dense_geometry(images: list[np.ndarray], masks: list[np.ndarray | None], Ks:
                        "sharp and well lit; plain, shiny or transparent objects need masks (masks/<image>.png)")
     support, refit, walls, lo, hi = surroundings(points, region, w2cs, sparse, s.box_margin)
     planes = ([] if support is None else [support]) + walls
-    log.info("dense points' box %s to %s (the region: centre %s, radius %.4g; %d wall(s))", np.round(lo, 4),
-             np.round(hi, 4), np.round(region.center, 4), region.radius, len(walls))
+    log.info("dense points' box %s to %s (the region: centre %s, radius %.4g; support %s; %d wall(s)%s)",
+             np.round(lo, 4), np.round(hi, 4), np.round(region.center, 4), region.radius,
+             "none" if support is None else f"n {np.round(support[0], 3)} d {support[1]:.4g}", len(walls),
+             "".join(f", n {np.round(n, 3)} d {d:.4g}" for n, d in walls))
     check(0.6)
     t1 = time.monotonic()
     estimated = [m is None for m in masks]
