@@ -782,6 +782,37 @@ def lamp(seed: int = 0, edge_scale: float = 1.0) -> trimesh.Trimesh:
     return _paint(mesh, labels, {0: (BRASS, TextureStyle(cell=1 / 8)), 1: (LINEN, TextureStyle())}, seed)
 
 
+OAK = Palette(stops=((0.30, 0.17, 0.07), (0.52, 0.32, 0.14), (0.74, 0.54, 0.30), (0.90, 0.76, 0.52)),
+              accents=((0.12, 0.07, 0.03), (0.96, 0.90, 0.72), (0.25, 0.40, 0.55)))
+
+# bench dimensions (metres)
+BENCH_W, BENCH_D, BENCH_H, BENCH_SLAB = 0.36, 0.14, 0.16, 0.022
+
+
+def bench(seed: int = 0, edge_scale: float = 1.0) -> trimesh.Trimesh:
+    """A 0.36 m long, 0.16 m tall footstool of slabs: a top slab (22 mm) on two slab legs set in from its ends, with
+    a hand slot (0.10 x 0.03 m) through the top, so the table shows under the top, between the legs, and through
+    the slot. Labels: 0 every slab."""
+    W, D, H, t = BENCH_W, BENCH_D, BENCH_H, BENCH_SLAB
+    slab = np.array([W / 2, D / 2, t / 2])
+    leg = np.array([t / 2, D / 2 - 0.004, (H - t) / 2 + 0.004])
+    parts = [rounded_box([0, 0, H - t / 2], np.eye(3), slab, 0.005, 0)]
+    for sx in (-1, 1):
+        parts.append(rounded_box([sx * (W / 2 - 0.05), 0, (H - t) / 2], np.eye(3), leg, 0.004, 0))
+    top = parts[0]
+    slot_half = np.array([0.05, 0.015, t])
+
+    def with_slot(p: np.ndarray) -> np.ndarray:
+        q = np.abs(p - [0, 0, H - t / 2]) - slot_half
+        slot = np.linalg.norm(np.maximum(q, 0), axis=1) + np.minimum(q.max(1), 0)
+        return np.maximum(top.sdf(p), -slot)
+
+    parts[0] = Part(with_slot, top.lo, top.hi, 0)
+    mesh, labels = sdf_union_mesh(parts, _edge(W, edge_scale), "bench")
+    mesh = _on_ground(mesh)
+    return _paint(mesh, labels, {0: (OAK, TextureStyle())}, seed)
+
+
 OBJECTS: dict[str, Callable[..., trimesh.Trimesh]] = {
     "bottle": bottle,
     "relief_disc": relief_disc,
@@ -790,6 +821,7 @@ OBJECTS: dict[str, Callable[..., trimesh.Trimesh]] = {
     "plain_vase": plain_vase,
     "stool": stool,
     "lamp": lamp,
+    "bench": bench,
 }
 PLAIN = frozenset({"plain_vase"})  # deliberately near-uniform colour
 

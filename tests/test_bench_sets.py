@@ -16,7 +16,7 @@ from bench.make_sets import main as make_sets
 from tests.conftest import shared_tools
 
 COARSE = 3.0
-GENUS = {"bottle": 0, "relief_disc": 0, "armchair": 6, "cup": 1, "plain_vase": 0, "stool": 3, "lamp": 0}
+GENUS = {"bottle": 0, "relief_disc": 0, "armchair": 6, "cup": 1, "plain_vase": 0, "stool": 3, "lamp": 0, "bench": 1}
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +81,15 @@ def test_lamp_shade_overhangs_the_table_beside_a_thin_stem(objs: dict[str, trime
     assert not lamp.ray.intersects_any([[beyond_base, -1.0, 0.15]], [[0, 1.0, 0]])[0]
     stem = lamp.vertices[(lamp.vertices[:, 2] > 0.1) & (lamp.vertices[:, 2] < 0.25)]
     assert np.ptp(stem[:, 0]) < 4 * bo.LAMP_TUBE_R                     # a thin tube, nothing else at that height
+
+
+def test_bench_shows_the_table_through_its_slot_and_between_its_legs(objs: dict[str, trimesh.Trimesh]) -> None:
+    b = objs["bench"]
+    leg_x = bo.BENCH_W / 2 - 0.05
+    assert not b.ray.intersects_any([[0, 0, 1.0]], [[0, 0, -1.0]])[0]                  # down through the slot
+    assert b.ray.intersects_any([[0, 0.05, 1.0]], [[0, 0, -1.0]])[0]                    # beside it: the top
+    assert not b.ray.intersects_any([[0, -1.0, 0.07]], [[0, 1.0, 0]])[0]                # under the top
+    assert b.ray.intersects_any([[leg_x, -1.0, 0.07]], [[0, 1.0, 0]])[0]                # a leg
 
 
 def test_relief_disc_is_thick_and_its_relief_is_1_to_4_mm(objs: dict[str, trimesh.Trimesh]) -> None:
