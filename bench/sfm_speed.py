@@ -30,7 +30,8 @@ from bench.scoring import TrueCameras, alignment, read_nerf_cameras  # noqa: E40
 # sequential matcher on the same pairs (what the pipeline ran before it listed the pairs itself)
 MATCHING: dict[str, dict[str, Any] | None] = {"hotmesh": {}, "colmap-sequential": None,
                                               "unguided": {"guided_matching": False}}
-# extraction variants: SIFT options (FeatureExtractionOptions.sift) changed, then matched and mapped as the pipeline does
+# extraction variants: SIFT options (FeatureExtractionOptions.sift) changed, then matched and mapped as the pipeline
+# does
 EXTRACTION: dict[str, dict[str, Any]] = {"features-4096": {"max_num_features": 4096},
                                          "features-2048": {"max_num_features": 2048}}
 # mapping variants: attributes of pycolmap.IncrementalPipelineOptions set on top of the pipeline's
@@ -78,9 +79,10 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/hotmesh-sfm-speed"))
     ap.add_argument("--tag", default="sfm-speed")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
-    ap.add_argument("--variants", nargs="+", default=None, help=f"a subset of {list(MATCHING) + list(EXTRACTION) + list(MAPPING)}")
+    variants = list(MATCHING) + list(EXTRACTION) + list(MAPPING)
+    ap.add_argument("--variants", nargs="+", default=None, help=f"a subset of {variants}")
     args = ap.parse_args()
-    keep = set(args.variants or list(MATCHING) + list(EXTRACTION) + list(MAPPING))
+    keep = set(args.variants or variants)
     pycolmap.logging.minloglevel = 2
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{args.tag}.json"

@@ -134,7 +134,7 @@ def find_walls(points: np.ndarray, region: ObjectRegion, planes: list[tuple[np.n
     with the support). Each is returned as (unit n, d) with the cameras on the side n·x > d.
     points (P, 3); planes: the ones already known (excluded), the support first; centers (N, 3) camera centres."""
     r = region.radius
-    support = planes[0] if planes else region.ground
+    support = planes[0] if planes else None
     near = np.linalg.norm(points - region.center, axis=1) < 1.5 * r
     for n, d in planes:
         near &= points @ n - d > 0.03 * r
