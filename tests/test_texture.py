@@ -130,6 +130,35 @@ def test_point_colors_match_a_point_by_point_reference() -> None:
         point_colors(pts[:, :2], nrm, gt, images, masks, np.array(Ks), np.array(w2cs))
 
 
+def test_unseen_points_borrow_the_nearest_seen_colour_exactly_at_the_border() -> None:
+    """The fill of unseen points against a brute-force nearest neighbour: exact within ``near`` of a seen point;
+    further in, a seen point from the random sample, never further than the nearest sampled one."""
+    from pipeline.appearance.colors import nearest_seen
+
+    rng = np.random.default_rng(3)
+    # a seen cylinder wall (6000 points) and an unseen disc below it: its rim is near the wall, its centre far
+    a = rng.uniform(0, 2 * np.pi, 6000)
+    seen = np.stack([np.cos(a), np.sin(a), rng.uniform(0.0, 1.0, 6000)], 1)
+    r, b = np.sqrt(rng.uniform(0, 1, 3000)), rng.uniform(0, 2 * np.pi, 3000)
+    unseen = np.stack([r * np.cos(b), r * np.sin(b), np.full(3000, -0.01)], 1)
+    d_all = np.linalg.norm(unseen[:, None] - seen[None], axis=2)
+    near = 0.1
+    idx = nearest_seen(seen, unseen, near, far_sample=500)
+    got = d_all[np.arange(len(unseen)), idx]
+    best = d_all.min(1)
+    border = best <= near
+    assert 50 < border.sum() < len(unseen) - 50  # both cases occur
+    np.testing.assert_allclose(got[border], best[border])
+    assert (got[~border] > near).all()
+    # the far points: the nearest of the same 500-point sample (a brute-force check of the drawn subset)
+    pick = np.sort(np.random.default_rng(0).choice(len(seen), 500, replace=False))
+    np.testing.assert_allclose(got[~border], d_all[~border][:, pick].min(1))
+    # few seen points: all of them are the sample, so every answer is exact
+    np.testing.assert_allclose(d_all[np.arange(3000), nearest_seen(seen, unseen, near, far_sample=10_000)], best)
+    with pytest.raises(ValueError, match="no seen point"):
+        nearest_seen(seen[:0], unseen, near)
+
+
 def test_gates_remove_small_parts_and_fill_holes() -> None:
     sphere = trimesh.creation.icosphere(3)
     big = trimesh.Trimesh(sphere.vertices, sphere.faces[1:])  # a hole where the first face was

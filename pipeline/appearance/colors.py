@@ -13,6 +13,33 @@ from pipeline.imaging.raster import mesh_renderer
 from pipeline.imaging.sampling import bilinear_t
 
 
+def nearest_seen(seen: np.ndarray, unseen: np.ndarray, near: float, far_sample: int = 20_000,
+                 seed: int = 0) -> np.ndarray:
+    """Index into ``seen`` (S, 3) of a close seen point for each of ``unseen`` (U, 3) -> (U,) int64.
+
+    Exact for every unseen point within ``near`` of a seen one (the border of a seen region keeps its colours
+    continuous); the others, inside large unseen regions, take the nearest of at most ``far_sample`` seen points
+    drawn at random. A k-d tree query is slow for a point far from every tree point (every cell within that distance
+    is visited): on a cup's 570k unseen texels (its underside, the inside of its foot) against 1.4M seen ones the
+    exact query took 132 s on 2 cores, the two-step one 2 s.
+    """
+    if seen.ndim != 2 or seen.shape[1] != 3 or unseen.ndim != 2 or unseen.shape[1] != 3:
+        raise ValueError(f"seen and unseen must be (N, 3), got {seen.shape} and {unseen.shape}")
+    if len(seen) == 0:
+        raise ValueError("no seen point to borrow a colour from")
+    if len(unseen) == 0:
+        return np.zeros(0, dtype=np.int64)
+    dist, idx = cKDTree(seen).query(unseen, distance_upper_bound=near, workers=-1)
+    far = ~np.isfinite(dist)
+    if far.any():
+        pick = np.arange(len(seen))
+        if len(seen) > far_sample:
+            pick = np.sort(np.random.default_rng(seed).choice(len(seen), far_sample, replace=False))
+        _, sub = cKDTree(seen[pick]).query(unseen[far], workers=-1)
+        idx[far] = pick[sub]
+    return idx.astype(np.int64)
+
+
 def vertex_colors(mesh: trimesh.Trimesh, images: list[np.ndarray], masks: list[np.ndarray],
                   Ks: np.ndarray, w2cs: np.ndarray, depth_scale: float = 0.5,
                   check: Callable[[float], None] = lambda f: None, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
@@ -90,6 +117,6 @@ def point_colors(V: np.ndarray, normals: np.ndarray, mesh: trimesh.Trimesh, imag
     colors[has] = acc_np[has] / wsum_np[has, None]
     if has.any() and not has.all():
         # points no photo saw (concavities, the underside) borrow the nearest seen colour
-        _, nn = cKDTree(V[has]).query(V[~has], workers=-1)
+        nn = nearest_seen(np.asarray(V, dtype=np.float64)[has], np.asarray(V, dtype=np.float64)[~has], eps)
         colors[~has] = colors[has][nn]
     return colors.astype(np.float32), seen.cpu().numpy()
