@@ -140,13 +140,16 @@ def test_the_incremental_mappers_bundle_adjustment_settings_reach_colmap(monkeyp
     def capture(db, image_dir, out, options):  # noqa: ANN001 - pycolmap's signature
         seen.update(ratio=(options.ba_global_frames_ratio, options.ba_global_points_ratio),
                     iterations=options.ba_global_max_num_iterations,
-                    refinements=(options.ba_local_max_refinements, options.ba_global_max_refinements))
+                    refinements=(options.ba_local_max_refinements, options.ba_global_max_refinements),
+                    redundant=options.mapper.ba_global_ignore_redundant_points3D)
         return {}
 
     monkeypatch.setattr(pycolmap, "incremental_mapping", capture)
     map_cameras(tmp_path / "db", tmp_path, tmp_path, SfmSettings(ba_global_ratio=1.7, ba_global_iterations=9,
-                                                                 ba_refinements=2))
-    assert seen == {"ratio": (1.7, 1.7), "iterations": 9, "refinements": (2, 4)}
+                                                                 ba_refinements=2, ba_skip_redundant_points=False))
+    assert seen == {"ratio": (1.7, 1.7), "iterations": 9, "refinements": (2, 4), "redundant": False}
+    map_cameras(tmp_path / "db", tmp_path, tmp_path, SfmSettings())
+    assert seen["redundant"] is True and seen["ratio"] == (2.0, 2.0)
     # the [sfm] config section and the SfM settings have the same fields (the cameras stage passes one as the other)
     import dataclasses
 

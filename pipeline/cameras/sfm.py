@@ -30,9 +30,10 @@ class SfmSettings:
     device: str = "auto"  # auto | cpu | cuda (pycolmap-cuda12 only)
     num_threads: int = -1
     mapper: str = "incremental"  # incremental (COLMAP) | global (GLOMAP's method, pycolmap.global_mapping)
-    ba_global_ratio: float = 1.4  # incremental: global bundle adjustment when the model grew by this factor
+    ba_global_ratio: float = 2.0  # incremental: global bundle adjustment when the model grew by this factor
     ba_global_iterations: int = 25  # incremental: iterations of a global bundle adjustment
     ba_refinements: int = 1  # incremental: refinement rounds of a local adjustment (twice that for a global one)
+    ba_skip_redundant_points: bool = True  # incremental: global adjustments leave out points that add no coverage
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,9 @@ def incremental_options(cfg: SfmSettings) -> Any:
     opt.ba_global_max_num_iterations = cfg.ba_global_iterations
     opt.ba_local_max_refinements = cfg.ba_refinements
     opt.ba_global_max_refinements = 2 * cfg.ba_refinements
+    # a dense capture sees most points from many photos: the global adjustments, whose cost grows faster than the
+    # photos, keep only the points that add coverage of some photo (COLMAP's redundant-point pruning)
+    opt.mapper.ba_global_ignore_redundant_points3D = cfg.ba_skip_redundant_points
     return opt
 
 
