@@ -59,7 +59,7 @@ def test_posed_photos_with_a_wall_behind_and_a_camera_inside_give_the_object(sce
     assert "needs the GPU path" in stats["geometry"]["note"]
     # the mesh reaches down to the table the object stands on, as the photos measured
     base = stats["quality"]["base"]
-    assert base is not None and base["share"] < 0.1, base
+    assert base is not None and base["share"] < 0.06, base  # the grade's bar
     gt = stats["quality"]["gt"]
     # coarse (240 px, 96 voxels) but the object alone: neither the wall nor the table is part of the mesh
     assert gt["precision"] > 0.6 and gt["fscore"] > 0.6, gt
@@ -138,4 +138,4 @@ def test_unposed_photos_find_their_cameras_and_the_object(scene: Path, tmp_path:
     # the base check measures heights above the table SfM found: the object's height, and the mesh reaches down
     base = stats["quality"]["base"]
     z = np.ptp(trimesh.load(out / "mesh.ply", force="mesh").vertices[:, 2])  # the job's frame has +Z up
-    assert base is not None and base["height"] == pytest.approx(z, rel=0.25) and base["share"] < 0.1, (base, z)
+    assert base is not None and base["height"] == pytest.approx(z, rel=0.25) and base["share"] < 0.06, (base, z)
