@@ -141,15 +141,17 @@ def test_the_incremental_mappers_bundle_adjustment_settings_reach_colmap(monkeyp
         seen.update(ratio=(options.ba_global_frames_ratio, options.ba_global_points_ratio),
                     iterations=options.ba_global_max_num_iterations,
                     refinements=(options.ba_local_max_refinements, options.ba_global_max_refinements),
-                    redundant=options.mapper.ba_global_ignore_redundant_points3D)
+                    redundant=options.mapper.ba_global_ignore_redundant_points3D,
+                    local=(options.mapper.ba_local_num_images, options.ba_local_max_num_iterations))
         return {}
 
     monkeypatch.setattr(pycolmap, "incremental_mapping", capture)
     map_cameras(tmp_path / "db", tmp_path, tmp_path, SfmSettings(ba_global_ratio=1.7, ba_global_iterations=9,
-                                                                 ba_refinements=2, ba_skip_redundant_points=False))
-    assert seen == {"ratio": (1.7, 1.7), "iterations": 9, "refinements": (2, 4), "redundant": False}
+                                                                 ba_refinements=2, ba_skip_redundant_points=False,
+                                                                 ba_local_images=7, ba_local_iterations=3))
+    assert seen == {"ratio": (1.7, 1.7), "iterations": 9, "refinements": (2, 4), "redundant": False, "local": (7, 3)}
     map_cameras(tmp_path / "db", tmp_path, tmp_path, SfmSettings())
-    assert seen["redundant"] is True and seen["ratio"] == (2.0, 2.0)
+    assert seen["redundant"] is True and seen["ratio"] == (2.0, 2.0) and seen["local"] == (4, 10)
     # the [sfm] config section and the SfM settings have the same fields (the cameras stage passes one as the other)
     import dataclasses
 
