@@ -117,6 +117,7 @@ def point_colors(V: np.ndarray, normals: np.ndarray, mesh: trimesh.Trimesh, imag
     colors[has] = acc_np[has] / wsum_np[has, None]
     if has.any() and not has.all():
         # points no photo saw (concavities, the underside) borrow the nearest seen colour
-        nn = nearest_seen(np.asarray(V, dtype=np.float64)[has], np.asarray(V, dtype=np.float64)[~has], eps)
+        V64 = np.asarray(V, dtype=np.float64)
+        nn = nearest_seen(V64[has], V64[~has], eps)  # exact within the visibility tolerance of a seen point
         colors[~has] = colors[has][nn]
     return colors.astype(np.float32), seen.cpu().numpy()
