@@ -122,6 +122,9 @@ class DenseConfig:
     # 0.8 voxel that closed the CPU's 192-voxel grid left tens of handles on the GPU's 384 voxels; 0.31 % is 1.2
     # voxels there (measured on three sets, docs/design.md, Fusion)
     field_blur: Annotated[float, Field(ge=0, le=0.05)] = 0.0031
+    # the fused inside is closed by a cube of this half-width (voxels) before the blur: depth noise's tunnels a
+    # voxel or two wide fill (0: off; docs/design.md, Fusion)
+    close_voxels: Annotated[int, Field(ge=0, le=4)] = 1
     # how the depth maps become a closed surface: TSDF fusion with the silhouettes' hull, screened Poisson of the
     # oriented depth points, or hybrid: Poisson of the points near the TSDF surface, that surface filling where
     # stereo found nothing (docs/design.md, Meshing by screened Poisson)

@@ -139,6 +139,59 @@ def test_smooth_field_matches_scipy_gaussian_filter() -> None:
         meshing.smooth_field(torch.zeros(4, 4), 1.0)
 
 
+@pytest.mark.parametrize("radius,slab", [(1, 1 << 25), (2, 1 << 25), (1, 600)])
+def test_close_inside_matches_scipy_grey_opening(radius: int, slab: int) -> None:
+    """Against scipy's grey opening (a min then a max filter over a cube, edges replicated, which a min or max does
+    not notice), in one piece and in x-slabs of two rows."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(5)
+    f = rng.normal(size=(19, 13, 23)).astype(np.float32)
+    got = meshing.close_inside(torch.from_numpy(f), radius, slab_voxels=slab).numpy()
+    ref = ndimage.grey_opening(f, size=(2 * radius + 1,) * 3, mode="nearest")
+    inner = (slice(1, -1),) * 3
+    assert np.array_equal(got[inner], ref[inner])
+    # the outer layer is left as it was: the fusion's outside border keeps the surface closed
+    border = np.ones(f.shape, bool)
+    border[inner] = False
+    assert np.array_equal(got[border], f[border])
+    assert (got <= f).all() and meshing.close_inside(torch.from_numpy(f), 0) is not None
+    # an object that reaches the grid's outer layer stays closed there
+    box = -np.ones((12, 12, 12), np.float32)
+    box[0], box[-1], box[:, 0], box[:, -1], box[:, :, 0], box[:, :, -1] = 1.0, 1.0, 1.0, 1.0, 1.0, 1.0
+    mesh = marching_cubes_on_device(meshing.close_inside(torch.from_numpy(box), radius), np.zeros(3), 1.0)
+    assert mesh.is_watertight
+    with pytest.raises(ValueError, match="3-D"):
+        meshing.close_inside(torch.zeros(4, 4), 1)
+
+
+def test_close_inside_fills_a_noise_tunnel_and_keeps_a_real_hole() -> None:
+    """A block with two straight tunnels through it: one a voxel wide (noise) fills, one eight voxels wide (a mug's
+    handle) stays; the block's outer surface does not move."""
+    n = 48
+    i, j, k = np.meshgrid(*(np.arange(n),) * 3, indexing="ij")
+    block = (i >= 8) & (i < 40) & (j >= 8) & (j < 40) & (k >= 8) & (k < 40)
+    thin = (np.abs(i - 16) < 1) & (np.abs(j - 16) < 1)  # along z, one voxel
+    wide = (np.abs(i - 30) < 4) & (np.abs(j - 30) < 4)  # along z, eight voxels
+    solid = block & ~thin & ~wide
+    from scipy import ndimage
+
+    f = (ndimage.distance_transform_edt(~solid) - ndimage.distance_transform_edt(solid)).astype(np.float32)
+    origin, voxel = np.zeros(3), 1.0
+    before = marching_cubes_on_device(torch.from_numpy(f), origin, voxel)
+    closed = meshing.close_inside(torch.from_numpy(f), 1)
+    after = marching_cubes_on_device(closed, origin, voxel)
+    assert meshing.handle_count(before)[0] == 2
+    assert meshing.handle_count(after)[0] == 1
+    g = closed.numpy()
+    assert (g[16, 16, 10:38] < 0).all() and (g[30, 30, 10:38] > 0).all()
+    # away from the tunnels the surface is as it was: the same signs, and the same values within a voxel of it
+    far = ~ndimage.binary_dilation(thin | wide, iterations=3)
+    assert np.array_equal(g[far] < 0, f[far] < 0)
+    near = far & (np.abs(f) <= 1.0)
+    assert near.sum() > 5000 and np.array_equal(g[near], f[near])
+
+
 def noisy_frame_field(n: int = 200, noise: float = 0.3) -> tuple[np.ndarray, np.ndarray, float]:
     """A seat on four thin legs as a signed distance (world units) on an n^3 grid over [-1, 1]^3, with independent
     noise of ``noise`` voxels at every voxel (fused depth noise, exaggerated)."""

@@ -31,7 +31,7 @@ from pipeline.cameras.cameras import camera_centers
 from pipeline.geometry.carve import CarveSettings, hull_field, mask_sdf
 from pipeline.context import JobError
 from pipeline.geometry.fusion import Grid, combined_field_tensor, fuse_tensors
-from pipeline.geometry.meshing import (MeshingSettings, clean_mesh, decimate, handle_count,
+from pipeline.geometry.meshing import (MeshingSettings, clean_mesh, close_inside, decimate, handle_count,
                                       marching_cubes_on_device, smooth_field)
 from pipeline.geometry.mvs import DepthMap, MvsSettings, backproject, depth_maps, depth_range, neighbour_views, to_gray
 from pipeline.geometry.poisson import (PoissonSettings, PoissonUnavailable, TooFewPoints, depth_normals,
@@ -71,6 +71,9 @@ class DenseSettings:
     # the refinement's remesh refused (docs/design.md, Fusion)
     field_blur: float = 0.0031
     field_sigma_min_voxels: float = 0.8
+    # before the blur, the inside is closed by a cube of this half-width in voxels (0: off): fills the tunnels and
+    # bubbles of depth noise a voxel or two wide, which the blur leaves (the stool's 41 handles: 7), docs/design.md
+    close_voxels: int = 1
     smoothing_iterations: int = 3
     max_faces: int = 200_000
     max_points: int = 1_000_000  # fused points kept for points.ply
@@ -419,7 +422,7 @@ def fused_surface(dms: list[DepthMap], sil: list[np.ndarray], estimated: list[bo
                                    hidden=hidden, solid_hidden=s.solid_hidden if solid else None)
     del values, weight, band, hidden, hull
     field_ *= trunc
-    field_ = smooth_field(field_, blur_voxels(s))
+    field_ = smooth_field(close_inside(field_, s.close_voxels), blur_voxels(s))
     lap("field")
     check(0.7)
     raw = marching_cubes_on_device(field_, grid.origin, grid.voxel)

@@ -124,6 +124,44 @@ def smooth_field(field: torch.Tensor, sigma: float) -> torch.Tensor:
     return out
 
 
+def close_inside(field: torch.Tensor, radius: int, slab_voxels: int = 1 << 25) -> torch.Tensor:
+    """Morphological closing of the inside (``field`` < 0) by a cube of half-width ``radius`` voxels, as a grey
+    opening of the signed field: a min filter (the inside grows by ``radius``) then a max filter (it shrinks back).
+    Tunnels and gaps narrower than about 2 * radius + 1 voxels fill; elsewhere the field, and so the zero crossing,
+    is unchanged, except in concave creases, which round off within ``radius``. Edges count only voxels inside the
+    grid, and the grid's outer layer is left as it was. field: (X, Y, Z) float32 -> (X, Y, Z) float32, on the field's device, in x-slabs of about
+    ``slab_voxels`` (``field`` itself when radius <= 0)."""
+    if field.ndim != 3:
+        raise ValueError(f"field must be 3-D, got shape {tuple(field.shape)}")
+    if radius <= 0:
+        return field
+    k = 2 * radius + 1
+
+    def filtered(x: torch.Tensor, lowest: bool) -> torch.Tensor:
+        X, Y, Z = x.shape
+        out = torch.empty_like(x)
+        step = max(1, slab_voxels // (Y * Z))
+        for x0 in range(0, X, step):
+            x1 = min(X, x0 + step)
+            a, b = max(0, x0 - radius), min(X, x1 + radius)  # the slab with the rows its window reaches
+            chunk = x[a:b][None, None]
+            # max_pool pads with -inf, which a max never picks: only voxels inside the grid count
+            res = -torch.nn.functional.max_pool3d(-chunk, k, 1, radius) if lowest else \
+                torch.nn.functional.max_pool3d(chunk, k, 1, radius)
+            out[x0:x1] = res[0, 0, x0 - a:x0 - a + (x1 - x0)]
+        return out
+
+    out = filtered(filtered(field, lowest=True), lowest=False)
+    # the grid's outer layer keeps its values: the fusion makes it outside so that the surface closes where the grid
+    # ends, and the min filter would carry inside values out onto it
+    for axis in range(3):
+        for end in (0, -1):
+            idx = [slice(None)] * 3
+            idx[axis] = end
+            out[tuple(idx)] = field[tuple(idx)]
+    return out
+
+
 def is_closed_manifold(mesh: trimesh.Trimesh) -> bool:
     """Every edge shared by exactly two faces, consistently wound (trimesh's watertight and winding checks)."""
     return bool(mesh.is_watertight and mesh.is_winding_consistent)

@@ -66,7 +66,8 @@ def dense_settings(ctx: JobContext) -> DenseSettings:
     poisson = PoissonSettings(depth=cfg.poisson_depth if gpu else cfg.cpu_poisson_depth,
                               trim_quantile=cfg.poisson_trim, silhouette_fraction=cfg.poisson_silhouette_fraction)
     return DenseSettings(mvs=mvs, resolution=cfg.resolution if gpu else cfg.cpu_resolution, max_faces=geo.max_faces,
-                         field_blur=cfg.field_blur, mesher=cfg.mesher, poisson=poisson,
+                         field_blur=cfg.field_blur, close_voxels=cfg.close_voxels, mesher=cfg.mesher,
+                         poisson=poisson,
                          solid_hidden=cfg.solid_hidden or None,
                          silhouettes=SilhouetteSettings(keep_measured=cfg.silhouettes_keep_measured))
 
