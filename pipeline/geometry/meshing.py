@@ -129,8 +129,8 @@ def close_inside(field: torch.Tensor, radius: int, slab_voxels: int = 1 << 25) -
     opening of the signed field: a min filter (the inside grows by ``radius``) then a max filter (it shrinks back).
     Tunnels and gaps narrower than about 2 * radius + 1 voxels fill; elsewhere the field, and so the zero crossing,
     is unchanged, except in concave creases, which round off within ``radius``. Edges count only voxels inside the
-    grid, and the grid's outer layer is left as it was. field: (X, Y, Z) float32 -> (X, Y, Z) float32, on the field's device, in x-slabs of about
-    ``slab_voxels`` (``field`` itself when radius <= 0)."""
+    grid, and the grid's outer layer is left as it was. field: (X, Y, Z) float32 -> (X, Y, Z) float32, on the
+    field's device, in x-slabs of about ``slab_voxels`` (``field`` itself when radius <= 0)."""
     if field.ndim != 3:
         raise ValueError(f"field must be 3-D, got shape {tuple(field.shape)}")
     if radius <= 0:
