@@ -80,4 +80,4 @@ done
 # what travels: the three tarballs (~59 MiB together) and the code (~5 MiB) do not fit one call's 64 MiB, so they are
 # spread over the first two calls of a lease (deps + pycolmap, then pymeshlab), each with the data it needs;
 # bench/device.sh unpacks them into /tmp, which lasts while the machine is held (docs/benchmarks.md has the plan)
-du -sh "$CARRY"/*.tar.xz "$CARRY"/data/* 2>/dev/null
+du -sh "$CARRY"/*.tar.xz "$CARRY"/data/* 2>/dev/null || true  # no data folders: nothing to list

@@ -1,13 +1,15 @@
 """The incremental mapper's bundle-adjustment settings compared on one matched database per set: seconds of mapping
 and camera accuracy, COLMAP's defaults against hotmesh's (``sfm.ba_global_ratio`` and friends).
 
-    python bench/sfm_ba.py SET [SET ...] [--work DIR] [--tag TAG] [--out DIR]
+    python bench/sfm_ba.py SET [SET ...] [--variants colmap hotmesh hotmesh-gpu] [--match-device cpu|cuda]
+                           [--work DIR] [--tag TAG] [--out DIR]
 
 Features and matches are computed once per set on the CPU (hotmesh's SfM settings: SIFT at 1000 px, sequential
 matching with quadratic overlap, guided), then each variant maps the same database, so that only the mapper
 differs. Cameras are compared with the set's true poses (``<set>.poses.json`` beside it, or its
 ``transforms.json``) after a similarity fit (:func:`bench.scoring.alignment`); sets without either give the
-registered count only. Rows are written as they finish.
+registered count only. ``hotmesh-gpu`` is the pipeline's own options with Ceres' bundle adjustment on the GPU
+(``ba_use_gpu``; a CPU build of pycolmap warns and runs it on the CPU). Rows are written as they finish.
 """
 from __future__ import annotations
 
@@ -28,11 +30,11 @@ from bench.sfm_speed import camera_row  # noqa: E402
 # the baseline: COLMAP's ratios and refinement rounds (1.1, 2 local / 5 global) with 50 global iterations (pycolmap's
 # own default, -1, leaves the cap to its solver); "hotmesh" is the pipeline's own mapper call with its settings
 BASELINE = {"ba_global_ratio": 1.1, "ba_global_iterations": 50, "ba_local_refinements": 2, "ba_global_refinements": 5}
-VARIANTS = {"colmap": BASELINE, "hotmesh": None}
+VARIANTS = {"colmap": BASELINE, "hotmesh": None, "hotmesh-gpu": "gpu"}
 
 
-def match(folder: Path, names: list[str], db: Path) -> float:
-    """Features and matches as run_sfm computes them for this many photos, on the CPU, into ``db``."""
+def match(folder: Path, names: list[str], db: Path, device: str = "cpu") -> float:
+    """Features and matches as run_sfm computes them for this many photos, on ``device``, into ``db``."""
     import pycolmap
 
     from pipeline.cameras.sfm import SfmSettings
@@ -44,21 +46,22 @@ def match(folder: Path, names: list[str], db: Path) -> float:
     ext = pycolmap.FeatureExtractionOptions()
     ext.max_image_size = cfg.max_image_size
     pycolmap.extract_features(db, folder / "images", image_names=names, camera_mode=pycolmap.CameraMode.SINGLE,
-                              reader_options=reader, extraction_options=ext, device=pycolmap.Device.cpu)
+                              reader_options=reader, extraction_options=ext, device=getattr(pycolmap.Device, device))
     mopt = pycolmap.FeatureMatchingOptions()
     mopt.guided_matching = cfg.guided_matching
     pairing = pycolmap.SequentialPairingOptions()
     pairing.overlap, pairing.quadratic_overlap, pairing.loop_detection = 10, True, False
-    pycolmap.match_sequential(db, matching_options=mopt, pairing_options=pairing, device=pycolmap.Device.cpu)
+    pycolmap.match_sequential(db, matching_options=mopt, pairing_options=pairing,
+                              device=getattr(pycolmap.Device, device))
     return time.monotonic() - t0
 
 
-def map_once(db: Path, folder: Path, out: Path, variant: dict | None) -> tuple[float, object]:
-    """Map ``db``: with :func:`pipeline.cameras.sfm.map_cameras` (``variant`` None), or with its options but the
-    bundle adjustment of ``variant``."""
+def map_once(db: Path, folder: Path, out: Path, variant: dict | str | None) -> tuple[float, object]:
+    """Map ``db``: with :func:`pipeline.cameras.sfm.map_cameras` (``variant`` None), with its options and the
+    bundle adjustment on the GPU (``"gpu"``), or with its options but the bundle adjustment of ``variant``."""
     import pycolmap
 
-    from pipeline.cameras.sfm import SfmSettings, map_cameras
+    from pipeline.cameras.sfm import SfmSettings, incremental_options, map_cameras
 
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -66,6 +69,10 @@ def map_once(db: Path, folder: Path, out: Path, variant: dict | None) -> tuple[f
     t0 = time.monotonic()
     if variant is None:
         recs = map_cameras(db, folder / "images", out, SfmSettings())
+    elif variant == "gpu":
+        opt = incremental_options(SfmSettings())
+        opt.ba_use_gpu, opt.ba_gpu_index = True, "0"
+        recs = pycolmap.incremental_mapping(db, folder / "images", out, options=opt)
     else:
         opt = pycolmap.IncrementalPipelineOptions()
         opt.random_seed, opt.min_model_size = 0, 3  # as map_cameras
@@ -82,6 +89,8 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("sets", nargs="+")
+    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    ap.add_argument("--match-device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--work", type=Path, default=Path("/tmp/hotmesh-sfm-ba"))
     ap.add_argument("--tag", default="sfm-ba")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
@@ -99,10 +108,12 @@ def main() -> None:
         work = args.work / f"{folder.parent.name}-{folder.name}"  # two sets of one name (view counts) apart
         work.mkdir(parents=True, exist_ok=True)
         db = work / "database.db"
-        matched = None if db.exists() else round(match(folder, names, db), 2)
-        for label, variant in VARIANTS.items():
+        matched = None if db.exists() else round(match(folder, names, db, args.match_device), 2)
+        for label in args.variants:
+            variant = VARIANTS[label]
             seconds, rec = map_once(db, folder, work / label, variant)
-            row = {"set": folder.name, "variant": label, "settings": variant or "sfm defaults", "images": len(names),
+            row = {"set": folder.name, "variant": label, "settings": variant if isinstance(variant, dict) else
+                   "sfm defaults" + (", ba_use_gpu" if variant == "gpu" else ""), "images": len(names),
                    **camera_row(rec, truth), "map_seconds": round(seconds, 2), "match_seconds": matched}
             rows.append(row)
             print(json.dumps(row), flush=True)
