@@ -185,7 +185,8 @@ def run_job(folder: Path, posed: bool, overrides: dict[str, dict[str, Any]], dev
         keys = ("watertight", "handles", "raw_faces", "faces", "grid", "seconds")
         row["dense"] = {k: dense.get(k) for k in keys} if dense else None
         # where the later stages spend their time, for the speed work
-        row["step_seconds"] = {"refine_per_level": (stats.get("refine") or {}).get("seconds_per_level"),
+        row["step_seconds"] = {"cameras": (stats.get("cameras") or {}).get("seconds"),
+                               "refine_per_level": (stats.get("refine") or {}).get("seconds_per_level"),
                                "refine": (stats.get("refine") or {}).get("seconds"),
                                "texture": (stats.get("texture") or {}).get("seconds"),
                                "report": stats.get("report_seconds")}

@@ -35,6 +35,12 @@ def test_unposed_apple_gets_poses_masks_and_a_mesh(daemon_factory) -> None:
     assert stats["cameras"]["source"] == "sfm"
     assert sfm["registered"] >= 18 and sfm["images"] == 20
     assert sfm["mean_reprojection_error_px"] < 1.5 and sfm["points"] > 500
+    # where the stage's time went: SfM's own steps, its photo copies and its process within the SfM step, and the
+    # steps within the stage's time
+    steps, stage = stats["cameras"]["seconds"], {t["stage"]: t["seconds"] for t in stats["timings"]}["cameras"]
+    assert set(steps) == {"sfm", "views", "scale", "save"} and min(steps.values()) >= 0
+    assert {"extract", "match", "map", "copies", "process"} <= set(sfm["seconds"])
+    assert sum(sfm["seconds"].values()) <= steps["sfm"] + 0.05 and sum(steps.values()) <= stage + 0.05
     # no masks given: dense multi-view stereo, and the published masks are the final mesh's silhouettes
     assert stats["geometry"]["method"].startswith("dense multi-view stereo")
     assert stats["geometry"]["dense"]["estimated_silhouettes"] == stats["cameras"]["views"] - stats["cameras"]["holdout"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,7 @@ def _run_sfm(ctx: JobContext, manifest: Manifest, out_dir: Path) -> SfmResult:
     cfg = sfm_settings(ctx)
     img_dir = out_dir / "sfm_images"
     names = []
+    t0 = time.monotonic()
     for i, fr in enumerate(manifest.frames):
         ctx.progress(0.1 * i / len(manifest.frames))
         rgb, _alpha = load_rgba(manifest.path_of(fr, ctx))
@@ -144,7 +146,13 @@ def _run_sfm(ctx: JobContext, manifest: Manifest, out_dir: Path) -> SfmResult:
         cv2.imwrite(str(dst), cv2.cvtColor(resize(rgb, (max(1, round(W * s)), max(1, round(H * s)))), cv2.COLOR_RGB2BGR),
                     [cv2.IMWRITE_JPEG_QUALITY, 95])
         names.append(fr.name + ".jpg")
+    t1 = time.monotonic()
     res = run_sfm_isolated(img_dir, names, out_dir / "sfm", cfg, ctx.log, check=lambda f: ctx.progress(0.1 + 0.6 * f))
+    # beside SfM's own steps: the copies, and the child process's start and hand-back (the rest of its wall time)
+    own = res.stats.get("seconds") or {}
+    seconds = {**own, "copies": round(t1 - t0, 2),
+               "process": round(time.monotonic() - t1 - sum(float(v) for v in own.values()), 2)}
+    res = dataclasses.replace(res, stats={**res.stats, "seconds": seconds})
     shutil.rmtree(img_dir, ignore_errors=True)  # copies; the model and database stay for inspection
     (out_dir / "sfm" / "database.db").unlink(missing_ok=True)
     strip = lambda n: n[:-4]  # noqa: E731  (".jpg" added above)
@@ -174,6 +182,17 @@ class CamerasStage(Stage):
     def run(self, ctx: JobContext, out_dir: Path) -> dict[str, Any]:
         manifest = Manifest.load(stage_dir(ctx, "ingest"))
         summary: dict[str, Any] = {"source": manifest.pose_kind}
+        # seconds per step, in the summary: the stage's time beyond SfM's own extract / match / map (the photo
+        # copies, the SfM child process, the working-size arrays) is where a slow stage's rest goes
+        steps: dict[str, float] = {}
+        clock = time.monotonic()
+
+        def lap(step: str) -> None:
+            nonlocal clock
+            now = time.monotonic()
+            steps[step] = round(now - clock, 3)
+            clock = now
+
         sfm: SfmResult | None = None
         # SfM also runs for posed photos without masks: its points locate the object (region, support plane)
         if manifest.pose_kind == "sfm":
@@ -188,6 +207,7 @@ class CamerasStage(Stage):
                 ctx.log.warning("SfM found no usable points in the posed photos (%s); the object is located from the "
                                 "cameras alone", e)
                 summary["sfm"] = {"failed": str(e)}
+        lap("sfm")
         sim: Similarity | None = None
         region: ObjectRegion | None = None  # in the views' world frame
         if sfm is not None and manifest.pose_kind == "sfm":
@@ -246,6 +266,7 @@ class CamerasStage(Stage):
             w2cs.append(spec.w2c)
             names.append(fr.name)
             scale_of[fr.name] = (w, h)
+        lap("views")
         # ---- real-world scale (scale.json: printed markers or a known distance; pipeline/stages/scaling.py) ----
         scale = job_scale(ctx, manifest, specs, names, [arrays[f"rgb_{k}"] for k in range(len(names))],
                           np.array(Ks), np.array(w2cs), own_frame=manifest.pose_kind == "sfm")
@@ -254,6 +275,7 @@ class CamerasStage(Stage):
             summary["normalization"] = {"scale": sim.scale, "matrix": sim.matrix().tolist()}
         summary["scale"] = scale.to_dict()
         # ---------------------------------------------------------------------------------------------------------
+        lap("scale")
         holdout = holdout_flags(len(names), ctx.settings.images.holdout_every)
         np.savez(out_dir / "views.npz", K=np.array(Ks), w2c=np.array(w2cs), holdout=holdout, **arrays)
         (out_dir / "views.json").write_text(json.dumps({"names": names, "warnings": warnings}))
@@ -272,8 +294,9 @@ class CamerasStage(Stage):
                      radius=found.radius, up=found.up)
         for w_ in warnings:
             ctx.log.warning("%s", w_)
+        lap("save")
         centers = camera_centers(np.array(w2cs))
-        summary.update({"views": len(names), "holdout": int(holdout.sum()),
+        summary.update({"seconds": steps, "views": len(names), "holdout": int(holdout.sum()),
                         "working_size": [int(arrays["rgb_0"].shape[1]), int(arrays["rgb_0"].shape[0])],
                         "camera_spread": float(np.linalg.norm(centers - centers.mean(0), axis=1).mean()),
                         "warnings": warnings})
