@@ -5,7 +5,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.settings import LimitsConfig
-from pipeline.io.images import ImageInfo, Rejected, load_rgba, sniff_format, validate_image
+from pipeline.io.images import ImageInfo, Rejected, load_rgba, sniff_format, upright_jpeg, validate_image
 
 
 def _png(path: Path, w: int = 40, h: int = 30, mode: str = "RGB") -> Path:
@@ -77,3 +77,34 @@ def test_alpha_detected(tmp_path: Path) -> None:
     assert isinstance(info, ImageInfo) and info.has_alpha
     rgb, alpha = load_rgba(p)
     assert alpha is not None and int(alpha[0, 0]) == 128
+
+
+def test_photos_for_sfm_are_upright_jpegs_within_the_size(tmp_path: Path) -> None:
+    """SfM's copies: a plain JPEG within the size travels byte for byte; a turned one is written upright, a large one
+    smaller, a PNG with alpha as a JPEG of its colours."""
+    y, x = np.mgrid[0:30, 0:80]
+    # smooth ramps along each axis: a turn shows, and JPEG's own loss stays small
+    pixels = np.stack([x * 3, y * 8, np.full_like(x, 90)], axis=-1).astype(np.uint8)
+    plain = tmp_path / "plain.jpg"
+    Image.fromarray(pixels).save(plain, quality=90)
+    assert upright_jpeg(plain, tmp_path / "a.jpg", 80) and (tmp_path / "a.jpg").read_bytes() == plain.read_bytes()
+    # the same photo over the size: scaled so that its long side is the size
+    assert not upright_jpeg(plain, tmp_path / "b.jpg", 40)
+    with Image.open(tmp_path / "b.jpg") as im:
+        assert im.format == "JPEG" and im.size == (40, 15)
+    # turned by EXIF: the copy holds the pixels as shown, with no orientation left to apply
+    im = Image.fromarray(pixels)
+    exif = im.getexif()
+    exif[0x0112] = 6
+    turned = tmp_path / "turned.jpg"
+    im.save(turned, exif=exif, quality=95)
+    assert not upright_jpeg(turned, tmp_path / "c.jpg", 1000)
+    with Image.open(tmp_path / "c.jpg") as im:
+        assert im.size == (30, 80) and im.getexif().get(0x0112, 1) == 1
+        shown = np.asarray(im, dtype=np.float32)
+    assert np.abs(shown - load_rgba(turned)[0].astype(np.float32)).mean() < 3
+    assert np.abs(shown - np.rot90(pixels, -1).astype(np.float32)).mean() < 3
+    rgba = _png(tmp_path / "a.png", mode="RGBA")
+    assert not upright_jpeg(rgba, tmp_path / "d.jpg", 1000)
+    with Image.open(tmp_path / "d.jpg") as im:
+        assert im.format == "JPEG" and im.mode == "RGB" and im.size == (40, 30)

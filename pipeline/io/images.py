@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +129,24 @@ def load_rgba(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
             arr = np.asarray(im.convert("RGBA"))
             return np.ascontiguousarray(arr[..., :3]), np.ascontiguousarray(arr[..., 3])
         return np.asarray(im.convert("RGB")), None
+
+
+def upright_jpeg(src: Path, dst: Path, max_side: int, quality: int = 95) -> bool:
+    """Write ``dst``: the photo ``src`` as structure from motion reads it, upright (COLMAP ignores EXIF), at most
+    ``max_side`` px on its long side, as JPEG. A JPEG that already is all of that is copied byte for byte (decoding
+    and encoding one again cost ~15 ms a photo, the photos' quality a second time). Returns True when copied."""
+    with Image.open(src) as im:  # the header only
+        plain = (im.format == "JPEG" and im.mode == "RGB" and max(im.size) <= max_side
+                 and im.getexif().get(0x0112, 1) == 1)
+    if plain:
+        shutil.copyfile(src, dst)
+        return True
+    rgb, _alpha = load_rgba(src)
+    H, W = rgb.shape[:2]
+    s = min(1.0, max_side / max(H, W))
+    small = resize(rgb, (max(1, round(W * s)), max(1, round(H * s))))
+    Image.fromarray(small).save(dst, format="JPEG", quality=quality)
+    return False
 
 
 def load_gray(path: Path) -> np.ndarray:

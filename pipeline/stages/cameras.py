@@ -17,7 +17,7 @@ from pipeline.cameras.cameras import (FrameSpec, camera_centers, intrinsics_for_
                               undistort_image)
 from pipeline.cameras.camera_files import PhotoCamera
 from pipeline.context import InputError, JobContext
-from pipeline.io.images import load_rgba, resize
+from pipeline.io.images import load_rgba, resize, upright_jpeg
 from pipeline.geometry.scene import (ObjectRegion, Similarity, normalizing_similarity, object_region, pose_errors,
                             region_from_cameras, umeyama)
 from pipeline.settings import PipelineSettings
@@ -138,13 +138,9 @@ def _run_sfm(ctx: JobContext, manifest: Manifest, out_dir: Path) -> SfmResult:
     t0 = time.monotonic()
     for i, fr in enumerate(manifest.frames):
         ctx.progress(0.1 * i / len(manifest.frames))
-        rgb, _alpha = load_rgba(manifest.path_of(fr, ctx))
-        H, W = rgb.shape[:2]
-        s = min(1.0, cfg.max_image_size / max(H, W))
         dst = img_dir / (fr.name + ".jpg")
         dst.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(dst), cv2.cvtColor(resize(rgb, (max(1, round(W * s)), max(1, round(H * s)))), cv2.COLOR_RGB2BGR),
-                    [cv2.IMWRITE_JPEG_QUALITY, 95])
+        upright_jpeg(manifest.path_of(fr, ctx), dst, cfg.max_image_size)
         names.append(fr.name + ".jpg")
     t1 = time.monotonic()
     res = run_sfm_isolated(img_dir, names, out_dir / "sfm", cfg, ctx.log, check=lambda f: ctx.progress(0.1 + 0.6 * f))
