@@ -30,7 +30,7 @@ from bench.sfm_speed import camera_row  # noqa: E402
 # the baseline: COLMAP's ratios and refinement rounds (1.1, 2 local / 5 global) with 50 global iterations (pycolmap's
 # own default, -1, leaves the cap to its solver); "hotmesh" is the pipeline's own mapper call with its settings
 BASELINE = {"ba_global_ratio": 1.1, "ba_global_iterations": 50, "ba_local_refinements": 2, "ba_global_refinements": 5}
-VARIANTS = {"colmap": BASELINE, "hotmesh": None, "hotmesh-gpu": "gpu"}
+VARIANTS = {"colmap": BASELINE, "hotmesh": None, "hotmesh-gpu": "gpu", "hotmesh-all": "all"}
 
 
 def match(folder: Path, names: list[str], db: Path, device: str = "cpu") -> float:
@@ -56,19 +56,25 @@ def match(folder: Path, names: list[str], db: Path, device: str = "cpu") -> floa
     return time.monotonic() - t0
 
 
-def map_once(db: Path, folder: Path, out: Path, variant: dict | str | None) -> tuple[float, object]:
-    """Map ``db``: with :func:`pipeline.cameras.sfm.map_cameras` (``variant`` None), with its options and the
-    bundle adjustment on the GPU (``"gpu"``), or with its options but the bundle adjustment of ``variant``."""
+def map_once(db: Path, folder: Path, out: Path, variant: dict | str | None,
+             names: list[str]) -> tuple[float, object, dict]:
+    """Map ``db``: as the pipeline does (:func:`pipeline.cameras.sfm.map_and_place`, ``variant`` None; ``"all"``:
+    every photo mapped), with its options and the bundle adjustment on the GPU (``"gpu"``), or with its options but
+    the bundle adjustment of ``variant`` -> (seconds, the largest model, photos placed beside it)."""
+    import logging
+
     import pycolmap
 
-    from pipeline.cameras.sfm import SfmSettings, incremental_options, map_cameras
+    from pipeline.cameras.sfm import SfmSettings, incremental_options, map_and_place
 
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     pycolmap.set_random_seed(0)
     t0 = time.monotonic()
-    if variant is None:
-        recs = map_cameras(db, folder / "images", out, SfmSettings())
+    placed: dict = {}
+    if variant in (None, "all"):
+        cfg = SfmSettings() if variant is None else SfmSettings(keyframes=0)
+        recs, placed, _ = map_and_place(db, folder / "images", out, cfg, names, logging.getLogger("sfm_ba"))
     elif variant == "gpu":
         opt = incremental_options(SfmSettings())
         opt.ba_use_gpu, opt.ba_gpu_index = True, "0"
@@ -81,7 +87,7 @@ def map_once(db: Path, folder: Path, out: Path, variant: dict | str | None) -> t
         opt.ba_local_max_refinements = variant["ba_local_refinements"]
         opt.ba_global_max_refinements = variant["ba_global_refinements"]
         recs = pycolmap.incremental_mapping(db, folder / "images", out, options=opt)
-    return time.monotonic() - t0, max(recs.values(), key=lambda r: r.num_reg_images())
+    return time.monotonic() - t0, max(recs.values(), key=lambda r: r.num_reg_images()), placed
 
 
 def main() -> None:
@@ -111,10 +117,10 @@ def main() -> None:
         matched = None if db.exists() else round(match(folder, names, db, args.match_device), 2)
         for label in args.variants:
             variant = VARIANTS[label]
-            seconds, rec = map_once(db, folder, work / label, variant)
+            seconds, rec, placed = map_once(db, folder, work / label, variant, names)
             row = {"set": folder.name, "variant": label, "settings": variant if isinstance(variant, dict) else
-                   "sfm defaults" + (", ba_use_gpu" if variant == "gpu" else ""), "images": len(names),
-                   **camera_row(rec, truth), "map_seconds": round(seconds, 2), "match_seconds": matched}
+                   "sfm defaults" + {"gpu": ", ba_use_gpu", "all": ", every photo mapped"}.get(variant or "", ""), "images": len(names),
+                   **camera_row(rec, truth, placed), "map_seconds": round(seconds, 2), "match_seconds": matched}
             rows.append(row)
             print(json.dumps(row), flush=True)
             path.write_text(json.dumps({"card": card(), "date": time.strftime("%Y-%m-%d"), "results": rows}, indent=1))

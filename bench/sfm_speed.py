@@ -51,20 +51,27 @@ def colmap_sequential(db: Path, cfg: Any, device: Any) -> None:
     pycolmap.match_sequential(db, matching_options=mopt, pairing_options=pairing, device=device)
 
 
-def camera_row(rec: Any, truth: TrueCameras | None) -> dict[str, Any]:
+def camera_row(rec: Any, truth: TrueCameras | None, placed: dict[str, Any] | None = None) -> dict[str, Any]:
     """A reconstruction's registered photos, points and reprojection error, and with ``truth`` its camera centres'
-    RMS against the true ones after a similarity fit (of the cameras' spread) and the misplaced cameras."""
+    RMS against the true ones after a similarity fit (of the cameras' spread) and the misplaced cameras. ``placed``:
+    photos placed beside the model (:func:`pipeline.cameras.sfm.place_remaining`), counted and compared too."""
     import numpy as np
 
-    row: dict[str, Any] = {"registered": rec.num_reg_images(), "points": rec.num_points3D(),
+    placed = placed or {}
+    row: dict[str, Any] = {"registered": rec.num_reg_images() + len(placed), "points": rec.num_points3D(),
                            "reprojection_px": round(rec.compute_mean_reprojection_error(), 3)}
+    if placed:
+        row["placed"] = len(placed)
     if truth is not None:
         ims = [im for im in rec.images.values() if im.has_pose]
-        w2c = np.stack([np.vstack([im.cam_from_world().matrix(), [0, 0, 0, 1]]) for im in ims])
         cams = [rec.cameras[im.camera_id] for im in ims]
+        shared = cams[0]
+        names = tuple(im.name for im in ims) + tuple(placed)
+        w2c = np.stack([np.vstack([im.cam_from_world().matrix(), [0, 0, 0, 1]]) for im in ims]
+                       + [np.vstack([p.cam_from_world, [0, 0, 0, 1]]) for p in placed.values()])
+        cams += [shared] * len(placed)
         Ks = np.stack([c.calibration_matrix() for c in cams])
-        al = alignment(TrueCameras(tuple(im.name for im in ims), Ks, w2c, tuple((c.width, c.height) for c in cams)),
-                       truth)
+        al = alignment(TrueCameras(names, Ks, w2c, tuple((c.width, c.height) for c in cams)), truth)
         row.update(centre_rms_of_spread=round(al.residual, 6), misplaced_cameras=list(al.misplaced))
     return row
 

@@ -75,6 +75,10 @@ class SfmConfig:
     # accurate; the registrations, not the global adjustments, are most of a 48-photo mapping
     ba_local_images: Annotated[int, Field(ge=2, le=50)] = 4
     ba_local_iterations: PosInt = 10
+    # incremental: at most this many photos (every 2^k-th in capture order) are mapped; the others are placed by
+    # absolute pose against the mapped points, so that mapping stops growing faster than the photos (0: all mapped;
+    # docs/benchmarks.md, SfM with many photos)
+    keyframes: Annotated[int, Field(ge=0, le=100_000)] = 64
 
 
 @dataclass(frozen=True, config=FROZEN)

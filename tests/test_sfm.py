@@ -61,10 +61,11 @@ def test_unposed_apple_gets_poses_masks_and_a_mesh(daemon_factory) -> None:
     assert "data:image/jpeg;base64," in html[html.find('id="masks"'):]
 
 
-@pytest.mark.parametrize("mapper", ["incremental", "global"])
-def test_sfm_poses_agree_with_the_given_poses_on_real_photos(tmp_path: Path, mapper: str) -> None:
+@pytest.mark.parametrize("mapper,keyframes", [("incremental", 64), ("global", 64), ("incremental", 7)])
+def test_sfm_poses_agree_with_the_given_poses_on_real_photos(tmp_path: Path, mapper: str, keyframes: int,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """fox ships COLMAP poses; SfM on 14 of its photos, ignoring them, must land on the same cameras, with either
-    mapper."""
+    mapper, and with every other photo mapped and the rest placed by absolute pose against its points."""
     src = read_transforms(data("fox") / "transforms.json")
     frames = src.frames[:14]
     img_dir = tmp_path / "img"
@@ -74,9 +75,27 @@ def test_sfm_poses_agree_with_the_given_poses_on_real_photos(tmp_path: Path, map
         (img_dir / fr.name).parent.mkdir(parents=True, exist_ok=True)
         im = Image.open(data("fox") / fr.name)
         im.resize((im.width // 2, im.height // 2)).save(img_dir / fr.name, quality=95)
-    res = run_sfm(img_dir, [f.name for f in frames], tmp_path / "sfm", SfmSettings(max_image_size=640, mapper=mapper),
-                  logging.getLogger("test"))
+    res = run_sfm(img_dir, [f.name for f in frames], tmp_path / "sfm",
+                  SfmSettings(max_image_size=640, mapper=mapper, keyframes=keyframes), logging.getLogger("test"))
     assert res.stats["mapper"] == mapper
+    placed = [res.names.index(f.name) for f in frames[1::2]] if keyframes == 7 else []
+    assert res.stats["placed"] == len(placed) and res.stats["mapped"] == len(frames) - len(placed)
+    # a placed photo observes the model's points where they project (its inliers), as a mapped one does
+    for k in placed:
+        m = res.obs_image == k
+        assert m.sum() >= 30
+        X = np.c_[res.points[res.obs_point[m]], np.ones(int(m.sum()))] @ res.w2c[k].T
+        uv = X[:, :2] / X[:, 2:3] * np.diag(res.K[k])[:2] + res.K[k][:2, 2]
+        assert np.median(np.linalg.norm(uv - res.obs_xy[m], axis=1)) < 3.0
+    if keyframes == 7:
+        # where placing leaves photos out, every photo is mapped after all
+        import pipeline.cameras.sfm as sfm_module
+
+        monkeypatch.setattr(sfm_module, "place_remaining", lambda *args, **kwargs: {})
+        recs, again, seconds = sfm_module.map_and_place(tmp_path / "sfm" / "database.db", img_dir, tmp_path / "again",
+                                                        SfmSettings(max_image_size=640, keyframes=7),
+                                                        [f.name for f in frames], logging.getLogger("test"))
+        assert not again and max(r.num_reg_images() for r in recs.values()) == len(frames) and "place" in seconds
     assert len(res.names) == len(frames), res.unregistered
     given = {f.name: f.w2c for f in frames}
     errs = pose_errors(res.w2c, np.array([given[n] for n in res.names]))
@@ -209,3 +228,17 @@ def test_listed_sequential_pairs_are_colmaps_own(tmp_path: Path) -> None:
     assert sequential_pairs(5, 3) == [(0, 1), (0, 2), (0, 4), (1, 2), (1, 3), (2, 3), (2, 4), (3, 4)]
     with pytest.raises(ValueError):
         sequential_pairs(5, 0)
+
+
+def test_keyframe_stride_keeps_the_mapped_photos_within_the_limit() -> None:
+    from pipeline.cameras.sfm import keyframe_stride, sequential_pairs
+
+    assert [keyframe_stride(n, 64) for n in (0, 3, 48, 64, 65, 128, 129, 200, 1000)] == [1, 1, 1, 1, 2, 2, 4, 4, 16]
+    assert keyframe_stride(200, 0) == 1
+    for n, limit in ((200, 64), (500, 48), (97, 96)):
+        k = keyframe_stride(n, limit)
+        assert len(range(0, n, k)) <= limit < len(range(0, n, k // 2)) or k == 1
+        # the mapped photos keep their sequential pairs among themselves: each with the next mapped one
+        assert all((i, i + k) in set(sequential_pairs(n, 10)) for i in range(0, n - k, k))
+    with pytest.raises(ValueError):
+        keyframe_stride(-1, 64)
