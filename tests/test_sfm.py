@@ -242,3 +242,22 @@ def test_keyframe_stride_keeps_the_mapped_photos_within_the_limit() -> None:
         assert all((i, i + k) in set(sequential_pairs(n, 10)) for i in range(0, n - k, k))
     with pytest.raises(ValueError):
         keyframe_stride(-1, 64)
+
+
+def test_the_report_says_how_many_photos_were_placed_beside_the_mapped_ones(tmp_path: Path) -> None:
+    from pipeline.report.html import complete_stats, render_report
+
+    sfm = {"registered": 200, "images": 200, "mean_reprojection_error_px": 0.5, "mean_track_length": 9.1,
+           "points": 14616, "pycolmap": "4.2.1", "device": "cpu", "matcher": "sequential", "feature_size": 1000,
+           "camera_model": "OPENCV", "seconds": {"map": 6.5, "place": 4.5}, "unregistered": [], "mapped": 50,
+           "placed": 150}
+    for placed, shown in ((150, True), (0, False)):
+        stats = complete_stats({"cameras": {"source": "sfm", "sfm": dict(sfm, placed=placed)}})
+        ctx = {"job": {"id": "j", "folder": "j", "state": "done", "error": None, "stage": None, "version": "0",
+                       "device": "cpu", "finished": "now"}, "stats": stats, "renders": [], "heldout": [],
+               "scene": None, "masks_preview": None, "viewer": None, "no_viewer": "none", "timings": [],
+               "config": {}, "config_rows": [], "published": [], "photos": [], "failure": None}
+        render_report(ctx, tmp_path / "report.html")
+        html = (tmp_path / "report.html").read_text()
+        assert ('id="sfm-placed">50 photos mapped' in html and "150 placed by absolute pose" in html) == shown
+        assert 'id="sfm-registered">200 / 200<' in html
