@@ -179,6 +179,15 @@ def place_remaining(db_path: Path, rec: Any, names: list[str], min_inliers: int 
     db = pycolmap.Database.open(db_path)
     try:
         ids = {im.name: im.image_id for im in db.read_all_images()}
+        name_of = {i: n for n, i in ids.items()}
+        # the verified pairs, read once: asking the database pair by pair would grow as the photos squared
+        partners: dict[str, list[str]] = {}
+        for pair_id, count in zip(*db.read_two_view_geometry_num_inliers()):
+            if count > 0:
+                a, b = (name_of.get(int(i)) for i in pycolmap.pair_id_to_image_pair(pair_id))
+                if a is not None and b is not None:
+                    partners.setdefault(a, []).append(b)
+                    partners.setdefault(b, []).append(a)
         # per placed photo: keypoint index -> 3D point id (the model's own, then each placed photo's inliers)
         seen: dict[str, dict[int, int]] = {}
         for i in rec.reg_image_ids():
@@ -195,8 +204,9 @@ def place_remaining(db_path: Path, rec: Any, names: list[str], min_inliers: int 
             left = []
             for n in todo:
                 corr: dict[int, int] = {}
-                for m, known in seen.items():
-                    if not db.exists_two_view_geometry(ids[n], ids[m]):
+                for m in partners.get(n, ()):
+                    known = seen.get(m)
+                    if known is None:
                         continue
                     for f, g in np.asarray(db.read_two_view_geometry(ids[n], ids[m]).inlier_matches).reshape(-1, 2):
                         pid = known.get(int(g))
