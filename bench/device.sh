@@ -40,7 +40,8 @@ if [ -d "$SITE/_pycolmap_x11" ] && ! ldconfig -p 2>/dev/null | grep -q libSM.so.
 fi
 # multi-GPU hosts: never NVLink multicast (it can take the host's GPUs down)
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-CARD="$(python3 -c "import torch; n = torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu'; print(n.split()[-1].lower() if 'NVIDIA' in n else n)")"
+# the model's token ("NVIDIA H100 80GB HBM3" -> h100, "NVIDIA H200" -> h200), not the name's last word
+CARD="$(python3 -c "import re, torch; n = torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu'; m = re.search(r'\b[A-Z]+\d{2,4}\b', n); print(m.group(0).lower() if m else n.split()[-1].lower())")"
 export CARD
 LIMIT="${DEVICE_SECONDS:-570}"
 cd "$REPO"
