@@ -2,13 +2,16 @@
 motion; where SfM ran, its points and the object region (centre, size, up, support plane) for later stages."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import cv2
 import numpy as np
@@ -136,12 +139,14 @@ def _run_sfm(ctx: JobContext, manifest: Manifest, out_dir: Path) -> SfmResult:
     img_dir = out_dir / "sfm_images"
     names = []
     t0 = time.monotonic()
-    for i, fr in enumerate(manifest.frames):
-        ctx.progress(0.1 * i / len(manifest.frames))
-        dst = img_dir / (fr.name + ".jpg")
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        upright_jpeg(manifest.path_of(fr, ctx), dst, cfg.max_image_size)
-        names.append(fr.name + ".jpg")
+    for fr in manifest.frames:
+        (img_dir / (fr.name + ".jpg")).parent.mkdir(parents=True, exist_ok=True)
+    with photo_pool() as pool:
+        copies = pool.map(lambda fr: upright_jpeg(manifest.path_of(fr, ctx), img_dir / (fr.name + ".jpg"),
+                                                  cfg.max_image_size), manifest.frames)
+        for i, (fr, _copied) in enumerate(zip(manifest.frames, copies)):
+            ctx.progress(0.1 * i / len(manifest.frames))
+            names.append(fr.name + ".jpg")
     t1 = time.monotonic()
     res = run_sfm_isolated(img_dir, names, out_dir / "sfm", cfg, ctx.log, check=lambda f: ctx.progress(0.1 + 0.6 * f))
     # beside SfM's own steps: the copies, and the child process's start and hand-back (the rest of its wall time)
@@ -154,6 +159,46 @@ def _run_sfm(ctx: JobContext, manifest: Manifest, out_dir: Path) -> SfmResult:
     strip = lambda n: n[:-4]  # noqa: E731  (".jpg" added above)
     return dataclasses.replace(res, names=tuple(strip(n) for n in res.names),
                                unregistered=tuple(strip(n) for n in res.unregistered))
+
+
+@contextlib.contextmanager
+def photo_pool() -> Iterator[ThreadPoolExecutor]:
+    """Threads that read photos: decoding and resizing release the GIL, so a few cores help, and more than 8 only
+    hold more full-size photos in memory at once. Leaving early (a cancel) drops the photos not yet started."""
+    pool = ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1)), thread_name_prefix="hotmesh-photos")
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass(frozen=True)
+class WorkingView:
+    """One photo at working size: rgb (h, w, 3) uint8, alpha (h, w) uint8 or None, undistorted; width / height and K
+    (3, 3) of the photo as taken; K_working (3, 3) of the working size."""
+
+    rgb: np.ndarray
+    alpha: np.ndarray | None
+    width: int
+    height: int
+    K: np.ndarray
+    K_working: np.ndarray
+
+
+def working_view(path: Path, spec: FrameSpec, max_side: int) -> WorkingView:
+    """Read the photo at ``path`` for the camera ``spec``: undistorted once, so that every later stage can use a plain
+    pinhole model, then scaled so that its long side is at most ``max_side``."""
+    rgb, alpha = load_rgba(path)
+    H, W = rgb.shape[:2]
+    K = intrinsics_for_image(spec, W, H)
+    if spec.dist:
+        rgb = undistort_image(rgb, K, spec.camera_model, spec.dist)
+        if alpha is not None:
+            alpha = undistort_image(alpha, K, spec.camera_model, spec.dist)
+    s = min(1.0, max_side / max(H, W))
+    w, h = max(1, round(W * s)), max(1, round(H * s))
+    return WorkingView(rgb=resize(rgb, (w, h)), alpha=None if alpha is None else resize(alpha, (w, h)), width=W,
+                       height=H, K=K, K_working=scale_intrinsics(K, w / W, h / H))
 
 
 def check_registration(res: SfmResult, total: int, cfg: SfmSettings, min_images: int) -> list[str]:
@@ -240,28 +285,21 @@ class CamerasStage(Stage):
         photos: list[tuple[int, int, np.ndarray, tuple[float, ...], str]] = []  # as taken: for the camera files
         frames = [fr for fr in manifest.frames if fr.name in specs]
         scale_of: dict[str, tuple[float, float]] = {}
-        for i, fr in enumerate(frames):
-            ctx.progress(0.7 + 0.25 * i / len(frames))
-            spec = specs[fr.name]
-            rgb, alpha = load_rgba(manifest.path_of(fr, ctx))
-            H, W = rgb.shape[:2]
-            K = intrinsics_for_image(spec, W, H)
-            photos.append((W, H, K, tuple(spec.dist), spec.camera_model))
-            if spec.dist:
-                # undistort once here so every later stage can use a plain pinhole model
-                rgb = undistort_image(rgb, K, spec.camera_model, spec.dist)
-                if alpha is not None:
-                    alpha = undistort_image(alpha, K, spec.camera_model, spec.dist)
-            s = min(1.0, max_side / max(H, W))
-            w, h = max(1, round(W * s)), max(1, round(H * s))
-            k = len(names)
-            arrays[f"rgb_{k}"] = resize(rgb, (w, h))
-            if alpha is not None:
-                arrays[f"alpha_{k}"] = resize(alpha, (w, h))
-            Ks.append(scale_intrinsics(K, w / W, h / H))
-            w2cs.append(spec.w2c)
-            names.append(fr.name)
-            scale_of[fr.name] = (w, h)
+        # decoding, undistorting and resizing release the GIL: the photos are read on threads, in order
+        with photo_pool() as pool:
+            loaded = pool.map(lambda fr: working_view(manifest.path_of(fr, ctx), specs[fr.name], max_side), frames)
+            for i, (fr, view) in enumerate(zip(frames, loaded)):
+                ctx.progress(0.7 + 0.25 * i / len(frames))
+                spec = specs[fr.name]
+                photos.append((view.width, view.height, view.K, tuple(spec.dist), spec.camera_model))
+                k = len(names)
+                arrays[f"rgb_{k}"] = view.rgb
+                if view.alpha is not None:
+                    arrays[f"alpha_{k}"] = view.alpha
+                Ks.append(view.K_working)
+                w2cs.append(spec.w2c)
+                names.append(fr.name)
+                scale_of[fr.name] = (view.rgb.shape[1], view.rgb.shape[0])
         lap("views")
         # ---- real-world scale (scale.json: printed markers or a known distance; pipeline/stages/scaling.py) ----
         scale = job_scale(ctx, manifest, specs, names, [arrays[f"rgb_{k}"] for k in range(len(names))],
