@@ -198,8 +198,8 @@ def run_job(folder: Path, posed: bool, overrides: dict[str, dict[str, Any]], dev
         row["missing"] = {k: stats["quality"].get(k) for k in ("base", "heldout_points")}
         row["geometry"] = stats.get("geometry", {}).get("method")
         sfm = (stats.get("cameras") or {}).get("sfm") or {}
-        row["sfm"] = {k: sfm.get(k) for k in ("registered", "images", "mean_reprojection_error_px", "device",
-                                               "mapper", "seconds")} if sfm else None
+        row["sfm"] = {k: sfm.get(k) for k in ("registered", "images", "mapped", "placed", "mean_reprojection_error_px",
+                                               "device", "mapper", "seconds")} if sfm else None
         gt_path = folder / "gt.ply"
         if gt_path.exists():
             mesh = trimesh.load(out / "mesh.ply", process=False, force="mesh")
