@@ -118,8 +118,9 @@ def main() -> None:
         for label in args.variants:
             variant = VARIANTS[label]
             seconds, rec, placed = map_once(db, folder, work / label, variant, names)
-            row = {"set": folder.name, "variant": label, "settings": variant if isinstance(variant, dict) else
-                   "sfm defaults" + {"gpu": ", ba_use_gpu", "all": ", every photo mapped"}.get(variant or "", ""), "images": len(names),
+            settings = variant if isinstance(variant, dict) else \
+                "sfm defaults" + {"gpu": ", ba_use_gpu", "all": ", every photo mapped"}.get(variant or "", "")
+            row = {"set": folder.name, "variant": label, "settings": settings, "images": len(names),
                    **camera_row(rec, truth, placed), "map_seconds": round(seconds, 2), "match_seconds": matched}
             rows.append(row)
             print(json.dumps(row), flush=True)

@@ -160,11 +160,11 @@ def map_cameras(db: Path, image_dir: Path, out: Path, cfg: SfmSettings,
 
 @dataclass(frozen=True)
 class PlacedPhoto:
-    """A photo placed by absolute pose: cam_from_world (3, 4) float64; features (M,) int, the indices of its
-    keypoints that are inliers of the pose; point_ids (M,) int, the model's 3D points they observe."""
+    """A photo placed by absolute pose: cam_from_world (3, 4) float64; xy (M, 2) float32, the pixels of its keypoints
+    that are inliers of the pose; point_ids (M,) int, the model's 3D points they observe."""
 
     cam_from_world: np.ndarray
-    features: np.ndarray
+    xy: np.ndarray
     point_ids: np.ndarray
 
 
@@ -224,8 +224,8 @@ def place_remaining(db_path: Path, rec: Any, names: list[str], min_inliers: int 
                     left.append(n)
                     continue
                 inl = np.asarray(r["inlier_mask"], dtype=bool)
-                placed[n] = PlacedPhoto(np.asarray(r["cam_from_world"].matrix(), dtype=np.float64), feats[inl],
-                                        pids[inl])
+                placed[n] = PlacedPhoto(np.asarray(r["cam_from_world"].matrix(), dtype=np.float64),
+                                        xy[inl].astype(np.float32), pids[inl])
                 seen[n] = dict(zip(feats[inl].tolist(), pids[inl].tolist()))
             if len(left) == len(todo):
                 break
@@ -356,7 +356,7 @@ def run_sfm(image_dir: Path, names: list[str], work: Path, cfg: SfmSettings, log
     per_image = image_counts(db, list(names))
     reg_points = {} if best is None else {best.image(i).name: int(best.image(i).num_points3D)
                                           for i in best.reg_image_ids()}
-    reg_points.update({n: len(p.features) for n, p in placed.items()})
+    reg_points.update({n: len(p.point_ids) for n, p in placed.items()})
     for row in per_image:
         row["registered"] = row["name"] in reg_points
         row["points"] = reg_points.get(row["name"], 0)
@@ -370,7 +370,6 @@ def run_sfm(image_dir: Path, names: list[str], work: Path, cfg: SfmSettings, log
     reg_names = [n for n in names if n in by_name or n in placed]
     unregistered = tuple(n for n in names if n not in by_name and n not in placed)
     camera = next(iter(rec.cameras.values()))
-    keypoints = _keypoints(db, list(placed))
     point_ids = sorted(rec.points3D)
     pindex = {pid: k for k, pid in enumerate(point_ids)}
     points = np.array([rec.points3D[p].xyz for p in point_ids], dtype=np.float64).reshape(-1, 3)
@@ -388,9 +387,9 @@ def run_sfm(image_dir: Path, names: list[str], work: Path, cfg: SfmSettings, log
         w2c = np.eye(4)
         if im is None:  # placed by absolute pose: its inliers are its observations
             w2c[:3, :4] = placed[name].cam_from_world
-            oi.extend([k] * len(placed[name].features))
+            oi.extend([k] * len(placed[name].point_ids))
             op.extend(pindex[int(q)] for q in placed[name].point_ids)
-            oxy.extend(keypoints[name][placed[name].features])
+            oxy.extend(placed[name].xy)
             w2cs.append(w2c)
             continue
         w2c[:3, :4] = np.asarray(im.cam_from_world().matrix(), dtype=np.float64)
@@ -415,20 +414,6 @@ def run_sfm(image_dir: Path, names: list[str], work: Path, cfg: SfmSettings, log
                      K=np.array(Ks), dist=np.array(dists), w2c=np.array(w2cs), points=points, colors=colors,
                      obs_image=np.array(oi, dtype=np.int32), obs_point=np.array(op, dtype=np.int32),
                      obs_xy=np.array(oxy, dtype=np.float32).reshape(-1, 2), stats=stats, per_image=tuple(per_image))
-
-
-def _keypoints(db_path: Path, names: list[str]) -> dict[str, np.ndarray]:
-    """Keypoint positions (K, 2) float32 of the photos ``names`` of a COLMAP database, by name."""
-    if not names:
-        return {}
-    import pycolmap
-
-    db = pycolmap.Database.open(db_path)
-    try:
-        ids = {im.name: im.image_id for im in db.read_all_images()}
-        return {n: np.asarray(db.read_keypoints(ids[n]), dtype=np.float32)[:, :2] for n in names}
-    finally:
-        db.close()
 
 
 def _sfm_child(conn: Any, image_dir: Path, names: list[str], work: Path, cfg: SfmSettings) -> None:
