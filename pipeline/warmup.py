@@ -9,6 +9,7 @@ of five), so the other heavy modules load where they are first used, on the job'
 """
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
 import threading
@@ -34,7 +35,11 @@ def warm_up() -> float:
 
 @functools.lru_cache(maxsize=None)
 def start_warm_up() -> threading.Thread:
-    """:func:`warm_up` on a daemon thread, once per process."""
+    """:func:`warm_up` on a daemon thread, once per process. The process waits for it at exit (up to a minute):
+    a job that fails in its first second would otherwise exit while the thread is inside torch's import, and the
+    interpreter's teardown of a daemon thread in C++ code aborts the process ("terminate called without an active
+    exception"), so a clean failure exits with SIGABRT."""
     thread = threading.Thread(target=warm_up, name="hotmesh-warm-up", daemon=True)
     thread.start()
+    atexit.register(thread.join, 60.0)
     return thread

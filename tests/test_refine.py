@@ -160,3 +160,23 @@ def test_the_warm_up_takes_the_first_optimiser_steps_import_once_per_process() -
                          cwd=Path(__file__).resolve().parent.parent)
     assert out.returncode == 0, out.stderr
     assert float(out.stdout) < 0.5
+
+
+def test_a_process_that_ends_during_the_warm_up_waits_for_it() -> None:
+    """A job that fails in its first second ends its process while the warm-up may still be inside torch; a daemon
+    thread torn down in C++ code aborts the process (SIGABRT instead of the job's clean exit status). The process
+    must wait for the warm-up: here a warm-up that takes 1.5 s still writes its file after the main thread ended."""
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        flag = Path(tmp) / "warmed"
+        code = ("import time, pipeline.warmup as w\n"
+                f"w.warm_up = lambda: (time.sleep(1.5), open({str(flag)!r}, 'w').write('x'))\n"
+                "w.start_warm_up(); raise SystemExit(3)\n")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                             cwd=Path(__file__).resolve().parent.parent)
+        assert out.returncode == 3, out.stderr
+        assert flag.read_text() == "x"
