@@ -1,11 +1,14 @@
 """Image validation (by content, not extension) and loading with EXIF orientation applied."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -164,3 +167,14 @@ def resize(arr: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.
         return arr
     im = Image.fromarray(arr)
     return np.asarray(im.resize(size, Image.Resampling.NEAREST if nearest else Image.Resampling.LANCZOS))
+
+
+@contextlib.contextmanager
+def photo_pool() -> Iterator[ThreadPoolExecutor]:
+    """Threads that read photos: decoding and resizing release the GIL, so a few cores help, and more than 8 only
+    hold more full-size photos in memory at once. Leaving early (a cancel) drops the photos not yet started."""
+    pool = ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1)), thread_name_prefix="hotmesh-photos")
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -2,16 +2,13 @@
 motion; where SfM ran, its points and the object region (centre, size, up, support plane) for later stages."""
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import os
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import cv2
 import numpy as np
@@ -20,7 +17,7 @@ from pipeline.cameras.cameras import (FrameSpec, camera_centers, intrinsics_for_
                               undistort_image)
 from pipeline.cameras.camera_files import PhotoCamera
 from pipeline.context import InputError, JobContext
-from pipeline.io.images import load_rgba, resize, upright_jpeg
+from pipeline.io.images import load_rgba, photo_pool, resize, upright_jpeg
 from pipeline.geometry.scene import (ObjectRegion, Similarity, normalizing_similarity, object_region, pose_errors,
                             region_from_cameras, umeyama)
 from pipeline.settings import PipelineSettings
@@ -159,17 +156,6 @@ def _run_sfm(ctx: JobContext, manifest: Manifest, out_dir: Path) -> SfmResult:
     strip = lambda n: n[:-4]  # noqa: E731  (".jpg" added above)
     return dataclasses.replace(res, names=tuple(strip(n) for n in res.names),
                                unregistered=tuple(strip(n) for n in res.unregistered))
-
-
-@contextlib.contextmanager
-def photo_pool() -> Iterator[ThreadPoolExecutor]:
-    """Threads that read photos: decoding and resizing release the GIL, so a few cores help, and more than 8 only
-    hold more full-size photos in memory at once. Leaving early (a cancel) drops the photos not yet started."""
-    pool = ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1)), thread_name_prefix="hotmesh-photos")
-    try:
-        yield pool
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from PIL import Image
 from pipeline.cameras.cameras import TRANSFORMS_NAMES, FrameSpec, PoseSource, read_pose_source
 from pipeline.context import CANCEL_MARKER, READY_MARKER, InputError, JobContext
 from pipeline.io.files import is_special, open_regular, printable, read_head, regular_file, special_reason
-from pipeline.io.images import IMAGE_SUFFIXES, Rejected, inside, sniff_format, validate_image
+from pipeline.io.images import IMAGE_SUFFIXES, Rejected, inside, photo_pool, sniff_format, validate_image
 from pipeline.cameras.scale import SCALE_FILE, ScaleFileError, read_scale_spec
 from pipeline.stages.base import Stage, stage_dir
 from pipeline.io.video import VIDEO_SUFFIXES, VideoUnreadable, sample_video
@@ -373,9 +373,16 @@ class IngestStage(Stage):
         """Validate each (spec, file, video it came from) fully; progress runs from ``lo`` to ``hi``."""
         frames: list[Frame] = []
         rejected: list[Rejected] = []
-        for i, (spec, path, video) in enumerate(items):
-            ctx.progress(lo + (hi - lo) * i / max(1, len(items)))
-            res = validate_image(path, path.parent if video else ctx.input_dir, ctx.settings.limits)
+        # a full decode of each photo, on threads (decoding releases the GIL); results are taken in order, so the
+        # manifest and the log do not depend on which thread finished first
+        with photo_pool() as pool:
+            checked = [pool.submit(validate_image, path, path.parent if video else ctx.input_dir,
+                                   ctx.settings.limits) for _, path, video in items]
+            results = []
+            for i, fut in enumerate(checked):
+                ctx.progress(lo + (hi - lo) * i / max(1, len(items)))
+                results.append(fut.result())
+        for (spec, path, video), res in zip(items, results):
             if isinstance(res, Rejected):
                 res = Rejected(spec.name if video is None else f"{video} ({spec.name})", res.reason)
                 rejected.append(res)
