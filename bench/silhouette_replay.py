@@ -50,7 +50,8 @@ class Replay:
     hi: np.ndarray
 
 
-def load(stages: Path, cache: Path | None) -> Replay:
+def load(stages: Path, cache: Path | None, mvs: dict[str, Any] | None = None) -> Replay:
+    """``mvs``: MvsSettings fields that differ from the CPU settings (give each its own ``cache``)."""
     meta = json.loads((stages / "cameras" / "views.json").read_text())
     z = np.load(stages / "cameras" / "views.npz")
     idx = [i for i in range(len(meta["names"])) if not z["holdout"][i]]
@@ -67,7 +68,8 @@ def load(stages: Path, cache: Path | None) -> Replay:
     cfg = DenseConfig()
     s = DenseSettings(mvs=MvsSettings(max_side=cfg.cpu_max_side, planes=cfg.cpu_planes, neighbours=cfg.neighbours,
                                       best_k=cfg.best_k, window=cfg.window, refine_rounds=cfg.refine_rounds,
-                                      min_score=cfg.min_score, min_consistent=cfg.min_consistent))
+                                      min_score=cfg.min_score, min_consistent=cfg.min_consistent,
+                                      **({"sparse_near": cfg.sparse_near} | (mvs or {}))))
     # the SfM observations of the training views, numbered as they are (as the geometry stage passes them)
     remap = np.full(len(meta["names"]), -1)
     remap[idx] = np.arange(len(idx))
@@ -92,15 +94,16 @@ def scores(masks: list[np.ndarray], names: list[str], truth: dict[str, np.ndarra
             "recall_min": round(float(r.min()), 4), "views": len(masks)}
 
 
-def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+def parse_variant(text: str, kind: type = SilhouetteSettings) -> tuple[str, dict[str, Any]]:
+    """"NAME:field=value,..." -> (NAME, fields of ``kind`` with values of their defaults' types)."""
     name, _, rest = text.partition(":")
-    fields = {f.name: f.type for f in dataclasses.fields(SilhouetteSettings)}
+    fields = {f.name: f.type for f in dataclasses.fields(kind)}
     out: dict[str, Any] = {}
     for kv in filter(None, rest.split(",")):
         key, _, value = kv.partition("=")
         if key not in fields:
-            raise SystemExit(f"silhouette_replay: SilhouetteSettings has no field {key!r}")
-        default = getattr(SilhouetteSettings(), key)
+            raise SystemExit(f"silhouette_replay: {kind.__name__} has no field {key!r}")
+        default = getattr(kind(), key)
         out[key] = value.lower() in ("1", "true", "yes") if isinstance(default, bool) else type(default)(value)
     return name, out
 
@@ -111,12 +114,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", type=Path, required=True, help="the photo-like set, gt.ply inside, poses beside")
     ap.add_argument("--cache", type=Path, default=None, help="depth maps cached here (pickle)")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME:field=value,...")
+    ap.add_argument("--mvs", default="", metavar="field=value,...",
+                    help="MvsSettings fields for the depth maps (rows are named <mvs>/<variant>)")
     ap.add_argument("--masks", type=Path, default=None, help="save each variant's masks here (<set>-<variant>.npz)")
     ap.add_argument("--tag", default=None)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = ap.parse_args(argv)
     t = time.monotonic()
-    rp = load(args.state, args.cache)
+    mvs = parse_variant(":" + args.mvs, MvsSettings)[1]
+    rp = load(args.state, args.cache, mvs)
     print(f"{len(rp.names)} views, depth maps {time.monotonic() - t:.0f} s")
     truth = true_masks(args.set)
     rows = []
@@ -124,15 +130,18 @@ def main(argv: list[str] | None = None) -> int:
         t = time.monotonic()
         s = dataclasses.replace(SilhouetteSettings(), **fields)
         masks = photo_silhouettes(rp.rgbs, rp.dms, rp.Ks, rp.w2cs, rp.lo, rp.hi, rp.planes, s, "cpu")
-        row = {"set": args.set.name, "variant": name, "settings": fields, **scores(masks, rp.names, truth),
+        if mvs:
+            name = f"{args.mvs}/{name}"
+        row = {"set": args.set.name, "variant": name, "settings": fields, "mvs": mvs, **scores(masks, rp.names, truth),
                "seconds": round(time.monotonic() - t, 1)}
         print(json.dumps(row))
         if args.masks:
             args.masks.mkdir(parents=True, exist_ok=True)
-            np.savez_compressed(args.masks / f"{args.set.name}-{name}.npz",
+            np.savez_compressed(args.masks / f"{args.set.name}-{name.replace('/', '_')}.npz",
                                 **{stem: m for stem, m in zip(rp.names, masks)})
         rows.append(row)
     if args.tag:
+        args.out.mkdir(parents=True, exist_ok=True)
         path = args.out / f"{args.tag}.json"
         old = json.loads(path.read_text())["results"] if path.exists() else []
         keep = [r for r in old if (r["set"], r["variant"]) not in {(x["set"], x["variant"]) for x in rows}]

@@ -117,6 +117,9 @@ class DenseConfig:
     refine_rounds: Annotated[int, Field(ge=0, le=8)] = 2  # surface-following sweeps after the plane sweep
     min_score: Annotated[float, Field(ge=-1, le=1)] = 0.4
     min_consistent: Annotated[int, Field(ge=0, le=32)] = 2  # neighbouring depth maps that must agree
+    # a view's sweep starts no nearer than this fraction of the nearest SfM points it sees (0: from the object's
+    # bounding sphere alone, which puts a close-up's sweep almost at the lens; docs/design.md, Depth maps)
+    sparse_near: Annotated[float, Field(ge=0, le=1)] = 0.5
     resolution: Annotated[int, Field(ge=32, le=2048)] = 384  # TSDF voxels along the object's longest side
     cpu_max_side: Annotated[int, Field(ge=64, le=8192)] = 400  # without a GPU: a coarse result in minutes
     cpu_planes: Annotated[int, Field(ge=8, le=1024)] = 64

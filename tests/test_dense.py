@@ -10,7 +10,7 @@ import trimesh
 from pipeline.geometry.fusion import Grid, combined_field, fuse
 from pipeline.geometry.meshing import marching_cubes
 from pipeline.geometry.mvs import (DepthMap, MvsSettings, consistency_counts, depth_range, ncc, neighbour_views,
-                          parabola_offset, relative_pose, sweep_view, warp_uv, window_stats)
+                          parabola_offset, relative_pose, sparse_depth_range, sweep_view, warp_uv, window_stats)
 from pipeline.imaging.render import look_at, render
 
 
@@ -28,6 +28,31 @@ def test_window_ncc_matches_a_direct_computation() -> None:
         expect = (a0 * b0).sum() / ((a0 ** 2).sum() * (b0 ** 2).sum()).sqrt()
         assert float(got[0, y, x]) == pytest.approx(float(expect), abs=1e-4)
     assert float(got[1, 2:-2, 2:-2].min()) > 0.999
+
+
+def test_a_close_up_sweeps_from_its_nearest_sfm_points_not_from_the_lens() -> None:
+    """A camera inside the object's sphere: the sphere alone starts the sweep at 2 % of its radius, where almost
+    every inverse-depth plane lies in front of the object. The view's own SfM points (inside the sphere) raise the
+    near depth to a fraction of their 2nd-percentile depth; points outside the sphere, too few points, or a
+    fraction of 0 leave the sphere's range."""
+    w2c = look_at(np.array([0.0, -0.8, 0.0]), np.zeros(3), np.array([0, 0, 1.0]))
+    center, radius = np.zeros(3), 1.0
+    near0, far0 = depth_range(w2c, center, radius)
+    assert near0 == pytest.approx(0.02) and far0 == pytest.approx(1.8)
+    rng = np.random.default_rng(0)
+    pts = np.c_[rng.uniform(-0.3, 0.3, 200), rng.uniform(-0.4, 0.2, 200), rng.uniform(-0.3, 0.3, 200)]
+    depth = pts @ w2c[:3, :3].T[:, 2] + w2c[2, 3]  # 0.4 - 1.2 in front of the camera
+    near, far = sparse_depth_range(w2c, center, radius, pts, 0.5)
+    assert far == far0 and near == pytest.approx(0.5 * np.percentile(depth, 2))
+    # in inverse depth, the object's share of the sweep grows from a few % to most of it
+    share = lambda n: (1 / depth.min() - 1 / depth.max()) / (1 / n - 1 / far0)  # noqa: E731
+    assert share(near0) < 0.05 and share(near) > 0.3
+    assert sparse_depth_range(w2c, center, radius, pts, 0.0) == (near0, far0)
+    assert sparse_depth_range(w2c, center, radius, pts[:10], 0.5) == (near0, far0)  # too few to say
+    assert sparse_depth_range(w2c, center, radius, pts + np.array([0, -5.0, 0]), 0.5) == (near0, far0)  # outside
+    # a far camera keeps the sphere's near depth when its points lie beyond twice that
+    w2c_far = look_at(np.array([0.0, -4.0, 0.0]), np.zeros(3), np.array([0, 0, 1.0]))
+    assert sparse_depth_range(w2c_far, center, radius, pts, 0.5) == depth_range(w2c_far, center, radius)
 
 
 def test_warp_and_parabola_against_references() -> None:

@@ -33,7 +33,8 @@ from pipeline.context import JobError
 from pipeline.geometry.fusion import Grid, combined_field_tensor, fuse_tensors
 from pipeline.geometry.meshing import (MeshingSettings, clean_mesh, close_inside, decimate, handle_count,
                                       marching_cubes_on_device, smooth_field)
-from pipeline.geometry.mvs import DepthMap, MvsSettings, backproject, depth_maps, depth_range, neighbour_views, to_gray
+from pipeline.geometry.mvs import (DepthMap, MvsSettings, backproject, depth_maps, neighbour_views,
+                                   sparse_depth_range, to_gray)
 from pipeline.geometry.poisson import (PoissonSettings, PoissonUnavailable, TooFewPoints, depth_normals,
                                        poisson_surface, silhouette_votes)
 from pipeline.imaging.render import reduced_camera
@@ -321,7 +322,9 @@ def photo_depth_maps(images: list[np.ndarray], masks: list[np.ndarray | None], K
                                                         interpolation=cv2.INTER_NEAREST) > 0)
     pts, ov, op = sparse if sparse is not None else (None, None, None)
     nbrs = neighbour_views(w2cs, pts, ov, op, s.mvs.neighbours, region.center)
-    ranges = [depth_range(w, region.center, region.radius) for w in w2cs]
+    ranges = [sparse_depth_range(w, region.center, region.radius,
+                                 None if pts is None else pts[np.unique(op[ov == i])], s.mvs.sparse_near)
+              for i, w in enumerate(w2cs)]
     dms = depth_maps(grays, np.array(Kd), w2cs, ranges, nbrs, s.mvs, device,
                      masks=None if all(m is None for m in dmasks) else dmasks, check=check)
     return dms, grays

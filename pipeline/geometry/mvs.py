@@ -36,6 +36,9 @@ class MvsSettings:
     refine_steps: int = 7  # hypotheses per surface-following sweep (odd)
     min_score: float = 0.4  # mean NCC of the best_k sources at the chosen depth
     min_texture: float = 0.01  # window standard deviation (grey in [0, 1]) below which a pixel gets no depth
+    # added to the product of the two windows' standard deviations under NCC's division: it pulls the score of a
+    # faint window towards 0, so it must stay well under min_texture squared for faint texture to score at all
+    ncc_eps: float = 1e-4
     min_consistent: int = 2  # neighbouring depth maps that must agree
     max_reproj_px: float = 1.0
     max_rel_depth: float = 0.01
@@ -45,6 +48,10 @@ class MvsSettings:
     # lies there (the table's far side, the room) sees nothing inside the region: its ray is free space there
     background_planes: int = 32
     background_factor: float = 12.0
+    # the near end of a view's sweep is at least this fraction of the nearest depths of the SfM points it observes
+    # inside the object's sphere (their 2nd percentile); 0: the sphere alone. A close-up inside the sphere otherwise
+    # sweeps from 2 % of its radius, in inverse depth: its object got 1-4 of 64 planes, and no depth
+    sparse_near: float = 0.5
 
     def __post_init__(self) -> None:
         if self.window % 2 != 1 or self.window < 3:
@@ -203,6 +210,22 @@ def depth_range(w2c: np.ndarray, center: np.ndarray, radius: float) -> tuple[flo
     return near, far
 
 
+def sparse_depth_range(w2c: np.ndarray, center: np.ndarray, radius: float, points: np.ndarray | None,
+                       fraction: float, min_points: int = 20) -> tuple[float, float]:
+    """:func:`depth_range`, with the near depth raised to ``fraction`` of the 2nd percentile of the camera depths
+    of ``points`` (P, 3) world (the SfM points the view observes) inside the sphere, when there are at least
+    ``min_points`` of them in front of the camera. Never beyond the far depth's half."""
+    near, far = depth_range(w2c, center, radius)
+    if points is None or fraction <= 0 or len(points) == 0:
+        return near, far
+    inside = np.linalg.norm(points - center, axis=1) <= radius
+    z = points[inside] @ w2c[:3, :3].T[:, 2] + w2c[2, 3]
+    z = z[z > 0]
+    if len(z) < min_points:
+        return near, far
+    return max(near, min(fraction * float(np.percentile(z, 2)), 0.5 * far)), far
+
+
 # ----------------------------------------------------------------------------------------------- the sweep
 
 
@@ -222,7 +245,7 @@ def _scores(ref: torch.Tensor, ref_mu: torch.Tensor, ref_sd: torch.Tensor, srcs:
     for img, (Ap, b) in zip(srcs, terms):
         uv, z = warp_uv(depths, Ap, b, H, W)
         warped = sample(img, uv)
-        sc = ncc(ref, ref_mu, ref_sd, warped, s.window)
+        sc = ncc(ref, ref_mu, ref_sd, warped, s.window, s.ncc_eps)
         Hs, Ws = img.shape[-2:]
         inside = (z > 0) & (uv[..., 0] >= 0) & (uv[..., 0] <= Ws) & (uv[..., 1] >= 0) & (uv[..., 1] <= Hs)
         per_src.append(torch.where(inside, sc, torch.full_like(sc, -1.0)))
