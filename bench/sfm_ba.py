@@ -1,8 +1,8 @@
 """The incremental mapper's bundle-adjustment settings compared on one matched database per set: seconds of mapping
 and camera accuracy, COLMAP's defaults against hotmesh's (``sfm.ba_global_ratio`` and friends).
 
-    python bench/sfm_ba.py SET [SET ...] [--variants colmap hotmesh hotmesh-gpu] [--match-device cpu|cuda]
-                           [--work DIR] [--tag TAG] [--out DIR]
+    python bench/sfm_ba.py SET [SET ...] [--variants colmap hotmesh hotmesh-gpu hotmesh-kf32 ...]
+                           [--match-device cpu|cuda] [--work DIR] [--tag TAG] [--out DIR]
 
 Features and matches are computed once per set on the CPU (hotmesh's SfM settings: SIFT at 1000 px, sequential
 matching with quadratic overlap, guided), then each variant maps the same database, so that only the mapper
@@ -30,7 +30,9 @@ from bench.sfm_speed import camera_row  # noqa: E402
 # the baseline: COLMAP's ratios and refinement rounds (1.1, 2 local / 5 global) with 50 global iterations (pycolmap's
 # own default, -1, leaves the cap to its solver); "hotmesh" is the pipeline's own mapper call with its settings
 BASELINE = {"ba_global_ratio": 1.1, "ba_global_iterations": 50, "ba_local_refinements": 2, "ba_global_refinements": 5}
-VARIANTS = {"colmap": BASELINE, "hotmesh": None, "hotmesh-gpu": "gpu", "hotmesh-all": "all"}
+# "kfN": the pipeline's own call with sfm.keyframes=N (a 48-photo set maps 24 photos with 32, 12 with 16)
+VARIANTS = {"colmap": BASELINE, "hotmesh": None, "hotmesh-gpu": "gpu", "hotmesh-all": "all",
+            "hotmesh-kf32": "kf32", "hotmesh-kf16": "kf16"}
 
 
 def match(folder: Path, names: list[str], db: Path, device: str = "cpu") -> float:
@@ -72,8 +74,8 @@ def map_once(db: Path, folder: Path, out: Path, variant: dict | str | None,
     pycolmap.set_random_seed(0)
     t0 = time.monotonic()
     placed: dict = {}
-    if variant in (None, "all"):
-        cfg = SfmSettings() if variant is None else SfmSettings(keyframes=0)
+    if variant is None or variant == "all" or (isinstance(variant, str) and variant.startswith("kf")):
+        cfg = SfmSettings(keyframes={None: SfmSettings().keyframes, "all": 0}.get(variant) or int(variant[2:]))
         recs, placed, _ = map_and_place(db, folder / "images", out, cfg, names, logging.getLogger("sfm_ba"))
     elif variant == "gpu":
         opt = incremental_options(SfmSettings())
@@ -119,7 +121,8 @@ def main() -> None:
             variant = VARIANTS[label]
             seconds, rec, placed = map_once(db, folder, work / label, variant, names)
             settings = variant if isinstance(variant, dict) else \
-                "sfm defaults" + {"gpu": ", ba_use_gpu", "all": ", every photo mapped"}.get(variant or "", "")
+                "sfm defaults" + {"gpu": ", ba_use_gpu", "all": ", every photo mapped"}.get(
+                    variant or "", f", sfm.keyframes={variant[2:]}" if variant else "")
             row = {"set": folder.name, "variant": label, "settings": settings, "images": len(names),
                    **camera_row(rec, truth, placed), "map_seconds": round(seconds, 2), "match_seconds": matched}
             rows.append(row)

@@ -69,3 +69,15 @@ def test_scaling_growth_exponents_find_linear_and_quadratic_stages() -> None:
     assert body["step_seconds"] == {"cameras/match": [1.0, 2.0, None], "cameras/map": [1.0, 4.0, None],
                                     "geometry/fusion": [3.0, None, None]}
     assert body["step_growth_exponents"]["cameras/map"] == pytest.approx(2.0)
+
+
+def test_the_host_probe_times_the_cpu_and_the_disk_it_is_given(tmp_path: Path) -> None:
+    """bench/host_probe.py: one row, written where asked, that times the folder it was given."""
+    from bench import host_probe
+
+    assert host_probe.main(["--dir", str(tmp_path), "--tag", "probe", "--out", str(tmp_path / "out")]) == 0
+    row = json.loads((tmp_path / "out" / "probe.json").read_text())["results"][0]
+    assert row["disk_dir"] == str(tmp_path) and row["write_mb_s"] > 0 and row["copy_48_photos_s"] > 0
+    assert row["affinity"] >= 1 and 0 < row["parallel_efficiency"] <= row["affinity"] * 1.5
+    assert row["python_loop_s"] > 0 and row["zlib_4mb_one_thread_s"] > 0
+    assert list(tmp_path.glob("hotmesh-probe-*")) == []  # its scratch files are gone
