@@ -123,9 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     row = probe(args.dir)
     print(json.dumps(row))
     if args.tag:
+        from bench.run_bench import card  # the GPU's name, as every result file has it
+
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / f"{args.tag}.json").write_text(json.dumps(
-            {"date": time.strftime("%Y-%m-%d"), "results": [row]}, indent=1))
+            {"card": card(), "date": time.strftime("%Y-%m-%d"), "results": [row]}, indent=1))
     return 0
 
 

@@ -274,6 +274,13 @@ def test_dense_method_on_a_posed_masked_capture_finds_the_object_from_the_camera
     assert "[job cow] geometry.dense: dense points' box" in log_text, log_text[-2000:]
     assert stats["geometry"]["watertight"]
     assert stats["quality"]["gt"]["fscore"] > 0.5, stats["quality"]["gt"]
+    if mesher == "tsdf":
+        # every step after the depth maps is timed by name: together they are the fusion and meshing's time
+        sec = dict(stats["geometry"]["dense"]["seconds"])
+        total = sec.pop("fusion_meshing")
+        sec.pop("depth_maps")
+        assert {"points", "surroundings", "silhouettes", "fusion", "clean_mesh", "thin_parts"} <= set(sec), sec
+        assert abs(sum(sec.values()) - total) <= 0.05 + 0.02 * total, (total, sec)
 
 
 def test_the_fused_box_reaches_down_to_the_table_under_its_footprint() -> None:

@@ -221,6 +221,8 @@ def dense_geometry(images: list[np.ndarray], masks: list[np.ndarray | None], Ks:
     t0 = time.monotonic()
     dms, grays = photo_depth_maps(images, masks, Ks, w2cs, region, s, device, sparse, check=lambda f: check(0.7 * f))
     t_mvs = time.monotonic() - t0
+    glue: dict[str, float] = {}  # the CPU steps between the GPU ones, which contention on a shared host stretches
+    t = time.monotonic()
     cloud, cols = [], []
     for dm, img in zip(dms, images):
         p, idx = backproject(dm)
@@ -232,7 +234,9 @@ def dense_geometry(images: list[np.ndarray], masks: list[np.ndarray | None], Ks:
         raise JobError(f"multi-view stereo found only {len(points)} consistent surface points: the photos share too "
                        "little texture or overlap. Photograph the object from more directions (every 10-15 degrees), "
                        "sharp and well lit; plain, shiny or transparent objects need masks (masks/<image>.png)")
+    glue["points"], t = time.monotonic() - t, time.monotonic()
     support, refit, walls, lo, hi = surroundings(points, region, w2cs, sparse, s.box_margin)
+    glue["surroundings"] = time.monotonic() - t
     planes = ([] if support is None else [support]) + walls
     log.info("dense points' box %s to %s (the region: centre %s, radius %.4g; support %s; %d wall(s)%s)",
              np.round(lo, 4), np.round(hi, 4), np.round(region.center, 4), region.radius,
@@ -265,6 +269,7 @@ def dense_geometry(images: list[np.ndarray], masks: list[np.ndarray | None], Ks:
             except (PoissonUnavailable, TooFewPoints) as e:
                 log.warning("%s; the TSDF surface is kept", e)
     check(0.98)
+    t = time.monotonic()
     grid, mesh, raw, lo, hi = surf.grid, surf.mesh, surf.raw, surf.lo, surf.hi
     thin_views = 0
     if any(estimated):
@@ -274,6 +279,7 @@ def dense_geometry(images: list[np.ndarray], masks: list[np.ndarray | None], Ks:
                                            np.asarray(mesh.faces), Ks[pick], w2cs[pick], s.silhouettes, device)
         for i, m in zip(pick, grown):
             sil[i] = m
+    glue["thin_parts"], t = time.monotonic() - t, time.monotonic()
     above = np.ones(len(points), dtype=bool)
     for n_, d_ in planes:
         above &= points @ n_ - d_ > 0
@@ -295,7 +301,9 @@ def dense_geometry(images: list[np.ndarray], masks: list[np.ndarray | None], Ks:
              # the final mesh's handles, which the report's topology check grades
              "handles": handle_count(mesh)[0],
              "seconds": {"depth_maps": round(t_mvs, 2), "fusion_meshing": round(time.monotonic() - t0 - t_mvs, 2)}}
+    glue["summary"] = time.monotonic() - t
     stats["seconds"]["silhouettes"] = round(t_sil, 2)
+    stats["seconds"].update({k: round(v, 2) for k, v in glue.items()})
     # where fusion_meshing's time goes (it includes the silhouettes): measured per step
     stats["seconds"].update({k: round(v, 2) for k, v in surf.seconds.items()})
     stats["estimated_silhouettes"] = int(sum(estimated))
