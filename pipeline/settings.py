@@ -155,6 +155,8 @@ class RefineConfig:
     levels: Annotated[int, Field(ge=1, le=4)] = 2  # coarse-to-fine levels
     image_size: Annotated[int, Field(ge=16, le=4096)] = 512  # long image side at the finest level
     iterations: PosInt = 250  # per level
+    # photos rendered per step, drawn at random each step (0: as many as fit in the GPU's free memory, all if they do)
+    views_per_step: Annotated[int, Field(ge=0)] = 0
     start_faces: Annotated[int, Field(ge=4)] = 30_000
     max_faces: Annotated[int, Field(ge=4)] = 250_000
     smoothness: Pos = 19.0  # largesteps lambda

@@ -89,6 +89,13 @@ def test_dense_path_with_refinement_reaches_the_report(scene: Path, tmp_path: Pa
     assert set(stats["refine"]) == summary_keys(RefineSummary)
     assert stats["refine"]["ran"] and "pytorch3d" in stats["refine"]["backend"]
     assert stats["refine"]["estimated_silhouettes"] > 0 and len(stats["refine"]["losses"]) > 0
+    # the table SfM found is the refinement's floor: nothing of the refined mesh (the stage's own, in the job's
+    # frame; kept jobs keep their stage folders) went under it
+    *normal, height = stats["refine"]["floor"]
+    kept = list((tmp_path / "state").rglob("refine/mesh.ply"))
+    assert len(kept) == 1
+    refined = np.asarray(trimesh.load(kept[0], force="mesh").vertices)
+    assert float((refined @ np.asarray(normal)).min()) >= height - 1e-4
     html = (out / "report.html").read_text()
     assert "mesh growth:" in html and "Geometry note" in html
     gt = stats["quality"]["gt"]

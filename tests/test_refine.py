@@ -83,6 +83,56 @@ def test_leash_pulls_far_vertices_back_along_their_displacement() -> None:
     assert leash(verts[:1], start[:1], 0.1) is None
 
 
+def test_the_floor_lifts_only_the_vertices_under_the_plane_straight_onto_it() -> None:
+    from pipeline.appearance.refine import above_floor, hold
+
+    n = torch.tensor([0.0, 0.6, 0.8])
+    verts = torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, -1.0], [0.0, -1.0, 0.0]])
+    up = above_floor(verts, n, 0.2)
+    # plain reference: a vertex at height h = n . v below 0.2 moves by (0.2 - h) along n, the others stay
+    ref = [v if float(v @ n) >= 0.2 else v + (0.2 - float(v @ n)) * n for v in verts]
+    np.testing.assert_allclose(up.numpy(), torch.stack(ref).numpy(), atol=1e-6)
+    np.testing.assert_allclose((up @ n).numpy(), [0.8, 0.2, 0.2], atol=1e-6)
+    assert above_floor(verts[:1], n, 0.2) is None
+    # leashed first, then lifted: a vertex pulled back inside the leash but under the floor ends on the floor
+    held = hold(torch.tensor([[0.0, 0.0, -3.0]]), torch.zeros((1, 3)), 0.5, (torch.tensor([0.0, 0.0, 1.0]), -0.2))
+    np.testing.assert_allclose(held.numpy(), [[0.0, 0.0, -0.2]], atol=1e-6)
+    assert hold(verts[:1], verts[:1], 0.5, None) is None
+
+
+def test_the_floor_is_the_support_plane_or_the_start_meshs_lowest_point_under_it() -> None:
+    from pipeline.appearance.refine import support_floor
+
+    box = trimesh.creation.box(extents=[1, 1, 1])
+    box.apply_translation([0, 0, 0.5])  # standing on z = 0
+    n, h = support_floor((np.array([0.0, 0.0, 2.0]), 0.2), np.asarray(box.vertices))  # z = 0.1, not unit
+    np.testing.assert_allclose(n, [0, 0, 1])
+    assert h == pytest.approx(0.0)  # the box reaches 0.1 below the plane: the floor is its base
+    n, h = support_floor((np.array([0.0, 0.0, 1.0]), -0.3), np.asarray(box.vertices))
+    assert h == pytest.approx(-0.3)  # wholly above the plane: the plane
+    with pytest.raises(ValueError, match="non-zero normal"):
+        support_floor((np.zeros(3), 0.0), np.asarray(box.vertices))
+
+
+@pytest.mark.slow
+def test_the_floor_keeps_the_refinement_above_the_table_where_silhouettes_pull_under_it() -> None:
+    """Silhouettes of a sphere sunk by half its radius: free, the refinement follows them below z = -1; with the
+    floor at z = -1 (the start sphere's lowest point), no vertex ends below it."""
+    target = trimesh.creation.icosphere(subdivisions=3, radius=1.0)
+    target.apply_translation([0, 0, -0.5])
+    Ks, w2cs, masks, imgs = _views(target, n=4, size=32)
+    start = trimesh.creation.icosphere(subdivisions=1, radius=1.0)
+    s = RefineSettings(levels=((32, 12),), max_faces=2000, start_faces=2000, lam=2.0, views_per_step=4,
+                       remesh="subdivide")
+    low = {}
+    for floor in (None, (np.array([0.0, 0.0, 1.0]), -1.0)):
+        v = refine(np.asarray(start.vertices), np.asarray(start.faces), imgs, masks, Ks, w2cs, Pytorch3dRasterizer(),
+                   s, "cpu", floor=floor).vertices
+        low[floor is None] = float(v[:, 2].min())
+    assert low[True] < -1.05, low
+    assert low[False] >= -1.0 - 1e-5, low
+
+
 @pytest.mark.slow
 def test_the_leash_keeps_refinement_near_the_start_where_silhouettes_pull_far() -> None:
     """Silhouettes of a sphere moved by half its radius: free, the refinement follows them; leashed to 0.1 of the

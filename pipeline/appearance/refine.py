@@ -37,7 +37,7 @@ class RefineSettings:
     w_laplacian: float = 0.0
     w_edge: float = 0.0
     lam_decay: float = 1.0  # lambda is multiplied by this at each finer level (less smoothing as detail grows)
-    views_per_step: int = 0  # 0: as many as fit in free memory (all views if they fit)
+    views_per_step: int = 0  # 0: as many as fit in free memory (all views if they fit); else at most that
     # how the mesh grows between levels: "isotropic" (pymeshlab remeshing to uniform triangles at
     # start_faces * 4^level, also before the first level) or "subdivide" (midpoint, x4 faces). Measured on an H100:
     # F@0.2% 0.968 vs 0.964 (spot_render), 0.990 vs 0.987 (bob), +3.5 s (bench/results/tune-C-h100.json)
@@ -221,6 +221,39 @@ def leash(verts: torch.Tensor, start: torch.Tensor, max_move: float) -> torch.Te
     return start + d * (max_move / dist.clamp_min(max_move))
 
 
+def above_floor(verts: torch.Tensor, normal: torch.Tensor, height: float) -> torch.Tensor | None:
+    """``verts`` (V, 3) with those below the plane ``normal . x = height`` (normal (3,) unit) moved straight up onto
+    it, or None when every vertex is on or above it already."""
+    below = height - verts @ normal
+    if not bool((below > 0).any()):
+        return None
+    return verts + below.clamp_min(0)[:, None] * normal
+
+
+def support_floor(support: tuple[np.ndarray, float], vertices: np.ndarray) -> tuple[np.ndarray, float]:
+    """The floor for :func:`refine` from the support plane (n (3,), d: n . x = d, the object on the side n points
+    to) and the mesh the refinement starts from (V, 3): the plane itself, or lower where that mesh already reaches
+    below it (the fused base is cut at the plane refitted to the dense points, which may lie a little lower).
+    -> (unit normal (3,), height)."""
+    n = np.asarray(support[0], dtype=np.float64)
+    norm = float(np.linalg.norm(n))
+    if norm == 0 or not np.isfinite(norm) or vertices.ndim != 2 or vertices.shape[1] != 3 or not len(vertices):
+        raise ValueError(f"support_floor needs a non-zero normal and (V, 3) vertices, got {n} and {vertices.shape}")
+    n, d = n / norm, float(support[1]) / norm
+    return n, d + min(0.0, float((vertices @ n - d).min()))
+
+
+def hold(verts: torch.Tensor, start: torch.Tensor, max_move: float,
+         floor: tuple[torch.Tensor, float] | None) -> torch.Tensor | None:
+    """:func:`leash` (when ``max_move`` > 0), then :func:`above_floor` (with a ``floor`` (normal, height)); None
+    when neither moved a vertex."""
+    held = leash(verts, start, max_move) if max_move > 0 else None
+    if floor is not None:
+        up = above_floor(verts if held is None else held, *floor)
+        held = up if up is not None else held
+    return held
+
+
 def step_fraction(it: int, iters: int, final: float) -> float:
     """Cosine decay from 1 at ``it`` = 0 to ``final`` at the last iteration (``iters`` - 1)."""
     if iters <= 1:
@@ -231,13 +264,16 @@ def step_fraction(it: int, iters: int, final: float) -> float:
 def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], masks: list[np.ndarray],
            Ks: np.ndarray, w2cs: np.ndarray, rasterizer: Rasterizer, settings: RefineSettings, device: str,
            check: Callable[[float], None] = lambda f: None,
-           silhouette_weights: np.ndarray | None = None) -> RefineResult:
+           silhouette_weights: np.ndarray | None = None,
+           floor: tuple[np.ndarray, float] | None = None) -> RefineResult:
     """Refine a closed mesh against posed views.
 
     vertices (V, 3) world units; faces (F, 3); images: N (H, W, 3) uint8; masks: N (H, W) bool, or float
     coverage in [0, 1] (see ``silhouette_targets``);
     Ks (N, 3, 3) pixels of those images; w2cs (N, 4, 4) OpenCV; silhouette_weights: optional (N,) factor on each
-    view's silhouette loss (1 by default).
+    view's silhouette loss (1 by default); floor: optional (normal (3,) unit, height), world units: no vertex ends
+    below the plane normal . x = height (the table the object stands on: estimated silhouettes that hold its
+    contact shadow otherwise pull the base under it, where nothing in the renders hides it).
     """
     import time
 
@@ -258,6 +294,12 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
     gopt = torch.optim.Adam([gain, offset], settings.gain_lr) if settings.view_gains else None
     c, s = normalisation(vertices)
     v = (vertices - c) * s
+    floor_t = None
+    if floor is not None:
+        fn = np.asarray(floor[0], dtype=np.float64)
+        fn = fn / np.linalg.norm(fn)
+        # n . x >= h in world units is n . x_n >= (h - n . c) s in the normalised ones
+        floor_t = (torch.from_numpy(fn).float().to(dev), float((floor[1] - fn @ c) * s))
     f = np.asarray(faces)
     w2c_n = torch.from_numpy(normalise_cameras(np.asarray(w2cs), c, s)).float().to(dev)
     H0, W0 = images[0].shape[:2]
@@ -290,7 +332,9 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
         copt = torch.optim.Adam([colors], settings.color_lr)
         faces32 = ft.int().contiguous()
         n = len(images)
-        vpstep = settings.views_per_step or views_that_fit(n, size, dev)
+        # a set number of views, but never more than fit in the free memory
+        fit = views_that_fit(n, size, dev)
+        vpstep = min(settings.views_per_step, fit) if settings.views_per_step else fit
         gen = torch.Generator().manual_seed(li)
         # the level's view subsets drawn up front and uploaded once (a copy per step would wait on the GPU)
         picks = torch.stack([torch.randperm(n, generator=gen)[:vpstep] for _ in range(iters)]).to(dev)
@@ -303,9 +347,9 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
             verts = from_differential(M, u, "Cholesky")
             # every few steps: a held vertex costs a second solve, and between checks a vertex moves a few steps'
             # worth at most (the level's end holds every vertex exactly)
-            if settings.max_move > 0 and it % LEASH_EVERY == 0:
+            if (settings.max_move > 0 or floor_t is not None) and it % LEASH_EVERY == 0:
                 with torch.no_grad():
-                    held = leash(verts, vt, settings.max_move)
+                    held = hold(verts, vt, settings.max_move, floor_t)
                     if held is not None:
                         u.copy_(to_differential(M, held))
                 if held is not None:
@@ -338,7 +382,7 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
                 check(done_iters / total_iters)
         with torch.no_grad():
             verts = from_differential(M, u, "Cholesky").detach()
-            held = leash(verts, vt, settings.max_move) if settings.max_move > 0 else None
+            held = hold(verts, vt, settings.max_move, floor_t)
             v = (verts if held is None else held).cpu().numpy().astype(np.float64)
         colors = colors.detach().clamp(0, 1)
         losses.append(loss_val)

@@ -12,10 +12,10 @@ import trimesh
 from pipeline.context import JobContext, JobError
 from pipeline.geometry.meshing import decimate, main_components
 from pipeline.imaging.raster import make_rasterizer
-from pipeline.appearance.refine import RefineSettings, refine, silhouette_targets
+from pipeline.appearance.refine import RefineSettings, refine, silhouette_targets, support_floor
 from pipeline.settings import RefineConfig
 from pipeline.stages.base import Stage
-from pipeline.stages.cameras import Views
+from pipeline.stages.cameras import Sparse, Views
 from pipeline.stages.geometry import load_mesh, shape_masks
 from pipeline.stages.summaries import RefineSummary
 
@@ -23,7 +23,8 @@ from pipeline.stages.summaries import RefineSummary
 def refine_settings(cfg: RefineConfig, on_gpu: bool) -> RefineSettings:
     common = dict(lam=cfg.smoothness, lr=cfg.step, w_photo=cfg.photometric_weight, w_silhouette=cfg.silhouette_weight,
                   w_normal=cfg.normal_weight, w_laplacian=cfg.laplacian_weight, w_edge=cfg.edge_weight,
-                  lam_decay=cfg.smoothness_decay, remesh=cfg.remesh, lr_final=cfg.lr_final)
+                  lam_decay=cfg.smoothness_decay, remesh=cfg.remesh, lr_final=cfg.lr_final,
+                  views_per_step=cfg.views_per_step)
     if on_gpu:
         sizes = [max(64, cfg.image_size // 2 ** (cfg.levels - 1 - i)) for i in range(cfg.levels)]
         return RefineSettings(levels=tuple((sz, cfg.iterations) for sz in sizes), max_faces=cfg.max_faces,
@@ -79,10 +80,15 @@ class RefineStage(Stage):
         soft = sum(1 for t in sil if t.dtype != bool and ((t > 0) & (t < 1)).any())
         # silhouettes estimated from the photos pull less than the user's own masks
         sil_weight = np.array([cfg.estimated_silhouette_weight if i in estimated else 1.0 for i in idx])
+        # photos without masks: the base stays on the table (the estimated silhouettes hold its contact shadow)
+        sparse = Sparse.load(ctx) if estimated else None
+        floor = None if sparse is None or sparse.support is None else support_floor(sparse.support,
+                                                                                    np.asarray(mesh.vertices))
         t1 = time.monotonic()
         result = refine(np.asarray(start.vertices), np.asarray(start.faces), [views.rgb[i] for i in idx],
                         sil, views.K[idx], views.w2c[idx], rasterizer, settings,
-                        "cuda" if on_gpu else "cpu", check=ctx.progress, silhouette_weights=sil_weight)
+                        "cuda" if on_gpu else "cpu", check=ctx.progress, silhouette_weights=sil_weight,
+                        floor=floor)
         t2 = time.monotonic()
         out = trimesh.Trimesh(result.vertices, result.faces, process=True)
         out = main_components(out)
@@ -97,6 +103,7 @@ class RefineStage(Stage):
             regularisers=result.regularisers, remesh=result.remesh,
             silhouette_target=f"alpha coverage in {soft} of {len(sil)} views" if soft else "binary masks",
             estimated_silhouettes=len([i for i in idx if i in estimated]), view_gains=result.view_gains,
+            floor=None if floor is None else [round(float(x), 6) for x in (*floor[0], floor[1])],
             seconds_per_level=[round(x, 2) for x in result.seconds_per_level],
             seconds={"prepare": round(t1 - t0, 2), "levels": round(t2 - t1, 2),
                      "finish": round(time.monotonic() - t2, 2)}).to_dict()

@@ -49,6 +49,8 @@ class RefineSummary:
     silhouette_target: str | None = None
     estimated_silhouettes: int | None = None
     view_gains: Any = None
+    # the plane no vertex went below (nx, ny, nz, height; the support plane, for photos without masks), or None
+    floor: list[float] | None = None
     seconds_per_level: list[float] | None = None
     # where the stage's time went besides the levels: loading the photos and masks, the start mesh and the
     # rasteriser ("prepare"), and cleaning and writing the result ("finish")
