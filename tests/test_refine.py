@@ -230,3 +230,21 @@ def test_a_process_that_ends_during_the_warm_up_waits_for_it() -> None:
                              cwd=Path(__file__).resolve().parent.parent)
         assert out.returncode == 3, out.stderr
         assert flag.read_text() == "x"
+
+
+def test_views_per_step_reaches_the_refinement_and_never_exceeds_what_fits() -> None:
+    from pipeline.settings import RefineConfig
+    from pipeline.stages.refine import refine_settings
+
+    assert refine_settings(RefineConfig(views_per_step=16), on_gpu=True).views_per_step == 16
+    assert refine_settings(RefineConfig(), on_gpu=True).views_per_step == 0  # as many as fit
+    target = trimesh.creation.icosphere(subdivisions=2, radius=1.0)
+    Ks, w2cs, masks, imgs = _views(target, n=6, size=16)
+    start = trimesh.creation.icosphere(subdivisions=1, radius=1.1)
+    got = {}
+    for asked in (2, 16):  # on the CPU at most 4 views fit a step (views_that_fit)
+        s = RefineSettings(levels=((16, 2),), max_faces=2000, start_faces=2000, lam=2.0, views_per_step=asked,
+                           remesh="subdivide")
+        got[asked] = refine(np.asarray(start.vertices), np.asarray(start.faces), imgs, masks, Ks, w2cs,
+                            Pytorch3dRasterizer(), s, "cpu").views_per_step
+    assert got == {2: 2, 16: 4}
