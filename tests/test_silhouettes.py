@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import cv2
+import pytest
 import numpy as np
 import trimesh
 from scipy import ndimage
@@ -100,3 +101,48 @@ def test_the_second_round_keeps_a_gap_between_legs_open_where_stereo_saw_the_bac
     # and the object itself is kept in every view
     recall = [(m & t).sum() / t.sum() for m, t in zip(with_seeds, truth)]
     assert min(recall) > 0.9, recall
+
+
+def test_the_table_margin_is_a_small_part_of_a_flat_objects_height() -> None:
+    from pipeline.geometry.silhouettes import SilhouetteSettings, plane_margin
+
+    s = SilhouetteSettings()
+    up, table = np.array([0.0, 0.0, 1.0]), 0.0
+    tall = (np.array([-0.3, -0.3, 0.0]), np.array([0.3, 0.3, 0.9]))
+    flat = (np.array([-0.15, -0.15, 0.0]), np.array([0.15, 0.15, 0.035]))
+    # plain reference: the box's share, unless the box's height above the plane makes that a large part of it
+    assert plane_margin(up, table, *tall, s) == pytest.approx(s.base_margin * 0.9)
+    assert plane_margin(up, table, *flat, s) == pytest.approx(s.base_margin_height * 0.035)
+    assert plane_margin(up, table, *flat, s) < 0.1 * 0.035 < s.base_margin * 0.3
+    # a wall behind the box: the height is measured along the wall's own normal
+    assert plane_margin(np.array([0.0, 1.0, 0.0]), -0.3, *flat, s) == pytest.approx(min(s.base_margin * 0.3,
+                                                                                       s.base_margin_height * 0.3))
+
+
+def test_a_flat_objects_side_seeds_the_object_down_to_the_table() -> None:
+    """A disc 3.5 cm high and 30 cm wide on a table, seen from a low camera: the depth pixels of its side below
+    2 % of the box (6.4 mm, the lowest 18 % of the side) seeded the table; now only those below 5 % of the box's
+    height (2 mm) do."""
+    import cv2
+
+    from pipeline.geometry.mvs import DepthMap
+    from pipeline.geometry.silhouettes import SilhouetteSettings, seed_labels
+
+    disc = trimesh.creation.cylinder(radius=0.15, height=0.035, sections=64)
+    disc.apply_translation([0, 0, 0.0175])
+    size = 160
+    K = np.array([[size * 1.2, 0, size / 2], [0, size * 1.2, size / 2], [0, 0, 1.0]])
+    w2c = look_at(np.array([0.0, -0.9, 0.12]), np.array([0.0, 0.0, 0.0175]), np.array([0.0, 0.0, 1.0]))
+    r = render(disc, K, w2c, size, size)
+    dm = DepthMap(depth=np.where(r.mask, r.depth, 0).astype(np.float32), score=r.mask.astype(np.float32), K=K,
+                  w2c=w2c)
+    lo, hi = np.array([-0.16, -0.16, 0.0]), np.array([0.16, 0.16, 0.04])
+    plane = [(np.array([0.0, 0.0, 1.0]), 0.0)]
+    side = r.mask & (np.abs(r.normal[..., 2]) < 0.5)
+    table_seeds = {}
+    for name, s in (("box", SilhouetteSettings(base_margin_height=1e9)), ("height", SilhouetteSettings())):
+        labels = seed_labels(dm, (size, size), lo, hi, plane, s)
+        table_seeds[name] = int(((labels == cv2.GC_BGD) & side).sum())
+    # the box's margin (6.4 mm) gives the table about 18 % of the side; the height's (2 mm) about 6 %
+    assert table_seeds["box"] > 0.12 * side.sum(), (table_seeds, side.sum())
+    assert table_seeds["height"] < 0.4 * table_seeds["box"], table_seeds

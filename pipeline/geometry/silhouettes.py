@@ -31,6 +31,9 @@ class SilhouetteSettings:
     # a matching window straddling the object's outline lends the object's depth to background pixels
     reach: float = 0.04  # probable foreground: this far (fraction of the long side) around the seeds
     base_margin: float = 0.02  # seeds this close to the support plane (fraction of the box) are not object
+    # ... nor closer than this fraction of the box's height above that plane, whichever is less: a flat object (a
+    # relief disc 3.3 cm high in a 31 cm box) lost the lowest 18 % of its side to the table otherwise
+    base_margin_height: float = 0.05
     hull_resolution: int = 128
     hull_outlier_fraction: float = 0.15
     band: float = 0.03
@@ -46,16 +49,24 @@ class SilhouetteSettings:
     thin_samples: int = 1_000_000  # surface samples that draw the fused surface's outline
 
 
+def plane_margin(n: np.ndarray, d: float, lo: np.ndarray, hi: np.ndarray, s: SilhouetteSettings) -> float:
+    """How far above the plane n . x = d (n (3,) unit, the object where n . x > d) depth points must lie to seed the
+    object: ``base_margin`` of the box (lo, hi (3,)), or ``base_margin_height`` of the box's height above the plane
+    where that is less (a flat object)."""
+    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    height = max(0.0, float((corners @ n - d).max()))
+    return min(s.base_margin * float(np.max(hi - lo)), s.base_margin_height * height)
+
+
 def seed_labels(dm: DepthMap, shape: tuple[int, int], lo: np.ndarray, hi: np.ndarray,
                 planes: list[tuple[np.ndarray, float]], s: SilhouetteSettings) -> np.ndarray:
     """GrabCut labels (h, w) uint8 at ``shape`` from one depth map, the object's box (lo, hi (3,) world) and the
     surfaces it stands on or in front of (``planes``: (n, d), cameras where n·x > d)."""
     Hd, Wd = dm.depth.shape
-    size = float(np.max(hi - lo))
     pts, idx = backproject(dm)
     inside = np.all((pts >= lo) & (pts <= hi), axis=1)
     for n, d in planes:
-        inside &= pts @ n - d > s.base_margin * size
+        inside &= pts @ n - d > plane_margin(n, d, lo, hi, s)
     fg = np.zeros(Hd * Wd, dtype=np.uint8)
     bg = np.zeros(Hd * Wd, dtype=np.uint8)
     fg[idx[inside]] = 1

@@ -70,7 +70,8 @@ def dense_settings(ctx: JobContext) -> DenseSettings:
                          field_blur=cfg.field_blur, close_voxels=cfg.close_voxels, mesher=cfg.mesher,
                          poisson=poisson,
                          solid_hidden=cfg.solid_hidden or None,
-                         silhouettes=SilhouetteSettings(keep_measured=cfg.silhouettes_keep_measured))
+                         silhouettes=SilhouetteSettings(keep_measured=cfg.silhouettes_keep_measured,
+                                                        base_margin_height=cfg.silhouettes_base_margin_height))
 
 
 def dense_stage(ctx: JobContext, views: Views, masks: list[np.ndarray | None], out_dir: Path) -> GeometrySummary:
