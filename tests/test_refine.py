@@ -248,3 +248,12 @@ def test_views_per_step_reaches_the_refinement_and_never_exceeds_what_fits() -> 
         got[asked] = refine(np.asarray(start.vertices), np.asarray(start.faces), imgs, masks, Ks, w2cs,
                             Pytorch3dRasterizer(), s, "cpu").views_per_step
     assert got == {2: 2, 16: 4}
+
+
+def test_a_floor_whose_normal_is_not_a_unit_vector_is_refused() -> None:
+    target = trimesh.creation.icosphere(subdivisions=1, radius=1.0)
+    Ks, w2cs, masks, imgs = _views(target, n=2, size=8)
+    s = RefineSettings(levels=((8, 1),), max_faces=2000, start_faces=2000, views_per_step=2, remesh="subdivide")
+    with pytest.raises(ValueError, match="unit"):
+        refine(np.asarray(target.vertices), np.asarray(target.faces), imgs, masks, Ks, w2cs, Pytorch3dRasterizer(),
+               s, "cpu", floor=(np.array([0.0, 0.0, 2.0]), -1.0))

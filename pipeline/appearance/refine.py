@@ -297,7 +297,8 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
     floor_t = None
     if floor is not None:
         fn = np.asarray(floor[0], dtype=np.float64)
-        fn = fn / np.linalg.norm(fn)
+        if fn.shape != (3,) or abs(float(np.linalg.norm(fn)) - 1.0) > 1e-6:
+            raise ValueError(f"refine: the floor's normal must be a unit (3,) vector, got {fn}")
         # n . x >= h in world units is n . x_n >= (h - n . c) s in the normalised ones
         floor_t = (torch.from_numpy(fn).float().to(dev), float((floor[1] - fn @ c) * s))
     f = np.asarray(faces)

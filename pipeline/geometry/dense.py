@@ -38,7 +38,7 @@ from pipeline.geometry.mvs import (DepthMap, MvsSettings, backproject, depth_map
 from pipeline.geometry.poisson import (PoissonSettings, PoissonUnavailable, TooFewPoints, depth_normals,
                                        poisson_surface, silhouette_votes)
 from pipeline.imaging.render import reduced_camera
-from pipeline.geometry.scene import ObjectRegion, fit_ground_plane
+from pipeline.geometry.scene import ObjectRegion, box_corners, fit_ground_plane
 from pipeline.geometry.silhouettes import SilhouetteSettings, add_thin_parts, photo_silhouettes
 
 log = logging.getLogger(__name__)
@@ -503,7 +503,7 @@ def reach_support(lo: np.ndarray, hi: np.ndarray, support: tuple[np.ndarray, flo
     eight corners dropped along n onto the plane, and clipped to ``bounds``. A box already down at the plane, or
     below it, is unchanged. lo, hi (3,) world."""
     n, d = np.asarray(support[0], dtype=np.float64), float(support[1])
-    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    corners = box_corners(lo, hi)
     height = corners @ n - d
     dropped = corners - np.maximum(height, 0.0)[:, None] * n
     # lo and hi lie within the bounds already: only what the shadow adds is clipped

@@ -12,6 +12,11 @@ from pipeline.cameras.cameras import camera_centers, camera_up
 from pipeline.geometry.carve import axes_convergence
 
 
+def box_corners(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """The eight corners (8, 3) of the axis-aligned box lo, hi (3,)."""
+    return np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+
+
 @dataclass(frozen=True)
 class Similarity:
     """X_new = scale * R @ X + t."""

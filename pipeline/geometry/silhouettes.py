@@ -19,6 +19,7 @@ from scipy import ndimage
 from pipeline.geometry.automask import (AutoMaskSettings, consistent_masks, grabcut, keep_seeded, parallel_map,
                                working_copies)
 from pipeline.geometry.mvs import DepthMap, backproject
+from pipeline.geometry.scene import box_corners
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ def plane_margin(n: np.ndarray, d: float, lo: np.ndarray, hi: np.ndarray, s: Sil
     """How far above the plane n . x = d (n (3,) unit, the object where n . x > d) depth points must lie to seed the
     object: ``base_margin`` of the box (lo, hi (3,)), or ``base_margin_height`` of the box's height above the plane
     where that is less (a flat object)."""
-    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    corners = box_corners(lo, hi)
     height = max(0.0, float((corners @ n - d).max()))
     return min(s.base_margin * float(np.max(hi - lo)), s.base_margin_height * height)
 
@@ -91,7 +92,7 @@ def box_outline(lo: np.ndarray, hi: np.ndarray, K: np.ndarray, w2c: np.ndarray, 
                 ) -> np.ndarray | None:
     """(h, w) bool: the image of the box (lo, hi), or None when the camera is too close to it to say (a corner
     behind the camera)."""
-    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    corners = box_corners(lo, hi)
     cam = corners @ w2c[:3, :3].T + w2c[:3, 3]
     if (cam[:, 2] <= 1e-6).any():
         return None

@@ -333,103 +333,90 @@ class ReportStage(Stage):
         seen = read_seen(out_dir / files["ply"])
         if seen is None or len(seen) != len(written.vertices):
             raise RuntimeError("mesh.ply was written without its per-vertex 'seen' counts")
-        # the cameras' files (photo copies, transforms.json, the COLMAP model, points.ply) need only the written mesh:
-        # on a thread while the held-out photos and the turntable render (1.6-2.2 s one after the other on the GPU
-        # machines' slower cores); joined before the file list is taken, and on any error before the stage ends
-        camera_pool = ThreadPoolExecutor(1, thread_name_prefix="hotmesh-cameras")
-        camera_files = camera_pool.submit(write_camera_files, ctx, out_dir, written, colors)
-        try:
-            stats: dict[str, Any] = {"input": input_summary(manifest),
-                                     "cameras": read_summary(stage_dir(ctx, "cameras")),
-                                     "geometry": read_summary(stage_dir(ctx, "geometry")),
-                                     "refine": read_summary(stage_dir(ctx, "refine")),
-                                     "texture": read_summary(stage_dir(ctx, "texture")),
-                                     "masks": read_summary(stage_dir(ctx, "masks")),
-                                     "mesh": mesh_stats(written), "up": [float(x) for x in up]}
-            # units of every length in the report and the mesh files (measured in the cameras stage)
-            stats["scale"] = stats["cameras"].get("scale") or NO_SCALE.to_dict()
-            held = [int(i) for i in np.nonzero(views.holdout)[0]]
-            heldout = held_out_scores(written, colors, [views.names[i] for i in held], [views.rgb[i] for i in held],
-                                      [masks[i] for i in held], views.K[held], views.w2c[held],
-                                      check=lambda f: ctx.progress(0.15 + 0.35 * f), textured=textured, render=render)
-            lap("heldout")
-            quality: dict[str, Any] = {"heldout": heldout.to_dict(), "gt": None}
-            if manifest.gt_mesh and manifest.pose_kind == "sfm":
-                # our SfM frame is not the ground truth's: comparing them would only measure the frame difference
-                quality["gt_skipped"] = (f"{manifest.gt_mesh} was not compared: hotmesh placed the cameras itself, so "
-                                         "the mesh is not in the ground truth's frame; give the poses "
-                                         "(transforms.json) "
-                                         "to score against it")
-            elif manifest.gt_mesh:
-                gt = trimesh.load(ctx.input_dir / manifest.gt_mesh, force="mesh")
-                quality["gt"] = gt_scores(written, gt, cfg.gt_samples, cfg.fscore_tau)
-                quality["gt"]["file"] = manifest.gt_mesh
-            quality.update(measure_quality(written, seen, silhouettes, views, up, cfg))
-            quality["base"] = measured_base(ctx, np.asarray(written.vertices))
-            quality["heldout_points"] = heldout_points(ctx, views, np.asarray(written.vertices), silhouettes, Kv, up)
-            stats["quality"] = quality
-            lap("gt")
-            ctx.progress(0.6)
-            covered = seen >= cfg.coverage_min_views
-            renders = orbit_renders(written, colors, views, up, cfg.render_size, textured, covered=covered,
-                                    silhouettes=silhouettes, check=lambda f: ctx.progress(0.6 + 0.25 * f),
-                                    render=render)
-            lap("orbit")
-            ctx.progress(0.85)
-            gallery = [{"name": views.names[i],
-                        "photo": data_uri(views.rgb[i] if masks[i] is None else views.rgb[i] * masks[i][..., None],
-                                          max_side=HELD_PX),
-                        "render": data_uri(r, max_side=HELD_PX), "heat": data_uri(hm, max_side=HELD_PX),
-                        "iou": s.mask_iou, "psnr": s.psnr, "ssim": s.ssim}
-                       for i, r, hm, s in list(zip(held, heldout.renders, heldout.heatmaps, heldout.views))[:6]]
-            stride = max(1, len(written.vertices) // 1500)
-            cut_of = {c["name"]: c["sides"] for c in quality["border"]["cut_photos"]}
-            scene = camera_scene(views.K, views.w2c, [(im.shape[1], im.shape[0]) for im in views.rgb],
-                                 list(views.names),
-                                 views.holdout, up, np.asarray(written.vertices)[::stride], covered[::stride],
-                                 notes=[("cut off: " + ", ".join(cut_of[n])) if n in cut_of else ""
-                                        for n in views.names])
-            timings = read_timings(ctx) + [{"stage": self.name, "seconds": time.monotonic() - t0, "skipped": False,
-                                            "peak_rss_mb": None, "peak_vram_mb": None}]
-            stats["timings"] = timings
-            masks_dir = stage_dir(ctx, "texture")
-            masks_preview = None
-            for extra in EXTRA_FILES:  # published with the mesh when the stage made them
-                if (masks_dir / extra).exists():
-                    shutil.copy2(masks_dir / extra, out_dir / extra)
-            exports = camera_files.result()
-            stats["exports"] = exports.to_dict() if exports is not None else None
-            stats["points"] = None if exports is None else {"source": exports.points_source, "count": exports.points}
-            lap("cameras")
-            if (out_dir / "masks_preview.jpg").exists():
-                preview = (out_dir / "masks_preview.jpg").read_bytes()
-                masks_preview = "data:image/jpeg;base64," + base64.b64encode(preview).decode()
-            stats["files"] = output_files(out_dir)
-            published = set(stats["files"]) | {"report.html", "stats.json", "job.log"}  # job.log: the runner adds it
-            graded = grade_checks(build_checks(stats, cfg))
-            stats["grade"] = graded.to_dict()
-            stats["what_to_know"] = what_to_know(stats, graded, published)
-            context = report_context(ctx, "done", None, None, stats, renders=renders, heldout=gallery, scene=scene,
-                                     published=published)
-            context["masks_preview"] = masks_preview
-            viewer = make_viewer(out_dir / "mesh_web.glb")
-            context["poster"] = data_uri(thumb, max_side=ex.thumbnail_size)
-            context["viewer"] = viewer if isinstance(viewer, Viewer) else None
-            context["no_viewer"] = viewer.reason if isinstance(viewer, NoViewer) else None
-            stats["viewer"] = ({"version": viewer.version, "origin": viewer.origin} if isinstance(viewer, Viewer)
-                               else {"unavailable": viewer.reason})
-            lap("viewer")
-            stats["job"] = context["job"]
-            stats["config"] = context["config"]
-            render_report(context, out_dir / "report.html")
-            lap("html")
-            stats["report_seconds"] = parts
-            (out_dir / "stats.json").write_text(json.dumps(stats, indent=1))
-            return {"faces": stats["mesh"]["faces"], "heldout_iou": heldout.mean_iou, "heldout_psnr": heldout.mean_psnr,
-                    "fscore": quality["gt"]["fscore"] if quality["gt"] else None, "grade": graded.grade,
-                    "coverage": quality["coverage"]["share"]}
-        finally:
-            camera_pool.shutdown(wait=True)
+        stats: dict[str, Any] = {"input": input_summary(manifest), "cameras": read_summary(stage_dir(ctx, "cameras")),
+                                 "geometry": read_summary(stage_dir(ctx, "geometry")),
+                                 "refine": read_summary(stage_dir(ctx, "refine")),
+                                 "texture": read_summary(stage_dir(ctx, "texture")),
+                                 "masks": read_summary(stage_dir(ctx, "masks")),
+                                 "mesh": mesh_stats(written), "up": [float(x) for x in up]}
+        # units of every length in the report and the mesh files (measured in the cameras stage)
+        stats["scale"] = stats["cameras"].get("scale") or NO_SCALE.to_dict()
+        held = [int(i) for i in np.nonzero(views.holdout)[0]]
+        heldout = held_out_scores(written, colors, [views.names[i] for i in held], [views.rgb[i] for i in held],
+                                  [masks[i] for i in held], views.K[held], views.w2c[held],
+                                  check=lambda f: ctx.progress(0.15 + 0.35 * f), textured=textured, render=render)
+        lap("heldout")
+        quality: dict[str, Any] = {"heldout": heldout.to_dict(), "gt": None}
+        if manifest.gt_mesh and manifest.pose_kind == "sfm":
+            # our SfM frame is not the ground truth's: comparing them would only measure the frame difference
+            quality["gt_skipped"] = (f"{manifest.gt_mesh} was not compared: hotmesh placed the cameras itself, so "
+                                     "the mesh is not in the ground truth's frame; give the poses (transforms.json) "
+                                     "to score against it")
+        elif manifest.gt_mesh:
+            gt = trimesh.load(ctx.input_dir / manifest.gt_mesh, force="mesh")
+            quality["gt"] = gt_scores(written, gt, cfg.gt_samples, cfg.fscore_tau)
+            quality["gt"]["file"] = manifest.gt_mesh
+        quality.update(measure_quality(written, seen, silhouettes, views, up, cfg))
+        quality["base"] = measured_base(ctx, np.asarray(written.vertices))
+        quality["heldout_points"] = heldout_points(ctx, views, np.asarray(written.vertices), silhouettes, Kv, up)
+        stats["quality"] = quality
+        lap("gt")
+        ctx.progress(0.6)
+        covered = seen >= cfg.coverage_min_views
+        renders = orbit_renders(written, colors, views, up, cfg.render_size, textured, covered=covered,
+                                silhouettes=silhouettes, check=lambda f: ctx.progress(0.6 + 0.25 * f),
+                                render=render)
+        lap("orbit")
+        ctx.progress(0.85)
+        gallery = [{"name": views.names[i],
+                    "photo": data_uri(views.rgb[i] if masks[i] is None else views.rgb[i] * masks[i][..., None],
+                                      max_side=HELD_PX),
+                    "render": data_uri(r, max_side=HELD_PX), "heat": data_uri(hm, max_side=HELD_PX),
+                    "iou": s.mask_iou, "psnr": s.psnr, "ssim": s.ssim}
+                   for i, r, hm, s in list(zip(held, heldout.renders, heldout.heatmaps, heldout.views))[:6]]
+        stride = max(1, len(written.vertices) // 1500)
+        cut_of = {c["name"]: c["sides"] for c in quality["border"]["cut_photos"]}
+        scene = camera_scene(views.K, views.w2c, [(im.shape[1], im.shape[0]) for im in views.rgb], list(views.names),
+                             views.holdout, up, np.asarray(written.vertices)[::stride], covered[::stride],
+                             notes=[("cut off: " + ", ".join(cut_of[n])) if n in cut_of else "" for n in views.names])
+        timings = read_timings(ctx) + [{"stage": self.name, "seconds": time.monotonic() - t0, "skipped": False,
+                                        "peak_rss_mb": None, "peak_vram_mb": None}]
+        stats["timings"] = timings
+        masks_dir = stage_dir(ctx, "texture")
+        masks_preview = None
+        for extra in EXTRA_FILES:  # published with the mesh when the stage made them
+            if (masks_dir / extra).exists():
+                shutil.copy2(masks_dir / extra, out_dir / extra)
+        exports = write_camera_files(ctx, out_dir, written, colors)
+        stats["exports"] = exports.to_dict() if exports is not None else None
+        stats["points"] = None if exports is None else {"source": exports.points_source, "count": exports.points}
+        lap("cameras")
+        if (out_dir / "masks_preview.jpg").exists():
+            masks_preview = "data:image/jpeg;base64," + base64.b64encode((out_dir / "masks_preview.jpg").read_bytes()).decode()
+        stats["files"] = output_files(out_dir)
+        published = set(stats["files"]) | {"report.html", "stats.json", "job.log"}  # job.log: the runner adds it
+        graded = grade_checks(build_checks(stats, cfg))
+        stats["grade"] = graded.to_dict()
+        stats["what_to_know"] = what_to_know(stats, graded, published)
+        context = report_context(ctx, "done", None, None, stats, renders=renders, heldout=gallery, scene=scene,
+                                 published=published)
+        context["masks_preview"] = masks_preview
+        viewer = make_viewer(out_dir / "mesh_web.glb")
+        context["poster"] = data_uri(thumb, max_side=ex.thumbnail_size)
+        context["viewer"] = viewer if isinstance(viewer, Viewer) else None
+        context["no_viewer"] = viewer.reason if isinstance(viewer, NoViewer) else None
+        stats["viewer"] = ({"version": viewer.version, "origin": viewer.origin} if isinstance(viewer, Viewer)
+                           else {"unavailable": viewer.reason})
+        lap("viewer")
+        stats["job"] = context["job"]
+        stats["config"] = context["config"]
+        render_report(context, out_dir / "report.html")
+        lap("html")
+        stats["report_seconds"] = parts
+        (out_dir / "stats.json").write_text(json.dumps(stats, indent=1))
+        return {"faces": stats["mesh"]["faces"], "heldout_iou": heldout.mean_iou, "heldout_psnr": heldout.mean_psnr,
+                "fscore": quality["gt"]["fscore"] if quality["gt"] else None, "grade": graded.grade,
+                "coverage": quality["coverage"]["share"]}
 
 
 def output_files(out_dir: Path) -> dict[str, int]:
