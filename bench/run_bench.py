@@ -133,97 +133,131 @@ def run_job(folder: Path, posed: bool, overrides: dict[str, dict[str, Any]], dev
             keep: Path | None, variant: str, gpu_memory_gb: float | None = None) -> dict[str, Any]:
     """One job, scored. Runs in its own process when jobs run in parallel. ``gpu_memory_gb`` caps what torch may
     allocate on the GPU, as on a smaller card (COLMAP's own CUDA allocations are outside torch's cap)."""
-    import trimesh
+    return run_set(folder, posed, [(variant, overrides)], device, samples, keep, gpu_memory_gb)[0]
 
-    from bench.scoring import alignment, moved, read_nerf_cameras, score
+
+def run_set(folder: Path, posed: bool, variants: list[tuple[str, dict[str, dict[str, Any]]]], device: str,
+            samples: int, keep: Path | None, gpu_memory_gb: float | None = None) -> list[dict[str, Any]]:
+    """The variants of one set, scored, one after another on one job: the first runs whole, each later one is that
+    job retried with its own settings, so only the stages whose settings changed run again (``hotmesh retry``'s
+    checkpoints) and every variant starts from the same cameras and, where its change is later, the same geometry.
+    One row per variant; a later variant's ``stage_seconds`` hold only the stages it ran."""
     from daemon.config import load_settings
     from daemon.intake import fingerprint, snapshot
     from daemon.ledger import Ledger
     from daemon.worker import Paths, execute
 
-    settings = load_settings(None, environ={}, cli=overrides)
     tmp = Path(tempfile.mkdtemp(prefix=f"hotmesh-bench-{folder.name}-"))
-    row: dict[str, Any] = {"set": folder.name, "variant": variant, "posed": posed}
+    rows: list[dict[str, Any]] = []
+    cap = None
     if gpu_memory_gb is not None and device == "cuda":
         import torch
 
         total = torch.cuda.get_device_properties(0).total_memory / 2 ** 30
         torch.cuda.set_per_process_memory_fraction(min(1.0, gpu_memory_gb / total))
-        row["gpu_memory_cap_gb"] = gpu_memory_gb
+        cap = gpu_memory_gb
+    job_id = None
     try:
-        job_dir, posed = prepare_input(folder, posed, tmp / "inbox")
-        row["posed"] = posed
-        paths = Paths(inbox=tmp / "inbox", outbox=tmp / "outbox", state=tmp / "state")
-        ledger = Ledger(paths.ledger)
-        ledger.create_job(job_dir.name, fingerprint(snapshot(job_dir)))
-        job = ledger.claim_next("bench")
-        if job is None:
-            raise RuntimeError("no job claimed")
-        t0 = time.monotonic()
-        state = execute(ledger, paths, job, settings, device)
-        row["wall_seconds"] = round(time.monotonic() - t0, 2)
-        final = ledger.get(job.id)
-        row.update({"state": state, "error": final.error if final else None})
-        out = paths.outbox / job.id
-        if keep is not None and (out / "job.log").exists():
-            keep.mkdir(parents=True, exist_ok=True)
-            stem = f"{folder.name}-{variant}-{'posed' if posed else 'unposed'}"
-            shutil.copy2(out / "job.log", keep / f"{stem}.log")
-            keep_state(paths.state / "jobs" / job.id, keep / f"{stem}-state.tar.gz")
-        if state != "done":
-            return row
-        stats = json.loads((out / "stats.json").read_text())
-        row["stage_seconds"] = {t["stage"]: t["seconds"] for t in stats["timings"]}
-        row["peak_vram_mb"] = max((t.get("peak_vram_mb") or 0) for t in stats["timings"]) or None
-        row["faces"] = stats["mesh"]["faces"]
-        row["watertight"] = stats["mesh"]["watertight"]
-        row["handles"] = stats["mesh"].get("handles")
-        # why the grade is what it is: the checks that did not pass
-        row["grade_checks"] = {c["name"]: c["status"] for c in (stats.get("grade") or {}).get("checks", [])
-                               if c.get("status") in ("warn", "fail")}
-        dense = (stats.get("geometry") or {}).get("dense") or {}
-        keys = ("watertight", "handles", "raw_faces", "faces", "grid", "seconds")
-        row["dense"] = {k: dense.get(k) for k in keys} if dense else None
-        # where the later stages spend their time, for the speed work
-        row["step_seconds"] = {"cameras": (stats.get("cameras") or {}).get("seconds"),
-                               "refine_per_level": (stats.get("refine") or {}).get("seconds_per_level"),
-                               "refine": (stats.get("refine") or {}).get("seconds"),
-                               "texture": (stats.get("texture") or {}).get("seconds"),
-                               "report": stats.get("report_seconds")}
-        held = stats["quality"]["heldout"]
-        row["heldout_psnr"] = None if held.get("psnr_mean") is None else round(held["psnr_mean"], 2)
-        row["heldout_iou"] = None if held.get("mask_iou_mean") is None else round(held["mask_iou_mean"], 4)
-        row["grade"] = (stats.get("grade") or {}).get("grade")
-        # the missing-part checks' measurements, to compare with the error maps
-        row["missing"] = {k: stats["quality"].get(k) for k in ("base", "heldout_points")}
-        row["geometry"] = stats.get("geometry", {}).get("method")
-        sfm = (stats.get("cameras") or {}).get("sfm") or {}
-        row["sfm"] = {k: sfm.get(k) for k in ("registered", "images", "mapped", "placed", "mean_reprojection_error_px",
-                                               "device", "mapper", "seconds")} if sfm else None
-        gt_path = folder / "gt.ply"
-        if gt_path.exists():
-            mesh = trimesh.load(out / "mesh.ply", process=False, force="mesh")
-            gt = trimesh.load(gt_path, force="mesh")
-            truth_path = poses_file(folder) or folder / "transforms.json"
-            truth = read_nerf_cameras(truth_path)
-            if not posed:
-                pub = read_nerf_cameras(out / "transforms.json")
-                al = alignment(pub, truth)
-                mesh = moved(mesh, al.sim)
-                row["alignment_residual"] = round(al.residual, 5)
-                row["misplaced_cameras"] = list(al.misplaced)
-            row.update(score(mesh, gt, truth, samples))
-            if keep is not None:
-                keep.mkdir(parents=True, exist_ok=True)
-                kept = keep / f"{folder.name}-{variant}-{'posed' if posed else 'unposed'}.ply"
-                mesh.export(kept)
-                row["error_map"] = error_map(kept, gt_path, kept.with_suffix(".png"))
-        return row
-    except Exception as e:  # a broken set must not lose the others' results
-        row.update({"state": "error", "error": f"{type(e).__name__}: {e}"})
-        return row
+        for i, (variant, overrides) in enumerate(variants):
+            row: dict[str, Any] = {"set": folder.name, "variant": variant, "posed": posed}
+            if cap is not None:
+                row["gpu_memory_cap_gb"] = cap
+            if i > 0:
+                row["reused_from"] = variants[0][0]
+            rows.append(row)
+            try:
+                settings = load_settings(None, environ={}, cli=overrides)
+                paths = Paths(inbox=tmp / "inbox", outbox=tmp / "outbox", state=tmp / "state")
+                if job_id is None:
+                    job_dir, posed_now = prepare_input(folder, posed, tmp / "inbox")
+                    ledger = Ledger(paths.ledger)
+                    ledger.create_job(job_dir.name, fingerprint(snapshot(job_dir)))
+                else:
+                    ledger = Ledger(paths.ledger)
+                    if not ledger.retry(job_id, f"benchmark variant {variant}"):
+                        raise RuntimeError(f"job {job_id} could not be queued again")
+                job = ledger.claim_next("bench")
+                if job is None:
+                    raise RuntimeError("no job claimed")
+                job_id = job.id
+                row["posed"] = posed_now
+                t0 = time.monotonic()
+                state = execute(ledger, paths, job, settings, device)
+                row["wall_seconds"] = round(time.monotonic() - t0, 2)
+                final = ledger.get(job.id)
+                row.update({"state": state, "error": final.error if final else None})
+                score_job(row, folder, paths, job.id, state, posed_now, samples, keep, variant)
+            except Exception as e:  # a broken set or variant must not lose the others' results
+                row.update({"state": "error", "error": f"{type(e).__name__}: {e}"})
+                if job_id is None:
+                    break
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return rows
+
+
+def score_job(row: dict[str, Any], folder: Path, paths: Any, job_id: str, state: str, posed: bool, samples: int,
+              keep: Path | None, variant: str) -> None:
+    """Fill ``row`` from the finished job's outbox (stats, grade) and score its mesh against the set's gt.ply."""
+    import trimesh
+
+    from bench.scoring import alignment, moved, read_nerf_cameras, score
+
+    out = paths.outbox / job_id
+    stem = f"{folder.name}-{variant}-{'posed' if posed else 'unposed'}"
+    if keep is not None and (out / "job.log").exists():
+        keep.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(out / "job.log", keep / f"{stem}.log")
+        keep_state(paths.state / "jobs" / job_id, keep / f"{stem}-state.tar.gz")
+    if state != "done":
+        return
+    stats = json.loads((out / "stats.json").read_text())
+    row["stage_seconds"] = {t["stage"]: t["seconds"] for t in stats["timings"]}
+    row["peak_vram_mb"] = max((t.get("peak_vram_mb") or 0) for t in stats["timings"]) or None
+    row["faces"] = stats["mesh"]["faces"]
+    row["watertight"] = stats["mesh"]["watertight"]
+    row["handles"] = stats["mesh"].get("handles")
+    # why the grade is what it is: the checks that did not pass
+    row["grade_checks"] = {c["name"]: c["status"] for c in (stats.get("grade") or {}).get("checks", [])
+                           if c.get("status") in ("warn", "fail")}
+    dense = (stats.get("geometry") or {}).get("dense") or {}
+    keys = ("watertight", "handles", "raw_faces", "faces", "grid", "seconds")
+    row["dense"] = {k: dense.get(k) for k in keys} if dense else None
+    # where the later stages spend their time, for the speed work
+    row["step_seconds"] = {"cameras": (stats.get("cameras") or {}).get("seconds"),
+                           "refine_per_level": (stats.get("refine") or {}).get("seconds_per_level"),
+                           "refine": (stats.get("refine") or {}).get("seconds"),
+                           "texture": (stats.get("texture") or {}).get("seconds"),
+                           "report": stats.get("report_seconds")}
+    held = stats["quality"]["heldout"]
+    row["heldout_psnr"] = None if held.get("psnr_mean") is None else round(held["psnr_mean"], 2)
+    row["heldout_iou"] = None if held.get("mask_iou_mean") is None else round(held["mask_iou_mean"], 4)
+    row["grade"] = (stats.get("grade") or {}).get("grade")
+    # the missing-part checks' measurements, to compare with the error maps
+    row["missing"] = {k: stats["quality"].get(k) for k in ("base", "heldout_points")}
+    row["geometry"] = stats.get("geometry", {}).get("method")
+    sfm = (stats.get("cameras") or {}).get("sfm") or {}
+    row["sfm"] = {k: sfm.get(k) for k in ("registered", "images", "mapped", "placed", "mean_reprojection_error_px",
+                                           "device", "mapper", "seconds")} if sfm else None
+    gt_path = folder / "gt.ply"
+    if not gt_path.exists():
+        return
+    mesh = trimesh.load(out / "mesh.ply", process=False, force="mesh")
+    gt = trimesh.load(gt_path, force="mesh")
+    truth_path = poses_file(folder) or folder / "transforms.json"
+    truth = read_nerf_cameras(truth_path)
+    if not posed:
+        pub = read_nerf_cameras(out / "transforms.json")
+        al = alignment(pub, truth)
+        mesh = moved(mesh, al.sim)
+        row["alignment_residual"] = round(al.residual, 5)
+        row["misplaced_cameras"] = list(al.misplaced)
+    row.update(score(mesh, gt, truth, samples))
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        kept = keep / f"{stem}.ply"
+        mesh.export(kept)
+        row["error_map"] = error_map(kept, gt_path, kept.with_suffix(".png"))
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, dict[str, Any]]]:
@@ -250,6 +284,9 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, default=1, help="jobs at once (timings then include contention)")
     ap.add_argument("--gpu-memory-gb", type=float, default=None,
                     help="cap torch's GPU memory per job to this many GiB, as on a smaller card")
+    ap.add_argument("--share-upstream", action="store_true",
+                    help="run each set's variants one after another on one job: later variants rerun only the stages "
+                         "their settings change, from the first variant's cameras and geometry")
     ap.add_argument("--tag", default=None)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     ap.add_argument("--keep", type=Path, default=None,
@@ -261,8 +298,12 @@ def main() -> None:
 
     device = pick_device(args.device)
     variants = [parse_variant(v) for v in args.variant] or [("default", {})]
-    jobs = [(resolve_set(s), args.posed, ov, device, args.samples, args.keep, name, args.gpu_memory_gb)
-            for name, ov in variants for s in args.sets]
+    if args.share_upstream:  # one task per set, its variants in order
+        tasks = [(run_set, (resolve_set(s), args.posed, variants, device, args.samples, args.keep,
+                            args.gpu_memory_gb), f"{s} ({', '.join(n for n, _ in variants)})") for s in args.sets]
+    else:
+        tasks = [(run_set, (resolve_set(s), args.posed, [(name, ov)], device, args.samples, args.keep,
+                            args.gpu_memory_gb), f"{s} ({name})") for name, ov in variants for s in args.sets]
     tag = args.tag or f"bench-{device}"
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{tag}.json"
@@ -273,10 +314,11 @@ def main() -> None:
                                     "parallel": args.parallel, "samples": args.samples, "results": rows}, indent=1))
 
     if args.parallel <= 1:
-        for job in jobs:
-            print(f"== {job[0].name} ({job[6]}, {'posed' if job[1] else 'unposed'})", flush=True)
-            rows.append(run_job(*job))
-            print(json.dumps(rows[-1]), flush=True)
+        for fn, targs, label in tasks:
+            print(f"== {label}, {'posed' if args.posed else 'unposed'}", flush=True)
+            for row in fn(*targs):
+                rows.append(row)
+                print(json.dumps(row), flush=True)
             save()
     else:
         import multiprocessing as mp
@@ -284,9 +326,10 @@ def main() -> None:
         with ProcessPoolExecutor(args.parallel, mp_context=mp.get_context("spawn")) as pool:
             # rows in the order the jobs finish, each saved at once: a run cut short keeps every finished job
             # (in submission order, a slow first job held back the rows of the others until it ended)
-            for fut in as_completed([pool.submit(run_job, *job) for job in jobs]):
-                rows.append(fut.result())
-                print(json.dumps(rows[-1]), flush=True)
+            for fut in as_completed([pool.submit(fn, *targs) for fn, targs, _ in tasks]):
+                for row in fut.result():
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
                 save()
     print(f"wrote {path}")
 

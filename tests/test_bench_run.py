@@ -36,6 +36,36 @@ def test_a_benchmark_row_scores_the_job_and_says_why_it_graded_so(tmp_path: Path
         assert "fail" not in r["grade_checks"].values() or r["grade"] == "fail"
 
 
+def test_shared_upstream_variants_rerun_only_the_stages_their_settings_change(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """--share-upstream: a set's later variant is its first job retried with other settings, so a change of the
+    texture reruns texture and report only, from the same geometry, and the mesh scores the same."""
+    from bench import run_bench
+    from tests.conftest import SAMPLE
+
+    if not (SAMPLE / "gt.ply").exists():
+        pytest.skip("the bundled sample has no gt.ply")
+    job = tiny_job(tmp_path / "tiny", views=12, size=96)
+    shutil.copy2(SAMPLE / "gt.ply", job / "gt.ply")
+    monkeypatch.setattr(sys, "argv", ["run_bench.py", "--sets", str(job), "--device", "cpu", "--samples", "20000",
+                                      "--tag", "t", "--out", str(tmp_path / "out"), "--share-upstream",
+                                      "--variant", "a:geometry.voxel_resolution=48",
+                                      "--variant", "b:geometry.voxel_resolution=48,texture.cpu_size=64",
+                                      "--variant", "c:geometry.voxel_resolution=64"])
+    run_bench.main()
+    rows = {r["variant"]: r for r in json.loads((tmp_path / "out" / "t.json").read_text())["results"]}
+    assert sorted(rows) == ["a", "b", "c"]
+    assert all(r["state"] == "done" for r in rows.values()), [r.get("error") for r in rows.values()]
+    a, b, c = rows["a"], rows["b"], rows["c"]
+    assert "reused_from" not in a and b["reused_from"] == "a" and c["reused_from"] == "a"
+    ran = {v: {s for s, sec in r["stage_seconds"].items() if sec > 0} for v, r in rows.items()}
+    assert {"ingest", "cameras", "geometry", "texture"} <= ran["a"]
+    assert "geometry" not in ran["b"] and "cameras" not in ran["b"] and "texture" in ran["b"]
+    assert "geometry" in ran["c"] and "cameras" not in ran["c"]  # its voxel grid changed, its cameras did not
+    assert b["fscore@1%"] == a["fscore@1%"] and b["faces"] == a["faces"]  # the same mesh, scored again
+    assert c["faces"] != a["faces"]
+
+
 def test_scaling_growth_exponents_find_linear_and_quadratic_stages() -> None:
     """bench/scaling.py: the slope of log(seconds) on log(photos) per stage, with missing and negligible stages
     and failed jobs left out."""

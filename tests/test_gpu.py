@@ -180,6 +180,28 @@ def test_pytorch3d_regularisers_run_inside_the_gpu_refinement() -> None:
     assert 0.95 < np.median(r) < 1.1, np.median(r)  # started at 1.25
 
 
+def test_an_object_window_refines_a_small_object_closer_through_nvdiffrast() -> None:
+    """refine.crop on the GPU: a sphere 0.3 of the photo wide, 4 % too big, ends closer to its silhouettes when
+    each photo's window around it is rendered than when the whole photo is (the CPU test's twin)."""
+    from pipeline.imaging.raster import NvdiffrastRasterizer
+    from pipeline.appearance.refine import RefineSettings, refine
+    from tests.test_refine import _far_views
+
+    target = trimesh.creation.icosphere(subdivisions=4, radius=1.0)
+    Ks, w2cs, masks, imgs = _far_views(target, n=12, size=(384, 512), dist=10.0)
+    start = trimesh.creation.icosphere(subdivisions=3, radius=1.04)
+    err = {}
+    for crop in (False, True):
+        s = RefineSettings(levels=((64, 120),), max_faces=20_000, start_faces=20_000, lam=2.0, lr=1e-2,
+                           remesh="subdivide", crop=crop)
+        res = refine(np.asarray(start.vertices), np.asarray(start.faces), imgs, masks, Ks, w2cs,
+                     NvdiffrastRasterizer(), s, "cuda")
+        err[crop] = float(np.abs(np.linalg.norm(res.vertices, axis=1) - 1.0).mean())
+        assert (res.window_share < 0.6) == crop, res.window_share
+    print(err)
+    assert err[True] < 0.7 * err[False], err
+
+
 def test_nvdiffrast_finds_the_same_texture_pixels_as_the_ray_caster() -> None:
     """The GPU path of the texture fit samples the same pixels at the same UVs as the Embree ray caster that the
     held-out scores use (up to pixels on triangle edges)."""

@@ -51,6 +51,9 @@ class RefineSettings:
     # no vertex moves further than this (normalised units: the mesh fits the unit sphere) from where its level
     # starts; 0: no limit
     max_move: float = 0.0
+    # render each photo's window around the object (``object_windows``) instead of the whole frame: the same pixels
+    # then fall on the object, up to the photo's own resolution
+    crop: bool = False
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ class RefineResult:
     regularisers: str = "none"  # what ran: "pytorch3d (normal 0.01, ...)", "none", or why not
     remesh: str = "subdivide"  # what ran between levels, or why isotropic remeshing fell back
     view_gains: list[list[float]] | None = None  # per view: gain r, g, b, offset r, g, b (when fitted)
+    window_share: float = 1.0  # the last level's mean window width, as a share of the photo's (1: whole photos)
 
 
 def normalisation(vertices: np.ndarray) -> tuple[np.ndarray, float]:
@@ -195,10 +199,72 @@ def grow_mesh(v: np.ndarray, f: np.ndarray, colors: np.ndarray, level: int,
     return v, f, colors, note
 
 
-def _resize_stack(imgs: list[np.ndarray], size: tuple[int, int], device: torch.device) -> torch.Tensor:
-    """List of (H, W[, C]) arrays -> (N, h, w, C) float tensor in [0, 1], area-averaged."""
+CROP_MARGIN = 0.1  # an object window grows by this share of the object's extent on each side
+
+
+def object_windows(masks: list[np.ndarray], vertices: np.ndarray, Ks: np.ndarray, w2cs: np.ndarray,
+                   out_hw: tuple[int, int], margin: float = CROP_MARGIN) -> np.ndarray:
+    """Per view, the window of the photo that holds the object, for rendering at ``out_hw`` (h, w) pixels.
+
+    masks: N (H, W) silhouette targets (bool or coverage); vertices (V, 3) world units, the mesh being refined;
+    Ks (N, 3, 3), w2cs (N, 4, 4) OpenCV. A window holds the mask's box and the mesh's projected box, grown by
+    ``margin`` of their extent on each side, with the photo's aspect ratio, never fewer pixels than ``out_hw`` (no
+    upsampling: the photo has no more detail to give) and never outside the photo (moved inside, or the whole
+    photo where it is wider). A view where the mesh reaches behind the camera keeps the whole photo.
+    -> (N, 4) int64 (x0, y0, width, height) in the photo's pixels."""
+    if not (len(masks) == len(Ks) == len(w2cs)):
+        raise ValueError("object_windows: masks, Ks and w2cs must have the same length")
+    if vertices.ndim != 2 or vertices.shape[1] != 3 or not len(vertices):
+        raise ValueError(f"object_windows needs (V, 3) vertices, got {vertices.shape}")
     out = []
-    for im in imgs:
+    for m, K, w2c in zip(masks, np.asarray(Ks, np.float64), np.asarray(w2cs, np.float64)):
+        H, W = m.shape[:2]
+        cam = vertices @ w2c[:3, :3].T + w2c[:3, 3]
+        if (cam[:, 2] <= 1e-9).any():
+            out.append((0, 0, W, H))
+            continue
+        uv = cam[:, :2] / cam[:, 2:] * K[[0, 1], [0, 1]] + K[:2, 2]
+        lo, hi = np.clip(uv.min(0), 0, [W, H]), np.clip(uv.max(0), 0, [W, H])
+        ys, xs = np.nonzero(np.asarray(m) > 0)
+        if len(xs):
+            lo = np.minimum(lo, [xs.min(), ys.min()])
+            hi = np.maximum(hi, [xs.max() + 1, ys.max() + 1])
+        ext = float(max(hi - lo))
+        lo, hi = lo - margin * ext, hi + margin * ext
+        # the photo's aspect ratio, at least the output's pixels, at most the photo
+        w = max(hi[0] - lo[0], (hi[1] - lo[1]) * W / H, out_hw[1] * 1.0)
+        w = min(w, float(W))
+        h = min(max(w * H / W, float(out_hw[0])), float(H))
+        wi, hi_ = int(round(w)), int(round(h))
+        cx, cy = (lo + hi) / 2
+        x0 = int(round(min(max(cx - wi / 2, 0), W - wi)))
+        y0 = int(round(min(max(cy - hi_ / 2, 0), H - hi_)))
+        out.append((x0, y0, wi, hi_))
+    return np.asarray(out, dtype=np.int64)
+
+
+def window_intrinsics(Ks: np.ndarray, windows: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """Ks (N, 3, 3) of whole photos -> those of their windows (N, 4) (x0, y0, w, h) resampled to ``out_hw``:
+    u' = (u - x0) * out_w / w (pixel corners at integers, as the whole-frame scaling assumes)."""
+    K = np.array(Ks, dtype=np.float64, copy=True)
+    win = np.asarray(windows, dtype=np.float64)
+    sx, sy = out_hw[1] / win[:, 2], out_hw[0] / win[:, 3]
+    K[:, 0, :] *= sx[:, None]
+    K[:, 1, :] *= sy[:, None]
+    K[:, 0, 2] -= win[:, 0] * sx
+    K[:, 1, 2] -= win[:, 1] * sy
+    return K
+
+
+def _resize_stack(imgs: list[np.ndarray], size: tuple[int, int], device: torch.device,
+                  windows: np.ndarray | None = None) -> torch.Tensor:
+    """List of (H, W[, C]) arrays -> (N, h, w, C) float tensor in [0, 1], area-averaged; with ``windows`` (N, 4)
+    (x0, y0, w, h), each array's window only."""
+    out = []
+    for i, im in enumerate(imgs):
+        if windows is not None:
+            x0, y0, w, h = (int(x) for x in windows[i])
+            im = im[y0:y0 + h, x0:x0 + w]
         t = torch.from_numpy(np.ascontiguousarray(im)).float()
         if t.ndim == 2:
             t = t[..., None]
@@ -284,6 +350,8 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
         raise ValueError("refine: images, masks, Ks and w2cs must have the same length")
     if faces.ndim != 2 or faces.shape[1] != 3:
         raise ValueError(f"refine: faces must be (F, 3), got {faces.shape}")
+    if settings.crop and any(np.shape(m)[:2] != im.shape[:2] for m, im in zip(masks, images)):
+        raise ValueError("refine: with crop, every mask must have its photo's size (their windows are shared)")
     if silhouette_weights is not None and len(silhouette_weights) != len(images):
         raise ValueError("refine: one silhouette weight per view")
     dev = torch.device(device)
@@ -317,11 +385,12 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
         colors = torch.from_numpy(np.asarray(cols)).float().to(dev)
         scale = side / max(H0, W0)
         size = (max(8, round(H0 * scale)), max(8, round(W0 * scale)))
-        K = torch.from_numpy(np.asarray(Ks)).float().to(dev).clone()
-        K[:, 0] *= size[1] / W0
-        K[:, 1] *= size[0] / H0
-        tgt_rgb = _resize_stack(images, size, dev) / 255.0
-        tgt_mask = _resize_stack([np.asarray(m, dtype=np.float32) for m in masks], size, dev)[..., 0]
+        # the object's window of each photo (from the mesh this level starts with), or the whole photo
+        windows = (object_windows(masks, v / s + c, Ks, w2cs, size) if settings.crop else
+                   np.tile(np.array([0, 0, W0, H0]), (len(images), 1)))
+        K = torch.from_numpy(window_intrinsics(Ks, windows, size)).float().to(dev)
+        tgt_rgb = _resize_stack(images, size, dev, windows) / 255.0
+        tgt_mask = _resize_stack([np.asarray(m, dtype=np.float32) for m in masks], size, dev, windows)[..., 0]
         tgt_rgb = tgt_rgb * tgt_mask[..., None]
         vt = torch.from_numpy(v).float().to(dev)
         ft = torch.from_numpy(f.astype(np.int64)).to(dev)
@@ -390,6 +459,7 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
         secs.append(time.monotonic() - t0)
     return RefineResult(vertices=v / s + c, faces=f.astype(np.int64), colors=colors.cpu().numpy().astype(np.float32),
                         losses=tuple(losses), views_per_step=vpstep, seconds_per_level=tuple(secs),
+                        window_share=round(float(np.mean(windows[:, 2] / W0)), 4),
                         regularisers=reg_note, remesh=remesh_note,
                         view_gains=(torch.cat([gain, offset], 1).detach().cpu().numpy().round(4).tolist()
                                     if gopt is not None else None))

@@ -24,7 +24,7 @@ def refine_settings(cfg: RefineConfig, on_gpu: bool) -> RefineSettings:
     common = dict(lam=cfg.smoothness, lr=cfg.step, w_photo=cfg.photometric_weight, w_silhouette=cfg.silhouette_weight,
                   w_normal=cfg.normal_weight, w_laplacian=cfg.laplacian_weight, w_edge=cfg.edge_weight,
                   lam_decay=cfg.smoothness_decay, remesh=cfg.remesh, lr_final=cfg.lr_final,
-                  views_per_step=cfg.views_per_step)
+                  views_per_step=cfg.views_per_step, crop=cfg.crop)
     if on_gpu:
         sizes = [max(64, cfg.image_size // 2 ** (cfg.levels - 1 - i)) for i in range(cfg.levels)]
         return RefineSettings(levels=tuple((sz, cfg.iterations) for sz in sizes), max_faces=cfg.max_faces,
@@ -104,6 +104,7 @@ class RefineStage(Stage):
             silhouette_target=f"alpha coverage in {soft} of {len(sil)} views" if soft else "binary masks",
             estimated_silhouettes=len([i for i in idx if i in estimated]), view_gains=result.view_gains,
             floor=None if floor is None else [round(float(x), 6) for x in (*floor[0], floor[1])],
+            window_share=result.window_share,
             seconds_per_level=[round(x, 2) for x in result.seconds_per_level],
             seconds={"prepare": round(t1 - t0, 2), "levels": round(t2 - t1, 2),
                      "finish": round(time.monotonic() - t2, 2)}).to_dict()

@@ -51,6 +51,8 @@ class RefineSummary:
     view_gains: Any = None
     # the plane no vertex went below (nx, ny, nz, height; the support plane, for photos without masks), or None
     floor: list[float] | None = None
+    # the last level's mean window width as a share of the photo's (refine.crop; 1.0: whole photos)
+    window_share: float | None = None
     seconds_per_level: list[float] | None = None
     # where the stage's time went besides the levels: loading the photos and masks, the start mesh and the
     # rasteriser ("prepare"), and cleaning and writing the result ("finish")
