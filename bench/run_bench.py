@@ -13,8 +13,11 @@ A SET is a folder with ``gt.ply`` and images: a photo-like set (``images/`` and 
 Scoring (:mod:`bench.scoring`): unposed jobs are aligned to the true poses by their published cameras
 (``transforms.json`` in the outbox); the mesh is compared with ``gt.ply`` on its observable part (F-score at 1, 0.5
 and 0.2 % of the GT diagonal, Chamfer-L1 relative to it). Variants (``--variant``) rerun every set with settings
-changed. Results: ``<out>/<tag>.json`` = {"card", "date", "results": [one row per set and variant]}, rewritten after
-every job so that a run cut short keeps what it measured.
+changed; with ``--share-upstream`` a set's variants run one after another on one job, each later one rerunning only
+the stages its settings change (cheap refinement or texture variants, compared on the same cameras and geometry).
+Results: ``<out>/<tag>.json`` = {"card", "date", "results": [one row per set and variant]}, rewritten after every
+set; every row is also appended to ``<out>/<tag>.rows.jsonl`` as it is scored (removed at the end), so that a run
+cut short keeps what it measured.
 """
 from __future__ import annotations
 
@@ -137,11 +140,14 @@ def run_job(folder: Path, posed: bool, overrides: dict[str, dict[str, Any]], dev
 
 
 def run_set(folder: Path, posed: bool, variants: list[tuple[str, dict[str, dict[str, Any]]]], device: str,
-            samples: int, keep: Path | None, gpu_memory_gb: float | None = None) -> list[dict[str, Any]]:
+            samples: int, keep: Path | None, gpu_memory_gb: float | None = None,
+            sink: Path | None = None) -> list[dict[str, Any]]:
     """The variants of one set, scored, one after another on one job: the first runs whole, each later one is that
     job retried with its own settings, so only the stages whose settings changed run again (``hotmesh retry``'s
     checkpoints) and every variant starts from the same cameras and, where its change is later, the same geometry.
-    One row per variant; a later variant's ``stage_seconds`` hold only the stages it ran."""
+    One row per variant; a later variant's ``stage_seconds`` hold only the stages it ran. Each row is also
+    appended to ``sink`` (JSON lines) as soon as it is scored, so that a run stopped at its time limit keeps the
+    variants that finished."""
     from daemon.config import load_settings
     from daemon.intake import fingerprint, snapshot
     from daemon.ledger import Ledger
@@ -189,8 +195,12 @@ def run_set(folder: Path, posed: bool, variants: list[tuple[str, dict[str, dict[
                 score_job(row, folder, paths, job.id, state, posed_now, samples, keep, variant)
             except Exception as e:  # a broken set or variant must not lose the others' results
                 row.update({"state": "error", "error": f"{type(e).__name__}: {e}"})
-                if job_id is None:
-                    break
+            if sink is not None:
+                # one line per write, opened for appending: parallel sets' lines do not interleave
+                with open(sink, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(row) + "\n")
+            if job_id is None:
+                break
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return rows
@@ -298,15 +308,19 @@ def main() -> None:
 
     device = pick_device(args.device)
     variants = [parse_variant(v) for v in args.variant] or [("default", {})]
-    if args.share_upstream:  # one task per set, its variants in order
-        tasks = [(run_set, (resolve_set(s), args.posed, variants, device, args.samples, args.keep,
-                            args.gpu_memory_gb), f"{s} ({', '.join(n for n, _ in variants)})") for s in args.sets]
-    else:
-        tasks = [(run_set, (resolve_set(s), args.posed, [(name, ov)], device, args.samples, args.keep,
-                            args.gpu_memory_gb), f"{s} ({name})") for name, ov in variants for s in args.sets]
     tag = args.tag or f"bench-{device}"
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{tag}.json"
+    # every row as it is scored, for a run stopped before a set's last variant (removed when the run ends)
+    sink = args.out / f"{tag}.rows.jsonl"
+    sink.unlink(missing_ok=True)
+    if args.share_upstream:  # one task per set, its variants in order
+        tasks = [(run_set, (resolve_set(s), args.posed, variants, device, args.samples, args.keep,
+                            args.gpu_memory_gb, sink), f"{s} ({', '.join(n for n, _ in variants)})")
+                 for s in args.sets]
+    else:
+        tasks = [(run_set, (resolve_set(s), args.posed, [(name, ov)], device, args.samples, args.keep,
+                            args.gpu_memory_gb, sink), f"{s} ({name})") for name, ov in variants for s in args.sets]
     rows: list[dict[str, Any]] = []
 
     def save() -> None:
@@ -331,6 +345,7 @@ def main() -> None:
                     rows.append(row)
                     print(json.dumps(row), flush=True)
                 save()
+    sink.unlink(missing_ok=True)
     print(f"wrote {path}")
 
 

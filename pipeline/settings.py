@@ -180,8 +180,9 @@ class RefineConfig:
     # each level starts (0: no limit): parts missing from every estimated silhouette (an armchair's thin tubes)
     # thinned to strings the silhouettes no longer see and the photometric loss dragged a metre away
     estimated_max_move: NonNeg = 0.1
-    # render each photo's window around the object, at most at the photo's own resolution, instead of the whole frame
-    crop: bool = False
+    # on a GPU, render each photo's window around the object (at most at the photo's own resolution) instead of the
+    # whole frame: F@0.2 % +0.02-0.10 on five of six photo sets, level on the sixth, at the same cost
+    crop: bool = True
     # CPU preview (pytorch3d rasteriser), used when enabled = "on" and there is no GPU
     cpu_image_size: Annotated[int, Field(ge=16)] = 128
     cpu_iterations: PosInt = 40

@@ -66,6 +66,34 @@ def test_shared_upstream_variants_rerun_only_the_stages_their_settings_change(tm
     assert c["faces"] != a["faces"]
 
 
+def test_each_variant_row_is_written_as_soon_as_it_is_scored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run stopped at its time limit keeps the variants that finished: run_set appends each row to the sink
+    before the next variant starts, and a variant that fails leaves its error row and the next one still runs."""
+    import daemon.worker
+    from bench import run_bench
+    from tests.conftest import SAMPLE
+
+    if not (SAMPLE / "gt.ply").exists():
+        pytest.skip("the bundled sample has no gt.ply")
+    job = tiny_job(tmp_path / "tiny", views=12, size=96)
+    shutil.copy2(SAMPLE / "gt.ply", job / "gt.ply")
+    sink = tmp_path / "rows.jsonl"
+    seen: list[int] = []
+    real = daemon.worker.execute
+
+    def execute(*args, **kwargs):  # what the sink holds when each job starts
+        seen.append(len(sink.read_text().splitlines()) if sink.exists() else 0)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(daemon.worker, "execute", execute)
+    variants = [("a", {"geometry": {"voxel_resolution": 48}}), ("bad", {"geometry": {"voxel_resolution": "x"}}),
+                ("b", {"geometry": {"voxel_resolution": 48}, "texture": {"cpu_size": 64}})]
+    rows = run_bench.run_set(job, False, variants, "cpu", 20_000, None, sink=sink)
+    assert seen == [0, 2]  # b started after a's and bad's rows were written
+    assert [json.loads(line)["variant"] for line in sink.read_text().splitlines()] == ["a", "bad", "b"]
+    assert [r["state"] for r in rows] == ["done", "error", "done"] and "voxel_resolution" in rows[1]["error"]
+
+
 def test_scaling_growth_exponents_find_linear_and_quadratic_stages() -> None:
     """bench/scaling.py: the slope of log(seconds) on log(photos) per stage, with missing and negligible stages
     and failed jobs left out."""

@@ -237,6 +237,9 @@ def test_views_per_step_reaches_the_refinement_and_never_exceeds_what_fits() -> 
     from pipeline.stages.refine import refine_settings
 
     assert refine_settings(RefineConfig(views_per_step=16), on_gpu=True).views_per_step == 16
+    # the object's windows on a GPU by default, never in the CPU preview
+    assert refine_settings(RefineConfig(), on_gpu=True).crop and not refine_settings(RefineConfig(), on_gpu=False).crop
+    assert not refine_settings(RefineConfig(crop=False), on_gpu=True).crop
     assert refine_settings(RefineConfig(), on_gpu=True).views_per_step == 0  # as many as fit
     target = trimesh.creation.icosphere(subdivisions=2, radius=1.0)
     Ks, w2cs, masks, imgs = _views(target, n=6, size=16)

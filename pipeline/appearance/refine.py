@@ -52,7 +52,7 @@ class RefineSettings:
     # starts; 0: no limit
     max_move: float = 0.0
     # render each photo's window around the object (``object_windows``) instead of the whole frame: the same pixels
-    # then fall on the object, up to the photo's own resolution
+    # then fall on the object, up to the photo's own resolution (the stage sets it on a GPU: refine.crop)
     crop: bool = False
 
 

@@ -24,11 +24,13 @@ def refine_settings(cfg: RefineConfig, on_gpu: bool) -> RefineSettings:
     common = dict(lam=cfg.smoothness, lr=cfg.step, w_photo=cfg.photometric_weight, w_silhouette=cfg.silhouette_weight,
                   w_normal=cfg.normal_weight, w_laplacian=cfg.laplacian_weight, w_edge=cfg.edge_weight,
                   lam_decay=cfg.smoothness_decay, remesh=cfg.remesh, lr_final=cfg.lr_final,
-                  views_per_step=cfg.views_per_step, crop=cfg.crop)
+                  views_per_step=cfg.views_per_step)
     if on_gpu:
         sizes = [max(64, cfg.image_size // 2 ** (cfg.levels - 1 - i)) for i in range(cfg.levels)]
         return RefineSettings(levels=tuple((sz, cfg.iterations) for sz in sizes), max_faces=cfg.max_faces,
-                              start_faces=cfg.start_faces, **common)
+                              start_faces=cfg.start_faces, crop=cfg.crop, **common)
+    # the CPU preview renders whole photos: pytorch3d's CPU rasteriser works per covered pixel, and a window that
+    # the object fills took 1.6x as long for the same F-score (a 320x240 capture, 40 steps)
     return RefineSettings(levels=((cfg.cpu_image_size, cfg.cpu_iterations),), max_faces=cfg.cpu_faces,
                           start_faces=cfg.cpu_faces, **common)
 
