@@ -323,6 +323,35 @@ def test_window_intrinsics_move_the_projection_into_the_window() -> None:
     assert float(out[0].sum()) == pytest.approx(4 / 16)
 
 
+def test_portrait_and_landscape_photos_each_keep_their_own_intrinsics() -> None:
+    """A set that mixes orientations: every view is rendered at the first photo's size, and each photo's
+    intrinsics scale by its own size (whole photos) or its own window, so a point lands where the resampled photo
+    shows it."""
+    from pipeline.appearance.refine import _resize_stack, level_windows, window_intrinsics
+
+    land, port = np.zeros((96, 128), np.float32), np.zeros((128, 96), np.float32)
+    land[40:44, 80:84] = 1  # a bright 4x4 block, at (82, 42) in the landscape photo and (26, 106) in the portrait
+    port[104:108, 24:28] = 1
+    K = np.array([[[100.0, 0, 64], [0, 100, 48], [0, 0, 1]], [[100.0, 0, 48], [0, 100, 64], [0, 0, 1]]])
+    size = (24, 32)  # the first photo's aspect
+    masks = [land > 0, port > 0]
+    w2c = np.stack([np.eye(4)] * 2)
+    for crop in (False, True):
+        win = level_windows([land, port], masks, np.array([[0, 0, 1.0], [0.1, 0.1, 1.0]]), K, w2c, size, crop)
+        if not crop:
+            assert win.tolist() == [[0, 0, 128, 96], [0, 0, 96, 128]]
+        Kw = window_intrinsics(K, win, size)
+        out = _resize_stack([land, port], size, torch.device("cpu"), win)[..., 0].numpy()
+        for i, (u, v) in enumerate([(82.0, 42.0), (26.0, 106.0)]):
+            ray = np.linalg.solve(K[i], [u, v, 1.0])  # the block's centre, seen through the photo's camera
+            uw, vw = (Kw[i] @ ray)[:2] / (Kw[i] @ ray)[2]
+            # the resampled block's centre of brightness is where the window's intrinsics put it (pixel centres
+            # at +0.5)
+            rows, cols = np.indices(out[i].shape) + 0.5
+            c, r = (out[i] * cols).sum() / out[i].sum(), (out[i] * rows).sum() / out[i].sum()
+            assert abs(c - uw) < 0.25 and abs(r - vw) < 0.25, (crop, i, (c, r), (uw, vw))
+
+
 @pytest.mark.slow
 def test_a_small_object_refines_closer_in_its_window_than_in_the_whole_photo() -> None:
     """A sphere 0.3 of the photo wide, 4 % too big: in the whole frame at 32 px it is 9 px across and the error a

@@ -206,11 +206,12 @@ def object_windows(masks: list[np.ndarray], vertices: np.ndarray, Ks: np.ndarray
                    out_hw: tuple[int, int], margin: float = CROP_MARGIN) -> np.ndarray:
     """Per view, the window of the photo that holds the object, for rendering at ``out_hw`` (h, w) pixels.
 
-    masks: N (H, W) silhouette targets (bool or coverage); vertices (V, 3) world units, the mesh being refined;
-    Ks (N, 3, 3), w2cs (N, 4, 4) OpenCV. A window holds the mask's box and the mesh's projected box, grown by
-    ``margin`` of their extent on each side, with the photo's aspect ratio, never fewer pixels than ``out_hw`` (no
-    upsampling: the photo has no more detail to give) and never outside the photo (moved inside, or the whole
-    photo where it is wider). A view where the mesh reaches behind the camera keeps the whole photo.
+    masks: N (H, W) silhouette targets (bool or coverage), each its photo's size; vertices (V, 3) world units, the
+    mesh being refined; Ks (N, 3, 3), w2cs (N, 4, 4) OpenCV. A window holds the mask's box and the mesh's projected
+    box, grown by ``margin`` of their extent on each side, with the output's aspect ratio (so pixels stay square),
+    never fewer pixels than ``out_hw`` (no upsampling: the photo has no more detail to give) and never outside the
+    photo (moved inside, or cut to the photo where it is wider or taller). A view where the mesh reaches behind the
+    camera keeps the whole photo.
     -> (N, 4) int64 (x0, y0, width, height) in the photo's pixels."""
     if not (len(masks) == len(Ks) == len(w2cs)):
         raise ValueError("object_windows: masks, Ks and w2cs must have the same length")
@@ -231,16 +232,27 @@ def object_windows(masks: list[np.ndarray], vertices: np.ndarray, Ks: np.ndarray
             hi = np.maximum(hi, [xs.max() + 1, ys.max() + 1])
         ext = float(max(hi - lo))
         lo, hi = lo - margin * ext, hi + margin * ext
-        # the photo's aspect ratio, at least the output's pixels, at most the photo
-        w = max(hi[0] - lo[0], (hi[1] - lo[1]) * W / H, out_hw[1] * 1.0)
+        # the output's aspect ratio, at least the output's pixels, at most the photo
+        aspect = out_hw[1] / out_hw[0]
+        w = max(hi[0] - lo[0], (hi[1] - lo[1]) * aspect, out_hw[1] * 1.0)
+        h = min(max(w / aspect, float(out_hw[0])), float(H))
         w = min(w, float(W))
-        h = min(max(w * H / W, float(out_hw[0])), float(H))
         wi, hi_ = int(round(w)), int(round(h))
         cx, cy = (lo + hi) / 2
         x0 = int(round(min(max(cx - wi / 2, 0), W - wi)))
         y0 = int(round(min(max(cy - hi_ / 2, 0), H - hi_)))
         out.append((x0, y0, wi, hi_))
     return np.asarray(out, dtype=np.int64)
+
+
+def level_windows(images: list[np.ndarray], masks: list[np.ndarray], vertices: np.ndarray, Ks: np.ndarray,
+                  w2cs: np.ndarray, out_hw: tuple[int, int], crop: bool) -> np.ndarray:
+    """The window of each photo that a level renders at ``out_hw``: the object's (:func:`object_windows`) with
+    ``crop``, else the whole photo at its own size (a set may mix portrait and landscape photos, and each one's
+    intrinsics scale by its own size). -> (N, 4) int64 (x0, y0, w, h)."""
+    if crop:
+        return object_windows(masks, vertices, Ks, w2cs, out_hw)
+    return np.array([[0, 0, im.shape[1], im.shape[0]] for im in images], dtype=np.int64)
 
 
 def window_intrinsics(Ks: np.ndarray, windows: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
@@ -371,7 +383,7 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
         floor_t = (torch.from_numpy(fn).float().to(dev), float((floor[1] - fn @ c) * s))
     f = np.asarray(faces)
     w2c_n = torch.from_numpy(normalise_cameras(np.asarray(w2cs), c, s)).float().to(dev)
-    H0, W0 = images[0].shape[:2]
+    H0, W0 = images[0].shape[:2]  # every view is rendered at the first photo's aspect ratio
     colors = torch.full((len(v), 3), 0.5, device=dev)
     reg, reg_note = mesh_regulariser(settings)
     losses, secs = [], []
@@ -386,8 +398,7 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
         scale = side / max(H0, W0)
         size = (max(8, round(H0 * scale)), max(8, round(W0 * scale)))
         # the object's window of each photo (from the mesh this level starts with), or the whole photo
-        windows = (object_windows(masks, v / s + c, Ks, w2cs, size) if settings.crop else
-                   np.tile(np.array([0, 0, W0, H0]), (len(images), 1)))
+        windows = level_windows(images, masks, v / s + c, Ks, w2cs, size, settings.crop)
         K = torch.from_numpy(window_intrinsics(Ks, windows, size)).float().to(dev)
         tgt_rgb = _resize_stack(images, size, dev, windows) / 255.0
         tgt_mask = _resize_stack([np.asarray(m, dtype=np.float32) for m in masks], size, dev, windows)[..., 0]
@@ -459,7 +470,7 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
         secs.append(time.monotonic() - t0)
     return RefineResult(vertices=v / s + c, faces=f.astype(np.int64), colors=colors.cpu().numpy().astype(np.float32),
                         losses=tuple(losses), views_per_step=vpstep, seconds_per_level=tuple(secs),
-                        window_share=round(float(np.mean(windows[:, 2] / W0)), 4),
+                        window_share=round(float(np.mean(windows[:, 2] / [im.shape[1] for im in images])), 4),
                         regularisers=reg_note, remesh=remesh_note,
                         view_gains=(torch.cat([gain, offset], 1).detach().cpu().numpy().round(4).tolist()
                                     if gopt is not None else None))
