@@ -5,6 +5,8 @@ OPENCV distortion, so later stages treat them exactly like a user's COLMAP model
 """
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import logging
 import shutil
@@ -61,6 +63,44 @@ class SfmResult:
     obs_xy: np.ndarray
     stats: dict
     per_image: tuple[dict, ...] = ()  # see image_counts; also in PER_IMAGE_FILE beside the model
+    # (width, height) per registered image where they differ from (width, height): portrait photos among
+    # landscape ones, turned back after SfM (:func:`turn_back`); empty: every image is (width, height)
+    sizes: tuple[tuple[int, int], ...] = ()
+
+    def size_of(self, k: int) -> tuple[int, int]:
+        """(width, height) of registered image k, the pixels its K and observations are in."""
+        return self.sizes[k] if self.sizes else (self.width, self.height)
+
+
+# a photo turned a quarter counter-clockwise (np.rot90) has its camera rolled by this: camera coordinates
+# (x, y, z) of the turned copy are (-y, x, z) in the photo's own
+_QUARTER = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+
+
+def turn_back(res: SfmResult, turned: set[str]) -> SfmResult:
+    """``res`` of copies where the photos ``turned`` were turned a quarter counter-clockwise (``np.rot90``, so that
+    portrait and landscape photos share one camera) -> the same in each photo's own orientation. A copy pixel
+    (x', y') of a photo w wide (the copy's height) is the photo's (w - y', x'), so its K (fx, fy, cx, cy) becomes
+    (fy, fx, w - cy, cx), its distortion (k1, k2, p1, p2) (k1, k2, p2, -p1) and its camera is rolled by a quarter."""
+    if not turned.intersection(res.names):
+        return res
+    K, dist, w2c = res.K.copy(), res.dist.copy(), res.w2c.copy()
+    xy = res.obs_xy.copy()
+    sizes = []
+    for k, name in enumerate(res.names):
+        if name not in turned:
+            sizes.append((res.width, res.height))
+            continue
+        w = res.height  # the photo's width is the copy's height
+        fx, fy, cx, cy = K[k, 0, 0], K[k, 1, 1], K[k, 0, 2], K[k, 1, 2]
+        K[k] = np.array([[fy, 0.0, w - cy], [0.0, fx, cx], [0.0, 0.0, 1.0]])
+        if dist.shape[1] >= 4:
+            dist[k, 2], dist[k, 3] = res.dist[k, 3], -res.dist[k, 2]
+        w2c[k, :3, :] = _QUARTER @ res.w2c[k, :3, :]
+        m = res.obs_image == k
+        xy[m] = np.stack([w - res.obs_xy[m, 1], res.obs_xy[m, 0]], axis=1)
+        sizes.append((res.height, res.width))
+    return dataclasses.replace(res, K=K, dist=dist, w2c=w2c, obs_xy=xy, sizes=tuple(sizes))
 
 
 PER_IMAGE_FILE = "per_image.json"  # in run_sfm's work folder, written before SfM can fail: the failure report reads it

@@ -151,20 +151,25 @@ def project(points: np.ndarray, K: np.ndarray, w2c: np.ndarray) -> tuple[np.ndar
     return uv, z
 
 
-def central_fraction(points: np.ndarray, K: np.ndarray, w2c: np.ndarray, width: int, height: int,
-                     box: float = 0.35) -> np.ndarray:
+def central_fraction(points: np.ndarray, K: np.ndarray, w2c: np.ndarray, width: int | np.ndarray,
+                     height: int | np.ndarray, box: float = 0.35) -> np.ndarray:
     """Per point, the fraction of views that see it in front and within the central ±box of the image.
-    An object photographed from all sides is central in nearly every view; clutter only in a few."""
+    An object photographed from all sides is central in nearly every view; clutter only in a few. width, height:
+    one size for every view, or (N,) per view (portrait photos among landscape ones)."""
     hits = np.zeros(len(points))
-    for Ki, Ti in zip(K, w2c):
+    widths = np.broadcast_to(np.asarray(width, dtype=np.float64), (len(K),))
+    heights = np.broadcast_to(np.asarray(height, dtype=np.float64), (len(K),))
+    for Ki, Ti, W, H in zip(K, w2c, widths, heights):
         uv, z = project(points, Ki, Ti)
-        hits += (z > 0) & (np.abs(uv[:, 0] - width / 2) < box * width) & (np.abs(uv[:, 1] - height / 2) < box * height)
+        hits += (z > 0) & (np.abs(uv[:, 0] - W / 2) < box * W) & (np.abs(uv[:, 1] - H / 2) < box * H)
     return hits / max(1, len(K))
 
 
-def object_region(points: np.ndarray, K: np.ndarray, w2c: np.ndarray, width: int, height: int) -> ObjectRegion:
+def object_region(points: np.ndarray, K: np.ndarray, w2c: np.ndarray, width: int | np.ndarray,
+                  height: int | np.ndarray) -> ObjectRegion:
     """Find the photographed object among the sparse points: points near where the optical axes converge, central
-    in most views and above the ground plane (if there is one). points: (P, 3); K: (N, 3, 3); w2c: (N, 4, 4)."""
+    in most views and above the ground plane (if there is one). points: (P, 3); K: (N, 3, 3); w2c: (N, 4, 4);
+    width, height: the views' size, one for all or (N,) each."""
     if len(points) < 10:
         raise ValueError(f"need at least 10 sparse points to find the object, got {len(points)}")
     up = up_from_cameras(w2c)

@@ -134,12 +134,14 @@ def load_rgba(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         return np.asarray(im.convert("RGB")), None
 
 
-def upright_jpeg(src: Path, dst: Path, max_side: int, quality: int = 95) -> bool:
+def upright_jpeg(src: Path, dst: Path, max_side: int, quality: int = 95, turn: bool = False) -> bool:
     """Write ``dst``: the photo ``src`` as structure from motion reads it, upright (COLMAP ignores EXIF), at most
-    ``max_side`` px on its long side, as JPEG. A JPEG that already is all of that is copied byte for byte (decoding
-    and encoding one again cost ~15 ms a photo, the photos' quality a second time). Returns True when copied."""
+    ``max_side`` px on its long side, as JPEG; with ``turn``, also turned a quarter counter-clockwise (``np.rot90``:
+    a portrait photo among landscape ones, so that one camera describes them all). A JPEG that already is all of
+    that is copied byte for byte (decoding and encoding one again cost ~15 ms a photo, the photos' quality a second
+    time). Returns True when copied."""
     with Image.open(src) as im:  # the header only
-        plain = (im.format == "JPEG" and im.mode == "RGB" and max(im.size) <= max_side
+        plain = (not turn and im.format == "JPEG" and im.mode == "RGB" and max(im.size) <= max_side
                  and im.getexif().get(0x0112, 1) == 1)
     if plain:
         shutil.copyfile(src, dst)
@@ -148,6 +150,8 @@ def upright_jpeg(src: Path, dst: Path, max_side: int, quality: int = 95) -> bool
     H, W = rgb.shape[:2]
     s = min(1.0, max_side / max(H, W))
     small = resize(rgb, (max(1, round(W * s)), max(1, round(H * s))))
+    if turn:
+        small = np.ascontiguousarray(np.rot90(small))
     Image.fromarray(small).save(dst, format="JPEG", quality=quality)
     return False
 

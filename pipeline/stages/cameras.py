@@ -8,7 +8,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import cv2
 import numpy as np
@@ -21,7 +21,7 @@ from pipeline.io.images import load_rgba, photo_pool, resize, upright_jpeg
 from pipeline.geometry.scene import (ObjectRegion, Similarity, normalizing_similarity, object_region, pose_errors,
                             region_from_cameras, umeyama)
 from pipeline.settings import PipelineSettings
-from pipeline.cameras.sfm import SfmResult, SfmSettings, run_sfm_isolated
+from pipeline.cameras.sfm import SfmResult, SfmSettings, run_sfm_isolated, turn_back
 from pipeline.stages.base import Stage, stage_dir
 from pipeline.stages.ingest import Manifest
 from pipeline.stages.scaling import job_scale, to_metres
@@ -138,9 +138,15 @@ def _run_sfm(ctx: JobContext, manifest: Manifest, out_dir: Path) -> SfmResult:
     t0 = time.monotonic()
     for fr in manifest.frames:
         (img_dir / (fr.name + ".jpg")).parent.mkdir(parents=True, exist_ok=True)
+    # COLMAP shares one camera between photos of one size: portrait photos among landscape ones (or the reverse)
+    # are read turned a quarter into the most common orientation, and turned back after SfM
+    turned = quarter_turned(manifest.frames)
+    if turned:
+        ctx.log.info("SfM reads %d photo(s) of the other orientation turned a quarter: %s", len(turned),
+                     ", ".join(sorted(turned)[:5]) + (" ..." if len(turned) > 5 else ""))
     with photo_pool() as pool:
         copies = pool.map(lambda fr: upright_jpeg(manifest.path_of(fr, ctx), img_dir / (fr.name + ".jpg"),
-                                                  cfg.max_image_size), manifest.frames)
+                                                  cfg.max_image_size, turn=fr.name in turned), manifest.frames)
         for i, (fr, _copied) in enumerate(zip(manifest.frames, copies)):
             ctx.progress(0.1 * i / len(manifest.frames))
             names.append(fr.name + ".jpg")
@@ -154,8 +160,27 @@ def _run_sfm(ctx: JobContext, manifest: Manifest, out_dir: Path) -> SfmResult:
     shutil.rmtree(img_dir, ignore_errors=True)  # copies; the model and database stay for inspection
     (out_dir / "sfm" / "database.db").unlink(missing_ok=True)
     strip = lambda n: n[:-4]  # noqa: E731  (".jpg" added above)
-    return dataclasses.replace(res, names=tuple(strip(n) for n in res.names),
-                               unregistered=tuple(strip(n) for n in res.unregistered))
+    res = dataclasses.replace(res, names=tuple(strip(n) for n in res.names),
+                              unregistered=tuple(strip(n) for n in res.unregistered))
+    if turned:
+        res = turn_back(res, turned)
+        res = dataclasses.replace(res, stats={**res.stats, "turned": sorted(turned)})
+    return res
+
+
+def quarter_turned(frames: Sequence[Any]) -> set[str]:
+    """Names of the frames (each with ``name``, ``width``, ``height``) in the less common orientation, portrait or
+    landscape; on a tie, those not in the first non-square frame's. Square frames count as either."""
+    land = [fr for fr in frames if fr.width > fr.height]
+    port = [fr for fr in frames if fr.height > fr.width]
+    if not land or not port:
+        return set()
+    if len(land) != len(port):
+        keep_land = len(land) > len(port)
+    else:
+        first = next(fr for fr in frames if fr.width != fr.height)
+        keep_land = first.width > first.height
+    return {fr.name for fr in (port if keep_land else land)}
 
 
 @dataclass(frozen=True)
@@ -239,12 +264,13 @@ class CamerasStage(Stage):
         region: ObjectRegion | None = None  # in the views' world frame
         if sfm is not None and manifest.pose_kind == "sfm":
             warnings = check_registration(sfm, len(manifest.frames), sfm_settings(ctx), ctx.settings.limits.min_images)
-            found = object_region(sfm.points, sfm.K, sfm.w2c, sfm.width, sfm.height)
+            sizes = np.array([sfm.size_of(k) for k in range(len(sfm.names))])
+            found = object_region(sfm.points, sfm.K, sfm.w2c, sizes[:, 0], sizes[:, 1])
             # no units or frame from the user: object centre at the origin, up = +Z, object inside the unit cube
             sim = normalizing_similarity(found)
             region = sim.region(found)
-            specs = {n: FrameSpec(name=n, K=sfm.K[k], w2c=sim.w2c(sfm.w2c[k:k + 1])[0], width=sfm.width,
-                                  height=sfm.height, dist=tuple(float(x) for x in sfm.dist[k]))
+            specs = {n: FrameSpec(name=n, K=sfm.K[k], w2c=sim.w2c(sfm.w2c[k:k + 1])[0], width=int(sizes[k, 0]),
+                                  height=int(sizes[k, 1]), dist=tuple(float(x) for x in sfm.dist[k]))
                      for k, n in enumerate(sfm.names)}
             summary["normalization"] = {"scale": sim.scale, "matrix": sim.matrix().tolist()}
         else:
@@ -260,7 +286,9 @@ class CamerasStage(Stage):
                     given = np.array([specs[sfm.names[k]].w2c for k in common])
                     sim = umeyama(camera_centers(sfm.w2c[common]), camera_centers(given))
                     summary["sfm"]["pose_error_vs_input"] = pose_errors(sfm.w2c[common], given)
-                    region = object_region(sim.points(sfm.points), sfm.K, sim.w2c(sfm.w2c), sfm.width, sfm.height)
+                    sizes = np.array([sfm.size_of(k) for k in range(len(sfm.names))])
+                    region = object_region(sim.points(sfm.points), sfm.K, sim.w2c(sfm.w2c), sizes[:, 0],
+                                           sizes[:, 1])
                 else:
                     ctx.log.warning("SfM placed only %d of the posed photos; the object is located from the cameras "
                                     "alone", len(common))
@@ -339,7 +367,8 @@ class CamerasStage(Stage):
             xy = cv2.undistortPoints(sfm.obs_xy[m].reshape(-1, 1, 2).astype(np.float64), sfm.K[k], sfm.dist[k],
                                      P=sfm.K[k]).reshape(-1, 2)
             w, h = size_of[n]
-            xy *= np.array([w / sfm.width, h / sfm.height])
+            sw, sh = sfm.size_of(k)
+            xy *= np.array([w / sw, h / sh])
             ov.append(np.full(int(m.sum()), view_of[n], dtype=np.int32))
             op.append(sfm.obs_point[m])
             oxy.append(xy.astype(np.float32))
