@@ -103,6 +103,47 @@ def test_the_second_round_keeps_a_gap_between_legs_open_where_stereo_saw_the_bac
     assert min(recall) > 0.9, recall
 
 
+def test_open_core_reopens_a_rings_hole_that_every_first_mask_filled() -> None:
+    """A ring lying on the table, seen from 45° above: the table shows through its hole, but every first-round mask
+    filled it, so the hull holds it and the second round made it sure foreground. With ``open_core`` the measured
+    table pixels inside the hull's core stay background and GrabCut's colours decide around them: the hole opens,
+    the ring stays whole; without it the hole stays filled."""
+    ring = trimesh.creation.torus(major_radius=0.5, minor_radius=0.22)
+    ring.apply_translation((0, 0, 0.22))
+    w, h, f = 320, 240, 300.0
+    K = np.array([[f, 0, w / 2], [0, f, h / 2], [0, 0, 1.0]])
+    target = np.array([0, 0, 0.2])
+    w2cs = np.array([look_at(target + np.array([3 * np.cos(t), 3 * np.sin(t), 3.0]), target, np.array([0, 0, 1.0]))
+                     for t in np.linspace(0, 2 * np.pi, 12, endpoint=False)])
+    Ks = np.repeat(K[None], 12, axis=0)
+    truth = [render(ring, K, w2c, w, h).mask.reshape(h, w) for w2c in w2cs]
+    holes = [ndimage.binary_fill_holes(t) & ~t for t in truth]
+    assert all(hole.sum() > 300 for hole in holes), "every view sees the table through the hole"
+    first = [ndimage.binary_fill_holes(t) for t in truth]  # every first-round mask filled the hole
+    rgbs, seeds = [], []
+    for t, hole in zip(truth, holes):
+        img = np.zeros((h, w, 3), np.uint8)
+        img[:] = (110, 80, 50)  # the table, brown, around the ring and through its hole
+        img[t] = (230, 200, 40)  # the ring, yellow
+        rgbs.append(img)
+        lab = np.full((h, w), cv2.GC_PR_BGD, np.uint8)
+        # stereo measured a scatter of the table's pixels through the hole (every fifth row and column)
+        sparse = np.zeros_like(hole)
+        sparse[::5, ::5] = True
+        lab[(cv2.erode(hole.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0) & sparse] = cv2.GC_BGD
+        lab[(cv2.erode(t.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0) & sparse] = cv2.GC_FGD
+        seeds.append(lab)
+    s = AutoMaskSettings(hull_resolution=128)
+    bounds = (np.array([-0.8, -0.8, -0.05]), np.array([0.8, 0.8, 0.5]))
+    got = {flag: consistent_masks(rgbs, rgbs, Ks, w2cs, first, s, "cpu", bounds=bounds, seeds=seeds,
+                                  open_core=flag) for flag in (False, True)}
+    open_share = {flag: float(np.mean([(~m & hole).sum() / hole.sum() for m, hole in zip(masks, holes)]))
+                  for flag, masks in got.items()}
+    assert open_share[False] < 0.2 and open_share[True] > 0.8, open_share
+    recall = [(m & t).sum() / t.sum() for m, t in zip(got[True], truth)]
+    assert min(recall) > 0.95, recall
+
+
 def test_the_table_margin_is_a_small_part_of_a_flat_objects_height() -> None:
     from pipeline.geometry.silhouettes import SilhouetteSettings, plane_margin
 

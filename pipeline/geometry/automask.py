@@ -185,7 +185,8 @@ def consistent_masks(rgbs: list[np.ndarray], small: list[np.ndarray], sKs: np.nd
                      bounds: tuple[np.ndarray, np.ndarray] | None = None,
                      support: tuple[np.ndarray, float] | None = None,
                      seeds: list[np.ndarray] | None = None,
-                     check: Callable[[float], None] = lambda f: None) -> list[np.ndarray]:
+                     check: Callable[[float], None] = lambda f: None,
+                     open_core: bool = False) -> list[np.ndarray]:
     """Second round: make first-round masks (at the ``small`` working size) agree across views. A coarse hull
     carved from them (tolerating a share of dissenting views) is projected back, and GrabCut settles the edge in a
     band around that projection. Returns N (H_i, W_i) bool at the size of ``rgbs``.
@@ -194,7 +195,9 @@ def consistent_masks(rgbs: list[np.ndarray], small: list[np.ndarray], sKs: np.nd
     depth maps' object and background pixels). They keep their say in the second round: sure background stays
     background in the band (the table seen between a body's legs, which the band would otherwise hand to GrabCut's
     colour models with the contact shadow beside it), and sure foreground stays foreground, also where the hull
-    lost it (a horn or a tube that too many first-round masks missed)."""
+    lost it (a horn or a tube that too many first-round masks missed). With ``open_core``, measured background
+    inside the hull's eroded core stays background too, and the core within a band of it goes to GrabCut's colour
+    models: the table seen through a hole (a ring's) that the first-round masks, and so the hull, filled."""
     hulls = hull_silhouettes(first, sKs, w2cs, s, device, bounds, support)
     lenient = _agreement(first, hulls) < 0.5
     if lenient:
@@ -220,6 +223,12 @@ def consistent_masks(rgbs: list[np.ndarray], small: list[np.ndarray], sKs: np.nd
         labels[core] = cv2.GC_FGD
         if seeds is not None:
             measured = seeds[i]
+            if open_core:
+                inside = (measured == cv2.GC_BGD) & core
+                near = cv2.dilate(inside.astype(np.uint8), kernel) > 0
+                labels[near & core] = cv2.GC_PR_FGD
+                labels[inside] = cv2.GC_BGD
+                core = core & ~near
             labels[(measured == cv2.GC_BGD) & grown & ~core] = cv2.GC_BGD
             sure = measured == cv2.GC_FGD
             labels[sure] = cv2.GC_FGD
