@@ -6,7 +6,6 @@ OPENCV distortion, so later stages treat them exactly like a user's COLMAP model
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import logging
 import shutil
