@@ -94,3 +94,46 @@ def render_scene(out: Path, spec: SceneSpec = SceneSpec()) -> Path:
                                                       "frames": frames}))
     obj.export(out / "gt.ply")
     return out
+
+
+def mixed_orientation_job(tmp: Path, device: str) -> dict:
+    """An unposed job on a capture whose every third photo is portrait (a phone turned now and then), run as the
+    daemon runs it; checks what must hold on every device (every photo registered, each published camera with its
+    own photo's size, one COLMAP camera per orientation, cameras where the true ones are) and returns the mesh's
+    scores against the object (``bench.scoring.score``) with the job's ``stats.json`` under ``"stats"``."""
+    from bench.scoring import alignment, moved, read_nerf_cameras, score
+    from daemon.config import build_settings
+    from daemon.intake import fingerprint, snapshot
+    from daemon.ledger import Ledger
+    from daemon.worker import Paths, execute
+
+    scene = render_scene(tmp / "inbox" / "mix", SceneSpec(size=(320, 240), wall=False, inside=False))
+    (scene / "transforms.json").rename(tmp / "truth.json")
+    (scene / "gt.ply").rename(tmp / "gt.ply")
+    photos = sorted((scene / "images").glob("*.png"))
+    for p in photos[1::3]:
+        Image.fromarray(np.rot90(np.asarray(Image.open(p)))).save(p)
+    turned = {f"images/{p.name}" for p in photos[1::3]}
+    paths = Paths(scene.parent, tmp / "outbox", tmp / "state")
+    ledger = Ledger(paths.ledger)
+    ledger.create_job("mix", fingerprint(snapshot(scene)))
+    job = ledger.claim_next("test")
+    state = execute(ledger, paths, job, build_settings({"report": {"gt_samples": 50_000}}), device)
+    assert state == "done", ledger.get("mix").error
+    out = paths.outbox / "mix"
+    stats = json.loads((out / "stats.json").read_text())
+    sfm = stats["cameras"]["sfm"]
+    assert sfm["registered"] == len(photos) and set(sfm["turned"]) == turned
+    frames = {f["file_path"]: f for f in json.loads((out / "transforms.json").read_text())["frames"]}
+    for name, f in frames.items():
+        assert (f["w"], f["h"]) == ((240, 320) if any(name.endswith(Path(t).name) for t in turned) else (320, 240))
+    # the COLMAP model too: one camera per orientation, each photo with its own
+    assert stats["exports"]["colmap"]["writer"].startswith("hotmesh (photos of several sizes")
+    cams = [ln.split() for ln in (out / "sparse" / "0" / "cameras.txt").read_text().splitlines() if ln[:1].isdigit()]
+    assert sorted((int(c[2]), int(c[3])) for c in cams) == [(240, 320), (320, 240)]
+    truth = read_nerf_cameras(tmp / "truth.json")
+    al = alignment(read_nerf_cameras(out / "transforms.json"), truth)
+    assert al.residual < 0.01 and not al.misplaced
+    got = score(moved(trimesh.load(out / "mesh.ply", force="mesh"), al.sim), trimesh.load(tmp / "gt.ply"), truth,
+                100_000)
+    return {**got, "stats": stats}

@@ -202,6 +202,20 @@ def test_an_object_window_refines_a_small_object_closer_through_nvdiffrast() -> 
     assert err[True] < 0.7 * err[False], err
 
 
+def test_gpu_job_on_photos_of_two_orientations(tmp_path: Path) -> None:
+    """Portrait photos among landscape ones through the GPU path: CUDA SIFT reads the turned copies, and the
+    refinement, the texture fit and the report's renders each take every photo at its own size (the CPU test's
+    twin, which has no refinement)."""
+    from tests.scenes import mixed_orientation_job
+
+    got = mixed_orientation_job(tmp_path, "cuda")
+    stats = got.pop("stats")
+    print(got)
+    assert stats["refine"]["method"].startswith("differentiable rendering")
+    assert "least-squares fitted" in stats["texture"]["method"], stats["texture"]["method"]
+    assert got["fscore@1%"] > 0.8, got
+
+
 def test_nvdiffrast_finds_the_same_texture_pixels_as_the_ray_caster() -> None:
     """The GPU path of the texture fit samples the same pixels at the same UVs as the Embree ray caster that the
     held-out scores use (up to pixels on triangle edges)."""

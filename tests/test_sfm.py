@@ -329,40 +329,7 @@ def test_portrait_photos_among_landscape_ones_register_and_keep_their_orientatio
     one camera refused the other size, and the job failed as if the photos did not overlap), the published cameras
     describe each photo as it is, and the mesh matches the object as well as an all-landscape capture's does
     (F@1 % 0.82 there; 0.82 here)."""
-    from daemon.config import build_settings
-    from daemon.intake import fingerprint, snapshot
-    from daemon.ledger import Ledger
-    from daemon.worker import Paths, execute
-    from bench.scoring import alignment, moved, read_nerf_cameras, score
-    from tests.scenes import SceneSpec, render_scene
+    from tests.scenes import mixed_orientation_job
 
-    scene = render_scene(tmp_path / "inbox" / "mix", SceneSpec(size=(320, 240), wall=False, inside=False))
-    (scene / "transforms.json").rename(tmp_path / "truth.json")
-    (scene / "gt.ply").rename(tmp_path / "gt.ply")
-    photos = sorted((scene / "images").glob("*.png"))
-    for p in photos[1::3]:
-        Image.fromarray(np.rot90(np.asarray(Image.open(p)))).save(p)
-    turned = {f"images/{p.name}" for p in photos[1::3]}
-    paths = Paths(scene.parent, tmp_path / "outbox", tmp_path / "state")
-    ledger = Ledger(paths.ledger)
-    ledger.create_job("mix", fingerprint(snapshot(scene)))
-    job = ledger.claim_next("test")
-    state = execute(ledger, paths, job, build_settings({"report": {"gt_samples": 50_000}}), "cpu")
-    assert state == "done", ledger.get("mix").error
-    out = paths.outbox / "mix"
-    stats = json.loads((out / "stats.json").read_text())
-    sfm = stats["cameras"]["sfm"]
-    assert sfm["registered"] == len(photos) and set(sfm["turned"]) == turned
-    frames = {f["file_path"]: f for f in json.loads((out / "transforms.json").read_text())["frames"]}
-    for name, f in frames.items():
-        assert (f["w"], f["h"]) == ((240, 320) if any(name.endswith(Path(t).name) for t in turned) else (320, 240))
-    # the COLMAP model too: one camera per orientation, each photo with its own
-    assert stats["exports"]["colmap"]["writer"].startswith("hotmesh (photos of several sizes")
-    cams = [ln.split() for ln in (out / "sparse" / "0" / "cameras.txt").read_text().splitlines() if ln[:1].isdigit()]
-    assert sorted((int(c[2]), int(c[3])) for c in cams) == [(240, 320), (320, 240)]
-    truth = read_nerf_cameras(tmp_path / "truth.json")
-    al = alignment(read_nerf_cameras(out / "transforms.json"), truth)
-    assert al.residual < 0.01 and not al.misplaced
-    got = score(moved(trimesh.load(out / "mesh.ply", force="mesh"), al.sim), trimesh.load(tmp_path / "gt.ply"),
-                truth, 100_000)
+    got = mixed_orientation_job(tmp_path, "cpu")
     assert got["fscore@1%"] > 0.75, got
