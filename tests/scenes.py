@@ -96,11 +96,13 @@ def render_scene(out: Path, spec: SceneSpec = SceneSpec()) -> Path:
     return out
 
 
-def mixed_orientation_job(tmp: Path, device: str) -> dict:
-    """An unposed job on a capture whose every third photo is portrait (a phone turned now and then), run as the
-    daemon runs it; checks what must hold on every device (every photo registered, each published camera with its
-    own photo's size, one COLMAP camera per orientation, cameras where the true ones are) and returns the mesh's
-    scores against the object (``bench.scoring.score``) with the job's ``stats.json`` under ``"stats"``."""
+def mixed_capture_job(tmp: Path, device: str, change: str = "turn") -> dict:
+    """An unposed job on a capture whose every third photo is of another shape, run as the daemon runs it: with
+    ``change`` "turn" it is portrait (a phone turned now and then), with "crop" it is 16:9 (the same camera's
+    wide mode: the middle 180 of 240 rows). Checks what must hold on every device (every photo registered, each
+    published camera with its own photo's size, one COLMAP camera per shape, cameras where the true ones are) and
+    returns the mesh's scores against the object (``bench.scoring.score``) with the job's ``stats.json`` under
+    ``"stats"``."""
     from bench.scoring import alignment, moved, read_nerf_cameras, score
     from daemon.config import build_settings
     from daemon.intake import fingerprint, snapshot
@@ -112,8 +114,10 @@ def mixed_orientation_job(tmp: Path, device: str) -> dict:
     (scene / "gt.ply").rename(tmp / "gt.ply")
     photos = sorted((scene / "images").glob("*.png"))
     for p in photos[1::3]:
-        Image.fromarray(np.rot90(np.asarray(Image.open(p)))).save(p)
-    turned = {f"images/{p.name}" for p in photos[1::3]}
+        px = np.asarray(Image.open(p))
+        Image.fromarray(np.rot90(px) if change == "turn" else px[30:210]).save(p)
+    other = {f"images/{p.name}" for p in photos[1::3]}
+    other_size = (240, 320) if change == "turn" else (320, 180)
     paths = Paths(scene.parent, tmp / "outbox", tmp / "state")
     ledger = Ledger(paths.ledger)
     ledger.create_job("mix", fingerprint(snapshot(scene)))
@@ -123,14 +127,17 @@ def mixed_orientation_job(tmp: Path, device: str) -> dict:
     out = paths.outbox / "mix"
     stats = json.loads((out / "stats.json").read_text())
     sfm = stats["cameras"]["sfm"]
-    assert sfm["registered"] == len(photos) and set(sfm["turned"]) == turned
+    assert sfm["registered"] == len(photos), sfm
+    assert set(sfm.get("turned", ())) == (other if change == "turn" else set()), sfm
+    # a turned photo shares the landscape photos' camera; a cropped one needs its own
+    assert sfm["cameras"] == (1 if change == "turn" else 2), sfm
     frames = {f["file_path"]: f for f in json.loads((out / "transforms.json").read_text())["frames"]}
     for name, f in frames.items():
-        assert (f["w"], f["h"]) == ((240, 320) if any(name.endswith(Path(t).name) for t in turned) else (320, 240))
-    # the COLMAP model too: one camera per orientation, each photo with its own
+        assert (f["w"], f["h"]) == (other_size if any(name.endswith(Path(t).name) for t in other) else (320, 240))
+    # the COLMAP model too: one camera per shape, each photo with its own
     assert stats["exports"]["colmap"]["writer"].startswith("hotmesh (photos of several sizes")
     cams = [ln.split() for ln in (out / "sparse" / "0" / "cameras.txt").read_text().splitlines() if ln[:1].isdigit()]
-    assert sorted((int(c[2]), int(c[3])) for c in cams) == [(240, 320), (320, 240)]
+    assert sorted((int(c[2]), int(c[3])) for c in cams) == sorted([other_size, (320, 240)])
     truth = read_nerf_cameras(tmp / "truth.json")
     al = alignment(read_nerf_cameras(out / "transforms.json"), truth)
     assert al.residual < 0.01 and not al.misplaced

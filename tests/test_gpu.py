@@ -206,9 +206,9 @@ def test_gpu_job_on_photos_of_two_orientations(tmp_path: Path) -> None:
     """Portrait photos among landscape ones through the GPU path: CUDA SIFT reads the turned copies, and the
     refinement, the texture fit and the report's renders each take every photo at its own size (the CPU test's
     twin, which has no refinement)."""
-    from tests.scenes import mixed_orientation_job
+    from tests.scenes import mixed_capture_job
 
-    got = mixed_orientation_job(tmp_path, "cuda")
+    got = mixed_capture_job(tmp_path, "cuda", "turn")
     stats = got.pop("stats")
     print(got)
     assert stats["refine"]["method"].startswith("differentiable rendering")

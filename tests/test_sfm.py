@@ -311,6 +311,39 @@ def test_a_photo_read_turned_a_quarter_gets_its_own_camera_back() -> None:
     assert (H - (r + 0.5), c + 0.5) == (40 + 0.5, 250 + 0.5)
 
 
+def test_wide_photos_among_four_by_three_ones_get_their_own_camera(tmp_path: Path) -> None:
+    """A phone's 16:9 mode among its 4:3 photos (or a second phone): SfM gives each size its own camera instead of
+    skipping the other size (the job failed with advice to reshoot), and each photo is published at its own size."""
+    from tests.scenes import mixed_capture_job
+
+    got = mixed_capture_job(tmp_path, "cpu", "crop")
+    assert got["fscore@1%"] > 0.75, got
+
+
+def test_photos_are_grouped_by_lens_and_the_groups_must_partition_the_names(tmp_path: Path) -> None:
+    """lens_of reads make, model and focal length from EXIF (nothing from a PNG); check_groups keeps capture order
+    and refuses groups that lose or repeat a photo."""
+    from PIL.TiffImagePlugin import IFDRational
+
+    from pipeline.cameras.sfm import check_groups
+    from pipeline.io.images import lens_of
+
+    px = Image.fromarray(np.zeros((12, 16, 3), np.uint8))
+    for name, focal in (("a.jpg", 26), ("b.jpg", 77)):
+        ex = Image.Exif()
+        ex[0x010F], ex[0x0110] = "Acme", "X1"
+        ex.get_ifd(0x8769)[0x920A] = IFDRational(focal, 10)
+        px.save(tmp_path / name, exif=ex)
+    px.save(tmp_path / "c.png")
+    assert lens_of(tmp_path / "a.jpg") == ("Acme", "X1", "2.6") and lens_of(tmp_path / "b.jpg")[2] == "7.7"
+    assert lens_of(tmp_path / "c.png") == ()
+    assert check_groups(["a", "b", "c"], ()) == [["a", "b", "c"]]
+    assert check_groups(["a", "b", "c"], [["c", "a"], ["b"]]) == [["a", "c"], ["b"]]
+    for bad in ([["a", "b"]], [["a", "b"], ["b", "c"]]):
+        with pytest.raises(ValueError, match="exactly once"):
+            check_groups(["a", "b", "c"], bad)
+
+
 def test_the_less_common_orientation_is_turned() -> None:
     from types import SimpleNamespace as F
 
@@ -329,7 +362,7 @@ def test_portrait_photos_among_landscape_ones_register_and_keep_their_orientatio
     one camera refused the other size, and the job failed as if the photos did not overlap), the published cameras
     describe each photo as it is, and the mesh matches the object as well as an all-landscape capture's does
     (F@1 % 0.82 there; 0.82 here)."""
-    from tests.scenes import mixed_orientation_job
+    from tests.scenes import mixed_capture_job
 
-    got = mixed_orientation_job(tmp_path, "cpu")
+    got = mixed_capture_job(tmp_path, "cpu", "turn")
     assert got["fscore@1%"] > 0.75, got

@@ -12,7 +12,8 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from collections import Counter
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -87,10 +88,11 @@ def turn_back(res: SfmResult, turned: set[str]) -> SfmResult:
     xy = res.obs_xy.copy()
     sizes = []
     for k, name in enumerate(res.names):
+        cw, ch = res.size_of(k)  # the copy's
         if name not in turned:
-            sizes.append((res.width, res.height))
+            sizes.append((cw, ch))
             continue
-        w = res.height  # the photo's width is the copy's height
+        w = ch  # the photo's width is the copy's height
         fx, fy, cx, cy = K[k, 0, 0], K[k, 1, 1], K[k, 0, 2], K[k, 1, 2]
         K[k] = np.array([[fy, 0.0, w - cy], [0.0, fx, cx], [0.0, 0.0, 1.0]])
         if dist.shape[1] >= 4:
@@ -98,7 +100,7 @@ def turn_back(res: SfmResult, turned: set[str]) -> SfmResult:
         w2c[k, :3, :] = _QUARTER @ res.w2c[k, :3, :]
         m = res.obs_image == k
         xy[m] = np.stack([w - res.obs_xy[m, 1], res.obs_xy[m, 0]], axis=1)
-        sizes.append((res.height, res.width))
+        sizes.append((ch, cw))
     return dataclasses.replace(res, K=K, dist=dist, w2c=w2c, obs_xy=xy, sizes=tuple(sizes))
 
 
@@ -205,6 +207,7 @@ class PlacedPhoto:
     cam_from_world: np.ndarray
     xy: np.ndarray
     point_ids: np.ndarray
+    camera: Any = None  # the pycolmap camera it was placed with (its group's, as the model refined it)
 
 
 def place_remaining(db_path: Path, rec: Any, names: list[str], min_inliers: int = 30) -> dict[str, PlacedPhoto]:
@@ -232,13 +235,16 @@ def place_remaining(db_path: Path, rec: Any, names: list[str], min_inliers: int 
         for i in rec.reg_image_ids():
             im = rec.image(i)
             seen[im.name] = {k: int(p.point3D_id) for k, p in enumerate(im.points2D) if p.has_point3D()}
-        camera = next(iter(rec.cameras.values()))  # one shared camera (CameraMode.SINGLE)
+        # each photo keeps its group's camera as the model refined it (one camera per group, CameraMode.SINGLE);
+        # a photo whose group has no mapped photo has no refined camera and is left out
+        mapped_camera = {rec.image(i).camera_id: rec.image(i).camera for i in rec.reg_image_ids()}
+        camera_of = {im.name: mapped_camera.get(im.camera_id) for im in db.read_all_images()}
         est = pycolmap.AbsolutePoseEstimationOptions()
         ref = pycolmap.AbsolutePoseRefinementOptions()
         ref.refine_focal_length = False
         ref.refine_extra_params = False
         placed: dict[str, PlacedPhoto] = {}
-        todo = [n for n in names if n not in seen and n in ids]
+        todo = [n for n in names if n not in seen and camera_of.get(n) is not None]
         while todo:
             left = []
             for n in todo:
@@ -258,13 +264,13 @@ def place_remaining(db_path: Path, rec: Any, names: list[str], min_inliers: int 
                 pids = np.array([corr[f] for f in feats], dtype=np.int64)
                 xy = np.asarray(db.read_keypoints(ids[n]), dtype=np.float64)[feats, :2]
                 xyz = np.array([rec.points3D[p].xyz for p in pids], dtype=np.float64)
-                r = pycolmap.estimate_and_refine_absolute_pose(xy, xyz, camera, est, ref)
+                r = pycolmap.estimate_and_refine_absolute_pose(xy, xyz, camera_of[n], est, ref)
                 if r is None or int(r["num_inliers"]) < min_inliers:
                     left.append(n)
                     continue
                 inl = np.asarray(r["inlier_mask"], dtype=bool)
                 placed[n] = PlacedPhoto(np.asarray(r["cam_from_world"].matrix(), dtype=np.float64),
-                                        xy[inl].astype(np.float32), pids[inl])
+                                        xy[inl].astype(np.float32), pids[inl], camera_of[n])
                 seen[n] = dict(zip(feats[inl].tolist(), pids[inl].tolist()))
             if len(left) == len(todo):
                 break
@@ -346,9 +352,22 @@ def match_features(db: Path, names: list[str], cfg: SfmSettings, device: Any) ->
     return matcher
 
 
+def check_groups(names: Sequence[str], groups: Sequence[Sequence[str]]) -> list[list[str]]:
+    """``groups`` (photos that share one camera) as a partition of ``names``, in the order of ``names``; empty
+    groups -> one group of all ``names``. Raises ValueError when the groups do not partition the names."""
+    if not groups:
+        return [list(names)]
+    flat = [n for g in groups for n in g]
+    if sorted(flat) != sorted(names) or len(set(flat)) != len(flat):
+        raise ValueError("SfM camera groups must hold every image name exactly once")
+    order = {n: k for k, n in enumerate(names)}
+    return [sorted(g, key=order.__getitem__) for g in groups if g]
+
+
 def run_sfm(image_dir: Path, names: list[str], work: Path, cfg: SfmSettings, log: logging.LoggerAdapter | logging.Logger,
-            check: Callable[[float], None] = lambda f: None) -> SfmResult:
-    """SfM on the images ``image_dir/<name>`` (all the same size, orientation already applied)."""
+            check: Callable[[float], None] = lambda f: None, groups: Sequence[Sequence[str]] = ()) -> SfmResult:
+    """SfM on the images ``image_dir/<name>`` (orientation already applied). ``groups``: a partition of ``names``
+    into photos of one camera (one size, one lens), each group sharing one camera's intrinsics; empty: one group."""
     import pycolmap
 
     if len(names) < 3:
@@ -368,9 +387,17 @@ def run_sfm(image_dir: Path, names: list[str], work: Path, cfg: SfmSettings, log
     ext.max_image_size = cfg.max_image_size
     ext.sift.max_num_features = cfg.max_features
     ext.num_threads = cfg.num_threads
+    parts = check_groups(names, groups)
+
+    def extract(dev: Any) -> None:
+        # one extraction per group, each with one shared camera (CameraMode.SINGLE makes a camera per call): COLMAP
+        # skips a photo whose size differs from its single camera's, so photos of another size or lens need their own
+        for part in parts:
+            pycolmap.extract_features(db, image_dir, image_names=list(part), camera_mode=pycolmap.CameraMode.SINGLE,
+                                      reader_options=reader, extraction_options=ext, device=dev)
+
     try:
-        pycolmap.extract_features(db, image_dir, image_names=list(names), camera_mode=pycolmap.CameraMode.SINGLE,
-                                  reader_options=reader, extraction_options=ext, device=device)
+        extract(device)
     except (RuntimeError, ValueError) as e:
         if device_name != "cuda" or cfg.device == "cuda":
             raise
@@ -378,8 +405,7 @@ def run_sfm(image_dir: Path, names: list[str], work: Path, cfg: SfmSettings, log
         log.warning("SfM: GPU feature extraction failed (%s); extracting on the CPU", e)
         device, device_name = pycolmap.Device.cpu, "cpu (GPU extraction failed)"
         db.unlink(missing_ok=True)
-        pycolmap.extract_features(db, image_dir, image_names=list(names), camera_mode=pycolmap.CameraMode.SINGLE,
-                                  reader_options=reader, extraction_options=ext, device=device)
+        extract(device)
     timings["extract"] = time.monotonic() - t0
     check(0.3)
 
@@ -408,18 +434,17 @@ def run_sfm(image_dir: Path, names: list[str], work: Path, cfg: SfmSettings, log
     by_name: dict[str, object] = {rec.image(i).name: rec.image(i) for i in rec.reg_image_ids()}
     reg_names = [n for n in names if n in by_name or n in placed]
     unregistered = tuple(n for n in names if n not in by_name and n not in placed)
-    camera = next(iter(rec.cameras.values()))
     point_ids = sorted(rec.points3D)
     pindex = {pid: k for k, pid in enumerate(point_ids)}
     points = np.array([rec.points3D[p].xyz for p in point_ids], dtype=np.float64).reshape(-1, 3)
     colors = np.array([rec.points3D[p].color for p in point_ids], dtype=np.uint8).reshape(-1, 3)
     Ks, dists, w2cs = [], [], []
     oi, op, oxy = [], [], []
-    width = height = 0
+    sizes: list[tuple[int, int]] = []
     for k, name in enumerate(reg_names):
         im = by_name.get(name)
-        cam = im.camera if im is not None else camera
-        width, height = int(cam.width), int(cam.height)
+        cam = im.camera if im is not None else placed[name].camera
+        sizes.append((int(cam.width), int(cam.height)))
         p = np.asarray(cam.params, dtype=np.float64)
         Ks.append(np.asarray(cam.calibration_matrix(), dtype=np.float64))
         dists.append(p[4:8] if cam.model_name == "OPENCV" else np.array([p[3] if len(p) > 3 else 0.0, 0, 0, 0]))
@@ -449,13 +474,17 @@ def run_sfm(image_dir: Path, names: list[str], work: Path, cfg: SfmSettings, log
     log.info("SfM: %d/%d images registered, %d points, reprojection %.2f px, track %.2f (%s, %s) in %.1fs",
              len(reg_names), len(names), len(point_ids), stats["mean_reprojection_error_px"],
              stats["mean_track_length"], matcher, device_name, sum(timings.values()))
+    # the most common size is the result's own; the others are listed per image
+    (width, height), _ = Counter(sizes).most_common(1)[0] if sizes else ((0, 0), 0)
+    stats["cameras"] = len(parts)
     return SfmResult(names=tuple(reg_names), unregistered=unregistered, width=width, height=height,
-                     K=np.array(Ks), dist=np.array(dists), w2c=np.array(w2cs), points=points, colors=colors,
+                     sizes=tuple(sizes) if len(set(sizes)) > 1 else (), K=np.array(Ks), dist=np.array(dists), w2c=np.array(w2cs), points=points, colors=colors,
                      obs_image=np.array(oi, dtype=np.int32), obs_point=np.array(op, dtype=np.int32),
                      obs_xy=np.array(oxy, dtype=np.float32).reshape(-1, 2), stats=stats, per_image=tuple(per_image))
 
 
-def _sfm_child(conn: Any, image_dir: Path, names: list[str], work: Path, cfg: SfmSettings) -> None:
+def _sfm_child(conn: Any, image_dir: Path, names: list[str], work: Path, cfg: SfmSettings,
+               groups: Sequence[Sequence[str]] = ()) -> None:
     """run_sfm in a child process: sends ("ok", result, log lines) or ("error", exception, log lines)."""
     lines: list[str] = []
 
@@ -467,7 +496,7 @@ def _sfm_child(conn: Any, image_dir: Path, names: list[str], work: Path, cfg: Sf
     log.setLevel(logging.INFO)
     log.addHandler(_Collect())
     try:
-        conn.send(("ok", run_sfm(image_dir, names, work, cfg, log), lines))
+        conn.send(("ok", run_sfm(image_dir, names, work, cfg, log, groups=groups), lines))
     except Exception as e:  # InputError and the like: the parent raises it as if SfM had run there
         conn.send(("error", e, lines))
     finally:
@@ -476,7 +505,8 @@ def _sfm_child(conn: Any, image_dir: Path, names: list[str], work: Path, cfg: Sf
 
 def run_sfm_isolated(image_dir: Path, names: list[str], work: Path, cfg: SfmSettings,
                      log: logging.LoggerAdapter | logging.Logger,
-                     check: Callable[[float], None] = lambda f: None) -> SfmResult:
+                     check: Callable[[float], None] = lambda f: None,
+                     groups: Sequence[Sequence[str]] = ()) -> SfmResult:
     """:func:`run_sfm` in a child process (spawned, so it starts clean).
 
     COLMAP's native libraries (their own OpenMP runtime, CUDA 12 runtime and crash handlers in the CUDA build) must
@@ -487,7 +517,8 @@ def run_sfm_isolated(image_dir: Path, names: list[str], work: Path, cfg: SfmSett
 
     ctx = mp.get_context("spawn")
     recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_sfm_child, args=(send, image_dir, names, work, cfg), name="hotmesh-sfm")
+    proc = ctx.Process(target=_sfm_child, args=(send, image_dir, names, work, cfg, groups),
+                       name="hotmesh-sfm")
     proc.start()
     send.close()
     t0 = time.monotonic()

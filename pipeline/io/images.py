@@ -156,6 +156,17 @@ def upright_jpeg(src: Path, dst: Path, max_side: int, quality: int = 95, turn: b
     return False
 
 
+def lens_of(path: Path) -> tuple[str, ...]:
+    """The camera and lens that took a photo, from its EXIF (make, model, focal length in mm to 0.1); () when the
+    photo says nothing (PNG renders, video frames, stripped exports). Photos of one lens share their intrinsics."""
+    with Image.open(path) as im:  # the header only
+        exif = im.getexif()
+        focal = exif.get_ifd(0x8769).get(0x920A)  # Exif IFD: FocalLength
+        ident = (str(exif.get(0x010F, "")).strip("\x00 "), str(exif.get(0x0110, "")).strip("\x00 "),
+                 f"{float(focal):.1f}" if focal else "")
+    return ident if any(ident) else ()
+
+
 def load_gray(path: Path) -> np.ndarray:
     """A mask file as (H, W) uint8; an alpha channel wins over luminance when present."""
     with Image.open(path) as im:

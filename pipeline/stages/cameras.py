@@ -12,12 +12,13 @@ from typing import Any, Sequence
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from pipeline.cameras.cameras import (FrameSpec, camera_centers, intrinsics_for_image, read_pose_source, scale_intrinsics,
                               undistort_image)
 from pipeline.cameras.camera_files import PhotoCamera
 from pipeline.context import InputError, JobContext
-from pipeline.io.images import load_rgba, photo_pool, resize, upright_jpeg
+from pipeline.io.images import lens_of, load_rgba, photo_pool, resize, upright_jpeg
 from pipeline.geometry.scene import (ObjectRegion, Similarity, normalizing_similarity, object_region, pose_errors,
                             region_from_cameras, umeyama)
 from pipeline.settings import PipelineSettings
@@ -144,14 +145,28 @@ def _run_sfm(ctx: JobContext, manifest: Manifest, out_dir: Path) -> SfmResult:
     if turned:
         ctx.log.info("SfM reads %d photo(s) of the other orientation turned a quarter: %s", len(turned),
                      ", ".join(sorted(turned)[:5]) + (" ..." if len(turned) > 5 else ""))
+    def copy(fr: Any) -> tuple[tuple[int, int], tuple[str, ...]]:
+        src, dst = manifest.path_of(fr, ctx), img_dir / (fr.name + ".jpg")
+        upright_jpeg(src, dst, cfg.max_image_size, turn=fr.name in turned)
+        with Image.open(dst) as im:
+            return im.size, lens_of(src)
+
+    cameras: dict[tuple, list[str]] = {}
     with photo_pool() as pool:
-        copies = pool.map(lambda fr: upright_jpeg(manifest.path_of(fr, ctx), img_dir / (fr.name + ".jpg"),
-                                                  cfg.max_image_size, turn=fr.name in turned), manifest.frames)
-        for i, (fr, _copied) in enumerate(zip(manifest.frames, copies)):
+        for i, (fr, key) in enumerate(zip(manifest.frames, pool.map(copy, manifest.frames))):
             ctx.progress(0.1 * i / len(manifest.frames))
             names.append(fr.name + ".jpg")
+            cameras.setdefault(key, []).append(names[-1])
+    # one camera per size and lens (photos of two phones, or of a phone's 4:3 and 16:9 modes): COLMAP's single
+    # camera skipped every photo of another size, and the job failed as if they did not overlap
+    groups = sorted(cameras.values(), key=len, reverse=True)
+    if len(groups) > 1:
+        ctx.log.info("SfM gives the photos %d cameras (sizes and lenses): %s", len(groups),
+                     "; ".join(f"{len(g)} of {k[0][0]}x{k[0][1]}{' ' + ' '.join(k[1]) if k[1] else ''}"
+                               for k, g in sorted(cameras.items(), key=lambda kv: -len(kv[1]))))
     t1 = time.monotonic()
-    res = run_sfm_isolated(img_dir, names, out_dir / "sfm", cfg, ctx.log, check=lambda f: ctx.progress(0.1 + 0.6 * f))
+    res = run_sfm_isolated(img_dir, names, out_dir / "sfm", cfg, ctx.log, check=lambda f: ctx.progress(0.1 + 0.6 * f),
+                           groups=groups)
     # beside SfM's own steps: the copies, and the child process's start and hand-back (the rest of its wall time)
     own = res.stats.get("seconds") or {}
     seconds = {**own, "copies": round(t1 - t0, 2),

@@ -112,9 +112,9 @@ def write_colmap(ctx: JobContext, out_dir: Path, cams: list[PhotoCamera], names:
     for name, text in files.items():
         (dst / name).write_text(text)
     n_cams = len([ln for ln in files["cameras.txt"].splitlines() if ln and not ln.startswith("#")])
-    # SfM's own model describes the copies it read, all of one size: photos turned a quarter to share its camera
-    # (portrait among landscape ones) are described here as they are
-    writer = ("hotmesh (photos of several sizes: SfM read some turned)" if cameras.get("source") == "sfm"
+    # SfM's own model describes the copies it read: with photos of several sizes (portrait ones it read turned a
+    # quarter, or another camera's or mode's) they are described here as they are, one camera per size and lens
+    writer = ("hotmesh (photos of several sizes)" if cameras.get("source") == "sfm"
               and len(sizes) > 1 else "hotmesh (given poses)")
     return {"writer": writer, "cameras": n_cams, "images": len(cams), "points": len(pts), "observations": 0}
 
