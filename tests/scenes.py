@@ -96,11 +96,12 @@ def render_scene(out: Path, spec: SceneSpec = SceneSpec()) -> Path:
     return out
 
 
-def mixed_capture_job(tmp: Path, device: str, change: str = "turn") -> dict:
-    """An unposed job on a capture whose every third photo is of another shape, run as the daemon runs it: with
-    ``change`` "turn" it is portrait (a phone turned now and then), with "crop" it is 16:9 (the same camera's
-    wide mode: the middle 180 of 240 rows). Checks what must hold on every device (every photo registered, each
-    published camera with its own photo's size, one COLMAP camera per shape, cameras where the true ones are) and
+def mixed_capture_job(tmp: Path, device: str) -> dict:
+    """An unposed job on a capture of three shapes, run as the daemon runs it: every third photo portrait (a phone
+    turned now and then), every third from the second on 16:9 (the same camera's wide mode: the middle 180 of 240
+    rows), the rest 4:3 landscape. Checks what must hold on every device (every photo registered; the portrait ones
+    read turned to share the landscape ones' camera, the wide ones with a camera of their own; each published
+    camera with its own photo's size, in transforms.json and the COLMAP model; cameras where the true ones are) and
     returns the mesh's scores against the object (``bench.scoring.score``) with the job's ``stats.json`` under
     ``"stats"``."""
     from bench.scoring import alignment, moved, read_nerf_cameras, score
@@ -113,11 +114,13 @@ def mixed_capture_job(tmp: Path, device: str, change: str = "turn") -> dict:
     (scene / "transforms.json").rename(tmp / "truth.json")
     (scene / "gt.ply").rename(tmp / "gt.ply")
     photos = sorted((scene / "images").glob("*.png"))
+    size_of = dict.fromkeys((f"images/{p.name}" for p in photos), (320, 240))
     for p in photos[1::3]:
-        px = np.asarray(Image.open(p))
-        Image.fromarray(np.rot90(px) if change == "turn" else px[30:210]).save(p)
-    other = {f"images/{p.name}" for p in photos[1::3]}
-    other_size = (240, 320) if change == "turn" else (320, 180)
+        Image.fromarray(np.rot90(np.asarray(Image.open(p)))).save(p)
+        size_of[f"images/{p.name}"] = (240, 320)
+    for p in photos[2::3]:
+        Image.fromarray(np.asarray(Image.open(p))[30:210]).save(p)
+        size_of[f"images/{p.name}"] = (320, 180)
     paths = Paths(scene.parent, tmp / "outbox", tmp / "state")
     ledger = Ledger(paths.ledger)
     ledger.create_job("mix", fingerprint(snapshot(scene)))
@@ -128,16 +131,16 @@ def mixed_capture_job(tmp: Path, device: str, change: str = "turn") -> dict:
     stats = json.loads((out / "stats.json").read_text())
     sfm = stats["cameras"]["sfm"]
     assert sfm["registered"] == len(photos), sfm
-    assert set(sfm.get("turned", ())) == (other if change == "turn" else set()), sfm
-    # a turned photo shares the landscape photos' camera; a cropped one needs its own
-    assert sfm["cameras"] == (1 if change == "turn" else 2), sfm
-    frames = {f["file_path"]: f for f in json.loads((out / "transforms.json").read_text())["frames"]}
-    for name, f in frames.items():
-        assert (f["w"], f["h"]) == (other_size if any(name.endswith(Path(t).name) for t in other) else (320, 240))
+    assert set(sfm["turned"]) == {n for n, wh in size_of.items() if wh == (240, 320)}, sfm
+    assert sfm["cameras"] == 2, sfm  # 4:3 (portrait ones turned) and 16:9
+    frames = json.loads((out / "transforms.json").read_text())["frames"]
+    assert len(frames) == len(photos)
+    for f in frames:
+        assert (f["w"], f["h"]) == next(wh for n, wh in size_of.items() if f["file_path"].endswith(Path(n).name)), f
     # the COLMAP model too: one camera per shape, each photo with its own
     assert stats["exports"]["colmap"]["writer"].startswith("hotmesh (photos of several sizes")
     cams = [ln.split() for ln in (out / "sparse" / "0" / "cameras.txt").read_text().splitlines() if ln[:1].isdigit()]
-    assert sorted((int(c[2]), int(c[3])) for c in cams) == sorted([other_size, (320, 240)])
+    assert sorted((int(c[2]), int(c[3])) for c in cams) == sorted(set(size_of.values()))
     truth = read_nerf_cameras(tmp / "truth.json")
     al = alignment(read_nerf_cameras(out / "transforms.json"), truth)
     assert al.residual < 0.01 and not al.misplaced

@@ -202,13 +202,13 @@ def test_an_object_window_refines_a_small_object_closer_through_nvdiffrast() -> 
     assert err[True] < 0.7 * err[False], err
 
 
-def test_gpu_job_on_photos_of_two_orientations(tmp_path: Path) -> None:
-    """Portrait photos among landscape ones through the GPU path: CUDA SIFT reads the turned copies, and the
+def test_gpu_job_on_photos_of_three_shapes(tmp_path: Path) -> None:
+    """Portrait and 16:9 photos among 4:3 ones through the GPU path: CUDA SIFT reads the turned copies, and the
     refinement, the texture fit and the report's renders each take every photo at its own size (the CPU test's
     twin, which has no refinement)."""
     from tests.scenes import mixed_capture_job
 
-    got = mixed_capture_job(tmp_path, "cuda", "turn")
+    got = mixed_capture_job(tmp_path, "cuda")
     stats = got.pop("stats")
     print(got)
     assert stats["refine"]["method"].startswith("differentiable rendering")
