@@ -133,6 +133,8 @@ def mixed_capture_job(tmp: Path, device: str) -> dict:
     assert sfm["registered"] == len(photos), sfm
     assert set(sfm["turned"]) == {n for n, wh in size_of.items() if wh == (240, 320)}, sfm
     assert sfm["cameras"] == 2, sfm  # 4:3 (portrait ones turned) and 16:9
+    html = (out / "report.html").read_text()
+    assert "cameras: 2 (one per photo size and lens); 6 photo(s) of the other orientation read turned" in html
     frames = json.loads((out / "transforms.json").read_text())["frames"]
     assert len(frames) == len(photos)
     for f in frames:
