@@ -150,9 +150,6 @@ class DenseConfig:
     # ... also inside the first views' hull, where it filled a hole the photos see through (a ring's); off until
     # measured on a GPU and on the armchair (docs/design.md, the table through a hole)
     silhouettes_open_core: bool = False
-    # free space that carves inside the silhouettes' hull counts each view's match score alone, not score x cos^2
-    # of the angle it meets the surface at: the table seen at a grazing angle through a gap vouches for the gap
-    free_space_by_reach: bool = False
     # depth points lower than this share of the object's height above the table (or 2 % of its size, whichever
     # is less) seed the table, not the object: a flat object keeps the foot of its side
     silhouettes_base_margin_height: NonNeg = 0.05

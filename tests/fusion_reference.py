@@ -17,9 +17,7 @@ from pipeline.geometry.mvs import DepthMap
 def fuse_reference(depths: list[DepthMap], grid: Grid, trunc: float, device: str = "cpu", slab_voxels: int = 1 << 22,
          check: Callable[[float], None] = lambda f: None, solid_depth: float = 0.0) -> Tsdf:
     """Weighted TSDF of the depth maps over ``grid``; ``trunc`` in world units. hidden (added later): the weights of
-    views whose measured surface lies between trunc and ``solid_depth`` in front of the voxel. seen (added later):
-    the match scores (no cos^2; 0 at a surface jump) of views whose measured surface lies beyond trunc behind the
-    voxel, plus the background seen past it."""
+    views whose measured surface lies between trunc and ``solid_depth`` in front of the voxel."""
     if trunc <= 0:
         raise ValueError(f"fuse: trunc must be > 0, got {trunc}")
     dev = torch.device(device)
@@ -30,11 +28,9 @@ def fuse_reference(depths: list[DepthMap], grid: Grid, trunc: float, device: str
             continue
         free = np.zeros_like(dm.depth) if dm.free is None else dm.free
         depth_t = torch.as_tensor(dm.depth, dtype=torch.float32, device=dev)
-        score = torch.as_tensor(np.clip(dm.score, 0.05, 1.0), dtype=torch.float32, device=dev)
-        face = facing(depth_t, torch.as_tensor(dm.K, dtype=torch.float32, device=dev))
-        conf = score * face ** 2
-        reach = torch.where(face > 0, score, torch.zeros_like(score))
-        maps.append((depth_t, conf, reach,
+        conf = torch.as_tensor(np.clip(dm.score, 0.05, 1.0), dtype=torch.float32, device=dev)
+        conf = conf * facing(depth_t, torch.as_tensor(dm.K, dtype=torch.float32, device=dev)) ** 2
+        maps.append((depth_t, conf,
                      torch.as_tensor(dm.K, dtype=torch.float32, device=dev),
                      torch.as_tensor(dm.w2c, dtype=torch.float32, device=dev),
                      torch.as_tensor(free, dtype=torch.float32, device=dev), float(dm.far)))
@@ -42,7 +38,6 @@ def fuse_reference(depths: list[DepthMap], grid: Grid, trunc: float, device: str
     weight = np.zeros((X, Y, Z), dtype=np.float32)
     band = np.zeros((X, Y, Z), dtype=np.float32)
     hidden = np.zeros((X, Y, Z), dtype=np.float32)
-    seen = np.zeros((X, Y, Z), dtype=np.float32)
     step = max(1, slab_voxels // (Y * Z))
     for x0 in range(0, X, step):
         x1 = min(X, x0 + step)
@@ -51,8 +46,7 @@ def fuse_reference(depths: list[DepthMap], grid: Grid, trunc: float, device: str
         wsum = torch.zeros(len(pts), device=dev)
         bsum = torch.zeros(len(pts), device=dev)
         hsum = torch.zeros(len(pts), device=dev)
-        ssum = torch.zeros(len(pts), device=dev)
-        for depth, score, reach, K, w2c, free, far in maps:
+        for depth, score, K, w2c, free, far in maps:
             H, W = depth.shape
             cam = pts @ w2c[:3, :3].T + w2c[:3, 3]
             z = cam[:, 2]
@@ -72,22 +66,18 @@ def fuse_reference(depths: list[DepthMap], grid: Grid, trunc: float, device: str
             bsum += torch.where(sdf < trunc, w, torch.zeros_like(w))
             behind = (d > 0) & (sdf <= -trunc) & (sdf > -solid_depth)
             hsum += torch.where(behind, score.reshape(-1)[flat], torch.zeros_like(z))
-            beyond = (d > 0) & (sdf >= trunc)
-            ssum += torch.where(beyond, reach.reshape(-1)[flat], torch.zeros_like(z)) + fw
         vals = torch.where(wsum > 0, acc / wsum.clamp(min=1e-9), torch.ones_like(acc))
         values[x0:x1] = vals.reshape(x1 - x0, Y, Z).cpu().numpy()
         weight[x0:x1] = wsum.reshape(x1 - x0, Y, Z).cpu().numpy()
         band[x0:x1] = bsum.reshape(x1 - x0, Y, Z).cpu().numpy()
         hidden[x0:x1] = hsum.reshape(x1 - x0, Y, Z).cpu().numpy()
-        seen[x0:x1] = ssum.reshape(x1 - x0, Y, Z).cpu().numpy()
         check(x1 / X)
-    return Tsdf(values=values, weight=weight, band=band, grid=grid, trunc=trunc, hidden=hidden, seen=seen)
+    return Tsdf(values=values, weight=weight, band=band, grid=grid, trunc=trunc, hidden=hidden)
 
 
 def combined_field_reference(tsdf: Tsdf, hull: np.ndarray, min_band: float, min_free: float, hull_slack: float,
                    planes: list[tuple[np.ndarray, float]] = (), support_margin: float = 0.0,
-                   override_band: float | None = None, solid_hidden: float | None = None,
-                   free_by_reach: bool = False) -> np.ndarray:
+                   override_band: float | None = None, solid_hidden: float | None = None) -> np.ndarray:
     """The field of the final closed surface, negative inside, in units of trunc. (X, Y, Z) float32.
 
     hull: (X, Y, Z) float32 visual-hull distance on the same grid, world units, negative inside. The hull gives the
@@ -100,21 +90,20 @@ def combined_field_reference(tsdf: Tsdf, hull: np.ndarray, min_band: float, min_
     cameras on the side n·x > d: the table the object stands on, a wall right behind it): everything within
     ``support_margin`` of one or behind it is outside, so they are cut off and the object's base closed flat.
     solid_hidden (added later): voxels with that much hidden evidence and no free-space evidence (< 0.1) and no
-    measured band are inside. free_by_reach (added later): the free space that carves is tsdf.seen."""
+    measured band are inside."""
     if hull.shape != tsdf.values.shape:
         raise ValueError(f"combined_field: hull {hull.shape} and TSDF {tsdf.values.shape} differ")
     t = tsdf.trunc
     f = np.clip(hull / t, -1.0, 1.0).astype(np.float32)
     measured = tsdf.band >= min_band
     f = np.where(measured, tsdf.values, f)
-    through = tsdf.seen if free_by_reach else tsdf.weight - tsdf.band
-    free = (through >= min_free) & (tsdf.values > 0.9)
+    free = (tsdf.weight - tsdf.band >= min_free) & (tsdf.values > 0.9)
     f = np.where(free, np.maximum(f, tsdf.values), f)
     cap = np.clip((hull - hull_slack) / t, -1.0, 1.0)
     if override_band is not None:
         cap = np.where(tsdf.band >= override_band, -1.0, cap)
     if solid_hidden is not None:
-        solid = (tsdf.hidden >= solid_hidden) & (through < 0.1) & ~measured
+        solid = (tsdf.hidden >= solid_hidden) & (tsdf.weight - tsdf.band < 0.1) & ~measured
         f = np.where(solid, -1.0, f)
         cap = np.where(solid, -1.0, cap)
     f = np.maximum(f, cap)

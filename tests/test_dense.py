@@ -420,22 +420,3 @@ def test_walls_are_never_the_objects_own_flat_face(wall_points: int) -> None:
     assert not any(abs(n @ up) > 0.9 for n, _ in walls)
     if wall_points:
         assert len(walls) == 1 and abs(walls[0][0][1]) > 0.99 and abs(abs(walls[0][1]) - 0.6) < 0.01
-
-
-def test_dense_settings_follow_the_config_and_the_device() -> None:
-    """The job's [dense] settings reach the dense method: the device picks the GPU or CPU sizes, and the switches
-    (free space by reach, the silhouettes' open core) arrive where fusion and the silhouettes read them."""
-    from types import SimpleNamespace
-
-    from daemon.config import build_settings
-    from pipeline.stages.geometry import dense_settings
-
-    settings = build_settings({"dense": {"free_space_by_reach": True, "silhouettes_open_core": True}}).pipeline
-    cpu = dense_settings(SimpleNamespace(settings=settings, device="cpu"))
-    gpu = dense_settings(SimpleNamespace(settings=settings, device="cuda"))
-    assert (cpu.resolution, cpu.mvs.max_side) == (settings.dense.cpu_resolution, settings.dense.cpu_max_side)
-    assert (gpu.resolution, gpu.mvs.max_side) == (settings.dense.resolution, settings.dense.max_side)
-    assert cpu.free_by_reach and cpu.silhouettes.open_core
-    defaults = build_settings({}).pipeline
-    plain = dense_settings(SimpleNamespace(settings=defaults, device="cpu"))
-    assert plain.free_by_reach == defaults.dense.free_space_by_reach

@@ -302,7 +302,7 @@ def torch_fusion_checks(device: str = "cuda", views: int = 60, width: int = 960,
     grid = Grid.over_box(np.full(3, -1.4), np.full(3, 1.4), 64)
     trunc = 3 * grid.voxel
     ref = fuse_reference(maps, grid, trunc, solid_depth=0.5)
-    v, w, b, hd, _ = fuse_tensors(maps, grid, trunc, device=device, solid_depth=0.5)
+    v, w, b, hd = fuse_tensors(maps, grid, trunc, device=device, solid_depth=0.5)
     _compare(Tsdf(v.cpu().numpy(), w.cpu().numpy(), b.cpu().numpy(), grid, trunc, hd.cpu().numpy()), ref)
     _, Ks, w2cs, _, _, sil = _textured_sphere_views(n=6)
     sdfs = [mask_sdf(m) for m in sil]
@@ -356,7 +356,7 @@ def torch_fusion_checks(device: str = "cuda", views: int = 60, width: int = 960,
         base = torch.cuda.memory_allocated() if cuda else 0
         steps = {}
         t0 = time.monotonic()
-        v, w, b, hd, _ = fuse_tensors(big, g, 3 * g.voxel, device=device, solid_depth=0.05 * float((hi - lo).max()))
+        v, w, b, hd = fuse_tensors(big, g, 3 * g.voxel, device=device, solid_depth=0.05 * float((hi - lo).max()))
         sync()
         steps["fusion"] = time.monotonic() - t0
         t0 = time.monotonic()

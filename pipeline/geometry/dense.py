@@ -66,9 +66,6 @@ class DenseSettings:
     # longest side in front, and that no view saw through, is inside (None: off); docs/design.md (Fusion)
     solid_hidden: float | None = 1.0
     solid_depth: float = 0.05
-    # free space that carves inside the hull counts each view's match score alone, not score x cos^2: the table
-    # seen under a seat at a grazing angle vouches for the gap it was seen through (docs/design.md, Fusion)
-    free_by_reach: bool = False
     # Gaussian blur of the fused field before marching cubes, as a fraction of the object's longest side, and at
     # least field_sigma_min_voxels (0: off): removes the bubbles and tunnels (handles) that depth noise leaves at the
     # scale of the depth maps' noise and, on coarse grids, of a voxel; they made the mesh open after decimation and
@@ -423,10 +420,8 @@ def fused_surface(dms: list[DepthMap], sil: list[np.ndarray], estimated: list[bo
     lap("hull_box")
     # the fields stay on the device from fusion to marching cubes (a 512^3 grid: 0.5 GB each)
     solid = any(estimated) and s.override_band is not None and s.solid_hidden is not None
-    values, weight, band, hidden, seen = fuse_tensors(dms, grid, trunc, device=device,
-                                                      check=lambda f: check(0.4 * f),
-                                                      solid_depth=s.solid_depth * float((hi - lo).max()) if solid
-                                                      else 0.0)
+    values, weight, band, hidden = fuse_tensors(dms, grid, trunc, device=device, check=lambda f: check(0.4 * f),
+                                                solid_depth=s.solid_depth * float((hi - lo).max()) if solid else 0.0)
     lap("fusion")
     hull = grid_hull_tensor(grid, Ks, w2cs, sdfs, s.hull_outlier_fraction, device)
     lap("hull")
@@ -435,9 +430,8 @@ def fused_surface(dms: list[DepthMap], sil: list[np.ndarray], estimated: list[bo
     field_ = combined_field_tensor(values, weight, band, hull, grid, trunc, s.min_band, s.min_free, slack, planes,
                                    s.base_margin_voxels * grid.voxel,
                                    override_band=s.override_band if any(estimated) else None,
-                                   hidden=hidden, solid_hidden=s.solid_hidden if solid else None,
-                                   seen=seen if s.free_by_reach else None)
-    del values, weight, band, hidden, seen, hull
+                                   hidden=hidden, solid_hidden=s.solid_hidden if solid else None)
+    del values, weight, band, hidden, hull
     field_ *= trunc
     field_ = smooth_field(close_inside(field_, s.close_voxels), blur_voxels(s))
     lap("field")

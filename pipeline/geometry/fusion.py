@@ -6,9 +6,7 @@ truncated to ``trunc`` and averaged over the views, weighted by the match score 
 the view sees the surface (:func:`facing`). Voxels in front of a measured surface collect positive values (free
 space), voxels just behind it negative ones; voxels no depth map says anything about keep weight 0.
 :func:`combined_field` closes the surface with a visual hull where the photos measured nothing, and lets measured
-free space carve what the hull cannot (cavities). Free space is also summed on its own (``seen``), weighted by
-the match score alone: a ray that reached the table under a seat passed through the gap above it, however
-obliquely it met the table, where cos^2 weighs such a table pixel a few hundredths (:func:`integrate`).
+free space carve what the hull cannot (cavities).
 
 Runs in torch on the job's device, in chunks of voxels with all views at once so that memory stays bounded
 (:func:`fuse_tensors`); the fields can stay on the device for :func:`combined_field_tensor` and marching cubes.
@@ -61,9 +59,7 @@ class Tsdf:
     """values: (X, Y, Z) float32 in [-1, 1] (units of trunc, positive outside); weight: (X, Y, Z) float32, all
     evidence; band: (X, Y, Z) float32, the part of it from views that measured a surface within trunc of the voxel;
     hidden: (X, Y, Z) float32 or None, the match score of views that measured a surface in front of the voxel, more
-    than trunc and less than the fusion's ``solid_depth`` in front (the voxel lies inside a measured part); seen:
-    (X, Y, Z) float32 or None, free-space evidence weighted by match score alone (no cos^2): the summed scores of
-    views that measured a surface more than trunc beyond the voxel, plus background seen past it."""
+    than trunc and less than the fusion's ``solid_depth`` in front (the voxel lies inside a measured part)."""
 
     values: np.ndarray
     weight: np.ndarray
@@ -71,7 +67,6 @@ class Tsdf:
     grid: Grid
     trunc: float
     hidden: np.ndarray | None = None
-    seen: np.ndarray | None = None
 
 
 def facing(depth: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
@@ -102,11 +97,10 @@ def facing(depth: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
 class ViewTable:
     """Every view's per-pixel evidence in one table, so that one gather serves all views of a chunk of voxels.
 
-    rows: (T, 4) float32, per pixel of every view [depth, weight, free, reach], each view's (H + 2, W + 2) image with a
+    rows: (T, 3) float32, per pixel of every view [depth, weight, free], each view's (H + 2, W + 2) image with a
     border of zeros that pixels outside the image are clamped to (row major from offset[v]); offset: (V,) int64;
     R: (V, 3, 3) and t: (V, 3) world-to-camera; focal: (V, 2) fx, fy; centre: (V, 2) cx, cy; size: (V, 2) W, H
-    float32; far: (V,) float32, the depth up to which a background pixel vouches for free space. reach is the
-    match score alone (0 where :func:`facing` is 0: a surface jump, whose depth may belong to either side)."""
+    float32; far: (V,) float32, the depth up to which a background pixel vouches for free space."""
 
     rows: torch.Tensor
     offset: torch.Tensor
@@ -124,8 +118,7 @@ class ViewTable:
 
 def view_table(depths: list[DepthMap], device: torch.device) -> ViewTable | None:
     """The evidence of the depth maps that say anything (a depth or free space somewhere) on ``device``; None when
-    none does. Weights are the match score (clipped to [0.05, 1]) times :func:`facing` squared; reach is that score
-    where facing is not 0."""
+    none does. Weights are the match score (clipped to [0.05, 1]) times :func:`facing` squared."""
     rows, offset, Rs, ts, focal, centre, size, far = [], [], [], [], [], [], [], []
     n = 0
     for dm in depths:
@@ -141,15 +134,13 @@ def view_table(depths: list[DepthMap], device: torch.device) -> ViewTable | None
         depth = torch.as_tensor(dm.depth, dtype=torch.float32, device=device)
         K = torch.as_tensor(dm.K, dtype=torch.float32, device=device)
         w2c = torch.as_tensor(dm.w2c, dtype=torch.float32, device=device)
-        score = torch.as_tensor(np.clip(dm.score, 0.05, 1.0), dtype=torch.float32, device=device)
-        face = facing(depth, K)
-        conf = score * face ** 2
-        reach = torch.where(face > 0, score, torch.zeros_like(score))
+        conf = torch.as_tensor(np.clip(dm.score, 0.05, 1.0), dtype=torch.float32, device=device)
+        conf = conf * facing(depth, K) ** 2
         free = torch.zeros_like(depth) if dm.free is None else torch.as_tensor(dm.free, dtype=torch.float32,
                                                                                device=device)
         # the zero border: a voxel outside the image reads no depth, no weight and no free space without a test
-        rows.append(torch.nn.functional.pad(torch.stack([depth, conf, free, reach], 0), (1, 1, 1, 1))
-                    .permute(1, 2, 0).reshape(-1, 4))
+        rows.append(torch.nn.functional.pad(torch.stack([depth, conf, free], 0), (1, 1, 1, 1)).permute(1, 2, 0)
+                    .reshape(-1, 3))
         offset.append(n)
         n += (H + 2) * (W + 2)
         Rs.append(w2c[:3, :3])
@@ -175,14 +166,13 @@ def grid_chunk(grid: Grid, start: int, stop: int, device: torch.device) -> torch
 
 
 def integrate(pts: torch.Tensor, views: ViewTable, trunc: float, solid_depth: float = 0.0
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """TSDF sums of all views at ``pts`` (M, 3) world: (acc, weight, band, hidden, seen), each (M,) float32.
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """TSDF sums of all views at ``pts`` (M, 3) world: (acc, weight, band, hidden), each (M,) float32.
 
     acc: the weighted sum of truncated signed distances (units of trunc) plus free-space evidence (+1 each);
     weight: all evidence; band: the part of it from surfaces measured within trunc; hidden: the weights of surfaces
-    measured between trunc and ``solid_depth`` in front of the point (world units; 0: none); seen: the free-space
-    evidence again (surfaces measured more than trunc beyond the point, background past it) with each surface's
-    reach (its match score) instead of its weight. All views at once: (V, M) intermediates, so the caller sizes M."""
+    measured between trunc and ``solid_depth`` in front of the point (world units; 0: none). All views at once:
+    (V, M) intermediates, so the caller sizes M."""
     cam = torch.einsum("mc,vdc->vmd", pts, views.R) + views.t[:, None, :]
     z = cam[..., 2]
     zc = z.clamp(min=1e-9)
@@ -194,8 +184,8 @@ def integrate(pts: torch.Tensor, views: ViewTable, trunc: float, solid_depth: fl
     yi = torch.where(z > 0, torch.minimum(v.floor().clamp_(min=-1), H), -1.0).to(torch.int64)
     Wp = W.to(torch.int64) + 2
     flat = yi * Wp + xi + (views.offset[:, None] + Wp + 1)
-    ev = views.rows.index_select(0, flat.reshape(-1)).reshape(*flat.shape, 4)  # (V, M, 4)
-    d, score, free, reach = ev[..., 0], ev[..., 1], ev[..., 2], ev[..., 3]
+    ev = views.rows.index_select(0, flat.reshape(-1)).reshape(*flat.shape, 3)  # (V, M, 3)
+    d, score, free = ev[..., 0], ev[..., 1], ev[..., 2]
     sdf = d - z
     w = torch.where((d > 0) & (sdf > -trunc), score, torch.zeros_like(score))
     # a pixel that sees only background beyond the far depth: free space up to there
@@ -204,16 +194,14 @@ def integrate(pts: torch.Tensor, views: ViewTable, trunc: float, solid_depth: fl
     wsum = (w + fw).sum(0)
     band = torch.where(sdf < trunc, w, torch.zeros_like(w)).sum(0)
     hidden = torch.where((d > 0) & (sdf <= -trunc) & (sdf > -solid_depth), score, torch.zeros_like(score)).sum(0)
-    seen = (torch.where((d > 0) & (sdf >= trunc), reach, torch.zeros_like(reach)) + fw).sum(0)
-    return acc, wsum, band, hidden, seen
+    return acc, wsum, band, hidden
 
 
 def fuse_tensors(depths: list[DepthMap], grid: Grid, trunc: float, device: str = "cpu",
                  chunk_elements: int | None = None, check: Callable[[float], None] = lambda f: None,
-                 solid_depth: float = 0.0
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Weighted TSDF of the depth maps over ``grid`` on ``device``: (values, weight, band, hidden, seen), each
-    (X, Y, Z) float32 as in :class:`Tsdf`; ``trunc`` and ``solid_depth`` in world units.
+                 solid_depth: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Weighted TSDF of the depth maps over ``grid`` on ``device``: (values, weight, band, hidden), each (X, Y, Z)
+    float32 as in :class:`Tsdf`; ``trunc`` and ``solid_depth`` in world units.
 
     Voxels go in chunks, all views at once per chunk: (views x voxels) intermediates of ``chunk_elements`` entries
     (default 2^24 on a GPU: about 1.5 GB of temporaries; 2^18 on the CPU, where chunks that stay in the caches are
@@ -227,8 +215,7 @@ def fuse_tensors(depths: list[DepthMap], grid: Grid, trunc: float, device: str =
     weight = torch.zeros(total, dtype=torch.float32, device=dev)
     band = torch.zeros(total, dtype=torch.float32, device=dev)
     hidden = torch.zeros(total, dtype=torch.float32, device=dev)
-    seen = torch.zeros(total, dtype=torch.float32, device=dev)
-    shaped = lambda: tuple(a.reshape(X, Y, Z) for a in (values, weight, band, hidden, seen))  # noqa: E731
+    shaped = lambda: tuple(a.reshape(X, Y, Z) for a in (values, weight, band, hidden))  # noqa: E731
     views = view_table(depths, dev)
     if views is None:
         check(1.0)
@@ -238,12 +225,11 @@ def fuse_tensors(depths: list[DepthMap], grid: Grid, trunc: float, device: str =
     step = max(1024, chunk_elements // views.views)
     for a in range(0, total, step):
         b = min(total, a + step)
-        acc, wsum, bsum, hsum, ssum = integrate(grid_chunk(grid, a, b, dev), views, trunc, solid_depth)
+        acc, wsum, bsum, hsum = integrate(grid_chunk(grid, a, b, dev), views, trunc, solid_depth)
         values[a:b] = torch.where(wsum > 0, acc / wsum.clamp(min=1e-9), torch.ones_like(acc))
         weight[a:b] = wsum
         band[a:b] = bsum
         hidden[a:b] = hsum
-        seen[a:b] = ssum
         check(b / total)
     del views
     return shaped()
@@ -253,16 +239,14 @@ def fuse(depths: list[DepthMap], grid: Grid, trunc: float, device: str = "cpu", 
          check: Callable[[float], None] = lambda f: None, solid_depth: float = 0.0) -> Tsdf:
     """Weighted TSDF of the depth maps over ``grid``, computed on ``device`` (:func:`fuse_tensors`), as numpy
     arrays; ``trunc`` and ``solid_depth`` in world units."""
-    values, weight, band, hidden, seen = fuse_tensors(depths, grid, trunc, device, chunk_elements, check,
-                                                      solid_depth)
+    values, weight, band, hidden = fuse_tensors(depths, grid, trunc, device, chunk_elements, check, solid_depth)
     return Tsdf(values=values.cpu().numpy(), weight=weight.cpu().numpy(), band=band.cpu().numpy(), grid=grid,
-                trunc=trunc, hidden=hidden.cpu().numpy(), seen=seen.cpu().numpy())
+                trunc=trunc, hidden=hidden.cpu().numpy())
 
 
 def combined_field(tsdf: Tsdf, hull: np.ndarray, min_band: float, min_free: float, hull_slack: float,
                    planes: list[tuple[np.ndarray, float]] = (), support_margin: float = 0.0,
-                   override_band: float | None = None, solid_hidden: float | None = None,
-                   free_by_reach: bool = False) -> np.ndarray:
+                   override_band: float | None = None, solid_hidden: float | None = None) -> np.ndarray:
     """The field of the final closed surface, negative inside, in units of trunc. (X, Y, Z) float32.
 
     hull: (X, Y, Z) float32 visual-hull distance on the same grid, world units, negative inside. The hull gives the
@@ -277,31 +261,26 @@ def combined_field(tsdf: Tsdf, hull: np.ndarray, min_band: float, min_free: floa
     armchair's frame, wider than two truncations). ``planes`` (unit normal n, offset d,
     cameras on the side n·x > d: the table the object stands on, a wall right behind it): everything within
     ``support_margin`` of one or behind it is outside, so they are cut off and the object's base closed flat.
-    With ``free_by_reach``, the free space that carves is ``tsdf.seen`` (match scores alone) instead of the part of
-    ``tsdf.weight`` outside the band (scores times cos^2). Computed by :func:`combined_field_tensor` on the CPU."""
+    Computed by :func:`combined_field_tensor` on the CPU."""
     if hull.shape != tsdf.values.shape:
         raise ValueError(f"combined_field: hull {hull.shape} and TSDF {tsdf.values.shape} differ")
     if solid_hidden is not None and tsdf.hidden is None:
         raise ValueError("combined_field: solid_hidden needs the TSDF's hidden evidence (fuse it with solid_depth)")
-    if free_by_reach and tsdf.seen is None:
-        raise ValueError("combined_field: free_by_reach needs the TSDF's seen evidence (fuse it with fuse)")
     as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))  # noqa: E731
     return combined_field_tensor(as_t(tsdf.values), as_t(tsdf.weight), as_t(tsdf.band), as_t(hull), tsdf.grid,
                                  tsdf.trunc, min_band, min_free, hull_slack, planes, support_margin,
                                  override_band, hidden=None if tsdf.hidden is None else as_t(tsdf.hidden),
-                                 solid_hidden=solid_hidden,
-                                 seen=as_t(tsdf.seen) if free_by_reach else None).numpy()
+                                 solid_hidden=solid_hidden).numpy()
 
 
 def combined_field_tensor(values: torch.Tensor, weight: torch.Tensor, band: torch.Tensor, hull: torch.Tensor,
                           grid: Grid, trunc: float, min_band: float, min_free: float, hull_slack: float,
                           planes: list[tuple[np.ndarray, float]] = (), support_margin: float = 0.0,
                           override_band: float | None = None, slab_voxels: int = 1 << 24,
-                          hidden: torch.Tensor | None = None, solid_hidden: float | None = None,
-                          seen: torch.Tensor | None = None) -> torch.Tensor:
+                          hidden: torch.Tensor | None = None, solid_hidden: float | None = None) -> torch.Tensor:
     """:func:`combined_field` on tensors of one device: values, weight, band, hidden (the TSDF's; hidden only with
-    ``solid_hidden``), seen (the free space that carves; None: weight - band) and hull, each (X, Y, Z) float32 ->
-    (X, Y, Z) float32 on that device, negative inside, units of ``trunc``. The plane cut is computed in float64 in x-slabs of ``slab_voxels`` (sub-voxel accuracy far from
+    ``solid_hidden``) and hull, each (X, Y, Z) float32 -> (X, Y, Z) float32 on that device, negative inside, units
+    of ``trunc``. The plane cut is computed in float64 in x-slabs of ``slab_voxels`` (sub-voxel accuracy far from
     the origin; bounded memory)."""
     shape = tuple(grid.dims)
     if solid_hidden is not None and hidden is None:
@@ -309,8 +288,6 @@ def combined_field_tensor(values: torch.Tensor, weight: torch.Tensor, band: torc
     fields = [("values", values), ("weight", weight), ("band", band), ("hull", hull)]
     if solid_hidden is not None:
         fields.append(("hidden", hidden))
-    if seen is not None:
-        fields.append(("seen", seen))
     for name, a in fields:
         if tuple(a.shape) != shape:
             raise ValueError(f"combined_field: {name} {tuple(a.shape)} and the grid {shape} differ")
@@ -321,8 +298,7 @@ def combined_field_tensor(values: torch.Tensor, weight: torch.Tensor, band: torc
     t = float(trunc)
     f = (hull / t).clamp_(-1.0, 1.0)
     f = torch.where(band >= min_band, values, f)
-    through = weight - band if seen is None else seen  # free-space evidence
-    free = (through >= min_free) & (values > 0.9)
+    free = ((weight - band) >= min_free) & (values > 0.9)
     f = torch.where(free, torch.maximum(f, values), f)
     del free
     cap = ((hull - hull_slack) / t).clamp_(-1.0, 1.0)
@@ -330,12 +306,12 @@ def combined_field_tensor(values: torch.Tensor, weight: torch.Tensor, band: torc
         cap = torch.where(band >= override_band, torch.full_like(cap, -1.0), cap)
     if solid_hidden is not None:
         # inside a measured part: behind its surface for some views, seen through by none (SEEN_FREE)
-        solid = (hidden >= solid_hidden) & (through < SEEN_FREE) & (band < min_band)
+        solid = (hidden >= solid_hidden) & (weight - band < SEEN_FREE) & (band < min_band)
         f = torch.where(solid, torch.full_like(f, -1.0), f)
         cap = torch.where(solid, torch.full_like(cap, -1.0), cap)
         del solid
     f = torch.maximum(f, cap)
-    del cap, through
+    del cap
     X, Y, Z = shape
     dev = values.device
     ax = [torch.as_tensor(grid.origin[i] + np.arange(grid.dims[i]) * grid.voxel, dtype=torch.float64, device=dev)
