@@ -420,3 +420,19 @@ def test_walls_are_never_the_objects_own_flat_face(wall_points: int) -> None:
     assert not any(abs(n @ up) > 0.9 for n, _ in walls)
     if wall_points:
         assert len(walls) == 1 and abs(walls[0][0][1]) > 0.99 and abs(abs(walls[0][1]) - 0.6) < 0.01
+
+
+def test_dense_settings_follow_the_config_and_the_device() -> None:
+    """The job's [dense] settings reach the dense method: the device picks the GPU or CPU sizes, and the
+    silhouettes' switches arrive where the silhouette step reads them."""
+    from types import SimpleNamespace
+
+    from daemon.config import build_settings
+    from pipeline.stages.geometry import dense_settings
+
+    settings = build_settings({"dense": {"silhouettes_open_core": True, "silhouettes_keep_measured": False}}).pipeline
+    cpu = dense_settings(SimpleNamespace(settings=settings, device="cpu"))
+    gpu = dense_settings(SimpleNamespace(settings=settings, device="cuda"))
+    assert (cpu.resolution, cpu.mvs.max_side) == (settings.dense.cpu_resolution, settings.dense.cpu_max_side)
+    assert (gpu.resolution, gpu.mvs.max_side) == (settings.dense.resolution, settings.dense.max_side)
+    assert cpu.silhouettes.open_core and not cpu.silhouettes.keep_measured
