@@ -42,8 +42,9 @@ class SilhouetteSettings:
     # 43 views against the true silhouettes, precision / recall 0.980 / 0.946 without, 0.987 / 0.957 with
     keep_measured: bool = True
     # measured background inside the first-round hull's core stays background (consistent_masks' open_core): the
-    # table seen through a ring's hole; better in whole CPU jobs on bob, spot and the stool, not yet run on a GPU
-    open_core: bool = False
+    # table seen through a ring's hole; the same or better in whole CPU jobs on seven of eight sets (the armchair
+    # level), not yet run on a GPU
+    open_core: bool = True
     # after fusion, thin parts of the fused surface's outline that the silhouettes missed (an armchair's tubes,
     # horns) join them: parts at most thin_width wide (fraction of the long side) reaching at least thin_reach
     # beyond the silhouette; 0 disables. Stereo measured them (the fusion keeps only measured surfaces outside
