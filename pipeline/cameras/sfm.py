@@ -478,7 +478,8 @@ def run_sfm(image_dir: Path, names: list[str], work: Path, cfg: SfmSettings, log
     (width, height), _ = Counter(sizes).most_common(1)[0] if sizes else ((0, 0), 0)
     stats["cameras"] = len(parts)
     return SfmResult(names=tuple(reg_names), unregistered=unregistered, width=width, height=height,
-                     sizes=tuple(sizes) if len(set(sizes)) > 1 else (), K=np.array(Ks), dist=np.array(dists), w2c=np.array(w2cs), points=points, colors=colors,
+                     sizes=tuple(sizes) if len(set(sizes)) > 1 else (), K=np.array(Ks), dist=np.array(dists),
+                     w2c=np.array(w2cs), points=points, colors=colors,
                      obs_image=np.array(oi, dtype=np.int32), obs_point=np.array(op, dtype=np.int32),
                      obs_xy=np.array(oxy, dtype=np.float32).reshape(-1, 2), stats=stats, per_image=tuple(per_image))
 
