@@ -162,8 +162,11 @@ def lens_of(path: Path) -> tuple[str, ...]:
     with Image.open(path) as im:  # the header only
         exif = im.getexif()
         focal = exif.get_ifd(0x8769).get(0x920A)  # Exif IFD: FocalLength
-        ident = (str(exif.get(0x010F, "")).strip("\x00 "), str(exif.get(0x0110, "")).strip("\x00 "),
-                 f"{float(focal):.1f}" if focal else "")
+    try:
+        mm = f"{float(focal):.1f}" if focal else ""
+    except (TypeError, ValueError, ZeroDivisionError):  # a malformed tag names no lens
+        mm = ""
+    ident = (str(exif.get(0x010F, "")).strip("\x00 "), str(exif.get(0x0110, "")).strip("\x00 "), mm)
     return ident if any(ident) else ()
 
 
