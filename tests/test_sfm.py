@@ -326,7 +326,12 @@ def test_photos_are_grouped_by_lens_and_the_groups_must_partition_the_names(tmp_
         ex.get_ifd(0x8769)[0x920A] = IFDRational(focal, 10)
         px.save(tmp_path / name, exif=ex)
     px.save(tmp_path / "c.png")
+    bad = Image.Exif()
+    bad[0x0110] = "X1"
+    bad.get_ifd(0x8769)[0x920A] = "n/a"  # a malformed focal length: no lens, and no failure
+    px.save(tmp_path / "d.jpg", exif=bad)
     assert lens_of(tmp_path / "a.jpg") == ("Acme", "X1", "2.6") and lens_of(tmp_path / "b.jpg")[2] == "7.7"
+    assert lens_of(tmp_path / "d.jpg") == ("", "X1", "")
     assert lens_of(tmp_path / "c.png") == ()
     assert check_groups(["a", "b", "c"], ()) == [["a", "b", "c"]]
     assert check_groups(["a", "b", "c"], [["c", "a"], ["b"]]) == [["a", "c"], ["b"]]
