@@ -10,9 +10,9 @@ import json
 import logging
 import shutil
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from collections import Counter
 from typing import Any, Callable, Sequence
 
 import numpy as np
