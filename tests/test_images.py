@@ -71,6 +71,22 @@ def test_exif_orientation_applied(tmp_path: Path) -> None:
     assert rgb.shape == (60, 20, 3) and alpha is None
 
 
+def test_float_and_32_bit_images_are_scaled_by_their_range(tmp_path: Path) -> None:
+    """A one-channel float TIFF in [0, 1] (a scientific or HDR export) was read black (Pillow clips to 0..255); it
+    and a 32-bit integer image are scaled by the range their values use, and validate and copy like any photo."""
+    ramp = np.linspace(0.0, 1.0, 40 * 30).reshape(30, 40)
+    for name, arr, full in (("f.tif", ramp.astype(np.float32), 1.0),
+                            ("i.tif", (ramp * 65535).astype(np.int32), 65535.0)):
+        p = tmp_path / name
+        Image.fromarray(arr).save(p)
+        assert isinstance(validate_image(p, tmp_path, LimitsConfig()), ImageInfo)
+        rgb, alpha = load_rgba(p)
+        assert rgb.shape == (30, 40, 3) and alpha is None
+        assert np.abs(rgb[..., 1].astype(np.float64) - arr / full * 255).max() <= 1.0
+        upright_jpeg(p, tmp_path / (name + ".jpg"), 1000)
+        assert 100 < np.asarray(Image.open(tmp_path / (name + ".jpg"))).mean() < 155
+
+
 def test_alpha_detected(tmp_path: Path) -> None:
     p = _png(tmp_path / "a.png", mode="RGBA")
     info = validate_image(p, tmp_path, LimitsConfig())
