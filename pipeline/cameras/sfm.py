@@ -71,6 +71,10 @@ class SfmResult:
         """(width, height) of registered image k, the pixels its K and observations are in."""
         return self.sizes[k] if self.sizes else (self.width, self.height)
 
+    def view_sizes(self) -> np.ndarray:
+        """(N, 2) int64 (width, height) of every registered image."""
+        return np.array([self.size_of(k) for k in range(len(self.names))], dtype=np.int64).reshape(-1, 2)
+
 
 # a photo turned a quarter counter-clockwise (np.rot90) has its camera rolled by this: camera coordinates
 # (x, y, z) of the turned copy are (-y, x, z) in the photo's own

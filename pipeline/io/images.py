@@ -134,10 +134,10 @@ def load_rgba(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         if im.mode in ("F", "I"):
             # one-channel float or 32-bit images (scientific and HDR exports): Pillow's conversion clips them to
             # 0..255, so a float image in [0, 1] came out black; scaled by the range its values use instead
-            arr = np.asarray(im, dtype=np.float64)
-            top = float(np.nanmax(arr)) if arr.size else 0.0
+            arr = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+            top = float(arr.max()) if arr.size else 0.0
             full = 1.0 if top <= 1.0 else 255.0 if top <= 255.0 else 65535.0 if top <= 65535.0 else top
-            gray = np.clip(np.nan_to_num(arr) / full * 255.0 + 0.5, 0, 255).astype(np.uint8)
+            gray = np.clip(arr / full * 255.0 + 0.5, 0, 255).astype(np.uint8)
             return np.ascontiguousarray(np.repeat(gray[..., None], 3, axis=2)), None
         return np.asarray(im.convert("RGB")), None
 

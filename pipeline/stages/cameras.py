@@ -145,6 +145,7 @@ def _run_sfm(ctx: JobContext, manifest: Manifest, out_dir: Path) -> SfmResult:
     if turned:
         ctx.log.info("SfM reads %d photo(s) of the other orientation turned a quarter: %s", len(turned),
                      ", ".join(sorted(turned)[:5]) + (" ..." if len(turned) > 5 else ""))
+
     def copy(fr: Any) -> tuple[tuple[int, int], tuple[str, ...]]:
         src, dst = manifest.path_of(fr, ctx), img_dir / (fr.name + ".jpg")
         upright_jpeg(src, dst, cfg.max_image_size, turn=fr.name in turned)
@@ -159,11 +160,12 @@ def _run_sfm(ctx: JobContext, manifest: Manifest, out_dir: Path) -> SfmResult:
             cameras.setdefault(key, []).append(names[-1])
     # one camera per size and lens (photos of two phones, or of a phone's 4:3 and 16:9 modes): COLMAP's single
     # camera skipped every photo of another size, and the job failed as if they did not overlap
-    groups = sorted(cameras.values(), key=len, reverse=True)
+    by_size = sorted(cameras.items(), key=lambda kv: -len(kv[1]))
+    groups = [g for _, g in by_size]
     if len(groups) > 1:
         ctx.log.info("SfM gives the photos %d cameras (sizes and lenses): %s", len(groups),
                      "; ".join(f"{len(g)} of {k[0][0]}x{k[0][1]}{' ' + ' '.join(k[1]) if k[1] else ''}"
-                               for k, g in sorted(cameras.items(), key=lambda kv: -len(kv[1]))))
+                               for k, g in by_size))
     t1 = time.monotonic()
     res = run_sfm_isolated(img_dir, names, out_dir / "sfm", cfg, ctx.log, check=lambda f: ctx.progress(0.1 + 0.6 * f),
                            groups=groups)
@@ -279,7 +281,7 @@ class CamerasStage(Stage):
         region: ObjectRegion | None = None  # in the views' world frame
         if sfm is not None and manifest.pose_kind == "sfm":
             warnings = check_registration(sfm, len(manifest.frames), sfm_settings(ctx), ctx.settings.limits.min_images)
-            sizes = np.array([sfm.size_of(k) for k in range(len(sfm.names))])
+            sizes = sfm.view_sizes()
             found = object_region(sfm.points, sfm.K, sfm.w2c, sizes[:, 0], sizes[:, 1])
             # no units or frame from the user: object centre at the origin, up = +Z, object inside the unit cube
             sim = normalizing_similarity(found)
@@ -301,7 +303,7 @@ class CamerasStage(Stage):
                     given = np.array([specs[sfm.names[k]].w2c for k in common])
                     sim = umeyama(camera_centers(sfm.w2c[common]), camera_centers(given))
                     summary["sfm"]["pose_error_vs_input"] = pose_errors(sfm.w2c[common], given)
-                    sizes = np.array([sfm.size_of(k) for k in range(len(sfm.names))])
+                    sizes = sfm.view_sizes()
                     region = object_region(sim.points(sfm.points), sfm.K, sim.w2c(sfm.w2c), sizes[:, 0],
                                            sizes[:, 1])
                 else:
