@@ -37,6 +37,9 @@ EXTRACTION: dict[str, dict[str, Any]] = {"features-4096": {"max_num_features": 4
 # mapping variants: attributes of pycolmap.IncrementalPipelineOptions set on top of the pipeline's
 MAPPING: dict[str, dict[str, Any]] = {"ba-gpu": {"ba_use_gpu": True},
                                       "ba-threads-5k": {"ba_min_num_residuals_for_cpu_multi_threading": 5000}}
+# keyframe variants: sfm.keyframes, mapped as the pipeline maps (every 2^k-th photo, the rest placed by absolute
+# pose: pipeline.cameras.sfm.map_and_place) on hotmesh's database
+KEYFRAMES: dict[str, int] = {"keyframes-32": 32, "keyframes-16": 16}
 
 
 def colmap_sequential(db: Path, cfg: Any, device: Any) -> None:
@@ -79,14 +82,16 @@ def camera_row(rec: Any, truth: TrueCameras | None, placed: dict[str, Any] | Non
 def main() -> None:
     import pycolmap
 
-    from pipeline.cameras.sfm import SfmSettings, colmap_device, incremental_options, match_features
+    import logging
+
+    from pipeline.cameras.sfm import SfmSettings, colmap_device, incremental_options, map_and_place, match_features
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("sets", nargs="+")
     ap.add_argument("--work", type=Path, default=Path("/tmp/hotmesh-sfm-speed"))
     ap.add_argument("--tag", default="sfm-speed")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
-    variants = list(MATCHING) + list(EXTRACTION) + list(MAPPING)
+    variants = list(MATCHING) + list(EXTRACTION) + list(MAPPING) + list(KEYFRAMES)
     ap.add_argument("--variants", nargs="+", default=None, help=f"a subset of {variants}")
     args = ap.parse_args()
     keep = set(args.variants or variants)
@@ -175,6 +180,22 @@ def main() -> None:
             map_s, rec = mapped(work / "hotmesh.db", images, work / label, extra)
             save({"set": folder.name, "images": len(names), "variant": label, "kind": "mapping", "settings": extra,
                   "map_seconds": round(map_s, 2), **camera_row(rec, truth)})
+        for label, limit in KEYFRAMES.items():
+            if label not in keep:
+                continue
+            out = work / label
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir(parents=True)
+            pycolmap.set_random_seed(0)
+            t0 = time.monotonic()
+            recs, placed, timings = map_and_place(work / "hotmesh.db", images, out,
+                                                  dataclasses.replace(base, keyframes=limit), names,
+                                                  logging.getLogger("sfm_speed"))
+            total = time.monotonic() - t0
+            rec = max(recs.values(), key=lambda r: r.num_reg_images())
+            save({"set": folder.name, "images": len(names), "variant": label, "kind": "keyframes",
+                  "settings": {"keyframes": limit}, "map_seconds": round(total, 2),
+                  "place_seconds": round(timings.get("place", 0.0), 2), **camera_row(rec, truth, placed)})
     print(f"wrote {path}")
 
 
