@@ -6,7 +6,9 @@
 
 A SET is a folder with ``gt.ply`` and images: a photo-like set (``images/`` and ``<set>.poses.json`` beside it, as
 ``../shared/tools/render_scene.py`` writes them), a masked set (RGBA ``images`` + ``transforms.json``), or a name of
-``../shared/data``. Each set runs as a daemon job would (ledger, stages, publish) on a fresh state folder:
+``../shared/data``. Each set runs as a daemon job would (ledger, stages, publish) on a fresh state folder, in a process
+that first loads the pipeline as a daemon's worker does when it starts (:func:`pipeline.warmup.preload`; its seconds
+are the first row's ``worker_start_seconds``), so ``wall_seconds`` is a job's time in a running daemon:
 - photo-like sets run unposed (images only: SfM, no masks); with ``--posed`` the true poses are given as
   ``transforms.json`` (still no masks);
 - sets with their own ``transforms.json`` run as they are (posed; masked when their images have alpha).
@@ -152,7 +154,9 @@ def run_set(folder: Path, posed: bool, variants: list[tuple[str, dict[str, dict[
     from daemon.intake import fingerprint, snapshot
     from daemon.ledger import Ledger
     from daemon.worker import Paths, execute
+    from pipeline.warmup import preload
 
+    worker_start = preload(device)  # what the daemon's worker does before it takes a job
     tmp = Path(tempfile.mkdtemp(prefix=f"hotmesh-bench-{folder.name}-"))
     rows: list[dict[str, Any]] = []
     cap = None
@@ -166,6 +170,8 @@ def run_set(folder: Path, posed: bool, variants: list[tuple[str, dict[str, dict[
     try:
         for i, (variant, overrides) in enumerate(variants):
             row: dict[str, Any] = {"set": folder.name, "variant": variant, "posed": posed}
+            if i == 0:
+                row["worker_start_seconds"] = round(worker_start, 2)
             if cap is not None:
                 row["gpu_memory_cap_gb"] = cap
             if i > 0:

@@ -293,6 +293,11 @@ def worker_main(slot: str, gpu: str | None, paths: Paths, settings_json: str, co
     except LedgerError as e:  # the daemon notices the worker gone; its own messages say what to do
         log.error("worker %s cannot open the ledger: %s", slot, e)
         return
+    from pipeline.warmup import preload
+
+    # before "ready" (the daemon hands a worker a job only once it is ready): its first job then starts like every
+    # later one, instead of spending its first seconds importing torch
+    log.info("worker %s loaded the pipeline on %s in %.1fs", slot, device, preload(device))
     try:
         _serve(slot, paths, settings, device, ledger, conn, stop_event, parent)
     except (EOFError, BrokenPipeError, ConnectionResetError):

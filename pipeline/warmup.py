@@ -1,4 +1,5 @@
-"""What a job's later stages load once per process, loaded on a thread while its first stages run.
+"""What a job's stages load once per process: loaded when a worker starts (:func:`preload`), and the optimiser's
+first step on a thread while a job's first stages run (:func:`start_warm_up`).
 
 A worker process is long-lived, but its first job paid, inside the refinement, for importing ``torch._dynamo``: torch's
 first optimiser step of a process does (4 s on the H200, 1-3 s on 2 CPU cores). Structure from motion (its own
@@ -43,3 +44,23 @@ def start_warm_up() -> threading.Thread:
     thread.start()
     atexit.register(thread.join, 60.0)
     return thread
+
+
+def preload(device: str) -> float:
+    """What a worker process does once when it starts, so that its first job starts like every later one: import
+    every stage's modules (torch, trimesh, the stages themselves: 1.9-2.3 s on 2 CPU cores), start
+    :func:`start_warm_up`, and on ``device`` "cuda" create torch's CUDA context. On the calling thread, which must be
+    the process's main thread (see the module's note on pymeshlab). Never raises: a job then loads what it needs
+    itself, and says what is wrong. -> seconds."""
+    t = time.monotonic()
+    try:
+        import pipeline.runner  # noqa: F401 - imports every stage, and torch with them
+
+        start_warm_up()
+        if device == "cuda":
+            import torch
+
+            torch.zeros(1, device="cuda")  # the context: hundreds of ms that the first stage on the GPU paid
+    except Exception as e:  # noqa: BLE001 - the job's own imports report a broken install better
+        log.warning("preloading the pipeline failed (%s: %s); the job loads it itself", type(e).__name__, e)
+    return time.monotonic() - t

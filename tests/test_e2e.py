@@ -30,6 +30,10 @@ def test_sample_matches_ground_truth_and_report_matches_files(daemon_factory, tm
     drop(SAMPLE, d.inbox)
     job = d.wait_state("spot", timeout=400)
     assert job["state"] == "done", job["error"]
+    # the worker loaded the pipeline before it took the job (pipeline.warmup.preload), not inside its first stage
+    log = d.log()
+    assert re.search(r"worker \S+ loaded the pipeline on cpu in [0-9.]+s", log), log[-2000:]
+    assert log.index("loaded the pipeline") < log.index("ready on")
     out = d.outbox / "spot"
     assert MESH_FILES | {"report.html", "stats.json", "job.log"} <= {p.name for p in out.iterdir()}
     stats = json.loads((out / "stats.json").read_text())

@@ -212,6 +212,29 @@ def test_the_warm_up_takes_the_first_optimiser_steps_import_once_per_process() -
     assert float(out.stdout) < 0.5
 
 
+def test_a_worker_loads_every_stage_before_its_first_job() -> None:
+    """pipeline.warmup.preload, what a worker runs when it starts: afterwards every stage module and torch are
+    imported and the optimiser's warm-up has started, so a job's first stage imports nothing heavy."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, time; from pipeline.warmup import preload, start_warm_up\n"
+            "assert 'torch' not in sys.modules and 'pipeline.runner' not in sys.modules\n"
+            "s = preload('cpu'); assert s > 0\n"
+            "from pipeline.runner import STAGES\n"
+            "wanted = ['torch', 'trimesh', *(type(st).__module__ for st in STAGES)]\n"
+            "missing = [m for m in wanted if m not in sys.modules]\n"
+            "assert not missing, missing\n"
+            "assert start_warm_up().is_alive() or 'torch._dynamo' in sys.modules\n"
+            "t0 = time.monotonic(); import pipeline.stages.refine, pipeline.stages.texture\n"
+            "print(time.monotonic() - t0)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout) < 0.05
+
+
 def test_a_process_that_ends_during_the_warm_up_waits_for_it() -> None:
     """A job that fails in its first second ends its process while the warm-up may still be inside torch; a daemon
     thread torn down in C++ code aborts the process (SIGABRT instead of the job's clean exit status). The process
