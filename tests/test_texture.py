@@ -171,6 +171,24 @@ def test_gates_remove_small_parts_and_fill_holes() -> None:
     assert by["self-intersections"].status == "pass"
 
 
+def test_non_manifold_edges_are_counted_like_the_row_wise_reference() -> None:
+    """Three fins on one edge, two on another, and a closed sphere: the count against np.unique over edge rows."""
+    from pipeline.report.gates import non_manifold_edges
+
+    def reference(mesh: trimesh.Trimesh) -> int:
+        _, counts = np.unique(np.sort(mesh.edges, axis=1), axis=0, return_counts=True)
+        return int((counts > 2).sum())
+
+    sphere = trimesh.creation.icosphere(2)
+    assert non_manifold_edges(sphere) == reference(sphere) == 0
+    v = [[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [1, 1, 1], [2, 1, 1]]
+    fins = trimesh.Trimesh(v, [[0, 1, 2], [1, 0, 3], [0, 1, 4], [5, 6, 0], [6, 5, 1]], process=False)
+    assert non_manifold_edges(fins) == reference(fins) == 1  # the edge 0-1 has three faces, 5-6 two
+    both = trimesh.util.concatenate([sphere, fins])
+    assert non_manifold_edges(both) == reference(both) == 1
+    assert non_manifold_edges(trimesh.Trimesh(np.zeros((0, 3)), np.zeros((0, 3), int))) == 0
+
+
 @pytest.fixture(scope="module")
 def textured_job(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The bundled sample through the real pipeline (hotmesh process), textured on the CPU."""

@@ -66,10 +66,29 @@ def _export(model_root: str, dst: str, matrix: list, names: dict[str, str], size
                         observations=int(rec.compute_num_observations())).to_dict()
 
 
+def _load() -> bool:
+    import pycolmap  # noqa: F401
+
+    return True
+
+
+def start_exporter() -> ProcessPoolExecutor:
+    """The child process that :func:`export_sfm_model` writes with, started now: its spawn and pycolmap's import
+    (0.3-0.5 s on 2 CPU cores, more for the CUDA build) then run while the caller does other work. The caller shuts
+    it down (``with start_exporter() as exporter:``)."""
+    pool = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
+    pool.submit(_load)  # a failure here shows again, with its reason, when the model is written
+    return pool
+
+
 def export_sfm_model(model_root: Path, dst: Path, matrix: np.ndarray, names: dict[str, str],
-                     size: tuple[int, int], timeout: float = 300.0) -> ModelSummary:
-    """:func:`_export` in a spawned child; raises what it raised (a missing model, a pycolmap error)."""
-    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
-        d = pool.submit(_export, str(model_root), str(dst), np.asarray(matrix).tolist(), dict(names),
+                     size: tuple[int, int], timeout: float = 300.0,
+                     exporter: ProcessPoolExecutor | None = None) -> ModelSummary:
+    """:func:`_export` in a spawned child (``exporter``, from :func:`start_exporter`, or one of its own); raises
+    what it raised (a missing model, a pycolmap error, a child that died)."""
+    if exporter is None:
+        with start_exporter() as own:
+            return export_sfm_model(model_root, dst, matrix, names, size, timeout, own)
+    d = exporter.submit(_export, str(model_root), str(dst), np.asarray(matrix).tolist(), dict(names),
                         (int(size[0]), int(size[1]))).result(timeout=timeout)
     return ModelSummary(**d)

@@ -43,9 +43,12 @@ def self_intersections(mesh: trimesh.Trimesh) -> int | None:
 
 
 def non_manifold_edges(mesh: trimesh.Trimesh) -> int:
-    """Edges shared by more than two faces."""
-    edges = np.sort(mesh.edges, axis=1)
-    _, counts = np.unique(edges, axis=0, return_counts=True)
+    """Edges shared by more than two faces. Each edge as one integer (lower vertex x V + higher), so that the count is
+    a 1-D sort: a row-wise ``np.unique(axis=0)`` took 0.33 s for 164k faces on 2 CPU cores."""
+    edges = np.sort(np.asarray(mesh.edges, dtype=np.int64), axis=1)
+    if len(edges) == 0:
+        return 0
+    _, counts = np.unique(edges[:, 0] * (int(edges.max()) + 1) + edges[:, 1], return_counts=True)
     return int((counts > 2).sum())
 
 

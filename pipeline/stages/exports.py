@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -83,21 +84,34 @@ def publish_points(ctx: JobContext, out_dir: Path, mesh: trimesh.Trimesh, colors
     return "mesh surface samples", len(pts)
 
 
-def write_colmap(ctx: JobContext, out_dir: Path, cams: list[PhotoCamera], names: dict[str, str]) -> dict[str, Any]:
+def sfm_model(ctx: JobContext) -> tuple[Path, np.ndarray] | None:
+    """Where SfM left its reconstruction and the similarity into the mesh's frame; None when the cameras were
+    given (or SfM left no model)."""
+    cameras = read_summary(stage_dir(ctx, "cameras"))
+    model_root = stage_dir(ctx, "cameras") / "sfm" / "sparse"
+    matrix = (cameras.get("normalization") or {}).get("matrix")
+    if cameras.get("source") != "sfm" or not model_root.is_dir() or matrix is None:
+        return None
+    return model_root, np.array(matrix)
+
+
+def write_colmap(ctx: JobContext, out_dir: Path, cams: list[PhotoCamera], names: dict[str, str],
+                 exporter: ProcessPoolExecutor | None = None) -> dict[str, Any]:
     """sparse/0/{cameras,images,points3D}.txt. Where SfM placed the photos: COLMAP's reconstruction itself, written
     by pycolmap (shared camera, keypoints, point tracks). Given poses: hotmesh's writer (cameras shared by equal
-    intrinsics, the published points without tracks). ``names``: camera name -> name relative to images/."""
+    intrinsics, the published points without tracks). ``names``: camera name -> name relative to images/.
+    ``exporter``: pycolmap's child process, started ahead (:func:`pipeline.cameras.colmap_model.start_exporter`)."""
     dst = out_dir / COLMAP_DIR
     dst.mkdir(parents=True, exist_ok=True)
     cameras = read_summary(stage_dir(ctx, "cameras"))
-    model_root = stage_dir(ctx, "cameras") / "sfm" / "sparse"
     sizes = {(c.width, c.height) for c in cams}
-    matrix = (cameras.get("normalization") or {}).get("matrix")
-    if cameras.get("source") == "sfm" and model_root.is_dir() and matrix is not None and len(sizes) == 1:
+    model = sfm_model(ctx)
+    if model is not None and len(sizes) == 1:
+        model_root, matrix = model
         # SfM read copies named <photo>.jpg at the feature size (pipeline.stages.cameras._run_sfm)
         sfm_names = {c.name + ".jpg": names.get(c.name, c.name) for c in cams}
         try:
-            summary = export_sfm_model(model_root, dst, np.array(matrix), sfm_names, sizes.pop())
+            summary = export_sfm_model(model_root, dst, matrix, sfm_names, sizes.pop(), exporter=exporter)
             return {"writer": "pycolmap (the SfM reconstruction)", **summary.to_dict()}
         except Exception as e:  # noqa: BLE001 (any pycolmap failure): the model of the cameras alone still helps
             ctx.log.warning("the SfM model could not be written with pycolmap (%s); writing the cameras without "
@@ -119,9 +133,10 @@ def write_colmap(ctx: JobContext, out_dir: Path, cams: list[PhotoCamera], names:
     return {"writer": writer, "cameras": n_cams, "images": len(cams), "points": len(pts), "observations": 0}
 
 
-def write_camera_files(ctx: JobContext, out_dir: Path, mesh: trimesh.Trimesh, colors: np.ndarray) -> Exports | None:
+def write_camera_files(ctx: JobContext, out_dir: Path, mesh: trimesh.Trimesh, colors: np.ndarray,
+                       exporter: ProcessPoolExecutor | None = None) -> Exports | None:
     """images/, transforms.json, sparse/0/ and points.ply, all in the mesh's frame. None when the cameras stage
-    left no photo list (nothing to describe)."""
+    left no photo list (nothing to describe). ``exporter``: as :func:`write_colmap`'s."""
     photos = stage_dir(ctx, "cameras") / "photos.json"
     if not photos.exists():
         return None
@@ -133,7 +148,7 @@ def write_camera_files(ctx: JobContext, out_dir: Path, mesh: trimesh.Trimesh, co
     paths = {p.name: p.path for p in written}
     source, count = publish_points(ctx, out_dir, mesh, colors)
     (out_dir / "transforms.json").write_text(transforms_json(cams, paths, ply=POINTS_FILE))
-    colmap = write_colmap(ctx, out_dir, cams, {n: images_relative(p) for n, p in paths.items()})
+    colmap = write_colmap(ctx, out_dir, cams, {n: images_relative(p) for n, p in paths.items()}, exporter)
     ctx.log.info("exports: %d photo(s)%s, points.ply from %s (%d), COLMAP model by %s", len(written),
                  " in images/" if ctx.settings.export.images else " named, not copied (export.images = false)",
                  source, count, colmap["writer"])

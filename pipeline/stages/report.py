@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,6 +15,7 @@ import trimesh
 
 from pipeline import __version__
 from pipeline.cameras.cameras import camera_centers, camera_up
+from pipeline.cameras.colmap_model import start_exporter
 from pipeline.context import JobContext
 from pipeline.report.evaluate import gt_scores, held_out_scores, mesh_stats
 from pipeline.io.export import estimate_up, export_all, read_seen, vertex_color_web_glb, web_glb
@@ -29,7 +31,7 @@ from pipeline.report.html import camera_scene, complete_stats, config_rows, data
 from pipeline.settings import PipelineSettings, ReportConfig
 from pipeline.stages.base import Stage, read_summary, stage_dir
 from pipeline.stages.cameras import Sparse, Views
-from pipeline.stages.exports import write_camera_files
+from pipeline.stages.exports import sfm_model, write_camera_files
 from pipeline.stages.geometry import load_mesh
 from pipeline.stages.ingest import Manifest
 from pipeline.stages.masks import load_masks
@@ -284,6 +286,12 @@ class ReportStage(Stage):
     sections = ("report", "export")
 
     def run(self, ctx: JobContext, out_dir: Path) -> dict[str, Any]:
+        # SfM's COLMAP model is written by pycolmap in a child process: started now, its start (spawn and import, up
+        # to a second or two) runs beside the renders instead of before the model is written
+        with start_exporter() if sfm_model(ctx) is not None else contextlib.nullcontext() as exporter:
+            return self._report(ctx, out_dir, exporter)
+
+    def _report(self, ctx: JobContext, out_dir: Path, exporter: ProcessPoolExecutor | None) -> dict[str, Any]:
         t0 = time.monotonic()
         parts: dict[str, float] = {}  # seconds per step, in stats.json: tells where a slow report spends its time
 
@@ -387,7 +395,7 @@ class ReportStage(Stage):
         for extra in EXTRA_FILES:  # published with the mesh when the stage made them
             if (masks_dir / extra).exists():
                 shutil.copy2(masks_dir / extra, out_dir / extra)
-        exports = write_camera_files(ctx, out_dir, written, colors)
+        exports = write_camera_files(ctx, out_dir, written, colors, exporter)
         stats["exports"] = exports.to_dict() if exports is not None else None
         stats["points"] = None if exports is None else {"source": exports.points_source, "count": exports.points}
         lap("cameras")
