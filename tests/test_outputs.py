@@ -315,3 +315,31 @@ def test_obj_rows_match_numpy_savetxt(tmp_path: Path) -> None:
         export._write_rows(ours, fmt, data)
         np.savetxt(ref, data, fmt=fmt)
         assert ours.getvalue() == ref.getvalue()
+
+
+def test_the_colmap_writer_is_started_ahead_only_where_the_sfm_model_is_written(tmp_path: Path) -> None:
+    """The report starts pycolmap's child ahead only for SfM's own model: SfM placed the photos, left its model,
+    and they share one size (photos of several sizes, or given poses, get hotmesh's writer and no child)."""
+    from types import SimpleNamespace
+
+    from pipeline.cameras.camera_files import PhotoCamera
+    from pipeline.stages.base import DONE_MARKER
+    from pipeline.stages.exports import writes_sfm_model
+
+    cams_dir = tmp_path / "stages" / "cameras"
+    (cams_dir / "sfm" / "sparse").mkdir(parents=True)
+    ctx = SimpleNamespace(work_dir=tmp_path)
+
+    def cameras(source: str, sizes: list[tuple[int, int]]) -> bool:
+        summary = {"source": source, "normalization": {"matrix": np.eye(4).tolist()}}
+        (cams_dir / DONE_MARKER).write_text(json.dumps({"key": "k", "summary": summary}))
+        cams = [PhotoCamera(f"{i}.jpg", w, h, np.eye(3), (0.0,) * 4, "OPENCV", np.eye(4)).to_json()
+                for i, (w, h) in enumerate(sizes)]
+        (cams_dir / "photos.json").write_text(json.dumps(cams))
+        return writes_sfm_model(ctx)
+
+    assert cameras("sfm", [(640, 480)] * 3)
+    assert not cameras("sfm", [(640, 480), (480, 640), (640, 360)])
+    assert not cameras("transforms", [(640, 480)] * 3)
+    (cams_dir / "photos.json").unlink()
+    assert not writes_sfm_model(ctx)

@@ -219,20 +219,19 @@ def test_a_worker_loads_every_stage_before_its_first_job() -> None:
     import sys
     from pathlib import Path
 
-    code = ("import sys, time; from pipeline.warmup import preload, start_warm_up\n"
+    code = ("import sys; from pipeline.warmup import preload, start_warm_up\n"
             "assert 'torch' not in sys.modules and 'pipeline.runner' not in sys.modules\n"
             "s = preload('cpu'); assert s > 0\n"
             "from pipeline.runner import STAGES\n"
             "wanted = ['torch', 'trimesh', *(type(st).__module__ for st in STAGES)]\n"
             "missing = [m for m in wanted if m not in sys.modules]\n"
             "assert not missing, missing\n"
-            "assert start_warm_up().is_alive() or 'torch._dynamo' in sys.modules\n"
-            "t0 = time.monotonic(); import pipeline.stages.refine, pipeline.stages.texture\n"
-            "print(time.monotonic() - t0)\n")
+            "assert start_warm_up.cache_info().misses == 1  # preload started the warm-up thread\n"
+            "print('ok')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                          cwd=Path(__file__).resolve().parent.parent)
     assert out.returncode == 0, out.stderr
-    assert float(out.stdout) < 0.05
+    assert out.stdout.strip() == "ok"
 
 
 def test_a_process_that_ends_during_the_warm_up_waits_for_it() -> None:

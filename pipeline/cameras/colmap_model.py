@@ -77,7 +77,11 @@ def start_exporter() -> ProcessPoolExecutor:
     (0.3-0.5 s on 2 CPU cores, more for the CUDA build) then run while the caller does other work. The caller shuts
     it down (``with start_exporter() as exporter:``)."""
     pool = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
-    pool.submit(_load)  # a failure here shows again, with its reason, when the model is written
+    try:
+        pool.submit(_load)  # pycolmap failing to load shows again, with its reason, when the model is written
+    except BaseException:  # the child could not be started (no memory, no processes left): nothing to keep
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
     return pool
 
 

@@ -95,6 +95,21 @@ def sfm_model(ctx: JobContext) -> tuple[Path, np.ndarray] | None:
     return model_root, np.array(matrix)
 
 
+def read_cameras(ctx: JobContext) -> list[PhotoCamera] | None:
+    """The published cameras (the cameras stage's photos.json); None when it left no photo list."""
+    photos = stage_dir(ctx, "cameras") / "photos.json"
+    if not photos.exists():
+        return None
+    return [PhotoCamera.from_json(d) for d in json.loads(photos.read_text())]
+
+
+def writes_sfm_model(ctx: JobContext) -> bool:
+    """Whether :func:`write_camera_files` writes SfM's own reconstruction with pycolmap: SfM placed the photos, left
+    its model, and every photo has one size (the model describes SfM's copies, one camera for all)."""
+    cams = read_cameras(ctx)
+    return cams is not None and sfm_model(ctx) is not None and len({(c.width, c.height) for c in cams}) == 1
+
+
 def write_colmap(ctx: JobContext, out_dir: Path, cams: list[PhotoCamera], names: dict[str, str],
                  exporter: ProcessPoolExecutor | None = None) -> dict[str, Any]:
     """sparse/0/{cameras,images,points3D}.txt. Where SfM placed the photos: COLMAP's reconstruction itself, written
@@ -137,10 +152,9 @@ def write_camera_files(ctx: JobContext, out_dir: Path, mesh: trimesh.Trimesh, co
                        exporter: ProcessPoolExecutor | None = None) -> Exports | None:
     """images/, transforms.json, sparse/0/ and points.ply, all in the mesh's frame. None when the cameras stage
     left no photo list (nothing to describe). ``exporter``: as :func:`write_colmap`'s."""
-    photos = stage_dir(ctx, "cameras") / "photos.json"
-    if not photos.exists():
+    cams = read_cameras(ctx)
+    if cams is None:
         return None
-    cams = [PhotoCamera.from_json(d) for d in json.loads(photos.read_text())]
     manifest = Manifest.load(stage_dir(ctx, "ingest"))
     frames = {fr.name: fr for fr in manifest.frames}
     sources = {c.name: manifest.path_of(frames[c.name], ctx) for c in cams if c.name in frames}

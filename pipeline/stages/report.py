@@ -31,7 +31,7 @@ from pipeline.report.html import camera_scene, complete_stats, config_rows, data
 from pipeline.settings import PipelineSettings, ReportConfig
 from pipeline.stages.base import Stage, read_summary, stage_dir
 from pipeline.stages.cameras import Sparse, Views
-from pipeline.stages.exports import sfm_model, write_camera_files
+from pipeline.stages.exports import write_camera_files, writes_sfm_model
 from pipeline.stages.geometry import load_mesh
 from pipeline.stages.ingest import Manifest
 from pipeline.stages.masks import load_masks
@@ -281,6 +281,18 @@ def heldout_points(ctx: JobContext, views: Views, vertices: np.ndarray, silhouet
     return None if found is None else found.to_dict()
 
 
+def _exporter(ctx: JobContext) -> contextlib.AbstractContextManager[ProcessPoolExecutor | None]:
+    """pycolmap's child for SfM's COLMAP model, started ahead, where the report will write that model; where it
+    cannot be started, none (the model is then written as before: its own child, or hotmesh's writer)."""
+    if not writes_sfm_model(ctx):
+        return contextlib.nullcontext()
+    try:
+        return start_exporter()
+    except Exception as e:  # noqa: BLE001 - only a head start is lost
+        ctx.log.warning("could not start the COLMAP model's writer ahead (%s: %s)", type(e).__name__, e)
+        return contextlib.nullcontext()
+
+
 class ReportStage(Stage):
     name = "report"
     sections = ("report", "export")
@@ -288,7 +300,7 @@ class ReportStage(Stage):
     def run(self, ctx: JobContext, out_dir: Path) -> dict[str, Any]:
         # SfM's COLMAP model is written by pycolmap in a child process: started now, its start (spawn and import, up
         # to a second or two) runs beside the renders instead of before the model is written
-        with start_exporter() if sfm_model(ctx) is not None else contextlib.nullcontext() as exporter:
+        with _exporter(ctx) as exporter:
             return self._report(ctx, out_dir, exporter)
 
     def _report(self, ctx: JobContext, out_dir: Path, exporter: ProcessPoolExecutor | None) -> dict[str, Any]:
