@@ -273,3 +273,24 @@ def test_a_point_cloud_is_scored_like_the_mesh_it_was_sampled_from() -> None:
     assert off["fscore@0.2%"] < 0.1 and off["chamfer_l1_rel"] > 0.005
     with pytest.raises(ValueError, match="points"):
         score_points(np.zeros((0, 3)), gt, truth, 1000)
+
+
+def test_far_surface_finds_a_membrane_where_it_hangs_and_which_way_it_faces(tmp_path: Path) -> None:
+    """A box on the table with a thin plate hung under a ledge at 75 % of its height: the far samples are the
+    plate's, in the 0.7-0.8 band, half of them on its downward face; the box alone is all near."""
+    from bench.far_surface import far_by_band
+
+    box = trimesh.creation.box(extents=(1.0, 1.0, 1.0))
+    box.apply_translation((0, 0, 0.5))
+    plate = trimesh.creation.box(extents=(0.6, 0.6, 0.02))
+    plate.apply_translation((1.0, 0, 0.75))  # beside the box, 0.2-0.8 away from it: far at 1 % of 1.73
+    box.export(tmp_path / "gt.ply")
+    trimesh.util.concatenate([box, plate]).export(tmp_path / "mesh.ply")
+    alone = far_by_band(tmp_path / "gt.ply", tmp_path / "gt.ply", 0.01, 100_000)
+    assert alone["precision"] > 0.99
+    r = far_by_band(tmp_path / "mesh.ply", tmp_path / "gt.ply", 0.01, 100_000)
+    plate_share = plate.area / (plate.area + box.area)
+    assert r["precision"] == pytest.approx(1 - plate_share, abs=0.03)
+    band = r["bands"][7]
+    assert band["share_of_far"] > 0.9
+    assert 0.4 < band["facing_down"] < 0.6  # its bottom face, not its top
