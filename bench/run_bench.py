@@ -8,7 +8,8 @@ A SET is a folder with ``gt.ply`` and images: a photo-like set (``images/`` and 
 ``../shared/tools/render_scene.py`` writes them), a masked set (RGBA ``images`` + ``transforms.json``), or a name of
 ``../shared/data``. Each set runs as a daemon job would (ledger, stages, publish) on a fresh state folder, in a process
 that first loads the pipeline as a daemon's worker does when it starts (:func:`pipeline.warmup.preload`; its seconds
-are the ``worker_start_seconds`` of the first row a process ran), so ``wall_seconds`` is a job's time in a running daemon:
+are the ``worker_start_seconds`` of the first row a process ran), so ``wall_seconds`` is a job's time in a running
+daemon:
 - photo-like sets run unposed (images only: SfM, no masks); with ``--posed`` the true poses are given as
   ``transforms.json`` (still no masks);
 - sets with their own ``transforms.json`` run as they are (posed; masked when their images have alpha).
@@ -164,6 +165,7 @@ def run_set(folder: Path, posed: bool, variants: list[tuple[str, dict[str, dict[
     from daemon.intake import fingerprint, snapshot
     from daemon.ledger import Ledger
     from daemon.worker import Paths, execute
+
     fresh = worker_start.cache_info().currsize == 0
     started = worker_start(device)
     tmp = Path(tempfile.mkdtemp(prefix=f"hotmesh-bench-{folder.name}-"))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import shutil
 import sys
 import time
@@ -81,8 +82,6 @@ def camera_row(rec: Any, truth: TrueCameras | None, placed: dict[str, Any] | Non
 
 def main() -> None:
     import pycolmap
-
-    import logging
 
     from pipeline.cameras.sfm import SfmSettings, colmap_device, incremental_options, map_and_place, match_features
 

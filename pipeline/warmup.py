@@ -49,9 +49,9 @@ def start_warm_up() -> threading.Thread:
 def preload(device: str) -> float:
     """What a worker process does once when it starts, so that its first job starts like every later one: import
     every stage's modules (torch, trimesh, the stages themselves: 1.9-2.3 s on 2 CPU cores), start
-    :func:`start_warm_up`, and on ``device`` "cuda" create torch's CUDA context and load nvdiffrast's plugin. On the calling thread, which must be
-    the process's main thread (see the module's note on pymeshlab). Never raises: a job then loads what it needs
-    itself, and says what is wrong. -> seconds."""
+    :func:`start_warm_up`, and on ``device`` "cuda" create torch's CUDA context and the jobs' mesh renderer. On the
+    calling thread, which must be the process's main thread (see the module's note on pymeshlab). Never raises: a
+    job then loads what it needs itself, and says what is wrong. -> seconds."""
     t = time.monotonic()
     try:
         import pipeline.runner  # noqa: F401 - imports every stage, and torch with them
@@ -60,18 +60,13 @@ def preload(device: str) -> float:
         if device == "cuda":
             import torch
 
+            from pipeline.imaging.raster import mesh_renderer
+
             torch.zeros(1, device="cuda")  # the context: hundreds of ms that the first stage on the GPU paid
-            _load_rasterizer()
+            # the renderer the jobs take (one per process and GPU): loading nvdiffrast's plugin is part of a process's
+            # first render, and a fresh machine builds it there (26.5 s on the H200). Where it does not load,
+            # mesh_renderer says so once and the jobs ray cast on the CPU, as they would have
+            mesh_renderer("cuda")
     except Exception as e:  # noqa: BLE001 - the job's own imports report a broken install better
         log.warning("preloading the pipeline failed (%s: %s); the job loads it itself", type(e).__name__, e)
     return time.monotonic() - t
-
-
-def _load_rasterizer() -> None:
-    """The process's GPU mesh renderer, as the jobs' renders take it (:func:`pipeline.imaging.raster.mesh_renderer`,
-    one per process and GPU): loading nvdiffrast's CUDA plugin is part of a process's first render (on a fresh machine
-    building it too: 26.5 s on the H200). Where nvdiffrast does not load, that function says so once and the jobs ray
-    cast on the CPU, as they would have."""
-    from pipeline.imaging.raster import mesh_renderer
-
-    mesh_renderer("cuda")

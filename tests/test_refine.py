@@ -194,20 +194,25 @@ def test_grow_mesh_reaches_the_level_size_and_keeps_the_surface_closed(mode: str
         grow_mesh(v, f, c, 1, RefineSettings(remesh="loop"))
 
 
-def test_the_warm_up_takes_the_first_optimiser_steps_import_once_per_process() -> None:
-    """A job starts pipeline.warmup on a thread: afterwards the refinement's first optimiser step no longer imports
-    torch._dynamo (seconds), and the thread is started once per process."""
+def _python(code: str) -> "subprocess.CompletedProcess[str]":
+    """``code`` in a fresh interpreter at the repository's root (what a worker process starts with)."""
     import subprocess
     import sys
     from pathlib import Path
 
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parent.parent)
+
+
+def test_the_warm_up_takes_the_first_optimiser_steps_import_once_per_process() -> None:
+    """A job starts pipeline.warmup on a thread: afterwards the refinement's first optimiser step no longer imports
+    torch._dynamo (seconds), and the thread is started once per process."""
     code = ("import sys, time; from pipeline.warmup import start_warm_up\n"
             "t = start_warm_up(); assert start_warm_up() is t; assert 'torch._dynamo' not in sys.modules\n"
             "t.join(120); assert 'torch._dynamo' in sys.modules\n"
             "import torch; p = torch.zeros(1, requires_grad=True); p.grad = torch.zeros(1)\n"
             "t0 = time.monotonic(); torch.optim.Adam([p]).step(); print(time.monotonic() - t0)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                         cwd=Path(__file__).resolve().parent.parent)
+    out = _python(code)
     assert out.returncode == 0, out.stderr
     assert float(out.stdout) < 0.5
 
@@ -215,10 +220,6 @@ def test_the_warm_up_takes_the_first_optimiser_steps_import_once_per_process() -
 def test_a_worker_loads_every_stage_before_its_first_job() -> None:
     """pipeline.warmup.preload, what a worker runs when it starts: afterwards every stage module and torch are
     imported and the optimiser's warm-up has started, so a job's first stage imports nothing heavy."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
     code = ("import sys; from pipeline.warmup import preload, start_warm_up\n"
             "assert 'torch' not in sys.modules and 'pipeline.runner' not in sys.modules\n"
             "s = preload('cpu'); assert s > 0\n"
@@ -229,8 +230,7 @@ def test_a_worker_loads_every_stage_before_its_first_job() -> None:
             "assert start_warm_up.cache_info().misses == 1  # preload started the warm-up thread\n"
             "preload('cuda')  # never raises: without a GPU (here on CPU machines) the job says what is wrong\n"
             "print('ok')\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                         cwd=Path(__file__).resolve().parent.parent)
+    out = _python(code)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
 
@@ -239,8 +239,6 @@ def test_a_process_that_ends_during_the_warm_up_waits_for_it() -> None:
     """A job that fails in its first second ends its process while the warm-up may still be inside torch; a daemon
     thread torn down in C++ code aborts the process (SIGABRT instead of the job's clean exit status). The process
     must wait for the warm-up: here a warm-up that takes 1.5 s still writes its file after the main thread ended."""
-    import subprocess
-    import sys
     import tempfile
     from pathlib import Path
 
@@ -249,8 +247,7 @@ def test_a_process_that_ends_during_the_warm_up_waits_for_it() -> None:
         code = ("import time, pipeline.warmup as w\n"
                 f"w.warm_up = lambda: (time.sleep(1.5), open({str(flag)!r}, 'w').write('x'))\n"
                 "w.start_warm_up(); raise SystemExit(3)\n")
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                             cwd=Path(__file__).resolve().parent.parent)
+        out = _python(code)
         assert out.returncode == 3, out.stderr
         assert flag.read_text() == "x"
 
