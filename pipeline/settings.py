@@ -204,6 +204,9 @@ class TextureConfig:
     cpu_max_faces: Annotated[int, Field(ge=4)] = 60_000
     view_weight_power: NonNeg = 4.0  # bake weight of a photo: cos(normal, view direction)^this
     atlas_pieces: Annotated[int, Field(ge=0, le=64)] = 0  # 0: one per 2000 faces, at most 64
+    # lay the atlas out in a child process while the refinement's last level runs (auto: on a GPU, where that level
+    # leaves the CPU free; on a few CPU cores the two would only share them)
+    atlas_ahead: Literal["auto", "on", "off"] = "auto"
     fit: bool = True
     fit_iterations: PosInt = 60
     fit_prior: NonNeg = 0.1

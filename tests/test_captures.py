@@ -78,7 +78,9 @@ def test_posed_photos_with_a_wall_behind_and_a_camera_inside_give_the_object(sce
 # refinement on with no GPU: the refine stage runs through pytorch3d's CPU rasteriser, so the stage outputs the GPU
 # path hands to texture and report (a refined mesh, a full refine summary, no geometry note on a GPU) are
 # exercised on every CI run, not only on the device
-REFINED = {"refine": {"enabled": "on", "cpu_faces": 1500, "cpu_iterations": 6, "cpu_image_size": 64}}
+REFINED = {"refine": {"enabled": "on", "cpu_faces": 1500, "cpu_iterations": 6, "cpu_image_size": 64},
+           # the atlas laid out in a child while the refinement runs, as on a GPU (auto: off on the CPU)
+           "texture": SMALL["texture"] | {"atlas_ahead": "on"}}
 
 
 def test_dense_path_with_refinement_reaches_the_report(scene: Path, tmp_path: Path) -> None:
@@ -101,6 +103,9 @@ def test_dense_path_with_refinement_reaches_the_report(scene: Path, tmp_path: Pa
     gt = stats["quality"]["gt"]
     assert gt["fscore"] > 0.6, gt  # the refined mesh still overlaps the object
     assert {"mesh.glb", "mesh.obj", "mesh.ply", "texture.png"} <= {p.name for p in out.iterdir()}
+    # the texture stage used the layout made from the last level's start, and the textured mesh is the refined one
+    assert stats["texture"]["atlas"] == "laid out during the refinement"
+    assert stats["texture"]["textured_faces"] >= len(trimesh.load(kept[0], force="mesh").faces)
 
 
 def test_cameras_are_published_for_nerfstudio_and_colmap(scene: Path, posed: tuple[Path, dict]) -> None:

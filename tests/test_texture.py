@@ -435,3 +435,38 @@ def test_texture_fit_out_of_gpu_memory_keeps_the_bake(tmp_path: Path, monkeypatc
     tex, info = geo.fit_bake(ctx, atlas, baked, [np.full((64, 64, 3), 200, np.uint8)], [shot.mask],
                              K[None], w2c[None], TextureSettings(size=64), FitSettings())
     assert tex is baked and "out of GPU memory" in info["skipped"]
+
+
+def test_an_atlas_laid_out_ahead_is_used_only_for_its_own_mesh_and_settings(tmp_path: Path) -> None:
+    """The refinement's last level starts from a mesh whose vertices then move: the layout made from that start
+    (in the child) textures the moved mesh, and is refused for other faces, a vertex count or other settings."""
+    import logging
+
+    from pipeline.appearance.atlas_ahead import AtlasAhead, AtlasKey, load_layout
+    from pipeline.appearance.texture import TextureSettings, build_atlas
+
+    start = trimesh.creation.icosphere(subdivisions=3)
+    rng = np.random.default_rng(0)
+    moved = trimesh.Trimesh(start.vertices * (1 + 0.01 * rng.standard_normal((len(start.vertices), 1))),
+                            start.faces, process=False)
+    key = AtlasKey(size=256, padding=2, pieces=4)
+    path = tmp_path / "ahead.npz"
+    with AtlasAhead(lambda n: key, logging.getLogger("test")) as ahead:
+        assert ahead.save(moved.faces, len(moved.vertices), path) == "no mesh was handed over"
+        ahead.submit(start.vertices, start.faces)
+        assert ahead.save(moved.faces[::-1], len(moved.vertices), path).startswith("the refined mesh's faces differ")
+        assert not path.exists()
+        assert ahead.save(moved.faces, len(moved.vertices), path) == "saved"
+    layout = load_layout(path, moved.faces, len(moved.vertices), key)
+    assert layout is not None
+    assert load_layout(path, moved.faces[:, ::-1], len(moved.vertices), key) is None
+    assert load_layout(path, moved.faces, len(moved.vertices) + 1, key) is None
+    assert load_layout(path, moved.faces, len(moved.vertices), AtlasKey(512, 2, 4)) is None
+    assert load_layout(tmp_path / "none.npz", moved.faces, len(moved.vertices), key) is None
+    # the same layout as unwrapping the start mesh here, and the atlas puts the moved mesh's own vertices on it
+    vmap, faces, uv = unwrap(start, 256, 2, 4)
+    assert np.array_equal(layout.vmap, vmap) and np.array_equal(layout.faces, faces) and np.allclose(layout.uv, uv)
+    atlas = build_atlas(moved, TextureSettings(size=256, padding=2, atlas_pieces=4),
+                        (layout.vmap, layout.faces, layout.uv))
+    assert np.allclose(atlas.vertices, moved.vertices[layout.vmap])
+    assert (atlas.face_of_texel >= 0).mean() > 0.3

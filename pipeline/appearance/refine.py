@@ -343,7 +343,8 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
            Ks: np.ndarray, w2cs: np.ndarray, rasterizer: Rasterizer, settings: RefineSettings, device: str,
            check: Callable[[float], None] = lambda f: None,
            silhouette_weights: np.ndarray | None = None,
-           floor: tuple[np.ndarray, float] | None = None) -> RefineResult:
+           floor: tuple[np.ndarray, float] | None = None,
+           on_last_level: Callable[[np.ndarray, np.ndarray], None] | None = None) -> RefineResult:
     """Refine a closed mesh against posed views.
 
     vertices (V, 3) world units; faces (F, 3); images: N (H, W, 3) uint8; masks: N (H, W) bool, or float
@@ -351,7 +352,9 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
     Ks (N, 3, 3) pixels of those images; w2cs (N, 4, 4) OpenCV; silhouette_weights: optional (N,) factor on each
     view's silhouette loss (1 by default); floor: optional (normal (3,) unit, height), world units: no vertex ends
     below the plane normal . x = height (the table the object stands on: estimated silhouettes that hold its
-    contact shadow otherwise pull the base under it, where nothing in the renders hides it).
+    contact shadow otherwise pull the base under it, where nothing in the renders hides it); on_last_level: called
+    with the last level's starting mesh (vertices (V, 3) world units, faces (F, 3) int64), whose faces the result
+    keeps (the texture atlas is laid out from it meanwhile).
     """
     import time
 
@@ -395,6 +398,8 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
         t0 = time.monotonic()
         v, f, cols, remesh_note = grow_mesh(v, f, colors.detach().cpu().numpy(), li, settings)
         colors = torch.from_numpy(np.asarray(cols)).float().to(dev)
+        if on_last_level is not None and li == len(settings.levels) - 1:
+            on_last_level(v / s + c, np.asarray(f, dtype=np.int64))
         scale = side / max(H0, W0)
         size = (max(8, round(H0 * scale)), max(8, round(W0 * scale)))
         # the object's window of each photo (from the mesh this level starts with), or the whole photo

@@ -144,8 +144,12 @@ def rasterize_atlas(uv: np.ndarray, faces: np.ndarray, size: int) -> tuple[np.nd
     return face_id, out
 
 
-def build_atlas(mesh: trimesh.Trimesh, s: TextureSettings) -> Atlas:
-    vmap, faces, uv = unwrap(mesh, s.size, s.padding, atlas_pieces(len(mesh.faces), s.atlas_pieces))
+def build_atlas(mesh: trimesh.Trimesh, s: TextureSettings,
+                layout: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> Atlas:
+    """The atlas of ``mesh``: unwrapped now, or from ``layout`` (vmap, faces, uv as :func:`unwrap` returns them,
+    made for this mesh's faces, e.g. while the refinement ran)."""
+    vmap, faces, uv = layout if layout is not None else unwrap(mesh, s.size, s.padding,
+                                                               atlas_pieces(len(mesh.faces), s.atlas_pieces))
     face_id, bary = rasterize_atlas(uv, faces, s.size)
     return Atlas(vertices=np.asarray(mesh.vertices)[vmap], faces=faces, uv=uv, face_of_texel=face_id, bary=bary)
 

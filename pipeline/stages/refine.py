@@ -1,6 +1,7 @@
 """Stage 5, refine: differentiable-rendering refinement of the first surface (see pipeline.appearance.refine)."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 import numpy as np
 import trimesh
 
+from pipeline.appearance.atlas_ahead import AHEAD_FILE, AtlasAhead
 from pipeline.context import JobContext, JobError
 from pipeline.geometry.meshing import decimate, main_components
 from pipeline.imaging.raster import make_rasterizer
@@ -18,6 +20,7 @@ from pipeline.stages.base import Stage
 from pipeline.stages.cameras import Sparse, Views
 from pipeline.stages.geometry import load_mesh, shape_masks
 from pipeline.stages.summaries import RefineSummary
+from pipeline.stages.texture import atlas_key, texture_settings
 
 
 def refine_settings(cfg: RefineConfig, on_gpu: bool) -> RefineSettings:
@@ -33,6 +36,20 @@ def refine_settings(cfg: RefineConfig, on_gpu: bool) -> RefineSettings:
     # the object fills took 1.6x as long for the same F-score (a 320x240 capture, 40 steps)
     return RefineSettings(levels=((cfg.cpu_image_size, cfg.cpu_iterations),), max_faces=cfg.cpu_faces,
                           start_faces=cfg.cpu_faces, **common)
+
+
+def _atlas_ahead(ctx: JobContext, on_gpu: bool) -> contextlib.AbstractContextManager[AtlasAhead | None]:
+    """The texture atlas's child, started now where the texture stage will want an atlas of the refined mesh
+    (texture.atlas_ahead; auto: on a GPU); where it cannot be started, none (the texture stage unwraps)."""
+    cfg = ctx.settings.texture
+    if not cfg.enabled or cfg.atlas_ahead == "off" or (cfg.atlas_ahead == "auto" and not on_gpu):
+        return contextlib.nullcontext()
+    s = texture_settings(cfg, ctx.device == "cuda")
+    try:
+        return AtlasAhead(lambda n_faces: atlas_key(s, n_faces), ctx.log)
+    except Exception as e:  # noqa: BLE001 - only the head start is lost
+        ctx.log.warning("could not start the texture atlas's child ahead (%s: %s)", type(e).__name__, e)
+        return contextlib.nullcontext()
 
 
 class RefineStage(Stage):
@@ -87,17 +104,21 @@ class RefineStage(Stage):
         floor = None if sparse is None or sparse.support is None else support_floor(sparse.support,
                                                                                     np.asarray(mesh.vertices))
         t1 = time.monotonic()
-        result = refine(np.asarray(start.vertices), np.asarray(start.faces), [views.rgb[i] for i in idx],
-                        sil, views.K[idx], views.w2c[idx], rasterizer, settings,
-                        "cuda" if on_gpu else "cpu", check=ctx.progress, silhouette_weights=sil_weight,
-                        floor=floor)
-        t2 = time.monotonic()
-        out = trimesh.Trimesh(result.vertices, result.faces, process=True)
-        out = main_components(out)
-        if not out.is_watertight:
-            trimesh.repair.fill_holes(out)
-        out.fix_normals()
-        out.export(out_dir / "mesh.ply")
+        with _atlas_ahead(ctx, on_gpu) as ahead:
+            result = refine(np.asarray(start.vertices), np.asarray(start.faces), [views.rgb[i] for i in idx],
+                            sil, views.K[idx], views.w2c[idx], rasterizer, settings,
+                            "cuda" if on_gpu else "cpu", check=ctx.progress, silhouette_weights=sil_weight,
+                            floor=floor, on_last_level=None if ahead is None else ahead.submit)
+            t2 = time.monotonic()
+            out = trimesh.Trimesh(result.vertices, result.faces, process=True)
+            out = main_components(out)
+            if not out.is_watertight:
+                trimesh.repair.fill_holes(out)
+            out.fix_normals()
+            out.export(out_dir / "mesh.ply")
+            if ahead is not None:
+                ctx.log.info("texture atlas laid out ahead: %s",
+                             ahead.save(out.faces, len(out.vertices), out_dir / AHEAD_FILE))
         return RefineSummary(
             method=f"differentiable rendering ({backend}, largesteps)", faces=int(len(out.faces)), ran=True,
             backend=backend, watertight=bool(out.is_watertight), losses=[round(x, 5) for x in result.losses],

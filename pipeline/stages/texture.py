@@ -22,8 +22,9 @@ from pipeline.stages.base import Stage, stage_dir
 from pipeline.stages.cameras import Views
 from pipeline.stages.geometry import load_mesh
 from pipeline.stages.masks import load_masks, mask_sheet
-from pipeline.appearance.texture import (Atlas, FitSettings, TextureSettings, bake, build_atlas, fit_texture, pad_seams,
-                              pixel_samples_nvdiffrast, pixel_samples_raycast)
+from pipeline.appearance.atlas_ahead import AHEAD_FILE, AtlasKey, load_layout
+from pipeline.appearance.texture import (Atlas, FitSettings, TextureSettings, atlas_pieces, bake, build_atlas,
+                                         fit_texture, pad_seams, pixel_samples_nvdiffrast, pixel_samples_raycast)
 
 
 class TextureStage(Stage):
@@ -57,15 +58,13 @@ class TextureStage(Stage):
         cfg = ctx.settings.texture
         if not cfg.enabled:
             return summary
-        on_gpu = ctx.device == "cuda"
-        s = TextureSettings(size=cfg.size if on_gpu else cfg.cpu_size,
-                            max_faces=cfg.max_faces if on_gpu else cfg.cpu_max_faces,
-                            atlas_pieces=cfg.atlas_pieces,
-                            fit=fit_settings(cfg, on_gpu),
-                            view_weight_power=cfg.view_weight_power)
+        s = texture_settings(cfg, ctx.device == "cuda")
         t0 = time.monotonic()
         low = decimate(mesh, s.max_faces)
-        atlas = build_atlas(low, s)
+        # the layout unwrapped while the refinement's last level ran, where it was made for this very mesh
+        layout = load_layout(stage_dir(ctx, "refine") / AHEAD_FILE, low.faces, len(low.vertices),
+                             atlas_key(s, len(low.faces)))
+        atlas = build_atlas(low, s, None if layout is None else (layout.vmap, layout.faces, layout.uv))
         ctx.progress(0.4)
         t_atlas = time.monotonic() - t0
         tex, bake_info = bake(atlas, low, images, tmasks, views.K[idx], views.w2c[idx], s,
@@ -82,6 +81,7 @@ class TextureStage(Stage):
                                   "weights" + (", then least-squares fitted to the photo pixels)" if "rmse_after" in fit_info
                                                else ")"),
                         "texture_size": s.size, "textured_faces": int(len(atlas.faces)),
+                        "atlas": "laid out during the refinement" if layout is not None else "unwrapped here",
                         "seconds": {"atlas": round(t_atlas, 2), "bake": round(t_bake, 2),
                                     "fit": round(time.monotonic() - t0 - t_atlas - t_bake, 2)},
                         "bake": bake_info, "fit": fit_info})
@@ -107,6 +107,19 @@ def publish_projected_masks(ctx: JobContext, mesh: trimesh.Trimesh, views: Views
             if ok:
                 z.writestr(f"masks/{Path(views.names[i]).stem}.png", png.tobytes())
     return todo
+
+
+def texture_settings(cfg: TextureConfig, on_gpu: bool) -> TextureSettings:
+    """The atlas, bake and fit settings of a job on a GPU or on the CPU."""
+    return TextureSettings(size=cfg.size if on_gpu else cfg.cpu_size,
+                           max_faces=cfg.max_faces if on_gpu else cfg.cpu_max_faces,
+                           atlas_pieces=cfg.atlas_pieces, fit=fit_settings(cfg, on_gpu),
+                           view_weight_power=cfg.view_weight_power)
+
+
+def atlas_key(s: TextureSettings, n_faces: int) -> AtlasKey:
+    """What the layout of an ``n_faces`` mesh depends on besides the mesh, under these settings."""
+    return AtlasKey(size=s.size, padding=s.padding, pieces=atlas_pieces(n_faces, s.atlas_pieces))
 
 
 def fit_settings(cfg: TextureConfig, on_gpu: bool) -> FitSettings | None:
