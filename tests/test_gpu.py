@@ -238,6 +238,28 @@ def test_nvdiffrast_finds_the_same_texture_pixels_as_the_ray_caster() -> None:
     assert abs(a.weight.mean() - b.weight.mean()) < 0.01
 
 
+def test_atlas_texels_found_by_nvdiffrast_match_the_polygon_fill() -> None:
+    """The GPU's texel search gives the texels whose centres lie in a face: the polygon fill's texels (which also
+    take those an edge grazes) up to the edges, the same face and the same barycentrics, and a covered area equal
+    to the UV triangles' area."""
+    from pipeline.appearance.texture import rasterize_atlas, rasterize_atlas_gpu, unwrap
+
+    mesh = trimesh.creation.icosphere(subdivisions=5)  # 20480 faces, many of them a few texels wide
+    S = 1024
+    _, faces, uv = unwrap(mesh, S, padding=2, pieces=8)
+    fc, bc = rasterize_atlas(uv, faces, S)
+    fg, bg = rasterize_atlas_gpu(uv, faces, S)
+    assert fg.shape == (S, S) and bg.shape == (S, S, 3) and fg.dtype == np.int32
+    both = (fc >= 0) & (fg >= 0)
+    assert (fg >= 0).sum() <= (fc >= 0).sum() and both.sum() >= 0.97 * (fg >= 0).sum()
+    same = both & (fc == fg)
+    assert same.sum() >= 0.97 * both.sum()
+    assert np.abs(bc[same] - bg[same]).max() < 2e-3
+    a, b, c = uv[faces[:, 0]], uv[faces[:, 1]], uv[faces[:, 2]]
+    area = 0.5 * np.abs((b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])).sum()
+    assert abs((fg >= 0).sum() - area * S * S) < 0.01 * area * S * S
+
+
 def test_gpu_dense_job_on_a_capture_with_a_wall_behind(tmp_path: Path) -> None:
     """The dense method end to end on the GPU (depth maps, fusion, refinement with estimated silhouettes, texture
     fit): posed photos of an object on a table with a wall right behind it, close-ups and a camera inside."""

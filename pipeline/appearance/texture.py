@@ -144,13 +144,48 @@ def rasterize_atlas(uv: np.ndarray, faces: np.ndarray, size: int) -> tuple[np.nd
     return face_id, out
 
 
+def rasterize_atlas_gpu(uv: np.ndarray, faces: np.ndarray, size: int, device: str = "cuda",
+                        build_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`rasterize_atlas` by nvdiffrast: the face whose UV triangle holds each texel's centre, and where in it
+    (a texel that only an edge grazes stays empty, where cv2's polygon fill gives it to the face). uv (V, 2),
+    faces (F, 3) -> (S, S) int32, (S, S, 3) float32. On the H200, cv2's fill ran one Python call per face."""
+    import torch
+
+    from pipeline.imaging.raster import load_nvdiffrast
+
+    if uv.ndim != 2 or uv.shape[1] != 2:
+        raise ValueError(f"uv must be (V, 2), got {uv.shape}")
+    dr, glctx = load_nvdiffrast(build_dir)
+    u = torch.as_tensor(np.asarray(uv, dtype=np.float32), device=device)
+    one = torch.ones_like(u[:, 0])
+    # clip y = 1 - 2v: nvdiffrast's row 0 is clip y = -1, which is then v = 1, the texture's top row
+    pos = torch.stack([u[:, 0] * 2 - 1, 1 - 2 * u[:, 1], 0 * one, one], 1)[None].contiguous()
+    tri = torch.as_tensor(np.asarray(faces, dtype=np.int32), device=device).contiguous()
+    with torch.no_grad():
+        rast, _ = dr.rasterize(glctx, pos, tri, resolution=[size, size])
+        r = rast[0]
+        face_id = r[..., 3].round().int() - 1  # triangle id + 1, exact in float32 below 2^24 faces
+        inside = (face_id >= 0).float()[..., None]
+        bary = torch.stack([r[..., 0], r[..., 1], 1 - r[..., 0] - r[..., 1]], -1).clamp(0, 1) * inside
+        bary = bary / bary.sum(-1, keepdim=True).clamp_min(1e-12) * inside
+    return face_id.cpu().numpy().astype(np.int32), bary.cpu().numpy().astype(np.float32)
+
+
 def build_atlas(mesh: trimesh.Trimesh, s: TextureSettings,
-                layout: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> Atlas:
+                layout: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None, device: str = "cpu") -> Atlas:
     """The atlas of ``mesh``: unwrapped now, or from ``layout`` (vmap, faces, uv as :func:`unwrap` returns them,
-    made for this mesh's faces, e.g. while the refinement ran)."""
+    made for this mesh's faces, e.g. while the refinement ran); its texels found on the GPU where ``device`` is
+    cuda (cv2 otherwise, or where the GPU's rasteriser fails to load)."""
     vmap, faces, uv = layout if layout is not None else unwrap(mesh, s.size, s.padding,
                                                                atlas_pieces(len(mesh.faces), s.atlas_pieces))
-    face_id, bary = rasterize_atlas(uv, faces, s.size)
+    face_id = bary = None
+    if device == "cuda":
+        try:
+            face_id, bary = rasterize_atlas_gpu(uv, faces, s.size)
+        except (ImportError, OSError, RuntimeError):  # no nvdiffrast plugin: the CPU fill instead
+            face_id = bary = None
+    if face_id is None or bary is None:
+        face_id, bary = rasterize_atlas(uv, faces, s.size)
     return Atlas(vertices=np.asarray(mesh.vertices)[vmap], faces=faces, uv=uv, face_of_texel=face_id, bary=bary)
 
 

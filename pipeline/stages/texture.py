@@ -64,7 +64,7 @@ class TextureStage(Stage):
         # the layout unwrapped while the refinement's last level ran, where it was made for this very mesh
         layout = load_layout(stage_dir(ctx, "refine") / AHEAD_FILE, low.faces, len(low.vertices),
                              atlas_key(s, len(low.faces)))
-        atlas = build_atlas(low, s, None if layout is None else (layout.vmap, layout.faces, layout.uv))
+        atlas = build_atlas(low, s, None if layout is None else (layout.vmap, layout.faces, layout.uv), ctx.device)
         ctx.progress(0.4)
         t_atlas = time.monotonic() - t0
         tex, bake_info = bake(atlas, low, images, tmasks, views.K[idx], views.w2c[idx], s,
