@@ -32,13 +32,16 @@ class TextureStage(Stage):
     sections = ("texture",)
 
     def run(self, ctx: JobContext, out_dir: Path) -> dict[str, Any]:
+        t_start = time.monotonic()
         views = Views.load(ctx)
         masks = load_masks(ctx)
         method = json.loads((stage_dir(ctx, "masks") / "masks.json").read_text()).get("method", "hull")
         mesh, gates = apply_gates(load_mesh(ctx, "refine"))
         mesh.export(out_dir / "mesh.ply")
         # where no mask was given, the final mesh's own silhouette: published for users to check (masks.zip)
+        t_gates = time.monotonic()
         projected = publish_projected_masks(ctx, mesh, views, masks, out_dir)
+        t_masks = time.monotonic()
         if method == "dense":
             # every photo colours what it sees of the mesh (the depth test decides visibility, no mask needed)
             idx = [int(i) for i in views.train]
@@ -50,11 +53,14 @@ class TextureStage(Stage):
         colors, seen = vertex_colors(mesh, images, tmasks, views.K[idx], views.w2c[idx],
                                      check=lambda f: ctx.progress(0.3 * f), device=ctx.device)
         np.save(out_dir / "colors.npy", colors)
+        # where the seconds before the atlas went (load and gates, the published masks, the vertex colours)
+        first = {"gates": round(t_gates - t_start, 2), "masks": round(t_masks - t_gates, 2),
+                 "colors": round(time.monotonic() - t_masks, 2)}
         summary: dict[str, Any] = {"method": "vertex colours (visibility + view-angle weighted)",
                                    "projected_masks": len(projected),
                                    "seen_fraction": float((seen > 0).mean()),
                                    "mean_views_per_vertex": float(seen.mean()),
-                                   "gates": [g.to_dict() for g in gates]}
+                                   "gates": [g.to_dict() for g in gates], "seconds": first}
         cfg = ctx.settings.texture
         if not cfg.enabled:
             return summary
@@ -82,7 +88,7 @@ class TextureStage(Stage):
                                                else ")"),
                         "texture_size": s.size, "textured_faces": int(len(atlas.faces)),
                         "atlas": "laid out during the refinement" if layout is not None else "unwrapped here",
-                        "seconds": {"atlas": round(t_atlas, 2), "bake": round(t_bake, 2),
+                        "seconds": {**first, "atlas": round(t_atlas, 2), "bake": round(t_bake, 2),
                                     "fit": round(time.monotonic() - t0 - t_atlas - t_bake, 2)},
                         "bake": bake_info, "fit": fit_info})
         return summary
