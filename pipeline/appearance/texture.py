@@ -156,17 +156,21 @@ def rasterize_atlas_gpu(uv: np.ndarray, faces: np.ndarray, size: int, device: st
     if uv.ndim != 2 or uv.shape[1] != 2:
         raise ValueError(f"uv must be (V, 2), got {uv.shape}")
     dr, glctx = load_nvdiffrast(build_dir)
-    u = torch.as_tensor(np.asarray(uv, dtype=np.float32), device=device)
+    # every face gets its own three corners, whose attributes are the unit vectors: interpolated, they are the
+    # texel's barycentrics in the face's own vertex order
+    corners = np.asarray(uv, dtype=np.float32)[np.asarray(faces, dtype=np.int64).reshape(-1)]
+    u = torch.as_tensor(corners, device=device)
     one = torch.ones_like(u[:, 0])
-    # clip y = 1 - 2v: nvdiffrast's row 0 is clip y = -1, which is then v = 1, the texture's top row
+    # clip y = 1 - 2v: nvdiffrast's row 0 is clip y = -1 (see raster.clip_space), which is then v = 1, the top row
     pos = torch.stack([u[:, 0] * 2 - 1, 1 - 2 * u[:, 1], 0 * one, one], 1)[None].contiguous()
-    tri = torch.as_tensor(np.asarray(faces, dtype=np.int32), device=device).contiguous()
+    tri = torch.arange(len(corners), dtype=torch.int32, device=device).reshape(-1, 3).contiguous()
+    unit = torch.eye(3, device=device).repeat(len(tri), 1)[None].contiguous()
     with torch.no_grad():
         rast, _ = dr.rasterize(glctx, pos, tri, resolution=[size, size])
-        r = rast[0]
-        face_id = r[..., 3].round().int() - 1  # triangle id + 1, exact in float32 below 2^24 faces
+        b, _ = dr.interpolate(unit, rast, tri)
+        face_id = rast[0, ..., 3].round().int() - 1  # triangle id + 1, exact in float32 below 2^24 faces
         inside = (face_id >= 0).float()[..., None]
-        bary = torch.stack([r[..., 0], r[..., 1], 1 - r[..., 0] - r[..., 1]], -1).clamp(0, 1) * inside
+        bary = b[0].clamp(0, 1) * inside
         bary = bary / bary.sum(-1, keepdim=True).clamp_min(1e-12) * inside
     return face_id.cpu().numpy().astype(np.int32), bary.cpu().numpy().astype(np.float32)
 
