@@ -104,7 +104,7 @@ def test_dense_path_with_refinement_reaches_the_report(scene: Path, tmp_path: Pa
     assert gt["fscore"] > 0.6, gt  # the refined mesh still overlaps the object
     assert {"mesh.glb", "mesh.obj", "mesh.ply", "texture.png"} <= {p.name for p in out.iterdir()}
     # the texture stage used the layout made from the last level's start, and the textured mesh is the refined one
-    assert stats["texture"]["atlas"] == "laid out during the refinement"
+    assert stats["texture"]["atlas"] == "laid out during the refinement" and stats["texture"]["texels"] == "cv2"
     assert stats["texture"]["textured_faces"] >= len(trimesh.load(kept[0], force="mesh").faces)
 
 

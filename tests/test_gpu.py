@@ -213,6 +213,9 @@ def test_gpu_job_on_photos_of_three_shapes(tmp_path: Path) -> None:
     print(got)
     assert stats["refine"]["method"].startswith("differentiable rendering")
     assert "least-squares fitted" in stats["texture"]["method"], stats["texture"]["method"]
+    # the GPU path's overlaps ran: the atlas laid out during the refinement, its texels found by nvdiffrast
+    assert stats["texture"]["atlas"] == "laid out during the refinement", stats["texture"]
+    assert stats["texture"]["texels"] == "nvdiffrast", stats["texture"]["texels"]
     assert got["fscore@1%"] > 0.8, got
 
 

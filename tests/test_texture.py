@@ -470,3 +470,28 @@ def test_an_atlas_laid_out_ahead_is_used_only_for_its_own_mesh_and_settings(tmp_
                         (layout.vmap, layout.faces, layout.uv))
     assert np.allclose(atlas.vertices, moved.vertices[layout.vmap])
     assert (atlas.face_of_texel >= 0).mean() > 0.3
+
+
+def test_a_dead_atlas_child_costs_only_the_head_start(tmp_path: Path) -> None:
+    """The child killed (out of memory, say) before the last level hands it the mesh: the refinement's call does not
+    raise, and the texture stage is left to unwrap on its own (no layout is saved)."""
+    import logging
+    import time
+
+    from pipeline.appearance.atlas_ahead import AtlasAhead, AtlasKey
+
+    mesh = trimesh.creation.icosphere(subdivisions=2)
+    with AtlasAhead(lambda n: AtlasKey(128, 2, 1), logging.getLogger("test")) as ahead:
+        pool = ahead._pool
+        assert pool is not None
+        deadline = time.monotonic() + 60
+        while not getattr(pool, "_processes", None) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for proc in list(pool._processes.values()):
+            proc.kill()
+            proc.join(10)
+        time.sleep(0.5)
+        ahead.submit(mesh.vertices, mesh.faces)  # must not raise
+        said = ahead.save(mesh.faces, len(mesh.vertices), tmp_path / "ahead.npz")
+    assert said == "no mesh was handed over" or said.startswith("failed"), said
+    assert not (tmp_path / "ahead.npz").exists()

@@ -68,14 +68,19 @@ class AtlasAhead:
     starts the child; :meth:`submit` hands it the mesh; :meth:`save` waits for the layout and writes it."""
 
     def __init__(self, key_of: Callable[[int], AtlasKey], log: logging.Logger | logging.LoggerAdapter,
-                 timeout: float = 300.0) -> None:
-        """key_of: the atlas settings for a mesh of that many faces (the pieces follow the face count)."""
+                 timeout: float = 60.0) -> None:
+        """key_of: the atlas settings for a mesh of that many faces (the pieces follow the face count); timeout:
+        the longest :meth:`save` waits for the layout (unwrapping in the job itself takes a few seconds)."""
         self.key_of, self.log, self.timeout = key_of, log, timeout
         self._key: AtlasKey | None = None
         self._faces: np.ndarray | None = None
         self._future: Future | None = None
         self._pool: ProcessPoolExecutor | None = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
-        self._pool.submit(_load)
+        try:
+            self._pool.submit(_load)
+        except BaseException:  # the child could not be started: nothing to keep
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            raise
 
     def __enter__(self) -> "AtlasAhead":
         return self
@@ -84,10 +89,16 @@ class AtlasAhead:
         self.close()
 
     def close(self) -> None:
-        if self._pool is not None:
-            # a layout nobody waits for is dropped: the child is not waited on
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        if self._pool is None:
+            return
+        if self._future is not None and not self._future.done():
+            # a layout nobody will take (the stage failed, the mesh was refused, it was late): stop the child's
+            # xatlas, which would otherwise hold the cores through the texture stage and the process's exit.
+            # ProcessPoolExecutor has no public way to stop a running task.
+            for proc in list(getattr(self._pool, "_processes", {}).values()):
+                proc.terminate()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = None
 
     def submit(self, vertices: np.ndarray, faces: np.ndarray) -> None:
         """Unwrap this mesh (vertices (V, 3), faces (F, 3)) in the child; a later call replaces the mesh."""
@@ -95,22 +106,36 @@ class AtlasAhead:
             return
         self._faces = np.asarray(faces, dtype=np.int64).copy()
         self._key = self.key_of(len(self._faces))
-        self._future = self._pool.submit(_unwrap, np.asarray(vertices, dtype=np.float64), self._faces, self._key)
+        try:
+            self._future = self._pool.submit(_unwrap, np.asarray(vertices, dtype=np.float64), self._faces, self._key)
+        except Exception as e:  # noqa: BLE001 - a dead child (killed, failed to import): the texture stage unwraps
+            self.log.warning("the texture atlas's child is gone (%s: %s); the texture stage unwraps",
+                             type(e).__name__, e)
+            self._future = None
 
-    def save(self, mesh_faces: np.ndarray, n_vertices: int, path: Path) -> str:
+    def save(self, mesh_faces: np.ndarray, n_vertices: int, path: Path,
+             check: Callable[[], None] = lambda: None) -> str:
         """Wait for the layout and write it to ``path`` when it was made for this mesh (the same faces); returns
-        what happened, for the log."""
+        what happened, for the log. ``check`` is called about once a second while waiting (a job's cancel check:
+        it may raise)."""
         if self._future is None or self._faces is None or self._key is None:
             return "no mesh was handed over"
         if not np.array_equal(np.asarray(mesh_faces, dtype=np.int64), self._faces):
             return "the refined mesh's faces differ from the last level's"
-        try:
-            layout: Layout = self._future.result(timeout=self.timeout)
-        except FutureTimeout:
-            return f"not ready within {self.timeout:.0f} s"
-        except Exception as e:  # noqa: BLE001 - the texture stage then unwraps itself, as it would without this
-            self.log.warning("the atlas laid out ahead failed (%s: %s); the texture stage unwraps", type(e).__name__, e)
-            return f"failed: {type(e).__name__}"
+        waited = 0.0
+        while True:
+            try:
+                layout: Layout = self._future.result(timeout=min(1.0, max(self.timeout - waited, 0.0)))
+                break
+            except FutureTimeout:
+                waited += 1.0
+                if waited >= self.timeout:
+                    return f"not ready within {self.timeout:.0f} s"
+                check()
+            except Exception as e:  # noqa: BLE001 - the texture stage then unwraps itself, as it would without this
+                self.log.warning("the atlas laid out ahead failed (%s: %s); the texture stage unwraps",
+                                 type(e).__name__, e)
+                return f"failed: {type(e).__name__}"
         np.savez(path, mesh_faces=self._faces, n_vertices=np.int64(n_vertices), vmap=layout.vmap,
                  faces=layout.faces, uv=layout.uv, key=np.array([self._key.size, self._key.padding, self._key.pieces]))
         return "saved"

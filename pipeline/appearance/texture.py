@@ -51,6 +51,7 @@ class Atlas:
     uv: np.ndarray
     face_of_texel: np.ndarray
     bary: np.ndarray
+    texels_by: str = "cv2"  # what found the texels: "nvdiffrast", "cv2", or "cv2 (nvdiffrast failed: ...)"
 
 
 def atlas_pieces(n_faces: int, configured: int) -> int:
@@ -176,21 +177,26 @@ def rasterize_atlas_gpu(uv: np.ndarray, faces: np.ndarray, size: int, device: st
 
 
 def build_atlas(mesh: trimesh.Trimesh, s: TextureSettings,
-                layout: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None, device: str = "cpu") -> Atlas:
+                layout: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None, device: str = "cpu",
+                build_dir: Path | None = None) -> Atlas:
     """The atlas of ``mesh``: unwrapped now, or from ``layout`` (vmap, faces, uv as :func:`unwrap` returns them,
     made for this mesh's faces, e.g. while the refinement ran); its texels found on the GPU where ``device`` is
     cuda (cv2 otherwise, or where the GPU's rasteriser fails to load)."""
     vmap, faces, uv = layout if layout is not None else unwrap(mesh, s.size, s.padding,
                                                                atlas_pieces(len(mesh.faces), s.atlas_pieces))
     face_id = bary = None
+    how = "cv2"
     if device == "cuda":
         try:
-            face_id, bary = rasterize_atlas_gpu(uv, faces, s.size)
-        except Exception:  # noqa: BLE001 - only a speed-up: no plugin, no memory, a driver error -> the CPU fill
+            face_id, bary = rasterize_atlas_gpu(uv, faces, s.size, build_dir=build_dir)
+            how = "nvdiffrast"
+        except Exception as e:  # noqa: BLE001 - only a speed-up: no plugin, no memory, a driver error -> the CPU fill
             face_id = bary = None
+            how = f"cv2 (nvdiffrast failed: {type(e).__name__}: {str(e)[:120]})"
     if face_id is None or bary is None:
         face_id, bary = rasterize_atlas(uv, faces, s.size)
-    return Atlas(vertices=np.asarray(mesh.vertices)[vmap], faces=faces, uv=uv, face_of_texel=face_id, bary=bary)
+    return Atlas(vertices=np.asarray(mesh.vertices)[vmap], faces=faces, uv=uv, face_of_texel=face_id, bary=bary,
+                 texels_by=how)
 
 
 def texel_points(atlas: Atlas, mesh_normals: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

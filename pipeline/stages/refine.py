@@ -118,7 +118,7 @@ class RefineStage(Stage):
             out.export(out_dir / "mesh.ply")
             if ahead is not None:
                 ctx.log.info("texture atlas laid out ahead: %s",
-                             ahead.save(out.faces, len(out.vertices), out_dir / AHEAD_FILE))
+                             ahead.save(out.faces, len(out.vertices), out_dir / AHEAD_FILE, ctx.check))
         return RefineSummary(
             method=f"differentiable rendering ({backend}, largesteps)", faces=int(len(out.faces)), ran=True,
             backend=backend, watertight=bool(out.is_watertight), losses=[round(x, 5) for x in result.losses],

@@ -70,7 +70,10 @@ class TextureStage(Stage):
         # the layout unwrapped while the refinement's last level ran, where it was made for this very mesh
         layout = load_layout(stage_dir(ctx, "refine") / AHEAD_FILE, low.faces, len(low.vertices),
                              atlas_key(s, len(low.faces)))
-        atlas = build_atlas(low, s, None if layout is None else (layout.vmap, layout.faces, layout.uv), ctx.device)
+        atlas = build_atlas(low, s, None if layout is None else (layout.vmap, layout.faces, layout.uv), ctx.device,
+                            ctx.work_dir.parent.parent / "torch_extensions")
+        if atlas.texels_by.startswith("cv2 ("):
+            ctx.log.warning("texture atlas: %s", atlas.texels_by)
         ctx.progress(0.4)
         t_atlas = time.monotonic() - t0
         tex, bake_info = bake(atlas, low, images, tmasks, views.K[idx], views.w2c[idx], s,
@@ -88,6 +91,7 @@ class TextureStage(Stage):
                                                else ")"),
                         "texture_size": s.size, "textured_faces": int(len(atlas.faces)),
                         "atlas": "laid out during the refinement" if layout is not None else "unwrapped here",
+                        "texels": atlas.texels_by,
                         "seconds": {**first, "atlas": round(t_atlas, 2), "bake": round(t_bake, 2),
                                     "fit": round(time.monotonic() - t0 - t_atlas - t_bake, 2)},
                         "bake": bake_info, "fit": fit_info})
