@@ -343,3 +343,26 @@ def test_the_colmap_writer_is_started_ahead_only_where_the_sfm_model_is_written(
     assert not cameras("transforms", [(640, 480)] * 3)
     (cams_dir / "photos.json").unlink()
     assert not writes_sfm_model(ctx)
+
+
+@pytest.mark.timeout(90)  # the bug this guards against hangs: fail instead
+def test_a_hung_colmap_writer_is_stopped_at_its_timeout(tmp_path: Path) -> None:
+    """pycolmap's writer hangs (here: the files it writes are named pipes nobody reads). The export gives up at its
+    timeout and its child is stopped, so the report is not held up: before, the child pool's shutdown waited for
+    the hung child for ever."""
+    import os
+    import time
+
+    from pipeline.cameras.colmap_model import export_sfm_model
+
+    pycolmap = pytest.importorskip("pycolmap")
+    model = tmp_path / "sparse" / "0"
+    model.mkdir(parents=True)
+    pycolmap.Reconstruction().write(str(model))
+    (tmp_path / "out").mkdir()
+    for name in ("rigs.txt", "cameras.txt", "frames.txt", "images.txt", "points3D.txt"):
+        os.mkfifo(tmp_path / "out" / name)
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError):
+        export_sfm_model(tmp_path / "sparse", tmp_path / "out", np.eye(4), {}, (64, 48), timeout=5)
+    assert time.monotonic() - t0 < 40

@@ -22,6 +22,8 @@ from typing import Callable
 
 import numpy as np
 
+from pipeline.children import stop_children
+
 AHEAD_FILE = "atlas_ahead.npz"
 
 
@@ -93,11 +95,10 @@ class AtlasAhead:
             return
         if self._future is not None and not self._future.done():
             # a layout nobody will take (the stage failed, the mesh was refused, it was late): stop the child's
-            # xatlas, which would otherwise hold the cores through the texture stage and the process's exit.
-            # ProcessPoolExecutor has no public way to stop a running task.
-            for proc in list(getattr(self._pool, "_processes", {}).values()):
-                proc.terminate()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+            # xatlas, which would otherwise hold the cores through the texture stage and the process's exit
+            stop_children(self._pool)
+        else:
+            self._pool.shutdown(wait=False, cancel_futures=True)
         self._pool = None
 
     def submit(self, vertices: np.ndarray, faces: np.ndarray) -> None:

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import multiprocessing as mp
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from pipeline.children import stop_children
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,12 @@ def export_sfm_model(model_root: Path, dst: Path, matrix: np.ndarray, names: dic
     if exporter is None:
         with start_exporter() as own:
             return export_sfm_model(model_root, dst, matrix, names, size, timeout, own)
-    d = exporter.submit(_export, str(model_root), str(dst), np.asarray(matrix).tolist(), dict(names),
-                        (int(size[0]), int(size[1]))).result(timeout=timeout)
+    future = exporter.submit(_export, str(model_root), str(dst), np.asarray(matrix).tolist(), dict(names),
+                             (int(size[0]), int(size[1])))
+    try:
+        d = future.result(timeout=timeout)
+    except FutureTimeout:
+        # a hung writer: stopped, or the caller's shutdown (a with block's exit) would wait for it for ever
+        stop_children(exporter)
+        raise
     return ModelSummary(**d)
