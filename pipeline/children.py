@@ -2,7 +2,22 @@
 (xatlas), and that must not outlive what they were started for."""
 from __future__ import annotations
 
+import multiprocessing as mp
 from concurrent.futures import ProcessPoolExecutor
+from typing import Callable
+
+
+def start_child(warm: Callable[[], object]) -> ProcessPoolExecutor:
+    """One spawned worker process, started now with ``warm`` (a module-level function: its imports) queued, so that
+    its spawn and imports run while the caller does other work. Where it cannot be started, nothing is left behind
+    and the error is raised."""
+    pool = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
+    try:
+        pool.submit(warm)
+    except BaseException:  # no memory, no processes left: nothing to keep
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    return pool
 
 
 def stop_children(pool: ProcessPoolExecutor) -> None:

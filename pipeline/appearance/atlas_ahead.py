@@ -13,7 +13,7 @@ gates and the decimation) and the same atlas settings; otherwise it unwraps as b
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
+import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from pipeline.children import stop_children
+from pipeline.children import start_child, stop_children
 
 AHEAD_FILE = "atlas_ahead.npz"
 
@@ -77,12 +77,7 @@ class AtlasAhead:
         self._key: AtlasKey | None = None
         self._faces: np.ndarray | None = None
         self._future: Future | None = None
-        self._pool: ProcessPoolExecutor | None = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
-        try:
-            self._pool.submit(_load)
-        except BaseException:  # the child could not be started: nothing to keep
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            raise
+        self._pool: ProcessPoolExecutor | None = start_child(_load)
 
     def __enter__(self) -> "AtlasAhead":
         return self
@@ -123,14 +118,13 @@ class AtlasAhead:
             return "no mesh was handed over"
         if not np.array_equal(np.asarray(mesh_faces, dtype=np.int64), self._faces):
             return "the refined mesh's faces differ from the last level's"
-        waited = 0.0
+        deadline = time.monotonic() + self.timeout
         while True:
             try:
-                layout: Layout = self._future.result(timeout=min(1.0, max(self.timeout - waited, 0.0)))
+                layout: Layout = self._future.result(timeout=max(0.0, min(1.0, deadline - time.monotonic())))
                 break
             except FutureTimeout:
-                waited += 1.0
-                if waited >= self.timeout:
+                if time.monotonic() >= deadline:
                     return f"not ready within {self.timeout:.0f} s"
                 check()
             except Exception as e:  # noqa: BLE001 - the texture stage then unwraps itself, as it would without this

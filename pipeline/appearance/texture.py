@@ -149,7 +149,7 @@ def rasterize_atlas_gpu(uv: np.ndarray, faces: np.ndarray, size: int, device: st
                         build_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     """:func:`rasterize_atlas` by nvdiffrast: the face whose UV triangle holds each texel's centre, and where in it
     (a texel that only an edge grazes stays empty, where cv2's polygon fill gives it to the face). uv (V, 2),
-    faces (F, 3) -> (S, S) int32, (S, S, 3) float32. On the H200, cv2's fill ran one Python call per face."""
+    faces (F, 3) -> (S, S) int32, (S, S, 3) float32, in one call where cv2's fill makes one per face."""
     import torch
 
     from pipeline.imaging.raster import load_nvdiffrast
@@ -191,7 +191,6 @@ def build_atlas(mesh: trimesh.Trimesh, s: TextureSettings,
             face_id, bary = rasterize_atlas_gpu(uv, faces, s.size, build_dir=build_dir)
             how = "nvdiffrast"
         except Exception as e:  # noqa: BLE001 - only a speed-up: no plugin, no memory, a driver error -> the CPU fill
-            face_id = bary = None
             how = f"cv2 (nvdiffrast failed: {type(e).__name__}: {str(e)[:120]})"
     if face_id is None or bary is None:
         face_id, bary = rasterize_atlas(uv, faces, s.size)

@@ -7,7 +7,6 @@ must not share a process with torch.
 """
 from __future__ import annotations
 
-import multiprocessing as mp
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.children import stop_children
+from pipeline.children import start_child, stop_children
 
 
 @dataclass(frozen=True)
@@ -79,13 +78,8 @@ def start_exporter() -> ProcessPoolExecutor:
     """The child process that :func:`export_sfm_model` writes with, started now: its spawn and pycolmap's import
     (0.3-0.5 s on 2 CPU cores, more for the CUDA build) then run while the caller does other work. The caller shuts
     it down (``with start_exporter() as exporter:``)."""
-    pool = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
-    try:
-        pool.submit(_load)  # pycolmap failing to load shows again, with its reason, when the model is written
-    except BaseException:  # the child could not be started (no memory, no processes left): nothing to keep
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    return pool
+    # pycolmap failing to load shows again, with its reason, when the model is written
+    return start_child(_load)
 
 
 def export_sfm_model(model_root: Path, dst: Path, matrix: np.ndarray, names: dict[str, str],
