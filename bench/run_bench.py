@@ -29,6 +29,7 @@ import functools
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -41,6 +42,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 DATA = Path(os.environ.get("HOTMESH_TEST_DATA", REPO.parent / "shared" / "data"))
+
+
+def card_token(name: str) -> str:
+    """A result file's card tag: the model token of a GPU's name ("NVIDIA H100 80GB HBM3" -> "h100", "NVIDIA H200"
+    -> "h200"), else the name's last word, lower case (the same rule as bench/device.sh's CARD)."""
+    m = re.search(r"\b[A-Z]+\d{2,4}\b", name)
+    return (m.group(0) if m else (name.split() or ["cpu"])[-1]).lower()
 
 
 def card() -> str:

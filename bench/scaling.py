@@ -131,14 +131,14 @@ def main(argv: list[str] | None = None) -> int:
         plot(*args.plot)
         return 0
     from bench import make_sets
-    from bench.run_bench import card, run_job
+    from bench.run_bench import card, card_token, run_job
 
     device = args.device
     if device == "auto":
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    tag = args.tag or f"scaling-{card().split()[-1].lower() if device == 'cuda' else 'cpu'}"
+    tag = args.tag or f"scaling-{card_token(card()) if device == 'cuda' else 'cpu'}"
     args.out.mkdir(parents=True, exist_ok=True)
     result = args.out / f"{tag}.json"
     rows = {r["views"]: r for r in json.loads(result.read_text())["results"]} if result.is_file() else {}

@@ -141,3 +141,13 @@ def test_the_host_probe_times_the_cpu_and_the_disk_it_is_given(tmp_path: Path) -
     assert row["affinity"] >= 1 and row["parallel_efficiency"] > 0  # timings under load: no upper bound
     assert row["python_loop_s"] > 0 and row["zlib_4mb_one_thread_s"] > 0
     assert list(tmp_path.glob("hotmesh-probe-*")) == []  # its scratch files are gone
+
+
+def test_result_files_name_the_card_by_its_model() -> None:
+    """"NVIDIA H100 80GB HBM3" is an h100, not an hbm3: the scaling run's file was named after the memory type."""
+    from bench.run_bench import card_token
+
+    assert card_token("NVIDIA H100 80GB HBM3") == "h100"
+    assert card_token("NVIDIA H200") == "h200"
+    assert card_token("NVIDIA A100-SXM4-80GB") == "a100"
+    assert card_token("Intel(R) Xeon(R) Platinum 8480C") == "8480c"

@@ -241,10 +241,15 @@ def test_nvdiffrast_finds_the_same_texture_pixels_as_the_ray_caster() -> None:
     assert abs(a.weight.mean() - b.weight.mean()) < 0.01
 
 
-def _texel_barycentrics(uv: np.ndarray, faces: np.ndarray, face: np.ndarray, ys: np.ndarray, xs: np.ndarray,
-                        size: int) -> np.ndarray:
-    """Plain reference: the barycentrics (T, 3), unclipped, of texel centres (ys, xs) in the UV triangles ``face``."""
-    px = np.stack([uv[:, 0] * size, (1.0 - uv[:, 1]) * size], 1).astype(np.float64)
+def _uv_pixels(uv: np.ndarray, size: int) -> np.ndarray:
+    """UV (V, 2) -> continuous texel coordinates (V, 2) (x right, y down), as the atlas's rows are stored."""
+    return np.stack([uv[:, 0] * size, (1.0 - uv[:, 1]) * size], 1).astype(np.float64)
+
+
+def _texel_barycentrics(px: np.ndarray, faces: np.ndarray, face: np.ndarray, ys: np.ndarray, xs: np.ndarray
+                        ) -> np.ndarray:
+    """Plain reference: the barycentrics (T, 3), unclipped, of texel centres (ys, xs) in the triangles ``face`` of
+    the texel-space corners px (V, 2)."""
     a, b, c = (px[faces[face, k]] for k in range(3))
     q = np.stack([xs + 0.5, ys + 0.5], 1)
     m = np.stack([b - a, c - a], 2)  # (T, 2, 2): columns are the edges from the first corner
@@ -253,9 +258,10 @@ def _texel_barycentrics(uv: np.ndarray, faces: np.ndarray, face: np.ndarray, ys:
 
 
 def test_atlas_texels_found_by_nvdiffrast_match_the_polygon_fill() -> None:
-    """The GPU's texel search gives each texel whose centre lies in a face that face and the centre's barycentrics
-    (checked against a plain solve), the polygon fill's face wherever the centre is clear of an edge (at an edge
-    the fill gives the texel to whichever face it drew last), and a covered area equal to the UV triangles' area."""
+    """The GPU's texel search gives each texel whose centre lies in a face that face, up to the rasteriser's
+    sub-texel snapping at the edges, with barycentrics that put the texel where its centre is (both checked against
+    a plain solve); the polygon fill's face wherever the centre is clear of an edge (at an edge the fill gives the
+    texel to whichever face it drew last); and a covered area equal to the UV triangles' area."""
     from pipeline.appearance.texture import rasterize_atlas, rasterize_atlas_gpu, unwrap
 
     mesh = trimesh.creation.icosphere(subdivisions=5)  # 20480 faces, many of them a few texels wide
@@ -264,13 +270,21 @@ def test_atlas_texels_found_by_nvdiffrast_match_the_polygon_fill() -> None:
     fc, _ = rasterize_atlas(uv, faces, S)
     fg, bg = rasterize_atlas_gpu(uv, faces, S)
     assert fg.shape == (S, S) and bg.shape == (S, S, 3) and fg.dtype == np.int32
+    px = _uv_pixels(uv, S)
     ys, xs = np.nonzero(fg >= 0)
-    ref = _texel_barycentrics(uv, faces, fg[ys, xs], ys, xs, S)
-    assert ref.min() > -1e-3, "a texel was given a face that does not hold its centre"
-    assert np.abs(ref - bg[ys, xs]).max() < 2e-3
+    tri = px[faces[fg[ys, xs]]]  # (T, 3, 2)
+    ref = _texel_barycentrics(px, faces, fg[ys, xs], ys, xs)
+    # how far outside its face a texel's centre lies, in texels: -barycentric x the corner's height over its edge
+    edge = np.linalg.norm(tri[:, [2, 0, 1]] - tri[:, [1, 2, 0]], axis=2)  # the edge opposite each corner
+    e1, e2 = tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]
+    area2 = np.abs(e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0])
+    outside = np.max(-ref * (area2[:, None] / edge), axis=1)
+    assert outside.max() < 0.05, "a texel was given a face that does not hold its centre"
+    where = np.einsum("tk,tkc->tc", bg[ys, xs].astype(np.float64), tri)
+    assert np.abs(where - np.stack([xs + 0.5, ys + 0.5], 1)).max() < 0.05
     # where the fill's face holds the centre well inside, the GPU found the same face
     cy, cx = np.nonzero(fc >= 0)
-    inner = _texel_barycentrics(uv, faces, fc[cy, cx], cy, cx, S).min(1) > 0.05
+    inner = _texel_barycentrics(px, faces, fc[cy, cx], cy, cx).min(1) > 0.05
     assert inner.sum() > 0.3 * len(cy)
     assert (fg[cy[inner], cx[inner]] == fc[cy[inner], cx[inner]]).mean() > 0.999
     a, b, c = uv[faces[:, 0]], uv[faces[:, 1]], uv[faces[:, 2]]
