@@ -151,6 +151,8 @@ class DenseConfig:
     # CPU jobs on eight sets better on bob (Chamfer-L1 0.80 -> 0.49 %), the same or a little better on six, the
     # armchair level (docs/design.md, the table through a hole); not yet measured on a GPU
     silhouettes_open_core: bool = True
+    # the second round's sure foreground only where the view's own first-round mask is (docs/design.md)
+    silhouettes_core_in_first: bool = False
     # depth points lower than this share of the object's height above the table (or 2 % of its size, whichever
     # is less) seed the table, not the object: a flat object keeps the foot of its side
     silhouettes_base_margin_height: NonNeg = 0.05

@@ -186,7 +186,7 @@ def consistent_masks(rgbs: list[np.ndarray], small: list[np.ndarray], sKs: np.nd
                      support: tuple[np.ndarray, float] | None = None,
                      seeds: list[np.ndarray] | None = None,
                      check: Callable[[float], None] = lambda f: None,
-                     open_core: bool = False) -> list[np.ndarray]:
+                     open_core: bool = False, core_in_first: bool = False) -> list[np.ndarray]:
     """Second round: make first-round masks (at the ``small`` working size) agree across views. A coarse hull
     carved from them (tolerating a share of dissenting views) is projected back, and GrabCut settles the edge in a
     band around that projection. Returns N (H_i, W_i) bool at the size of ``rgbs``.
@@ -197,7 +197,10 @@ def consistent_masks(rgbs: list[np.ndarray], small: list[np.ndarray], sKs: np.nd
     colour models with the contact shadow beside it), and sure foreground stays foreground, also where the hull
     lost it (a horn or a tube that too many first-round masks missed). With ``open_core``, measured background
     inside the hull's eroded core stays background too, and the core within a band of it goes to GrabCut's colour
-    models: the table seen through a hole (a ring's) that the first-round masks, and so the hull, filled."""
+    models: the table seen through a hole (a ring's) that the first-round masks, and so the hull, filled. With
+    ``core_in_first``, only what this view's own first-round mask holds is sure foreground: the rest of the hull's
+    core goes to GrabCut (a slit under a body that this view saw open and the other views, and so the hull,
+    filled)."""
     hulls = hull_silhouettes(first, sKs, w2cs, s, device, bounds, support)
     lenient = _agreement(first, hulls) < 0.5
     if lenient:
@@ -217,6 +220,8 @@ def consistent_masks(rgbs: list[np.ndarray], small: list[np.ndarray], sKs: np.nd
         either = hull | first[i] if lenient else hull
         grown = cv2.dilate(either.astype(np.uint8), kernel) > 0
         core = cv2.erode(hull.astype(np.uint8), kernel) > 0
+        if core_in_first:
+            core &= first[i]
         labels = np.full((h, w), cv2.GC_BGD, dtype=np.uint8)
         labels[grown] = cv2.GC_PR_BGD
         labels[either] = cv2.GC_PR_FGD

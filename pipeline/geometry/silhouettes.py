@@ -52,6 +52,8 @@ class SilhouetteSettings:
     thin_width: float = 0.025
     thin_reach: float = 0.01
     thin_samples: int = 1_000_000  # surface samples that draw the fused surface's outline
+    # the second round's sure foreground is only what this view's own first-round mask holds
+    core_in_first: bool = False
 
 
 def plane_margin(n: np.ndarray, d: float, lo: np.ndarray, hi: np.ndarray, s: SilhouetteSettings) -> float:
@@ -135,7 +137,7 @@ def photo_silhouettes(rgbs: list[np.ndarray], dms: list[DepthMap], Ks: np.ndarra
                           hull_outlier_fraction=s.hull_outlier_fraction, band=s.band)
     return consistent_masks(rgbs, small, sKs, w2cs, first, am, device, bounds=(lo, hi),
                             support=planes[0] if planes else None, seeds=seeds if s.keep_measured else None,
-                            open_core=s.keep_measured and s.open_core,
+                            open_core=s.keep_measured and s.open_core, core_in_first=s.core_in_first,
                             check=lambda f: check(0.5 + 0.5 * f))
 
 

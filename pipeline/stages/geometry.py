@@ -72,7 +72,8 @@ def dense_settings(ctx: JobContext) -> DenseSettings:
                          solid_hidden=cfg.solid_hidden or None,
                          silhouettes=SilhouetteSettings(keep_measured=cfg.silhouettes_keep_measured,
                                                         base_margin_height=cfg.silhouettes_base_margin_height,
-                                                        open_core=cfg.silhouettes_open_core))
+                                                        open_core=cfg.silhouettes_open_core,
+                                                        core_in_first=cfg.silhouettes_core_in_first))
 
 
 def dense_stage(ctx: JobContext, views: Views, masks: list[np.ndarray | None], out_dir: Path) -> GeometrySummary:
