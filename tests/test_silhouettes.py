@@ -11,6 +11,21 @@ from pipeline.geometry.automask import AutoMaskSettings, consistent_masks, hull_
 from pipeline.imaging.render import look_at, render
 
 
+W, H = 320, 240  # the synthetic views' size
+
+
+def ring_views(mesh: trimesh.Trimesh, target: np.ndarray, radius: float, height: float, n: int, phase: float = 0.0
+               ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """n cameras on a circle of ``radius`` at ``height`` above ``target`` (3,), looking at it: Ks (n, 3, 3), w2cs
+    (n, 4, 4) and the mesh's true silhouettes, n (H, W) bool."""
+    K = np.array([[300.0, 0, W / 2], [0, 300.0, H / 2], [0, 0, 1.0]])
+    w2cs = np.array([look_at(target + np.array([radius * np.cos(t), radius * np.sin(t), height]), target,
+                             np.array([0, 0, 1.0]))
+                     for t in np.linspace(0, 2 * np.pi, n, endpoint=False) + phase])
+    truth = [render(mesh, K, w2c, W, H).mask.reshape(H, W) for w2c in w2cs]
+    return np.repeat(K[None], n, axis=0), w2cs, truth
+
+
 def test_keep_seeded_fills_holes_except_those_holding_measured_background() -> None:
     mask = np.zeros((60, 90), bool)
     mask[5:55, 5:85] = True
@@ -56,13 +71,8 @@ def test_the_second_round_keeps_a_gap_between_legs_open_where_stereo_saw_the_bac
     closes it again, though GrabCut leaves the table out; with the depth maps' background seeds in the windows it
     stays open wherever the hull is open, and the object stays whole."""
     mesh = stool()
-    w, h, f = 320, 240, 300.0
-    K = np.array([[f, 0, w / 2], [0, f, h / 2], [0, 0, 1.0]])
-    target = np.array([0, 0, 0.5])
-    w2cs = np.array([look_at(target + np.array([4 * np.cos(t), 4 * np.sin(t), 0.9]), target, np.array([0, 0, 1.0]))
-                     for t in np.linspace(0, 2 * np.pi, 16, endpoint=False) + 0.3])
-    Ks = np.repeat(K[None], 16, axis=0)
-    truth = [render(mesh, K, w2c, w, h).mask.reshape(h, w) for w2c in w2cs]
+    Ks, w2cs, truth = ring_views(mesh, np.array([0, 0, 0.5]), 4.0, 0.9, 16, phase=0.3)
+    h, w = H, W
     filled = [cv2.morphologyEx(t.astype(np.uint8), cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8)) > 0 for t in truth]
     filled = [ndimage.binary_fill_holes(t) for t in filled]
     windows = [f_ & ~t for f_, t in zip(filled, truth)]
@@ -110,13 +120,8 @@ def test_open_core_reopens_a_rings_hole_that_every_first_mask_filled() -> None:
     the ring stays whole; without it the hole stays filled."""
     ring = trimesh.creation.torus(major_radius=0.5, minor_radius=0.22)
     ring.apply_translation((0, 0, 0.22))
-    w, h, f = 320, 240, 300.0
-    K = np.array([[f, 0, w / 2], [0, f, h / 2], [0, 0, 1.0]])
-    target = np.array([0, 0, 0.2])
-    w2cs = np.array([look_at(target + np.array([3 * np.cos(t), 3 * np.sin(t), 3.0]), target, np.array([0, 0, 1.0]))
-                     for t in np.linspace(0, 2 * np.pi, 12, endpoint=False)])
-    Ks = np.repeat(K[None], 12, axis=0)
-    truth = [render(ring, K, w2c, w, h).mask.reshape(h, w) for w2c in w2cs]
+    Ks, w2cs, truth = ring_views(ring, np.array([0, 0, 0.2]), 3.0, 3.0, 12)
+    h, w = H, W
     holes = [ndimage.binary_fill_holes(t) & ~t for t in truth]
     assert all(hole.sum() > 300 for hole in holes), "every view sees the table through the hole"
     first = [ndimage.binary_fill_holes(t) for t in truth]  # every first-round mask filled the hole
@@ -198,14 +203,9 @@ def test_a_view_that_saw_a_gap_open_keeps_it_open_where_the_other_views_filled_i
     parts += [trimesh.creation.box((0.12, 0.12, 0.55), trimesh.transformations.translation_matrix((x, y, 0.275)))
               for x in (-0.5, 0.5) for y in (-0.3, 0.3)]
     mesh = trimesh.util.concatenate(parts)
-    w, h, f = 320, 240, 300.0
-    K = np.array([[f, 0, w / 2], [0, f, h / 2], [0, 0, 1.0]])
-    target = np.array([0, 0, 0.35])
-    w2cs = np.array([look_at(target + np.array([3 * np.cos(t), 3 * np.sin(t), 0.8]), target, np.array([0, 0, 1.0]))
-                     for t in np.linspace(0, 2 * np.pi, 16, endpoint=False) + 0.2])
-    Ks = np.repeat(K[None], 16, axis=0)
-    truth = [render(mesh, K, w2c, w, h).mask.reshape(h, w) for w2c in w2cs]
-    # the gaps: under the slab's outline, between the legs, down to the legs' feet
+    Ks, w2cs, truth = ring_views(mesh, np.array([0, 0, 0.35]), 3.0, 0.8, 16, phase=0.2)
+    h, w = H, W
+    # the gaps: the silhouette's bounding box outside the object (between the legs under the slab, and its corners)
     gaps = []
     for t in truth:
         ys, xs = np.nonzero(t)
