@@ -261,6 +261,7 @@ def score_job(row: dict[str, Any], folder: Path, paths: Any, job_id: str, state:
     # where the later stages spend their time, for the speed work
     row["step_seconds"] = {"cameras": (stats.get("cameras") or {}).get("seconds"),
                            "refine_per_level": (stats.get("refine") or {}).get("seconds_per_level"),
+                           "refine_setup_per_level": (stats.get("refine") or {}).get("setup_seconds_per_level"),
                            "refine": (stats.get("refine") or {}).get("seconds"),
                            "texture": (stats.get("texture") or {}).get("seconds"),
                            "report": stats.get("report_seconds")}

@@ -64,6 +64,8 @@ class RefineResult:
     losses: tuple[float, ...]  # final loss per level
     views_per_step: int
     seconds_per_level: tuple[float, ...]
+    # of which the mesh for the level (remeshing on the CPU) and its targets' upload: the part a slow host stretches
+    setup_seconds_per_level: tuple[float, ...] = ()
     regularisers: str = "none"  # what ran: "pytorch3d (normal 0.01, ...)", "none", or why not
     remesh: str = "subdivide"  # what ran between levels, or why isotropic remeshing fell back
     view_gains: list[list[float]] | None = None  # per view: gain r, g, b, offset r, g, b (when fitted)
@@ -389,7 +391,7 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
     H0, W0 = images[0].shape[:2]  # every view is rendered at the first photo's aspect ratio
     colors = torch.full((len(v), 3), 0.5, device=dev)
     reg, reg_note = mesh_regulariser(settings)
-    losses, secs = [], []
+    losses, secs, setup_secs = [], [], []
     remesh_note = settings.remesh
     total_iters = sum(it for _, it in settings.levels)
     done_iters = 0
@@ -417,6 +419,7 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
         opt = AdamUniform([u], settings.lr)
         copt = torch.optim.Adam([colors], settings.color_lr)
         faces32 = ft.int().contiguous()
+        setup_secs.append(time.monotonic() - t0)
         n = len(images)
         # a set number of views, but never more than fit in the free memory
         fit = views_that_fit(n, size, dev)
@@ -475,6 +478,7 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
         secs.append(time.monotonic() - t0)
     return RefineResult(vertices=v / s + c, faces=f.astype(np.int64), colors=colors.cpu().numpy().astype(np.float32),
                         losses=tuple(losses), views_per_step=vpstep, seconds_per_level=tuple(secs),
+                        setup_seconds_per_level=tuple(setup_secs),
                         window_share=round(float(np.mean(windows[:, 2] / [im.shape[1] for im in images])), 4),
                         regularisers=reg_note, remesh=remesh_note,
                         view_gains=(torch.cat([gain, offset], 1).detach().cpu().numpy().round(4).tolist()

@@ -129,5 +129,6 @@ class RefineStage(Stage):
             floor=None if floor is None else [round(float(x), 6) for x in (*floor[0], floor[1])],
             window_share=result.window_share,
             seconds_per_level=[round(x, 2) for x in result.seconds_per_level],
+            setup_seconds_per_level=[round(x, 2) for x in result.setup_seconds_per_level],
             seconds={"prepare": round(t1 - t0, 2), "levels": round(t2 - t1, 2),
                      "finish": round(time.monotonic() - t2, 2)}).to_dict()

@@ -54,6 +54,7 @@ class RefineSummary:
     # the last level's mean window width as a share of the photo's (refine.crop; 1.0: whole photos)
     window_share: float | None = None
     seconds_per_level: list[float] | None = None
+    setup_seconds_per_level: list[float] | None = None  # of each level's seconds: its mesh (remeshing) and targets
     # where the stage's time went besides the levels: loading the photos and masks, the start mesh and the
     # rasteriser ("prepare"), and cleaning and writing the result ("finish")
     seconds: dict[str, float] | None = None
