@@ -177,7 +177,9 @@ class RefineConfig:
     edge_weight: NonNeg = 0.0
     smoothness_decay: Pos = 1.0  # largesteps lambda is multiplied by this at each finer level
     alpha_coverage: bool = True  # fit silhouettes to the alpha matte's sub-pixel coverage
-    remesh: Literal["isotropic", "subdivide"] = "isotropic"
+    # isotropic: a pymeshlab isotropic remesh before every level; isotropic_first: before the first only, midpoint
+    # subdivision after (the remesh is CPU work that the GPU waits for); subdivide: no remeshing
+    remesh: Literal["isotropic", "isotropic_first", "subdivide"] = "isotropic"
     lr_final: Annotated[float, Field(gt=0, le=1)] = 1.0  # the last level's step decays (cosine) to this fraction
     estimated_silhouette_weight: NonNeg = 1.0  # silhouette weight of masks estimated from photos (given: 1)
     # per-photo colour gain and offset, fitted with the shape: phone photos differ in exposure and white balance

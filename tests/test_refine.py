@@ -172,11 +172,11 @@ def test_silhouette_targets_use_the_alpha_matte_only_where_the_mask_came_from_it
         silhouette_targets([from_alpha], [])
 
 
-@pytest.mark.parametrize("mode", ["subdivide", "isotropic"])
+@pytest.mark.parametrize("mode", ["subdivide", "isotropic", "isotropic_first"])
 def test_grow_mesh_reaches_the_level_size_and_keeps_the_surface_closed(mode: str) -> None:
     from pipeline.appearance.refine import RefineSettings, grow_mesh
 
-    if mode == "isotropic":
+    if mode.startswith("isotropic"):
         pymeshlab = pytest.importorskip("pymeshlab")
         if not hasattr(pymeshlab.MeshSet(), "meshing_isotropic_explicit_remeshing"):
             pytest.skip("pymeshlab's meshing plugin does not load here (libOpenGL missing)")
@@ -190,6 +190,14 @@ def test_grow_mesh_reaches_the_level_size_and_keeps_the_surface_closed(mode: str
     assert 0.8 * 4 * 1280 <= len(f) <= 1.2 * 4 * 1280
     # colours follow the surface: the white half stays white
     assert ((c[:, 0] > 0.5) == (v[:, 0] > 0.05)).mean() > 0.95
+    if mode == "isotropic_first":
+        # after the first level the mesh is only subdivided: every old vertex stays where it was
+        assert len(f) == 4 * 1280
+        np.testing.assert_array_equal(v[:len(sphere.vertices)], sphere.vertices)
+        # before the first level it is remeshed: new vertices, none of them the input's
+        v0, _, _, note0 = grow_mesh(np.asarray(sphere.vertices), np.asarray(sphere.faces), colors, 0,
+                                    RefineSettings(start_faces=640, max_faces=10_000, remesh=mode))
+        assert note0 == "isotropic" and 0.8 * 640 <= len(v0) * 2 - 4 <= 1.2 * 640
     with pytest.raises(ValueError):
         grow_mesh(v, f, c, 1, RefineSettings(remesh="loop"))
 

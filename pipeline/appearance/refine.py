@@ -172,6 +172,9 @@ def silhouette_targets(masks: list[np.ndarray], alphas: list[np.ndarray | None])
     return out
 
 
+REMESH_MODES = ("isotropic", "isotropic_first", "subdivide")
+
+
 def grow_mesh(v: np.ndarray, f: np.ndarray, colors: np.ndarray, level: int,
               settings: RefineSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     """The mesh for ``level``: v (V, 3), f (F, 3), colors (V, 3) -> new v, f, colors and what was done.
@@ -181,9 +184,9 @@ def grow_mesh(v: np.ndarray, f: np.ndarray, colors: np.ndarray, level: int,
     the nearest old vertex. Falls back to subdivision where pymeshlab is missing or the remesh is not closed."""
     from pipeline.geometry.meshing import isotropic_remesh
 
-    if settings.remesh not in ("subdivide", "isotropic"):
-        raise ValueError(f"refine: remesh must be 'subdivide' or 'isotropic', not {settings.remesh!r}")
-    if settings.remesh == "isotropic":
+    if settings.remesh not in REMESH_MODES:
+        raise ValueError(f"refine: remesh must be one of {', '.join(REMESH_MODES)}, not {settings.remesh!r}")
+    if settings.remesh == "isotropic" or (settings.remesh == "isotropic_first" and level == 0):
         target = min(settings.max_faces, settings.start_faces * 4 ** level)
         out = isotropic_remesh(v, f, target)
         if out is not None:
@@ -193,6 +196,8 @@ def grow_mesh(v: np.ndarray, f: np.ndarray, colors: np.ndarray, level: int,
             _, nearest = cKDTree(v).query(nv)
             return nv, nf, colors[nearest], "isotropic"
         note = "subdivide (isotropic remeshing unavailable: pymeshlab missing or the result was not closed)"
+    elif settings.remesh == "isotropic_first":
+        note = "isotropic_first"  # the first level's mesh is remeshed; midpoint subdivision keeps it uniform after
     else:
         note = "subdivide"
     if level > 0 and len(f) * 4 <= settings.max_faces:
@@ -398,7 +403,9 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
     vpstep = 0
     for li, (side, iters) in enumerate(settings.levels):
         t0 = time.monotonic()
-        v, f, cols, remesh_note = grow_mesh(v, f, colors.detach().cpu().numpy(), li, settings)
+        v, f, cols, note = grow_mesh(v, f, colors.detach().cpu().numpy(), li, settings)
+        # a fallback (pymeshlab missing, a remesh refused) is what the summary reports, whichever level it was
+        remesh_note = remesh_note if "unavailable" in remesh_note else note
         colors = torch.from_numpy(np.asarray(cols)).float().to(dev)
         if on_last_level is not None and li == len(settings.levels) - 1:
             on_last_level(v / s + c, np.asarray(f, dtype=np.int64))

@@ -14,7 +14,7 @@ from pipeline.appearance.atlas_ahead import AHEAD_FILE, AtlasAhead
 from pipeline.context import JobContext, JobError
 from pipeline.geometry.meshing import decimate, main_components
 from pipeline.imaging.raster import make_rasterizer
-from pipeline.appearance.refine import RefineSettings, refine, silhouette_targets, support_floor
+from pipeline.appearance.refine import REMESH_MODES, RefineSettings, refine, silhouette_targets, support_floor
 from pipeline.settings import RefineConfig
 from pipeline.stages.base import Stage
 from pipeline.stages.cameras import Sparse, Views
@@ -66,8 +66,8 @@ class RefineStage(Stage):
         on_gpu = ctx.device == "cuda"
         if cfg.enabled not in ("auto", "on", "off"):
             raise JobError(f"refine.enabled must be auto, on or off, not {cfg.enabled!r}")
-        if cfg.remesh not in ("subdivide", "isotropic"):
-            raise JobError(f"refine.remesh must be subdivide or isotropic, not {cfg.remesh!r}")
+        if cfg.remesh not in REMESH_MODES:
+            raise JobError(f"refine.remesh must be one of {', '.join(REMESH_MODES)}, not {cfg.remesh!r}")
         reason = None
         if cfg.enabled == "off":
             reason = "disabled (refine.enabled = off)"
