@@ -329,6 +329,60 @@ def test_object_windows_hold_the_object_at_the_photos_aspect_and_never_upsample(
         object_windows(masks[:2], v, Ks, w2cs, (24, 32))
 
 
+def test_mask_boxes_match_the_pixels_and_give_the_same_windows() -> None:
+    from pipeline.appearance.refine import mask_boxes, object_windows
+
+    rng = np.random.default_rng(7)
+    masks = [rng.random((60, 80)) > 0.999, np.zeros((60, 80), bool), np.zeros((50, 90), np.float32)]
+    masks[2][10:20, 30:33] = 0.4  # coverage, not bool
+    boxes = mask_boxes(masks)
+    for m, b in zip(masks, boxes):
+        ys, xs = np.nonzero(np.asarray(m) > 0)  # the plain reference
+        expect = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1] if len(xs) else [-1, -1, -1, -1]
+        assert b.tolist() == expect
+    mesh = trimesh.creation.icosphere(subdivisions=2, radius=1.0)
+    Ks, w2cs, sil, _ = _far_views(mesh, n=4)
+    sil[1] = np.zeros_like(sil[1])  # a view whose mask is empty: the mesh alone makes its window
+    v = np.asarray(mesh.vertices)
+    np.testing.assert_array_equal(object_windows(sil, v, Ks, w2cs, (24, 32), boxes=mask_boxes(sil)),
+                                  object_windows(sil, v, Ks, w2cs, (24, 32)))
+    with pytest.raises(ValueError, match="one mask box per mask"):
+        object_windows(sil, v, Ks, w2cs, (24, 32), boxes=mask_boxes(sil[:2]))
+
+
+def test_resampled_stacks_are_the_same_from_uint8_bool_and_float() -> None:
+    """Photos travel as uint8 and masks as bool and are converted where they are resampled: the values are those
+    of converting first."""
+    from pipeline.appearance.refine import _resize_stack
+
+    rng = np.random.default_rng(3)
+    photos = [rng.integers(0, 256, (60, 80, 3), dtype=np.uint8) for _ in range(3)]
+    masks = [rng.random((60, 80)) > 0.5 for _ in range(3)]
+    win = np.array([[0, 0, 80, 60], [10, 5, 40, 30], [20, 20, 60, 40]])
+    cpu = torch.device("cpu")
+    a = _resize_stack(photos, (12, 16), cpu, win)
+    b = _resize_stack([p.astype(np.float32) for p in photos], (12, 16), cpu, win)
+    assert a.dtype == torch.float32 and a.shape == (3, 12, 16, 3)
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(_resize_stack(masks, (12, 16), cpu, win),
+                               _resize_stack([m.astype(np.float32) for m in masks], (12, 16), cpu, win))
+
+
+@pytest.mark.gpu
+def test_resampling_on_the_gpu_matches_the_cpu() -> None:
+    from pipeline.appearance.refine import _resize_stack
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    rng = np.random.default_rng(5)
+    photos = [rng.integers(0, 256, (720, 960, 3), dtype=np.uint8) for _ in range(4)]
+    win = np.array([[0, 0, 960, 720], [100, 50, 480, 360], [300, 200, 640, 480], [0, 0, 512, 384]])
+    on_gpu = _resize_stack(photos, (192, 256), torch.device("cuda"), win)
+    assert on_gpu.is_cuda
+    torch.testing.assert_close(on_gpu.cpu(), _resize_stack(photos, (192, 256), torch.device("cpu"), win),
+                               atol=1e-3, rtol=0)
+
+
 def test_window_intrinsics_move_the_projection_into_the_window() -> None:
     from pipeline.appearance.refine import _resize_stack, window_intrinsics
 

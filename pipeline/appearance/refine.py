@@ -209,8 +209,21 @@ def grow_mesh(v: np.ndarray, f: np.ndarray, colors: np.ndarray, level: int,
 CROP_MARGIN = 0.1  # an object window grows by this share of the object's extent on each side
 
 
+def mask_boxes(masks: list[np.ndarray]) -> np.ndarray:
+    """Per mask (H, W) (bool or coverage), the box of its pixels above 0 as (x0, y0, x1, y1) with x1, y1 exclusive,
+    or -1 everywhere for an empty mask. -> (N, 4) int64. The masks do not change between levels: found once."""
+    out = np.full((len(masks), 4), -1, dtype=np.int64)
+    for i, m in enumerate(masks):
+        on = np.asarray(m) > 0
+        cols, rows = np.flatnonzero(on.any(0)), np.flatnonzero(on.any(1))
+        if len(cols):
+            out[i] = (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
+    return out
+
+
 def object_windows(masks: list[np.ndarray], vertices: np.ndarray, Ks: np.ndarray, w2cs: np.ndarray,
-                   out_hw: tuple[int, int], margin: float = CROP_MARGIN) -> np.ndarray:
+                   out_hw: tuple[int, int], margin: float = CROP_MARGIN, boxes: np.ndarray | None = None
+                   ) -> np.ndarray:
     """Per view, the window of the photo that holds the object, for rendering at ``out_hw`` (h, w) pixels.
 
     masks: N (H, W) silhouette targets (bool or coverage), each its photo's size; vertices (V, 3) world units, the
@@ -218,14 +231,18 @@ def object_windows(masks: list[np.ndarray], vertices: np.ndarray, Ks: np.ndarray
     box, grown by ``margin`` of their extent on each side, with the output's aspect ratio (so pixels stay square),
     never fewer pixels than ``out_hw`` (no upsampling: the photo has no more detail to give) and never outside the
     photo (moved inside, or cut to the photo where it is wider or taller). A view where the mesh reaches behind the
-    camera keeps the whole photo.
+    camera keeps the whole photo. boxes: the masks' :func:`mask_boxes`, where the caller has them already.
     -> (N, 4) int64 (x0, y0, width, height) in the photo's pixels."""
     if not (len(masks) == len(Ks) == len(w2cs)):
         raise ValueError("object_windows: masks, Ks and w2cs must have the same length")
+    if boxes is None:
+        boxes = mask_boxes(masks)
+    if len(boxes) != len(masks):
+        raise ValueError("object_windows: one mask box per mask")
     if vertices.ndim != 2 or vertices.shape[1] != 3 or not len(vertices):
         raise ValueError(f"object_windows needs (V, 3) vertices, got {vertices.shape}")
     out = []
-    for m, K, w2c in zip(masks, np.asarray(Ks, np.float64), np.asarray(w2cs, np.float64)):
+    for m, box, K, w2c in zip(masks, boxes, np.asarray(Ks, np.float64), np.asarray(w2cs, np.float64)):
         H, W = m.shape[:2]
         cam = vertices @ w2c[:3, :3].T + w2c[:3, 3]
         if (cam[:, 2] <= 1e-9).any():
@@ -233,10 +250,9 @@ def object_windows(masks: list[np.ndarray], vertices: np.ndarray, Ks: np.ndarray
             continue
         uv = cam[:, :2] / cam[:, 2:] * K[[0, 1], [0, 1]] + K[:2, 2]
         lo, hi = np.clip(uv.min(0), 0, [W, H]), np.clip(uv.max(0), 0, [W, H])
-        ys, xs = np.nonzero(np.asarray(m) > 0)
-        if len(xs):
-            lo = np.minimum(lo, [xs.min(), ys.min()])
-            hi = np.maximum(hi, [xs.max() + 1, ys.max() + 1])
+        if box[0] >= 0:
+            lo = np.minimum(lo, box[:2])
+            hi = np.maximum(hi, box[2:])
         ext = float(max(hi - lo))
         lo, hi = lo - margin * ext, hi + margin * ext
         # the output's aspect ratio, at least the output's pixels, at most the photo
@@ -253,12 +269,13 @@ def object_windows(masks: list[np.ndarray], vertices: np.ndarray, Ks: np.ndarray
 
 
 def level_windows(images: list[np.ndarray], masks: list[np.ndarray], vertices: np.ndarray, Ks: np.ndarray,
-                  w2cs: np.ndarray, out_hw: tuple[int, int], crop: bool) -> np.ndarray:
-    """The window of each photo that a level renders at ``out_hw``: the object's (:func:`object_windows`) with
-    ``crop``, else the whole photo at its own size (a set may mix portrait and landscape photos, and each one's
-    intrinsics scale by its own size). -> (N, 4) int64 (x0, y0, w, h)."""
+                  w2cs: np.ndarray, out_hw: tuple[int, int], crop: bool, boxes: np.ndarray | None = None
+                  ) -> np.ndarray:
+    """The window of each photo that a level renders at ``out_hw``: the object's (:func:`object_windows`, with the
+    masks' ``boxes`` where given) with ``crop``, else the whole photo at its own size (a set may mix portrait and
+    landscape photos, and each one's intrinsics scale by its own size). -> (N, 4) int64 (x0, y0, w, h)."""
     if crop:
-        return object_windows(masks, vertices, Ks, w2cs, out_hw)
+        return object_windows(masks, vertices, Ks, w2cs, out_hw, boxes=boxes)
     return np.array([[0, 0, im.shape[1], im.shape[0]] for im in images], dtype=np.int64)
 
 
@@ -277,20 +294,22 @@ def window_intrinsics(Ks: np.ndarray, windows: np.ndarray, out_hw: tuple[int, in
 
 def _resize_stack(imgs: list[np.ndarray], size: tuple[int, int], device: torch.device,
                   windows: np.ndarray | None = None) -> torch.Tensor:
-    """List of (H, W[, C]) arrays -> (N, h, w, C) float tensor in [0, 1], area-averaged; with ``windows`` (N, 4)
-    (x0, y0, w, h), each array's window only."""
+    """List of (H, W[, C]) arrays -> (N, h, w, C) float tensor on ``device``, area-averaged (values as given: the
+    caller scales them); with ``windows`` (N, 4) (x0, y0, w, h), each array's window only. Each window travels as it
+    is (uint8 photos stay uint8) and is converted and resampled on the device: on a GPU machine whose CPU is slow
+    per core, resampling 48 photos on the CPU took longer than the refinement steps that use them."""
     out = []
     for i, im in enumerate(imgs):
         if windows is not None:
             x0, y0, w, h = (int(x) for x in windows[i])
             im = im[y0:y0 + h, x0:x0 + w]
-        t = torch.from_numpy(np.ascontiguousarray(im)).float()
+        t = torch.from_numpy(np.ascontiguousarray(im)).to(device, non_blocking=False).float()
         if t.ndim == 2:
             t = t[..., None]
         t = t.permute(2, 0, 1)[None]
         t = F.interpolate(t, size=size, mode="area")[0].permute(1, 2, 0)
         out.append(t)
-    return torch.stack(out).to(device)
+    return torch.stack(out)
 
 
 LEASH_EVERY = 5  # refinement steps between leash checks
@@ -398,6 +417,7 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
     reg, reg_note = mesh_regulariser(settings)
     losses, secs, setup_secs = [], [], []
     remesh_note = settings.remesh
+    boxes = mask_boxes(masks) if settings.crop else None
     total_iters = sum(it for _, it in settings.levels)
     done_iters = 0
     vpstep = 0
@@ -412,10 +432,10 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
         scale = side / max(H0, W0)
         size = (max(8, round(H0 * scale)), max(8, round(W0 * scale)))
         # the object's window of each photo (from the mesh this level starts with), or the whole photo
-        windows = level_windows(images, masks, v / s + c, Ks, w2cs, size, settings.crop)
+        windows = level_windows(images, masks, v / s + c, Ks, w2cs, size, settings.crop, boxes=boxes)
         K = torch.from_numpy(window_intrinsics(Ks, windows, size)).float().to(dev)
         tgt_rgb = _resize_stack(images, size, dev, windows) / 255.0
-        tgt_mask = _resize_stack([np.asarray(m, dtype=np.float32) for m in masks], size, dev, windows)[..., 0]
+        tgt_mask = _resize_stack([np.asarray(m) for m in masks], size, dev, windows)[..., 0]
         tgt_rgb = tgt_rgb * tgt_mask[..., None]
         vt = torch.from_numpy(v).float().to(dev)
         ft = torch.from_numpy(f.astype(np.int64)).to(dev)
