@@ -348,10 +348,16 @@ def main() -> None:
         tasks = [(run_set, (resolve_set(s), args.posed, [(name, ov)], device, args.samples, args.keep,
                             args.gpu_memory_gb, sink), f"{s} ({name})") for name, ov in variants for s in args.sets]
     rows: list[dict[str, Any]] = []
+    # the GPU machines' hosts differ in one core's speed, and a job's CPU steps with it (the same job took 49 s on
+    # one H100 machine and 66-73 s on others): measured before the jobs, so that a slow host is told from a slow change
+    from bench.host_probe import cpu_model, python_loop
+
+    host = {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "python_loop_s": round(python_loop(), 3)}
 
     def save() -> None:
         path.write_text(json.dumps({"card": card(), "device": device, "date": time.strftime("%Y-%m-%d"),
-                                    "parallel": args.parallel, "samples": args.samples, "results": rows}, indent=1))
+                                    "host": host, "parallel": args.parallel, "samples": args.samples,
+                                    "results": rows}, indent=1))
 
     if args.parallel <= 1:
         for fn, targs, label in tasks:

@@ -180,6 +180,8 @@ class RefineConfig:
     # isotropic: a pymeshlab isotropic remesh before every level; isotropic_first: before the first only, midpoint
     # subdivision after (the remesh is CPU work that the GPU waits for); subdivide: no remeshing
     remesh: Literal["isotropic", "isotropic_first", "subdivide"] = "isotropic"
+    # rounds of each isotropic remesh (split, collapse, flip, relax): its time on one CPU core grows with them
+    remesh_iterations: Annotated[int, Field(ge=1, le=20)] = 4
     lr_final: Annotated[float, Field(gt=0, le=1)] = 1.0  # the last level's step decays (cosine) to this fraction
     estimated_silhouette_weight: NonNeg = 1.0  # silhouette weight of masks estimated from photos (given: 1)
     # per-photo colour gain and offset, fitted with the shape: phone photos differ in exposure and white balance

@@ -202,6 +202,22 @@ def test_grow_mesh_reaches_the_level_size_and_keeps_the_surface_closed(mode: str
         grow_mesh(v, f, c, 1, RefineSettings(remesh="loop"))
 
 
+def test_the_remesh_rounds_setting_reaches_the_remesher(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.appearance.refine import grow_mesh
+    from pipeline.geometry import meshing
+    from pipeline.settings import RefineConfig
+    from pipeline.stages.refine import refine_settings
+
+    seen = []
+    monkeypatch.setattr(meshing, "isotropic_remesh", lambda v, f, target, iterations=4: seen.append(iterations))
+    s = refine_settings(RefineConfig(remesh_iterations=2), on_gpu=True)
+    sphere = trimesh.creation.icosphere(subdivisions=2)
+    v, f, _, note = grow_mesh(np.asarray(sphere.vertices), np.asarray(sphere.faces), np.zeros((len(sphere.vertices), 3)),
+                              0, s)
+    # the stub returned no mesh: the level falls back to the mesh it was given, and says why
+    assert seen == [2] and len(f) == len(sphere.faces) and "unavailable" in note
+
+
 def _python(code: str) -> "subprocess.CompletedProcess[str]":
     """``code`` in a fresh interpreter at the repository's root (what a worker process starts with)."""
     import subprocess

@@ -42,6 +42,7 @@ class RefineSettings:
     # start_faces * 4^level, also before the first level) or "subdivide" (midpoint, x4 faces). Measured on an H100:
     # F@0.2% 0.968 vs 0.964 (spot_render), 0.990 vs 0.987 (bob), +3.5 s (bench/results/tune-C-h100.json)
     remesh: str = "isotropic"
+    remesh_iterations: int = 4  # pymeshlab's split / collapse / flip / relax rounds per isotropic remesh
     # the shape step of the last level decays (cosine) to this fraction of ``lr``: Adam at a constant step leaves
     # the vertices jittering by about a step around the optimum, a sub-pixel error on every silhouette
     lr_final: float = 1.0
@@ -188,7 +189,7 @@ def grow_mesh(v: np.ndarray, f: np.ndarray, colors: np.ndarray, level: int,
         raise ValueError(f"refine: remesh must be one of {', '.join(REMESH_MODES)}, not {settings.remesh!r}")
     if settings.remesh == "isotropic" or (settings.remesh == "isotropic_first" and level == 0):
         target = min(settings.max_faces, settings.start_faces * 4 ** level)
-        out = isotropic_remesh(v, f, target)
+        out = isotropic_remesh(v, f, target, iterations=settings.remesh_iterations)
         if out is not None:
             from scipy.spatial import cKDTree
 

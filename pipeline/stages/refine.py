@@ -26,7 +26,8 @@ from pipeline.stages.texture import atlas_key, texture_settings
 def refine_settings(cfg: RefineConfig, on_gpu: bool) -> RefineSettings:
     common = dict(lam=cfg.smoothness, lr=cfg.step, w_photo=cfg.photometric_weight, w_silhouette=cfg.silhouette_weight,
                   w_normal=cfg.normal_weight, w_laplacian=cfg.laplacian_weight, w_edge=cfg.edge_weight,
-                  lam_decay=cfg.smoothness_decay, remesh=cfg.remesh, lr_final=cfg.lr_final,
+                  lam_decay=cfg.smoothness_decay, remesh=cfg.remesh, remesh_iterations=cfg.remesh_iterations,
+                  lr_final=cfg.lr_final,
                   views_per_step=cfg.views_per_step)
     if on_gpu:
         sizes = [max(64, cfg.image_size // 2 ** (cfg.levels - 1 - i)) for i in range(cfg.levels)]
