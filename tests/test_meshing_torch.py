@@ -343,3 +343,21 @@ def test_misfolded_vertices_edges_and_pieces_against_plain_references() -> None:
     assert dict(zip(map(tuple, edges.tolist()), counts.tolist())) == undirected
     labels, count = meshing.piece_labels(faces, 10)
     assert count == 2 and len(set(labels[:8])) == 1 and len(set(labels[8:])) == 1 and labels[0] != labels[-1]
+
+
+def test_handle_count_matches_eulers_formula_computed_plainly() -> None:
+    """handle_count shares one edge pass between Euler's characteristic and the border loops, and counts used
+    vertices by bincount: the same numbers as the plain formula on closed, open, multi-piece and padded meshes."""
+    torus = trimesh.creation.torus(1.0, 0.3)
+    sphere = trimesh.creation.icosphere(subdivisions=2)
+    two = trimesh.util.concatenate([torus, sphere.copy().apply_translation([4.0, 0, 0])])
+    tube = trimesh.creation.cylinder(0.5, 2.0, sections=24)
+    tube = trimesh.Trimesh(tube.vertices, tube.faces[np.abs(tube.face_normals[:, 2]) < 0.5], process=False)  # open
+    padded = trimesh.Trimesh(np.vstack([sphere.vertices, np.ones((5, 3))]), sphere.faces, process=False)
+    for mesh, handles in ((torus, 1), (sphere, 0), (two, 1), (tube, 0), (padded, 0)):
+        faces = np.asarray(mesh.faces)
+        pieces = len(trimesh.graph.connected_components(mesh.face_adjacency, nodes=np.arange(len(faces))))
+        edges = np.unique(np.sort(faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), axis=1), axis=0)
+        chi = len(np.unique(faces)) - len(edges) + len(faces)
+        plain = (2 * pieces - meshing.boundary_loops(faces) - chi) // 2
+        assert meshing.handle_count(mesh) == (plain, pieces) == (handles, pieces)
