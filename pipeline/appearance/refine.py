@@ -40,7 +40,8 @@ class RefineSettings:
     views_per_step: int = 0  # 0: as many as fit in free memory (all views if they fit); else at most that
     # how the mesh grows between levels: "isotropic" (pymeshlab remeshing to uniform triangles at
     # start_faces * 4^level, also before the first level) or "subdivide" (midpoint, x4 faces). Measured on an H100:
-    # F@0.2% 0.968 vs 0.964 (spot_render), 0.990 vs 0.987 (bob), +3.5 s (bench/results/tune-C-h100.json)
+    # F@0.2% 0.968 vs 0.964 (spot_render), 0.990 vs 0.987 (bob), +3.5 s (bench/results/tune-C-h100.json);
+    # "isotropic_first": the remesh before the first level only (the cup lost 0.04, refine-remesh-cup-h100-25c0fbe)
     remesh: str = "isotropic"
     remesh_iterations: int = 4  # pymeshlab's split / collapse / flip / relax rounds per isotropic remesh
     # the shape step of the last level decays (cosine) to this fraction of ``lr``: Adam at a constant step leaves
@@ -182,7 +183,7 @@ def grow_mesh(v: np.ndarray, f: np.ndarray, colors: np.ndarray, level: int,
 
     Midpoint subdivision after the first level while under ``max_faces``; with ``remesh = "isotropic"`` an
     isotropic remesh to ``start_faces * 4^level`` (capped) at every level instead, colours carried over from
-    the nearest old vertex. Falls back to subdivision where pymeshlab is missing or the remesh is not closed."""
+    the nearest old vertex; with ``"isotropic_first"`` that remesh before the first level only. Falls back to subdivision where pymeshlab is missing or the remesh is not closed."""
     from pipeline.geometry.meshing import isotropic_remesh
 
     if settings.remesh not in REMESH_MODES:
@@ -304,7 +305,7 @@ def _resize_stack(imgs: list[np.ndarray], size: tuple[int, int], device: torch.d
         if windows is not None:
             x0, y0, w, h = (int(x) for x in windows[i])
             im = im[y0:y0 + h, x0:x0 + w]
-        t = torch.from_numpy(np.ascontiguousarray(im)).to(device, non_blocking=False).float()
+        t = torch.from_numpy(np.ascontiguousarray(im)).to(device).float()
         if t.ndim == 2:
             t = t[..., None]
         t = t.permute(2, 0, 1)[None]
