@@ -149,9 +149,11 @@ class DenseConfig:
     silhouettes_keep_measured: bool = True
     # ... also inside the first views' hull, where it filled a hole the photos see through (a ring's): in whole
     # CPU jobs on eight sets better on bob (Chamfer-L1 0.80 -> 0.49 %), the same or a little better on six, the
-    # armchair level (docs/design.md, the table through a hole); not yet measured on a GPU
+    # armchair level (docs/design.md, the table through a hole); on the H200 bob's F@0.2 % 0.595 -> 0.705, the
+    # relief disc 0.835 -> 0.858, the other seven within the spread (docs/benchmarks.md)
     silhouettes_open_core: bool = True
-    # the second round's sure foreground only where the view's own first-round mask is (docs/design.md)
+    # the second round's sure foreground only where the view's own first-round mask is (docs/design.md): off, on
+    # an H100 it cost the armchair's thin tubes (F@0.2 % 0.637 -> 0.487) and moved three other sets by < 0.01
     silhouettes_core_in_first: bool = False
     # depth points lower than this share of the object's height above the table (or 2 % of its size, whichever
     # is less) seed the table, not the object: a flat object keeps the foot of its side
