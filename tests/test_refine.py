@@ -70,6 +70,9 @@ def test_cpu_refinement_pulls_a_too_big_sphere_onto_the_silhouettes() -> None:
     r_after = np.linalg.norm(res.vertices, axis=1).mean()
     assert abs(r_after - 1.0) < 0.6 * abs(r_before - 1.0), (r_before, r_after)
     assert trimesh.Trimesh(res.vertices, res.faces).is_watertight
+    # each level's setup (its mesh and targets) is timed as a part of that level
+    assert len(res.setup_seconds_per_level) == len(res.seconds_per_level) == 1
+    assert 0 < res.setup_seconds_per_level[0] < res.seconds_per_level[0]
 
 
 def test_leash_pulls_far_vertices_back_along_their_displacement() -> None:
