@@ -263,6 +263,7 @@ def score_job(row: dict[str, Any], folder: Path, paths: Any, job_id: str, state:
                            "refine_per_level": (stats.get("refine") or {}).get("seconds_per_level"),
                            "refine_setup_per_level": (stats.get("refine") or {}).get("setup_seconds_per_level"),
                            "refine": (stats.get("refine") or {}).get("seconds"),
+                           "refine_pair_share": (stats.get("refine") or {}).get("pair_share_per_level"),
                            "texture": (stats.get("texture") or {}).get("seconds"),
                            "report": stats.get("report_seconds")}
     held = stats["quality"]["heldout"]

@@ -202,6 +202,36 @@ def test_an_object_window_refines_a_small_object_closer_through_nvdiffrast() -> 
     assert err[True] < 0.7 * err[False], err
 
 
+def test_nvdiffrast_surface_points_and_photo_consistency_on_the_gpu() -> None:
+    """The surface points the photo-consistency term warps through lie where rays hit the mesh (as the CPU
+    rasteriser's do, tests/test_photoconsistency.py), and the term alone pulls a too-big textured sphere in."""
+    from pipeline.imaging.raster import Cameras, NvdiffrastRasterizer
+    from pipeline.imaging.render import look_at, render
+    from tests.test_photoconsistency import pair_only_refinement
+
+    r = NvdiffrastRasterizer()
+    mesh = trimesh.creation.icosphere(subdivisions=4, radius=0.8)
+    size = 200
+    K = np.array([[220.0, 0, 100], [0, 220.0, 100], [0, 0, 1]])
+    w2c = look_at(np.array([2.5, 1.0, 0.8]), np.zeros(3), np.array([0, 0, 1.0]))
+    ref = render(mesh, K, w2c, size, size)
+    pts, cover = r.positions(torch.tensor(mesh.vertices, dtype=torch.float32, device="cuda"),
+                             torch.tensor(mesh.faces, dtype=torch.int32, device="cuda"),
+                             Cameras(K=torch.tensor(K, dtype=torch.float32, device="cuda")[None],
+                                     w2c=torch.tensor(w2c, dtype=torch.float32, device="cuda")[None],
+                                     size=(size, size)))
+    cov = cover[0].cpu().numpy()
+    assert (cov & ref.mask).sum() / (cov | ref.mask).sum() > 0.98
+    both = cov & ref.mask
+    z = (pts[0].cpu().numpy() @ w2c[:3, :3].T + w2c[:3, 3])[..., 2]
+    err = np.abs(z[both] - ref.depth[both])
+    assert np.median(err) < 1e-4 and np.percentile(err, 99) < 5e-3, (np.median(err), np.percentile(err, 99))
+    res = pair_only_refinement(r, "cuda", 128, 60)
+    rad = np.linalg.norm(res.vertices, axis=1)
+    assert rad.mean() < 1.03 and rad.std() < 0.03, (rad.mean(), rad.std())
+    assert res.pair_share_per_level[0] > 0.2
+
+
 def test_gpu_job_on_photos_of_three_shapes(tmp_path: Path) -> None:
     """Portrait and 16:9 photos among 4:3 ones through the GPU path: CUDA SIFT reads the turned copies, and the
     refinement, the texture fit and the report's renders each take every photo at its own size (the CPU test's

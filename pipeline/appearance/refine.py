@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 import trimesh
 
+from pipeline.appearance.photoconsistency import pair_loss, pair_neighbours, project
 from pipeline.context import GpuMemoryError
 from pipeline.imaging.raster import Cameras, Rasterizer
 
@@ -56,6 +57,12 @@ class RefineSettings:
     # render each photo's window around the object (``object_windows``) instead of the whole frame: the same pixels
     # then fall on the object, up to the photo's own resolution (the stage sets it on a GPU: refine.crop)
     crop: bool = False
+    # photo-consistency between neighbouring photos through the mesh (pipeline.appearance.photoconsistency): its
+    # weight (0: off), the views per step that get it (each with one of its ``pair_neighbours``) and the NCC
+    # window's radius in pixels of the level
+    w_pair: float = 0.0
+    pair_views: int = 8
+    pair_radius: int = 2
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,9 @@ class RefineResult:
     remesh: str = "subdivide"  # what ran between levels, or why isotropic remeshing fell back
     view_gains: list[list[float]] | None = None  # per view: gain r, g, b, offset r, g, b (when fitted)
     window_share: float = 1.0  # the last level's mean window width, as a share of the photo's (1: whole photos)
+    # per level, the share of the covered object pixels that the photo-consistency term compared in its last step
+    # (a neighbour saw the same point); empty when the term is off
+    pair_share_per_level: tuple[float, ...] = ()
 
 
 def normalisation(vertices: np.ndarray) -> tuple[np.ndarray, float]:
@@ -317,6 +327,22 @@ def _resize_stack(imgs: list[np.ndarray], size: tuple[int, int], device: torch.d
 LEASH_EVERY = 5  # refinement steps between leash checks
 
 
+def _pair_term(rasterizer: Rasterizer, verts: torch.Tensor, faces32: torch.Tensor, pick: torch.Tensor,
+               nbrs: torch.Tensor, it: int, K: torch.Tensor, w2c: torch.Tensor, size: tuple[int, int],
+               photos: torch.Tensor, masks: torch.Tensor, radius: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The photo-consistency loss of one step: the views ``pick`` (B,), each against one of its neighbours
+    ``nbrs`` (N, k) (in turn, by step ``it``), at the level's windows (K (N, 3, 3), w2c (N, 4, 4), photos
+    (N, h, w, 3) in [0, 1], masks (N, h, w) silhouette targets). -> (loss, share of object pixels compared)."""
+    pj = nbrs[pick, it % nbrs.shape[1]]
+    pts, cover = rasterizer.positions(verts, faces32, Cameras(K=K[pick], w2c=w2c[pick], size=size))
+    with torch.no_grad():
+        pts_j, cover_j = rasterizer.positions(verts.detach(), faces32, Cameras(K=K[pj], w2c=w2c[pj], size=size))
+        depth_j = project(pts_j, K[pj], w2c[pj])[1] * cover_j
+    # only what the silhouettes call object: a mesh too wide there compares table with table
+    return pair_loss(pts, cover & (masks[pick] > 0.5), photos[pick], photos[pj], K[pj], w2c[pj], depth_j,
+                     radius=radius)
+
+
 def leash(verts: torch.Tensor, start: torch.Tensor, max_move: float) -> torch.Tensor | None:
     """``verts`` (V, 3) pulled back to within ``max_move`` of ``start`` (V, 3) along their displacement, or None
     when every vertex is within it already."""
@@ -397,6 +423,8 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
         raise ValueError("refine: with crop, every mask must have its photo's size (their windows are shared)")
     if silhouette_weights is not None and len(silhouette_weights) != len(images):
         raise ValueError("refine: one silhouette weight per view")
+    if settings.w_pair > 0 and not hasattr(rasterizer, "positions"):
+        raise ValueError(f"refine: the {rasterizer.name} rasteriser renders no surface points for refine.pair_weight")
     dev = torch.device(device)
     sil_w = torch.ones(len(images), device=dev) if silhouette_weights is None else torch.as_tensor(
         np.asarray(silhouette_weights), dtype=torch.float32, device=dev)
@@ -417,7 +445,13 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
     H0, W0 = images[0].shape[:2]  # every view is rendered at the first photo's aspect ratio
     colors = torch.full((len(v), 3), 0.5, device=dev)
     reg, reg_note = mesh_regulariser(settings)
-    losses, secs, setup_secs = [], [], []
+    losses, secs, setup_secs, pair_shares = [], [], [], []
+    pair_on = settings.w_pair > 0 and len(images) > 1
+    if pair_on:
+        nb = pair_neighbours(w2c_n.cpu().numpy(), np.zeros(3))
+        # a view with no neighbour compares with itself: the warp is then the identity, a zero loss and gradient
+        nb = np.where(nb < 0, np.arange(len(nb))[:, None], nb)
+        nbrs = torch.from_numpy(nb).to(dev)
     remesh_note = settings.remesh
     boxes = mask_boxes(masks) if settings.crop else None
     total_iters = sum(it for _, it in settings.levels)
@@ -436,9 +470,11 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
         # the object's window of each photo (from the mesh this level starts with), or the whole photo
         windows = level_windows(images, masks, v / s + c, Ks, w2cs, size, settings.crop, boxes=boxes)
         K = torch.from_numpy(window_intrinsics(Ks, windows, size)).float().to(dev)
-        tgt_rgb = _resize_stack(images, size, dev, windows) / 255.0
+        tgt_raw = _resize_stack(images, size, dev, windows) / 255.0
         tgt_mask = _resize_stack([np.asarray(m) for m in masks], size, dev, windows)[..., 0]
-        tgt_rgb = tgt_rgb * tgt_mask[..., None]
+        tgt_rgb = tgt_raw * tgt_mask[..., None]
+        if not pair_on:
+            del tgt_raw  # only the photo-consistency term compares whole photos
         vt = torch.from_numpy(v).float().to(dev)
         ft = torch.from_numpy(f.astype(np.int64)).to(dev)
         M = parameterization_matrix(vt, ft, settings.lam * settings.lam_decay ** li)
@@ -457,6 +493,7 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
         # the level's view subsets drawn up front and uploaded once (a copy per step would wait on the GPU)
         picks = torch.stack([torch.randperm(n, generator=gen)[:vpstep] for _ in range(iters)]).to(dev)
         loss_val = float("nan")
+        pair_share = None
         last = li == len(settings.levels) - 1
         for it in range(iters):
             if last and settings.lr_final != 1.0:
@@ -479,6 +516,10 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
             l_sil = (sil_w[idx][:, None, None] * (alpha - tgt_mask[idx]).abs()).mean()
             l_rgb = (rgb - tgt_rgb[idx]).abs().mean()
             loss = settings.w_silhouette * l_sil + settings.w_photo * l_rgb
+            if pair_on:
+                l_pair, pair_share = _pair_term(rasterizer, verts, faces32, idx[:settings.pair_views], nbrs, it,
+                                                K, w2c_n, size, tgt_raw, tgt_mask, settings.pair_radius)
+                loss = loss + settings.w_pair * l_pair
             if reg is not None:
                 loss = loss + reg(verts, ft, edge_target)
             opt.zero_grad()
@@ -504,11 +545,13 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
             v = (verts if held is None else held).cpu().numpy().astype(np.float64)
         colors = colors.detach().clamp(0, 1)
         losses.append(loss_val)
+        if pair_share is not None:
+            pair_shares.append(round(float(pair_share), 4))
         secs.append(time.monotonic() - t0)
     return RefineResult(vertices=v / s + c, faces=f.astype(np.int64), colors=colors.cpu().numpy().astype(np.float32),
                         losses=tuple(losses), views_per_step=vpstep, seconds_per_level=tuple(secs),
                         setup_seconds_per_level=tuple(setup_secs),
                         window_share=round(float(np.mean(windows[:, 2] / [im.shape[1] for im in images])), 4),
-                        regularisers=reg_note, remesh=remesh_note,
+                        regularisers=reg_note, remesh=remesh_note, pair_share_per_level=tuple(pair_shares),
                         view_gains=(torch.cat([gain, offset], 1).detach().cpu().numpy().round(4).tolist()
                                     if gopt is not None else None))

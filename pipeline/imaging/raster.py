@@ -35,6 +35,13 @@ class Rasterizer(Protocol):
         """verts (V, 3) float32 world; faces (F, 3) int32; colors (V, 3) -> rgb (B, H, W, 3), alpha (B, H, W)."""
         ...
 
+    def positions(self, verts: torch.Tensor, faces: torch.Tensor,
+                  cams: Cameras) -> tuple[torch.Tensor, torch.Tensor]:
+        """The nearest surface point at each pixel centre, differentiable in verts, without antialiasing (a blend
+        with the background at an outline is no point of the surface): verts (V, 3) float32 world; faces (F, 3)
+        int32 -> points (B, H, W, 3) world (0 where uncovered), covered (B, H, W) bool."""
+        ...
+
 
 def to_camera(verts: torch.Tensor, w2c: torch.Tensor) -> torch.Tensor:
     """(V, 3), (B, 4, 4) -> (B, V, 3) camera-space points (OpenCV: +Z forward)."""
@@ -101,6 +108,13 @@ class NvdiffrastRasterizer:
         out = dr.antialias(torch.cat([rgb * cover, cover], dim=-1).contiguous(), rast, clip, faces)
         return out[..., :3], out[..., 3]
 
+    def positions(self, verts, faces, cams):
+        clip = clip_coords(verts, cams.K, cams.w2c, cams.size)
+        rast, _ = self.dr.rasterize(self.ctx, clip, faces, resolution=list(cams.size))
+        pts, _ = self.dr.interpolate(verts[None].contiguous(), rast, faces)  # perspective-correct barycentrics
+        cover = rast[..., 3] > 0
+        return pts * cover[..., None], cover
+
 
 class Pytorch3dRasterizer:
     """CPU fallback: soft silhouettes (SoftRas-style) so edges get gradients without antialiasing."""
@@ -140,6 +154,33 @@ class Pytorch3dRasterizer:
         rgb = interpolate_face_attributes(p2f[..., :1], bary[..., :1, :], packed)[..., 0, :]
         rgb = rgb * (p2f[..., 0:1] >= 0)
         return rgb, alpha
+
+    def positions(self, verts, faces, cams):
+        from pytorch3d.renderer.mesh.rasterize_meshes import rasterize_meshes
+        from pytorch3d.structures import Meshes
+
+        H, W = cams.size
+        s = float(min(H, W))
+        cam = to_camera(verts, cams.w2c)
+        z = cam[..., 2].clamp(min=1e-6)
+        u = cam[..., 0] / z * cams.K[:, 0, 0, None] + cams.K[:, 0, 2, None]
+        v = cam[..., 1] / z * cams.K[:, 1, 1, None] + cams.K[:, 1, 2, None]
+        ndc = torch.stack([(W - 2 * u) / s, (H - 2 * v) / s, z], dim=-1)
+        B = ndc.shape[0]
+        meshes = Meshes(verts=list(ndc), faces=[faces.long()] * B)
+        p2f, _zbuf, bary, _ = rasterize_meshes(meshes, image_size=(H, W), blur_radius=0.0, faces_per_pixel=1,
+                                               perspective_correct=False, bin_size=0)
+        f = p2f[..., 0]  # (B, H, W) packed face index, -1 where uncovered
+        cover = f >= 0
+        fl = faces.long()
+        fi = f.clamp_min(0) % len(fl)
+        corners = verts[fl[fi]]  # (B, H, W, 3 corners, 3)
+        # the screen-space barycentrics made perspective-correct: weights b_k / z_k, normalised
+        zc = torch.gather(z, 1, fl[fi].reshape(B, -1)).reshape(*fi.shape, 3)
+        w = bary[..., 0, :] / zc
+        w = w / w.sum(-1, keepdim=True).clamp_min(1e-12)
+        pts = (w[..., None] * corners).sum(-2)
+        return pts * cover[..., None], cover
 
 
 def make_rasterizer(device: str, build_dir: Path | None = None) -> tuple[Rasterizer | None, str]:

@@ -27,7 +27,8 @@ def refine_settings(cfg: RefineConfig, on_gpu: bool) -> RefineSettings:
     common = dict(lam=cfg.smoothness, lr=cfg.step, w_photo=cfg.photometric_weight, w_silhouette=cfg.silhouette_weight,
                   w_normal=cfg.normal_weight, w_laplacian=cfg.laplacian_weight, w_edge=cfg.edge_weight,
                   lam_decay=cfg.smoothness_decay, remesh=cfg.remesh, remesh_iterations=cfg.remesh_iterations,
-                  lr_final=cfg.lr_final,
+                  lr_final=cfg.lr_final, w_pair=cfg.pair_weight, pair_views=cfg.pair_views,
+                  pair_radius=cfg.pair_radius,
                   views_per_step=cfg.views_per_step)
     if on_gpu:
         sizes = [max(64, cfg.image_size // 2 ** (cfg.levels - 1 - i)) for i in range(cfg.levels)]
@@ -131,5 +132,6 @@ class RefineStage(Stage):
             window_share=result.window_share,
             seconds_per_level=[round(x, 2) for x in result.seconds_per_level],
             setup_seconds_per_level=[round(x, 2) for x in result.setup_seconds_per_level],
+            pair_share_per_level=list(result.pair_share_per_level) or None,
             seconds={"prepare": round(t1 - t0, 2), "levels": round(t2 - t1, 2),
                      "finish": round(time.monotonic() - t2, 2)}).to_dict()
