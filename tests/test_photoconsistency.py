@@ -199,3 +199,17 @@ def test_photo_consistency_alone_pulls_a_too_big_textured_sphere_in() -> None:
     assert r.mean() < 1.035, r.mean()
     assert r.std() < 0.03 and trimesh.Trimesh(res.vertices, res.faces).is_watertight
     assert len(res.pair_share_per_level) == 1 and res.pair_share_per_level[0] > 0.2
+
+
+def test_blurred_gray_matches_scipy() -> None:
+    from scipy.ndimage import gaussian_filter
+
+    from pipeline.appearance.photoconsistency import blurred_gray
+
+    rgb = np.random.default_rng(5).random((2, 20, 30, 3)).astype(np.float32)
+    got = blurred_gray(torch.from_numpy(rgb), 1.3)[..., 0].numpy()
+    luma = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    for g, l in zip(got, luma):
+        want = gaussian_filter(l, 1.3, mode="nearest", truncate=round(3 * 1.3) / 1.3)
+        assert np.abs(g - want).max() < 1e-5
+    assert np.allclose(blurred_gray(torch.from_numpy(rgb), 0.0)[..., 0].numpy(), luma, atol=1e-6)

@@ -87,8 +87,25 @@ def local_ncc(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor, radius: int
 
 
 def gray(rgb: torch.Tensor) -> torch.Tensor:
-    """(B, H, W, 3) -> (B, H, W) luma (Rec. 601)."""
+    """(B, H, W, 3) -> (B, H, W) luma (Rec. 601); (B, H, W, 1) -> (B, H, W)."""
+    if rgb.shape[-1] == 1:
+        return rgb[..., 0]
     return rgb @ rgb.new_tensor([0.299, 0.587, 0.114])
+
+
+def blurred_gray(rgb: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(N, H, W, 3) -> (N, H, W, 1) luma blurred by a Gaussian of ``sigma`` pixels (none at 0). Bilinear sampling's
+    derivative jumps at every pixel edge; on a blurred image the warp's gradient varies smoothly instead of
+    following the pixel grid into noise on the surface."""
+    g = gray(rgb)[:, None]
+    if sigma > 0:
+        r = max(1, int(round(3 * sigma)))
+        x = torch.arange(-r, r + 1, dtype=g.dtype, device=g.device)
+        k = torch.exp(-0.5 * (x / sigma) ** 2)
+        k = k / k.sum()
+        g = F.conv2d(F.pad(g, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
+        g = F.conv2d(F.pad(g, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
+    return g[:, 0, ..., None]
 
 
 def pair_loss(points: torch.Tensor, cover: torch.Tensor, target: torch.Tensor, image_j: torch.Tensor,
@@ -99,7 +116,7 @@ def pair_loss(points: torch.Tensor, cover: torch.Tensor, target: torch.Tensor, i
 
     points (B, H, W, 3): the mesh's surface point at each pixel of view i (differentiable in the vertices);
     cover (B, H, W) bool: where view i sees the mesh (and, where known, the object); target (B, H, W, 3): view i's
-    photo at those pixels; image_j (B, Hj, Wj, 3), K_j (B, 3, 3), w2c_j (B, 4, 4): the neighbour's photo and
+    photo at those pixels (or (B, H, W, 1) grey); image_j (B, Hj, Wj, 3 or 1), K_j (B, 3, 3), w2c_j (B, 4, 4): the neighbour's photo and
     camera; depth_j (B, Hj, Wj): the mesh's camera depth in the neighbour (0 where it sees no mesh), so that a point
     hidden there (its depth more than ``depth_tol`` relative behind what the neighbour sees) is not compared.
     -> (loss: the mean of 1 - NCC over the pixels whose window is at least ``min_support`` compared, 0 where none;

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 import trimesh
 
-from pipeline.appearance.photoconsistency import pair_loss, pair_neighbours, project
+from pipeline.appearance.photoconsistency import blurred_gray, pair_loss, pair_neighbours, project
 from pipeline.context import GpuMemoryError
 from pipeline.imaging.raster import Cameras, Rasterizer
 
@@ -63,6 +63,8 @@ class RefineSettings:
     w_pair: float = 0.0
     pair_views: int = 8
     pair_radius: int = 2
+    pair_blur: float = 1.0  # the photos' Gaussian blur for the term, pixels of the level
+    pair_first_level: int = 0  # the first level that gets the term
 
 
 @dataclass(frozen=True)
@@ -332,7 +334,7 @@ def _pair_term(rasterizer: Rasterizer, verts: torch.Tensor, faces32: torch.Tenso
                photos: torch.Tensor, masks: torch.Tensor, radius: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The photo-consistency loss of one step: the views ``pick`` (B,), each against one of its neighbours
     ``nbrs`` (N, k) (in turn, by step ``it``), at the level's windows (K (N, 3, 3), w2c (N, 4, 4), photos
-    (N, h, w, 3) in [0, 1], masks (N, h, w) silhouette targets). -> (loss, share of object pixels compared)."""
+    (N, h, w, 1) grey in [0, 1], masks (N, h, w) silhouette targets). -> (loss, share of object pixels compared)."""
     pj = nbrs[pick, it % nbrs.shape[1]]
     pts, cover = rasterizer.positions(verts, faces32, Cameras(K=K[pick], w2c=w2c[pick], size=size))
     with torch.no_grad():
@@ -473,8 +475,10 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
         tgt_raw = _resize_stack(images, size, dev, windows) / 255.0
         tgt_mask = _resize_stack([np.asarray(m) for m in masks], size, dev, windows)[..., 0]
         tgt_rgb = tgt_raw * tgt_mask[..., None]
-        if not pair_on:
-            del tgt_raw  # only the photo-consistency term compares whole photos
+        pair_level = pair_on and li >= settings.pair_first_level
+        # the photo-consistency term compares whole photos, in grey, blurred
+        pair_photos = blurred_gray(tgt_raw, settings.pair_blur) if pair_level else None
+        del tgt_raw
         vt = torch.from_numpy(v).float().to(dev)
         ft = torch.from_numpy(f.astype(np.int64)).to(dev)
         M = parameterization_matrix(vt, ft, settings.lam * settings.lam_decay ** li)
@@ -516,9 +520,9 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
             l_sil = (sil_w[idx][:, None, None] * (alpha - tgt_mask[idx]).abs()).mean()
             l_rgb = (rgb - tgt_rgb[idx]).abs().mean()
             loss = settings.w_silhouette * l_sil + settings.w_photo * l_rgb
-            if pair_on:
+            if pair_photos is not None:
                 l_pair, pair_share = _pair_term(rasterizer, verts, faces32, idx[:settings.pair_views], nbrs, it,
-                                                K, w2c_n, size, tgt_raw, tgt_mask, settings.pair_radius)
+                                                K, w2c_n, size, pair_photos, tgt_mask, settings.pair_radius)
                 loss = loss + settings.w_pair * l_pair
             if reg is not None:
                 loss = loss + reg(verts, ft, edge_target)

@@ -28,7 +28,7 @@ def refine_settings(cfg: RefineConfig, on_gpu: bool) -> RefineSettings:
                   w_normal=cfg.normal_weight, w_laplacian=cfg.laplacian_weight, w_edge=cfg.edge_weight,
                   lam_decay=cfg.smoothness_decay, remesh=cfg.remesh, remesh_iterations=cfg.remesh_iterations,
                   lr_final=cfg.lr_final, w_pair=cfg.pair_weight, pair_views=cfg.pair_views,
-                  pair_radius=cfg.pair_radius,
+                  pair_radius=cfg.pair_radius, pair_blur=cfg.pair_blur, pair_first_level=cfg.pair_first_level,
                   views_per_step=cfg.views_per_step)
     if on_gpu:
         sizes = [max(64, cfg.image_size // 2 ** (cfg.levels - 1 - i)) for i in range(cfg.levels)]
