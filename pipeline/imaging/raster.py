@@ -116,6 +116,21 @@ class NvdiffrastRasterizer:
         return pts * cover[..., None], cover
 
 
+def _screen_meshes(verts: torch.Tensor, faces: torch.Tensor, cams: Cameras):
+    """The mesh as each camera sees it, in pytorch3d's NDC (+X left, +Y up, the shorter image side spanning [-1, 1],
+    z the camera depth): a batch of B Meshes, and the vertices' camera depths (B, V), clamped above 0."""
+    from pytorch3d.structures import Meshes
+
+    H, W = cams.size
+    s = float(min(H, W))
+    cam = to_camera(verts, cams.w2c)
+    z = cam[..., 2].clamp(min=1e-6)
+    u = cam[..., 0] / z * cams.K[:, 0, 0, None] + cams.K[:, 0, 2, None]
+    v = cam[..., 1] / z * cams.K[:, 1, 1, None] + cams.K[:, 1, 2, None]
+    ndc = torch.stack([(W - 2 * u) / s, (H - 2 * v) / s, z], dim=-1)
+    return Meshes(verts=list(ndc), faces=[faces.long()] * len(ndc)), z
+
+
 class Pytorch3dRasterizer:
     """CPU fallback: soft silhouettes (SoftRas-style) so edges get gradients without antialiasing."""
 
@@ -132,18 +147,11 @@ class Pytorch3dRasterizer:
     def render(self, verts, faces, colors, cams):
         from pytorch3d.ops import interpolate_face_attributes
         from pytorch3d.renderer.mesh.rasterize_meshes import rasterize_meshes
-        from pytorch3d.structures import Meshes
 
         H, W = cams.size
         s = float(min(H, W))
-        cam = to_camera(verts, cams.w2c)
-        z = cam[..., 2].clamp(min=1e-6)
-        u = cam[..., 0] / z * cams.K[:, 0, 0, None] + cams.K[:, 0, 2, None]
-        v = cam[..., 1] / z * cams.K[:, 1, 1, None] + cams.K[:, 1, 2, None]
-        # pytorch3d NDC: +X left, +Y up, the shorter image side spans [-1, 1]
-        ndc = torch.stack([(W - 2 * u) / s, (H - 2 * v) / s, z], dim=-1)
-        B = ndc.shape[0]
-        meshes = Meshes(verts=list(ndc), faces=[faces.long()] * B)
+        meshes, _ = _screen_meshes(verts, faces, cams)
+        B = len(cams.K)
         sigma = (2.0 * self.sigma_px / s) ** 2  # squared NDC distance
         p2f, _zbuf, bary, dists = rasterize_meshes(meshes, image_size=(H, W), blur_radius=sigma * 9.0,
                                                    faces_per_pixel=self.k, perspective_correct=False, bin_size=0)
@@ -157,17 +165,10 @@ class Pytorch3dRasterizer:
 
     def positions(self, verts, faces, cams):
         from pytorch3d.renderer.mesh.rasterize_meshes import rasterize_meshes
-        from pytorch3d.structures import Meshes
 
         H, W = cams.size
-        s = float(min(H, W))
-        cam = to_camera(verts, cams.w2c)
-        z = cam[..., 2].clamp(min=1e-6)
-        u = cam[..., 0] / z * cams.K[:, 0, 0, None] + cams.K[:, 0, 2, None]
-        v = cam[..., 1] / z * cams.K[:, 1, 1, None] + cams.K[:, 1, 2, None]
-        ndc = torch.stack([(W - 2 * u) / s, (H - 2 * v) / s, z], dim=-1)
-        B = ndc.shape[0]
-        meshes = Meshes(verts=list(ndc), faces=[faces.long()] * B)
+        meshes, z = _screen_meshes(verts, faces, cams)
+        B = len(cams.K)
         p2f, _zbuf, bary, _ = rasterize_meshes(meshes, image_size=(H, W), blur_radius=0.0, faces_per_pixel=1,
                                                perspective_correct=False, bin_size=0)
         f = p2f[..., 0]  # (B, H, W) packed face index, -1 where uncovered
