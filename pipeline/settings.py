@@ -191,7 +191,7 @@ class RefineConfig:
     pair_weight: NonNeg = 0.0
     pair_views: Annotated[int, Field(ge=1)] = 8  # photos per step that get the term, each with one neighbour
     pair_radius: Annotated[int, Field(ge=1, le=8)] = 2  # NCC window: (2 r + 1)^2 pixels of the level
-    pair_blur: NonNeg = 1.0  # Gaussian blur of the photos for the term, pixels of the level
+    pair_blur: NonNeg = 0.0  # Gaussian blur of the photos for the term, pixels of the level (1: worse on four sets)
     pair_first_level: Annotated[int, Field(ge=0)] = 0  # the first refinement level that gets the term
     # per-photo colour gain and offset, fitted with the shape: phone photos differ in exposure and white balance
     view_gains: Literal["auto", "on", "off"] = "auto"  # auto: on where any silhouette was estimated

@@ -133,6 +133,24 @@ def test_pair_loss_leaves_out_points_the_neighbour_cannot_see() -> None:
     assert float(seen) > 0.7 and float(hidden) == 0.0 and float(loss) == 0.0
     with pytest.raises(ValueError, match="share"):
         pair_loss(pts, cover[:, :8], photo, photo, K, w2c, depth)
+    # the neighbour shows the object in its left half only: points whose 3x3 pixels there reach the right half
+    # (where bilinear sampling would blend in the background) are left out too
+    half = torch.zeros((1, size, size), dtype=torch.bool)
+    half[..., :16] = True
+    _, left = pair_loss(pts, cover, photo, photo, K, w2c, depth, object_j=half)
+    _, left_wider = pair_loss(pts, cover, photo, photo, K, w2c, depth, object_j=half.roll(1, dims=2) | half)
+
+    def expected(last_col: int) -> float:
+        """Compared: columns 0..last_col (whose 3x3 pixels are all in the neighbour's object), where at least 75 %
+        of the 5x5 NCC window is compared too."""
+        from scipy.ndimage import uniform_filter
+
+        ok = np.zeros((size, size), dtype=np.float64)
+        ok[:, :last_col + 1] = 1
+        return float((((uniform_filter(ok, 5, mode="constant") >= 0.75 - 1e-9) & (ok > 0)).sum()) / size ** 2)
+
+    assert float(left) == pytest.approx(expected(14), abs=1e-6), float(left)
+    assert float(left_wider) == pytest.approx(expected(15), abs=1e-6)
 
 
 def test_cpu_rasteriser_points_lie_where_rays_hit_the_mesh() -> None:

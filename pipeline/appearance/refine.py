@@ -63,7 +63,7 @@ class RefineSettings:
     w_pair: float = 0.0
     pair_views: int = 8
     pair_radius: int = 2
-    pair_blur: float = 1.0  # the photos' Gaussian blur for the term, pixels of the level
+    pair_blur: float = 0.0  # the photos' Gaussian blur for the term, pixels of the level (1 measured worse than 0)
     pair_first_level: int = 0  # the first level that gets the term
 
 
@@ -342,7 +342,7 @@ def _pair_term(rasterizer: Rasterizer, verts: torch.Tensor, faces32: torch.Tenso
         depth_j = project(pts_j, K[pj], w2c[pj])[1] * cover_j
     # only what the silhouettes call object: a mesh too wide there compares table with table
     return pair_loss(pts, cover & (masks[pick] > 0.5), photos[pick], photos[pj], K[pj], w2c[pj], depth_j,
-                     radius=radius)
+                     radius=radius, object_j=cover_j & (masks[pj] > 0.5))
 
 
 def leash(verts: torch.Tensor, start: torch.Tensor, max_move: float) -> torch.Tensor | None:
@@ -476,7 +476,7 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
         tgt_mask = _resize_stack([np.asarray(m) for m in masks], size, dev, windows)[..., 0]
         tgt_rgb = tgt_raw * tgt_mask[..., None]
         pair_level = pair_on and li >= settings.pair_first_level
-        # the photo-consistency term compares whole photos, in grey, blurred
+        # the photo-consistency term compares whole photos (not cut to the silhouettes), in grey
         pair_photos = blurred_gray(tgt_raw, settings.pair_blur) if pair_level else None
         del tgt_raw
         vt = torch.from_numpy(v).float().to(dev)
