@@ -425,8 +425,6 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
         raise ValueError("refine: with crop, every mask must have its photo's size (their windows are shared)")
     if silhouette_weights is not None and len(silhouette_weights) != len(images):
         raise ValueError("refine: one silhouette weight per view")
-    if settings.w_pair > 0 and not hasattr(rasterizer, "positions"):
-        raise ValueError(f"refine: the {rasterizer.name} rasteriser renders no surface points for refine.pair_weight")
     dev = torch.device(device)
     sil_w = torch.ones(len(images), device=dev) if silhouette_weights is None else torch.as_tensor(
         np.asarray(silhouette_weights), dtype=torch.float32, device=dev)
