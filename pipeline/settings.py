@@ -193,6 +193,7 @@ class RefineConfig:
     pair_radius: Annotated[int, Field(ge=1, le=8)] = 2  # NCC window: (2 r + 1)^2 pixels of the level
     pair_blur: NonNeg = 0.0  # Gaussian blur of the photos for the term, pixels of the level (1: worse on four sets)
     pair_first_level: Annotated[int, Field(ge=0)] = 0  # the first refinement level that gets the term
+    pair_last_level: Annotated[int, Field(ge=-1)] = -1  # the last one that gets it (-1: every level from the first)
     # per-photo colour gain and offset, fitted with the shape: phone photos differ in exposure and white balance
     view_gains: Literal["auto", "on", "off"] = "auto"  # auto: on where any silhouette was estimated
     # where silhouettes were estimated, no vertex moves further than this share of the object's radius from where

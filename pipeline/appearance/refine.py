@@ -65,6 +65,7 @@ class RefineSettings:
     pair_radius: int = 2
     pair_blur: float = 0.0  # the photos' Gaussian blur for the term, pixels of the level (1 measured worse than 0)
     pair_first_level: int = 0  # the first level that gets the term
+    pair_last_level: int = -1  # the last level that gets it (-1: every level from the first)
 
 
 @dataclass(frozen=True)
@@ -473,7 +474,8 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
         tgt_raw = _resize_stack(images, size, dev, windows) / 255.0
         tgt_mask = _resize_stack([np.asarray(m) for m in masks], size, dev, windows)[..., 0]
         tgt_rgb = tgt_raw * tgt_mask[..., None]
-        pair_level = pair_on and li >= settings.pair_first_level
+        pair_level = (pair_on and li >= settings.pair_first_level
+                      and (settings.pair_last_level < 0 or li <= settings.pair_last_level))
         # the photo-consistency term compares whole photos (not cut to the silhouettes), in grey
         pair_photos = blurred_gray(tgt_raw, settings.pair_blur) if pair_level else None
         del tgt_raw

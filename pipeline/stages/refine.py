@@ -29,6 +29,7 @@ def refine_settings(cfg: RefineConfig, on_gpu: bool) -> RefineSettings:
                   lam_decay=cfg.smoothness_decay, remesh=cfg.remesh, remesh_iterations=cfg.remesh_iterations,
                   lr_final=cfg.lr_final, w_pair=cfg.pair_weight, pair_views=cfg.pair_views,
                   pair_radius=cfg.pair_radius, pair_blur=cfg.pair_blur, pair_first_level=cfg.pair_first_level,
+                  pair_last_level=cfg.pair_last_level,
                   views_per_step=cfg.views_per_step)
     if on_gpu:
         sizes = [max(64, cfg.image_size // 2 ** (cfg.levels - 1 - i)) for i in range(cfg.levels)]
