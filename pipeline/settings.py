@@ -186,9 +186,11 @@ class RefineConfig:
     remesh_iterations: Annotated[int, Field(ge=1, le=20)] = 4
     lr_final: Annotated[float, Field(gt=0, le=1)] = 1.0  # the last level's step decays (cosine) to this fraction
     estimated_silhouette_weight: NonNeg = 1.0  # silhouette weight of masks estimated from photos (given: 1)
-    # photo-consistency between neighbouring photos warped through the mesh (zero-mean NCC; 0: off): places the
-    # surface by texture finer than the mesh's triangles (pipeline.appearance.photoconsistency)
-    pair_weight: NonNeg = 0.0
+    # photo-consistency between neighbouring photos warped through the mesh (zero-mean NCC): places the surface by
+    # texture finer than the mesh's triangles (pipeline.appearance.photoconsistency); auto: where any silhouette was
+    # estimated, on a GPU (given masks already place the outline)
+    pair: Literal["auto", "on", "off"] = "off"
+    pair_weight: NonNeg = 0.2  # its weight where it is on
     pair_views: Annotated[int, Field(ge=1)] = 8  # photos per step that get the term, each with one neighbour
     pair_radius: Annotated[int, Field(ge=1, le=8)] = 2  # NCC window: (2 r + 1)^2 pixels of the level
     pair_blur: NonNeg = 0.0  # Gaussian blur of the photos for the term, pixels of the level (1: worse on four sets)

@@ -469,3 +469,16 @@ def test_a_small_object_refines_closer_in_its_window_than_in_the_whole_photo() -
         err[crop] = float(np.abs(np.linalg.norm(res.vertices, axis=1) - 1.0).mean())
         assert (res.window_share < 0.6) == crop, res.window_share
     assert err[True] < 0.5 * err[False], err
+
+
+def test_the_photo_consistency_term_is_on_where_the_setting_says() -> None:
+    from pipeline.settings import RefineConfig
+    from pipeline.stages.refine import pair_weight
+
+    auto = RefineConfig(pair="auto", pair_weight=0.3)
+    # auto: only a GPU job whose silhouettes were estimated gets it
+    assert pair_weight(auto, estimated=True, on_gpu=True) == 0.3
+    assert pair_weight(auto, estimated=False, on_gpu=True) == 0.0
+    assert pair_weight(auto, estimated=True, on_gpu=False) == 0.0
+    assert pair_weight(RefineConfig(pair="on", pair_weight=0.3), estimated=False, on_gpu=False) == 0.3
+    assert pair_weight(RefineConfig(pair="off", pair_weight=0.3), estimated=True, on_gpu=True) == 0.0

@@ -27,7 +27,7 @@ def refine_settings(cfg: RefineConfig, on_gpu: bool) -> RefineSettings:
     common = dict(lam=cfg.smoothness, lr=cfg.step, w_photo=cfg.photometric_weight, w_silhouette=cfg.silhouette_weight,
                   w_normal=cfg.normal_weight, w_laplacian=cfg.laplacian_weight, w_edge=cfg.edge_weight,
                   lam_decay=cfg.smoothness_decay, remesh=cfg.remesh, remesh_iterations=cfg.remesh_iterations,
-                  lr_final=cfg.lr_final, w_pair=cfg.pair_weight, pair_views=cfg.pair_views,
+                  lr_final=cfg.lr_final, pair_views=cfg.pair_views,
                   pair_radius=cfg.pair_radius, pair_blur=cfg.pair_blur, pair_first_level=cfg.pair_first_level,
                   pair_last_level=cfg.pair_last_level,
                   views_per_step=cfg.views_per_step)
@@ -39,6 +39,14 @@ def refine_settings(cfg: RefineConfig, on_gpu: bool) -> RefineSettings:
     # the object fills took 1.6x as long for the same F-score (a 320x240 capture, 40 steps)
     return RefineSettings(levels=((cfg.cpu_image_size, cfg.cpu_iterations),), max_faces=cfg.cpu_faces,
                           start_faces=cfg.cpu_faces, **common)
+
+
+def pair_weight(cfg: RefineConfig, estimated: bool, on_gpu: bool) -> float:
+    """The photo-consistency term's weight: ``refine.pair_weight`` where ``refine.pair`` is on, or auto on a GPU job
+    with estimated silhouettes (given masks already place the outline; the CPU preview's 128 px renders are too
+    coarse for 5x5-pixel windows to place anything), else 0."""
+    on = cfg.pair == "on" or (cfg.pair == "auto" and estimated and on_gpu)
+    return float(cfg.pair_weight) if on else 0.0
 
 
 def _atlas_ahead(ctx: JobContext, on_gpu: bool) -> contextlib.AbstractContextManager[AtlasAhead | None]:
@@ -91,7 +99,7 @@ class RefineStage(Stage):
         on_gpu = rasterizer.name == "nvdiffrast"
         settings = refine_settings(cfg, on_gpu)
         gains = cfg.view_gains == "on" or (cfg.view_gains == "auto" and bool(estimated))
-        settings = dataclasses.replace(settings, view_gains=gains,
+        settings = dataclasses.replace(settings, view_gains=gains, w_pair=pair_weight(cfg, bool(estimated), on_gpu),
                                        max_move=cfg.estimated_max_move if estimated else 0.0)
         start = decimate(mesh, settings.start_faces)
         ctx.log.info("refining %d faces with %s over %d views, levels %s", len(start.faces), backend, len(idx),
