@@ -189,9 +189,9 @@ class RefineConfig:
     # photo-consistency between neighbouring photos warped through the mesh (zero-mean NCC): places the surface by
     # texture finer than the mesh's triangles (pipeline.appearance.photoconsistency); auto: where any silhouette was
     # estimated, on a GPU (given masks already place the outline)
-    pair: Literal["auto", "on", "off"] = "off"
+    pair: Literal["auto", "on", "off"] = "auto"
     pair_weight: NonNeg = 0.2  # its weight where it is on
-    pair_views: Annotated[int, Field(ge=1)] = 8  # photos per step that get the term, each with one neighbour
+    pair_views: Annotated[int, Field(ge=1)] = 4  # photos per step that get the term, each with one neighbour
     pair_radius: Annotated[int, Field(ge=1, le=8)] = 2  # NCC window: (2 r + 1)^2 pixels of the level
     pair_blur: NonNeg = 0.0  # Gaussian blur of the photos for the term, pixels of the level (1: worse on four sets)
     pair_first_level: Annotated[int, Field(ge=0)] = 0  # the first refinement level that gets the term

@@ -110,6 +110,8 @@ def test_gpu_job_refines_spot_render(tmp_path: Path) -> None:
         rows[mode] = json.loads((paths.outbox / job.id / "stats.json").read_text())
     refined = rows["auto"]
     assert "nvdiffrast" in refined["refine"]["method"]
+    # given masks: no photo-consistency term (refine.pair auto)
+    assert refined["refine"].get("pair_share_per_level") is None
     assert refined["mesh"]["watertight"]
     assert refined["quality"]["gt"]["fscore"] >= rows["off"]["quality"]["gt"]["fscore"] - 0.01
     # the device run keeps this output as bench/results/gpu-tests-h100.txt
@@ -344,6 +346,10 @@ def test_gpu_dense_job_on_a_capture_with_a_wall_behind(tmp_path: Path) -> None:
     assert stats["geometry"]["method"].startswith("dense multi-view stereo") and stats["geometry"]["note"] is None
     assert stats["refine"]["method"].startswith("differentiable rendering")
     assert stats["refine"]["estimated_silhouettes"] > 10 and stats["refine"]["view_gains"]
+    # photo-consistency between neighbouring photos is on where the silhouettes were estimated (refine.pair auto),
+    # and compares most of each level's object pixels
+    shares = stats["refine"]["pair_share_per_level"]
+    assert shares and len(shares) == len(stats["refine"]["levels"]) and min(shares) > 0.2, shares
     # the dense path's own timings (fusion and meshing per step)
     print(json.dumps(stats["geometry"]["dense"]["seconds"]))
     # a closed, manifold surface from fusion, so that refinement could remesh it isotropically

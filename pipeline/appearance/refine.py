@@ -61,7 +61,7 @@ class RefineSettings:
     # weight (0: off), the views per step that get it (each with one of its ``pair_neighbours``) and the NCC
     # window's radius in pixels of the level
     w_pair: float = 0.0
-    pair_views: int = 8
+    pair_views: int = 4
     pair_radius: int = 2
     pair_blur: float = 0.0  # the photos' Gaussian blur for the term, pixels of the level (1 measured worse than 0)
     pair_first_level: int = 0  # the first level that gets the term
