@@ -28,6 +28,23 @@ from pipeline.cameras.cameras import _resolve_frame_file, intrinsics_for_image, 
 from pipeline.imaging.raster import Cameras, Pytorch3dRasterizer
 
 
+def load_masked(folder: Path, views: int) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray,
+                                                 trimesh.Trimesh]:
+    """``views`` frames spread over a masked set's ``transforms.json``: photos (H, W, 3) uint8, masks (H, W) bool,
+    K (N, 3, 3), w2c (N, 4, 4) OpenCV, and the set's ``gt.ply``."""
+    src = read_transforms(folder / "transforms.json")
+    gt = trimesh.load(folder / "gt.ply", force="mesh")
+    frames = src.frames[::max(1, len(src.frames) // views)][:views]
+    photos, masks, Ks, w2cs = [], [], [], []
+    for f in frames:
+        im = np.asarray(Image.open(_resolve_frame_file(folder, f.name)).convert("RGBA"))
+        photos.append(im[..., :3].copy())
+        masks.append(im[..., 3] > 127)
+        Ks.append(intrinsics_for_image(f, im.shape[1], im.shape[0]))
+        w2cs.append(f.w2c)
+    return photos, masks, np.array(Ks), np.array(w2cs), gt
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("set", type=Path)
@@ -38,31 +55,21 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
     ap.add_argument("--tag", default="pair-bias-cpu")
     a = ap.parse_args()
-    src = read_transforms(a.set / "transforms.json")
-    gt = trimesh.load(a.set / "gt.ply", force="mesh")
-    frames = src.frames[::max(1, len(src.frames) // a.views)][:a.views]
-    photos, masks, Ks, w2cs = [], [], [], []
-    for f in frames:
-        im = np.asarray(Image.open(_resolve_frame_file(a.set, f.name)).convert("RGBA"))
-        photos.append(im[..., :3].copy())
-        masks.append(im[..., 3] > 127)
-        Ks.append(intrinsics_for_image(f, im.shape[1], im.shape[0]))
-        w2cs.append(f.w2c)
+    photos, masks, Ks, w2cs, gt = load_masked(a.set, a.views)
     H, W = photos[0].shape[:2]
     size = (round(H * a.size / max(H, W)), round(W * a.size / max(H, W)))
     win = np.array([[0, 0, W, H]] * len(photos))
     cpu = torch.device("cpu")
-    K = torch.tensor(window_intrinsics(np.array(Ks), win, size), dtype=torch.float32)
-    w2c = torch.tensor(np.array(w2cs), dtype=torch.float32)
+    K = torch.tensor(window_intrinsics(Ks, win, size), dtype=torch.float32)
+    w2c = torch.tensor(w2cs, dtype=torch.float32)
     grey = blurred_gray(_resize_stack(photos, size, cpu, win) / 255.0, 0.0)
     sil = _resize_stack(masks, size, cpu, win)[..., 0] > 0.5
-    nb = torch.from_numpy(pair_neighbours(np.array(w2cs), gt.vertices.mean(0)))
+    nb = torch.from_numpy(pair_neighbours(w2cs, gt.vertices.mean(0)))
     r = Pytorch3dRasterizer()
     faces = torch.tensor(gt.faces, dtype=torch.int32)
     v0 = torch.tensor(gt.vertices, dtype=torch.float32)
     n0 = torch.tensor(np.asarray(gt.vertex_normals), dtype=torch.float32)
     diag = float(np.linalg.norm(gt.extents))
-    pick = torch.arange(len(frames))
     rows = []
     t0 = time.monotonic()
     for off in a.offsets:
@@ -81,7 +88,7 @@ def main() -> None:
         rows.append({"offset_pct": off, "loss": round(float(total.detach()), 5),
                      "d_loss_d_normal_offset": round(float((v.grad * n0).sum()), 4)})
         print(json.dumps(rows[-1]), flush=True)
-    out = {"set": str(a.set), "size": a.size, "views": len(frames), "object_core": not a.no_object_core,
+    out = {"set": str(a.set), "size": a.size, "views": len(photos), "object_core": not a.no_object_core,
            "seconds": round(time.monotonic() - t0, 1), "rows": rows}
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / f"{a.tag}.json").write_text(json.dumps(out, indent=1))
