@@ -154,3 +154,21 @@ def test_result_files_name_the_card_by_its_model() -> None:
     assert card_token("NVIDIA H200") == "h200"
     assert card_token("NVIDIA A100-SXM4-80GB") == "a100"
     assert card_token("Intel(R) Xeon(R) Platinum 8480C") == "8480c"
+
+
+def test_pair_drift_measures_a_surface_moved_by_a_known_distance() -> None:
+    """bench/pair_drift.py's distance to the truth: a sphere 1 % of the diagonal too big is 1 % from it, and the
+    truth itself only as far as the spacing of the truth's samples (about 0.1 % for 200,000 on a sphere)."""
+    import numpy as np
+    import trimesh
+    from scipy.spatial import cKDTree
+
+    from bench.pair_drift import distances
+
+    truth = trimesh.creation.icosphere(subdivisions=5, radius=1.0)
+    diag = float(np.linalg.norm(truth.extents))
+    tree = cKDTree(trimesh.sample.sample_surface(truth, 200_000, seed=1)[0])
+    grown = trimesh.creation.icosphere(subdivisions=5, radius=1.0 + 0.01 * diag)
+    med, p90 = distances(grown, tree, diag, n=20_000)
+    assert abs(med - 1.0) < 0.02 and p90 >= med
+    assert distances(truth, tree, diag, n=20_000)[0] < 0.15
