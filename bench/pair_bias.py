@@ -1,4 +1,4 @@
-"""Where the refinement's photo-consistency term (refine.pair_weight) puts a surface it already has right.
+"""Where the refinement's photo-consistency term (refine.pair) puts a surface it already has right.
 
     python bench/pair_bias.py SET [--size 96] [--views 12] [--offsets -0.4 -0.2 0 0.2 0.4] [--no-object-core]
                               [--out bench/results] [--tag pair-bias-cpu]

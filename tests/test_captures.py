@@ -78,7 +78,8 @@ def test_posed_photos_with_a_wall_behind_and_a_camera_inside_give_the_object(sce
 # refinement on with no GPU: the refine stage runs through pytorch3d's CPU rasteriser, so the stage outputs the GPU
 # path hands to texture and report (a refined mesh, a full refine summary, no geometry note on a GPU) are
 # exercised on every CI run, not only on the device
-REFINED = {"refine": {"enabled": "on", "cpu_faces": 1500, "cpu_iterations": 6, "cpu_image_size": 64},
+# the photo-consistency term turned on, so that the CPU runs the stage's path to it (auto: on a GPU only)
+REFINED = {"refine": {"enabled": "on", "cpu_faces": 1500, "cpu_iterations": 6, "cpu_image_size": 64, "pair": "on"},
            # the atlas laid out in a child while the refinement runs, as on a GPU (auto: off on the CPU)
            "texture": SMALL["texture"] | {"atlas_ahead": "on"}}
 
@@ -91,6 +92,9 @@ def test_dense_path_with_refinement_reaches_the_report(scene: Path, tmp_path: Pa
     assert set(stats["refine"]) == summary_keys(RefineSummary)
     assert stats["refine"]["ran"] and "pytorch3d" in stats["refine"]["backend"]
     assert stats["refine"]["estimated_silhouettes"] > 0 and len(stats["refine"]["losses"]) > 0
+    # the term compared a real share of the object's pixels at the preview's one level
+    shares = stats["refine"]["pair_share_per_level"]
+    assert shares is not None and len(shares) == 1 and shares[0] > 0.2, shares
     # the table SfM found is the refinement's floor: nothing of the refined mesh (the stage's own, in the job's
     # frame; kept jobs keep their stage folders) went under it
     *normal, height = stats["refine"]["floor"]
