@@ -158,6 +158,11 @@ class DenseConfig:
     # depth points lower than this share of the object's height above the table (or 2 % of its size, whichever
     # is less) seed the table, not the object: a flat object keeps the foot of its side
     silhouettes_base_margin_height: NonNeg = 0.05
+    # depth points at the table (within that margin) under the object's footprint (its own points just above the
+    # margin) are left to GrabCut instead of seeding sure background: a leg's foot lies in that band and was cut off
+    # (docs/design.md, Feet on the table)
+    silhouettes_base_open: bool = True
+    silhouettes_foot_reach: NonNeg = 1.0  # the footprint grown by this many margins across
 
 
 @dataclass(frozen=True, config=FROZEN)

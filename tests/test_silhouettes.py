@@ -1,6 +1,8 @@
 """Estimated silhouettes keep what the depth maps measured: gaps between legs stay open."""
 from __future__ import annotations
 
+import dataclasses
+
 import cv2
 import pytest
 import numpy as np
@@ -9,6 +11,8 @@ from scipy import ndimage
 
 from pipeline.geometry.automask import AutoMaskSettings, consistent_masks, hull_silhouettes, keep_seeded
 from pipeline.imaging.render import look_at, render
+from pipeline.geometry.mvs import DepthMap, backproject
+from pipeline.geometry.silhouettes import SilhouetteSettings, plane_margin, seed_labels
 
 
 W, H = 320, 240  # the synthetic views' size
@@ -192,6 +196,46 @@ def test_a_flat_objects_side_seeds_the_object_down_to_the_table() -> None:
     # the box's margin (6.4 mm) gives the table about 18 % of the side; the height's (2 mm) about 6 %
     assert table_seeds["box"] > 0.12 * side.sum(), (table_seeds, side.sum())
     assert table_seeds["height"] < 0.4 * table_seeds["box"], table_seeds
+
+
+def test_a_legs_foot_on_the_table_is_left_to_grabcut_and_the_table_beside_it_is_not() -> None:
+    """A leg 2 cm thick standing on a table, seen from above at 40 degrees: the foot's own depth points lie within
+    the plane margin (9 mm) and seeded sure background, so GrabCut cut the foot off. With ``base_open`` the band's
+    points under the object's footprint (object points just above the margin) are left to GrabCut; the table
+    beside the leg, more than a margin from its footprint (as between a body's legs), stays sure background."""
+    leg = trimesh.creation.cylinder(radius=0.01, height=0.4, sections=32)
+    leg.apply_translation([0, 0, 0.2])
+    table = trimesh.creation.box((1.0, 1.0, 0.01), trimesh.transformations.translation_matrix((0, 0, -0.005)))
+    size = 240
+    K = np.array([[size * 1.5, 0, size / 2], [0, size * 1.5, size / 2], [0, 0, 1.0]])
+    w2c = look_at(np.array([0.0, -0.6, 0.5]), np.array([0.0, 0.0, 0.1]), np.array([0.0, 0.0, 1.0]))
+
+    def depth_map(mesh: trimesh.Trimesh) -> DepthMap:
+        r = render(mesh, K, w2c, size, size)
+        return DepthMap(depth=np.where(r.mask, r.depth, 0).astype(np.float32), score=r.mask.astype(np.float32),
+                        K=K, w2c=w2c)
+
+    dm = depth_map(trimesh.util.concatenate([leg, table]))
+    lo, hi = np.array([-0.2, -0.2, -0.01]), np.array([0.2, 0.2, 0.45])
+    plane = [(np.array([0.0, 0.0, 1.0]), 0.0)]
+    s = SilhouetteSettings()
+    margin = plane_margin(*plane[0], lo, hi, s)
+    pts, idx = backproject(dm)
+    grid = np.zeros(size * size, dtype=int)  # 1: the foot in the band, 2: the table beyond a margin from it
+    grid[idx[(pts[:, 2] < margin) & (np.hypot(pts[:, 0], pts[:, 1]) < 0.0105)]] = 1
+    grid[idx[(pts[:, 2] < 1e-4) & (np.hypot(pts[:, 0], pts[:, 1]) > 0.01 + 2 * margin)]] = 2
+    foot, table_px = (grid == 1).reshape(size, size), (grid == 2).reshape(size, size)
+    assert foot.sum() > 20 and table_px.sum() > 1000
+    shut = seed_labels(dm, (size, size), lo, hi, plane, s)
+    opened = seed_labels(dm, (size, size), lo, hi, plane, dataclasses.replace(s, base_open=True))
+    assert (shut[foot] == cv2.GC_BGD).mean() > 0.9
+    assert (opened[foot] == cv2.GC_BGD).mean() < 0.05
+    assert (opened[table_px] == cv2.GC_BGD).all() and (shut[table_px] == cv2.GC_BGD).all()
+    # the object's seeds are the same, and without a leg there is no footprint: the table stays background
+    assert ((opened == cv2.GC_FGD) == (shut == cv2.GC_FGD)).all()
+    bare = depth_map(table)
+    assert (seed_labels(bare, (size, size), lo, hi, plane, dataclasses.replace(s, base_open=True))
+            == seed_labels(bare, (size, size), lo, hi, plane, s)).all()
 
 
 def test_a_view_that_saw_a_gap_open_keeps_it_open_where_the_other_views_filled_it() -> None:

@@ -54,6 +54,14 @@ class SilhouetteSettings:
     thin_samples: int = 1_000_000  # surface samples that draw the fused surface's outline
     # the second round's sure foreground is only what this view's own first-round mask holds
     core_in_first: bool = False
+    # depth points at the table (within the plane margin) under the object's footprint are the table or the foot
+    # standing on it: stereo cannot tell them apart, and as sure background they cut the lowest centimetres of
+    # every leg out of the silhouettes. With base_open they are left to GrabCut's colour models where the object's
+    # own depth points stand just above them (between the margin and foot_height margins, within one margin
+    # across): the table seen between a body's legs has nothing that low above it and stays sure background
+    base_open: bool = False
+    foot_height: float = 3.0
+    foot_reach: float = 1.0  # the footprint grown by this many margins across
 
 
 def plane_margin(n: np.ndarray, d: float, lo: np.ndarray, hi: np.ndarray, s: SilhouetteSettings) -> float:
@@ -65,10 +73,77 @@ def plane_margin(n: np.ndarray, d: float, lo: np.ndarray, hi: np.ndarray, s: Sil
     return min(s.base_margin * float(np.max(hi - lo)), s.base_margin_height * height)
 
 
+@dataclass(frozen=True)
+class Footprint:
+    """Where the object stands on its support plane (n (3,) unit, d; the object where n·x > d): cells of a grid on
+    the plane (origin (3,), axes u, v (3,) unit, ``cell`` world units) that hold object points just above the
+    margin. ``occupied`` (U, V) bool, grown by ``margin`` across."""
+
+    n: np.ndarray
+    d: float
+    origin: np.ndarray
+    u: np.ndarray
+    v: np.ndarray
+    cell: float
+    margin: float
+    occupied: np.ndarray
+
+    def holds(self, pts: np.ndarray) -> np.ndarray:
+        """(M,) bool: points (M, 3) whose drop onto the plane lies in the footprint."""
+        rel = pts - self.origin
+        iu = np.floor(rel @ self.u / self.cell).astype(np.int64)
+        iv = np.floor(rel @ self.v / self.cell).astype(np.int64)
+        U, V = self.occupied.shape
+        ok = (iu >= 0) & (iu < U) & (iv >= 0) & (iv < V)
+        out = np.zeros(len(pts), dtype=bool)
+        out[ok] = self.occupied[iu[ok], iv[ok]]
+        return out
+
+
+def footprint(points: np.ndarray | list[np.ndarray], lo: np.ndarray, hi: np.ndarray,
+              support: tuple[np.ndarray, float], s: SilhouetteSettings, min_points: int = 3) -> Footprint:
+    """The object's footprint on ``support`` from depth points (M, 3) world (or a list of such, one per view)
+    inside the box (lo, hi): cells (half a margin wide, at most 2048 across the box) holding at least
+    ``min_points`` points between the plane margin and ``foot_height`` margins above the plane, grown by
+    ``foot_reach`` margins."""
+    n = np.asarray(support[0], dtype=np.float64)
+    d = float(support[1])
+    margin = plane_margin(n, d, lo, hi, s)
+    u = np.cross(n, [1.0, 0.0, 0.0] if abs(n[0]) < 0.9 else [0.0, 1.0, 0.0])
+    u /= np.linalg.norm(u)
+    v = np.cross(n, u)
+    corners = box_corners(lo, hi)
+    cu, cv_ = corners @ u, corners @ v
+    cell = max(margin / 2, float(np.max(hi - lo)) / 2048, 1e-12)
+    origin = cu.min() * u + cv_.min() * v + d * n
+    dims = (int(np.ceil((cu.max() - cu.min()) / cell)) + 1, int(np.ceil((cv_.max() - cv_.min()) / cell)) + 1)
+    occupied = np.zeros(dims, dtype=bool)
+    low_parts = []
+    for p in points if isinstance(points, list) else [points]:
+        height = p @ n - d
+        p = p[(height > margin) & (height <= s.foot_height * margin)]
+        low_parts.append(p[np.all((p >= lo) & (p <= hi), axis=1)])
+    low = np.concatenate(low_parts) if low_parts else np.zeros((0, 3))
+    if len(low) and margin > 0:
+        rel = low - origin
+        iu = np.clip(np.floor(rel @ u / cell).astype(np.int64), 0, dims[0] - 1)
+        iv = np.clip(np.floor(rel @ v / cell).astype(np.int64), 0, dims[1] - 1)
+        count = np.bincount(iu * dims[1] + iv, minlength=dims[0] * dims[1]).reshape(dims)
+        occupied = count >= min_points
+        k = int(round(s.foot_reach * margin / cell))
+        if k > 0:
+            occupied = cv2.dilate(occupied.astype(np.uint8),
+                                  cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1))) > 0
+    return Footprint(n=n, d=d, origin=origin, u=u, v=v, cell=cell, margin=margin, occupied=occupied)
+
+
 def seed_labels(dm: DepthMap, shape: tuple[int, int], lo: np.ndarray, hi: np.ndarray,
-                planes: list[tuple[np.ndarray, float]], s: SilhouetteSettings) -> np.ndarray:
+                planes: list[tuple[np.ndarray, float]], s: SilhouetteSettings,
+                foot: Footprint | None = None) -> np.ndarray:
     """GrabCut labels (h, w) uint8 at ``shape`` from one depth map, the object's box (lo, hi (3,) world) and the
-    surfaces it stands on or in front of (``planes``: (n, d), cameras where n·x > d)."""
+    surfaces it stands on or in front of (``planes``: (n, d), cameras where n·x > d; the first is the support).
+    With ``s.base_open``, ``foot`` is the object's footprint on the support (:func:`footprint` of every view's
+    points; this view's own where it is None)."""
     Hd, Wd = dm.depth.shape
     pts, idx = backproject(dm)
     inside = np.all((pts >= lo) & (pts <= hi), axis=1)
@@ -78,6 +153,13 @@ def seed_labels(dm: DepthMap, shape: tuple[int, int], lo: np.ndarray, hi: np.nda
     bg = np.zeros(Hd * Wd, dtype=np.uint8)
     fg[idx[inside]] = 1
     bg[idx[~inside]] = 1
+    if s.base_open and planes:
+        if foot is None:
+            foot = footprint(pts, lo, hi, planes[0], s)
+        height = pts @ foot.n - foot.d
+        at_foot = ~inside & np.all((pts >= lo) & (pts <= hi), axis=1) & (np.abs(height) <= foot.margin)
+        at_foot[at_foot] = foot.holds(pts[at_foot])
+        bg[idx[at_foot]] = 0
     if dm.free is not None:
         bg[dm.free.reshape(-1) > 0] = 1
     h, w = shape
@@ -120,10 +202,11 @@ def photo_silhouettes(rgbs: list[np.ndarray], dms: list[DepthMap], Ks: np.ndarra
         raise ValueError("photo_silhouettes needs one depth map, K and pose per image")
     small, sKs = working_copies(rgbs, Ks, s.work_size)
     seeds: list[np.ndarray] = [np.zeros(0, dtype=np.uint8)] * len(small)
+    foot = footprint([backproject(dm)[0] for dm in dms], lo, hi, planes[0], s) if s.base_open and planes else None
 
     def first_round(i: int) -> np.ndarray:
         h, w = small[i].shape[:2]
-        labels = seed_labels(dms[i], (h, w), lo, hi, planes, s)
+        labels = seed_labels(dms[i], (h, w), lo, hi, planes, s, foot)
         # what the depth maps measured (before the box's outline marks the rest of the frame background)
         seeds[i] = labels.copy()
         outline = box_outline(lo, hi, sKs[i], w2cs[i], (h, w))
