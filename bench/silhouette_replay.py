@@ -7,8 +7,9 @@
 The depth maps are computed once with the CPU settings (``dense.cpu_max_side``, ``dense.cpu_planes``) and cached
 (``--cache``); each variant (fields of ``SilhouetteSettings``) then runs ``photo_silhouettes`` on the training views
 as ``dense_geometry`` does, and every view's precision and recall against the silhouettes of the set's ``gt.ply`` in
-its true cameras (``bench/true_masks.py``) are written to ``bench/results/<tag>.json``. It isolates the
-silhouettes from fusion and refinement: seconds a variant, where a whole job takes minutes.
+its true cameras (``bench/true_masks.py``), with the recall per band of height above the table (``recall_by_height``:
+the lowest 5 %, 5-10 %, 10-20 % and the rest of the object's height), are written to ``bench/results/<tag>.json``. It
+isolates the silhouettes from fusion and refinement: seconds a variant, where a whole job takes minutes.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.run_bench import card  # noqa: E402
-from bench.true_masks import precision_recall, true_masks  # noqa: E402
+from bench.true_masks import precision_recall, recall_by_height, true_heights, true_masks  # noqa: E402
 from pipeline.geometry.dense import DenseSettings, photo_depth_maps, surroundings  # noqa: E402
 from pipeline.geometry.mvs import DepthMap, MvsSettings, backproject  # noqa: E402
 from pipeline.geometry.scene import ObjectRegion  # noqa: E402
@@ -125,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     rp = load(args.state, args.cache, mvs)
     print(f"{len(rp.names)} views, depth maps {time.monotonic() - t:.0f} s")
     truth = true_masks(args.set)
+    heights = true_heights(args.set)
     rows = []
     for name, fields in [parse_variant(v) for v in args.variant] or [("default", {})]:
         t = time.monotonic()
@@ -133,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         if mvs:
             name = f"{args.mvs}/{name}"
         row = {"set": args.set.name, "variant": name, "settings": fields, "mvs": mvs, **scores(masks, rp.names, truth),
+               "recall_by_height": recall_by_height(masks, rp.names, heights),
                "seconds": round(time.monotonic() - t, 1)}
         print(json.dumps(row))
         if args.masks:

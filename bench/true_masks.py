@@ -45,6 +45,45 @@ def true_masks(set_dir: Path) -> dict[str, np.ndarray]:
             for name, K, w2c, (w, h) in zip(cams.names, cams.Ks, cams.w2cs, cams.sizes)}
 
 
+def true_heights(set_dir: Path) -> dict[str, np.ndarray]:
+    """Image stem -> (h, w) float32: the height of the ``gt.ply`` surface each pixel sees in its true camera, as a
+    share of the ground truth's height above its lowest point (z is up in every set; NaN where it sees no ground
+    truth). What a silhouette misses near the table is then read off per band of height."""
+    poses = poses_file(set_dir)
+    if poses is None:
+        raise SystemExit(f"true_heights: {set_dir.name}.poses.json is not beside {set_dir}")
+    cams = read_nerf_cameras(poses, set_dir)
+    gt = trimesh.load(set_dir / "gt.ply", force="mesh")
+    z0, z1 = float(gt.bounds[0, 2]), float(gt.bounds[1, 2])
+    out = {}
+    for name, K, w2c, (w, h) in zip(cams.names, cams.Ks, cams.w2cs, cams.sizes):
+        r = render(gt, K, w2c, w, h)
+        ys, xs = np.mgrid[0:h, 0:w]
+        d = np.where(r.mask.reshape(h, w), r.depth.reshape(h, w), np.nan)
+        cam = np.stack([(xs + 0.5 - K[0, 2]) / K[0, 0] * d, (ys + 0.5 - K[1, 2]) / K[1, 1] * d, d], -1)
+        world = (cam - w2c[:3, 3]) @ w2c[:3, :3]
+        out[Path(name).stem] = ((world[..., 2] - z0) / max(z1 - z0, 1e-12)).astype(np.float32)
+    return out
+
+
+def recall_by_height(masks: list[np.ndarray], names: list[str], heights: dict[str, np.ndarray],
+                     bands: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 1.01)) -> dict[str, float]:
+    """Share of the true silhouettes' pixels covered by ``masks`` (N (h, w) bool, resized to the truth's size) in
+    each band of relative height (:func:`true_heights`), pooled over the views: {"0.00-0.05": recall, ...}."""
+    hit = np.zeros(len(bands) - 1)
+    tot = np.zeros(len(bands) - 1)
+    for m, name in zip(masks, names):
+        hgt = heights[name]
+        if m.shape != hgt.shape:
+            m = cv2.resize(m.astype(np.uint8), hgt.shape[::-1], interpolation=cv2.INTER_NEAREST) > 0
+        band = np.digitize(np.nan_to_num(hgt, nan=-1.0), bands) - 1
+        ok = ~np.isnan(hgt) & (band >= 0) & (band < len(bands) - 1)
+        tot += np.bincount(band[ok], minlength=len(bands) - 1)[:len(bands) - 1]
+        hit += np.bincount(band[ok & m], minlength=len(bands) - 1)[:len(bands) - 1]
+    return {f"{bands[i]:.2f}-{min(bands[i + 1], 1.0):.2f}": round(float(hit[i] / max(tot[i], 1.0)), 4)
+            for i in range(len(bands) - 1)}
+
+
 def precision_recall(mask: np.ndarray, truth: np.ndarray) -> tuple[float, float, np.ndarray]:
     """Precision and recall of ``mask`` against ``truth`` (both (h, w) bool; mask resized to truth's size first),
     and the resized mask."""

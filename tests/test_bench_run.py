@@ -172,3 +172,20 @@ def test_pair_drift_measures_a_surface_moved_by_a_known_distance() -> None:
     med, p90 = distances(grown, tree, diag, n=20_000)
     assert abs(med - 1.0) < 0.02 and p90 >= med
     assert distances(truth, tree, diag, n=20_000)[0] < 0.15
+
+
+def test_recall_by_height_pools_the_true_silhouettes_pixels_per_band() -> None:
+    """Two views of a 10-row object whose rows are 0.0-0.9 of its height: masks missing the bottom row in both views
+    and the row above it in one have recall 0 in the lowest 5 %, 1/2 in 5-15 % and 1 above."""
+    import numpy as np
+
+    from bench.true_masks import recall_by_height
+
+    rows = np.repeat(np.linspace(0.0, 0.9, 10)[::-1, None], 4, axis=1).astype(np.float32)  # bottom row is 0.0
+    heights = {"a": np.pad(rows, 1, constant_values=np.nan), "b": np.pad(rows, 1, constant_values=np.nan)}
+    truth = ~np.isnan(heights["a"])
+    a, b = truth.copy(), truth.copy()
+    a[-2, :] = False  # the bottom row (height 0.0)
+    b[-3:-1, :] = False  # the two bottom rows (0.0 and 0.1)
+    got = recall_by_height([a, b], ["a", "b"], heights, bands=(0.0, 0.05, 0.15, 1.01))
+    assert got == {"0.00-0.05": 0.0, "0.05-0.15": 0.5, "0.15-1.00": 1.0}
