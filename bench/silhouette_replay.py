@@ -96,17 +96,62 @@ def scores(masks: list[np.ndarray], names: list[str], truth: dict[str, np.ndarra
 
 
 def parse_variant(text: str, kind: type = SilhouetteSettings) -> tuple[str, dict[str, Any]]:
-    """"NAME:field=value,..." -> (NAME, fields of ``kind`` with values of their defaults' types)."""
+    """"NAME:field=value,..." -> (NAME, fields of ``kind`` with values of their defaults' types). For the
+    silhouettes, ``dense.FIELD`` names a field of ``DenseSettings`` (for ``--fuse``), kept as "dense.FIELD"."""
     name, _, rest = text.partition(":")
-    fields = {f.name: f.type for f in dataclasses.fields(kind)}
     out: dict[str, Any] = {}
     for kv in filter(None, rest.split(",")):
         key, _, value = kv.partition("=")
-        if key not in fields:
-            raise SystemExit(f"silhouette_replay: {kind.__name__} has no field {key!r}")
-        default = getattr(kind(), key)
+        owner, field_name = kind, key
+        if kind is SilhouetteSettings and key.startswith("dense."):
+            owner, field_name = DenseSettings, key[len("dense."):]
+        if field_name not in {f.name for f in dataclasses.fields(owner)}:
+            raise SystemExit(f"silhouette_replay: {owner.__name__} has no field {field_name!r}")
+        default = getattr(owner(), field_name)
         out[key] = value.lower() in ("1", "true", "yes") if isinstance(default, bool) else type(default)(value)
     return name, out
+
+
+def fuse_and_score(rp: Replay, masks: list[np.ndarray], s: SilhouetteSettings, dense: dict[str, Any],
+                   set_dir: Path, samples: int) -> dict[str, Any]:
+    """The CPU job's fusion (``dense.cpu_resolution``) of the replay's depth maps with ``masks``, scored as
+    ``run_bench.py`` scores a job (the cameras aligned to the true ones, the observable ground truth), with the
+    fused surface's gap above the table (its lowest point over the object's height) and F@1 % per band of height."""
+    import trimesh
+
+    from bench.scoring import TrueCameras, alignment, moved, read_nerf_cameras, score
+    from bench.true_masks import poses_file
+    from pipeline.geometry.dense import fused_surface
+    from pipeline.geometry.silhouettes import footprint
+
+    cfg = DenseConfig()
+    ds = DenseSettings(resolution=cfg.cpu_resolution, field_blur=cfg.field_blur, close_voxels=cfg.close_voxels,
+                       silhouettes=s, **{"foot_dissent": cfg.foot_dissent} | dense)
+    support = rp.planes[0] if rp.planes else None
+    foot = footprint([backproject(dm)[0] for dm in rp.dms], rp.lo, rp.hi, support, s) if (
+        support is not None and s.base_open) else None
+    surf = fused_surface(rp.dms, masks, [True] * len(masks), rp.Ks, rp.w2cs, (rp.lo, rp.hi), support, rp.planes,
+                         s=ds, device="cpu", foot=foot)
+    truth = read_nerf_cameras(poses_file(set_dir), set_dir)
+    by_stem = {Path(n).stem: n for n in truth.names}
+    names = tuple(by_stem.get(n, n) for n in rp.names)
+    job = TrueCameras(names, rp.Ks, rp.w2cs, tuple((m.shape[1], m.shape[0]) for m in masks))
+    al = alignment(job, truth)
+    mesh = moved(surf.mesh, al.sim)
+    gt = trimesh.load(set_dir / "gt.ply", force="mesh")
+    z0, z1 = float(gt.bounds[0, 2]), float(gt.bounds[1, 2])
+    row: dict[str, Any] = {k: round(v, 4) for k, v in score(mesh, gt, truth, samples).items()}
+    row["fused_gap"] = round((float(mesh.vertices[:, 2].min()) - z0) / (z1 - z0), 4)
+    from scipy.spatial import cKDTree
+
+    pts = trimesh.sample.sample_surface(gt, samples // 10, seed=0)[0]
+    dist = cKDTree(trimesh.sample.sample_surface(mesh, samples, seed=1)[0]).query(pts)[0]
+    rel = (pts[:, 2] - z0) / (z1 - z0)
+    diag = float(np.linalg.norm(gt.bounds[1] - gt.bounds[0]))
+    row["fused_recall_by_height"] = {f"{a:.2f}-{min(b, 1.0):.2f}": round(float(
+        (np.abs(dist[(rel >= a) & (rel < b)]) < 0.01 * diag).mean()), 4) for a, b in ((0, .05), (.05, .1), (.1, .2),
+                                                                                       (.2, 1.01))}
+    return row
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mvs", default="", metavar="field=value,...",
                     help="MvsSettings fields for the depth maps (rows are named <mvs>/<variant>)")
     ap.add_argument("--masks", type=Path, default=None, help="save each variant's masks here (<set>-<variant>.npz)")
+    ap.add_argument("--fuse", action="store_true",
+                    help="also fuse each variant's silhouettes as the CPU job does and score the fused surface")
+    ap.add_argument("--samples", type=int, default=200_000, help="ground-truth samples for --fuse's scores")
     ap.add_argument("--tag", default=None)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = ap.parse_args(argv)
@@ -130,13 +178,16 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name, fields in [parse_variant(v) for v in args.variant] or [("default", {})]:
         t = time.monotonic()
-        s = dataclasses.replace(SilhouetteSettings(), **fields)
+        dense = {k[len("dense."):]: v for k, v in fields.items() if k.startswith("dense.")}
+        s = dataclasses.replace(SilhouetteSettings(), **{k: v for k, v in fields.items() if not k.startswith("dense.")})
         masks = photo_silhouettes(rp.rgbs, rp.dms, rp.Ks, rp.w2cs, rp.lo, rp.hi, rp.planes, s, "cpu")
         if mvs:
             name = f"{args.mvs}/{name}"
         row = {"set": args.set.name, "variant": name, "settings": fields, "mvs": mvs, **scores(masks, rp.names, truth),
                "recall_by_height": recall_by_height(masks, rp.names, heights),
                "seconds": round(time.monotonic() - t, 1)}
+        if args.fuse:
+            row["fused"] = fuse_and_score(rp, masks, s, dense, args.set, args.samples)
         print(json.dumps(row))
         if args.masks:
             args.masks.mkdir(parents=True, exist_ok=True)

@@ -163,6 +163,9 @@ class DenseConfig:
     # (docs/design.md, Feet on the table)
     silhouettes_base_open: bool = True
     silhouettes_foot_reach: NonNeg = 1.0  # the footprint grown by this many margins across
+    # under that footprint the fusion's hull lets this share of the views dissent (elsewhere 2): a foot in the
+    # contact shadow is missing from a quarter of the estimated silhouettes (0: off)
+    foot_dissent: Annotated[float, Field(ge=0, le=1)] = 0.25
 
 
 @dataclass(frozen=True, config=FROZEN)

@@ -430,9 +430,68 @@ def test_dense_settings_follow_the_config_and_the_device() -> None:
     from daemon.config import build_settings
     from pipeline.stages.geometry import dense_settings
 
-    settings = build_settings({"dense": {"silhouettes_open_core": True, "silhouettes_keep_measured": False}}).pipeline
+    settings = build_settings({"dense": {"silhouettes_open_core": True, "silhouettes_keep_measured": False,
+                                         "silhouettes_base_open": False, "silhouettes_foot_reach": 2.0,
+                                         "foot_dissent": 0.1}}).pipeline
     cpu = dense_settings(SimpleNamespace(settings=settings, device="cpu"))
     gpu = dense_settings(SimpleNamespace(settings=settings, device="cuda"))
     assert (cpu.resolution, cpu.mvs.max_side) == (settings.dense.cpu_resolution, settings.dense.cpu_max_side)
     assert (gpu.resolution, gpu.mvs.max_side) == (settings.dense.resolution, settings.dense.max_side)
     assert cpu.silhouettes.open_core and not cpu.silhouettes.keep_measured
+    assert not gpu.silhouettes.base_open and gpu.silhouettes.foot_reach == 2.0 and gpu.foot_dissent == 0.1
+    default = dense_settings(SimpleNamespace(settings=build_settings({}).pipeline, device="cuda"))
+    assert default.silhouettes.base_open and default.foot_dissent == 0.25
+
+
+def test_the_hull_under_a_footprint_lets_more_views_dissent_and_nowhere_else() -> None:
+    """A leg 3 cm thick standing on the table, 12 views round it: its lowest 4 cm are missing from 4 silhouettes
+    (a foot in the contact shadow). The fusion's hull (2 views may dissent) carves that foot; under the leg's
+    footprint, up to 3 margins above the table, 5 may, so the foot is inside again. The same loss 30 cm up, beyond
+    the footprint's height, stays carved, and no voxel away from the footprint changes."""
+    import torch
+
+    from pipeline.geometry.carve import mask_sdf
+    from pipeline.geometry.dense import grid_hull_tensor, hull_under_footprint
+    from pipeline.geometry.silhouettes import SilhouetteSettings, footprint, plane_margin
+
+    leg = trimesh.creation.cylinder(radius=0.015, height=0.45, sections=32)
+    leg.apply_translation([0, 0, 0.225])
+    size = 160
+    K = np.array([[size * 1.6, 0, size / 2], [0, size * 1.6, size / 2], [0, 0, 1.0]])
+    Ks, w2cs, masks = [], [], []
+    for i in range(12):
+        a = 2 * np.pi * i / 12
+        w2c = look_at(np.array([0.9 * np.cos(a), 0.9 * np.sin(a), 0.5]), np.array([0.0, 0.0, 0.2]),
+                      np.array([0.0, 0.0, 1.0]))
+        m = render(leg, K, w2c, size, size).mask.reshape(size, size).copy()
+        if i in (1, 4, 7, 10):  # the lowest 4 cm and a band 30-34 cm up are missing in 4 views
+            for z0, z1 in ((0.0, 0.04), (0.30, 0.34)):
+                part = trimesh.creation.cylinder(radius=0.02, height=z1 - z0, sections=32)
+                part.apply_translation([0, 0, (z0 + z1) / 2])
+                m &= ~render(part, K, w2c, size, size).mask.reshape(size, size)
+        Ks.append(K)
+        w2cs.append(w2c)
+        masks.append(m)
+    Ks, w2cs = np.array(Ks), np.array(w2cs)
+    lo, hi = np.array([-0.1, -0.1, 0.0]), np.array([0.1, 0.1, 0.46])
+    s = SilhouetteSettings()
+    support = (np.array([0.0, 0.0, 1.0]), 0.0)
+    margin = plane_margin(*support, lo, hi, s)
+    surface = trimesh.sample.sample_surface(leg, 20000, seed=0)[0]
+    foot = footprint(surface, lo, hi, support, s)
+    grid = Grid.over_box(lo - 0.01, hi + 0.01, 96)
+    sdfs = [mask_sdf(m) for m in masks]
+    hull = grid_hull_tensor(grid, Ks, w2cs, sdfs, 0.15, "cpu")
+    strict = hull.clone()
+    opened = hull_under_footprint(hull, grid, foot, s.foot_height, Ks, w2cs, sdfs, 5, "cpu")
+    centres = torch.cat([grid.points(x, x + 1, torch.device("cpu")) for x in range(grid.dims[0])]).numpy()
+    on_axis = np.hypot(centres[:, 0], centres[:, 1]) < 0.008
+    low = on_axis & (centres[:, 2] > 0.005) & (centres[:, 2] < min(0.035, s.foot_height * margin))
+    high = on_axis & (centres[:, 2] > 0.305) & (centres[:, 2] < 0.335)
+    before, after = strict.numpy().reshape(-1), hull.numpy().reshape(-1)
+    assert opened > 0 and low.sum() > 5 and high.sum() > 5
+    assert (before[low] > 0).all() and (after[low] < 0).all()
+    assert (after[high] > 0).all()
+    changed = after != before
+    assert not (changed & (np.hypot(centres[:, 0], centres[:, 1]) > 0.015 + 2 * margin)).any()
+    assert not (changed & (centres[:, 2] > s.foot_height * margin + grid.voxel)).any()

@@ -39,7 +39,8 @@ from pipeline.geometry.poisson import (PoissonSettings, PoissonUnavailable, TooF
                                        poisson_surface, silhouette_votes)
 from pipeline.imaging.render import reduced_camera
 from pipeline.geometry.scene import ObjectRegion, box_corners, fit_ground_plane
-from pipeline.geometry.silhouettes import SilhouetteSettings, add_thin_parts, photo_silhouettes
+from pipeline.geometry.silhouettes import (Footprint, SilhouetteSettings, add_thin_parts, footprint,
+                                          photo_silhouettes)
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,10 @@ class DenseSettings:
     # longest side in front, and that no view saw through, is inside (None: off); docs/design.md (Fusion)
     solid_hidden: float | None = 1.0
     solid_depth: float = 0.05
+    # under the object's footprint on the table (silhouettes.base_open's, up to silhouettes.foot_height margins
+    # above it), the fusion's hull lets this share of the views dissent instead of 2: a foot in the contact shadow
+    # is missing from a quarter of the estimated silhouettes (docs/design.md, Feet on the table). 0: off
+    foot_dissent: float = 0.25
     # Gaussian blur of the fused field before marching cubes, as a fraction of the object's longest side, and at
     # least field_sigma_min_voxels (0: off): removes the bubbles and tunnels (handles) that depth noise leaves at the
     # scale of the depth maps' noise and, on coarse grids, of a voxel; they made the mesh open after decimation and
@@ -246,10 +251,12 @@ def dense_geometry(images: list[np.ndarray], masks: list[np.ndarray | None], Ks:
     t1 = time.monotonic()
     estimated = [m is None for m in masks]
     sil = list(masks)
+    foot = (footprint(cloud, lo, hi, support, s.silhouettes)
+            if any(estimated) and support is not None and s.silhouettes.base_open else None)
     if any(estimated):
         pick = [i for i in range(n) if estimated[i]]
         found = photo_silhouettes([images[i] for i in pick], [dms[i] for i in pick], Ks[pick], w2cs[pick], lo, hi,
-                                  planes, s.silhouettes, device, check=lambda f: check(0.6 + 0.15 * f))
+                                  planes, s.silhouettes, device, check=lambda f: check(0.6 + 0.15 * f), foot=foot)
         for i, m in zip(pick, found):
             sil[i] = m
     t_sil = time.monotonic() - t1
@@ -261,7 +268,7 @@ def dense_geometry(images: list[np.ndarray], masks: list[np.ndarray | None], Ks:
             log.warning("%s; meshing by TSDF fusion instead", e)
     if surf is None:
         surf = fused_surface(dms, sil, estimated, Ks, w2cs, (lo, hi), support, planes, s=s, device=device,
-                             check=lambda f: check(0.75 + 0.23 * f))
+                             check=lambda f: check(0.75 + 0.23 * f), foot=foot)
         if s.mesher == "hybrid":
             try:
                 surf, used = poisson_mesh(dms, sil, estimated, Ks, w2cs, (surf.lo, surf.hi), planes, s,
@@ -384,10 +391,11 @@ def blur_voxels(s: DenseSettings) -> float:
 def fused_surface(dms: list[DepthMap], sil: list[np.ndarray], estimated: list[bool], Ks: np.ndarray,
                   w2cs: np.ndarray, box: tuple[np.ndarray, np.ndarray], support: tuple[np.ndarray, float] | None,
                   planes: list[tuple[np.ndarray, float]], s: DenseSettings, device: str = "cpu",
-                  check: Callable[[float], None] = lambda f: None) -> Surface:
+                  check: Callable[[float], None] = lambda f: None, foot: Footprint | None = None) -> Surface:
     """Steps 5 and 6: the box around the silhouettes' hull, TSDF fusion of the depth maps with the hull, marching
     cubes and clean-up. dms: N depth maps; sil: N (H_i, W_i) bool silhouettes at the resolution of ``Ks`` (N, 3, 3);
-    estimated: N bool; w2cs (N, 4, 4); box: (lo (3,), hi (3,)) around the dense points; planes: support and walls."""
+    estimated: N bool; w2cs (N, 4, 4); box: (lo (3,), hi (3,)) around the dense points; planes: support and walls;
+    foot: the object's footprint on the support, where the hull lets ``s.foot_dissent`` of the views dissent."""
     seconds: dict[str, float] = {}
     t = time.monotonic()
 
@@ -424,6 +432,11 @@ def fused_surface(dms: list[DepthMap], sil: list[np.ndarray], estimated: list[bo
                                                 solid_depth=s.solid_depth * float((hi - lo).max()) if solid else 0.0)
     lap("fusion")
     hull = grid_hull_tensor(grid, Ks, w2cs, sdfs, s.hull_outlier_fraction, device)
+    if foot is not None and any(estimated) and s.foot_dissent > 0:
+        opened = hull_under_footprint(hull, grid, foot, s.silhouettes.foot_height, Ks, w2cs, sdfs,
+                                      int(round(s.foot_dissent * len(sdfs))), device)
+        log.info("hull under the footprint: %d voxels let %d of %d views dissent", opened,
+                 int(round(s.foot_dissent * len(sdfs))), len(sdfs))
     lap("hull")
     # estimated silhouettes can be a little off: the hull is a hard limit only where the user drew the masks
     slack = trunc if any(estimated) else 0.0
@@ -531,6 +544,48 @@ def hull_box(masks: list[np.ndarray], Ks: np.ndarray, w2cs: np.ndarray, bounds: 
     hi = res.origin + (occ.max(0) + 1) * res.voxel
     grow = margin * float((hi - lo).max())
     return np.maximum(lo - grow, bounds[0]), np.minimum(hi + grow, bounds[1])
+
+
+def hull_under_footprint(hull: torch.Tensor, grid: Grid, foot: Footprint, foot_height: float, Ks: np.ndarray,
+                         w2cs: np.ndarray, sdfs: list[np.ndarray], outlier_views: int, device: str) -> int:
+    """In place: ``hull`` (X, Y, Z) float32 (:func:`grid_hull_tensor`) recomputed letting ``outlier_views`` views
+    dissent at the voxels whose drop onto the support lies in ``foot`` and that stand at most ``foot_height``
+    margins above it (and no more than one margin below). Returns how many voxels that was."""
+    dev = hull.device
+    X, Y, Z = grid.dims
+    n = torch.as_tensor(foot.n, dtype=torch.float32, device=dev)
+    u = torch.as_tensor(foot.u, dtype=torch.float32, device=dev)
+    v = torch.as_tensor(foot.v, dtype=torch.float32, device=dev)
+    origin = torch.as_tensor(foot.origin, dtype=torch.float32, device=dev)
+    occ = torch.as_tensor(foot.occupied, device=dev)
+    U, V = foot.occupied.shape
+    sdf_t = [torch.as_tensor(d, dtype=torch.float32, device=dev) for d in sdfs]
+    Kt = torch.as_tensor(np.asarray(Ks), dtype=torch.float32, device=dev)
+    Wt = torch.as_tensor(np.asarray(w2cs), dtype=torch.float32, device=dev)
+    cs = CarveSettings(outlier_views=outlier_views)
+    flat = hull.view(X, Y * Z)
+    total = 0
+    for x0 in range(0, X, max(1, cs.chunk // (Y * Z))):
+        x1 = min(X, x0 + max(1, cs.chunk // (Y * Z)))
+        pts = grid.points(x0, x1, dev)
+        rel = pts - origin
+        height = rel @ n  # the origin lies on the plane
+        iu = torch.floor(rel @ u / foot.cell).long()
+        iv = torch.floor(rel @ v / foot.cell).long()
+        sel = ((height > -foot.margin) & (height <= foot_height * foot.margin)
+               & (iu >= 0) & (iu < U) & (iv >= 0) & (iv < V))
+        idx = torch.nonzero(sel).squeeze(1)
+        if len(idx) == 0:
+            continue
+        idx = idx[occ[iu[idx], iv[idx]]]
+        if len(idx) == 0:
+            continue
+        vals = hull_field(pts[idx], Kt, Wt, sdf_t, cs)
+        slab = flat[x0:x1].reshape(-1)
+        slab[idx] = torch.minimum(slab[idx], vals)
+        flat[x0:x1] = slab.view(x1 - x0, Y * Z)
+        total += len(idx)
+    return total
 
 
 def grid_hull(grid: Grid, Ks: np.ndarray, w2cs: np.ndarray, masks: list[np.ndarray], outlier_fraction: float,

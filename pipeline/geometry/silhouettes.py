@@ -105,7 +105,7 @@ def footprint(points: np.ndarray | list[np.ndarray], lo: np.ndarray, hi: np.ndar
     """The object's footprint on ``support`` from depth points (M, 3) world (or a list of such, one per view)
     inside the box (lo, hi): cells (half a margin wide, at most 2048 across the box) holding at least
     ``min_points`` points between the plane margin and ``foot_height`` margins above the plane, grown by
-    ``foot_reach`` margins."""
+    ``foot_reach`` margins, the holes they enclose filled where smaller than a disc two margins across."""
     n = np.asarray(support[0], dtype=np.float64)
     d = float(support[1])
     margin = plane_margin(n, d, lo, hi, s)
@@ -134,6 +134,15 @@ def footprint(points: np.ndarray | list[np.ndarray], lo: np.ndarray, hi: np.ndar
         if k > 0:
             occupied = cv2.dilate(occupied.astype(np.uint8),
                                   cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1))) > 0
+        # depth points lie on a foot's outside: the ring they draw is filled where it encloses less than a disc
+        # two margins across (a leg's own section), not the space between legs that low rails enclose
+        holes, n_holes = ndimage.label(~occupied)
+        if n_holes:
+            sizes = np.bincount(holes.reshape(-1), minlength=n_holes + 1)
+            small = sizes <= np.pi * (margin / cell) ** 2
+            small[0] = False
+            small[np.unique(np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]]))] = False
+            occupied |= small[holes]
     return Footprint(n=n, d=d, origin=origin, u=u, v=v, cell=cell, margin=margin, occupied=occupied)
 
 
@@ -193,16 +202,19 @@ def box_outline(lo: np.ndarray, hi: np.ndarray, K: np.ndarray, w2c: np.ndarray, 
 def photo_silhouettes(rgbs: list[np.ndarray], dms: list[DepthMap], Ks: np.ndarray, w2cs: np.ndarray,
                       lo: np.ndarray, hi: np.ndarray, planes: list[tuple[np.ndarray, float]],
                       s: SilhouetteSettings, device: str = "cpu",
-                      check: Callable[[float], None] = lambda f: None) -> list[np.ndarray]:
+                      check: Callable[[float], None] = lambda f: None,
+                      foot: Footprint | None = None) -> list[np.ndarray]:
     """Masks of the object for views at working resolution.
 
     rgbs: N (H_i, W_i, 3) uint8; dms: their depth maps (any resolution); Ks (N, 3, 3) for rgbs; w2cs (N, 4, 4);
-    lo, hi: the object's box; planes: the table and walls it touches. Returns N (H_i, W_i) bool."""
+    lo, hi: the object's box; planes: the table and walls it touches; foot: the object's footprint on the table
+    (:func:`footprint`; found from ``dms`` where None and ``s.base_open``). Returns N (H_i, W_i) bool."""
     if not (len(rgbs) == len(dms) == len(Ks) == len(w2cs)):
         raise ValueError("photo_silhouettes needs one depth map, K and pose per image")
     small, sKs = working_copies(rgbs, Ks, s.work_size)
     seeds: list[np.ndarray] = [np.zeros(0, dtype=np.uint8)] * len(small)
-    foot = footprint([backproject(dm)[0] for dm in dms], lo, hi, planes[0], s) if s.base_open and planes else None
+    if foot is None and s.base_open and planes:
+        foot = footprint([backproject(dm)[0] for dm in dms], lo, hi, planes[0], s)
 
     def first_round(i: int) -> np.ndarray:
         h, w = small[i].shape[:2]

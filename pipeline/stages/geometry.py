@@ -69,7 +69,7 @@ def dense_settings(ctx: JobContext) -> DenseSettings:
     return DenseSettings(mvs=mvs, resolution=cfg.resolution if gpu else cfg.cpu_resolution, max_faces=geo.max_faces,
                          field_blur=cfg.field_blur, close_voxels=cfg.close_voxels, mesher=cfg.mesher,
                          poisson=poisson,
-                         solid_hidden=cfg.solid_hidden or None,
+                         solid_hidden=cfg.solid_hidden or None, foot_dissent=cfg.foot_dissent,
                          silhouettes=SilhouetteSettings(keep_measured=cfg.silhouettes_keep_measured,
                                                         base_margin_height=cfg.silhouettes_base_margin_height,
                                                         open_core=cfg.silhouettes_open_core,
