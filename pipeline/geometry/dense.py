@@ -255,8 +255,10 @@ def dense_geometry(images: list[np.ndarray], masks: list[np.ndarray | None], Ks:
             if any(estimated) and support is not None and s.silhouettes.base_open else None)
     if any(estimated):
         pick = [i for i in range(n) if estimated[i]]
+        # without a table there is no footprint (planes[0] would be a wall)
+        sil_s = s.silhouettes if support is not None else replace(s.silhouettes, base_open=False)
         found = photo_silhouettes([images[i] for i in pick], [dms[i] for i in pick], Ks[pick], w2cs[pick], lo, hi,
-                                  planes, s.silhouettes, device, check=lambda f: check(0.6 + 0.15 * f), foot=foot)
+                                  planes, sil_s, device, check=lambda f: check(0.6 + 0.15 * f), foot=foot)
         for i, m in zip(pick, found):
             sil[i] = m
     t_sil = time.monotonic() - t1
