@@ -86,6 +86,9 @@ def grabcut(rgb: np.ndarray, init: np.ndarray, iterations: int) -> np.ndarray:
             (labels == cv2.GC_BGD) | (labels == cv2.GC_PR_BGD)).any():
         return (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
     bgd, fgd = np.zeros((1, 65)), np.zeros((1, 65))
+    # GrabCut seeds its colour models by k-means from OpenCV's random generator, one per thread, whose state
+    # depends on what that thread ran before: seeded here, the same photo gives the same mask on any thread
+    cv2.setRNGSeed(0)
     cv2.grabCut(np.ascontiguousarray(rgb[..., ::-1]), labels, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
     return (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
 
