@@ -33,7 +33,7 @@ from bench.true_masks import precision_recall, recall_by_height, true_heights, t
 from pipeline.geometry.dense import DenseSettings, photo_depth_maps, surroundings  # noqa: E402
 from pipeline.geometry.mvs import DepthMap, MvsSettings, backproject  # noqa: E402
 from pipeline.geometry.scene import ObjectRegion  # noqa: E402
-from pipeline.geometry.silhouettes import SilhouetteSettings, photo_silhouettes  # noqa: E402
+from pipeline.geometry.silhouettes import SilhouetteSettings, footprint, photo_silhouettes  # noqa: E402
 from pipeline.settings import DenseConfig  # noqa: E402
 
 
@@ -113,7 +113,7 @@ def parse_variant(text: str, kind: type = SilhouetteSettings) -> tuple[str, dict
 
 
 def fuse_and_score(rp: Replay, masks: list[np.ndarray], s: SilhouetteSettings, dense: dict[str, Any],
-                   set_dir: Path, samples: int) -> dict[str, Any]:
+                   set_dir: Path, samples: int, foot: Any = None) -> dict[str, Any]:
     """The CPU job's fusion (``dense.cpu_resolution``) of the replay's depth maps with ``masks``, scored as
     ``run_bench.py`` scores a job (the cameras aligned to the true ones, the observable ground truth), with the
     fused surface's gap above the table (its lowest point over the object's height) and F@1 % per band of height."""
@@ -122,14 +122,11 @@ def fuse_and_score(rp: Replay, masks: list[np.ndarray], s: SilhouetteSettings, d
     from bench.scoring import TrueCameras, alignment, moved, read_nerf_cameras, score
     from bench.true_masks import poses_file
     from pipeline.geometry.dense import fused_surface
-    from pipeline.geometry.silhouettes import footprint
 
     cfg = DenseConfig()
     ds = DenseSettings(resolution=cfg.cpu_resolution, field_blur=cfg.field_blur, close_voxels=cfg.close_voxels,
                        silhouettes=s, **{"foot_dissent": cfg.foot_dissent} | dense)
     support = rp.planes[0] if rp.planes else None
-    foot = footprint([backproject(dm)[0] for dm in rp.dms], rp.lo, rp.hi, support, s) if (
-        support is not None and s.base_open) else None
     surf = fused_surface(rp.dms, masks, [True] * len(masks), rp.Ks, rp.w2cs, (rp.lo, rp.hi), support, rp.planes,
                          s=ds, device="cpu", foot=foot)
     truth = read_nerf_cameras(poses_file(set_dir), set_dir)
@@ -149,7 +146,7 @@ def fuse_and_score(rp: Replay, masks: list[np.ndarray], s: SilhouetteSettings, d
     rel = (pts[:, 2] - z0) / (z1 - z0)
     diag = float(np.linalg.norm(gt.bounds[1] - gt.bounds[0]))
     row["fused_recall_by_height"] = {f"{a:.2f}-{min(b, 1.0):.2f}": round(float(
-        (np.abs(dist[(rel >= a) & (rel < b)]) < 0.01 * diag).mean()), 4) for a, b in ((0, .05), (.05, .1), (.1, .2),
+        (dist[(rel >= a) & (rel < b)] < 0.01 * diag).mean()), 4) for a, b in ((0, .05), (.05, .1), (.1, .2),
                                                                                        (.2, 1.01))}
     return row
 
@@ -180,14 +177,17 @@ def main(argv: list[str] | None = None) -> int:
         t = time.monotonic()
         dense = {k[len("dense."):]: v for k, v in fields.items() if k.startswith("dense.")}
         s = dataclasses.replace(SilhouetteSettings(), **{k: v for k, v in fields.items() if not k.startswith("dense.")})
-        masks = photo_silhouettes(rp.rgbs, rp.dms, rp.Ks, rp.w2cs, rp.lo, rp.hi, rp.planes, s, "cpu")
+        # the footprint as the job finds it, once for the silhouettes and the fusion
+        foot = footprint([backproject(dm)[0] for dm in rp.dms], rp.lo, rp.hi, rp.planes[0], s) if (
+            rp.planes and s.base_open) else None
+        masks = photo_silhouettes(rp.rgbs, rp.dms, rp.Ks, rp.w2cs, rp.lo, rp.hi, rp.planes, s, "cpu", foot=foot)
         if mvs:
             name = f"{args.mvs}/{name}"
         row = {"set": args.set.name, "variant": name, "settings": fields, "mvs": mvs, **scores(masks, rp.names, truth),
                "recall_by_height": recall_by_height(masks, rp.names, heights),
                "seconds": round(time.monotonic() - t, 1)}
         if args.fuse:
-            row["fused"] = fuse_and_score(rp, masks, s, dense, args.set, args.samples)
+            row["fused"] = fuse_and_score(rp, masks, s, dense, args.set, args.samples, foot)
         print(json.dumps(row))
         if args.masks:
             args.masks.mkdir(parents=True, exist_ok=True)

@@ -76,8 +76,8 @@ def plane_margin(n: np.ndarray, d: float, lo: np.ndarray, hi: np.ndarray, s: Sil
 @dataclass(frozen=True)
 class Footprint:
     """Where the object stands on its support plane (n (3,) unit, d; the object where n·x > d): cells of a grid on
-    the plane (origin (3,), axes u, v (3,) unit, ``cell`` world units) that hold object points just above the
-    margin. ``occupied`` (U, V) bool, grown by ``margin`` across."""
+    the plane (origin (3,) on the plane, axes u, v (3,) unit, ``cell`` world units) that hold object points just
+    above the plane margin ``margin``. ``occupied`` (U, V) bool (see :func:`footprint`)."""
 
     n: np.ndarray
     d: float
@@ -155,7 +155,8 @@ def seed_labels(dm: DepthMap, shape: tuple[int, int], lo: np.ndarray, hi: np.nda
     points; this view's own where it is None)."""
     Hd, Wd = dm.depth.shape
     pts, idx = backproject(dm)
-    inside = np.all((pts >= lo) & (pts <= hi), axis=1)
+    in_box = np.all((pts >= lo) & (pts <= hi), axis=1)
+    inside = in_box.copy()
     for n, d in planes:
         inside &= pts @ n - d > plane_margin(n, d, lo, hi, s)
     fg = np.zeros(Hd * Wd, dtype=np.uint8)
@@ -166,7 +167,7 @@ def seed_labels(dm: DepthMap, shape: tuple[int, int], lo: np.ndarray, hi: np.nda
         if foot is None:
             foot = footprint(pts, lo, hi, planes[0], s)
         height = pts @ foot.n - foot.d
-        at_foot = ~inside & np.all((pts >= lo) & (pts <= hi), axis=1) & (np.abs(height) <= foot.margin)
+        at_foot = ~inside & in_box & (np.abs(height) <= foot.margin)
         at_foot[at_foot] = foot.holds(pts[at_foot])
         bg[idx[at_foot]] = 0
     if dm.free is not None:
