@@ -70,14 +70,18 @@ def load(stages: Path, cache: Path | None, mvs: dict[str, Any] | None = None) ->
     s = DenseSettings(mvs=MvsSettings(max_side=cfg.cpu_max_side, planes=cfg.cpu_planes, neighbours=cfg.neighbours,
                                       best_k=cfg.best_k, window=cfg.window, refine_rounds=cfg.refine_rounds,
                                       min_score=cfg.min_score, min_consistent=cfg.min_consistent,
-                                      **({"sparse_near": cfg.sparse_near} | (mvs or {}))))
+                                      **({"sparse_near": cfg.sparse_near,
+                                          "support_hypothesis": cfg.support_hypothesis,
+                                          "support_min_score": cfg.support_min_score} | (mvs or {}))))
     # the SfM observations of the training views, numbered as they are (as the geometry stage passes them)
     remap = np.full(len(meta["names"]), -1)
     remap[idx] = np.arange(len(idx))
     seen = remap[sp["obs_view"]] >= 0
     sparse = (sp["points"], remap[sp["obs_view"][seen]], sp["obs_point"][seen])
     dms, _ = photo_depth_maps(rgbs, [None] * len(rgbs), Ks, w2cs, region, s, "cpu", sparse)
-    points = np.concatenate([backproject(dm)[0] for dm in dms])
+    # as dense_geometry does: the support plane's own depths do not refit it
+    points = np.concatenate([p if dm.table is None else p[~dm.table.reshape(-1)[idx]]
+                             for dm in dms for p, idx in [backproject(dm)]])
     support, _, walls, lo, hi = surroundings(points, region, w2cs, sparse, s.box_margin)
     planes = ([] if support is None else [support]) + walls
     if cache is not None:

@@ -120,6 +120,12 @@ class DenseConfig:
     # a view's sweep starts no nearer than this fraction of the nearest SfM points it sees (0: from the object's
     # bounding sphere alone, which puts a close-up's sweep almost at the lens; docs/design.md, Depth maps)
     sparse_near: Annotated[float, Field(ge=0, le=1)] = 0.5
+    # the table the object stands on is one more hypothesis of every depth map, matched through its own homography:
+    # the sweep's fronto-parallel planes miss a table seen at a grazing angle, the gap under a body seen from a low
+    # photo, which then vouches for no free space (docs/design.md, Depth maps). It wins a pixel where its score is at
+    # least support_min_score and no hypothesis of the sweep scores higher
+    support_hypothesis: bool = True
+    support_min_score: Annotated[float, Field(ge=-1, le=1)] = 0.8
     resolution: Annotated[int, Field(ge=32, le=2048)] = 384  # TSDF voxels along the object's longest side
     cpu_max_side: Annotated[int, Field(ge=64, le=8192)] = 400  # without a GPU: a coarse result in minutes
     cpu_planes: Annotated[int, Field(ge=8, le=1024)] = 64

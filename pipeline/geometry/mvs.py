@@ -52,6 +52,19 @@ class MvsSettings:
     # inside the object's sphere (their 2nd percentile); 0: the sphere alone. A close-up inside the sphere otherwise
     # sweeps from 2 % of its radius, in inverse depth: its object got 1-4 of 64 planes, and no depth
     sparse_near: float = 0.5
+    # the support plane (the table) as one more hypothesis per pixel, scored through the plane's own homography:
+    # the fronto-parallel planes of the sweep do not match a table seen at a grazing angle (the gap under a body
+    # seen from a low view), which then vouches neither for a depth nor for free space (docs/design.md, Fusion).
+    # The table wins a pixel where its score is at least ``support_min_score``, ``support_lead`` above the sweep's
+    # best, its window's deviation at least ``support_min_texture``, and where ``support_open`` pixels of its
+    # neighbourhood won too (an opening): the plane is the same for every view, so the depth maps' consistency
+    # check, which stops a chance match of the sweep, always passes it, and a plain part of the object (spot's white
+    # face) then gets specks of table depth by chance
+    support_hypothesis: bool = False
+    support_lead: float = 0.0
+    support_min_score: float = 0.8
+    support_min_texture: float = 0.02
+    support_open: int = 3
 
     def __post_init__(self) -> None:
         if self.window % 2 != 1 or self.window < 3:
@@ -66,7 +79,8 @@ class MvsSettings:
 class DepthMap:
     """depth: (H, W) float32 camera z (0 where unknown); score: (H, W) float32 NCC at that depth;
     K: (3, 3) float64 for this resolution; w2c: (4, 4) float64 OpenCV; free: (H, W) float32, the score of a match
-    beyond the far depth where the pixel sees only background (0 elsewhere); far: that far depth."""
+    beyond the far depth where the pixel sees only background (0 elsewhere); far: that far depth; table: (H, W) bool,
+    the pixels whose depth or background came from the support plane's hypothesis (None: none was tested)."""
 
     depth: np.ndarray
     score: np.ndarray
@@ -74,6 +88,7 @@ class DepthMap:
     w2c: np.ndarray
     free: np.ndarray | None = None
     far: float = 0.0
+    table: np.ndarray | None = None
 
 
 # ----------------------------------------------------------------------------------------------- small maths
@@ -265,17 +280,45 @@ def _refine_peak(cost: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
     return best.float() + torch.where(inner, parabola_offset(lo, c0, hi), torch.zeros_like(c0))
 
 
+def opening(mask: torch.Tensor, size: int) -> torch.Tensor:
+    """Morphological opening of a (H, W) bool mask by a ``size`` x ``size`` square: what survives an erosion and
+    grows back; specks smaller than the square go."""
+    pad = size // 2
+    m = mask[None, None].float()
+    eroded = -F.max_pool2d(-F.pad(m, (pad, pad, pad, pad), value=1.0), size, stride=1)
+    grown = F.max_pool2d(F.pad(eroded, (pad, pad, pad, pad), value=0.0), size, stride=1)
+    return grown[0, 0] > 0.5
+
+
+def plane_depths(K: np.ndarray, w2c: np.ndarray, plane: tuple[np.ndarray, float], height: int, width: int,
+                 device: torch.device) -> torch.Tensor:
+    """Camera depth at which each pixel's ray meets the world plane n . x = d (n (3,), d), 0 where it meets it behind
+    the camera or not at all. K (3, 3) pixels of a (height, width) image; w2c (4, 4) OpenCV. -> (H, W) float32."""
+    n = np.asarray(plane[0], dtype=np.float64)
+    # n . x = d with x = R^T (x_c - t): (R n) . x_c = d + (R n) . t
+    n_c = w2c[:3, :3] @ n
+    d_c = float(plane[1]) + float(n_c @ w2c[:3, 3])
+    rays = torch.as_tensor(np.linalg.inv(K), dtype=torch.float32, device=device) @ pixel_grid(height, width, device)
+    denom = torch.as_tensor(n_c, dtype=torch.float32, device=device) @ rays
+    z = d_c / torch.where(denom.abs() < 1e-12, torch.full_like(denom, 1e-12), denom)
+    return torch.where(z > 0, z, torch.zeros_like(z)).reshape(height, width)
+
+
 def sweep_view(ref_gray: np.ndarray, src_grays: list[np.ndarray], K_ref: np.ndarray, w2c_ref: np.ndarray,
                K_srcs: list[np.ndarray], w2c_srcs: list[np.ndarray], near: float, far: float, s: MvsSettings,
-               device: str = "cpu", mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               device: str = "cpu", mask: np.ndarray | None = None,
+               support: tuple[np.ndarray, float] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Depth and score for one reference view.
 
     ref_gray: (H, W) float32 in [0, 1]; src_grays: (H_j, W_j) float32; K_*: (3, 3) pixels of those images;
     w2c_*: (4, 4) OpenCV; near/far: the object's depth range (camera z); mask: optional (H, W) bool, depths only
     inside. Hypotheses run from ``near`` out to ``background_factor * far``: the best match along the whole ray wins,
     so a pixel of the room behind the object is recognised as such instead of being forced into the object's range.
-    Returns depth (H, W) float32 (0 = none), score (H, W) float32 and background (H, W) float32: the depth of the
-    winning match where it lies beyond ``far`` (0 elsewhere)."""
+    support: the world plane (n (3,), d) the object stands on, tested as one more hypothesis with
+    ``s.support_hypothesis`` (no mask given): where it wins, the pixel's depth is the plane's (inside the range) or
+    its background depth (beyond ``far``).
+    Returns depth (H, W) float32 (0 = none), score (H, W) float32, background (H, W) float32: the depth of the
+    winning match where it lies beyond ``far`` (0 elsewhere), and table (H, W) bool: where the support plane won."""
     if not src_grays:
         raise ValueError("sweep_view needs at least one source view")
     if not 0 < near < far:
@@ -330,6 +373,24 @@ def sweep_view(ref_gray: np.ndarray, src_grays: list[np.ndarray], K_ref: np.ndar
         span = span * 2.0 / (s.refine_steps - 1) * 1.5
     depth = 1.0 / inv_d.clamp(min=1e-9)
     textured = full.ref_sd[0, 0] >= s.min_texture
+    table = torch.zeros_like(textured)
+    if support is not None and s.support_hypothesis and n_bg:
+        zp = plane_depths(K_ref, w2c_ref, support, H, W, dev)
+        hit = zp > 0
+        ps = full.scores(torch.where(hit, zp, torch.full_like(zp, far)).reshape(1, -1), s)[0]
+        table = (hit & (full.ref_sd[0, 0] >= max(s.min_texture, s.support_min_texture))
+                 & (ps >= max(s.min_score, s.support_min_score))
+                 & (ps >= torch.where(background, bg_score, score) + s.support_lead))
+        if s.support_open > 1:
+            table = opening(table, s.support_open)
+        on = table & (zp >= near) & (zp <= far)
+        beyond = table & (zp > far)
+        depth = torch.where(on, zp, depth)
+        score = torch.where(on, ps, score)
+        bg_depth = torch.where(beyond, zp, bg_depth)
+        bg_score = torch.where(beyond, ps, bg_score)
+        background = (background & ~on) | beyond
+        table = on | beyond
     if n_bg:
         bg_depth = torch.where(background & textured & (bg_score >= s.min_score), bg_depth, torch.zeros_like(depth))
     ok = (score >= s.min_score) & textured & (depth >= near) & (depth <= far) & ~background
@@ -338,7 +399,7 @@ def sweep_view(ref_gray: np.ndarray, src_grays: list[np.ndarray], K_ref: np.ndar
     depth = torch.where(ok, depth, torch.zeros_like(depth))
     score = torch.where(background, bg_score, score)
     return (depth.cpu().numpy().astype(np.float32), score.cpu().numpy().astype(np.float32),
-            bg_depth.cpu().numpy().astype(np.float32))
+            bg_depth.cpu().numpy().astype(np.float32), table.cpu().numpy())
 
 
 def _upsample(x: torch.Tensor, H: int, W: int, mode: str) -> torch.Tensor:
@@ -439,30 +500,35 @@ def consistency_counts(depths: list[np.ndarray], Ks: np.ndarray, w2cs: np.ndarra
 def depth_maps(grays: list[np.ndarray], Ks: np.ndarray, w2cs: np.ndarray, ranges: list[tuple[float, float]],
                neighbours: list[np.ndarray], s: MvsSettings, device: str = "cpu",
                masks: list[np.ndarray | None] | None = None,
-               check: Callable[[float], None] = lambda f: None) -> list[DepthMap]:
+               check: Callable[[float], None] = lambda f: None,
+               support: tuple[np.ndarray, float] | None = None) -> list[DepthMap]:
     """Filtered depth maps for every view.
 
     grays: N (H_i, W_i) float32 in [0, 1] at the depth maps' resolution; Ks (N, 3, 3) for those sizes; w2cs (N, 4, 4);
-    ranges: N (near, far); neighbours: N index arrays; masks: optional N (H_i, W_i) bool or None."""
+    ranges: N (near, far); neighbours: N index arrays; masks: optional N (H_i, W_i) bool or None; support: the world
+    plane (n (3,), d) the object stands on, a hypothesis of every sweep with ``s.support_hypothesis``."""
     n = len(grays)
     if not (len(Ks) == len(w2cs) == len(ranges) == len(neighbours) == n):
         raise ValueError("depth_maps: grays, Ks, w2cs, ranges and neighbours must have one entry per view")
     raw: list[np.ndarray] = []
     scores: list[np.ndarray] = []
     frees: list[np.ndarray] = []
+    tables: list[np.ndarray | None] = []
     for i in range(n):
         src = [int(j) for j in neighbours[i]]
         if not src:
             raw.append(np.zeros_like(grays[i]))
             scores.append(np.zeros_like(grays[i]))
             frees.append(np.zeros_like(grays[i]))
+            tables.append(None)
             continue
-        d, sc, fr = sweep_view(grays[i], [grays[j] for j in src], Ks[i], w2cs[i], [Ks[j] for j in src],
+        d, sc, fr, tab = sweep_view(grays[i], [grays[j] for j in src], Ks[i], w2cs[i], [Ks[j] for j in src],
                                [w2cs[j] for j in src], ranges[i][0], ranges[i][1], s, device,
-                               None if masks is None else masks[i])
+                               None if masks is None else masks[i], support=support)
         raw.append(d)
         scores.append(sc)
         frees.append(fr)
+        tables.append(tab if tab.any() else None)
         check(0.85 * (i + 1) / n)
     counts = consistency_counts(raw, Ks, w2cs, neighbours, s.max_reproj_px, s.max_rel_depth, device)
     # background depths are coarse (few hypotheses far away): their check only asks the neighbours to see background
@@ -476,7 +542,7 @@ def depth_maps(grays: list[np.ndarray], Ks: np.ndarray, w2cs: np.ndarray, ranges
         free = np.where((bg_counts[i] >= need) & (frees[i] > 0), scores[i], 0).astype(np.float32)
         out.append(DepthMap(depth=np.where(keep, raw[i], 0).astype(np.float32), score=scores[i],
                             K=np.asarray(Ks[i], dtype=np.float64), w2c=np.asarray(w2cs[i], dtype=np.float64),
-                            free=free, far=float(ranges[i][1])))
+                            free=free, far=float(ranges[i][1]), table=tables[i]))
     return out
 
 

@@ -63,7 +63,8 @@ def dense_settings(ctx: JobContext) -> DenseSettings:
     mvs = MvsSettings(max_side=cfg.max_side if gpu else cfg.cpu_max_side, planes=cfg.planes if gpu else cfg.cpu_planes,
                       neighbours=cfg.neighbours, best_k=cfg.best_k, window=cfg.window,
                       refine_rounds=cfg.refine_rounds, min_score=cfg.min_score, min_consistent=cfg.min_consistent,
-                      sparse_near=cfg.sparse_near)
+                      sparse_near=cfg.sparse_near, support_hypothesis=cfg.support_hypothesis,
+                      support_min_score=cfg.support_min_score)
     poisson = PoissonSettings(depth=cfg.poisson_depth if gpu else cfg.cpu_poisson_depth,
                               trim_quantile=cfg.poisson_trim, silhouette_fraction=cfg.poisson_silhouette_fraction)
     return DenseSettings(mvs=mvs, resolution=cfg.resolution if gpu else cfg.cpu_resolution, max_faces=geo.max_faces,
