@@ -5,8 +5,8 @@
         --variant before:keep_measured=false --variant after:keep_measured=true --tag silhouettes-cpu
 
 The depth maps are computed once with the CPU settings (``dense.cpu_max_side``, ``dense.cpu_planes``) and cached
-(``--cache``); each variant (fields of ``SilhouetteSettings``) then runs ``photo_silhouettes`` on the training views
-as ``dense_geometry`` does, and every view's precision and recall against the silhouettes of the set's ``gt.ply`` in
+(``--cache``); each variant (fields of ``SilhouetteSettings`` changed from a job's defaults, ``dense.FIELD`` for the
+fusion) then runs ``photo_silhouettes`` on the training views as ``dense_geometry`` does, and every view's precision and recall against the silhouettes of the set's ``gt.ply`` in
 its true cameras (``bench/true_masks.py``), with the recall per band of height above the table (``recall_by_height``:
 the lowest 5 %, 5-10 %, 10-20 % and the rest of the object's height), are written to ``bench/results/<tag>.json``. It
 isolates the silhouettes from fusion and refinement: seconds a variant, where a whole job takes minutes.
@@ -35,6 +35,7 @@ from pipeline.geometry.mvs import DepthMap, MvsSettings, backproject  # noqa: E4
 from pipeline.geometry.scene import ObjectRegion  # noqa: E402
 from pipeline.geometry.silhouettes import SilhouetteSettings, footprint, photo_silhouettes  # noqa: E402
 from pipeline.settings import DenseConfig  # noqa: E402
+from pipeline.stages.geometry import silhouette_settings  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, fields in [parse_variant(v) for v in args.variant] or [("default", {})]:
         t = time.monotonic()
         dense = {k[len("dense."):]: v for k, v in fields.items() if k.startswith("dense.")}
-        s = dataclasses.replace(SilhouetteSettings(), **{k: v for k, v in fields.items() if not k.startswith("dense.")})
+        # a variant's fields change the job's own silhouette settings (those of the default config)
+        s = dataclasses.replace(silhouette_settings(DenseConfig()),
+                                **{k: v for k, v in fields.items() if not k.startswith("dense.")})
         # the footprint as the job finds it, once for the silhouettes and the fusion
         foot = footprint([backproject(dm)[0] for dm in rp.dms], rp.lo, rp.hi, rp.planes[0], s) if (
             rp.planes and s.base_open) else None

@@ -17,6 +17,7 @@ from pipeline.geometry.meshing import MeshingSettings, clean_mesh, marching_cube
 from pipeline.geometry.mvs import MvsSettings
 from pipeline.geometry.poisson import PoissonSettings
 from pipeline.geometry.silhouettes import SilhouetteSettings
+from pipeline.settings import DenseConfig
 from pipeline.stages.base import Stage, stage_dir
 from pipeline.stages.cameras import Sparse, Views, geometry_method
 from pipeline.stages.ingest import Manifest
@@ -71,12 +72,15 @@ def dense_settings(ctx: JobContext) -> DenseSettings:
                          field_blur=cfg.field_blur, close_voxels=cfg.close_voxels, mesher=cfg.mesher,
                          poisson=poisson,
                          solid_hidden=cfg.solid_hidden or None, foot_dissent=cfg.foot_dissent,
-                         silhouettes=SilhouetteSettings(keep_measured=cfg.silhouettes_keep_measured,
-                                                        base_margin_height=cfg.silhouettes_base_margin_height,
-                                                        open_core=cfg.silhouettes_open_core,
-                                                        core_in_first=cfg.silhouettes_core_in_first,
-                                                        base_open=cfg.silhouettes_base_open,
-                                                        foot_reach=cfg.silhouettes_foot_reach))
+                         silhouettes=silhouette_settings(cfg))
+
+
+def silhouette_settings(cfg: DenseConfig) -> SilhouetteSettings:
+    """The estimated silhouettes' settings of a job with the ``dense`` section ``cfg``."""
+    return SilhouetteSettings(keep_measured=cfg.silhouettes_keep_measured,
+                              base_margin_height=cfg.silhouettes_base_margin_height,
+                              open_core=cfg.silhouettes_open_core, core_in_first=cfg.silhouettes_core_in_first,
+                              base_open=cfg.silhouettes_base_open, foot_reach=cfg.silhouettes_foot_reach)
 
 
 def dense_stage(ctx: JobContext, views: Views, masks: list[np.ndarray | None], out_dir: Path) -> GeometrySummary:
