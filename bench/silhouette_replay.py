@@ -6,10 +6,11 @@
 
 The depth maps are computed once with the CPU settings (``dense.cpu_max_side``, ``dense.cpu_planes``) and cached
 (``--cache``); each variant (fields of ``SilhouetteSettings`` changed from a job's defaults, ``dense.FIELD`` for the
-fusion) then runs ``photo_silhouettes`` on the training views as ``dense_geometry`` does, and every view's precision and recall against the silhouettes of the set's ``gt.ply`` in
-its true cameras (``bench/true_masks.py``), with the recall per band of height above the table (``recall_by_height``:
-the lowest 5 %, 5-10 %, 10-20 % and the rest of the object's height), are written to ``bench/results/<tag>.json``. It
-isolates the silhouettes from fusion and refinement: seconds a variant, where a whole job takes minutes.
+fusion) then runs ``photo_silhouettes`` on the training views as ``dense_geometry`` does, and every view's precision
+and recall against the silhouettes of the set's ``gt.ply`` in its true cameras (``bench/true_masks.py``), with the
+recall per band of height above the table (``recall_by_height``: the lowest 5 %, 5-10 %, 10-20 % and the rest of the
+object's height), are written to ``bench/results/<tag>.json``. It isolates the silhouettes from fusion and
+refinement: seconds a variant, where a whole job takes minutes.
 """
 from __future__ import annotations
 

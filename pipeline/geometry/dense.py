@@ -228,21 +228,22 @@ def dense_geometry(images: list[np.ndarray], masks: list[np.ndarray | None], Ks:
     t_mvs = time.monotonic() - t0
     glue: dict[str, float] = {}  # the CPU steps between the GPU ones, which contention on a shared host stretches
     t = time.monotonic()
-    cloud, cols, swept = [], [], []
+    cloud, cols, of_sweep = [], [], []
     for dm, img in zip(dms, images):
         p, idx = backproject(dm)
         cloud.append(p)
         cols.append(_colors_of(dm, idx, img))
         # depths the support plane's hypothesis gave lie on the sparse plane by construction: they would pin the
         # plane's refit to it, and they are the table, not the object's points
-        swept.append(np.ones(len(idx), dtype=bool) if dm.table is None else ~dm.table.reshape(-1)[idx])
+        of_sweep.append(np.ones(len(idx), dtype=bool) if dm.table is None else ~dm.table.reshape(-1)[idx])
     points = np.concatenate(cloud) if cloud else np.zeros((0, 3))
     colors = np.concatenate(cols) if cols else np.zeros((0, 3), np.uint8)
-    measured = np.concatenate(swept) if swept else np.zeros(0, dtype=bool)
+    measured = np.concatenate(of_sweep) if of_sweep else np.zeros(0, dtype=bool)
     if measured.sum() < 1000:
-        raise JobError(f"multi-view stereo found only {int(measured.sum())} consistent surface points: the photos share too "
-                       "little texture or overlap. Photograph the object from more directions (every 10-15 degrees), "
-                       "sharp and well lit; plain, shiny or transparent objects need masks (masks/<image>.png)")
+        raise JobError(f"multi-view stereo found only {int(measured.sum())} consistent surface points: the photos "
+                       "share too little texture or overlap. Photograph the object from more directions (every 10-15 "
+                       "degrees), sharp and well lit; plain, shiny or transparent objects need masks "
+                       "(masks/<image>.png)")
     glue["points"], t = time.monotonic() - t, time.monotonic()
     support, refit, walls, lo, hi = surroundings(points[measured], region, w2cs, sparse, s.box_margin)
     glue["surroundings"] = time.monotonic() - t

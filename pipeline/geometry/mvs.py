@@ -54,7 +54,7 @@ class MvsSettings:
     sparse_near: float = 0.5
     # the support plane (the table) as one more hypothesis per pixel, scored through the plane's own homography:
     # the fronto-parallel planes of the sweep do not match a table seen at a grazing angle (the gap under a body
-    # seen from a low view), which then vouches neither for a depth nor for free space (docs/design.md, Fusion).
+    # seen from a low view), which then vouches neither for a depth nor for free space (docs/design.md, Depth maps).
     # The table wins a pixel where its score is at least ``support_min_score``, ``support_lead`` above the sweep's
     # best, its window's deviation at least ``support_min_texture``, and where ``support_open`` pixels of its
     # neighbourhood won too (an opening): the plane is the same for every view, so the depth maps' consistency
@@ -80,7 +80,7 @@ class DepthMap:
     """depth: (H, W) float32 camera z (0 where unknown); score: (H, W) float32 NCC at that depth;
     K: (3, 3) float64 for this resolution; w2c: (4, 4) float64 OpenCV; free: (H, W) float32, the score of a match
     beyond the far depth where the pixel sees only background (0 elsewhere); far: that far depth; table: (H, W) bool,
-    the pixels whose depth or background came from the support plane's hypothesis (None: none was tested)."""
+    the pixels whose depth or background came from the support plane's hypothesis (None: none did)."""
 
     depth: np.ndarray
     score: np.ndarray
@@ -307,7 +307,8 @@ def plane_depths(K: np.ndarray, w2c: np.ndarray, plane: tuple[np.ndarray, float]
 def sweep_view(ref_gray: np.ndarray, src_grays: list[np.ndarray], K_ref: np.ndarray, w2c_ref: np.ndarray,
                K_srcs: list[np.ndarray], w2c_srcs: list[np.ndarray], near: float, far: float, s: MvsSettings,
                device: str = "cpu", mask: np.ndarray | None = None,
-               support: tuple[np.ndarray, float] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               support: tuple[np.ndarray, float] | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Depth and score for one reference view.
 
     ref_gray: (H, W) float32 in [0, 1]; src_grays: (H_j, W_j) float32; K_*: (3, 3) pixels of those images;
@@ -523,8 +524,8 @@ def depth_maps(grays: list[np.ndarray], Ks: np.ndarray, w2cs: np.ndarray, ranges
             tables.append(None)
             continue
         d, sc, fr, tab = sweep_view(grays[i], [grays[j] for j in src], Ks[i], w2cs[i], [Ks[j] for j in src],
-                               [w2cs[j] for j in src], ranges[i][0], ranges[i][1], s, device,
-                               None if masks is None else masks[i], support=support)
+                                    [w2cs[j] for j in src], ranges[i][0], ranges[i][1], s, device,
+                                    None if masks is None else masks[i], support=support)
         raw.append(d)
         scores.append(sc)
         frees.append(fr)
