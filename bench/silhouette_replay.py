@@ -81,9 +81,7 @@ def load(stages: Path, cache: Path | None, mvs: dict[str, Any] | None = None) ->
     seen = remap[sp["obs_view"]] >= 0
     sparse = (sp["points"], remap[sp["obs_view"][seen]], sp["obs_point"][seen])
     dms, _ = photo_depth_maps(rgbs, [None] * len(rgbs), Ks, w2cs, region, s, "cpu", sparse)
-    # as dense_geometry does: the support plane's own depths do not refit it
-    points = np.concatenate([p if dm.table is None else p[~dm.table.reshape(-1)[idx]]
-                             for dm in dms for p, idx in [backproject(dm)]])
+    points = np.concatenate([backproject(dm, table=False)[0] for dm in dms])  # as dense_geometry takes them
     support, _, walls, lo, hi = surroundings(points, region, w2cs, sparse, s.box_margin)
     planes = ([] if support is None else [support]) + walls
     if cache is not None:

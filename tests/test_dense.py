@@ -11,9 +11,9 @@ import trimesh
 
 from pipeline.geometry.fusion import Grid, combined_field, fuse
 from pipeline.geometry.meshing import marching_cubes
-from pipeline.geometry.mvs import (DepthMap, MvsSettings, consistency_counts, depth_range, ncc, neighbour_views,
-                          parabola_offset, plane_depths, relative_pose, sparse_depth_range, sweep_view, warp_uv,
-                          window_stats)
+from pipeline.geometry.mvs import (DepthMap, MvsSettings, backproject, consistency_counts, depth_range, ncc,
+                                   neighbour_views, parabola_offset, plane_depths, relative_pose, sparse_depth_range,
+                                   sweep_view, warp_uv, window_stats)
 from pipeline.imaging.render import look_at, render
 
 
@@ -512,6 +512,22 @@ def test_plane_depths_meet_the_plane_where_a_ray_reference_does() -> None:
         lam = (d - n @ o) / (n @ r)  # x = o + lam r, and r has camera z 1: lam is the depth
         assert got[y, x] == pytest.approx(lam if lam > 0 else 0.0, rel=1e-4)
     assert (got[:20] == 0).all()  # the rows above the horizon meet it behind the camera
+
+
+def test_backproject_leaves_out_the_table_hypothesis_only_when_asked() -> None:
+    K = np.array([[50.0, 0, 8], [0, 50.0, 6], [0, 0, 1]])
+    depth = np.full((12, 16), 2.0, np.float32)
+    depth[0] = 0
+    table = np.zeros((12, 16), bool)
+    table[5:7, 3:9] = True
+    table[0, :4] = True  # no depth there: nothing to leave out
+    dm = DepthMap(depth, np.ones_like(depth), K, np.eye(4), table=table)
+    pts, idx = backproject(dm)
+    kept, kept_idx = backproject(dm, table=False)
+    assert len(idx) == 11 * 16 and len(kept_idx) == len(idx) - 12
+    assert not table.reshape(-1)[kept_idx].any()
+    assert np.allclose(kept, pts[np.isin(idx, kept_idx)])
+    assert np.array_equal(backproject(replace(dm, table=None), table=False)[1], idx)
 
 
 def _floor_views(n: int = 6, size: tuple[int, int] = (160, 120), elevation_deg: float = 6.0, seed: int = 0):

@@ -228,24 +228,21 @@ def dense_geometry(images: list[np.ndarray], masks: list[np.ndarray | None], Ks:
     t_mvs = time.monotonic() - t0
     glue: dict[str, float] = {}  # the CPU steps between the GPU ones, which contention on a shared host stretches
     t = time.monotonic()
-    cloud, cols, of_sweep = [], [], []
+    cloud, cols = [], []
     for dm, img in zip(dms, images):
-        p, idx = backproject(dm)
+        # the sweep's own points: the support plane's hypothesis gives the table, which would pin the plane's refit
+        # to SfM's plane and is no part of the object
+        p, idx = backproject(dm, table=False)
         cloud.append(p)
         cols.append(_colors_of(dm, idx, img))
-        # depths the support plane's hypothesis gave lie on the sparse plane by construction: they would pin the
-        # plane's refit to it, and they are the table, not the object's points
-        of_sweep.append(np.ones(len(idx), dtype=bool) if dm.table is None else ~dm.table.reshape(-1)[idx])
     points = np.concatenate(cloud) if cloud else np.zeros((0, 3))
     colors = np.concatenate(cols) if cols else np.zeros((0, 3), np.uint8)
-    measured = np.concatenate(of_sweep) if of_sweep else np.zeros(0, dtype=bool)
-    if measured.sum() < 1000:
-        raise JobError(f"multi-view stereo found only {int(measured.sum())} consistent surface points: the photos "
-                       "share too little texture or overlap. Photograph the object from more directions (every 10-15 "
-                       "degrees), sharp and well lit; plain, shiny or transparent objects need masks "
-                       "(masks/<image>.png)")
+    if len(points) < 1000:
+        raise JobError(f"multi-view stereo found only {len(points)} consistent surface points: the photos share too "
+                       "little texture or overlap. Photograph the object from more directions (every 10-15 degrees), "
+                       "sharp and well lit; plain, shiny or transparent objects need masks (masks/<image>.png)")
     glue["points"], t = time.monotonic() - t, time.monotonic()
-    support, refit, walls, lo, hi = surroundings(points[measured], region, w2cs, sparse, s.box_margin)
+    support, refit, walls, lo, hi = surroundings(points, region, w2cs, sparse, s.box_margin)
     glue["surroundings"] = time.monotonic() - t
     planes = ([] if support is None else [support]) + walls
     log.info("dense points' box %s to %s (the region: centre %s, radius %.4g; support %s; %d wall(s)%s)",
@@ -297,7 +294,7 @@ def dense_geometry(images: list[np.ndarray], masks: list[np.ndarray | None], Ks:
     above = np.ones(len(points), dtype=bool)
     for n_, d_ in planes:
         above &= points @ n_ - d_ > 0
-    inbox = np.all((points >= lo) & (points <= hi), axis=1) & above & measured
+    inbox = np.all((points >= lo) & (points <= hi), axis=1) & above
     keep = np.flatnonzero(inbox)
     if len(keep) > s.max_points:
         keep = np.random.default_rng(0).choice(keep, s.max_points, replace=False)

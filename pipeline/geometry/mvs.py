@@ -55,13 +55,12 @@ class MvsSettings:
     # the support plane (the table) as one more hypothesis per pixel, scored through the plane's own homography:
     # the fronto-parallel planes of the sweep do not match a table seen at a grazing angle (the gap under a body
     # seen from a low view), which then vouches neither for a depth nor for free space (docs/design.md, Depth maps).
-    # The table wins a pixel where its score is at least ``support_min_score``, ``support_lead`` above the sweep's
-    # best, its window's deviation at least ``support_min_texture``, and where ``support_open`` pixels of its
-    # neighbourhood won too (an opening): the plane is the same for every view, so the depth maps' consistency
+    # The table wins a pixel where its score is at least ``support_min_score`` and the sweep's best, its window's
+    # deviation at least ``support_min_texture``, and where ``support_open`` pixels of its neighbourhood won too
+    # (an opening): the plane is the same for every view, so the depth maps' consistency
     # check, which stops a chance match of the sweep, always passes it, and a plain part of the object (spot's white
     # face) then gets specks of table depth by chance
     support_hypothesis: bool = False
-    support_lead: float = 0.0
     support_min_score: float = 0.8
     support_min_texture: float = 0.02
     support_open: int = 3
@@ -282,7 +281,7 @@ def _refine_peak(cost: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
 
 def opening(mask: torch.Tensor, size: int) -> torch.Tensor:
     """Morphological opening of a (H, W) bool mask by a ``size`` x ``size`` square: what survives an erosion and
-    grows back; specks smaller than the square go."""
+    grows back; specks smaller than the square go. In torch, so that a depth map's masks stay on its device."""
     pad = size // 2
     m = mask[None, None].float()
     eroded = -F.max_pool2d(-F.pad(m, (pad, pad, pad, pad), value=1.0), size, stride=1)
@@ -381,7 +380,7 @@ def sweep_view(ref_gray: np.ndarray, src_grays: list[np.ndarray], K_ref: np.ndar
         ps = full.scores(torch.where(hit, zp, torch.full_like(zp, far)).reshape(1, -1), s)[0]
         table = (hit & (full.ref_sd[0, 0] >= max(s.min_texture, s.support_min_texture))
                  & (ps >= max(s.min_score, s.support_min_score))
-                 & (ps >= torch.where(background, bg_score, score) + s.support_lead))
+                 & (ps >= torch.where(background, bg_score, score)))
         if s.support_open > 1:
             table = opening(table, s.support_open)
         on = table & (zp >= near) & (zp <= far)
@@ -557,10 +556,15 @@ def to_gray(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
     return g
 
 
-def backproject(dm: DepthMap) -> tuple[np.ndarray, np.ndarray]:
-    """World points (M, 3) of a depth map's valid pixels and their flat pixel indices (M,)."""
+def backproject(dm: DepthMap, table: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """World points (M, 3) of a depth map's valid pixels and their flat pixel indices (M,); with ``table`` False,
+    without the pixels whose depth the support plane's hypothesis gave (``dm.table``): those lie on the sparse plane
+    by construction, the table and not the object."""
     H, W = dm.depth.shape
-    idx = np.flatnonzero(dm.depth.reshape(-1) > 0)
+    valid = dm.depth.reshape(-1) > 0
+    if not table and dm.table is not None:
+        valid &= ~dm.table.reshape(-1)
+    idx = np.flatnonzero(valid)
     ys, xs = np.divmod(idx, W)
     d = dm.depth.reshape(-1)[idx].astype(np.float64)
     cam = np.stack([(xs + 0.5 - dm.K[0, 2]) / dm.K[0, 0] * d, (ys + 0.5 - dm.K[1, 2]) / dm.K[1, 1] * d, d], 1)
