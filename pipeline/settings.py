@@ -126,6 +126,9 @@ class DenseConfig:
     # least support_min_score and no hypothesis of the sweep scores higher
     support_hypothesis: bool = True
     support_min_score: Annotated[float, Field(ge=-1, le=1)] = 0.8
+    # those table depths weigh their whole match score as free space in fusion, not the share a stereo depth seen at
+    # the same grazing angle gets: they are the plane's own (docs/design.md, Fusion)
+    support_full_weight: bool = True
     resolution: Annotated[int, Field(ge=32, le=2048)] = 384  # TSDF voxels along the object's longest side
     cpu_max_side: Annotated[int, Field(ge=64, le=8192)] = 400  # without a GPU: a coarse result in minutes
     cpu_planes: Annotated[int, Field(ge=8, le=1024)] = 64

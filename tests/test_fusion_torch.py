@@ -170,3 +170,36 @@ def test_mask_sdf_matches_scipy_exact_distance_transform() -> None:
     full = np.ones((6, 9), bool)  # a camera inside the object: scipy's convention is kept
     assert np.allclose(mask_sdf(full), -ndimage.distance_transform_edt(full))
     assert (mask_sdf(np.zeros((4, 5), bool)) > 0).all()
+
+
+def test_the_support_planes_depths_vouch_for_free_space_at_any_angle() -> None:
+    """A table seen at 8 degrees: its stereo depths would weigh cos^2 of the grazing angle (about 0.02 of the score)
+    as free space in front of it; the same depths from the support plane's hypothesis (``DepthMap.table``) weigh the
+    whole score, because they are the plane's and exact at any angle."""
+    H, W, f = 60, 80, 60.0
+    K = np.array([[f, 0, W / 2], [0, f, H / 2], [0, 0, 1]])
+    el = np.radians(8.0)
+    # camera 2 m from the origin, 8 degrees above the plane z = 0, looking at the origin (OpenCV: y down)
+    c = np.array([0.0, -2 * np.cos(el), 2 * np.sin(el)])
+    fwd = -c / np.linalg.norm(c)
+    right = np.array([1.0, 0.0, 0.0])
+    down = np.cross(fwd, right)
+    R = np.stack([right, down, fwd])
+    w2c = np.eye(4)
+    w2c[:3, :3], w2c[:3, 3] = R, -R @ c
+    ys, xs = np.mgrid[0:H, 0:W] + 0.5
+    rays = np.stack([(xs - W / 2) / f, (ys - H / 2) / f, np.ones_like(xs)], -1) @ R  # world directions, per unit z
+    t = -c[2] / rays[..., 2]  # camera z at which each ray meets z = 0
+    depth = np.where(t > 0, t, 0).astype(np.float32)
+    score = np.full((H, W), 0.9, np.float32)
+    grid = Grid.over_box(np.array([-0.3, -0.3, 0.02]), np.array([0.3, 0.3, 0.2]), 24)
+    trunc = 2 * grid.voxel
+    stereo = fuse([DepthMap(depth, score, K, w2c)], grid, trunc)
+    plane = fuse([DepthMap(depth, score, K, w2c, table=depth > 0)], grid, trunc)
+    off = fuse([DepthMap(depth, score, K, w2c, table=depth > 0)], grid, trunc, plane_weight=False)
+    assert np.array_equal(off.weight, stereo.weight) and np.array_equal(off.values, stereo.values)
+    free_s, free_p = stereo.weight - stereo.band, plane.weight - plane.band
+    seen = free_p > 0
+    assert seen.mean() > 0.3
+    assert np.allclose(free_p[seen], 0.9, atol=1e-4)
+    assert float(np.median(free_s[seen])) < 0.05

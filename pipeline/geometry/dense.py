@@ -71,6 +71,10 @@ class DenseSettings:
     # above it), the fusion's hull lets this share of the views dissent instead of 2: a foot in the contact shadow
     # is missing from some estimated silhouettes (spot's: a median 6 of 43; docs/design.md, Feet on the table). 0: off
     foot_dissent: float = 0.25
+    # the support plane's depths (mvs.support_hypothesis) weigh their whole match score in fusion, not its share by
+    # the grazing angle: they are the plane's, exact at any angle, and the low views that see the table under a
+    # body are the only ones that see through the gap (docs/design.md, Fusion)
+    plane_weight: bool = True
     # Gaussian blur of the fused field before marching cubes, as a fraction of the object's longest side, and at
     # least field_sigma_min_voxels (0: off): removes the bubbles and tunnels (handles) that depth noise leaves at the
     # scale of the depth maps' noise and, on coarse grids, of a voxel; they made the mesh open after decimation and
@@ -433,7 +437,8 @@ def fused_surface(dms: list[DepthMap], sil: list[np.ndarray], estimated: list[bo
     # the fields stay on the device from fusion to marching cubes (a 512^3 grid: 0.5 GB each)
     solid = any(estimated) and s.override_band is not None and s.solid_hidden is not None
     values, weight, band, hidden = fuse_tensors(dms, grid, trunc, device=device, check=lambda f: check(0.4 * f),
-                                                solid_depth=s.solid_depth * float((hi - lo).max()) if solid else 0.0)
+                                                solid_depth=s.solid_depth * float((hi - lo).max()) if solid else 0.0,
+                                                plane_weight=s.plane_weight)
     lap("fusion")
     hull = grid_hull_tensor(grid, Ks, w2cs, sdfs, s.hull_outlier_fraction, device)
     if foot is not None and any(estimated) and s.foot_dissent > 0:

@@ -116,9 +116,11 @@ class ViewTable:
         return int(self.offset.shape[0])
 
 
-def view_table(depths: list[DepthMap], device: torch.device) -> ViewTable | None:
+def view_table(depths: list[DepthMap], device: torch.device, plane_weight: bool = True) -> ViewTable | None:
     """The evidence of the depth maps that say anything (a depth or free space somewhere) on ``device``; None when
-    none does. Weights are the match score (clipped to [0.05, 1]) times :func:`facing` squared."""
+    none does. Weights are the match score (clipped to [0.05, 1]) times :func:`facing` squared; with
+    ``plane_weight``, the support plane's pixels (``DepthMap.table``), whose depths are the plane's, weigh their
+    whole score."""
     rows, offset, Rs, ts, focal, centre, size, far = [], [], [], [], [], [], [], []
     n = 0
     for dm in depths:
@@ -135,7 +137,13 @@ def view_table(depths: list[DepthMap], device: torch.device) -> ViewTable | None
         K = torch.as_tensor(dm.K, dtype=torch.float32, device=device)
         w2c = torch.as_tensor(dm.w2c, dtype=torch.float32, device=device)
         conf = torch.as_tensor(np.clip(dm.score, 0.05, 1.0), dtype=torch.float32, device=device)
-        conf = conf * facing(depth, K) ** 2
+        cos2 = facing(depth, K) ** 2
+        if plane_weight and dm.table is not None:
+            # a depth from the support plane's hypothesis is the plane's own, exact at any angle: the grazing
+            # angle that makes a stereo depth a poor distance to the voxels beside it does not apply, and the views
+            # that see the table under a body at a grazing angle are the only ones that see through the gap
+            cos2 = torch.where(torch.as_tensor(dm.table, device=device), torch.ones_like(cos2), cos2)
+        conf = conf * cos2
         free = torch.zeros_like(depth) if dm.free is None else torch.as_tensor(dm.free, dtype=torch.float32,
                                                                                device=device)
         # the zero border: a voxel outside the image reads no depth, no weight and no free space without a test
@@ -199,7 +207,8 @@ def integrate(pts: torch.Tensor, views: ViewTable, trunc: float, solid_depth: fl
 
 def fuse_tensors(depths: list[DepthMap], grid: Grid, trunc: float, device: str = "cpu",
                  chunk_elements: int | None = None, check: Callable[[float], None] = lambda f: None,
-                 solid_depth: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                 solid_depth: float = 0.0, plane_weight: bool = True
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Weighted TSDF of the depth maps over ``grid`` on ``device``: (values, weight, band, hidden), each (X, Y, Z)
     float32 as in :class:`Tsdf`; ``trunc`` and ``solid_depth`` in world units.
 
@@ -216,7 +225,7 @@ def fuse_tensors(depths: list[DepthMap], grid: Grid, trunc: float, device: str =
     band = torch.zeros(total, dtype=torch.float32, device=dev)
     hidden = torch.zeros(total, dtype=torch.float32, device=dev)
     shaped = lambda: tuple(a.reshape(X, Y, Z) for a in (values, weight, band, hidden))  # noqa: E731
-    views = view_table(depths, dev)
+    views = view_table(depths, dev, plane_weight)
     if views is None:
         check(1.0)
         return shaped()
@@ -236,10 +245,11 @@ def fuse_tensors(depths: list[DepthMap], grid: Grid, trunc: float, device: str =
 
 
 def fuse(depths: list[DepthMap], grid: Grid, trunc: float, device: str = "cpu", chunk_elements: int | None = None,
-         check: Callable[[float], None] = lambda f: None, solid_depth: float = 0.0) -> Tsdf:
+         check: Callable[[float], None] = lambda f: None, solid_depth: float = 0.0, plane_weight: bool = True) -> Tsdf:
     """Weighted TSDF of the depth maps over ``grid``, computed on ``device`` (:func:`fuse_tensors`), as numpy
     arrays; ``trunc`` and ``solid_depth`` in world units."""
-    values, weight, band, hidden = fuse_tensors(depths, grid, trunc, device, chunk_elements, check, solid_depth)
+    values, weight, band, hidden = fuse_tensors(depths, grid, trunc, device, chunk_elements, check, solid_depth,
+                                                plane_weight)
     return Tsdf(values=values.cpu().numpy(), weight=weight.cpu().numpy(), band=band.cpu().numpy(), grid=grid,
                 trunc=trunc, hidden=hidden.cpu().numpy())
 
