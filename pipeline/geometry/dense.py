@@ -74,7 +74,7 @@ class DenseSettings:
     # the support plane's depths (mvs.support_hypothesis) weigh their whole match score in fusion, not its share by
     # the grazing angle: they are the plane's, exact at any angle, and the low views that see the table under a
     # body are the only ones that see through the gap (docs/design.md, Fusion)
-    plane_weight: bool = True
+    support_full_weight: bool = True
     # Gaussian blur of the fused field before marching cubes, as a fraction of the object's longest side, and at
     # least field_sigma_min_voxels (0: off): removes the bubbles and tunnels (handles) that depth noise leaves at the
     # scale of the depth maps' noise and, on coarse grids, of a voxel; they made the mesh open after decimation and
@@ -438,7 +438,7 @@ def fused_surface(dms: list[DepthMap], sil: list[np.ndarray], estimated: list[bo
     solid = any(estimated) and s.override_band is not None and s.solid_hidden is not None
     values, weight, band, hidden = fuse_tensors(dms, grid, trunc, device=device, check=lambda f: check(0.4 * f),
                                                 solid_depth=s.solid_depth * float((hi - lo).max()) if solid else 0.0,
-                                                plane_weight=s.plane_weight)
+                                                plane_weight=s.support_full_weight)
     lap("fusion")
     hull = grid_hull_tensor(grid, Ks, w2cs, sdfs, s.hull_outlier_fraction, device)
     if foot is not None and any(estimated) and s.foot_dissent > 0:
