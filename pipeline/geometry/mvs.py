@@ -57,9 +57,9 @@ class MvsSettings:
     # seen from a low view), which then vouches neither for a depth nor for free space (docs/design.md, Depth maps).
     # The table wins a pixel where its score is at least ``support_min_score`` and the sweep's best, its window's
     # deviation at least ``support_min_texture``, and where ``support_open`` pixels of its neighbourhood won too
-    # (an opening): the plane is the same for every view, so the depth maps' consistency
-    # check, which stops a chance match of the sweep, always passes it, and a plain part of the object (spot's white
-    # face) then gets specks of table depth by chance
+    # (an opening): the plane is the same for every view, so the depth maps' consistency check, which stops a chance
+    # match of the sweep, always passes it, and a plain part of the object (spot's white face) then gets specks of
+    # table depth by chance
     support_hypothesis: bool = False
     support_min_score: float = 0.8
     support_min_texture: float = 0.02
