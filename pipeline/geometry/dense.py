@@ -39,6 +39,7 @@ from pipeline.geometry.poisson import (PoissonSettings, PoissonUnavailable, TooF
                                        poisson_surface, silhouette_votes)
 from pipeline.imaging.render import reduced_camera
 from pipeline.geometry.scene import ObjectRegion, box_corners, fit_ground_plane
+from pipeline.geometry.unseen import settle_unseen
 from pipeline.geometry.silhouettes import (Footprint, SilhouetteSettings, add_thin_parts, footprint,
                                           photo_silhouettes)
 
@@ -71,6 +72,10 @@ class DenseSettings:
     # above it), the fusion's hull lets this share of the views dissent instead of 2: a foot in the contact shadow
     # is missing from some estimated silhouettes (spot's: a median 6 of 43; docs/design.md, Feet on the table). 0: off
     foot_dissent: float = 0.25
+    # a fused vertex that no photo sees facing it (the best cosine between its normal and the direction to a camera
+    # that sees it stays under this) is placed by a harmonic fill from the seen ones around it: the hull's membrane
+    # under a seat or a belly then spans its rim instead of hanging towards the table (0: off; docs/design.md, Fusion)
+    unseen_facing: float = 0.0
     # the support plane's depths (mvs.support_hypothesis) weigh their whole match score in fusion, not its share by
     # the grazing angle: they are the plane's, exact at any angle, and the low views that see the table under a
     # body are the only ones that see through the gap (docs/design.md, Fusion)
@@ -467,6 +472,12 @@ def fused_surface(dms: list[DepthMap], sil: list[np.ndarray], estimated: list[bo
              {k: round(v, 2) for k, v in seconds.items()})
     mesh = clean_mesh(raw, MeshingSettings(smoothing_iterations=s.smoothing_iterations, max_faces=s.max_faces))
     lap("clean_mesh")
+    if any(estimated) and s.unseen_facing > 0:
+        settled = settle_unseen(mesh, Ks, w2cs, [(m.shape[1], m.shape[0]) for m in sil], s.unseen_facing, sil)
+        mesh = trimesh.Trimesh(settled.vertices, mesh.faces, process=False)
+        log.info("%.1f %% of the fused vertices seen by no photo facing them; %d placed by the harmonic fill",
+                 100 * settled.unseen_share, int(settled.free.sum()))
+        lap("unseen")
     check(1.0)
     return Surface(grid=grid, raw=raw, mesh=mesh, lo=lo, hi=hi, seconds=seconds)
 

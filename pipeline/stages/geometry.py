@@ -72,7 +72,7 @@ def dense_settings(ctx: JobContext) -> DenseSettings:
                          field_blur=cfg.field_blur, close_voxels=cfg.close_voxels, mesher=cfg.mesher,
                          poisson=poisson,
                          solid_hidden=cfg.solid_hidden or None, foot_dissent=cfg.foot_dissent,
-                         support_full_weight=cfg.support_full_weight,
+                         support_full_weight=cfg.support_full_weight, unseen_facing=cfg.unseen_facing,
                          silhouettes=silhouette_settings(cfg))
 
 
