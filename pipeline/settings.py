@@ -177,7 +177,7 @@ class DenseConfig:
     foot_dissent: Annotated[float, Field(ge=0, le=1)] = 0.25
     # a fused vertex that no photo sees facing it (best cosine under this) is placed by a harmonic fill from the seen
     # surface around it, so that a membrane under a seat or a belly spans its rim; 0: off (docs/design.md, Fusion)
-    unseen_facing: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    unseen_facing: Annotated[float, Field(ge=0, lt=1)] = 0.45
 
 
 @dataclass(frozen=True, config=FROZEN)

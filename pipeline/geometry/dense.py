@@ -75,7 +75,7 @@ class DenseSettings:
     # a fused vertex that no photo sees facing it (the best cosine between its normal and the direction to a camera
     # that sees it stays under this) is placed by a harmonic fill from the seen ones around it: the hull's membrane
     # under a seat or a belly then spans its rim instead of hanging towards the table (0: off; docs/design.md, Fusion)
-    unseen_facing: float = 0.0
+    unseen_facing: float = 0.45
     # the support plane's depths (mvs.support_hypothesis) weigh their whole match score in fusion, not its share by
     # the grazing angle: they are the plane's, exact at any angle, and the low views that see the table under a
     # body are the only ones that see through the gap (docs/design.md, Fusion)
