@@ -27,7 +27,9 @@ from pipeline.imaging.render import reduced_camera, render
 class UnseenResult:
     vertices: np.ndarray  # (V, 3) float64, the seen ones unchanged
     free: np.ndarray  # (V,) bool: the vertices the fill placed
-    unseen_share: float  # share of the vertices that no photo sees facing them (free or left: no seen neighbour)
+    # share of the vertices that no photo sees facing them and no silhouette holds: all free, though a group of them
+    # that touches no fixed vertex stays where it is
+    unseen_share: float
 
 
 def view_evidence(mesh: trimesh.Trimesh, Ks: np.ndarray, w2cs: np.ndarray, sizes: list[tuple[int, int]],
