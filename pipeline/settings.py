@@ -178,6 +178,8 @@ class DenseConfig:
     # a fused vertex that no photo sees facing it (best cosine under this) is placed by a harmonic fill from the seen
     # surface around it, so that a membrane under a seat or a belly spans its rim; 0: off (docs/design.md, Fusion)
     unseen_facing: Annotated[float, Field(ge=0, lt=1)] = 0.45
+    # ... unless at least this many photos see it on the outline where their silhouette holds it (a rim it placed)
+    unseen_rim_views: Annotated[int, Field(ge=1, le=64)] = 1
 
 
 @dataclass(frozen=True, config=FROZEN)

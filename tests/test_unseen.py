@@ -115,3 +115,22 @@ def test_a_dome_seen_only_from_the_side_keeps_the_top_its_silhouettes_hold() -> 
     held = settle_unseen(dome, Ks, w2cs, sizes, facing=0.45, masks=masks)
     assert not held.free[np.argmax(np.asarray(dome.vertices)[:, 2])]
     assert held.vertices[:, 2].max() > 0.395
+
+
+def test_rims_count_the_views_whose_silhouettes_hold_them() -> None:
+    """Each view's outline of a sphere is a circle of rim vertices; a view and its opposite share it (the cameras
+    are far), so asking for two views holds fewer vertices than asking for one, and asking for more than the views
+    there are holds none."""
+    from pipeline.imaging.render import render
+
+    ball = trimesh.creation.icosphere(subdivisions=4, radius=0.3)
+    Ks, w2cs, sizes = _ring(8, 0.0, dist=3.0)
+    masks = [render(ball, K, w2c, w, h).mask for K, w2c, (w, h) in zip(Ks, w2cs, sizes)]
+    best, rim = view_evidence(ball, Ks, w2cs, sizes, masks)
+    assert rim.dtype.kind == "i" and rim.max() <= len(Ks)
+    assert (rim >= 1).sum() > (rim >= 2).sum() > 0
+    for need in (1, 2, len(Ks) + 1):
+        out = settle_unseen(ball, Ks, w2cs, sizes, facing=0.9, masks=masks, rim_views=need)
+        assert out.unseen_share == pytest.approx(((best < 0.9) & (rim < need)).mean())
+    with pytest.raises(ValueError, match="rim_views"):
+        settle_unseen(ball, Ks, w2cs, sizes, facing=0.45, masks=masks, rim_views=0)

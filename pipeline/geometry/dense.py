@@ -76,6 +76,9 @@ class DenseSettings:
     # that sees it stays under this) is placed by a harmonic fill from the seen ones around it: the hull's membrane
     # under a seat or a belly then spans its rim instead of hanging towards the table (0: off; docs/design.md, Fusion)
     unseen_facing: float = 0.45
+    # ... unless at least this many views see it on the mesh's outline where their estimated silhouette holds it (a
+    # rim the silhouettes placed: a dome seen only from the side keeps its top)
+    unseen_rim_views: int = 1
     # the support plane's depths (mvs.support_hypothesis) weigh their whole match score in fusion, not its share by
     # the grazing angle: they are the plane's, exact at any angle, and the low views that see the table under a
     # body are the only ones that see through the gap (docs/design.md, Fusion)
@@ -473,7 +476,8 @@ def fused_surface(dms: list[DepthMap], sil: list[np.ndarray], estimated: list[bo
     mesh = clean_mesh(raw, MeshingSettings(smoothing_iterations=s.smoothing_iterations, max_faces=s.max_faces))
     lap("clean_mesh")
     if any(estimated) and s.unseen_facing > 0:
-        settled = settle_unseen(mesh, Ks, w2cs, [(m.shape[1], m.shape[0]) for m in sil], s.unseen_facing, sil)
+        settled = settle_unseen(mesh, Ks, w2cs, [(m.shape[1], m.shape[0]) for m in sil], s.unseen_facing, sil,
+                                s.unseen_rim_views)
         mesh = trimesh.Trimesh(settled.vertices, mesh.faces, process=False)
         log.info("%.1f %% of the fused vertices seen by no photo facing them; %d placed by the harmonic fill",
                  100 * settled.unseen_share, int(settled.free.sum()))

@@ -35,13 +35,13 @@ class UnseenResult:
 def view_evidence(mesh: trimesh.Trimesh, Ks: np.ndarray, w2cs: np.ndarray, sizes: list[tuple[int, int]],
                   masks: list[np.ndarray] | None = None, max_side: int = 256,
                   tol: float = 0.004) -> tuple[np.ndarray, np.ndarray]:
-    """What the views say about each vertex of ``mesh``: (best (V,) float64 in [0, 1], rim (V,) bool).
+    """What the views say about each vertex of ``mesh``: (best (V,) float64 in [0, 1], rim (V,) int64).
 
     best: the largest cosine between the vertex normal and the direction to a camera that sees the vertex (in the
     image, in front, and no more than ``tol`` of the mesh's diagonal behind the farthest depth the mesh itself shows
-    within a pixel of it, ray-cast at ``max_side`` px); 0 where no camera sees it. rim: a view sees the vertex on the
-    mesh's outline (within a pixel) and that view's silhouette in ``masks`` holds it there, so the silhouette placed
-    it (the rim of a dome seen only from the side), however grazing the view; all False without ``masks``.
+    within a pixel of it, ray-cast at ``max_side`` px); 0 where no camera sees it. rim: how many views see the vertex
+    on the mesh's outline (within a pixel) where their silhouette in ``masks`` holds it, so that the silhouette placed
+    it (the rim of a dome seen only from the side), however grazing the view; all 0 without ``masks``.
     Ks (N, 3, 3) for images of ``sizes`` N (width, height); w2cs (N, 4, 4) OpenCV; masks N (height, width) bool."""
     if not (len(Ks) == len(w2cs) == len(sizes)) or (masks is not None and len(masks) != len(sizes)):
         raise ValueError(f"view_evidence needs one K, pose, size (and mask) per view, got {len(Ks)}, {len(w2cs)}, "
@@ -50,7 +50,7 @@ def view_evidence(mesh: trimesh.Trimesh, Ks: np.ndarray, w2cs: np.ndarray, sizes
     N = np.asarray(mesh.vertex_normals, dtype=np.float64)
     margin = tol * float(np.linalg.norm(mesh.bounds[1] - mesh.bounds[0]))
     best = np.zeros(len(V))
-    rim = np.zeros(len(V), dtype=bool)
+    rim = np.zeros(len(V), dtype=np.int64)
     near = np.ones((3, 3), dtype=bool)
     for i, (K0, w2c, (w0, h0)) in enumerate(zip(np.asarray(Ks, np.float64), np.asarray(w2cs, np.float64), sizes)):
         K, w, h = reduced_camera(K0, w0, h0, max_side)
@@ -76,7 +76,7 @@ def view_evidence(mesh: trimesh.Trimesh, Ks: np.ndarray, w2cs: np.ndarray, sizes
             m = np.asarray(masks[i], dtype=np.uint8)
             # a pixel of the render that the silhouette covers at all, give or take a pixel
             sil = binary_dilation(cv2.resize(m * 255, (w, h), interpolation=cv2.INTER_AREA) > 0, near)
-            rim |= seen & outline[vi, ui] & sil[vi, ui]
+            rim += seen & outline[vi, ui] & sil[vi, ui]
     return np.clip(best, 0.0, 1.0), rim
 
 
@@ -117,13 +117,17 @@ def harmonic_fill(vertices: np.ndarray, edges: np.ndarray, free: np.ndarray) -> 
 
 
 def settle_unseen(mesh: trimesh.Trimesh, Ks: np.ndarray, w2cs: np.ndarray, sizes: list[tuple[int, int]],
-                  facing: float, masks: list[np.ndarray] | None = None, max_side: int = 256) -> UnseenResult:
+                  facing: float, masks: list[np.ndarray] | None = None, rim_views: int = 1,
+                  max_side: int = 256) -> UnseenResult:
     """The vertices of ``mesh`` that no view sees facing them (:func:`view_evidence`'s best cosine under ``facing``)
-    and that no silhouette of ``masks`` places on its outline, placed by :func:`harmonic_fill` from the rest.
+    and that fewer than ``rim_views`` silhouettes of ``masks`` place on their outline, placed by
+    :func:`harmonic_fill` from the rest.
     Ks (N, 3, 3) for images of ``sizes`` N (width, height); w2cs (N, 4, 4); masks N (height, width) bool."""
     if not 0 < facing < 1:
         raise ValueError(f"settle_unseen: facing must lie in (0, 1), got {facing}")
+    if rim_views < 1:
+        raise ValueError(f"settle_unseen: rim_views must be >= 1, got {rim_views}")
     best, rim = view_evidence(mesh, Ks, w2cs, sizes, masks, max_side)
-    unseen = (best < facing) & ~rim
+    unseen = (best < facing) & (rim < rim_views)
     verts, moved = harmonic_fill(np.asarray(mesh.vertices), np.asarray(mesh.edges_unique), unseen)
     return UnseenResult(vertices=verts, free=moved, unseen_share=float(unseen.mean()))
