@@ -20,6 +20,8 @@ from scipy.ndimage import binary_dilation, binary_erosion, maximum_filter
 from scipy.sparse.csgraph import connected_components
 from scipy.sparse.linalg import splu
 
+from pipeline.cameras.cameras import camera_centers
+from pipeline.geometry.scene import project
 from pipeline.imaging.render import reduced_camera, render
 
 
@@ -52,22 +54,21 @@ def view_evidence(mesh: trimesh.Trimesh, Ks: np.ndarray, w2cs: np.ndarray, sizes
     best = np.zeros(len(V))
     rim = np.zeros(len(V), dtype=np.int64)
     near = np.ones((3, 3), dtype=bool)
-    for i, (K0, w2c, (w0, h0)) in enumerate(zip(np.asarray(Ks, np.float64), np.asarray(w2cs, np.float64), sizes)):
+    w2cs = np.asarray(w2cs, np.float64)
+    centres = camera_centers(w2cs)
+    for i, (K0, w2c, (w0, h0)) in enumerate(zip(np.asarray(Ks, np.float64), w2cs, sizes)):
         K, w, h = reduced_camera(K0, w0, h0, max_side)
         raw = render(mesh, K, w2c, w, h).depth
         # the farthest depth around each pixel: a surface seen at a grazing angle changes depth by more than the
         # tolerance within one pixel, and the vertex need not lie on the pixel's centre ray
         depth = maximum_filter(raw, size=3, mode="nearest")
-        cam = V @ w2c[:3, :3].T + w2c[:3, 3]
-        z = cam[:, 2]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            u = (cam[:, 0] * K[0, 0] + cam[:, 2] * K[0, 2]) / z
-            v = (cam[:, 1] * K[1, 1] + cam[:, 2] * K[1, 2]) / z
+        uv, z = project(V, K, w2c)
+        u, v = uv[:, 0], uv[:, 1]
         inside = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
         ui = np.clip(np.nan_to_num(u), 0, w - 1).astype(np.int64)
         vi = np.clip(np.nan_to_num(v), 0, h - 1).astype(np.int64)
         seen = inside & (z <= depth[vi, ui] + margin)
-        to_cam = -w2c[:3, :3].T @ w2c[:3, 3] - V
+        to_cam = centres[i] - V
         cos = np.einsum("ij,ij->i", N, to_cam) / np.maximum(np.linalg.norm(to_cam, axis=1), 1e-12)
         best = np.where(seen, np.maximum(best, cos), best)
         if masks is not None:
@@ -93,11 +94,11 @@ def harmonic_fill(vertices: np.ndarray, edges: np.ndarray, free: np.ndarray) -> 
         raise ValueError(f"harmonic_fill: free must be ({n},) bool, got {free.shape}")
     if len(edges) and (edges.min() < 0 or edges.max() >= n):
         raise ValueError("harmonic_fill: an edge names a vertex that is not there")
+    if not free.any():
+        return vertices.copy(), free.copy()
     A = sp.coo_matrix((np.ones(2 * len(edges)), (np.r_[edges[:, 0], edges[:, 1]], np.r_[edges[:, 1], edges[:, 0]])),
                       shape=(n, n)).tocsr()
     A.data[:] = 1.0  # an edge listed twice is still one neighbour
-    if not free.any():
-        return vertices.copy(), free.copy()
     # free groups: connected components of the free vertices' own graph; a group moves only if a fixed vertex borders it
     idx = np.flatnonzero(free)
     _, group = connected_components(A[idx][:, idx], directed=False)
