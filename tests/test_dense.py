@@ -11,7 +11,7 @@ import trimesh
 
 from pipeline.geometry.fusion import Grid, combined_field, fuse
 from pipeline.geometry.meshing import marching_cubes
-from pipeline.geometry.mvs import (DepthMap, MvsSettings, backproject, consistency_counts, depth_range, ncc,
+from pipeline.geometry.mvs import (DepthMap, MvsSettings, backproject, box_mean, consistency_counts, depth_range, ncc,
                                    neighbour_views, parabola_offset, plane_depths, relative_pose, sparse_depth_range,
                                    sweep_view, warp_uv, window_stats)
 from pipeline.imaging.render import look_at, render
@@ -31,6 +31,19 @@ def test_window_ncc_matches_a_direct_computation() -> None:
         expect = (a0 * b0).sum() / ((a0 ** 2).sum() * (b0 ** 2).sum()).sqrt()
         assert float(got[0, y, x]) == pytest.approx(float(expect), abs=1e-4)
     assert float(got[1, 2:-2, 2:-2].min()) > 0.999
+
+
+def test_box_mean_is_the_mean_of_the_pixels_that_exist_in_each_window() -> None:
+    """The separable filter (rows, then columns) against a plain loop over every pixel, borders included, and
+    on several channels at once (the NCC stacks its three means)."""
+    rng = np.random.default_rng(1)
+    x = torch.as_tensor(rng.uniform(size=(2, 3, 9, 11)), dtype=torch.float32)
+    got = box_mean(x, 5)
+    want = torch.empty_like(x)
+    for y in range(9):
+        for xx in range(11):
+            want[..., y, xx] = x[..., max(0, y - 2):y + 3, max(0, xx - 2):xx + 3].mean(dim=(-2, -1))
+    assert torch.allclose(got, want, atol=1e-6)
 
 
 def test_a_close_up_sweeps_from_its_nearest_sfm_points_not_from_the_lens() -> None:

@@ -8,6 +8,7 @@ import pytest
 import torch
 import trimesh
 from scipy.spatial import cKDTree
+from skimage import measure
 
 from pipeline.context import JobError
 import pipeline.geometry.meshing as meshing
@@ -361,3 +362,27 @@ def test_handle_count_matches_eulers_formula_computed_plainly() -> None:
         chi = len(np.unique(faces)) - len(edges) + len(faces)
         plain = (2 * pieces - meshing.boundary_loops(faces) - chi) // 2
         assert meshing.handle_count(mesh) == (plain, pieces) == (handles, pieces)
+
+
+def test_signed_volume_and_the_inside_box() -> None:
+    """The sign that orients marching cubes' output is the enclosed volume's, and the crop it meshes is the box of
+    the inside voxels one voxel wider: the same surface as the whole grid's, in the same place."""
+    from pipeline.geometry.meshing import inside_box, signed_volume
+
+    ball = trimesh.creation.icosphere(subdivisions=3, radius=0.4)
+    ball.apply_translation([2.0, -1.0, 0.5])  # away from the origin: the tetrahedra's signs must cancel
+    assert signed_volume(ball.vertices, ball.faces) == pytest.approx(ball.volume, rel=1e-9)
+    assert signed_volume(ball.vertices, ball.faces[:, ::-1]) == pytest.approx(-ball.volume, rel=1e-9)
+    field, origin, voxel = ellipsoid_field()
+    lo, hi = inside_box(field < 0)
+    assert lo == inside_box(torch.as_tensor(field) < 0)[0] and hi == inside_box(torch.as_tensor(field) < 0)[1]
+    inside = np.argwhere(field < 0)
+    assert np.array_equal(lo, np.maximum(inside.min(0) - 1, 0))
+    assert np.array_equal(hi, np.minimum(inside.max(0) + 2, field.shape))
+    assert (np.array(hi) - np.array(lo) < np.array(field.shape)).any()  # a real crop
+    whole = measure.marching_cubes(-field, level=0.0, spacing=(voxel,) * 3)[0] + origin
+    got = marching_cubes(field, origin, voxel)
+    assert len(got.vertices) == len(whole) and cKDTree(whole).query(got.vertices)[0].max() < 1e-5 * voxel
+    assert got.volume > 0
+    with pytest.raises(JobError, match="visual hull is empty"):
+        inside_box(np.zeros((4, 4, 4), bool))

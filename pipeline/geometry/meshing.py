@@ -26,15 +26,43 @@ class MeshingSettings:
     max_faces: int = 200_000
 
 
+def inside_box(inside: np.ndarray | torch.Tensor) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """The index box (lo, hi: slices lo:hi per axis) around the True voxels of ``inside`` (X, Y, Z) bool, numpy or
+    torch, grown by one voxel each way within the grid. Raises JobError when no voxel is inside."""
+    lo, hi = [], []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        if isinstance(inside, torch.Tensor):
+            any_ = inside.any(dim=other[1]).any(dim=other[0]).cpu().numpy()
+        else:
+            any_ = inside.any(axis=other)
+        idx = np.flatnonzero(any_)
+        if not len(idx):
+            raise JobError("the visual hull is empty: no voxel is inside every silhouette")
+        lo.append(max(0, int(idx[0]) - 1))
+        hi.append(min(inside.shape[axis], int(idx[-1]) + 2))
+    return (lo[0], lo[1], lo[2]), (hi[0], hi[1], hi[2])
+
+
+def signed_volume(vertices: np.ndarray, faces: np.ndarray) -> float:
+    """Volume enclosed by a closed triangle mesh, negative when its faces wind inwards: the sum of the signed
+    tetrahedra (origin, a, b, c). vertices (V, 3), faces (F, 3) int. trimesh's ``volume`` integrates the whole mass
+    properties for it (0.5 s on a million faces, against 0.05 s here), and marching cubes only needs the sign."""
+    tri = np.asarray(vertices, dtype=np.float64)[np.asarray(faces)]
+    return float(np.einsum("ij,ij->i", tri[:, 0], np.cross(tri[:, 1], tri[:, 2])).sum() / 6.0)
+
+
 def marching_cubes(field: np.ndarray, origin: np.ndarray, voxel: float) -> trimesh.Trimesh:
     """field: (X, Y, Z) float32, negative inside -> mesh in world units with outward normals."""
     if field.ndim != 3:
         raise ValueError(f"field must be 3-D, got shape {field.shape}")
-    if not (field < 0).any():
-        raise JobError("the visual hull is empty: no voxel is inside every silhouette")
-    verts, faces, _normals, _ = measure.marching_cubes(-field, level=0.0, spacing=(voxel, voxel, voxel))
-    mesh = trimesh.Trimesh(vertices=verts + origin, faces=faces, process=False)
-    if mesh.volume < 0:
+    lo, hi = inside_box(field < 0)
+    # only the box around the inside voxels (one voxel more each way, for the crossings) has a surface: the fused
+    # box reaches past the object towards the table and the silhouettes' hull, and skimage walks every cube
+    sub = field[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    verts, faces, _normals, _ = measure.marching_cubes(-sub, level=0.0, spacing=(voxel, voxel, voxel))
+    mesh = trimesh.Trimesh(vertices=verts + np.asarray(origin) + np.asarray(lo) * voxel, faces=faces, process=False)
+    if signed_volume(mesh.vertices, mesh.faces) < 0:
         mesh.invert()
     return mesh
 
@@ -65,7 +93,7 @@ def marching_cubes_tensor(field: torch.Tensor, origin: np.ndarray, voxel: float)
         raise RuntimeError(f"pytorch3d marching cubes gave face indices outside its {len(verts[0])} vertices")
     v = verts[0].flip(-1).double().cpu().numpy() * voxel + np.asarray(origin, dtype=np.float64)
     mesh = trimesh.Trimesh(vertices=v, faces=faces[0].cpu().numpy(), process=True)
-    if mesh.volume < 0:
+    if signed_volume(mesh.vertices, mesh.faces) < 0:
         mesh.invert()
     return mesh
 
@@ -90,7 +118,10 @@ def marching_cubes_on_device(field: torch.Tensor, origin: np.ndarray, voxel: flo
             log.info("pytorch3d is not installed: marching cubes runs on the CPU (skimage)")
         except RuntimeError as e:
             log.warning("pytorch3d marching cubes failed (%s); skimage's is used instead", e)
-    return marching_cubes(field.detach().cpu().numpy(), origin, voxel)
+    # the box around the inside voxels only crosses to the host: a 400^3 field is 256 MB
+    lo, hi = inside_box(field < 0)
+    sub = field[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].detach().cpu().numpy()
+    return marching_cubes(sub, np.asarray(origin) + np.asarray(lo) * voxel, voxel)
 
 
 def smooth_field(field: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -11,6 +11,7 @@ underside of a seat does, instead of hanging. docs/design.md (Fusion) has the me
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -22,7 +23,7 @@ from scipy.sparse.linalg import splu
 
 from pipeline.cameras.cameras import camera_centers
 from pipeline.geometry.scene import project
-from pipeline.imaging.render import reduced_camera, render
+from pipeline.imaging.render import RenderOut, reduced_camera, render
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class UnseenResult:
 
 def view_evidence(mesh: trimesh.Trimesh, Ks: np.ndarray, w2cs: np.ndarray, sizes: list[tuple[int, int]],
                   masks: list[np.ndarray] | None = None, max_side: int = 256,
-                  tol: float = 0.004) -> tuple[np.ndarray, np.ndarray]:
+                  tol: float = 0.004, renderer: Callable[..., RenderOut] = render) -> tuple[np.ndarray, np.ndarray]:
     """What the views say about each vertex of ``mesh``: (best (V,) float64 in [0, 1], rim (V,) int64).
 
     best: the largest cosine between the vertex normal and the direction to a camera that sees the vertex (in the
@@ -44,7 +45,9 @@ def view_evidence(mesh: trimesh.Trimesh, Ks: np.ndarray, w2cs: np.ndarray, sizes
     within a pixel of it, ray-cast at ``max_side`` px); 0 where no camera sees it. rim: how many views see the vertex
     on the mesh's outline (within a pixel) where their silhouette in ``masks`` holds it, so that the silhouette placed
     it (the rim of a dome seen only from the side), however grazing the view; all 0 without ``masks``.
-    Ks (N, 3, 3) for images of ``sizes`` N (width, height); w2cs (N, 4, 4) OpenCV; masks N (height, width) bool."""
+    Ks (N, 3, 3) for images of ``sizes`` N (width, height); w2cs (N, 4, 4) OpenCV; masks N (height, width) bool.
+    renderer: :func:`pipeline.imaging.render.render` or one of its signature (nvdiffrast's on a GPU,
+    :func:`pipeline.imaging.raster.mesh_renderer`), which gives the same depths at the pixel centres."""
     if not (len(Ks) == len(w2cs) == len(sizes)) or (masks is not None and len(masks) != len(sizes)):
         raise ValueError(f"view_evidence needs one K, pose, size (and mask) per view, got {len(Ks)}, {len(w2cs)}, "
                          f"{len(sizes)}" + ("" if masks is None else f", {len(masks)}"))
@@ -58,7 +61,7 @@ def view_evidence(mesh: trimesh.Trimesh, Ks: np.ndarray, w2cs: np.ndarray, sizes
     centres = camera_centers(w2cs)
     for i, (K0, w2c, (w0, h0)) in enumerate(zip(np.asarray(Ks, np.float64), w2cs, sizes)):
         K, w, h = reduced_camera(K0, w0, h0, max_side)
-        raw = render(mesh, K, w2c, w, h).depth
+        raw = renderer(mesh, K, w2c, w, h).depth
         # the farthest depth around each pixel: a surface seen at a grazing angle changes depth by more than the
         # tolerance within one pixel, and the vertex need not lie on the pixel's centre ray
         depth = maximum_filter(raw, size=3, mode="nearest")
@@ -119,16 +122,17 @@ def harmonic_fill(vertices: np.ndarray, edges: np.ndarray, free: np.ndarray) -> 
 
 def settle_unseen(mesh: trimesh.Trimesh, Ks: np.ndarray, w2cs: np.ndarray, sizes: list[tuple[int, int]],
                   facing: float, masks: list[np.ndarray] | None = None, rim_views: int = 1,
-                  max_side: int = 256) -> UnseenResult:
+                  max_side: int = 256, renderer: Callable[..., RenderOut] = render) -> UnseenResult:
     """The vertices of ``mesh`` that no view sees facing them (:func:`view_evidence`'s best cosine under ``facing``)
     and that fewer than ``rim_views`` silhouettes of ``masks`` place on their outline, placed by
     :func:`harmonic_fill` from the rest.
-    Ks (N, 3, 3) for images of ``sizes`` N (width, height); w2cs (N, 4, 4); masks N (height, width) bool."""
+    Ks (N, 3, 3) for images of ``sizes`` N (width, height); w2cs (N, 4, 4); masks N (height, width) bool;
+    renderer as :func:`view_evidence`'s."""
     if not 0 < facing < 1:
         raise ValueError(f"settle_unseen: facing must lie in (0, 1), got {facing}")
     if rim_views < 1:
         raise ValueError(f"settle_unseen: rim_views must be >= 1, got {rim_views}")
-    best, rim = view_evidence(mesh, Ks, w2cs, sizes, masks, max_side)
+    best, rim = view_evidence(mesh, Ks, w2cs, sizes, masks, max_side, renderer=renderer)
     unseen = (best < facing) & (rim < rim_views)
     verts, moved = harmonic_fill(np.asarray(mesh.vertices), np.asarray(mesh.edges_unique), unseen)
     return UnseenResult(vertices=verts, free=moved, unseen_share=float(unseen.mean()))
