@@ -536,3 +536,14 @@ def test_unseen_evidence_through_nvdiffrast_matches_the_ray_caster() -> None:
     a = settle_unseen(mesh, Ks, w2cs, sizes, 0.45, masks)
     b = settle_unseen(mesh, Ks, w2cs, sizes, 0.45, masks, renderer=gpu)
     assert a.free.sum() > 100 and (a.free != b.free).mean() < 0.01
+
+
+def test_seam_padding_on_the_gpu_matches_opencv() -> None:
+    from pipeline.appearance.texture import pad_seams
+
+    rng = np.random.default_rng(4)
+    covered = np.zeros((256, 256), bool)
+    for y, x in rng.integers(0, 240, (40, 2)):
+        covered[y:y + rng.integers(2, 17), x:x + rng.integers(2, 17)] = True
+    tex = (rng.random((256, 256, 3)) * covered[..., None]).astype(np.float32)
+    assert np.abs(pad_seams(tex, covered, 8, device="cuda") - pad_seams(tex, covered, 8)).max() < 1e-5

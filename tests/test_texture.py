@@ -72,6 +72,21 @@ def test_seam_padding_and_bilinear_lookup() -> None:
     assert got[0, 0] == pytest.approx(0.5, abs=1e-6)
 
 
+def test_seam_padding_in_torch_matches_opencv() -> None:
+    """The rings a GPU job runs in torch (here on the CPU; tests/test_gpu.py on CUDA) give OpenCV's colours."""
+    from pipeline.appearance.texture import _pad_seams_torch
+
+    rng = np.random.default_rng(3)
+    covered = np.zeros((64, 64), bool)
+    for y, x in rng.integers(0, 60, (12, 2)):
+        covered[y:y + rng.integers(2, 9), x:x + rng.integers(2, 9)] = True
+    tex = (rng.random((64, 64, 3)) * covered[..., None]).astype(np.float32)
+    want = pad_seams(tex, covered, 4)
+    got = _pad_seams_torch(tex, covered, 4, "cpu")
+    assert np.abs(got - want).max() < 1e-5
+    assert (np.abs(got - tex)[~covered].max(-1) > 0).mean() > 0.5  # the empty texels did change
+
+
 def _point_colors_reference(V, normals, mesh, images, masks, Ks, w2cs, depth_scale=0.5):
     """Plain numpy, point by point where it matters: the visibility-weighted blend that point_colors vectorises."""
     from pipeline.imaging.sampling import bilinear

@@ -210,10 +210,15 @@ def texel_points(atlas: Atlas, mesh_normals: np.ndarray | None = None) -> tuple[
     return np.stack([ys, xs], 1), pts, n
 
 
-def pad_seams(tex: np.ndarray, covered: np.ndarray, texels: int) -> np.ndarray:
+def pad_seams(tex: np.ndarray, covered: np.ndarray, texels: int, device: str = "cpu") -> np.ndarray:
     """Push colours outward from the charts (``texels`` rings), so bilinear filtering and mipmaps never mix in the
-    empty background across a seam; the rest is filled with the mean colour. tex (S, S, 3) float."""
-    out = tex.copy()
+    empty background across a seam; the rest is filled with the mean colour. tex (S, S, 3) float; covered (S, S)
+    bool -> (S, S, 3) float32. Each ring gives an empty texel next to the charts the mean of its covered 3 x 3
+    neighbours. On a CUDA ``device`` the rings run in torch there: OpenCV's took about 1 s for a 2048-texel texture
+    on a GPU machine's core, twice a job (on a CPU, OpenCV's filter is five times faster than torch's)."""
+    if str(device).startswith("cuda"):
+        return _pad_seams_torch(tex, covered, texels, device)
+    out = np.array(tex, dtype=np.float32)
     mask = covered.copy()
     kernel = np.ones((3, 3), np.float32)
     for _ in range(texels):
@@ -223,8 +228,30 @@ def pad_seams(tex: np.ndarray, covered: np.ndarray, texels: int) -> np.ndarray:
         out[grow] = acc[grow] / cnt[grow, None]
         mask |= grow
     if covered.any():
-        out[~mask] = tex[covered].mean(0)
+        out[~mask] = np.asarray(tex, dtype=np.float32)[covered].mean(0)
     return out
+
+
+def _pad_seams_torch(tex: np.ndarray, covered: np.ndarray, texels: int, device: str) -> np.ndarray:
+    """:func:`pad_seams` in torch on ``device``: the same rings (zeros beyond the edge, as OpenCV's BORDER_CONSTANT)."""
+    import torch
+    import torch.nn.functional as F
+
+    t = torch.as_tensor(np.asarray(tex, dtype=np.float32), device=device).permute(2, 0, 1)[:, None]  # (3, 1, S, S)
+    cov = torch.as_tensor(np.asarray(covered, dtype=bool), device=device)[None, None]
+    m = cov.float()
+    ones = torch.ones((1, 1, 3, 3), device=device)
+    out = t.clone()
+    for _ in range(texels):
+        acc = F.conv2d(out * m, ones, padding=1)
+        cnt = F.conv2d(m, ones, padding=1)
+        grow = (cnt > 0) & (m == 0)
+        out = torch.where(grow, acc / cnt.clamp(min=1.0), out)
+        m = torch.where(grow, torch.ones_like(m), m)
+    if bool(cov.any()):
+        mean = t[:, 0][:, cov[0, 0]].mean(1)  # (3,)
+        out = torch.where(m > 0, out, mean[:, None, None, None])
+    return out[:, 0].permute(1, 2, 0).cpu().numpy()
 
 
 def bake(atlas: Atlas, visibility_mesh: trimesh.Trimesh, images: list[np.ndarray], masks: list[np.ndarray],
@@ -238,7 +265,7 @@ def bake(atlas: Atlas, visibility_mesh: trimesh.Trimesh, images: list[np.ndarray
     tex = np.zeros((s.size, s.size, 3), dtype=np.float32)
     tex[rc[:, 0], rc[:, 1]] = colors
     covered = atlas.face_of_texel >= 0
-    tex = pad_seams(tex, covered, s.dilate)
+    tex = pad_seams(tex, covered, s.dilate, device=device)
     return tex, {"texels": int(len(pts)), "coverage": float(covered.mean()), "seen_fraction": float((seen > 0).mean())}
 
 

@@ -173,7 +173,7 @@ def fit_bake(ctx: JobContext, atlas: Atlas, tex: np.ndarray, images: list[np.nda
         ctx.log.warning("texture fit: out of GPU memory for %d pixels; keeping the baked texture", len(samples.uv))
         torch.cuda.empty_cache()
         return tex, {"skipped": f"out of GPU memory for {len(samples.uv)} pixels: baked only"}
-    out = pad_seams(out, atlas.face_of_texel >= 0, s.dilate)
+    out = pad_seams(out, atlas.face_of_texel >= 0, s.dilate, device=ctx.device)
     info.update({"views": int(len(pick)), "pixels_from": how, "sample_seconds": round(t_samples, 2)})
     ctx.log.info("texture fit: RMSE %.4f -> %.4f over %d pixels of %d views", info.get("rmse_before", 0),
                  info.get("rmse_after", 0), info.get("samples", 0), len(pick))
