@@ -68,7 +68,7 @@ def test_ray_runs_jobs_concurrently_once_each_and_survives_a_killed_worker(daemo
                        # a long geometry stage to catch two tasks in it; cheap stages after it
                        *set_args("jobs.device=cpu", "geometry.voxel_resolution=200", "texture.cpu_size=128",
                                  "report.render_size=64", "report.gt_samples=5000")).start()
-    for name in ("a", "b", "c", "d"):
+    for name in ("a", "b", "c"):  # two at once, one waiting
         drop(SAMPLE, d.inbox, name=name)
 
     def two_in_geometry():
@@ -82,21 +82,21 @@ def test_ray_runs_jobs_concurrently_once_each_and_survives_a_killed_worker(daemo
     victim, survivor = running
     # kill -9 the Ray worker process running the victim's task (as the OOM killer or a dying node would)
     os.kill(int(victim["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
-    for job_id in "abcd":
+    for job_id in "abc":
         assert d.wait_state(job_id, timeout=600)["state"] == "done", d.log()[-3000:]
     jobs = d.jobs()
     assert jobs[victim["id"]]["attempts"] == 2
-    assert all(jobs[j]["attempts"] == 1 for j in "abcd" if j != victim["id"])
+    assert all(jobs[j]["attempts"] == 1 for j in "abc" if j != victim["id"])
     lost = " ".join(e["message"] for e in d.events(victim["id"]) if e["kind"] == "requeued")
     assert "ray task lost" in lost
     # resumed from its checkpoints: the stages before geometry were not run again
     assert jobs[victim["id"]]["timings"]["ingest"]["skipped"] is True
-    for job_id in "abcd":  # finished exactly once, published once, progress and timings streamed back
+    for job_id in "abc":  # finished exactly once, published once, progress and timings streamed back
         assert _done_events(d, job_id) == 1
         assert (d.outbox / job_id / "mesh.glb").is_file()
         assert jobs[job_id]["progress"] == 100.0
         assert {"ingest", "cameras", "geometry", "report", "publish"} <= set(jobs[job_id]["timings"])
-    assert sorted(p.name for p in d.outbox.iterdir() if not p.name.startswith(("_", "."))) == list("abcd")
+    assert sorted(p.name for p in d.outbox.iterdir() if not p.name.startswith(("_", "."))) == list("abc")
     assert d.alive()
 
 
