@@ -251,24 +251,33 @@ def sparse_depth_range(w2c: np.ndarray, center: np.ndarray, radius: float, point
 
 
 def _src_terms(K_ref: np.ndarray, w2c_ref: np.ndarray, K_src: np.ndarray, w2c_src: np.ndarray,
-               pix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+               pix: torch.Tensor, src_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A reference pixel p at depth d lands in the source view (``src_size`` (H, W)) at grid_sample's coordinates
+    q[:2] / q[2], with q = d A p + b and q[2] its source depth. -> (A p (H*W, 3), b (3,)): the pixel-to-grid scaling
+    (u / W * 2 - 1) is folded into both, so that the sweep's warp is one multiply-add and one division."""
     R, t = relative_pose(w2c_ref, w2c_src)
-    A = torch.as_tensor(K_src @ R @ np.linalg.inv(K_ref), dtype=torch.float32, device=pix.device)
-    b = torch.as_tensor(K_src @ t, dtype=torch.float32, device=pix.device)
-    return A @ pix, b
+    Hs, Ws = src_size
+    to_grid_ = np.array([[2.0 / Ws, 0.0, -1.0], [0.0, 2.0 / Hs, -1.0], [0.0, 0.0, 1.0]])
+    A = torch.as_tensor(to_grid_ @ K_src @ R @ np.linalg.inv(K_ref), dtype=torch.float32, device=pix.device)
+    b = torch.as_tensor(to_grid_ @ K_src @ t, dtype=torch.float32, device=pix.device)
+    return (A @ pix).T.contiguous(), b
 
 
 def _scores(ref: torch.Tensor, ref_mu: torch.Tensor, ref_sd: torch.Tensor, srcs: list[torch.Tensor],
             terms: list[tuple[torch.Tensor, torch.Tensor]], depths: torch.Tensor, s: MvsSettings) -> torch.Tensor:
     """Mean of the best_k source NCCs for per-pixel depth hypotheses. depths: (B, H*W) -> (B, H, W)."""
     H, W = ref.shape[-2:]
+    B = depths.shape[0]
     per_src = []
     for img, (Ap, b) in zip(srcs, terms):
-        uv, z = warp_uv(depths, Ap, b, H, W)
-        warped = sample(img, uv)
+        q = depths[:, :, None] * Ap[None] + b  # (B, H*W, 3)
+        z = q[..., 2]
+        grid = (q[..., :2] / z.clamp(min=1e-9)[..., None]).reshape(B, H, W, 2)
+        warped = F.grid_sample(img.expand(B, -1, -1, -1), grid, mode="bilinear", padding_mode="zeros",
+                               align_corners=False)
         sc = ncc(ref, ref_mu, ref_sd, warped, s.window, s.ncc_eps)
-        Hs, Ws = img.shape[-2:]
-        inside = (z > 0) & (uv[..., 0] >= 0) & (uv[..., 0] <= Ws) & (uv[..., 1] >= 0) & (uv[..., 1] <= Hs)
+        # in front of the source camera and inside its image (grid coordinates within [-1, 1])
+        inside = (z.reshape(B, H, W) > 0) & (grid.abs() <= 1).all(-1)
         per_src.append(torch.where(inside, sc, torch.full_like(sc, -1.0)))
     stack = torch.stack(per_src)  # (S, B, H, W)
     k = min(s.best_k, stack.shape[0])
@@ -433,7 +442,7 @@ class _Images:
         ref_mu, ref_sd = window_stats(ref, window)
         pix = pixel_grid(H, W, dev)
         srcs = [torch.as_tensor(g, dtype=torch.float32, device=dev)[None, None] for g in src_grays]
-        terms = [_src_terms(K_ref, w2c_ref, Ks, Ts, pix) for Ks, Ts in zip(K_srcs, w2c_srcs)]
+        terms = [_src_terms(K_ref, w2c_ref, Ks, Ts, pix, g.shape) for Ks, Ts, g in zip(K_srcs, w2c_srcs, src_grays)]
         return cls(ref, ref_mu, ref_sd, srcs, terms)
 
     @classmethod
