@@ -14,7 +14,7 @@ def test_two_slots_run_concurrently_and_a_killed_worker_only_costs_its_job(daemo
                                                   "texture.enabled=false", "report.render_size=64",
                                                   "report.gt_samples=5000")).start()
     # each slot's worker gets its own CUDA_VISIBLE_DEVICES; on this CPU machine they fall back to the CPU
-    for name in ("a", "b", "c"):  # two at once in the slots, one waiting for the first free slot
+    for name in ("a", "b"):  # one in each slot
         drop(SAMPLE, d.inbox, name=name)
 
     def two_running():
@@ -26,11 +26,10 @@ def test_two_slots_run_concurrently_and_a_killed_worker_only_costs_its_job(daemo
     assert slots == {"gpu0", "gpu1"}
     victim, survivor = running
     os.kill(int(victim["worker"].split(":")[2]), signal.SIGKILL)  # e.g. the OOM killer
-    for job_id in "abc":
+    for job_id in "ab":
         assert d.wait_state(job_id, timeout=400)["state"] == "done"
     jobs = d.jobs()
     assert jobs[victim["id"]]["attempts"] == 2
     assert jobs[survivor["id"]]["attempts"] == 1
     assert "killed by SIGKILL" in " ".join(e["message"] for e in d.events(victim["id"]))
-    assert all(jobs[j]["attempts"] == 1 for j in "abc" if j != victim["id"])
     assert d.alive()
