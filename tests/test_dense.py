@@ -46,6 +46,30 @@ def test_box_mean_is_the_mean_of_the_pixels_that_exist_in_each_window() -> None:
     assert torch.allclose(got, want, atol=1e-6)
 
 
+def test_sources_scored_as_one_batch_score_as_one_by_one() -> None:
+    """A GPU scores the sources of one size as one batch, a CPU one by one: the same scores, also where one source
+    has another size (a photo of another shape) and forms a group of its own."""
+    from pipeline.geometry.mvs import _device_views, _Images
+
+    _, Ks, w2cs, grays, _, _ = _textured_sphere_views()
+    dev = torch.device("cpu")
+    views = [_device_views(g, K, w, 1, dev)[0] for g, K, w in zip(grays, Ks, w2cs)]
+    # view 6 cut to the middle two thirds of its rows: another size, its principal point moved to match
+    g6 = grays[6][grays[6].shape[0] // 6:-(grays[6].shape[0] // 6)]
+    K6 = Ks[6].copy()
+    K6[1, 2] -= grays[6].shape[0] // 6
+    views[6] = _device_views(g6, K6, w2cs[6], 1, dev)[0]
+    srcs = [views[j] for j in (3, 5, 6, 2)]
+    depths = torch.tensor([2.2, 2.6, 3.0])[:, None].expand(-1, grays[4].size)
+    s = MvsSettings()
+    batched = _Images.make(views[4], srcs, s.window, batch=True)
+    assert [g[0].shape[0] for g in batched.groups] == [3, 1]
+    one_by_one = _Images.make(views[4], srcs, s.window, batch=False)
+    a, b = batched.scores(depths, s), one_by_one.scores(depths, s)
+    assert a.shape == (3, *grays[4].shape) and (a > -1).float().mean() > 0.5
+    assert torch.allclose(a, b, atol=1e-5)
+
+
 def test_a_close_up_sweeps_from_its_nearest_sfm_points_not_from_the_lens() -> None:
     """A camera inside the object's sphere: the sphere alone starts the sweep at 2 % of its radius, where almost
     every inverse-depth plane lies in front of the object. The view's own SfM points (inside the sphere) raise the

@@ -547,3 +547,20 @@ def test_seam_padding_on_the_gpu_matches_opencv() -> None:
         covered[y:y + rng.integers(2, 17), x:x + rng.integers(2, 17)] = True
     tex = (rng.random((256, 256, 3)) * covered[..., None]).astype(np.float32)
     assert np.abs(pad_seams(tex, covered, 8, device="cuda") - pad_seams(tex, covered, 8)).max() < 1e-5
+
+
+def test_depth_map_scores_on_the_gpu_batched_match_the_cpu_one_by_one() -> None:
+    """The sweep's scores on CUDA (the sources of one size as one batch) against the CPU's (one by one)."""
+    from pipeline.geometry.mvs import MvsSettings, _device_views, _Images
+    from tests.test_dense import _textured_sphere_views
+
+    _, Ks, w2cs, grays, _, _ = _textured_sphere_views()
+    s = MvsSettings()
+    out = {}
+    for dev in ("cpu", "cuda"):
+        views = [_device_views(g, K, w, 1, torch.device(dev))[0] for g, K, w in zip(grays, Ks, w2cs)]
+        imgs = _Images.make(views[4], [views[j] for j in (3, 5, 2)], s.window)
+        assert len(imgs.groups) == (1 if dev == "cuda" else 3)
+        depths = torch.tensor([2.2, 2.6, 3.0], device=dev)[:, None].expand(-1, grays[4].size)
+        out[dev] = imgs.scores(depths, s).cpu()
+    assert torch.allclose(out["cpu"], out["cuda"], atol=1e-4)

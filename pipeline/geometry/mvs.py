@@ -263,23 +263,31 @@ def _src_terms(K_ref: np.ndarray, w2c_ref: np.ndarray, K_src: np.ndarray, w2c_sr
     return (A @ pix).T.contiguous(), b
 
 
-def _scores(ref: torch.Tensor, ref_mu: torch.Tensor, ref_sd: torch.Tensor, srcs: list[torch.Tensor],
-            terms: list[tuple[torch.Tensor, torch.Tensor]], depths: torch.Tensor, s: MvsSettings) -> torch.Tensor:
-    """Mean of the best_k source NCCs for per-pixel depth hypotheses. depths: (B, H*W) -> (B, H, W)."""
+def _scores(ref: torch.Tensor, ref_mu: torch.Tensor, ref_sd: torch.Tensor,
+            groups: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], depths: torch.Tensor,
+            s: MvsSettings) -> torch.Tensor:
+    """Mean of the best_k source NCCs for per-pixel depth hypotheses. depths: (B, H*W) -> (B, H, W).
+
+    groups: the sources by image size, each (images (S, 1, H_s, W_s), A p (S, H*W, 3), b (S, 3)) as
+    :func:`_src_terms` gives them. A group is warped and scored as one batch: the per-source loop issued two dozen
+    small kernels per source and hypothesis chunk from Python, and on a GPU machine's slow cores the launches, not
+    the arithmetic, set the depth maps' time."""
     H, W = ref.shape[-2:]
     B = depths.shape[0]
-    per_src = []
-    for img, (Ap, b) in zip(srcs, terms):
-        q = depths[:, :, None] * Ap[None] + b  # (B, H*W, 3)
+    per = []
+    for imgs, Ap, b in groups:
+        S = imgs.shape[0]
+        q = depths[None, :, :, None] * Ap[:, None] + b[:, None, None, :]  # (S, B, H*W, 3)
         z = q[..., 2]
-        grid = (q[..., :2] / z.clamp(min=1e-9)[..., None]).reshape(B, H, W, 2)
-        warped = F.grid_sample(img.expand(B, -1, -1, -1), grid, mode="bilinear", padding_mode="zeros",
+        grid = q[..., :2] / z.clamp(min=1e-9)[..., None]
+        # the B hypotheses stacked down the rows of each source's grid: one sample of each source image, no copies
+        warped = F.grid_sample(imgs, grid.reshape(S, B * H, W, 2), mode="bilinear", padding_mode="zeros",
                                align_corners=False)
-        sc = ncc(ref, ref_mu, ref_sd, warped, s.window, s.ncc_eps)
+        sc = ncc(ref, ref_mu, ref_sd, warped.reshape(S * B, 1, H, W), s.window, s.ncc_eps).reshape(S, B, H, W)
         # in front of the source camera and inside its image (grid coordinates within [-1, 1])
-        inside = (z.reshape(B, H, W) > 0) & (grid.abs() <= 1).all(-1)
-        per_src.append(torch.where(inside, sc, torch.full_like(sc, -1.0)))
-    stack = torch.stack(per_src)  # (S, B, H, W)
+        inside = (z > 0).reshape(S, B, H, W) & (grid.abs() <= 1).all(-1).reshape(S, B, H, W)
+        per.append(torch.where(inside, sc, torch.full_like(sc, -1.0)))
+    stack = per[0] if len(per) == 1 else torch.cat(per)  # (sources, B, H, W)
     k = min(s.best_k, stack.shape[0])
     return stack.topk(k, dim=0).values.mean(0)
 
@@ -337,15 +345,29 @@ def sweep_view(ref_gray: np.ndarray, src_grays: list[np.ndarray], K_ref: np.ndar
     winning match where it lies beyond ``far`` (0 elsewhere), and table (H, W) bool: where the support plane won."""
     if not src_grays:
         raise ValueError("sweep_view needs at least one source view")
+    dev = torch.device(device)
+    f = max(1, int(s.coarse))
+    ref = _device_views(ref_gray, K_ref, w2c_ref, f, dev)
+    srcs = [_device_views(g, K, w, f, dev) for g, K, w in zip(src_grays, K_srcs, w2c_srcs)]
+    return _sweep(ref, srcs, near, far, s, mask, support)
+
+
+def _sweep(ref_views: tuple[_View, _View], src_views: list[tuple[_View, _View]], near: float, far: float,
+           s: MvsSettings, mask: np.ndarray | None = None, support: tuple[np.ndarray, float] | None = None
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`sweep_view` on views already on the device, each (full, reduced ``s.coarse`` times) as
+    :func:`_device_views` makes them."""
+    if not src_views:
+        raise ValueError("sweep_view needs at least one source view")
     if not 0 < near < far:
         raise ValueError(f"sweep_view needs 0 < near < far, got {near}, {far}")
-    dev = torch.device(device)
-    H, W = ref_gray.shape
-    full = _Images.make(ref_gray, src_grays, K_ref, w2c_ref, K_srcs, w2c_srcs, s.window, dev)
+    dev = ref_views[0].img.device
+    K_ref, w2c_ref = ref_views[0].K, ref_views[0].w2c
+    H, W = ref_views[0].img.shape[-2:]
+    full = _Images.make(ref_views[0], [v[0] for v in src_views], s.window)
     # the sweep runs on images reduced by ``coarse``; the full resolution only refines around its answer
     f = max(1, int(s.coarse))
-    sweep = full if f == 1 else _Images.reduced(ref_gray, src_grays, K_ref, w2c_ref, K_srcs, w2c_srcs, f, s.window,
-                                                dev)
+    sweep = full if f == 1 else _Images.make(ref_views[1], [v[1] for v in src_views], s.window)
     h, w = sweep.ref.shape[-2:]
     inv = torch.linspace(1.0 / near, 1.0 / far, s.planes, device=dev)
     n_bg = s.background_planes if mask is None else 0
@@ -425,43 +447,61 @@ def _upsample(x: torch.Tensor, H: int, W: int, mode: str) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
+class _View:
+    """A grey image on the device and its camera: img (1, 1, H, W) float32; K (3, 3) pixels of it; w2c (4, 4)."""
+
+    img: torch.Tensor
+    K: np.ndarray
+    w2c: np.ndarray
+
+
+def _device_views(gray: np.ndarray, K: np.ndarray, w2c: np.ndarray, factor: int,
+                  dev: torch.device) -> tuple[_View, _View]:
+    """A view at full resolution and reduced ``factor`` times (area average, intrinsics scaled to match), both on
+    ``dev``; the same view twice for a factor of 1. gray (H, W) float32. Made once per view by :func:`depth_maps`, not
+    once per reference view that uses it as a source."""
+    import cv2
+
+    full = _View(torch.as_tensor(gray, dtype=torch.float32, device=dev)[None, None], K, w2c)
+    if factor <= 1:
+        return full, full
+    K2, w, h = reduced_camera(K, gray.shape[1], gray.shape[0], max(gray.shape) // factor)
+    small = cv2.resize(gray, (w, h), interpolation=cv2.INTER_AREA)
+    return full, _View(torch.as_tensor(small, dtype=torch.float32, device=dev)[None, None], K2, w2c)
+
+
+@dataclass(frozen=True)
 class _Images:
     """A reference view and its sources on the device, with what every score needs precomputed."""
 
     ref: torch.Tensor  # (1, 1, H, W)
     ref_mu: torch.Tensor
     ref_sd: torch.Tensor
-    srcs: list[torch.Tensor]
-    terms: list[tuple[torch.Tensor, torch.Tensor]]
+    groups: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # sources by size, as :func:`_scores` takes them
 
     @classmethod
-    def make(cls, ref_gray: np.ndarray, src_grays: list[np.ndarray], K_ref: np.ndarray, w2c_ref: np.ndarray,
-             K_srcs: list[np.ndarray], w2c_srcs: list[np.ndarray], window: int, dev: torch.device) -> "_Images":
-        H, W = ref_gray.shape
-        ref = torch.as_tensor(ref_gray, dtype=torch.float32, device=dev)[None, None]
-        ref_mu, ref_sd = window_stats(ref, window)
+    def make(cls, ref: _View, srcs: list[_View], window: int, batch: bool | None = None) -> "_Images":
+        """batch: score the sources of one size as one batch (None: on a GPU)."""
+        H, W = ref.img.shape[-2:]
+        dev = ref.img.device
+        batch = dev.type == "cuda" if batch is None else batch
+        ref_mu, ref_sd = window_stats(ref.img, window)
         pix = pixel_grid(H, W, dev)
-        srcs = [torch.as_tensor(g, dtype=torch.float32, device=dev)[None, None] for g in src_grays]
-        terms = [_src_terms(K_ref, w2c_ref, Ks, Ts, pix, g.shape) for Ks, Ts, g in zip(K_srcs, w2c_srcs, src_grays)]
-        return cls(ref, ref_mu, ref_sd, srcs, terms)
-
-    @classmethod
-    def reduced(cls, ref_gray: np.ndarray, src_grays: list[np.ndarray], K_ref: np.ndarray, w2c_ref: np.ndarray,
-                K_srcs: list[np.ndarray], w2c_srcs: list[np.ndarray], factor: int, window: int,
-                dev: torch.device) -> "_Images":
-        """The same views reduced ``factor`` times (area average), intrinsics scaled to match."""
-        import cv2
-
-        def shrink(g: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            K2, w, h = reduced_camera(K, g.shape[1], g.shape[0], max(g.shape) // factor)
-            return cv2.resize(g, (w, h), interpolation=cv2.INTER_AREA), K2
-
-        r, Kr = shrink(ref_gray, K_ref)
-        pairs = [shrink(g, K) for g, K in zip(src_grays, K_srcs)]
-        return cls.make(r, [p[0] for p in pairs], Kr, w2c_ref, [p[1] for p in pairs], w2c_srcs, window, dev)
+        # on a GPU the sources of one size are scored as one batch; on a CPU one by one, which keeps each source's
+        # arrays in the caches (batched, a CPU view took 10-20 % longer)
+        by_size: dict[tuple[int, ...], list[_View]] = {}
+        for j, v in enumerate(srcs):
+            by_size.setdefault(tuple(v.img.shape[-2:]) if batch else (j,), []).append(v)
+        groups = []
+        for views in by_size.values():
+            size = tuple(views[0].img.shape[-2:])
+            terms = [_src_terms(ref.K, ref.w2c, v.K, v.w2c, pix, size) for v in views]
+            groups.append((torch.cat([v.img for v in views]), torch.stack([a for a, _ in terms]),
+                           torch.stack([b for _, b in terms])))
+        return cls(ref.img, ref_mu, ref_sd, groups)
 
     def scores(self, depths: torch.Tensor, s: MvsSettings) -> torch.Tensor:
-        return _scores(self.ref, self.ref_mu, self.ref_sd, self.srcs, self.terms, depths, s)
+        return _scores(self.ref, self.ref_mu, self.ref_sd, self.groups, depths, s)
 
 
 # ----------------------------------------------------------------------------------------------- consistency
@@ -530,6 +570,9 @@ def depth_maps(grays: list[np.ndarray], Ks: np.ndarray, w2cs: np.ndarray, ranges
     scores: list[np.ndarray] = []
     frees: list[np.ndarray] = []
     tables: list[np.ndarray | None] = []
+    dev = torch.device(device)
+    # every view on the device once, at full and at the sweep's reduced resolution (each is a source of ~8 others)
+    views = [_device_views(g, K, w, max(1, int(s.coarse)), dev) for g, K, w in zip(grays, Ks, w2cs)]
     for i in range(n):
         src = [int(j) for j in neighbours[i]]
         if not src:
@@ -538,9 +581,8 @@ def depth_maps(grays: list[np.ndarray], Ks: np.ndarray, w2cs: np.ndarray, ranges
             frees.append(np.zeros_like(grays[i]))
             tables.append(None)
             continue
-        d, sc, fr, tab = sweep_view(grays[i], [grays[j] for j in src], Ks[i], w2cs[i], [Ks[j] for j in src],
-                                    [w2cs[j] for j in src], ranges[i][0], ranges[i][1], s, device,
-                                    None if masks is None else masks[i], support=support)
+        d, sc, fr, tab = _sweep(views[i], [views[j] for j in src], ranges[i][0], ranges[i][1], s,
+                                None if masks is None else masks[i], support=support)
         raw.append(d)
         scores.append(sc)
         frees.append(fr)
