@@ -482,3 +482,20 @@ def test_the_photo_consistency_term_is_on_where_the_setting_says() -> None:
     assert pair_weight(auto, estimated=True, on_gpu=False) == 0.0
     assert pair_weight(RefineConfig(pair="on", pair_weight=0.3), estimated=False, on_gpu=False) == 0.3
     assert pair_weight(RefineConfig(pair="off", pair_weight=0.3), estimated=True, on_gpu=True) == 0.0
+
+
+def test_two_refined_vertices_on_one_point_leave_the_published_mesh_closed() -> None:
+    """Two vertices that share a neighbour, moved onto one point (a fold flattened onto the floor): merged, their
+    edges to the neighbour would become edges of four faces and the mesh open for good; kept apart, it is the
+    closed mesh the refinement made, with the same faces, so the atlas laid out ahead still fits."""
+    from pipeline.stages.refine import refined_mesh
+
+    ball = trimesh.creation.icosphere(subdivisions=3)
+    v, f = np.array(ball.vertices), np.array(ball.faces)
+    a = 0
+    c = ball.vertex_neighbors[a][0]
+    b = next(x for x in ball.vertex_neighbors[c] if x != a and x not in ball.vertex_neighbors[a])
+    v[b] = v[a]
+    assert not trimesh.Trimesh(v, f, process=True).is_watertight  # what merging does
+    out = refined_mesh(v, f)
+    assert out.is_watertight and np.array_equal(out.faces, f) and out.volume > 0

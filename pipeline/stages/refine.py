@@ -63,6 +63,20 @@ def _atlas_ahead(ctx: JobContext, on_gpu: bool) -> contextlib.AbstractContextMan
         return contextlib.nullcontext()
 
 
+def refined_mesh(vertices: np.ndarray, faces: np.ndarray) -> trimesh.Trimesh:
+    """The refinement's result as the stage publishes it: its main pieces, holes filled where any are open, normals
+    outward. vertices (V, 3), faces (F, 3), as :func:`pipeline.appearance.refine.refine` returns them.
+
+    The vertices are not merged: the refinement keeps its start mesh's connectivity, which is closed, and merging
+    two vertices that the optimisation or the floor brought onto one point welds their edges to a shared
+    neighbour into edges of four faces, which no hole filling closes (an open final mesh from a closed dense one)."""
+    out = main_components(trimesh.Trimesh(vertices, faces, process=False))
+    if not out.is_watertight:
+        trimesh.repair.fill_holes(out)
+    out.fix_normals()
+    return out
+
+
 class RefineStage(Stage):
     """Differentiable-rendering refinement of the hull (see pipeline.appearance.refine); a pass-through when
     disabled."""
@@ -121,11 +135,7 @@ class RefineStage(Stage):
                             "cuda" if on_gpu else "cpu", check=ctx.progress, silhouette_weights=sil_weight,
                             floor=floor, on_last_level=None if ahead is None else ahead.submit)
             t2 = time.monotonic()
-            out = trimesh.Trimesh(result.vertices, result.faces, process=True)
-            out = main_components(out)
-            if not out.is_watertight:
-                trimesh.repair.fill_holes(out)
-            out.fix_normals()
+            out = refined_mesh(result.vertices, result.faces)
             out.export(out_dir / "mesh.ply")
             if ahead is not None:
                 ctx.log.info("texture atlas laid out ahead: %s",
