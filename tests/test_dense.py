@@ -13,7 +13,7 @@ from pipeline.geometry.fusion import Grid, combined_field, fuse
 from pipeline.geometry.meshing import marching_cubes
 from pipeline.geometry.mvs import (DepthMap, MvsSettings, backproject, box_mean, consistency_counts, depth_range, ncc,
                                    neighbour_views, parabola_offset, plane_depths, relative_pose, sparse_depth_range,
-                                   sweep_view, warp_uv, window_stats)
+                                   sweep_view, window_stats)
 from pipeline.imaging.render import look_at, render
 
 
@@ -96,21 +96,23 @@ def test_a_close_up_sweeps_from_its_nearest_sfm_points_not_from_the_lens() -> No
 
 
 def test_warp_and_parabola_against_references() -> None:
+    from pipeline.geometry.mvs import _src_terms
+
     K = np.array([[100.0, 0, 32], [0, 100.0, 24], [0, 0, 1]])
     ref = look_at(np.array([0.0, -3, 0.5]), np.zeros(3), np.array([0, 0, 1.0]))
     src = look_at(np.array([1.0, -3, 0.7]), np.zeros(3), np.array([0, 0, 1.0]))
-    R, t = relative_pose(ref, src)
     p = torch.tensor([[10.5, 30.5], [20.5, 5.5], [1.0, 1.0]], dtype=torch.float32)  # two pixels, homogeneous
-    Ap = torch.as_tensor(K @ R @ np.linalg.inv(K), dtype=torch.float32) @ p
-    d = torch.tensor([[2.5, 3.5]])
-    uv, z = warp_uv(d, Ap, torch.as_tensor(K @ t, dtype=torch.float32), 1, 2)
+    Ap, b = _src_terms(K, ref, K, src, p, (48, 64))  # a 64 x 48 source image
+    d = torch.tensor([2.5, 3.5])
+    q = d[:, None] * Ap + b
+    grid, z = q[:, :2] / q[:, 2:], q[:, 2]
     for k in range(2):
-        X_ref = d[0, k].item() * np.linalg.inv(K) @ p[:, k].numpy()
+        X_ref = d[k].item() * np.linalg.inv(K) @ p[:, k].numpy()
         X_world = np.linalg.inv(ref) @ np.append(X_ref, 1.0)
         x = src @ X_world
-        expect = (K @ x[:3])[:2] / x[2]
-        assert np.allclose(uv[0, 0, k].numpy(), expect, atol=1e-3)
-        assert float(z[0, 0, k]) == pytest.approx(x[2], abs=1e-4)
+        expect = (K @ x[:3])[:2] / x[2]  # pixels; grid_sample's coordinates run from -1 to 1 over the image
+        assert np.allclose(grid[k].numpy(), expect / np.array([64.0, 48.0]) * 2 - 1, atol=1e-4)
+        assert float(z[k]) == pytest.approx(x[2], abs=1e-4)
     # a parabola through samples of -(x - 0.3)^2 peaks at +0.3
     c = torch.tensor([-(-1 - 0.3) ** 2, -(0 - 0.3) ** 2, -(1 - 0.3) ** 2])
     assert float(parabola_offset(c[0:1], c[1:2], c[2:3])) == pytest.approx(0.3, abs=1e-5)

@@ -140,31 +140,6 @@ def relative_pose(w2c_ref: np.ndarray, w2c_src: np.ndarray) -> tuple[np.ndarray,
     return R, w2c_src[:3, 3] - R @ w2c_ref[:3, 3]
 
 
-def to_grid(uv: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """Pixel coordinates (..., 2) -> grid_sample coordinates (align_corners=False: -1/+1 are the outer edges)."""
-    return torch.stack([uv[..., 0] / width * 2 - 1, uv[..., 1] / height * 2 - 1], -1)
-
-
-def sample(img: torch.Tensor, uv: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
-    """img (1, C, H, W); uv (B, H', W', 2) pixels -> (B, C, H', W'), zeros outside."""
-    H, W = img.shape[-2:]
-    grid = to_grid(uv, W, H)
-    return F.grid_sample(img.expand(uv.shape[0], -1, -1, -1), grid, mode=mode, padding_mode="zeros",
-                         align_corners=False)
-
-
-def warp_uv(d: torch.Tensor, Ap: torch.Tensor, b: torch.Tensor, height: int, width: int
-            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Project reference pixels at depths ``d`` into a source view.
-
-    d: (B, H*W) depths; Ap: (3, H*W) = K_src R K_ref^-1 p; b: (3,) = K_src t.
-    Returns uv (B, H, W, 2) source pixels and z (B, H, W) source depths."""
-    q = d[:, None, :] * Ap[None] + b[None, :, None]
-    z = q[:, 2]
-    uv = q[:, :2] / z.clamp(min=1e-9)[:, None]
-    return uv.permute(0, 2, 1).reshape(d.shape[0], height, width, 2), z.reshape(d.shape[0], height, width)
-
-
 def parabola_offset(c_minus: torch.Tensor, c0: torch.Tensor, c_plus: torch.Tensor) -> torch.Tensor:
     """Sub-sample position of a peak from three equally spaced scores (c0 the largest): in [-0.5, 0.5]."""
     denom = c_minus - 2 * c0 + c_plus
@@ -269,9 +244,8 @@ def _scores(ref: torch.Tensor, ref_mu: torch.Tensor, ref_sd: torch.Tensor,
     """Mean of the best_k source NCCs for per-pixel depth hypotheses. depths: (B, H*W) -> (B, H, W).
 
     groups: the sources by image size, each (images (S, 1, H_s, W_s), A p (S, H*W, 3), b (S, 3)) as
-    :func:`_src_terms` gives them. A group is warped and scored as one batch: the per-source loop issued two dozen
-    small kernels per source and hypothesis chunk from Python, and on a GPU machine's slow cores the launches, not
-    the arithmetic, set the depth maps' time."""
+    :func:`_src_terms` gives them. A group is warped and scored as one batch, one set of kernels for all its sources
+    instead of one per source (the armchair's depth maps took 8.9 s against 9.4 s on an H100, docs/benchmarks.md)."""
     H, W = ref.shape[-2:]
     B = depths.shape[0]
     per = []
