@@ -540,12 +540,9 @@ def test_unseen_evidence_through_nvdiffrast_matches_the_ray_caster() -> None:
 
 def test_seam_padding_on_the_gpu_matches_opencv() -> None:
     from pipeline.appearance.texture import pad_seams
+    from tests.test_texture import charts
 
-    rng = np.random.default_rng(4)
-    covered = np.zeros((256, 256), bool)
-    for y, x in rng.integers(0, 240, (40, 2)):
-        covered[y:y + rng.integers(2, 17), x:x + rng.integers(2, 17)] = True
-    tex = (rng.random((256, 256, 3)) * covered[..., None]).astype(np.float32)
+    tex, covered = charts(256, 40, 17, seed=4)
     assert np.abs(pad_seams(tex, covered, 8, device="cuda") - pad_seams(tex, covered, 8)).max() < 1e-5
 
 

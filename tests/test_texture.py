@@ -72,15 +72,21 @@ def test_seam_padding_and_bilinear_lookup() -> None:
     assert got[0, 0] == pytest.approx(0.5, abs=1e-6)
 
 
+def charts(size: int, count: int, largest: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """An atlas-like texture: ``count`` random rectangles (2 to ``largest`` - 1 texels a side) covered with random
+    colours on a ``size`` x ``size`` page, empty elsewhere. -> (tex (S, S, 3) float32, covered (S, S) bool)."""
+    rng = np.random.default_rng(seed)
+    covered = np.zeros((size, size), bool)
+    for y, x in rng.integers(0, size - largest, (count, 2)):
+        covered[y:y + rng.integers(2, largest), x:x + rng.integers(2, largest)] = True
+    return (rng.random((size, size, 3)) * covered[..., None]).astype(np.float32), covered
+
+
 def test_seam_padding_in_torch_matches_opencv() -> None:
     """The rings a GPU job runs in torch (here on the CPU; tests/test_gpu.py on CUDA) give OpenCV's colours."""
     from pipeline.appearance.texture import _pad_seams_torch
 
-    rng = np.random.default_rng(3)
-    covered = np.zeros((64, 64), bool)
-    for y, x in rng.integers(0, 60, (12, 2)):
-        covered[y:y + rng.integers(2, 9), x:x + rng.integers(2, 9)] = True
-    tex = (rng.random((64, 64, 3)) * covered[..., None]).astype(np.float32)
+    tex, covered = charts(64, 12, 9, seed=3)
     want = pad_seams(tex, covered, 4)
     got = _pad_seams_torch(tex, covered, 4, "cpu")
     assert np.abs(got - want).max() < 1e-5

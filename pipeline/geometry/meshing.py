@@ -59,9 +59,14 @@ def marching_cubes(field: np.ndarray, origin: np.ndarray, voxel: float) -> trime
     lo, hi = inside_box(field < 0)
     # only the box around the inside voxels (one voxel more each way, for the crossings) has a surface: the fused
     # box reaches past the object towards the table and the silhouettes' hull, and skimage walks every cube
-    sub = field[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-    verts, faces, _normals, _ = measure.marching_cubes(-sub, level=0.0, spacing=(voxel, voxel, voxel))
-    mesh = trimesh.Trimesh(vertices=verts + np.asarray(origin) + np.asarray(lo) * voxel, faces=faces, process=False)
+    return _skimage_surface(field[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]],
+                            np.asarray(origin) + np.asarray(lo) * voxel, voxel)
+
+
+def _skimage_surface(field: np.ndarray, origin: np.ndarray, voxel: float) -> trimesh.Trimesh:
+    """skimage's marching cubes of a field (X, Y, Z) that has inside voxels, oriented outwards."""
+    verts, faces, _normals, _ = measure.marching_cubes(-field, level=0.0, spacing=(voxel, voxel, voxel))
+    mesh = trimesh.Trimesh(vertices=verts + origin, faces=faces, process=False)
     if signed_volume(mesh.vertices, mesh.faces) < 0:
         mesh.invert()
     return mesh
@@ -121,7 +126,7 @@ def marching_cubes_on_device(field: torch.Tensor, origin: np.ndarray, voxel: flo
     # the box around the inside voxels only crosses to the host: a 400^3 field is 256 MB
     lo, hi = inside_box(field < 0)
     sub = field[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].detach().cpu().numpy()
-    return marching_cubes(sub, np.asarray(origin) + np.asarray(lo) * voxel, voxel)
+    return _skimage_surface(sub, np.asarray(origin) + np.asarray(lo) * voxel, voxel)
 
 
 def smooth_field(field: torch.Tensor, sigma: float) -> torch.Tensor:

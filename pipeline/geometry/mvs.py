@@ -317,8 +317,6 @@ def sweep_view(ref_gray: np.ndarray, src_grays: list[np.ndarray], K_ref: np.ndar
     its background depth (beyond ``far``).
     Returns depth (H, W) float32 (0 = none), score (H, W) float32, background (H, W) float32: the depth of the
     winning match where it lies beyond ``far`` (0 elsewhere), and table (H, W) bool: where the support plane won."""
-    if not src_grays:
-        raise ValueError("sweep_view needs at least one source view")
     dev = torch.device(device)
     f = max(1, int(s.coarse))
     ref = _device_views(ref_gray, K_ref, w2c_ref, f, dev)
