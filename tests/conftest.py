@@ -263,3 +263,18 @@ def webhooks():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield receiver
     server.shutdown()
+
+
+@pytest.fixture(scope="session")
+def unposed_wall(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, Path]:
+    """The wall capture of ``tests.scenes`` without its poses through the CPU pipeline once: (outbox folder, stats,
+    scene folder with the true cameras and ``gt.ply``). Shared by the tests that read what an unposed job
+    publishes (one CPU dense job with SfM costs 20 s on CI's two cores)."""
+    from tests.scenes import SceneSpec, render_scene
+    from tests.test_captures import SMALL, _run
+
+    root = tmp_path_factory.mktemp("unposed")
+    scene = render_scene(root / "scene" / "wall", SceneSpec())
+    shutil.copytree(scene / "images", root / "inbox" / "unposed" / "images")
+    _, out, stats = _run(root / "inbox", "unposed", root, SMALL)
+    return out, stats, scene

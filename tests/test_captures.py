@@ -5,7 +5,6 @@ its cameras in forms other tools read, and say that a full result needs the GPU 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -130,14 +129,12 @@ def test_cameras_are_published_for_nerfstudio_and_colmap(scene: Path, posed: tup
     assert trimesh.load(out / "points.ply").vertices.shape[0] > 1000
 
 
-def test_unposed_photos_find_their_cameras_and_the_object(scene: Path, tmp_path: Path) -> None:
+def test_unposed_photos_find_their_cameras_and_the_object(unposed_wall: tuple[Path, dict, Path]) -> None:
     """The same photos without poses: SfM places them, and the mesh, brought into the true frame by the published
     cameras (as the benchmark scores unposed jobs), overlaps the object."""
     from bench.scoring import alignment, moved, read_nerf_cameras, score
 
-    inbox = tmp_path / "inbox"
-    shutil.copytree(scene / "images", inbox / "unposed" / "images")
-    _, out, stats = _run(inbox, "unposed", tmp_path, SMALL)
+    out, stats, scene = unposed_wall
     assert stats["cameras"]["sfm"]["registered"] >= 0.7 * len(list((scene / "images").iterdir()))
     truth = read_nerf_cameras(scene / "transforms.json")
     al = alignment(read_nerf_cameras(out / "transforms.json", images=scene), truth)

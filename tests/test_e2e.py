@@ -224,21 +224,21 @@ def test_sigterm_checkpoints_and_next_start_resumes(daemon_factory, tmp_path: Pa
     assert job["state"] == "done" and job["timings"]["masks"]["skipped"] is True
 
 
-def test_burst_of_30_folders_each_processed_once(daemon_factory, tmp_path: Path) -> None:
-    # workers retire after 12 jobs: the hand-over (twice) must lose or repeat nothing
+def test_burst_of_20_folders_each_processed_once(daemon_factory, tmp_path: Path) -> None:
+    # workers retire after 8 jobs: the hand-over (twice) must lose or repeat nothing
     # a 128² texture: the jobs' atlases were most of the test's CPU time, and only the hand-over is under test
-    d = daemon_factory(*set_args(*TINY_SETTINGS, "jobs.worker_max_jobs=12", "texture.cpu_size=128")).start()
+    d = daemon_factory(*set_args(*TINY_SETTINGS, "jobs.worker_max_jobs=8", "texture.cpu_size=128")).start()
     proto = tiny_job(tmp_path / "proto", views=8, size=48)
     staging = tmp_path / "burst"
     staging.mkdir()
-    for i in range(30):
+    for i in range(20):
         shutil.copytree(proto, staging / f"job{i:02d}")
-    for i in range(30):  # dropped in a burst
+    for i in range(20):  # dropped in a burst
         (staging / f"job{i:02d}").rename(d.inbox / f"job{i:02d}")
-    wait_for(lambda: len(d.jobs()) == 30 and all(j["state"] == "done" for j in d.jobs().values()), 600,
-             "30 jobs done")
+    wait_for(lambda: len(d.jobs()) == 20 and all(j["state"] == "done" for j in d.jobs().values()), 600,
+             "20 jobs done")
     jobs = d.jobs()
-    assert sorted(jobs) == [f"job{i:02d}" for i in range(30)]
+    assert sorted(jobs) == [f"job{i:02d}" for i in range(20)]
     for job_id in jobs:
         kinds = [e["kind"] for e in d.events(job_id)]
         assert kinds.count("created") == 1 and kinds.count("claimed") == 1 and kinds.count("done") == 1, kinds
@@ -248,6 +248,6 @@ def test_burst_of_30_folders_each_processed_once(daemon_factory, tmp_path: Path)
     d.stop()
     d2 = daemon_factory(*set_args(*TINY_SETTINGS, "texture.cpu_size=128"), root=d.root).start()
     wait_for(lambda: "watching" in d2.log(), 60, "the second daemon to start")
-    time.sleep(3)  # several intake scans (settle 0.5 s, rescan 1 s) over the 30 folders
+    time.sleep(3)  # several intake scans (settle 0.5 s, rescan 1 s) over the 20 folders
     assert d2.alive()
-    assert len(d2.jobs()) == 30 and all(j["attempts"] == 1 and j["state"] == "done" for j in d2.jobs().values())
+    assert len(d2.jobs()) == 20 and all(j["attempts"] == 1 and j["state"] == "done" for j in d2.jobs().values())

@@ -14,7 +14,6 @@ import trimesh
 from PIL import Image
 
 from tests.conftest import tiny_job
-from tests.scenes import SceneSpec, render_scene
 from tests.test_captures import SMALL, _run
 
 TINY = {"limits": {"min_images": 4}, "geometry": {"voxel_resolution": 32},
@@ -203,18 +202,9 @@ def test_the_export_setting_is_validated() -> None:
         build_settings({"export": {"web_faces": 0}})
 
 
-@pytest.fixture(scope="module")
-def unposed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, Path]:
-    root = tmp_path_factory.mktemp("unposed")
-    scene = render_scene(root / "scene" / "wall", SceneSpec())
-    shutil.copytree(scene / "images", root / "inbox" / "unposed" / "images")
-    _, out, stats = _run(root / "inbox", "unposed", root, SMALL | {"texture": {"enabled": False}})
-    return out, stats, scene
-
-
-def test_an_unposed_job_publishes_the_sfm_reconstruction(unposed: tuple[Path, dict, Path]) -> None:
+def test_an_unposed_job_publishes_the_sfm_reconstruction(unposed_wall: tuple[Path, dict, Path]) -> None:
     """COLMAP's own model, written by pycolmap: one shared camera, point tracks, keypoints at the photos' size."""
-    out, stats, _scene = unposed
+    out, stats, _scene = unposed_wall
     d = check_transforms(out)
     rec = check_colmap(out, d)
     assert stats["exports"]["colmap"]["writer"].startswith("pycolmap")
