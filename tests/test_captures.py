@@ -94,6 +94,11 @@ def test_dense_path_with_refinement_reaches_the_report(scene: Path, tmp_path: Pa
     # the term compared a real share of the object's pixels at the preview's one level
     shares = stats["refine"]["pair_share_per_level"]
     assert shares is not None and len(shares) == 1 and shares[0] > 0.2, shares
+    # the prepare step's parts are each timed and add up to it (rounding aside)
+    sec = stats["refine"]["seconds"]
+    parts = {k: v for k, v in sec.items() if k.startswith("prepare.")}
+    assert set(parts) == {f"prepare.{p}" for p in ("mesh", "rasterizer", "views", "decimate", "targets")}, sec
+    assert abs(sum(parts.values()) - sec["prepare"]) <= 0.05 + sec["prepare"] * 0.2, sec
     # the table SfM found is the refinement's floor: nothing of the refined mesh (the stage's own, in the job's
     # frame; kept jobs keep their stage folders) went under it
     *normal, height = stats["refine"]["floor"]

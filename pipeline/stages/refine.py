@@ -99,6 +99,8 @@ class RefineStage(Stage):
         elif cfg.enabled == "auto" and not on_gpu:
             reason = "skipped: no GPU (set refine.enabled = on for a coarse CPU preview)"
         rasterizer = None
+        parts = {"mesh": time.monotonic() - t0}  # where the prepare step's seconds go
+        mark = time.monotonic()
         if reason is None:
             rasterizer, backend = make_rasterizer(ctx.device, ctx.work_dir.parent.parent / "torch_extensions")
             if rasterizer is None:
@@ -107,8 +109,10 @@ class RefineStage(Stage):
             ctx.log.info("refinement %s", reason)
             mesh.export(out_dir / "mesh.ply")
             return RefineSummary(method=f"none — {reason}", faces=int(len(mesh.faces))).to_dict()
+        parts["rasterizer"], mark = time.monotonic() - mark, time.monotonic()
         views = Views.load(ctx)
         masks, estimated = shape_masks(ctx)
+        parts["views"], mark = time.monotonic() - mark, time.monotonic()
         idx = [i for i in views.train if masks[i] is not None]
         on_gpu = rasterizer.name == "nvdiffrast"
         settings = refine_settings(cfg, on_gpu)
@@ -116,6 +120,7 @@ class RefineStage(Stage):
         settings = dataclasses.replace(settings, view_gains=gains, w_pair=pair_weight(cfg, bool(estimated), on_gpu),
                                        max_move=cfg.estimated_max_move if estimated else 0.0)
         start = decimate(mesh, settings.start_faces)
+        parts["decimate"], mark = time.monotonic() - mark, time.monotonic()
         ctx.log.info("refining %d faces with %s over %d views, levels %s", len(start.faces), backend, len(idx),
                      settings.levels)
         sil = [masks[i] for i in idx]
@@ -129,6 +134,7 @@ class RefineStage(Stage):
         floor = None if sparse is None or sparse.support is None else support_floor(sparse.support,
                                                                                     np.asarray(mesh.vertices))
         t1 = time.monotonic()
+        parts["targets"] = t1 - mark
         with _atlas_ahead(ctx, on_gpu) as ahead:
             result = refine(np.asarray(start.vertices), np.asarray(start.faces), [views.rgb[i] for i in idx],
                             sil, views.K[idx], views.w2c[idx], rasterizer, settings,
@@ -153,4 +159,5 @@ class RefineStage(Stage):
             setup_seconds_per_level=[round(x, 2) for x in result.setup_seconds_per_level],
             pair_share_per_level=list(result.pair_share_per_level) or None,
             seconds={"prepare": round(t1 - t0, 2), "levels": round(t2 - t1, 2),
-                     "finish": round(time.monotonic() - t2, 2)}).to_dict()
+                     "finish": round(time.monotonic() - t2, 2),
+                     **{f"prepare.{k}": round(v, 2) for k, v in parts.items()}}).to_dict()

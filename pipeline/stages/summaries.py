@@ -58,7 +58,8 @@ class RefineSummary:
     # per level, the share of the object pixels that refine.pair's photo-consistency compared (None: off)
     pair_share_per_level: list[float] | None = None
     # where the stage's time went besides the levels: loading the photos and masks, the start mesh and the
-    # rasteriser ("prepare"), and cleaning and writing the result ("finish")
+    # rasteriser ("prepare"), and cleaning and writing the result ("finish"); "prepare.<part>" splits the first into
+    # loading the mesh, the rasteriser, the photos and masks, the start mesh's decimation and the silhouette targets
     seconds: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
