@@ -125,7 +125,10 @@ def mixed_capture_job(tmp: Path, device: str) -> dict:
     ledger = Ledger(paths.ledger)
     ledger.create_job("mix", fingerprint(snapshot(scene)))
     job = ledger.claim_next("test")
-    state = execute(ledger, paths, job, build_settings({"report": {"gt_samples": 50_000}}), device)
+    # the texture and the report's renders are not under test: on the CPU a small page of few charts
+    settings = build_settings({"report": {"gt_samples": 50_000, "render_size": 128},
+                               "texture": {"cpu_size": 256, "cpu_max_faces": 5000}})
+    state = execute(ledger, paths, job, settings, device)
     assert state == "done", ledger.get("mix").error
     out = paths.outbox / "mix"
     stats = json.loads((out / "stats.json").read_text())
