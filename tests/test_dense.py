@@ -326,7 +326,7 @@ def test_dense_method_on_a_posed_masked_capture_finds_the_object_from_the_camera
 
 
 def test_the_fused_box_reaches_down_to_the_table_under_its_footprint() -> None:
-    from pipeline.geometry.dense import reach_support
+    from pipeline.geometry.hull import reach_support
 
     bounds = (np.array([-1.0, -1.0, -1.0]), np.array([1.0, 1.0, 1.0]))
     flat = (np.array([0.0, 0.0, 1.0]), -0.5)  # the table at z = -0.5
@@ -493,7 +493,7 @@ def test_the_hull_under_a_footprint_lets_more_views_dissent_and_nowhere_else() -
     import torch
 
     from pipeline.geometry.carve import mask_sdf
-    from pipeline.geometry.dense import grid_hull_tensor, hull_under_footprint
+    from pipeline.geometry.hull import grid_hull_tensor, hull_under_footprint
     from pipeline.geometry.silhouettes import SilhouetteSettings, footprint, plane_margin
 
     leg = trimesh.creation.cylinder(radius=0.015, height=0.45, sections=32)

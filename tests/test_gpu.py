@@ -377,7 +377,7 @@ def torch_fusion_checks(device: str = "cuda", views: int = 60, width: int = 960,
 
 
     from pipeline.geometry.carve import CarveSettings, hull_field, mask_sdf
-    from pipeline.geometry.dense import grid_hull_tensor
+    from pipeline.geometry.hull import grid_hull_tensor
     from pipeline.geometry.fusion import Grid, Tsdf, combined_field_tensor, fuse_tensors
     from pipeline.geometry.meshing import marching_cubes_on_device, marching_cubes_tensor
     from pipeline.geometry.mvs import DepthMap
