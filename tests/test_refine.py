@@ -56,6 +56,41 @@ def test_pytorch3d_soft_silhouette_aligns_with_ray_casting() -> None:
         assert (hard & m).sum() / (hard | m).sum() > 0.97
 
 
+def test_soft_fragments_match_pytorch3ds_rasterizer_values_and_gradients() -> None:
+    """The barycentrics and signed edge distances computed in torch from pytorch3d's face indices are pytorch3d's
+    own, forward and backward (its CPU backward is the slow reference), on a non-square image with blur and several
+    faces per pixel, two views of a mesh with faces seen edge-on."""
+    from pytorch3d.renderer.mesh.rasterize_meshes import rasterize_meshes
+
+    from pipeline.imaging.raster import _screen_meshes, soft_fragments
+
+    mesh = trimesh.creation.icosphere(subdivisions=2)
+    mesh.vertices[:, 2] *= 0.3  # flattened: grazing faces, pixels near edges and between faces
+    Ks, w2cs, _, _ = _views(mesh, n=2, size=40)
+    Ks[:, 0, 2] += 8  # 56 x 40: the longer side is x
+    cams = Cameras(K=torch.tensor(Ks, dtype=torch.float32), w2c=torch.tensor(w2cs, dtype=torch.float32), size=(40, 56))
+    faces = torch.tensor(mesh.faces, dtype=torch.int32)
+    blur = (2 * 0.5 / 40) ** 2 * 9.0
+    g = torch.Generator().manual_seed(0)
+    w_bary, w_dist = torch.randn((2, 40, 56, 4, 3), generator=g), torch.randn((2, 40, 56, 4), generator=g)
+    got, want = {}, {}
+    for name, fn in (("torch", None), ("pytorch3d", rasterize_meshes)):
+        verts = torch.tensor(mesh.vertices, dtype=torch.float32, requires_grad=True)
+        meshes, _ = _screen_meshes(verts, faces, cams)
+        if fn is None:
+            p2f, bary, dists = soft_fragments(meshes, (40, 56), blur, 4)
+        else:
+            p2f, _, bary, dists = fn(meshes, image_size=(40, 56), blur_radius=blur, faces_per_pixel=4,
+                                     perspective_correct=False, bin_size=0)
+        cov = (p2f >= 0)
+        ((bary * w_bary * cov[..., None]).sum() + (dists * w_dist * cov).sum() * 100).backward()
+        (got if fn is None else want).update(p2f=p2f, bary=bary.detach(), dists=dists.detach(), grad=verts.grad)
+    assert torch.equal(got["p2f"], want["p2f"]) and (got["p2f"] >= 0).sum() > 500
+    assert torch.allclose(got["bary"], want["bary"], atol=2e-4)
+    assert torch.allclose(got["dists"], want["dists"], atol=1e-6)
+    assert torch.allclose(got["grad"], want["grad"], rtol=1e-3, atol=1e-3 * float(want["grad"].abs().max()))
+
+
 @pytest.mark.slow
 def test_cpu_refinement_pulls_a_too_big_sphere_onto_the_silhouettes() -> None:
     target = trimesh.creation.icosphere(subdivisions=3, radius=1.0)
