@@ -35,8 +35,9 @@ def refine_settings(cfg: RefineConfig, on_gpu: bool) -> RefineSettings:
         sizes = [max(64, cfg.image_size // 2 ** (cfg.levels - 1 - i)) for i in range(cfg.levels)]
         return RefineSettings(levels=tuple((sz, cfg.iterations) for sz in sizes), max_faces=cfg.max_faces,
                               start_faces=cfg.start_faces, crop=cfg.crop, **common)
-    # the CPU preview renders whole photos: pytorch3d's CPU rasteriser works per covered pixel, and a window that
-    # the object fills took 1.6x as long for the same F-score (a 320x240 capture, 40 steps)
+    # the CPU preview renders whole photos: a window that the object fills took 1.6x as long for the same F-score
+    # (a 320x240 capture, 40 steps; measured with pytorch3d's own backward pass, whose cost grew with the covered
+    # pixels, before raster.soft_fragments)
     return RefineSettings(levels=((cfg.cpu_image_size, cfg.cpu_iterations),), max_faces=cfg.cpu_faces,
                           start_faces=cfg.cpu_faces, **common)
 
