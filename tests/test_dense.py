@@ -46,6 +46,22 @@ def test_box_mean_is_the_mean_of_the_pixels_that_exist_in_each_window() -> None:
     assert torch.allclose(got, want, atol=1e-6)
 
 
+def test_the_mean_of_the_best_sources_is_the_mean_of_topks_values() -> None:
+    """The k maxima taken one by one give the mean of torch's topk values (to float rounding: torch may sum k values
+    in another order), ties included (a pixel outside several sources scores -1 in each), for every k; a k out of
+    range is refused."""
+    from pipeline.geometry.mvs import best_k_mean_
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand((6, 4, 7, 9), generator=g) * 2 - 1
+    x[:4, :, :2] = -1.0  # outside four of the six sources
+    x[2:5, 1, 3, 4] = 0.5  # three equal best scores
+    for k in range(1, 7):
+        assert torch.allclose(best_k_mean_(x.clone(), k), x.topk(k, dim=0).values.mean(0), rtol=0, atol=1e-6), k
+    with pytest.raises(ValueError, match="k must be in 1..6"):
+        best_k_mean_(x.clone(), 7)
+
+
 def test_sources_scored_as_one_batch_score_as_one_by_one() -> None:
     """A GPU scores the sources of one size as one batch, a CPU one by one: the same scores, also where one source
     has another size (a photo of another shape) and forms a group of its own."""
