@@ -11,9 +11,10 @@ import trimesh
 
 from pipeline.geometry.fusion import Grid, combined_field, fuse
 from pipeline.geometry.meshing import marching_cubes
-from pipeline.geometry.mvs import (DepthMap, MvsSettings, backproject, box_mean, consistency_counts, depth_range, ncc,
+from pipeline.geometry.mvs import (DepthMap, MvsSettings, backproject, consistency_counts, depth_range,
                                    neighbour_views, parabola_offset, plane_depths, relative_pose, sparse_depth_range,
-                                   sweep_view, window_stats)
+                                   sweep_view)
+from pipeline.geometry.ncc import box_mean, ncc, window_stats
 from pipeline.imaging.render import look_at, render
 
 
@@ -50,7 +51,7 @@ def test_the_mean_of_the_best_sources_is_the_mean_of_topks_values() -> None:
     """The k maxima taken one by one give the mean of torch's topk values (to float rounding: torch may sum k values
     in another order), ties included (a pixel outside several sources scores -1 in each), for every k; a k out of
     range is refused."""
-    from pipeline.geometry.mvs import best_k_mean_
+    from pipeline.geometry.ncc import best_k_mean_
 
     g = torch.Generator().manual_seed(3)
     x = torch.rand((6, 4, 7, 9), generator=g) * 2 - 1
