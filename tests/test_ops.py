@@ -72,7 +72,7 @@ def test_disk_guard_waits_then_resumes(tmp_path: Path, monkeypatch: pytest.Monke
     d = Daemon(paths, settings, gpus="cpu")
     d.start()
     try:
-        # 20 ticks: the daemon decides on every tick, so a job it would claim is claimed within the first
+        # 20 ticks: the daemon decides on every tick, so a job it would claim is claimed at the first one
         deadline = time.monotonic() + 4
         while time.monotonic() < deadline:
             d.tick()

@@ -14,7 +14,7 @@ import trimesh
 from PIL import Image
 
 from tests.conftest import tiny_job
-from tests.test_captures import SMALL, _run
+from tests.test_captures import _run
 
 TINY = {"limits": {"min_images": 4}, "geometry": {"voxel_resolution": 32},
         "report": {"render_size": 64, "gt_samples": 5000}, "texture": {"cpu_size": 256, "cpu_max_faces": 3000},
