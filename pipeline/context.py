@@ -19,6 +19,22 @@ def during_stage(stage: str | None) -> str:
     return f"during stage {stage!r}" if stage else "before any stage started"
 
 
+class Laps:
+    """Seconds per named step, for a stage's stats: each call records the time since the previous call (or since
+    ``start``, default now) under ``name``, rounded to ``digits`` (None: as measured). ``seconds`` keeps call order."""
+
+    def __init__(self, start: float | None = None, digits: int | None = 3) -> None:
+        self.seconds: dict[str, float] = {}
+        self._t = time.monotonic() if start is None else start
+        self._digits = digits
+
+    def __call__(self, name: str) -> None:
+        now = time.monotonic()
+        d = now - self._t
+        self.seconds[name] = d if self._digits is None else round(d, self._digits)
+        self._t = now
+
+
 class JobError(Exception):
     """A failure the user can act on; its message goes verbatim into the report and ledger."""
 

@@ -29,7 +29,7 @@ import trimesh
 
 from pipeline.cameras.cameras import camera_centers
 from pipeline.geometry.carve import mask_sdf
-from pipeline.context import JobError
+from pipeline.context import JobError, Laps
 from pipeline.geometry.fusion import Grid, combined_field_tensor, fuse_tensors
 from pipeline.geometry.hull import grid_hull_tensor, hull_box, hull_under_footprint, reach_support
 from pipeline.geometry.meshing import (MeshingSettings, clean_mesh, close_inside, decimate, handle_count,
@@ -414,15 +414,7 @@ def fused_surface(dms: list[DepthMap], sil: list[np.ndarray], estimated: list[bo
     cubes and clean-up. dms: N depth maps; sil: N (H_i, W_i) bool silhouettes at the resolution of ``Ks`` (N, 3, 3);
     estimated: N bool; w2cs (N, 4, 4); box: (lo (3,), hi (3,)) around the dense points; planes: support and walls;
     foot: the object's footprint on the support, where the hull lets ``s.foot_dissent`` of the views dissent."""
-    seconds: dict[str, float] = {}
-    t = time.monotonic()
-
-    def lap(name: str) -> None:
-        nonlocal t
-        now = time.monotonic()
-        seconds[name] = now - t
-        t = now
-
+    lap = Laps(digits=None)
     dev = torch.device(device)
     # one distance transform per silhouette (full-size photos) serves the box and the hull
     sdfs = [mask_sdf(m) for m in sil]
@@ -474,7 +466,7 @@ def fused_surface(dms: list[DepthMap], sil: list[np.ndarray], estimated: list[bo
         torch.cuda.empty_cache()
     lap("marching_cubes")
     log.info("fused %s voxels on %s: %s s", "x".join(map(str, grid.dims)), device,
-             {k: round(v, 2) for k, v in seconds.items()})
+             {k: round(v, 2) for k, v in lap.seconds.items()})
     mesh = clean_mesh(raw, MeshingSettings(smoothing_iterations=s.smoothing_iterations, max_faces=s.max_faces))
     lap("clean_mesh")
     if any(estimated) and s.unseen_facing > 0:
@@ -486,7 +478,7 @@ def fused_surface(dms: list[DepthMap], sil: list[np.ndarray], estimated: list[bo
                  100 * settled.unseen_share, int(settled.free.sum()))
         lap("unseen")
     check(1.0)
-    return Surface(grid=grid, raw=raw, mesh=mesh, lo=lo, hi=hi, seconds=seconds)
+    return Surface(grid=grid, raw=raw, mesh=mesh, lo=lo, hi=hi, seconds=lap.seconds)
 
 
 def poisson_mesh(dms: list[DepthMap], sil: list[np.ndarray], estimated: list[bool], Ks: np.ndarray,

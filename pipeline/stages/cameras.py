@@ -17,7 +17,7 @@ from PIL import Image
 from pipeline.cameras.cameras import (FrameSpec, camera_centers, intrinsics_for_image, read_pose_source, scale_intrinsics,
                               undistort_image)
 from pipeline.cameras.camera_files import PhotoCamera
-from pipeline.context import InputError, JobContext
+from pipeline.context import InputError, JobContext, Laps
 from pipeline.io.images import lens_of, load_rgba, photo_pool, resize, upright_jpeg
 from pipeline.geometry.scene import (ObjectRegion, Similarity, normalizing_similarity, object_region, pose_errors,
                             region_from_cameras, umeyama)
@@ -253,14 +253,7 @@ class CamerasStage(Stage):
         summary: dict[str, Any] = {"source": manifest.pose_kind}
         # seconds per step, in the summary: the stage's time beyond SfM's own extract / match / map (the photo
         # copies, the SfM child process, the working-size arrays) is where a slow stage's rest goes
-        steps: dict[str, float] = {}
-        clock = time.monotonic()
-
-        def lap(step: str) -> None:
-            nonlocal clock
-            now = time.monotonic()
-            steps[step] = round(now - clock, 3)
-            clock = now
+        lap = Laps()
 
         sfm: SfmResult | None = None
         # SfM also runs for posed photos without masks: its points locate the object (region, support plane)
@@ -361,7 +354,7 @@ class CamerasStage(Stage):
             ctx.log.warning("%s", w_)
         lap("save")
         centers = camera_centers(np.array(w2cs))
-        summary.update({"seconds": steps, "views": len(names), "holdout": int(holdout.sum()),
+        summary.update({"seconds": lap.seconds, "views": len(names), "holdout": int(holdout.sum()),
                         "working_size": [int(arrays["rgb_0"].shape[1]), int(arrays["rgb_0"].shape[0])],
                         "camera_spread": float(np.linalg.norm(centers - centers.mean(0), axis=1).mean()),
                         "warnings": warnings})

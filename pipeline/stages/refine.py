@@ -11,7 +11,7 @@ import numpy as np
 import trimesh
 
 from pipeline.appearance.atlas_ahead import AHEAD_FILE, AtlasAhead
-from pipeline.context import JobContext, JobError
+from pipeline.context import JobContext, JobError, Laps
 from pipeline.geometry.meshing import decimate, main_components
 from pipeline.imaging.raster import make_rasterizer
 from pipeline.appearance.refine import REMESH_MODES, RefineSettings, refine, silhouette_targets, support_floor
@@ -87,6 +87,7 @@ class RefineStage(Stage):
 
     def run(self, ctx: JobContext, out_dir: Path) -> dict[str, Any]:
         t0 = time.monotonic()
+        lap = Laps(t0, digits=2)  # where the prepare step's seconds go
         cfg = ctx.settings.refine
         mesh = load_mesh(ctx, "geometry")
         on_gpu = ctx.device == "cuda"
@@ -100,8 +101,7 @@ class RefineStage(Stage):
         elif cfg.enabled == "auto" and not on_gpu:
             reason = "skipped: no GPU (set refine.enabled = on for a coarse CPU preview)"
         rasterizer = None
-        parts = {"mesh": time.monotonic() - t0}  # where the prepare step's seconds go
-        mark = time.monotonic()
+        lap("mesh")
         if reason is None:
             rasterizer, backend = make_rasterizer(ctx.device, ctx.work_dir.parent.parent / "torch_extensions")
             if rasterizer is None:
@@ -110,10 +110,10 @@ class RefineStage(Stage):
             ctx.log.info("refinement %s", reason)
             mesh.export(out_dir / "mesh.ply")
             return RefineSummary(method=f"none — {reason}", faces=int(len(mesh.faces))).to_dict()
-        parts["rasterizer"], mark = time.monotonic() - mark, time.monotonic()
+        lap("rasterizer")
         views = Views.load(ctx)
         masks, estimated = shape_masks(ctx)
-        parts["views"], mark = time.monotonic() - mark, time.monotonic()
+        lap("views")
         idx = [i for i in views.train if masks[i] is not None]
         on_gpu = rasterizer.name == "nvdiffrast"
         settings = refine_settings(cfg, on_gpu)
@@ -121,7 +121,7 @@ class RefineStage(Stage):
         settings = dataclasses.replace(settings, view_gains=gains, w_pair=pair_weight(cfg, bool(estimated), on_gpu),
                                        max_move=cfg.estimated_max_move if estimated else 0.0)
         start = decimate(mesh, settings.start_faces)
-        parts["decimate"], mark = time.monotonic() - mark, time.monotonic()
+        lap("decimate")
         ctx.log.info("refining %d faces with %s over %d views, levels %s", len(start.faces), backend, len(idx),
                      settings.levels)
         sil = [masks[i] for i in idx]
@@ -134,8 +134,8 @@ class RefineStage(Stage):
         sparse = Sparse.load(ctx) if estimated else None
         floor = None if sparse is None or sparse.support is None else support_floor(sparse.support,
                                                                                     np.asarray(mesh.vertices))
+        lap("targets")
         t1 = time.monotonic()
-        parts["targets"] = t1 - mark
         with _atlas_ahead(ctx, on_gpu) as ahead:
             result = refine(np.asarray(start.vertices), np.asarray(start.faces), [views.rgb[i] for i in idx],
                             sil, views.K[idx], views.w2c[idx], rasterizer, settings,
@@ -161,4 +161,4 @@ class RefineStage(Stage):
             pair_share_per_level=list(result.pair_share_per_level) or None,
             seconds={"prepare": round(t1 - t0, 2), "levels": round(t2 - t1, 2),
                      "finish": round(time.monotonic() - t2, 2),
-                     **{f"prepare.{k}": round(v, 2) for k, v in parts.items()}}).to_dict()
+                     **{f"prepare.{k}": v for k, v in lap.seconds.items()}}).to_dict()

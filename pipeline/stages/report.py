@@ -16,7 +16,7 @@ import trimesh
 from pipeline import __version__
 from pipeline.cameras.cameras import camera_centers, camera_up
 from pipeline.cameras.colmap_model import start_exporter
-from pipeline.context import JobContext
+from pipeline.context import JobContext, Laps
 from pipeline.report.evaluate import gt_scores, held_out_scores, mesh_stats
 from pipeline.io.export import estimate_up, export_all, read_seen, vertex_color_web_glb, web_glb
 from pipeline.report.grade import build_checks, grade_checks, what_to_know
@@ -305,15 +305,7 @@ class ReportStage(Stage):
 
     def _report(self, ctx: JobContext, out_dir: Path, exporter: ProcessPoolExecutor | None) -> dict[str, Any]:
         t0 = time.monotonic()
-        parts: dict[str, float] = {}  # seconds per step, in stats.json: tells where a slow report spends its time
-
-        clock = t0
-
-        def lap(name: str) -> None:
-            nonlocal clock
-            now = time.monotonic()
-            parts[name] = round(now - clock, 3)
-            clock = now
+        lap = Laps(t0)  # seconds per step, in stats.json: tells where a slow report spends its time
 
         cfg = ctx.settings.report
         manifest = Manifest.load(stage_dir(ctx, "ingest"))
@@ -432,7 +424,7 @@ class ReportStage(Stage):
         stats["config"] = context["config"]
         render_report(context, out_dir / "report.html")
         lap("html")
-        stats["report_seconds"] = parts
+        stats["report_seconds"] = lap.seconds
         (out_dir / "stats.json").write_text(json.dumps(stats, indent=1))
         return {"faces": stats["mesh"]["faces"], "heldout_iou": heldout.mean_iou, "heldout_psnr": heldout.mean_psnr,
                 "fscore": quality["gt"]["fscore"] if quality["gt"] else None, "grade": graded.grade,
