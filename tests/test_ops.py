@@ -72,10 +72,13 @@ def test_disk_guard_waits_then_resumes(tmp_path: Path, monkeypatch: pytest.Monke
     d = Daemon(paths, settings, gpus="cpu")
     d.start()
     try:
-        # 20 ticks: the daemon decides on every tick, so a job it would claim is claimed at the first one
-        deadline = time.monotonic() + 4
-        while time.monotonic() < deadline:
+        # 20 ticks after the job is recorded: the daemon decides on every tick, so a job it would claim is claimed
+        # at the first one (counted from the record, so that a slow intake on a busy machine shortens nothing)
+        deadline = time.monotonic() + 60
+        ticks = 0
+        while ticks < 20 and time.monotonic() < deadline:
             d.tick()
+            ticks += d.ledger.get("job") is not None
             time.sleep(0.2)
         job = d.ledger.get("job")
         assert job.state == JobState.QUEUED and job.attempts == 0
