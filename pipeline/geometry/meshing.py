@@ -10,7 +10,7 @@ import torch
 import trimesh
 from skimage import measure
 
-from pipeline.context import JobError
+from pipeline.context import JobError, Laps
 
 log = logging.getLogger(__name__)
 
@@ -471,10 +471,17 @@ def isotropic_remesh(vertices: np.ndarray, faces: np.ndarray, target_faces: int,
 
 
 def clean_mesh(raw: trimesh.Trimesh, settings: MeshingSettings) -> trimesh.Trimesh:
+    lap = Laps(digits=2)  # logged: which part of a slow clean-up (4 s on the H200's armchair) took the time
     mesh = main_components(raw)
+    lap("pieces")
     if settings.smoothing_iterations > 0:
         # Taubin (lambda/mu) smoothing removes voxel stair-steps without shrinking the object
         trimesh.smoothing.filter_taubin(mesh, lamb=0.5, nu=0.53, iterations=settings.smoothing_iterations)
+    lap("smoothing")
     mesh = decimate(mesh, settings.max_faces)
+    lap("decimation")
     mesh.fix_normals()
+    lap("normals")
+    log.info("mesh clean-up of %d faces to %d: %s", len(raw.faces), len(mesh.faces),
+             ", ".join(f"{k} {v:.2f} s" for k, v in lap.seconds.items()))
     return mesh
