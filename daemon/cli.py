@@ -16,18 +16,16 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from daemon import __version__
 from daemon.config import Settings, load_settings
 from daemon.ledger import LedgerError
-from daemon.progress import ProgressPrinter, describe, stage_progress
+from daemon.folders import (FOLDER_ENV, STAGES_TEXT, STATE_BESIDE_OUTBOX, Folders, no_ledger_message,
+                            resolve_folders, saved_paths)
+from daemon.progress import ProgressPrinter, describe, stage_progress, watch_status
 from pipeline.stage_names import CHECKPOINTED_STAGES
-
-if TYPE_CHECKING:
-    from daemon.ledger import Job
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "samples" / "spot"
@@ -66,156 +64,11 @@ def _settings(args: argparse.Namespace) -> Settings:
         raise SystemExit(f"hotmesh: {e}") from None
 
 
-# -- folders: one way for every subcommand to find inbox, outbox and the state folder (ledger) ---------------------
-
-STATE_BESIDE_OUTBOX = "hotmesh-state"  # `run`'s default: the state folder next to the outbox
-FOLDER_ENV = {"inbox": "HOTMESH_INBOX", "outbox": "HOTMESH_OUTBOX", "state": "HOTMESH_STATE"}
-# the stages `retry --from-stage` accepts, in order (publishing has no checkpoint: a plain retry publishes again)
-STAGES_TEXT = ", ".join(CHECKPOINTED_STAGES)
-
-
-@dataclass(frozen=True)
-class Folders:
-    """Resolved folders and, for each, where its value came from (shown to the user)."""
-
-    inbox: Path
-    outbox: Path
-    state: Path
-    origin: dict[str, str]  # "inbox" | "outbox" | "state" -> "--state", "HOTMESH_STATE", "config paths.state", ...
-
-    @property
-    def ledger(self) -> Path:
-        return self.state / "ledger.db"
-
-    def describe(self, *names: str) -> str:
-        return "; ".join(f"{n} {getattr(self, n)} ({self.origin[n]})" for n in names or ("inbox", "outbox", "state"))
-
-
-def resolve_folders(flags: Mapping[str, str | None], environ: Mapping[str, str], config: Mapping[str, str],
-                    cwd: Path, saved: Callable[[Path], Mapping[str, str]] = lambda state: {}) -> Folders:
-    """inbox, outbox and state, each from: its flag > HOTMESH_INBOX / HOTMESH_OUTBOX / HOTMESH_STATE > the config's
-    [paths] > (inbox, outbox: what the daemon using that state folder recorded in its paths.json) > the defaults
-    ``run`` uses: ./inbox, ./outbox, and the state folder next to the outbox (<outbox>/../hotmesh-state).
-
-    flags / config: {"inbox"|"outbox"|"state": value or None/""}; saved(state) reads that state's paths.json."""
-    found: dict[str, Path] = {}
-    origin: dict[str, str] = {}
-
-    def given(name: str) -> bool:
-        for value, where in ((flags.get(name), f"--{name}"), (environ.get(FOLDER_ENV[name]), FOLDER_ENV[name]),
-                             (config.get(name), f"config paths.{name}")):
-            if value:
-                found[name] = (cwd / Path(value).expanduser()).resolve()
-                origin[name] = where
-                return True
-        return False
-
-    state_given = given("state")
-    recorded = saved(found["state"]) if state_given else {}
-    for name in ("inbox", "outbox"):
-        if given(name):
-            continue
-        if recorded.get(name):
-            found[name], origin[name] = Path(recorded[name]), f"recorded by the daemon in {found['state']}/paths.json"
-        else:
-            found[name], origin[name] = (cwd / name).resolve(), f"default ./{name}"
-    if not state_given:
-        found["state"] = found["outbox"].parent / STATE_BESIDE_OUTBOX
-        origin["state"] = f"default: next to the outbox ({origin['outbox']})"
-    return Folders(inbox=found["inbox"], outbox=found["outbox"], state=found["state"], origin=origin)
-
-
-def _saved_paths(state: Path) -> dict[str, str]:
-    try:
-        d = json.loads((state / "paths.json").read_text())
-        return d if isinstance(d, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
 def folders_from(args: argparse.Namespace) -> Folders:
     """The folders of this command line (flags, environment, --config / HOTMESH_CONFIG, defaults)."""
     config: Mapping[str, str] = dataclasses.asdict(_settings(args).paths)
     flags = {n: getattr(args, n, None) for n in FOLDER_ENV}
-    return resolve_folders(flags, os.environ, config, Path.cwd(), _saved_paths)
-
-
-def no_ledger_message(folders: Folders) -> str:
-    return (f"no jobs: there is no ledger at {folders.ledger} (state folder: {folders.origin['state']}). Start the "
-            f"daemon with `hotmesh run`, or point to its state folder with --state, HOTMESH_STATE or [paths] state "
-            f"in the config")
-
-
-# -- status --watch: live progress bars --------------------------------------------------------------------------
-
-
-def progress_bar(percent: float, width: int = 30) -> str:
-    """A text bar for 0..100 percent, ``width`` characters."""
-    filled = int(round(max(0.0, min(100.0, percent)) / 100.0 * width))
-    return "█" * filled + "░" * (width - filled)
-
-
-def _elapsed(seconds: float) -> str:
-    m, s = divmod(int(max(0, seconds)), 60)
-    h, m = divmod(m, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
-def render_watch(jobs: list[Job], now: float, width: int = 30) -> list[str]:
-    """Lines of the live view: a summary, one bar per running job, the queue, the last few finished jobs."""
-    by_state: dict[str, list[Job]] = {}
-    for j in jobs:
-        by_state.setdefault(j.state.value, []).append(j)
-    counts = "  ".join(f"{k}: {len(v)}" for k, v in sorted(by_state.items())) or "no jobs"
-    lines = [f"hotmesh  {time.strftime('%H:%M:%S', time.localtime(now))}  {counts}", ""]
-    for j in by_state.get("running", []):
-        since = now - (j.started or j.updated)
-        stage = describe(stage_progress(j.stage, j.progress, j.started, j.timings, now))
-        lines.append(f"{j.id[:28]:28} {(j.stage or '-')[:9]:9} {progress_bar(j.progress, width)} {j.progress:5.1f}%  "
-                     f"{_elapsed(since)}" + (f"  ({stage})" if stage else ""))
-    if not by_state.get("running"):
-        lines.append("(no job running)")
-    queued = by_state.get("queued", [])
-    if queued:
-        lines.append(f"queued: {', '.join(j.id for j in queued[:8])}{' …' if len(queued) > 8 else ''}")
-    ended = sorted((j for j in jobs if j.state.terminal), key=lambda j: j.finished or j.updated)[-5:]
-    for j in reversed(ended):
-        note = (j.error or "").splitlines()[0][:60] if j.error else j.outputs.get("report", "")
-        lines.append(f"{j.id[:28]:28} {j.state.value:9} {note}")
-    return lines
-
-
-def watch_status(folders: Folders, interval: float, once: bool) -> int:
-    """Redraw the live view every ``interval`` seconds until Ctrl-C (or once)."""
-    import signal
-    import threading
-
-    from daemon.ledger import Ledger
-
-    clear = sys.stdout.isatty() and not once
-    # Ctrl-C sets a flag instead of raising: a KeyboardInterrupt raised inside sqlite or a finaliser can be swallowed
-    # there ("Exception ignored in ..."), and the view would then never end
-    stop = threading.Event()
-    previous = signal.signal(signal.SIGINT, lambda _sig, _frame: stop.set())
-    ledger = None
-    try:
-        while not stop.is_set():
-            if ledger is None and folders.ledger.exists():
-                ledger = Ledger(folders.ledger)
-            lines = (render_watch(ledger.jobs(), time.time()) if ledger is not None
-                     else [f"waiting for a ledger at {folders.ledger} ({folders.origin['state']})"])
-            if clear:
-                sys.stdout.write("\x1b[H\x1b[2J")  # home + clear: redraw in place
-            print("\n".join(lines), flush=True)
-            if once:
-                return 0
-            stop.wait(interval)
-        print()
-        return 0
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if ledger is not None:
-            ledger.close()
+    return resolve_folders(flags, os.environ, config, Path.cwd(), saved_paths)
 
 
 def _add_folder_args(p: argparse.ArgumentParser, config: bool = True) -> None:
@@ -252,7 +105,8 @@ def _setup_logging(verbose: bool, json_logs: bool = False, secrets: tuple[str, .
 
 def cmd_run(args: argparse.Namespace) -> int:
     from daemon.executors import ExecutorUnavailable
-    from daemon.service import AlreadyRunning, Daemon
+    from daemon.locks import AlreadyRunning
+    from daemon.service import Daemon
     from daemon.worker import Paths
 
     settings = _settings(args)

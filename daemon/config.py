@@ -87,7 +87,7 @@ class OpsConfig:
 
 @dataclass(frozen=True, config=FROZEN)
 class PathsConfig:
-    """The folders, for every subcommand (``daemon.cli.resolve_folders``): a flag or HOTMESH_INBOX / HOTMESH_OUTBOX /
+    """The folders, for every subcommand (``daemon.folders.resolve_folders``): a flag or HOTMESH_INBOX / HOTMESH_OUTBOX /
     HOTMESH_STATE wins over these; empty: ./inbox, ./outbox and the state folder next to the outbox."""
 
     inbox: str = ""

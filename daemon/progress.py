@@ -2,6 +2,8 @@
 percentage, when it started and when each finished stage ended). Light: the CLI draws it without the pipeline."""
 from __future__ import annotations
 
+import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -10,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from pipeline.stage_names import stage_span
 
 if TYPE_CHECKING:
+    from daemon.folders import Folders
     from daemon.ledger import Job
 
 # below this share of a stage, or this many seconds into it, an extrapolation is mostly noise
@@ -107,3 +110,71 @@ class ProgressPrinter:
             detail = describe(stage_progress(stage, percent, started, timings, now))
             line += f" ({detail})" if detail else ""
         self.emit(line)
+
+
+# -- status --watch: the live view ------------------------------------------------------------------------------
+
+def progress_bar(percent: float, width: int = 30) -> str:
+    """A text bar for 0..100 percent, ``width`` characters."""
+    filled = int(round(max(0.0, min(100.0, percent)) / 100.0 * width))
+    return "█" * filled + "░" * (width - filled)
+
+
+def _elapsed(seconds: float) -> str:
+    m, s = divmod(int(max(0, seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def render_watch(jobs: list[Job], now: float, width: int = 30) -> list[str]:
+    """Lines of the live view: a summary, one bar per running job, the queue, the last few finished jobs."""
+    by_state: dict[str, list[Job]] = {}
+    for j in jobs:
+        by_state.setdefault(j.state.value, []).append(j)
+    counts = "  ".join(f"{k}: {len(v)}" for k, v in sorted(by_state.items())) or "no jobs"
+    lines = [f"hotmesh  {time.strftime('%H:%M:%S', time.localtime(now))}  {counts}", ""]
+    for j in by_state.get("running", []):
+        since = now - (j.started or j.updated)
+        stage = describe(stage_progress(j.stage, j.progress, j.started, j.timings, now))
+        lines.append(f"{j.id[:28]:28} {(j.stage or '-')[:9]:9} {progress_bar(j.progress, width)} {j.progress:5.1f}%  "
+                     f"{_elapsed(since)}" + (f"  ({stage})" if stage else ""))
+    if not by_state.get("running"):
+        lines.append("(no job running)")
+    queued = by_state.get("queued", [])
+    if queued:
+        lines.append(f"queued: {', '.join(j.id for j in queued[:8])}{' …' if len(queued) > 8 else ''}")
+    ended = sorted((j for j in jobs if j.state.terminal), key=lambda j: j.finished or j.updated)[-5:]
+    for j in reversed(ended):
+        note = (j.error or "").splitlines()[0][:60] if j.error else j.outputs.get("report", "")
+        lines.append(f"{j.id[:28]:28} {j.state.value:9} {note}")
+    return lines
+
+
+def watch_status(folders: Folders, interval: float, once: bool) -> int:
+    """Redraw the live view every ``interval`` seconds until Ctrl-C (or once)."""
+    from daemon.ledger import Ledger
+
+    clear = sys.stdout.isatty() and not once
+    # Ctrl-C sets a flag instead of raising: a KeyboardInterrupt raised inside sqlite or a finaliser can be swallowed
+    # there ("Exception ignored in ..."), and the view would then never end
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda _sig, _frame: stop.set())
+    ledger = None
+    try:
+        while not stop.is_set():
+            if ledger is None and folders.ledger.exists():
+                ledger = Ledger(folders.ledger)
+            lines = (render_watch(ledger.jobs(), time.time()) if ledger is not None
+                     else [f"waiting for a ledger at {folders.ledger} ({folders.origin['state']})"])
+            if clear:
+                sys.stdout.write("\x1b[H\x1b[2J")  # home + clear: redraw in place
+            print("\n".join(lines), flush=True)
+            if once:
+                return 0
+            stop.wait(interval)
+        print()
+        return 0
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if ledger is not None:
+            ledger.close()

@@ -3,16 +3,13 @@
 Threads: the main loop (scan, dispatch, supervise), watchdog's observer (wakes the main loop), apscheduler
 (periodic rescan). All ledger writes from this process happen on the main loop's thread.
 
-The daemon survives a ledger it cannot write (full state disk, read-only remount): each state change it
-cannot write is kept, in order, with the job's new state in memory (status files and notifications use it),
-and written as soon as the ledger takes writes again. Meanwhile nothing new is claimed or queued; running jobs
-go on. If the daemon stops before the changes are written, the ledger still holds the earlier, consistent
-state, and the next start's crash recovery requeues the jobs it shows running.
+The daemon survives a ledger it cannot write (full state disk, read-only remount): its changes go through
+:class:`daemon.kept_writes.KeptWrites`, which keeps them in order until the ledger takes writes again. Meanwhile
+nothing new is claimed or queued; running jobs go on.
 """
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import json
 import logging
 import os
@@ -29,6 +26,8 @@ from daemon.config import Settings
 from daemon.intake import (Decision, Settler, changed_within, dir_stamp, fingerprint, linked_folder_message, shown,
                            snapshot)
 from daemon.ops import Notifier, apply_retention, check_disk, estimate_job_bytes, plan_retention, serve_http
+from daemon.locks import DaemonLocks
+from daemon.kept_writes import KeptWrites
 from daemon.ledger import FolderJob, Job, Ledger, LedgerError
 from daemon.states import JobState
 from daemon.executors import Event, Executor, Finished, LocalExecutor, Lost, SubmitError
@@ -38,20 +37,6 @@ from pipeline.io.files import printable
 
 log = logging.getLogger("hotmesh.daemon")
 DAEMON_STATUS = "_daemon.json"
-INBOX_LOCK = ".hotmesh.lock"  # in the inbox: hidden (a leading '.'), so never taken for a job folder
-
-
-class AlreadyRunning(RuntimeError):
-    pass
-
-
-@dataclasses.dataclass
-class _Write:
-    """A ledger change waiting for the ledger to take writes again."""
-
-    what: str
-    job_id: str | None
-    apply: Callable[[Ledger], Any]
 
 
 def redrop_notice(job: FolderJob, folder: str) -> str:
@@ -70,8 +55,7 @@ class Daemon:
         self.wake = threading.Event()
         self.executor: Executor | None = None
         self._relayed: set[str] = set()  # running jobs whose CANCEL was passed to the executor
-        self._lock_fh: Any = None
-        self._inbox_lock_fd: int | None = None  # inbox/.hotmesh.lock (or the inbox folder), flocked
+        self.locks = DaemonLocks(paths.state, paths.inbox)
         self.retention_due = threading.Event()
         self.last_tick = time.monotonic()
         self.disk_ok = True
@@ -79,9 +63,7 @@ class Daemon:
         self._estimates: dict[str, int] = {}
         self.http: Any = None
         # the ledger cannot be written: changes waiting (in order), the jobs' states meanwhile, and why
-        self._pending: list[_Write] = []
-        self._views: dict[str, Job] = {}
-        self.ledger_problem: str | None = None
+        self.kept = KeptWrites(lambda: self.ledger, self._daemon_status, self._status)
         self._unhandled: list[Event] = []  # executor events not handled yet (the ledger could not be read)
         # files to write again later (status files, reports) while the outbox refuses writes: key -> attempt
         self._later: dict[str, Callable[[], bool]] = {}
@@ -94,51 +76,6 @@ class Daemon:
 
     # -- life cycle ---------------------------------------------------------------------------------
 
-    def _acquire_lock(self) -> None:
-        self.paths.state.mkdir(parents=True, exist_ok=True)
-        self._lock_fh = open(self.paths.state / "daemon.lock", "a+")
-        try:
-            fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise AlreadyRunning(f"another hotmesh daemon already uses the state folder {self.paths.state}; stop it "
-                                 f"first, or give this one another --state") from None
-        try:  # the pid is for people; the lock is what matters, so a full disk must not stop the start
-            self._lock_fh.seek(0)
-            self._lock_fh.truncate()
-            self._lock_fh.write(str(os.getpid()))
-            self._lock_fh.flush()
-        except OSError as e:
-            log.warning("could not write the pid into %s: %s", self.paths.state / "daemon.lock", e)
-
-    def _acquire_inbox_lock(self) -> None:
-        """One inbox, one daemon: two daemons on one inbox with different state folders each made a job of every
-        folder (the second re-ran all the first had done). An exclusive flock on inbox/.hotmesh.lock (hidden, so
-        never a job) is held while the daemon runs; the kernel drops it when the process dies, so a crashed daemon
-        leaves nothing to clean up. A read-only inbox, where the file cannot be made, is locked through its
-        directory instead."""
-        path = self.paths.inbox / INBOX_LOCK
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
-        except OSError as e:
-            log.warning("cannot create %s (%s); locking the inbox folder itself", path, e.strerror or e)
-            fd = os.open(self.paths.inbox, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise AlreadyRunning(f"another hotmesh daemon already watches the inbox {self.paths.inbox} (it holds "
-                                 f"{path}); stop it first, or give this one another --inbox. One inbox has one "
-                                 f"daemon: a second one would process the same folders again") from None
-        self._inbox_lock_fd = fd
-
-    def _release_locks(self) -> None:
-        if self._inbox_lock_fd is not None:
-            os.close(self._inbox_lock_fd)
-            self._inbox_lock_fd = None
-        if self._lock_fh is not None:
-            self._lock_fh.close()
-            self._lock_fh = None
-
     def request_stop(self, *_: Any) -> None:
         log.info("stop requested: finishing at the next checkpoint")
         self.stopping.set()
@@ -148,12 +85,7 @@ class Daemon:
         """Everything but the loop: lock, ledger, crash recovery, watchers, scheduler, notifier, HTTP."""
         for d in (self.paths.inbox, self.paths.outbox, self.paths.state):
             d.mkdir(parents=True, exist_ok=True)
-        self._acquire_lock()
-        try:
-            self._acquire_inbox_lock()
-        except AlreadyRunning:
-            self._release_locks()  # the state folder is free again for whoever holds the inbox
-            raise
+        self.locks.acquire()
         try:  # where the CLI (cancel, retry, logs, clean) finds this daemon's folders
             (self.paths.state / "paths.json").write_text(json.dumps({"inbox": str(self.paths.inbox),
                                                                      "outbox": str(self.paths.outbox)}))
@@ -189,7 +121,7 @@ class Daemon:
                  self.paths.state, self.executor.name, ", ".join(slots) or "(from the cluster)")
         msg = f"daemon started (pid {os.getpid()})"
         data = {"executor": self.executor.name, "slots": slots}
-        self._write("start event", None, lambda ledger: ledger.event(None, "daemon", msg, data))
+        self.kept.write("start event", None, lambda ledger: ledger.event(None, "daemon", msg, data))
 
     def _make_executor(self) -> Executor:
         kind = self.settings.executor.kind
@@ -202,7 +134,7 @@ class Daemon:
         raise ValueError(f"executor.kind must be 'local' or 'ray', got {kind!r}")
 
     def _has_work(self) -> bool:
-        if self._pending:
+        if self.kept.pending:
             return False  # nothing is claimed while the ledger cannot be written
         try:
             return bool(self.ledger.jobs(JobState.QUEUED))
@@ -220,16 +152,15 @@ class Daemon:
         if self.http is not None:
             self.http.shutdown()
         msg = f"daemon stopped (pid {os.getpid()})"
-        self._write("stop event", None, lambda ledger: ledger.event(None, "daemon", msg))
-        self._flush()
+        self.kept.write("stop event", None, lambda ledger: ledger.event(None, "daemon", msg))
+        self.kept.flush()
         self._retry_files()
-        if self._pending:
+        if self.kept.pending:
             log.error("stopping with %d ledger change(s) not written (%s): %s. The ledger still holds the earlier "
                       "state; at the next start, jobs it shows running resume from their last checkpoint",
-                      len(self._pending), self.ledger_problem, "; ".join(
-                          f"{w.what} ({w.job_id})" if w.job_id else w.what for w in self._pending))
+                      len(self.kept.pending), self.kept.problem, self.kept.describe())
         self.ledger.close()
-        self._release_locks()  # the state folder (for `hotmesh ledger rebuild`, or a new daemon) and the inbox
+        self.locks.release()  # the state folder (for `hotmesh ledger rebuild`, or a new daemon) and the inbox
         log.info("stopped")
 
     def run(self) -> None:
@@ -239,7 +170,7 @@ class Daemon:
                 try:
                     self.tick()
                 except LedgerError as e:  # the ledger could not even be read: try again next turn, never exit
-                    self._ledger_down(e)
+                    self.kept.down(e)
                 self.wake.wait(timeout=self.settings.jobs.cancel_poll_seconds)
                 self.wake.clear()
         finally:
@@ -249,15 +180,15 @@ class Daemon:
         age = time.monotonic() - self.last_tick
         return {"healthy": age < max(30.0, 5 * self.settings.jobs.cancel_poll_seconds), "pid": os.getpid(),
                 "loop_age_seconds": round(age, 2), "disk_ok": self.disk_ok, "disk": self.disk_message,
-                "ledger_ok": self.ledger_problem is None, "ledger": self.ledger_problem or "ok",
-                "pending_writes": len(self._pending),
+                "ledger_ok": self.kept.problem is None, "ledger": self.kept.problem or "ok",
+                "pending_writes": len(self.kept.pending),
                 "executor": self.executor.name if self.executor else None,
                 "slots": self.executor.describe() if self.executor else []}
 
     def _recover(self) -> None:
         from pipeline.io.publish import remove_stale_partials
 
-        self._write("crash recovery", None, self._recover_orphans)
+        self.kept.write("crash recovery", None, self._recover_orphans)
         for name in remove_stale_partials(self.paths.outbox):  # no worker runs yet: every partial is stale
             log.warning("removed unfinished publish folder %s", name)
 
@@ -288,69 +219,9 @@ class Daemon:
         except (OSError, LedgerError) as e:
             log.warning("could not back the ledger up (the last backup stays): %s", e)
 
-    # -- the ledger, when it cannot be written --------------------------------------------------------
-
-    def _ledger_down(self, e: LedgerError) -> None:
-        if self.ledger_problem is None:
-            log.error("%s. The daemon keeps running: no new job starts, and state changes are kept in memory and "
-                      "written as soon as the ledger takes writes again", e)
-            self.ledger_problem = str(e)
-            self._daemon_status()
-
-    def _ledger_works(self) -> None:
-        """A write went through with nothing kept waiting: whatever the problem was, it has passed."""
-        if self.ledger_problem is not None:
-            log.info("the ledger takes writes again")
-            self.ledger_problem = None
-            self._daemon_status()
-
-    def _write(self, what: str, job_id: str | None, apply: Callable[[Ledger], Any]) -> bool:
-        """Apply one ledger change now, or keep it, in order behind any earlier one, for :meth:`_flush`.
-        Returns whether it was written now."""
-        if not self._pending:
-            try:
-                apply(self.ledger)
-            except LedgerError as e:
-                self._ledger_down(e)
-            else:
-                self._ledger_works()
-                return True
-        self._pending.append(_Write(what, job_id, apply))
-        return False
-
-    def _flush(self) -> None:
-        """Write the changes kept while the ledger could not be written, oldest first."""
-        flushed = 0
-        while self._pending:
-            w = self._pending[0]
-            try:
-                w.apply(self.ledger)
-            except LedgerError as e:
-                self._ledger_down(e)
-                return
-            self._pending.pop(0)
-            flushed += 1
-            if w.job_id and not any(p.job_id == w.job_id for p in self._pending):
-                self._views.pop(w.job_id, None)  # the ledger says it now
-                current = self.ledger.get(w.job_id)
-                if current is not None:
-                    self._status(current)
-        if flushed:
-            log.info("%d kept ledger change(s) written", flushed)
-            self._ledger_works()
-
-    def _job(self, job_id: str) -> Job | None:
-        """A job as the daemon knows it: the ledger's row, or the state it moved to that is not written yet."""
-        return self._views.get(job_id) or self.ledger.get(job_id)
-
     def _change(self, what: str, view: Job, apply: Callable[[Ledger], Any]) -> None:
-        """A job's state change: into the ledger, or kept (with ``view``, the job as it is now) until it can be;
-        either way the status file shows it."""
-        if self._write(what, view.id, apply):
-            current = self.ledger.get(view.id)
-        else:
-            self._views[view.id] = view
-            current = view
+        """A job's state change: into the ledger, or kept until it can be; either way the status file shows it."""
+        current = self.kept.change(what, view, apply)
         if current is not None:
             self._status(current)
 
@@ -366,7 +237,7 @@ class Daemon:
                         self.paths.status_file(job.id))
 
         def again() -> bool:
-            current = self._job(job.id)
+            current = self.kept.job(job.id)
             return current is None or write_status(self.paths, current, notice)
 
         self._later[key] = again
@@ -387,8 +258,8 @@ class Daemon:
         from pipeline.io.publish import write_atomic
 
         body = json.dumps({"disk_ok": self.disk_ok, "message": self.disk_message,
-                           "ledger_ok": self.ledger_problem is None, "ledger": self.ledger_problem or "ok",
-                           "pending_writes": len(self._pending), "updated": time.time()})
+                           "ledger_ok": self.kept.problem is None, "ledger": self.kept.problem or "ok",
+                           "pending_writes": len(self.kept.pending), "updated": time.time()})
         try:
             write_atomic(self.paths.outbox / "_status" / DAEMON_STATUS, body)
         except OSError:
@@ -399,17 +270,17 @@ class Daemon:
     # -- one turn of the main loop ------------------------------------------------------------------
 
     def tick(self) -> None:
-        self._flush()
+        self.kept.flush()
         self._retry_files()
-        writable = not self._pending  # while changes wait, nothing new is queued or claimed
+        writable = not self.kept.pending  # while changes wait, nothing new is queued or claimed
         if writable:
             self._intake()
             self._cancel_queued()
         self._relay_cancels()
         self._handle_events(self.executor.poll() if self.executor else [])
-        if not self._pending:
+        if not self.kept.pending:
             self._dispatch()
-        if self.retention_due.is_set() and not self._pending:
+        if self.retention_due.is_set() and not self.kept.pending:
             self.retention_due.clear()
             self.clean()
             self._backup()
@@ -421,7 +292,7 @@ class Daemon:
             try:
                 self._handle(ev)
             except LedgerError as e:  # could not even read: keep the rest for the next turn
-                self._ledger_down(e)
+                self.kept.down(e)
                 self._unhandled = events[i:]
                 return
 
@@ -434,10 +305,10 @@ class Daemon:
                 log.info("retention: %d action(s)", len(actions))
                 apply_retention(self.ledger, actions, self.paths)
         except LedgerError as e:
-            self._ledger_down(e)  # the rest waits for the next retention run
+            self.kept.down(e)  # the rest waits for the next retention run
 
     def _notify(self, job_id: str) -> None:
-        job = self._job(job_id)
+        job = self.kept.job(job_id)
         if job is not None and job.state.terminal:
             self.notifier.job_ended(job)
 
@@ -445,7 +316,7 @@ class Daemon:
         try:
             jobs = self.ledger.folders()
         except LedgerError as e:
-            self._ledger_down(e)
+            self.kept.down(e)
             return
         decisions = self.settler.scan(self.paths.inbox, set(jobs), baselines=self._baselines(jobs))
         self._refuse_links(self.settler.linked)
@@ -456,9 +327,9 @@ class Daemon:
             try:
                 job, created = self.ledger.create_job(d.folder, d.fingerprint)
             except LedgerError as e:  # the folder settles again and is offered again once the ledger is back
-                self._ledger_down(e)
+                self.kept.down(e)
                 return
-            self._ledger_works()
+            self.kept.works()
             if not created:
                 continue
             if d.cancelled:
@@ -474,7 +345,7 @@ class Daemon:
         for name in sorted(linked - self._links_told):
             message = linked_folder_message(name)
             log.warning("%s", message)
-            self._write("link event", None,
+            self.kept.write("link event", None,
                         lambda ledger, m=message, n=name: ledger.event(None, "link-refused", m, {"folder": n}))
             self._links_told.add(name)  # written now or kept in order: either way, told once
 
@@ -528,9 +399,9 @@ class Daemon:
             return
         notice = redrop_notice(job, d.folder)
         log.warning("[job %s] %s", job.id, notice)
-        self._write("re-drop event", job.id,
+        self.kept.write("re-drop event", job.id,
                     lambda ledger: ledger.event(job.id, "redrop-ignored", notice, {"fingerprint": d.fingerprint}))
-        current = self._job(job.id)
+        current = self.kept.job(job.id)
         if current is not None:
             self._status(current, notice=notice)
 
@@ -540,7 +411,7 @@ class Daemon:
         does not describe the folder. Run it again with the whole folder, which has settled by now, rather than
         refuse the rest as a re-drop. Bounded by jobs.max_attempts such reruns, so a folder something keeps
         writing into cannot loop; after that the re-drop notice says what to do."""
-        current = self._job(job.id)
+        current = self.kept.job(job.id)
         events = self.ledger.events(job.id)
         claims = [e["ts"] for e in events if e["kind"] == "claimed"]
         if current is None or current.finished is None or not claims:
@@ -564,7 +435,7 @@ class Daemon:
 
     def _cancel_queued(self) -> None:
         for job in self.ledger.jobs(JobState.QUEUED):
-            if job.id in self._views:
+            if self.kept.kept(job.id):
                 continue
             if ((self.paths.inbox / job.folder / CANCEL_MARKER).exists()
                     or (self.paths.work_dir(job.id) / CANCEL_MARKER).exists()):
@@ -587,7 +458,7 @@ class Daemon:
         for job_id in running:
             if job_id in self._relayed:
                 continue
-            job = self._job(job_id)
+            job = self.kept.job(job_id)
             if job is None:
                 continue
             if ((self.paths.inbox / job.folder / CANCEL_MARKER).exists()
@@ -603,14 +474,14 @@ class Daemon:
         if ev.unrecorded is not None:
             self._record_for_worker(ev.job_id, ev.unrecorded)
         else:
-            current = self._job(ev.job_id)
+            current = self.kept.job(ev.job_id)
             if current is not None:
                 self._status(current)  # again: the worker's own write may have met an unwritable outbox
         self._notify(ev.job_id)
 
     def _record_for_worker(self, job_id: str, outcome: dict[str, Any]) -> None:
         """The worker finished the job but could not write the ledger: keep its outcome and write it later."""
-        job = self._job(job_id)
+        job = self.kept.job(job_id)
         if job is None:
             return
         if outcome["state"] == "interrupted":
@@ -627,7 +498,7 @@ class Daemon:
     def _worker_lost(self, job_id: str, reason: str) -> None:
         from pipeline.io.publish import remove_stale_partials
 
-        job = self._job(job_id)
+        job = self.kept.job(job_id)
         if job is None or job.state != JobState.RUNNING:
             return  # the worker had already recorded an end state
         # a worker killed while publishing leaves a hidden half-built folder (or the previous result moved aside)
@@ -657,9 +528,9 @@ class Daemon:
             try:
                 job = self.ledger.claim_next(worker=slot)
             except LedgerError as e:  # nothing was claimed; try again when the ledger takes writes
-                self._ledger_down(e)
+                self.kept.down(e)
                 return
-            self._ledger_works()
+            self.kept.works()
             if job is None:
                 return
             job = self._refresh_fingerprint(job)
@@ -687,7 +558,7 @@ class Daemon:
         try:
             self.ledger.set_fingerprint(job.id, now)
         except LedgerError as e:
-            self._ledger_down(e)
+            self.kept.down(e)
             return job
         return dataclasses.replace(job, fingerprint=now)
 
@@ -714,10 +585,10 @@ class Daemon:
         if changed:  # log and record transitions only, not every tick
             if check.ok:
                 log.info("disk space is back; resuming")
-                self._write("disk event", None, lambda ledger: ledger.event(None, "disk", "disk space is back; resuming"))
+                self.kept.write("disk event", None, lambda ledger: ledger.event(None, "disk", "disk space is back; resuming"))
             else:
                 log.warning("%s", check.message)
-                self._write("disk event", job.id, lambda ledger: ledger.event(job.id, "disk", check.message))
+                self.kept.write("disk event", job.id, lambda ledger: ledger.event(job.id, "disk", check.message))
             self._daemon_status()
         return check.ok
 
@@ -750,7 +621,7 @@ class Daemon:
                 (out / "job.log").write_bytes(log_file.read_bytes())
 
         def attempt() -> bool:
-            current = self._job(job.id)
+            current = self.kept.job(job.id)
             if current is not None and current.state not in (end, job.state):
                 return True  # retried or rerun since: this report is out of date
             publish_built(build, self.paths.outbox, job.id)

@@ -107,7 +107,7 @@ def _ledger_with_jobs(state: Path) -> None:
 
 
 def test_one_folder_resolution_for_every_subcommand(tmp_path: Path) -> None:
-    from daemon.cli import resolve_folders
+    from daemon.folders import resolve_folders
 
     cwd = tmp_path
     saved = lambda state: {"inbox": "/srv/in", "outbox": "/srv/out"}  # noqa: E731 (what a daemon recorded)
@@ -185,7 +185,7 @@ def test_process_says_where_its_state_is_and_removes_a_temporary_one(tmp_path: P
 
 
 def test_retry_with_an_unknown_stage_lists_the_stages(tmp_path: Path) -> None:
-    from daemon.cli import STAGES_TEXT
+    from daemon.folders import STAGES_TEXT
     from pipeline.runner import STAGE_NAMES, STAGES
 
     # --help and the check list the checkpointed stages, read without importing the pipeline; publishing has none
@@ -279,7 +279,7 @@ def test_stage_progress_and_time_left() -> None:
 
 
 def test_watch_view_shows_the_stage_and_time_left() -> None:
-    from daemon.cli import render_watch
+    from daemon.progress import render_watch
     from daemon.ledger import Job
     from daemon.states import JobState
     from pipeline.stage_names import stage_span

@@ -67,3 +67,38 @@ def test_finish_and_cancel_if_queued(tmp_path: Path) -> None:
     got = ledger.get(a.id)
     assert got.state == JobState.DONE and got.timings["ingest"]["seconds"] == 1.5 and got.outputs == {"report": "x"}
     assert ledger.counts() == {"done": 1, "cancelled": 1}
+
+
+def test_changes_kept_while_the_ledger_refuses_are_written_in_order_once_it_takes_them(tmp_path) -> None:
+    import dataclasses
+
+    from daemon.kept_writes import KeptWrites
+    from daemon.ledger import LedgerError
+
+    ledger = Ledger(tmp_path / "ledger.db")
+    job, _ = ledger.create_job("a", "fp")
+    refusing = {"on": False}
+    problems, settled = [], []
+
+    def apply(message: str):
+        def go(led: Ledger) -> None:
+            if refusing["on"]:
+                raise LedgerError("database or disk is full")
+            led.event(job.id, "note", message)
+        return go
+
+    kept = KeptWrites(lambda: ledger, lambda: problems.append(kept.problem), settled.append)
+    assert kept.write("first", job.id, apply("one"))
+    refusing["on"] = True
+    view = dataclasses.replace(job, state=JobState.CANCELLED)
+    assert kept.change("second", view, apply("two")) == view  # kept: the job as it now stands
+    refusing["on"] = False
+    assert not kept.write("third", job.id, apply("three"))  # behind the kept one, even though it would go through
+    assert kept.job(job.id).state == JobState.CANCELLED and kept.kept(job.id)
+    assert problems == ["database or disk is full"] and "second (" in kept.describe()
+    kept.flush()
+    notes = [e["message"] for e in ledger.events(job.id) if e["kind"] == "note"]
+    assert notes == ["one", "two", "three"]
+    assert not kept.pending and not kept.kept(job.id) and kept.problem is None and problems[-1] is None
+    assert [j.id for j in settled] == [job.id]  # its status file is written from the ledger's row again
+    ledger.close()
