@@ -33,379 +33,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from itertools import pairwise
 
 import numpy as np
 import trimesh
 
-EDGE_FRACTION = 1.0 / 256  # target face edge length / object size (~1.5 px when the object spans 384 px)
-
-RGB = tuple[float, float, float]
-
-
-# ----------------------------------------------------------------------------------------------- solid texture
-@dataclass(frozen=True)
-class Palette:
-    """Colours of one surface: ``stops`` is the gradient the noise runs through, ``accents`` paint stripes, dots
-    and patches. Components are floats in 0..1."""
-
-    stops: tuple[RGB, ...]
-    accents: tuple[RGB, ...]
-
-
-@dataclass(frozen=True)
-class TextureStyle:
-    """How much of each pattern a textured surface gets; lengths are fractions of the object size."""
-
-    cell: float = 1 / 5          # largest noise cell
-    octaves: int = 6             # finest cell = cell / 2**(octaves-1)
-    speckle: float = 0.3         # fine luminance grain (object size / 200) for stereo matching in close-ups
-    contrast: float = 2.6        # noise is stretched around 0.5 by this factor before the palette lookup
-    stripe_period: float = 1 / 9
-    stripe_width: float = 0.22   # fraction of a period
-    stripe_amount: float = 0.75  # fraction of the surface (by a low-frequency mask) that carries stripes
-    dots: int = 260              # dot centres scattered in the bounding box
-    dot_radius: tuple[float, float] = (1 / 90, 1 / 35)
-    patch_threshold: float = 0.6  # low-frequency noise above this is painted with an accent patch
-    plain: bool = False          # near-uniform: first stop only, faint noise, no stripes/dots/patches
-    plain_amplitude: float = 0.025
-
-
-def value_noise(points: np.ndarray, seed: int) -> np.ndarray:
-    """Smooth 3-D value noise in 0..1 at ``points`` (n, 3), lattice spacing 1 (quintic-faded trilinear).
-
-    Lattice values come from a seeded table of 4096 values indexed by a spatial hash of the cell corner (one
-    gather per corner, which is what keeps this fast on a million face centres)."""
-    vals = np.random.default_rng(seed).random(4096)
-    cell = np.floor(points)
-    f = points - cell
-    u = f * f * f * (f * (f * 6 - 15) + 10)
-    i = cell.astype(np.int64)
-    hx = (i[:, 0] * 73856093, (i[:, 0] + 1) * 73856093)
-    hy = (i[:, 1] * 19349663, (i[:, 1] + 1) * 19349663)
-    hz = (i[:, 2] * 83492791, (i[:, 2] + 1) * 83492791)
-
-    def v(dx: int, dy: int, dz: int) -> np.ndarray:
-        return vals[(hx[dx] ^ hy[dy] ^ hz[dz]) & 4095]
-
-    ux, uy, uz = u[:, 0], u[:, 1], u[:, 2]
-    x00 = v(0, 0, 0) + ux * (v(1, 0, 0) - v(0, 0, 0))
-    x10 = v(0, 1, 0) + ux * (v(1, 1, 0) - v(0, 1, 0))
-    x01 = v(0, 0, 1) + ux * (v(1, 0, 1) - v(0, 0, 1))
-    x11 = v(0, 1, 1) + ux * (v(1, 1, 1) - v(0, 1, 1))
-    y0 = x00 + uy * (x10 - x00)
-    y1 = x01 + uy * (x11 - x01)
-    return y0 + uz * (y1 - y0)
-
-
-def _random_rotation(rng: np.random.Generator) -> np.ndarray:
-    """A uniformly random 3x3 rotation (so octaves and stripes are not aligned with the axes)."""
-    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
-    q *= np.sign(np.diag(r))
-    return q if np.linalg.det(q) > 0 else -q
-
-
-def fbm(points: np.ndarray, cell: float, octaves: int, seed: int) -> np.ndarray:
-    """Fractal sum of ``octaves`` value-noise octaves (n,) in 0..1; the first has lattice spacing ``cell``.
-
-    Each octave is rotated and shifted at random, which hides the lattice; amplitudes halve per octave."""
-    rng = np.random.default_rng(seed)
-    total = np.zeros(len(points))
-    norm = 0.0
-    for k in range(octaves):
-        rot = _random_rotation(rng)
-        shift = rng.uniform(0, 256, 3)
-        amp = 0.5 ** k
-        q = np.einsum("ij,kj->ik", points, rot * (2.0 ** k / cell)) + shift   # einsum: faster than @ for (n,3)x(3,3)
-        total += amp * value_noise(q, int(rng.integers(1 << 31)))
-        norm += amp
-    return total / norm
-
-
-def _gradient(t: np.ndarray, stops: tuple[RGB, ...]) -> np.ndarray:
-    """Piecewise-linear colour ramp: t (n,) in 0..1 -> (n, 3)."""
-    cols = np.asarray(stops, float)
-    if len(cols) == 1:
-        return np.repeat(cols, len(t), 0)
-    x = np.clip(t, 0, 1) * (len(cols) - 1)
-    k = np.minimum(x.astype(np.int64), len(cols) - 2)
-    w = (x - k)[:, None]
-    return cols[k] * (1 - w) + cols[k + 1] * w
-
-
-def _smoothstep(e0: float, e1: float, x: np.ndarray) -> np.ndarray:
-    t = np.clip((x - e0) / (e1 - e0), 0, 1)
-    return t * t * (3 - 2 * t)
-
-
-def solid_texture(points: np.ndarray, size: float, palette: Palette, seed: int,
-                  style: TextureStyle = TextureStyle()) -> np.ndarray:
-    """Colours (n, 3) float in 0..1 of a seeded solid texture at ``points`` (n, 3) of an object of ``size`` m."""
-    rng = np.random.default_rng(seed)
-    seeds = rng.integers(1 << 31, size=8)  # fixed count: adding a pattern must not reseed the others
-    if style.plain:
-        # faint, low-frequency variation only: a nearly uniform glaze
-        n = fbm(points, style.cell * size, 3, int(seeds[0])) - 0.5
-        return np.clip(np.asarray(palette.stops[0])[None] * (1 + 2 * style.plain_amplitude * n[:, None]), 0, 1)
-    base = fbm(points, style.cell * size, style.octaves, int(seeds[0]))
-    col = _gradient((base - 0.5) * style.contrast + 0.5, palette.stops)
-    accents = np.asarray(palette.accents, float)
-    # patches: blobs where a low-frequency noise is high, each blob one accent colour
-    low = fbm(points, 1.6 * style.cell * size, 3, int(seeds[1]))
-    pick = (fbm(points, 2.5 * style.cell * size, 2, int(seeds[2])) * 7).astype(np.int64) % len(accents)
-    w = _smoothstep(style.patch_threshold, style.patch_threshold + 0.03, low)[:, None]
-    col = col * (1 - 0.85 * w) + 0.85 * w * accents[pick]
-    # stripes: two families along random directions, warped by noise (no exact repetition for stereo to confuse)
-    mask = fbm(points, 2 * style.cell * size, 2, int(seeds[3]))
-    for fam in range(2):
-        d = rng.normal(size=3)
-        d /= np.linalg.norm(d)
-        period = style.stripe_period * size * (1.0 + 0.6 * fam)
-        warp = (fbm(points, style.cell * size, 3, int(seeds[4 + fam])) - 0.5) * 1.5 * period
-        phase = np.mod((points @ d + warp) / period, 1.0)
-        on = (phase < style.stripe_width) & (mask < style.stripe_amount - 0.25 * fam + 0.15)
-        col[on] = 0.25 * col[on] + 0.75 * accents[(fam + 1) % len(accents)]
-    # dots of several sizes, each its own accent colour
-    lo, hi = points.min(0), points.max(0)
-    centres = rng.uniform(lo, hi, (style.dots, 3))
-    radii = size * rng.uniform(*style.dot_radius, style.dots)
-    colours = accents[rng.integers(len(accents), size=style.dots)]
-    from scipy.spatial import cKDTree
-
-    dist, idx = cKDTree(centres).query(points, k=3, distance_upper_bound=float(radii.max()))
-    for j in range(3):  # the three nearest centres, so overlapping dots of different sizes all show
-        ok = np.isfinite(dist[:, j])
-        hit = np.zeros(len(points), bool)
-        hit[ok] = dist[ok, j] < radii[idx[ok, j]]
-        col[hit] = colours[idx[hit, j]] * 0.9 + 0.1 * col[hit]
-    grain = value_noise(points * (200.0 / size) + rng.uniform(0, 256, 3), int(seeds[6])) - 0.5
-    return np.clip(col * (1 + style.speckle * grain[:, None]), 0, 1)
-
-
-def _to_u8(rgb: np.ndarray) -> np.ndarray:
-    """(n, 3) float 0..1 -> (n, 4) uint8 RGBA, opaque."""
-    out = np.full((len(rgb), 4), 255, np.uint8)
-    out[:, :3] = np.clip(rgb * 255 + 0.5, 0, 255).astype(np.uint8)
-    return out
-
-
-# ------------------------------------------------------------------------------------------------- geometry
-@dataclass(frozen=True)
-class ObjectInfo:
-    """What ``describe`` reports about one object mesh."""
-
-    name: str
-    size: tuple[float, float, float]  # extents x, y, z in metres
-    faces: int
-    vertices: int
-    watertight: bool
-    genus: int | None                 # None when not watertight (Euler characteristic undefined as a solid)
-    components: int
-    edge_mean: float                  # metres
-    edge_max: float
-    volume: float | None              # m^3, None when not watertight
-
-
-def describe(mesh: trimesh.Trimesh, name: str = "") -> ObjectInfo:
-    """Name, size, face count, watertightness, genus (summed over components) and edge lengths of a mesh."""
-    watertight = bool(mesh.is_watertight)
-    n_comp = len(trimesh.graph.connected_components(mesh.face_adjacency, nodes=np.arange(len(mesh.faces)),
-                                                    min_len=1))
-    genus = None
-    if watertight:
-        # chi = 2 * components - 2 * genus for closed orientable surfaces
-        genus = round((2 * n_comp - mesh.euler_number) / 2)
-    edges = mesh.edges_unique_length
-    return ObjectInfo(name=name, size=tuple(float(x) for x in mesh.extents), faces=len(mesh.faces),
-                      vertices=len(mesh.vertices), watertight=watertight, genus=genus, components=n_comp,
-                      edge_mean=float(edges.mean()), edge_max=float(edges.max()),
-                      volume=float(mesh.volume) if watertight else None)
-
-
-def _closed(mesh: trimesh.Trimesh, what: str) -> trimesh.Trimesh:
-    """Check that ``mesh`` is a closed, consistently wound solid with outward normals; raise ValueError if not."""
-    if not mesh.is_watertight:
-        raise ValueError(f"{what}: mesh is not watertight ({len(mesh.faces)} faces)")
-    if not mesh.is_winding_consistent:
-        raise ValueError(f"{what}: inconsistent face winding")
-    if mesh.volume < 0:
-        mesh.invert()
-    return mesh
-
-
-def _resample(poly: np.ndarray, step: float, corner_deg: float = 20.0) -> np.ndarray:
-    """Polyline (n, 2) -> polyline with segments of at most ``step``: corners (turning by more than ``corner_deg``)
-    and both ends are kept, the smooth runs between them are resampled uniformly by arc length (so a densely
-    sampled curve is coarsened to ``step`` as well as a long segment refined)."""
-    keep = np.r_[True, np.linalg.norm(np.diff(poly, axis=0), axis=1) > 1e-9]
-    poly = poly[keep]                     # repeated points (where two pieces of a profile meet)
-    d = np.diff(poly, axis=0)
-    heading = np.arctan2(d[:, 1], d[:, 0])
-    turn = np.abs((np.diff(heading) + np.pi) % (2 * np.pi) - np.pi)
-    corners = np.r_[0, np.nonzero(turn > math.radians(corner_deg))[0] + 1, len(poly) - 1]
-    out = [poly[:1]]
-    for i0, i1 in pairwise(corners):
-        piece = poly[i0:i1 + 1]
-        s = np.r_[0, np.cumsum(np.linalg.norm(np.diff(piece, axis=0), axis=1))]
-        n = max(1, math.ceil(s[-1] / step))
-        t = s[-1] * np.arange(1, n + 1) / n
-        out.append(np.c_[np.interp(t, s, piece[:, 0]), np.interp(t, s, piece[:, 1])])
-    return np.concatenate(out)
-
-
-def _arc(center: tuple[float, float], radius: float, a0: float, a1: float, n: int = 48) -> np.ndarray:
-    """Points (n, 2) on a circular arc from angle a0 to a1 (radians), both ends included."""
-    t = np.linspace(a0, a1, n)
-    return np.c_[center[0] + radius * np.cos(t), center[1] + radius * np.sin(t)]
-
-
-def _revolve(profile: np.ndarray, edge: float, what: str) -> trimesh.Trimesh:
-    """Closed solid of revolution about +Z of a (radius, z) profile (n, 2) that starts and ends on the axis.
-
-    The profile runs counter-clockwise around the material in the (r, z) half-plane; it is resampled so that no
-    segment is longer than ``edge`` and the number of sections keeps the longest ring edge below ``edge``."""
-    if abs(profile[0, 0]) > 1e-12 or abs(profile[-1, 0]) > 1e-12:
-        raise ValueError(f"{what}: the profile must start and end on the axis (r = 0)")
-    prof = _resample(np.asarray(profile, float), edge)
-    sections = max(16, math.ceil(2 * math.pi * prof[:, 0].max() / edge))
-    return _closed(trimesh.creation.revolve(prof, sections=sections), what)
-
-
-# --- signed distance functions (negative inside) of points p (n, 3)
-@dataclass(frozen=True)
-class Part:
-    """One primitive of an SDF union: its distance function, its bounding box (lo, hi) and a colour label."""
-
-    sdf: Callable[[np.ndarray], np.ndarray]
-    lo: np.ndarray
-    hi: np.ndarray
-    label: int
-
-
-def capsule(a: np.ndarray, b: np.ndarray, r: float, label: int) -> Part:
-    """Cylinder of radius r from a to b with spherical ends (a tube segment joined by spheres at its corners)."""
-    a = np.asarray(a, float)
-    b = np.asarray(b, float)
-    ba = b - a
-
-    def sdf(p: np.ndarray) -> np.ndarray:
-        pa = p - a
-        h = np.clip(pa @ ba / (ba @ ba), 0, 1)
-        return np.linalg.norm(pa - h[:, None] * ba, axis=1) - r
-
-    return Part(sdf, np.minimum(a, b) - r, np.maximum(a, b) + r, label)
-
-
-def rounded_box(center: np.ndarray, axes: np.ndarray, half: np.ndarray, rounding: float, label: int) -> Part:
-    """Box with rounded edges: ``axes`` (3, 3) rows are its orthonormal local axes, ``half`` its half extents."""
-    center = np.asarray(center, float)
-    axes = np.asarray(axes, float)
-    half = np.asarray(half, float)
-
-    def sdf(p: np.ndarray) -> np.ndarray:
-        q = np.abs((p - center) @ axes.T) - (half - rounding)
-        return np.linalg.norm(np.maximum(q, 0), axis=1) + np.minimum(q.max(1), 0) - rounding
-
-    ext = np.abs(axes.T) @ half
-    return Part(sdf, center - ext, center + ext, label)
-
-
-def rounded_cylinder(center: np.ndarray, radius: float, half_height: float, rounding: float, label: int) -> Part:
-    """Vertical (+Z axis) cylinder with rounded rims."""
-    center = np.asarray(center, float)
-
-    def sdf(p: np.ndarray) -> np.ndarray:
-        d = p - center
-        q = np.c_[np.hypot(d[:, 0], d[:, 1]) - (radius - rounding), np.abs(d[:, 2]) - (half_height - rounding)]
-        return np.linalg.norm(np.maximum(q, 0), axis=1) + np.minimum(q.max(1), 0) - rounding
-
-    ext = np.array([radius, radius, half_height])
-    return Part(sdf, center - ext, center + ext, label)
-
-
-def torus_z(center: np.ndarray, major: float, minor: float, label: int) -> Part:
-    """Torus around a vertical axis through ``center``."""
-    center = np.asarray(center, float)
-
-    def sdf(p: np.ndarray) -> np.ndarray:
-        d = p - center
-        return np.hypot(np.hypot(d[:, 0], d[:, 1]) - major, d[:, 2]) - minor
-
-    ext = np.array([major + minor, major + minor, minor])
-    return Part(sdf, center - ext, center + ext, label)
-
-
-def sdf_union_mesh(parts: list[Part], voxel: float, what: str,
-                   chunk: int = 1 << 21) -> tuple[trimesh.Trimesh, np.ndarray]:
-    """Marching-cubes mesh of the union of ``parts`` on a grid of ``voxel`` metres.
-
-    Each part is evaluated only inside its own bounding box plus a band of 3 voxels (outside it the union's
-    distance is clamped to that band, which does not move the zero level set), in chunks of ``chunk`` points.
-    Returns (closed mesh, per-face part label (F,) int64: the label of the nearest part at the face centre)."""
-    from skimage.measure import marching_cubes
-
-    lo = np.min([p.lo for p in parts], 0) - 3 * voxel
-    hi = np.max([p.hi for p in parts], 0) + 3 * voxel
-    shape = np.ceil((hi - lo) / voxel).astype(int) + 1
-    band = 3 * voxel
-    grid = np.full(tuple(shape), band, np.float32)
-    axes = [lo[k] + voxel * np.arange(shape[k]) for k in range(3)]
-    for part in parts:
-        i0 = np.clip(np.floor((part.lo - band - lo) / voxel).astype(int), 0, shape - 1)
-        i1 = np.clip(np.ceil((part.hi + band - lo) / voxel).astype(int) + 1, 1, shape)
-        nx, ny = i1[0] - i0[0], i1[1] - i0[1]
-        xs, ys = np.meshgrid(axes[0][i0[0]:i1[0]], axes[1][i0[1]:i1[1]], indexing="ij")
-        slab = max(1, chunk // (nx * ny))
-        for z0 in range(i0[2], i1[2], slab):
-            z1 = min(z0 + slab, i1[2])
-            zs = axes[2][z0:z1]
-            pts = np.empty((nx, ny, len(zs), 3))
-            pts[..., 0] = xs[..., None]
-            pts[..., 1] = ys[..., None]
-            pts[..., 2] = zs
-            d = part.sdf(pts.reshape(-1, 3)).reshape(nx, ny, len(zs)).astype(np.float32)
-            sub = grid[i0[0]:i1[0], i0[1]:i1[1], z0:z1]
-            np.minimum(sub, d, out=sub)
-    # a cube that the surface crosses has all corners within sqrt(3) voxels of it (distances are exact or
-    # underestimated), so the 2-voxel mask skips only empty cubes and saves marching-cubes time
-    verts, faces, _, _ = marching_cubes(grid, 0.0, spacing=(voxel,) * 3, gradient_direction="ascent",
-                                        mask=np.abs(grid) < 2 * voxel)
-    mesh = trimesh.Trimesh(verts + lo, faces, process=True)
-    mesh.update_faces(mesh.nondegenerate_faces())
-    mesh.remove_unreferenced_vertices()
-    mesh = _closed(mesh, what)
-    centres = mesh.triangles_center
-    dist = np.stack([p.sdf(centres) for p in parts], 1)
-    labels = np.array([p.label for p in parts])[np.argmin(dist, 1)]
-    return mesh, labels
-
-
-def _on_ground(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
-    """Translate so that the lowest point is on z = 0 and the bounding box is centred on x = y = 0."""
-    lo, hi = mesh.bounds
-    mesh.apply_translation([-(lo[0] + hi[0]) / 2, -(lo[1] + hi[1]) / 2, -lo[2]])
-    return mesh
-
-
-def _paint(mesh: trimesh.Trimesh, labels: np.ndarray, palettes: dict[int, tuple[Palette, TextureStyle]],
-           seed: int) -> trimesh.Trimesh:
-    """Set per-face colours from the solid texture of each face's label (one texture per label)."""
-    centres = mesh.triangles_center
-    size = float(mesh.extents.max())
-    rgb = np.zeros((len(mesh.faces), 3))
-    for label, (pal, style) in palettes.items():
-        sel = labels == label
-        if sel.any():
-            rgb[sel] = solid_texture(centres[sel], size, pal, seed * 7919 + label, style)
-    mesh.visual.face_colors = _to_u8(rgb)
-    return mesh
-
-
-def _edge(size: float, edge_scale: float) -> float:
-    if edge_scale <= 0:
-        raise ValueError(f"edge_scale must be > 0, got {edge_scale}")
-    return size * EDGE_FRACTION * edge_scale
+from bench.shapes import EDGE_FRACTION, ObjectInfo  # noqa: F401  (part of this module's interface: tests, make_sets)
+from bench.shapes import (Part, arc, capsule, closed, describe, edge_length, on_ground, paint, revolve, rounded_box,
+                          rounded_cylinder, sdf_union_mesh, torus_z)
+from bench.solid_texture import Palette, TextureStyle, fbm, smoothstep, to_u8, value_noise
 
 
 # ------------------------------------------------------------------------------------------------- objects
@@ -453,30 +89,30 @@ def _label_colours(points: np.ndarray, radius: float, z0: float, z1: float, seed
 def bottle(seed: int = 0, edge_scale: float = 1.0) -> trimesh.Trimesh:
     """A capped 0.33 m bottle (body radius 42 mm): body, shoulder, neck, lip bead, cap; label band z 0.07-0.17."""
     size = 0.33
-    e = _edge(size, edge_scale)
+    e = edge_length(size, edge_scale)
     rb, rn = 0.042, 0.0145
     z_sh0, z_sh1 = 0.20, 0.262                                  # shoulder from body to neck
     t = np.linspace(0, 1, 64)
     shoulder = np.c_[rn + (rb - rn) * (0.5 + 0.5 * np.cos(math.pi * t)), z_sh0 + (z_sh1 - z_sh0) * t]
     profile = np.concatenate([
         [[0.0, 0.004]], [[0.022, 0.002]],                      # slightly domed-in base (a shallow punt)
-        _arc((rb - 0.006, 0.006), 0.006, -math.pi / 2, 0.0, 24),  # base fillet
+        arc((rb - 0.006, 0.006), 0.006, -math.pi / 2, 0.0, 24),  # base fillet
         shoulder,
         [[rn, 0.292]],                                          # neck
-        _arc((rn, 0.2955), 0.0035, -math.pi / 2, math.pi / 2, 24),  # lip bead (a half torus)
+        arc((rn, 0.2955), 0.0035, -math.pi / 2, math.pi / 2, 24),  # lip bead (a half torus)
         [[0.0152, 0.299]], [[0.0152, 0.321]],                   # cap skirt
-        _arc((0.0122, 0.321), 0.003, 0.0, math.pi / 2, 16),     # rounded cap edge
+        arc((0.0122, 0.321), 0.003, 0.0, math.pi / 2, 16),     # rounded cap edge
         [[0.0, 0.324]],
     ])
-    mesh = _on_ground(_revolve(profile, e, "bottle"))
+    mesh = on_ground(revolve(profile, e, "bottle"))
     c = mesh.triangles_center
     labels = np.where(c[:, 2] > 0.2985, 1, 0)
-    mesh = _paint(mesh, labels, {0: (GLASS, TextureStyle()), 1: (CAP, TextureStyle(cell=1 / 12))}, seed)
+    mesh = paint(mesh, labels, {0: (GLASS, TextureStyle()), 1: (CAP, TextureStyle(cell=1 / 12))}, seed)
     # the label: only on the cylindrical body, overprinted on the glass colours
     z0, z1 = 0.07, 0.17
     sel = (c[:, 2] > z0) & (c[:, 2] < z1) & (np.hypot(c[:, 0], c[:, 1]) > rb - 0.001)
     fc = mesh.visual.face_colors.copy()
-    fc[sel] = _to_u8(_label_colours(c[sel], rb, z0, z1, seed * 31 + 5))
+    fc[sel] = to_u8(_label_colours(c[sel], rb, z0, z1, seed * 31 + 5))
     mesh.visual.face_colors = fc
     return mesh
 
@@ -496,7 +132,7 @@ def _relief_height(xy: np.ndarray) -> np.ndarray:
 
     def ring(rc: float, width: float, height: float) -> np.ndarray:
         t = np.abs(r - rc) / (width / 2)
-        return height * (1 - _smoothstep(0.55, 1.0, t))          # flat top, sloped sides
+        return height * (1 - smoothstep(0.55, 1.0, t))          # flat top, sloped sides
 
     for rc, width, height in ((0.132, 0.004, 0.002), (0.124, 0.0025, 0.0012), (0.058, 0.003, 0.0015)):
         h = np.maximum(h, ring(rc, width, height))
@@ -510,7 +146,7 @@ def _relief_height(xy: np.ndarray) -> np.ndarray:
         rc = rng.uniform(0.068, 0.094)
         rad, height = rng.uniform(0.0015, 0.003), rng.uniform(0.001, 0.002)
         d = np.hypot(xy[:, 0] - rc * math.cos(a), xy[:, 1] - rc * math.sin(a))
-        h = np.maximum(h, height * (1 - _smoothstep(0.3, 1.0, d / rad)))
+        h = np.maximum(h, height * (1 - smoothstep(0.3, 1.0, d / rad)))
     # letters: rasterised at 0.2 mm / px, blurred so that their sides slope over ~1 mm, sampled bilinearly;
     # each line in its own image so the big letters' blurred edges do not become 1 mm shelves
     px = 0.0002
@@ -594,14 +230,14 @@ def relief_disc(seed: int = 0, edge_scale: float = 1.0) -> trimesh.Trimesh:
         u1, l1 = np.roll(upper, -1), np.roll(lower, -1)
         wall += [np.c_[upper, lower, u1], np.c_[u1, lower, l1]]   # outward for counter-clockwise rings
     faces = np.concatenate([top_tri, np.concatenate(wall), bot_tri + n_top + n_mid])
-    mesh = _closed(trimesh.Trimesh(verts, faces, process=True), "relief_disc")
+    mesh = closed(trimesh.Trimesh(verts, faces, process=True), "relief_disc")
     # colours: stone noise everywhere, the raised relief tinted like worn gilding (strongest on the highest parts)
     c = mesh.triangles_center
-    mesh = _paint(mesh, np.zeros(len(mesh.faces), np.int64), {0: (STONE, TextureStyle(cell=1 / 6))}, seed)
+    mesh = paint(mesh, np.zeros(len(mesh.faces), np.int64), {0: (STONE, TextureStyle(cell=1 / 6))}, seed)
     lift = np.clip((c[:, 2] - T) / 0.002, 0, 1) * (np.hypot(c[:, 0], c[:, 1]) < R - 1e-4)
     gild = np.array([0.86, 0.68, 0.25]) * (0.8 + 0.4 * fbm(c, 0.01, 3, seed + 17)[:, None])
     rgb = mesh.visual.face_colors[:, :3] / 255.0
-    mesh.visual.face_colors = _to_u8(rgb * (1 - 0.7 * lift[:, None]) + 0.7 * lift[:, None] * gild)
+    mesh.visual.face_colors = to_u8(rgb * (1 - 0.7 * lift[:, None]) + 0.7 * lift[:, None] * gild)
     return mesh
 
 
@@ -653,10 +289,10 @@ def armchair(seed: int = 0, edge_scale: float = 1.0) -> trimesh.Trimesh:
     centre = np.array([0, y, zs]) + along * (t0 + t1) / 2
     parts.append(rounded_box(centre, np.array([[1.0, 0, 0], along, normal]),
                              np.array([x + 0.004, (t1 - t0) / 2, 0.0185]), 0.008, 1))
-    voxel = _edge(0.92, edge_scale)
+    voxel = edge_length(0.92, edge_scale)
     mesh, labels = sdf_union_mesh(parts, voxel, "armchair")
-    mesh = _on_ground(mesh)
-    return _paint(mesh, labels, {0: (FRAME, TextureStyle(cell=1 / 10)), 1: (FABRIC, TextureStyle())}, seed)
+    mesh = on_ground(mesh)
+    return paint(mesh, labels, {0: (FRAME, TextureStyle(cell=1 / 10)), 1: (FABRIC, TextureStyle())}, seed)
 
 
 CERAMIC = Palette(stops=((0.75, 0.80, 0.88), (0.45, 0.55, 0.72), (0.20, 0.28, 0.50), (0.93, 0.90, 0.82)),
@@ -694,9 +330,9 @@ def cup(seed: int = 0, edge_scale: float = 1.0) -> trimesh.Trimesh:
     parts = [Part(body, np.array([-R, -R, 0.0]), np.array([R, R, H]), 0),
              Part(handle, np.array([R - w, -minor, z0 - major - minor]),
                   np.array([x0 + major + minor, minor, z0 + major + minor]), 1)]
-    mesh, labels = sdf_union_mesh(parts, _edge(0.2, edge_scale), "cup")
+    mesh, labels = sdf_union_mesh(parts, edge_length(0.2, edge_scale), "cup")
     mesh.apply_translation([0, 0, -mesh.bounds[0][2]])          # keep the cup axis on x = y = 0
-    return _paint(mesh, labels, {0: (CERAMIC, TextureStyle()), 1: (HANDLE, TextureStyle(cell=1 / 10))}, seed)
+    return paint(mesh, labels, {0: (CERAMIC, TextureStyle()), 1: (HANDLE, TextureStyle(cell=1 / 10))}, seed)
 
 
 CELADON = Palette(stops=((0.72, 0.78, 0.70),), accents=((0.72, 0.78, 0.70),))
@@ -717,15 +353,15 @@ def plain_vase(seed: int = 0, edge_scale: float = 1.0) -> trimesh.Trimesh:
     zi = np.linspace(z_top, floor + 0.008, 200)
     inner = np.c_[ro(zi) - wall, zi]
     profile = np.concatenate([
-        [[0.0, 0.0]], _arc((float(ro(0.008)) - 0.008, 0.008), 0.008, -math.pi / 2, 0.0, 16)[:-1],
+        [[0.0, 0.0]], arc((float(ro(0.008)) - 0.008, 0.008), 0.008, -math.pi / 2, 0.0, 16)[:-1],
         outer,
-        _arc((float(ro(z_top)) - wall / 2, z_top), wall / 2, 0.0, math.pi, 24)[1:-1],   # rounded lip
+        arc((float(ro(z_top)) - wall / 2, z_top), wall / 2, 0.0, math.pi, 24)[1:-1],   # rounded lip
         inner,
-        _arc((float(ro(floor + 0.008)) - wall - 0.008, floor + 0.008), 0.008, 0.0, -math.pi / 2, 16)[1:],
+        arc((float(ro(floor + 0.008)) - wall - 0.008, floor + 0.008), 0.008, 0.0, -math.pi / 2, 16)[1:],
         [[0.0, floor]],
     ])
-    mesh = _on_ground(_revolve(profile, _edge(H, edge_scale), "plain_vase"))
-    return _paint(mesh, np.zeros(len(mesh.faces), np.int64), {0: (CELADON, TextureStyle(plain=True))}, seed)
+    mesh = on_ground(revolve(profile, edge_length(H, edge_scale), "plain_vase"))
+    return paint(mesh, np.zeros(len(mesh.faces), np.int64), {0: (CELADON, TextureStyle(plain=True))}, seed)
 
 
 WOOD = Palette(stops=((0.35, 0.18, 0.08), (0.58, 0.34, 0.16), (0.80, 0.58, 0.32), (0.93, 0.80, 0.55)),
@@ -750,9 +386,9 @@ def stool(seed: int = 0, edge_scale: float = 1.0) -> trimesh.Trimesh:
     # the ring runs through the legs' axes at the rung height
     ring_r = foot_r + (top_r - foot_r) * (STOOL_RUNG_Z - rl) / (top_z - rl)
     parts.append(torus_z([0, 0, STOOL_RUNG_Z], ring_r, STOOL_RUNG_R, 1))
-    mesh, labels = sdf_union_mesh(parts, _edge(H, edge_scale), "stool")
+    mesh, labels = sdf_union_mesh(parts, edge_length(H, edge_scale), "stool")
     mesh.apply_translation([0, 0, -mesh.bounds[0][2]])
-    return _paint(mesh, labels, {0: (WOOD, TextureStyle()), 1: (PAINT, TextureStyle(cell=1 / 10))}, seed)
+    return paint(mesh, labels, {0: (WOOD, TextureStyle()), 1: (PAINT, TextureStyle(cell=1 / 10))}, seed)
 
 
 BRASS = Palette(stops=((0.30, 0.20, 0.06), (0.62, 0.46, 0.16), (0.86, 0.72, 0.38), (0.97, 0.90, 0.66)),
@@ -777,9 +413,9 @@ def lamp(seed: int = 0, edge_scale: float = 1.0) -> trimesh.Trimesh:
              capsule(stem_foot, stem_top, rt, 0),
              capsule(stem_top, shade_c + [0, 0, 0.045], rt, 0),           # the arm ends inside the shade's top
              rounded_cylinder(shade_c, rsh, 0.04, 0.008, 1)]
-    mesh, labels = sdf_union_mesh(parts, _edge(0.42, edge_scale), "lamp")
-    mesh = _on_ground(mesh)
-    return _paint(mesh, labels, {0: (BRASS, TextureStyle(cell=1 / 8)), 1: (LINEN, TextureStyle())}, seed)
+    mesh, labels = sdf_union_mesh(parts, edge_length(0.42, edge_scale), "lamp")
+    mesh = on_ground(mesh)
+    return paint(mesh, labels, {0: (BRASS, TextureStyle(cell=1 / 8)), 1: (LINEN, TextureStyle())}, seed)
 
 
 OAK = Palette(stops=((0.30, 0.17, 0.07), (0.52, 0.32, 0.14), (0.74, 0.54, 0.30), (0.90, 0.76, 0.52)),
@@ -808,9 +444,9 @@ def bench(seed: int = 0, edge_scale: float = 1.0) -> trimesh.Trimesh:
         return np.maximum(top.sdf(p), -slot)
 
     parts[0] = Part(with_slot, top.lo, top.hi, 0)
-    mesh, labels = sdf_union_mesh(parts, _edge(W, edge_scale), "bench")
-    mesh = _on_ground(mesh)
-    return _paint(mesh, labels, {0: (OAK, TextureStyle())}, seed)
+    mesh, labels = sdf_union_mesh(parts, edge_length(W, edge_scale), "bench")
+    mesh = on_ground(mesh)
+    return paint(mesh, labels, {0: (OAK, TextureStyle())}, seed)
 
 
 OBJECTS: dict[str, Callable[..., trimesh.Trimesh]] = {
