@@ -289,6 +289,31 @@ def test_a_fast_decimation_that_opens_the_surface_is_replaced(monkeypatch: pytes
     assert meshing.handle_count(out) == meshing.handle_count(mesh)
 
 
+def test_a_pre_pass_that_cuts_the_surface_gives_way_to_a_lighter_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the fast decimation and its pre-pass to twice the budget cut a part off (a thin tube: two pieces of
+    one), the pre-pass to three times the budget is tried before the topology-preserving pass gets the whole input."""
+    pytest.importorskip("pymeshlab")
+    mesh = _tunnelled_sphere()
+    real = meshing.fast_decimate
+    calls: list[int] = []
+
+    def cut(m: trimesh.Trimesh, faces: int) -> trimesh.Trimesh:
+        calls.append(faces)
+        out = real(m, faces)
+        if faces > 2 * 8000:
+            return out
+        piece = trimesh.creation.icosphere(2, radius=0.5)  # a part cut off: a second piece, a tenth of the area
+        piece.apply_translation([5.0, 0.0, 0.0])
+        return trimesh.util.concatenate([out, piece])
+
+    monkeypatch.setattr(meshing, "fast_decimate", cut)
+    out = meshing.decimate(mesh, 8000)
+    assert calls == [8000, 16000, 24000], calls
+    assert len(out.faces) <= 8000 and meshing.is_closed_manifold(out)
+    holes, pieces = meshing.handle_count(out)
+    assert pieces == 1 and holes <= meshing.handle_count(mesh)[0]
+
+
 def _noisy_ring_blob(n: int = 128) -> trimesh.Trimesh:
     """A noisy ellipsoid with a ring on top: a marching-cubes surface with a dozen noise tunnels, whose fast
     decimation folds faces where sheets nearly touch."""
