@@ -245,8 +245,12 @@ def test_gpu_job_on_photos_of_three_shapes(tmp_path: Path) -> None:
     print(got)
     assert stats["refine"]["method"].startswith("differentiable rendering")
     assert "least-squares fitted" in stats["texture"]["method"], stats["texture"]["method"]
-    # the GPU path's overlaps ran: the atlas laid out during the refinement, its texels found by nvdiffrast
-    assert stats["texture"]["atlas"] == "laid out during the refinement", stats["texture"]
+    # the GPU path's overlaps ran: the atlas laid out during the refinement (used only for the very mesh it was made
+    # for: where the quality gates had to mend the refined mesh, the texture stage unwraps the mended one), its
+    # texels found by nvdiffrast
+    mended = any(g["status"] != "pass" for g in stats["texture"]["gates"] if g["name"] in ("small components", "holes"))
+    atlas = "unwrapped here" if mended else "laid out during the refinement"
+    assert stats["texture"]["atlas"] == atlas, stats["texture"]
     assert stats["texture"]["texels"] == "nvdiffrast", stats["texture"]["texels"]
     assert got["fscore@1%"] > 0.8, got
 
