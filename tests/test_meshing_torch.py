@@ -411,3 +411,21 @@ def test_signed_volume_and_the_inside_box() -> None:
     assert got.volume > 0
     with pytest.raises(JobError, match="visual hull is empty"):
         inside_box(np.zeros((4, 4, 4), bool))
+
+
+def test_the_closed_manifold_check_agrees_with_trimeshs_watertight_and_winding_checks() -> None:
+    s = trimesh.creation.icosphere(2)
+    flipped = s.faces.copy()
+    flipped[3] = flipped[3][::-1]
+    doubled = np.concatenate([s.faces, s.faces[:, ::-1]])  # every edge on four faces, each wound both ways
+    pinched = s.faces.copy()
+    pinched[5] = [pinched[5][0], pinched[5][0], pinched[5][2]]
+    cases = [s.faces, flipped, s.faces[1:], doubled, pinched, np.concatenate([s.faces, s.faces + len(s.vertices)])]
+    verts = np.concatenate([s.vertices, s.vertices + 3.0])
+    cases += [trimesh.creation.annulus(0.5, 1.0, 1.0), trimesh.creation.box(), _tunnelled_sphere()]
+    for case in cases:
+        m = case if isinstance(case, trimesh.Trimesh) else trimesh.Trimesh(verts, case, process=False)
+        ref = trimesh.Trimesh(m.vertices, m.faces, process=False)
+        assert meshing.is_closed_manifold(m) == bool(ref.is_watertight and ref.is_winding_consistent)
+    assert [meshing.is_closed_manifold(trimesh.Trimesh(verts, c, process=False)) for c in cases[:6]] == \
+        [True, False, False, False, False, True]
