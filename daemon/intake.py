@@ -204,3 +204,10 @@ class Settler:
         if quiet < self.missing_files_seconds and missing_frames(p):
             return None  # listed frames still missing: more files are probably on their way
         return Decision(p.name, fingerprint(snap), cancelled=False, changed=changed)
+
+
+def redrop_notice(job_id: str, state: str, folder: str) -> str:
+    """What a user who re-dropped a finished job's folder with new content is told (log, event, status file)."""
+    return (f"the inbox folder {shown(folder)} changed after its job {job_id} was {state}; a finished job is "
+            f"not processed again by itself. To process the new content, run `hotmesh retry {job_id}` (it reruns "
+            f"with the new files), or drop the folder under a new name (e.g. {printable(folder)}-2)")

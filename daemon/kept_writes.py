@@ -1,5 +1,5 @@
 """Ledger changes written now, or kept in order while the ledger cannot be written (full state disk, read-only
-remount) and written as soon as it takes writes again.
+remount) and written as soon as it takes writes again; and files the outbox refused, written again later.
 
 Meanwhile a job's new state lives in memory (:meth:`KeptWrites.job` answers with it, so status files and
 notifications use it). If the daemon stops before the changes are written, the ledger still holds the earlier,
@@ -104,3 +104,31 @@ class KeptWrites:
     def describe(self) -> str:
         """The changes still waiting, for the log line of a daemon that stops before they are written."""
         return "; ".join(f"{w.what} ({w.job_id})" if w.job_id else w.what for w in self.pending)
+
+
+class LaterFiles:
+    """Files the outbox refused (status files, reports), each tried again on every turn of the daemon's loop until
+    it is written. Keys are "status:<job>" or "report:<job>"; a newer attempt for a key replaces the older one."""
+
+    def __init__(self) -> None:
+        self._later: dict[str, Callable[[], bool]] = {}
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._later
+
+    def keep(self, key: str, attempt: Callable[[], bool]) -> None:
+        self._later[key] = attempt
+
+    def drop(self, key: str) -> None:
+        self._later.pop(key, None)
+
+    def retry(self) -> None:
+        for key, attempt in list(self._later.items()):
+            try:
+                done = attempt()
+            except (OSError, LedgerError):
+                done = False
+            if done:
+                self._later.pop(key, None)
+                what, _, name = key.partition(":")
+                log.info("the %s of %s is written after all", "report" if what == "report" else "status file", name)

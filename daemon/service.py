@@ -15,7 +15,6 @@ import logging
 import os
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -23,27 +22,20 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from daemon.config import Settings
-from daemon.intake import (Decision, Settler, changed_within, dir_stamp, fingerprint, linked_folder_message, shown,
-                           snapshot)
+from daemon.intake import (Decision, Settler, changed_within, dir_stamp, fingerprint, linked_folder_message,
+                           redrop_notice, shown, snapshot)
 from daemon.ops import Notifier, apply_retention, check_disk, estimate_job_bytes, plan_retention, serve_http
 from daemon.locks import DaemonLocks
-from daemon.kept_writes import KeptWrites
+from daemon.kept_writes import KeptWrites, LaterFiles
 from daemon.ledger import FolderJob, Job, Ledger, LedgerError
 from daemon.states import JobState
+from daemon.failure_reports import failure_report_builder
 from daemon.executors import Event, Executor, Finished, LocalExecutor, Lost, SubmitError
 from daemon.worker import Paths, apply_outcome, write_status
 from pipeline.context import CANCEL_MARKER, during_stage
-from pipeline.io.files import printable
 
 log = logging.getLogger("hotmesh.daemon")
 DAEMON_STATUS = "_daemon.json"
-
-
-def redrop_notice(job: FolderJob, folder: str) -> str:
-    """What a user who re-dropped a finished job's folder with new content is told (log, event, status file)."""
-    return (f"the inbox folder {shown(folder)} changed after its job {job.id} was {job.state.value}; a finished job is "
-            f"not processed again by itself. To process the new content, run `hotmesh retry {job.id}` (it reruns "
-            f"with the new files), or drop the folder under a new name (e.g. {printable(folder)}-2)")
 
 
 class Daemon:
@@ -66,7 +58,7 @@ class Daemon:
         self.kept = KeptWrites(lambda: self.ledger, self._daemon_status, self._status)
         self._unhandled: list[Event] = []  # executor events not handled yet (the ledger could not be read)
         # files to write again later (status files, reports) while the outbox refuses writes: key -> attempt
-        self._later: dict[str, Callable[[], bool]] = {}
+        self._later = LaterFiles()
         # finished jobs' folders: cheap change stamps, and content already answered for (see _intake)
         self._stamps: dict[str, Any] = {}
         self._stamped = float("-inf")  # when the stamps were last taken (every intake.rescan_seconds)
@@ -154,7 +146,7 @@ class Daemon:
         msg = f"daemon stopped (pid {os.getpid()})"
         self.kept.write("stop event", None, lambda ledger: ledger.event(None, "daemon", msg))
         self.kept.flush()
-        self._retry_files()
+        self._later.retry()
         if self.kept.pending:
             log.error("stopping with %d ledger change(s) not written (%s): %s. The ledger still holds the earlier "
                       "state; at the next start, jobs it shows running resume from their last checkpoint",
@@ -229,7 +221,7 @@ class Daemon:
 
     def _status(self, job: Job, notice: str | None = None) -> None:
         if write_status(self.paths, job, notice):
-            self._later.pop(f"status:{job.id}", None)
+            self._later.drop(f"status:{job.id}")
             return
         key = f"status:{job.id}"
         if key not in self._later:
@@ -240,18 +232,7 @@ class Daemon:
             current = self.kept.job(job.id)
             return current is None or write_status(self.paths, current, notice)
 
-        self._later[key] = again
-
-    def _retry_files(self) -> None:
-        for key, attempt in list(self._later.items()):
-            try:
-                done = attempt()
-            except (OSError, LedgerError):
-                done = False
-            if done:
-                self._later.pop(key, None)
-                what, _, name = key.partition(":")
-                log.info("the %s of %s is written after all", "report" if what == "report" else "status file", name)
+        self._later.keep(key, again)
 
     def _daemon_status(self) -> bool:
         """outbox/_status/_daemon.json: the disk guard's and the ledger's state, for people and monitoring."""
@@ -263,7 +244,7 @@ class Daemon:
         try:
             write_atomic(self.paths.outbox / "_status" / DAEMON_STATUS, body)
         except OSError:
-            self._later["status:_daemon"] = self._daemon_status
+            self._later.keep("status:_daemon", self._daemon_status)
             return False
         return True
 
@@ -271,7 +252,7 @@ class Daemon:
 
     def tick(self) -> None:
         self.kept.flush()
-        self._retry_files()
+        self._later.retry()
         writable = not self.kept.pending  # while changes wait, nothing new is queued or claimed
         if writable:
             self._intake()
@@ -397,7 +378,7 @@ class Daemon:
             return  # a CANCEL in a finished job's folder: nothing to do
         if job.state == JobState.DONE and self._rerun_grown(job, d):
             return
-        notice = redrop_notice(job, d.folder)
+        notice = redrop_notice(job.id, job.state.value, d.folder)
         log.warning("[job %s] %s", job.id, notice)
         self.kept.write("re-drop event", job.id,
                     lambda ledger: ledger.event(job.id, "redrop-ignored", notice, {"fingerprint": d.fingerprint}))
@@ -596,29 +577,10 @@ class Daemon:
         """Report for a job that ended without a worker (cancelled while queued, crashed worker). Built in the
         outbox (the state volume may be the full one); an outbox that refuses writes gets it later, unless the
         job has moved on by then."""
-        from pipeline.report.diagnostics import photo_diagnostics
-        from pipeline.report.failure import write_failure_report
         from pipeline.io.publish import publish_built
-        from pipeline.io.redact import scrub
 
         end = state or job.state
-
-        def build(out: Path) -> None:
-            timings = [t for t in job.timings.values()]
-            log_file = self.paths.work_dir(job.id) / "job.log"
-            # failed without its worker (crashed, lost): the photos may tell why; a queued cancel needs nothing
-            photos = []
-            if end == JobState.FAILED:
-                try:
-                    photos = photo_diagnostics(self.paths.inbox / job.folder, self.paths.work_dir(job.id),
-                                               limits=self.settings.pipeline.limits)
-                except Exception as e:  # the diagnosis is a courtesy: it must never take the daemon down
-                    log.warning("[job %s] photo diagnostics failed: %s", job.id, e)
-            write_failure_report(out, job.id, job.folder, end.value, scrub(message, self.settings.secrets()),
-                                 job.stage, None, timings, self.settings.pipeline.to_dict(), "n/a",
-                                 photos=photos, published={"job.log"} if log_file.exists() else set())
-            if log_file.exists():
-                (out / "job.log").write_bytes(log_file.read_bytes())
+        build = failure_report_builder(self.paths, self.settings, job, message, end)
 
         def attempt() -> bool:
             current = self.kept.job(job.id)
@@ -631,7 +593,7 @@ class Daemon:
             attempt()
         except OSError as e:
             log.error("[job %s] could not publish its report (%s); trying again every few seconds", job.id, e)
-            self._later[f"report:{job.id}"] = attempt
+            self._later.keep(f"report:{job.id}", attempt)
 
 
 class _WakeHandler(FileSystemEventHandler):
