@@ -476,8 +476,11 @@ def isotropic_remesh(vertices: np.ndarray, faces: np.ndarray, target_faces: int,
     ms.add_mesh(pymeshlab.Mesh(np.asarray(vertices, dtype=np.float64), np.asarray(faces, dtype=np.int32)))
     if not hasattr(ms, "meshing_isotropic_explicit_remeshing"):  # the meshing plugin failed to load
         return None
+    # checksurfdist off: the vertices are reprojected onto the input surface anyway, so the per-collapse distance
+    # test only cost time (the armchair's refined 30k faces to 114k: 5.2 -> 3.6 s on 2 cores; mean, 99th percentile
+    # and largest distance to the input the same to 1e-5 of the diagonal, same handles)
     ms.meshing_isotropic_explicit_remeshing(targetlen=pymeshlab.PureValue(length), iterations=iterations,
-                                            featuredeg=180.0)
+                                            featuredeg=180.0, checksurfdist=False)
     m = ms.current_mesh()
     out = trimesh.Trimesh(m.vertex_matrix(), m.face_matrix(), process=True)
     # closed, and no new handles or pieces: collapsing a sliver handle left by depth noise is welcome, and on the GPU's
