@@ -516,3 +516,23 @@ def test_a_dead_atlas_child_costs_only_the_head_start(tmp_path: Path) -> None:
         said = ahead.save(mesh.faces, len(mesh.vertices), tmp_path / "ahead.npz")
     assert said == "no mesh was handed over" or said.startswith("failed"), said
     assert not (tmp_path / "ahead.npz").exists()
+
+
+def test_gates_leave_a_closed_mesh_with_two_vertices_on_one_point_as_it_is() -> None:
+    """The refinement can bring two vertices that share a neighbour onto one point (a fold flattened onto the
+    floor). The mesh is closed by its connectivity; welding the two would make edges of four faces and open it."""
+    from pipeline.geometry.meshing import is_closed_manifold
+
+    sphere = trimesh.creation.icosphere(2)
+    v = np.array(sphere.vertices)
+    a, b = sphere.faces[0][:2]  # two neighbours: an edge of the mesh
+    c = next(int(x) for f in sphere.faces for x in f if (a in f) and x not in (a, b) and b not in f)  # a's other neighbour
+    v[c] = v[b]  # b and c, both neighbours of a, now on one point
+    mesh = trimesh.Trimesh(v, sphere.faces, process=False)
+    welded = trimesh.Trimesh(v, sphere.faces, process=False)
+    welded.merge_vertices()
+    assert is_closed_manifold(mesh) and not welded.is_watertight  # what welding would do
+    out, gates = apply_gates(mesh)
+    by = {g.name: g for g in gates}
+    assert by["holes"].status == "pass" and by["watertight"].status == "pass", gates
+    assert len(out.faces) == len(sphere.faces) and len(out.vertices) == len(sphere.vertices)
