@@ -78,7 +78,7 @@ def apply_gates(mesh: trimesh.Trimesh, min_component_fraction: float = 0.01) -> 
         # four faces (447 border edges on a GPU test's refined mesh, whose atlas laid out ahead then no longer fit)
         mesh.merge_vertices()
         mesh.update_faces(mesh.nondegenerate_faces())
-        mesh.remove_unreferenced_vertices()
+    mesh.remove_unreferenced_vertices()
     if not mesh.is_watertight:
         before = len(trimesh.grouping.group_rows(mesh.edges_sorted, require_count=1))
         trimesh.repair.fill_holes(mesh)
