@@ -180,6 +180,12 @@ class DenseConfig:
     unseen_facing: Annotated[float, Field(ge=0, lt=1)] = 0.45
     # ... unless at least this many photos see it on the outline where their silhouette holds it (a rim it placed)
     unseen_rim_views: Annotated[int, Field(ge=1, le=64)] = 1
+    # ... and only where its normal points down by at most this (normal . up >= -value; 1: every rim holds, the
+    # default): under a body no camera sees from below, the hull's membrane is made of the photos' lower outlines
+    # (0.5 lifted the armchair's membrane and hollowed spot's belly on the CPU; docs/design.md, Fusion)
+    unseen_rim_max_down: Annotated[float, Field(ge=0, le=1)] = 1.0
+    # fixed groups of fewer vertices than this among the free ones are freed too (0: off)
+    unseen_island_vertices: Annotated[int, Field(ge=0)] = 0
 
 
 @dataclass(frozen=True, config=FROZEN)

@@ -134,3 +134,43 @@ def test_rims_count_the_views_whose_silhouettes_hold_them() -> None:
         assert out.unseen_share == pytest.approx(((best < 0.9) & (rim < need)).mean())
     with pytest.raises(ValueError, match="rim_views"):
         settle_unseen(ball, Ks, w2cs, sizes, facing=0.45, masks=masks, rim_views=0)
+
+
+def test_a_membrane_that_the_silhouettes_outline_is_filled_where_it_faces_the_table() -> None:
+    """The hull's membrane under a slab is made of the photos' lower outlines: with the silhouettes of the hanging
+    shape itself (what a hull gives), its grazed rim holds it down unless a rim holds only what faces up or sideways.
+    A dome's top, which its silhouettes also hold, faces up and stays (the test above, and here with the rule)."""
+    from pipeline.geometry.unseen import freed_islands
+    from pipeline.imaging.render import render
+
+    slab = trimesh.creation.box(extents=[0.6, 0.6, 0.15]).subdivide().subdivide().subdivide()
+    slab.apply_translation([0, 0, 0.375])
+    v = np.asarray(slab.vertices).copy()
+    inner = (v[:, 2] < 0.301) & (np.abs(v[:, 0]) < 0.29) & (np.abs(v[:, 1]) < 0.29)
+    v[inner, 2] -= 0.15 * (1 - np.maximum(np.abs(v[inner, 0]), np.abs(v[inner, 1])) / 0.3)
+    hanging = trimesh.Trimesh(v, slab.faces, process=False)
+    Ks, w2cs, sizes = _ring(16, 0.375 + 2.0 * np.tan(np.radians(12)))  # 12 degrees above the slab's middle
+    masks = [render(hanging, K, w2c, w, h).mask for K, w2c, (w, h) in zip(Ks, w2cs, sizes)]
+    up = np.array([0.0, 0.0, 1.0])
+    held = settle_unseen(hanging, Ks, w2cs, sizes, facing=0.45, masks=masks)
+    assert held.vertices[inner, 2].min() < 0.2  # the rims keep most of the membrane hanging
+    filled = settle_unseen(hanging, Ks, w2cs, sizes, facing=0.45, masks=masks, up=up, rim_max_down=0.5,
+                           island_vertices=50)
+    assert filled.vertices[inner, 2].min() > 0.28
+    top = v[:, 2] > 0.449  # seen at 10 degrees, so free too where no rim holds it: filled flat from its rim
+    assert np.abs(filled.vertices[top, 2] - 0.45).max() < 1e-6
+    dome = trimesh.creation.icosphere(subdivisions=4, radius=0.3)
+    dome.apply_translation([0, 0, 0.1])
+    Ks, w2cs, sizes = _ring(16, 0.1 + 2.0 * np.tan(np.radians(10)))
+    masks = [render(dome, K, w2c, w, h).mask for K, w2c, (w, h) in zip(Ks, w2cs, sizes)]
+    kept = settle_unseen(dome, Ks, w2cs, sizes, facing=0.45, masks=masks, up=up, rim_max_down=0.5,
+                         island_vertices=50)
+    assert kept.vertices[:, 2].max() > 0.395
+    # islands: a fixed pair among free vertices goes free; a fixed group at least the size asked for stays
+    plane = _plane(11)
+    free = np.ones(len(plane.vertices), dtype=bool)
+    free[[60, 61]] = False
+    assert freed_islands(plane.edges_unique, free, 3).all()
+    assert not freed_islands(plane.edges_unique, free, 2)[[60, 61]].any()
+    with pytest.raises(ValueError, match="rim_max_down"):
+        settle_unseen(dome, Ks, w2cs, sizes, facing=0.45, rim_max_down=1.5)

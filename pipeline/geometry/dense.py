@@ -81,6 +81,13 @@ class DenseSettings:
     # ... unless at least this many views see it on the mesh's outline where their estimated silhouette holds it (a
     # rim the silhouettes placed: a dome seen only from the side keeps its top)
     unseen_rim_views: int = 1
+    # ... and only where its normal points down by at most this (normal . up >= -value; 1: every rim, the default):
+    # under a body the hull's membrane is made of the lower outlines of the photos that graze it (docs/design.md,
+    # Fusion: measured, not adopted)
+    unseen_rim_max_down: float = 1.0
+    # fixed groups of fewer vertices than this among the free ones are freed too (0: off): a few vertices whose noisy
+    # normals face a camera pinned the membrane under the armchair's seat once its rims were freed
+    unseen_island_vertices: int = 0
     # the support plane's depths (mvs.support_hypothesis) weigh their whole match score in fusion, not its share by
     # the grazing angle: they are the plane's, exact at any angle, and the low views that see the table under a
     # body are the only ones that see through the gap (docs/design.md, Fusion)
@@ -472,7 +479,9 @@ def fused_surface(dms: list[DepthMap], sil: list[np.ndarray], estimated: list[bo
     if any(estimated) and s.unseen_facing > 0:
         # the views' depths by nvdiffrast on a GPU: Embree's 48 renders were most of the step's 1.3 s there
         settled = settle_unseen(mesh, Ks, w2cs, [(m.shape[1], m.shape[0]) for m in sil], s.unseen_facing, sil,
-                                s.unseen_rim_views, renderer=mesh_renderer(device))
+                                s.unseen_rim_views, renderer=mesh_renderer(device),
+                                up=None if support is None else support[0], rim_max_down=s.unseen_rim_max_down,
+                                island_vertices=s.unseen_island_vertices)
         mesh = trimesh.Trimesh(settled.vertices, mesh.faces, process=False)
         log.info("%.1f %% of the fused vertices seen by no photo facing them; %d placed by the harmonic fill",
                  100 * settled.unseen_share, int(settled.free.sum()))

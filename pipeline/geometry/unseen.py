@@ -120,19 +120,49 @@ def harmonic_fill(vertices: np.ndarray, edges: np.ndarray, free: np.ndarray) -> 
     return out, move
 
 
+def freed_islands(edges: np.ndarray, free: np.ndarray, max_vertices: int) -> np.ndarray:
+    """``free`` (V,) bool with every connected group of fixed vertices (along ``edges`` (E, 2) int) of fewer than
+    ``max_vertices`` vertices freed too: a few vertices whose noisy normals happen to face a camera would otherwise
+    pin the fill in the middle of a membrane. 0: ``free`` as it is."""
+    free = np.asarray(free, dtype=bool)
+    if max_vertices <= 0 or free.all() or not free.any():
+        return free.copy()
+    n = len(free)
+    edges = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
+    A = sp.coo_matrix((np.ones(2 * len(edges)), (np.r_[edges[:, 0], edges[:, 1]], np.r_[edges[:, 1], edges[:, 0]])),
+                      shape=(n, n)).tocsr()
+    fixed = np.flatnonzero(~free)
+    _, group = connected_components(A[fixed][:, fixed], directed=False)
+    out = free.copy()
+    out[fixed[np.bincount(group)[group] < max_vertices]] = True
+    return out
+
+
 def settle_unseen(mesh: trimesh.Trimesh, Ks: np.ndarray, w2cs: np.ndarray, sizes: list[tuple[int, int]],
                   facing: float, masks: list[np.ndarray] | None = None, rim_views: int = 1,
-                  max_side: int = 256, renderer: Callable[..., RenderOut] = render) -> UnseenResult:
+                  max_side: int = 256, renderer: Callable[..., RenderOut] = render, up: np.ndarray | None = None,
+                  rim_max_down: float = 1.0, island_vertices: int = 0) -> UnseenResult:
     """The vertices of ``mesh`` that no view sees facing them (:func:`view_evidence`'s best cosine under ``facing``)
     and that fewer than ``rim_views`` silhouettes of ``masks`` place on their outline, placed by
     :func:`harmonic_fill` from the rest.
+
+    A silhouette's rim holds only a vertex whose normal points down by at most ``rim_max_down`` (normal . ``up``
+    >= -rim_max_down; 1: every rim holds): under a body, seen by no camera from below, the hull's membrane is made of
+    the lower outlines of the photos that graze it, and a rim there says only that the object reaches that ray
+    somewhere. Fixed groups of fewer than ``island_vertices`` vertices are freed (:func:`freed_islands`).
     Ks (N, 3, 3) for images of ``sizes`` N (width, height); w2cs (N, 4, 4); masks N (height, width) bool;
-    renderer as :func:`view_evidence`'s."""
+    up (3,) unit, away from the table; renderer as :func:`view_evidence`'s."""
     if not 0 < facing < 1:
         raise ValueError(f"settle_unseen: facing must lie in (0, 1), got {facing}")
     if rim_views < 1:
         raise ValueError(f"settle_unseen: rim_views must be >= 1, got {rim_views}")
+    if not 0 <= rim_max_down <= 1:
+        raise ValueError(f"settle_unseen: rim_max_down must lie in [0, 1], got {rim_max_down}")
     best, rim = view_evidence(mesh, Ks, w2cs, sizes, masks, max_side, renderer=renderer)
-    unseen = (best < facing) & (rim < rim_views)
+    held = rim >= rim_views
+    if up is not None and rim_max_down < 1:
+        held &= np.asarray(mesh.vertex_normals) @ (np.asarray(up, dtype=np.float64) / np.linalg.norm(up)) \
+            >= -rim_max_down
+    unseen = freed_islands(np.asarray(mesh.edges_unique), (best < facing) & ~held, island_vertices)
     verts, moved = harmonic_fill(np.asarray(mesh.vertices), np.asarray(mesh.edges_unique), unseen)
     return UnseenResult(vertices=verts, free=moved, unseen_share=float(unseen.mean()))

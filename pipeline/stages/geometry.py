@@ -73,7 +73,8 @@ def dense_settings(ctx: JobContext) -> DenseSettings:
                          poisson=poisson,
                          solid_hidden=cfg.solid_hidden or None, foot_dissent=cfg.foot_dissent,
                          support_full_weight=cfg.support_full_weight, unseen_facing=cfg.unseen_facing,
-                         unseen_rim_views=cfg.unseen_rim_views,
+                         unseen_rim_views=cfg.unseen_rim_views, unseen_rim_max_down=cfg.unseen_rim_max_down,
+                         unseen_island_vertices=cfg.unseen_island_vertices,
                          silhouettes=silhouette_settings(cfg))
 
 
