@@ -14,6 +14,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -22,12 +23,31 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
-def main(argv: list[str] | None = None) -> None:
+def synthetic_sweep(width: int, height: int, sources: int) -> Callable[[str], tuple[np.ndarray, np.ndarray]]:
+    """One reference view and ``sources`` neighbours of blurred grey noise on an arc around the origin, at a job's
+    sweep settings with the table plane as a hypothesis: a function that computes the reference's depth map on a
+    device ("cuda" or "cpu") -> :func:`pipeline.geometry.mvs.sweep_view`'s (depth, score)."""
     import cv2
 
     from pipeline.geometry.mvs import MvsSettings, sweep_view
     from pipeline.imaging.render import look_at
 
+    rng = np.random.default_rng(0)
+    K = np.array([[0.95 * width, 0, width / 2], [0, 0.95 * width, height / 2], [0, 0, 1.0]])
+    cams = [look_at(np.array([2 * np.cos(t), 2 * np.sin(t), 0.8]), np.zeros(3), np.array([0, 0, 1.0]))
+            for t in np.linspace(0, 0.8, sources + 1)]
+    grays = [cv2.GaussianBlur(rng.random((height, width)).astype(np.float32), (0, 0), 1.5) for _ in cams]
+    settings = MvsSettings(support_hypothesis=True)
+    support = (np.array([0, 0, 1.0]), -0.5)
+
+    def one(device: str) -> tuple[np.ndarray, np.ndarray]:
+        return sweep_view(grays[0], grays[1:], K, cams[0], [K] * sources, cams[1:], 1.2, 2.8, settings, device,
+                          support=support)
+
+    return one
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--size", default="960x720", help="WxH of the depth maps")
@@ -36,21 +56,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--top", type=int, default=25)
     a = ap.parse_args(argv)
     W, H = (int(x) for x in a.size.split("x"))
-    rng = np.random.default_rng(0)
-    K = np.array([[0.95 * W, 0, W / 2], [0, 0.95 * W, H / 2], [0, 0, 1.0]])
-    cams = [look_at(np.array([2 * np.cos(t), 2 * np.sin(t), 0.8]), np.zeros(3), np.array([0, 0, 1.0]))
-            for t in np.linspace(0, 0.8, a.sources + 1)]
-    grays = [cv2.GaussianBlur(rng.random((H, W)).astype(np.float32), (0, 0), 1.5) for _ in cams]
-    s = MvsSettings(support_hypothesis=True)
-    support = (np.array([0, 0, 1.0]), -0.5)
+    sweep = synthetic_sweep(W, H, a.sources)
 
     def sync() -> None:
         if a.device == "cuda":
             torch.cuda.synchronize()
 
     def one() -> None:
-        sweep_view(grays[0], grays[1:], K, cams[0], [K] * a.sources, cams[1:], 1.2, 2.8, s, a.device,
-                   support=support)
+        sweep(a.device)
 
     one()
     sync()

@@ -84,6 +84,14 @@ def view_evidence(mesh: trimesh.Trimesh, Ks: np.ndarray, w2cs: np.ndarray, sizes
     return np.clip(best, 0.0, 1.0), rim
 
 
+def adjacency(edges: np.ndarray, n: int) -> sp.csr_matrix:
+    """The (n, n) symmetric 0/1 vertex adjacency of ``edges`` (E, 2) int64; an edge listed twice is one neighbour."""
+    A = sp.coo_matrix((np.ones(2 * len(edges)), (np.r_[edges[:, 0], edges[:, 1]], np.r_[edges[:, 1], edges[:, 0]])),
+                      shape=(n, n)).tocsr()
+    A.data[:] = 1.0
+    return A
+
+
 def harmonic_fill(vertices: np.ndarray, edges: np.ndarray, free: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``vertices`` (V, 3) with each ``free`` (V,) bool vertex moved so that it is the mean of its neighbours along
     ``edges`` (E, 2) int (each edge once), the others fixed: the uniform-Laplacian harmonic interpolation. A group of
@@ -99,9 +107,7 @@ def harmonic_fill(vertices: np.ndarray, edges: np.ndarray, free: np.ndarray) -> 
         raise ValueError("harmonic_fill: an edge names a vertex that is not there")
     if not free.any():
         return vertices.copy(), free.copy()
-    A = sp.coo_matrix((np.ones(2 * len(edges)), (np.r_[edges[:, 0], edges[:, 1]], np.r_[edges[:, 1], edges[:, 0]])),
-                      shape=(n, n)).tocsr()
-    A.data[:] = 1.0  # an edge listed twice is still one neighbour
+    A = adjacency(edges, n)
     # free groups: connected components of the free vertices' own graph; a group moves only if a fixed vertex borders it
     idx = np.flatnonzero(free)
     _, group = connected_components(A[idx][:, idx], directed=False)
@@ -127,10 +133,7 @@ def freed_islands(edges: np.ndarray, free: np.ndarray, max_vertices: int) -> np.
     free = np.asarray(free, dtype=bool)
     if max_vertices <= 0 or free.all() or not free.any():
         return free.copy()
-    n = len(free)
-    edges = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
-    A = sp.coo_matrix((np.ones(2 * len(edges)), (np.r_[edges[:, 0], edges[:, 1]], np.r_[edges[:, 1], edges[:, 0]])),
-                      shape=(n, n)).tocsr()
+    A = adjacency(np.asarray(edges, dtype=np.int64).reshape(-1, 2), len(free))
     fixed = np.flatnonzero(~free)
     _, group = connected_components(A[fixed][:, fixed], directed=False)
     out = free.copy()
