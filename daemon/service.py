@@ -22,8 +22,9 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from daemon.config import Settings
-from daemon.intake import (Decision, Settler, changed_within, dir_stamp, fingerprint, linked_folder_message,
-                           redrop_notice, shown, snapshot)
+from daemon.finished_folders import FinishedFolders
+from daemon.intake import (Decision, Settler, changed_within, fingerprint, linked_folder_message, redrop_notice, shown,
+                           snapshot)
 from daemon.ops import Notifier, apply_retention, check_disk, estimate_job_bytes, plan_retention, serve_http
 from daemon.locks import DaemonLocks
 from daemon.kept_writes import KeptWrites, LaterFiles
@@ -59,11 +60,8 @@ class Daemon:
         self._unhandled: list[Event] = []  # executor events not handled yet (the ledger could not be read)
         # files to write again later (status files, reports) while the outbox refuses writes: key -> attempt
         self._later = LaterFiles()
-        # finished jobs' folders: cheap change stamps, and content already answered for (see _intake)
-        self._stamps: dict[str, Any] = {}
-        self._stamped = float("-inf")  # when the stamps were last taken (every intake.rescan_seconds)
-        # folder -> (its job's fingerprint, content already answered for): valid while the job's is unchanged
-        self._acknowledged: dict[str, tuple[str, str]] = {}
+        # finished jobs' folders: which to compare at a scan, and content already answered for
+        self.finished = FinishedFolders(settings.intake.rescan_seconds)
         self._links_told: set[str] = set()  # inbox links to folders already refused (log line + ledger event)
 
     # -- life cycle ---------------------------------------------------------------------------------
@@ -201,7 +199,7 @@ class Daemon:
         for job_id, data in self.ledger.latest_events("redrop-ignored").items():
             if job_id in by_id and data.get("fingerprint"):
                 folder, fp = by_id[job_id]
-                self._acknowledged[folder] = (fp, data["fingerprint"])
+                self.finished.acknowledge(folder, fp, data["fingerprint"])
 
     def _backup(self) -> None:
         """Keep a copy of the ledger for `hotmesh ledger rebuild --from-backup` (at start and with retention)."""
@@ -299,7 +297,7 @@ class Daemon:
         except LedgerError as e:
             self.kept.down(e)
             return
-        decisions = self.settler.scan(self.paths.inbox, set(jobs), baselines=self._baselines(jobs))
+        decisions = self.settler.scan(self.paths.inbox, set(jobs), baselines=self.finished.baselines(self.paths.inbox, jobs, self.settler.pending))
         self._refuse_links(self.settler.linked)
         for d in decisions:
             if d.changed:
@@ -330,38 +328,11 @@ class Daemon:
                         lambda ledger, m=message, n=name: ledger.event(None, "link-refused", m, {"folder": n}))
             self._links_told.add(name)  # written now or kept in order: either way, told once
 
-    def _baselines(self, jobs: dict[str, FolderJob]) -> dict[str, str]:
-        """Finished jobs' folders to watch for new content, with the fingerprint to compare against.
-
-        Failed jobs' folders are compared in full at every scan (a fix may rewrite a file in place). Done and
-        cancelled ones only after their directories' cheap stamp moved (files added, removed, or the folder
-        replaced: what a re-drop does), so a large inbox of finished folders costs a stat per directory."""
-        out: dict[str, str] = {}
-        now = time.monotonic()
-        stamps_due = now - self._stamped >= self.settings.intake.rescan_seconds
-        if stamps_due:
-            self._stamped = now
-        for folder, job in jobs.items():
-            if not job.state.terminal:
-                continue
-            ack = self._acknowledged.get(folder)
-            base = ack[1] if ack is not None and ack[0] == job.fingerprint else job.fingerprint
-            if job.state == JobState.FAILED or folder in self.settler.pending:
-                out[folder] = base
-                continue
-            if not stamps_due:
-                continue
-            stamp = dir_stamp(self.paths.inbox / folder)
-            if stamp is not None and self._stamps.get(folder) != stamp:
-                self._stamps[folder] = stamp
-                out[folder] = base
-        return out
-
     def _folder_changed(self, job: FolderJob, d: Decision) -> None:
         """A finished job's inbox folder has new content (settled). Failed: run it again with that content (a
         slow copy that failed at ingest, or a fix). Done or cancelled: never reprocessed by itself (one folder,
         one job); say so, once per content, with what to do."""
-        self._acknowledged[d.folder] = (job.fingerprint, d.fingerprint)
+        self.finished.acknowledge(d.folder, job.fingerprint, d.fingerprint)
         if job.state == JobState.FAILED and not d.cancelled:
             reason = f"the inbox folder {shown(d.folder)} changed after the job failed; running it again with the new content"
             current = self.ledger.get(job.id)
@@ -372,7 +343,7 @@ class Daemon:
             self._change("retry", dataclasses.replace(current, state=JobState.QUEUED, attempts=0, error=None,
                                                        finished=None, fingerprint=d.fingerprint),
                          lambda ledger: ledger.retry(job.id, reason, fingerprint=d.fingerprint, kind="input-changed"))
-            self._acknowledged.pop(d.folder, None)  # the job's own fingerprint is the baseline again
+            self.finished.forget(d.folder)
             return
         if d.cancelled:
             return  # a CANCEL in a finished job's folder: nothing to do
@@ -411,7 +382,7 @@ class Daemon:
         self._change("rerun", dataclasses.replace(current, state=JobState.QUEUED, attempts=0, error=None, finished=None,
                                                    fingerprint=d.fingerprint),
                      lambda ledger: ledger.retry(job.id, reason, fingerprint=d.fingerprint, kind="input-grew"))
-        self._acknowledged.pop(d.folder, None)
+        self.finished.forget(d.folder)
         return True
 
     def _cancel_queued(self) -> None:
