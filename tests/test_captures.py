@@ -84,6 +84,7 @@ REFINED = {"refine": {"enabled": "on", "cpu_faces": 1500, "cpu_iterations": 6, "
 
 
 def test_dense_path_with_refinement_reaches_the_report(scene: Path, tmp_path: Path) -> None:
+    from pipeline.settings import RefineConfig
     from pipeline.stages.summaries import GeometrySummary, RefineSummary, summary_keys
 
     _, out, stats = _run(scene.parent, scene.name, tmp_path, SMALL | REFINED)
@@ -91,6 +92,8 @@ def test_dense_path_with_refinement_reaches_the_report(scene: Path, tmp_path: Pa
     assert set(stats["refine"]) == summary_keys(RefineSummary)
     assert stats["refine"]["ran"] and "pytorch3d" in stats["refine"]["backend"]
     assert stats["refine"]["estimated_silhouettes"] > 0 and len(stats["refine"]["losses"]) > 0
+    # estimated silhouettes: the photo sets' own largesteps lambda, not the given masks' one
+    assert stats["refine"]["smoothness"] == RefineConfig().estimated_smoothness != RefineConfig().smoothness
     # the term compared a real share of the object's pixels at the preview's one level
     shares = stats["refine"]["pair_share_per_level"]
     assert shares is not None and len(shares) == 1 and shares[0] > 0.2, shares

@@ -350,6 +350,7 @@ def test_gpu_dense_job_on_a_capture_with_a_wall_behind(tmp_path: Path) -> None:
     assert stats["geometry"]["method"].startswith("dense multi-view stereo") and stats["geometry"]["note"] is None
     assert stats["refine"]["method"].startswith("differentiable rendering")
     assert stats["refine"]["estimated_silhouettes"] > 10 and stats["refine"]["view_gains"]
+    assert stats["refine"]["smoothness"] == settings.pipeline.refine.estimated_smoothness
     # photo-consistency between neighbouring photos is on where the silhouettes were estimated (refine.pair auto),
     # and compares most of each level's object pixels
     shares = stats["refine"]["pair_share_per_level"]

@@ -519,6 +519,15 @@ def test_the_photo_consistency_term_is_on_where_the_setting_says() -> None:
     assert pair_weight(RefineConfig(pair="off", pair_weight=0.3), estimated=True, on_gpu=True) == 0.0
 
 
+def test_estimated_silhouettes_get_their_own_smoothness() -> None:
+    from pipeline.settings import RefineConfig
+    from pipeline.stages.refine import smoothness
+
+    cfg = RefineConfig(smoothness=19.0, estimated_smoothness=9.0)
+    assert smoothness(cfg, estimated=True) == 9.0
+    assert smoothness(cfg, estimated=False) == 19.0
+
+
 def test_two_refined_vertices_on_one_point_leave_the_published_mesh_closed() -> None:
     """Two vertices that share a neighbour, moved onto one point (a fold flattened onto the floor): merged, their
     edges to the neighbour would become edges of four faces and the mesh open for good; kept apart, it is the

@@ -42,6 +42,12 @@ def refine_settings(cfg: RefineConfig, on_gpu: bool) -> RefineSettings:
                           start_faces=cfg.cpu_faces, **common)
 
 
+def smoothness(cfg: RefineConfig, estimated: bool) -> float:
+    """largesteps' lambda: ``refine.estimated_smoothness`` where any silhouette was estimated from the photos, else
+    ``refine.smoothness``. Measured only on photos without masks, so the given masks' jobs keep theirs."""
+    return float(cfg.estimated_smoothness if estimated else cfg.smoothness)
+
+
 def pair_weight(cfg: RefineConfig, estimated: bool, on_gpu: bool) -> float:
     """The photo-consistency term's weight: ``refine.pair_weight`` where ``refine.pair`` is on, or auto on a GPU job
     with estimated silhouettes (given masks already place the outline; the CPU preview's 128 px renders are too
@@ -119,6 +125,7 @@ class RefineStage(Stage):
         settings = refine_settings(cfg, on_gpu)
         gains = cfg.view_gains == "on" or (cfg.view_gains == "auto" and bool(estimated))
         settings = dataclasses.replace(settings, view_gains=gains, w_pair=pair_weight(cfg, bool(estimated), on_gpu),
+                                       lam=smoothness(cfg, bool(estimated)),
                                        max_move=cfg.estimated_max_move if estimated else 0.0)
         start = decimate(mesh, settings.start_faces)
         lap("decimate")
@@ -150,7 +157,7 @@ class RefineStage(Stage):
         return RefineSummary(
             method=f"differentiable rendering ({backend}, largesteps)", faces=int(len(out.faces)), ran=True,
             backend=backend, watertight=bool(out.is_watertight), losses=[round(x, 5) for x in result.losses],
-            levels=[list(lv) for lv in settings.levels], views_per_step=result.views_per_step,
+            levels=[list(lv) for lv in settings.levels], views_per_step=result.views_per_step, smoothness=settings.lam,
             regularisers=result.regularisers, remesh=result.remesh,
             silhouette_target=f"alpha coverage in {soft} of {len(sil)} views" if soft else "binary masks",
             estimated_silhouettes=len([i for i in idx if i in estimated]), view_gains=result.view_gains,

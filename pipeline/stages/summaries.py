@@ -44,6 +44,7 @@ class RefineSummary:
     losses: list[float] | None = None
     levels: list[list[int]] | None = None
     views_per_step: int | None = None
+    smoothness: float | None = None  # largesteps' lambda used (refine.estimated_smoothness for estimated silhouettes)
     regularisers: Any = None
     remesh: Any = None
     silhouette_target: str | None = None
