@@ -314,6 +314,34 @@ def test_a_pre_pass_that_cuts_the_surface_gives_way_to_a_lighter_one(monkeypatch
     assert pieces == 1 and holes <= meshing.handle_count(mesh)[0]
 
 
+def test_a_pinched_topology_preserving_pass_is_repaired_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pymeshlab's topology-preserving pass can pinch two sheets into an edge of four faces (no hole, so fill_holes
+    leaves it): the result is repaired into a closed manifold instead of going on pinched."""
+    pytest.importorskip("pymeshlab")
+    mesh = _tunnelled_sphere()
+    real_fast = meshing.fast_decimate
+    real_slow = meshing.topology_preserving_decimation
+
+    def cut(m: trimesh.Trimesh, faces: int) -> trimesh.Trimesh:  # every fast pass cuts a part off
+        piece = trimesh.creation.icosphere(2, radius=0.5)
+        piece.apply_translation([5.0, 0.0, 0.0])
+        return trimesh.util.concatenate([real_fast(m, faces), piece])
+
+    def pinched(m: trimesh.Trimesh, faces: int) -> tuple[np.ndarray, np.ndarray]:
+        v, f = real_slow(m, faces)
+        a, b = f[0, 0], f[0, 1]  # a fin of two back-to-back faces on one edge: that edge has four faces
+        v = np.vstack([v, (v[a] + v[b]) / 2 + 0.05])
+        c = len(v) - 1
+        return v, np.vstack([f, [[a, b, c], [b, a, c]]])
+
+    monkeypatch.setattr(meshing, "fast_decimate", cut)
+    monkeypatch.setattr(meshing, "topology_preserving_decimation", pinched)
+    out = meshing.decimate(mesh, 8000)
+    assert len(out.faces) <= 8000 and meshing.is_closed_manifold(out)
+    holes, pieces = meshing.handle_count(out)
+    assert pieces == 1 and holes <= meshing.handle_count(mesh)[0]
+
+
 def _noisy_ring_blob(n: int = 128) -> trimesh.Trimesh:
     """A noisy ellipsoid with a ring on top: a marching-cubes surface with a dozen noise tunnels, whose fast
     decimation folds faces where sheets nearly touch."""
