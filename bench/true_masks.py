@@ -2,6 +2,7 @@
 
     python bench/true_masks.py make SET OUT            # OUT: a copy of SET with masks/ rendered from gt.ply
     python bench/true_masks.py score STATE.tar.gz SET  # a kept job's silhouettes (run_bench --keep) against them
+                                                       # (--fused: the kept fused surface's outline beside them)
 
 ``make`` renders the ground truth with the true poses (``<set>.poses.json`` beside the set) into
 ``OUT/masks/<image>.png``; run that copy unposed with ``geometry.method = dense`` and the job uses those masks
@@ -104,21 +105,39 @@ def make(set_dir: Path, out: Path) -> None:
     print(f"{out}: {len(masks)} true masks")
 
 
-def score(state: Path, set_dir: Path, pictures: Path | None) -> None:
+def fused_silhouettes(mesh: trimesh.Trimesh, K: np.ndarray, w2c: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(h, w) bool: where ``mesh`` covers an image of ``size`` (w, h) from a camera K (3, 3), w2c (4, 4)."""
+    return np.isfinite(render(mesh, np.asarray(K, np.float64), np.asarray(w2c, np.float64), *size).depth)
+
+
+def score(state: Path, set_dir: Path, pictures: Path | None, fused: bool = False) -> None:
     truth = true_masks(set_dir)
     with tarfile.open(state) as tar:
         photos = json.load(tar.extractfile("cameras/photos.json"))  # type: ignore[arg-type]
         sil = np.load(io.BytesIO(tar.extractfile("geometry/silhouettes.npz").read()))  # type: ignore[union-attr]
+        if fused:
+            poses = np.load(io.BytesIO(tar.extractfile("cameras/poses.npz").read()))  # type: ignore[union-attr]
+            mesh = trimesh.load(io.BytesIO(tar.extractfile("geometry/mesh.ply").read()), file_type="ply",  # type: ignore[union-attr]
+                                process=False)
     if pictures:
         pictures.mkdir(parents=True, exist_ok=True)
-    prec, rec = [], []
+    prec, rec, iou, mesh_scores = [], [], [], []
     for key in (k for k in sil.files if k.startswith("mask_")):
-        name = Path(photos[int(key[5:])]["name"])
+        i = int(key[5:])
+        name = Path(photos[i]["name"])
         gt = truth[name.stem]
         p, r, m = precision_recall(sil[key], gt)
         prec.append(p)
         rec.append(r)
-        print(f"{name.name}: precision {prec[-1]:.3f} recall {rec[-1]:.3f}")
+        iou.append(float((m & gt).sum()) / max(1.0, float((m | gt).sum())))
+        line = f"{name.name}: precision {prec[-1]:.3f} recall {rec[-1]:.3f}"
+        if fused:
+            # the fused surface's own outline in the same view (the job's cameras, at the photo's size)
+            f = fused_silhouettes(mesh, poses["K"][i], poses["w2c"][i], (gt.shape[1], gt.shape[0]))
+            fp, fr, _ = precision_recall(f, gt)
+            mesh_scores.append((fp, fr, float((f & gt).sum()) / max(1.0, float((f | gt).sum()))))
+            line += f"; fused surface precision {fp:.3f} recall {fr:.3f}"
+        print(line)
         if pictures:
             img = cv2.imread(str(set_dir / "images" / name.name))
             vis = img // 2
@@ -126,7 +145,10 @@ def score(state: Path, set_dir: Path, pictures: Path | None) -> None:
             vis[m & ~gt] = (0, 0, 255)
             vis[~m & gt] = (255, 0, 0)
             cv2.imwrite(str(pictures / f"{name.stem}.png"), vis)
-    print(f"mean over {len(prec)} views: precision {np.mean(prec):.3f} recall {np.mean(rec):.3f}")
+    print(f"mean over {len(prec)} views: precision {np.mean(prec):.3f} recall {np.mean(rec):.3f} IoU {np.mean(iou):.3f}")
+    if mesh_scores:
+        fp, fr, fi = np.mean(mesh_scores, axis=0)
+        print(f"the fused surface's outline: precision {fp:.3f} recall {fr:.3f} IoU {fi:.3f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,11 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("state", type=Path)
     s.add_argument("set", type=Path)
     s.add_argument("--pictures", type=Path, default=None)
+    s.add_argument("--fused", action="store_true", help="also score the outline of the kept fused surface")
     args = ap.parse_args(argv)
     if args.cmd == "make":
         make(args.set, args.out)
     else:
-        score(args.state, args.set, args.pictures)
+        score(args.state, args.set, args.pictures, args.fused)
     return 0
 
 
