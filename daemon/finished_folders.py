@@ -9,7 +9,7 @@ fingerprint is unchanged, so the same content is never answered twice.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ class FinishedFolders:
         """The job's own fingerprint is the baseline again (the job was queued with the new content)."""
         self._acknowledged.pop(folder, None)
 
-    def baselines(self, inbox: Path, jobs: Mapping[str, FolderJob], pending: set[str]) -> dict[str, str]:
+    def baselines(self, inbox: Path, jobs: Mapping[str, FolderJob], pending: Collection[str]) -> dict[str, str]:
         """Finished jobs' folders to compare now -> the fingerprint to compare against. ``pending``: folders whose
         change is still settling, compared at every scan until it has."""
         out: dict[str, str] = {}
