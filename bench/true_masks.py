@@ -117,8 +117,8 @@ def score(state: Path, set_dir: Path, pictures: Path | None, fused: bool = False
         sil = np.load(io.BytesIO(tar.extractfile("geometry/silhouettes.npz").read()))  # type: ignore[union-attr]
         if fused:
             poses = np.load(io.BytesIO(tar.extractfile("cameras/poses.npz").read()))  # type: ignore[union-attr]
-            mesh = trimesh.load(io.BytesIO(tar.extractfile("geometry/mesh.ply").read()), file_type="ply",  # type: ignore[union-attr]
-                                process=False)
+            ply = tar.extractfile("geometry/mesh.ply").read()  # type: ignore[union-attr]
+            mesh = trimesh.load(io.BytesIO(ply), file_type="ply", process=False)
     if pictures:
         pictures.mkdir(parents=True, exist_ok=True)
     prec, rec, iou, mesh_scores = [], [], [], []
@@ -145,7 +145,8 @@ def score(state: Path, set_dir: Path, pictures: Path | None, fused: bool = False
             vis[m & ~gt] = (0, 0, 255)
             vis[~m & gt] = (255, 0, 0)
             cv2.imwrite(str(pictures / f"{name.stem}.png"), vis)
-    print(f"mean over {len(prec)} views: precision {np.mean(prec):.3f} recall {np.mean(rec):.3f} IoU {np.mean(iou):.3f}")
+    print(f"mean over {len(prec)} views: precision {np.mean(prec):.3f} recall {np.mean(rec):.3f} "
+          f"IoU {np.mean(iou):.3f}")
     if mesh_scores:
         fp, fr, fi = np.mean(mesh_scores, axis=0)
         print(f"the fused surface's outline: precision {fp:.3f} recall {fr:.3f} IoU {fi:.3f}")

@@ -297,7 +297,8 @@ class Daemon:
         except LedgerError as e:
             self.kept.down(e)
             return
-        decisions = self.settler.scan(self.paths.inbox, set(jobs), baselines=self.finished.baselines(self.paths.inbox, jobs, self.settler.pending))
+        baselines = self.finished.baselines(self.paths.inbox, jobs, self.settler.pending)
+        decisions = self.settler.scan(self.paths.inbox, set(jobs), baselines=baselines)
         self._refuse_links(self.settler.linked)
         for d in decisions:
             if d.changed:
