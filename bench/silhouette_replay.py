@@ -128,7 +128,7 @@ def fuse_and_score(rp: Replay, masks: list[np.ndarray], s: SilhouetteSettings, d
     from pipeline.geometry.dense import fused_surface
 
     cfg = DenseConfig()
-    ds = DenseSettings(resolution=cfg.cpu_resolution, field_blur=cfg.field_blur, close_voxels=cfg.close_voxels,
+    ds = DenseSettings(resolution=cfg.cpu_resolution, field_blur=cfg.field_blur, close_size=cfg.close_size,
                        silhouettes=s, **{"foot_dissent": cfg.foot_dissent} | dense)
     support = rp.planes[0] if rp.planes else None
     surf = fused_surface(rp.dms, masks, [True] * len(masks), rp.Ks, rp.w2cs, (rp.lo, rp.hi), support, rp.planes,

@@ -138,9 +138,10 @@ class DenseConfig:
     # 0.8 voxel that closed the CPU's 192-voxel grid left tens of handles on the GPU's 384 voxels; 0.31 % is 1.2
     # voxels there (measured on three sets, docs/design.md, Fusion)
     field_blur: Annotated[float, Field(ge=0, le=0.05)] = 0.0031
-    # the fused inside is closed by a cube of this half-width (voxels) before the blur: depth noise's tunnels a
-    # voxel or two wide fill (0: off; docs/design.md, Fusion)
-    close_voxels: Annotated[int, Field(ge=0, le=4)] = 1
+    # the fused inside is closed before the blur by a cube whose half-width is this fraction of the object's longest
+    # side, at least one voxel: depth noise's tunnels fill (0: off). 1/192: a voxel of the CPU's grid, two of the
+    # GPU's 384 (docs/design.md, Fusion)
+    close_size: Annotated[float, Field(ge=0, le=0.03)] = 1 / 192
     # how the depth maps become a closed surface: TSDF fusion with the silhouettes' hull, screened Poisson of the
     # oriented depth points, or hybrid: Poisson of the points near the TSDF surface, that surface filling where
     # stereo found nothing (docs/design.md, Meshing by screened Poisson)

@@ -193,6 +193,39 @@ def test_close_inside_fills_a_noise_tunnel_and_keeps_a_real_hole() -> None:
     assert near.sum() > 5000 and np.array_equal(g[near], f[near])
 
 
+@pytest.mark.parametrize("resolution", [192, 384])
+def test_the_closing_fills_the_same_physical_tunnel_on_a_coarse_and_a_fine_grid(resolution: int) -> None:
+    """dense.close_size is a fraction of the object, not voxels: a noise tunnel 1 % of the object wide (2 voxels of
+    the CPU's 192, 4 of the GPU's 384) fills on both grids, and a hole about 15 voxels wide (8 % and 4 % of the
+    object: a mug's handle) stays on both. A fixed one-voxel closing left the fine grid's tunnel open (the cup's 32
+    handles at 384 voxels)."""
+    from scipy import ndimage
+
+    from pipeline.geometry.dense import DenseSettings, close_radius
+
+    radius = close_radius(DenseSettings(resolution=resolution))
+    assert radius == {192: 1, 384: 2}[resolution]
+    assert close_radius(DenseSettings(resolution=128)) == 1 and close_radius(DenseSettings(close_size=0.0)) == 0
+    n = 64  # a 64-voxel window of the grid, the object spanning the whole grid
+    size = 1.0 / resolution  # one voxel, as a fraction of the object
+    i, j, k = np.meshgrid(*(np.arange(n),) * 3, indexing="ij")
+    block = (i >= 8) & (i < 56) & (j >= 8) & (j < 56) & (k >= 8) & (k < 56)
+
+    def tunnel(ci: int, width: float) -> np.ndarray:
+        half = width / size / 2  # voxels either side of the tunnel's axis
+        return (np.abs(i - ci + 0.5) < half) & (np.abs(j - 32 + 0.5) < half)
+
+    noise, handle = tunnel(20, 0.01), tunnel(40, 0.08 if resolution == 192 else 0.04)
+    solid = block & ~noise & ~handle
+    f = (ndimage.distance_transform_edt(~solid) - ndimage.distance_transform_edt(solid)).astype(np.float32)
+    g = meshing.close_inside(torch.from_numpy(f), radius).numpy()
+    assert (g[noise & block] < 0).all()  # filled
+    assert (g[handle & block & (np.abs(i - 40 + 0.5) < 2)] > 0).all()  # still open along its axis
+    # the fixed one-voxel closing leaves the fine grid's noise tunnel open
+    if resolution == 384:
+        assert (meshing.close_inside(torch.from_numpy(f), 1).numpy()[noise & block] > 0).any()
+
+
 def noisy_frame_field(n: int = 200, noise: float = 0.3) -> tuple[np.ndarray, np.ndarray, float]:
     """A seat on four thin legs as a signed distance (world units) on an n^3 grid over [-1, 1]^3, with independent
     noise of ``noise`` voxels at every voxel (fused depth noise, exaggerated)."""

@@ -98,9 +98,11 @@ class DenseSettings:
     # the refinement's remesh refused (docs/design.md, Fusion)
     field_blur: float = 0.0031
     field_sigma_min_voxels: float = 0.8
-    # before the blur, the inside is closed by a cube of this half-width in voxels (0: off): fills the tunnels and
-    # bubbles of depth noise a voxel or two wide, which the blur leaves (the stool's 41 handles: 7), docs/design.md
-    close_voxels: int = 1
+    # before the blur, the inside is closed by a cube whose half-width is this fraction of the object's longest side,
+    # at least one voxel (0: off; close_radius): fills the tunnels and bubbles of depth noise, which the blur leaves
+    # (the stool's 41 handles: 7 on the CPU's 192 voxels). A fraction, not voxels: one voxel closed the CPU's grid and
+    # left the cup 32 handles on the GPU's 384, where two left 9 (docs/design.md, Fusion)
+    close_size: float = 1 / 192
     smoothing_iterations: int = 3
     max_faces: int = 200_000
     max_points: int = 1_000_000  # fused points kept for points.ply
@@ -405,6 +407,14 @@ class Surface:
     seconds: dict[str, float]
 
 
+def close_radius(s: DenseSettings) -> int:
+    """Half-width in voxels of the cube that closes the fused inside: ``close_size`` of the object's longest side on
+    a grid of ``resolution`` voxels along it, rounded, at least 1; 0 when ``close_size`` is 0."""
+    if s.close_size <= 0:
+        return 0
+    return max(1, round(s.close_size * s.resolution))
+
+
 def blur_voxels(s: DenseSettings) -> float:
     """Sigma of the fused field's blur in voxels: ``field_blur`` of the object's size, at least
     ``field_sigma_min_voxels``; 0 when ``field_blur`` is 0."""
@@ -464,7 +474,7 @@ def fused_surface(dms: list[DepthMap], sil: list[np.ndarray], estimated: list[bo
                                    hidden=hidden, solid_hidden=s.solid_hidden if solid else None)
     del values, weight, band, hidden, hull
     field_ *= trunc
-    field_ = smooth_field(close_inside(field_, s.close_voxels), blur_voxels(s))
+    field_ = smooth_field(close_inside(field_, close_radius(s)), blur_voxels(s))
     lap("field")
     check(0.7)
     raw = marching_cubes_on_device(field_, grid.origin, grid.voxel)

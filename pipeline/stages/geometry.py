@@ -69,7 +69,7 @@ def dense_settings(ctx: JobContext) -> DenseSettings:
     poisson = PoissonSettings(depth=cfg.poisson_depth if gpu else cfg.cpu_poisson_depth,
                               trim_quantile=cfg.poisson_trim, silhouette_fraction=cfg.poisson_silhouette_fraction)
     return DenseSettings(mvs=mvs, resolution=cfg.resolution if gpu else cfg.cpu_resolution, max_faces=geo.max_faces,
-                         field_blur=cfg.field_blur, close_voxels=cfg.close_voxels, mesher=cfg.mesher,
+                         field_blur=cfg.field_blur, close_size=cfg.close_size, mesher=cfg.mesher,
                          poisson=poisson,
                          solid_hidden=cfg.solid_hidden or None, foot_dissent=cfg.foot_dissent,
                          support_full_weight=cfg.support_full_weight, unseen_facing=cfg.unseen_facing,
