@@ -234,6 +234,10 @@ class RefineConfig:
     # each level starts (0: no limit): parts missing from every estimated silhouette (an armchair's thin tubes)
     # thinned to strings the silhouettes no longer see and the photometric loss dragged a metre away
     estimated_max_move: NonNeg = 0.1
+    # where silhouettes were estimated, each is cut to the start mesh's outline grown by this many pixels of the photo
+    # (0: off): the estimated silhouettes hold the contact shadow under a body (a seat, a belly), and where the
+    # fusion's unseen fill lifted the hull's membrane out of it they pull it back down (docs/design.md, Refinement)
+    estimated_outline_px: NonNeg = 0.0
     # on a GPU, render each photo's window around the object (at most at the photo's own resolution) instead of the
     # whole frame: F@0.2 % +0.02-0.10 on five of six photo sets, level on the sixth, at the same cost
     crop: bool = True

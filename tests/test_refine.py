@@ -210,6 +210,30 @@ def test_silhouette_targets_use_the_alpha_matte_only_where_the_mask_came_from_it
         silhouette_targets([from_alpha], [])
 
 
+def test_cut_to_outline_keeps_what_lies_within_reach_of_the_cover_and_matches_a_brute_force_reference() -> None:
+    from pipeline.appearance.refine import cut_to_outline
+
+    rng = np.random.default_rng(3)
+    cover = np.zeros((40, 50), dtype=bool)
+    cover[10:25, 12:30] = True
+    mask = cover.copy()
+    mask[25:34, 14:28] = True  # a shadow strip under the covered body, 9 pixels deep
+    mask |= rng.random(mask.shape) < 0.05  # and scattered pixels everywhere
+    out = cut_to_outline(mask, cover, 3.0)
+    # reference: each mask pixel kept iff some covered pixel lies within 3 pixels (Euclidean)
+    cy, cx = np.nonzero(cover)
+    ref = np.zeros_like(mask)
+    for y, x in zip(*np.nonzero(mask)):
+        ref[y, x] = ((cy - y) ** 2 + (cx - x) ** 2).min() <= 9.0
+    np.testing.assert_array_equal(out, ref)
+    assert out[25:28, 14:28].all() and not out[29:34, 14:28].any()  # the strip's first 3 rows stay, the rest goes
+    assert (out & cover).sum() == (mask & cover).sum()  # nothing under the cover is cut
+    np.testing.assert_array_equal(cut_to_outline(mask, cover, 0.0), mask)
+    assert not cut_to_outline(mask, np.zeros_like(cover), 3.0).any()
+    with pytest.raises(ValueError, match="differ"):
+        cut_to_outline(mask, cover[:-1], 3.0)
+
+
 @pytest.mark.parametrize("mode", ["subdivide", "isotropic", "isotropic_first"])
 def test_grow_mesh_reaches_the_level_size_and_keeps_the_surface_closed(mode: str) -> None:
     from pipeline.appearance.refine import RefineSettings, grow_mesh

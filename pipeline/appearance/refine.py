@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from scipy import ndimage
 import torch.nn.functional as F
 import trimesh
 
@@ -185,6 +186,24 @@ def silhouette_targets(masks: list[np.ndarray], alphas: list[np.ndarray | None])
         else:
             out.append(m.astype(np.float32))
     return out
+
+
+def cut_to_outline(mask: np.ndarray, cover: np.ndarray, grow_px: float) -> np.ndarray:
+    """``mask`` (H, W) bool without the pixels farther than ``grow_px`` pixels from ``cover`` (H, W) bool, the start
+    mesh's own outline in the same view: an estimated silhouette may not ask the refinement to grow the mesh where
+    the fusion put nothing near (the contact shadow under a seat, which the unseen fill lifted the hull out of).
+    grow_px <= 0: ``mask`` unchanged."""
+    mask = np.asarray(mask, dtype=bool)
+    cover = np.asarray(cover, dtype=bool)
+    if mask.shape != cover.shape:
+        raise ValueError(f"cut_to_outline: mask {mask.shape} and cover {cover.shape} differ")
+    if grow_px <= 0:
+        return mask.copy()
+    if not cover.any():
+        return np.zeros_like(mask)
+    # distance to the nearest covered pixel, exact (Euclidean), so that the growth is round, not a square
+    far = ndimage.distance_transform_edt(~cover) > grow_px
+    return mask & ~far
 
 
 REMESH_MODES = ("isotropic", "isotropic_first", "subdivide")

@@ -13,8 +13,9 @@ import trimesh
 from pipeline.appearance.atlas_ahead import AHEAD_FILE, AtlasAhead
 from pipeline.context import JobContext, JobError, Laps
 from pipeline.geometry.meshing import decimate, main_components
-from pipeline.imaging.raster import make_rasterizer
-from pipeline.appearance.refine import REMESH_MODES, RefineSettings, refine, silhouette_targets, support_floor
+from pipeline.imaging.raster import coverage_masks, make_rasterizer
+from pipeline.appearance.refine import (REMESH_MODES, RefineSettings, cut_to_outline, refine, silhouette_targets,
+                                        support_floor)
 from pipeline.settings import RefineConfig
 from pipeline.stages.base import Stage
 from pipeline.stages.cameras import Sparse, Views
@@ -54,6 +55,26 @@ def pair_weight(cfg: RefineConfig, estimated: bool, on_gpu: bool) -> float:
     coarse for 5x5-pixel windows to place anything), else 0."""
     on = cfg.pair == "on" or (cfg.pair == "auto" and estimated and on_gpu)
     return float(cfg.pair_weight) if on else 0.0
+
+
+def outline_cut(ctx: JobContext, masks: list[np.ndarray], estimated: list[bool], start: trimesh.Trimesh,
+                Ks: np.ndarray, w2cs: np.ndarray, grow_px: float) -> tuple[list[np.ndarray], float | None]:
+    """The estimated ones of ``masks`` (N (H, W) bool) cut to ``start``'s outline grown by ``grow_px`` photo pixels
+    (:func:`cut_to_outline`), given ones as they are; Ks (N, 3, 3), w2cs (N, 4, 4). -> (masks, the share of the
+    estimated masks' pixels cut, or None where nothing was to cut: grow_px 0 or no estimated mask)."""
+    todo = [j for j, e in enumerate(estimated) if e]
+    if grow_px <= 0 or not todo:
+        return masks, None
+    sizes = [(masks[j].shape[1], masks[j].shape[0]) for j in todo]
+    covers = coverage_masks(start.vertices, start.faces, Ks[todo], w2cs[todo], sizes, ctx.device,
+                            ctx.work_dir.parent.parent / "torch_extensions")
+    out = list(masks)
+    before = after = 0
+    for j, cover in zip(todo, covers):
+        out[j] = cut_to_outline(masks[j], cover, grow_px)
+        before += int(np.count_nonzero(masks[j]))
+        after += int(np.count_nonzero(out[j]))
+    return out, round(1.0 - after / max(before, 1), 5)
 
 
 def _atlas_ahead(ctx: JobContext, on_gpu: bool) -> contextlib.AbstractContextManager[AtlasAhead | None]:
@@ -132,6 +153,8 @@ class RefineStage(Stage):
         ctx.log.info("refining %d faces with %s over %d views, levels %s", len(start.faces), backend, len(idx),
                      settings.levels)
         sil = [masks[i] for i in idx]
+        sil, cut = outline_cut(ctx, sil, [i in estimated for i in idx], start, views.K[idx], views.w2c[idx],
+                               cfg.estimated_outline_px)
         if cfg.alpha_coverage:
             sil = silhouette_targets(sil, [views.alpha[i] for i in idx])
         soft = sum(1 for t in sil if t.dtype != bool and ((t > 0) & (t < 1)).any())
@@ -161,6 +184,7 @@ class RefineStage(Stage):
             regularisers=result.regularisers, remesh=result.remesh,
             silhouette_target=f"alpha coverage in {soft} of {len(sil)} views" if soft else "binary masks",
             estimated_silhouettes=len([i for i in idx if i in estimated]), view_gains=result.view_gains,
+            outline_cut=cut,
             floor=None if floor is None else [round(float(x), 6) for x in (*floor[0], floor[1])],
             window_share=result.window_share,
             seconds_per_level=[round(x, 2) for x in result.seconds_per_level],

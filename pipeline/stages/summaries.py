@@ -50,6 +50,8 @@ class RefineSummary:
     silhouette_target: str | None = None
     estimated_silhouettes: int | None = None
     view_gains: Any = None
+    # the share of the estimated silhouettes' pixels that refine.estimated_outline_px cut (None: off)
+    outline_cut: float | None = None
     # the plane no vertex went below (nx, ny, nz, height; the support plane, for photos without masks), or None
     floor: list[float] | None = None
     # the last level's mean window width as a share of the photo's (refine.crop; 1.0: whole photos)
