@@ -10,7 +10,10 @@ fusion) then runs ``photo_silhouettes`` on the training views as ``dense_geometr
 and recall against the silhouettes of the set's ``gt.ply`` in its true cameras (``bench/true_masks.py``), with the
 recall per band of height above the table (``recall_by_height``: the lowest 5 %, 5-10 %, 10-20 % and the rest of the
 object's height), are written to ``bench/results/<tag>.json``. It isolates the silhouettes from fusion and
-refinement: seconds a variant, where a whole job takes minutes.
+refinement: seconds a variant, where a whole job takes minutes. ``--state`` may also be a state that
+``run_bench.py --keep`` kept (extracted from its tarball): it has no photos, so they are read from ``--set``, with
+the kept cameras (``poses.npz``), and the training views are those with a silhouette (a GPU job's state, replayed
+with the CPU's depth maps).
 """
 from __future__ import annotations
 
@@ -53,14 +56,36 @@ class Replay:
     hi: np.ndarray
 
 
-def load(stages: Path, cache: Path | None, mvs: dict[str, Any] | None = None) -> Replay:
-    """``mvs``: MvsSettings fields that differ from the CPU settings (give each its own ``cache``)."""
+def training_views(stages: Path, set_dir: Path | None = None) -> tuple[list[str], list[np.ndarray], np.ndarray,
+                                                                       np.ndarray, list[int]]:
+    """(stems, rgbs (H, W, 3) uint8, Ks (N, 3, 3), w2cs (N, 4, 4), their indices among the job's views) of a job's
+    training views: from the cameras checkpoint's ``views.npz`` where it is there (a job's own stages folder), else
+    (a state kept by ``run_bench.py --keep``, which leaves the photos out) the views that have a silhouette in
+    ``geometry/silhouettes.npz``, with ``poses.npz``'s cameras and the photos read from ``set_dir/images``."""
     meta = json.loads((stages / "cameras" / "views.json").read_text())
-    z = np.load(stages / "cameras" / "views.npz")
-    idx = [i for i in range(len(meta["names"])) if not z["holdout"][i]]
-    rgbs = [z[f"rgb_{i}"] for i in idx]
-    Ks, w2cs = z["K"][idx], z["w2c"][idx]
-    names = [Path(meta["names"][i]).stem for i in idx]
+    if (stages / "cameras" / "views.npz").exists():
+        z = np.load(stages / "cameras" / "views.npz")
+        idx = [i for i in range(len(meta["names"])) if not z["holdout"][i]]
+        rgbs = [z[f"rgb_{i}"] for i in idx]
+        Ks, w2cs = z["K"][idx], z["w2c"][idx]
+    else:
+        if set_dir is None:
+            raise SystemExit(f"{stages}: no cameras/views.npz (a kept state): the photos are read from --set")
+        import cv2
+
+        with np.load(stages / "geometry" / "silhouettes.npz") as sil:
+            idx = sorted(int(k.split("_")[1]) for k in sil.files if k.startswith("mask_"))
+        with np.load(stages / "cameras" / "poses.npz") as z:
+            Ks, w2cs = z["K"][idx], z["w2c"][idx]
+        rgbs = [cv2.imread(str(set_dir / "images" / Path(meta["names"][i]).name))[..., ::-1].copy() for i in idx]
+    return [Path(meta["names"][i]).stem for i in idx], rgbs, Ks, w2cs, idx
+
+
+def load(stages: Path, cache: Path | None, mvs: dict[str, Any] | None = None, set_dir: Path | None = None) -> Replay:
+    """``mvs``: MvsSettings fields that differ from the CPU settings (give each its own ``cache``); ``set_dir``: where
+    a kept state's photos are (:func:`training_views`)."""
+    meta = json.loads((stages / "cameras" / "views.json").read_text())
+    names, rgbs, Ks, w2cs, idx = training_views(stages, set_dir)
     if cache is not None and cache.exists():
         dms, planes, lo, hi = pickle.loads(cache.read_bytes())
         return Replay(names, rgbs, Ks, w2cs, dms, planes, lo, hi)
@@ -157,7 +182,8 @@ def fuse_and_score(rp: Replay, masks: list[np.ndarray], s: SilhouetteSettings, d
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--state", type=Path, required=True, help="a job's stages folder (cameras/views.npz, sparse.npz)")
+    ap.add_argument("--state", type=Path, required=True,
+                    help="a job's stages folder (cameras/views.npz, sparse.npz), or a state kept by run_bench.py --keep")
     ap.add_argument("--set", type=Path, required=True, help="the photo-like set, gt.ply inside, poses beside")
     ap.add_argument("--cache", type=Path, default=None, help="depth maps cached here (pickle)")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME:field=value,...")
@@ -172,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     t = time.monotonic()
     mvs = parse_variant(":" + args.mvs, MvsSettings)[1]
-    rp = load(args.state, args.cache, mvs)
+    rp = load(args.state, args.cache, mvs, args.set)
     print(f"{len(rp.names)} views, depth maps {time.monotonic() - t:.0f} s")
     truth = true_masks(args.set)
     heights = true_heights(args.set)
