@@ -236,7 +236,8 @@ class RefineConfig:
     estimated_max_move: NonNeg = 0.1
     # where silhouettes were estimated, each is cut to the start mesh's outline grown by this many pixels of the photo
     # (0: off): the estimated silhouettes hold the contact shadow under a body (a seat, a belly), and where the
-    # fusion's unseen fill lifted the hull's membrane out of it they pull it back down (docs/design.md, Refinement)
+    # fusion's unseen fill lifted the hull's membrane out of it they pull it back down; off until a lift rule tells a
+    # membrane from a real underside such as spot's belly (docs/design.md, Fusion)
     estimated_outline_px: NonNeg = 0.0
     # on a GPU, render each photo's window around the object (at most at the photo's own resolution) instead of the
     # whole frame: F@0.2 % +0.02-0.10 on five of six photo sets, level on the sixth, at the same cost
