@@ -283,6 +283,34 @@ def test_isotropic_remesh_is_kept_where_it_closed_a_sliver_handle() -> None:
     assert got is not None and trimesh.Trimesh(*got).euler_number == 2
 
 
+def test_remesh_refusal_names_the_check_that_failed() -> None:
+    """A remesh result is refused with a sentence naming what broke: an open or non-manifold surface (with its edge
+    counts), a new handle, a new piece; a closed result of the same topology is kept (None)."""
+    ball = trimesh.creation.icosphere(subdivisions=2)
+    assert meshing.remesh_refusal(ball, trimesh.creation.icosphere(subdivisions=3)) is None
+    holed = trimesh.Trimesh(ball.vertices, ball.faces[1:], process=False)
+    reason = meshing.remesh_refusal(ball, holed)
+    assert reason is not None and "not a closed manifold (3 border edges, 0 edges of three or more faces)" in reason
+    torus = trimesh.creation.torus(1.0, 0.3)
+    assert meshing.remesh_refusal(ball, torus) == "the result has 1 handle where its input has 0"
+    assert meshing.remesh_refusal(torus, ball) is None  # a handle closed is welcome
+    two = trimesh.util.concatenate([ball, ball.copy().apply_translation([5.0, 0, 0])])
+    assert meshing.remesh_refusal(ball, two) == "the result has 2 pieces where its input has 1"
+
+
+def test_a_refused_level_remesh_falls_back_to_subdivision_and_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.appearance import refine as rf
+
+    ball = trimesh.creation.icosphere(subdivisions=2)
+    monkeypatch.setattr(meshing, "isotropic_remesh_or_reason", lambda *a, **k: "the result has 1 handle where "
+                        "its input has 0")
+    s = rf.RefineSettings(levels=((64, 1), (128, 1)), remesh="isotropic", max_faces=100_000)
+    colors = np.zeros((len(ball.vertices), 3))
+    v, f, _, note = rf.grow_mesh(np.asarray(ball.vertices), np.asarray(ball.faces), colors, 1, s)
+    assert note == "subdivide (isotropic remesh for level 1 refused: the result has 1 handle where its input has 0)"
+    assert len(f) == 4 * len(ball.faces)  # midpoint subdivision instead
+
+
 def _tunnelled_sphere(n: int = 96) -> trimesh.Trimesh:
     from scipy import ndimage
 

@@ -271,13 +271,14 @@ def test_the_remesh_rounds_setting_reaches_the_remesher(monkeypatch: pytest.Monk
     from pipeline.stages.refine import refine_settings
 
     seen = []
-    monkeypatch.setattr(meshing, "isotropic_remesh", lambda v, f, target, iterations=4: seen.append(iterations))
+    monkeypatch.setattr(meshing, "isotropic_remesh_or_reason",
+                        lambda v, f, target, iterations=4: seen.append(iterations) or "a stub's reason")
     s = refine_settings(RefineConfig(remesh_iterations=2), on_gpu=True)
     sphere = trimesh.creation.icosphere(subdivisions=2)
     v, f, _, note = grow_mesh(np.asarray(sphere.vertices), np.asarray(sphere.faces), np.zeros((len(sphere.vertices), 3)),
                               0, s)
     # the stub returned no mesh: the level falls back to the mesh it was given, and says why
-    assert seen == [2] and len(f) == len(sphere.faces) and "unavailable" in note
+    assert seen == [2] and len(f) == len(sphere.faces) and note.endswith("level 0 refused: a stub's reason)")
 
 
 def _python(code: str) -> "subprocess.CompletedProcess[str]":

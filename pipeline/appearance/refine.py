@@ -215,21 +215,21 @@ def grow_mesh(v: np.ndarray, f: np.ndarray, colors: np.ndarray, level: int,
 
     Midpoint subdivision after the first level while under ``max_faces``; with ``remesh = "isotropic"`` an
     isotropic remesh to ``start_faces * 4^level`` (capped) at every level instead, colours carried over from
-    the nearest old vertex; with ``"isotropic_first"`` that remesh before the first level only. Falls back to subdivision where pymeshlab is missing or the remesh is not closed."""
-    from pipeline.geometry.meshing import isotropic_remesh
+    the nearest old vertex; with ``"isotropic_first"`` that remesh before the first level only. Falls back to subdivision where pymeshlab is missing or the remesh is refused; the note then says why and at which level."""
+    from pipeline.geometry.meshing import isotropic_remesh_or_reason
 
     if settings.remesh not in REMESH_MODES:
         raise ValueError(f"refine: remesh must be one of {', '.join(REMESH_MODES)}, not {settings.remesh!r}")
     if settings.remesh == "isotropic" or (settings.remesh == "isotropic_first" and level == 0):
         target = min(settings.max_faces, settings.start_faces * 4 ** level)
-        out = isotropic_remesh(v, f, target, iterations=settings.remesh_iterations)
-        if out is not None:
+        out = isotropic_remesh_or_reason(v, f, target, iterations=settings.remesh_iterations)
+        if not isinstance(out, str):
             from scipy.spatial import cKDTree
 
             nv, nf = out
             _, nearest = cKDTree(v).query(nv)
             return nv, nf, colors[nearest], "isotropic"
-        note = "subdivide (isotropic remeshing unavailable: pymeshlab missing or the result was not closed)"
+        note = f"subdivide (isotropic remesh for level {level} refused: {out})"
     elif settings.remesh == "isotropic_first":
         note = "isotropic_first"  # the first level's mesh is remeshed; midpoint subdivision keeps it uniform after
     else:
@@ -481,7 +481,7 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
         t0 = time.monotonic()
         v, f, cols, note = grow_mesh(v, f, colors.detach().cpu().numpy(), li, settings)
         # a fallback (pymeshlab missing, a remesh refused) is what the summary reports, whichever level it was
-        remesh_note = remesh_note if "unavailable" in remesh_note else note
+        remesh_note = remesh_note if "refused" in remesh_note else note  # the first refusal is kept
         colors = torch.from_numpy(np.asarray(cols)).float().to(dev)
         if on_last_level is not None and li == len(settings.levels) - 1:
             on_last_level(v / s + c, np.asarray(f, dtype=np.int64))

@@ -475,24 +475,43 @@ def edge_length_for_faces(area: float, faces: int) -> float:
     return float(np.sqrt(4.0 * area / (np.sqrt(3.0) * faces)))
 
 
-def isotropic_remesh(vertices: np.ndarray, faces: np.ndarray, target_faces: int,
-                     iterations: int = 4) -> tuple[np.ndarray, np.ndarray] | None:
+def remesh_refusal(before: trimesh.Trimesh, after: trimesh.Trimesh) -> str | None:
+    """Why a remesh of ``before`` into ``after`` is not kept, as a sentence, or None where it is: the result must be a
+    closed, consistently wound manifold with no more handles or pieces than its input. Collapsing a sliver handle
+    left by depth noise is welcome; on the GPU's dense meshes it happened in some runs and not others, which made the
+    refinement fall back to subdivision at random."""
+    if not is_closed_manifold(after):
+        faces = np.asarray(after.faces, dtype=np.int64)
+        _, counts = np.unique(np.sort(faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), axis=1), axis=0,
+                              return_counts=True)
+        return (f"the result is not a closed manifold ({int((counts == 1).sum())} border edges, "
+                f"{int((counts > 2).sum())} edges of three or more faces)")
+    (h_in, p_in), (h_out, p_out) = handle_count(before), handle_count(after)
+    if h_out > h_in:
+        return f"the result has {h_out} handle{'s' * (h_out != 1)} where its input has {h_in}"
+    if p_out > p_in:
+        return f"the result has {p_out} piece{'s' * (p_out != 1)} where its input has {p_in}"
+    return None
+
+
+def isotropic_remesh_or_reason(vertices: np.ndarray, faces: np.ndarray, target_faces: int,
+                               iterations: int = 4) -> tuple[np.ndarray, np.ndarray] | str:
     """Botsch-Kobbelt isotropic remeshing (pymeshlab: edge split / collapse / flip + tangential relaxation,
     vertices reprojected onto the input) to about ``target_faces`` near-equilateral triangles.
 
-    vertices (V, 3); faces (F, 3) -> (V', 3) float64, (F', 3) int64; None when pymeshlab is not installed, the
-    result is not closed, or it has more handles or pieces than the input (the caller keeps its mesh). Feature
-    edges are not preserved (featuredeg 180): the input is an optimised smooth surface, not CAD."""
+    vertices (V, 3); faces (F, 3) -> (V', 3) float64, (F', 3) int64, or a sentence saying why there is none:
+    pymeshlab or its meshing plugin is missing, or :func:`remesh_refusal` refused the result (the caller keeps its
+    mesh). Feature edges are not preserved (featuredeg 180): the input is an optimised smooth surface, not CAD."""
     try:
         import pymeshlab
     except ImportError:
-        return None
+        return "pymeshlab is not installed"
     mesh = trimesh.Trimesh(vertices, faces, process=False)
     length = edge_length_for_faces(float(mesh.area), target_faces)
     ms = pymeshlab.MeshSet()
     ms.add_mesh(pymeshlab.Mesh(np.asarray(vertices, dtype=np.float64), np.asarray(faces, dtype=np.int32)))
-    if not hasattr(ms, "meshing_isotropic_explicit_remeshing"):  # the meshing plugin failed to load
-        return None
+    if not hasattr(ms, "meshing_isotropic_explicit_remeshing"):
+        return "pymeshlab's meshing plugin did not load"
     # checksurfdist off: the vertices are reprojected onto the input surface anyway, so the per-collapse distance
     # test only cost time (the armchair's refined 30k faces to 114k: 5.2 -> 3.6 s on 2 cores; mean, 99th percentile
     # and largest distance to the input the same to 1e-5 of the diagonal, same handles)
@@ -500,13 +519,18 @@ def isotropic_remesh(vertices: np.ndarray, faces: np.ndarray, target_faces: int,
                                             featuredeg=180.0, checksurfdist=False)
     m = ms.current_mesh()
     out = trimesh.Trimesh(m.vertex_matrix(), m.face_matrix(), process=True)
-    # closed, and no new handles or pieces: collapsing a sliver handle left by depth noise is welcome, and on the GPU's
-    # dense meshes it happened in some runs and not others, which made the refinement fall back to subdivision at
-    # random
-    (h_in, p_in), (h_out, p_out) = handle_count(mesh), handle_count(out)
-    if not is_closed_manifold(out) or h_out > h_in or p_out > p_in:
-        return None
+    reason = remesh_refusal(mesh, out)
+    if reason is not None:
+        log.info("isotropic remesh to %d faces refused: %s", target_faces, reason)
+        return reason
     return np.asarray(out.vertices, dtype=np.float64), np.asarray(out.faces, dtype=np.int64)
+
+
+def isotropic_remesh(vertices: np.ndarray, faces: np.ndarray, target_faces: int,
+                     iterations: int = 4) -> tuple[np.ndarray, np.ndarray] | None:
+    """:func:`isotropic_remesh_or_reason`'s result, None where there is none."""
+    out = isotropic_remesh_or_reason(vertices, faces, target_faces, iterations)
+    return None if isinstance(out, str) else out
 
 
 def clean_mesh(raw: trimesh.Trimesh, settings: MeshingSettings) -> trimesh.Trimesh:
