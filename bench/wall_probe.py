@@ -21,6 +21,8 @@ if str(REPO) not in sys.path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import torch
+
     from daemon.config import build_settings
     from daemon.intake import fingerprint, snapshot
     from daemon.ledger import Ledger
@@ -43,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         job = ledger.claim_next("probe")
         if job is None:
             raise RuntimeError("the probe's fresh ledger has no job to claim")
-        device = "cuda" if __import__("torch").cuda.is_available() else "cpu"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
         state = execute(ledger, paths, job, build_settings(cfg), device)
         stats_file = paths.outbox / "wall" / "stats.json"
         st = json.loads(stats_file.read_text()) if stats_file.exists() else {}

@@ -307,7 +307,7 @@ def test_a_refused_level_remesh_falls_back_to_subdivision_and_says_why(monkeypat
     s = rf.RefineSettings(levels=((64, 1), (128, 1)), remesh="isotropic", max_faces=100_000)
     colors = np.zeros((len(ball.vertices), 3))
     v, f, _, note = rf.grow_mesh(np.asarray(ball.vertices), np.asarray(ball.faces), colors, 1, s)
-    assert note == "subdivide (isotropic remesh for level 1 refused: the result has 1 handle where its input has 0)"
+    assert note == "subdivide (no isotropic remesh for level 1: the result has 1 handle where its input has 0)"
     assert len(f) == 4 * len(ball.faces)  # midpoint subdivision instead
 
 

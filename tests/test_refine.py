@@ -278,7 +278,7 @@ def test_the_remesh_rounds_setting_reaches_the_remesher(monkeypatch: pytest.Monk
     v, f, _, note = grow_mesh(np.asarray(sphere.vertices), np.asarray(sphere.faces), np.zeros((len(sphere.vertices), 3)),
                               0, s)
     # the stub returned no mesh: the level falls back to the mesh it was given, and says why
-    assert seen == [2] and len(f) == len(sphere.faces) and note.endswith("level 0 refused: a stub's reason)")
+    assert seen == [2] and len(f) == len(sphere.faces) and note.endswith("for level 0: a stub's reason)")
 
 
 def _python(code: str) -> "subprocess.CompletedProcess[str]":

@@ -15,9 +15,9 @@ from typing import Callable
 
 import numpy as np
 import torch
-from scipy import ndimage
 import torch.nn.functional as F
 import trimesh
+from scipy import ndimage
 
 from pipeline.appearance.photoconsistency import blurred_gray, pair_loss, pair_neighbours, project
 from pipeline.context import GpuMemoryError
@@ -229,7 +229,7 @@ def grow_mesh(v: np.ndarray, f: np.ndarray, colors: np.ndarray, level: int,
             nv, nf = out
             _, nearest = cKDTree(v).query(nv)
             return nv, nf, colors[nearest], "isotropic"
-        note = f"subdivide (isotropic remesh for level {level} refused: {out})"
+        note = f"subdivide (no isotropic remesh for level {level}: {out})"
     elif settings.remesh == "isotropic_first":
         note = "isotropic_first"  # the first level's mesh is remeshed; midpoint subdivision keeps it uniform after
     else:
@@ -481,7 +481,7 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
         t0 = time.monotonic()
         v, f, cols, note = grow_mesh(v, f, colors.detach().cpu().numpy(), li, settings)
         # a fallback (pymeshlab missing, a remesh refused) is what the summary reports, whichever level it was
-        remesh_note = remesh_note if "refused" in remesh_note else note  # the first refusal is kept
+        remesh_note = remesh_note if "no isotropic remesh" in remesh_note else note  # the first fallback is kept
         colors = torch.from_numpy(np.asarray(cols)).float().to(dev)
         if on_last_level is not None and li == len(settings.levels) - 1:
             on_last_level(v / s + c, np.asarray(f, dtype=np.int64))

@@ -481,9 +481,7 @@ def remesh_refusal(before: trimesh.Trimesh, after: trimesh.Trimesh) -> str | Non
     left by depth noise is welcome; on the GPU's dense meshes it happened in some runs and not others, which made the
     refinement fall back to subdivision at random."""
     if not is_closed_manifold(after):
-        faces = np.asarray(after.faces, dtype=np.int64)
-        _, counts = np.unique(np.sort(faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), axis=1), axis=0,
-                              return_counts=True)
+        _, counts = unique_edges(np.asarray(after.faces))
         return (f"the result is not a closed manifold ({int((counts == 1).sum())} border edges, "
                 f"{int((counts > 2).sum())} edges of three or more faces)")
     (h_in, p_in), (h_out, p_out) = handle_count(before), handle_count(after)
