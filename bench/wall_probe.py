@@ -6,7 +6,10 @@ to subdivision. Each call renders its own capture, so several can run at once on
     bash bench/device.sh python3 bench/wall_probe.py close1 '{"dense": {"close_size": 0.0026}}'
 
 Prints one JSON line: the job's state, the refine summary's remesh note, lambda and faces, the fused surface's
-handles and the F-score against the capture's ground truth.
+handles and the F-score against the capture's ground truth. Where ``$OUT`` is set, every mesh whose isotropic remesh
+was refused is saved there (``wall-NAME-refused-K.npz``: vertices, faces, target_faces, reason), so that the refusal
+can be replayed on the CPU with the GPU's own level mesh. The variant name ``norepair`` also turns off the repair of
+folded decimations (it has no setting).
 """
 from __future__ import annotations
 
@@ -18,6 +21,44 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+
+def _watch_refusals(name: str) -> None:
+    """Save each refused remesh's input into $OUT (the refine stage imports the function at call time)."""
+    import os
+
+    import numpy as np
+
+    from pipeline.geometry import meshing
+
+    out = os.environ.get("OUT")
+    if not out:
+        return
+    inner = meshing.isotropic_remesh_or_reason
+    count = [0]
+
+    def watched(vertices, faces, target_faces, iterations=4):
+        result = inner(vertices, faces, target_faces, iterations)
+        if isinstance(result, str):
+            count[0] += 1
+            np.savez_compressed(Path(out) / f"wall-{name}-refused-{count[0]}.npz", vertices=np.asarray(vertices),
+                                faces=np.asarray(faces), target_faces=target_faces, iterations=iterations,
+                                reason=result)
+        return result
+
+    meshing.isotropic_remesh_or_reason = watched
+
+
+def _without_decimation_repair() -> None:
+    """Keep a fast decimation only where it is closed with its input's topology as it stands (no fold repair)."""
+    from pipeline.geometry import meshing
+
+    def unrepaired(fast, topology):
+        fast = meshing.main_components(fast)
+        ok = meshing.is_closed_manifold(fast) and meshing.handle_count(fast) == tuple(topology)
+        return fast if ok else None
+
+    meshing.repaired_decimation = unrepaired
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     name, extra = args[0], json.loads(args[1])
+    _watch_refusals(name)
+    if name == "norepair":
+        _without_decimation_repair()
     cfg: dict = {"report": {"gt_samples": 50_000}}
     for section, values in extra.items():
         cfg.setdefault(section, {}).update(values)
