@@ -3,6 +3,8 @@ coordinate convention (origin, voxel size, axis order), closed. Runs pytorch3d's
 runs the CUDA ones."""
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -296,6 +298,54 @@ def test_remesh_refusal_names_the_check_that_failed() -> None:
     assert meshing.remesh_refusal(torus, ball) is None  # a handle closed is welcome
     two = trimesh.util.concatenate([ball, ball.copy().apply_translation([5.0, 0, 0])])
     assert meshing.remesh_refusal(ball, two) == "the result has 2 pieces where its input has 1"
+
+
+class _IdentityRemesh:
+    """Stands in for pymeshlab: its "remesh" returns the input, so that the conversion of a result is tested alone."""
+
+    class Mesh:
+        def __init__(self, v: np.ndarray, f: np.ndarray) -> None:
+            self.v, self.f = v, f
+
+        def vertex_matrix(self) -> np.ndarray:
+            return self.v
+
+        def face_matrix(self) -> np.ndarray:
+            return self.f
+
+    class MeshSet:
+        def add_mesh(self, m: "_IdentityRemesh.Mesh") -> None:
+            self.m = m
+
+        def meshing_isotropic_explicit_remeshing(self, **_: object) -> None:
+            pass
+
+        def current_mesh(self) -> "_IdentityRemesh.Mesh":
+            return self.m
+
+    @staticmethod
+    def PureValue(x: float) -> float:
+        return x
+
+
+def test_a_remesh_result_keeps_vertices_that_nearly_touch_apart(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pymeshlab reprojects vertices onto its input, and where two sheets nearly touch two vertices can land a few
+    nanometres apart (3.7e-9 on a GPU level mesh). The result is a closed manifold as pymeshlab connected it; merging
+    those vertices (trimesh's process=True) made edges of four faces and the remesh was refused at random."""
+    a = trimesh.creation.icosphere(subdivisions=2)
+    p, q = a.vertices[a.edges_unique[0]]
+    n = np.cross(p, q) / np.linalg.norm(np.cross(p, q))
+    # a mirror copy through the plane of one edge shares that edge's two points; 3e-9 apart, as on the device
+    mirror = np.eye(3) - 2.0 * np.outer(n, n)
+    b = trimesh.Trimesh(a.vertices @ mirror.T + 3e-9 * n, a.faces[:, ::-1], process=False)
+    both = trimesh.util.concatenate([a, b])
+    assert meshing.is_closed_manifold(both)
+    merged = trimesh.Trimesh(both.vertices, both.faces, process=True)
+    assert not meshing.is_closed_manifold(merged)  # what the merge made of it: the shared edge has four faces
+    monkeypatch.setitem(sys.modules, "pymeshlab", _IdentityRemesh)
+    out = meshing.isotropic_remesh_or_reason(both.vertices, both.faces, 500)
+    assert not isinstance(out, str), out
+    assert len(out[0]) == len(both.vertices) and np.array_equal(out[1], both.faces)
 
 
 def test_a_refused_level_remesh_falls_back_to_subdivision_and_says_why(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -516,7 +516,12 @@ def isotropic_remesh_or_reason(vertices: np.ndarray, faces: np.ndarray, target_f
     ms.meshing_isotropic_explicit_remeshing(targetlen=pymeshlab.PureValue(length), iterations=iterations,
                                             featuredeg=180.0, checksurfdist=False)
     m = ms.current_mesh()
-    out = trimesh.Trimesh(m.vertex_matrix(), m.face_matrix(), process=True)
+    # pymeshlab's connectivity as it is (process=False): vertices of two sheets that nearly touch are reprojected onto
+    # the input a few nanometres apart, and trimesh's merge within 1e-8 joined them into edges of three or more faces
+    # (seen on the GPU's refined level meshes in 2 of 11 wall-capture jobs, and replayed on the CPU: a closed
+    # manifold of 55,989 vertices, two of them 3.7e-9 apart, became 55,988 with 6 such edges)
+    out = trimesh.Trimesh(m.vertex_matrix(), m.face_matrix(), process=False)
+    out.remove_unreferenced_vertices()
     reason = remesh_refusal(mesh, out)
     if reason is not None:
         log.info("isotropic remesh to %d faces refused: %s", target_faces, reason)
