@@ -10,22 +10,31 @@
 # call carries the tarballs (.carry/*.tar.xz, ~61 MiB), later calls on the same warm machine carry only code and
 # new data (.carry/data). Every mode stops itself after DEVICE_SECONDS (default 570 s, inside the 10-minute limit of
 # one call) and keeps what it measured: test logs and benchmark rows are written as they come.
+# Only a few files under $OUT come back from a call (eight; the rest are left out by count): write many small results
+# (probe lines, dumps) elsewhere and tar them into one file under $OUT at the end. A mode started in the background
+# must be waited for inside the call (wait for its PID): the call ends with its command, and $OUT is emptied then.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SITE=/tmp/hotmesh-site
 DATA=/tmp/hotmesh-data
 export OUT="${OUT:-/tmp/out}"
 mkdir -p "$OUT" "$SITE" "$DATA"
+# one unpack at a time: several modes started at once in a call that carries a new tarball all found it not yet
+# unpacked, extracted it over each other ("File exists") and stopped, tests and benchmark alike; the others wait
+exec 9>"$SITE/.unpack.lock"
+flock 9
 for t in "$REPO"/.carry/*.tar.xz; do
     [ -f "$t" ] || continue
     stamp="$SITE/.$(basename "$t").done"
     [ -f "$stamp" ] || { tar -xJf "$t" -C "$SITE" && touch "$stamp"; }
 done
 # data sets: every carried .carry/data*/ folder (one per call, so that each call carries only what is new); files
-# already there are never rewritten, so that several modes started at once do not read a file while it is copied
+# already there are never rewritten, so that a mode started later does not overwrite a file another one reads
 for d in "$REPO"/.carry/data*/; do
     [ -d "$d" ] && cp -rn "$d". "$DATA"/
 done
+flock -u 9
+exec 9>&-
 if ! ls "$SITE"/.*.done >/dev/null 2>&1; then
     echo "device.sh: no dependency tarballs unpacked on this machine: carry .carry/*.tar.xz in this call" >&2
 fi
