@@ -37,7 +37,8 @@ def _watch_refusals(name: str) -> None:
     inner = meshing.isotropic_remesh_or_reason
     count = [0]
 
-    def watched(vertices, faces, target_faces, iterations=4):
+    def watched(vertices: np.ndarray, faces: np.ndarray, target_faces: int,
+                iterations: int = 4) -> tuple[np.ndarray, np.ndarray] | str:
         result = inner(vertices, faces, target_faces, iterations)
         if isinstance(result, str):
             count[0] += 1
@@ -51,9 +52,11 @@ def _watch_refusals(name: str) -> None:
 
 def _without_decimation_repair() -> None:
     """Keep a fast decimation only where it is closed with its input's topology as it stands (no fold repair)."""
+    import trimesh
+
     from pipeline.geometry import meshing
 
-    def unrepaired(fast, topology):
+    def unrepaired(fast: trimesh.Trimesh, topology: tuple[int, int]) -> trimesh.Trimesh | None:
         fast = meshing.main_components(fast)
         ok = meshing.is_closed_manifold(fast) and meshing.handle_count(fast) == tuple(topology)
         return fast if ok else None
