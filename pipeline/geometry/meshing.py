@@ -477,9 +477,8 @@ def edge_length_for_faces(area: float, faces: int) -> float:
 
 def remesh_refusal(before: trimesh.Trimesh, after: trimesh.Trimesh) -> str | None:
     """Why a remesh of ``before`` into ``after`` is not kept, as a sentence, or None where it is: the result must be a
-    closed, consistently wound manifold with no more handles or pieces than its input. Collapsing a sliver handle
-    left by depth noise is welcome; on the GPU's dense meshes it happened in some runs and not others, which made the
-    refinement fall back to subdivision at random."""
+    closed, consistently wound manifold with no more handles or pieces than its input: collapsing a sliver handle
+    left by depth noise is welcome, so fewer handles pass."""
     if not is_closed_manifold(after):
         _, counts = unique_edges(np.asarray(after.faces))
         return (f"the result is not a closed manifold ({int((counts == 1).sum())} border edges, "
@@ -527,13 +526,6 @@ def isotropic_remesh_or_reason(vertices: np.ndarray, faces: np.ndarray, target_f
         log.info("isotropic remesh to %d faces refused: %s", target_faces, reason)
         return reason
     return np.asarray(out.vertices, dtype=np.float64), np.asarray(out.faces, dtype=np.int64)
-
-
-def isotropic_remesh(vertices: np.ndarray, faces: np.ndarray, target_faces: int,
-                     iterations: int = 4) -> tuple[np.ndarray, np.ndarray] | None:
-    """:func:`isotropic_remesh_or_reason`'s result, None where there is none."""
-    out = isotropic_remesh_or_reason(vertices, faces, target_faces, iterations)
-    return None if isinstance(out, str) else out
 
 
 def clean_mesh(raw: trimesh.Trimesh, settings: MeshingSettings) -> trimesh.Trimesh:
