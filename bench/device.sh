@@ -26,7 +26,12 @@ flock 9
 for t in "$REPO"/.carry/*.tar.xz; do
     [ -f "$t" ] || continue
     stamp="$SITE/.$(basename "$t").done"
-    [ -f "$stamp" ] || { tar -xJf "$t" -C "$SITE" && touch "$stamp"; }
+    # data*.tar.xz hold data sets (their ground-truth meshes shrink 8x in xz, the photos not at all): into the data
+    # folder, without rewriting what is there; the rest are site packages
+    case "$(basename "$t")" in
+        data*) [ -f "$stamp" ] || { tar -xJf "$t" -C "$DATA" --skip-old-files && touch "$stamp"; } ;;
+        *) [ -f "$stamp" ] || { tar -xJf "$t" -C "$SITE" && touch "$stamp"; } ;;
+    esac
 done
 # data sets: every carried .carry/data*/ folder (one per call, so that each call carries only what is new); files
 # already there are never rewritten, so that a mode started later does not overwrite a file another one reads
@@ -35,7 +40,7 @@ for d in "$REPO"/.carry/data*/; do
 done
 flock -u 9
 exec 9>&-
-if ! ls "$SITE"/.*.done >/dev/null 2>&1; then
+if ! ls "$SITE"/.*.done 2>/dev/null | grep -vq '/\.data'; then
     echo "device.sh: no dependency tarballs unpacked on this machine: carry .carry/*.tar.xz in this call" >&2
 fi
 export PYTHONPATH="$REPO:$SITE${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1

@@ -239,6 +239,10 @@ class RefineConfig:
     # fusion's unseen fill lifted the hull's membrane out of it they pull it back down; off until a lift rule tells a
     # membrane from a real underside such as spot's belly (docs/design.md, Fusion)
     estimated_outline_px: NonNeg = 0.0
+    # where silhouettes were estimated, what the refinement fits instead of them (pipeline.appearance.refine.
+    # outline_target): photos (GrabCut's silhouettes), outline (the fused surface's own outline in each photo, which
+    # stereo, the table and the fill placed) or agree (each pixel where the two agree; the photos decide the rest)
+    estimated_silhouettes: Literal["photos", "outline", "agree"] = "photos"
     # on a GPU, render each photo's window around the object (at most at the photo's own resolution) instead of the
     # whole frame: F@0.2 % +0.02-0.10 on five of six photo sets, level on the sixth, at the same cost
     crop: bool = True

@@ -78,9 +78,10 @@ def test_posed_photos_with_a_wall_behind_and_a_camera_inside_give_the_object(sce
 # path hands to texture and report (a refined mesh, a full refine summary, no geometry note on a GPU) are
 # exercised on every CI run, not only on the device
 # the photo-consistency term turned on, so that the CPU runs the stage's path to it (auto: on a GPU only)
-# the estimated silhouettes cut to the start mesh's outline (off by default), so that the cut's path runs too
+# the estimated silhouettes cut to the start mesh's outline (off by default), so that the cut's path runs too, and
+# then fitted only where they agree with the fused outline (photos by default), so that its path runs
 REFINED = {"refine": {"enabled": "on", "cpu_faces": 1500, "cpu_iterations": 6, "cpu_image_size": 64, "pair": "on",
-                      "estimated_outline_px": 4.0},
+                      "estimated_outline_px": 4.0, "estimated_silhouettes": "agree"},
            # the atlas laid out in a child while the refinement runs, as on a GPU (auto: off on the CPU)
            "texture": SMALL["texture"] | {"atlas_ahead": "on"}}
 
@@ -99,6 +100,10 @@ def test_dense_path_with_refinement_reaches_the_report(scene: Path, tmp_path: Pa
     # the cut took something (the estimated silhouettes and the fused surface's outline never agree to the pixel),
     # but little: the fused surface is made from those silhouettes
     assert 0.0 < stats["refine"]["outline_cut"] < 0.1, stats["refine"]["outline_cut"]
+    # the fused outline then disputes some of what is left, but not most of it
+    assert stats["refine"]["outline_source"] == "agree", stats["refine"]
+    assert 0.0 < stats["refine"]["outline_changed"] < 0.3, stats["refine"]["outline_changed"]
+    assert "agree" in stats["refine"]["silhouette_target"]
     # the term compared a real share of the object's pixels at the preview's one level
     shares = stats["refine"]["pair_share_per_level"]
     assert shares is not None and len(shares) == 1 and shares[0] > 0.2, shares

@@ -234,6 +234,34 @@ def test_cut_to_outline_keeps_what_lies_within_reach_of_the_cover_and_matches_a_
         cut_to_outline(mask, cover[:-1], 3.0)
 
 
+def test_outline_target_keeps_what_both_agree_on_and_leaves_the_rest_to_the_photos() -> None:
+    from pipeline.appearance.refine import outline_target
+
+    mask = np.zeros((6, 8), dtype=bool)
+    mask[1:5, 1:6] = True  # estimated: a body with a shadow column on its right
+    cover = np.zeros_like(mask)
+    cover[1:5, 0:5] = True  # the fused outline: the same body, one column further left
+    np.testing.assert_array_equal(outline_target(mask, cover, "photos"), mask)
+    np.testing.assert_array_equal(outline_target(mask, cover, "outline"), cover)
+    agree = outline_target(mask, cover, "agree")
+    assert agree.dtype == np.float32
+    for y in range(6):  # plain per-pixel reference
+        for x in range(8):
+            want = 1.0 if mask[y, x] and cover[y, x] else 0.0 if not (mask[y, x] or cover[y, x]) else 0.5
+            assert agree[y, x] == want
+    # neutral where they differ: the L1 silhouette cost of the disputed pixels is the same covered or not, and so is
+    # the photometric cost of a colour that matches the photo (target: photo times the target)
+    disputed = agree == 0.5
+    photo = np.random.default_rng(0).random(mask.shape)
+    for alpha in (np.zeros_like(agree), np.ones_like(agree)):
+        assert np.abs(alpha - agree)[disputed].sum() == pytest.approx(0.5 * disputed.sum())
+        assert np.abs(photo * alpha - photo * agree)[disputed].sum() == pytest.approx(0.5 * photo[disputed].sum())
+    with pytest.raises(ValueError, match="differ"):
+        outline_target(mask, cover[:-1], "agree")
+    with pytest.raises(ValueError, match="source"):
+        outline_target(mask, cover, "union")
+
+
 @pytest.mark.parametrize("mode", ["subdivide", "isotropic", "isotropic_first"])
 def test_grow_mesh_reaches_the_level_size_and_keeps_the_surface_closed(mode: str) -> None:
     from pipeline.appearance.refine import RefineSettings, grow_mesh

@@ -206,6 +206,29 @@ def cut_to_outline(mask: np.ndarray, cover: np.ndarray, grow_px: float) -> np.nd
     return mask & ~far
 
 
+SILHOUETTE_SOURCES = ("photos", "outline", "agree")
+
+
+def outline_target(mask: np.ndarray, cover: np.ndarray, source: str) -> np.ndarray:
+    """The silhouette target of one view from its estimated silhouette ``mask`` (H, W) bool and ``cover`` (H, W)
+    bool, the fused surface's own outline in the same view. -> (H, W): ``mask`` itself for "photos"; ``cover`` for
+    "outline"; for "agree", 1 where both hold the pixel, 0 where neither does and 0.5 where they differ (float32).
+
+    A target of 0.5 leaves the pixel to the photos: the L1 silhouette loss costs 0.5 whether it is covered or not, and
+    the photometric target there (the photo times the target) costs the same either way for a colour that matches."""
+    mask = np.asarray(mask, dtype=bool)
+    cover = np.asarray(cover, dtype=bool)
+    if mask.shape != cover.shape:
+        raise ValueError(f"outline_target: mask {mask.shape} and cover {cover.shape} differ")
+    if source == "photos":
+        return mask.copy()
+    if source == "outline":
+        return cover.copy()
+    if source == "agree":
+        return (mask.astype(np.float32) + cover.astype(np.float32)) / 2
+    raise ValueError(f"outline_target: source must be one of {', '.join(SILHOUETTE_SOURCES)}, not {source!r}")
+
+
 REMESH_MODES = ("isotropic", "isotropic_first", "subdivide")
 
 

@@ -14,8 +14,8 @@ from pipeline.appearance.atlas_ahead import AHEAD_FILE, AtlasAhead
 from pipeline.context import JobContext, JobError, Laps
 from pipeline.geometry.meshing import decimate, main_components
 from pipeline.imaging.raster import coverage_masks, make_rasterizer
-from pipeline.appearance.refine import (REMESH_MODES, RefineSettings, cut_to_outline, refine, silhouette_targets,
-                                        support_floor)
+from pipeline.appearance.refine import (REMESH_MODES, RefineSettings, cut_to_outline, outline_target, refine,
+                                        silhouette_targets, support_floor)
 from pipeline.settings import RefineConfig
 from pipeline.stages.base import Stage
 from pipeline.stages.cameras import Sparse, Views
@@ -75,6 +75,31 @@ def outline_cut(ctx: JobContext, masks: list[np.ndarray], estimated: list[bool],
         before += int(np.count_nonzero(masks[j]))
         after += int(np.count_nonzero(out[j]))
     return out, round(1.0 - after / max(before, 1), 5)
+
+
+OUTLINE_TARGETS = {"outline": "the fused surface's outline where the silhouettes were estimated",
+                   "agree": "where the estimated silhouettes and the fused surface's outline agree (0.5 elsewhere)"}
+
+
+def outline_sources(ctx: JobContext, masks: list[np.ndarray], estimated: list[bool], mesh: trimesh.Trimesh,
+                    Ks: np.ndarray, w2cs: np.ndarray, source: str) -> tuple[list[np.ndarray], float | None]:
+    """The estimated ones of ``masks`` (N (H, W) bool) replaced by :func:`outline_target` of ``mesh``'s outline in
+    the same view (the fused surface, before decimation), given ones as they are; Ks (N, 3, 3), w2cs (N, 4, 4).
+    -> (targets, the share of the estimated masks' pixels whose target changed, or None for "photos" or where no
+    mask was estimated)."""
+    todo = [j for j, e in enumerate(estimated) if e]
+    if source == "photos" or not todo:
+        return masks, None
+    sizes = [(masks[j].shape[1], masks[j].shape[0]) for j in todo]
+    covers = coverage_masks(np.asarray(mesh.vertices), np.asarray(mesh.faces), Ks[todo], w2cs[todo], sizes,
+                            ctx.device, ctx.work_dir.parent.parent / "torch_extensions")
+    out = list(masks)
+    changed = total = 0
+    for j, cover in zip(todo, covers):
+        out[j] = outline_target(masks[j], cover, source)
+        changed += int(np.count_nonzero(masks[j] != cover))
+        total += int(np.count_nonzero(masks[j]))
+    return out, round(changed / max(total, 1), 5)
 
 
 def _atlas_ahead(ctx: JobContext, on_gpu: bool) -> contextlib.AbstractContextManager[AtlasAhead | None]:
@@ -155,6 +180,8 @@ class RefineStage(Stage):
         sil = [masks[i] for i in idx]
         sil, cut = outline_cut(ctx, sil, [i in estimated for i in idx], start, views.K[idx], views.w2c[idx],
                                cfg.estimated_outline_px)
+        sil, changed = outline_sources(ctx, sil, [i in estimated for i in idx], mesh, views.K[idx], views.w2c[idx],
+                                       cfg.estimated_silhouettes)
         if cfg.alpha_coverage:
             sil = silhouette_targets(sil, [views.alpha[i] for i in idx])
         soft = sum(1 for t in sil if t.dtype != bool and ((t > 0) & (t < 1)).any())
@@ -182,9 +209,11 @@ class RefineStage(Stage):
             backend=backend, watertight=bool(out.is_watertight), losses=[round(x, 5) for x in result.losses],
             levels=[list(lv) for lv in settings.levels], views_per_step=result.views_per_step, smoothness=settings.lam,
             regularisers=result.regularisers, remesh=result.remesh,
-            silhouette_target=f"alpha coverage in {soft} of {len(sil)} views" if soft else "binary masks",
+            silhouette_target=(OUTLINE_TARGETS[cfg.estimated_silhouettes] if changed is not None
+                               else f"alpha coverage in {soft} of {len(sil)} views" if soft else "binary masks"),
             estimated_silhouettes=len([i for i in idx if i in estimated]), view_gains=result.view_gains,
-            outline_cut=cut,
+            outline_cut=cut, outline_source=None if changed is None else cfg.estimated_silhouettes,
+            outline_changed=changed,
             floor=None if floor is None else [round(float(x), 6) for x in (*floor[0], floor[1])],
             window_share=result.window_share,
             seconds_per_level=[round(x, 2) for x in result.seconds_per_level],

@@ -52,6 +52,10 @@ class RefineSummary:
     view_gains: Any = None
     # the share of the estimated silhouettes' pixels that refine.estimated_outline_px cut (None: off)
     outline_cut: float | None = None
+    # refine.estimated_silhouettes where it is not "photos": what replaced the estimated silhouettes, and the share of
+    # their pixels whose target it changed (None: the estimated silhouettes were fitted as they are)
+    outline_source: str | None = None
+    outline_changed: float | None = None
     # the plane no vertex went below (nx, ny, nz, height; the support plane, for photos without masks), or None
     floor: list[float] | None = None
     # the last level's mean window width as a share of the photo's (refine.crop; 1.0: whole photos)
