@@ -122,6 +122,7 @@ def score(state: Path, set_dir: Path, pictures: Path | None, fused: bool = False
     if pictures:
         pictures.mkdir(parents=True, exist_ok=True)
     prec, rec, iou, mesh_scores = [], [], [], []
+    disputes: list[tuple[float, float, float]] = []  # per view: disputed pixels, of which the outline has right, truth
     for key in (k for k in sil.files if k.startswith("mask_")):
         i = int(key[5:])
         name = Path(photos[i]["name"])
@@ -134,9 +135,12 @@ def score(state: Path, set_dir: Path, pictures: Path | None, fused: bool = False
         if fused:
             # the fused surface's own outline in the same view (the job's cameras, at the photo's size)
             f = fused_silhouettes(mesh, poses["K"][i], poses["w2c"][i], (gt.shape[1], gt.shape[0]))
-            fp, fr, _ = precision_recall(f, gt)
+            fp, fr, f = precision_recall(f, gt)
             mesh_scores.append((fp, fr, float((f & gt).sum()) / max(1.0, float((f | gt).sum()))))
             line += f"; fused surface precision {fp:.3f} recall {fr:.3f}"
+            # where the two disagree (refine.estimated_silhouettes = agree leaves those pixels to the photos)
+            d = m != f
+            disputes.append((float(d.sum()), float((d & (f == gt)).sum()), float(gt.sum())))
         print(line)
         if pictures:
             img = cv2.imread(str(set_dir / "images" / name.name))
@@ -150,6 +154,9 @@ def score(state: Path, set_dir: Path, pictures: Path | None, fused: bool = False
     if mesh_scores:
         fp, fr, fi = np.mean(mesh_scores, axis=0)
         print(f"the fused surface's outline: precision {fp:.3f} recall {fr:.3f} IoU {fi:.3f}")
+        n, right, area = np.sum(disputes, axis=0)
+        print(f"where the two differ: {n / area:.3f} of the true silhouettes' area; the outline is right in "
+              f"{right / max(n, 1.0):.3f} of those pixels, the estimated silhouettes in {1 - right / max(n, 1.0):.3f}")
 
 
 def main(argv: list[str] | None = None) -> int:
