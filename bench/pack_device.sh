@@ -4,14 +4,15 @@
 # installed, stripped files (wheels of embreex, cholespy and pymeshlab are too large to carry as they are), plus the
 # benchmark's data sets. bench/device.sh unpacks them there.
 #   bash bench/pack_device.sh [SET_FOLDER ...]      (needs network to PyPI, binutils for strip)
-# Each SET_FOLDER is copied to .carry/data/<name> (with <name>.poses.json beside it when there is one).
+# The SET_FOLDERs go into one tarball, .carry/${DATA_TARBALL:-data-sets}.tar.xz (with <name>.poses.json beside each
+# where there is one).
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CARRY="$REPO/.carry"
 SHARED="${HOTMESH_SHARED:-$REPO/../shared}"
 W="$(mktemp -d)"
 trap 'rm -rf "$W"' EXIT
-mkdir -p "$CARRY/data"
+mkdir -p "$CARRY"
 PIPDL=(python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp
        --platform manylinux_2_35_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
        --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
@@ -70,14 +71,19 @@ fi
 mkdir -p "$CARRY/tools"
 cp "$SHARED/tools/render_scene.py" "$SHARED/tools/render_set.py" "$CARRY/tools/"
 
-# 5. data sets
-for d in "$@"; do
-    name="$(basename "$d")"
-    rm -rf "$CARRY/data/$name"
-    cp -r "$d" "$CARRY/data/$name"
-    [ -f "$d.poses.json" ] && cp "$d.poses.json" "$CARRY/data/$name.poses.json"
-done
+# 5. data sets, as one tarball (DATA_TARBALL, default data-sets): their ground-truth meshes shrink about 8x in xz, so
+#    five photo sets travel in 29 MiB. device.sh unpacks every .carry/data*.tar.xz into its data folder once per
+#    machine (by name: give a tarball with other sets another name)
+if [ $# -gt 0 ]; then
+    tarball="$CARRY/${DATA_TARBALL:-data-sets}.tar.xz"
+    args=()
+    for d in "$@"; do
+        args+=(-C "$(dirname "$d")" "$(basename "$d")")
+        [ -f "$d.poses.json" ] && args+=(-C "$(dirname "$d")" "$(basename "$d").poses.json")
+    done
+    tar -cf - "${args[@]}" | xz -T2 -6 > "$tarball"
+fi
 # what travels: the three tarballs (~59 MiB together) and the code (~5 MiB) do not fit one call's 64 MiB, so they are
 # spread over the first two calls of a lease (deps + pycolmap, then pymeshlab), each with the data it needs;
 # bench/device.sh unpacks them into /tmp, which lasts while the machine is held (docs/benchmarks.md has the plan)
-du -sh "$CARRY"/*.tar.xz "$CARRY"/data/* 2>/dev/null || true  # no data folders: nothing to list
+du -sh "$CARRY"/*.tar.xz 2>/dev/null || true
