@@ -176,6 +176,9 @@ class DenseConfig:
     # under that footprint the fusion's hull lets this share of the views dissent (elsewhere 2): a foot in the
     # contact shadow is missing from some estimated silhouettes (spot's: a median 6 of 43; 0: off)
     foot_dissent: Annotated[float, Field(ge=0, le=1)] = 0.25
+    # ... only under the footprint's parts at most this many plane margins long (0: every part); a longer part is a
+    # base, not a leg (measured on the CPU only: docs/benchmarks.md, Without a GPU)
+    foot_dissent_length: NonNeg = 0.0
     # a fused vertex that no photo sees facing it (best cosine under this) is placed by a harmonic fill from the seen
     # surface around it, so that a membrane under a seat or a belly spans its rim; 0: off (docs/design.md, Fusion)
     unseen_facing: Annotated[float, Field(ge=0, lt=1)] = 0.45

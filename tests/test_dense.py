@@ -556,6 +556,49 @@ def test_the_hull_under_a_footprint_lets_more_views_dissent_and_nowhere_else() -
     assert not (changed & (centres[:, 2] > s.foot_height * margin + grid.voxel)).any()
 
 
+def test_short_parts_keeps_the_legs_of_a_footprint_and_drops_its_base() -> None:
+    """A footprint with a base bar 40 margins long, an L-shaped leg 6 margins long and two blobs that touch only at
+    a corner: with a limit of 30 margins the bar goes and the rest stays, as a plain flood fill (cells joined edge to
+    edge) measures the parts; a limit of 0 keeps everything."""
+    from collections import deque
+
+    from pipeline.geometry.silhouettes import Footprint, short_parts
+
+    occ = np.zeros((120, 60), dtype=bool)
+    occ[10:90, 5:9] = True  # the base: 80 cells of half a margin, 40 margins long
+    occ[20:32, 30:33] = True  # a leg, L-shaped: 12 cells (6 margins) one way
+    occ[29:32, 33:38] = True
+    occ[100:104, 40:44] = True  # two blobs meeting at a corner only: two parts
+    occ[104:108, 44:48] = True
+    foot = Footprint(n=np.array([0.0, 0.0, 1.0]), d=0.0, origin=np.zeros(3), u=np.array([1.0, 0.0, 0.0]),
+                     v=np.array([0.0, 1.0, 0.0]), cell=0.005, margin=0.01, occupied=occ)
+    out = short_parts(foot, 30.0)
+    # reference: 4-neighbour flood fill, each part kept iff its longer side is at most 30 margins
+    ref = np.zeros_like(occ)
+    seen = np.zeros_like(occ)
+    for start in zip(*np.nonzero(occ)):
+        if seen[start]:
+            continue
+        part, todo = [], deque([start])
+        seen[start] = True
+        while todo:
+            a, b = todo.popleft()
+            part.append((a, b))
+            for da, db in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+                q = (a + da, b + db)
+                if 0 <= q[0] < occ.shape[0] and 0 <= q[1] < occ.shape[1] and occ[q] and not seen[q]:
+                    seen[q] = True
+                    todo.append(q)
+        rows, cols = np.array(part).T
+        if max(np.ptp(rows), np.ptp(cols)) + 1 <= 30.0 * foot.margin / foot.cell:
+            ref[rows, cols] = True
+    np.testing.assert_array_equal(out.occupied, ref)
+    assert not out.occupied[10:90, 5:9].any() and out.occupied[20:32, 30:33].all() and out.occupied[104:108, 44:48].all()
+    assert out.occupied.sum() == occ.sum() - 80 * 4
+    assert short_parts(foot, 0.0) is foot
+    assert short_parts(foot, 50.0).occupied.sum() == occ.sum()
+
+
 def test_plane_depths_meet_the_plane_where_a_ray_reference_does() -> None:
     K = np.array([[90.0, 0, 40], [0, 90.0, 30], [0, 0, 1]])
     w2c = look_at(np.array([0.3, -3.0, 0.4]), np.array([0.0, 0.0, 0.1]), np.array([0, 0, 1.0]))

@@ -42,7 +42,7 @@ from pipeline.imaging.raster import mesh_renderer
 from pipeline.imaging.render import reduced_camera
 from pipeline.geometry.scene import ObjectRegion, fit_ground_plane
 from pipeline.geometry.unseen import settle_unseen
-from pipeline.geometry.silhouettes import (Footprint, SilhouetteSettings, add_thin_parts, footprint,
+from pipeline.geometry.silhouettes import (Footprint, SilhouetteSettings, add_thin_parts, footprint, short_parts,
                                           photo_silhouettes)
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,9 @@ class DenseSettings:
     # above it), the fusion's hull lets this share of the views dissent instead of 2: a foot in the contact shadow
     # is missing from some estimated silhouettes (spot's: a median 6 of 43; docs/design.md, Feet on the table). 0: off
     foot_dissent: float = 0.25
+    # ... only under the footprint's parts at most this many plane margins long (0: every part): a longer part is a
+    # base, where the dissent keeps the contact shadow (bob's, docs/benchmarks.md, Without a GPU)
+    foot_dissent_length: float = 0.0
     # a fused vertex that no photo sees facing it (the best cosine between its normal and the direction to a camera
     # that sees it stays under this) is placed by a harmonic fill from the seen ones around it: the hull's membrane
     # under a seat or a belly then spans its rim instead of hanging towards the table (0: off; docs/design.md, Fusion)
@@ -461,7 +464,8 @@ def fused_surface(dms: list[DepthMap], sil: list[np.ndarray], estimated: list[bo
     lap("fusion")
     hull = grid_hull_tensor(grid, Ks, w2cs, sdfs, s.hull_outlier_fraction, device)
     if foot is not None and any(estimated) and s.foot_dissent > 0:
-        opened = hull_under_footprint(hull, grid, foot, s.silhouettes.foot_height, Ks, w2cs, sdfs,
+        opened = hull_under_footprint(hull, grid, short_parts(foot, s.foot_dissent_length), s.silhouettes.foot_height,
+                                      Ks, w2cs, sdfs,
                                       int(round(s.foot_dissent * len(sdfs))), device)
         log.info("hull under the footprint: %d voxels let %d of %d views dissent", opened,
                  int(round(s.foot_dissent * len(sdfs))), len(sdfs))

@@ -9,6 +9,7 @@ inside the object's box, need no special case: only what a view shows is labelle
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
@@ -98,6 +99,24 @@ class Footprint:
         out = np.zeros(len(pts), dtype=bool)
         out[ok] = self.occupied[iu[ok], iv[ok]]
         return out
+
+
+def short_parts(foot: Footprint, max_length: float) -> Footprint:
+    """``foot`` keeping only its parts (cells joined edge to edge) whose longer side along the grid's axes is at most
+    ``max_length`` plane margins; max_length <= 0: ``foot`` as it is. A footprint part much longer than a leg is a
+    base the object stands on: its outline sits on the table in plain view of the photos, and letting views dissent
+    there keeps the contact shadow as surface (docs/benchmarks.md, Without a GPU)."""
+    if max_length <= 0:
+        return foot
+    labels, n = ndimage.label(foot.occupied)
+    keep = np.zeros_like(foot.occupied)
+    for i, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        longest = max(sl.stop - sl.start for sl in box) * foot.cell
+        if longest <= max_length * foot.margin:
+            keep[box] |= labels[box] == i
+    return dataclasses.replace(foot, occupied=keep)
 
 
 def footprint(points: np.ndarray | list[np.ndarray], lo: np.ndarray, hi: np.ndarray,

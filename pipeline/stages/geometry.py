@@ -72,6 +72,7 @@ def dense_settings(ctx: JobContext) -> DenseSettings:
                          field_blur=cfg.field_blur, close_size=cfg.close_size, mesher=cfg.mesher,
                          poisson=poisson,
                          solid_hidden=cfg.solid_hidden or None, foot_dissent=cfg.foot_dissent,
+                         foot_dissent_length=cfg.foot_dissent_length,
                          support_full_weight=cfg.support_full_weight, unseen_facing=cfg.unseen_facing,
                          unseen_rim_views=cfg.unseen_rim_views, unseen_rim_max_down=cfg.unseen_rim_max_down,
                          unseen_island_vertices=cfg.unseen_island_vertices,
