@@ -136,7 +136,9 @@ class LocalExecutor:
         self.slots = [Slot(name=f"{'gpu' + g if g is not None else 'cpu'}", gpu=g) for g in detect_gpus(self.gpu_spec)]
 
     def describe(self) -> list[dict[str, Any]]:
-        return [{"name": s.name, "job": s.job_id, "device": s.device} for s in self.slots]
+        # ready: the slot's worker has loaded the pipeline and takes jobs (false while it starts, or with no worker)
+        return [{"name": s.name, "job": s.job_id, "device": s.device, "ready": bool(s.proc is not None and s.ready)}
+                for s in self.slots]
 
     def running(self) -> dict[str, str]:
         return {s.job_id: s.name for s in self.slots if s.job_id}

@@ -72,14 +72,17 @@ def test_disk_guard_waits_then_resumes(tmp_path: Path, monkeypatch: pytest.Monke
     d = Daemon(paths, settings, gpus="cpu")
     d.start()
     try:
-        # 20 ticks after the job is recorded: the daemon decides on every tick, so a job it would claim is claimed
-        # at the first one (counted from the record, so that a slow intake on a busy machine shortens nothing)
+        # 20 ticks once the job is recorded and the worker is ready: the daemon decides on every tick, so a job it
+        # would claim is claimed at the first one (counted from then: on a busy machine the worker's start, which the
+        # disk guard waits for, can take longer than 20 ticks after the record)
         deadline = time.monotonic() + 60
         ticks = 0
         while ticks < 20 and time.monotonic() < deadline:
             d.tick()
-            ticks += d.ledger.get("job") is not None
+            ready = any(s["ready"] for s in d.health()["slots"])
+            ticks += ready and d.ledger.get("job") is not None
             time.sleep(0.2)
+        assert ticks == 20, "the worker did not start within 60 s"
         job = d.ledger.get("job")
         assert job.state == JobState.QUEUED and job.attempts == 0
         status = json.loads((paths.outbox / "_status" / "_daemon.json").read_text())

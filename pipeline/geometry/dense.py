@@ -464,8 +464,8 @@ def fused_surface(dms: list[DepthMap], sil: list[np.ndarray], estimated: list[bo
     lap("fusion")
     hull = grid_hull_tensor(grid, Ks, w2cs, sdfs, s.hull_outlier_fraction, device)
     if foot is not None and any(estimated) and s.foot_dissent > 0:
-        opened = hull_under_footprint(hull, grid, short_parts(foot, s.foot_dissent_length), s.silhouettes.foot_height,
-                                      Ks, w2cs, sdfs,
+        legs = short_parts(foot, s.foot_dissent_length)  # the whole footprint unless a length is set
+        opened = hull_under_footprint(hull, grid, legs, s.silhouettes.foot_height, Ks, w2cs, sdfs,
                                       int(round(s.foot_dissent * len(sdfs))), device)
         log.info("hull under the footprint: %d voxels let %d of %d views dissent", opened,
                  int(round(s.foot_dissent * len(sdfs))), len(sdfs))
