@@ -330,8 +330,9 @@ class _IdentityRemesh:
 
 def test_a_remesh_result_keeps_vertices_that_nearly_touch_apart(monkeypatch: pytest.MonkeyPatch) -> None:
     """pymeshlab reprojects vertices onto its input, and where two sheets nearly touch two vertices can land a few
-    nanometres apart (3.7e-9 in a CPU replay of the GPU's refused level remeshes). The result is a closed manifold as pymeshlab connected it; merging
-    those vertices (trimesh's process=True) made edges of four faces and the remesh was refused at random."""
+    nanometres apart (3.7e-9 in a CPU replay of the GPU's refused level remeshes). The result is a closed manifold
+    as pymeshlab connected it; merging those vertices (trimesh's process=True) made edges of four faces and the remesh
+    was refused at random."""
     a = trimesh.creation.icosphere(subdivisions=2)
     p, q = a.vertices[a.edges_unique[0]]
     n = np.cross(p, q) / np.linalg.norm(np.cross(p, q))

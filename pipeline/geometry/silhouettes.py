@@ -108,7 +108,7 @@ def short_parts(foot: Footprint, max_length: float) -> Footprint:
     there keeps the contact shadow as surface (docs/benchmarks.md, Without a GPU)."""
     if max_length <= 0:
         return foot
-    labels, n = ndimage.label(foot.occupied)
+    labels, _ = ndimage.label(foot.occupied)
     keep = np.zeros_like(foot.occupied)
     for i, box in enumerate(ndimage.find_objects(labels), start=1):
         if box is None:
