@@ -2,7 +2,9 @@
 
     python bench/true_masks.py make SET OUT            # OUT: a copy of SET with masks/ rendered from gt.ply
     python bench/true_masks.py score STATE.tar.gz SET  # a kept job's silhouettes (run_bench --keep) against them
-                                                       # (--fused: the kept fused surface's outline beside them)
+                                                       # (--fused: the kept fused surface's outline beside them;
+                                                       # --edge-band B: also each one reduced to the working size and
+                                                       # its edge cut again at the photo's size, as the job does)
 
 ``make`` renders the ground truth with the true poses (``<set>.poses.json`` beside the set) into
 ``OUT/masks/<image>.png``; run that copy unposed with ``geometry.method = dense`` and the job uses those masks
@@ -110,7 +112,20 @@ def fused_silhouettes(mesh: trimesh.Trimesh, K: np.ndarray, w2c: np.ndarray, siz
     return np.isfinite(render(mesh, np.asarray(K, np.float64), np.asarray(w2c, np.float64), *size).depth)
 
 
-def score(state: Path, set_dir: Path, pictures: Path | None, fused: bool = False) -> None:
+def recut(mask: np.ndarray, rgb: np.ndarray, band: float) -> np.ndarray:
+    """A kept silhouette (H, W) bool reduced to the silhouettes' working size and brought back with its edge cut
+    again at the photo rgb (H, W, 3) uint8 (``pipeline.geometry.automask.edge_at_size``, band ``band``)."""
+    from pipeline.geometry.automask import AutoMaskSettings, edge_at_size
+
+    s = AutoMaskSettings(edge_band=band)
+    h, w = mask.shape
+    f = min(1.0, s.work_size / max(h, w))
+    small = cv2.resize(mask.astype(np.float32), (max(1, round(w * f)), max(1, round(h * f))),
+                       interpolation=cv2.INTER_AREA) > 0.5
+    return edge_at_size(rgb, small, s)
+
+
+def score(state: Path, set_dir: Path, pictures: Path | None, fused: bool = False, edge_band: float = 0.0) -> None:
     truth = true_masks(set_dir)
     with tarfile.open(state) as tar:
         photos = json.load(tar.extractfile("cameras/photos.json"))  # type: ignore[arg-type]
@@ -121,7 +136,7 @@ def score(state: Path, set_dir: Path, pictures: Path | None, fused: bool = False
             mesh = trimesh.load(io.BytesIO(ply), file_type="ply", process=False)
     if pictures:
         pictures.mkdir(parents=True, exist_ok=True)
-    prec, rec, iou, mesh_scores = [], [], [], []
+    prec, rec, iou, mesh_scores, recut_iou = [], [], [], [], []
     disputes: list[tuple[float, float, float]] = []  # per view: disputed pixels, of which the outline has right, truth
     for key in (k for k in sil.files if k.startswith("mask_")):
         i = int(key[5:])
@@ -132,6 +147,11 @@ def score(state: Path, set_dir: Path, pictures: Path | None, fused: bool = False
         rec.append(r)
         iou.append(float((m & gt).sum()) / max(1.0, float((m | gt).sum())))
         line = f"{name.name}: precision {prec[-1]:.3f} recall {rec[-1]:.3f}"
+        if edge_band > 0:
+            rgb = cv2.imread(str(set_dir / "images" / name.name))[..., ::-1]
+            c = recut(m, rgb, edge_band)
+            recut_iou.append(float((c & gt).sum()) / max(1.0, float((c | gt).sum())))
+            line += f"; recut IoU {recut_iou[-1]:.3f} (was {iou[-1]:.3f})"
         if fused:
             # the fused surface's own outline in the same view (the job's cameras, at the photo's size)
             f = fused_silhouettes(mesh, poses["K"][i], poses["w2c"][i], (gt.shape[1], gt.shape[0]))
@@ -151,6 +171,8 @@ def score(state: Path, set_dir: Path, pictures: Path | None, fused: bool = False
             cv2.imwrite(str(pictures / f"{name.stem}.png"), vis)
     print(f"mean over {len(prec)} views: precision {np.mean(prec):.3f} recall {np.mean(rec):.3f} "
           f"IoU {np.mean(iou):.3f}")
+    if recut_iou:
+        print(f"recut at the photo's size (edge band {edge_band:g}): IoU {np.mean(recut_iou):.3f}")
     if mesh_scores:
         fp, fr, fi = np.mean(mesh_scores, axis=0)
         print(f"the fused surface's outline: precision {fp:.3f} recall {fr:.3f} IoU {fi:.3f}")
@@ -170,11 +192,13 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("set", type=Path)
     s.add_argument("--pictures", type=Path, default=None)
     s.add_argument("--fused", action="store_true", help="also score the outline of the kept fused surface")
+    s.add_argument("--edge-band", type=float, default=0.0,
+                   help="also score each silhouette with its edge cut again at the photo's size")
     args = ap.parse_args(argv)
     if args.cmd == "make":
         make(args.set, args.out)
     else:
-        score(args.state, args.set, args.pictures, args.fused)
+        score(args.state, args.set, args.pictures, args.fused, args.edge_band)
     return 0
 
 

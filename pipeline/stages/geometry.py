@@ -84,7 +84,8 @@ def silhouette_settings(cfg: DenseConfig) -> SilhouetteSettings:
     return SilhouetteSettings(keep_measured=cfg.silhouettes_keep_measured,
                               base_margin_height=cfg.silhouettes_base_margin_height,
                               open_core=cfg.silhouettes_open_core, core_in_first=cfg.silhouettes_core_in_first,
-                              base_open=cfg.silhouettes_base_open, foot_reach=cfg.silhouettes_foot_reach)
+                              base_open=cfg.silhouettes_base_open, foot_reach=cfg.silhouettes_foot_reach,
+                              edge_band=cfg.silhouettes_edge_band)
 
 
 def dense_stage(ctx: JobContext, views: Views, masks: list[np.ndarray | None], out_dir: Path) -> GeometrySummary:
