@@ -206,8 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, fields in [parse_variant(v) for v in args.variant] or [("default", {})]:
         t = time.monotonic()
         dense = {k[len("dense."):]: v for k, v in fields.items() if k.startswith("dense.")}
-        # a variant's fields change the job's own silhouette settings (those of the default config)
-        s = dataclasses.replace(silhouette_settings(DenseConfig()),
+        # a variant's fields change the job's own silhouette settings (those of the default config on a GPU, whose
+        # silhouettes these are, edge step included; only the depth maps are the CPU's)
+        s = dataclasses.replace(silhouette_settings(DenseConfig(), gpu=True),
                                 **{k: v for k, v in fields.items() if not k.startswith("dense.")})
         # the footprint as the job finds it, once for the silhouettes and the fusion
         foot = footprint([backproject(dm)[0] for dm in rp.dms], rp.lo, rp.hi, rp.planes[0], s) if (
