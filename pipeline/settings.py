@@ -175,6 +175,9 @@ class DenseConfig:
     silhouettes_foot_reach: NonNeg = 1.0  # the footprint grown by this many margins across
     # the silhouettes' edge cut again at the photo's size, in a band of this many working-size pixels (0: off)
     silhouettes_edge_band: NonNeg = 2.0
+    # the fused surface's thin parts join the silhouettes up to a width that grows in views nearer than the median
+    # one, by that nearness, at most this factor (1: the same width in every view)
+    silhouettes_thin_near_scale: Annotated[float, Field(ge=1)] = 3.0
     # under that footprint the fusion's hull lets this share of the views dissent (elsewhere 2): a foot in the
     # contact shadow is missing from some estimated silhouettes (spot's: a median 6 of 43; 0: off)
     foot_dissent: Annotated[float, Field(ge=0, le=1)] = 0.25

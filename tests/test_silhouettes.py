@@ -340,3 +340,49 @@ def test_the_edge_is_cut_again_at_the_photos_size() -> None:
     assert stick_px.sum() > 500 and (sharp & stick_px).sum() >= 0.99 * stick_px.sum()
     # a mask already at the photo's size has no staircase: it is returned as it is
     assert (edge_at_size(img, truth, AutoMaskSettings(edge_band=2)) == truth).all()
+
+
+def test_nearness_is_the_median_distance_over_each_cameras_clipped() -> None:
+    from pipeline.geometry.silhouettes import nearness
+
+    centre = np.array([0.1, -0.2, 0.3])
+    eyes = centre + np.array([[4.0, 0, 0], [0, 4.0, 0], [0, 0, 5.0], [1.0, 0, 0], [0, -0.5, 0]])
+    w2cs = np.array([look_at(e, centre, np.array([0, 1.0, 0.1])) for e in eyes])
+    dist = [np.linalg.norm(e - centre) for e in eyes]
+    expect = [min(3.0, max(1.0, float(np.median(dist)) / d)) for d in dist]
+    assert np.allclose(nearness(w2cs, centre, 3.0), expect)
+    assert np.allclose(nearness(w2cs, centre, 1.0), 1.0)
+    with pytest.raises(ValueError, match="at least 1"):
+        nearness(w2cs, centre, 0.5)
+
+
+def test_a_near_view_gains_a_tube_as_wide_as_its_nearness_allows() -> None:
+    """A tube sticking out of a body is 'thin' for thin_width of the long side in a view at the median distance.
+    A view 2.5 times nearer sees it 2.5 times wider: with the width scaled by nearness it joins that view's
+    silhouette, with the same width everywhere (thin_near_scale 1) it does not."""
+    from pipeline.geometry.silhouettes import add_thin_parts
+
+    body = trimesh.creation.box(extents=[0.6, 0.6, 0.6])
+    tube = trimesh.creation.cylinder(radius=0.045, height=0.8)
+    tube.apply_transform(trimesh.transformations.rotation_matrix(np.pi / 2, [0, 1, 0]))
+    tube.apply_translation([0.55, 0.0, 0.0])
+    mesh = trimesh.util.concatenate([body, tube])
+    w, h = 480, 360
+    K = np.array([[400.0, 0, w / 2], [0, 400.0, h / 2], [0, 0, 1.0]])
+    target = np.array([0.35, 0.0, 0.0])
+    eyes = [np.array([0.35, -4.0, 0.4]), np.array([0.35, -4.0, -0.4]), np.array([0.0, -4.2, 0.0]),
+            np.array([0.55, -1.6, 0.0])]
+    w2cs = np.array([look_at(e, target, np.array([0, 0, 1.0])) for e in eyes])
+    bodies = [render(body, K, w2c, w, h).mask.reshape(h, w) for w2c in w2cs]
+    tubes = [render(tube, K, w2c, w, h).mask.reshape(h, w) & ~b for w2c, b in zip(w2cs, bodies)]
+    widths = [int(t.sum(0).max()) for t in tubes]
+    s = SilhouetteSettings(thin_samples=400_000)
+    assert max(widths[:3]) < s.thin_width * w < widths[3] < 2.5 * s.thin_width * w, widths
+    Ks = np.repeat(K[None], 4, axis=0)
+    v, f = np.asarray(mesh.vertices), np.asarray(mesh.faces)
+    scaled, _ = add_thin_parts(bodies, v, f, Ks, w2cs, s)
+    flat, _ = add_thin_parts(bodies, v, f, Ks, w2cs, dataclasses.replace(s, thin_near_scale=1.0))
+    gained = [(m & t).sum() / t.sum() for m, t in zip(scaled, tubes)]
+    assert min(gained) > 0.8, gained  # the far views' tubes as before, the near view's too
+    assert (flat[3] & tubes[3]).sum() < 0.2 * tubes[3].sum()
+    assert all((a == b).all() for a, b in zip(scaled[:3], flat[:3]))

@@ -54,6 +54,10 @@ class SilhouetteSettings:
     thin_width: float = 0.025
     thin_reach: float = 0.01
     thin_samples: int = 1_000_000  # surface samples that draw the fused surface's outline
+    # thin_width is for a view at the median distance from the object; a nearer view sees the same tube wider, in
+    # proportion (at most thin_near_scale times): close-ups of the armchair showed its near tubes 30-40 px wide, none
+    # of them in the silhouettes (docs/design.md, Silhouettes at the photo's size). 1: the same width in every view
+    thin_near_scale: float = 3.0
     # the second round's sure foreground is only what this view's own first-round mask holds
     core_in_first: bool = False
     # depth points at the table (within the plane margin) under the object's footprint are the table or the foot
@@ -357,9 +361,21 @@ def bites(extra: np.ndarray, mask: np.ndarray, max_area: float) -> np.ndarray:
     return out
 
 
+def nearness(w2cs: np.ndarray, centre: np.ndarray, cap: float) -> np.ndarray:
+    """How much nearer than the median view each camera stands to ``centre`` (3,): median distance / its distance,
+    clipped to [1, cap]. w2cs (N, 4, 4) -> (N,) float64. A part's width in a view grows by that factor."""
+    if cap < 1:
+        raise ValueError(f"the nearness cap must be at least 1, got {cap}")
+    R, t = w2cs[:, :3, :3], w2cs[:, :3, 3]
+    centres = -np.einsum("nji,nj->ni", R, t)  # camera centres: -R^T t
+    dist = np.maximum(np.linalg.norm(centres - centre, axis=1), 1e-12)
+    return np.clip(np.median(dist) / dist, 1.0, cap)
+
+
 def add_thin_parts(masks: list[np.ndarray], vertices: np.ndarray, faces: np.ndarray, Ks: np.ndarray,
                    w2cs: np.ndarray, s: SilhouetteSettings, device: str = "cpu") -> tuple[list[np.ndarray], int]:
-    """Silhouettes with the fused surface's thin measured parts added (:func:`thin_parts` at ``work_size``).
+    """Silhouettes with the fused surface's thin measured parts added (:func:`thin_parts` at ``work_size``, up to
+    ``thin_width`` times each view's :func:`nearness`).
     masks: N (H_i, W_i) bool; vertices (V, 3), faces (F, 3): the fused surface; Ks (N, 3, 3) for the masks;
     w2cs (N, 4, 4). On a GPU the outlines are projected there (:func:`outline_stack`). Returns the new masks and
     the number of views that gained pixels."""
@@ -375,6 +391,7 @@ def add_thin_parts(masks: list[np.ndarray], vertices: np.ndarray, faces: np.ndar
         sKs.append(np.diag([w / W, h / H, 1.0]) @ K)
     # a million samples projected 40-odd times: on the GPU, in one go, instead of per view on CPU threads
     covs = outline_stack(points, np.array(sKs), w2cs, shapes, device) if device == "cuda" else None
+    near = nearness(w2cs, points.mean(axis=0), s.thin_near_scale)
 
     def one(i: int) -> np.ndarray:
         m = masks[i]
@@ -382,7 +399,7 @@ def add_thin_parts(masks: list[np.ndarray], vertices: np.ndarray, faces: np.ndar
         h, w = shapes[i]
         small = cv2.resize(m.astype(np.uint8), (w, h), interpolation=cv2.INTER_AREA) > 0
         cov = covs[i] if covs is not None else outline(points, sKs[i], w2cs[i], (h, w))
-        add = thin_parts(cov, small, s.thin_width * max(h, w), s.thin_reach * max(h, w))
+        add = thin_parts(cov, small, s.thin_width * near[i] * max(h, w), s.thin_reach * max(h, w))
         return cv2.resize(add.astype(np.uint8), (W, H), interpolation=cv2.INTER_NEAREST) > 0
 
     adds = parallel_map(one, len(masks), lambda f: None)

@@ -87,7 +87,8 @@ def silhouette_settings(cfg: DenseConfig, gpu: bool) -> SilhouetteSettings:
                               base_margin_height=cfg.silhouettes_base_margin_height,
                               open_core=cfg.silhouettes_open_core, core_in_first=cfg.silhouettes_core_in_first,
                               base_open=cfg.silhouettes_base_open, foot_reach=cfg.silhouettes_foot_reach,
-                              edge_band=cfg.silhouettes_edge_band if gpu else 0.0)
+                              edge_band=cfg.silhouettes_edge_band if gpu else 0.0,
+                              thin_near_scale=cfg.silhouettes_thin_near_scale)
 
 
 def dense_stage(ctx: JobContext, views: Views, masks: list[np.ndarray | None], out_dir: Path) -> GeometrySummary:
