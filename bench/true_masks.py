@@ -115,14 +115,10 @@ def fused_silhouettes(mesh: trimesh.Trimesh, K: np.ndarray, w2c: np.ndarray, siz
 def recut(mask: np.ndarray, rgb: np.ndarray, band: float) -> np.ndarray:
     """A kept silhouette (H, W) bool reduced to the silhouettes' working size and brought back with its edge cut
     again at the photo rgb (H, W, 3) uint8 (``pipeline.geometry.automask.edge_at_size``, band ``band``)."""
-    from pipeline.geometry.automask import AutoMaskSettings, edge_at_size
+    from pipeline.geometry.automask import AutoMaskSettings, edge_at_size, working_mask
 
     s = AutoMaskSettings(edge_band=band)
-    h, w = mask.shape
-    f = min(1.0, s.work_size / max(h, w))
-    small = cv2.resize(mask.astype(np.float32), (max(1, round(w * f)), max(1, round(h * f))),
-                       interpolation=cv2.INTER_AREA) > 0.5
-    return edge_at_size(rgb, small, s)
+    return edge_at_size(rgb, working_mask(mask, s.work_size), s)
 
 
 def score(state: Path, set_dir: Path, pictures: Path | None, fused: bool = False, edge_band: float = 0.0) -> None:

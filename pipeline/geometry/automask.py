@@ -291,6 +291,15 @@ def edge_at_size(rgb: np.ndarray, mask: np.ndarray, s: AutoMaskSettings) -> np.n
     return fine if (ew, eh) == (W, H) else up(fine, (W, H))
 
 
+def working_mask(mask: np.ndarray, work_size: int) -> np.ndarray:
+    """A photo-size mask (H, W) bool reduced to ``work_size`` on its long side (a pixel is in where most of it is),
+    as :func:`working_copies` reduces the photos. -> (h, w) bool."""
+    H, W = mask.shape
+    f = min(1.0, work_size / max(H, W))
+    return cv2.resize(mask.astype(np.float32), (max(1, round(W * f)), max(1, round(H * f))),
+                      interpolation=cv2.INTER_AREA) > 0.5
+
+
 def parallel_map(fn: Callable[[int], np.ndarray], n: int, check: Callable[[float], None]) -> list[np.ndarray]:
     """[fn(0), ..., fn(n-1)] on a thread pool: GrabCut and OpenCV release the GIL, so views run on every core.
     ``check`` gets the finished fraction (and may raise to cancel)."""

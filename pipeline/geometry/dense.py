@@ -313,7 +313,8 @@ def dense_geometry(images: list[np.ndarray], masks: list[np.ndarray | None], Ks:
         # measured thin parts the estimated silhouettes missed join them, so that the refinement keeps them
         pick = [i for i in range(n) if estimated[i]]
         grown, thin_views = add_thin_parts([sil[i] for i in pick], np.asarray(mesh.vertices),
-                                           np.asarray(mesh.faces), Ks[pick], w2cs[pick], s.silhouettes, device)
+                                           np.asarray(mesh.faces), Ks[pick], w2cs[pick], s.silhouettes, device,
+                                           rgbs=[images[i] for i in pick])
         for i, m in zip(pick, grown):
             sil[i] = m
     glue["thin_parts"], t = time.monotonic() - t, time.monotonic()

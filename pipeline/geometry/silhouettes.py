@@ -17,8 +17,8 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from pipeline.geometry.automask import (AutoMaskSettings, consistent_masks, grabcut, keep_seeded, parallel_map,
-                               working_copies)
+from pipeline.geometry.automask import (AutoMaskSettings, consistent_masks, edge_at_size, grabcut, keep_seeded,
+                                        parallel_map, working_copies, working_mask)
 from pipeline.geometry.mvs import DepthMap, backproject
 from pipeline.geometry.scene import box_corners
 
@@ -373,7 +373,8 @@ def nearness(w2cs: np.ndarray, centre: np.ndarray, cap: float) -> np.ndarray:
 
 
 def add_thin_parts(masks: list[np.ndarray], vertices: np.ndarray, faces: np.ndarray, Ks: np.ndarray,
-                   w2cs: np.ndarray, s: SilhouetteSettings, device: str = "cpu") -> tuple[list[np.ndarray], int]:
+                   w2cs: np.ndarray, s: SilhouetteSettings, device: str = "cpu",
+                   rgbs: list[np.ndarray] | None = None) -> tuple[list[np.ndarray], int]:
     """Silhouettes with the fused surface's thin measured parts added (:func:`thin_parts` at ``work_size``, up to
     ``thin_width`` times each view's :func:`nearness`).
     masks: N (H_i, W_i) bool; vertices (V, 3), faces (F, 3): the fused surface; Ks (N, 3, 3) for the masks;
@@ -403,4 +404,11 @@ def add_thin_parts(masks: list[np.ndarray], vertices: np.ndarray, faces: np.ndar
         return cv2.resize(add.astype(np.uint8), (W, H), interpolation=cv2.INTER_NEAREST) > 0
 
     adds = parallel_map(one, len(masks), lambda f: None)
-    return [m | a for m, a in zip(masks, adds)], sum(int(a.any()) for a in adds)
+    grown = [m | a for m, a in zip(masks, adds)]
+    if rgbs is not None and s.edge_band > 0:
+        # the parts come from the fused surface's outline at the working size, a little wider than the tube they
+        # draw: their edge is cut again at the photo's size, as the silhouettes' own edge was (edge_at_size)
+        am = AutoMaskSettings(work_size=s.work_size, iterations=s.iterations, edge_band=s.edge_band)
+        grown = parallel_map(lambda i: edge_at_size(rgbs[i], working_mask(grown[i], s.work_size), am)
+                             if adds[i].any() else grown[i], len(grown), lambda f: None)
+    return grown, sum(int(a.any()) for a in adds)
