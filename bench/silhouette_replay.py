@@ -142,10 +142,11 @@ def parse_variant(text: str, kind: type = SilhouetteSettings) -> tuple[str, dict
 
 
 def fuse_and_score(rp: Replay, masks: list[np.ndarray], s: SilhouetteSettings, dense: dict[str, Any],
-                   set_dir: Path, samples: int, foot: Any = None) -> dict[str, Any]:
+                   set_dir: Path, samples: int, true_sil: dict[str, np.ndarray], foot: Any = None) -> dict[str, Any]:
     """The CPU job's fusion (``dense.cpu_resolution``) of the replay's depth maps with ``masks``, scored as
     ``run_bench.py`` scores a job (the cameras aligned to the true ones, the observable ground truth), with the
-    fused surface's gap above the table (its lowest point over the object's height) and F@1 % per band of height."""
+    fused surface's gap above the table (its lowest point over the object's height) and F@1 % per band of height,
+    and the silhouettes with the fused surface's thin parts added scored against ``true_sil`` (stem -> (H, W) bool)."""
     import trimesh
 
     from bench.scoring import TrueCameras, alignment, moved, read_nerf_cameras, score
@@ -177,6 +178,13 @@ def fuse_and_score(rp: Replay, masks: list[np.ndarray], s: SilhouetteSettings, d
     row["fused_recall_by_height"] = {f"{a:.2f}-{min(b, 1.0):.2f}": round(float(
         (dist[(rel >= a) & (rel < b)] < 0.01 * diag).mean()), 4) for a, b in ((0, .05), (.05, .1), (.1, .2),
                                                                                        (.2, 1.01))}
+    # the silhouettes the refinement gets: the fused surface's thin parts added, as dense_geometry adds them (with
+    # the photos, so that on a GPU's settings their edge is cut again at the photo's size)
+    from pipeline.geometry.silhouettes import add_thin_parts
+
+    grown, views = add_thin_parts(masks, np.asarray(surf.mesh.vertices), np.asarray(surf.mesh.faces), rp.Ks,
+                                  rp.w2cs, s, "cpu", rgbs=rp.rgbs)
+    row["with_thin_parts"] = scores(grown, rp.names, true_sil) | {"views_gained": views}
     return row
 
 
@@ -220,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
                "recall_by_height": recall_by_height(masks, rp.names, heights),
                "seconds": round(time.monotonic() - t, 1)}
         if args.fuse:
-            row["fused"] = fuse_and_score(rp, masks, s, dense, args.set, args.samples, foot)
+            row["fused"] = fuse_and_score(rp, masks, s, dense, args.set, args.samples, truth, foot)
         print(json.dumps(row))
         if args.masks:
             args.masks.mkdir(parents=True, exist_ok=True)
