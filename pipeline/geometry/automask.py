@@ -30,7 +30,8 @@ class AutoMaskSettings:
     # the second round's edge is cut again at the photo's size (at most edge_size on the long side), in a band of
     # this many working-size pixels either side of it (0: off). At the working size the edge is a staircase of
     # 2+ photo pixels, while the refinement fits silhouettes to about a pixel: on six photo sets' kept masks the
-    # IoU against the true silhouettes rose 0.007-0.028 at 2 (docs/design.md, Silhouettes at the photo's size)
+    # IoU against the true silhouettes rose 0.008-0.028 at 2, and in whole H100 jobs on five sets F@0.2 % rose
+    # 0.005-0.033 (docs/design.md, Silhouettes at the photo's size; docs/benchmarks.md)
     edge_band: float = 2.0
     edge_size: int = 1920
     # GrabCut rounds of that cut: on two kept jobs' silhouettes 1 gave the IoU of 3 within 0.0003 in 55 % of the
@@ -265,7 +266,10 @@ def edge_at_size(rgb: np.ndarray, mask: np.ndarray, s: AutoMaskSettings) -> np.n
     bounding box. Parts that the band adds without touching the mask are dropped. -> (H, W) bool."""
     H, W = rgb.shape[:2]
     h, w = mask.shape
-    up = lambda m, size: cv2.resize(m.astype(np.uint8) * 255, size, interpolation=cv2.INTER_LINEAR) > 127
+
+    def up(m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        return cv2.resize(m.astype(np.uint8) * 255, size, interpolation=cv2.INTER_LINEAR) > 127
+
     f = min(1.0, s.edge_size / max(H, W))
     ew, eh = max(1, round(W * f)), max(1, round(H * f))
     k = int(round(s.edge_band * max(ew, eh) / max(h, w)))
@@ -288,7 +292,7 @@ def edge_at_size(rgb: np.ndarray, mask: np.ndarray, s: AutoMaskSettings) -> np.n
     x0, x1 = max(0, int(xs.min()) - pad), min(ew, int(xs.max()) + pad + 1)
     fine = np.zeros((eh, ew), dtype=bool)
     fine[y0:y1, x0:x1] = grabcut(img[y0:y1, x0:x1], labels[y0:y1, x0:x1], s.edge_iterations)
-    n, comp = cv2.connectedComponents(fine.astype(np.uint8), connectivity=8)
+    _, comp = cv2.connectedComponents(fine.astype(np.uint8), connectivity=8)
     touching = np.unique(comp[fine & coarse])
     fine = np.isin(comp, touching[touching > 0])
     return fine if (ew, eh) == (W, H) else up(fine, (W, H))

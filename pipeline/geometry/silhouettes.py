@@ -56,7 +56,7 @@ class SilhouetteSettings:
     thin_samples: int = 1_000_000  # surface samples that draw the fused surface's outline
     # thin_width is for a view at the median distance from the object; a nearer view sees the same tube wider, in
     # proportion (at most thin_near_scale times): close-ups of the armchair showed its near tubes 30-40 px wide, none
-    # of them in the silhouettes (docs/design.md, Silhouettes at the photo's size). 1: the same width in every view
+    # of them in the silhouettes (docs/design.md, Thin parts in near views). 1: the same width in every view
     thin_near_scale: float = 3.0
     # the second round's sure foreground is only what this view's own first-round mask holds
     core_in_first: bool = False

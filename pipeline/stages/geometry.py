@@ -82,7 +82,7 @@ def dense_settings(ctx: JobContext) -> DenseSettings:
 def silhouette_settings(cfg: DenseConfig, gpu: bool) -> SilhouetteSettings:
     """The estimated silhouettes' settings of a job with the ``dense`` section ``cfg``. Without a GPU the edge is
     not cut again at the photo's size: the refinement there renders at ``refine.cpu_image_size`` (128 px), coarser
-    than the silhouettes' working size, and the step would cost about 3 s of a 48-photo job on 2 cores."""
+    than the silhouettes' working size, and the step would cost about 2 s of a 48-photo job on 2 cores."""
     return SilhouetteSettings(keep_measured=cfg.silhouettes_keep_measured,
                               base_margin_height=cfg.silhouettes_base_margin_height,
                               open_core=cfg.silhouettes_open_core, core_in_first=cfg.silhouettes_core_in_first,
