@@ -262,6 +262,7 @@ def score_job(row: dict[str, Any], folder: Path, paths: Any, job_id: str, state:
     row["step_seconds"] = {"cameras": (stats.get("cameras") or {}).get("seconds"),
                            "refine_per_level": (stats.get("refine") or {}).get("seconds_per_level"),
                            "refine_setup_per_level": (stats.get("refine") or {}).get("setup_seconds_per_level"),
+                           "refine_mesh_per_level": (stats.get("refine") or {}).get("mesh_seconds_per_level"),
                            "refine": (stats.get("refine") or {}).get("seconds"),
                            "refine_pair_share": (stats.get("refine") or {}).get("pair_share_per_level"),
                            "texture": (stats.get("texture") or {}).get("seconds"),

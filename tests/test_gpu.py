@@ -35,6 +35,41 @@ def test_nvdiffrast_coverage_matches_ray_casting() -> None:
         assert (hard & ref).sum() / (hard | ref).sum() > 0.98
 
 
+def test_one_rasterisation_for_render_and_points_matches_three_calls() -> None:
+    """The refinement's step draws its render and the photo-consistency term's surface points in one nvdiffrast
+    call: the same images, points and coverage as a render and two positions() calls, and the same gradients."""
+    from pipeline.imaging.raster import Cameras, NvdiffrastRasterizer, separate_render_with_points
+    from pipeline.imaging.render import look_at
+
+    r = NvdiffrastRasterizer()
+    mesh = trimesh.creation.icosphere(subdivisions=3, radius=0.8)
+    rng = np.random.default_rng(2)
+    eyes = rng.normal(size=(7, 3))
+    eyes = 2.5 * eyes / np.linalg.norm(eyes, axis=1, keepdims=True)
+    w2c = torch.tensor(np.stack([look_at(e, np.zeros(3), np.array([0, 0, 1.0])) for e in eyes]),
+                       dtype=torch.float32, device="cuda")
+    K = torch.tensor([[150.0, 0, 64], [0, 150.0, 48], [0, 0, 1]], device="cuda").repeat(7, 1, 1)
+    faces = torch.tensor(mesh.faces, dtype=torch.int32, device="cuda")
+    colors = torch.tensor(rng.random((len(mesh.vertices), 3)), dtype=torch.float32, device="cuda")
+    cams, more = Cameras(K=K[:5], w2c=w2c[:5], size=(96, 128)), Cameras(K=K[5:], w2c=w2c[5:], size=(96, 128))
+    outs, grads = [], []
+    for draw in (r.render_with_points, lambda *a: separate_render_with_points(r, *a)):
+        v = torch.tensor(mesh.vertices, dtype=torch.float32, device="cuda", requires_grad=True)
+        o = draw(v, faces, colors, cams, 3, more)
+        (o.rgb.sum() + o.alpha.sum() + (o.points * torch.arange(3, device="cuda")).sum()).backward()
+        outs.append(o)
+        grads.append(v.grad)
+    a, b = outs
+    assert a.rgb.shape == (5, 96, 128, 3) and a.points.shape == (3, 96, 128, 3)
+    assert a.more_points.shape == (2, 96, 128, 3)
+    assert a.points.requires_grad and not a.more_points.requires_grad
+    for name in ("rgb", "alpha", "points", "more_points"):
+        assert torch.allclose(getattr(a, name), getattr(b, name), atol=1e-5), name
+    for name in ("covered", "more_covered"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert a.covered.float().mean() > 0.2 and torch.allclose(grads[0], grads[1], atol=1e-4, rtol=1e-3)
+
+
 def test_gpu_mesh_renderer_matches_the_ray_caster_in_every_output() -> None:
     """mesh_renderer("cuda") stands in for the CPU ray caster in the texture, silhouette and report renders: the same
     coverage, depth, normals, vertex colours and texture lookups, up to the pixels on the silhouette's edge."""

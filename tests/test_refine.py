@@ -44,6 +44,46 @@ def _views(mesh, n=8, size=64):
     return np.array(Ks), np.array(w2cs), masks, imgs
 
 
+def test_clip_planes_per_camera_match_a_plain_reference_without_reading_back() -> None:
+    """Each camera's near/far planes are the plain formula over its own vertices, and computing them reads nothing
+    back from the device (a read-back waits for the GPU, nine times per refinement step before)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from pipeline.imaging.raster import clip_coords, depth_planes
+
+    class ReadBacks(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            ReadBacks.count += func.overloadpacket.__name__ == "_local_scalar_dense"
+            return func(*args, **(kwargs or {}))
+
+    rng = np.random.default_rng(3)
+    depth = torch.tensor(rng.uniform(-1, 5, (4, 50)), dtype=torch.float32)
+    depth[2] = -torch.rand(50) - 0.1  # every vertex behind the camera
+    depth[3, :] = 2.0
+    with ReadBacks():
+        near, far = depth_planes(depth)
+        verts = torch.tensor(rng.normal(size=(30, 3)), dtype=torch.float32)
+        w2c = torch.eye(4).repeat(3, 1, 1)
+        w2c[:, 2, 3] = torch.tensor([4.0, 6.0, 9.0])
+        K = torch.tensor([[100.0, 0, 50], [0, 100.0, 40], [0, 0, 1]]).repeat(3, 1, 1)
+        clip = clip_coords(verts, K, w2c, (80, 100))
+    assert ReadBacks.count == 0
+    for b, d in enumerate(depth.numpy()):
+        pos = d[d > 0]
+        n = max(0.5 * pos.min(), 1e-4) if len(pos) else 1e-3
+        f = max(d.max(), n) * 2 + n
+        assert near[b, 0].item() == pytest.approx(n, rel=1e-6) and far[b, 0].item() == pytest.approx(f, rel=1e-6)
+    # clip z / w runs from -1 at each camera's near plane to 1 at its far plane
+    for b in range(3):
+        z = verts[:, 2].numpy() + w2c[b, 2, 3].item()
+        n, f = 0.5 * z.min(), 2 * z.max() + 0.5 * z.min()
+        ndc = clip[b, :, 2].numpy() / clip[b, :, 3].numpy()
+        want = (f + n) / (f - n) - 2 * f * n / ((f - n) * z)
+        assert np.allclose(ndc, want, atol=1e-5) and (np.abs(ndc) < 1).all()
+
+
 def test_pytorch3d_soft_silhouette_aligns_with_ray_casting() -> None:
     mesh = trimesh.creation.icosphere(subdivisions=3)
     Ks, w2cs, masks, _ = _views(mesh, n=2, size=96)

@@ -21,7 +21,7 @@ from scipy import ndimage
 
 from pipeline.appearance.photoconsistency import blurred_gray, pair_loss, pair_neighbours, project
 from pipeline.context import GpuMemoryError
-from pipeline.imaging.raster import Cameras, Rasterizer
+from pipeline.imaging.raster import Cameras, Rasterizer, RenderWithPoints
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,7 @@ class RefineResult:
     seconds_per_level: tuple[float, ...]
     # of which the mesh for the level (remeshing on the CPU) and its targets' upload: the part a slow host stretches
     setup_seconds_per_level: tuple[float, ...] = ()
+    mesh_seconds_per_level: tuple[float, ...] = ()  # of the setup: the level's mesh (the CPU remesh)
     regularisers: str = "none"  # what ran: "pytorch3d (normal 0.01, ...)", "none", or why not
     remesh: str = "subdivide"  # what ran between levels, or why isotropic remeshing fell back
     view_gains: list[list[float]] | None = None  # per view: gain r, g, b, offset r, g, b (when fitted)
@@ -372,20 +373,18 @@ def _resize_stack(imgs: list[np.ndarray], size: tuple[int, int], device: torch.d
 LEASH_EVERY = 5  # refinement steps between leash checks
 
 
-def _pair_term(rasterizer: Rasterizer, verts: torch.Tensor, faces32: torch.Tensor, pick: torch.Tensor,
-               nbrs: torch.Tensor, it: int, K: torch.Tensor, w2c: torch.Tensor, size: tuple[int, int],
+def _pair_term(drawn: RenderWithPoints, pick: torch.Tensor, pj: torch.Tensor, K: torch.Tensor, w2c: torch.Tensor,
                photos: torch.Tensor, masks: torch.Tensor, radius: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The photo-consistency loss of one step: the views ``pick`` (B,), each against one of its neighbours
-    ``nbrs`` (N, k) (in turn, by step ``it``), at the level's windows (K (N, 3, 3), w2c (N, 4, 4), photos
-    (N, h, w, 1) grey in [0, 1], masks (N, h, w) silhouette targets). -> (loss, share of object pixels compared)."""
-    pj = nbrs[pick, it % nbrs.shape[1]]
-    pts, cover = rasterizer.positions(verts, faces32, Cameras(K=K[pick], w2c=w2c[pick], size=size))
+    """The photo-consistency loss of one step: the views ``pick`` (B,), each against its neighbour ``pj`` (B,), at
+    the level's windows (K (N, 3, 3), w2c (N, 4, 4), photos (N, h, w, 1) grey in [0, 1], masks (N, h, w)
+    silhouette targets), from the step's render: its points of the views ``pick`` and, detached, of ``pj``.
+    -> (loss, share of object pixels compared)."""
+    pts, cover = drawn.points, drawn.covered
     with torch.no_grad():
-        pts_j, cover_j = rasterizer.positions(verts.detach(), faces32, Cameras(K=K[pj], w2c=w2c[pj], size=size))
-        depth_j = project(pts_j, K[pj], w2c[pj])[1] * cover_j
+        depth_j = project(drawn.more_points, K[pj], w2c[pj])[1] * drawn.more_covered
     # only what the silhouettes call object: a mesh too wide there compares table with table
     return pair_loss(pts, cover & (masks[pick] > 0.5), photos[pick], photos[pj], K[pj], w2c[pj], depth_j,
-                     radius=radius, object_j=cover_j & (masks[pj] > 0.5))
+                     radius=radius, object_j=drawn.more_covered & (masks[pj] > 0.5))
 
 
 def leash(verts: torch.Tensor, start: torch.Tensor, max_move: float) -> torch.Tensor | None:
@@ -488,7 +487,7 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
     H0, W0 = images[0].shape[:2]  # every view is rendered at the first photo's aspect ratio
     colors = torch.full((len(v), 3), 0.5, device=dev)
     reg, reg_note = mesh_regulariser(settings)
-    losses, secs, setup_secs, pair_shares = [], [], [], []
+    losses, secs, setup_secs, mesh_secs, pair_shares = [], [], [], [], []
     pair_on = settings.w_pair > 0 and len(images) > 1
     if pair_on:
         nb = pair_neighbours(w2c_n.cpu().numpy(), np.zeros(3))
@@ -503,6 +502,7 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
     for li, (side, iters) in enumerate(settings.levels):
         t0 = time.monotonic()
         v, f, cols, note = grow_mesh(v, f, colors.detach().cpu().numpy(), li, settings)
+        mesh_secs.append(time.monotonic() - t0)
         # a fallback (pymeshlab missing, a remesh refused) is what the summary reports, whichever level it was
         remesh_note = remesh_note if "no isotropic remesh" in remesh_note else note  # the first fallback is kept
         colors = torch.from_numpy(np.asarray(cols)).float().to(dev)
@@ -555,16 +555,26 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
                         u.copy_(to_differential(M, held))
                 if held is not None:
                     verts = from_differential(M, u, "Cholesky")
-            rgb, alpha = rasterizer.render(verts, faces32, colors.clamp(0, 1),
-                                           Cameras(K=K[idx], w2c=w2c_n[idx], size=size))
+            cams = Cameras(K=K[idx], w2c=w2c_n[idx], size=size)
+            drawn = None
+            if pair_photos is not None:
+                # the term's views are the step's first ones, each with one neighbour (in turn, by step): drawn in
+                # the same rasterisation as the render
+                pick = idx[:settings.pair_views]
+                pj = nbrs[pick, it % nbrs.shape[1]]
+                drawn = rasterizer.render_with_points(verts, faces32, colors.clamp(0, 1), cams, len(pick),
+                                                      Cameras(K=K[pj], w2c=w2c_n[pj], size=size))
+                rgb, alpha = drawn.rgb, drawn.alpha
+            else:
+                rgb, alpha = rasterizer.render(verts, faces32, colors.clamp(0, 1), cams)
             if gopt is not None:  # rgb is premultiplied by coverage, so the offset is too
                 rgb = rgb * gain[idx][:, None, None, :] + offset[idx][:, None, None, :] * alpha[..., None]
             l_sil = (sil_w[idx][:, None, None] * (alpha - tgt_mask[idx]).abs()).mean()
             l_rgb = (rgb - tgt_rgb[idx]).abs().mean()
             loss = settings.w_silhouette * l_sil + settings.w_photo * l_rgb
-            if pair_photos is not None:
-                l_pair, pair_share = _pair_term(rasterizer, verts, faces32, idx[:settings.pair_views], nbrs, it,
-                                                K, w2c_n, size, pair_photos, tgt_mask, settings.pair_radius)
+            if drawn is not None:
+                l_pair, pair_share = _pair_term(drawn, pick, pj, K, w2c_n, pair_photos, tgt_mask,
+                                                settings.pair_radius)
                 loss = loss + settings.w_pair * l_pair
             if reg is not None:
                 loss = loss + reg(verts, ft, edge_target)
@@ -596,7 +606,7 @@ def refine(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], ma
         secs.append(time.monotonic() - t0)
     return RefineResult(vertices=v / s + c, faces=f.astype(np.int64), colors=colors.cpu().numpy().astype(np.float32),
                         losses=tuple(losses), views_per_step=vpstep, seconds_per_level=tuple(secs),
-                        setup_seconds_per_level=tuple(setup_secs),
+                        setup_seconds_per_level=tuple(setup_secs), mesh_seconds_per_level=tuple(mesh_secs),
                         window_share=round(float(np.mean(windows[:, 2] / [im.shape[1] for im in images])), 4),
                         regularisers=reg_note, remesh=remesh_note, pair_share_per_level=tuple(pair_shares),
                         view_gains=(torch.cat([gain, offset], 1).detach().cpu().numpy().round(4).tolist()

@@ -42,15 +42,53 @@ class Rasterizer(Protocol):
         int32 -> points (B, H, W, 3) world (0 where uncovered), covered (B, H, W) bool."""
         ...
 
+    def render_with_points(self, verts: torch.Tensor, faces: torch.Tensor, colors: torch.Tensor, cams: Cameras,
+                           first: int, more: Cameras) -> RenderWithPoints:
+        """:meth:`render` of ``cams`` with :meth:`positions` of their ``first`` views (differentiable) and of the
+        cameras ``more`` (not differentiable), at the same size."""
+        ...
+
+
+@dataclass(frozen=True)
+class RenderWithPoints:
+    """rgb (B, H, W, 3), alpha (B, H, W) of every view; points (P, H, W, 3), covered (P, H, W) of the first P
+    views, differentiable in the vertices; more_points (M, H, W, 3), more_covered (M, H, W) of the other cameras,
+    detached."""
+
+    rgb: torch.Tensor
+    alpha: torch.Tensor
+    points: torch.Tensor
+    covered: torch.Tensor
+    more_points: torch.Tensor
+    more_covered: torch.Tensor
+
+
+def check_points_args(cams: Cameras, first: int, more: Cameras) -> None:
+    if not 0 < first <= len(cams.K) or more.size != cams.size:
+        raise ValueError(f"render_with_points: first must be in 1..{len(cams.K)} and the other cameras at the size "
+                         f"{cams.size}, got {first} and {more.size}")
+
+
+def separate_render_with_points(r: Rasterizer, verts: torch.Tensor, faces: torch.Tensor, colors: torch.Tensor,
+                                cams: Cameras, first: int, more: Cameras) -> RenderWithPoints:
+    """:meth:`Rasterizer.render_with_points` from three calls: a render and two :meth:`Rasterizer.positions`."""
+    check_points_args(cams, first, more)
+    rgb, alpha = r.render(verts, faces, colors, cams)
+    pts, cover = r.positions(verts, faces, Cameras(K=cams.K[:first], w2c=cams.w2c[:first], size=cams.size))
+    with torch.no_grad():
+        pts_m, cover_m = r.positions(verts.detach(), faces, more)
+    return RenderWithPoints(rgb, alpha, pts, cover, pts_m, cover_m)
+
 
 def to_camera(verts: torch.Tensor, w2c: torch.Tensor) -> torch.Tensor:
     """(V, 3), (B, 4, 4) -> (B, V, 3) camera-space points (OpenCV: +Z forward)."""
     return torch.einsum("bij,vj->bvi", w2c[:, :3, :3], verts) + w2c[:, None, :3, 3]
 
 
-def clip_space(cam: torch.Tensor, K: torch.Tensor, size: tuple[int, int], near: float, far: float) -> torch.Tensor:
+def clip_space(cam: torch.Tensor, K: torch.Tensor, size: tuple[int, int], near: float | torch.Tensor,
+               far: float | torch.Tensor) -> torch.Tensor:
     """Camera points (B, V, 3) -> clip coordinates (B, V, 4) whose NDC y grows downwards, so row 0 of
-    nvdiffrast's output is the top image row, as in the photos."""
+    nvdiffrast's output is the top image row, as in the photos. near, far: numbers, or (B, 1) per camera."""
     H, W = size
     x, y, z = cam.unbind(-1)
     fx, fy, cx, cy = K[:, 0, 0, None], K[:, 1, 1, None], K[:, 0, 2, None], K[:, 1, 2, None]
@@ -60,13 +98,25 @@ def clip_space(cam: torch.Tensor, K: torch.Tensor, size: tuple[int, int], near: 
     return torch.stack([xc, yc, zc, z], dim=-1)
 
 
+def depth_planes(depth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Near and far planes per camera around its vertices' depths (B, V): near half the nearest positive depth
+    (at least 1e-4; 1e-3 where no vertex is ahead), far twice the furthest plus near. -> near (B, 1), far (B, 1).
+
+    Computed on the tensors' device: reading them back (``float()``) waited for the GPU at every render, nine times
+    per refinement step."""
+    ahead = depth > 0
+    nearest = torch.where(ahead, depth, torch.full_like(depth, float("inf"))).amin(1)
+    near = torch.where(ahead.any(1), (0.5 * nearest).clamp_min(1e-4), torch.full_like(nearest, 1e-3))
+    # a camera with every vertex behind it still gets far > near (nothing of it is drawn anyway)
+    far = torch.maximum(depth.amax(1), near) * 2.0 + near
+    return near[:, None], far[:, None]
+
+
 def clip_coords(verts: torch.Tensor, K: torch.Tensor, w2c: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """World vertices (V, 3) seen by B cameras (K (B, 3, 3), w2c (B, 4, 4)) -> contiguous clip coordinates
-    (B, V, 4) for nvdiffrast, with near/far planes around the vertices' depths."""
+    (B, V, 4) for nvdiffrast, with each camera's near/far planes around the vertices' depths (:func:`depth_planes`)."""
     cam = to_camera(verts, w2c)
-    depth = cam[..., 2].detach()
-    near = max(float(depth[depth > 0].min()) * 0.5, 1e-4) if (depth > 0).any() else 1e-3
-    far = float(depth.max()) * 2.0 + near
+    near, far = depth_planes(cam[..., 2].detach())
     return clip_space(cam, K, size, near, far).contiguous()
 
 
@@ -114,6 +164,26 @@ class NvdiffrastRasterizer:
         pts, _ = self.dr.interpolate(verts[None].contiguous(), rast, faces)  # perspective-correct barycentrics
         cover = rast[..., 3] > 0
         return pts * cover[..., None], cover
+
+    def render_with_points(self, verts, faces, colors, cams, first, more):
+        # one rasterisation of every camera: nvdiffrast's CUDA rasteriser waits for the GPU at each call (it reads
+        # back its bin counters), and the first views' positions are the render's own triangles
+        check_points_args(cams, first, more)
+        dr, B = self.dr, len(cams.K)
+        clip = clip_coords(verts, torch.cat([cams.K, more.K]), torch.cat([cams.w2c, more.w2c]), cams.size)
+        rast_all, _ = dr.rasterize(self.ctx, clip, faces, resolution=list(cams.size))
+        rast, clip_b = rast_all[:B], clip[:B]
+        rgb, _ = dr.interpolate(colors[None].contiguous(), rast, faces)
+        cover = (rast[..., 3:4] > 0).float()
+        out = dr.antialias(torch.cat([rgb * cover, cover], dim=-1).contiguous(), rast, clip_b, faces)
+        pts, _ = dr.interpolate(verts[None].contiguous(), rast_all[:first], faces)
+        covered = rast_all[:first, ..., 3] > 0
+        with torch.no_grad():
+            rast_m = rast_all[B:].detach()
+            pts_m, _ = dr.interpolate(verts.detach()[None].contiguous(), rast_m, faces)
+            covered_m = rast_m[..., 3] > 0
+        return RenderWithPoints(out[..., :3], out[..., 3], pts * covered[..., None], covered,
+                                pts_m * covered_m[..., None], covered_m)
 
 
 def _screen_meshes(verts: torch.Tensor, faces: torch.Tensor, cams: Cameras):
@@ -177,6 +247,9 @@ class Pytorch3dRasterizer:
         w = w / w.sum(-1, keepdim=True).clamp_min(1e-12)
         pts = (w[..., None] * corners).sum(-2)
         return pts * cover[..., None], cover
+
+    def render_with_points(self, verts, faces, colors, cams, first, more):
+        return separate_render_with_points(self, verts, faces, colors, cams, first, more)
 
 
 def ndc_pixel_centres(size: tuple[int, int], device: torch.device) -> torch.Tensor:

@@ -218,6 +218,7 @@ class RefineStage(Stage):
             window_share=result.window_share,
             seconds_per_level=[round(x, 2) for x in result.seconds_per_level],
             setup_seconds_per_level=[round(x, 2) for x in result.setup_seconds_per_level],
+            mesh_seconds_per_level=[round(x, 2) for x in result.mesh_seconds_per_level],
             pair_share_per_level=list(result.pair_share_per_level) or None,
             seconds={"prepare": round(t1 - t0, 2), "levels": round(t2 - t1, 2),
                      "finish": round(time.monotonic() - t2, 2),

@@ -62,6 +62,7 @@ class RefineSummary:
     window_share: float | None = None
     seconds_per_level: list[float] | None = None
     setup_seconds_per_level: list[float] | None = None  # of each level's seconds: its mesh (remeshing) and targets
+    mesh_seconds_per_level: list[float] | None = None  # of the setup: the level's mesh alone
     # per level, the share of the object pixels that refine.pair's photo-consistency compared (None: off)
     pair_share_per_level: list[float] | None = None
     # where the stage's time went besides the levels: loading the photos and masks, the start mesh and the
