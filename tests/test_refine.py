@@ -84,6 +84,74 @@ def test_clip_planes_per_camera_match_a_plain_reference_without_reading_back() -
         assert np.allclose(ndc, want, atol=1e-5) and (np.abs(ndc) < 1).all()
 
 
+class ContractDr:
+    """A stand-in for nvdiffrast.torch that enforces its calls' contracts (contiguous float32 positions (B, V, 4),
+    int32 triangles, attributes (1 or B, V, C), rasteriser output, colours and positions of one batch) and whose
+    outputs depend on each camera's own clip coordinates, so that a row taken from the wrong camera shows."""
+
+    calls: list[str] = []
+
+    @classmethod
+    def rasterize(cls, ctx, pos, tri, resolution):
+        assert pos.is_contiguous() and pos.dtype == torch.float32 and pos.dim() == 3 and pos.shape[2] == 4
+        assert tri.dtype == torch.int32 and tri.is_contiguous()
+        cls.calls.append("rasterize")
+        B, (H, W) = pos.shape[0], resolution
+        row = torch.sigmoid(pos[..., :2].mean(1) + 0.1 * pos[..., 2:].mean(1))  # (B, 2), differentiable
+        ramp = torch.linspace(0, 1, W)[None, None, :].expand(B, H, W)
+        u = row[:, None, None, 0] * ramp
+        covered = (ramp < row[:, None, None, 1].detach()).float() * (tri.shape[0] // 2)
+        return torch.stack([u, 1 - u, u * 0.5, covered], -1).contiguous(), None
+
+    @classmethod
+    def interpolate(cls, attr, rast, tri):
+        assert attr.is_contiguous() and rast.is_contiguous() and attr.dim() == 3 and attr.shape[0] in (1, len(rast))
+        cls.calls.append("interpolate")
+        return attr.mean(1)[:, None, None, :] * rast[..., :1] + attr[:, :1, None, :] * rast[..., 1:2], None
+
+    @classmethod
+    def antialias(cls, color, rast, pos, tri):
+        assert color.is_contiguous() and color.shape[:3] == rast.shape[:3] and len(pos) == len(rast)
+        cls.calls.append("antialias")
+        return color * (1 + 0.01 * pos[..., 0].mean(1))[:, None, None, None]
+
+
+def test_one_rasterisation_keeps_each_camera_in_its_row_as_three_calls_do() -> None:
+    """The refinement's one-call draw (render, the term's points of the first views, the neighbours' points) on a
+    stand-in for nvdiffrast: its contracts hold, and every output and gradient equals the three calls' (the GPU test
+    checks the same against nvdiffrast itself)."""
+    from pipeline.imaging.raster import NvdiffrastRasterizer, separate_render_with_points
+
+    r = object.__new__(NvdiffrastRasterizer)
+    r.dr, r.ctx = ContractDr, None
+    rng = np.random.default_rng(4)
+    mesh = trimesh.creation.icosphere(subdivisions=2)
+    faces = torch.tensor(mesh.faces, dtype=torch.int32)
+    colors = torch.tensor(rng.random((len(mesh.vertices), 3)), dtype=torch.float32)
+    w2c = torch.eye(4).repeat(6, 1, 1)
+    w2c[:, :3, 3] = torch.tensor(rng.normal(size=(6, 3)) * 0.3 + [0, 0, 4], dtype=torch.float32)
+    K = torch.tensor([[60.0, 0, 32], [0, 60.0, 24], [0, 0, 1]]).repeat(6, 1, 1)
+    K[:, 0, 2] += torch.arange(6) * 3.0
+    cams, more = Cameras(K=K[:4], w2c=w2c[:4], size=(48, 64)), Cameras(K=K[4:], w2c=w2c[4:], size=(48, 64))
+    outs, grads = [], []
+    for draw in (r.render_with_points, lambda *a: separate_render_with_points(r, *a)):
+        ContractDr.calls = []
+        v = torch.tensor(mesh.vertices, dtype=torch.float32, requires_grad=True)
+        o = draw(v, faces, colors, cams, 2, more)
+        (o.rgb.sum() + 2 * o.alpha.sum() + (o.points * torch.arange(1, 4)).sum()).backward()
+        outs.append(o)
+        grads.append(v.grad)
+        assert ContractDr.calls.count("rasterize") == (1 if len(outs) == 1 else 3)
+    a, b = outs
+    assert a.rgb.shape == (4, 48, 64, 3) and a.points.shape == (2, 48, 64, 3) and a.more_points.shape == (2, 48, 64, 3)
+    assert not a.more_points.requires_grad
+    for name in ("rgb", "alpha", "points", "more_points", "covered", "more_covered"):
+        assert torch.allclose(getattr(a, name).float(), getattr(b, name).float(), atol=1e-6), name
+    assert torch.allclose(grads[0], grads[1], atol=1e-6) and grads[0].abs().sum() > 0
+    with pytest.raises(ValueError, match="first must be"):
+        r.render_with_points(v, faces, colors, cams, 5, more)
+
+
 def test_pytorch3d_soft_silhouette_aligns_with_ray_casting() -> None:
     mesh = trimesh.creation.icosphere(subdivisions=3)
     Ks, w2cs, masks, _ = _views(mesh, n=2, size=96)
