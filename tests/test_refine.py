@@ -216,6 +216,9 @@ def test_cpu_refinement_pulls_a_too_big_sphere_onto_the_silhouettes() -> None:
     # each level's setup (its mesh and targets) is timed as a part of that level
     assert len(res.setup_seconds_per_level) == len(res.seconds_per_level) == 1
     assert 0 < res.setup_seconds_per_level[0] < res.seconds_per_level[0]
+    # of which the level's mesh (here no remesh: the start mesh as it is)
+    assert len(res.mesh_seconds_per_level) == 1
+    assert 0 <= res.mesh_seconds_per_level[0] <= res.setup_seconds_per_level[0]
 
 
 def test_leash_pulls_far_vertices_back_along_their_displacement() -> None:

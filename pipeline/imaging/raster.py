@@ -149,41 +149,45 @@ class NvdiffrastRasterizer:
     def __init__(self, build_dir: Path | None = None) -> None:
         self.dr, self.ctx = load_nvdiffrast(build_dir)
 
-    def render(self, verts, faces, colors, cams):
-        dr = self.dr
-        clip = clip_coords(verts, cams.K, cams.w2c, cams.size)
-        rast, _ = dr.rasterize(self.ctx, clip, faces, resolution=list(cams.size))
-        rgb, _ = dr.interpolate(colors[None].contiguous(), rast, faces)
+    def _rasterize(self, verts, faces, K, w2c, size):
+        clip = clip_coords(verts, K, w2c, size)
+        rast, _ = self.dr.rasterize(self.ctx, clip, faces, resolution=list(size))
+        return clip, rast
+
+    def _shade(self, clip, rast, faces, colors):
+        """Antialiased colours and coverage of rasterised views: rgb (B, H, W, 3), alpha (B, H, W)."""
+        rgb, _ = self.dr.interpolate(colors[None].contiguous(), rast, faces)
         cover = (rast[..., 3:4] > 0).float()
-        out = dr.antialias(torch.cat([rgb * cover, cover], dim=-1).contiguous(), rast, clip, faces)
+        out = self.dr.antialias(torch.cat([rgb * cover, cover], dim=-1).contiguous(), rast, clip, faces)
         return out[..., :3], out[..., 3]
 
-    def positions(self, verts, faces, cams):
-        clip = clip_coords(verts, cams.K, cams.w2c, cams.size)
-        rast, _ = self.dr.rasterize(self.ctx, clip, faces, resolution=list(cams.size))
-        pts, _ = self.dr.interpolate(verts[None].contiguous(), rast, faces)  # perspective-correct barycentrics
+    def _points(self, rast, verts, faces):
+        """The surface point at each pixel centre of rasterised views (perspective-correct barycentrics), 0 where
+        uncovered: points (B, H, W, 3), covered (B, H, W) bool."""
+        pts, _ = self.dr.interpolate(verts[None].contiguous(), rast, faces)
         cover = rast[..., 3] > 0
         return pts * cover[..., None], cover
+
+    def render(self, verts, faces, colors, cams):
+        clip, rast = self._rasterize(verts, faces, cams.K, cams.w2c, cams.size)
+        return self._shade(clip, rast, faces, colors)
+
+    def positions(self, verts, faces, cams):
+        _, rast = self._rasterize(verts, faces, cams.K, cams.w2c, cams.size)
+        return self._points(rast, verts, faces)
 
     def render_with_points(self, verts, faces, colors, cams, first, more):
         # one rasterisation of every camera: nvdiffrast's CUDA rasteriser waits for the GPU at each call (it reads
         # back its bin counters), and the first views' positions are the render's own triangles
         check_points_args(cams, first, more)
-        dr, B = self.dr, len(cams.K)
-        clip = clip_coords(verts, torch.cat([cams.K, more.K]), torch.cat([cams.w2c, more.w2c]), cams.size)
-        rast_all, _ = dr.rasterize(self.ctx, clip, faces, resolution=list(cams.size))
-        rast, clip_b = rast_all[:B], clip[:B]
-        rgb, _ = dr.interpolate(colors[None].contiguous(), rast, faces)
-        cover = (rast[..., 3:4] > 0).float()
-        out = dr.antialias(torch.cat([rgb * cover, cover], dim=-1).contiguous(), rast, clip_b, faces)
-        pts, _ = dr.interpolate(verts[None].contiguous(), rast_all[:first], faces)
-        covered = rast_all[:first, ..., 3] > 0
+        B = len(cams.K)
+        clip, rast = self._rasterize(verts, faces, torch.cat([cams.K, more.K]), torch.cat([cams.w2c, more.w2c]),
+                                     cams.size)
+        rgb, alpha = self._shade(clip[:B], rast[:B], faces, colors)
+        pts, covered = self._points(rast[:first], verts, faces)
         with torch.no_grad():
-            rast_m = rast_all[B:].detach()
-            pts_m, _ = dr.interpolate(verts.detach()[None].contiguous(), rast_m, faces)
-            covered_m = rast_m[..., 3] > 0
-        return RenderWithPoints(out[..., :3], out[..., 3], pts * covered[..., None], covered,
-                                pts_m * covered_m[..., None], covered_m)
+            pts_m, covered_m = self._points(rast[B:].detach(), verts.detach(), faces)
+        return RenderWithPoints(rgb, alpha, pts, covered, pts_m, covered_m)
 
 
 def _screen_meshes(verts: torch.Tensor, faces: torch.Tensor, cams: Cameras):
