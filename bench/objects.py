@@ -7,7 +7,12 @@ Every object is a function ``f(seed=0, edge_scale=1.0) -> trimesh.Trimesh`` list
 - ``armchair``: a 1.5 cm-radius tubular frame with a seat slab and a tilted back slab, a 10 cm gap between them;
 - ``cup``: a revolved mug with a real cavity (inner wall, floor) and a handle (a partial torus);
 - ``plain_vase``: a smooth revolved vase with a cavity, coloured almost uniformly (faint variation only);
-- ``stool``: a seat disc on three thin splayed legs joined by a ring-shaped rung.
+- ``stool``: a seat disc on three thin splayed legs joined by a ring-shaped rung;
+- ``lamp``: a desk lamp, a drum shade hanging from a thin stem and arm over a round base;
+- ``bench``: a footstool of slabs with a hand slot through its top;
+- ``bowl``: a wide, shallow bowl on a foot ring (a broad concave inside);
+- ``picture_frame``: a thin frame with an open window, leaning on an easel leg;
+- ``kettle``: a rounded body with a slanted spout and an arched handle over the lid.
 
 Conventions: metres, +Z up, the lowest point on z = 0, 0.2-0.92 m largest extent, every object a closed (watertight,
 consistently wound) solid. The ground-truth surface of an object is the mesh itself (the renderers write it to
@@ -39,8 +44,8 @@ import numpy as np
 import trimesh
 
 from bench.shapes import EDGE_FRACTION, ObjectInfo  # noqa: F401  (part of this module's interface: tests, make_sets)
-from bench.shapes import (Part, arc, capsule, closed, describe, edge_length, on_ground, paint, revolve, rounded_box,
-                          rounded_cylinder, sdf_union_mesh, torus_z)
+from bench.shapes import (Part, arc, capsule, closed, describe, edge_length, on_ground, paint, resample, revolve,
+                          rounded_box, rounded_cylinder, sdf_union_mesh, torus_z)
 from bench.solid_texture import Palette, TextureStyle, fbm, smoothstep, to_u8, value_noise
 
 
@@ -449,6 +454,99 @@ def bench(seed: int = 0, edge_scale: float = 1.0) -> trimesh.Trimesh:
     return paint(mesh, labels, {0: (OAK, TextureStyle())}, seed)
 
 
+GLAZE = Palette(stops=((0.10, 0.22, 0.30), (0.18, 0.40, 0.48), (0.55, 0.70, 0.66), (0.92, 0.88, 0.78)),
+                accents=((0.85, 0.45, 0.15), (0.95, 0.93, 0.85), (0.35, 0.12, 0.10), (0.10, 0.10, 0.12)))
+
+# bowl dimensions (metres)
+BOWL_R, BOWL_H, BOWL_WALL, BOWL_FOOT_R, BOWL_FOOT_H = 0.12, 0.075, 0.006, 0.05, 0.012
+
+
+def bowl(seed: int = 0, edge_scale: float = 1.0) -> trimesh.Trimesh:
+    """A wide 0.24 m bowl, 75 mm tall (6 mm wall, rounded lip), on a 12 mm foot ring: the inside is a broad concave
+    surface seen from above, and the hollow under the foot is closed off from every view. Labels: 0 everything."""
+    R, H, w, rf, hf = BOWL_R, BOWL_H, BOWL_WALL, BOWL_FOOT_R, BOWL_FOOT_H
+    t = np.linspace(0.0, 1.0, 64)
+    # the outer wall: a quarter ellipse from the foot up to the rim; the inner one the same, the wall inside it
+    outer = np.c_[rf + (R - rf) * np.sin(t * math.pi / 2), hf + (H - w / 2 - hf) * (1 - np.cos(t * math.pi / 2))]
+    inner = np.c_[(rf - w) + (R - w - rf + w) * np.sin(t * math.pi / 2),
+                  (hf + w) + (H - w / 2 - hf - w) * (1 - np.cos(t * math.pi / 2))][::-1]
+    profile = np.concatenate([
+        [[0.0, hf - 0.004]], [[rf - 0.008, hf - 0.004]],      # the underside inside the foot ring, 4 mm up
+        [[rf - 0.008, 0.0]], [[rf, 0.0]],                       # the foot ring (8 mm wide) standing on the table
+        outer[1:],
+        arc((R - w / 2, H - w / 2), w / 2, 0.0, math.pi, 16)[1:-1],   # rounded lip
+        inner[:-1],
+        [[0.0, hf + w]],
+    ])
+    edge = edge_length(2 * R, edge_scale)
+    prof = resample(profile, edge)
+    # no ring closer to the axis than 4 mm: the fans of 800 sections there have faces too small for trimesh to keep
+    prof = prof[(prof[:, 0] == 0) | (prof[:, 0] > 0.004)]
+    sections = math.ceil(2 * math.pi * R / edge)
+    mesh = on_ground(closed(trimesh.creation.revolve(prof, sections=sections), "bowl"))
+    return paint(mesh, np.zeros(len(mesh.faces), np.int64), {0: (GLAZE, TextureStyle())}, seed)
+
+
+# picture frame dimensions (metres)
+FRAME_W, FRAME_H, FRAME_T, FRAME_BORDER, FRAME_TILT = 0.22, 0.28, 0.016, 0.045, math.radians(14)
+
+
+def picture_frame(seed: int = 0, edge_scale: float = 1.0) -> trimesh.Trimesh:
+    """A 0.22 x 0.28 m picture frame, 16 mm thick, with an open window (45 mm border), leaning back 14 degrees on
+    its bottom edge and held by an easel leg (a 40 x 8 mm strut from its back to the table): a thin slab, a hole the
+    room shows through, and a gap under the leg. Front is -Y. Labels: 0 frame, 1 leg."""
+    W, H, T, b = FRAME_W, FRAME_H, FRAME_T, FRAME_BORDER
+    up = np.array([0.0, math.sin(FRAME_TILT), math.cos(FRAME_TILT)])      # leaning back, towards +Y
+    normal = np.cross([1.0, 0.0, 0.0], up)                                # (0, -cos, sin): out of the front
+    axes = np.array([[1.0, 0.0, 0.0], up, normal])
+    centre = up * H / 2
+    board = rounded_box(centre, axes, np.array([W / 2, H / 2, T / 2]), 0.004, 0)
+    window = np.array([W / 2 - b, H / 2 - b, T])
+
+    def with_window(p: np.ndarray) -> np.ndarray:
+        q = np.abs((p - centre) @ axes.T) - window
+        hole = np.linalg.norm(np.maximum(q, 0), axis=1) + np.minimum(q.max(1), 0)
+        return np.maximum(board.sdf(p), -hole)
+
+    back = -normal
+    top = centre + up * (H / 2 - b / 2) + back * (T / 2 - 0.002)          # inside the top border, from the back
+    foot = np.array([0.0, top[1] + 0.5 * top[2], 0.004])
+    leg_axis = (foot - top) / np.linalg.norm(foot - top)
+    leg_n = np.cross([1.0, 0.0, 0.0], leg_axis)
+    leg_len = float(np.linalg.norm(foot - top))
+    leg = rounded_box((top + foot) / 2, np.array([[1.0, 0.0, 0.0], leg_axis, leg_n]),
+                      np.array([0.020, leg_len / 2, 0.004]), 0.002, 1)
+    parts = [Part(with_window, board.lo, board.hi, 0), leg]
+    mesh, labels = sdf_union_mesh(parts, edge_length(H, edge_scale), "picture_frame")
+    mesh = on_ground(mesh)
+    return paint(mesh, labels, {0: (OAK, TextureStyle(cell=1 / 10)), 1: (WOOD, TextureStyle(cell=1 / 10))}, seed)
+
+
+ENAMEL = Palette(stops=((0.55, 0.08, 0.06), (0.78, 0.18, 0.10), (0.92, 0.50, 0.30), (0.98, 0.85, 0.70)),
+                 accents=((0.98, 0.96, 0.90), (0.10, 0.10, 0.12), (0.90, 0.75, 0.20), (0.20, 0.35, 0.55)))
+
+
+def kettle(seed: int = 0, edge_scale: float = 1.0) -> trimesh.Trimesh:
+    """A 0.25 m kettle: a rounded body (radius 85 mm, 130 mm tall), a slanted 9 mm spout on -X, an arched handle
+    over the lid (a half torus, 10 mm tube, the room seen through it) and a lid knob. Labels: 0 body and spout,
+    1 handle and knob."""
+    zc = 0.075
+    parts = [rounded_cylinder([0, 0, zc], 0.085, 0.065, 0.035, 0),
+             capsule(np.array([-0.06, 0.0, 0.05]), np.array([-0.135, 0.0, 0.145]), 0.009, 0),
+             rounded_cylinder([0, 0, 0.144], 0.022, 0.006, 0.003, 1)]
+    major, minor, zh = 0.06, 0.010, 0.13
+
+    def arch(p: np.ndarray) -> np.ndarray:
+        torus = np.hypot(np.hypot(p[:, 1], p[:, 2] - zh) - major, p[:, 0]) - minor
+        return np.maximum(torus, zh - p[:, 2])                            # the upper half, ends in the body
+
+    parts.append(Part(arch, np.array([-minor, -major - minor, zh - 0.01]),
+                      np.array([minor, major + minor, zh + major + minor]), 1))
+    mesh, labels = sdf_union_mesh(parts, edge_length(0.25, edge_scale), "kettle")
+    mesh = on_ground(mesh)
+    return paint(mesh, labels, {0: (ENAMEL, TextureStyle()), 1: (BRASS, TextureStyle(cell=1 / 10))}, seed)
+
+
 OBJECTS: dict[str, Callable[..., trimesh.Trimesh]] = {
     "bottle": bottle,
     "relief_disc": relief_disc,
@@ -458,6 +556,9 @@ OBJECTS: dict[str, Callable[..., trimesh.Trimesh]] = {
     "stool": stool,
     "lamp": lamp,
     "bench": bench,
+    "bowl": bowl,
+    "picture_frame": picture_frame,
+    "kettle": kettle,
 }
 PLAIN = frozenset({"plain_vase"})  # deliberately near-uniform colour
 

@@ -30,13 +30,16 @@ if str(REPO) not in sys.path:
 
 def readback_clip_coords(verts, K, w2c, size):
     """The clip coordinates as drawn before: one near/far pair for the batch, read back to the host."""
-    from pipeline.imaging.raster import clip_space, to_camera
+    import torch
+
+    from pipeline.imaging.raster import projection, to_camera
 
     cam = to_camera(verts, w2c)
     depth = cam[..., 2].detach()
     near = max(float(depth[depth > 0].min()) * 0.5, 1e-4) if (depth > 0).any() else 1e-3
     far = float(depth.max()) * 2.0 + near
-    return clip_space(cam, K, size, near, far).contiguous()
+    cam_h = torch.nn.functional.pad(cam, (0, 1), value=1.0)
+    return torch.einsum("bij,bvj->bvi", projection(K, size, near, far), cam_h).contiguous()
 
 
 class ThreeCalls:

@@ -16,7 +16,8 @@ from bench.make_sets import main as make_sets
 from tests.conftest import shared_tools
 
 COARSE = 3.0
-GENUS = {"bottle": 0, "relief_disc": 0, "armchair": 6, "cup": 1, "plain_vase": 0, "stool": 3, "lamp": 0, "bench": 1}
+GENUS = {"bottle": 0, "relief_disc": 0, "armchair": 6, "cup": 1, "plain_vase": 0, "stool": 3, "lamp": 0, "bench": 1,
+         "bowl": 0, "picture_frame": 1, "kettle": 1}
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +91,22 @@ def test_bench_shows_the_table_through_its_slot_and_between_its_legs(objs: dict[
     assert b.ray.intersects_any([[0, 0.05, 1.0]], [[0, 0, -1.0]])[0]                    # beside it: the top
     assert not b.ray.intersects_any([[0, -1.0, 0.07]], [[0, 1.0, 0]])[0]                # under the top
     assert b.ray.intersects_any([[leg_x, -1.0, 0.07]], [[0, 1.0, 0]])[0]                # a leg
+
+
+def test_bowl_frame_and_kettle_have_their_hollow_window_and_handle(objs: dict[str, trimesh.Trimesh]) -> None:
+    bowl, frame, kettle = objs["bowl"], objs["picture_frame"], objs["kettle"]
+    # the bowl: straight down its axis, the inside floor first, then its underside, held off the table by the foot
+    loc, _, _ = bowl.ray.intersects_location([[0, 0, 1.0]], [[0, 0, -1.0]], multiple_hits=True)
+    assert sorted(loc[:, 2].round(3)) == pytest.approx([bo.BOWL_FOOT_H - 0.004, bo.BOWL_FOOT_H + bo.BOWL_WALL],
+                                                       abs=0.002)
+    assert bowl.volume < 0.25 * bowl.convex_hull.volume
+    # the frame: the room through its window, the border beside it, the easel leg standing behind it
+    assert not frame.ray.intersects_any([[0.045, -1.0, 0.14]], [[0, 1.0, 0]])[0]
+    assert frame.ray.intersects_any([[0.09, -1.0, 0.14]], [[0, 1.0, 0]])[0]
+    assert frame.ray.intersects_any([[0, frame.bounds[1][1] - 0.01, 1.0]], [[0, 0, -1.0]])[0]
+    # the kettle: the room under its arched handle, above the lid; the arch itself higher up
+    assert not kettle.ray.intersects_any([[-1.0, 0, 0.155]], [[1.0, 0, 0]])[0]
+    assert kettle.ray.intersects_any([[-1.0, 0, 0.18]], [[1.0, 0, 0]])[0]
 
 
 def test_relief_disc_is_thick_and_its_relief_is_1_to_4_mm(objs: dict[str, trimesh.Trimesh]) -> None:

@@ -84,6 +84,37 @@ def test_clip_planes_per_camera_match_a_plain_reference_without_reading_back() -
         assert np.allclose(ndc, want, atol=1e-5) and (np.abs(ndc) < 1).all()
 
 
+def test_clip_coordinates_are_the_pinhole_projection_with_its_gradient() -> None:
+    """x and y of the clip coordinates over w are each camera's pixel (u, v) = K (X / Z, Y / Z) mapped to [-1, 1]
+    at the image edges, w is the depth, and the gradient to the vertices is that of the plain formula."""
+    from pipeline.imaging.raster import clip_coords
+
+    rng = np.random.default_rng(5)
+    verts = torch.tensor(rng.normal(scale=0.5, size=(40, 3)), dtype=torch.float32, requires_grad=True)
+    angles = rng.uniform(-0.4, 0.4, (3, 3))
+    w2c = torch.eye(4).repeat(3, 1, 1)
+    for b, (a, c, d) in enumerate(angles):
+        ca, sa, cc, sc = np.cos(a), np.sin(a), np.cos(c), np.sin(c)
+        R = np.array([[ca, -sa, 0], [sa, ca, 0], [0, 0, 1]]) @ np.array([[1, 0, 0], [0, cc, -sc], [0, sc, cc]])
+        w2c[b, :3, :3] = torch.tensor(R, dtype=torch.float32)
+        w2c[b, :3, 3] = torch.tensor([d, -d, 4.0 + b], dtype=torch.float32)
+    K = torch.tensor([[[120.0, 0, 52], [0, 110.0, 37], [0, 0, 1]], [[90.0, 0, 48], [0, 90.0, 41], [0, 0, 1]],
+                      [[200.0, 0, 50], [0, 190.0, 40], [0, 0, 1]]])
+    H, W = 80, 100
+    clip = clip_coords(verts, K, w2c, (H, W))
+    cam = torch.einsum("bij,vj->bvi", w2c[:, :3, :3], verts) + w2c[:, None, :3, 3]
+    u = K[:, None, 0, 0] * cam[..., 0] / cam[..., 2] + K[:, None, 0, 2]
+    v = K[:, None, 1, 1] * cam[..., 1] / cam[..., 2] + K[:, None, 1, 2]
+    want = torch.stack([2 * u / W - 1, 2 * v / H - 1, cam[..., 2]], -1)
+    got = torch.stack([clip[..., 0] / clip[..., 3], clip[..., 1] / clip[..., 3], clip[..., 3]], -1)
+    assert clip.is_contiguous() and clip.shape == (3, 40, 4)
+    assert torch.allclose(got, want, atol=1e-5)
+    weights = torch.tensor(rng.normal(size=(3, 40, 3)), dtype=torch.float32)
+    g_got, = torch.autograd.grad((got * weights).sum(), verts)
+    g_want, = torch.autograd.grad((want * weights).sum(), verts)
+    assert torch.allclose(g_got, g_want, atol=1e-4)
+
+
 class ContractDr:
     """A stand-in for nvdiffrast.torch that enforces its calls' contracts (contiguous float32 positions (B, V, 4),
     int32 triangles, attributes (1 or B, V, C), rasteriser output, colours and positions of one batch) and whose

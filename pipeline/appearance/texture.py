@@ -162,7 +162,7 @@ def rasterize_atlas_gpu(uv: np.ndarray, faces: np.ndarray, size: int, device: st
     corners = np.asarray(uv, dtype=np.float32)[np.asarray(faces, dtype=np.int64).reshape(-1)]
     u = torch.as_tensor(corners, device=device)
     one = torch.ones_like(u[:, 0])
-    # clip y = 1 - 2v: nvdiffrast's row 0 is clip y = -1 (see raster.clip_space), which is then v = 1, the top row
+    # clip y = 1 - 2v: nvdiffrast's row 0 is clip y = -1 (see raster.projection), which is then v = 1, the top row
     pos = torch.stack([u[:, 0] * 2 - 1, 1 - 2 * u[:, 1], 0 * one, one], 1)[None].contiguous()
     tri = torch.arange(len(corners), dtype=torch.int32, device=device).reshape(-1, 3).contiguous()
     unit = torch.eye(3, device=device).repeat(len(tri), 1)[None].contiguous()

@@ -85,17 +85,25 @@ def to_camera(verts: torch.Tensor, w2c: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bij,vj->bvi", w2c[:, :3, :3], verts) + w2c[:, None, :3, 3]
 
 
-def clip_space(cam: torch.Tensor, K: torch.Tensor, size: tuple[int, int], near: float | torch.Tensor,
+def projection(K: torch.Tensor, size: tuple[int, int], near: float | torch.Tensor,
                far: float | torch.Tensor) -> torch.Tensor:
-    """Camera points (B, V, 3) -> clip coordinates (B, V, 4) whose NDC y grows downwards, so row 0 of
-    nvdiffrast's output is the top image row, as in the photos. near, far: numbers, or (B, 1) per camera."""
+    """OpenCV intrinsics K (B, 3, 3) and near/far planes (numbers, or (B, 1) per camera) -> the matrices (B, 4, 4)
+    that take camera points (x, y, z, 1) to clip coordinates whose NDC y grows downwards, so row 0 of nvdiffrast's
+    output is the top image row, as in the photos; clip w is the camera depth z.
+
+    Built from K with no tensor made on the host: a tensor copied to the GPU waits for it, as a read-back does."""
     H, W = size
-    x, y, z = cam.unbind(-1)
-    fx, fy, cx, cy = K[:, 0, 0, None], K[:, 1, 1, None], K[:, 0, 2, None], K[:, 1, 2, None]
-    xc = (2 * fx / W) * x + (2 * cx / W - 1) * z
-    yc = (2 * fy / H) * y + (2 * cy / H - 1) * z
-    zc = (far + near) / (far - near) * z - 2 * far * near / (far - near)
-    return torch.stack([xc, yc, zc, z], dim=-1)
+    B = K.shape[0]
+    near = near if torch.is_tensor(near) else torch.full((B, 1), float(near), dtype=K.dtype, device=K.device)
+    far = far if torch.is_tensor(far) else torch.full((B, 1), float(far), dtype=K.dtype, device=K.device)
+    zero, one = torch.zeros_like(near), torch.ones_like(near)
+    # x_clip = (2 / W) (fx x + s y + cx z) - z, and the same for y with H: pixels to [-1, 1] at the image's edges
+    x_row, y_row = K[:, 0] * (2.0 / W), K[:, 1] * (2.0 / H)
+    span = far - near
+    return torch.stack([torch.cat([x_row[:, :2], x_row[:, 2:] - 1.0, zero], 1),
+                        torch.cat([y_row[:, :2], y_row[:, 2:] - 1.0, zero], 1),
+                        torch.cat([zero, zero, (far + near) / span, -2.0 * far * near / span], 1),
+                        torch.cat([zero, zero, one, zero], 1)], 1)
 
 
 def depth_planes(depth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,10 +122,15 @@ def depth_planes(depth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def clip_coords(verts: torch.Tensor, K: torch.Tensor, w2c: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """World vertices (V, 3) seen by B cameras (K (B, 3, 3), w2c (B, 4, 4)) -> contiguous clip coordinates
-    (B, V, 4) for nvdiffrast, with each camera's near/far planes around the vertices' depths (:func:`depth_planes`)."""
-    cam = to_camera(verts, w2c)
-    near, far = depth_planes(cam[..., 2].detach())
-    return clip_space(cam, K, size, near, far).contiguous()
+    (B, V, 4) for nvdiffrast, with each camera's near/far planes around the vertices' depths (:func:`depth_planes`).
+
+    One matrix per camera (:func:`projection` times w2c) and one product with the vertices: the refinement's loop
+    waits on the host, and the gradient to the vertices is then a single batched product too."""
+    with torch.no_grad():  # the planes only bound the depth buffer; no gradient flows through them
+        depth = torch.einsum("bj,vj->bv", w2c[:, 2, :3], verts) + w2c[:, 2, 3, None]
+        near, far = depth_planes(depth)
+    full = projection(K, size, near, far) @ w2c
+    return (torch.einsum("bij,vj->bvi", full[:, :, :3], verts) + full[:, None, :, 3]).contiguous()
 
 
 def load_nvdiffrast(build_dir: Path | None = None):
