@@ -44,8 +44,8 @@ import numpy as np
 import trimesh
 
 from bench.shapes import EDGE_FRACTION, ObjectInfo  # noqa: F401  (part of this module's interface: tests, make_sets)
-from bench.shapes import (Part, arc, capsule, closed, describe, edge_length, on_ground, paint, resample, revolve,
-                          rounded_box, rounded_cylinder, sdf_union_mesh, torus_z)
+from bench.shapes import (Part, arc, capsule, closed, describe, edge_length, on_ground, paint, revolve, rounded_box,
+                          rounded_cylinder, sdf_union_mesh, torus_z)
 from bench.solid_texture import Palette, TextureStyle, fbm, smoothstep, to_u8, value_noise
 
 
@@ -478,12 +478,7 @@ def bowl(seed: int = 0, edge_scale: float = 1.0) -> trimesh.Trimesh:
         inner[:-1],
         [[0.0, hf + w]],
     ])
-    edge = edge_length(2 * R, edge_scale)
-    prof = resample(profile, edge)
-    # no ring closer to the axis than 4 mm: the fans of 800 sections there have faces too small for trimesh to keep
-    prof = prof[(prof[:, 0] == 0) | (prof[:, 0] > 0.004)]
-    sections = math.ceil(2 * math.pi * R / edge)
-    mesh = on_ground(closed(trimesh.creation.revolve(prof, sections=sections), "bowl"))
+    mesh = on_ground(revolve(profile, edge_length(2 * R, edge_scale), "bowl", axis_gap=0.004))
     return paint(mesh, np.zeros(len(mesh.faces), np.int64), {0: (GLAZE, TextureStyle())}, seed)
 
 

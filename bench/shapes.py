@@ -83,14 +83,17 @@ def arc(center: tuple[float, float], radius: float, a0: float, a1: float, n: int
     return np.c_[center[0] + radius * np.cos(t), center[1] + radius * np.sin(t)]
 
 
-def revolve(profile: np.ndarray, edge: float, what: str) -> trimesh.Trimesh:
+def revolve(profile: np.ndarray, edge: float, what: str, axis_gap: float = 0.0) -> trimesh.Trimesh:
     """Closed solid of revolution about +Z of a (radius, z) profile (n, 2) that starts and ends on the axis.
 
     The profile runs counter-clockwise around the material in the (r, z) half-plane; it is resampled so that no
-    segment is longer than ``edge`` and the number of sections keeps the longest ring edge below ``edge``."""
+    segment is longer than ``edge`` and the number of sections keeps the longest ring edge below ``edge``.
+    ``axis_gap``: no ring of the resampled profile closer to the axis than this (a flat face crossing the axis of a
+    wide solid has hundreds of sections, and their fans' innermost faces are too small for trimesh to keep)."""
     if abs(profile[0, 0]) > 1e-12 or abs(profile[-1, 0]) > 1e-12:
         raise ValueError(f"{what}: the profile must start and end on the axis (r = 0)")
     prof = resample(np.asarray(profile, float), edge)
+    prof = prof[(prof[:, 0] == 0) | (prof[:, 0] > axis_gap)]
     sections = max(16, math.ceil(2 * math.pi * prof[:, 0].max() / edge))
     return closed(trimesh.creation.revolve(prof, sections=sections), what)
 
